@@ -1,0 +1,85 @@
+// Persistence configuration.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+
+namespace iqdb::persist {
+
+class FileSystem;
+
+// When appended log records (and snapshots) reach stable storage.
+//  - Always:       before the call that made them returns (fdatasync / fsync).
+//  - Periodic(d):  within d of being acknowledged, by a background flusher.
+//                  Snapshots are still fsynced before save() returns.
+//  - Never:        left to the operating system. Survives a process crash,
+//                  not a power loss. Snapshots are not fsynced either.
+class FsyncPolicy {
+ public:
+  enum class Mode { Always, Periodic, Never };
+
+  static FsyncPolicy always() noexcept { return FsyncPolicy(Mode::Always, {}); }
+  static FsyncPolicy periodic(std::chrono::milliseconds interval) noexcept {
+    return FsyncPolicy(Mode::Periodic, interval);
+  }
+  static FsyncPolicy never() noexcept { return FsyncPolicy(Mode::Never, {}); }
+
+  Mode mode() const noexcept { return mode_; }
+  std::chrono::milliseconds interval() const noexcept { return interval_; }
+  friend bool operator==(const FsyncPolicy&, const FsyncPolicy&) = default;
+
+ private:
+  FsyncPolicy(Mode m, std::chrono::milliseconds i) noexcept : mode_(m), interval_(i) {}
+  Mode mode_;
+  std::chrono::milliseconds interval_;
+};
+
+// Compression of the snapshot payload.
+class Compression {
+ public:
+  enum class Kind { None, Zstd, Lz4 };
+
+  static Compression none() noexcept { return Compression(Kind::None, 0); }
+  // level 1..22; validated when a snapshot is written.
+  static Compression zstd(int level = 3) noexcept { return Compression(Kind::Zstd, level); }
+  static Compression lz4() noexcept { return Compression(Kind::Lz4, 0); }
+
+  Kind kind() const noexcept { return kind_; }
+  int level() const noexcept { return level_; }
+  friend bool operator==(const Compression&, const Compression&) = default;
+
+ private:
+  Compression(Kind k, int l) noexcept : kind_(k), level_(l) {}
+  Kind kind_;
+  int level_;
+};
+
+// Limits applied when reading files, on top of the checks against the bytes
+// actually present. Defaults suit indexes of up to a few hundred GiB.
+struct ReadLimits {
+  // Largest decoded payload accepted (after decompression).
+  std::uint64_t max_payload_bytes = std::uint64_t{1} << 40;  // 1 TiB
+  // Declared uncompressed size may be at most this many times the compressed size.
+  std::uint64_t max_expansion_ratio = 4096;
+};
+
+// Where and how an index is persisted.
+//
+//   PersistConfig cfg("/var/lib/app/vectors.iqdb");   // no WAL, Always, no compression
+//   cfg.compression = Compression::zstd(3);
+struct PersistConfig {
+  explicit PersistConfig(std::filesystem::path p) : path(std::move(p)) {}
+
+  std::filesystem::path path;
+  bool wal_enabled = false;
+  FsyncPolicy fsync_policy = FsyncPolicy::always();
+  Compression compression = Compression::none();
+  ReadLimits limits{};
+  // The file-system seam; nullptr means the real POSIX file system. Tests
+  // pass a fault-injecting or recording wrapper. Not owned; must outlive
+  // every object that uses this config.
+  FileSystem* file_system = nullptr;
+};
+
+}  // namespace iqdb::persist

@@ -1,0 +1,90 @@
+// Snapshot file headers: versions 1 and 2 (read) and 3 (read and write).
+// docs/FORMAT.md documents every byte and the reasons for each field.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "iqdb/persist/types.hpp"
+
+namespace iqdb::persist {
+
+class ReadableFile;
+
+// Compression schemes of the payload region. On-disk tags: never renumber.
+enum class CompressionScheme : std::uint8_t {
+  None = 0,
+  Zstd = 1,      // one standard zstd frame (content size optional)
+  Lz4Block = 2,  // one LZ4 block, no frame (written by the reference 1.0; read only)
+  Lz4Frame = 3,  // one standard LZ4 frame (v3 only; what this library writes for Lz4)
+};
+
+std::string_view to_string(CompressionScheme s) noexcept;  // "none", "zstd", "lz4", "lz4-frame"
+
+namespace format {
+
+inline constexpr std::array<char, 8> MAGIC = {'I', 'Q', 'D', 'B', 'P', 'R', 'S', 'T'};
+// The version this library writes.
+inline constexpr std::uint32_t CURRENT_VERSION = 3;
+inline constexpr std::uint32_t MIN_READ_VERSION = 1;
+// Longest index-type tag accepted (bytes).
+inline constexpr std::uint64_t MAX_TAG_LEN = 4096;
+// Largest v3 header accepted (bytes). Bounds what is read before the header CRC is checked.
+inline constexpr std::uint32_t MAX_HEADER_LEN = 64 * 1024;
+// Bytes read from the start of a file to parse any header.
+inline constexpr std::size_t HEADER_PROBE_LEN = MAX_HEADER_LEN;
+// v3 required-flag bits this build understands (none yet). A file with any
+// other required bit set is refused with ErrorKind::Unsupported.
+inline constexpr std::uint32_t KNOWN_REQUIRED_FLAGS = 0;
+
+}  // namespace format
+
+// A parsed snapshot header, whatever its version.
+struct FileHeader {
+  std::uint32_t format_version = format::CURRENT_VERSION;
+  std::string index_type;
+  std::uint64_t dim = 0;
+  DistanceMetric metric = DistanceMetric::Euclidean;
+  std::uint64_t n_vectors = 0;
+  // Checksum of the payload region (v1: payload; v2: preamble + payload; v3: stored payload).
+  std::uint32_t payload_crc = 0;
+  CompressionScheme compression = CompressionScheme::None;
+  // Decoded payload length (v1: the payload region's length).
+  std::uint64_t uncompressed_len = 0;
+  // Stored (possibly compressed) payload bytes.
+  std::uint64_t stored_len = 0;
+  // v3 only (0 for v1/v2).
+  std::uint32_t required_flags = 0;
+  std::uint32_t optional_flags = 0;
+  std::uint64_t last_lsn = 0;  // last log sequence number folded into this snapshot
+  std::uint32_t header_crc = 0;
+  // Layout, derived when parsing / encoding:
+  std::uint64_t crc_offset = 0;      // first byte covered by payload_crc
+  std::uint64_t payload_offset = 0;  // first stored payload byte
+};
+
+namespace format {
+
+// Size in bytes of the v3 header for an index-type tag of `tag_len` bytes.
+std::uint64_t v3_header_len(std::uint64_t tag_len) noexcept;
+
+// Encode a version-3 header (payload_crc, uncompressed_len, stored_len and
+// last_lsn as given; header_crc computed). format_version must be 3.
+std::vector<std::byte> write_header(const FileHeader& h);
+
+// Parse a header of version 1, 2 or 3 from the first bytes of a file.
+// `prefix` holds the first min(file_size, HEADER_PROBE_LEN) bytes. Checks the
+// magic, version, tag length and UTF-8, metric tag, v3 header CRC, flags, and
+// that the payload region fits the file. Throws PersistError naming `path`.
+FileHeader parse_header(std::span<const std::byte> prefix, std::uint64_t file_size,
+                        const std::filesystem::path& path);
+
+// Read and parse the header of an open file.
+FileHeader read_header(const ReadableFile& file);
+
+}  // namespace format
+}  // namespace iqdb::persist

@@ -1,0 +1,77 @@
+// The index seam: what an index must offer to be persisted.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include "iqdb/persist/io.hpp"
+#include "iqdb/persist/types.hpp"
+
+namespace iqdb::persist {
+
+// An in-memory vector index.
+//   insert(id, vector, metadata): adds a vector; an existing id or a vector of
+//     the wrong dimension is an error (PersistError).
+//   erase(id): removes a vector; a missing id is an error.
+//   contains(id), size(), dim(), metric().
+template <class I>
+concept Index = requires(I& index, const I& cindex, const VectorId& id, std::span<const float> vec,
+                         std::optional<Metadata> meta) {
+  index.insert(id, vec, std::move(meta));
+  index.erase(id);
+  { cindex.contains(id) } -> std::convertible_to<bool>;
+  { cindex.size() } -> std::convertible_to<std::uint64_t>;
+  { cindex.dim() } -> std::convertible_to<std::uint64_t>;
+  { cindex.metric() } -> std::convertible_to<DistanceMetric>;
+};
+
+// An index that can be persisted by iqdb-persist.
+//   I::index_type: a stable tag written into the snapshot header ("flat").
+//   save_to(writer): writes the index's own payload, nothing else.
+//   I::load_from(reader): rebuilds the index; treats every byte as hostile
+//     (counts checked with reader.read_count / remaining()) and reports
+//     problems with reader.fail() or by throwing PersistError.
+//
+// Optional hooks, used when present:
+//   check_insert(id, vec, meta) / check_erase(id): throw if the mutation
+//     would be rejected, without changing the index. PersistedIndex calls them
+//     before a mutation is logged. Without them, dim() and contains() decide.
+template <class I>
+concept Persistable = Index<I> && requires(const I& cindex, PayloadWriter& w, PayloadReader& r) {
+  { I::index_type } -> std::convertible_to<std::string_view>;
+  cindex.save_to(w);
+  { I::load_from(r) } -> std::same_as<I>;
+};
+
+namespace detail {
+
+template <Index I>
+void check_insert(const I& index, const VectorId& id, std::span<const float> vec,
+                  const std::optional<Metadata>& meta) {
+  if constexpr (requires { index.check_insert(id, vec, meta); }) {
+    index.check_insert(id, vec, meta);
+  } else {
+    if (vec.size() != index.dim()) {
+      throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) +
+                                   ", the index has " + std::to_string(index.dim()));
+    }
+    if (index.contains(id)) {
+      throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+    }
+  }
+}
+
+template <Index I>
+void check_erase(const I& index, const VectorId& id) {
+  if constexpr (requires { index.check_erase(id); }) {
+    index.check_erase(id);
+  } else if (!index.contains(id)) {
+    throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
+  }
+}
+
+}  // namespace detail
+}  // namespace iqdb::persist

@@ -1,0 +1,218 @@
+// The POSIX implementation of the file-system seam. Every system call of the
+// library is made here and nowhere else.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <mutex>
+#include <random>
+
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/file_system.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Retry on EINTR.
+template <class F>
+auto retry(F f) {
+  for (;;) {
+    auto r = f();
+    if (r != -1 || errno != EINTR) return r;
+  }
+}
+
+class PosixWritableFile final : public WritableFile {
+ public:
+  PosixWritableFile(fs::path p, int fd, std::uint64_t pos) : path_(std::move(p)), fd_(fd), pos_(pos) {}
+  ~PosixWritableFile() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  void append(std::span<const std::byte> data) override {
+    write_at(pos_, data);
+  }
+
+  void write_at(std::uint64_t offset, std::span<const std::byte> data) override {
+    const std::byte* p = data.data();
+    std::size_t left = data.size();
+    std::uint64_t off = offset;
+    while (left > 0) {
+      // Linux transfers at most 0x7ffff000 bytes per call.
+      const std::size_t chunk = left < (std::size_t{1} << 30) ? left : (std::size_t{1} << 30);
+      const ssize_t n = retry([&] { return ::pwrite(fd_, p, chunk, static_cast<off_t>(off)); });
+      if (n < 0) throw PersistError::io(path_, "write", errno);
+      if (n == 0) throw PersistError::io(path_, "write", EIO);
+      p += n;
+      off += static_cast<std::uint64_t>(n);
+      left -= static_cast<std::size_t>(n);
+    }
+    if (off > pos_) pos_ = off;
+  }
+
+  void sync() override {
+    if (retry([&] { return ::fsync(fd_); }) != 0) throw PersistError::io(path_, "fsync", errno);
+  }
+  void datasync() override {
+    if (retry([&] { return ::fdatasync(fd_); }) != 0) throw PersistError::io(path_, "fdatasync", errno);
+  }
+  void truncate(std::uint64_t size) override {
+    if (retry([&] { return ::ftruncate(fd_, static_cast<off_t>(size)); }) != 0)
+      throw PersistError::io(path_, "ftruncate", errno);
+    if (pos_ > size) pos_ = size;
+  }
+  void start_writeback(std::uint64_t offset, std::uint64_t len) override {
+    // Advisory only; errors surface at the fsync that follows.
+    (void)::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), SYNC_FILE_RANGE_WRITE);
+  }
+  void close() override {
+    const int fd = fd_;
+    fd_ = -1;
+    if (fd >= 0 && ::close(fd) != 0 && errno != EINTR) throw PersistError::io(path_, "close", errno);
+  }
+  const fs::path& path() const noexcept override { return path_; }
+
+ private:
+  fs::path path_;
+  int fd_;
+  std::uint64_t pos_;
+};
+
+class PosixReadableFile final : public ReadableFile {
+ public:
+  PosixReadableFile(fs::path p, int fd, std::uint64_t size) : path_(std::move(p)), fd_(fd), size_(size) {}
+  ~PosixReadableFile() override { ::close(fd_); }
+
+  std::size_t read_at(std::uint64_t offset, std::span<std::byte> dst) const override {
+    std::size_t done = 0;
+    while (done < dst.size()) {
+      const std::size_t want = std::min<std::size_t>(dst.size() - done, std::size_t{1} << 30);
+      const ssize_t n =
+          retry([&] { return ::pread(fd_, dst.data() + done, want, static_cast<off_t>(offset + done)); });
+      if (n < 0) throw PersistError::io(path_, "read", errno);
+      if (n == 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+    return done;
+  }
+  std::uint64_t size() const noexcept override { return size_; }
+  const fs::path& path() const noexcept override { return path_; }
+
+ private:
+  fs::path path_;
+  int fd_;
+  std::uint64_t size_;
+};
+
+class PosixFileLock final : public FileLock {
+ public:
+  explicit PosixFileLock(int fd) : fd_(fd) {}
+  ~PosixFileLock() override { ::close(fd_); }  // closing releases the flock
+
+ private:
+  int fd_;
+};
+
+class PosixFileSystem final : public FileSystem {
+ public:
+  std::unique_ptr<WritableFile> create_exclusive(const fs::path& p) override {
+    const int fd = retry([&] { return ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644); });
+    if (fd < 0) throw PersistError::io(p, "create", errno);
+    return std::make_unique<PosixWritableFile>(p, fd, 0);
+  }
+
+  std::unique_ptr<WritableFile> open_append(const fs::path& p) override {
+    const int fd = retry([&] { return ::open(p.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC); });
+    if (fd < 0) throw PersistError::io(p, "open", errno);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      const int e = errno;
+      ::close(fd);
+      throw PersistError::io(p, "fstat", e);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw PersistError::io(p, "open (not a regular file)", EINVAL);
+    }
+    return std::make_unique<PosixWritableFile>(p, fd, static_cast<std::uint64_t>(st.st_size));
+  }
+
+  std::unique_ptr<ReadableFile> open_read(const fs::path& p) override {
+    const int fd = retry([&] { return ::open(p.c_str(), O_RDONLY | O_CLOEXEC); });
+    if (fd < 0) throw PersistError::io(p, "open", errno);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      const int e = errno;
+      ::close(fd);
+      throw PersistError::io(p, "fstat", e);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw PersistError::io(p, "open (not a regular file)", S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
+    }
+    (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return std::make_unique<PosixReadableFile>(p, fd, static_cast<std::uint64_t>(st.st_size));
+  }
+
+  void rename(const fs::path& from, const fs::path& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) throw PersistError::io(to, "rename from " + from.string(), errno);
+  }
+
+  void remove(const fs::path& p) override {
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) throw PersistError::io(p, "unlink", errno);
+  }
+
+  void sync_dir(const fs::path& dir) override {
+    const fs::path d = dir.empty() ? fs::path(".") : dir;
+    const int fd = retry([&] { return ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
+    if (fd < 0) throw PersistError::io(d, "open directory", errno);
+    const int r = retry([&] { return ::fsync(fd); });
+    const int e = errno;
+    ::close(fd);
+    if (r != 0) throw PersistError::io(d, "fsync directory", e);
+  }
+
+  bool exists(const fs::path& p) override {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) == 0) return true;
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    throw PersistError::io(p, "stat", errno);
+  }
+
+  std::unique_ptr<FileLock> lock(const fs::path& p) override {
+    const int fd = retry([&] { return ::open(p.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644); });
+    if (fd < 0) throw PersistError::io(p, "open lock file", errno);
+    // flock locks belong to the open file description: a second open of the
+    // same file in this process conflicts too, as it should.
+    if (retry([&] { return ::flock(fd, LOCK_EX | LOCK_NB); }) != 0) {
+      const int e = errno;
+      ::close(fd);
+      if (e == EWOULDBLOCK)
+        throw PersistError::at(ErrorKind::Locked, p, "another writer holds the lock");
+      throw PersistError::io(p, "flock", e);
+    }
+    return std::make_unique<PosixFileLock>(fd);
+  }
+
+  std::uint64_t random_u64() override {
+    std::lock_guard<std::mutex> g(mu_);
+    return (static_cast<std::uint64_t>(rd_()) << 32) ^ rd_();
+  }
+
+ private:
+  std::mutex mu_;
+  std::random_device rd_;
+};
+
+}  // namespace
+
+FileSystem& default_file_system() {
+  static PosixFileSystem fs;
+  return fs;
+}
+
+}  // namespace iqdb::persist

@@ -1,0 +1,473 @@
+// FlatIndex: exact search over contiguous storage, and its payload codec.
+// Payload layout: docs/FORMAT.md, "flat payload".
+#include "iqdb/persist/flat_index.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <new>
+
+#include "iqdb/persist/error.hpp"
+
+namespace iqdb::persist {
+
+namespace detail {
+
+namespace {
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+constexpr std::size_t kLarge = std::size_t{4} << 20;
+}  // namespace
+
+void* allocate_large(std::size_t bytes) {
+  if (bytes < kLarge) {
+    void* p = ::operator new(bytes);
+    return p;
+  }
+  const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  (void)::madvise(p, rounded, MADV_HUGEPAGE);  // advisory
+  return p;
+}
+
+void deallocate_large(void* p, std::size_t bytes) noexcept {
+  if (bytes < kLarge) {
+    ::operator delete(p);
+  } else {
+    std::free(p);
+  }
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------- distances
+
+float distance(DistanceMetric metric, std::span<const float> a, std::span<const float> b) noexcept {
+  const std::size_t n = std::min(a.size(), b.size());
+  switch (metric) {
+    case DistanceMetric::Cosine: {
+      float dot = 0, na = 0, nb = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        dot += a[i] * b[i];
+        na += a[i] * a[i];
+        nb += b[i] * b[i];
+      }
+      if (na == 0 || nb == 0) return 1.0f;
+      return 1.0f - dot / (std::sqrt(na) * std::sqrt(nb));
+    }
+    case DistanceMetric::DotProduct: {
+      float dot = 0;
+      for (std::size_t i = 0; i < n; ++i) dot += a[i] * b[i];
+      return -dot;
+    }
+    case DistanceMetric::Euclidean: {
+      float s = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const float d = a[i] - b[i];
+        s += d * d;
+      }
+      return std::sqrt(s);
+    }
+    case DistanceMetric::Manhattan: {
+      float s = 0;
+      for (std::size_t i = 0; i < n; ++i) s += std::fabs(a[i] - b[i]);
+      return s;
+    }
+    case DistanceMetric::Hamming: {
+      std::uint32_t c = 0;
+      for (std::size_t i = 0; i < n; ++i) c += a[i] != b[i] ? 1u : 0u;
+      return static_cast<float>(c);
+    }
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- id table
+
+// Open addressing with linear probing over row numbers (slot value row + 1;
+// 0 = empty). Ids are compared through the index's id array, so the table
+// itself stays 8 bytes a slot. Deletion shifts the following cluster back
+// (no tombstones).
+class FlatIndex::IdTable {
+ public:
+  static constexpr std::size_t npos = ~std::size_t{0};
+
+  explicit IdTable(std::size_t expected = 0) { rehash(capacity_for(expected)); }
+
+  std::size_t find(const VectorId& id, const std::vector<VectorId>& ids) const noexcept {
+    for (std::size_t i = slot_of(id);; i = (i + 1) & mask_) {
+      const std::uint64_t s = slots_[i];
+      if (s == 0) return npos;
+      if (ids[s - 1] == id) return i;
+    }
+  }
+  std::uint64_t row(std::size_t slot) const noexcept { return slots_[slot] - 1; }
+  void set_row(std::size_t slot, std::uint64_t row) noexcept { slots_[slot] = row + 1; }
+
+  // Insert `row` (whose id is ids[row]); returns false if the id is present.
+  bool insert(std::uint64_t row, const std::vector<VectorId>& ids) {
+    if ((n_ + 1) * 2 > slots_.size()) grow(ids);
+    const VectorId& id = ids[row];
+    std::size_t i = slot_of(id);
+    for (; slots_[i] != 0; i = (i + 1) & mask_) {
+      if (ids[slots_[i] - 1] == id) return false;
+    }
+    slots_[i] = row + 1;
+    ++n_;
+    return true;
+  }
+
+  void erase_slot(std::size_t i, const std::vector<VectorId>& ids) noexcept {
+    std::size_t j = i;
+    for (;;) {
+      j = (j + 1) & mask_;
+      if (slots_[j] == 0) break;
+      const std::size_t home = slot_of(ids[slots_[j] - 1]);
+      // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
+      const bool home_in_between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+      if (!home_in_between) {
+        slots_[i] = slots_[j];
+        i = j;
+      }
+    }
+    slots_[i] = 0;
+    --n_;
+  }
+
+ private:
+  static std::size_t capacity_for(std::size_t n) { return std::bit_ceil(std::max<std::size_t>(16, n * 2)); }
+  std::size_t slot_of(const VectorId& id) const noexcept { return id.hash() & mask_; }
+  void rehash(std::size_t cap) {
+    slots_.assign(cap, 0);
+    mask_ = cap - 1;
+    n_ = 0;
+  }
+  void grow(const std::vector<VectorId>& ids) {
+    std::vector<std::uint64_t> old;
+    old.swap(slots_);
+    rehash(old.size() * 2);
+    for (std::uint64_t s : old) {
+      if (s == 0) continue;
+      std::size_t i = slot_of(ids[s - 1]);
+      while (slots_[i] != 0) i = (i + 1) & mask_;
+      slots_[i] = s;
+      ++n_;
+    }
+  }
+
+  std::vector<std::uint64_t> slots_;
+  std::size_t mask_ = 0;
+  std::size_t n_ = 0;
+};
+
+// ---------------------------------------------------------------- FlatIndex
+
+FlatIndex::FlatIndex(std::uint64_t dim, DistanceMetric metric)
+    : dim_(dim), metric_(metric), table_(std::make_unique<IdTable>()) {
+  if (dim == 0) throw PersistError::argument("FlatIndex dimension must be at least 1");
+  if (static_cast<std::uint8_t>(metric) > kMaxMetricTag) throw PersistError::argument("unknown distance metric");
+}
+
+FlatIndex::FlatIndex(FlatIndex&&) noexcept = default;
+FlatIndex& FlatIndex::operator=(FlatIndex&&) noexcept = default;
+FlatIndex::~FlatIndex() = default;
+
+FlatIndex::FlatIndex(const FlatIndex& o)
+    : dim_(o.dim_), metric_(o.metric_), data_(o.data_), ids_(o.ids_), table_(std::make_unique<IdTable>(*o.table_)) {
+  meta_.reserve(o.meta_.size());
+  for (const auto& m : o.meta_) meta_.push_back(m ? std::make_unique<Metadata>(*m) : nullptr);
+}
+
+FlatIndex& FlatIndex::operator=(const FlatIndex& o) {
+  if (this != &o) *this = FlatIndex(o);
+  return *this;
+}
+
+void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta) {
+  if (vec.size() != dim_) {
+    throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
+                                 std::to_string(dim_));
+  }
+  if (contains(id)) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+  // Strong guarantee: reserve everything first, then commit with no-throw steps
+  // (the table insert may grow, so it goes before the push_backs become visible).
+  data_.reserve(data_.size() + dim_);
+  ids_.reserve(ids_.size() + 1);
+  meta_.reserve(meta_.size() + 1);
+  auto m = meta ? std::make_unique<Metadata>(std::move(*meta)) : nullptr;
+  ids_.push_back(id);
+  try {
+    table_->insert(ids_.size() - 1, ids_);
+  } catch (...) {
+    ids_.pop_back();
+    throw;
+  }
+  data_.insert(data_.end(), vec.begin(), vec.end());
+  meta_.push_back(std::move(m));
+}
+
+void FlatIndex::erase(const VectorId& id) {
+  const std::size_t slot = table_->find(id, ids_);
+  if (slot == IdTable::npos) throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
+  const std::size_t row = table_->row(slot);
+  const std::size_t last = ids_.size() - 1;
+  table_->erase_slot(slot, ids_);
+  if (row != last) {
+    const std::size_t moved_slot = table_->find(ids_[last], ids_);
+    table_->set_row(moved_slot, row);
+    std::copy_n(data_.begin() + static_cast<std::ptrdiff_t>(last * dim_), dim_,
+                data_.begin() + static_cast<std::ptrdiff_t>(row * dim_));
+    ids_[row] = std::move(ids_[last]);
+    meta_[row] = std::move(meta_[last]);
+  }
+  ids_.pop_back();
+  meta_.pop_back();
+  data_.resize(last * dim_);
+}
+
+bool FlatIndex::contains(const VectorId& id) const noexcept { return table_->find(id, ids_) != IdTable::npos; }
+
+std::span<const float> FlatIndex::get(const VectorId& id) const noexcept {
+  const std::size_t slot = table_->find(id, ids_);
+  if (slot == IdTable::npos) return {};
+  return vector_at(table_->row(slot));
+}
+
+const Metadata* FlatIndex::metadata(const VectorId& id) const noexcept {
+  const std::size_t slot = table_->find(id, ids_);
+  if (slot == IdTable::npos) return nullptr;
+  return meta_[table_->row(slot)].get();
+}
+
+std::vector<SearchHit> FlatIndex::search(std::span<const float> query, std::size_t k) const {
+  if (query.size() != dim_) {
+    throw PersistError::argument("query has dimension " + std::to_string(query.size()) + ", the index has " +
+                                 std::to_string(dim_));
+  }
+  const std::size_t n = ids_.size();
+  k = std::min(k, n);
+  if (k == 0) return {};
+  struct Cand {
+    float d;
+    std::size_t row;
+  };
+  // Total order: NaN distances last, then by distance, then by row.
+  const auto less = [](const Cand& a, const Cand& b) {
+    const bool an = std::isnan(a.d), bn = std::isnan(b.d);
+    if (an != bn) return bn;
+    if (!an && a.d != b.d) return a.d < b.d;
+    return a.row < b.row;
+  };
+  std::vector<Cand> cands(n);
+  for (std::size_t r = 0; r < n; ++r) cands[r] = Cand{distance(metric_, query, vector_at(r)), r};
+  std::partial_sort(cands.begin(), cands.begin() + static_cast<std::ptrdiff_t>(k), cands.end(), less);
+  std::vector<SearchHit> hits;
+  hits.reserve(k);
+  for (std::size_t i = 0; i < k; ++i) hits.push_back(SearchHit{ids_[cands[i].row], cands[i].d});
+  return hits;
+}
+
+bool operator==(const FlatIndex& a, const FlatIndex& b) {
+  if (a.dim_ != b.dim_ || a.metric_ != b.metric_ || a.ids_ != b.ids_) return false;
+  if (a.data_.size() != b.data_.size() ||
+      std::memcmp(a.data_.data(), b.data_.data(), a.data_.size() * sizeof(float)) != 0) {
+    return false;
+  }
+  for (std::size_t r = 0; r < a.meta_.size(); ++r) {
+    const Metadata* x = a.meta_[r].get();
+    const Metadata* y = b.meta_[r].get();
+    if ((x == nullptr) != (y == nullptr)) return false;
+    if (x != nullptr && *x != *y) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- payload
+
+namespace {
+
+constexpr std::uint32_t kPayloadVersion = 1;
+constexpr std::uint8_t kIdsAllU64 = 0;
+constexpr std::uint8_t kIdsTagged = 1;
+constexpr std::uint8_t kIdKindU64 = 0;
+constexpr std::uint8_t kIdKindBytes = 1;
+// Longest byte id / metadata key / string value accepted on load.
+constexpr std::uint64_t kMaxIdBytes = std::uint64_t{1} << 20;
+constexpr std::uint32_t kMaxKeyBytes = 1u << 16;
+
+void write_value(PayloadWriter& w, const Value& v) {
+  w.write_u8(static_cast<std::uint8_t>(v.kind()));
+  switch (v.kind()) {
+    case Value::Kind::String:
+      w.write_u32(static_cast<std::uint32_t>(v.as_string().size()));
+      w.write(v.as_string().data(), v.as_string().size());
+      break;
+    case Value::Kind::Int: w.write_i64(v.as_int()); break;
+    case Value::Kind::Float: w.write_f64(v.as_float()); break;
+    case Value::Kind::Bool: w.write_u8(v.as_bool() ? 1 : 0); break;
+    case Value::Kind::Null: break;
+  }
+}
+
+std::string read_u32_string(PayloadReader& r, std::uint64_t max, const char* what) {
+  const std::uint32_t n = r.read_u32();
+  if (n > r.remaining() || n > max) r.fail(std::string(what) + " length " + std::to_string(n) + " is out of range");
+  std::string s(n, '\0');
+  r.read(s.data(), n);
+  return s;
+}
+
+Value read_value(PayloadReader& r) {
+  const std::uint8_t tag = r.read_u8();
+  switch (tag) {
+    case 0: return Value(read_u32_string(r, ~std::uint64_t{0}, "string value"));
+    case 1: return Value(r.read_i64());
+    case 2: return Value(r.read_f64());
+    case 3: {
+      const std::uint8_t b = r.read_u8();
+      if (b > 1) r.fail("bool value " + std::to_string(b) + " is not 0 or 1");
+      return Value(b == 1);
+    }
+    case 4: return Value();
+    default: break;
+  }
+  r.fail("unknown metadata value tag " + std::to_string(tag));
+}
+
+}  // namespace
+
+void FlatIndex::save_to(PayloadWriter& w) const {
+  const std::uint64_t n = ids_.size();
+  w.write_u32(kPayloadVersion);
+  w.write_u64(dim_);
+  w.write_u8(static_cast<std::uint8_t>(metric_));
+  w.write_u64(n);
+  const bool all_u64 = std::all_of(ids_.begin(), ids_.end(), [](const VectorId& id) { return id.is_u64(); });
+  w.write_u8(all_u64 ? kIdsAllU64 : kIdsTagged);
+  if (all_u64) {
+    std::vector<std::uint64_t> buf;
+    constexpr std::size_t kBatch = 64 * 1024;
+    buf.reserve(std::min<std::size_t>(n, kBatch));
+    for (std::size_t i = 0; i < n; i += kBatch) {
+      buf.clear();
+      for (std::size_t j = i; j < std::min<std::size_t>(n, i + kBatch); ++j) buf.push_back(ids_[j].as_u64());
+      w.write(buf.data(), buf.size() * sizeof(std::uint64_t));
+    }
+  } else {
+    for (const VectorId& id : ids_) {
+      if (id.is_u64()) {
+        w.write_u8(kIdKindU64);
+        w.write_u64(id.as_u64());
+      } else {
+        w.write_u8(kIdKindBytes);
+        w.write_string(id.as_bytes());
+      }
+    }
+  }
+  const std::uint64_t with_meta = static_cast<std::uint64_t>(
+      std::count_if(meta_.begin(), meta_.end(), [](const auto& m) { return m != nullptr; }));
+  w.write_u64(with_meta);
+  for (std::uint64_t row = 0; row < n; ++row) {
+    const Metadata* m = meta_[row].get();
+    if (m == nullptr) continue;
+    w.write_u64(row);
+    w.write_u32(static_cast<std::uint32_t>(m->size()));
+    for (const auto& [key, value] : *m) {
+      w.write_u32(static_cast<std::uint32_t>(key.size()));
+      w.write(key.data(), key.size());
+      write_value(w, value);
+    }
+  }
+  w.write(data_.data(), data_.size() * sizeof(float));
+}
+
+FlatIndex FlatIndex::load_from(PayloadReader& r) {
+  const std::uint32_t version = r.read_u32();
+  if (version != kPayloadVersion) r.fail("unknown flat payload version " + std::to_string(version));
+  const std::uint64_t dim = r.read_u64();
+  if (dim == 0 || dim > r.remaining() / sizeof(float)) r.fail("dimension " + std::to_string(dim) + " is out of range");
+  const std::uint8_t metric_tag = r.read_u8();
+  const auto metric = metric_from_tag(metric_tag);
+  if (!metric) r.fail("unknown metric tag " + std::to_string(metric_tag));
+  FlatIndex index(dim, *metric);
+
+  // Every vector needs dim * 4 bytes and at least one id byte: bound the
+  // count before allocating for it.
+  const std::uint64_t n = r.read_count(dim * sizeof(float) + 1, "vector");
+  const std::uint8_t id_encoding = r.read_u8();
+  index.ids_.reserve(static_cast<std::size_t>(n));
+  if (id_encoding == kIdsAllU64) {
+    r.check_count(n, sizeof(std::uint64_t) + dim * sizeof(float), "vector");
+    std::vector<std::uint64_t> buf;
+    constexpr std::size_t kBatch = 64 * 1024;
+    for (std::uint64_t i = 0; i < n; i += kBatch) {
+      buf.resize(static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, n - i)));
+      r.read(buf.data(), buf.size() * sizeof(std::uint64_t));
+      for (std::uint64_t v : buf) index.ids_.emplace_back(v);
+    }
+  } else if (id_encoding == kIdsTagged) {
+    for (std::uint64_t i = 0; i < n; ++i) {
+      const std::uint8_t kind = r.read_u8();
+      if (kind == kIdKindU64) {
+        index.ids_.emplace_back(r.read_u64());
+      } else if (kind == kIdKindBytes) {
+        std::string b = r.read_string(kMaxIdBytes, "byte id");
+        if (b.empty()) r.fail("empty byte id");
+        index.ids_.push_back(VectorId::bytes(std::move(b)));
+      } else {
+        r.fail("unknown id kind " + std::to_string(kind));
+      }
+    }
+  } else {
+    r.fail("unknown id encoding " + std::to_string(id_encoding));
+  }
+
+  // Build the id table on the other core while the vectors stream in.
+  auto table_job = std::async(std::launch::async, [&index, n] {
+    auto table = std::make_unique<IdTable>(static_cast<std::size_t>(n));
+    for (std::uint64_t row = 0; row < n; ++row) {
+      if (!table->insert(row, index.ids_)) return std::unique_ptr<IdTable>();
+    }
+    return table;
+  });
+  try {
+    index.meta_.resize(static_cast<std::size_t>(n));
+    // Each metadata record is at least 12 bytes (row u64 + entry count u32).
+    const std::uint64_t with_meta = r.read_count(12, "metadata record");
+    if (with_meta > n) r.fail("more metadata records than vectors");
+    std::uint64_t prev_row = 0;
+    for (std::uint64_t i = 0; i < with_meta; ++i) {
+      const std::uint64_t row = r.read_u64();
+      if (row >= n || (i > 0 && row <= prev_row)) r.fail("metadata row " + std::to_string(row) + " is out of order");
+      prev_row = row;
+      const std::uint32_t entries = r.read_u32();
+      // An entry is at least 5 bytes: key length u32 + value tag.
+      r.check_count(entries, 5, "metadata entry");
+      auto m = std::make_unique<Metadata>();
+      for (std::uint32_t e = 0; e < entries; ++e) {
+        std::string key = read_u32_string(r, kMaxKeyBytes, "metadata key");
+        if (!m->empty() && !(m->rbegin()->first < key)) r.fail("metadata keys are not in strictly ascending order");
+        Value v = read_value(r);
+        m->emplace_hint(m->end(), std::move(key), std::move(v));
+      }
+      index.meta_[row] = std::move(m);
+    }
+    const std::uint64_t floats = n * dim;
+    if (floats > r.remaining() / sizeof(float)) r.fail("the vectors do not fit the payload");
+    index.data_.resize(static_cast<std::size_t>(floats));
+    r.read(index.data_.data(), index.data_.size() * sizeof(float));
+  } catch (...) {
+    table_job.wait();
+    throw;
+  }
+  index.table_ = table_job.get();
+  if (!index.table_) r.fail("duplicate vector id");
+  return index;
+}
+
+}  // namespace iqdb::persist

@@ -1,0 +1,318 @@
+#include "snapshot/codec.hpp"
+
+#include <lz4.h>
+#include <lz4frame.h>
+#include <zstd.h>
+
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "iqdb/persist/error.hpp"
+
+namespace iqdb::persist::codec {
+namespace {
+
+namespace fs = std::filesystem;
+
+[[noreturn]] void compression_error(const fs::path& path, std::string detail) {
+  throw PersistError::at(ErrorKind::Compression, path, std::move(detail));
+}
+
+// ---------------------------------------------------------------- zstd
+
+class ZstdEncoder final : public Encoder {
+ public:
+  ZstdEncoder(int level, ByteSink& sink, fs::path path)
+      : sink_(sink), path_(std::move(path)), ctx_(ZSTD_createCCtx()), out_(ZSTD_CStreamOutSize()) {
+    if (ctx_ == nullptr) compression_error(path_, "cannot allocate a zstd context");
+    check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, level));
+  }
+  ~ZstdEncoder() override { ZSTD_freeCCtx(ctx_); }
+
+  void write(const std::byte* data, std::size_t size) override {
+    ZSTD_inBuffer in{data, size, 0};
+    while (in.pos < in.size) run(in, ZSTD_e_continue);
+  }
+  void finish() override {
+    ZSTD_inBuffer in{nullptr, 0, 0};
+    while (run(in, ZSTD_e_end) != 0) {
+    }
+  }
+
+ private:
+  std::size_t run(ZSTD_inBuffer& in, ZSTD_EndDirective mode) {
+    ZSTD_outBuffer out{out_.data(), out_.size(), 0};
+    const std::size_t r = ZSTD_compressStream2(ctx_, &out, &in, mode);
+    check(r);
+    if (out.pos > 0) sink_.put(out_.data(), out.pos);
+    return r;
+  }
+  void check(std::size_t r) const {
+    if (ZSTD_isError(r)) compression_error(path_, std::string("zstd: ") + ZSTD_getErrorName(r));
+  }
+
+  ByteSink& sink_;
+  fs::path path_;
+  ZSTD_CCtx* ctx_;
+  std::vector<std::byte> out_;
+};
+
+class ZstdDecoder final : public Decoder {
+ public:
+  ZstdDecoder(ByteSource& src, fs::path path) : src_(src), path_(std::move(path)), ctx_(ZSTD_createDCtx()) {
+    if (ctx_ == nullptr) compression_error(path_, "cannot allocate a zstd context");
+    // Bound the window (memory) a hostile frame can make us allocate: 128 MiB.
+    ZSTD_DCtx_setParameter(ctx_, ZSTD_d_windowLogMax, 27);
+    in_buf_.resize(ZSTD_DStreamInSize());
+  }
+  ~ZstdDecoder() override { ZSTD_freeDCtx(ctx_); }
+
+  void read(std::byte* dst, std::size_t size) override {
+    ZSTD_outBuffer out{dst, size, 0};
+    while (out.pos < out.size) {
+      if (frame_done_) throw truncated();
+      step(out);
+    }
+  }
+
+  void finish() override {
+    // The payload is complete; the frame must end here (its epilogue may
+    // still be ahead in the input). There must be no more output.
+    std::byte probe;
+    while (!frame_done_) {
+      ZSTD_outBuffer out{&probe, 1, 0};
+      step(out);
+      if (out.pos != 0) compression_error(path_, "zstd frame holds more than the declared length");
+    }
+    if (in_.pos != in_.size || src_.left() != 0) compression_error(path_, "bytes after the end of the zstd frame");
+  }
+
+ private:
+  // One decompression step; throws when the input ends without progress.
+  void step(ZSTD_outBuffer& out) {
+    if (in_.pos == in_.size) refill();
+    const std::size_t out_before = out.pos;
+    const std::size_t in_before = in_.pos;
+    const std::size_t r = ZSTD_decompressStream(ctx_, &out, &in_);
+    if (ZSTD_isError(r)) compression_error(path_, std::string("zstd: ") + ZSTD_getErrorName(r));
+    if (r == 0) {
+      frame_done_ = true;
+      return;
+    }
+    if (out.pos == out_before && in_.pos == in_before && in_.pos == in_.size && src_.left() == 0) throw truncated();
+  }
+  void refill() {
+    const std::size_t n = src_.get(in_buf_.data(), in_buf_.size());
+    in_ = ZSTD_inBuffer{in_buf_.data(), n, 0};
+  }
+  PersistError truncated() const {
+    return PersistError::at(ErrorKind::TruncatedPayload, path_, "the zstd stream ends before the declared length");
+  }
+
+  ByteSource& src_;
+  fs::path path_;
+  ZSTD_DCtx* ctx_;
+  std::vector<std::byte> in_buf_;
+  ZSTD_inBuffer in_{nullptr, 0, 0};
+  bool frame_done_ = false;
+};
+
+// ---------------------------------------------------------------- LZ4 frame
+
+class Lz4FrameEncoder final : public Encoder {
+ public:
+  static constexpr std::size_t kChunk = 1 << 20;
+
+  Lz4FrameEncoder(ByteSink& sink, fs::path path) : sink_(sink), path_(std::move(path)) {
+    check(LZ4F_createCompressionContext(&ctx_, LZ4F_VERSION));
+    std::memset(&prefs_, 0, sizeof prefs_);
+    prefs_.frameInfo.blockSizeID = LZ4F_max4MB;
+    prefs_.frameInfo.blockMode = LZ4F_blockIndependent;
+    out_.resize(LZ4F_compressBound(kChunk, &prefs_) + LZ4F_HEADER_SIZE_MAX);
+    const std::size_t n = LZ4F_compressBegin(ctx_, out_.data(), out_.size(), &prefs_);
+    check(n);
+    sink_.put(out_.data(), n);
+  }
+  ~Lz4FrameEncoder() override { LZ4F_freeCompressionContext(ctx_); }
+
+  void write(const std::byte* data, std::size_t size) override {
+    while (size > 0) {
+      const std::size_t n = size < kChunk ? size : kChunk;
+      const std::size_t r = LZ4F_compressUpdate(ctx_, out_.data(), out_.size(), data, n, nullptr);
+      check(r);
+      if (r > 0) sink_.put(out_.data(), r);
+      data += n;
+      size -= n;
+    }
+  }
+  void finish() override {
+    const std::size_t r = LZ4F_compressEnd(ctx_, out_.data(), out_.size(), nullptr);
+    check(r);
+    sink_.put(out_.data(), r);
+  }
+
+ private:
+  void check(std::size_t r) const {
+    if (LZ4F_isError(r)) compression_error(path_, std::string("lz4: ") + LZ4F_getErrorName(r));
+  }
+  ByteSink& sink_;
+  fs::path path_;
+  LZ4F_cctx* ctx_ = nullptr;
+  LZ4F_preferences_t prefs_;
+  std::vector<std::byte> out_;
+};
+
+class Lz4FrameDecoder final : public Decoder {
+ public:
+  Lz4FrameDecoder(ByteSource& src, fs::path path) : src_(src), path_(std::move(path)) {
+    const std::size_t r = LZ4F_createDecompressionContext(&ctx_, LZ4F_VERSION);
+    if (LZ4F_isError(r)) compression_error(path_, std::string("lz4: ") + LZ4F_getErrorName(r));
+    in_buf_.resize(256 * 1024);
+  }
+  ~Lz4FrameDecoder() override { LZ4F_freeDecompressionContext(ctx_); }
+
+  void read(std::byte* dst, std::size_t size) override {
+    std::size_t done = 0;
+    while (done < size) {
+      if (frame_done_) throw truncated();
+      done += step(dst + done, size - done);
+    }
+  }
+
+  void finish() override {
+    std::byte probe;
+    while (!frame_done_) {
+      if (step(&probe, 1) != 0) compression_error(path_, "lz4 frame holds more than the declared length");
+    }
+    if (in_pos_ != in_len_ || src_.left() != 0) compression_error(path_, "bytes after the end of the lz4 frame");
+  }
+
+ private:
+  // One decompression step into dst[0, cap); returns the bytes produced.
+  std::size_t step(std::byte* dst, std::size_t cap) {
+    if (in_pos_ == in_len_) refill();
+    std::size_t out_n = cap;
+    std::size_t in_n = in_len_ - in_pos_;
+    const std::size_t r = LZ4F_decompress(ctx_, dst, &out_n, in_buf_.data() + in_pos_, &in_n, nullptr);
+    if (LZ4F_isError(r)) compression_error(path_, std::string("lz4: ") + LZ4F_getErrorName(r));
+    in_pos_ += in_n;
+    if (r == 0) {
+      frame_done_ = true;
+    } else if (out_n == 0 && in_n == 0 && in_pos_ == in_len_ && src_.left() == 0) {
+      throw truncated();
+    }
+    return out_n;
+  }
+  void refill() {
+    in_len_ = src_.get(in_buf_.data(), in_buf_.size());
+    in_pos_ = 0;
+  }
+  PersistError truncated() const {
+    return PersistError::at(ErrorKind::TruncatedPayload, path_, "the lz4 stream ends before the declared length");
+  }
+  ByteSource& src_;
+  fs::path path_;
+  LZ4F_dctx* ctx_ = nullptr;
+  std::vector<std::byte> in_buf_;
+  std::size_t in_pos_ = 0;
+  std::size_t in_len_ = 0;
+  bool frame_done_ = false;
+};
+
+// ---------------------------------------------------------------- LZ4 block (legacy, read only)
+
+class Lz4BlockDecoder final : public Decoder {
+ public:
+  Lz4BlockDecoder(ByteSource& src, std::uint64_t uncompressed_len, const fs::path& path) : path_(path) {
+    const std::uint64_t stored = src.left();
+    if (stored > static_cast<std::uint64_t>(LZ4_MAX_INPUT_SIZE) || uncompressed_len > INT_MAX) {
+      compression_error(path_, "lz4 block larger than the LZ4 block format allows");
+    }
+    // Both lengths are bounded: stored by the file's size, uncompressed by the
+    // expansion guard the caller applied.
+    std::vector<char> in(static_cast<std::size_t>(stored));
+    std::size_t got = 0;
+    while (got < in.size()) {
+      const std::size_t n = src.get(reinterpret_cast<std::byte*>(in.data()) + got, in.size() - got);
+      if (n == 0) break;
+      got += n;
+    }
+    if (got != in.size()) throw PersistError::at(ErrorKind::TruncatedPayload, path_, "the lz4 block is truncated");
+    out_.resize(static_cast<std::size_t>(uncompressed_len));
+    const int n = LZ4_decompress_safe(in.data(), reinterpret_cast<char*>(out_.data()), static_cast<int>(in.size()),
+                                      static_cast<int>(out_.size()));
+    if (n < 0) compression_error(path_, "lz4 block is damaged");
+    if (static_cast<std::uint64_t>(n) != uncompressed_len) {
+      compression_error(path_, "lz4 block decompressed to " + std::to_string(n) + " bytes, declared " +
+                                   std::to_string(uncompressed_len));
+    }
+  }
+  void read(std::byte* dst, std::size_t size) override {
+    if (size > out_.size() - pos_) {
+      throw PersistError::at(ErrorKind::TruncatedPayload, path_, "read past the end of the lz4 block");
+    }
+    std::memcpy(dst, out_.data() + pos_, size);
+    pos_ += size;
+  }
+  void finish() override {}
+
+ private:
+  fs::path path_;
+  std::vector<std::byte> out_;
+  std::size_t pos_ = 0;
+};
+
+// ---------------------------------------------------------------- none
+
+class PlainDecoder final : public Decoder {
+ public:
+  PlainDecoder(ByteSource& src, fs::path path) : src_(src), path_(std::move(path)) {}
+  void read(std::byte* dst, std::size_t size) override {
+    while (size > 0) {
+      const std::size_t n = src_.get(dst, size);
+      if (n == 0) throw PersistError::at(ErrorKind::TruncatedPayload, path_, "the payload ends early");
+      dst += n;
+      size -= n;
+    }
+  }
+  void finish() override {
+    if (src_.left() != 0) {
+      throw PersistError::at(ErrorKind::InvalidPayload, path_, "bytes after the end of the payload");
+    }
+  }
+
+ private:
+  ByteSource& src_;
+  fs::path path_;
+};
+
+}  // namespace
+
+std::unique_ptr<Encoder> make_encoder(CompressionScheme scheme, int level, ByteSink& sink, const fs::path& path) {
+  switch (scheme) {
+    case CompressionScheme::Zstd:
+      if (level < 1 || level > ZSTD_maxCLevel()) {
+        throw PersistError::argument("zstd level " + std::to_string(level) + " is outside 1.." +
+                                     std::to_string(ZSTD_maxCLevel()));
+      }
+      return std::make_unique<ZstdEncoder>(level, sink, path);
+    case CompressionScheme::Lz4Frame: return std::make_unique<Lz4FrameEncoder>(sink, path);
+    case CompressionScheme::None:
+    case CompressionScheme::Lz4Block: break;
+  }
+  throw PersistError::argument("no streaming encoder for compression scheme " + std::string(to_string(scheme)));
+}
+
+std::unique_ptr<Decoder> make_decoder(CompressionScheme scheme, ByteSource& source, std::uint64_t uncompressed_len,
+                                      const fs::path& path) {
+  switch (scheme) {
+    case CompressionScheme::None: return std::make_unique<PlainDecoder>(source, path);
+    case CompressionScheme::Zstd: return std::make_unique<ZstdDecoder>(source, path);
+    case CompressionScheme::Lz4Frame: return std::make_unique<Lz4FrameDecoder>(source, path);
+    case CompressionScheme::Lz4Block: return std::make_unique<Lz4BlockDecoder>(source, uncompressed_len, path);
+  }
+  throw PersistError::at(ErrorKind::Compression, path, "unknown compression scheme");
+}
+
+}  // namespace iqdb::persist::codec

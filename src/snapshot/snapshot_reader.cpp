@@ -1,0 +1,194 @@
+// Snapshot reader: one streaming pass over the stored bytes, CRC computed as
+// they arrive, payload decoded as hostile input, result accepted only when
+// the CRC matches.
+#include <algorithm>
+#include <vector>
+
+#include "iqdb/persist/checksum.hpp"
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/snapshot.hpp"
+#include "snapshot/codec.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Reads land in the caller's buffer in chunks of this size; each chunk is
+// checksummed while it is still in cache.
+constexpr std::size_t kReadChunk = std::size_t{2} << 20;
+constexpr std::size_t kDrainBuffer = std::size_t{1} << 20;
+
+class FileSource final : public codec::ByteSource {
+ public:
+  using Progress = std::function<void(std::uint64_t, std::uint64_t)>;
+
+  FileSource(const ReadableFile& file, std::uint64_t begin, std::uint64_t end, const Progress& progress)
+      : file_(file), begin_(begin), pos_(begin), end_(end), progress_(progress) {}
+
+  std::size_t get(std::byte* dst, std::size_t size) override {
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(size, end_ - pos_));
+    std::size_t done = 0;
+    while (done < want) {
+      const std::size_t n = std::min(want - done, kReadChunk);
+      const std::size_t got = file_.read_at(pos_, {dst + done, n});
+      if (got != n) {
+        throw PersistError::at(ErrorKind::TruncatedPayload, file_.path(), "the file shrank while being read", pos_ + got);
+      }
+      crc_.update(dst + done, n);
+      pos_ += n;
+      done += n;
+      if (progress_) progress_(pos_ - begin_, end_ - begin_);
+    }
+    return done;
+  }
+  std::uint64_t left() const noexcept override { return end_ - pos_; }
+
+  void seed_crc(std::span<const std::byte> bytes) { crc_.update(bytes); }
+  std::uint32_t crc() const noexcept { return crc_.value(); }
+
+  // Checksum whatever is left, with a bounded buffer.
+  void drain() {
+    if (pos_ == end_) return;
+    std::vector<std::byte> buf(static_cast<std::size_t>(std::min<std::uint64_t>(kDrainBuffer, end_ - pos_)));
+    while (get(buf.data(), buf.size()) != 0) {
+    }
+  }
+
+ private:
+  const ReadableFile& file_;
+  std::uint64_t begin_;
+  std::uint64_t pos_;
+  std::uint64_t end_;
+  const Progress& progress_;
+  checksum::Crc32 crc_;
+};
+
+class SnapshotPayloadReader final : public PayloadReader {
+ public:
+  SnapshotPayloadReader(codec::Decoder& decoder, std::uint64_t length, const fs::path& path)
+      : decoder_(decoder), remaining_(length), path_(path) {}
+
+  void read(void* dst, std::size_t size) override {
+    if (size > remaining_) {
+      throw PersistError::at(ErrorKind::TruncatedPayload, path_,
+                             "the index payload needs " + std::to_string(size) + " more bytes, " +
+                                 std::to_string(remaining_) + " remain");
+    }
+    decoder_.read(static_cast<std::byte*>(dst), size);
+    remaining_ -= size;
+  }
+  std::uint64_t remaining() const noexcept override { return remaining_; }
+
+ private:
+  codec::Decoder& decoder_;
+  std::uint64_t remaining_;
+  const fs::path& path_;
+};
+
+void check_lengths(const FileHeader& h, const ReadLimits& limits, const fs::path& path) {
+  if (h.uncompressed_len > limits.max_payload_bytes) {
+    throw PersistError::at(ErrorKind::InvalidHeader, path,
+                           "declared payload of " + std::to_string(h.uncompressed_len) +
+                               " bytes exceeds the configured limit of " + std::to_string(limits.max_payload_bytes));
+  }
+  if (h.compression == CompressionScheme::None) {
+    if (h.uncompressed_len != h.stored_len) {
+      throw PersistError::at(ErrorKind::InvalidHeader, path,
+                             "uncompressed payload declared as " + std::to_string(h.uncompressed_len) +
+                                 " bytes, " + std::to_string(h.stored_len) + " are stored");
+    }
+    return;
+  }
+  // Decompression-bomb guard, before anything is decompressed.
+  const std::uint64_t ratio = std::max<std::uint64_t>(limits.max_expansion_ratio, 1);
+  if (h.uncompressed_len / ratio > h.stored_len ||
+      (h.uncompressed_len / ratio == h.stored_len && h.uncompressed_len % ratio != 0)) {
+    throw PersistError::at(ErrorKind::Compression, path,
+                           "declared uncompressed length " + std::to_string(h.uncompressed_len) + " is more than " +
+                               std::to_string(ratio) + " times the " + std::to_string(h.stored_len) +
+                               " compressed bytes");
+  }
+}
+
+FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_view expected_type,
+                              const ReadLimits& limits,
+                              const std::function<void(PayloadReader&, const FileHeader&)>& body,
+                              const FileSource::Progress& progress) {
+  std::unique_ptr<ReadableFile> file = fs.open_read(path);
+  const FileHeader h = format::read_header(*file);
+  if (!expected_type.empty() && h.index_type != expected_type) {
+    throw PersistError::index_type(path, h.index_type, std::string(expected_type));
+  }
+  check_lengths(h, limits, path);
+
+  FileSource source(*file, h.payload_offset, h.payload_offset + h.stored_len, progress);
+  if (h.crc_offset < h.payload_offset) {
+    // Version 2: the CRC covers the compression preamble too.
+    std::vector<std::byte> pre(static_cast<std::size_t>(h.payload_offset - h.crc_offset));
+    if (file->read_at(h.crc_offset, pre) != pre.size()) {
+      throw PersistError::at(ErrorKind::TruncatedPayload, path, "the file shrank while being read");
+    }
+    source.seed_crc(pre);
+  }
+  const auto checksum_error = [&] {
+    return PersistError::checksum(path, h.payload_crc, source.crc(), h.crc_offset);
+  };
+
+  try {
+    std::unique_ptr<codec::Decoder> decoder = codec::make_decoder(h.compression, source, h.uncompressed_len, path);
+    SnapshotPayloadReader reader(*decoder, h.uncompressed_len, path);
+    body(reader, h);
+    if (reader.remaining() != 0) {
+      throw PersistError::at(ErrorKind::InvalidPayload, path,
+                             "the index left " + std::to_string(reader.remaining()) + " payload bytes unread");
+    }
+    decoder->finish();
+  } catch (const PersistError& e) {
+    // Damage usually shows first as a decoding error; the checksum says
+    // whether the bytes were corrupted (and takes precedence) or the file
+    // was written that way.
+    if (e.kind() != ErrorKind::Io) {
+      source.drain();
+      if (source.crc() != h.payload_crc) throw checksum_error();
+    }
+    if (e.path().empty()) throw e.with_path(path);
+    throw;
+  } catch (const std::exception& e) {
+    source.drain();
+    if (source.crc() != h.payload_crc) throw checksum_error();
+    throw PersistError::at(ErrorKind::InvalidPayload, path, std::string("decoding the payload failed: ") + e.what());
+  }
+  source.drain();
+  if (source.crc() != h.payload_crc) throw checksum_error();
+  return h;
+}
+
+}  // namespace
+
+FileHeader read_snapshot(FileSystem& fs, const fs::path& path, std::string_view expected_type,
+                         const ReadLimits& limits, const std::function<void(PayloadReader&, const FileHeader&)>& body) {
+  return read_snapshot_impl(fs, path, expected_type, limits, body, {});
+}
+
+SnapshotSummary inspect_snapshot(FileSystem& fs, const fs::path& path) {
+  std::unique_ptr<ReadableFile> file = fs.open_read(path);
+  return SnapshotSummary{format::read_header(*file), file->size()};
+}
+
+SnapshotSummary verify_snapshot(FileSystem& fs, const fs::path& path, const ReadLimits& limits,
+                                const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+  const FileHeader h = read_snapshot_impl(
+      fs, path, {}, limits,
+      [&](PayloadReader& r, const FileHeader&) {
+        std::vector<std::byte> buf(static_cast<std::size_t>(std::min<std::uint64_t>(r.remaining(), kDrainBuffer)));
+        while (r.remaining() > 0) {
+          r.read(buf.data(), static_cast<std::size_t>(std::min<std::uint64_t>(r.remaining(), buf.size())));
+        }
+      },
+      progress);
+  return SnapshotSummary{h, h.payload_offset + h.stored_len};
+}
+
+}  // namespace iqdb::persist

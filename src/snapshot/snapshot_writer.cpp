@@ -1,0 +1,159 @@
+// Streaming snapshot writer: payload -> (compressor) -> CRC -> file, in
+// bounded buffers, inside an atomic file replace.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "iqdb/persist/checksum.hpp"
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/snapshot.hpp"
+#include "snapshot/codec.hpp"
+#include "util/coding.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+// Small writes are gathered in a buffer of this size.
+constexpr std::size_t kBufferSize = std::size_t{4} << 20;
+// Large writes go straight from the caller's memory, in chunks small enough
+// that the CRC pass leaves the chunk in cache for the write that follows.
+constexpr std::size_t kDirectChunk = std::size_t{2} << 20;
+// How often (in stored bytes) to ask the kernel to start writing back, so the
+// final fsync has little left to do.
+constexpr std::uint64_t kWritebackEvery = std::uint64_t{32} << 20;
+
+class FileSink final : public codec::ByteSink {
+ public:
+  FileSink(WritableFile& file, std::uint64_t start, bool durable)
+      : file_(file), start_(start), durable_(durable), written_back_(start) {}
+
+  void put(const std::byte* data, std::size_t size) override {
+    if (used_ == 0 && size >= kBufferSize) {
+      while (size > 0) {
+        const std::size_t n = std::min(size, kDirectChunk);
+        emit(data, n);
+        data += n;
+        size -= n;
+      }
+      return;
+    }
+    while (size > 0) {
+      if (buf_.empty()) buf_.resize(kBufferSize);
+      const std::size_t n = std::min(size, kBufferSize - used_);
+      std::memcpy(buf_.data() + used_, data, n);
+      used_ += n;
+      data += n;
+      size -= n;
+      if (used_ == kBufferSize) flush();
+    }
+  }
+
+  void flush() {
+    if (used_ > 0) emit(buf_.data(), used_);
+    used_ = 0;
+  }
+
+  std::uint64_t stored() const noexcept { return stored_; }
+  std::uint32_t crc() const noexcept { return crc_.value(); }
+
+ private:
+  void emit(const std::byte* data, std::size_t n) {
+    crc_.update(data, n);
+    file_.append({data, n});
+    stored_ += n;
+    const std::uint64_t end = start_ + stored_;
+    if (durable_ && end - written_back_ >= kWritebackEvery) {
+      file_.start_writeback(written_back_, end - written_back_);
+      written_back_ = end;
+    }
+  }
+
+  WritableFile& file_;
+  std::uint64_t start_;
+  bool durable_;
+  std::uint64_t written_back_;
+  std::vector<std::byte> buf_;
+  std::size_t used_ = 0;
+  std::uint64_t stored_ = 0;
+  checksum::Crc32 crc_;
+};
+
+class SnapshotPayloadWriter final : public PayloadWriter {
+ public:
+  SnapshotPayloadWriter(FileSink& sink, codec::Encoder* encoder) : sink_(sink), encoder_(encoder) {}
+  void write(const void* data, std::size_t size) override {
+    const auto* p = static_cast<const std::byte*>(data);
+    if (encoder_ != nullptr) {
+      encoder_->write(p, size);
+    } else {
+      sink_.put(p, size);
+    }
+    n_ += size;
+  }
+  std::uint64_t bytes_written() const noexcept override { return n_; }
+
+ private:
+  FileSink& sink_;
+  codec::Encoder* encoder_;
+  std::uint64_t n_ = 0;
+};
+
+CompressionScheme scheme_for(const Compression& c) {
+  switch (c.kind()) {
+    case Compression::Kind::None: return CompressionScheme::None;
+    case Compression::Kind::Zstd:
+      if (c.level() < 1 || c.level() > 22) {
+        throw PersistError::argument("zstd level " + std::to_string(c.level()) + " is outside 1..22");
+      }
+      return CompressionScheme::Zstd;
+    case Compression::Kind::Lz4: return CompressionScheme::Lz4Frame;
+  }
+  throw PersistError::argument("unknown compression kind");
+}
+
+}  // namespace
+
+FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, const SnapshotInfo& info,
+                          Compression compression, bool durable, const std::function<void(PayloadWriter&)>& body) {
+  FileHeader h;
+  h.format_version = 3;
+  h.index_type = std::string(info.index_type);
+  h.dim = info.dim;
+  h.metric = info.metric;
+  h.n_vectors = info.n_vectors;
+  h.last_lsn = info.last_lsn;
+  h.compression = scheme_for(compression);
+  // Validates the tag before any file is created.
+  const std::size_t header_len = format::write_header(h).size();
+  h.crc_offset = h.payload_offset = header_len;
+
+  try {
+    replace_file_atomically(fs, path, durable, [&](WritableFile& file) {
+      // Placeholder; the real header (with lengths and CRC) goes in last.
+      const std::vector<std::byte> zeros(header_len);
+      file.append(zeros);
+      FileSink sink(file, header_len, durable);
+      std::unique_ptr<codec::Encoder> encoder;
+      if (h.compression != CompressionScheme::None) {
+        encoder = codec::make_encoder(h.compression, compression.level(), sink, path);
+      }
+      SnapshotPayloadWriter writer(sink, encoder.get());
+      body(writer);
+      if (encoder) encoder->finish();
+      sink.flush();
+      h.uncompressed_len = writer.bytes_written();
+      h.stored_len = sink.stored();
+      h.payload_crc = sink.crc();
+      const std::vector<std::byte> header = format::write_header(h);
+      h.header_crc = coding::get<std::uint32_t>(header.data() + header.size() - 4);
+      file.write_at(0, header);
+    });
+  } catch (const PersistError& e) {
+    if (e.path().empty()) throw e.with_path(path);
+    throw;
+  }
+  return h;
+}
+
+}  // namespace iqdb::persist

@@ -1,0 +1,112 @@
+#include "iqdb/persist/error.hpp"
+
+#include <cstring>
+#include <sstream>
+
+namespace iqdb::persist {
+
+std::string_view to_string(ErrorKind kind) noexcept {
+  switch (kind) {
+    case ErrorKind::Io: return "io";
+    case ErrorKind::BadMagic: return "bad_magic";
+    case ErrorKind::UnsupportedVersion: return "unsupported_version";
+    case ErrorKind::ChecksumMismatch: return "checksum_mismatch";
+    case ErrorKind::TruncatedHeader: return "truncated_header";
+    case ErrorKind::TruncatedPayload: return "truncated_payload";
+    case ErrorKind::InvalidMetric: return "invalid_metric";
+    case ErrorKind::InvalidIndexType: return "invalid_index_type";
+    case ErrorKind::InvalidHeader: return "invalid_header";
+    case ErrorKind::InvalidPayload: return "invalid_payload";
+    case ErrorKind::Compression: return "compression";
+    case ErrorKind::Unsupported: return "unsupported";
+    case ErrorKind::Locked: return "locked";
+    case ErrorKind::InvalidArgument: return "invalid_argument";
+    case ErrorKind::DuplicateId: return "duplicate_id";
+    case ErrorKind::IdNotFound: return "id_not_found";
+    case ErrorKind::CorruptLog: return "corrupt_log";
+    case ErrorKind::Poisoned: return "poisoned";
+  }
+  return "unknown";
+}
+
+namespace {
+
+std::string compose(ErrorKind kind, const std::string& detail, const std::filesystem::path& path,
+                    std::optional<std::uint64_t> offset) {
+  std::string s(to_string(kind));
+  s += ": ";
+  s += detail;
+  if (!path.empty()) {
+    s += " (file ";
+    s += path.string();
+    if (offset) s += ", offset " + std::to_string(*offset);
+    s += ")";
+  } else if (offset) {
+    s += " (offset " + std::to_string(*offset) + ")";
+  }
+  return s;
+}
+
+std::string hex32(std::uint32_t v) {
+  std::ostringstream o;
+  o << "0x" << std::hex;
+  o.width(8);
+  o.fill('0');
+  o << v;
+  return o.str();
+}
+
+}  // namespace
+
+PersistError::PersistError(ErrorKind kind, std::string message)
+    : std::runtime_error(compose(kind, message, {}, std::nullopt)), kind_(kind), detail_(std::move(message)) {}
+
+PersistError PersistError::io(const std::filesystem::path& path, std::string_view operation, int err) {
+  std::string detail(operation);
+  detail += " failed: ";
+  detail += std::strerror(err);
+  PersistError e = at(ErrorKind::Io, path, std::move(detail));
+  e.errno_ = err;
+  return e;
+}
+
+PersistError PersistError::at(ErrorKind kind, const std::filesystem::path& path, std::string detail,
+                              std::optional<std::uint64_t> offset) {
+  PersistError e(kind, detail);
+  static_cast<std::runtime_error&>(e) = std::runtime_error(compose(kind, detail, path, offset));
+  e.path_ = path;
+  e.offset_ = offset;
+  return e;
+}
+
+PersistError PersistError::checksum(const std::filesystem::path& path, std::uint32_t expected,
+                                    std::uint32_t computed, std::optional<std::uint64_t> offset,
+                                    std::string_view what) {
+  PersistError e = at(ErrorKind::ChecksumMismatch, path,
+                      std::string(what) + " CRC-32 stored " + hex32(expected) + ", computed " + hex32(computed),
+                      offset);
+  e.expected_crc_ = expected;
+  e.computed_crc_ = computed;
+  return e;
+}
+
+PersistError PersistError::index_type(const std::filesystem::path& path, std::string found, std::string expected) {
+  PersistError e = at(ErrorKind::InvalidIndexType, path,
+                      "the snapshot holds index type '" + found + "', expected '" + expected + "'");
+  e.found_ = std::move(found);
+  e.expected_ = std::move(expected);
+  return e;
+}
+
+PersistError PersistError::argument(std::string detail) {
+  return PersistError(ErrorKind::InvalidArgument, std::move(detail));
+}
+
+PersistError PersistError::with_path(const std::filesystem::path& path) const {
+  PersistError e = *this;
+  static_cast<std::runtime_error&>(e) = std::runtime_error(compose(kind_, detail_, path, offset_));
+  e.path_ = path;
+  return e;
+}
+
+}  // namespace iqdb::persist

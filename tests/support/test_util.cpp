@@ -1,0 +1,69 @@
+#include "support/test_util.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+
+namespace iqdb::persist::test {
+
+TempDir::TempDir() {
+  std::random_device rd;
+  const auto base = std::filesystem::temp_directory_path();
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    auto p = base / ("iqdb-test-" + std::to_string(rd()) + std::to_string(rd()));
+    if (std::filesystem::create_directory(p)) {
+      path_ = p;
+      return;
+    }
+  }
+  throw std::runtime_error("cannot create a temporary directory");
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::vector<std::string> TempDir::entries() const {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(path_)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::byte> read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + p.string());
+  std::vector<char> c((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> out(c.size());
+  if (!c.empty()) std::memcpy(out.data(), c.data(), c.size());
+  return out;
+}
+
+void write_file(const std::filesystem::path& p, const std::vector<std::byte>& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + p.string());
+}
+
+Bytes& Bytes::raw(const void* p, std::size_t n) {
+  const auto* c = static_cast<const std::byte*>(p);
+  b_.insert(b_.end(), c, c + n);
+  return *this;
+}
+
+template <class T>
+static void put_le(std::vector<std::byte>& b, T v) {
+  for (std::size_t i = 0; i < sizeof(T); ++i) b.push_back(static_cast<std::byte>((v >> (8 * i)) & 0xff));
+}
+
+Bytes& Bytes::u16(std::uint16_t v) { put_le(b_, v); return *this; }
+Bytes& Bytes::u32(std::uint32_t v) { put_le(b_, v); return *this; }
+Bytes& Bytes::u64(std::uint64_t v) { put_le(b_, v); return *this; }
+Bytes& Bytes::f32(float v) { return u32(std::bit_cast<std::uint32_t>(v)); }
+Bytes& Bytes::f64(double v) { return u64(std::bit_cast<std::uint64_t>(v)); }
+
+}  // namespace iqdb::persist::test

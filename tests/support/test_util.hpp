@@ -1,0 +1,51 @@
+// Helpers shared by the tests.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace iqdb::persist::test {
+
+// A fresh directory under the system temp dir, removed when destroyed.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const noexcept { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+  // Names of the entries in the directory, sorted.
+  std::vector<std::string> entries() const;
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::vector<std::byte> read_file(const std::filesystem::path& p);
+void write_file(const std::filesystem::path& p, const std::vector<std::byte>& bytes);
+
+// Little-endian byte builder for crafting files byte by byte in tests.
+class Bytes {
+ public:
+  Bytes& raw(const void* p, std::size_t n);
+  Bytes& str(const std::string& s) { return raw(s.data(), s.size()); }
+  Bytes& u8(std::uint8_t v) { return raw(&v, 1); }
+  Bytes& u16(std::uint16_t v);
+  Bytes& u32(std::uint32_t v);
+  Bytes& u64(std::uint64_t v);
+  Bytes& i64(std::int64_t v) { return u64(static_cast<std::uint64_t>(v)); }
+  Bytes& f32(float v);
+  Bytes& f64(double v);
+  Bytes& append(const std::vector<std::byte>& b) { return raw(b.data(), b.size()); }
+  std::vector<std::byte>& data() noexcept { return b_; }
+  std::size_t size() const noexcept { return b_.size(); }
+
+ private:
+  std::vector<std::byte> b_;
+};
+
+}  // namespace iqdb::persist::test
