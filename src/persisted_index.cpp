@@ -14,9 +14,6 @@ void validate_config(const PersistConfig& cfg) {
   if (cfg.fsync_policy.mode() == FsyncPolicy::Mode::Periodic && cfg.fsync_policy.interval().count() <= 0) {
     throw PersistError::argument("FsyncPolicy::periodic needs a positive interval");
   }
-  if (cfg.wal_enabled) {
-    throw PersistError(ErrorKind::Unsupported, "the write-ahead log is not available in this build yet");
-  }
 }
 
 }  // namespace iqdb::persist::detail

@@ -14,3 +14,5 @@
 #include "iqdb/persist/snapshot.hpp"
 #include "iqdb/persist/types.hpp"
 #include "iqdb/persist/version.hpp"
+#include "iqdb/persist/wal.hpp"
+#include "iqdb/persist/write_batch.hpp"

@@ -1,5 +1,6 @@
 // The POSIX implementation of the file-system seam. Every system call of the
 // library is made here and nowhere else.
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -181,6 +182,22 @@ class PosixFileSystem final : public FileSystem {
     if (::lstat(p.c_str(), &st) == 0) return true;
     if (errno == ENOENT || errno == ENOTDIR) return false;
     throw PersistError::io(p, "stat", errno);
+  }
+
+  std::vector<std::string> list_dir(const fs::path& dir) override {
+    const fs::path d = dir.empty() ? fs::path(".") : dir;
+    DIR* h = ::opendir(d.c_str());
+    if (h == nullptr) throw PersistError::io(d, "open directory", errno);
+    std::vector<std::string> names;
+    errno = 0;
+    while (const dirent* e = ::readdir(h)) {
+      const std::string_view n = e->d_name;
+      if (n != "." && n != "..") names.emplace_back(n);
+    }
+    const int err = errno;
+    ::closedir(h);
+    if (err != 0) throw PersistError::io(d, "read directory", err);
+    return names;
   }
 
   std::unique_ptr<FileLock> lock(const fs::path& p) override {

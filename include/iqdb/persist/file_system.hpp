@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace iqdb::persist {
 
@@ -76,6 +77,8 @@ class FileSystem {
   // fsync a directory, making renames, creates and removes in it durable.
   virtual void sync_dir(const std::filesystem::path& dir) = 0;
   virtual bool exists(const std::filesystem::path& path) = 0;
+  // Names of the entries of a directory (not "." or "..").
+  virtual std::vector<std::string> list_dir(const std::filesystem::path& dir) = 0;
   // Take an exclusive lock on `path` (created if missing) without waiting;
   // throws PersistError(Locked) when another holder has it, in this process or another.
   virtual std::unique_ptr<FileLock> lock(const std::filesystem::path& path) = 0;
@@ -107,6 +110,7 @@ class FileSystemWrapper : public FileSystem {
   void remove(const std::filesystem::path& p) override { target_.remove(p); }
   void sync_dir(const std::filesystem::path& d) override { target_.sync_dir(d); }
   bool exists(const std::filesystem::path& p) override { return target_.exists(p); }
+  std::vector<std::string> list_dir(const std::filesystem::path& d) override { return target_.list_dir(d); }
   std::unique_ptr<FileLock> lock(const std::filesystem::path& p) override { return target_.lock(p); }
   std::uint64_t random_u64() override { return target_.random_u64(); }
 

@@ -36,9 +36,12 @@ concept Index = requires(I& index, const I& cindex, const VectorId& id, std::spa
 //     problems with reader.fail() or by throwing PersistError.
 //
 // Optional hooks, used when present:
-//   check_insert(id, vec, meta) / check_erase(id): throw if the mutation
-//     would be rejected, without changing the index. PersistedIndex calls them
-//     before a mutation is logged. Without them, dim() and contains() decide.
+//   validate_insert(id, vec, meta) / validate_erase(id): throw PersistError if
+//     the index cannot take this mutation for a reason of its own (say, an
+//     index type that cannot erase: ErrorKind::Unsupported), without changing
+//     the index. The library checks the dimension and the presence or absence
+//     of the id itself (accounting for mutations logged but not yet applied),
+//     then calls these, all before anything is logged.
 template <class I>
 concept Persistable = Index<I> && requires(const I& cindex, PayloadWriter& w, PayloadReader& r) {
   { I::index_type } -> std::convertible_to<std::string_view>;
@@ -48,29 +51,23 @@ concept Persistable = Index<I> && requires(const I& cindex, PayloadWriter& w, Pa
 
 namespace detail {
 
+// The library's validation of a mutation. `present` says whether the id is
+// in the index as the mutation will find it.
 template <Index I>
-void check_insert(const I& index, const VectorId& id, std::span<const float> vec,
+void check_insert(const I& index, bool present, const VectorId& id, std::span<const float> vec,
                   const std::optional<Metadata>& meta) {
-  if constexpr (requires { index.check_insert(id, vec, meta); }) {
-    index.check_insert(id, vec, meta);
-  } else {
-    if (vec.size() != index.dim()) {
-      throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) +
-                                   ", the index has " + std::to_string(index.dim()));
-    }
-    if (index.contains(id)) {
-      throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
-    }
+  if (vec.size() != index.dim()) {
+    throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
+                                 std::to_string(index.dim()));
   }
+  if (present) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+  if constexpr (requires { index.validate_insert(id, vec, meta); }) index.validate_insert(id, vec, meta);
 }
 
 template <Index I>
-void check_erase(const I& index, const VectorId& id) {
-  if constexpr (requires { index.check_erase(id); }) {
-    index.check_erase(id);
-  } else if (!index.contains(id)) {
-    throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
-  }
+void check_erase(const I& index, bool present, const VectorId& id) {
+  if (!present) throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
+  if constexpr (requires { index.validate_erase(id); }) index.validate_erase(id);
 }
 
 }  // namespace detail

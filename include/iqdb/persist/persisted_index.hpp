@@ -6,17 +6,28 @@
 //   db.insert(42, vec);
 //   db.save();                                            // atomic snapshot
 //   auto again = PersistedIndex<FlatIndex>::load(cfg);    // verified load
+//
+// With cfg.wal_enabled, every insert / erase / write is logged (and made
+// durable per cfg.fsync_policy) before it is applied and acknowledged, and
+// load() replays the log. See docs/API.md and docs/RELIABILITY.md.
 #pragma once
 
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <span>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "iqdb/persist/config.hpp"
+#include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/index.hpp"
 #include "iqdb/persist/snapshot.hpp"
+#include "iqdb/persist/write_batch.hpp"
 
 namespace iqdb::persist {
 
@@ -24,63 +35,239 @@ namespace detail {
 inline FileSystem& fs_of(const PersistConfig& cfg) {
   return cfg.file_system != nullptr ? *cfg.file_system : default_file_system();
 }
-// Validates a config for this build (throws InvalidArgument / Unsupported).
+// Validates a config (throws InvalidArgument).
 void validate_config(const PersistConfig& cfg);
 }  // namespace detail
 
-// Thread safety: a PersistedIndex is not internally synchronised; like a
-// standard container, concurrent const calls are safe and any mutation needs
-// exclusive access.
+// Thread safety: insert, erase, write, save, checkpoint, sync and read may be
+// called from any number of threads at once. Mutations are serialised; under
+// FsyncPolicy::Always concurrent mutations share fsyncs (group commit). read()
+// runs alongside mutations and alongside a checkpoint's snapshot write.
+// index() / index_mut() are unsynchronised: use them only while no other
+// thread calls into this object. The object itself is movable, not copyable;
+// moving it while other threads use it is not safe.
 template <Persistable I>
 class PersistedIndex {
  public:
-  // Wrap an in-memory index. Nothing is written until save() / checkpoint().
+  // Wrap an in-memory index. Without a WAL nothing is written until save().
+  // With a WAL: takes the writer lock (Locked if held elsewhere), writes a
+  // base snapshot of `index` and starts an empty log.
   static PersistedIndex open_with(I index, PersistConfig config) {
     detail::validate_config(config);
-    return PersistedIndex(std::move(index), std::move(config));
+    auto s = std::make_unique<State>(std::move(index), std::move(config));
+    if (s->config.wal_enabled) {
+      State* st = s.get();
+      s->engine = detail::WalEngine::create(s->config, [st](std::uint64_t lsn) { st->write_snapshot(lsn, true); });
+    }
+    return PersistedIndex(std::move(s));
   }
 
   // Load the snapshot at config.path: verified (header, checksum, index type,
   // and the rebuilt index agrees with the header's dim, metric and count).
+  // With a WAL: takes the writer lock, replays the log records the snapshot
+  // does not hold yet, and cuts a torn tail off the log.
   static PersistedIndex load(PersistConfig config) {
     detail::validate_config(config);
     std::optional<I> loaded;
-    const FileHeader h = read_snapshot(detail::fs_of(config), config.path, I::index_type, config.limits,
-                                       [&](PayloadReader& r, const FileHeader&) { loaded.emplace(I::load_from(r)); });
-    check_against_header(*loaded, h, config.path);
-    return PersistedIndex(std::move(*loaded), std::move(config));
+    const auto load_snapshot = [&] {
+      const FileHeader h = read_snapshot(detail::fs_of(config), config.path, I::index_type, config.limits,
+                                         [&](PayloadReader& r, const FileHeader&) { loaded.emplace(I::load_from(r)); });
+      check_against_header(*loaded, h, config.path);
+      return h;
+    };
+    if (!config.wal_enabled) {
+      load_snapshot();
+      return PersistedIndex(std::make_unique<State>(std::move(*loaded), std::move(config)));
+    }
+    const auto replay = [&](const wal::RecordView& r) {
+      if (r.op == wal::Op::Insert) {
+        detail::check_insert(*loaded, loaded->contains(*r.id), *r.id, r.vector, std::nullopt);
+        loaded->insert(*r.id, r.vector, r.metadata ? std::optional<Metadata>(*r.metadata) : std::nullopt);
+      } else {
+        detail::check_erase(*loaded, loaded->contains(*r.id), *r.id);
+        loaded->erase(*r.id);
+      }
+    };
+    const auto write_snapshot = [&](std::uint64_t lsn) { write_index_snapshot(*loaded, config, lsn, true); };
+    auto engine = detail::WalEngine::open(config, load_snapshot, replay, write_snapshot);
+    auto s = std::make_unique<State>(std::move(*loaded), std::move(config));
+    s->engine = std::move(engine);
+    return PersistedIndex(std::move(s));
   }
 
-  const I& index() const noexcept { return index_; }
-  // Direct access for operations PersistedIndex does not wrap. Changes made
-  // through it are persisted by the next save() / checkpoint().
-  I& index_mut() noexcept { return index_; }
-  const PersistConfig& config() const noexcept { return config_; }
+  PersistedIndex(PersistedIndex&&) noexcept = default;
+  PersistedIndex& operator=(PersistedIndex&&) noexcept = default;
+  // Closes (see close()); errors are swallowed: call close() to see them.
+  ~PersistedIndex() = default;
 
-  // Validated first: a mutation the index would reject throws and changes nothing.
+  // Unsynchronised access (see the class comment).
+  const I& index() const noexcept { return s_->index; }
+  // Changes made through index_mut() bypass the log: they become durable only
+  // with the next save() / checkpoint().
+  I& index_mut() noexcept { return s_->index; }
+  const PersistConfig& config() const noexcept { return s_->config; }
+
+  // Run f(const I&) under the read lock, alongside other readers and
+  // mutations' logging; returns what f returns.
+  template <class F>
+  decltype(auto) read(F&& f) const {
+    std::shared_lock lk(s_->mu);
+    return std::forward<F>(f)(std::as_const(s_->index));
+  }
+
+  // Insert a vector. Validated first (dimension, id absent, index-specific
+  // checks): a mutation the index would reject throws and changes nothing,
+  // and is never logged. With a WAL, the call returns once the record is
+  // durable per the fsync policy and applied.
   void insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta = {}) {
-    detail::check_insert(index_, id, vec, meta);
-    index_.insert(id, vec, std::move(meta));
+    const detail::MutationRef m{wal::Op::Insert, &id, vec, meta ? &*meta : nullptr};
+    commit({&m, 1}, [&] {
+      std::unique_lock lk(s_->mu);
+      s_->index.insert(id, vec, std::move(meta));
+    });
   }
+
+  // Erase a vector (IdNotFound if absent).
   void erase(const VectorId& id) {
-    detail::check_erase(index_, id);
-    index_.erase(id);
+    const detail::MutationRef m{wal::Op::Erase, &id, {}, nullptr};
+    commit({&m, 1}, [&] {
+      std::unique_lock lk(s_->mu);
+      s_->index.erase(id);
+    });
+  }
+
+  // Apply a batch: validated as a whole (each mutation sees the ones before
+  // it), logged as one record group with one fsync, all or nothing on recovery.
+  void write(const WriteBatch& batch) {
+    if (batch.empty()) return;
+    std::vector<detail::MutationRef> refs;
+    refs.reserve(batch.size());
+    for (const auto& m : batch.mutations()) {
+      refs.push_back({m.op, &m.id, m.vector, m.metadata ? &*m.metadata : nullptr});
+    }
+    commit(refs, [&] {
+      std::unique_lock lk(s_->mu);
+      std::size_t applied = 0;
+      try {
+        for (const auto& m : batch.mutations()) {
+          if (m.op == wal::Op::Insert) {
+            s_->index.insert(m.id, m.vector, m.metadata);
+          } else {
+            s_->index.erase(m.id);
+          }
+          ++applied;
+        }
+      } catch (const std::exception& e) {
+        if (applied == 0) throw;
+        // Part of the batch is in the index and cannot be taken back
+        // generically: refuse further writes; a reopen replays what is durable.
+        throw PersistError(ErrorKind::Poisoned,
+                           std::string("a batch was applied only in part (") + e.what() + "); reopen the index");
+      }
+    });
   }
 
   // Write a snapshot atomically: the previous file stays intact until the new
-  // one is complete (and, unless FsyncPolicy::Never, durable).
+  // one is complete (and, unless FsyncPolicy::Never, durable). With a WAL this
+  // is checkpoint().
   FileHeader save() {
-    const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index_.dim()), index_.metric(),
-                            static_cast<std::uint64_t>(index_.size()), 0};
-    return write_snapshot(detail::fs_of(config_), config_.path, info, config_.compression,
-                          config_.fsync_policy.mode() != FsyncPolicy::Mode::Never,
-                          [this](PayloadWriter& w) { index_.save_to(w); });
+    if (s_->engine) return checkpoint();
+    std::shared_lock lk(s_->mu);
+    return s_->write_snapshot(0, s_->config.fsync_policy.mode() != FsyncPolicy::Mode::Never);
   }
-  // Without a write-ahead log, the same as save().
-  FileHeader checkpoint() { return save(); }
+
+  // With a WAL: fold the log into a new snapshot and start an empty log, such
+  // that a crash at any instant recovers exactly the acknowledged state.
+  // Blocks mutations while it runs, not read(). Without a WAL: save().
+  FileHeader checkpoint() {
+    if (!s_->engine) return save();
+    FileHeader written;
+    State* st = s_.get();
+    s_->engine->checkpoint([&](std::uint64_t lsn) {
+      std::shared_lock lk(st->mu);
+      written = st->write_snapshot(lsn, true);
+    });
+    return written;
+  }
+
+  // Make every acknowledged mutation durable now (a no-op without a WAL).
+  void sync() {
+    if (s_->engine) s_->engine->sync();
+  }
+
+  // Release the writer lock after making the log durable (unless
+  // FsyncPolicy::Never). Further mutations fail. Reports errors, unlike the
+  // destructor.
+  void close() {
+    if (s_->engine) s_->engine->close();
+  }
+
+  // The LSN of the last logged mutation (0 without a WAL or before any).
+  std::uint64_t last_lsn() const { return s_->engine ? s_->engine->last_lsn() : 0; }
 
  private:
-  PersistedIndex(I index, PersistConfig config) : index_(std::move(index)), config_(std::move(config)) {}
+  struct State {
+    State(I i, PersistConfig c) : index(std::move(i)), config(std::move(c)) {}
+    FileHeader write_snapshot(std::uint64_t lsn, bool durable) const {
+      return write_index_snapshot(index, config, lsn, durable);
+    }
+    I index;
+    PersistConfig config;
+    mutable std::shared_mutex mu;  // guards index against read() during mutations
+    std::mutex write_mu;           // serialises mutations without a WAL
+    std::unique_ptr<detail::WalEngine> engine;
+  };
+
+  explicit PersistedIndex(std::unique_ptr<State> s) : s_(std::move(s)) {}
+
+  static FileHeader write_index_snapshot(const I& index, const PersistConfig& config, std::uint64_t lsn,
+                                         bool durable) {
+    const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
+                            static_cast<std::uint64_t>(index.size()), lsn};
+    return write_snapshot(detail::fs_of(config), config.path, info, config.compression, durable,
+                          [&index](PayloadWriter& w) { index.save_to(w); });
+  }
+
+  // Validation shared by both modes: each mutation sees the ones before it in
+  // the same commit, then mutations logged but not applied, then the index.
+  void validate(std::span<const detail::MutationRef> ops, const detail::WalEngine::PendingPresence* pending) const {
+    const I& index = s_->index;
+    std::unordered_map<VectorId, bool> local;
+    for (const detail::MutationRef& m : ops) {
+      bool present;
+      if (const auto it = local.find(*m.id); it != local.end()) {
+        present = it->second;
+      } else if (const auto p = pending != nullptr ? (*pending)(*m.id) : std::nullopt) {
+        present = *p;
+      } else {
+        present = index.contains(*m.id);
+      }
+      if (m.op == wal::Op::Insert) {
+        const std::optional<Metadata> meta = m.metadata ? std::optional<Metadata>(*m.metadata) : std::nullopt;
+        detail::check_insert(index, present, *m.id, m.vector, meta);
+      } else {
+        detail::check_erase(index, present, *m.id);
+      }
+      if (ops.size() > 1) local[*m.id] = m.op == wal::Op::Insert;
+    }
+  }
+
+  template <class Apply>
+  void commit(std::span<const detail::MutationRef> ops, Apply&& apply) {
+    if (s_->engine) {
+      // The index changes only inside the engine's commit lock, so validation
+      // reads it without the read lock.
+      const detail::WalEngine::Validate v = [&](const detail::WalEngine::PendingPresence& pending) {
+        validate(ops, &pending);
+      };
+      const detail::WalEngine::Apply a = std::forward<Apply>(apply);
+      s_->engine->commit(ops, v, a);
+      return;
+    }
+    std::lock_guard lk(s_->write_mu);
+    validate(ops, nullptr);
+    apply();
+  }
 
   static void check_against_header(const I& index, const FileHeader& h, const std::filesystem::path& path) {
     const auto mismatch = [&](const char* field, std::uint64_t header, std::uint64_t payload) {
@@ -94,8 +281,7 @@ class PersistedIndex {
     if (index.size() != h.n_vectors) mismatch("n_vectors", h.n_vectors, index.size());
   }
 
-  I index_;
-  PersistConfig config_;
+  std::unique_ptr<State> s_;
 };
 
 }  // namespace iqdb::persist

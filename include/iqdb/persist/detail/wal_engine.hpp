@@ -1,0 +1,78 @@
+// The durability engine behind PersistedIndex in WAL mode (not a public API:
+// PersistedIndex is a template, so it lives in a header).
+//
+// It owns the single-writer lock, the log file, group commit, the periodic
+// flusher and the checkpoint protocol. It knows nothing of the index type:
+// PersistedIndex passes callbacks that validate, apply and serialise.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+
+#include "iqdb/persist/config.hpp"
+#include "iqdb/persist/format.hpp"
+#include "iqdb/persist/types.hpp"
+#include "iqdb/persist/wal.hpp"
+
+namespace iqdb::persist::detail {
+
+struct MutationRef {
+  wal::Op op;
+  const VectorId* id;
+  std::span<const float> vector;
+  const Metadata* metadata;
+};
+
+class WalEngine {
+ public:
+  // Presence of an id as changed by mutations logged but not yet applied to
+  // the index: nullopt when none of them touches it (then the index decides).
+  using PendingPresence = std::function<std::optional<bool>(const VectorId&)>;
+  // Throws (before anything is logged) when the mutations must be refused.
+  using Validate = std::function<void(const PendingPresence&)>;
+  // Applies the mutations of one commit to the index; on failure, leaves the
+  // index as it was and throws.
+  using Apply = std::function<void()>;
+  // Writes a durable snapshot of the index with this last LSN.
+  using WriteSnapshot = std::function<void(std::uint64_t last_lsn)>;
+  using Replay = std::function<void(const wal::RecordView&)>;
+
+  // open_with: take the lock, write the base snapshot, start a new log.
+  static std::unique_ptr<WalEngine> create(const PersistConfig& cfg, const WriteSnapshot& write_snapshot);
+  // load: take the lock, load the snapshot (load_snapshot returns its
+  // header), replay the log records after its last LSN, cut a torn tail off.
+  // A version-1 (reference) log is folded into a new snapshot and replaced by
+  // a version-2 log at once.
+  static std::unique_ptr<WalEngine> open(const PersistConfig& cfg, const std::function<FileHeader()>& load_snapshot,
+                                         const Replay& replay, const WriteSnapshot& write_snapshot);
+
+  WalEngine(const WalEngine&) = delete;
+  WalEngine& operator=(const WalEngine&) = delete;
+  ~WalEngine();  // close(), errors swallowed
+
+  // Validate, log (one frame), make durable per the policy, apply, return.
+  // Thread-safe; concurrent commits under FsyncPolicy::Always share fsyncs.
+  void commit(std::span<const MutationRef> ops, const Validate& validate, const Apply& apply);
+
+  // Fold the log into a new snapshot and start an empty log. Blocks commits
+  // (not readers) while it runs.
+  void checkpoint(const WriteSnapshot& write_snapshot);
+
+  // Make every logged record durable now.
+  void sync();
+  // Stop the flusher, sync (unless FsyncPolicy::Never), release the lock.
+  void close();
+
+  std::uint64_t last_lsn() const;
+
+  class Impl;
+
+ private:
+  explicit WalEngine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace iqdb::persist::detail

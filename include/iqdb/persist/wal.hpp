@@ -1,0 +1,87 @@
+// The write-ahead log: reading, checking and repairing log files.
+//
+// PersistedIndex writes and replays the log itself (PersistConfig::wal_enabled);
+// these functions are for tools and operators: the CLI's `wal dump` and
+// `wal repair` are thin wrappers over them. Byte layout: docs/FORMAT.md.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <span>
+
+#include "iqdb/persist/types.hpp"
+
+namespace iqdb::persist {
+
+class FileSystem;
+
+namespace wal {
+
+// Mutation kinds. On-disk tags: never renumber.
+enum class Op : std::uint8_t { Insert = 1, Erase = 2 };
+
+// Version of the log format this library writes.
+inline constexpr std::uint32_t CURRENT_VERSION = 2;
+// Largest frame body accepted (bytes), as in the reference.
+inline constexpr std::uint32_t MAX_FRAME_LEN = 256u << 20;
+
+// The log beside a snapshot: "<snapshot>.wal".
+std::filesystem::path log_path_for(const std::filesystem::path& snapshot);
+
+// One logged mutation, valid only during the callback that receives it.
+struct RecordView {
+  std::optional<std::uint64_t> lsn;  // nullopt for version-1 (reference) logs
+  Op op = Op::Insert;
+  const VectorId* id = nullptr;
+  std::span<const float> vector;       // empty for Erase
+  const Metadata* metadata = nullptr;  // nullptr when the insert has none
+  std::uint64_t frame_offset = 0;      // file offset of the frame holding it
+  std::uint32_t index_in_frame = 0;    // position within a batch frame
+  std::uint32_t frame_records = 1;     // records in that frame
+};
+
+// What a scan of a log found.
+struct ScanResult {
+  std::uint32_t version = 0;
+  std::uint64_t salt = 0;      // v2: this log generation's salt
+  std::uint64_t base_lsn = 0;  // v2: LSN of the first record this log holds
+  std::uint64_t records = 0;   // records in the valid prefix
+  std::uint64_t frames = 0;    // frames in the valid prefix
+  std::optional<std::uint64_t> last_lsn;  // v2: LSN of the last valid record
+  std::uint64_t valid_bytes = 0;      // header + valid frames: where the next frame goes
+  std::uint64_t torn_tail_bytes = 0;  // damaged bytes after the valid prefix (not zero padding)
+  std::uint64_t file_size = 0;
+  // Set when a damaged frame is followed by intact frames: corruption in the
+  // middle of the log, not a torn tail. The counts say what lies beyond it.
+  std::optional<std::uint64_t> corrupt_offset;
+  std::uint64_t frames_after_corruption = 0;
+  std::uint64_t records_after_corruption = 0;
+};
+
+enum class ScanMode {
+  // A damaged frame followed by intact frames throws PersistError(CorruptLog)
+  // naming the offset. A damaged or incomplete final frame is a torn tail.
+  Strict,
+  // Report mid-log corruption in ScanResult instead of throwing; records
+  // after it are not delivered.
+  Report,
+};
+
+// Read the log at `path` (version 1 or 2), calling on_record (may be empty)
+// for each record of the valid prefix, in order. Every length is checked
+// against the bytes that remain before anything is allocated. Throws
+// PersistError for a log that cannot be read (bad magic or header, I/O) and,
+// in Strict mode, for mid-log corruption.
+ScanResult scan_log(FileSystem& fs, const std::filesystem::path& path,
+                    const std::function<void(const RecordView&)>& on_record, ScanMode mode = ScanMode::Strict);
+
+// Cut the log after its last valid frame, durably; returns the scan that
+// decided where (what was dropped: torn_tail_bytes, and for mid-log
+// corruption, frames/records_after_corruption). Must not run while a writer
+// has the index open (it takes the index's lock: throws Locked).
+ScanResult repair_log(FileSystem& fs, const std::filesystem::path& path);
+
+}  // namespace wal
+}  // namespace iqdb::persist

@@ -1,0 +1,320 @@
+// Write-ahead log reader: frames are checked (length bounds, CRC, LSN order)
+// before they are decoded; a damaged frame is a torn tail only when nothing
+// intact follows it.
+#include "wal/log_reader.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "iqdb/persist/checksum.hpp"
+#include "iqdb/persist/error.hpp"
+#include "util/coding.hpp"
+#include "wal/log_format.hpp"
+#include "wal/record_codec.hpp"
+
+namespace iqdb::persist::wal {
+
+std::uint32_t frame_crc_v2(std::uint64_t salt, std::uint32_t length, const std::byte* body) noexcept {
+  checksum::Crc32 crc;
+  crc.update(&salt, sizeof salt);
+  crc.update(&length, sizeof length);
+  crc.update(body, length);
+  return crc.value();
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+constexpr std::size_t kWindow = std::size_t{8} << 20;
+
+// A sliding read window over the file: bytes [start_, start_ + buf_.size()).
+class Window {
+ public:
+  explicit Window(const ReadableFile& f) : f_(f), size_(f.size()) {}
+  std::uint64_t file_size() const noexcept { return size_; }
+
+  // Make [pos, pos + n) available and return a pointer to it. Precondition:
+  // pos + n <= file_size() (callers check lengths against the file first).
+  const std::byte* at(std::uint64_t pos, std::size_t n) {
+    if (pos < start_ || pos + n > start_ + len_) {
+      const std::size_t want = static_cast<std::size_t>(
+          std::min<std::uint64_t>(std::max<std::size_t>(n, kWindow), size_ - pos));
+      if (buf_.size() < want) buf_.resize(want);
+      const std::size_t got = f_.read_at(pos, {buf_.data(), want});
+      if (got < n) {
+        throw PersistError::at(ErrorKind::TruncatedPayload, f_.path(), "the log shrank while being read", pos + got);
+      }
+      start_ = pos;
+      len_ = got;
+    }
+    return buf_.data() + (pos - start_);
+  }
+
+ private:
+  const ReadableFile& f_;
+  std::uint64_t size_;
+  std::vector<std::byte> buf_;
+  std::uint64_t start_ = 0;
+  std::size_t len_ = 0;
+};
+
+struct Header {
+  std::uint32_t version = 0;
+  std::uint64_t salt = 0;
+  std::uint64_t base_lsn = 0;
+  std::uint64_t len = 0;
+};
+
+Header read_log_header(Window& w, const fs::path& path) {
+  const std::uint64_t size = w.file_size();
+  Header h;
+  const std::size_t have = static_cast<std::size_t>(std::min<std::uint64_t>(size, format::MAGIC.size()));
+  if (have > 0 && std::memcmp(w.at(0, have), format::MAGIC.data(), have) != 0) {
+    throw PersistError::at(ErrorKind::BadMagic, path, "not an iQDB write-ahead log (bad magic)", 0);
+  }
+  if (size < format::kV1HeaderLen) {
+    // The reference: a log shorter than its header holds nothing committed.
+    h.version = 1;
+    h.len = size;
+    return h;
+  }
+  h.version = coding::get<std::uint32_t>(w.at(8, 4));
+  if (h.version == 1) {
+    h.len = format::kV1HeaderLen;
+    return h;
+  }
+  if (h.version != 2) {
+    throw PersistError::at(ErrorKind::UnsupportedVersion, path,
+                           "log format version " + std::to_string(h.version) + " (this build reads 1..2)", 8);
+  }
+  if (size < format::kV2HeaderLen) {
+    throw PersistError::at(ErrorKind::TruncatedHeader, path, "the log ends inside its header");
+  }
+  const std::byte* p = w.at(0, format::kV2HeaderLen);
+  const std::uint32_t stored = coding::get<std::uint32_t>(p + 36);
+  const std::uint32_t computed = checksum::compute(p, 36);
+  if (stored != computed) throw PersistError::checksum(path, stored, computed, 36, "log header");
+  if (coding::get<std::uint32_t>(p + 12) != format::kV2HeaderLen) {
+    throw PersistError::at(ErrorKind::InvalidHeader, path, "unexpected log header length", 12);
+  }
+  const std::uint32_t required = coding::get<std::uint32_t>(p + 32);
+  if ((required & ~format::kV2KnownRequiredFlags) != 0) {
+    throw PersistError::at(ErrorKind::Unsupported, path, "the log needs features this build does not have", 32);
+  }
+  h.salt = coding::get<std::uint64_t>(p + 16);
+  h.base_lsn = coding::get<std::uint64_t>(p + 24);
+  h.len = format::kV2HeaderLen;
+  return h;
+}
+
+class Scanner {
+ public:
+  Scanner(const ReadableFile& f, const std::function<void(const RecordView&)>& on_record, ScanMode mode)
+      : f_(f), w_(f), on_record_(on_record), mode_(mode) {}
+
+  ScanResult run() {
+    const Header h = read_log_header(w_, f_.path());
+    r_.version = h.version;
+    r_.salt = h.salt;
+    r_.base_lsn = h.base_lsn;
+    r_.file_size = w_.file_size();
+    salt_ = h.salt;
+    next_lsn_ = h.base_lsn;
+    std::uint64_t pos = h.len;
+    for (;;) {
+      const Verdict v = check_frame(pos, /*deliver=*/true);
+      if (v == Verdict::Good) {
+        pos += format::kFrameHeaderLen + last_len_;
+        continue;
+      }
+      r_.valid_bytes = pos;
+      if (v == Verdict::End) break;
+      handle_damage(pos);
+      break;
+    }
+    return r_;
+  }
+
+ private:
+  enum class Verdict { Good, End, Damaged };
+
+  std::uint64_t size() const noexcept { return w_.file_size(); }
+
+  // Checks the frame at pos; when `deliver`, decodes it and hands its records
+  // on (and advances the LSN and counts).
+  Verdict check_frame(std::uint64_t pos, bool deliver) {
+    if (size() - pos < format::kFrameHeaderLen) return all_zero(pos, size()) ? Verdict::End : Verdict::Damaged;
+    const std::byte* hdr = w_.at(pos, format::kFrameHeaderLen);
+    const std::uint32_t len = coding::get<std::uint32_t>(hdr);
+    const std::uint32_t crc = coding::get<std::uint32_t>(hdr + 4);
+    if (len == 0 && crc == 0) return all_zero(pos, size()) ? Verdict::End : Verdict::Damaged;
+    const std::uint32_t min_len = r_.version == 2 ? format::kV2BodyPrefixLen + format::kMinOpLen : format::kMinOpLen;
+    if (len < min_len || len > MAX_FRAME_LEN || len > size() - pos - format::kFrameHeaderLen) return Verdict::Damaged;
+    const std::byte* body = w_.at(pos + format::kFrameHeaderLen, len);
+    const std::uint32_t computed = r_.version == 2 ? frame_crc_v2(salt_, len, body) : checksum::compute(body, len);
+    if (computed != crc) return Verdict::Damaged;
+    last_len_ = len;
+    if (!deliver) return Verdict::Good;
+    decode_frame(pos, body, len);
+    return Verdict::Good;
+  }
+
+  // A frame whose CRC matched: its bytes are what the writer wrote, so a
+  // malformed body or an LSN out of sequence is corruption (or a foreign
+  // file), never a torn tail.
+  void decode_frame(std::uint64_t pos, const std::byte* body, std::uint32_t len) {
+    coding::ByteCursor in({body, len});
+    std::uint64_t lsn = 0;
+    std::uint32_t count = 1;
+    if (r_.version == 2) {
+      in.read(lsn);
+      in.read(count);
+      if (lsn != next_lsn_) {
+        corrupt(pos, "frame has LSN " + std::to_string(lsn) + ", expected " + std::to_string(next_lsn_));
+      }
+      if (count == 0 || count > in.remaining() / format::kMinOpLen) {
+        corrupt(pos, "frame record count " + std::to_string(count) + " is out of range");
+      }
+    }
+    // A batch is all or nothing: check every record of the frame before
+    // delivering any (decoding twice rather than holding `count` decoded
+    // records, whose size a crafted frame could inflate).
+    std::string why;
+    const std::size_t ops_at = in.position();
+    if (count > 1) {
+      for (std::uint32_t i = 0; i < count; ++i) {
+        if (!decode_op(in, op_, why)) corrupt(pos, "record " + std::to_string(i) + ": " + why);
+      }
+      if (in.remaining() != 0) corrupt(pos, std::to_string(in.remaining()) + " stray bytes at the end of the frame");
+      in = coding::ByteCursor({body, len});
+      in.skip(ops_at);
+    }
+    for (std::uint32_t i = 0; i < count; ++i) {
+      if (!decode_op(in, op_, why)) corrupt(pos, "record " + std::to_string(i) + ": " + why);
+      if (i + 1 == count && in.remaining() != 0) {
+        corrupt(pos, std::to_string(in.remaining()) + " stray bytes at the end of the frame");
+      }
+      RecordView rv;
+      if (r_.version == 2) rv.lsn = lsn + i;
+      rv.op = op_.op;
+      rv.id = &op_.id;
+      rv.vector = op_.vector;
+      rv.metadata = op_.metadata ? &*op_.metadata : nullptr;
+      rv.frame_offset = pos;
+      rv.index_in_frame = i;
+      rv.frame_records = count;
+      if (on_record_) on_record_(rv);
+    }
+    if (r_.version == 2) {
+      next_lsn_ = lsn + count;
+      r_.last_lsn = next_lsn_ - 1;
+    }
+    r_.records += count;
+    r_.frames += 1;
+  }
+
+  [[noreturn]] void corrupt(std::uint64_t pos, const std::string& why) const {
+    throw PersistError::at(ErrorKind::CorruptLog, f_.path(), "log frame is malformed: " + why, pos);
+  }
+
+  bool all_zero(std::uint64_t from, std::uint64_t to) { return last_nonzero_end(from, to) == from; }
+
+  // One past the last non-zero byte in [from, to), or `from` if all zero.
+  std::uint64_t last_nonzero_end(std::uint64_t from, std::uint64_t to) {
+    std::uint64_t end = from;
+    for (std::uint64_t p = from; p < to;) {
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(to - p, kWindow));
+      const std::byte* b = w_.at(p, n);
+      for (std::size_t i = n; i > 0; --i) {
+        if (b[i - 1] != std::byte{0}) {
+          end = p + i;
+          break;
+        }
+      }
+      p += n;
+    }
+    return end;
+  }
+
+  // The frame at `bad` is damaged. Look for an intact frame anywhere after
+  // it: if there is one, this is corruption in the middle of the log.
+  void handle_damage(std::uint64_t bad) {
+    bad_ = bad;
+    const std::uint64_t dirty_end = last_nonzero_end(bad, size());
+    for (std::uint64_t p = bad + 1; p + format::kFrameHeaderLen <= dirty_end; ++p) {
+      if (!plausible_frame_start(p)) continue;
+      if (check_frame(p, /*deliver=*/false) != Verdict::Good) continue;
+      // Found intact frame(s) after the damage.
+      if (mode_ == ScanMode::Strict) {
+        throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
+                               "log frame is damaged and intact frames follow it at offset " + std::to_string(p) +
+                                   "; this is not a torn tail. `iqdb-persist wal repair` drops everything from "
+                                   "the damaged frame on, knowingly",
+                               bad);
+      }
+      r_.corrupt_offset = bad;
+      count_frames_from(p);
+      r_.torn_tail_bytes = dirty_end - bad;
+      return;
+    }
+    r_.torn_tail_bytes = dirty_end - bad;
+  }
+
+  bool plausible_frame_start(std::uint64_t p) {
+    const std::byte* hdr = w_.at(p, format::kFrameHeaderLen);
+    const std::uint32_t len = coding::get<std::uint32_t>(hdr);
+    if (len == 0 || len > MAX_FRAME_LEN || len > size() - p - format::kFrameHeaderLen) return false;
+    if (r_.version == 2) {
+      if (len < format::kV2BodyPrefixLen + format::kMinOpLen) return false;
+      // Same generation and later than what we have: LSN must exceed the last good one.
+      const std::uint64_t lsn = coding::get<std::uint64_t>(w_.at(p + format::kFrameHeaderLen, 8));
+      // Records between the last good one and this frame must fit the bytes before it.
+      if (lsn < next_lsn_ || lsn - next_lsn_ > (p - bad_) / format::kMinOpLen + 1) return false;
+    } else {
+      const std::uint8_t op = static_cast<std::uint8_t>(*w_.at(p + format::kFrameHeaderLen, 1));
+      if (op != 1 && op != 2) return false;
+    }
+    return true;
+  }
+
+  void count_frames_from(std::uint64_t p) {
+    while (check_frame(p, false) == Verdict::Good) {
+      const std::byte* body = w_.at(p + format::kFrameHeaderLen, last_len_);
+      r_.frames_after_corruption += 1;
+      r_.records_after_corruption += r_.version == 2 ? coding::get<std::uint32_t>(body + 8) : 1;
+      p += format::kFrameHeaderLen + last_len_;
+    }
+  }
+
+  const ReadableFile& f_;
+  Window w_;
+  const std::function<void(const RecordView&)>& on_record_;
+  ScanMode mode_;
+  ScanResult r_;
+  std::uint64_t salt_ = 0;
+  std::uint64_t next_lsn_ = 0;
+  std::uint32_t last_len_ = 0;
+  std::uint64_t bad_ = 0;
+  DecodedOp op_;
+};
+
+}  // namespace
+
+ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode) {
+  return Scanner(file, on_record, mode).run();
+}
+
+fs::path log_path_for(const fs::path& snapshot) {
+  fs::path p = snapshot;
+  p += ".wal";
+  return p;
+}
+
+ScanResult scan_log(FileSystem& fs, const fs::path& path, const std::function<void(const RecordView&)>& on_record,
+                    ScanMode mode) {
+  const std::unique_ptr<ReadableFile> f = fs.open_read(path);
+  return scan_file(*f, on_record, mode);
+}
+
+}  // namespace iqdb::persist::wal

@@ -1,0 +1,80 @@
+#include "wal/log_writer.hpp"
+
+#include <algorithm>
+
+#include "iqdb/persist/checksum.hpp"
+#include "util/coding.hpp"
+#include "wal/log_format.hpp"
+
+namespace iqdb::persist::wal {
+
+namespace {
+constexpr std::uint64_t kFirstStep = std::uint64_t{1} << 20;
+constexpr std::uint64_t kMaxStep = std::uint64_t{64} << 20;
+constexpr std::size_t kZeroChunk = std::size_t{1} << 20;
+
+const std::vector<std::byte>& zeros() {
+  static const std::vector<std::byte> z(kZeroChunk);
+  return z;
+}
+
+void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to) {
+  for (std::uint64_t p = from; p < to;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(to - p, kZeroChunk));
+    f.write_at(p, {zeros().data(), n});
+    p += n;
+  }
+}
+}  // namespace
+
+std::vector<std::byte> LogWriter::encode_header(std::uint64_t salt, std::uint64_t base_lsn) {
+  std::vector<std::byte> h;
+  coding::put_bytes(h, format::MAGIC.data(), format::MAGIC.size());
+  coding::put<std::uint32_t>(h, 2);
+  coding::put<std::uint32_t>(h, format::kV2HeaderLen);
+  coding::put<std::uint64_t>(h, salt);
+  coding::put<std::uint64_t>(h, base_lsn);
+  coding::put<std::uint32_t>(h, 0);  // required flags
+  coding::put<std::uint32_t>(h, checksum::compute(h.data(), h.size()));
+  return h;
+}
+
+std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
+                                             std::uint64_t base_lsn, bool preallocate) {
+  const std::vector<std::byte> header = encode_header(salt, base_lsn);
+  const std::uint64_t allocated = preallocate ? kFirstStep : header.size();
+  replace_file_atomically(fs, path, /*durable=*/true, [&](WritableFile& f) {
+    f.append(header);
+    if (preallocate) write_zeros(f, header.size(), allocated);
+  });
+  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, header.size(), allocated, preallocate));
+}
+
+std::unique_ptr<LogWriter> LogWriter::open(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
+                                           std::uint64_t end, std::uint64_t file_size, bool preallocate) {
+  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, end, std::max(end, file_size), preallocate));
+}
+
+void LogWriter::extend(std::uint64_t need) {
+  std::uint64_t target = allocated_;
+  while (target < need) target += std::clamp<std::uint64_t>(target, kFirstStep, kMaxStep);
+  write_zeros(*file_, allocated_, target);
+  allocated_ = target;
+}
+
+void LogWriter::append(std::span<const std::byte> frame) {
+  const std::uint64_t need = end_ + frame.size();
+  if (preallocate_ && need > allocated_) extend(need);
+  file_->write_at(end_, frame);
+  end_ = need;
+  if (end_ > allocated_) allocated_ = end_;
+}
+
+void LogWriter::cut(std::uint64_t end) {
+  file_->truncate(end);
+  file_->sync();
+  end_ = end;
+  allocated_ = end;
+}
+
+}  // namespace iqdb::persist::wal

@@ -1,0 +1,56 @@
+// Appending to a write-ahead log file (internal).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "iqdb/persist/file_system.hpp"
+
+namespace iqdb::persist::wal {
+
+// Appends frames to a version-2 log. With preallocation, the file is grown
+// ahead of the writes in zero-filled steps that are written for real (not
+// fallocated): a later fdatasync then carries data only, no file-size or
+// extent metadata, which makes it markedly cheaper. Zero padding reads as
+// the end of the log. Not thread-safe (the engine serialises).
+class LogWriter {
+ public:
+  // Create a new, empty log at `path` atomically and durably.
+  static std::unique_ptr<LogWriter> create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
+                                           std::uint64_t base_lsn, bool preallocate);
+  // Continue the log at `path` whose valid prefix ends at `end`; every byte
+  // after `end` must be zero (callers truncate torn tails first).
+  static std::unique_ptr<LogWriter> open(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
+                                         std::uint64_t end, std::uint64_t file_size, bool preallocate);
+
+  // Write a frame at the end. Throws PersistError(Io) on failure, with the
+  // end unchanged (bytes may have reached the file: callers poison or cut).
+  void append(std::span<const std::byte> frame);
+  void datasync() { file_->datasync(); }
+  // Cut the log back to `end` (dropping frames after it) and sync that.
+  void cut(std::uint64_t end);
+  void close() { file_->close(); }
+
+  std::uint64_t end() const noexcept { return end_; }
+  std::uint64_t salt() const noexcept { return salt_; }
+  const std::filesystem::path& path() const noexcept { return file_->path(); }
+
+  static std::vector<std::byte> encode_header(std::uint64_t salt, std::uint64_t base_lsn);
+
+ private:
+  LogWriter(std::unique_ptr<WritableFile> f, std::uint64_t salt, std::uint64_t end, std::uint64_t allocated,
+            bool preallocate)
+      : file_(std::move(f)), salt_(salt), end_(end), allocated_(allocated), preallocate_(preallocate) {}
+  void extend(std::uint64_t need);
+
+  std::unique_ptr<WritableFile> file_;
+  std::uint64_t salt_;
+  std::uint64_t end_;
+  std::uint64_t allocated_;
+  bool preallocate_;
+};
+
+}  // namespace iqdb::persist::wal

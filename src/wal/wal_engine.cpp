@@ -1,0 +1,485 @@
+// The durability engine: single-writer lock, log appends with group commit,
+// the periodic flusher, replay on open, and checkpoints with no crash window.
+//
+// Invariants (mu_ guards them):
+//  - Records reach the index in LSN order, each exactly once.
+//  - Under FsyncPolicy::Always a record is applied (and its commit returns)
+//    only after an fdatasync that covers it succeeded.
+//  - After any failed write or fsync of the log the engine is poisoned: every
+//    later commit fails until the index is reopened, because the kernel may
+//    have dropped the data a retried fsync would report as safe.
+#include "iqdb/persist/detail/wal_engine.hpp"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "util/coding.hpp"
+#include "wal/log_format.hpp"
+#include "wal/log_reader.hpp"
+#include "wal/log_writer.hpp"
+#include "wal/record_codec.hpp"
+
+namespace iqdb::persist::detail {
+
+namespace fs = std::filesystem;
+
+class WalEngine::Impl {
+ public:
+  explicit Impl(const PersistConfig& cfg)
+      : fs_(cfg.file_system != nullptr ? *cfg.file_system : default_file_system()),
+        policy_(cfg.fsync_policy),
+        snapshot_path_(cfg.path),
+        log_path_(wal::log_path_for(cfg.path)) {}
+  ~Impl() { stop_flusher(); }
+
+  // ------------------------------------------------------------ open / create
+
+  void lock_and_clean() {
+    fs::path lock_path = snapshot_path_;
+    lock_path += ".lock";
+    lock_ = fs_.lock(lock_path);
+    // Temporary files of saves or checkpoints a crash interrupted. We hold the
+    // writer lock, so none of them is in use.
+    const fs::path dir = snapshot_path_.parent_path();
+    const std::string name = snapshot_path_.filename().string();
+    const std::string snap_prefix = "." + name + ".tmp-";
+    const std::string log_prefix = "." + name + ".wal.tmp-";
+    for (const std::string& entry : fs_.list_dir(dir.empty() ? fs::path(".") : dir)) {
+      if (entry.starts_with(snap_prefix) || entry.starts_with(log_prefix)) fs_.remove(dir / entry);
+    }
+  }
+
+  bool preallocate() const noexcept { return policy_.mode() != FsyncPolicy::Mode::Never; }
+
+  void start_new_log(std::uint64_t base_lsn) {
+    auto w = wal::LogWriter::create(fs_, log_path_, fs_.random_u64(), base_lsn, preallocate());
+    if (writer_) {
+      try {
+        writer_->close();
+      } catch (...) {
+        // The old log is no longer the log: nothing written to it matters now.
+      }
+    }
+    writer_ = std::move(w);
+    next_lsn_ = base_lsn;
+    synced_end_ = writer_->end();
+  }
+
+  void create(const WriteSnapshot& write_snapshot) {
+    lock_and_clean();
+    // The empty log first: were the order reversed, a crash between the two
+    // would pair the new snapshot with an older index's log.
+    start_new_log(1);
+    write_snapshot(0);
+    start_flusher();
+  }
+
+  void open(const std::function<FileHeader()>& load_snapshot, const Replay& replay,
+            const WriteSnapshot& write_snapshot) {
+    lock_and_clean();
+    const FileHeader h = load_snapshot();
+    const std::uint64_t folded = h.last_lsn;
+    if (!fs_.exists(log_path_)) {
+      start_new_log(folded + 1);
+      start_flusher();
+      return;
+    }
+    std::uint64_t expect = folded + 1;  // the next LSN the index needs
+    std::uint64_t implicit_lsn = 0;     // version-1 logs number their records 1, 2, ...
+    wal::ScanResult scan;
+    {
+      const std::unique_ptr<ReadableFile> file = fs_.open_read(log_path_);
+      scan = wal::scan_file(
+          *file,
+          [&](const wal::RecordView& r) {
+            const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit_lsn;
+            if (lsn < expect) return;  // already folded into the snapshot
+            if (lsn != expect) {
+              throw PersistError::at(ErrorKind::CorruptLog, log_path_,
+                                     "the log continues at LSN " + std::to_string(lsn) + " but the snapshot ends at " +
+                                         std::to_string(expect - 1) + ": records are missing",
+                                     r.frame_offset);
+            }
+            try {
+              replay(r);
+            } catch (const PersistError& e) {
+              throw PersistError::at(ErrorKind::CorruptLog, log_path_,
+                                     "record with LSN " + std::to_string(lsn) +
+                                         " does not apply to the snapshot: " + e.what(),
+                                     r.frame_offset);
+            }
+            ++expect;
+          },
+          wal::ScanMode::Strict);
+    }
+    if (scan.version == 2 && scan.base_lsn > folded + 1) {
+      throw PersistError::at(ErrorKind::CorruptLog, log_path_,
+                             "the log starts at LSN " + std::to_string(scan.base_lsn) + " but the snapshot ends at " +
+                                 std::to_string(folded) + ": the snapshot is older than the log");
+    }
+    if (scan.version == 1) {
+      // A reference (version 1) log: fold it into a version-3 snapshot now and
+      // continue with a version-2 log. A crash in between is safe: the new
+      // snapshot's last LSN counts the version-1 records it folded.
+      next_lsn_ = expect;
+      write_snapshot(expect - 1);
+      start_new_log(expect);
+    } else {
+      const std::uint64_t log_next = scan.last_lsn ? *scan.last_lsn + 1 : scan.base_lsn;
+      if (log_next != expect) {
+        // Every record in the log is folded already (else the gap check above
+        // fired), but the log would not continue at the right LSN: start afresh.
+        start_new_log(expect);
+      } else {
+        writer_ = wal::LogWriter::open(fs_, log_path_, scan.salt, scan.valid_bytes, scan.file_size, preallocate());
+        // A torn tail is cut off before anything new is appended, so that
+        // records acknowledged from now on never sit behind damaged bytes.
+        if (scan.torn_tail_bytes > 0) writer_->cut(scan.valid_bytes);
+        next_lsn_ = expect;
+        synced_end_ = writer_->end();
+      }
+    }
+    start_flusher();
+  }
+
+  // ------------------------------------------------------------ commit
+
+  struct Entry {
+    std::span<const MutationRef> ops;
+    const Apply* apply;
+    std::uint64_t start;
+    std::uint64_t end;
+    std::uint64_t first_lsn;
+    bool done = false;
+    std::exception_ptr error;
+  };
+
+  void commit(std::span<const MutationRef> ops, const Validate& validate, const Apply& apply) {
+    if (ops.empty()) return;
+    // Encode outside the lock; the LSN is patched in once it is known.
+    std::vector<std::byte> frame(wal::format::kFrameHeaderLen);
+    coding::put<std::uint64_t>(frame, 0);
+    coding::put<std::uint32_t>(frame, static_cast<std::uint32_t>(ops.size()));
+    for (const MutationRef& m : ops) {
+      if (m.op == wal::Op::Insert) {
+        wal::encode_insert(frame, *m.id, m.vector, m.metadata);
+      } else {
+        wal::encode_erase(frame, *m.id);
+      }
+    }
+    const std::size_t body_len = frame.size() - wal::format::kFrameHeaderLen;
+    if (body_len > wal::MAX_FRAME_LEN || ops.size() > UINT32_MAX) {
+      throw PersistError::argument("a write batch of " + std::to_string(body_len) +
+                                   " bytes exceeds the log's frame limit; split it");
+    }
+
+    std::unique_lock lk(mu_);
+    throw_if_unusable();
+    validate([this](const VectorId& id) -> std::optional<bool> {
+      const auto it = pending_.find(id);
+      if (it == pending_.end()) return std::nullopt;
+      return it->second.present;
+    });
+
+    Entry e{ops, &apply, writer_->end(), 0, next_lsn_, false, nullptr};
+    std::byte* body = frame.data() + wal::format::kFrameHeaderLen;
+    coding::store<std::uint64_t>(body, e.first_lsn);
+    const auto len = static_cast<std::uint32_t>(body_len);
+    coding::store<std::uint32_t>(frame.data(), len);
+    coding::store<std::uint32_t>(frame.data() + 4, wal::frame_crc_v2(writer_->salt(), len, body));
+    try {
+      writer_->append(frame);
+    } catch (const PersistError& err) {
+      poison(err.what());
+      throw;
+    }
+    e.end = writer_->end();
+    next_lsn_ += ops.size();
+    for (const MutationRef& m : ops) {
+      Pending& p = pending_[*m.id];
+      p.present = m.op == wal::Op::Insert;
+      ++p.refs;
+    }
+    queue_.push_back(&e);
+
+    if (policy_.mode() == FsyncPolicy::Mode::Always) {
+      // Group commit: one thread syncs for everything appended so far; the
+      // others wait for it, and whoever is still waiting leads the next sync.
+      while (!e.done) {
+        if (!syncing_) {
+          leader_sync(lk);
+        } else {
+          cv_.wait(lk);
+        }
+      }
+    } else {
+      apply_through(e.end);
+    }
+    if (e.error) std::rethrow_exception(e.error);
+  }
+
+  // Called with mu_ held; releases it during the fdatasync.
+  void leader_sync(std::unique_lock<std::mutex>& lk) {
+    syncing_ = true;
+    const std::uint64_t target = writer_->end();
+    std::exception_ptr err;
+    std::string what;
+    lk.unlock();
+    try {
+      writer_->datasync();
+    } catch (const std::exception& ex) {
+      err = std::current_exception();
+      what = ex.what();
+    }
+    lk.lock();
+    syncing_ = false;
+    if (err) {
+      poison(what);
+      fail_queue(err);
+    } else {
+      if (target > synced_end_) synced_end_ = target;
+      apply_through(synced_end_);
+    }
+    cv_.notify_all();
+  }
+
+  // Apply queued entries whose records end at or before `end`, in order.
+  void apply_through(std::uint64_t end) {
+    while (!queue_.empty() && queue_.front()->end <= end) {
+      Entry* x = queue_.front();
+      try {
+        (*x->apply)();
+      } catch (...) {
+        roll_back_from(std::current_exception());
+        return;
+      }
+      queue_.pop_front();
+      unpend(x->ops);
+      x->done = true;
+    }
+  }
+
+  // The front entry could not be applied although its record is in the log:
+  // cut the log back to before it, so that the log never holds a mutation the
+  // index does not. Later entries were validated assuming it applied: they
+  // fail too.
+  void roll_back_from(std::exception_ptr cause) {
+    Entry* x = queue_.front();
+    try {
+      std::rethrow_exception(cause);
+    } catch (const PersistError& err) {
+      // The index could not be restored to its state before the entry.
+      if (err.kind() == ErrorKind::Poisoned) poison(err.what());
+    } catch (...) {
+    }
+    try {
+      writer_->cut(x->start);
+      next_lsn_ = x->first_lsn;
+      if (synced_end_ > x->start) synced_end_ = x->start;
+    } catch (const PersistError& err) {
+      poison(err.what());
+    }
+    const auto later = std::make_exception_ptr(PersistError(
+        ErrorKind::InvalidArgument, "not applied: an earlier mutation committed in the same group failed"));
+    bool first = true;
+    for (Entry* q : queue_) {
+      q->error = first ? cause : later;
+      q->done = true;
+      first = false;
+      unpend(q->ops);
+    }
+    queue_.clear();
+    cv_.notify_all();
+  }
+
+  void fail_queue(std::exception_ptr err) {
+    for (Entry* q : queue_) {
+      q->error = err;
+      q->done = true;
+      unpend(q->ops);
+    }
+    queue_.clear();
+  }
+
+  void unpend(std::span<const MutationRef> ops) {
+    for (const MutationRef& m : ops) {
+      const auto it = pending_.find(*m.id);
+      if (it != pending_.end() && --it->second.refs == 0) pending_.erase(it);
+    }
+  }
+
+  void poison(const std::string& cause) {
+    if (!poisoned_) {
+      poisoned_ = "the write-ahead log failed earlier (" + cause +
+                  "); what it holds can no longer be vouched for, so writes are refused: reopen the index";
+    }
+  }
+
+  void throw_if_unusable() const {
+    if (closed_) throw PersistError::at(ErrorKind::InvalidArgument, snapshot_path_, "the index is closed");
+    if (poisoned_) throw PersistError::at(ErrorKind::Poisoned, log_path_, *poisoned_);
+  }
+
+  // ------------------------------------------------------------ sync, flusher
+
+  void sync() {
+    std::unique_lock lk(mu_);
+    throw_if_unusable();
+    while (synced_end_ < writer_->end() || !queue_.empty()) {
+      if (poisoned_) break;
+      if (!syncing_) {
+        leader_sync(lk);
+      } else {
+        cv_.wait(lk);
+      }
+    }
+    throw_if_unusable();
+  }
+
+  void start_flusher() {
+    if (policy_.mode() != FsyncPolicy::Mode::Periodic) return;
+    // Wake twice per interval, so a record waits at most about one interval
+    // (plus the fsync) before it is durable.
+    const auto period = std::max(std::chrono::milliseconds(1), policy_.interval() / 2);
+    flusher_ = std::thread([this, period] {
+      std::unique_lock lk(mu_);
+      while (!stop_) {
+        flusher_cv_.wait_for(lk, period, [this] { return stop_; });
+        if (stop_) break;
+        if (poisoned_ || syncing_ || writer_->end() <= synced_end_) continue;
+        leader_sync(lk);
+      }
+    });
+  }
+
+  void stop_flusher() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    flusher_cv_.notify_all();
+    if (flusher_.joinable()) flusher_.join();
+  }
+
+  // ------------------------------------------------------------ checkpoint
+
+  void checkpoint(const WriteSnapshot& write_snapshot) {
+    std::unique_lock lk(mu_);
+    throw_if_unusable();
+    // Let in-flight group commits finish; holding mu_ from here on blocks new
+    // commits (searches take only the index's read lock and go on).
+    cv_.wait(lk, [this] { return !syncing_ && queue_.empty(); });
+    throw_if_unusable();
+    const std::uint64_t last = next_lsn_ - 1;
+    // 1. The snapshot, durably, with the last LSN it holds. A crash from here
+    //    until step 2 completes leaves the old log beside it, whose records are
+    //    all <= last: replay skips them.
+    write_snapshot(last);
+    // 2. A fresh log starting at last + 1, atomically replacing the old one.
+    try {
+      start_new_log(last + 1);
+    } catch (const PersistError& err) {
+      // Where the failure struck (before or after the rename) decides which
+      // file is the log now; only a reopen can tell safely.
+      poison(err.what());
+      throw;
+    }
+  }
+
+  // ------------------------------------------------------------ close
+
+  void close() {
+    stop_flusher();
+    std::unique_lock lk(mu_);
+    if (closed_) return;
+    cv_.wait(lk, [this] { return !syncing_ && queue_.empty(); });
+    closed_ = true;
+    std::exception_ptr err;
+    if (!poisoned_ && policy_.mode() != FsyncPolicy::Mode::Never && synced_end_ < writer_->end()) {
+      try {
+        writer_->datasync();
+        synced_end_ = writer_->end();
+      } catch (...) {
+        err = std::current_exception();
+      }
+    }
+    try {
+      writer_->close();
+    } catch (...) {
+      if (!err) err = std::current_exception();
+    }
+    lock_.reset();
+    if (err) std::rethrow_exception(err);
+  }
+
+  std::uint64_t last_lsn() const {
+    std::lock_guard lk(mu_);
+    return next_lsn_ - 1;
+  }
+
+ private:
+  struct Pending {
+    bool present = false;
+    std::uint32_t refs = 0;
+  };
+
+  FileSystem& fs_;
+  FsyncPolicy policy_;
+  fs::path snapshot_path_;
+  fs::path log_path_;
+  std::unique_ptr<FileLock> lock_;
+  std::unique_ptr<wal::LogWriter> writer_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::uint64_t next_lsn_ = 1;
+  std::uint64_t synced_end_ = 0;
+  bool syncing_ = false;
+  bool closed_ = false;
+  std::optional<std::string> poisoned_;
+  std::deque<Entry*> queue_;
+  std::unordered_map<VectorId, Pending> pending_;
+
+  std::thread flusher_;
+  std::condition_variable flusher_cv_;
+  bool stop_ = false;
+};
+
+WalEngine::WalEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+WalEngine::~WalEngine() {
+  if (!impl_) return;
+  try {
+    impl_->close();
+  } catch (...) {
+    // Destructors never throw: close() reports errors to callers who ask.
+  }
+}
+
+std::unique_ptr<WalEngine> WalEngine::create(const PersistConfig& cfg, const WriteSnapshot& write_snapshot) {
+  auto impl = std::make_unique<Impl>(cfg);
+  impl->create(write_snapshot);
+  return std::unique_ptr<WalEngine>(new WalEngine(std::move(impl)));
+}
+
+std::unique_ptr<WalEngine> WalEngine::open(const PersistConfig& cfg, const std::function<FileHeader()>& load_snapshot,
+                                           const Replay& replay, const WriteSnapshot& write_snapshot) {
+  auto impl = std::make_unique<Impl>(cfg);
+  impl->open(load_snapshot, replay, write_snapshot);
+  return std::unique_ptr<WalEngine>(new WalEngine(std::move(impl)));
+}
+
+void WalEngine::commit(std::span<const MutationRef> ops, const Validate& validate, const Apply& apply) {
+  impl_->commit(ops, validate, apply);
+}
+void WalEngine::checkpoint(const WriteSnapshot& write_snapshot) { impl_->checkpoint(write_snapshot); }
+void WalEngine::sync() { impl_->sync(); }
+void WalEngine::close() { impl_->close(); }
+std::uint64_t WalEngine::last_lsn() const { return impl_->last_lsn(); }
+
+}  // namespace iqdb::persist::detail

@@ -1,0 +1,129 @@
+// Write-ahead log basics: replay, checkpoint, torn tail, locking, batches.
+#include <gtest/gtest.h>
+
+#include <iqdb/persist.hpp>
+
+#include "support/test_util.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+std::vector<float> vec_of(std::uint64_t i, std::size_t dim = 4) {
+  std::vector<float> v(dim);
+  for (std::size_t d = 0; d < dim; ++d) v[d] = static_cast<float>(i * 10 + d);
+  return v;
+}
+
+PersistConfig wal_config(const std::filesystem::path& p, FsyncPolicy policy = FsyncPolicy::always()) {
+  PersistConfig cfg(p);
+  cfg.wal_enabled = true;
+  cfg.fsync_policy = policy;
+  return cfg;
+}
+
+TEST(WalBasic, AcknowledgedMutationsSurviveReopenWithoutSave) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb");
+  FlatIndex model(4, DistanceMetric::Euclidean);
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 0; i < 50; ++i) {
+      db.insert(i, vec_of(i), Metadata{{"i", Value(static_cast<std::int64_t>(i))}});
+      model.insert(i, vec_of(i), Metadata{{"i", Value(static_cast<std::int64_t>(i))}});
+    }
+    for (std::uint64_t i = 0; i < 50; i += 3) {
+      db.erase(i);
+      model.erase(i);
+    }
+    EXPECT_EQ(db.last_lsn(), 50u + 17u);
+    // No save: the process "ends" here.
+  }
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_TRUE(db.index() == model);
+  EXPECT_EQ(db.last_lsn(), 67u);
+}
+
+TEST(WalBasic, RejectedMutationsAreNeverLogged) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb");
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    db.insert(1, vec_of(1));
+    EXPECT_THROW(db.insert(1, vec_of(1)), PersistError);
+    EXPECT_THROW(db.erase(2), PersistError);
+    EXPECT_THROW(db.insert(3, vec_of(3, 5)), PersistError);
+    EXPECT_EQ(db.last_lsn(), 1u);
+  }
+  std::uint64_t records = 0;
+  const auto scan = wal::scan_log(default_file_system(), wal::log_path_for(cfg.path),
+                                  [&](const wal::RecordView&) { ++records; });
+  EXPECT_EQ(records, 1u);
+  EXPECT_EQ(scan.torn_tail_bytes, 0u);
+}
+
+TEST(WalBasic, CheckpointFoldsLogAndStartsEmptyOne) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb");
+  FlatIndex model(4, DistanceMetric::Euclidean);
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 0; i < 20; ++i) {
+      db.insert(i, vec_of(i));
+      model.insert(i, vec_of(i));
+    }
+    const FileHeader h = db.checkpoint();
+    EXPECT_EQ(h.last_lsn, 20u);
+    for (std::uint64_t i = 20; i < 25; ++i) {
+      db.insert(i, vec_of(i));
+      model.insert(i, vec_of(i));
+    }
+  }
+  std::vector<std::uint64_t> lsns;
+  const auto scan = wal::scan_log(default_file_system(), wal::log_path_for(cfg.path),
+                                  [&](const wal::RecordView& r) { lsns.push_back(*r.lsn); });
+  EXPECT_EQ(scan.base_lsn, 21u);
+  EXPECT_EQ(lsns, (std::vector<std::uint64_t>{21, 22, 23, 24, 25}));
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_TRUE(db.index() == model);
+}
+
+TEST(WalBasic, SecondWriterIsLockedOut) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb");
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  try {
+    auto other = PersistedIndex<FlatIndex>::load(cfg);
+    FAIL() << "second writer opened";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Locked);
+  }
+  db.close();
+  EXPECT_NO_THROW(PersistedIndex<FlatIndex>::load(cfg));
+}
+
+TEST(WalBasic, BatchIsOneFrame) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb");
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    WriteBatch b;
+    for (std::uint64_t i = 0; i < 10; ++i) b.insert(i, vec_of(i));
+    b.erase(3);
+    b.insert(3, vec_of(33));
+    db.write(b);
+    WriteBatch bad;
+    bad.insert(100, vec_of(100));
+    bad.erase(555);  // missing: the whole batch is refused
+    EXPECT_THROW(db.write(bad), PersistError);
+    EXPECT_FALSE(db.index().contains(100));
+  }
+  const auto scan = wal::scan_log(default_file_system(), wal::log_path_for(cfg.path), {});
+  EXPECT_EQ(scan.frames, 1u);
+  EXPECT_EQ(scan.records, 12u);
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_EQ(db.index().size(), 10u);
+  EXPECT_EQ(db.index().get(3)[0], 330.0f);
+}
+
+}  // namespace
+}  // namespace iqdb::persist
