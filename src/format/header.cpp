@@ -105,7 +105,11 @@ FileHeader parse_v1_v2(ByteCursor& c, std::uint32_t version, std::uint64_t file_
   if (!c.read(scheme) || !c.read(ulen)) {
     fail(ErrorKind::TruncatedPayload, path, "the file ends inside the compression preamble", pre_at);
   }
-  h.compression = parse_scheme(scheme, version, path, pre_at);
+  // The preamble is covered by the payload CRC, not by a header CRC: an
+  // unknown scheme is kept as is and refused by the reader, which checks the
+  // CRC first to tell damage from a scheme this build does not know.
+  (void)pre_at;
+  h.compression = static_cast<CompressionScheme>(scheme);
   h.uncompressed_len = ulen;
   h.payload_offset = h.crc_offset + kV2PreambleLen;
   h.stored_len = file_size - h.payload_offset;
@@ -181,6 +185,11 @@ FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint6
 
 std::uint64_t v3_header_len(std::uint64_t tag_len) noexcept { return kV3Fixed + tag_len; }
 
+void check_scheme(const FileHeader& h, const fs::path& path) {
+  parse_scheme(static_cast<std::uint8_t>(h.compression), h.format_version, path,
+               h.format_version == 2 ? h.crc_offset : h.payload_offset - 41);
+}
+
 std::vector<std::byte> write_header(const FileHeader& h) {
   if (h.format_version != 3) throw PersistError::argument("write_header writes format version 3 only");
   if (h.index_type.empty() || h.index_type.size() > MAX_TAG_LEN || !coding::is_valid_utf8(h.index_type)) {
@@ -212,7 +221,7 @@ std::vector<std::byte> write_header(const FileHeader& h) {
 FileHeader parse_header(std::span<const std::byte> prefix, std::uint64_t file_size, const fs::path& path) {
   if (prefix.size() > file_size) prefix = prefix.first(static_cast<std::size_t>(file_size));
   const std::size_t magic_have = std::min<std::size_t>(prefix.size(), MAGIC.size());
-  if (std::memcmp(prefix.data(), MAGIC.data(), magic_have) != 0) {
+  if (magic_have > 0 && std::memcmp(prefix.data(), MAGIC.data(), magic_have) != 0) {
     fail(ErrorKind::BadMagic, path, "not an iQDB snapshot (bad magic)", 0);
   }
   if (prefix.size() < MAGIC.size()) fail(ErrorKind::TruncatedHeader, path, "the file ends inside the magic");

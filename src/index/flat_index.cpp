@@ -390,7 +390,9 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
   const std::uint32_t version = r.read_u32();
   if (version != kPayloadVersion) r.fail("unknown flat payload version " + std::to_string(version));
   const std::uint64_t dim = r.read_u64();
-  if (dim == 0 || dim > r.remaining() / sizeof(float)) r.fail("dimension " + std::to_string(dim) + " is out of range");
+  // Only overflow is guarded here: the vector count below is bounded by the
+  // bytes that remain (an empty index of any dimension is legitimate).
+  if (dim == 0 || dim > (UINT64_MAX - 1) / sizeof(float) / 2) r.fail("dimension " + std::to_string(dim) + " is out of range");
   const std::uint8_t metric_tag = r.read_u8();
   const auto metric = metric_from_tag(metric_tag);
   if (!metric) r.fail("unknown metric tag " + std::to_string(metric_tag));

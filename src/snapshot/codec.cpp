@@ -312,7 +312,8 @@ std::unique_ptr<Decoder> make_decoder(CompressionScheme scheme, ByteSource& sour
     case CompressionScheme::Lz4Frame: return std::make_unique<Lz4FrameDecoder>(source, path);
     case CompressionScheme::Lz4Block: return std::make_unique<Lz4BlockDecoder>(source, uncompressed_len, path);
   }
-  throw PersistError::at(ErrorKind::Compression, path, "unknown compression scheme");
+  throw PersistError::at(ErrorKind::Compression, path,
+                         "unknown compression scheme " + std::to_string(static_cast<unsigned>(scheme)));
 }
 
 }  // namespace iqdb::persist::codec

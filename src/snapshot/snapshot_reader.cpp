@@ -121,8 +121,6 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
   if (!expected_type.empty() && h.index_type != expected_type) {
     throw PersistError::index_type(path, h.index_type, std::string(expected_type));
   }
-  check_lengths(h, limits, path);
-
   FileSource source(*file, h.payload_offset, h.payload_offset + h.stored_len, progress);
   if (h.crc_offset < h.payload_offset) {
     // Version 2: the CRC covers the compression preamble too.
@@ -137,6 +135,11 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
   };
 
   try {
+    // In v2 the lengths and the scheme sit in the CRC-covered preamble:
+    // a failure here may be damage, which the CRC below tells apart. The
+    // checks run before anything is decompressed.
+    format::check_scheme(h, path);
+    check_lengths(h, limits, path);
     std::unique_ptr<codec::Decoder> decoder = codec::make_decoder(h.compression, source, h.uncompressed_len, path);
     SnapshotPayloadReader reader(*decoder, h.uncompressed_len, path);
     body(reader, h);
@@ -174,7 +177,9 @@ FileHeader read_snapshot(FileSystem& fs, const fs::path& path, std::string_view 
 
 SnapshotSummary inspect_snapshot(FileSystem& fs, const fs::path& path) {
   std::unique_ptr<ReadableFile> file = fs.open_read(path);
-  return SnapshotSummary{format::read_header(*file), file->size()};
+  SnapshotSummary s{format::read_header(*file), file->size()};
+  format::check_scheme(s.header, path);
+  return s;
 }
 
 SnapshotSummary verify_snapshot(FileSystem& fs, const fs::path& path, const ReadLimits& limits,

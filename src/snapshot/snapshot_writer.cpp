@@ -29,7 +29,11 @@ class FileSink final : public codec::ByteSink {
       : file_(file), start_(start), durable_(durable), written_back_(start) {}
 
   void put(const std::byte* data, std::size_t size) override {
-    if (used_ == 0 && size >= kBufferSize) {
+    if (size >= kBufferSize) {
+      // Whatever is buffered goes first, then the large write straight from
+      // the caller's memory (copying it through the buffer would cost an
+      // extra pass over the vectors, which follow the buffered ids).
+      flush();
       while (size > 0) {
         const std::size_t n = std::min(size, kDirectChunk);
         emit(data, n);

@@ -83,6 +83,12 @@ std::vector<std::byte> write_header(const FileHeader& h);
 FileHeader parse_header(std::span<const std::byte> prefix, std::uint64_t file_size,
                         const std::filesystem::path& path);
 
+// Throw PersistError(Compression) when the header's compression scheme is
+// not one its format version defines. parse_header leaves this check to the
+// reader for version 2, whose scheme byte is covered by the payload CRC (so
+// that damage is reported as ChecksumMismatch).
+void check_scheme(const FileHeader& h, const std::filesystem::path& path);
+
 // Read and parse the header of an open file.
 FileHeader read_header(const ReadableFile& file);
 
