@@ -188,6 +188,15 @@ FlatIndex& FlatIndex::operator=(const FlatIndex& o) {
   return *this;
 }
 
+namespace {
+// Reserve room for `n` more elements, growing geometrically (an exact
+// reserve per insert would copy the whole array every time).
+template <class V>
+void grow_for_one(V& v, std::size_t n) {
+  if (v.capacity() - v.size() < n) v.reserve(std::max(v.size() + n, v.capacity() * 2));
+}
+}  // namespace
+
 void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta) {
   if (vec.size() != dim_) {
     throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
@@ -196,9 +205,9 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
   if (contains(id)) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
   // Strong guarantee: reserve everything first, then commit with no-throw steps
   // (the table insert may grow, so it goes before the push_backs become visible).
-  data_.reserve(data_.size() + dim_);
-  ids_.reserve(ids_.size() + 1);
-  meta_.reserve(meta_.size() + 1);
+  grow_for_one(data_, dim_);
+  grow_for_one(ids_, 1);
+  grow_for_one(meta_, 1);
   auto m = meta ? std::make_unique<Metadata>(std::move(*meta)) : nullptr;
   ids_.push_back(id);
   try {

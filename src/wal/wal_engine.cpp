@@ -10,6 +10,7 @@
 //    have dropped the data a retried fsync would report as safe.
 #include "iqdb/persist/detail/wal_engine.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -18,6 +19,7 @@
 
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/snapshot.hpp"
 #include "util/coding.hpp"
 #include "wal/log_format.hpp"
 #include "wal/log_reader.hpp"
@@ -72,11 +74,39 @@ class WalEngine::Impl {
 
   void create(const WriteSnapshot& write_snapshot) {
     lock_and_clean();
-    // The empty log first: were the order reversed, a crash between the two
-    // would pair the new snapshot with an older index's log.
-    start_new_log(1);
-    write_snapshot(0);
+    // An index may already live here. The new snapshot claims every LSN its
+    // files could hold, then the new log starts above them: a crash between
+    // the two leaves the new snapshot beside an old log whose records are
+    // all "folded", so recovery gives the new index, never the old snapshot
+    // without its log, nor the old log replayed onto the new snapshot.
+    const std::uint64_t floor = lsn_bound_of_existing_files();
+    write_snapshot(floor);
+    start_new_log(floor + 1);
     start_flusher();
+  }
+
+  // An LSN at least as high as any the snapshot and log at this path hold,
+  // read from their headers and sizes only (each record takes >= 10 bytes).
+  // Damaged or foreign files count for what their size could hold.
+  std::uint64_t lsn_bound_of_existing_files() {
+    std::uint64_t floor = 0;
+    if (fs_.exists(snapshot_path_)) {
+      try {
+        floor = inspect_snapshot(fs_, snapshot_path_).header.last_lsn;
+      } catch (const PersistError&) {
+      }
+    }
+    if (fs_.exists(log_path_)) {
+      const std::unique_ptr<ReadableFile> f = fs_.open_read(log_path_);
+      std::uint64_t base = 0;
+      std::byte hdr[wal::format::kV2HeaderLen];
+      if (f->read_at(0, hdr) == sizeof hdr && coding::get<std::uint32_t>(hdr + 8) == 2) {
+        base = coding::get<std::uint64_t>(hdr + 24);
+      }
+      const std::uint64_t records = f->size() / wal::format::kMinOpLen;
+      floor = std::max(floor, base > 0 ? base - 1 : 0) + records;
+    }
+    return floor;
   }
 
   void open(const std::function<FileHeader()>& load_snapshot, const Replay& replay,
@@ -195,6 +225,13 @@ class WalEngine::Impl {
     try {
       writer_->append(frame);
     } catch (const PersistError& err) {
+      // Part of the frame may be in the file, and may even read back as
+      // complete: cut it off, so a mutation reported as failed never
+      // reappears on recovery. Then refuse further writes.
+      try {
+        writer_->cut(e.start);
+      } catch (...) {
+      }
       poison(err.what());
       throw;
     }
@@ -239,6 +276,15 @@ class WalEngine::Impl {
     lk.lock();
     syncing_ = false;
     if (err) {
+      // Under Always nothing after the last good sync was acknowledged: cut
+      // it, so that the failed mutations do not come back on recovery.
+      // (Under Periodic those records were acknowledged already: keep them.)
+      if (policy_.mode() == FsyncPolicy::Mode::Always) {
+        try {
+          writer_->cut(synced_end_);
+        } catch (...) {
+        }
+      }
       poison(what);
       fail_queue(err);
     } else {

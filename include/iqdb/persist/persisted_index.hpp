@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "iqdb/persist/config.hpp"
+#include "iqdb/persist/detail/rw_lock.hpp"
 #include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
@@ -213,7 +214,7 @@ class PersistedIndex {
     }
     I index;
     PersistConfig config;
-    mutable std::shared_mutex mu;  // guards index against read() during mutations
+    mutable detail::RwLock mu;     // guards index against read() during mutations; writers first
     std::mutex write_mu;           // serialises mutations without a WAL
     std::unique_ptr<detail::WalEngine> engine;
   };

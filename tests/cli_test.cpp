@@ -1,0 +1,499 @@
+// The iqdb-persist tool, driven through cli::run(): inspect and verify on
+// snapshots built byte by byte from the 1.0 format facts (v1, v2) or saved by
+// the library (v3, checked against the raw bytes), exit codes, and the demo.
+// Reference CRCs come from zlib, JSON is parsed with nlohmann-json.
+#include <gtest/gtest.h>
+
+// The tool is optional (IQDB_PERSIST_BUILD_TOOLS); without it there is nothing to test.
+#if !__has_include("iqdb-persist/cli.hpp")
+TEST(Cli, NotBuilt) { GTEST_SKIP() << "built without the iqdb-persist tool (IQDB_PERSIST_BUILD_TOOLS=OFF)"; }
+#else
+
+#include <rapidcheck/gtest.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <iqdb/persist.hpp>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "iqdb-persist/cli.hpp"
+#include "iqdb-persist/command.hpp"
+#include "support/test_util.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+using test::Bytes;
+using test::TempDir;
+
+// ---------------------------------------------------------------- helpers
+
+struct CliResult {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+CliResult run_cli(const std::vector<std::string>& args) {
+  std::ostringstream out;
+  std::ostringstream err;
+  const int code = cli::run(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+std::uint32_t zlib_crc(const std::vector<std::byte>& b, std::size_t from = 0) {
+  uLong c = crc32_z(0L, Z_NULL, 0);
+  c = crc32_z(c, reinterpret_cast<const Bytef*>(b.data() + from), b.size() - from);
+  return static_cast<std::uint32_t>(c);
+}
+
+std::uint64_t le(const std::vector<std::byte>& b, std::size_t at, std::size_t width) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < width; ++i) v |= std::to_integer<std::uint64_t>(b.at(at + i)) << (8 * i);
+  return v;
+}
+
+std::string hex32(std::uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
+  std::vector<std::byte> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::byte>((i * 31 + seed * 7 + 1) & 0xff);
+  return out;
+}
+
+// What inspect must report about a file.
+struct Expected {
+  std::uint32_t format_version = 0;
+  std::string index_type;
+  std::uint64_t dim = 0;
+  std::string metric;
+  std::uint64_t n_vectors = 0;
+  std::uint32_t crc32 = 0;
+  std::string compression;
+  std::uint64_t uncompressed_len = 0;
+  std::uint64_t file_size = 0;
+  std::optional<std::uint64_t> last_lsn;  // v3 only (text output only)
+};
+
+struct Fixture {
+  std::string name;
+  std::vector<std::byte> bytes;
+  Expected expected;
+};
+
+// A version-1 snapshot (FORMAT-iqdb-1.0.md): the payload region is the payload.
+Fixture v1_file(std::string name, const std::string& tag, std::uint64_t dim, std::uint8_t metric_tag,
+                std::string metric, std::uint64_t n, const std::vector<std::byte>& payload) {
+  Bytes b;
+  b.str("IQDBPRST").u32(1).u64(tag.size()).str(tag).u64(dim).u8(metric_tag).u64(n).u32(zlib_crc(payload));
+  b.append(payload);
+  Expected e{1, tag, dim, std::move(metric), n, zlib_crc(payload), "none", payload.size(), b.size(), std::nullopt};
+  return {std::move(name), b.data(), e};
+}
+
+// A version-2 snapshot: the payload region opens with the preamble
+// (scheme u8, uncompressed_len u64) and the CRC covers it.
+Fixture v2_file(std::string name, const std::string& tag, std::uint64_t dim, std::uint8_t metric_tag,
+                std::string metric, std::uint64_t n, std::uint8_t scheme, std::string scheme_name,
+                std::uint64_t uncompressed_len, const std::vector<std::byte>& stored) {
+  Bytes region;
+  region.u8(scheme).u64(uncompressed_len).append(stored);
+  const std::uint32_t crc = zlib_crc(region.data());
+  Bytes b;
+  b.str("IQDBPRST").u32(2).u64(tag.size()).str(tag).u64(dim).u8(metric_tag).u64(n).u32(crc);
+  b.append(region.data());
+  Expected e{2, tag, dim, std::move(metric), n, crc, std::move(scheme_name), uncompressed_len, b.size(), std::nullopt};
+  return {std::move(name), b.data(), e};
+}
+
+FlatIndex small_index() {
+  FlatIndex idx(5, DistanceMetric::Cosine);
+  for (std::uint64_t i = 0; i < 40; ++i) {
+    const float f = static_cast<float>(i);
+    idx.insert(i, std::vector<float>{f, 1.0f, -f, 0.5f * f, 2.0f},
+               i % 7 == 0 ? std::optional<Metadata>(Metadata{{"k", Value("v" + std::to_string(i))}}) : std::nullopt);
+  }
+  return idx;
+}
+
+// A version-3 snapshot saved by the library. The expected fields come from
+// what was saved and from the raw bytes (src/format/header.cpp layout):
+// header_len u32 at 12, tag_len u32 at 24, then the tag, dim 8, metric 1,
+// compression 1, n_vectors 8, last_lsn 8, uncompressed_len 8.
+Fixture v3_file(const TempDir& dir, std::string name, Compression c, std::string compression_name,
+                std::optional<std::uint64_t> known_payload_len) {
+  PersistConfig cfg(dir / (name + ".iqdb"));
+  cfg.compression = c;
+  PersistedIndex<FlatIndex>::open_with(small_index(), cfg).save();
+  std::vector<std::byte> bytes = test::read_file(cfg.path);
+  fs::remove(cfg.path);
+  const std::size_t header_len = le(bytes, 12, 4);
+  const std::size_t tag_len = le(bytes, 24, 4);
+  const std::size_t last_lsn_at = 28 + tag_len + 8 + 1 + 1 + 8;
+  const std::uint64_t uncompressed_len = le(bytes, last_lsn_at + 8, 8);
+  // Uncompressed, the payload is what follows the header; compressed, it is
+  // the same index's payload, so as long as the uncompressed file's.
+  EXPECT_EQ(uncompressed_len, known_payload_len.value_or(bytes.size() - header_len)) << name;
+  Expected e{3,
+             "flat",
+             5,
+             "Cosine",
+             40,
+             zlib_crc(bytes, header_len),
+             std::move(compression_name),
+             uncompressed_len,
+             bytes.size(),
+             le(bytes, last_lsn_at, 8)};
+  EXPECT_EQ(*e.last_lsn, 0u) << "no write-ahead log, nothing folded";
+  return {std::move(name), std::move(bytes), e};
+}
+
+// Every fixture: each snapshot version, metric and compression name.
+std::vector<Fixture> all_fixtures(const TempDir& dir) {
+  std::vector<Fixture> f;
+  f.push_back(v1_file("v1-hnsw", "hnsw", 7, 3, "Manhattan", 5, pattern(37, 1)));
+  f.push_back(v1_file("v1-flat-empty", "flat", 1, 4, "Hamming", 0, {}));
+  f.push_back(v2_file("v2-none", "flat", 3, 1, "DotProduct", 12, 0, "none", 64, pattern(64, 2)));
+  f.push_back(v2_file("v2-zstd", "ivf-pq-\xc3\xbc", 96, 2, "Euclidean", 1000, 1, "zstd", 4000, pattern(100, 3)));
+  f.push_back(v2_file("v2-lz4", "hnsw", 128, 0, "Cosine", 3, 2, "lz4", 300, pattern(50, 4)));
+  Fixture none = v3_file(dir, "v3-none", Compression::none(), "none", std::nullopt);
+  const std::uint64_t payload_len = none.expected.uncompressed_len;
+  f.push_back(std::move(none));
+  f.push_back(v3_file(dir, "v3-zstd", Compression::zstd(3), "zstd", payload_len));
+  f.push_back(v3_file(dir, "v3-lz4", Compression::lz4(), "lz4", payload_len));
+  return f;
+}
+
+fs::path write_fixture(const TempDir& dir, const Fixture& f) {
+  const fs::path p = dir / (f.name + ".iqdb");
+  test::write_file(p, f.bytes);
+  return p;
+}
+
+// ---------------------------------------------------------------- checkers
+
+// Text output: "name<spaces>value[ (human size)]" lines, values in one column.
+void expect_text(const std::string& out, const Expected& e) {
+  std::map<std::string, std::string> got;
+  std::set<std::size_t> value_columns;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    const std::size_t name_end = line.find(' ');
+    ASSERT_NE(name_end, std::string::npos) << line;
+    const std::size_t value_at = line.find_first_not_of(' ', name_end);
+    ASSERT_NE(value_at, std::string::npos) << line;
+    value_columns.insert(value_at);
+    got[line.substr(0, name_end)] = line.substr(value_at, line.find(' ', value_at) - value_at);
+  }
+  std::map<std::string, std::string> want = {
+      {"format_version", std::to_string(e.format_version)},
+      {"index_type", e.index_type},
+      {"dim", std::to_string(e.dim)},
+      {"metric", e.metric},
+      {"n_vectors", std::to_string(e.n_vectors)},
+      {"crc32", hex32(e.crc32)},
+      {"compression", e.compression},
+      {"uncompressed_len", std::to_string(e.uncompressed_len)},
+      {"file_size", std::to_string(e.file_size)},
+  };
+  if (e.last_lsn) want["last_lsn"] = std::to_string(*e.last_lsn);
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(value_columns.size(), 1u) << "values are not aligned:\n" << out;
+}
+
+void expect_json(const std::string& out, const Expected& e) {
+  const nlohmann::json j = nlohmann::json::parse(out);
+  ASSERT_TRUE(j.is_object());
+  std::set<std::string> keys;
+  for (const auto& [k, v] : j.items()) keys.insert(k);
+  EXPECT_EQ(keys, (std::set<std::string>{"format_version", "index_type", "dim", "metric", "n_vectors", "crc32",
+                                         "compression", "uncompressed_len", "file_size"}));
+  for (const char* k : {"format_version", "dim", "n_vectors", "crc32", "uncompressed_len", "file_size"}) {
+    EXPECT_TRUE(j.at(k).is_number_unsigned()) << k;
+  }
+  EXPECT_EQ(j.at("format_version").get<std::uint64_t>(), e.format_version);
+  EXPECT_EQ(j.at("index_type").get<std::string>(), e.index_type);
+  EXPECT_EQ(j.at("dim").get<std::uint64_t>(), e.dim);
+  EXPECT_EQ(j.at("metric").get<std::string>(), e.metric);
+  EXPECT_EQ(j.at("n_vectors").get<std::uint64_t>(), e.n_vectors);
+  EXPECT_EQ(j.at("crc32").get<std::uint64_t>(), e.crc32);
+  EXPECT_EQ(j.at("compression").get<std::string>(), e.compression);
+  EXPECT_EQ(j.at("uncompressed_len").get<std::uint64_t>(), e.uncompressed_len);
+  EXPECT_EQ(j.at("file_size").get<std::uint64_t>(), e.file_size);
+}
+
+// ---------------------------------------------------------------- inspect
+
+TEST(CliInspect, ReportsTheHeaderOfEveryVersionTextAndJson) {
+  TempDir dir;
+  for (const Fixture& f : all_fixtures(dir)) {
+    SCOPED_TRACE(f.name);
+    const std::string path = write_fixture(dir, f).string();
+
+    const CliResult text = run_cli({"inspect", path});
+    EXPECT_EQ(text.code, 0) << text.err;
+    EXPECT_EQ(text.err, "");
+    expect_text(text.out, f.expected);
+
+    const CliResult json = run_cli({"inspect", path, "--json"});
+    EXPECT_EQ(json.code, 0) << json.err;
+    EXPECT_EQ(json.err, "");
+    expect_json(json.out, f.expected);
+  }
+}
+
+// Any tag, dim, metric, count and payload of a v1 file is reported as written.
+RC_GTEST_PROP(CliInspect, ReportsArbitraryV1Headers, ()) {
+  const std::string tag = *rc::gen::nonEmpty(rc::gen::container<std::string>(rc::gen::inRange('a', 'z')));
+  const auto dim = *rc::gen::arbitrary<std::uint64_t>();
+  const auto metric_tag = *rc::gen::inRange<std::uint8_t>(0, 5);
+  const auto n = *rc::gen::arbitrary<std::uint64_t>();
+  const auto payload_len = *rc::gen::inRange<std::size_t>(0, 300);
+  const auto seed = *rc::gen::arbitrary<unsigned>();
+  static const char* const kNames[] = {"Cosine", "DotProduct", "Euclidean", "Manhattan", "Hamming"};
+  const Fixture f = v1_file("prop", tag, dim, metric_tag, kNames[metric_tag], n, pattern(payload_len, seed));
+  TempDir dir;
+  const std::string path = write_fixture(dir, f).string();
+  const CliResult r = run_cli({"inspect", "--json", path});
+  RC_ASSERT(r.code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  RC_ASSERT(j.at("index_type").get<std::string>() == tag);
+  RC_ASSERT(j.at("dim").get<std::uint64_t>() == dim);
+  RC_ASSERT(j.at("metric").get<std::string>() == std::string(kNames[metric_tag]));
+  RC_ASSERT(j.at("n_vectors").get<std::uint64_t>() == n);
+  RC_ASSERT(j.at("crc32").get<std::uint32_t>() == f.expected.crc32);
+  RC_ASSERT(j.at("uncompressed_len").get<std::uint64_t>() == payload_len);
+  RC_ASSERT(j.at("file_size").get<std::uint64_t>() == f.bytes.size());
+}
+
+TEST(CliInspect, ReadsOnlyTheHeader) {
+  TempDir dir;
+  Fixture f = v1_file("v1", "flat", 4, 2, "Euclidean", 2, pattern(40, 9));
+  f.bytes.back() ^= std::byte{0x01};  // payload damage: the header is still intact
+  const std::string path = write_fixture(dir, f).string();
+  EXPECT_EQ(run_cli({"inspect", path}).code, 0);
+  EXPECT_EQ(run_cli({"verify", path}).code, 1);
+}
+
+// ---------------------------------------------------------------- exit codes
+
+// A command line, the exit code it must give and a word its diagnostics must hold.
+struct ErrorCase {
+  std::string name;
+  std::vector<std::string> args;
+  int code;
+  std::string in_err;  // expected in the diagnostics
+};
+
+TEST(CliExitCodes, DamagedMissingAndMisusedFiles) {
+  TempDir dir;
+  const std::vector<Fixture> fixtures = all_fixtures(dir);
+  const auto fixture = [&](const std::string& name) {
+    for (const Fixture& f : fixtures) {
+      if (f.name == name) return f;
+    }
+    throw std::runtime_error("no fixture " + name);
+  };
+  const auto damaged = [&](const std::string& name, const std::string& from,
+                           const std::function<void(std::vector<std::byte>&)>& damage) {
+    Fixture f = fixture(from);
+    f.name = name;
+    damage(f.bytes);
+    return write_fixture(dir, f).string();
+  };
+  const auto flip = [](std::size_t from_end) {
+    return [from_end](std::vector<std::byte>& b) { b[b.size() - from_end] ^= std::byte{0x40}; };
+  };
+  const auto truncate_to = [](std::size_t size) { return [size](std::vector<std::byte>& b) { b.resize(size); }; };
+
+  const std::string v3_flipped = damaged("v3-flipped", "v3-none", flip(10));
+  const std::string v3_zstd_flipped = damaged("v3-zstd-flipped", "v3-zstd", flip(20));
+  const std::string v1_flipped = damaged("v1-flipped", "v1-hnsw", flip(1));
+  const std::string v2_flipped = damaged("v2-flipped", "v2-none", flip(3));
+  const std::string v3_cut = damaged("v3-cut", "v3-none", [](std::vector<std::byte>& b) { b.resize(b.size() - 7); });
+  const std::string v3_header_cut = damaged("v3-header-cut", "v3-none", truncate_to(30));
+  const std::string v3_header_flipped = damaged("v3-header-flipped", "v3-none", [](std::vector<std::byte>& b) {
+    b[28 + 4] ^= std::byte{0x01};  // dim, covered by the header CRC
+  });
+  const std::string bad_magic = damaged("bad-magic", "v1-hnsw", [](std::vector<std::byte>& b) { b[0] = std::byte{'X'}; });
+  const std::string bad_version = damaged("bad-version", "v1-hnsw", [](std::vector<std::byte>& b) { b[8] = std::byte{9}; });
+  const std::string empty = damaged("empty", "v1-hnsw", truncate_to(0));
+  const std::string missing = (dir / "missing.iqdb").string();
+
+  const std::vector<ErrorCase> cases = {
+      {"verify payload bit flip v3", {"verify", v3_flipped}, 1, "checksum_mismatch"},
+      {"verify payload bit flip v3 zstd", {"verify", v3_zstd_flipped}, 1, "checksum_mismatch"},
+      {"verify payload bit flip v1", {"verify", v1_flipped}, 1, "checksum_mismatch"},
+      {"verify payload bit flip v2", {"verify", v2_flipped}, 1, "checksum_mismatch"},
+      {"verify truncated payload", {"verify", v3_cut}, 1, "truncated_payload"},
+      {"verify truncated header", {"verify", v3_header_cut}, 1, "truncated_header"},
+      {"verify header bit flip", {"verify", v3_header_flipped}, 1, "checksum_mismatch"},
+      {"verify bad magic", {"verify", bad_magic}, 1, "bad_magic"},
+      {"verify bad version", {"verify", bad_version}, 1, "unsupported_version"},
+      {"verify empty file", {"verify", empty}, 1, "truncated_header"},
+      {"verify missing file", {"verify", missing}, 2, "missing.iqdb"},
+      {"verify a directory", {"verify", dir.path().string()}, 2, "io"},
+      {"inspect truncated header", {"inspect", v3_header_cut}, 1, "truncated_header"},
+      {"inspect header bit flip", {"inspect", v3_header_flipped}, 1, "checksum_mismatch"},
+      {"inspect bad magic", {"inspect", "--json", bad_magic}, 1, "bad_magic"},
+      {"inspect missing file", {"inspect", missing}, 2, "missing.iqdb"},
+      {"no arguments", {}, 2, "subcommand"},
+      {"unknown subcommand", {"frobnicate"}, 2, "frobnicate"},
+      {"verify without a file", {"verify"}, 2, "FILE"},
+      {"verify with two files", {"verify", v3_flipped, v1_flipped}, 2, ""},
+      {"inspect unknown option", {"inspect", "--yaml", v3_flipped}, 2, "--yaml"},
+      {"demo zero vectors", {"demo", "--vectors", "0", "--dir", (dir / "d").string()}, 2, "vectors"},
+      {"demo non-numeric dim", {"demo", "--dim", "wide", "--dir", (dir / "d").string()}, 2, "dim"},
+  };
+  for (const ErrorCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const CliResult r = run_cli(c.args);
+    EXPECT_EQ(r.code, c.code) << r.out << r.err;
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err, "");
+    EXPECT_NE(r.err.find(c.in_err), std::string::npos) << r.err;
+  }
+  EXPECT_FALSE(fs::exists(dir / "d")) << "a rejected demo wrote nothing";
+}
+
+TEST(CliVerify, IntactFilesOfEveryVersionPass) {
+  TempDir dir;
+  for (const Fixture& f : all_fixtures(dir)) {
+    if (f.expected.compression != "none" && f.expected.format_version < 3) continue;  // stand-in payloads
+    SCOPED_TRACE(f.name);
+    const std::string path = write_fixture(dir, f).string();
+    const CliResult r = run_cli({"verify", path});
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(r.out.rfind("OK: " + path + " ", 0), 0u) << r.out;
+    EXPECT_EQ(r.err, "") << "no progress indicator when stderr is not a terminal";
+  }
+}
+
+// ---------------------------------------------------------------- help, version
+
+TEST(CliHelp, VersionAndHelp) {
+  const CliResult v = run_cli({"--version"});
+  EXPECT_EQ(v.code, 0);
+  EXPECT_EQ(v.out, std::string(VERSION) + "\n");
+
+  const CliResult h = run_cli({"--help"});
+  EXPECT_EQ(h.code, 0);
+  for (const char* word : {"inspect", "verify", "demo", "--version"}) {
+    EXPECT_NE(h.out.find(word), std::string::npos) << word;
+  }
+  const struct {
+    const char* command;
+    const char* option;
+  } subcommands[] = {{"inspect", "--json"}, {"verify", "FILE"}, {"demo", "--vectors"}};
+  for (const auto& s : subcommands) {
+    const CliResult r = run_cli({s.command, "--help"});
+    EXPECT_EQ(r.code, 0) << s.command;
+    EXPECT_NE(r.out.find(s.option), std::string::npos) << s.command << ":\n" << r.out;
+  }
+}
+
+// ---------------------------------------------------------------- dispatch
+
+// Subcommands added by path, nested ones included (`wal dump`, `wal repair`
+// are how the write-ahead-log tools will plug in), run the right action.
+TEST(CliDispatch, NestedSubcommandsRunTheirOwnAction) {
+  const struct {
+    std::vector<std::string> args;
+    std::string ran;  // empty: a usage error
+  } cases[] = {
+      {{"wal", "repair", "x.wal"}, "wal repair x.wal"},
+      {{"wal", "dump", "y.wal"}, "wal dump y.wal"},
+      {{"check", "z"}, "check z"},
+      {{"wal"}, ""},
+      {{"wal", "x.wal"}, ""},
+      {{}, ""},
+  };
+  for (const auto& c : cases) {
+    CLI::App app{"test", "t"};
+    app.require_subcommand(1);
+    cli::CommandSet commands(app);
+    std::string ran;
+    auto file = std::make_shared<std::string>();
+    for (const std::string path : {"wal dump", "check", "wal repair"}) {
+      commands.add(path, "", [&ran, file, path](const cli::Console&) {
+        ran = path + " " + *file;
+        return 0;
+      }).add_option("FILE", *file)->required();
+    }
+    std::vector<std::string> reversed(c.args.rbegin(), c.args.rend());
+    std::ostringstream sink;
+    const cli::Console console{sink, sink};
+    try {
+      app.parse(reversed);
+      const cli::Action* action = commands.chosen();
+      ASSERT_NE(action, nullptr);
+      (*action)(console);
+    } catch (const CLI::ParseError&) {
+      ran = "";
+    }
+    EXPECT_EQ(ran, c.ran) << testing::PrintToString(c.args);
+  }
+}
+
+// ---------------------------------------------------------------- demo
+
+TEST(CliDemo, SmallRunSavesThreeVerifiedFiles) {
+  TempDir dir;
+  const fs::path out_dir = dir / "not-yet-created";
+  const CliResult r = run_cli({"demo", "--dir", out_dir.string(), "--vectors", "2000", "--dim", "16"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_EQ(r.err, "");
+  const std::string last_line = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
+  EXPECT_EQ(last_line.rfind("demo: all checks passed", 0), 0u) << last_line;
+
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(out_dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"demo-lz4.iqdb", "demo-none.iqdb", "demo-zstd.iqdb"}));
+
+  std::uint32_t none_crc = 0;
+  for (const std::string& compression : std::vector<std::string>{"none", "zstd", "lz4"}) {
+    SCOPED_TRACE(compression);
+    const fs::path file = out_dir / ("demo-" + compression + ".iqdb");
+    const std::vector<std::byte> bytes = test::read_file(file);
+    const CliResult inspect = run_cli({"inspect", "--json", file.string()});
+    ASSERT_EQ(inspect.code, 0) << inspect.err;
+    const nlohmann::json j = nlohmann::json::parse(inspect.out);
+    EXPECT_EQ(j.at("format_version"), 3);
+    EXPECT_EQ(j.at("index_type"), "flat");
+    EXPECT_EQ(j.at("dim"), 16);
+    EXPECT_EQ(j.at("metric"), "Euclidean");
+    EXPECT_EQ(j.at("n_vectors"), 2000);
+    EXPECT_EQ(j.at("compression"), compression);
+    EXPECT_EQ(j.at("file_size"), bytes.size());
+    EXPECT_EQ(j.at("crc32"), zlib_crc(bytes, le(bytes, 12, 4)));
+    if (compression == "none") none_crc = j.at("crc32").get<std::uint32_t>();
+    EXPECT_EQ(run_cli({"verify", file.string()}).code, 0);
+  }
+  EXPECT_NE(none_crc, 0u);
+
+  // Same seed, same data: a second run writes the same uncompressed file.
+  const fs::path again = dir / "again";
+  ASSERT_EQ(run_cli({"demo", "--dir", again.string(), "--vectors", "2000", "--dim", "16"}).code, 0);
+  EXPECT_EQ(test::read_file(again / "demo-none.iqdb"), test::read_file(out_dir / "demo-none.iqdb"));
+}
+
+}  // namespace
+}  // namespace iqdb::persist
+
+#endif  // __has_include("iqdb-persist/cli.hpp")

@@ -1,0 +1,23 @@
+// The iqdb-persist command-line tool, callable as a function.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace iqdb::persist::cli {
+
+// Exit codes of every subcommand.
+inline constexpr int kExitOk = 0;       // success: the file is intact, every check passed
+inline constexpr int kExitFailed = 1;   // the file is damaged, or a check failed
+inline constexpr int kExitUsage = 2;    // bad command line, or a file that cannot be opened
+
+// Run the tool. `args` are the command-line arguments without the program
+// name, e.g. {"inspect", "vectors.iqdb", "--json"}. Normal output goes to
+// `out`, diagnostics to `err`; returns the process exit code. Never throws.
+//
+// A progress indicator is drawn only when `err` is std::cerr and standard
+// error is a terminal, so callers passing their own streams never see one.
+int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+}  // namespace iqdb::persist::cli

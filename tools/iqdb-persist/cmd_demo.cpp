@@ -1,0 +1,302 @@
+// iqdb-persist demo: build a random index, save it with every compression,
+// load each file back and check that nothing changed. Shows what the library
+// does and how fast, on this machine.
+#include <stdlib.h>  // mkdtemp
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "iqdb-persist/command.hpp"
+#include "iqdb-persist/report.hpp"
+#include "iqdb/persist/config.hpp"
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/flat_index.hpp"
+#include "iqdb/persist/persisted_index.hpp"
+#include "iqdb/persist/snapshot.hpp"
+
+namespace iqdb::persist::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::uint64_t kSeed = 20240611;  // same data on every run
+constexpr std::size_t kQueries = 10;
+constexpr std::size_t kTopK = 10;
+constexpr DistanceMetric kMetric = DistanceMetric::Euclidean;
+
+struct DemoOptions {
+  std::string dir;
+  std::uint64_t vectors = 100000;
+  std::uint64_t dim = 128;
+};
+
+struct Variant {
+  std::string name;   // file name part: demo-<name>.iqdb
+  std::string label;  // for people
+  Compression compression;
+};
+
+// What one compression did, for the summary table.
+struct Result {
+  std::string label;
+  bool saved = false;
+  bool loaded = false;
+  std::uint64_t file_size = 0;
+  std::uint64_t payload_bytes = 0;
+  double save_ms = 0;
+  double load_ms = 0;
+};
+
+class Stopwatch {
+ public:
+  double ms() const {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+std::string format(const char* fmt, auto... args) {
+  std::array<char, 256> buf{};
+  std::snprintf(buf.data(), buf.size(), fmt, args...);
+  return buf.data();
+}
+
+// Decimal megabytes per second, as disks and benchmarks quote them.
+double mb_per_s(std::uint64_t bytes, double ms) {
+  return ms > 0 ? static_cast<double>(bytes) / 1e6 / (ms / 1e3) : 0.0;
+}
+
+std::string timing(double ms, std::uint64_t bytes) {
+  return format("%.1f ms (%.1f MB/s", ms, mb_per_s(bytes, ms));
+}
+
+fs::path prepare_dir(const std::string& dir) {
+  if (!dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw PersistError::io(dir, "creating the directory", ec.value());
+    return dir;
+  }
+  std::error_code ec;
+  fs::path base = fs::temp_directory_path(ec);
+  if (ec) base = "/tmp";
+  std::string tmpl = (base / "iqdb-persist-demo-XXXXXX").string();
+  if (::mkdtemp(tmpl.data()) == nullptr) throw PersistError::io(tmpl, "mkdtemp", errno);
+  return tmpl;
+}
+
+std::vector<float> gaussian_vector(std::mt19937_64& rng, std::uint64_t dim) {
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> v(static_cast<std::size_t>(dim));
+  for (float& x : v) x = gauss(rng);
+  return v;
+}
+
+// N Gaussian vectors with ids 0..N-1; every (N/8)th carries metadata.
+FlatIndex build_index(const DemoOptions& opts, std::mt19937_64& rng, std::uint64_t& with_metadata) {
+  FlatIndex index(opts.dim, kMetric);
+  const std::uint64_t metadata_every = std::max<std::uint64_t>(1, opts.vectors / 8);
+  with_metadata = 0;
+  for (std::uint64_t i = 0; i < opts.vectors; ++i) {
+    const std::vector<float> v = gaussian_vector(rng, opts.dim);
+    std::optional<Metadata> meta;
+    if (i % metadata_every == 0) {
+      double norm = 0;
+      for (const float x : v) norm += static_cast<double>(x) * static_cast<double>(x);
+      meta = Metadata{{"label", Value("vector-" + std::to_string(i))},
+                      {"bucket", Value(static_cast<std::int64_t>(i % 10))},
+                      {"norm", Value(std::sqrt(norm))},
+                      {"pinned", Value(i % 2 == 0)}};
+      ++with_metadata;
+    }
+    index.insert(i, v, std::move(meta));
+  }
+  return index;
+}
+
+class Checks {
+ public:
+  explicit Checks(std::ostream& out) : out_(out) {}
+
+  void expect(bool ok, const std::string& scope, const std::string& what) {
+    ++total_;
+    out_ << "  " << (ok ? "[ok]   " : "[FAIL] ") << what << '\n';
+    if (!ok) failures_.push_back(scope + ": " + what);
+  }
+  void fail(const std::string& scope, const std::string& what) { expect(false, scope, what); }
+
+  std::size_t total() const noexcept { return total_; }
+  const std::vector<std::string>& failures() const noexcept { return failures_; }
+
+ private:
+  std::ostream& out_;
+  std::size_t total_ = 0;
+  std::vector<std::string> failures_;
+};
+
+// Save `original` with one compression, show the header, load it back, compare.
+Result try_variant(const Variant& v, const fs::path& path, const FlatIndex& original,
+                   const std::vector<std::vector<float>>& queries,
+                   const std::vector<std::vector<SearchHit>>& expected, const Console& console, Checks& checks) {
+  std::ostream& out = console.out;
+  Result r;
+  r.label = v.label;
+  PersistConfig cfg(path);
+  cfg.compression = v.compression;
+  try {
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(original, cfg);
+      const Stopwatch sw;
+      db.save();
+      r.save_ms = sw.ms();
+    }
+    const SnapshotSummary summary = inspect_snapshot(default_file_system(), path);
+    r.saved = true;
+    r.file_size = summary.file_size;
+    r.payload_bytes = summary.header.uncompressed_len;
+    out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", fsync included)\n"
+        << "  file   " << human_bytes(r.file_size) << " on disk; its header:\n";
+    print_header(out, summary, "           ");
+
+    const Stopwatch sw;
+    auto loaded = PersistedIndex<FlatIndex>::load(cfg);
+    r.load_ms = sw.ms();
+    r.loaded = true;
+    out << "  load   " << timing(r.load_ms, r.payload_bytes) << ", checksum verified)\n";
+
+    checks.expect(loaded.index() == original, v.name, "loaded index == original (ids, vectors, metadata, order)");
+    std::size_t same = 0;
+    for (std::size_t q = 0; q < queries.size(); ++q) {
+      if (loaded.index().search(queries[q], kTopK) == expected[q]) ++same;
+    }
+    checks.expect(same == queries.size(), v.name,
+                  std::to_string(same) + " of " + std::to_string(queries.size()) + " queries: top-" +
+                      std::to_string(kTopK) + " ids and distances identical to the original's");
+  } catch (const PersistError& e) {
+    checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
+  }
+  out << '\n';
+  return r;
+}
+
+void print_summary(std::ostream& out, const std::vector<Result>& results) {
+  out << "Summary (MB/s of index payload, 1 MB = 10^6 bytes)\n"
+      << format("  %-16s %10s %6s %10s %10s %10s %10s\n", "compression", "file size", "ratio", "save ms", "save MB/s",
+                "load ms", "load MB/s");
+  for (const Result& r : results) {
+    out << format("  %-16s ", r.label.c_str());
+    if (!r.saved) {
+      out << "(save failed)\n";
+      continue;
+    }
+    const double ratio = static_cast<double>(r.payload_bytes) / static_cast<double>(std::max<std::uint64_t>(r.file_size, 1));
+    out << format("%10s %5.2fx %10.1f %10.1f ", human_bytes(r.file_size).c_str(), ratio, r.save_ms,
+                  mb_per_s(r.payload_bytes, r.save_ms));
+    if (r.loaded) {
+      out << format("%10.1f %10.1f\n", r.load_ms, mb_per_s(r.payload_bytes, r.load_ms));
+    } else {
+      out << "(load failed)\n";
+    }
+  }
+  out << '\n';
+}
+
+// Largest index the demo builds (floats), so a typo cannot exhaust memory.
+constexpr std::uint64_t kMaxDemoFloats = std::uint64_t{1} << 32;  // 16 GiB
+
+int demo(const DemoOptions& opts, const Console& console) {
+  std::ostream& out = console.out;
+  if (opts.vectors > kMaxDemoFloats / opts.dim) {
+    console.err << "demo: --vectors x --dim is limited to " << kMaxDemoFloats << " floats ("
+                << human_bytes(kMaxDemoFloats * sizeof(float)) << ")\n";
+    return kExitUsage;
+  }
+  const fs::path dir = prepare_dir(opts.dir);
+  out << "iqdb-persist demo: " << opts.vectors << " random Gaussian vectors x " << opts.dim << " dims, "
+      << to_string(kMetric) << " metric, seed " << kSeed << "\n"
+      << "directory: " << dir.string() << "\n\n"
+      << std::flush;
+
+  std::mt19937_64 rng(kSeed);
+  std::uint64_t with_metadata = 0;
+  const Stopwatch build_sw;
+  const FlatIndex original = build_index(opts, rng, with_metadata);
+  const double build_ms = build_sw.ms();
+  out << "Built a flat index of " << original.size() << " vectors (" << with_metadata << " with metadata, "
+      << human_bytes(original.size() * original.dim() * sizeof(float)) << " of floats) in "
+      << format("%.1f", build_ms) << " ms\n";
+
+  std::vector<std::vector<float>> queries;
+  std::vector<std::vector<SearchHit>> expected;
+  for (std::size_t q = 0; q < kQueries; ++q) {
+    queries.push_back(gaussian_vector(rng, opts.dim));
+    expected.push_back(original.search(queries.back(), kTopK));
+  }
+  out << "Ran " << kQueries << " random queries (top " << kTopK << ") on it, to compare with every loaded copy\n\n"
+      << std::flush;
+
+  const std::vector<Variant> variants = {
+      {"none", "none", Compression::none()},
+      {"zstd", "zstd (level 3)", Compression::zstd(3)},
+      {"lz4", "lz4", Compression::lz4()},
+  };
+  Checks checks(out);
+  std::vector<Result> results;
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    const Variant& v = variants[i];
+    const fs::path path = dir / ("demo-" + v.name + ".iqdb");
+    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string()
+        << '\n'
+        << std::flush;
+    results.push_back(try_variant(v, path, original, queries, expected, console, checks));
+    out << std::flush;
+  }
+  print_summary(out, results);
+
+  out << "Files kept in " << dir.string() << "; try: iqdb-persist verify " << (dir / "demo-zstd.iqdb").string()
+      << "\n\n";
+  if (checks.failures().empty()) {
+    out << "demo: all checks passed (" << checks.total() << " of " << checks.total() << ")\n";
+    return kExitOk;
+  }
+  for (const std::string& f : checks.failures()) console.err << "demo: FAILED " << f << '\n';
+  out << "demo: " << checks.failures().size() << " of " << checks.total() << " checks FAILED\n";
+  return kExitFailed;
+}
+
+}  // namespace
+
+void register_demo(CommandSet& commands) {
+  auto opts = std::make_shared<DemoOptions>();
+  CLI::App& cmd = commands.add(
+      "demo",
+      "Save a random flat index with each compression (none, zstd, lz4), load every file back, check that "
+      "searches agree, and time it",
+      [opts](const Console& console) { return demo(*opts, console); });
+  cmd.add_option("--dir", opts->dir, "Directory for demo-none/zstd/lz4.iqdb (default: a new temporary directory)")
+      ->type_name("DIR");
+  cmd.add_option("--vectors", opts->vectors, "Number of vectors")
+      ->type_name("N")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}))
+      ->capture_default_str();
+  cmd.add_option("--dim", opts->dim, "Dimensions per vector")
+      ->type_name("D")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{65536}))
+      ->capture_default_str();
+}
+
+}  // namespace iqdb::persist::cli
