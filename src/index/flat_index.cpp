@@ -20,27 +20,64 @@ namespace detail {
 
 namespace {
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
-constexpr std::size_t kLarge = std::size_t{4} << 20;
 }  // namespace
 
-void* allocate_large(std::size_t bytes) {
-  if (bytes < kLarge) {
-    void* p = ::operator new(bytes);
-    return p;
-  }
-  const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = std::aligned_alloc(kHugePage, rounded);
-  if (p == nullptr) throw std::bad_alloc();
-  (void)::madvise(p, rounded, MADV_HUGEPAGE);  // advisory
-  return p;
+FloatBuffer::FloatBuffer(const FloatBuffer& o) {
+  resize(o.size_);
+  if (size_ > 0) std::memcpy(p_, o.p_, size_ * sizeof(float));
 }
 
-void deallocate_large(void* p, std::size_t bytes) noexcept {
-  if (bytes < kLarge) {
-    ::operator delete(p);
-  } else {
-    std::free(p);
+FloatBuffer& FloatBuffer::operator=(const FloatBuffer& o) {
+  if (this != &o) {
+    FloatBuffer copy(o);
+    *this = std::move(copy);
   }
+  return *this;
+}
+
+FloatBuffer::FloatBuffer(FloatBuffer&& o) noexcept
+    : p_(std::exchange(o.p_, nullptr)), size_(std::exchange(o.size_, 0)), cap_(std::exchange(o.cap_, 0)) {}
+
+FloatBuffer& FloatBuffer::operator=(FloatBuffer&& o) noexcept {
+  if (this != &o) {
+    std::free(p_);
+    p_ = std::exchange(o.p_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    cap_ = std::exchange(o.cap_, 0);
+  }
+  return *this;
+}
+
+FloatBuffer::~FloatBuffer() { std::free(p_); }
+
+void FloatBuffer::reallocate(std::size_t cap) {
+  if (cap > SIZE_MAX / sizeof(float)) throw std::bad_alloc();
+  const std::size_t bytes = cap * sizeof(float);
+  void* q = std::realloc(p_, bytes);
+  if (q == nullptr) throw std::bad_alloc();
+  p_ = static_cast<float*>(q);
+  cap_ = cap;
+  if (bytes >= 2 * kHugePage) {
+    // Advise the 2 MiB-aligned part of the block (advisory; errors ignored).
+    const auto begin = (reinterpret_cast<std::uintptr_t>(p_) + kHugePage - 1) & ~(kHugePage - 1);
+    const auto end = (reinterpret_cast<std::uintptr_t>(p_) + bytes) & ~(kHugePage - 1);
+    if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+}
+
+void FloatBuffer::reserve(std::size_t n) {
+  if (n > cap_) reallocate(std::max<std::size_t>({n, cap_ * 2, 64}));
+}
+
+void FloatBuffer::resize(std::size_t n) {
+  // An exact fit when growing from empty (the loader knows the size).
+  if (n > cap_) reallocate(cap_ == 0 ? n : std::max(n, cap_ * 2));
+  size_ = n;
+}
+
+void FloatBuffer::append(std::span<const float> v) noexcept {
+  if (!v.empty()) std::memcpy(p_ + size_, v.data(), v.size_bytes());
+  size_ += v.size();
 }
 
 }  // namespace detail
@@ -89,35 +126,46 @@ float distance(DistanceMetric metric, std::span<const float> a, std::span<const 
 
 // ---------------------------------------------------------------- id table
 
-// Open addressing with linear probing over row numbers (slot value row + 1;
-// 0 = empty). Ids are compared through the index's id array, so the table
-// itself stays 8 bytes a slot. Deletion shifts the following cluster back
-// (no tombstones).
+// Open addressing with linear probing. A slot holds row + 1 in its low 40
+// bits (0 = empty) and the top 24 bits of the id's hash above them, so a probe
+// that meets another id is rejected without touching the id array (one cache
+// miss per lookup instead of two). Ids are compared through the index's id
+// array. Deletion shifts the following cluster back (no tombstones).
 class FlatIndex::IdTable {
  public:
   static constexpr std::size_t npos = ~std::size_t{0};
+  static constexpr std::uint64_t kRowMask = (std::uint64_t{1} << 40) - 1;
 
   explicit IdTable(std::size_t expected = 0) { rehash(capacity_for(expected)); }
 
   std::size_t find(const VectorId& id, const std::vector<VectorId>& ids) const noexcept {
-    for (std::size_t i = slot_of(id);; i = (i + 1) & mask_) {
+    const std::size_t h = id.hash();
+    const std::uint64_t tag = tag_of(h);
+    for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
       const std::uint64_t s = slots_[i];
       if (s == 0) return npos;
-      if (ids[s - 1] == id) return i;
+      if ((s & ~kRowMask) == tag && ids[(s & kRowMask) - 1] == id) return i;
     }
   }
-  std::uint64_t row(std::size_t slot) const noexcept { return slots_[slot] - 1; }
-  void set_row(std::size_t slot, std::uint64_t row) noexcept { slots_[slot] = row + 1; }
+  std::uint64_t row(std::size_t slot) const noexcept { return (slots_[slot] & kRowMask) - 1; }
+  void set_row(std::size_t slot, std::uint64_t row) noexcept { slots_[slot] = (slots_[slot] & ~kRowMask) | (row + 1); }
+
+  // Room for n ids without growing.
+  void reserve(std::size_t n, const std::vector<VectorId>& ids) {
+    while (n * 2 > slots_.size()) grow(ids);
+  }
 
   // Insert `row` (whose id is ids[row]); returns false if the id is present.
   bool insert(std::uint64_t row, const std::vector<VectorId>& ids) {
     if ((n_ + 1) * 2 > slots_.size()) grow(ids);
     const VectorId& id = ids[row];
-    std::size_t i = slot_of(id);
+    const std::size_t h = id.hash();
+    const std::uint64_t tag = tag_of(h);
+    std::size_t i = h & mask_;
     for (; slots_[i] != 0; i = (i + 1) & mask_) {
-      if (ids[slots_[i] - 1] == id) return false;
+      if ((slots_[i] & ~kRowMask) == tag && ids[(slots_[i] & kRowMask) - 1] == id) return false;
     }
-    slots_[i] = row + 1;
+    slots_[i] = tag | (row + 1);
     ++n_;
     return true;
   }
@@ -127,7 +175,7 @@ class FlatIndex::IdTable {
     for (;;) {
       j = (j + 1) & mask_;
       if (slots_[j] == 0) break;
-      const std::size_t home = slot_of(ids[slots_[j] - 1]);
+      const std::size_t home = ids[(slots_[j] & kRowMask) - 1].hash() & mask_;
       // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
       const bool home_in_between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
       if (!home_in_between) {
@@ -140,8 +188,8 @@ class FlatIndex::IdTable {
   }
 
  private:
+  static std::uint64_t tag_of(std::size_t h) noexcept { return (static_cast<std::uint64_t>(h) >> 40) << 40; }
   static std::size_t capacity_for(std::size_t n) { return std::bit_ceil(std::max<std::size_t>(16, n * 2)); }
-  std::size_t slot_of(const VectorId& id) const noexcept { return id.hash() & mask_; }
   void rehash(std::size_t cap) {
     slots_.assign(cap, 0);
     mask_ = cap - 1;
@@ -153,7 +201,7 @@ class FlatIndex::IdTable {
     rehash(old.size() * 2);
     for (std::uint64_t s : old) {
       if (s == 0) continue;
-      std::size_t i = slot_of(ids[s - 1]);
+      std::size_t i = ids[(s & kRowMask) - 1].hash() & mask_;
       while (slots_[i] != 0) i = (i + 1) & mask_;
       slots_[i] = s;
       ++n_;
@@ -202,21 +250,25 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
     throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                  std::to_string(dim_));
   }
-  if (contains(id)) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
-  // Strong guarantee: reserve everything first, then commit with no-throw steps
-  // (the table insert may grow, so it goes before the push_backs become visible).
-  grow_for_one(data_, dim_);
+  // Strong guarantee: reserve everything first, then commit with steps that
+  // cannot fail (the table insert may grow, so it goes before the rest).
+  data_.reserve(data_.size() + dim_);  // geometric
   grow_for_one(ids_, 1);
   grow_for_one(meta_, 1);
   auto m = meta ? std::make_unique<Metadata>(std::move(*meta)) : nullptr;
   ids_.push_back(id);
+  bool inserted = false;
   try {
-    table_->insert(ids_.size() - 1, ids_);
+    inserted = table_->insert(ids_.size() - 1, ids_);
   } catch (...) {
     ids_.pop_back();
     throw;
   }
-  data_.insert(data_.end(), vec.begin(), vec.end());
+  if (!inserted) {
+    ids_.pop_back();
+    throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+  }
+  data_.append(vec);
   meta_.push_back(std::move(m));
 }
 
@@ -229,14 +281,21 @@ void FlatIndex::erase(const VectorId& id) {
   if (row != last) {
     const std::size_t moved_slot = table_->find(ids_[last], ids_);
     table_->set_row(moved_slot, row);
-    std::copy_n(data_.begin() + static_cast<std::ptrdiff_t>(last * dim_), dim_,
-                data_.begin() + static_cast<std::ptrdiff_t>(row * dim_));
+    std::memcpy(data_.data() + row * dim_, data_.data() + last * dim_, dim_ * sizeof(float));
     ids_[row] = std::move(ids_[last]);
     meta_[row] = std::move(meta_[last]);
   }
   ids_.pop_back();
   meta_.pop_back();
   data_.resize(last * dim_);
+}
+
+void FlatIndex::reserve(std::uint64_t n) {
+  const std::size_t more = static_cast<std::size_t>(n);
+  data_.reserve(data_.size() + more * dim_);
+  ids_.reserve(ids_.size() + more);
+  meta_.reserve(meta_.size() + more);
+  table_->reserve(ids_.size() + more, ids_);
 }
 
 bool FlatIndex::contains(const VectorId& id) const noexcept { return table_->find(id, ids_) != IdTable::npos; }
@@ -284,7 +343,7 @@ std::vector<SearchHit> FlatIndex::search(std::span<const float> query, std::size
 bool operator==(const FlatIndex& a, const FlatIndex& b) {
   if (a.dim_ != b.dim_ || a.metric_ != b.metric_ || a.ids_ != b.ids_) return false;
   if (a.data_.size() != b.data_.size() ||
-      std::memcmp(a.data_.data(), b.data_.data(), a.data_.size() * sizeof(float)) != 0) {
+      (!a.data_.empty() && std::memcmp(a.data_.data(), b.data_.data(), a.data_.size() * sizeof(float)) != 0)) {
     return false;
   }
   for (std::size_t r = 0; r < a.meta_.size(); ++r) {

@@ -110,7 +110,7 @@ class WalEngine::Impl {
   }
 
   void open(const std::function<FileHeader()>& load_snapshot, const Replay& replay,
-            const WriteSnapshot& write_snapshot) {
+            const WriteSnapshot& write_snapshot, const ReserveHint& reserve) {
     lock_and_clean();
     const FileHeader h = load_snapshot();
     const std::uint64_t folded = h.last_lsn;
@@ -124,6 +124,7 @@ class WalEngine::Impl {
     wal::ScanResult scan;
     {
       const std::unique_ptr<ReadableFile> file = fs_.open_read(log_path_);
+      if (reserve) reserve(estimate_records(*file));
       scan = wal::scan_file(
           *file,
           [&](const wal::RecordView& r) {
@@ -177,11 +178,27 @@ class WalEngine::Impl {
     start_flusher();
   }
 
+  // Records in a log, guessed from its size and its first frame (records
+  // tend to be alike). Only a hint for preallocation: never trusted.
+  static std::uint64_t estimate_records(const ReadableFile& f) {
+    std::byte b[wal::format::kV2HeaderLen + 20];
+    const std::size_t got = f.read_at(0, b);
+    if (got < wal::format::kV1HeaderLen + 8) return 0;
+    const std::uint32_t version = coding::get<std::uint32_t>(b + 8);
+    const std::size_t hdr = version == 2 ? wal::format::kV2HeaderLen : wal::format::kV1HeaderLen;
+    if (got < hdr + 8) return 0;
+    const std::uint64_t frame = wal::format::kFrameHeaderLen + coding::get<std::uint32_t>(b + hdr);
+    std::uint64_t count = 1;
+    if (version == 2 && got >= hdr + 20) count = std::max<std::uint32_t>(1, coding::get<std::uint32_t>(b + hdr + 16));
+    const std::uint64_t per_record = std::max<std::uint64_t>(frame / count, wal::format::kMinOpLen);
+    return (f.size() - hdr) / per_record;
+  }
+
   // ------------------------------------------------------------ commit
 
   struct Entry {
     std::span<const MutationRef> ops;
-    const Apply* apply;
+    Apply apply;
     std::uint64_t start;
     std::uint64_t end;
     std::uint64_t first_lsn;
@@ -189,10 +206,12 @@ class WalEngine::Impl {
     std::exception_ptr error;
   };
 
-  void commit(std::span<const MutationRef> ops, const Validate& validate, const Apply& apply) {
+  void commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
     if (ops.empty()) return;
-    // Encode outside the lock; the LSN is patched in once it is known.
-    std::vector<std::byte> frame(wal::format::kFrameHeaderLen);
+    // Encode outside the lock; the LSN is patched in once it is known. The
+    // buffer keeps its capacity from one commit to the next.
+    thread_local std::vector<std::byte> frame;
+    frame.assign(wal::format::kFrameHeaderLen, std::byte{0});
     coding::put<std::uint64_t>(frame, 0);
     coding::put<std::uint32_t>(frame, static_cast<std::uint32_t>(ops.size()));
     for (const MutationRef& m : ops) {
@@ -210,13 +229,15 @@ class WalEngine::Impl {
 
     std::unique_lock lk(mu_);
     throw_if_unusable();
-    validate([this](const VectorId& id) -> std::optional<bool> {
+    const auto pending = [this](const VectorId& id) -> std::optional<bool> {
+      if (pending_.empty()) return std::nullopt;
       const auto it = pending_.find(id);
       if (it == pending_.end()) return std::nullopt;
       return it->second.present;
-    });
+    };
+    validate(pending);
 
-    Entry e{ops, &apply, writer_->end(), 0, next_lsn_, false, nullptr};
+    Entry e{ops, apply, writer_->end(), 0, next_lsn_, false, nullptr};
     std::byte* body = frame.data() + wal::format::kFrameHeaderLen;
     coding::store<std::uint64_t>(body, e.first_lsn);
     const auto len = static_cast<std::uint32_t>(body_len);
@@ -237,14 +258,15 @@ class WalEngine::Impl {
     }
     e.end = writer_->end();
     next_lsn_ += ops.size();
-    for (const MutationRef& m : ops) {
-      Pending& p = pending_[*m.id];
-      p.present = m.op == wal::Op::Insert;
-      ++p.refs;
-    }
     queue_.push_back(&e);
 
     if (policy_.mode() == FsyncPolicy::Mode::Always) {
+      // Until the group's fsync, later commits must see this one's effect.
+      for (const MutationRef& m : ops) {
+        Pending& p = pending_[*m.id];
+        p.present = m.op == wal::Op::Insert;
+        ++p.refs;
+      }
       // Group commit: one thread syncs for everything appended so far; the
       // others wait for it, and whoever is still waiting leads the next sync.
       while (!e.done) {
@@ -299,7 +321,7 @@ class WalEngine::Impl {
     while (!queue_.empty() && queue_.front()->end <= end) {
       Entry* x = queue_.front();
       try {
-        (*x->apply)();
+        x->apply();
       } catch (...) {
         roll_back_from(std::current_exception());
         return;
@@ -353,6 +375,7 @@ class WalEngine::Impl {
   }
 
   void unpend(std::span<const MutationRef> ops) {
+    if (pending_.empty()) return;
     for (const MutationRef& m : ops) {
       const auto it = pending_.find(*m.id);
       if (it != pending_.end() && --it->second.refs == 0) pending_.erase(it);
@@ -514,13 +537,14 @@ std::unique_ptr<WalEngine> WalEngine::create(const PersistConfig& cfg, const Wri
 }
 
 std::unique_ptr<WalEngine> WalEngine::open(const PersistConfig& cfg, const std::function<FileHeader()>& load_snapshot,
-                                           const Replay& replay, const WriteSnapshot& write_snapshot) {
+                                           const Replay& replay, const WriteSnapshot& write_snapshot,
+                                           const ReserveHint& reserve) {
   auto impl = std::make_unique<Impl>(cfg);
-  impl->open(load_snapshot, replay, write_snapshot);
+  impl->open(load_snapshot, replay, write_snapshot, reserve);
   return std::unique_ptr<WalEngine>(new WalEngine(std::move(impl)));
 }
 
-void WalEngine::commit(std::span<const MutationRef> ops, const Validate& validate, const Apply& apply) {
+void WalEngine::commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
   impl_->commit(ops, validate, apply);
 }
 void WalEngine::checkpoint(const WriteSnapshot& write_snapshot) { impl_->checkpoint(write_snapshot); }

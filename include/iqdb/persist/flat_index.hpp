@@ -16,30 +16,39 @@
 namespace iqdb::persist {
 
 namespace detail {
-// Storage for large float arrays: not zero-filled on resize (the loader
-// overwrites every element), 2 MiB-aligned and advised for transparent huge
-// pages when large (fewer page faults when it is first written).
-void* allocate_large(std::size_t bytes);
-void deallocate_large(void* p, std::size_t bytes) noexcept;
 
-template <class T>
-struct LargeArrayAllocator {
-  using value_type = T;
-  LargeArrayAllocator() = default;
-  template <class U>
-  LargeArrayAllocator(const LargeArrayAllocator<U>&) noexcept {}
-  T* allocate(std::size_t n) { return static_cast<T*>(allocate_large(n * sizeof(T))); }
-  void deallocate(T* p, std::size_t n) noexcept { deallocate_large(p, n * sizeof(T)); }
-  template <class U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;  // default-init: no zero fill
-  }
-  template <class U, class... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-  friend bool operator==(const LargeArrayAllocator&, const LargeArrayAllocator&) noexcept { return true; }
+// Contiguous float storage for FlatIndex. Grows with realloc, which for large
+// blocks remaps pages instead of copying them, so growing never touches the
+// existing memory again (first touches of fresh memory are what cost here);
+// large blocks are advised for transparent huge pages. resize() does not
+// zero-fill: the loader overwrites every element.
+class FloatBuffer {
+ public:
+  FloatBuffer() noexcept = default;
+  FloatBuffer(const FloatBuffer& o);
+  FloatBuffer& operator=(const FloatBuffer& o);
+  FloatBuffer(FloatBuffer&& o) noexcept;
+  FloatBuffer& operator=(FloatBuffer&& o) noexcept;
+  ~FloatBuffer();
+
+  float* data() noexcept { return p_; }
+  const float* data() const noexcept { return p_; }
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+  // Room for at least n elements; geometric growth. Throws std::bad_alloc.
+  void reserve(std::size_t n);
+  // New elements are uninitialised.
+  void resize(std::size_t n);
+  // Precondition: capacity for size() + v.size() (reserve first).
+  void append(std::span<const float> v) noexcept;
+
+ private:
+  void reallocate(std::size_t cap);
+  float* p_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t cap_ = 0;
 };
+
 }  // namespace detail
 
 struct SearchHit {
@@ -78,6 +87,8 @@ class FlatIndex {
   // Throws IdNotFound.
   void erase(const VectorId& id);
   bool contains(const VectorId& id) const noexcept;
+  // Make room for `n` more vectors (replay calls this with an estimate).
+  void reserve(std::uint64_t n);
 
   std::uint64_t size() const noexcept { return ids_.size(); }
   std::uint64_t dim() const noexcept { return dim_; }
@@ -110,7 +121,7 @@ class FlatIndex {
   class IdTable;
   std::uint64_t dim_;
   DistanceMetric metric_;
-  std::vector<float, detail::LargeArrayAllocator<float>> data_;
+  detail::FloatBuffer data_;
   std::vector<VectorId> ids_;
   std::vector<std::unique_ptr<Metadata>> meta_;
   std::unique_ptr<IdTable> table_;

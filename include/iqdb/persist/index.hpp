@@ -42,6 +42,8 @@ concept Index = requires(I& index, const I& cindex, const VectorId& id, std::spa
 //     the index. The library checks the dimension and the presence or absence
 //     of the id itself (accounting for mutations logged but not yet applied),
 //     then calls these, all before anything is logged.
+//   reserve(n): make room for n more vectors; replay calls it with an
+//     estimate of the records in the log.
 template <class I>
 concept Persistable = Index<I> && requires(const I& cindex, PayloadWriter& w, PayloadReader& r) {
   { I::index_type } -> std::convertible_to<std::string_view>;

@@ -80,17 +80,24 @@ class PersistedIndex {
       load_snapshot();
       return PersistedIndex(std::make_unique<State>(std::move(*loaded), std::move(config)));
     }
+    // The index's own insert / erase refuse what does not apply (a record
+    // that does: the engine reports CorruptLog with its offset).
     const auto replay = [&](const wal::RecordView& r) {
       if (r.op == wal::Op::Insert) {
-        detail::check_insert(*loaded, loaded->contains(*r.id), *r.id, r.vector, std::nullopt);
         loaded->insert(*r.id, r.vector, r.metadata ? std::optional<Metadata>(*r.metadata) : std::nullopt);
       } else {
-        detail::check_erase(*loaded, loaded->contains(*r.id), *r.id);
         loaded->erase(*r.id);
       }
     };
     const auto write_snapshot = [&](std::uint64_t lsn) { write_index_snapshot(*loaded, config, lsn, true); };
-    auto engine = detail::WalEngine::open(config, load_snapshot, replay, write_snapshot);
+    const auto reserve = [&](std::uint64_t records) {
+      if constexpr (requires { loaded->reserve(records); }) {
+        // A hint from the log's size; bounded so a huge or damaged log
+        // cannot make it allocate more than the log could hold.
+        loaded->reserve(records);
+      }
+    };
+    auto engine = detail::WalEngine::open(config, load_snapshot, replay, write_snapshot, reserve);
     auto s = std::make_unique<State>(std::move(*loaded), std::move(config));
     s->engine = std::move(engine);
     return PersistedIndex(std::move(s));
@@ -258,11 +265,8 @@ class PersistedIndex {
     if (s_->engine) {
       // The index changes only inside the engine's commit lock, so validation
       // reads it without the read lock.
-      const detail::WalEngine::Validate v = [&](const detail::WalEngine::PendingPresence& pending) {
-        validate(ops, &pending);
-      };
-      const detail::WalEngine::Apply a = std::forward<Apply>(apply);
-      s_->engine->commit(ops, v, a);
+      const auto v = [&](const detail::WalEngine::PendingPresence& pending) { validate(ops, &pending); };
+      s_->engine->commit(ops, v, apply);
       return;
     }
     std::lock_guard lk(s_->write_mu);

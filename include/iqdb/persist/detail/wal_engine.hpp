@@ -11,6 +11,8 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <type_traits>
+#include <utility>
 
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/format.hpp"
@@ -18,6 +20,26 @@
 #include "iqdb/persist/wal.hpp"
 
 namespace iqdb::persist::detail {
+
+// A non-owning reference to a callable (no allocation, unlike
+// std::function): for callbacks that do not outlive the call they are passed to.
+template <class Sig>
+class FunctionRef;
+
+template <class R, class... Args>
+class FunctionRef<R(Args...)> {
+ public:
+  template <class F>
+    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef>)
+  FunctionRef(F&& f) noexcept  // NOLINT: implicit by design
+      : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* o, Args... a) -> R { return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<Args>(a)...); }) {}
+  R operator()(Args... a) const { return call_(obj_, std::forward<Args>(a)...); }
+
+ private:
+  void* obj_;
+  R (*call_)(void*, Args...);
+};
 
 struct MutationRef {
   wal::Op op;
@@ -30,15 +52,17 @@ class WalEngine {
  public:
   // Presence of an id as changed by mutations logged but not yet applied to
   // the index: nullopt when none of them touches it (then the index decides).
-  using PendingPresence = std::function<std::optional<bool>(const VectorId&)>;
+  using PendingPresence = FunctionRef<std::optional<bool>(const VectorId&)>;
   // Throws (before anything is logged) when the mutations must be refused.
-  using Validate = std::function<void(const PendingPresence&)>;
+  using Validate = FunctionRef<void(const PendingPresence&)>;
   // Applies the mutations of one commit to the index; on failure, leaves the
   // index as it was and throws.
-  using Apply = std::function<void()>;
+  using Apply = FunctionRef<void()>;
   // Writes a durable snapshot of the index with this last LSN.
   using WriteSnapshot = std::function<void(std::uint64_t last_lsn)>;
   using Replay = std::function<void(const wal::RecordView&)>;
+  // Called once before replay with an estimate of the records to come.
+  using ReserveHint = std::function<void(std::uint64_t records)>;
 
   // open_with: take the lock, write the base snapshot, start a new log.
   static std::unique_ptr<WalEngine> create(const PersistConfig& cfg, const WriteSnapshot& write_snapshot);
@@ -47,7 +71,8 @@ class WalEngine {
   // A version-1 (reference) log is folded into a new snapshot and replaced by
   // a version-2 log at once.
   static std::unique_ptr<WalEngine> open(const PersistConfig& cfg, const std::function<FileHeader()>& load_snapshot,
-                                         const Replay& replay, const WriteSnapshot& write_snapshot);
+                                         const Replay& replay, const WriteSnapshot& write_snapshot,
+                                         const ReserveHint& reserve = {});
 
   WalEngine(const WalEngine&) = delete;
   WalEngine& operator=(const WalEngine&) = delete;
@@ -55,7 +80,7 @@ class WalEngine {
 
   // Validate, log (one frame), make durable per the policy, apply, return.
   // Thread-safe; concurrent commits under FsyncPolicy::Always share fsyncs.
-  void commit(std::span<const MutationRef> ops, const Validate& validate, const Apply& apply);
+  void commit(std::span<const MutationRef> ops, Validate validate, Apply apply);
 
   // Fold the log into a new snapshot and start an empty log. Blocks commits
   // (not readers) while it runs.

@@ -1,0 +1,315 @@
+// Write-ahead log benchmarks: each figure beside its raw limit measured in
+// the same run, as a ratio. Usage (docs/PERFORMANCE.md):
+//   iqdb_wal_bench [--dir DIR] [--sync-ops N] [--nosync-ops N] [--replay-records N] [--no-rocksdb]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <iqdb/persist.hpp>
+
+#ifdef IQDB_BENCH_HAVE_ROCKSDB
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#endif
+
+namespace fs = std::filesystem;
+using namespace iqdb::persist;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kDim = 128;
+// The frame of one dim-128 insert with a u64 id and no metadata:
+// 8 (frame header) + 12 (lsn, count) + 1 + 1 + 8 + 4 + 512 + 1.
+constexpr std::size_t kRecordBytes = 8 + 12 + 1 + 1 + 8 + 4 + kDim * 4 + 1;
+
+struct Options {
+  fs::path dir = "bench-wal-tmp";
+  std::size_t sync_ops = 3000;
+  std::size_t nosync_ops = 200000;
+  std::size_t replay_records = 1000000;
+  bool rocksdb = true;
+  int repeats = 3;
+};
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Runs `f` (which returns ops/s) `repeats` times in a fresh directory each time.
+double measure(const Options& o, const std::function<double(const fs::path&)>& f) {
+  std::vector<double> r;
+  for (int i = 0; i < o.repeats; ++i) {
+    const fs::path d = o.dir / ("run" + std::to_string(i));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    r.push_back(f(d));
+    fs::remove_all(d);
+  }
+  return median(r);
+}
+
+void die(const char* what) {
+  std::perror(what);
+  std::exit(1);
+}
+
+std::vector<std::vector<float>> make_vectors(std::size_t n) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> v(std::min<std::size_t>(n, 4096), std::vector<float>(kDim));
+  for (auto& x : v)
+    for (auto& f : x) f = g(rng);
+  return v;
+}
+
+// ---------------------------------------------------------------- raw limits
+
+double raw_append_sync(const fs::path& d, std::size_t n) {
+  const std::vector<char> rec(kRecordBytes, 'x');
+  const int fd = ::open((d / "raw.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) die("open");
+  const auto t0 = Clock::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (::write(fd, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size())) die("write");
+    if (::fdatasync(fd) != 0) die("fdatasync");
+  }
+  const double s = seconds_since(t0);
+  ::close(fd);
+  return static_cast<double>(n) / s;
+}
+
+double raw_prezeroed_sync(const fs::path& d, std::size_t n) {
+  const std::vector<char> rec(kRecordBytes, 'x');
+  const int fd = ::open((d / "raw.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) die("open");
+  const std::vector<char> zeros(1 << 20, 0);
+  for (std::size_t w = 0; w < n * kRecordBytes; w += zeros.size()) {
+    if (::write(fd, zeros.data(), zeros.size()) != static_cast<ssize_t>(zeros.size())) die("write");
+  }
+  if (::fsync(fd) != 0) die("fsync");
+  const auto t0 = Clock::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (::pwrite(fd, rec.data(), rec.size(), static_cast<off_t>(i * kRecordBytes)) != static_cast<ssize_t>(rec.size()))
+      die("pwrite");
+    if (::fdatasync(fd) != 0) die("fdatasync");
+  }
+  const double s = seconds_since(t0);
+  ::close(fd);
+  return static_cast<double>(n) / s;
+}
+
+double raw_append_nosync(const fs::path& d, std::size_t n) {
+  const std::vector<char> rec(kRecordBytes, 'x');
+  const int fd = ::open((d / "raw.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) die("open");
+  const auto t0 = Clock::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (::write(fd, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size())) die("write");
+  }
+  const double s = seconds_since(t0);
+  ::close(fd);
+  return static_cast<double>(n) / s;
+}
+
+// ---------------------------------------------------------------- iqdb-persist
+
+PersistConfig wal_cfg(const fs::path& d, FsyncPolicy p) {
+  PersistConfig cfg(d / "db.iqdb");
+  cfg.wal_enabled = true;
+  cfg.fsync_policy = p;
+  return cfg;
+}
+
+double iqdb_inserts(const fs::path& d, std::size_t n, FsyncPolicy policy, int threads,
+                    const std::vector<std::vector<float>>& vecs) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), wal_cfg(d, policy));
+  std::vector<std::thread> ts;
+  const auto t0 = Clock::now();
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      for (std::size_t i = static_cast<std::size_t>(t); i < n; i += static_cast<std::size_t>(threads)) {
+        db.insert(i, vecs[i % vecs.size()]);
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  const double s = seconds_since(t0);
+  return static_cast<double>(n) / s;
+}
+
+double iqdb_batches(const fs::path& d, std::size_t batches, std::size_t batch_size,
+                    const std::vector<std::vector<float>>& vecs) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean),
+                                                 wal_cfg(d, FsyncPolicy::always()));
+  std::vector<WriteBatch> prepared(batches);
+  for (std::size_t b = 0; b < batches; ++b) {
+    for (std::size_t i = 0; i < batch_size; ++i) {
+      const std::size_t id = b * batch_size + i;
+      prepared[b].insert(id, vecs[id % vecs.size()]);
+    }
+  }
+  const auto t0 = Clock::now();
+  for (const WriteBatch& b : prepared) db.write(b);
+  const double s = seconds_since(t0);
+  return static_cast<double>(batches * batch_size) / s;
+}
+
+double iqdb_replay(const fs::path& d, std::size_t n, const std::vector<std::vector<float>>& vecs) {
+  const PersistConfig cfg = wal_cfg(d, FsyncPolicy::never());
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+    for (std::size_t i = 0; i < n; ++i) db.insert(i, vecs[i % vecs.size()]);
+    db.close();
+  }
+  const auto t0 = Clock::now();
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  const double s = seconds_since(t0);
+  if (db.index().size() != n) {
+    std::fprintf(stderr, "replay recovered %zu of %zu\n", static_cast<std::size_t>(db.index().size()), n);
+    std::exit(1);
+  }
+  return static_cast<double>(n) / s;
+}
+
+#ifdef IQDB_BENCH_HAVE_ROCKSDB
+double rocksdb_sync(const fs::path& d, std::size_t n, int threads) {
+  rocksdb::Options opt;
+  opt.create_if_missing = true;
+  rocksdb::DB* raw = nullptr;
+  if (!rocksdb::DB::Open(opt, (d / "rocks").string(), &raw).ok()) die("rocksdb open");
+  std::unique_ptr<rocksdb::DB> db(raw);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  const std::string value(kRecordBytes - 8, 'v');
+  std::vector<std::thread> ts;
+  const auto t0 = Clock::now();
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      for (std::size_t i = static_cast<std::size_t>(t); i < n; i += static_cast<std::size_t>(threads)) {
+        char key[8];
+        std::memcpy(key, &i, 8);
+        if (!db->Put(wo, rocksdb::Slice(key, 8), value).ok()) die("rocksdb put");
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  return static_cast<double>(n) / seconds_since(t0);
+}
+#endif
+
+struct Row {
+  std::string name;
+  double value;
+  std::string limit_name;
+  double limit;
+  double target;  // ratio target (value / limit >= target); 0 = informational
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--dir") o.dir = next();
+    else if (a == "--sync-ops") o.sync_ops = std::stoul(next());
+    else if (a == "--nosync-ops") o.nosync_ops = std::stoul(next());
+    else if (a == "--replay-records") o.replay_records = std::stoul(next());
+    else if (a == "--repeats") o.repeats = std::stoi(next());
+    else if (a == "--no-rocksdb") o.rocksdb = false;
+    else {
+      std::fprintf(stderr,
+                   "usage: %s [--dir DIR] [--sync-ops N] [--nosync-ops N] [--replay-records N] [--repeats N] "
+                   "[--no-rocksdb]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  fs::create_directories(o.dir);
+  const auto vecs = make_vectors(o.nosync_ops);
+  std::printf("iqdb-persist WAL benchmark: dim %zu, %zu-byte frames, dir %s, median of %d\n\n", kDim, kRecordBytes,
+              fs::absolute(o.dir).c_str(), o.repeats);
+
+  const double append_sync = measure(o, [&](const fs::path& d) { return raw_append_sync(d, o.sync_ops); });
+  const double prezeroed = measure(o, [&](const fs::path& d) { return raw_prezeroed_sync(d, o.sync_ops); });
+  const double nosync = measure(o, [&](const fs::path& d) { return raw_append_nosync(d, o.nosync_ops); });
+  const double always1 = measure(o, [&](const fs::path& d) {
+    return iqdb_inserts(d, o.sync_ops, FsyncPolicy::always(), 1, vecs);
+  });
+  const double batch1000 = measure(o, [&](const fs::path& d) {
+    return iqdb_batches(d, std::max<std::size_t>(o.sync_ops / 100, 10), 1000, vecs);
+  });
+  const double never1 = measure(o, [&](const fs::path& d) {
+    return iqdb_inserts(d, o.nosync_ops, FsyncPolicy::never(), 1, vecs);
+  });
+  const double always4 = measure(o, [&](const fs::path& d) {
+    return iqdb_inserts(d, o.sync_ops * 4, FsyncPolicy::always(), 4, vecs);
+  });
+  std::vector<Row> rows = {
+      {"raw write()+fdatasync() append", append_sync, "", 0, 0},
+      {"raw pwrite()+fdatasync() pre-zeroed", prezeroed, "append loop", append_sync, 0},
+      {"raw write() loop, no sync", nosync, "", 0, 0},
+      {"insert, Always, 1 thread", always1, "append loop", append_sync, 1.0},
+      {"insert, Always, 1 thread", always1, "pre-zeroed loop", prezeroed, 0},
+      {"batch of 1000, Always", batch1000, "insert Always 1 thread", always1, 100.0},
+      {"insert, Never, 1 thread", never1, "raw write() loop", nosync, 0.8},
+      {"insert, Always, 4 threads (group commit)", always4, "insert Always 1 thread", always1, 3.0},
+  };
+#ifdef IQDB_BENCH_HAVE_ROCKSDB
+  if (o.rocksdb) {
+    const double rocks4 = measure(o, [&](const fs::path& d) { return rocksdb_sync(d, o.sync_ops * 4, 4); });
+    const double rocks1 = measure(o, [&](const fs::path& d) { return rocksdb_sync(d, o.sync_ops, 1); });
+    rows.push_back({"RocksDB Put sync=true, 1 thread", rocks1, "append loop", append_sync, 0});
+    rows.push_back({"RocksDB Put sync=true, 4 threads", rocks4, "append loop", append_sync, 0});
+    rows.push_back({"insert, Always, 4 threads (group commit)", always4, "RocksDB sync, 4 threads", rocks4, 2.0});
+  }
+#endif
+  if (o.replay_records > 0) {
+    std::vector<Row> replay_rows;
+    const double replay = measure(o, [&](const fs::path& d) { return iqdb_replay(d, o.replay_records, vecs); });
+    rows.push_back({"replay of " + std::to_string(o.replay_records) + " records (records/s)", replay,
+                    "2,000,000 records/s", 2e6, 1.0});
+  }
+
+  std::printf("%-46s %14s   %-26s %8s  %8s  %s\n", "measurement", "ops/s", "compared with", "ratio", "target",
+              "");
+  bool all = true;
+  for (const Row& r : rows) {
+    if (r.limit_name.empty()) {
+      std::printf("%-46s %14.0f\n", r.name.c_str(), r.value);
+      continue;
+    }
+    const double ratio = r.value / r.limit;
+    const bool ok = r.target == 0 || ratio >= r.target;
+    all = all && ok;
+    char target[32] = "";
+    if (r.target > 0) std::snprintf(target, sizeof target, ">= %.2f", r.target);
+    std::printf("%-46s %14.0f   %-26s %8.2f  %8s  %s\n", r.name.c_str(), r.value, r.limit_name.c_str(), ratio, target,
+                r.target > 0 ? (ok ? "PASS" : "MISS") : "");
+  }
+  fs::remove_all(o.dir);
+  return all ? 0 : 1;
+}
