@@ -67,7 +67,10 @@ class CommandSet {
 #define IQDB_PERSIST_CLI_COMMANDS(X) \
   X(inspect)                         \
   X(verify)                          \
-  X(demo)
+  X(demo)                            \
+  X(wal_dump)                        \
+  X(wal_repair)                      \
+  X(checkpoint)
 
 #define IQDB_PERSIST_CLI_DECLARE_REGISTER(name) void register_##name(CommandSet& commands);
 IQDB_PERSIST_CLI_COMMANDS(IQDB_PERSIST_CLI_DECLARE_REGISTER)

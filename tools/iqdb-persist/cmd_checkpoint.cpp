@@ -1,0 +1,59 @@
+// iqdb-persist checkpoint PATH: load a snapshot and its write-ahead log and
+// fold them into a new snapshot (and an empty log), offline.
+#include <memory>
+#include <string>
+
+#include "iqdb-persist/command.hpp"
+#include "iqdb-persist/report.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/flat_index.hpp"
+#include "iqdb/persist/persisted_index.hpp"
+#include "iqdb/persist/snapshot.hpp"
+
+namespace iqdb::persist::cli {
+namespace {
+
+struct CheckpointOptions {
+  std::string file;
+};
+
+int checkpoint(const CheckpointOptions& opts, const Console& console) {
+  const SnapshotSummary before = inspect_snapshot(default_file_system(), opts.file);
+  if (before.header.index_type != FlatIndex::index_type) {
+    throw PersistError::at(ErrorKind::Unsupported, opts.file,
+                           "offline checkpoint needs the index type to apply log records; this tool knows '" +
+                               std::string(FlatIndex::index_type) + "', the snapshot holds '" +
+                               printable(before.header.index_type) + "'");
+  }
+  PersistConfig cfg(opts.file);
+  cfg.wal_enabled = true;
+  cfg.fsync_policy = FsyncPolicy::always();
+  // Keep the snapshot's compression.
+  switch (before.header.compression) {
+    case CompressionScheme::Zstd: cfg.compression = Compression::zstd(3); break;
+    case CompressionScheme::Lz4Block:
+    case CompressionScheme::Lz4Frame: cfg.compression = Compression::lz4(); break;
+    default: break;
+  }
+  auto db = PersistedIndex<FlatIndex>::load(cfg);  // takes the writer lock, replays the log
+  const std::uint64_t replayed_to = db.last_lsn();
+  const FileHeader after = db.checkpoint();
+  db.close();
+  console.out << "checkpointed " << opts.file << ": " << after.n_vectors << " vectors, snapshot LSN "
+              << before.header.last_lsn << " -> " << after.last_lsn << " (" << replayed_to - before.header.last_lsn
+              << " log records folded), format " << before.header.format_version << " -> " << after.format_version
+              << ", log emptied\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_checkpoint(CommandSet& commands) {
+  auto opts = std::make_shared<CheckpointOptions>();
+  CLI::App& cmd = commands.add("checkpoint",
+                               "Fold a snapshot's write-ahead log into a new snapshot, offline (flat indexes)",
+                               [opts](const Console& console) { return checkpoint(*opts, console); });
+  cmd.add_option("FILE", opts->file, "The snapshot (its log is FILE.wal)")->required()->type_name("PATH");
+}
+
+}  // namespace iqdb::persist::cli

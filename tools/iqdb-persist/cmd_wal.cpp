@@ -1,0 +1,175 @@
+// iqdb-persist wal dump PATH.wal [--json]: the records of a write-ahead log.
+// iqdb-persist wal repair PATH.wal [--yes]: cut a damaged log after its last
+// valid frame.
+#include <cstdio>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "iqdb-persist/command.hpp"
+#include "iqdb-persist/report.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/wal.hpp"
+
+namespace iqdb::persist::cli {
+namespace {
+
+using nlohmann::json;
+
+std::string hex_of(const std::string& bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    s += kHex[c >> 4];
+    s += kHex[c & 15];
+  }
+  return s;
+}
+
+json id_json(const VectorId& id) {
+  if (id.is_u64()) return id.as_u64();
+  return json{{"hex", hex_of(id.as_bytes())}};
+}
+
+json value_json(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::String: return v.as_string();
+    case Value::Kind::Int: return v.as_int();
+    case Value::Kind::Float: return v.as_float();
+    case Value::Kind::Bool: return v.as_bool();
+    case Value::Kind::Null: return nullptr;
+  }
+  return nullptr;
+}
+
+json value_json_map(const Metadata& m) {
+  json meta = json::object();
+  for (const auto& [k, v] : m) meta[k] = value_json(v);
+  return meta;
+}
+
+json record_json(const wal::RecordView& r) {
+  json j;
+  j["lsn"] = r.lsn ? json(*r.lsn) : json(nullptr);
+  j["op"] = r.op == wal::Op::Insert ? "insert" : "erase";
+  j["id"] = id_json(*r.id);
+  if (r.op == wal::Op::Insert) {
+    j["vector"] = json(std::vector<float>(r.vector.begin(), r.vector.end()));
+    j["metadata"] = r.metadata != nullptr ? value_json_map(*r.metadata) : json::object();
+  }
+  return j;
+}
+
+std::string record_text(const wal::RecordView& r) {
+  std::ostringstream o;
+  o << "lsn=" << (r.lsn ? std::to_string(*r.lsn) : std::string("-")) << " offset=" << r.frame_offset << ' '
+    << (r.op == wal::Op::Insert ? "insert" : "erase ") << " id=" << printable(r.id->to_string());
+  if (r.op == wal::Op::Insert) {
+    o << " dim=" << r.vector.size() << " [";
+    for (std::size_t i = 0; i < r.vector.size() && i < 4; ++i) o << (i ? ", " : "") << r.vector[i];
+    if (r.vector.size() > 4) o << ", ...";
+    o << ']';
+    if (r.metadata != nullptr) o << " metadata=" << value_json_map(*r.metadata).dump();
+  }
+  if (r.frame_records > 1) o << " (batch " << r.index_in_frame + 1 << '/' << r.frame_records << ')';
+  return o.str();
+}
+
+struct DumpOptions {
+  std::string file;
+  bool json = false;
+};
+
+int dump(const DumpOptions& opts, const Console& console) {
+  const wal::ScanResult scan = wal::scan_log(
+      default_file_system(), opts.file,
+      [&](const wal::RecordView& r) {
+        if (opts.json) {
+          console.out << record_json(r).dump() << '\n';
+        } else {
+          console.out << record_text(r) << '\n';
+        }
+      },
+      wal::ScanMode::Report);
+  if (opts.json) {
+    console.out << json{{"records", scan.records}, {"valid_bytes", scan.valid_bytes},
+                        {"torn_tail_bytes", scan.torn_tail_bytes}}
+                       .dump()
+                << '\n';
+  } else {
+    console.out << "log version " << scan.version;
+    if (scan.version == 2) console.out << ", base LSN " << scan.base_lsn;
+    console.out << ": " << scan.records << " records in " << scan.frames << " frames, " << scan.valid_bytes
+                << " valid bytes, " << scan.torn_tail_bytes << " torn-tail bytes\n";
+  }
+  if (scan.corrupt_offset) {
+    console.err << "error: the frame at offset " << *scan.corrupt_offset << " is damaged and "
+                << scan.frames_after_corruption << " intact frames (" << scan.records_after_corruption
+                << " records) follow it; loading this log fails. `iqdb-persist wal repair` drops them.\n";
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
+struct RepairOptions {
+  std::string file;
+  bool yes = false;
+};
+
+void describe_drop(std::ostream& out, const wal::ScanResult& s) {
+  out << "valid prefix: " << s.records << " records in " << s.frames << " frames (" << s.valid_bytes << " bytes)\n";
+  if (s.corrupt_offset) {
+    out << "damaged frame at offset " << *s.corrupt_offset << ", followed by " << s.frames_after_corruption
+        << " intact frames holding " << s.records_after_corruption << " records\n";
+  }
+  out << "to drop: " << s.file_size - s.valid_bytes << " bytes from offset " << s.valid_bytes << " ("
+      << s.torn_tail_bytes << " of them not zero padding), " << s.records_after_corruption
+      << " intact records and the damaged frame\n";
+}
+
+int repair(const RepairOptions& opts, const Console& console) {
+  // Look first (read only), then cut only with --yes.
+  const wal::ScanResult look = wal::scan_log(default_file_system(), opts.file, {}, wal::ScanMode::Report);
+  if (look.torn_tail_bytes == 0 && !look.corrupt_offset) {
+    console.out << "nothing to repair: " << look.records << " records, " << look.valid_bytes
+                << " valid bytes, no damaged bytes\n";
+    return kExitOk;
+  }
+  describe_drop(console.out, look);
+  if (!opts.yes) {
+    console.out << "dry run: nothing changed. Re-run with --yes to cut the log at offset " << look.valid_bytes
+                << ".\n";
+    return kExitFailed;
+  }
+  const wal::ScanResult done = wal::repair_log(default_file_system(), opts.file);
+  console.out << "repaired: the log now ends at offset " << done.valid_bytes << " after " << done.records
+              << " records\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_wal_dump(CommandSet& commands) {
+  commands.group("wal", "Inspect and repair write-ahead logs");
+  auto opts = std::make_shared<DumpOptions>();
+  CLI::App& cmd = commands.add("wal dump", "Print the records of a write-ahead log (version 1 or 2)",
+                               [opts](const Console& console) { return dump(*opts, console); });
+  cmd.add_option("FILE", opts->file, "The log file (<snapshot>.wal)")->required()->type_name("PATH");
+  cmd.add_flag("--json", opts->json,
+               "JSON Lines: one object per record, then {\"records\",\"valid_bytes\",\"torn_tail_bytes\"}");
+}
+
+void register_wal_repair(CommandSet& commands) {
+  auto opts = std::make_shared<RepairOptions>();
+  CLI::App& cmd = commands.add("wal repair",
+                               "Cut a damaged log after its last valid frame, saying what is dropped "
+                               "(a dry run without --yes)",
+                               [opts](const Console& console) { return repair(*opts, console); });
+  cmd.add_option("FILE", opts->file, "The log file (<snapshot>.wal)")->required()->type_name("PATH");
+  cmd.add_flag("--yes", opts->yes, "Really truncate the log");
+}
+
+}  // namespace iqdb::persist::cli
