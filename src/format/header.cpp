@@ -197,24 +197,30 @@ std::vector<std::byte> write_header(const FileHeader& h) {
                                  " bytes of valid UTF-8");
   }
   const std::uint64_t len = v3_header_len(h.index_type.size());
-  std::vector<std::byte> out;
-  out.reserve(len);
-  coding::put_bytes(out, MAGIC.data(), MAGIC.size());
-  coding::put<std::uint32_t>(out, 3);
-  coding::put<std::uint32_t>(out, static_cast<std::uint32_t>(len));
-  coding::put<std::uint32_t>(out, h.required_flags);
-  coding::put<std::uint32_t>(out, h.optional_flags);
-  coding::put<std::uint32_t>(out, static_cast<std::uint32_t>(h.index_type.size()));
-  coding::put_bytes(out, h.index_type.data(), h.index_type.size());
-  coding::put<std::uint64_t>(out, h.dim);
-  coding::put<std::uint8_t>(out, static_cast<std::uint8_t>(h.metric));
-  coding::put<std::uint8_t>(out, static_cast<std::uint8_t>(h.compression));
-  coding::put<std::uint64_t>(out, h.n_vectors);
-  coding::put<std::uint64_t>(out, h.last_lsn);
-  coding::put<std::uint64_t>(out, h.uncompressed_len);
-  coding::put<std::uint64_t>(out, h.stored_len);
-  coding::put<std::uint32_t>(out, h.payload_crc);
-  coding::put<std::uint32_t>(out, checksum::compute(out.data(), out.size()));
+  // Filled in place (vector::insert here trips a GCC 12 -O3 false positive).
+  std::vector<std::byte> out(static_cast<std::size_t>(len));
+  std::size_t at = 0;
+  const auto raw = [&](const void* data, std::size_t n) {
+    std::memcpy(out.data() + at, data, n);
+    at += n;
+  };
+  const auto put = [&](auto v) { raw(&v, sizeof v); };
+  raw(MAGIC.data(), MAGIC.size());
+  put(std::uint32_t{3});
+  put(static_cast<std::uint32_t>(len));
+  put(h.required_flags);
+  put(h.optional_flags);
+  put(static_cast<std::uint32_t>(h.index_type.size()));
+  raw(h.index_type.data(), h.index_type.size());
+  put(h.dim);
+  put(static_cast<std::uint8_t>(h.metric));
+  put(static_cast<std::uint8_t>(h.compression));
+  put(h.n_vectors);
+  put(h.last_lsn);
+  put(h.uncompressed_len);
+  put(h.stored_len);
+  put(h.payload_crc);
+  put(checksum::compute(out.data(), at));
   return out;
 }
 

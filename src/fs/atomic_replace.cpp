@@ -1,5 +1,6 @@
 // The one audited function that replaces a file atomically.
 #include <cstdio>
+#include <string>
 
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
@@ -12,7 +13,10 @@ void replace_file_atomically(FileSystem& fs, const std::filesystem::path& target
   char suffix[32];
   std::snprintf(suffix, sizeof suffix, ".tmp-%016llx", static_cast<unsigned long long>(fs.random_u64()));
   // Hidden, in the same directory (rename must not cross file systems).
-  const std::filesystem::path temp = dir / ("." + target.filename().string() + suffix);
+  std::string name = ".";
+  name += target.filename().string();
+  name += suffix;
+  const std::filesystem::path temp = dir / name;
 
   std::unique_ptr<WritableFile> file = fs.create_exclusive(temp);
   try {

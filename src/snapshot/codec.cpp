@@ -2,6 +2,9 @@
 
 #include <lz4.h>
 #include <lz4frame.h>
+// For ZSTD_c_srcSizeHint (an "experimental" parameter, stable since zstd 1.4.x;
+// passed by number through the regular setParameter entry point).
+#define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
 #include <climits>
@@ -23,10 +26,15 @@ namespace fs = std::filesystem;
 
 class ZstdEncoder final : public Encoder {
  public:
-  ZstdEncoder(int level, ByteSink& sink, fs::path path)
+  ZstdEncoder(int level, ByteSink& sink, fs::path path, std::uint64_t size_hint)
       : sink_(sink), path_(std::move(path)), ctx_(ZSTD_createCCtx()), out_(ZSTD_CStreamOutSize()) {
     if (ctx_ == nullptr) compression_error(path_, "cannot allocate a zstd context");
     check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, level));
+    if (size_hint > 0) {
+      // A hint only: the frame does not claim a content size.
+      const int h = size_hint > static_cast<std::uint64_t>(INT_MAX) ? INT_MAX : static_cast<int>(size_hint);
+      check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_srcSizeHint, h));
+    }
   }
   ~ZstdEncoder() override { ZSTD_freeCCtx(ctx_); }
 
@@ -289,14 +297,15 @@ class PlainDecoder final : public Decoder {
 
 }  // namespace
 
-std::unique_ptr<Encoder> make_encoder(CompressionScheme scheme, int level, ByteSink& sink, const fs::path& path) {
+std::unique_ptr<Encoder> make_encoder(CompressionScheme scheme, int level, ByteSink& sink, const fs::path& path,
+                                      std::uint64_t size_hint) {
   switch (scheme) {
     case CompressionScheme::Zstd:
       if (level < 1 || level > ZSTD_maxCLevel()) {
         throw PersistError::argument("zstd level " + std::to_string(level) + " is outside 1.." +
                                      std::to_string(ZSTD_maxCLevel()));
       }
-      return std::make_unique<ZstdEncoder>(level, sink, path);
+      return std::make_unique<ZstdEncoder>(level, sink, path, size_hint);
     case CompressionScheme::Lz4Frame: return std::make_unique<Lz4FrameEncoder>(sink, path);
     case CompressionScheme::None:
     case CompressionScheme::Lz4Block: break;

@@ -50,8 +50,9 @@ class Decoder {
 };
 
 // level is used by Zstd only (1..22). Scheme None and Lz4Block have no encoder.
+// size_hint: the expected payload size (0 = unknown).
 std::unique_ptr<Encoder> make_encoder(CompressionScheme scheme, int level, ByteSink& sink,
-                                      const std::filesystem::path& path);
+                                      const std::filesystem::path& path, std::uint64_t size_hint = 0);
 
 std::unique_ptr<Decoder> make_decoder(CompressionScheme scheme, ByteSource& source, std::uint64_t uncompressed_len,
                                       const std::filesystem::path& path);

@@ -2,6 +2,7 @@
 // bounded buffers, inside an atomic file replace.
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "iqdb/persist/checksum.hpp"
@@ -43,9 +44,9 @@ class FileSink final : public codec::ByteSink {
       return;
     }
     while (size > 0) {
-      if (buf_.empty()) buf_.resize(kBufferSize);
+      if (!buf_) buf_.reset(new std::byte[kBufferSize]);  // not zero-filled
       const std::size_t n = std::min(size, kBufferSize - used_);
-      std::memcpy(buf_.data() + used_, data, n);
+      std::memcpy(buf_.get() + used_, data, n);
       used_ += n;
       data += n;
       size -= n;
@@ -54,7 +55,7 @@ class FileSink final : public codec::ByteSink {
   }
 
   void flush() {
-    if (used_ > 0) emit(buf_.data(), used_);
+    if (used_ > 0) emit(buf_.get(), used_);
     used_ = 0;
   }
 
@@ -77,7 +78,7 @@ class FileSink final : public codec::ByteSink {
   std::uint64_t start_;
   bool durable_;
   std::uint64_t written_back_;
-  std::vector<std::byte> buf_;
+  std::unique_ptr<std::byte[]> buf_;
   std::size_t used_ = 0;
   std::uint64_t stored_ = 0;
   checksum::Crc32 crc_;
@@ -140,7 +141,10 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
       FileSink sink(file, header_len, durable);
       std::unique_ptr<codec::Encoder> encoder;
       if (h.compression != CompressionScheme::None) {
-        encoder = codec::make_encoder(h.compression, compression.level(), sink, path);
+        // The vectors dominate a payload: a size hint lets zstd size its
+        // tables (level 19 otherwise prepares for an unbounded input).
+        const std::uint64_t hint = info.n_vectors * info.dim * sizeof(float) + 4096;
+        encoder = codec::make_encoder(h.compression, compression.level(), sink, path, hint);
       }
       SnapshotPayloadWriter writer(sink, encoder.get());
       body(writer);

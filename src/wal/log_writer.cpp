@@ -1,6 +1,7 @@
 #include "wal/log_writer.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "iqdb/persist/checksum.hpp"
 #include "util/coding.hpp"
@@ -28,14 +29,15 @@ void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to) {
 }  // namespace
 
 std::vector<std::byte> LogWriter::encode_header(std::uint64_t salt, std::uint64_t base_lsn) {
-  std::vector<std::byte> h;
-  coding::put_bytes(h, format::MAGIC.data(), format::MAGIC.size());
-  coding::put<std::uint32_t>(h, 2);
-  coding::put<std::uint32_t>(h, format::kV2HeaderLen);
-  coding::put<std::uint64_t>(h, salt);
-  coding::put<std::uint64_t>(h, base_lsn);
-  coding::put<std::uint32_t>(h, 0);  // required flags
-  coding::put<std::uint32_t>(h, checksum::compute(h.data(), h.size()));
+  std::vector<std::byte> h(format::kV2HeaderLen);
+  std::byte* p = h.data();
+  std::memcpy(p, format::MAGIC.data(), format::MAGIC.size());
+  coding::store<std::uint32_t>(p + 8, 2);
+  coding::store<std::uint32_t>(p + 12, format::kV2HeaderLen);
+  coding::store<std::uint64_t>(p + 16, salt);
+  coding::store<std::uint64_t>(p + 24, base_lsn);
+  coding::store<std::uint32_t>(p + 32, 0);  // required flags
+  coding::store<std::uint32_t>(p + 36, checksum::compute(p, 36));
   return h;
 }
 
