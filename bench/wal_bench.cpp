@@ -129,6 +129,32 @@ double raw_append_nosync(const fs::path& d, std::size_t n) {
 
 // ---------------------------------------------------------------- iqdb-persist
 
+// An index that keeps nothing: isolates the cost of the log path (encode,
+// validate, CRC, append, policy) from the cost of applying to a real index.
+struct NullIndex {
+  static constexpr std::string_view index_type = "null";
+  std::uint64_t n = 0;
+  void insert(const VectorId&, std::span<const float>, std::optional<Metadata> = {}) { ++n; }
+  void erase(const VectorId&) { --n; }
+  bool contains(const VectorId&) const noexcept { return false; }
+  std::uint64_t size() const noexcept { return n; }
+  std::uint64_t dim() const noexcept { return kDim; }
+  DistanceMetric metric() const noexcept { return DistanceMetric::Euclidean; }
+  void save_to(PayloadWriter& w) const { w.write_u64(n); }
+  static NullIndex load_from(PayloadReader& r) { return NullIndex{r.read_u64()}; }
+};
+static_assert(Persistable<NullIndex>);
+
+double null_index_inserts(const fs::path& d, std::size_t n, const std::vector<std::vector<float>>& vecs) {
+  PersistConfig cfg(d / "null.iqdb");
+  cfg.wal_enabled = true;
+  cfg.fsync_policy = FsyncPolicy::never();
+  auto db = PersistedIndex<NullIndex>::open_with(NullIndex{}, cfg);
+  const auto t0 = Clock::now();
+  for (std::size_t i = 0; i < n; ++i) db.insert(i, vecs[i % vecs.size()]);
+  return static_cast<double>(n) / seconds_since(t0);
+}
+
 PersistConfig wal_cfg(const fs::path& d, FsyncPolicy p) {
   PersistConfig cfg(d / "db.iqdb");
   cfg.wal_enabled = true;
@@ -265,6 +291,7 @@ int main(int argc, char** argv) {
   const double never1 = measure(o, [&](const fs::path& d) {
     return iqdb_inserts(d, o.nosync_ops, FsyncPolicy::never(), 1, vecs);
   });
+  const double never_log_only = measure(o, [&](const fs::path& d) { return null_index_inserts(d, o.nosync_ops, vecs); });
   const double always4 = measure(o, [&](const fs::path& d) {
     return iqdb_inserts(d, o.sync_ops * 4, FsyncPolicy::always(), 4, vecs);
   });
@@ -276,6 +303,7 @@ int main(int argc, char** argv) {
       {"insert, Always, 1 thread", always1, "pre-zeroed loop", prezeroed, 0},
       {"batch of 1000, Always", batch1000, "insert Always 1 thread", always1, 100.0},
       {"insert, Never, 1 thread", never1, "raw write() loop", nosync, 0.8},
+      {"  log path only (index that keeps nothing)", never_log_only, "raw write() loop", nosync, 0},
       {"insert, Always, 4 threads (group commit)", always4, "insert Always 1 thread", always1, 3.0},
   };
 #ifdef IQDB_BENCH_HAVE_ROCKSDB

@@ -11,6 +11,7 @@
 #include "iqdb/persist/detail/wal_engine.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -259,6 +260,7 @@ class WalEngine::Impl {
     e.end = writer_->end();
     next_lsn_ += ops.size();
     queue_.push_back(&e);
+    if (syncing_) cv_.notify_all();  // a leader may be waiting to gather a group
 
     if (policy_.mode() == FsyncPolicy::Mode::Always) {
       // Until the group's fsync, later commits must see this one's effect.
@@ -285,7 +287,18 @@ class WalEngine::Impl {
   // Called with mu_ held; releases it during the fdatasync.
   void leader_sync(std::unique_lock<std::mutex>& lk) {
     syncing_ = true;
+    if (last_group_ > 1 && queue_.size() < last_group_) {
+      // Writers are arriving concurrently. Give those that were just
+      // acknowledged the chance to append their next record, so that this
+      // fsync covers them too instead of groups alternating between one
+      // record and many: wait until as many are queued as last time, for at
+      // most a quarter of an fsync (adaptive commit delay).
+      const auto limit = last_sync_time_ / 4;
+      cv_.wait_for(lk, limit, [this] { return queue_.size() >= last_group_ || poisoned_.has_value(); });
+    }
     const std::uint64_t target = writer_->end();
+    const std::size_t group = queue_.size();
+    const auto sync_start = std::chrono::steady_clock::now();
     std::exception_ptr err;
     std::string what;
     lk.unlock();
@@ -311,6 +324,9 @@ class WalEngine::Impl {
       fail_queue(err);
     } else {
       if (target > synced_end_) synced_end_ = target;
+      last_group_ = group;
+      last_sync_time_ = std::min<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - sync_start,
+                                                           std::chrono::milliseconds(2));
       apply_through(synced_end_);
     }
     cv_.notify_all();
@@ -509,6 +525,8 @@ class WalEngine::Impl {
   std::uint64_t next_lsn_ = 1;
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;
+  std::size_t last_group_ = 0;  // entries covered by the last fsync
+  std::chrono::nanoseconds last_sync_time_{0};
   bool closed_ = false;
   std::optional<std::string> poisoned_;
   std::deque<Entry*> queue_;

@@ -241,6 +241,7 @@ class PersistedIndex {
   void validate(std::span<const detail::MutationRef> ops, const detail::WalEngine::PendingPresence* pending) const {
     const I& index = s_->index;
     std::unordered_map<VectorId, bool> local;
+    if (ops.size() > 1) local.reserve(ops.size());
     for (const detail::MutationRef& m : ops) {
       bool present;
       if (const auto it = local.find(*m.id); it != local.end()) {
