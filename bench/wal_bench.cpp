@@ -32,8 +32,8 @@ namespace {
 
 constexpr std::size_t kDim = 128;
 // The frame of one dim-128 insert with a u64 id and no metadata:
-// 8 (frame header) + 12 (lsn, count) + 1 + 1 + 8 + 4 + 512 + 1.
-constexpr std::size_t kRecordBytes = 8 + 12 + 1 + 1 + 8 + 4 + kDim * 4 + 1;
+// 8 (frame header) + 20 (lsn, count, synced lsn) + 1 + 1 + 8 + 4 + 512 + 1.
+constexpr std::size_t kRecordBytes = 8 + 20 + 1 + 1 + 8 + 4 + kDim * 4 + 1;
 
 struct Options {
   fs::path dir = "bench-wal-tmp";

@@ -60,16 +60,15 @@ TEST(CliWal, DumpJsonLinesMatchTheMutations) {
   EXPECT_EQ(lines[1], json::parse(R"({"lsn":2,"op":"insert","id":{"hex":"01ab"},"vector":[0.0,1.0],"metadata":{}})"));
   EXPECT_EQ(lines[2], json::parse(R"({"lsn":3,"op":"erase","id":7})"));
   EXPECT_EQ(lines[3], json::parse(R"({"lsn":4,"op":"insert","id":9,"vector":[3.0,4.0],"metadata":{}})"));
-  // 40-byte header + frames of 12 + op bytes each, with 8-byte frame headers:
-  // insert 7: 1+9+4+8+1 + meta (1 flag already counted -> 4 + 5 keys)...
-  // computed independently below from the encoding rules.
+  // 40-byte header, then frames: 8-byte frame header + 20-byte body prefix
+  // (first_lsn, count, synced_lsn) + the ops, from the encoding rules.
   const auto insert_len = [](std::size_t id_len, std::size_t dim, std::size_t meta_len) {
     return 1 + 1 + id_len + 4 + 4 * dim + 1 + meta_len;
   };
   const std::size_t meta = 4 + (4 + 1 + 1 + 1) + (4 + 1 + 1 + 8) + (4 + 1 + 1 + 8) + (4 + 1 + 1) + (4 + 1 + 1 + 4 + 1);
-  const std::size_t f1 = 8 + 12 + insert_len(8, 2, meta);
-  const std::size_t f2 = 8 + 12 + insert_len(8 + 2, 2, 0);
-  const std::size_t f3 = 8 + 12 + (1 + 1 + 8) + insert_len(8, 2, 0);
+  const std::size_t f1 = 8 + 20 + insert_len(8, 2, meta);
+  const std::size_t f2 = 8 + 20 + insert_len(8 + 2, 2, 0);
+  const std::size_t f3 = 8 + 20 + (1 + 1 + 8) + insert_len(8, 2, 0);
   EXPECT_EQ(lines[4], (json{{"records", 4}, {"valid_bytes", 40 + f1 + f2 + f3}, {"torn_tail_bytes", 0}}));
 }
 
@@ -101,7 +100,7 @@ TEST(CliWal, DumpReportsMidLogCorruptionWithExitOne) {
   const PersistConfig cfg = make_db(dir);
   const auto log = wal::log_path_for(cfg.path);
   auto bytes = test::read_file(log);
-  bytes[40 + 8 + 20] ^= std::byte{0x40};  // inside the first frame's body
+  bytes[40 + 8 + 28] ^= std::byte{0x40};  // inside the first frame's ops
   test::write_file(log, bytes);
   const CliRun r = run({"wal", "dump", "--json", log.string()});
   EXPECT_EQ(r.code, 1);

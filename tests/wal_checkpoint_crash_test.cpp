@@ -401,7 +401,7 @@ Model prepare(const test::TempDir& dir, Before before) {
       std::vector<std::byte> log = test::read_file(wal::log_path_for(real.path));
       std::uint64_t end = 40;
       for (std::uint64_t id = 1; id <= 5; ++id) {
-        end += 8 + 12 + 1 + 9 + 4 + 16 + 1 + (id % 3 == 0 ? 4 + (4 + 2 + 9) + (4 + 3 + 1 + 4 + 1) : 0);
+        end += 8 + 20 + 1 + 9 + 4 + 16 + 1 + (id % 3 == 0 ? 4 + (4 + 2 + 9) + (4 + 3 + 1 + 4 + 1) : 0);
       }
       const std::byte junk[] = {std::byte{0x30}, std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0xde},
                                 std::byte{0xad}, std::byte{0xbe}, std::byte{0xef}, std::byte{7}};

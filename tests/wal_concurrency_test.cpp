@@ -187,8 +187,8 @@ TEST(WalConcurrent, GroupCommitSharesFsyncsAcrossWriters) {
     std::size_t frames = 0, datasyncs = 0;
     for (const test::FsOp& op : recorder.log()) {
       if (op.path != log) continue;
-      // One frame per insert: header 8 + LSN/count 12 + op 1 + id 9 + vec_len 4 + floats + has_meta 1.
-      if ((op.kind == OpKind::WriteAt || op.kind == OpKind::Append) && op.length == 35 + 4 * kDim) ++frames;
+      // One frame per insert: header 8 + LSN/count/synced LSN 20 + op 1 + id 9 + vec_len 4 + floats + has_meta 1.
+      if ((op.kind == OpKind::WriteAt || op.kind == OpKind::Append) && op.length == 43 + 4 * kDim) ++frames;
       if (op.kind == OpKind::DataSync) ++datasyncs;
     }
     const std::size_t inserts = kWriters * kPerWriter;

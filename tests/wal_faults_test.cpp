@@ -68,7 +68,7 @@ std::optional<Metadata> meta_of(std::uint64_t i) {
 // Encoded size of the frame of one insert of vec_of(i), meta_of(i) with a
 // u64 id (from the log grammar): frame header 8, LSN + count 12, op 1, id 9,
 // vec_len 4, floats 16, has_meta 1, and for {"i": Int} 4 + (4 + 1) + (1 + 8).
-std::uint64_t frame_size(std::uint64_t i) { return 8 + 12 + 1 + 9 + 4 + 16 + 1 + (meta_of(i) ? 4 + 5 + 9 : 0); }
+std::uint64_t frame_size(std::uint64_t i) { return 8 + 20 + 1 + 9 + 4 + 16 + 1 + (meta_of(i) ? 4 + 5 + 9 : 0); }
 
 constexpr std::uint64_t kLogHeader = 40;
 
@@ -215,12 +215,12 @@ TEST(WalFsyncPolicy, AlwaysSyncsEachMutationBeforeItReturns) {
   }
   ffs.clear();
   db.erase(3);
-  check(8 + 12 + 1 + 9, "erase");
+  check(8 + 20 + 1 + 9, "erase");
   ffs.clear();
   WriteBatch b;
   b.insert(10, vec_of(10)).insert(12, vec_of(12)).erase(10);
   db.write(b);
-  check(8 + 12 + 2 * (frame_size(10) - 20) + (1 + 9), "batch: one frame, one sync");
+  check(8 + 20 + 2 * (frame_size(10) - 28) + (1 + 9), "batch: one frame, one sync");
 }
 
 // ---------------------------------------------------------------- fsyncgate

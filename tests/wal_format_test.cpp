@@ -24,7 +24,7 @@ TEST(WalFormat, WorkedExampleBytes) {
     db.erase(7);
   }
   const std::vector<std::byte> log = test::read_file(wal::log_path_for(cfg.path));
-  ASSERT_GE(log.size(), 113u);
+  ASSERT_GE(log.size(), 129u);
   std::uint64_t salt = 0;
   std::memcpy(&salt, log.data() + 16, 8);
 
@@ -40,16 +40,16 @@ TEST(WalFormat, WorkedExampleBytes) {
     return f.data();
   };
   test::Bytes insert_body;
-  insert_body.u64(1).u32(1).u8(1).u8(0).u64(7).u32(2).f32(1.0f).f32(2.0f).u8(0);
+  insert_body.u64(1).u32(1).u64(0).u8(1).u8(0).u64(7).u32(2).f32(1.0f).f32(2.0f).u8(0);
   test::Bytes erase_body;
-  erase_body.u64(2).u32(1).u8(2).u8(0).u64(7);
+  erase_body.u64(2).u32(1).u64(1).u8(2).u8(0).u64(7);
 
   test::Bytes expected;
   expected.append(header.data()).append(frame(insert_body)).append(frame(erase_body));
-  ASSERT_EQ(expected.size(), 113u);
+  ASSERT_EQ(expected.size(), 129u);
   EXPECT_TRUE(std::equal(expected.data().begin(), expected.data().end(), log.begin()));
   // Zero padding follows (Always preallocates).
-  EXPECT_TRUE(std::all_of(log.begin() + 113, log.end(), [](std::byte b) { return b == std::byte{0}; }));
+  EXPECT_TRUE(std::all_of(log.begin() + 129, log.end(), [](std::byte b) { return b == std::byte{0}; }));
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 //
 // Frame boundaries are computed here from the encoding spec (docs: the v2 log
 // grammar; op bodies as in the reference's WAL v1), never read back through
-// the library's scanner: 8-byte frame header + 12-byte body prefix + each op.
+// the library's scanner: 8-byte frame header + 20-byte body prefix + each op.
 #include <gtest/gtest.h>
 #include <rapidcheck.h>
 #include <rapidcheck/gtest.h>
@@ -59,7 +59,7 @@ std::string diff(const FlatIndex& index, const Model& model) {
 // ---------------------------------------------------------------- encoding sizes (from the spec)
 
 constexpr std::uint64_t kLogHeader = 40;     // v2 log header
-constexpr std::uint64_t kFrameOverhead = 20;  // length u32 + crc u32 + first_lsn u64 + count u32
+constexpr std::uint64_t kFrameOverhead = 28;  // length u32 + crc u32 + first_lsn u64 + count u32 + synced_lsn u64
 
 std::uint64_t id_size(const VectorId& id) { return id.is_u64() ? 1 + 8 : 1 + 8 + id.as_bytes().size(); }
 
@@ -444,12 +444,39 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---------------------------------------------------------------- mid-log corruption
 
+// Under Never no frame is ever known durable: a damaged frame followed by
+// intact ones is what a power loss that persisted writes out of order leaves,
+// so it is a torn tail (dropped, and reported as such), not corruption.
+TEST(WalUnsyncedHole, UnderNeverADamagedFrameBeforeIntactOnesIsATornTail) {
+  test::TempDir dir;
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  std::uint64_t frame2 = 0;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 5; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
+  }
+  std::vector<std::byte> log = test::read_file(log_of(cfg));
+  frame2 = 40 + le32(log, 40) + 8;  // after the header and frame 1
+  std::fill(log.begin() + static_cast<std::ptrdiff_t>(frame2), log.begin() + static_cast<std::ptrdiff_t>(frame2 + 20),
+            std::byte{0});  // frame 2's head never reached the disk
+  test::write_file(log_of(cfg), log);
+  const auto report = wal::scan_log(default_file_system(), log_of(cfg), {}, wal::ScanMode::Strict);
+  EXPECT_EQ(report.records, 1u);
+  EXPECT_EQ(report.unsynced_frames_dropped, 3u);
+  EXPECT_FALSE(report.corrupt_offset.has_value());
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_EQ(db.index().size(), 1u);
+  EXPECT_TRUE(db.index().contains(1));
+}
+
 class WalMidLogCorruption : public ::testing::TestWithParam<std::uint64_t> {};
 
 // Flip one byte of frame 2 of 5 (at the given offset within the frame).
+// Under Always, frames 3..5 record frame 2 as durable (synced_lsn), so the
+// damage cannot be a power loss: it is corruption.
 TEST_P(WalMidLogCorruption, IsReportedAtTheFrameAndRepairKeepsThePrefix) {
   test::TempDir dir;
-  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always());
   const FiveFrames w = write_five(cfg);
   std::vector<std::byte> log = test::read_file(log_of(cfg));
   const std::uint64_t frame2 = w.start[1];

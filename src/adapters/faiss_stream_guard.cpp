@@ -54,7 +54,9 @@ bool mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) noexcept {
 
 }  // namespace
 
-FaissStreamGuard::FaissStreamGuard(bool reading) : reading_(reading) { stack_.push_back(index(kNoParent)); }
+FaissStreamGuard::FaissStreamGuard(bool reading, bool capture) : reading_(reading), capture_(reading && capture) {
+  stack_.push_back(index(kNoParent));
+}
 
 void FaissStreamGuard::fail(const std::string& why) const {
   if (reading_) {
@@ -89,6 +91,7 @@ void FaissStreamGuard::drain() {
       if (depth > kMaxDepth) fail("indexes nested more than " + std::to_string(kMaxDepth) + " deep");
       Node n;
       n.depth = depth;
+      n.parent = parent;
       nodes_.push_back(n);
       const std::size_t id = nodes_.size() - 1;
       if (parent != kNoParent) nodes_[parent].child = id;
@@ -109,6 +112,7 @@ void FaissStreamGuard::feed(const void* data, std::size_t n, std::uint64_t bytes
   const auto* p = static_cast<const unsigned char*>(data);
   std::size_t left = n;
   remaining_ = reading_ ? bytes_after + n : kUnknown;
+  hidden_.clear();
   const auto consume = [&](std::size_t k) {
     p += k;
     left -= k;
@@ -125,6 +129,7 @@ void FaissStreamGuard::feed(const void* data, std::size_t n, std::uint64_t bytes
       case Op::U64Array: {
         const std::uint8_t width = top.op == Op::Field ? top.width : 8;
         const std::size_t k = std::min<std::size_t>(width - have_, left);
+        if (top.op == Op::Field && top.hide) hidden_.emplace_back(n - left, k);
         std::memcpy(buf_ + have_, p, k);
         have_ = static_cast<std::uint8_t>(have_ + k);
         consume(k);
@@ -136,6 +141,9 @@ void FaissStreamGuard::feed(const void* data, std::size_t n, std::uint64_t bytes
           const Step s = top;
           stack_.pop_back();
           on_field(s, v);
+          // Captured codes are read by the adapter, not as part of a FAISS
+          // read (FAISS reads a count by itself, so this cannot happen).
+          if (capture_bytes_ && left > 0) fail("a read runs past a storage count");
         } else {
           on_u64_element(top, v);
         }
@@ -165,7 +173,15 @@ void FaissStreamGuard::on_fourcc(std::size_t id, std::uint32_t code) {
   add_header(seq, id);
   if (code == kFlatL2 || code == kFlatIP || code == kFlat) {
     node.kind = Kind::Flat;
+    // The vector storage (nothing under an IVF, whose quantizer is small):
+    // captured by the adapter.
+    node.capture = capture_;
+    for (std::size_t up = node.parent; up != kNoParent; up = nodes_[up].parent) {
+      if (nodes_[up].kind == Kind::Ivf) node.capture = false;
+    }
+    if (node.capture) seq[1].hide = true;  // ntotal
     seq.push_back(field(Field::XbCount, 8, id));
+    seq.back().hide = node.capture;
     seq.push_back(check(Check::FlatDone, id));
   } else if (code == kHnswFlat) {
     node.kind = Kind::Hnsw;
@@ -211,8 +227,7 @@ void FaissStreamGuard::on_field(const Step& s, std::uint64_t v) {
       const auto n = static_cast<std::int64_t>(v);
       // Every vector takes at least a byte further on.
       if (n < 0 || v > remaining_) {
-        fail("vector count " + std::to_string(n) + " is impossible with " + std::to_string(remaining_) +
-             " bytes left");
+        fail("vector count " + std::to_string(n) + " is impossible with " + std::to_string(remaining_) + " bytes left");
       }
       node.ntotal = n;
       return;
@@ -245,6 +260,7 @@ void FaissStreamGuard::on_field(const Step& s, std::uint64_t v) {
         fail("flat storage of " + std::to_string(v) + " floats exceeds the " + std::to_string(remaining_) +
              " bytes left");
       }
+      if (node.capture) capture_bytes_ = v * 4;
       stack_.push_back(skip(v * 4));
       return;
     }
@@ -329,7 +345,8 @@ void FaissStreamGuard::on_u64_element(Step& s, std::uint64_t v) {
   Node& node = nodes_[s.node];
   const bool is_size = s.role == VecRole::SizesFull || s.index % 2 == 1;
   if (is_size) {
-    if (v > remaining_ || node.list_total + v < node.list_total) fail("list size " + std::to_string(v) + " is impossible");
+    if (v > remaining_ || node.list_total + v < node.list_total)
+      fail("list size " + std::to_string(v) + " is impossible");
     node.list_total += v;
   } else {
     // Sparse encoding: list numbers strictly ascending, below nlist.

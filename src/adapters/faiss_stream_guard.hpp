@@ -40,7 +40,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace iqdb::persist::adapters::detail {
@@ -54,7 +56,8 @@ class FaissStreamGuard {
 
   // `reading`: the stream comes from a snapshot (errors are InvalidPayload)
   // rather than from faiss::write_index (errors are Unsupported).
-  explicit FaissStreamGuard(bool reading);
+  // `capture`: reading for faiss::read_index, with storage capture (below).
+  explicit FaissStreamGuard(bool reading, bool capture = false);
 
   // The next `n` bytes of the stream. `bytes_after`: how many payload bytes
   // follow them (exact when reading; kUnknown when writing). Throws
@@ -63,6 +66,21 @@ class FaissStreamGuard {
 
   // The stream ended here: throws unless the index it holds is complete.
   void finish();
+
+  // Storage capture (reading only). The codes of an IndexFlat that stores
+  // the vectors (a bare IndexFlat, the sub-index of an IndexIDMap, the
+  // storage of an IndexHNSWFlat; not an IVF's quantizer) are read by the
+  // adapter itself, into a vector advised for huge pages that it then moves
+  // into the IndexFlat, instead of FAISS zero-filling one with 4 KiB pages
+  // and copying into it (touching fresh memory is most of what loading a
+  // flat index costs). FAISS is shown 0 for that IndexFlat's vector count and
+  // storage size: hidden() lists the byte ranges of the last feed() to zero
+  // in the copy FAISS gets. take_capture() returns the size of codes that
+  // start at the current position and are to be captured (once; nullopt if
+  // none): the adapter reads them, before FAISS's next read or after
+  // read_index returns, and feeds them here.
+  const std::vector<std::pair<std::size_t, std::size_t>>& hidden() const noexcept { return hidden_; }
+  std::optional<std::uint64_t> take_capture() noexcept { return std::exchange(capture_bytes_, std::nullopt); }
 
  private:
   enum class Kind : std::uint8_t { None, Flat, Hnsw, Ivf, IdMap };
@@ -95,6 +113,8 @@ class FaissStreamGuard {
     Kind kind = Kind::None;
     std::uint32_t fourcc = 0;
     int depth = 0;
+    std::size_t parent = ~std::size_t{0};
+    bool capture = false;  // its codes are captured (see take_capture())
     std::int64_t d = 0;
     std::int64_t ntotal = 0;
     std::int32_t metric = 0;
@@ -103,20 +123,21 @@ class FaissStreamGuard {
     std::uint64_t nlist = 0;
     std::uint8_t dm_type = 0;
     std::uint64_t code_size = 0;
-    std::uint64_t list_total = 0;   // sum of the list sizes
-    std::uint64_t last_list = 0;    // sparse sizes: the previous list number + 1
+    std::uint64_t list_total = 0;  // sum of the list sizes
+    std::uint64_t last_list = 0;   // sparse sizes: the previous list number + 1
   };
 
   struct Step {
     Op op;
     Field field = Field::Fourcc;
-    std::uint8_t width = 0;      // Field: bytes
+    std::uint8_t width = 0;  // Field: bytes
+    bool hide = false;       // Field: shown to FAISS as zeros (see hidden())
     VecRole role = VecRole::Plain;
-    std::uint32_t elem = 0;      // Field VecCount: element size
+    std::uint32_t elem = 0;  // Field VecCount: element size
     Check check = Check::FlatDone;
     std::size_t node = 0;
-    std::uint64_t count = 0;     // Skip: bytes left; U64Array: elements left
-    std::uint64_t index = 0;     // U64Array: elements done
+    std::uint64_t count = 0;  // Skip: bytes left; U64Array: elements left
+    std::uint64_t index = 0;  // U64Array: elements done
   };
 
   static Step field(Field f, std::uint8_t width, std::size_t node) {
@@ -172,10 +193,13 @@ class FaissStreamGuard {
   std::vector<Step> stack_;  // back() comes next
   std::vector<Node> nodes_;
   bool reading_;
+  bool capture_;
   std::uint64_t remaining_ = kUnknown;  // payload bytes after the current position
-  std::uint64_t offset_ = 0;             // bytes of the FAISS stream seen so far
+  std::uint64_t offset_ = 0;            // bytes of the FAISS stream seen so far
   unsigned char buf_[8] = {};
   std::uint8_t have_ = 0;
+  std::vector<std::pair<std::size_t, std::size_t>> hidden_;  // (start, length) in the last feed()
+  std::optional<std::uint64_t> capture_bytes_;
 };
 
 }  // namespace iqdb::persist::adapters::detail

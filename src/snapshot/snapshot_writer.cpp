@@ -138,21 +138,32 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
       // Placeholder; the real header (with lengths and CRC) goes in last.
       const std::vector<std::byte> zeros(header_len);
       file.append(zeros);
-      FileSink sink(file, header_len, durable);
-      std::unique_ptr<codec::Encoder> encoder;
-      if (h.compression != CompressionScheme::None) {
-        // The vectors dominate a payload: a size hint lets zstd size its
-        // tables (level 19 otherwise prepares for an unbounded input).
-        const std::uint64_t hint = info.n_vectors * info.dim * sizeof(float) + 4096;
-        encoder = codec::make_encoder(h.compression, compression.level(), sink, path, hint);
+      const auto stream = [&] {
+        FileSink sink(file, header_len, durable);
+        std::unique_ptr<codec::Encoder> encoder;
+        if (h.compression != CompressionScheme::None) {
+          // The vectors dominate a payload: a size hint lets zstd size its
+          // tables (level 19 otherwise prepares for an unbounded input).
+          const std::uint64_t hint = info.n_vectors * info.dim * sizeof(float) + 4096;
+          encoder = codec::make_encoder(h.compression, compression.level(), sink, path, hint);
+        }
+        SnapshotPayloadWriter writer(sink, encoder.get());
+        body(writer);
+        if (encoder) encoder->finish();
+        sink.flush();
+        h.uncompressed_len = writer.bytes_written();
+        h.stored_len = sink.stored();
+        h.payload_crc = sink.crc();
+      };
+      stream();
+      // A payload so repetitive that it compresses beyond the readers'
+      // expansion guard would be refused on load: store it uncompressed.
+      const std::uint64_t ratio = ReadLimits{}.max_expansion_ratio;
+      if (h.compression != CompressionScheme::None && h.uncompressed_len / ratio >= h.stored_len) {
+        file.truncate(header_len);
+        h.compression = CompressionScheme::None;
+        stream();
       }
-      SnapshotPayloadWriter writer(sink, encoder.get());
-      body(writer);
-      if (encoder) encoder->finish();
-      sink.flush();
-      h.uncompressed_len = writer.bytes_written();
-      h.stored_len = sink.stored();
-      h.payload_crc = sink.crc();
       const std::vector<std::byte> header = format::write_header(h);
       h.header_crc = coding::get<std::uint32_t>(header.data() + header.size() - 4);
       file.write_at(0, header);

@@ -4,7 +4,9 @@
 #include <cstring>
 
 #include "iqdb/persist/error.hpp"
+#include "iqdb/persist/index.hpp"
 #include "iqdb/persist/types.hpp"
+#include "util/coding.hpp"
 
 namespace iqdb::persist {
 
@@ -75,4 +77,19 @@ bool operator==(const Value& a, const Value& b) noexcept {
   return false;
 }
 
+namespace detail {
+
+void check_metadata(const Metadata& meta) {
+  for (const auto& [key, value] : meta) {
+    if (!coding::is_valid_utf8(key)) throw PersistError::argument("metadata key is not valid UTF-8");
+    if (value.kind() == Value::Kind::String && !coding::is_valid_utf8(value.as_string())) {
+      throw PersistError::argument("metadata value of key '" + key + "' is not valid UTF-8");
+    }
+    if (key.size() > UINT32_MAX || (value.kind() == Value::Kind::String && value.as_string().size() > UINT32_MAX)) {
+      throw PersistError::argument("metadata key or value longer than 4 GiB");
+    }
+  }
+}
+
+}  // namespace detail
 }  // namespace iqdb::persist

@@ -168,8 +168,13 @@ class Scanner {
     std::uint64_t lsn = 0;
     std::uint32_t count = 1;
     if (r_.version == 2) {
+      std::uint64_t synced = 0;
       in.read(lsn);
       in.read(count);
+      in.read(synced);
+      if (synced >= lsn) {
+        corrupt(pos, "frame claims LSN " + std::to_string(synced) + " durable before writing LSN " + std::to_string(lsn));
+      }
       if (lsn != next_lsn_) {
         corrupt(pos, "frame has LSN " + std::to_string(lsn) + ", expected " + std::to_string(next_lsn_));
       }
@@ -237,15 +242,43 @@ class Scanner {
     return end;
   }
 
-  // The frame at `bad` is damaged. Look for an intact frame anywhere after
-  // it: if there is one, this is corruption in the middle of the log.
+  // The frame at `bad` is damaged. Look for an intact frame of this log
+  // after it that proves the damaged frame had been made durable (v2: its
+  // synced_lsn reaches the damaged frame's LSN; v1 frames carry no such
+  // record, so any intact frame counts): then this is corruption in the
+  // middle of the log. Intact frames that do not vouch for it were written
+  // before it was known durable: a power loss may persist writes out of
+  // order, so they are part of a torn tail.
   void handle_damage(std::uint64_t bad) {
     bad_ = bad;
     const std::uint64_t dirty_end = last_nonzero_end(bad, size());
+    // Each candidate costs a CRC over its claimed length; bound the total so a
+    // hostile tail cannot make the search quadratic. Past the budget the
+    // damage is reported as corruption rather than searched further.
+    std::uint64_t budget = 8 * (dirty_end - bad) + (std::uint64_t{16} << 20);
     for (std::uint64_t p = bad + 1; p + format::kFrameHeaderLen <= dirty_end; ++p) {
       if (!plausible_frame_start(p)) continue;
+      const std::uint64_t cost = format::kFrameHeaderLen + coding::get<std::uint32_t>(w_.at(p, 4));
+      if (cost > budget) {
+        if (mode_ == ScanMode::Strict) {
+          throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
+                                 "log frame is damaged and what follows it cannot be classified cheaply", bad);
+        }
+        r_.corrupt_offset = bad;
+        r_.torn_tail_bytes = dirty_end - bad;
+        return;
+      }
+      budget -= cost;
       if (check_frame(p, /*deliver=*/false) != Verdict::Good) continue;
-      // Found intact frame(s) after the damage.
+      if (r_.version == 2) {
+        const std::uint64_t synced = coding::get<std::uint64_t>(w_.at(p + format::kFrameHeaderLen + 12, 8));
+        if (synced < next_lsn_) {
+          r_.unsynced_frames_dropped += 1;
+          p += format::kFrameHeaderLen + last_len_ - 1;  // continue after this frame
+          continue;
+        }
+      }
+      // Found an intact frame that vouches for the damaged one.
       if (mode_ == ScanMode::Strict) {
         throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
                                "log frame is damaged and intact frames follow it at offset " + std::to_string(p) +
@@ -271,11 +304,24 @@ class Scanner {
       const std::uint64_t lsn = coding::get<std::uint64_t>(w_.at(p + format::kFrameHeaderLen, 8));
       // Records between the last good one and this frame must fit the bytes before it.
       if (lsn < next_lsn_ || lsn - next_lsn_ > (p - bad_) / format::kMinOpLen + 1) return false;
-    } else {
-      const std::uint8_t op = static_cast<std::uint8_t>(*w_.at(p + format::kFrameHeaderLen, 1));
-      if (op != 1 && op != 2) return false;
     }
-    return true;
+    // The first op's fixed fields must fit the frame (O(1), before any CRC).
+    const std::uint64_t ops_at = p + format::kFrameHeaderLen + (r_.version == 2 ? format::kV2BodyPrefixLen : 0);
+    const std::uint64_t ops_len = p + format::kFrameHeaderLen + len - ops_at;
+    if (ops_len < format::kMinOpLen) return false;
+    const std::byte* op = w_.at(ops_at, format::kMinOpLen);
+    const auto code = static_cast<std::uint8_t>(op[0]);
+    const auto kind = static_cast<std::uint8_t>(op[1]);
+    if ((code != 1 && code != 2) || kind > 1) return false;
+    std::uint64_t id_len = 8;
+    if (kind == 1) {
+      id_len = 8 + coding::get<std::uint64_t>(op + 2);
+      if (id_len < 9 || id_len > ops_len) return false;
+    }
+    if (code == 2) return 2 + id_len <= ops_len;
+    if (2 + id_len + 4 > ops_len) return false;
+    const std::uint32_t vec_len = coding::get<std::uint32_t>(w_.at(ops_at + 2 + id_len, 4));
+    return 2 + id_len + 4 + std::uint64_t{4} * vec_len + 1 <= ops_len;
   }
 
   void count_frames_from(std::uint64_t p) {

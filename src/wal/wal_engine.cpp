@@ -70,6 +70,7 @@ class WalEngine::Impl {
     }
     writer_ = std::move(w);
     next_lsn_ = base_lsn;
+    synced_lsn_ = base_lsn - 1;  // the snapshot holds (durably) everything before
     synced_end_ = writer_->end();
   }
 
@@ -125,7 +126,7 @@ class WalEngine::Impl {
     wal::ScanResult scan;
     {
       const std::unique_ptr<ReadableFile> file = fs_.open_read(log_path_);
-      if (reserve) reserve(estimate_records(*file));
+      if (reserve) reserve(estimate_records(*file), file->size());
       scan = wal::scan_file(
           *file,
           [&](const wal::RecordView& r) {
@@ -172,7 +173,11 @@ class WalEngine::Impl {
         // A torn tail is cut off before anything new is appended, so that
         // records acknowledged from now on never sit behind damaged bytes.
         if (scan.torn_tail_bytes > 0) writer_->cut(scan.valid_bytes);
+        // What was replayed may still be only in the page cache (after a
+        // process crash): make it durable before new frames vouch for it.
+        writer_->datasync();
         next_lsn_ = expect;
+        synced_lsn_ = expect - 1;
         synced_end_ = writer_->end();
       }
     }
@@ -213,8 +218,9 @@ class WalEngine::Impl {
     // buffer keeps its capacity from one commit to the next.
     thread_local std::vector<std::byte> frame;
     frame.assign(wal::format::kFrameHeaderLen, std::byte{0});
-    coding::put<std::uint64_t>(frame, 0);
+    coding::put<std::uint64_t>(frame, 0);  // first_lsn, patched below
     coding::put<std::uint32_t>(frame, static_cast<std::uint32_t>(ops.size()));
+    coding::put<std::uint64_t>(frame, 0);  // synced_lsn, patched below
     for (const MutationRef& m : ops) {
       if (m.op == wal::Op::Insert) {
         wal::encode_insert(frame, *m.id, m.vector, m.metadata);
@@ -241,6 +247,7 @@ class WalEngine::Impl {
     Entry e{ops, apply, writer_->end(), 0, next_lsn_, false, nullptr};
     std::byte* body = frame.data() + wal::format::kFrameHeaderLen;
     coding::store<std::uint64_t>(body, e.first_lsn);
+    coding::store<std::uint64_t>(body + 12, synced_lsn_);
     const auto len = static_cast<std::uint32_t>(body_len);
     coding::store<std::uint32_t>(frame.data(), len);
     coding::store<std::uint32_t>(frame.data() + 4, wal::frame_crc_v2(writer_->salt(), len, body));
@@ -297,6 +304,7 @@ class WalEngine::Impl {
       cv_.wait_for(lk, limit, [this] { return queue_.size() >= last_group_ || poisoned_.has_value(); });
     }
     const std::uint64_t target = writer_->end();
+    const std::uint64_t target_lsn = next_lsn_ - 1;
     const std::size_t group = queue_.size();
     const auto sync_start = std::chrono::steady_clock::now();
     std::exception_ptr err;
@@ -324,6 +332,7 @@ class WalEngine::Impl {
       fail_queue(err);
     } else {
       if (target > synced_end_) synced_end_ = target;
+      if (target_lsn > synced_lsn_) synced_lsn_ = target_lsn;
       last_group_ = group;
       last_sync_time_ = std::min<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - sync_start,
                                                            std::chrono::milliseconds(2));
@@ -364,6 +373,7 @@ class WalEngine::Impl {
     try {
       writer_->cut(x->start);
       next_lsn_ = x->first_lsn;
+      synced_lsn_ = std::min(synced_lsn_, x->first_lsn - 1);
       if (synced_end_ > x->start) synced_end_ = x->start;
     } catch (const PersistError& err) {
       poison(err.what());
@@ -523,6 +533,7 @@ class WalEngine::Impl {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::uint64_t next_lsn_ = 1;
+  std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;
   std::size_t last_group_ = 0;  // entries covered by the last fsync

@@ -26,6 +26,18 @@
 #include "iqdb/persist/persisted_index.hpp"
 #include "iqdb/persist/snapshot.hpp"
 
+// The FAISS adapter, when this build has it (tools/CMakeLists.txt).
+#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
+
+#include "iqdb/persist/adapters/faiss.hpp"
+#endif
+
 namespace iqdb::persist::cli {
 namespace {
 
@@ -40,6 +52,8 @@ struct DemoOptions {
   std::string dir;
   std::uint64_t vectors = 100000;
   std::uint64_t dim = 128;
+  bool faiss = false;              // --faiss: a FAISS index through the FAISS adapter
+  std::string faiss_index = "flat";  // --faiss-index: flat, hnsw or ivf
 };
 
 struct Variant {
@@ -218,8 +232,20 @@ void print_summary(std::ostream& out, const std::vector<Result>& results) {
 // Largest index the demo builds (floats), so a typo cannot exhaust memory.
 constexpr std::uint64_t kMaxDemoFloats = std::uint64_t{1} << 32;  // 16 GiB
 
+#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
+int demo_faiss(const DemoOptions& opts, const Console& console);
+#endif
+
 int demo(const DemoOptions& opts, const Console& console) {
   std::ostream& out = console.out;
+  if (opts.faiss) {
+#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
+    return demo_faiss(opts, console);
+#else
+    console.err << "demo: this build has no FAISS adapter (install libfaiss-dev and rebuild)\n";
+    return kExitUsage;
+#endif
+  }
   if (opts.vectors > kMaxDemoFloats / opts.dim) {
     console.err << "demo: --vectors x --dim is limited to " << kMaxDemoFloats << " floats ("
                 << human_bytes(kMaxDemoFloats * sizeof(float)) << ")\n";
@@ -278,6 +304,162 @@ int demo(const DemoOptions& opts, const Console& console) {
   return kExitFailed;
 }
 
+
+#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
+
+// --faiss: the same tour with a FAISS index (docs/ADAPTERS.md).
+//   flat  IndexIDMap2(IndexFlatL2)            exact; ids of our choosing; erase supported
+//   hnsw  IndexIDMap2(IndexHNSWFlat, M = 16)  approximate
+//   ivf   IndexIVFFlat (nlist ~ sqrt(N), nprobe 8), its own ids
+std::unique_ptr<faiss::Index> make_faiss_index(const std::string& kind, int dim, std::uint64_t n,
+                                               const std::vector<float>& data) {
+  if (kind == "ivf") {
+    const auto nlist = static_cast<std::size_t>(std::max(1.0, std::floor(std::sqrt(static_cast<double>(n)))));
+    auto quantizer = std::make_unique<faiss::IndexFlatL2>(dim);
+    auto ivf = std::make_unique<faiss::IndexIVFFlat>(quantizer.release(), dim, nlist);
+    ivf->own_fields = true;
+    // FAISS wants about 39 training points per list.
+    const std::uint64_t train = std::min<std::uint64_t>(n, 39 * nlist);
+    ivf->train(static_cast<std::int64_t>(train), data.data());
+    ivf->nprobe = std::min<std::size_t>(8, nlist);
+    return ivf;
+  }
+  std::unique_ptr<faiss::Index> inner;
+  if (kind == "hnsw") {
+    inner = std::make_unique<faiss::IndexHNSWFlat>(dim, 16);
+  } else {
+    inner = std::make_unique<faiss::IndexFlatL2>(dim);
+  }
+  auto map = std::make_unique<faiss::IndexIDMap2>(inner.get());
+  map->own_fields = true;
+  inner.release();
+  return map;
+}
+
+std::vector<std::uint8_t> faiss_serialization(const FaissIndex& index) {
+  faiss::VectorIOWriter w;
+  faiss::write_index(&index.faiss_index(), &w);
+  return w.data;
+}
+
+int demo_faiss(const DemoOptions& opts, const Console& console) {
+  std::ostream& out = console.out;
+  if (opts.faiss_index != "flat" && opts.faiss_index != "hnsw" && opts.faiss_index != "ivf") {
+    console.err << "demo: --faiss-index must be flat, hnsw or ivf\n";
+    return kExitUsage;
+  }
+  if (opts.vectors > kMaxDemoFloats / opts.dim) {
+    console.err << "demo: --vectors x --dim is limited to " << kMaxDemoFloats << " floats\n";
+    return kExitUsage;
+  }
+  const fs::path dir = prepare_dir(opts.dir);
+  const int dim = static_cast<int>(opts.dim);
+  out << "iqdb-persist demo on a FAISS index (" << opts.faiss_index << "): " << opts.vectors
+      << " random Gaussian vectors x " << opts.dim << " dims, L2, seed " << kSeed << "\n"
+      << "directory: " << dir.string() << "\n\n"
+      << std::flush;
+
+  std::mt19937_64 rng(kSeed);
+  std::vector<float> data;
+  data.reserve(static_cast<std::size_t>(opts.vectors * opts.dim));
+  for (std::uint64_t i = 0; i < opts.vectors; ++i) {
+    const std::vector<float> v = gaussian_vector(rng, opts.dim);
+    data.insert(data.end(), v.begin(), v.end());
+  }
+  const Stopwatch build_sw;
+  FaissIndex current(make_faiss_index(opts.faiss_index, dim, opts.vectors, data));
+  const std::uint64_t metadata_every = std::max<std::uint64_t>(1, opts.vectors / 8);
+  std::uint64_t with_metadata = 0;
+  for (std::uint64_t i = 0; i < opts.vectors; ++i) {
+    std::optional<Metadata> meta;
+    if (i % metadata_every == 0) {
+      meta = Metadata{{"label", Value("vector-" + std::to_string(i))}, {"bucket", Value(static_cast<std::int64_t>(i % 10))}};
+      ++with_metadata;
+    }
+    const std::span<const float> v(data.data() + i * opts.dim, static_cast<std::size_t>(opts.dim));
+    current.insert(i, v, std::move(meta));
+  }
+  out << "Built a FAISS index of " << current.size() << " vectors (" << with_metadata
+      << " with metadata in the adapter's side table) in " << format("%.1f", build_sw.ms()) << " ms\n";
+
+  std::vector<std::vector<float>> queries;
+  std::vector<std::vector<FaissIndex::Hit>> expected;
+  for (std::size_t q = 0; q < kQueries; ++q) {
+    queries.push_back(gaussian_vector(rng, opts.dim));
+    expected.push_back(current.search(queries.back(), kTopK));
+  }
+  const std::vector<std::uint8_t> original_bytes = faiss_serialization(current);
+  out << "Ran " << kQueries << " random queries (top " << kTopK << ") on it, to compare with every loaded copy\n\n"
+      << std::flush;
+
+  const std::vector<Variant> variants = {
+      {"none", "none", Compression::none()},
+      {"zstd", "zstd (level 3)", Compression::zstd(3)},
+      {"lz4", "lz4", Compression::lz4()},
+  };
+  Checks checks(out);
+  std::vector<Result> results;
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    const Variant& v = variants[i];
+    const fs::path path = dir / ("demo-faiss-" + v.name + ".iqdb");
+    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string() << '\n';
+    Result r;
+    r.label = v.label;
+    PersistConfig cfg(path);
+    cfg.compression = v.compression;
+    try {
+      {
+        // The index is moved in for the save and taken back after it (no
+        // WAL: the PersistedIndex writes nothing on its own).
+        auto db = PersistedIndex<FaissIndex>::open_with(std::move(current), cfg);
+        const Stopwatch sw;
+        db.save();
+        r.save_ms = sw.ms();
+        current = std::move(db.index_mut());
+      }
+      const SnapshotSummary summary = inspect_snapshot(default_file_system(), path);
+      r.saved = true;
+      r.file_size = summary.file_size;
+      r.payload_bytes = summary.header.uncompressed_len;
+      out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", fsync included)\n"
+          << "  file   " << human_bytes(r.file_size) << " on disk; its header:\n";
+      print_header(out, summary, "           ");
+      const Stopwatch sw;
+      auto loaded = PersistedIndex<FaissIndex>::load(cfg);
+      r.load_ms = sw.ms();
+      r.loaded = true;
+      out << "  load   " << timing(r.load_ms, r.payload_bytes) << ", checksum verified)\n";
+      checks.expect(faiss_serialization(loaded.index()) == original_bytes, v.name,
+                    "loaded FAISS index serializes to the same bytes as the original");
+      checks.expect(loaded.index().metadata_table() == current.metadata_table(), v.name,
+                    "metadata side table identical");
+      std::size_t same = 0;
+      for (std::size_t q = 0; q < queries.size(); ++q) {
+        if (loaded.index().search(queries[q], kTopK) == expected[q]) ++same;
+      }
+      checks.expect(same == queries.size(), v.name,
+                    std::to_string(same) + " of " + std::to_string(queries.size()) + " queries: top-" +
+                        std::to_string(kTopK) + " ids and distances identical to the original's");
+    } catch (const PersistError& e) {
+      checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
+    }
+    out << '\n' << std::flush;
+    results.push_back(r);
+  }
+  print_summary(out, results);
+  out << "Files kept in " << dir.string() << "; try: iqdb-persist inspect " << (dir / "demo-faiss-zstd.iqdb").string()
+      << "\n\n";
+  if (checks.failures().empty()) {
+    out << "demo: all checks passed (" << checks.total() << " of " << checks.total() << ")\n";
+    return kExitOk;
+  }
+  for (const std::string& f : checks.failures()) console.err << "demo: FAILED " << f << '\n';
+  out << "demo: " << checks.failures().size() << " of " << checks.total() << " checks FAILED\n";
+  return kExitFailed;
+}
+
+#endif  // IQDB_PERSIST_CLI_HAVE_FAISS
+
 }  // namespace
 
 void register_demo(CommandSet& commands) {
@@ -296,6 +478,14 @@ void register_demo(CommandSet& commands) {
   cmd.add_option("--dim", opts->dim, "Dimensions per vector")
       ->type_name("D")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{65536}))
+      ->capture_default_str();
+  CLI::Option* faiss = cmd.add_flag(
+      "--faiss", opts->faiss,
+      "Run on a FAISS index through the FAISS adapter (files demo-faiss-*.iqdb); needs a build with FAISS");
+  cmd.add_option("--faiss-index", opts->faiss_index, "The FAISS index for --faiss: flat, hnsw or ivf")
+      ->needs(faiss)
+      ->type_name("KIND")
+      ->check(CLI::IsMember({"flat", "hnsw", "ivf"}))
       ->capture_default_str();
 }
 

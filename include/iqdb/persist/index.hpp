@@ -53,6 +53,10 @@ concept Persistable = Index<I> && requires(const I& cindex, PayloadWriter& w, Pa
 
 namespace detail {
 
+// Metadata keys and string values must be valid UTF-8 (the formats say so,
+// and replay refuses anything else): throws PersistError(InvalidArgument).
+void check_metadata(const Metadata& meta);
+
 // The library's validation of a mutation. `present` says whether the id is
 // in the index as the mutation will find it.
 template <Index I>
@@ -63,6 +67,7 @@ void check_insert(const I& index, bool present, const VectorId& id, std::span<co
                                  std::to_string(index.dim()));
   }
   if (present) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+  if (meta) check_metadata(*meta);
   if constexpr (requires { index.validate_insert(id, vec, meta); }) index.validate_insert(id, vec, meta);
 }
 

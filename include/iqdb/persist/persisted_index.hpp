@@ -12,7 +12,10 @@
 // load() replays the log. See docs/API.md and docs/RELIABILITY.md.
 #pragma once
 
+#include <algorithm>
 #include <memory>
+#include <new>
+#include <stdexcept>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -90,11 +93,18 @@ class PersistedIndex {
       }
     };
     const auto write_snapshot = [&](std::uint64_t lsn) { write_index_snapshot(*loaded, config, lsn, true); };
-    const auto reserve = [&](std::uint64_t records) {
+    const auto reserve = [&](std::uint64_t records, std::uint64_t log_bytes) {
       if constexpr (requires { loaded->reserve(records); }) {
-        // A hint from the log's size; bounded so a huge or damaged log
-        // cannot make it allocate more than the log could hold.
-        loaded->reserve(records);
+        // A hint only. Every insert record carries dim floats, so the log's
+        // size bounds how many it can hold whatever the snapshot's dim: a
+        // small log never makes it allocate much. A refused allocation is
+        // harmless (replay grows the index as it goes).
+        const std::uint64_t per_record = std::max<std::uint64_t>(1, loaded->dim() * sizeof(float));
+        try {
+          loaded->reserve(std::min(records, log_bytes / per_record));
+        } catch (const std::bad_alloc&) {
+        } catch (const std::length_error&) {
+        }
       }
     };
     auto engine = detail::WalEngine::open(config, load_snapshot, replay, write_snapshot, reserve);

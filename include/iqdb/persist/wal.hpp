@@ -52,9 +52,14 @@ struct ScanResult {
   std::optional<std::uint64_t> last_lsn;  // v2: LSN of the last valid record
   std::uint64_t valid_bytes = 0;      // header + valid frames: where the next frame goes
   std::uint64_t torn_tail_bytes = 0;  // damaged bytes after the valid prefix (not zero padding)
+  // v2: intact frames inside the torn tail, dropped because they were written
+  // before the damaged frame was known durable (writes a power loss
+  // persisted out of order).
+  std::uint64_t unsynced_frames_dropped = 0;
   std::uint64_t file_size = 0;
-  // Set when a damaged frame is followed by intact frames: corruption in the
-  // middle of the log, not a torn tail. The counts say what lies beyond it.
+  // Set when a damaged frame is followed by an intact frame that records it
+  // as durable: corruption in the middle of the log, not a torn tail. The
+  // counts say what lies beyond it.
   std::optional<std::uint64_t> corrupt_offset;
   std::uint64_t frames_after_corruption = 0;
   std::uint64_t records_after_corruption = 0;

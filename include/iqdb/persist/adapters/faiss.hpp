@@ -142,7 +142,8 @@ class FaissIndex {
   struct Impl;
 
  private:
-  explicit FaissIndex(std::unique_ptr<Impl> impl) noexcept;
+  struct FromImpl {};
+  FaissIndex(FromImpl, std::unique_ptr<Impl> impl) noexcept;
   std::unique_ptr<Impl> impl_;
 };
 

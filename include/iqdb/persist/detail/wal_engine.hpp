@@ -61,8 +61,9 @@ class WalEngine {
   // Writes a durable snapshot of the index with this last LSN.
   using WriteSnapshot = std::function<void(std::uint64_t last_lsn)>;
   using Replay = std::function<void(const wal::RecordView&)>;
-  // Called once before replay with an estimate of the records to come.
-  using ReserveHint = std::function<void(std::uint64_t records)>;
+  // Called once before replay with an estimate of the records to come and
+  // the log's size in bytes (which bounds what they can hold).
+  using ReserveHint = std::function<void(std::uint64_t records, std::uint64_t log_bytes)>;
 
   // open_with: take the lock, write the base snapshot, start a new log.
   static std::unique_ptr<WalEngine> create(const PersistConfig& cfg, const WriteSnapshot& write_snapshot);

@@ -1,0 +1,660 @@
+// FaissIndex: the FAISS adapter. Payload layout: docs/ADAPTERS.md, "FAISS payload".
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
+#include <faiss/invlists/DirectMap.h>
+#include <faiss/invlists/InvertedLists.h>
+#include <faiss/utils/distances.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <new>
+#include <sstream>
+#include <typeinfo>
+#include <unordered_set>
+
+#include "adapters/faiss_stream_guard.hpp"
+#include "iqdb/persist/adapters/faiss.hpp"
+#include "iqdb/persist/error.hpp"
+
+namespace iqdb::persist {
+
+namespace {
+
+using adapters::detail::FaissStreamGuard;
+
+constexpr std::uint32_t kPayloadVersion = 1;
+constexpr std::uint8_t kFlagCosine = 0x01;
+constexpr std::uint8_t kKnownFlags = kFlagCosine;
+// Random states of the HNSW graphs in the index (one per IndexHNSW).
+constexpr std::uint64_t kMaxRandomStates = 4;
+constexpr std::uint64_t kMaxRandomStateBytes = 64 * 1024;
+constexpr std::uint64_t kMaxId = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+
+// Which error a problem with the index is: a payload that decodes to it is
+// damaged (InvalidPayload); an index handed to the constructor is unsupported
+// or invalid.
+struct Problems {
+  bool from_payload;
+  [[noreturn]] void unsupported(const std::string& what) const {
+    throw PersistError(from_payload ? ErrorKind::InvalidPayload : ErrorKind::Unsupported, "FAISS index: " + what);
+  }
+  [[noreturn]] void invalid(const std::string& what) const {
+    throw PersistError(from_payload ? ErrorKind::InvalidPayload : ErrorKind::InvalidArgument, "FAISS index: " + what);
+  }
+};
+
+bool is_flat(const faiss::Index* i) {
+  const std::type_info& t = typeid(*i);
+  return t == typeid(faiss::IndexFlat) || t == typeid(faiss::IndexFlatL2) || t == typeid(faiss::IndexFlatIP);
+}
+bool is_hnsw_flat(const faiss::Index* i) { return typeid(*i) == typeid(faiss::IndexHNSWFlat); }
+bool is_ivf_flat(const faiss::Index* i) { return typeid(*i) == typeid(faiss::IndexIVFFlat); }
+
+void check_flat(const faiss::IndexFlat& f, const Problems& p) {
+  const auto d = static_cast<std::uint64_t>(f.d);
+  if (f.code_size != d * sizeof(float) || f.codes.size() != static_cast<std::uint64_t>(f.ntotal) * f.code_size) {
+    p.invalid("IndexFlat storage of " + std::to_string(f.codes.size()) + " bytes does not hold " +
+              std::to_string(f.ntotal) + " vectors of dimension " + std::to_string(f.d));
+  }
+}
+
+// The graph of an IndexHNSW, checked so that no search or insert can read
+// outside its arrays.
+void check_hnsw(const faiss::IndexHNSW& ix, const Problems& p) {
+  const faiss::HNSW& h = ix.hnsw;
+  const auto n = static_cast<std::uint64_t>(ix.ntotal);
+  if (ix.storage == nullptr || !is_flat(ix.storage))
+    p.unsupported("the storage of an IndexHNSWFlat is not an IndexFlat");
+  if (ix.storage->d != ix.d || ix.storage->ntotal != ix.ntotal) p.invalid("the HNSW storage does not match the graph");
+  check_flat(*static_cast<const faiss::IndexFlat*>(ix.storage), p);
+  const auto& cum = h.cum_nneighbor_per_level;
+  if (cum.size() < 2 || cum.size() != h.assign_probas.size() + 1 || cum[0] != 0) {
+    p.invalid("HNSW level tables are inconsistent");
+  }
+  for (std::size_t l = 1; l < cum.size(); ++l) {
+    if (cum[l] < cum[l - 1]) p.invalid("HNSW neighbor counts per level decrease");
+  }
+  if (h.levels.size() != n || h.offsets.size() != n + 1 || h.offsets[0] != 0) {
+    p.invalid("HNSW graph tables do not hold " + std::to_string(n) + " vectors");
+  }
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const int level = h.levels[i];
+    if (level < 1 || static_cast<std::size_t>(level) >= cum.size())
+      p.invalid("HNSW level of vector " + std::to_string(i));
+    const auto per = static_cast<std::uint64_t>(cum[static_cast<std::size_t>(level)]);
+    if (h.offsets[i + 1] < h.offsets[i] || h.offsets[i + 1] - h.offsets[i] != per) {
+      p.invalid("HNSW neighbor offsets of vector " + std::to_string(i));
+    }
+  }
+  if (h.neighbors.size() != h.offsets[n]) p.invalid("HNSW neighbor table size");
+  // Every neighbor exists, and exists at the level it is linked on (a search
+  // at that level reads the neighbor's own list there).
+  for (std::uint64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < h.levels[i]; ++l) {
+      const std::uint64_t b = h.offsets[i] + static_cast<std::uint64_t>(cum[static_cast<std::size_t>(l)]);
+      const std::uint64_t e = h.offsets[i] + static_cast<std::uint64_t>(cum[static_cast<std::size_t>(l) + 1]);
+      for (std::uint64_t j = b; j < e; ++j) {
+        const faiss::HNSW::storage_idx_t v = h.neighbors[j];
+        if (v == -1) continue;
+        if (v < -1 || static_cast<std::uint64_t>(v) >= n || h.levels[static_cast<std::size_t>(v)] <= l) {
+          p.invalid("HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
+                    std::to_string(l));
+        }
+      }
+    }
+  }
+  if (n == 0) {
+    if (h.entry_point != -1 || h.max_level != -1) p.invalid("empty HNSW graph with an entry point");
+  } else {
+    if (h.entry_point < 0 || static_cast<std::uint64_t>(h.entry_point) >= n ||
+        h.max_level != h.levels[static_cast<std::size_t>(h.entry_point)] - 1) {
+      p.invalid("HNSW entry point");
+    }
+    for (std::uint64_t i = 0; i < n; ++i) {
+      if (h.levels[i] - 1 > h.max_level) p.invalid("HNSW vector above the top level");
+    }
+  }
+  if (h.efConstruction < 1 || h.efSearch < 1) p.invalid("HNSW efConstruction / efSearch must be positive");
+}
+
+void collect_hnsw(faiss::Index* i, std::vector<faiss::IndexHNSW*>& out) {
+  if (auto* m = dynamic_cast<faiss::IndexIDMap*>(i)) {
+    collect_hnsw(m->index, out);
+  } else if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(i)) {
+    collect_hnsw(ivf->quantizer, out);
+  } else if (auto* h = dynamic_cast<faiss::IndexHNSW*>(i)) {
+    out.push_back(h);
+  }
+}
+
+// Advise the 2 MiB-aligned part of [p, p + n) for transparent huge pages
+// (advisory; errors ignored).
+void advise_huge_pages(void* p, std::size_t n) {
+  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
+  if (n < 2 * kHuge) return;
+  const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(kHuge - 1);
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+// faiss::IOWriter over a PayloadWriter, with the guard checking the grammar.
+class PayloadIOWriter final : public faiss::IOWriter {
+ public:
+  explicit PayloadIOWriter(PayloadWriter& w) : w_(w), guard_(false) { name = "iqdb-persist snapshot payload"; }
+  std::size_t operator()(const void* ptr, std::size_t size, std::size_t nitems) override {
+    if (size != 0 && nitems > std::numeric_limits<std::size_t>::max() / size) {
+      throw PersistError(ErrorKind::Unsupported, "FAISS wrote an impossibly large block");
+    }
+    const std::size_t bytes = size * nitems;
+    if (bytes == 0) return nitems;
+    guard_.feed(ptr, bytes, FaissStreamGuard::kUnknown);
+    w_.write(ptr, bytes);
+    return nitems;
+  }
+  void finish() { guard_.finish(); }
+
+ private:
+  PayloadWriter& w_;
+  FaissStreamGuard guard_;
+};
+
+// faiss::IOReader over a PayloadReader. Every byte goes through the guard
+// before FAISS sees it (see faiss_stream_guard.hpp). The FAISS serialization
+// is the last part of the payload, so the reader's remaining() bounds it.
+class PayloadIOReader final : public faiss::IOReader {
+ public:
+  explicit PayloadIOReader(PayloadReader& r) : r_(r), guard_(true, true) { name = "iqdb-persist snapshot payload"; }
+  std::size_t operator()(void* ptr, std::size_t size, std::size_t nitems) override {
+    if (size != 0 && nitems > std::numeric_limits<std::size_t>::max() / size)
+      r_.fail("FAISS asked for an impossible read");
+    const std::size_t bytes = size * nitems;
+    if (bytes == 0) return nitems;
+    capture();
+    r_.read(ptr, bytes);  // TruncatedPayload past the end
+    guard_.feed(ptr, bytes, r_.remaining());
+    for (const auto& [at, len] : guard_.hidden()) std::memset(static_cast<char*>(ptr) + at, 0, len);
+    return nitems;
+  }
+
+  // After faiss::read_index: the last capture (codes that end the stream),
+  // the end of the grammar, and the captured codes moved into the IndexFlats
+  // FAISS built empty, which come in the same (pre-)order.
+  void finish(faiss::Index* root) {
+    capture();
+    guard_.finish();
+    std::vector<faiss::IndexFlat*> flats;
+    storage_flats(root, flats);
+    if (flats.size() != captured_.size()) r_.fail("FAISS built an unexpected index for its serialization");
+    for (std::size_t i = 0; i < flats.size(); ++i) {
+      faiss::IndexFlat& f = *flats[i];
+      const auto code_size = static_cast<std::uint64_t>(f.d) * sizeof(float);
+      if (f.ntotal != 0 || !f.codes.empty() || f.code_size != code_size || captured_[i].size() % code_size != 0) {
+        r_.fail("FAISS built an unexpected flat storage for its serialization");
+      }
+      f.codes = std::move(captured_[i]);
+      f.ntotal = static_cast<std::int64_t>(f.codes.size() / code_size);
+    }
+  }
+
+ private:
+  // The IndexFlats whose codes the guard captures, in stream order.
+  static void storage_flats(faiss::Index* i, std::vector<faiss::IndexFlat*>& out) {
+    if (i == nullptr) return;
+    if (auto* m = dynamic_cast<faiss::IndexIDMap*>(i)) {
+      storage_flats(m->index, out);
+    } else if (auto* h = dynamic_cast<faiss::IndexHNSW*>(i)) {
+      storage_flats(h->storage, out);
+    } else if (is_flat(i)) {
+      out.push_back(static_cast<faiss::IndexFlat*>(i));
+    }
+  }
+
+  // Codes the guard says start here: read into a vector of our own, advised
+  // for huge pages before its first touch (FAISS's READXBVECTOR would
+  // zero-fill one with 4 KiB pages and then copy into it).
+  void capture() {
+    const std::optional<std::uint64_t> bytes = guard_.take_capture();
+    if (!bytes) return;
+    const auto n = static_cast<std::size_t>(*bytes);  // bounded by remaining() (the guard checked)
+    std::vector<std::uint8_t> codes;
+    codes.reserve(n);
+    advise_huge_pages(codes.data(), n);
+    codes.resize(n);
+    if (n > 0) {
+      r_.read(codes.data(), n);
+      guard_.feed(codes.data(), n, r_.remaining());
+    }
+    captured_.push_back(std::move(codes));
+  }
+
+  PayloadReader& r_;
+  FaissStreamGuard guard_;
+  std::vector<std::vector<std::uint8_t>> captured_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- Impl
+
+struct FaissIndex::Impl {
+  std::unique_ptr<faiss::Index> index;
+  bool cosine = false;
+  DistanceMetric metric = DistanceMetric::Euclidean;
+  FaissIdScheme scheme = FaissIdScheme::Positional;
+  faiss::IndexIDMap* idmap = nullptr;    // IdMap, IdMap2
+  faiss::IndexIDMap2* idmap2 = nullptr;  // IdMap2
+  faiss::Index* inner = nullptr;         // the index holding the vectors
+  faiss::IndexFlat* flat = nullptr;      // inner, or the storage of an HNSW inner
+  faiss::IndexIVF* ivf = nullptr;        // inner when IVF
+  bool own_ids = false;                  // `ids` is the id set (IndexIDMap, IVF without a hashtable)
+  std::unordered_set<std::int64_t> ids;
+  std::optional<std::string> erase_refusal;
+  adapters::MetadataTable meta;
+
+  static std::unique_ptr<Impl> adopt(std::unique_ptr<faiss::Index> index, bool cosine, const Problems& p);
+
+  std::int64_t ntotal() const noexcept { return index->ntotal; }
+
+  bool has(std::int64_t id) const noexcept {
+    switch (scheme) {
+      case FaissIdScheme::Positional: return id < ntotal();
+      case FaissIdScheme::IdMap2: return idmap2->rev_map.count(id) != 0;
+      case FaissIdScheme::IdMap: return ids.count(id) != 0;
+      case FaissIdScheme::Native: return own_ids ? ids.count(id) != 0 : ivf->direct_map.hashtable.count(id) != 0;
+    }
+    return false;
+  }
+
+  // The id as FAISS's label, after the checks every mutation shares.
+  std::int64_t label_of(const VectorId& id) const {
+    if (id.is_bytes()) {
+      throw PersistError::argument("FAISS ids are integers: byte-string id " + id.to_string() + " cannot be stored");
+    }
+    if (id.as_u64() > kMaxId) {
+      throw PersistError::argument("FAISS ids are int64: id " + id.to_string() + " is above INT64_MAX");
+    }
+    return static_cast<std::int64_t>(id.as_u64());
+  }
+
+  void check_insert(const VectorId& id, std::span<const float> vec) const {
+    if (vec.size() != static_cast<std::size_t>(index->d)) {
+      throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
+                                   std::to_string(index->d));
+    }
+    const std::int64_t label = label_of(id);
+    if (has(label)) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+    if (scheme == FaissIdScheme::Positional && label != ntotal()) {
+      throw PersistError::argument("this FAISS index numbers its vectors itself (no IndexIDMap): the next id must be " +
+                                   std::to_string(ntotal()) + ", not " + id.to_string() +
+                                   "; wrap it in an IndexIDMap2 to choose ids");
+    }
+  }
+
+  std::vector<float> prepared(std::span<const float> vec) const {
+    std::vector<float> v(vec.begin(), vec.end());
+    if (cosine) faiss::fvec_renorm_L2(v.size(), 1, v.data());
+    return v;
+  }
+};
+
+std::unique_ptr<FaissIndex::Impl> FaissIndex::Impl::adopt(std::unique_ptr<faiss::Index> index, bool cosine,
+                                                          const Problems& p) {
+  if (index == nullptr) p.invalid("no index given");
+  auto s = std::make_unique<Impl>();
+  s->cosine = cosine;
+  faiss::Index* top = index.get();
+  faiss::Index* inner = top;
+  if (auto* m2 = dynamic_cast<faiss::IndexIDMap2*>(top); m2 != nullptr && typeid(*top) == typeid(faiss::IndexIDMap2)) {
+    s->scheme = FaissIdScheme::IdMap2;
+    s->idmap = m2;
+    s->idmap2 = m2;
+    inner = m2->index;
+  } else if (auto* m = dynamic_cast<faiss::IndexIDMap*>(top);
+             m != nullptr && typeid(*top) == typeid(faiss::IndexIDMap)) {
+    s->scheme = FaissIdScheme::IdMap;
+    s->idmap = m;
+    inner = m->index;
+  }
+  if (inner == nullptr) p.invalid("the IndexIDMap has no sub-index");
+  s->inner = inner;
+  if (inner->d < 1) p.invalid("dimension " + std::to_string(inner->d));
+  if (top->d != inner->d || top->ntotal != inner->ntotal || top->metric_type != inner->metric_type) {
+    p.invalid("the IndexIDMap and its sub-index disagree on dimension, count or metric");
+  }
+
+  // Metric.
+  switch (top->metric_type) {
+    case faiss::METRIC_L2: s->metric = DistanceMetric::Euclidean; break;
+    case faiss::METRIC_INNER_PRODUCT: s->metric = cosine ? DistanceMetric::Cosine : DistanceMetric::DotProduct; break;
+    case faiss::METRIC_L1: s->metric = DistanceMetric::Manhattan; break;
+    default: p.unsupported("metric type " + std::to_string(static_cast<int>(top->metric_type)) + " has no iQDB metric");
+  }
+  if (cosine && top->metric_type != faiss::METRIC_INNER_PRODUCT) {
+    p.invalid("cosine needs an inner-product index (normalized vectors)");
+  }
+
+  // The index holding the vectors.
+  const bool mapped = s->idmap != nullptr;
+  if (is_flat(inner)) {
+    s->flat = static_cast<faiss::IndexFlat*>(inner);
+    check_flat(*s->flat, p);
+    if (!mapped)
+      s->erase_refusal =
+          "this IndexFlat numbers its vectors 0, 1, 2, ...: removing one would renumber "
+          "every later vector; wrap it in an IndexIDMap2 to erase";
+  } else if (is_hnsw_flat(inner)) {
+    auto* h = static_cast<faiss::IndexHNSW*>(inner);
+    check_hnsw(*h, p);
+    s->flat = static_cast<faiss::IndexFlat*>(h->storage);
+    s->erase_refusal = "FAISS cannot remove vectors from an IndexHNSW (remove_ids is not implemented for it)";
+  } else if (is_ivf_flat(inner)) {
+    auto* ivf = static_cast<faiss::IndexIVF*>(inner);
+    s->ivf = ivf;
+    if (top->metric_type == faiss::METRIC_L1) p.unsupported("IndexIVFFlat does not search with the L1 metric");
+    if (!ivf->is_trained) p.invalid("the IndexIVFFlat is not trained: train it before persisting it");
+    if (ivf->invlists == nullptr || typeid(*ivf->invlists) != typeid(faiss::ArrayInvertedLists)) {
+      p.unsupported("only IVF indexes with ArrayInvertedLists (the default) can be persisted");
+    }
+    const auto& lists = static_cast<const faiss::ArrayInvertedLists&>(*ivf->invlists);
+    const auto d = static_cast<std::uint64_t>(ivf->d);
+    if (ivf->code_size != d * sizeof(float) || lists.code_size != ivf->code_size || lists.nlist != ivf->nlist ||
+        lists.ids.size() != ivf->nlist || lists.codes.size() != ivf->nlist) {
+      p.invalid("IVF inverted lists do not match the index");
+    }
+    const faiss::Index* q = ivf->quantizer;
+    if (q == nullptr || !(is_flat(q) || is_hnsw_flat(q)))
+      p.unsupported("the IVF quantizer is not a flat or HNSW index");
+    if (q->d != ivf->d || static_cast<std::uint64_t>(q->ntotal) != ivf->nlist)
+      p.invalid("the IVF quantizer does not hold nlist centroids");
+    if (is_flat(q)) {
+      check_flat(*static_cast<const faiss::IndexFlat*>(q), p);
+    } else {
+      check_hnsw(*static_cast<const faiss::IndexHNSW*>(q), p);
+    }
+    std::uint64_t total = 0;
+    for (std::size_t l = 0; l < ivf->nlist; ++l) {
+      if (lists.codes[l].size() != lists.ids[l].size() * ivf->code_size) p.invalid("IVF list " + std::to_string(l));
+      total += lists.ids[l].size();
+    }
+    if (total != static_cast<std::uint64_t>(ivf->ntotal)) p.invalid("IVF lists do not hold ntotal vectors");
+    // The direct map (id -> list position): every entry must point at its id.
+    const faiss::DirectMap& dm = ivf->direct_map;
+    const auto entry_is = [&](std::uint64_t lo, std::int64_t id) {
+      const std::uint64_t list = faiss::lo_listno(lo);
+      const std::uint64_t off = faiss::lo_offset(lo);
+      return list < ivf->nlist && off < lists.ids[list].size() && lists.ids[list][off] == id;
+    };
+    switch (dm.type) {
+      case faiss::DirectMap::NoMap:
+        if (!dm.array.empty() || !dm.hashtable.empty()) p.invalid("IVF direct map");
+        break;
+      case faiss::DirectMap::Array:
+        if (dm.array.size() != total) p.invalid("IVF direct map array");
+        for (std::uint64_t i = 0; i < total; ++i) {
+          if (!entry_is(static_cast<std::uint64_t>(dm.array[i]), static_cast<std::int64_t>(i)))
+            p.invalid("IVF direct map array");
+        }
+        break;
+      case faiss::DirectMap::Hashtable:
+        if (dm.hashtable.size() != total) p.invalid("IVF direct map hashtable (duplicate ids?)");
+        for (const auto& [id, lo] : dm.hashtable) {
+          if (!entry_is(static_cast<std::uint64_t>(lo), id)) p.invalid("IVF direct map hashtable");
+        }
+        break;
+      default: p.invalid("IVF direct map type");
+    }
+    if (mapped) {
+      // The IndexIDMap translates the IVF's labels, which must be the
+      // positions it gave them.
+      std::vector<bool> seen(total, false);
+      for (const auto& l : lists.ids) {
+        for (const std::int64_t id : l) {
+          if (id < 0 || static_cast<std::uint64_t>(id) >= total || seen[static_cast<std::size_t>(id)]) {
+            p.invalid("an IVF inside an IndexIDMap holds a label that is not a position");
+          }
+          seen[static_cast<std::size_t>(id)] = true;
+        }
+      }
+      s->erase_refusal =
+          "FAISS's IndexIDMap::remove_ids renumbers its sub-index like an IndexFlat, which an "
+          "IndexIVF does not (the ids would stop matching); use the IndexIVFFlat's own ids instead";
+    } else if (dm.type == faiss::DirectMap::Array) {
+      s->erase_refusal = "FAISS cannot remove vectors from an IVF index with an array direct map";
+    } else {
+      s->scheme = FaissIdScheme::Native;
+      if (dm.type == faiss::DirectMap::NoMap) {
+        s->own_ids = true;
+        s->ids.reserve(total);
+        for (const auto& l : lists.ids) {
+          for (const std::int64_t id : l) {
+            if (id < 0) p.invalid("negative id " + std::to_string(id));
+            if (!s->ids.insert(id).second) p.invalid("duplicate id " + std::to_string(id));
+          }
+        }
+      } else {
+        for (const auto& entry : dm.hashtable) {
+          if (entry.first < 0) p.invalid("negative id " + std::to_string(entry.first));
+        }
+      }
+    }
+    // An IVF with an array direct map numbers its vectors itself (positional).
+  } else {
+    p.unsupported(std::string("index type ") + typeid(*inner).name() +
+                  " is not supported (IndexFlat, IndexHNSWFlat, IndexIVFFlat, optionally in an IndexIDMap / "
+                  "IndexIDMap2)");
+  }
+
+  // The id map.
+  if (mapped) {
+    const auto& map = s->idmap->id_map;
+    if (map.size() != static_cast<std::uint64_t>(top->ntotal)) p.invalid("the IndexIDMap's id map size");
+    if (s->idmap2 != nullptr) {
+      if (s->idmap2->rev_map.size() != map.size()) p.invalid("duplicate ids in the IndexIDMap2");
+      for (std::size_t i = 0; i < map.size(); ++i) {
+        if (map[i] < 0) p.invalid("negative id " + std::to_string(map[i]));
+        const auto it = s->idmap2->rev_map.find(map[i]);
+        if (it == s->idmap2->rev_map.end() || it->second != static_cast<std::int64_t>(i)) {
+          p.invalid("the IndexIDMap2's reverse map disagrees with its id map");
+        }
+      }
+    } else {
+      s->own_ids = true;
+      s->ids.reserve(map.size());
+      for (const std::int64_t id : map) {
+        if (id < 0) p.invalid("negative id " + std::to_string(id));
+        if (!s->ids.insert(id).second) p.invalid("duplicate id " + std::to_string(id) + " in the IndexIDMap");
+      }
+    }
+  }
+  s->index = std::move(index);
+  return s;
+}
+
+// ---------------------------------------------------------------- FaissIndex
+
+FaissIndex::FaissIndex(std::unique_ptr<faiss::Index> index, FaissOptions options)
+    : impl_(Impl::adopt(std::move(index), options.cosine, Problems{false})) {}
+FaissIndex::FaissIndex(FromImpl, std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+FaissIndex::FaissIndex(FaissIndex&&) noexcept = default;
+FaissIndex& FaissIndex::operator=(FaissIndex&&) noexcept = default;
+FaissIndex::~FaissIndex() = default;
+
+std::uint64_t FaissIndex::size() const noexcept { return static_cast<std::uint64_t>(impl_->ntotal()); }
+std::uint64_t FaissIndex::dim() const noexcept { return static_cast<std::uint64_t>(impl_->index->d); }
+DistanceMetric FaissIndex::metric() const noexcept { return impl_->metric; }
+FaissIdScheme FaissIndex::id_scheme() const noexcept { return impl_->scheme; }
+const std::optional<std::string>& FaissIndex::erase_refusal() const noexcept { return impl_->erase_refusal; }
+const faiss::Index& FaissIndex::faiss_index() const noexcept { return *impl_->index; }
+const adapters::MetadataTable& FaissIndex::metadata_table() const noexcept { return impl_->meta; }
+
+bool FaissIndex::contains(const VectorId& id) const noexcept {
+  if (id.is_bytes() || id.as_u64() > kMaxId) return false;
+  return impl_->has(static_cast<std::int64_t>(id.as_u64()));
+}
+
+const Metadata* FaissIndex::metadata(const VectorId& id) const noexcept {
+  return id.is_u64() ? impl_->meta.find(id.as_u64()) : nullptr;
+}
+
+void FaissIndex::validate_insert(const VectorId& id, std::span<const float> vec, const std::optional<Metadata>&) const {
+  impl_->check_insert(id, vec);
+}
+
+void FaissIndex::validate_erase(const VectorId& id) const {
+  impl_->label_of(id);
+  if (impl_->erase_refusal)
+    throw PersistError(ErrorKind::Unsupported, "cannot erase " + id.to_string() + ": " + *impl_->erase_refusal);
+}
+
+void FaissIndex::insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta) {
+  Impl& s = *impl_;
+  s.check_insert(id, vec);
+  const std::int64_t label = static_cast<std::int64_t>(id.as_u64());
+  const std::vector<float> v = s.prepared(vec);
+  // Everything that can fail for want of memory first, FAISS last.
+  if (s.idmap != nullptr && s.idmap->id_map.size() == s.idmap->id_map.capacity()) {
+    s.idmap->id_map.reserve(std::max<std::size_t>(16, s.idmap->id_map.size() * 2));
+  }
+  if (meta) s.meta.put(id.as_u64(), std::move(*meta));
+  const bool tracked = s.own_ids;
+  try {
+    if (tracked) s.ids.insert(label);
+    if (s.scheme == FaissIdScheme::Positional) {
+      s.index->add(1, v.data());
+    } else {
+      s.index->add_with_ids(1, v.data(), &label);
+    }
+  } catch (...) {
+    if (tracked) s.ids.erase(label);
+    s.meta.erase(id.as_u64());
+    throw;
+  }
+}
+
+void FaissIndex::erase(const VectorId& id) {
+  Impl& s = *impl_;
+  const std::int64_t label = s.label_of(id);
+  if (!s.has(label)) throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
+  validate_erase(id);
+  const faiss::IDSelectorArray sel(1, &label);
+  const std::size_t removed = s.index->remove_ids(sel);
+  if (removed != 1) {
+    throw PersistError(ErrorKind::Poisoned,
+                       "FAISS removed " + std::to_string(removed) + " vectors for id " + id.to_string());
+  }
+  if (s.own_ids) s.ids.erase(label);
+  s.meta.erase(id.as_u64());
+}
+
+void FaissIndex::reserve(std::uint64_t n) {
+  // A hint: failing to reserve is not an error.
+  Impl& s = *impl_;
+  try {
+    const std::size_t more = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t{1} << 32));
+    if (s.flat != nullptr && s.ivf == nullptr) s.flat->codes.reserve(s.flat->codes.size() + more * s.flat->code_size);
+    if (s.idmap != nullptr) s.idmap->id_map.reserve(s.idmap->id_map.size() + more);
+    if (s.idmap2 != nullptr) s.idmap2->rev_map.reserve(s.idmap2->rev_map.size() + more);
+    if (s.own_ids) s.ids.reserve(s.ids.size() + more);
+  } catch (const std::bad_alloc&) {
+  } catch (const std::length_error&) {
+  }
+}
+
+std::vector<FaissIndex::Hit> FaissIndex::search(std::span<const float> query, std::size_t k) const {
+  const Impl& s = *impl_;
+  if (query.size() != static_cast<std::size_t>(s.index->d)) {
+    throw PersistError::argument("query has dimension " + std::to_string(query.size()) + ", the index has " +
+                                 std::to_string(s.index->d));
+  }
+  k = static_cast<std::size_t>(std::min<std::uint64_t>(k, static_cast<std::uint64_t>(s.ntotal())));
+  if (k == 0) return {};
+  const std::vector<float> q = s.prepared(query);
+  std::vector<float> distances(k);
+  std::vector<std::int64_t> labels(k);
+  s.index->search(1, q.data(), static_cast<std::int64_t>(k), distances.data(), labels.data());
+  std::vector<Hit> hits;
+  hits.reserve(k);
+  for (std::size_t i = 0; i < k; ++i) {
+    if (labels[i] >= 0) hits.push_back(Hit{static_cast<std::uint64_t>(labels[i]), distances[i]});
+  }
+  return hits;
+}
+
+// ---------------------------------------------------------------- payload
+
+void FaissIndex::save_to(PayloadWriter& w) const {
+  const Impl& s = *impl_;
+  w.write_u32(kPayloadVersion);
+  w.write_u8(s.cosine ? kFlagCosine : 0);
+  s.meta.save_to(w);
+  // FAISS does not serialize the random generator an HNSW graph draws levels
+  // from; without it, vectors inserted after a load would get other levels
+  // than in the index that was saved.
+  std::vector<faiss::IndexHNSW*> graphs;
+  collect_hnsw(s.index.get(), graphs);
+  w.write_u64(graphs.size());
+  for (const faiss::IndexHNSW* g : graphs) {
+    std::ostringstream os;
+    os << g->hnsw.rng.mt;
+    w.write_string(os.str());
+  }
+  PayloadIOWriter io(w);
+  try {
+    faiss::write_index(s.index.get(), &io);
+  } catch (const faiss::FaissException& e) {
+    throw PersistError(ErrorKind::Unsupported, std::string("FAISS could not serialize the index: ") + e.what());
+  }
+  io.finish();
+}
+
+FaissIndex FaissIndex::load_from(PayloadReader& r) {
+  const std::uint32_t version = r.read_u32();
+  if (version != kPayloadVersion) r.fail("unknown FAISS payload version " + std::to_string(version));
+  const std::uint8_t flags = r.read_u8();
+  if ((flags & ~kKnownFlags) != 0) r.fail("unknown FAISS payload flags " + std::to_string(flags));
+  adapters::MetadataTable meta = adapters::MetadataTable::load_from(r);
+  const std::uint64_t n_states = r.read_count(8, "HNSW random state");
+  if (n_states > kMaxRandomStates) r.fail(std::to_string(n_states) + " HNSW random states");
+  std::vector<std::string> states;
+  for (std::uint64_t i = 0; i < n_states; ++i)
+    states.push_back(r.read_string(kMaxRandomStateBytes, "HNSW random state"));
+
+  PayloadIOReader io(r);
+  std::unique_ptr<faiss::Index> index;
+  try {
+    index.reset(faiss::read_index(&io));
+  } catch (const faiss::FaissException& e) {
+    r.fail(std::string("FAISS could not read its index: ") + e.what());
+  }
+  io.finish(index.get());
+
+  auto s = Impl::adopt(std::move(index), (flags & kFlagCosine) != 0, Problems{true});
+  std::vector<faiss::IndexHNSW*> graphs;
+  collect_hnsw(s->index.get(), graphs);
+  if (graphs.size() != states.size())
+    r.fail("the payload holds " + std::to_string(states.size()) + " HNSW random states for " +
+           std::to_string(graphs.size()) + " graphs");
+  for (std::size_t i = 0; i < graphs.size(); ++i) {
+    std::istringstream is(states[i]);
+    is >> graphs[i]->hnsw.rng.mt;
+    if (is.fail() || !(is >> std::ws).eof()) r.fail("damaged HNSW random state");
+  }
+  for (const auto& [id, m] : meta.entries()) {
+    if (id > kMaxId || !s->has(static_cast<std::int64_t>(id)))
+      r.fail("metadata for id " + std::to_string(id) + ", which the index does not hold");
+  }
+  s->meta = std::move(meta);
+  return FaissIndex(FromImpl{}, std::move(s));
+}
+
+}  // namespace iqdb::persist
