@@ -21,7 +21,10 @@ stage "tests"
 ctest --test-dir build/release -j"$jobs" --output-on-failure --timeout 900
 
 stage "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+# (The FAISS / hnswlib adapters run in the normal stage; FAISS's OpenMP/BLAS
+# runtime is not built with the sanitizers.)
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
+  -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
   -DCMAKE_CXX_FLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" >/dev/null
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -29,6 +32,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 
 stage "concurrent tests under ThreadSanitizer"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
+  -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
   -DIQDB_PERSIST_BUILD_TOOLS=OFF -DCMAKE_CXX_FLAGS="-O1 -fsanitize=thread -fno-omit-frame-pointer" >/dev/null
 cmake --build build/tsan -j"$jobs" --target wal_concurrency_test
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan -R 'Concurren' --output-on-failure --timeout 1800
