@@ -29,6 +29,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DIQDB_PERSIST_BUILD_FUZZERS=ON -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=OFF \
     -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF -DIQDB_PERSIST_INSTALL=OFF \
+    -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
     -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fsanitize=fuzzer-no-link -fno-omit-frame-pointer" \
     >/dev/null
 fi

@@ -260,6 +260,7 @@ class Lz4BlockDecoder final : public Decoder {
     if (size > out_.size() - pos_) {
       throw PersistError::at(ErrorKind::TruncatedPayload, path_, "read past the end of the lz4 block");
     }
+    if (size == 0) return;  // out_ may be empty (data() null)
     std::memcpy(dst, out_.data() + pos_, size);
     pos_ += size;
   }
