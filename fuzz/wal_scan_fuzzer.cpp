@@ -58,7 +58,8 @@ Outcome scan(MemFileSystem& mfs, wal::ScanMode mode) {
 bool same(const wal::ScanResult& a, const wal::ScanResult& b) {
   return a.version == b.version && a.salt == b.salt && a.base_lsn == b.base_lsn && a.records == b.records &&
          a.frames == b.frames && a.last_lsn == b.last_lsn && a.valid_bytes == b.valid_bytes &&
-         a.torn_tail_bytes == b.torn_tail_bytes && a.file_size == b.file_size && a.corrupt_offset == b.corrupt_offset &&
+         a.torn_tail_bytes == b.torn_tail_bytes && a.unsynced_frames_dropped == b.unsynced_frames_dropped &&
+         a.file_size == b.file_size && a.corrupt_offset == b.corrupt_offset &&
          a.frames_after_corruption == b.frames_after_corruption &&
          a.records_after_corruption == b.records_after_corruption;
 }
