@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
       db.write(batch);
       std::printf("logged %llu mutations; exiting without save (run me again)\n",
                   static_cast<unsigned long long>(db.last_lsn()));
+      std::fflush(stdout);
       std::_Exit(0);  // a crash: no destructors, no checkpoint
     }
     auto db = PersistedIndex<FlatIndex>::load(cfg);  // snapshot + log replay
