@@ -60,7 +60,7 @@ for t in "${targets[@]}"; do
     printf '%-13s ok      %s executions in %ss\n' "$t" "${execs:-?}" "$secs"
   else
     printf '%-13s FAILED  (exit %s) see %s\n' "$t" "$status" "$log"
-    grep -E '^(==[0-9]+==ERROR|SUMMARY|==== iqdb fuzz finding|  check:|  detail:|terminate called|  what\(\))' "$log" | head -8 | sed 's/^/    /'
+    grep -E '^(==[0-9]+== ?ERROR|SUMMARY|==== iqdb fuzz finding|  check:|  detail:|terminate called|  what\(\))' "$log" | head -8 | sed 's/^/    /'
     failed+=("$t")
   fi
 done

@@ -1,6 +1,7 @@
 #include "iqdb/persist/error.hpp"
 
 #include <cstring>
+#include <system_error>
 #include <sstream>
 
 namespace iqdb::persist {
@@ -64,7 +65,7 @@ PersistError::PersistError(ErrorKind kind, std::string message)
 PersistError PersistError::io(const std::filesystem::path& path, std::string_view operation, int err) {
   std::string detail(operation);
   detail += " failed: ";
-  detail += std::strerror(err);
+  detail += std::generic_category().message(err);  // thread-safe, unlike strerror
   PersistError e = at(ErrorKind::Io, path, std::move(detail));
   e.errno_ = err;
   return e;
