@@ -512,6 +512,11 @@ class WalEngine::Impl {
     if (err) std::rethrow_exception(err);
   }
 
+  std::optional<std::string> failure() const {
+    std::lock_guard lk(mu_);
+    return poisoned_;
+  }
+
   std::uint64_t last_lsn() const {
     std::lock_guard lk(mu_);
     return next_lsn_ - 1;
@@ -580,5 +585,6 @@ void WalEngine::checkpoint(const WriteSnapshot& write_snapshot) { impl_->checkpo
 void WalEngine::sync() { impl_->sync(); }
 void WalEngine::close() { impl_->close(); }
 std::uint64_t WalEngine::last_lsn() const { return impl_->last_lsn(); }
+std::optional<std::string> WalEngine::failure() const { return impl_->failure(); }
 
 }  // namespace iqdb::persist::detail

@@ -223,6 +223,12 @@ class PersistedIndex {
   // The LSN of the last logged mutation (0 without a WAL or before any).
   std::uint64_t last_lsn() const { return s_->engine ? s_->engine->last_lsn() : 0; }
 
+  // Health check: why mutations are refused (ErrorKind::Poisoned) after a
+  // write or fsync of the log failed, including a failure of the periodic
+  // flusher that no caller saw; nullopt while the index accepts writes.
+  // Reopen the index to recover.
+  std::optional<std::string> failure() const { return s_->engine ? s_->engine->failure() : std::nullopt; }
+
  private:
   struct State {
     State(I i, PersistConfig c) : index(std::move(i)), config(std::move(c)) {}

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -93,6 +94,9 @@ class WalEngine {
   void close();
 
   std::uint64_t last_lsn() const;
+  // Why writes are refused after a failed write or fsync of the log;
+  // nullopt while the log is healthy.
+  std::optional<std::string> failure() const;
 
   class Impl;
 
