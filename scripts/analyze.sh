@@ -64,10 +64,6 @@ SUPPRESS = [
      "one FileHeader copy per snapshot read, next to reading the whole file"),
     ("src/wal/wal_engine.cpp", "clang-analyzer-deadcode.DeadStores", r"Entry\* x = queue_\.front\(\);",
      "false positive: the analyzer does not follow catch blocks; x is read after the try/catch"),
-    # REPORTED BUG (docs/reliability/fuzzing.md, "Static analysis"): strerror is
-    # MT-Unsafe; remove this entry when PersistError::io stops calling it.
-    ("src/util/error.cpp", "concurrency-mt-unsafe", r"std::strerror\(err\)",
-     "reported bug, pending a fix in src/"),
 ]
 out, root = sys.argv[1], sys.argv[2]
 warn = re.compile(r"^(/[^:]+):(\d+):(\d+): (warning|error): (.*) \[([\w.,-]+)\]$")

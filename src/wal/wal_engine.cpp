@@ -267,6 +267,18 @@ class WalEngine::Impl {
     e.end = writer_->end();
     next_lsn_ += ops.size();
     queue_.push_back(&e);
+    // The queue holds e by address: whatever happens below, e leaves it
+    // before this frame does.
+    struct Unqueue {
+      Impl& self;
+      Entry& e;
+      std::unique_lock<std::mutex>& lk;
+      ~Unqueue() {
+        if (e.done) return;
+        if (!lk.owns_lock()) lk.lock();
+        self.abandon(e);
+      }
+    } unqueue{*this, e, lk};
     if (syncing_) cv_.notify_all();  // a leader may be waiting to gather a group
 
     if (policy_.mode() == FsyncPolicy::Mode::Always) {
@@ -378,8 +390,13 @@ class WalEngine::Impl {
     } catch (const PersistError& err) {
       poison(err.what());
     }
-    const auto later = std::make_exception_ptr(PersistError(
-        ErrorKind::InvalidArgument, "not applied: an earlier mutation committed in the same group failed"));
+    std::exception_ptr later;
+    try {
+      later = std::make_exception_ptr(PersistError(
+          ErrorKind::InvalidArgument, "not applied: an earlier mutation committed in the same group failed"));
+    } catch (...) {  // out of memory: report the cause to them too rather than leave them queued
+      later = cause;
+    }
     bool first = true;
     for (Entry* q : queue_) {
       q->error = first ? cause : later;
@@ -408,11 +425,27 @@ class WalEngine::Impl {
     }
   }
 
-  void poison(const std::string& cause) {
-    if (!poisoned_) {
+  void poison(const std::string& cause) noexcept {
+    if (poisoned_) return;
+    try {
       poisoned_ = "the write-ahead log failed earlier (" + cause +
                   "); what it holds can no longer be vouched for, so writes are refused: reopen the index";
+    } catch (...) {
+      poisoned_.emplace("out of memory");  // fits the small-string buffer: no allocation
     }
+  }
+
+  // commit() is leaving by an exception (only std::bad_alloc can get here)
+  // while its entry is still queued: its record is in the log but will never
+  // be applied. Take the entry out (its storage is going away) and refuse
+  // further writes; after a reopen the log decides whether it happened, as
+  // for any call that failed without an answer.
+  void abandon(Entry& e) noexcept {
+    const auto it = std::find(queue_.begin(), queue_.end(), &e);
+    if (it != queue_.end()) queue_.erase(it);
+    e.done = true;
+    poison("a commit failed after its record was logged");
+    cv_.notify_all();
   }
 
   void throw_if_unusable() const {
