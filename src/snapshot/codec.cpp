@@ -9,6 +9,8 @@
 
 #include <climits>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "iqdb/persist/error.hpp"
@@ -30,6 +32,9 @@ class ZstdEncoder final : public Encoder {
       : sink_(sink), path_(std::move(path)), ctx_(ZSTD_createCCtx()), out_(ZSTD_CStreamOutSize()) {
     if (ctx_ == nullptr) compression_error(path_, "cannot allocate a zstd context");
     check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, level));
+    // Levels 20-22 would ask for windows up to 128 MiB; at most 8 MiB keeps
+    // every frame this library writes on the reader's streaming path.
+    if (ZSTD_getCParams(level, 0, 0).windowLog > 23) check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_windowLog, 23));
     if (size_hint > 0) {
       // A hint only: the frame does not claim a content size.
       const int h = size_hint > static_cast<std::uint64_t>(INT_MAX) ? INT_MAX : static_cast<int>(size_hint);
@@ -68,15 +73,34 @@ class ZstdEncoder final : public Encoder {
 
 class ZstdDecoder final : public Decoder {
  public:
-  ZstdDecoder(ByteSource& src, fs::path path) : src_(src), path_(std::move(path)), ctx_(ZSTD_createDCtx()) {
+  // The decoder's memory is bounded by the payload the header declares, not
+  // by the window the frame asks for (a 92-byte file may ask for 2^31 bytes):
+  //  - a frame whose window is at most kStreamWindowLog is decoded as a
+  //    stream through zstd's own window buffer (at most 8 MiB);
+  //  - a larger window (levels 20-22 of a streaming encoder, which does not
+  //    shrink the window to the input) is decoded whole into one buffer of
+  //    the declared length, which serves as the window (ZSTD_d_stableOutBuffer:
+  //    zstd then allocates no window of its own). The declared length was
+  //    checked against the stored bytes (the ratio guard) and the caller's
+  //    ReadLimits before this decoder is made, and the index will hold that
+  //    much anyway.
+  static constexpr int kStreamWindowLog = 23;
+
+  ZstdDecoder(ByteSource& src, fs::path path, std::uint64_t uncompressed_len)
+      : src_(src), path_(std::move(path)), declared_(uncompressed_len), ctx_(ZSTD_createDCtx()) {
     if (ctx_ == nullptr) compression_error(path_, "cannot allocate a zstd context");
-    // Bound the window (memory) a hostile frame can make us allocate: 128 MiB.
-    ZSTD_DCtx_setParameter(ctx_, ZSTD_d_windowLogMax, 27);
     in_buf_.resize(ZSTD_DStreamInSize());
   }
   ~ZstdDecoder() override { ZSTD_freeDCtx(ctx_); }
 
   void read(std::byte* dst, std::size_t size) override {
+    if (!started_) start();
+    if (whole_) {
+      if (size > whole_->size() - served_) throw truncated();
+      if (size > 0) std::memcpy(dst, whole_->data() + served_, size);
+      served_ += size;
+      return;
+    }
     ZSTD_outBuffer out{dst, size, 0};
     while (out.pos < out.size) {
       if (frame_done_) throw truncated();
@@ -85,6 +109,8 @@ class ZstdDecoder final : public Decoder {
   }
 
   void finish() override {
+    if (!started_) start();
+    if (whole_ && served_ != whole_->size()) compression_error(path_, "zstd frame holds more than the declared length");
     // The payload is complete; the frame must end here (its epilogue may
     // still be ahead in the input). There must be no more output.
     std::byte probe;
@@ -97,6 +123,49 @@ class ZstdDecoder final : public Decoder {
   }
 
  private:
+  // Reads the frame header and picks the way to decode (above).
+  void start() {
+    started_ = true;
+    // At least a whole frame header, unless the input is shorter.
+    std::size_t n = 0;
+    while (n < ZSTD_FRAMEHEADERSIZE_MAX) {
+      const std::size_t got = src_.get(in_buf_.data() + n, in_buf_.size() - n);
+      if (got == 0) break;
+      n += got;
+    }
+    in_ = ZSTD_inBuffer{in_buf_.data(), n, 0};
+    ZSTD_frameHeader fh{};
+    const std::size_t r = ZSTD_getFrameHeader(&fh, in_.src, in_.size);
+    // An error or an incomplete header: the streaming path reports it.
+    if (r != 0 || fh.frameType != ZSTD_frame || fh.windowSize <= (std::uint64_t{1} << kStreamWindowLog)) {
+      check(ZSTD_DCtx_setParameter(ctx_, ZSTD_d_windowLogMax, kStreamWindowLog));
+      return;
+    }
+    if (fh.frameContentSize != ZSTD_CONTENTSIZE_UNKNOWN && fh.frameContentSize != declared_) {
+      compression_error(path_, "the zstd frame holds " + std::to_string(fh.frameContentSize) +
+                                   " bytes, the header declares " + std::to_string(declared_));
+    }
+    if (declared_ > SIZE_MAX / 2) compression_error(path_, "the declared payload does not fit in memory");
+    check(ZSTD_DCtx_setParameter(ctx_, ZSTD_d_windowLogMax, ZSTD_WINDOWLOG_MAX));
+    check(ZSTD_DCtx_setParameter(ctx_, ZSTD_d_stableOutBuffer, 1));
+    whole_.emplace(static_cast<std::size_t>(declared_));
+    // The output buffer must stay the same between calls; one byte more
+    // than declared catches a frame that holds more.
+    std::vector<std::byte>& buf = *whole_;
+    buf.resize(buf.size() + 1);
+    ZSTD_outBuffer out{buf.data(), buf.size(), 0};
+    while (!frame_done_) {
+      step(out);
+      if (out.pos > declared_) compression_error(path_, "zstd frame holds more than the declared length");
+    }
+    if (out.pos < declared_) throw truncated();
+    buf.resize(static_cast<std::size_t>(declared_));
+  }
+
+  void check(std::size_t r) const {
+    if (ZSTD_isError(r)) compression_error(path_, std::string("zstd: ") + ZSTD_getErrorName(r));
+  }
+
   // One decompression step; throws when the input ends without progress.
   void step(ZSTD_outBuffer& out) {
     if (in_.pos == in_.size) refill();
@@ -120,10 +189,14 @@ class ZstdDecoder final : public Decoder {
 
   ByteSource& src_;
   fs::path path_;
+  std::uint64_t declared_;
   ZSTD_DCtx* ctx_;
   std::vector<std::byte> in_buf_;
   ZSTD_inBuffer in_{nullptr, 0, 0};
+  bool started_ = false;
   bool frame_done_ = false;
+  std::optional<std::vector<std::byte>> whole_;  // the large-window path's output
+  std::size_t served_ = 0;
 };
 
 // ---------------------------------------------------------------- LZ4 frame
@@ -318,7 +391,7 @@ std::unique_ptr<Decoder> make_decoder(CompressionScheme scheme, ByteSource& sour
                                       const fs::path& path) {
   switch (scheme) {
     case CompressionScheme::None: return std::make_unique<PlainDecoder>(source, path);
-    case CompressionScheme::Zstd: return std::make_unique<ZstdDecoder>(source, path);
+    case CompressionScheme::Zstd: return std::make_unique<ZstdDecoder>(source, path, uncompressed_len);
     case CompressionScheme::Lz4Frame: return std::make_unique<Lz4FrameDecoder>(source, path);
     case CompressionScheme::Lz4Block: return std::make_unique<Lz4BlockDecoder>(source, uncompressed_len, path);
   }
