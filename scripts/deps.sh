@@ -5,7 +5,7 @@ set -euo pipefail
 
 build_pkgs=(g++ make cmake pkg-config libzstd-dev liblz4-dev libisal-dev libcli11-dev nlohmann-json3-dev)
 test_pkgs=(libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev zlib1g-dev clang libclang-rt-14-dev
-           libfaiss-dev libhnswlib-dev)
+           clang-tidy cppcheck python3 libfaiss-dev libhnswlib-dev)
 bench_pkgs=(libbenchmark-dev zlib1g-dev librocksdb-dev)
 
 want=("${build_pkgs[@]}")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds iqdb-persist and runs every test: the normal build (warnings are
 # errors), the whole suite again under AddressSanitizer + UndefinedBehavior-
-# Sanitizer, the concurrent tests under ThreadSanitizer, and the installed
-# CMake package consumed through find_package and add_subdirectory.
+# Sanitizer, the concurrent tests under ThreadSanitizer, each libFuzzer target
+# for a few seconds (after replaying its regressions), static analysis
+# (clang-tidy, cppcheck), and the installed CMake package consumed through
+# find_package and add_subdirectory.
 # Installs the Debian packages it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,12 @@ cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF
   -DIQDB_PERSIST_BUILD_TOOLS=OFF -DCMAKE_CXX_FLAGS="-O1 -fsanitize=thread -fno-omit-frame-pointer" >/dev/null
 cmake --build build/tsan -j"$jobs" --target wal_concurrency_test
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan -R 'Concurren' --output-on-failure --timeout 1800
+
+stage "fuzzing: regressions, then each target for 5 s (clang, ASan + UBSan, memory caps)"
+IQDB_FUZZ_BUILD=build/fuzz fuzz/run.sh 5
+
+stage "static analysis (clang-tidy, cppcheck)"
+IQDB_ANALYZE_BUILD=build/analyze scripts/analyze.sh
 
 stage "CMake package: install, then find_package and add_subdirectory consumers"
 rm -rf build/prefix build/consumer-find build/consumer-sub

@@ -409,6 +409,48 @@ TEST(FlatIndex, ChurnAgainstMap) {
   }
 }
 
+// Storage past 2 MiB lives in its own mapping that grows by remapping
+// (detail::FloatBuffer): grow through the heap-to-mapping switch and several
+// remaps (dim 512: 2 KiB per vector, 12 MiB in all), shrink by erasing, copy
+// and move a mapped index, and check every vector against its own formula.
+TEST(FlatIndex, LargeStorageGrowsCopiesAndMovesIntact) {
+  constexpr std::uint64_t dim = 512, n = 6000;
+  const auto value = [](std::uint64_t i, std::uint64_t j) { return static_cast<float>(i) * 1000.0f + static_cast<float>(j); };
+  const auto check = [&](const FlatIndex& index, std::uint64_t from, std::uint64_t to) {
+    ASSERT_EQ(index.size(), to - from);
+    for (std::uint64_t i = from; i < to; ++i) {
+      const auto v = index.get(VectorId(i));
+      ASSERT_EQ(v.size(), dim) << i;
+      for (std::uint64_t j = 0; j < dim; j += 37) ASSERT_EQ(v[j], value(i, j)) << i << "/" << j;
+      ASSERT_EQ(v[dim - 1], value(i, dim - 1)) << i;
+    }
+  };
+  FlatIndex index(dim, DistanceMetric::Euclidean);
+  std::vector<float> v(dim);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    for (std::uint64_t j = 0; j < dim; ++j) v[j] = value(i, j);
+    index.insert(i, v);
+  }
+  check(index, 0, n);
+  for (std::uint64_t i = 0; i < n / 2; ++i) index.erase(VectorId(i));
+  check(index, n / 2, n);
+  const FlatIndex copy = index;  // NOLINT(performance-unnecessary-copy-initialization): the copy is the test
+  check(copy, n / 2, n);
+  FlatIndex moved = std::move(index);
+  check(moved, n / 2, n);
+  for (std::uint64_t i = 0; i < n / 2; ++i) {
+    for (std::uint64_t j = 0; j < dim; ++j) v[j] = value(i, j);
+    moved.insert(i, v);
+  }
+  check(moved, 0, n);
+  check(copy, n / 2, n);
+  moved = copy;  // a mapped block replaced by a copy of another
+  check(moved, n / 2, n);
+  const auto hits = moved.search(std::vector<float>(v.begin(), v.end()), 1);
+  ASSERT_EQ(hits.size(), 1u);
+  EXPECT_EQ(hits[0].id, VectorId(n / 2));  // the nearest to vector n/2 - 1 among n/2 .. n-1
+}
+
 // ---------------------------------------------------------------- errors
 
 TEST(FlatIndex, RejectsBadConstruction) {

@@ -36,33 +36,61 @@ FloatBuffer& FloatBuffer::operator=(const FloatBuffer& o) {
 }
 
 FloatBuffer::FloatBuffer(FloatBuffer&& o) noexcept
-    : p_(std::exchange(o.p_, nullptr)), size_(std::exchange(o.size_, 0)), cap_(std::exchange(o.cap_, 0)) {}
+    : p_(std::exchange(o.p_, nullptr)),
+      size_(std::exchange(o.size_, 0)),
+      cap_(std::exchange(o.cap_, 0)),
+      mapped_(std::exchange(o.mapped_, 0)) {}
 
 FloatBuffer& FloatBuffer::operator=(FloatBuffer&& o) noexcept {
   if (this != &o) {
-    std::free(p_);
+    release();
     p_ = std::exchange(o.p_, nullptr);
     size_ = std::exchange(o.size_, 0);
     cap_ = std::exchange(o.cap_, 0);
+    mapped_ = std::exchange(o.mapped_, 0);
   }
   return *this;
 }
 
-FloatBuffer::~FloatBuffer() { std::free(p_); }
+FloatBuffer::~FloatBuffer() { release(); }
+
+void FloatBuffer::release() noexcept {
+  if (mapped_ != 0) {
+    ::munmap(p_, mapped_);
+  } else {
+    std::free(p_);
+  }
+  p_ = nullptr;
+  mapped_ = 0;
+}
 
 void FloatBuffer::reallocate(std::size_t cap) {
-  if (cap > SIZE_MAX / sizeof(float)) throw std::bad_alloc();
+  if (cap > (SIZE_MAX - kHugePage) / sizeof(float)) throw std::bad_alloc();
   const std::size_t bytes = cap * sizeof(float);
-  void* q = std::realloc(p_, bytes);
-  if (q == nullptr) throw std::bad_alloc();
-  p_ = static_cast<float*>(q);
-  cap_ = cap;
-  if (bytes >= 2 * kHugePage) {
-    // Advise the 2 MiB-aligned part of the block (advisory; errors ignored).
-    const auto begin = (reinterpret_cast<std::uintptr_t>(p_) + kHugePage - 1) & ~(kHugePage - 1);
-    const auto end = (reinterpret_cast<std::uintptr_t>(p_) + bytes) & ~(kHugePage - 1);
-    if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  if (bytes < kHugePage && mapped_ == 0) {
+    void* q = std::realloc(p_, bytes);
+    if (q == nullptr) throw std::bad_alloc();
+    p_ = static_cast<float*>(q);
+    cap_ = cap;
+    return;
   }
+  const std::size_t map = (bytes + kHugePage - 1) & ~(kHugePage - 1);
+  void* q = MAP_FAILED;
+  if (mapped_ != 0) {
+    // One mapping, grown in place or moved: its pages are not copied.
+    q = ::mremap(p_, mapped_, map, MREMAP_MAYMOVE);
+    if (q == MAP_FAILED) throw std::bad_alloc();
+  } else {
+    q = ::mmap(nullptr, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (q == MAP_FAILED) throw std::bad_alloc();
+    if (size_ > 0) std::memcpy(q, p_, size_ * sizeof(float));
+    std::free(p_);
+  }
+  // Advisory; on kernels without transparent huge pages it fails harmlessly.
+  (void)::madvise(q, map, MADV_HUGEPAGE);
+  p_ = static_cast<float*>(q);
+  mapped_ = map;
+  cap_ = map / sizeof(float);
 }
 
 void FloatBuffer::reserve(std::size_t n) {

@@ -17,11 +17,14 @@ namespace iqdb::persist {
 
 namespace detail {
 
-// Contiguous float storage for FlatIndex. Grows with realloc, which for large
-// blocks remaps pages instead of copying them, so growing never touches the
-// existing memory again (first touches of fresh memory are what cost here);
-// large blocks are advised for transparent huge pages. resize() does not
-// zero-fill: the loader overwrites every element.
+// Contiguous float storage for FlatIndex. Small blocks live on the heap;
+// from 2 MiB on, the block is its own anonymous mapping, sized in whole 2 MiB
+// units and advised for transparent huge pages, and it grows with mremap,
+// which moves the page tables instead of copying the data: growing never
+// touches the existing memory again, and fresh memory is faulted in 2 MiB at
+// a time where the kernel has huge pages to give. (Plain realloc copies
+// blocks up to glibc's dynamic mmap threshold, up to 32 MiB.) resize() does
+// not zero-fill: the loader overwrites every element.
 class FloatBuffer {
  public:
   FloatBuffer() noexcept = default;
@@ -44,9 +47,11 @@ class FloatBuffer {
 
  private:
   void reallocate(std::size_t cap);
+  void release() noexcept;
   float* p_ = nullptr;
   std::size_t size_ = 0;
   std::size_t cap_ = 0;
+  std::size_t mapped_ = 0;  // bytes of p_'s own mapping; 0: p_ is from malloc
 };
 
 }  // namespace detail
