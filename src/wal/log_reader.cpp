@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <future>
 #include <vector>
 
 #include "iqdb/persist/checksum.hpp"
@@ -26,37 +27,94 @@ std::uint32_t frame_crc_v2(std::uint64_t salt, std::uint32_t length, const std::
 namespace {
 
 namespace fs = std::filesystem;
-constexpr std::size_t kWindow = std::size_t{8} << 20;
+constexpr std::size_t kWindow = std::size_t{4} << 20;
+// Room in front of a read-ahead chunk for the start of a frame that crosses
+// into it (larger frames take the synchronous path).
+constexpr std::size_t kGap = std::size_t{2} << 20;
 
-// A sliding read window over the file: bytes [start_, start_ + buf_.size()).
+// A sliding read window over the file: bytes [start_, start_ + len_) are at
+// cur_.data() + base_. While the caller works through the window, the next
+// chunk of the file is read on another thread (replay is then bounded by
+// decoding and applying, not by the copy out of the page cache); a pointer
+// returned by at() is valid until the next call.
 class Window {
  public:
   explicit Window(const ReadableFile& f) : f_(f), size_(f.size()) {}
+  Window(const Window&) = delete;
+  Window& operator=(const Window&) = delete;
+  ~Window() { drop_ahead(); }
   std::uint64_t file_size() const noexcept { return size_; }
 
   // Make [pos, pos + n) available and return a pointer to it. Precondition:
   // pos + n <= file_size() (callers check lengths against the file first).
   const std::byte* at(std::uint64_t pos, std::size_t n) {
-    if (pos < start_ || pos + n > start_ + len_) {
+    if (pos >= start_ && pos + n <= start_ + len_) return cur_.data() + base_ + (pos - start_);
+    if (!take_ahead(pos, n)) {
+      drop_ahead();
       const std::size_t want = static_cast<std::size_t>(
           std::min<std::uint64_t>(std::max<std::size_t>(n, kWindow), size_ - pos));
-      if (buf_.size() < want) buf_.resize(want);
-      const std::size_t got = f_.read_at(pos, {buf_.data(), want});
-      if (got < n) {
-        throw PersistError::at(ErrorKind::TruncatedPayload, f_.path(), "the log shrank while being read", pos + got);
-      }
+      if (cur_.size() < want) cur_.resize(want);
+      const std::size_t got = f_.read_at(pos, {cur_.data(), want});
+      if (got < n) shrank(pos + got);
       start_ = pos;
+      base_ = 0;
       len_ = got;
     }
-    return buf_.data() + (pos - start_);
+    read_ahead();
+    return cur_.data() + base_;
   }
 
  private:
+  // The chunk being read ahead starts where the window ends and covers
+  // [pos, pos + n) together with the window's tail: move the tail in front of
+  // it and make it the window.
+  bool take_ahead(std::uint64_t pos, std::size_t n) {
+    if (!ahead_.valid() || pos < start_ || pos > ahead_pos_ || ahead_pos_ - pos > kGap) return false;
+    const std::size_t got = ahead_.get();  // rethrows the read's error
+    if (got < ahead_want_) shrank(ahead_pos_ + got);
+    const std::size_t tail = static_cast<std::size_t>(ahead_pos_ - pos);
+    if (pos + n > ahead_pos_ + got) return false;  // a frame larger than the chunk
+    std::memcpy(next_.data() + kGap - tail, cur_.data() + base_ + (pos - start_), tail);
+    std::swap(cur_, next_);
+    start_ = pos;
+    base_ = kGap - tail;
+    len_ = tail + got;
+    return true;
+  }
+
+  void read_ahead() {
+    const std::uint64_t from = start_ + len_;
+    if (from >= size_) return;
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kWindow, size_ - from));
+    if (next_.size() < kGap + want) next_.resize(kGap + want);
+    ahead_pos_ = from;
+    ahead_want_ = want;
+    std::byte* dst = next_.data() + kGap;
+    ahead_ = std::async(std::launch::async, [this, from, dst, want] { return f_.read_at(from, {dst, want}); });
+  }
+
+  void drop_ahead() noexcept {
+    if (!ahead_.valid()) return;
+    try {
+      (void)ahead_.get();  // waits; an error of a read no one needs is not one
+    } catch (...) {
+    }
+  }
+
+  [[noreturn]] void shrank(std::uint64_t at) const {
+    throw PersistError::at(ErrorKind::TruncatedPayload, f_.path(), "the log shrank while being read", at);
+  }
+
   const ReadableFile& f_;
   std::uint64_t size_;
-  std::vector<std::byte> buf_;
+  std::vector<std::byte> cur_;
+  std::vector<std::byte> next_;
   std::uint64_t start_ = 0;
+  std::size_t base_ = 0;
   std::size_t len_ = 0;
+  std::future<std::size_t> ahead_;
+  std::uint64_t ahead_pos_ = 0;
+  std::size_t ahead_want_ = 0;
 };
 
 struct Header {

@@ -11,6 +11,7 @@
 #include "iqdb/persist/detail/wal_engine.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -155,6 +156,10 @@ class WalEngine::Impl {
                              "the log starts at LSN " + std::to_string(scan.base_lsn) + " but the snapshot ends at " +
                                  std::to_string(folded) + ": the snapshot is older than the log");
     }
+    stats_.recovered_records = expect - (folded + 1);
+    stats_.torn_tail_bytes = scan.torn_tail_bytes;
+    stats_.unsynced_frames_dropped = scan.unsynced_frames_dropped;
+    stats_.migrated_v1_log = scan.version == 1;
     if (scan.version == 1) {
       // A reference (version 1) log: fold it into a version-3 snapshot now and
       // continue with a version-2 log. A crash in between is safe: the new
@@ -176,6 +181,7 @@ class WalEngine::Impl {
         // What was replayed may still be only in the page cache (after a
         // process crash): make it durable before new frames vouch for it.
         writer_->datasync();
+        ++stats_.log_syncs;
         next_lsn_ = expect;
         synced_lsn_ = expect - 1;
         synced_end_ = writer_->end();
@@ -266,6 +272,8 @@ class WalEngine::Impl {
     }
     e.end = writer_->end();
     next_lsn_ += ops.size();
+    ++stats_.commits;
+    stats_.records += ops.size();
     queue_.push_back(&e);
     // The queue holds e by address: whatever happens below, e leaves it
     // before this frame does.
@@ -303,17 +311,24 @@ class WalEngine::Impl {
     if (e.error) std::rethrow_exception(e.error);
   }
 
+  std::size_t group_target() const noexcept {
+    return *std::max_element(recent_groups_.begin(), recent_groups_.end());
+  }
+
   // Called with mu_ held; releases it during the fdatasync.
   void leader_sync(std::unique_lock<std::mutex>& lk) {
     syncing_ = true;
-    if (last_group_ > 1 && queue_.size() < last_group_) {
+    const std::size_t want = group_target();
+    if (policy_.mode() == FsyncPolicy::Mode::Always && queue_.size() < want) {
       // Writers are arriving concurrently. Give those that were just
       // acknowledged the chance to append their next record, so that this
       // fsync covers them too instead of groups alternating between one
-      // record and many: wait until as many are queued as last time, for at
-      // most a quarter of an fsync (adaptive commit delay).
-      const auto limit = last_sync_time_ / 4;
-      cv_.wait_for(lk, limit, [this] { return queue_.size() >= last_group_ || poisoned_.has_value(); });
+      // record and many: wait until as many are queued as in the largest of
+      // the recent groups, for at most one fsync (adaptive commit delay, as
+      // PostgreSQL's commit_delay but self-tuning). A wait that times out
+      // costs at most the fsync it was meant to save; the target decays as
+      // smaller groups follow.
+      cv_.wait_for(lk, last_sync_time_, [&] { return queue_.size() >= want || poisoned_.has_value(); });
     }
     const std::uint64_t target = writer_->end();
     const std::uint64_t target_lsn = next_lsn_ - 1;
@@ -345,7 +360,8 @@ class WalEngine::Impl {
     } else {
       if (target > synced_end_) synced_end_ = target;
       if (target_lsn > synced_lsn_) synced_lsn_ = target_lsn;
-      last_group_ = group;
+      recent_groups_[recent_at_++ % recent_groups_.size()] = group;
+      ++stats_.log_syncs;
       last_sync_time_ = std::min<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - sync_start,
                                                            std::chrono::milliseconds(2));
       apply_through(synced_end_);
@@ -531,6 +547,7 @@ class WalEngine::Impl {
     if (!poisoned_ && policy_.mode() != FsyncPolicy::Mode::Never && synced_end_ < writer_->end()) {
       try {
         writer_->datasync();
+        ++stats_.log_syncs;
         synced_end_ = writer_->end();
       } catch (...) {
         err = std::current_exception();
@@ -548,6 +565,11 @@ class WalEngine::Impl {
   std::optional<std::string> failure() const {
     std::lock_guard lk(mu_);
     return poisoned_;
+  }
+
+  wal::WalStats stats() const {
+    std::lock_guard lk(mu_);
+    return stats_;
   }
 
   std::uint64_t last_lsn() const {
@@ -574,7 +596,9 @@ class WalEngine::Impl {
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;
-  std::size_t last_group_ = 0;  // entries covered by the last fsync
+  std::array<std::size_t, 8> recent_groups_{};  // entries covered by each of the last fsyncs
+  std::size_t recent_at_ = 0;
+  wal::WalStats stats_;
   std::chrono::nanoseconds last_sync_time_{0};
   bool closed_ = false;
   std::optional<std::string> poisoned_;
@@ -619,5 +643,6 @@ void WalEngine::sync() { impl_->sync(); }
 void WalEngine::close() { impl_->close(); }
 std::uint64_t WalEngine::last_lsn() const { return impl_->last_lsn(); }
 std::optional<std::string> WalEngine::failure() const { return impl_->failure(); }
+wal::WalStats WalEngine::stats() const { return impl_->stats(); }
 
 }  // namespace iqdb::persist::detail

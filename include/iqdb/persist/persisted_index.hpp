@@ -229,6 +229,10 @@ class PersistedIndex {
   // Reopen the index to recover.
   std::optional<std::string> failure() const { return s_->engine ? s_->engine->failure() : std::nullopt; }
 
+  // What the log did since the index was opened, and what recovery found
+  // when it was loaded (all zero without a WAL).
+  wal::WalStats wal_stats() const { return s_->engine ? s_->engine->stats() : wal::WalStats{}; }
+
  private:
   struct State {
     State(I i, PersistConfig c) : index(std::move(i)), config(std::move(c)) {}

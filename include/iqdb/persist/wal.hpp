@@ -65,6 +65,19 @@ struct ScanResult {
   std::uint64_t records_after_corruption = 0;
 };
 
+// Counters of an open write-ahead log (PersistedIndex::wal_stats()).
+struct WalStats {
+  // Since the index was opened:
+  std::uint64_t commits = 0;    // insert / erase / write calls logged (a batch is one)
+  std::uint64_t records = 0;    // mutations logged
+  std::uint64_t log_syncs = 0;  // fdatasyncs of the log (commits / log_syncs: the group-commit factor)
+  // What opening it found (load(); zero after open_with()):
+  std::uint64_t recovered_records = 0;        // log records replayed onto the snapshot
+  std::uint64_t torn_tail_bytes = 0;          // damaged bytes cut from the end of the log
+  std::uint64_t unsynced_frames_dropped = 0;  // intact frames dropped with the torn tail (never durable)
+  bool migrated_v1_log = false;               // a reference (version-1) log was folded and replaced
+};
+
 enum class ScanMode {
   // A damaged frame followed by intact frames throws PersistError(CorruptLog)
   // naming the offset. A damaged or incomplete final frame is a torn tail.

@@ -97,6 +97,7 @@ class WalEngine {
   // Why writes are refused after a failed write or fsync of the log;
   // nullopt while the log is healthy.
   std::optional<std::string> failure() const;
+  wal::WalStats stats() const;
 
   class Impl;
 
