@@ -789,10 +789,10 @@ bool wait_for_ops(const SimFs& fs, std::size_t n) {
 // not B's: B and C, D were never acknowledged, so losing them is fine, but
 // recovery must still open the index (it must never fail under Always).
 //
-// KNOWN FAILURE (a durability bug in src/, reported, not fixed here): the
-// log reader sees B's frame as damage followed by intact frames (C, D) and
-// load() throws CorruptLog, in a state reachable under Always. See
-// docs/reliability/crash-simulation.md, "Findings".
+// This found a durability bug (fixed): the log reader took B's frame for
+// damage followed by intact frames (C, D) and load() threw CorruptLog, in a
+// state reachable under Always. Frames now record the durable frontier
+// (synced_lsn); see docs/reliability/crash-simulation.md, "Findings".
 TEST(CrashSimulationGroupCommit, UnderAlwaysAnOutOfOrderWritebackStillRecovers) {
   SimFs sim({kDir});
   GateFs gate(sim);
