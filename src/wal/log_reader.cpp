@@ -210,6 +210,7 @@ class Scanner {
     const std::uint32_t min_len = r_.version == 2 ? format::kV2BodyPrefixLen + format::kMinOpLen : format::kMinOpLen;
     if (len < min_len || len > MAX_FRAME_LEN || len > size() - pos - format::kFrameHeaderLen) return Verdict::Damaged;
     const std::byte* body = w_.at(pos + format::kFrameHeaderLen, len);
+    r_.bytes_checksummed += len;
     const std::uint32_t computed = r_.version == 2 ? frame_crc_v2(salt_, len, body) : checksum::compute(body, len);
     if (computed != crc) return Verdict::Damaged;
     last_len_ = len;

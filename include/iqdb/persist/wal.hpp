@@ -63,6 +63,10 @@ struct ScanResult {
   std::optional<std::uint64_t> corrupt_offset;
   std::uint64_t frames_after_corruption = 0;
   std::uint64_t records_after_corruption = 0;
+  // Bytes the scan checksummed: the valid frames, plus the candidate frames
+  // it tried after damage. The search is budgeted: at most about 9 times the
+  // file's size plus 16 MiB, whatever the file holds.
+  std::uint64_t bytes_checksummed = 0;
 };
 
 // Counters of an open write-ahead log (PersistedIndex::wal_stats()).
