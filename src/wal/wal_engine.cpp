@@ -287,7 +287,7 @@ class WalEngine::Impl {
         self.abandon(e);
       }
     } unqueue{*this, e, lk};
-    if (syncing_) cv_.notify_all();  // a leader may be waiting to gather a group
+    if (syncing_) gather_cv_.notify_one();  // a leader may be waiting to gather a group
 
     if (policy_.mode() == FsyncPolicy::Mode::Always) {
       // Until the group's fsync, later commits must see this one's effect.
@@ -328,7 +328,9 @@ class WalEngine::Impl {
       // PostgreSQL's commit_delay but self-tuning). A wait that times out
       // costs at most the fsync it was meant to save; the target decays as
       // smaller groups follow.
-      cv_.wait_for(lk, last_sync_time_, [&] { return queue_.size() >= want || poisoned_.has_value(); });
+      // (Its own condition variable: an append wakes the leader only, not the
+      // writers waiting for their sync.)
+      gather_cv_.wait_for(lk, last_sync_time_, [&] { return queue_.size() >= want || poisoned_.has_value(); });
     }
     const std::uint64_t target = writer_->end();
     const std::uint64_t target_lsn = next_lsn_ - 1;
@@ -591,7 +593,8 @@ class WalEngine::Impl {
   std::unique_ptr<wal::LogWriter> writer_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;         // a sync completed, or the leader's seat is free
+  std::condition_variable gather_cv_;  // a commit was queued while a leader gathers
   std::uint64_t next_lsn_ = 1;
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
