@@ -16,7 +16,7 @@
 // Targets (issue): save and load ratios <= 1.0. Each figure is the median of
 // --reps repetitions; the two sides alternate which goes first. Before every
 // timed operation the previous file of that side is removed and sync()ed, and
-// memory is touched and freed (see bench/persist_bench.cpp and
+// memory is touched and freed (see bench/bench_util.hpp and
 // docs/PERFORMANCE.md: this VM hands free memory back to its host, which
 // makes first touches cost up to 10x; --cold-memory skips this).
 //
@@ -24,8 +24,6 @@
 //                 [--dim D] [--reps R] [--only faiss,hnswlib] [--strict]
 #include <fcntl.h>
 #include <malloc.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -33,7 +31,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -54,34 +51,13 @@
 #include <iqdb/persist/adapters/hnswlib.hpp>
 #endif
 
+#include "bench_util.hpp"
+
 namespace {
 
 using namespace iqdb::persist;
+using namespace iqdb::persist::bench;  // the timing harness (bench_util.hpp)
 namespace fs = std::filesystem;
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "adapter_bench: %s\n", what.c_str());
-  std::exit(2);
-}
-[[noreturn]] void die_errno(const std::string& what) { die(what + ": " + std::strerror(errno)); }
-
-double seconds(const std::function<void()>& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-void remove_and_settle(const fs::path& p) {
-  std::error_code ec;
-  fs::remove(p, ec);
-  ::sync();
-}
 
 void fsync_path(const fs::path& p) {
   const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
@@ -90,78 +66,8 @@ void fsync_path(const fs::path& p) {
   if (::close(fd) != 0) die_errno("close " + p.string());
 }
 
-std::uint64_t status_kib(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const std::size_t len = std::strlen(field);
-  while (std::getline(in, line)) {
-    if (line.compare(0, len, field) == 0 && line.size() > len && line[len] == ':')
-      return std::stoull(line.substr(len + 1));
-  }
-  return 0;
-}
-
-bool reset_peak_rss() {
-  std::ofstream out("/proc/self/clear_refs");
-  out << "5";
-  out.flush();
-  return static_cast<bool>(out);
-}
-
-// One write() of n bytes + fsync() to a fresh file: the limit for a save.
-double time_write_fsync(const fs::path& p, const std::vector<char>& data) {
-  return seconds([&] {
-    const int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) die_errno("open " + p.string());
-    std::size_t done = 0;
-    while (done < data.size()) {
-      const ssize_t w = ::write(fd, data.data() + done, data.size() - done);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) die_errno("write " + p.string());
-      done += static_cast<std::size_t>(w);
-    }
-    if (::fsync(fd) != 0) die_errno("fsync " + p.string());
-    if (::close(fd) != 0) die_errno("close " + p.string());
-  });
-}
-
-// One read() of the whole file into a fresh malloc: the limit for a load.
-double time_read_fresh(const fs::path& p) {
-  void* buf = nullptr;
-  const double t = seconds([&] {
-    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) die_errno("open " + p.string());
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) die_errno("fstat");
-    const auto n = static_cast<std::size_t>(st.st_size);
-    buf = std::malloc(n);
-    if (buf == nullptr) die("malloc failed");
-    std::size_t done = 0;
-    while (done < n) {
-      const ssize_t r = ::read(fd, static_cast<char*>(buf) + done, n - done);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) die_errno("read " + p.string());
-      done += static_cast<std::size_t>(r);
-    }
-    ::close(fd);
-  });
-  std::free(buf);
-  return t;
-}
-
-void read_once(const fs::path& p) { (void)time_read_fresh(p); }  // into the page cache
-
-std::size_t g_warm_bytes = 0;
-
-// Touch and free g_warm_bytes (huge pages advised) before a timed operation.
-void prepare_memory() {
-  if (g_warm_bytes == 0) return;
-  void* p = ::mmap(nullptr, g_warm_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) die_errno("mmap");
-  (void)::madvise(p, g_warm_bytes, MADV_HUGEPAGE);
-  std::memset(p, 0, g_warm_bytes);
-  ::munmap(p, g_warm_bytes);
-}
+// Read the whole file once (into the page cache).
+void read_once(const fs::path& p) { (void)time_read_fresh(p); }
 
 struct Options {
   std::string dir;
@@ -291,7 +197,7 @@ bool bench_faiss(const Options& o, bool idmap2) {
   const auto write_limit = [&] {
     remove_and_settle(plain);
     prepare_memory();
-    return time_write_fsync(plain, file);
+    return time_write_fsync(plain, file.data(), file.size());
   };
   const auto [write_limit_s, write_limit2] = paired(o.reps, write_limit, write_limit);
   (void)write_limit2;
@@ -406,7 +312,7 @@ bool bench_hnswlib(const Options& o) {
   const auto write_limit = [&] {
     remove_and_settle(plain);
     prepare_memory();
-    return time_write_fsync(plain, file);
+    return time_write_fsync(plain, file.data(), file.size());
   };
   const auto [write_limit_s, unused_w] = paired(o.reps, write_limit, write_limit);
   (void)unused_w;
@@ -471,13 +377,14 @@ int main(int argc, char** argv) {
   app.add_flag("--cold-memory", o.cold_memory, "Do not warm memory before timed operations");
   app.add_flag("--strict", o.strict, "Exit 1 when a target is missed");
   CLI11_PARSE(app, argc, argv);
+  bench::set_program_name("adapter_bench");
 
   fs::create_directories(o.dir);
   // Every large malloc is a fresh mmap (as in bench/persist_bench.cpp).
   (void)::mallopt(M_MMAP_THRESHOLD, 1 << 20);
   const std::uint64_t biggest =
       std::max(o.faiss_vectors * (o.dim * 4 + 16), o.hnsw_vectors * (o.dim * 4 + 8 * o.hnsw_m + 80));
-  g_warm_bytes = o.cold_memory ? 0 : static_cast<std::size_t>(biggest + (std::uint64_t{64} << 20));
+  bench::set_warm_bytes(o.cold_memory ? 0 : static_cast<std::size_t>(biggest + (std::uint64_t{64} << 20)));
   std::printf("adapter_bench: dir %s, %d repetitions (medians), memory before each timed step: %s\n", o.dir.c_str(),
               o.reps, o.cold_memory ? "as left" : "touched and freed");
 

@@ -19,7 +19,6 @@
 #include <sys/mman.h>
 #include <malloc.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -27,7 +26,6 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -42,12 +40,13 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "iqdb/persist.hpp"
 #include "synthetic_index.hpp"
 
 namespace fs = std::filesystem;
 using namespace iqdb::persist;
-using iqdb::persist::bench::Dataset;
+using namespace iqdb::persist::bench;  // the timing harness (bench_util.hpp), Dataset
 
 namespace {
 
@@ -70,28 +69,7 @@ struct Options {
   std::string child;  // internal: child-process mode for the RSS section
 };
 
-// ---------------------------------------------------------------- helpers
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "iqdb_persist_bench: %s\n", what.c_str());
-  std::exit(2);
-}
-[[noreturn]] void die_errno(const std::string& what) { die(what + ": " + std::strerror(errno)); }
-
-template <class F>
-double seconds(F&& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  const auto t1 = std::chrono::steady_clock::now();
-  return std::chrono::duration<double>(t1 - t0).count();
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 == 1 ? v[m] : (v[m - 1] + v[m]) / 2;
-}
+// ---------------------------------------------------------------- helpers (the timing harness: bench_util.hpp)
 
 std::string fmt(const char* f, double a) {
   char buf[128];
@@ -108,40 +86,7 @@ std::string ms_and_rate(double secs, std::uint64_t bytes) {
   return fmt("%.1f ms (%.2f GB/s)", secs * 1e3, static_cast<double>(bytes) / secs / 1e9);
 }
 
-void remove_if_exists(const fs::path& p) {
-  std::error_code ec;
-  fs::remove(p, ec);
-}
-
-// Remove and let the file system settle (freed extents, journal) outside
-// the timed region.
-void remove_and_settle(const fs::path& p) {
-  remove_if_exists(p);
-  ::sync();
-}
-
 std::uint64_t bytes_of_file(const fs::path& p) { return static_cast<std::uint64_t>(fs::file_size(p)); }
-
-// /proc/self/status field in KiB (VmRSS, VmHWM).
-std::uint64_t status_kib(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const std::size_t len = std::strlen(field);
-  while (std::getline(in, line)) {
-    if (line.compare(0, len, field) == 0 && line.size() > len && line[len] == ':') {
-      return std::stoull(line.substr(len + 1));
-    }
-  }
-  return 0;
-}
-
-// Resets VmHWM (and the peak the parent later sees) to the current RSS.
-bool reset_peak_rss() {
-  std::ofstream out("/proc/self/clear_refs");
-  out << "5";
-  out.flush();
-  return static_cast<bool>(out);
-}
 
 PersistConfig make_config(const fs::path& path, Compression c = Compression::none()) {
   PersistConfig cfg(path);
@@ -151,49 +96,6 @@ PersistConfig make_config(const fs::path& path, Compression c = Compression::non
 }
 
 // ---------------------------------------------------------------- baselines
-
-// open(O_CREAT|O_EXCL) + write() of all bytes + fsync() + close(): the limit
-// for a durable save.
-double time_write_fsync(const fs::path& p, const std::byte* data, std::size_t n) {
-  return seconds([&] {
-    const int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) die_errno("open " + p.string());
-    std::size_t done = 0;
-    while (done < n) {
-      const ssize_t w = ::write(fd, data + done, n - done);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) die_errno("write " + p.string());
-      done += static_cast<std::size_t>(w);
-    }
-    if (::fsync(fd) != 0) die_errno("fsync " + p.string());
-    if (::close(fd) != 0) die_errno("close " + p.string());
-  });
-}
-
-// open + malloc (not pre-touched) + read() of the whole file + close: the
-// limit for a load. The buffer is freed outside the timed region.
-double time_read_fresh(const fs::path& p) {
-  void* buf = nullptr;
-  const double t = seconds([&] {
-    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) die_errno("open " + p.string());
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) die_errno("fstat");
-    const auto n = static_cast<std::size_t>(st.st_size);
-    buf = std::malloc(n);
-    if (buf == nullptr) die("malloc failed");
-    std::size_t done = 0;
-    while (done < n) {
-      const ssize_t r = ::read(fd, static_cast<char*>(buf) + done, n - done);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) die_errno("read " + p.string());
-      done += static_cast<std::size_t>(r);
-    }
-    ::close(fd);
-  });
-  std::free(buf);
-  return t;
-}
 
 // First touch of `n` bytes of fresh anonymous memory (mmap + memset), with
 // 4 KiB pages or advised for transparent huge pages. Context for the load
@@ -209,24 +111,6 @@ double time_touch_fresh(std::size_t n, bool huge) {
   });
   ::munmap(p, n);
   return t;
-}
-
-// Memory state before each timed operation (both sides of every pair).
-// In a VM with free page reporting (virtio-balloon; this machine), free
-// memory that stayed free for a couple of seconds is handed back to the host
-// and costs a host fault per page when next touched, which makes first-touch
-// costs swing by 10x between runs. Touching and freeing this many bytes,
-// advised for huge pages, right before each timed operation gives both sides
-// host-backed free memory, as on bare metal. 0 disables it (--cold-memory).
-std::size_t g_warm_bytes = 0;
-
-void prepare_memory() {
-  if (g_warm_bytes == 0) return;
-  void* p = ::mmap(nullptr, g_warm_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) die_errno("mmap");
-  (void)::madvise(p, g_warm_bytes, MADV_HUGEPAGE);
-  std::memset(p, 0, g_warm_bytes);
-  ::munmap(p, g_warm_bytes);
 }
 
 // ---------------------------------------------------------------- report
@@ -659,6 +543,7 @@ int main(int argc, char** argv) {
                "Do not touch and free memory before each timed operation (see docs/PERFORMANCE.md)");
   app.add_option("--child", o.child, "internal")->group("")->check(CLI::IsMember({"build", "build-save", "save-peak", "load"}));
   CLI11_PARSE(app, argc, argv);
+  bench::set_program_name("iqdb_persist_bench");
 
   // Every allocation of 1 MiB or more is a fresh mmap (glibc would otherwise
   // raise its threshold after the first free and hand back touched heap
@@ -673,7 +558,8 @@ int main(int argc, char** argv) {
   o.dir = fs::canonical(o.dir).string();
 
   // Enough for the loaded index (vectors, ids, id table) with room to spare.
-  g_warm_bytes = o.cold_memory ? 0 : static_cast<std::size_t>(o.vectors * (o.dim * 4 + 80) + (std::uint64_t{64} << 20));
+  bench::set_warm_bytes(
+      o.cold_memory ? 0 : static_cast<std::size_t>(o.vectors * (o.dim * 4 + 80) + (std::uint64_t{64} << 20)));
   std::printf("iqdb_persist_bench: %llu x %llu vectors, %d reps, dir %s\n",
               static_cast<unsigned long long>(o.vectors), static_cast<unsigned long long>(o.dim), o.reps,
               o.dir.c_str());
@@ -683,7 +569,7 @@ int main(int argc, char** argv) {
 
   std::printf("bench dir file system: %s\n", mount_of(o.dir).c_str());
   std::printf("memory before each timed operation: %s\n",
-              o.cold_memory ? "as left (--cold-memory)" : fmt("%.0f MiB touched and freed", static_cast<double>(g_warm_bytes) / kMiB).c_str());
+              o.cold_memory ? "as left (--cold-memory)" : fmt("%.0f MiB touched and freed", static_cast<double>(bench::warm_bytes()) / kMiB).c_str());
   std::printf("load average at start: %s\n", first_line_of("/proc/loadavg", "").c_str());
   Report rep;
   if (wants(o, "crc")) bench_crc(o, rep);

@@ -10,28 +10,26 @@
 // truncated header TruncatedHeader; ...) the kind is asserted too.
 //
 // Fixtures: versions 1 and 2 built byte by byte from
-// /work/shared/FORMAT-iqdb-1.0.md (CRC from zlib, the zstd frame from
-// libzstd's streaming encoder, the LZ4 block from LZ4_compress_default);
+// /work/shared/FORMAT-iqdb-1.0.md by support/format_builders.hpp (CRC from
+// zlib, the zstd frame from libzstd's streaming encoder, the LZ4 block from
+// LZ4_compress_default);
 // version 3 written by the library, which is the subject: the model is the
 // rows put in. Observed outcomes: docs/reliability/corruption.md.
-#include <dlfcn.h>
 #include <gtest/gtest.h>
-#include <lz4.h>
-#include <zlib.h>
-#include <zstd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <map>
 #include <optional>
-#include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "iqdb/persist.hpp"
 #include "support/alloc_guard.hpp"
+#include "support/corruption_util.hpp"
+#include "support/format_builders.hpp"
+#include "support/mem_fs.hpp"
 #include "support/test_util.hpp"
 
 IQDB_TEST_COUNT_OPERATOR_NEW();
@@ -40,35 +38,17 @@ namespace iqdb::persist {
 namespace {
 
 namespace fsx = std::filesystem;
-using Buf = std::vector<std::byte>;
-using test::Bytes;
-
-// ------------------------------------------------------------------ reference CRC
-
-// zlib's crc32. zlib is not on this target's link line (tests/CMakeLists.txt
-// links it to a fixed list of targets), so the system's libz is loaded at run
-// time: still the reference implementation, not the library's own CRC.
-std::uint32_t zcrc(const std::byte* p, std::size_t n) {
-  using Crc32Fn = decltype(&::crc32);
-  static const Crc32Fn fn = [] {
-    void* lib = ::dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
-    return lib == nullptr ? nullptr : reinterpret_cast<Crc32Fn>(::dlsym(lib, "crc32"));
-  }();
-  if (fn == nullptr) throw std::runtime_error("cannot load zlib (libz.so.1)");
-  return static_cast<std::uint32_t>(fn(0, reinterpret_cast<const Bytef*>(p), static_cast<uInt>(n)));
-}
-std::uint32_t zcrc(const Buf& b) { return zcrc(b.data(), b.size()); }
+// Buf, Bytes, the reference encoders (format_builders.hpp), in-memory files,
+// the sweep helpers (corruption_util.hpp).
+using namespace test;
+using V3Header = V3Fields;  // tag "flat", dim 4, Euclidean unless set
 
 // ------------------------------------------------------------------ the model
 
 constexpr std::uint64_t kDim = 4;
 constexpr std::uint8_t kMetricTag = 2;  // Euclidean
 
-struct Row {
-  VectorId id;
-  std::vector<float> vec;
-  std::optional<Metadata> meta;
-};
+using Row = test::FlatRow;
 
 // Four vectors of dim 4: u64 and byte ids, metadata of every value kind.
 const std::vector<Row>& model_rows() {
@@ -103,183 +83,27 @@ const std::vector<Row>& model_rows() {
   return ::testing::AssertionSuccess();
 }
 
-// ------------------------------------------------------------------ byte-level encoders (docs/FORMAT.md)
+// ------------------------------------------------------------------ byte-level encoders (support/format_builders.hpp)
 
-void put_value(Bytes& b, const Value& v) {
-  switch (v.kind()) {
-    case Value::Kind::String: b.u8(0).u32(static_cast<std::uint32_t>(v.as_string().size())).str(v.as_string()); break;
-    case Value::Kind::Int: b.u8(1).i64(v.as_int()); break;
-    case Value::Kind::Float: b.u8(2).f64(v.as_float()); break;
-    case Value::Kind::Bool: b.u8(3).u8(v.as_bool() ? 1 : 0); break;
-    case Value::Kind::Null: b.u8(4); break;
-  }
-}
+// The flat payload of the model rows (tagged ids).
+Buf model_payload() { return test::flat_payload(kDim, kMetricTag, model_rows(), /*tagged_ids=*/true); }
 
-// The flat payload: version, dim, metric, count, tagged ids, metadata records, vectors.
-Buf flat_payload(const std::vector<Row>& rows) {
-  Bytes p;
-  p.u32(1).u64(kDim).u8(kMetricTag).u64(rows.size()).u8(1);
-  for (const Row& r : rows) {
-    if (r.id.is_u64()) {
-      p.u8(0).u64(r.id.as_u64());
-    } else {
-      p.u8(1).u64(r.id.as_bytes().size()).str(r.id.as_bytes());
-    }
-  }
-  std::uint64_t with_meta = 0;
-  for (const Row& r : rows) with_meta += r.meta ? 1 : 0;
-  p.u64(with_meta);
-  for (std::uint64_t i = 0; i < rows.size(); ++i) {
-    if (!rows[i].meta) continue;
-    p.u64(i).u32(static_cast<std::uint32_t>(rows[i].meta->size()));
-    for (const auto& [k, v] : *rows[i].meta) {  // std::map: ascending keys
-      p.u32(static_cast<std::uint32_t>(k.size())).str(k);
-      put_value(p, v);
-    }
-  }
-  for (const Row& r : rows) {
-    for (float f : r.vec) p.f32(f);
-  }
-  return p.data();
+// v1 / v2 files of tag "flat", dim kDim (the model's), Euclidean, `n` vectors in the header.
+Buf v1_file(const Buf& payload, std::uint64_t n) { return test::v1_file({"flat", kDim, kMetricTag, n}, payload); }
+Buf v2_file(std::uint8_t scheme, std::uint64_t ulen, const Buf& stored, std::uint64_t n) {
+  return test::v2_file({"flat", kDim, kMetricTag, n}, scheme, ulen, stored);
 }
 
-// v1/v2 header: magic | version u32 | tag_len u64 | tag | dim u64 | metric u8 | n u64 | crc u32.
-Buf v12_header(std::uint32_t version, std::uint64_t dim, std::uint64_t n, std::uint32_t crc,
-               const std::string& tag = "flat") {
-  Bytes b;
-  b.str("IQDBPRST").u32(version).u64(tag.size()).str(tag).u64(dim).u8(kMetricTag).u64(n).u32(crc);
-  return b.data();
-}
-
-Buf v1_file(const Buf& payload, std::uint64_t n, std::uint64_t dim = kDim) {
-  Bytes f;
-  f.append(v12_header(1, dim, n, zcrc(payload))).append(payload);
-  return f.data();
-}
-
-Buf v2_file(std::uint8_t scheme, std::uint64_t ulen, const Buf& stored, std::uint64_t n, std::uint64_t dim = kDim) {
-  Bytes region;
-  region.u8(scheme).u64(ulen).append(stored);
-  Bytes f;
-  f.append(v12_header(2, dim, n, zcrc(region.data()))).append(region.data());
-  return f.data();
-}
-
-// v3 header (docs/FORMAT.md), every field settable, header CRC from zlib.
-struct V3Header {
-  std::uint32_t header_len = 0;  // 0: 78 + tag length
-  std::uint32_t required = 0;
-  std::uint32_t optional = 0;
-  std::uint32_t tag_len = 0;  // 0: the tag's length
-  std::string tag = "flat";
-  std::uint64_t dim = kDim;
-  std::uint8_t metric = kMetricTag;
-  std::uint8_t compression = 0;
-  std::uint64_t n = 0;
-  std::uint64_t last_lsn = 0;
-  std::uint64_t ulen = 0;
-  std::uint64_t stored_len = 0;
-  std::uint32_t payload_crc = 0;
-};
-Buf v3_header(const V3Header& h) {
-  Bytes b;
-  b.str("IQDBPRST")
-      .u32(3)
-      .u32(h.header_len != 0 ? h.header_len : static_cast<std::uint32_t>(78 + h.tag.size()))
-      .u32(h.required)
-      .u32(h.optional)
-      .u32(h.tag_len != 0 ? h.tag_len : static_cast<std::uint32_t>(h.tag.size()))
-      .str(h.tag)
-      .u64(h.dim)
-      .u8(h.metric)
-      .u8(h.compression)
-      .u64(h.n)
-      .u64(h.last_lsn)
-      .u64(h.ulen)
-      .u64(h.stored_len)
-      .u32(h.payload_crc);
-  b.u32(zcrc(b.data()));
-  return b.data();
-}
-// A complete v3 file around `stored` with consistent lengths and CRCs.
-Buf v3_file(V3Header h, std::uint64_t ulen, const Buf& stored) {
-  h.ulen = ulen;
-  h.stored_len = stored.size();
-  h.payload_crc = zcrc(stored);
-  Bytes f;
-  f.append(v3_header(h)).append(stored);
-  return f.data();
-}
-
-// libzstd's streaming encoder (what the reference writes: no content size).
-Buf zstd_stream(const Buf& in) {
-  ZSTD_CCtx* cctx = ZSTD_createCCtx();
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, 3);
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 0);
-  Buf out;
-  Buf chunk(ZSTD_CStreamOutSize());
-  ZSTD_inBuffer ib{in.data(), in.size(), 0};
-  std::size_t remaining = 0;
-  do {
-    ZSTD_outBuffer ob{chunk.data(), chunk.size(), 0};
-    remaining = ZSTD_compressStream2(cctx, &ob, &ib, ZSTD_e_end);
-    if (ZSTD_isError(remaining)) break;
-    out.insert(out.end(), chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(ob.pos));
-  } while (remaining != 0);
-  ZSTD_freeCCtx(cctx);
-  EXPECT_FALSE(ZSTD_isError(remaining));
-  return out;
-}
-
-// The LZ4 block format (no frame, no size prefix).
-Buf lz4_block(const Buf& in) {
-  Buf out(static_cast<std::size_t>(LZ4_compressBound(static_cast<int>(in.size()))));
-  const int n = LZ4_compress_default(reinterpret_cast<const char*>(in.data()), reinterpret_cast<char*>(out.data()),
-                                     static_cast<int>(in.size()), static_cast<int>(out.size()));
-  EXPECT_GT(n, 0);
-  out.resize(static_cast<std::size_t>(std::max(n, 0)));
-  return out;
-}
+// libzstd's streaming encoder handed the whole payload (what the reference
+// writes: no content size in the frame header).
+Buf zstd_stream(const Buf& in) { return test::zstd_stream(in, false, test::ZstdFeed::Whole); }
 
 // ------------------------------------------------------------------ loading from memory
 
-// A read-only file served from memory.
-class MemFile final : public ReadableFile {
- public:
-  MemFile(fsx::path p, const Buf& b) : path_(std::move(p)), bytes_(b) {}
-  std::size_t read_at(std::uint64_t off, std::span<std::byte> dst) const override {
-    if (off >= bytes_.size()) return 0;
-    const std::size_t n = std::min<std::size_t>(dst.size(), bytes_.size() - static_cast<std::size_t>(off));
-    if (n > 0) std::memcpy(dst.data(), bytes_.data() + off, n);
-    return n;
-  }
-  std::uint64_t size() const noexcept override { return bytes_.size(); }
-  const fsx::path& path() const noexcept override { return path_; }
-
- private:
-  fsx::path path_;
-  const Buf& bytes_;
-};
-
 // Serves one snapshot from memory (thousands of variants, no disk I/O);
 // everything else goes to the real file system.
-class MemFs final : public FileSystemWrapper {
- public:
-  MemFs() : FileSystemWrapper(default_file_system()) {}
-  static const fsx::path& path() {
-    static const fsx::path p = "/nonexistent-iqdb-corruption/snap.iqdb";
-    return p;
-  }
-  void set(Buf b) { bytes_ = std::move(b); }
-  std::unique_ptr<ReadableFile> open_read(const fsx::path& p) override {
-    if (p == path()) return std::make_unique<MemFile>(p, bytes_);
-    return target().open_read(p);
-  }
-  bool exists(const fsx::path& p) override { return p == path() || target().exists(p); }
-
- private:
-  Buf bytes_;
-};
+using MemFs = test::SingleFileMemFs;
+const fsx::path kMemPath = "/nonexistent-iqdb-corruption/snap.iqdb";
 
 struct Outcome {
   std::optional<FlatIndex> index;   // loaded
@@ -295,7 +119,7 @@ struct Outcome {
 };
 
 Outcome load_flat(MemFs& fs, const ReadLimits& limits = {}) {
-  PersistConfig cfg(MemFs::path());
+  PersistConfig cfg(fs.path());
   cfg.file_system = &fs;
   cfg.limits = limits;
   Outcome out;
@@ -314,19 +138,6 @@ Outcome load_flat(MemFs& fs, const ReadLimits& limits = {}) {
     out.what = e.what();
   }
   return out;
-}
-
-// Run a tool entry point (inspect / verify): typed error or success.
-template <class F>
-std::string tool_outcome(F&& f) {
-  try {
-    f();
-    return "ok";
-  } catch (const PersistError& e) {
-    return std::string(to_string(e.kind()));
-  } catch (const std::exception& e) {
-    return std::string("FOREIGN EXCEPTION: ") + e.what();
-  }
 }
 
 // ------------------------------------------------------------------ fixtures
@@ -393,7 +204,7 @@ const char* kind_name(Kind k) {
 void PrintTo(Kind k, std::ostream* os) { *os << kind_name(k); }
 
 Fixture make_fixture(Kind k) {
-  const Buf payload = flat_payload(model_rows());
+  const Buf payload = model_payload();
   const std::uint64_t n = model_rows().size();
   Fixture f;
   f.name = kind_name(k);
@@ -452,38 +263,13 @@ const Fixture& fixture(Kind k) {
   return it->second;
 }
 
-// The values a byte at `off` is changed to: the 8 single-bit flips, 0x00,
-// 0xFF and +1, without repeats and without the original value.
-std::vector<std::uint8_t> changed_values(std::uint8_t orig) {
-  std::set<std::uint8_t> s;
-  for (int bit = 0; bit < 8; ++bit) s.insert(static_cast<std::uint8_t>(orig ^ (1u << bit)));
-  s.insert(0x00);
-  s.insert(0xFF);
-  s.insert(static_cast<std::uint8_t>(orig + 1));
-  s.erase(orig);
-  return {s.begin(), s.end()};
-}
-
-// Outcome counts per region, printed for docs/reliability/corruption.md.
-using Summary = std::map<std::string, std::map<std::string, int>>;
-void print_summary(const std::string& title, const Summary& s) {
-  std::ostringstream out;
-  out << "[summary] " << title << "\n";
-  for (const auto& [region, kinds] : s) {
-    out << "  " << region << ":";
-    for (const auto& [k, n] : kinds) out << " " << k << "=" << n;
-    out << "\n";
-  }
-  std::cout << out.str() << std::flush;
-}
-
 class SnapshotCorruption : public ::testing::TestWithParam<Kind> {};
 
 // The untouched fixture loads to the model: what every variant is compared to.
 TEST_P(SnapshotCorruption, OriginalLoadsToTheModel) {
   const Fixture& f = fixture(GetParam());
   ASSERT_TRUE(test::operator_new_is_counted());
-  MemFs fs;
+  MemFs fs(kMemPath);
   fs.set(f.file);
   const Outcome o = load_flat(fs);
   ASSERT_TRUE(o.index.has_value()) << f.name << ": " << o.what;
@@ -508,15 +294,15 @@ TEST_P(SnapshotCorruption, OriginalLoadsToTheModel) {
   }
   EXPECT_GT(o.alloc.allocations, 0u) << "the allocation counter sees nothing";
   EXPECT_LE(o.alloc.peak_bytes, test::alloc_bound(f.file.size()));
-  EXPECT_EQ(tool_outcome([&] { verify_snapshot(fs, MemFs::path(), ReadLimits{}); }), "ok");
-  EXPECT_EQ(tool_outcome([&] { inspect_snapshot(fs, MemFs::path()); }), "ok");
+  EXPECT_EQ(outcome_of([&] { verify_snapshot(fs, fs.path(), ReadLimits{}); }), "ok");
+  EXPECT_EQ(outcome_of([&] { inspect_snapshot(fs, fs.path()); }), "ok");
   std::cout << "[fixture] " << f.name << ": " << f.file.size() << " bytes, load peak " << o.alloc.peak_bytes
             << " bytes in " << o.alloc.allocations << " allocations\n";
 }
 
 TEST_P(SnapshotCorruption, EverySingleByteChange) {
   const Fixture& f = fixture(GetParam());
-  MemFs fs;
+  MemFs fs(kMemPath);
   Summary summary;
   Summary verify_summary;
   int variants = 0;
@@ -556,13 +342,13 @@ TEST_P(SnapshotCorruption, EverySingleByteChange) {
       worst_peak = std::max(worst_peak, o.alloc.peak_bytes);
       ++summary[region][o.label()];
 
-      const std::string inspected = tool_outcome([&] { inspect_snapshot(fs, MemFs::path()); });
+      const std::string inspected = outcome_of([&] { inspect_snapshot(fs, fs.path()); });
       EXPECT_EQ(inspected.find("FOREIGN"), std::string::npos) << where << ": inspect: " << inspected;
       // verify decodes the payload as a load does (without building the
       // index): run on every header variant and on every third payload
       // offset, which keeps the sweep to seconds under AddressSanitizer.
       if (off < f.header_end || off % 3 == 0) {
-        const std::string verified = tool_outcome([&] { verify_snapshot(fs, MemFs::path(), ReadLimits{}); });
+        const std::string verified = outcome_of([&] { verify_snapshot(fs, fs.path(), ReadLimits{}); });
         EXPECT_EQ(verified.find("FOREIGN"), std::string::npos) << where << ": verify: " << verified;
         // verify checks the checksums and decompression, not the index: it
         // may pass only where no checksum covers the byte (v1/v2 header fields).
@@ -581,7 +367,7 @@ TEST_P(SnapshotCorruption, EverySingleByteChange) {
 
 TEST_P(SnapshotCorruption, EveryTruncation) {
   const Fixture& f = fixture(GetParam());
-  MemFs fs;
+  MemFs fs(kMemPath);
   Summary summary;
   for (std::size_t len = 0; len <= f.file.size(); ++len) {
     fs.set(Buf(f.file.begin(), f.file.begin() + static_cast<std::ptrdiff_t>(len)));
@@ -590,7 +376,7 @@ TEST_P(SnapshotCorruption, EveryTruncation) {
     ASSERT_FALSE(o.foreign) << where << ": " << o.what;
     EXPECT_LE(o.alloc.peak_bytes, test::alloc_bound(len)) << where;
     EXPECT_LE(o.alloc.largest, test::alloc_bound(len)) << where;
-    const std::string verified = tool_outcome([&] { verify_snapshot(fs, MemFs::path(), ReadLimits{}); });
+    const std::string verified = outcome_of([&] { verify_snapshot(fs, fs.path(), ReadLimits{}); });
     EXPECT_EQ(verified.find("FOREIGN"), std::string::npos) << where << ": " << verified;
     if (len == f.file.size()) {
       ASSERT_TRUE(o.index.has_value()) << where << ": " << o.what;
@@ -628,12 +414,6 @@ Bytes payload_prefix(std::uint64_t dim, std::uint64_t count, std::uint8_t id_enc
   Bytes p;
   p.u32(1).u64(dim).u8(kMetricTag).u64(count).u8(id_encoding);
   return p;
-}
-
-// Filler that is not itself valid: makes `remaining` large where a case needs it.
-Bytes& pad(Bytes& b, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) b.u8(0xA5);
-  return b;
 }
 
 struct HostileCase {
@@ -712,12 +492,12 @@ Buf wrap(Container c, const HostileCase& h) {
     case Container::V2Lz4: return v2_file(2, p.size(), lz4_block(p), h.header_n);
     case Container::V3None: {
       V3Header hd;
-      hd.n = h.header_n;
+      hd.f.n = h.header_n;
       return v3_file(hd, p.size(), p);
     }
     case Container::V3Zstd: {
       V3Header hd;
-      hd.n = h.header_n;
+      hd.f.n = h.header_n;
       hd.compression = 1;
       return v3_file(hd, p.size(), zstd_stream(p));
     }
@@ -731,7 +511,7 @@ Buf wrap(Container c, const HostileCase& h) {
 // nothing larger than the file (plus fixed buffers) is allocated.
 TEST(SnapshotHostileCounts, FlatPayloadCountsAreBoundedBeforeAllocation) {
   ASSERT_TRUE(test::operator_new_is_counted());
-  MemFs fs;
+  MemFs fs(kMemPath);
   for (Container c : {Container::V1, Container::V2None, Container::V2Zstd, Container::V2Lz4, Container::V3None,
                       Container::V3Zstd}) {
     for (const HostileCase& h : hostile_payloads()) {
@@ -757,14 +537,14 @@ TEST(SnapshotHostileCounts, FlatPayloadCountsAreBoundedBeforeAllocation) {
 // (4 bytes of floats + 1 id byte, the generic minimum): this is the
 // amplification kAllocFactor must cover, with no slack to hide behind.
 TEST(SnapshotHostileCounts, LargestAcceptedCountCostsABoundedMultipleOfTheFile) {
-  MemFs fs;
+  MemFs fs(kMemPath);
   const std::size_t rest = std::size_t{1} << 20;
   Bytes b = payload_prefix(1, rest / 5, 1);
   for (std::size_t i = 0; i < rest / 9; ++i) b.u8(0).u64(i);  // u64 ids until the bytes run out
   while (b.size() < rest + 22) b.u8(0);
   V3Header hd;
-  hd.dim = 1;
-  hd.n = rest / 5;
+  hd.f.dim = 1;
+  hd.f.n = rest / 5;
   const Buf file = v3_file(hd, b.size(), b.data());
   fs.set(file);
   const Outcome o = load_flat(fs);
@@ -778,7 +558,7 @@ TEST(SnapshotHostileCounts, LargestAcceptedCountCostsABoundedMultipleOfTheFile) 
 // Legitimate data with the highest in-memory cost per byte on disk: metadata
 // maps with many tiny entries. Also within kAllocFactor.
 TEST(SnapshotHostileCounts, DenseMetadataStaysWithinTheFactor) {
-  MemFs fs;
+  MemFs fs(kMemPath);
   FlatIndex index(1, DistanceMetric::Euclidean);
   // Two-byte keys with null values: 7 bytes per entry on disk (key length 4,
   // key 2, tag 1), the least an entry can take beyond the first few keys.
@@ -812,7 +592,7 @@ struct HeaderCase {
 };
 
 std::vector<HeaderCase> hostile_headers() {
-  const Buf payload = flat_payload(model_rows());
+  const Buf payload = model_payload();
   const std::uint64_t n = model_rows().size();
   std::vector<HeaderCase> out;
   const auto v3 = [&](V3Header h, std::uint64_t ulen, const Buf& stored) { return v3_file(h, ulen, stored); };
@@ -820,28 +600,28 @@ std::vector<HeaderCase> hostile_headers() {
   // header_len: beyond the 64 KiB maximum, below the fixed part, beyond the file.
   for (std::uint32_t hl : {0xFFFFFFFFu, 65537u, 10u}) {
     V3Header h;
-    h.n = n;
+    h.f.n = n;
     h.header_len = hl;
     Buf f = v3(h, payload.size(), payload);
     out.push_back({"v3_header_len_" + std::to_string(hl), f, ErrorKind::InvalidHeader});
   }
   {
     V3Header h;
-    h.n = n;
+    h.f.n = n;
     h.header_len = 60000;  // within range, more than the file holds
     out.push_back({"v3_header_len_past_eof", v3(h, payload.size(), payload), ErrorKind::TruncatedHeader});
   }
   // tag_len: huge, above 4096, beyond header_len.
   for (std::uint32_t tl : {0xFFFFFFFFu, 4097u, 5u}) {
     V3Header h;
-    h.n = n;
+    h.f.n = n;
     h.tag_len = tl;
     out.push_back({"v3_tag_len_" + std::to_string(tl), v3(h, payload.size(), payload), ErrorKind::InvalidHeader});
   }
   // stored_len: huge; one more than present.
   for (std::uint64_t sl : {std::uint64_t{1} << 63, ~std::uint64_t{0}, std::uint64_t{payload.size() + 1}}) {
     V3Header h;
-    h.n = n;
+    h.f.n = n;
     h.ulen = payload.size();
     h.stored_len = sl;
     h.payload_crc = zcrc(payload);
@@ -853,13 +633,13 @@ std::vector<HeaderCase> hostile_headers() {
   // expansion guard with zstd; beyond ReadLimits::max_payload_bytes.
   for (std::uint64_t ul : {std::uint64_t{1} << 62, ~std::uint64_t{0}, std::uint64_t{payload.size() + 1}}) {
     V3Header h;
-    h.n = n;
+    h.f.n = n;
     out.push_back({"v3_none_ulen_" + std::to_string(ul), v3(h, ul, payload), ErrorKind::InvalidHeader});
   }
   {
     const Buf z = zstd_stream(payload);
     V3Header h;
-    h.n = n;
+    h.f.n = n;
     h.compression = 1;
     out.push_back({"v3_zstd_ulen_over_expansion", v3(h, 4096 * z.size() + 1, z), ErrorKind::Compression});
     out.push_back({"v3_zstd_ulen_2^62", v3(h, std::uint64_t{1} << 62, z), ErrorKind::InvalidHeader});
@@ -890,7 +670,7 @@ std::vector<HeaderCase> hostile_headers() {
 
 TEST(SnapshotHostileCounts, HeaderLengthsAreCheckedBeforeAllocation) {
   ASSERT_TRUE(test::operator_new_is_counted());
-  MemFs fs;
+  MemFs fs(kMemPath);
   for (const HeaderCase& h : hostile_headers()) {
     fs.set(h.file);
     const Outcome o = load_flat(fs, h.limits);
@@ -900,8 +680,8 @@ TEST(SnapshotHostileCounts, HeaderLengthsAreCheckedBeforeAllocation) {
     EXPECT_LE(o.alloc.largest, 256u << 10) << h.name;
     EXPECT_LE(o.alloc.peak_bytes, 1u << 20) << h.name;
     // inspect and verify take the same header path.
-    EXPECT_EQ(tool_outcome([&] { verify_snapshot(fs, MemFs::path(), h.limits); }).find("FOREIGN"), std::string::npos);
-    EXPECT_EQ(tool_outcome([&] { inspect_snapshot(fs, MemFs::path()); }).find("FOREIGN"), std::string::npos);
+    EXPECT_EQ(outcome_of([&] { verify_snapshot(fs, fs.path(), h.limits); }).find("FOREIGN"), std::string::npos);
+    EXPECT_EQ(outcome_of([&] { inspect_snapshot(fs, fs.path()); }).find("FOREIGN"), std::string::npos);
   }
 }
 
@@ -913,7 +693,7 @@ constexpr int kLoaded = 1;
 constexpr int kWrongKind = 2;
 
 int load_in_child(const Buf& file, std::optional<ErrorKind> want, const ReadLimits& limits = {}) {
-  MemFs fs;
+  MemFs fs(kMemPath);
   fs.set(file);
   const Outcome o = load_flat(fs, limits);
   if (o.foreign) {
@@ -976,7 +756,7 @@ TEST(SnapshotCapped, ZstdFrameAskingForAHugeWindow) {
 // before anything is allocated; a declared length just inside the guard is
 // then a bounded allocation that fails cleanly when the block does not fill it.
 TEST(SnapshotCapped, Lz4BlockDeclaringTheLargestAcceptedLength) {
-  const Buf payload = flat_payload(model_rows());
+  const Buf payload = model_payload();
   const Buf l = lz4_block(payload);
   for (std::uint64_t ulen : {std::uint64_t{4096} * l.size(), std::uint64_t{4096} * l.size() + 1}) {
     const Buf file = v2_file(2, ulen, l, model_rows().size());

@@ -23,12 +23,10 @@
 // docs/reliability/corruption.md.
 //
 // The version-1 log and its version-2 snapshot are built byte by byte from
-// /work/shared/FORMAT-iqdb-1.0.md (CRC from zlib); the version-2 log is
-// written by the library and its frames checked against docs/FORMAT.md
-// (lengths, zlib CRCs, LSNs, counts, ops byte for byte).
-#include <dlfcn.h>
+// /work/shared/FORMAT-iqdb-1.0.md (support/format_builders.hpp, CRC from
+// zlib); the version-2 log is written by the library and its frames checked
+// against docs/FORMAT.md (lengths, zlib CRCs, LSNs, counts, ops byte for byte).
 #include <gtest/gtest.h>
-#include <zlib.h>
 
 #include <cerrno>
 #include <cstring>
@@ -37,12 +35,14 @@
 #include <map>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "iqdb/persist.hpp"
 #include "support/alloc_guard.hpp"
+#include "support/corruption_util.hpp"
+#include "support/format_builders.hpp"
+#include "support/mem_fs.hpp"
 #include "support/test_util.hpp"
 
 IQDB_TEST_COUNT_OPERATOR_NEW();
@@ -51,34 +51,9 @@ namespace iqdb::persist {
 namespace {
 
 namespace fsx = std::filesystem;
-using Buf = std::vector<std::byte>;
-using test::Bytes;
-
-// ------------------------------------------------------------------ reference CRC
-
-// zlib's crc32, loaded at run time: zlib is not on this target's link line
-// (tests/CMakeLists.txt links it to a fixed list of targets).
-std::uint32_t zcrc(const std::byte* p, std::size_t n) {
-  using Crc32Fn = decltype(&::crc32);
-  static const Crc32Fn fn = [] {
-    void* lib = ::dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
-    return lib == nullptr ? nullptr : reinterpret_cast<Crc32Fn>(::dlsym(lib, "crc32"));
-  }();
-  if (fn == nullptr) throw std::runtime_error("cannot load zlib (libz.so.1)");
-  return static_cast<std::uint32_t>(fn(0, reinterpret_cast<const Bytef*>(p), static_cast<uInt>(n)));
-}
-std::uint32_t zcrc(const Buf& b) { return zcrc(b.data(), b.size()); }
-
-std::uint32_t get_u32(const Buf& b, std::size_t at) {
-  std::uint32_t v = 0;
-  std::memcpy(&v, b.data() + at, 4);
-  return v;
-}
-std::uint64_t get_u64(const Buf& b, std::size_t at) {
-  std::uint64_t v = 0;
-  std::memcpy(&v, b.data() + at, 8);
-  return v;
-}
+// Buf, Bytes, the reference encoders (format_builders.hpp), the sweep
+// helpers (corruption_util.hpp).
+using namespace test;
 
 // ------------------------------------------------------------------ the model
 
@@ -147,24 +122,6 @@ Mutation del(VectorId id) { return {wal::Op::Erase, std::move(id), {}, std::null
 
 // ------------------------------------------------------------------ byte-level encoders
 
-void put_value(Bytes& b, const Value& v) {
-  switch (v.kind()) {
-    case Value::Kind::String: b.u8(0).u32(static_cast<std::uint32_t>(v.as_string().size())).str(v.as_string()); break;
-    case Value::Kind::Int: b.u8(1).i64(v.as_int()); break;
-    case Value::Kind::Float: b.u8(2).f64(v.as_float()); break;
-    case Value::Kind::Bool: b.u8(3).u8(v.as_bool() ? 1 : 0); break;
-    case Value::Kind::Null: b.u8(4); break;
-  }
-}
-
-void put_id(Bytes& b, const VectorId& id) {
-  if (id.is_u64()) {
-    b.u8(0).u64(id.as_u64());
-  } else {
-    b.u8(1).u64(id.as_bytes().size()).str(id.as_bytes());
-  }
-}
-
 // An op, identical in log versions 1 and 2.
 void put_op(Bytes& b, const Mutation& m) {
   if (m.op == wal::Op::Erase) {
@@ -189,52 +146,10 @@ void put_op(Bytes& b, const Mutation& m) {
 
 // A version-2 snapshot (no compression) of `rows`, byte by byte.
 Buf v2_snapshot(const std::vector<std::pair<VectorId, Entry>>& rows) {
-  Bytes p;
-  p.u32(1).u64(kDim).u8(kMetricTag).u64(rows.size()).u8(1);
-  for (const auto& r : rows) put_id(p, r.first);
-  std::uint64_t with_meta = 0;
-  for (const auto& r : rows) with_meta += r.second.meta ? 1 : 0;
-  p.u64(with_meta);
-  for (std::uint64_t i = 0; i < rows.size(); ++i) {
-    if (!rows[i].second.meta) continue;
-    p.u64(i).u32(static_cast<std::uint32_t>(rows[i].second.meta->size()));
-    for (const auto& [k, v] : *rows[i].second.meta) {
-      p.u32(static_cast<std::uint32_t>(k.size())).str(k);
-      put_value(p, v);
-    }
-  }
-  for (const auto& r : rows) {
-    for (float f : r.second.vec) p.f32(f);
-  }
-  Bytes region;
-  region.u8(0).u64(p.size()).append(p.data());
-  Bytes f;
-  f.str("IQDBPRST").u32(2).u64(4).str("flat").u64(kDim).u8(kMetricTag).u64(rows.size());
-  f.u32(zcrc(region.data())).append(region.data());
-  return f.data();
-}
-
-// v2 log header with a correct CRC.
-Buf v2_log_header(std::uint64_t salt, std::uint64_t base_lsn, std::uint32_t required = 0) {
-  Bytes h;
-  h.str(std::string("IQDBWAL\0", 8)).u32(2).u32(40).u64(salt).u64(base_lsn).u32(required);
-  h.u32(zcrc(h.data()));
-  return h.data();
-}
-
-// A v2 frame: length, CRC-32(salt, length, body), body.
-Buf v2_frame(std::uint64_t salt, const Buf& body) {
-  Bytes crc_in;
-  crc_in.u64(salt).u32(static_cast<std::uint32_t>(body.size())).append(body);
-  Bytes f;
-  f.u32(static_cast<std::uint32_t>(body.size())).u32(zcrc(crc_in.data())).append(body);
-  return f.data();
-}
-// A v1 frame: length, CRC-32(body), body.
-Buf v1_frame(const Buf& body) {
-  Bytes f;
-  f.u32(static_cast<std::uint32_t>(body.size())).u32(zcrc(body)).append(body);
-  return f.data();
+  std::vector<test::FlatRow> flat;
+  for (const auto& [id, e] : rows) flat.push_back({id, e.vec, e.meta});
+  const Buf payload = test::flat_payload(kDim, kMetricTag, flat, /*tagged_ids=*/true);
+  return test::v2_file({"flat", kDim, kMetricTag, rows.size()}, 0, payload.size(), payload);
 }
 
 // ------------------------------------------------------------------ an in-memory file system
@@ -262,7 +177,8 @@ class MemFs final : public FileSystem {
     return std::make_unique<File>(p, b, b->size());
   }
   std::unique_ptr<ReadableFile> open_read(const fsx::path& p) override {
-    return std::make_unique<Reader>(p, *find(p, "open"));
+    // The contents when opened.
+    return std::make_unique<test::MemReadableFile>(p, std::make_shared<const Buf>(*find(p, "open")));
   }
   void rename(const fsx::path& from, const fsx::path& to) override {
     files_[to] = find(from, "rename");
@@ -312,22 +228,6 @@ class MemFs final : public FileSystem {
     fsx::path path_;
     std::shared_ptr<Buf> b_;
     std::uint64_t pos_;
-  };
-  class Reader final : public ReadableFile {
-   public:
-    Reader(fsx::path p, Buf b) : path_(std::move(p)), b_(std::move(b)) {}
-    std::size_t read_at(std::uint64_t off, std::span<std::byte> dst) const override {
-      if (off >= b_.size()) return 0;
-      const std::size_t n = std::min<std::size_t>(dst.size(), b_.size() - static_cast<std::size_t>(off));
-      if (n > 0) std::memcpy(dst.data(), b_.data() + off, n);
-      return n;
-    }
-    std::uint64_t size() const noexcept override { return b_.size(); }
-    const fsx::path& path() const noexcept override { return path_; }
-
-   private:
-    fsx::path path_;
-    Buf b_;  // the contents when opened
   };
   class Lock final : public FileLock {
    public:
@@ -413,7 +313,7 @@ WalFixture make_v1() {
   f.header_len = 12;
   f.snapshot = v2_snapshot(base_rows());
   Bytes log;
-  log.str(std::string("IQDBWAL\0", 8)).u32(1);
+  log.append(v1_log_header());
   for (const Frame& fr : v1_frames()) {
     Bytes body;
     put_op(body, fr.at(0));
@@ -627,28 +527,6 @@ Expect expect_for_change(const WalFixture& f, std::uint64_t off) {
   return e;
 }
 
-std::vector<std::uint8_t> changed_values(std::uint8_t orig) {
-  std::set<std::uint8_t> s;
-  for (int bit = 0; bit < 8; ++bit) s.insert(static_cast<std::uint8_t>(orig ^ (1u << bit)));
-  s.insert(0x00);
-  s.insert(0xFF);
-  s.insert(static_cast<std::uint8_t>(orig + 1));
-  s.erase(orig);
-  return {s.begin(), s.end()};
-}
-
-using Summary = std::map<std::string, std::map<std::string, int>>;
-void print_summary(const std::string& title, const Summary& s) {
-  std::ostringstream out;
-  out << "[summary] " << title << "\n";
-  for (const auto& [region, kinds] : s) {
-    out << "  " << region << ":";
-    for (const auto& [k, n] : kinds) out << " " << k << "=" << n;
-    out << "\n";
-  }
-  std::cout << out.str() << std::flush;
-}
-
 // Expected bytes of the log after a successful load that kept `k` frames of
 // a (possibly damaged) log `log`: v2 cuts a torn tail back to the end of the
 // last good frame (zero padding is left alone); v1 is migrated to an empty v2
@@ -824,7 +702,7 @@ constexpr std::uint64_t kSalt = 0x5A17C0FFEE123456ULL;
 Buf one_frame_log(std::uint32_t version, const Buf& body) {
   Bytes log;
   if (version == 1) {
-    log.str(std::string("IQDBWAL\0", 8)).u32(1).append(v1_frame(body));
+    log.append(v1_log_header()).append(v1_frame(body));
   } else {
     log.append(v2_log_header(kSalt, 1)).append(v2_frame(kSalt, body));
   }
@@ -843,11 +721,6 @@ Bytes body_start(std::uint32_t version, std::uint32_t count = 1) {
   return b;
 }
 
-Bytes& pad(Bytes& b, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) b.u8(0xA5);
-  return b;
-}
-
 struct HostileLog {
   std::string name;
   Buf log;
@@ -863,7 +736,7 @@ std::vector<HostileLog> hostile_logs(std::uint32_t version) {
   for (std::uint32_t len : {0xFFFFFFFFu, wal::MAX_FRAME_LEN, wal::MAX_FRAME_LEN + 1, 33u}) {
     Bytes log;
     if (version == 1) {
-      log.str(std::string("IQDBWAL\0", 8)).u32(1);
+      log.append(v1_log_header());
     } else {
       log.append(v2_log_header(kSalt, 1));
     }
@@ -1049,7 +922,7 @@ TEST(WalCapped, FrameClaimingMoreThanTheFileHolds) {
     for (std::uint32_t len : {wal::MAX_FRAME_LEN, 0xFFFFFFFFu}) {
       Bytes log;
       if (version == 1) {
-        log.str(std::string("IQDBWAL\0", 8)).u32(1);
+        log.append(v1_log_header());
       } else {
         log.append(v2_log_header(kSalt, 1));
       }
@@ -1082,14 +955,8 @@ TEST(WalCapped, FrameClaimingMoreThanTheFileHolds) {
 TEST(WalCapped, ReserveHintIsBoundedByTheLogNotByTheSnapshotsDimension) {
   const std::uint64_t dim = std::uint64_t{1} << 22;
   // An empty FlatIndex of dimension 2^22, as a reference v2 snapshot.
-  Bytes p;
-  p.u32(1).u64(dim).u8(kMetricTag).u64(0).u8(1).u64(0);
-  Bytes region;
-  region.u8(0).u64(p.size()).append(p.data());
-  Bytes snap;
-  snap.str("IQDBPRST").u32(2).u64(4).str("flat").u64(dim).u8(kMetricTag).u64(0);
-  snap.u32(zcrc(region.data())).append(region.data());
-  const Buf snapshot = snap.data();
+  const Buf p = test::flat_payload(dim, kMetricTag, {}, /*tagged_ids=*/true);
+  const Buf snapshot = test::v2_file({"flat", dim, kMetricTag, 0}, 0, p.size(), p);
 
   // A v2 log: a valid header, then a 22-byte frame header and garbage.
   Bytes log;

@@ -1,13 +1,12 @@
 // Format compatibility: snapshot files built byte by byte from the reference
 // format facts (/work/shared/FORMAT-iqdb-1.0.md for versions 1 and 2; the
-// documented v3 layout of src/format/header.cpp), with CRCs from zlib and
-// compressed payloads from libzstd / liblz4 themselves. Every file must parse
-// to exactly the fields put in and load to exactly the payload put in; every
-// error kind is produced by a file crafted to cause it.
+// documented v3 layout of src/format/header.cpp) by support/format_builders.hpp,
+// with CRCs from zlib and compressed payloads from libzstd / liblz4
+// themselves. Every file must parse to exactly the fields put in and load to
+// exactly the payload put in; every error kind is produced by a file crafted
+// to cause it.
 #include <gtest/gtest.h>
-#include <lz4.h>
 #include <lz4frame.h>
-#include <zlib.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -24,6 +23,7 @@
 #include <vector>
 
 #include "iqdb/persist.hpp"
+#include "support/format_builders.hpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -33,133 +33,22 @@ namespace fsx = std::filesystem;
 using test::Bytes;
 using Buf = std::vector<std::byte>;
 
-// ------------------------------------------------------------------ models
+// ------------------------------------------------------------------ models (support/format_builders.hpp)
 
-std::uint32_t zcrc(const std::byte* p, std::size_t n) {
-  return static_cast<std::uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(p), n));
-}
-std::uint32_t zcrc(const Buf& b) { return zcrc(b.data(), b.size()); }
-
-// What the header says about the index (v1/v2 field set).
-struct HeaderFields {
-  std::string tag = "flat";
-  std::uint64_t dim = 4;
-  std::uint8_t metric = 2;  // Euclidean
-  std::uint64_t n = 0;
-};
-
-// magic | version u32 | tag_len u64 | tag | dim u64 | metric u8 | n_vectors u64 | crc u32
-Buf v12_header(std::uint32_t version, const HeaderFields& f, std::uint32_t crc) {
-  Bytes b;
-  b.str("IQDBPRST").u32(version).u64(f.tag.size()).str(f.tag).u64(f.dim).u8(f.metric).u64(f.n).u32(crc);
-  return b.data();
-}
-
-// Version 1: the payload verbatim, CRC over it.
-Buf v1_file(const HeaderFields& f, const Buf& payload) {
-  Buf out = v12_header(1, f, zcrc(payload));
-  out.insert(out.end(), payload.begin(), payload.end());
-  return out;
-}
-
-// Version 2: preamble (scheme u8, uncompressed_len u64) + stored bytes, CRC over both.
-Buf v2_region(std::uint8_t scheme, std::uint64_t ulen, const Buf& stored) {
-  Bytes r;
-  r.u8(scheme).u64(ulen).append(stored);
-  return r.data();
-}
-Buf v2_file(const HeaderFields& f, std::uint8_t scheme, std::uint64_t ulen, const Buf& stored) {
-  const Buf region = v2_region(scheme, ulen, stored);
-  Buf out = v12_header(2, f, zcrc(region));
-  out.insert(out.end(), region.begin(), region.end());
-  return out;
-}
-
-// Version 3 header (src/format/header.cpp):
-// magic | version u32 | header_len u32 | required u32 | optional u32 | tag_len u32 | tag |
-// dim u64 | metric u8 | compression u8 | n_vectors u64 | last_lsn u64 |
-// uncompressed_len u64 | stored_len u64 | payload_crc u32 | header_crc u32
-struct V3Fields {
-  HeaderFields f;
-  std::uint8_t compression = 0;
-  std::uint64_t last_lsn = 0;
-  std::uint64_t ulen = 0;
-  std::uint64_t stored_len = 0;
-  std::uint32_t payload_crc = 0;
-  std::uint32_t required = 0;
-  std::uint32_t optional = 0;
-};
-Buf v3_header(const V3Fields& v) {
-  Bytes b;
-  b.str("IQDBPRST")
-      .u32(3)
-      .u32(static_cast<std::uint32_t>(78 + v.f.tag.size()))
-      .u32(v.required)
-      .u32(v.optional)
-      .u32(static_cast<std::uint32_t>(v.f.tag.size()))
-      .str(v.f.tag)
-      .u64(v.f.dim)
-      .u8(v.f.metric)
-      .u8(v.compression)
-      .u64(v.f.n)
-      .u64(v.last_lsn)
-      .u64(v.ulen)
-      .u64(v.stored_len)
-      .u32(v.payload_crc);
-  b.u32(zcrc(b.data()));
-  return b.data();
-}
-Buf v3_file(V3Fields v, std::uint64_t ulen, const Buf& stored) {
-  v.ulen = ulen;
-  v.stored_len = stored.size();
-  v.payload_crc = zcrc(stored);
-  Buf out = v3_header(v);
-  out.insert(out.end(), stored.begin(), stored.end());
-  return out;
-}
-// Recompute the v3 header CRC after editing header bytes.
-void fix_v3_header_crc(Buf& file) {
-  std::uint32_t header_len = 0;
-  std::memcpy(&header_len, file.data() + 12, 4);
-  const std::uint32_t crc = zcrc(file.data(), header_len - 4);
-  std::memcpy(file.data() + header_len - 4, &crc, 4);
-}
+using test::fix_v3_header_crc;
+using test::flat_payload;
+using test::HeaderFields;
+using test::lz4_block;
+using test::v12_header;
+using test::v1_file;
+using test::v2_file;
+using test::v2_region;
+using test::v3_file;
+using test::V3Fields;
+using test::zcrc;
+using test::zstd_stream;
 
 // ------------------------------------------------------------------ compressors (the libraries themselves)
-
-// zstd's streaming encoder fed in pieces: the frame header has no content size.
-Buf zstd_stream(const Buf& in, bool with_checksum = false) {
-  ZSTD_CCtx* cctx = ZSTD_createCCtx();
-  EXPECT_FALSE(ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, 3)));
-  EXPECT_FALSE(ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, with_checksum ? 1 : 0)));
-  // Fed in pieces the size is unknown anyway; the flag also covers an empty input,
-  // for which a first ZSTD_e_end call would otherwise record content size 0.
-  EXPECT_FALSE(ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 0)));
-  Buf out;
-  std::vector<std::byte> chunk(ZSTD_CStreamOutSize());
-  std::size_t pos = 0;
-  const auto drive = [&](ZSTD_inBuffer& ib, ZSTD_EndDirective mode) {
-    std::size_t remaining = 0;
-    do {
-      ZSTD_outBuffer ob{chunk.data(), chunk.size(), 0};
-      remaining = ZSTD_compressStream2(cctx, &ob, &ib, mode);
-      EXPECT_FALSE(ZSTD_isError(remaining)) << ZSTD_getErrorName(remaining);
-      if (ZSTD_isError(remaining)) return;
-      out.insert(out.end(), chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(ob.pos));
-    } while (mode == ZSTD_e_end ? remaining != 0 : ib.pos < ib.size);
-  };
-  while (pos < in.size()) {
-    const std::size_t n = std::min<std::size_t>(in.size() - pos, 10000);
-    ZSTD_inBuffer ib{in.data() + pos, n, 0};
-    drive(ib, ZSTD_e_continue);
-    pos += n;
-  }
-  ZSTD_inBuffer end{nullptr, 0, 0};
-  drive(end, ZSTD_e_end);
-  ZSTD_freeCCtx(cctx);
-  EXPECT_EQ(ZSTD_getFrameContentSize(out.data(), out.size()), ZSTD_CONTENTSIZE_UNKNOWN);
-  return out;
-}
 
 // zstd one-shot: the frame header carries the content size.
 Buf zstd_oneshot(const Buf& in) {
@@ -168,16 +57,6 @@ Buf zstd_oneshot(const Buf& in) {
   EXPECT_FALSE(ZSTD_isError(n));
   out.resize(n);
   EXPECT_EQ(ZSTD_getFrameContentSize(out.data(), out.size()), static_cast<unsigned long long>(in.size()));
-  return out;
-}
-
-// The LZ4 block format (no frame, no size prefix).
-Buf lz4_block(const Buf& in) {
-  Buf out(static_cast<std::size_t>(LZ4_compressBound(static_cast<int>(in.size()))));
-  const int n = LZ4_compress_default(reinterpret_cast<const char*>(in.data()), reinterpret_cast<char*>(out.data()),
-                                     static_cast<int>(in.size()), static_cast<int>(out.size()));
-  EXPECT_GT(n, 0);
-  out.resize(static_cast<std::size_t>(n));
   return out;
 }
 
@@ -422,60 +301,9 @@ TEST(FormatCompatLayout, V1StoredLenIsEverythingAfterTheHeader) {
 
 // ------------------------------------------------------------------ a full FlatIndex v2 file
 
-// The flat payload layout (src/index/flat_index.cpp, FlatIndex::save_to):
-// payload_version u32 = 1 | dim u64 | metric u8 | count u64 | id_encoding u8 |
-//   encoding 0: count x u64 id;  encoding 1: count x (kind u8: 0 -> u64; 1 -> len u64 + bytes) |
-// metadata record count u64 | per record: row u64 (ascending), entries u32,
-//   per entry (ascending keys): key_len u32, key, value (tag u8; 0 String: len u32 + bytes;
-//   1 Int i64; 2 Float f64; 3 Bool u8; 4 Null) |
-// count x dim f32 (row-major).
-struct Row {
-  VectorId id;
-  std::vector<float> vec;
-  std::optional<Metadata> meta;
-};
-
-void put_value(Bytes& b, const Value& v) {
-  b.u8(static_cast<std::uint8_t>(v.kind()));
-  switch (v.kind()) {
-    case Value::Kind::String:
-      b.u32(static_cast<std::uint32_t>(v.as_string().size())).str(v.as_string());
-      break;
-    case Value::Kind::Int: b.i64(v.as_int()); break;
-    case Value::Kind::Float: b.f64(v.as_float()); break;
-    case Value::Kind::Bool: b.u8(v.as_bool() ? 1 : 0); break;
-    case Value::Kind::Null: break;
-  }
-}
-
-Buf flat_payload(std::uint64_t dim, std::uint8_t metric, const std::vector<Row>& rows, bool tagged_ids) {
-  Bytes b;
-  b.u32(1).u64(dim).u8(metric).u64(rows.size()).u8(tagged_ids ? 1 : 0);
-  for (const Row& r : rows) {
-    if (!tagged_ids) {
-      b.u64(r.id.as_u64());
-    } else if (r.id.is_u64()) {
-      b.u8(0).u64(r.id.as_u64());
-    } else {
-      b.u8(1).u64(r.id.as_bytes().size()).str(r.id.as_bytes());
-    }
-  }
-  std::uint64_t with_meta = 0;
-  for (const Row& r : rows) with_meta += r.meta ? 1 : 0;
-  b.u64(with_meta);
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    if (!rows[i].meta) continue;
-    b.u64(i).u32(static_cast<std::uint32_t>(rows[i].meta->size()));
-    for (const auto& [key, value] : *rows[i].meta) {  // std::map: ascending keys
-      b.u32(static_cast<std::uint32_t>(key.size())).str(key);
-      put_value(b, value);
-    }
-  }
-  for (const Row& r : rows) {
-    for (const float x : r.vec) b.f32(x);
-  }
-  return b.data();
-}
+// The flat payload layout (src/index/flat_index.cpp, FlatIndex::save_to) is
+// spelled out at test::flat_payload (support/format_builders.hpp).
+using Row = test::FlatRow;
 
 std::vector<Row> sample_rows(std::uint64_t dim, std::size_t n, bool byte_ids, std::uint64_t seed) {
   std::mt19937_64 rng(seed);

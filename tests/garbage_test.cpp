@@ -7,9 +7,7 @@
 // test::alloc_bound of the input. Seeded std::mt19937_64 with fixed seeds, so
 // a failure names the seed and iteration that reproduce it.
 // docs/reliability/corruption.md.
-#include <dlfcn.h>
 #include <gtest/gtest.h>
-#include <zlib.h>
 #include <zstd.h>
 
 #include <cstring>
@@ -22,6 +20,9 @@
 
 #include "iqdb/persist.hpp"
 #include "support/alloc_guard.hpp"
+#include "support/corruption_util.hpp"
+#include "support/format_builders.hpp"
+#include "support/mem_fs.hpp"
 #include "support/test_util.hpp"
 
 IQDB_TEST_COUNT_OPERATOR_NEW();
@@ -30,22 +31,10 @@ namespace iqdb::persist {
 namespace {
 
 namespace fsx = std::filesystem;
-using Buf = std::vector<std::byte>;
-using test::Bytes;
+// Buf, Bytes, the reference encoders (format_builders.hpp), in-memory files,
+// outcome_of (corruption_util.hpp).
+using namespace test;
 using Rng = std::mt19937_64;
-
-// zlib's crc32, loaded at run time: zlib is not on this target's link line
-// (tests/CMakeLists.txt links it to a fixed list of targets).
-std::uint32_t zcrc(const std::byte* p, std::size_t n) {
-  using Crc32Fn = decltype(&::crc32);
-  static const Crc32Fn fn = [] {
-    void* lib = ::dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
-    return lib == nullptr ? nullptr : reinterpret_cast<Crc32Fn>(::dlsym(lib, "crc32"));
-  }();
-  if (fn == nullptr) throw std::runtime_error("cannot load zlib (libz.so.1)");
-  return static_cast<std::uint32_t>(fn(0, reinterpret_cast<const Bytef*>(p), static_cast<uInt>(n)));
-}
-std::uint32_t zcrc(const Buf& b) { return zcrc(b.data(), b.size()); }
 
 // ------------------------------------------------------------------ random pieces
 
@@ -156,13 +145,6 @@ struct SnapshotGarbage {
   std::uint64_t decoded_bound = 0;  // bytes a load may legitimately decode (alloc bound input)
 };
 
-Buf v12_header(std::uint32_t version, const std::string& tag, std::uint64_t dim, std::uint8_t metric, std::uint64_t n,
-               std::uint32_t crc) {
-  Bytes b;
-  b.str("IQDBPRST").u32(version).u64(tag.size()).str(tag).u64(dim).u8(metric).u64(n).u32(crc);
-  return b.data();
-}
-
 std::string random_tag(Rng& r) {
   switch (below(r, 4)) {
     case 0:
@@ -209,35 +191,31 @@ SnapshotGarbage random_snapshot(Rng& r) {
     // expansion guard, when compressed; the stored bytes otherwise.
     g.decoded_bound = scheme == 0 ? 0 : std::min<std::uint64_t>(ulen, 4096 * stored.size());
     if (version == 1) {
-      g.file = v12_header(1, tag, dim, metric, n, coin(r, 80) ? zcrc(payload) : static_cast<std::uint32_t>(r()));
+      g.file = test::v12_header(1, {tag, dim, metric, n},
+                                coin(r, 80) ? zcrc(payload) : static_cast<std::uint32_t>(r()));
       g.file.insert(g.file.end(), payload.begin(), payload.end());
       g.decoded_bound = 0;
     } else if (version == 2) {
-      Bytes region;
-      region.u8(scheme).u64(ulen).append(stored);
-      g.file = v12_header(2, tag, dim, metric, n,
-                          coin(r, 80) ? zcrc(region.data()) : static_cast<std::uint32_t>(r()));
-      g.file.insert(g.file.end(), region.data().begin(), region.data().end());
+      const Buf region = test::v2_region(scheme, ulen, stored);
+      g.file = test::v12_header(2, {tag, dim, metric, n}, coin(r, 80) ? zcrc(region) : static_cast<std::uint32_t>(r()));
+      g.file.insert(g.file.end(), region.begin(), region.end());
     } else {
-      const std::string t = tag.empty() ? "flat" : tag;
-      Bytes h;
-      h.str("IQDBPRST")
-          .u32(3)
-          .u32(coin(r, 90) ? static_cast<std::uint32_t>(78 + t.size()) : static_cast<std::uint32_t>(random_count(r, 82)))
-          .u32(coin(r, 90) ? 0 : static_cast<std::uint32_t>(r()))
-          .u32(static_cast<std::uint32_t>(r()))
-          .u32(coin(r, 90) ? static_cast<std::uint32_t>(t.size()) : static_cast<std::uint32_t>(random_count(r, 4)))
-          .str(t)
-          .u64(dim)
-          .u8(metric)
-          .u8(scheme)
-          .u64(n)
-          .u64(r())
-          .u64(ulen)
-          .u64(coin(r, 90) ? stored.size() : random_count(r, stored.size()))
-          .u32(coin(r, 90) ? zcrc(stored) : static_cast<std::uint32_t>(r()));
-      h.u32(coin(r, 90) ? zcrc(h.data()) : static_cast<std::uint32_t>(r()));
-      g.file = h.data();
+      // Fields drawn in header order (the seeds' files depend on it).
+      test::V3Fields h;
+      h.f = {tag.empty() ? "flat" : tag, dim, metric, n};
+      h.compression = scheme;
+      h.header_len = coin(r, 90) ? static_cast<std::uint32_t>(78 + h.f.tag.size())
+                                 : static_cast<std::uint32_t>(random_count(r, 82));
+      h.required = coin(r, 90) ? 0 : static_cast<std::uint32_t>(r());
+      h.optional = static_cast<std::uint32_t>(r());
+      h.tag_len =
+          coin(r, 90) ? static_cast<std::uint32_t>(h.f.tag.size()) : static_cast<std::uint32_t>(random_count(r, 4));
+      h.last_lsn = r();
+      h.ulen = ulen;
+      h.stored_len = coin(r, 90) ? stored.size() : random_count(r, stored.size());
+      h.payload_crc = coin(r, 90) ? zcrc(stored) : static_cast<std::uint32_t>(r());
+      if (!coin(r, 90)) h.header_crc = static_cast<std::uint32_t>(r());
+      g.file = test::v3_header(h);
       g.file.insert(g.file.end(), stored.begin(), stored.end());
     }
     if (coin(r, 10)) g.file.resize(static_cast<std::size_t>(below(r, g.file.size() + 1)));  // and cut
@@ -247,61 +225,16 @@ SnapshotGarbage random_snapshot(Rng& r) {
 
 // ------------------------------------------------------------------ reading from memory
 
-class MemFile final : public ReadableFile {
- public:
-  MemFile(fsx::path p, const Buf& b) : path_(std::move(p)), bytes_(b) {}
-  std::size_t read_at(std::uint64_t off, std::span<std::byte> dst) const override {
-    if (off >= bytes_.size()) return 0;
-    const std::size_t n = std::min<std::size_t>(dst.size(), bytes_.size() - static_cast<std::size_t>(off));
-    if (n > 0) std::memcpy(dst.data(), bytes_.data() + off, n);
-    return n;
-  }
-  std::uint64_t size() const noexcept override { return bytes_.size(); }
-  const fsx::path& path() const noexcept override { return path_; }
-
- private:
-  fsx::path path_;
-  const Buf& bytes_;
-};
-
 // Serves one file from memory; everything else goes to the real file system.
-class MemFs final : public FileSystemWrapper {
- public:
-  MemFs() : FileSystemWrapper(default_file_system()) {}
-  static const fsx::path& path() {
-    static const fsx::path p = "/nonexistent-iqdb-garbage/g.iqdb";
-    return p;
-  }
-  void set(Buf b) { bytes_ = std::move(b); }
-  std::unique_ptr<ReadableFile> open_read(const fsx::path& p) override {
-    if (p == path()) return std::make_unique<MemFile>(p, bytes_);
-    return target().open_read(p);
-  }
-  bool exists(const fsx::path& p) override { return p == path() || target().exists(p); }
-
- private:
-  Buf bytes_;
-};
-
-// Runs f; "ok", the error kind's name, or "FOREIGN: what" for any other exception.
-template <class F>
-std::string outcome(F&& f) {
-  try {
-    f();
-    return "ok";
-  } catch (const PersistError& e) {
-    return std::string(to_string(e.kind()));
-  } catch (const std::exception& e) {
-    return std::string("FOREIGN: ") + e.what();
-  }
-}
+using MemFs = test::SingleFileMemFs;
+const fsx::path kMemPath = "/nonexistent-iqdb-garbage/g.iqdb";
 
 constexpr std::uint64_t kSnapshotSeed = 0x1D0C0FFEE;
 constexpr int kSnapshotIterations = 4000;
 
 TEST(Garbage, SnapshotReaders) {
   ASSERT_TRUE(test::operator_new_is_counted());
-  MemFs fs;
+  MemFs fs(kMemPath);
   Rng rng(kSnapshotSeed);
   std::map<std::string, int> tally;
   for (int it = 0; it < kSnapshotIterations; ++it) {
@@ -310,11 +243,11 @@ TEST(Garbage, SnapshotReaders) {
     const std::size_t bound = test::alloc_bound(static_cast<std::size_t>(g.file.size() + g.decoded_bound));
     const std::string where = "seed " + std::to_string(kSnapshotSeed) + " iteration " + std::to_string(it) + " (" +
                               std::to_string(g.file.size()) + " bytes)";
-    PersistConfig cfg(MemFs::path());
+    PersistConfig cfg(fs.path());
     cfg.file_system = &fs;
     const auto check = [&](const char* what, const std::function<void()>& f) {
       test::AllocGuard guard;
-      const std::string o = outcome(f);
+      const std::string o = outcome_of(f);
       const test::AllocStats s = guard.stats();
       EXPECT_EQ(o.find("FOREIGN"), std::string::npos) << where << ": " << what << ": " << o;
       EXPECT_LE(s.peak_bytes, bound) << where << ": " << what;
@@ -325,18 +258,18 @@ TEST(Garbage, SnapshotReaders) {
     const std::string loaded = check("load", [&] {
       auto db = PersistedIndex<FlatIndex>::load(cfg);
       // A "valid result": the loaded index agrees with its own header.
-      const SnapshotSummary s = inspect_snapshot(fs, MemFs::path());
+      const SnapshotSummary s = inspect_snapshot(fs, fs.path());
       EXPECT_EQ(db.index().dim(), s.header.dim) << where;
       EXPECT_EQ(db.index().size(), s.header.n_vectors) << where;
     });
     check("read_snapshot", [&] {
-      read_snapshot(fs, MemFs::path(), {}, ReadLimits{}, [](PayloadReader& r, const FileHeader&) {
+      read_snapshot(fs, fs.path(), {}, ReadLimits{}, [](PayloadReader& r, const FileHeader&) {
         std::byte buf[64];
         while (r.remaining() > 0) r.read(buf, static_cast<std::size_t>(std::min<std::uint64_t>(r.remaining(), 64)));
       });
     });
-    check("inspect", [&] { inspect_snapshot(fs, MemFs::path()); });
-    const std::string verified = check("verify", [&] { verify_snapshot(fs, MemFs::path(), ReadLimits{}); });
+    check("inspect", [&] { inspect_snapshot(fs, fs.path()); });
+    const std::string verified = check("verify", [&] { verify_snapshot(fs, fs.path(), ReadLimits{}); });
     // What loads, verifies: verify checks a subset of what a load checks.
     if (loaded == "ok") {
       EXPECT_EQ(verified, "ok") << where;
@@ -348,13 +281,6 @@ TEST(Garbage, SnapshotReaders) {
 // ------------------------------------------------------------------ random logs
 
 constexpr std::uint64_t kSalt = 0x0DDBA11CAFEF00DULL;
-
-Buf v2_log_header(std::uint64_t salt, std::uint64_t base_lsn) {
-  Bytes h;
-  h.str(std::string("IQDBWAL\0", 8)).u32(2).u32(40).u64(salt).u64(base_lsn).u32(0);
-  h.u32(zcrc(h.data()));
-  return h.data();
-}
 
 // A random op: plausible structure, random lengths.
 void random_op(Rng& r, Bytes& b, std::uint64_t dim) {
@@ -397,9 +323,9 @@ Buf random_log(Rng& r, std::uint64_t dim) {
   const std::uint32_t version = kind == 1 ? 1 : 2;
   Bytes log;
   if (version == 1) {
-    log.str(std::string("IQDBWAL\0", 8)).u32(1);
+    log.append(test::v1_log_header());
   } else {
-    log.append(v2_log_header(kSalt, coin(r, 90) ? 1 : below(r, 4)));
+    log.append(test::v2_log_header(kSalt, coin(r, 90) ? 1 : below(r, 4)));
   }
   std::uint64_t lsn = 1;
   for (std::uint64_t f = below(r, 6); f > 0; --f) {
@@ -443,7 +369,7 @@ constexpr int kScanIterations = 4000;
 
 TEST(Garbage, LogScan) {
   ASSERT_TRUE(test::operator_new_is_counted());
-  MemFs fs;
+  MemFs fs(kMemPath);
   Rng rng(kScanSeed);
   std::map<std::string, int> tally;
   for (int it = 0; it < kScanIterations; ++it) {
@@ -454,8 +380,8 @@ TEST(Garbage, LogScan) {
       test::AllocGuard guard;
       std::uint64_t delivered = 0;
       std::optional<wal::ScanResult> result;
-      const std::string o = outcome([&] {
-        result = wal::scan_log(fs, MemFs::path(), [&](const wal::RecordView& rv) {
+      const std::string o = outcome_of([&] {
+        result = wal::scan_log(fs, fs.path(), [&](const wal::RecordView& rv) {
           ++delivered;
           EXPECT_NE(rv.id, nullptr);
           EXPECT_LT(rv.index_in_frame, rv.frame_records);
@@ -540,7 +466,7 @@ TEST(Garbage, WalModeLoad) {
     test::write_file(wal::log_path_for(cfg.path), log);
     const std::string where = "seed " + std::to_string(kLoadSeed) + " iteration " + std::to_string(it);
     test::AllocGuard guard;
-    const std::string o = outcome([&] {
+    const std::string o = outcome_of([&] {
       auto db = PersistedIndex<FlatIndex>::load(cfg);
       EXPECT_EQ(db.index().dim(), 2u) << where;
       db.close();

@@ -11,56 +11,28 @@
 // destructor must not throw) and the directory reopened with the real file
 // system: it must hold exactly the acknowledged state, and keep working.
 #include <gtest/gtest.h>
-#include <zlib.h>
 
-#include <cstring>
 #include <iqdb/persist.hpp>
 #include <map>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "support/fault_fs.hpp"
+#include "support/format_builders.hpp"
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
 
 namespace fs = std::filesystem;
-using test::Fault;
-using test::FaultFs;
-using test::FsOp;
-using test::OpKind;
+// FaultFs (support/fault_fs.hpp); the model Entry / Model / diff and
+// wal_config (support/wal_test_util.hpp).
+using namespace test;
 
 // ---------------------------------------------------------------- model
-
-struct Entry {
-  std::vector<float> vec;
-  std::optional<Metadata> meta;
-};
-using Model = std::map<VectorId, Entry>;
-
-std::string diff(const FlatIndex& index, const Model& model) {
-  std::ostringstream out;
-  if (index.size() != model.size()) out << "size " << index.size() << " != model " << model.size() << "; ";
-  for (const auto& [id, e] : model) {
-    if (!index.contains(id)) {
-      out << "missing " << id.to_string() << "; ";
-      continue;
-    }
-    const auto v = index.get(id);
-    if (v.size() != e.vec.size() || std::memcmp(v.data(), e.vec.data(), v.size_bytes()) != 0) {
-      out << "vector of " << id.to_string() << " differs; ";
-    }
-    const Metadata* m = index.metadata(id);
-    if ((m != nullptr) != e.meta.has_value() || (m != nullptr && *m != *e.meta)) {
-      out << "metadata of " << id.to_string() << " differs; ";
-    }
-  }
-  return out.str();
-}
 
 std::vector<float> vec_of(std::uint64_t i) {
   return {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i), 1.0f};
@@ -84,14 +56,6 @@ FlatIndex index_of(const Model& model) {
   FlatIndex index(4, DistanceMetric::Euclidean);
   for (const auto& [id, e] : model) index.insert(id, e.vec, e.meta);
   return index;
-}
-
-PersistConfig wal_config(const fs::path& p, FsyncPolicy policy, FileSystem* file_system = nullptr) {
-  PersistConfig cfg(p);
-  cfg.wal_enabled = true;
-  cfg.fsync_policy = policy;
-  cfg.file_system = file_system;
-  return cfg;
 }
 
 // ---------------------------------------------------------------- crashing
@@ -346,15 +310,9 @@ INSTANTIATE_TEST_SUITE_P(Policy, OpenWithCrash, ::testing::ValuesIn(kPolicies), 
 
 // ---------------------------------------------------------------- load
 
-// A reference (version 1) log, byte by byte: 12-byte header, then frames of
-// length u32, crc32(body) u32, body.
-void add_v1_frame(test::Bytes& log, const std::vector<std::byte>& body) {
-  log.u32(static_cast<std::uint32_t>(body.size()));
-  log.u32(static_cast<std::uint32_t>(
-      crc32(0, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()))));
-  log.append(body);
-}
-
+// A reference (version 1) log, byte by byte (support/format_builders.hpp):
+// 12-byte header, then frames of length u32, crc32(body) u32, body; the
+// frames' ops as below.
 std::vector<std::byte> v1_insert_u64(std::uint64_t id, const std::vector<float>& v) {
   test::Bytes b;
   b.u8(1).u8(0).u64(id).u32(static_cast<std::uint32_t>(v.size()));
@@ -425,12 +383,12 @@ Model prepare(const test::TempDir& dir, Before before) {
         db.save();
       }
       test::Bytes log;
-      log.str(std::string("IQDBWAL\0", 8)).u32(1);
+      log.append(test::v1_log_header());
       for (std::uint64_t id = 10; id < 14; ++id) {
-        add_v1_frame(log, v1_insert_u64(id, vec_of(id)));
+        log.append(test::v1_frame(v1_insert_u64(id, vec_of(id))));
         model[VectorId(id)] = Entry{vec_of(id), std::nullopt};
       }
-      add_v1_frame(log, v1_erase_u64(2));
+      log.append(test::v1_frame(v1_erase_u64(2)));
       model.erase(VectorId(2));
       test::write_file(wal::log_path_for(real.path), log.data());
       break;

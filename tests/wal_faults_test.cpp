@@ -7,54 +7,25 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstring>
 #include <functional>
 #include <iqdb/persist.hpp>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "support/fault_fs.hpp"
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
 
 namespace fs = std::filesystem;
-using test::Fault;
-using test::FaultFs;
-using test::FsOp;
-using test::OpKind;
-using test::OpMatch;
-
-struct Entry {
-  std::vector<float> vec;
-  std::optional<Metadata> meta;
-};
-using Model = std::map<VectorId, Entry>;
-
-std::string diff(const FlatIndex& index, const Model& model) {
-  std::ostringstream out;
-  if (index.size() != model.size()) out << "size " << index.size() << " != model " << model.size() << "; ";
-  for (const auto& [id, e] : model) {
-    if (!index.contains(id)) {
-      out << "missing " << id.to_string() << "; ";
-      continue;
-    }
-    const auto v = index.get(id);
-    if (v.size() != e.vec.size() || std::memcmp(v.data(), e.vec.data(), v.size_bytes()) != 0) {
-      out << "vector of " << id.to_string() << " differs; ";
-    }
-    const Metadata* m = index.metadata(id);
-    if ((m != nullptr) != e.meta.has_value() || (m != nullptr && *m != *e.meta)) {
-      out << "metadata of " << id.to_string() << " differs; ";
-    }
-  }
-  return out.str();
-}
+// FaultFs (support/fault_fs.hpp); the model Entry / Model / diff and
+// wal_config (support/wal_test_util.hpp).
+using namespace test;
 
 std::vector<float> vec_of(std::uint64_t i) {
   return {static_cast<float>(i), 2.0f * static_cast<float>(i), 0.5f, -1.0f};
@@ -75,25 +46,6 @@ constexpr std::uint64_t kLogHeader = 40;
 void put(PersistedIndex<FlatIndex>& db, Model& model, std::uint64_t i) {
   db.insert(i, vec_of(i), meta_of(i));
   model[VectorId(i)] = Entry{vec_of(i), meta_of(i)};
-}
-
-PersistConfig wal_config(const fs::path& p, FsyncPolicy policy, FileSystem* file_system = nullptr) {
-  PersistConfig cfg(p);
-  cfg.wal_enabled = true;
-  cfg.fsync_policy = policy;
-  cfg.file_system = file_system;
-  return cfg;
-}
-
-// The kind of the PersistError f() throws (nullopt if none).
-template <class F>
-std::optional<ErrorKind> error_of(F&& f) {
-  try {
-    f();
-  } catch (const PersistError& e) {
-    return e.kind();
-  }
-  return std::nullopt;
 }
 
 bool contains(const PersistedIndex<FlatIndex>& db, std::uint64_t id) {

@@ -10,6 +10,7 @@
 
 #include "support/fault_fs.hpp"
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -19,11 +20,7 @@ namespace fs = std::filesystem;
 std::vector<float> vec_of(std::uint64_t i) { return {static_cast<float>(i), 1.0f, 2.0f, 3.0f}; }
 
 PersistConfig config(const fs::path& p, FsyncPolicy policy, FileSystem* file_system = nullptr) {
-  PersistConfig cfg(p);
-  cfg.wal_enabled = true;
-  cfg.fsync_policy = policy;
-  cfg.file_system = file_system;
-  return cfg;
+  return test::wal_config(p, policy, file_system);
 }
 
 TEST(WalStats, CountCommitsRecordsAndTheSyncsSeenAtTheSeam) {

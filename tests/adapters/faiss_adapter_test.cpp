@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/adapter_test_util.hpp"
 #include "adapters/faiss_stream_guard.hpp"
 #include "support/test_util.hpp"
 
@@ -42,6 +43,14 @@ namespace iqdb::persist {
 namespace {
 
 namespace fs = std::filesystem;
+using test::BufferReader;
+using test::BufferWriter;
+using test::config_for;
+using test::crash_image;
+using test::error_of;
+using test::gaussian;
+using test::get_u64;
+using test::row;
 using test::TempDir;
 
 // FAISS 1.7.3's reader leaks the objects it had built when a read fails
@@ -74,14 +83,6 @@ struct Case {
   bool exact;  // searches equal brute force
   std::function<std::unique_ptr<faiss::Index>(int d)> make;
 };
-
-std::vector<float> gaussian(std::size_t n, int d, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> v(n * static_cast<std::size_t>(d));
-  for (float& x : v) x = g(rng);
-  return v;
-}
 
 std::unique_ptr<faiss::Index> flat(int d, faiss::MetricType m) {
   if (m == faiss::METRIC_L2) return std::make_unique<faiss::IndexFlatL2>(d);
@@ -207,8 +208,7 @@ Built build(const Case& c, std::size_t n, std::uint32_t seed, IdSource& ids, boo
   const std::vector<float> x = gaussian(n, kDim, seed);
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint64_t id = ids.next(b.model);
-    std::vector<float> v(x.begin() + static_cast<std::ptrdiff_t>(i * kDim),
-                         x.begin() + static_cast<std::ptrdiff_t>((i + 1) * kDim));
+    const std::vector<float> v = row(x, i, kDim);
     const std::optional<Metadata> meta = with_meta ? meta_for(i) : std::nullopt;
     b.index.insert(id, v, meta);
     b.model[id] = Entry{v, meta};
@@ -243,9 +243,7 @@ std::vector<std::uint8_t> faiss_bytes(const FaissIndex& ix) {
 std::vector<std::vector<float>> queries(std::size_t n, std::uint32_t seed) {
   const std::vector<float> x = gaussian(n, kDim, seed);
   std::vector<std::vector<float>> q;
-  for (std::size_t i = 0; i < n; ++i)
-    q.emplace_back(x.begin() + static_cast<std::ptrdiff_t>(i * kDim),
-                   x.begin() + static_cast<std::ptrdiff_t>((i + 1) * kDim));
+  for (std::size_t i = 0; i < n; ++i) q.push_back(row(x, i, kDim));
   return q;
 }
 
@@ -314,36 +312,6 @@ void expect_same_index(const FaissIndex& loaded, const FaissIndex& original) {
   EXPECT_EQ(faiss_bytes(loaded), faiss_bytes(original));
   EXPECT_EQ(loaded.metadata_table(), original.metadata_table());
   expect_same_searches(loaded, original);
-}
-
-// Logs are not fsynced: the crash images below are what a process crash
-// leaves (power loss is the core's business, tested there), and fsyncs would
-// dominate these tests' time.
-PersistConfig config_for(const fs::path& p, bool wal) {
-  PersistConfig cfg(p);
-  cfg.wal_enabled = wal;
-  cfg.fsync_policy = FsyncPolicy::never();
-  return cfg;
-}
-
-// What a crash leaves: the snapshot and the log as they are on disk now.
-fs::path crash_image(const PersistConfig& cfg, const fs::path& to_dir) {
-  fs::create_directories(to_dir);
-  const fs::path snap = to_dir / cfg.path.filename();
-  fs::copy_file(cfg.path, snap, fs::copy_options::overwrite_existing);
-  const fs::path log = wal::log_path_for(cfg.path);
-  if (fs::exists(log)) fs::copy_file(log, wal::log_path_for(snap), fs::copy_options::overwrite_existing);
-  return snap;
-}
-
-template <class F>
-std::optional<ErrorKind> error_of(F&& f) {
-  try {
-    f();
-  } catch (const PersistError& e) {
-    return e.kind();
-  }
-  return std::nullopt;
 }
 
 // ---------------------------------------------------------------- round trip
@@ -417,8 +385,7 @@ TEST(FaissAdapter, InsertsAndErasesMatchTheModelAfterReload) {
         b.model.erase(it);
       } else {
         const std::uint64_t id = ids.next(b.model);
-        std::vector<float> v(x.begin() + static_cast<std::ptrdiff_t>(i * kDim),
-                             x.begin() + static_cast<std::ptrdiff_t>((i + 1) * kDim));
+        const std::vector<float> v = row(x, i, kDim);
         db.insert(id, v, meta_for(i + 1000));
         b.model[id] = Entry{v, meta_for(i + 1000)};
       }
@@ -453,10 +420,7 @@ TEST(FaissAdapter, WalRecoveryEqualsTheIndexThatNeverCrashed) {
     const PersistConfig cfg = config_for(dir / "w.iqdb", true);
     auto db = PersistedIndex<FaissIndex>::open_with(std::move(b.index), cfg);
     const std::vector<float> x = gaussian(120, kDim, 10);
-    const auto vec = [&](std::size_t i) {
-      return std::vector<float>(x.begin() + static_cast<std::ptrdiff_t>(i * kDim),
-                                x.begin() + static_cast<std::ptrdiff_t>((i + 1) * kDim));
-    };
+    const auto vec = [&](std::size_t i) { return row(x, i, kDim); };
     for (std::size_t i = 0; i < 60; ++i) {
       const std::uint64_t id = ids.next(b.model);
       db.insert(id, vec(i), meta_for(i));
@@ -642,41 +606,10 @@ TEST(FaissAdapter, AdoptsAnIndexBuiltWithFaiss) {
 
 // ---------------------------------------------------------------- damaged and crafted payloads
 
-class BufferWriter final : public PayloadWriter {
- public:
-  void write(const void* data, std::size_t size) override {
-    const auto* p = static_cast<const std::byte*>(data);
-    bytes.insert(bytes.end(), p, p + size);
-  }
-  std::uint64_t bytes_written() const noexcept override { return bytes.size(); }
-  std::vector<std::byte> bytes;
-};
-
-class BufferReader final : public PayloadReader {
- public:
-  explicit BufferReader(const std::vector<std::byte>& b) : b_(b) {}
-  void read(void* dst, std::size_t size) override {
-    if (size > remaining()) throw PersistError(ErrorKind::TruncatedPayload, "payload ends");
-    std::memcpy(dst, b_.data() + pos_, size);
-    pos_ += size;
-  }
-  std::uint64_t remaining() const noexcept override { return b_.size() - pos_; }
-
- private:
-  const std::vector<std::byte>& b_;
-  std::size_t pos_ = 0;
-};
-
 std::vector<std::byte> payload_of(const FaissIndex& ix) {
   BufferWriter w;
   ix.save_to(w);
   return w.bytes;
-}
-
-std::uint64_t get_u64(const std::vector<std::byte>& b, std::size_t at) {
-  std::uint64_t v;
-  std::memcpy(&v, b.data() + at, 8);
-  return v;
 }
 
 // Offset of the FAISS serialization in a payload without metadata

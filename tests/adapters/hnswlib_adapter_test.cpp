@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/adapter_test_util.hpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -28,53 +29,22 @@ namespace {
 
 namespace fs = std::filesystem;
 using Graph = HnswlibIndex::Graph;
+using test::BufferReader;
+using test::BufferWriter;
 using test::Bytes;
+using test::config_for;
+using test::crash_image;
+using test::error_of;
+using test::gaussian;
 using test::TempDir;
 
 constexpr std::size_t kDim = 16;
 
-std::vector<float> gaussian(std::size_t n, std::size_t d, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> v(n * d);
-  for (float& x : v) x = g(rng);
-  return v;
-}
-
-std::vector<float> row(const std::vector<float>& x, std::size_t i, std::size_t d = kDim) {
-  return {x.begin() + static_cast<std::ptrdiff_t>(i * d), x.begin() + static_cast<std::ptrdiff_t>((i + 1) * d)};
-}
+std::vector<float> row(const std::vector<float>& x, std::size_t i, std::size_t d = kDim) { return test::row(x, i, d); }
 
 std::optional<Metadata> meta_for(std::uint64_t i) {
   if (i % 4 != 0) return std::nullopt;
   return Metadata{{"i", Value(static_cast<std::int64_t>(i))}, {"name", Value("v" + std::to_string(i))}};
-}
-
-// Logs and snapshots are not fsynced here (see faiss_adapter_test.cpp).
-PersistConfig config_for(const fs::path& p, bool wal) {
-  PersistConfig cfg(p);
-  cfg.wal_enabled = wal;
-  cfg.fsync_policy = FsyncPolicy::never();
-  return cfg;
-}
-
-fs::path crash_image(const PersistConfig& cfg, const fs::path& to_dir) {
-  fs::create_directories(to_dir);
-  const fs::path snap = to_dir / cfg.path.filename();
-  fs::copy_file(cfg.path, snap, fs::copy_options::overwrite_existing);
-  const fs::path log = wal::log_path_for(cfg.path);
-  if (fs::exists(log)) fs::copy_file(log, wal::log_path_for(snap), fs::copy_options::overwrite_existing);
-  return snap;
-}
-
-template <class F>
-std::optional<ErrorKind> error_of(F&& f) {
-  try {
-    f();
-  } catch (const PersistError& e) {
-    return e.kind();
-  }
-  return std::nullopt;
 }
 
 template <class Engine>
@@ -244,35 +214,12 @@ TEST(HnswlibAdapter, PayloadFollowsTheDocumentedLayout) {
     }
   }
 
-  class Capture final : public PayloadWriter {
-   public:
-    void write(const void* data, std::size_t size) override {
-      const auto* p = static_cast<const std::byte*>(data);
-      bytes.insert(bytes.end(), p, p + size);
-    }
-    std::uint64_t bytes_written() const noexcept override { return bytes.size(); }
-    std::vector<std::byte> bytes;
-  } got;
+  BufferWriter got;
   ix.save_to(got);
   EXPECT_EQ(got.bytes, want.data());
 }
 
 // ---------------------------------------------------------------- hostile payloads
-
-class BufferReader final : public PayloadReader {
- public:
-  explicit BufferReader(const std::vector<std::byte>& b) : b_(b) {}
-  void read(void* dst, std::size_t size) override {
-    if (size > remaining()) throw PersistError(ErrorKind::TruncatedPayload, "payload ends");
-    std::memcpy(dst, b_.data() + pos_, size);
-    pos_ += size;
-  }
-  std::uint64_t remaining() const noexcept override { return b_.size() - pos_; }
-
- private:
-  const std::vector<std::byte>& b_;
-  std::size_t pos_ = 0;
-};
 
 // A hand-made graph of 4 elements (labels 10..13, dim 2, M 2): element 0 is
 // the entry point, on levels 0 and 1; level 0 links everyone to everyone.
@@ -410,15 +357,7 @@ TEST(HnswlibAdapterPayload, HostileGraphsAreRefusedBeforeUse) {
 // Cut anywhere, a real graph's payload fails cleanly.
 TEST(HnswlibAdapterPayload, TruncationFailsAnywhere) {
   const Built b = build(DistanceMetric::Euclidean, 60, 4);
-  class Capture final : public PayloadWriter {
-   public:
-    void write(const void* data, std::size_t size) override {
-      const auto* p = static_cast<const std::byte*>(data);
-      bytes.insert(bytes.end(), p, p + size);
-    }
-    std::uint64_t bytes_written() const noexcept override { return bytes.size(); }
-    std::vector<std::byte> bytes;
-  } w;
+  BufferWriter w;
   b.index.save_to(w);
   EXPECT_NO_THROW(load(w.bytes));
   for (std::size_t cut = 0; cut < w.bytes.size(); cut += 1 + w.bytes.size() / 211) {
@@ -432,15 +371,7 @@ TEST(HnswlibAdapterPayload, TruncationFailsAnywhere) {
 // or is refused: never a crash (run under ASan in CI).
 RC_GTEST_PROP(HnswlibAdapterPayload, FlippedBytesNeverCrash, ()) {
   static const std::vector<std::byte> good = [] {
-    class Capture final : public PayloadWriter {
-     public:
-      void write(const void* data, std::size_t size) override {
-        const auto* p = static_cast<const std::byte*>(data);
-        bytes.insert(bytes.end(), p, p + size);
-      }
-      std::uint64_t bytes_written() const noexcept override { return bytes.size(); }
-      std::vector<std::byte> bytes;
-    } w;
+    BufferWriter w;
     build(DistanceMetric::Euclidean, 30, 6).index.save_to(w);
     return w.bytes;
   }();

@@ -66,4 +66,14 @@ Bytes& Bytes::u64(std::uint64_t v) { put_le(b_, v); return *this; }
 Bytes& Bytes::f32(float v) { return u32(std::bit_cast<std::uint32_t>(v)); }
 Bytes& Bytes::f64(double v) { return u64(std::bit_cast<std::uint64_t>(v)); }
 
+template <class T>
+static T get_le(const std::vector<std::byte>& b, std::size_t at) {
+  T v = 0;
+  for (std::size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(std::to_integer<T>(b.at(at + i)) << (8 * i));
+  return v;
+}
+
+std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at) { return get_le<std::uint32_t>(b, at); }
+std::uint64_t get_u64(const std::vector<std::byte>& b, std::size_t at) { return get_le<std::uint64_t>(b, at); }
+
 }  // namespace iqdb::persist::test

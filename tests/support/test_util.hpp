@@ -4,8 +4,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "iqdb/persist/error.hpp"
 
 namespace iqdb::persist::test {
 
@@ -28,6 +31,9 @@ class TempDir {
 std::vector<std::byte> read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::vector<std::byte>& bytes);
 
+// The bytes of a file or a buffer.
+using Buf = std::vector<std::byte>;
+
 // Little-endian byte builder for crafting files byte by byte in tests.
 class Bytes {
  public:
@@ -47,5 +53,20 @@ class Bytes {
  private:
   std::vector<std::byte> b_;
 };
+
+// The little-endian u32 / u64 at byte `at` of `b` (which must hold it).
+std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at);
+std::uint64_t get_u64(const std::vector<std::byte>& b, std::size_t at);
+
+// The kind of the PersistError f() throws (nullopt if it returns).
+template <class F>
+std::optional<ErrorKind> error_of(F&& f) {
+  try {
+    f();
+  } catch (const PersistError& e) {
+    return e.kind();
+  }
+  return std::nullopt;
+}
 
 }  // namespace iqdb::persist::test
