@@ -125,5 +125,50 @@ TEST(WalBasic, BatchIsOneFrame) {
   EXPECT_EQ(db.index().get(3)[0], 330.0f);
 }
 
+// Each mutation of a batch is validated against the state the earlier ones
+// leave, with or without a WAL; a conflict refuses the whole batch.
+TEST(WalBasic, BatchMutationsSeeTheOnesBeforeThem) {
+  test::TempDir dir;
+  for (const bool wal : {false, true}) {
+    SCOPED_TRACE(wal ? "wal" : "no wal");
+    PersistConfig cfg = wal ? wal_config(dir / "w.iqdb") : PersistConfig(dir / "n.iqdb");
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    db.insert(1, vec_of(1));
+    const auto refused = [&](WriteBatch& b, ErrorKind kind) {
+      try {
+        db.write(b);
+        ADD_FAILURE() << "the batch was accepted";
+      } catch (const PersistError& e) {
+        EXPECT_EQ(e.kind(), kind) << e.what();
+      }
+      EXPECT_EQ(db.index().size(), 1u);
+      EXPECT_TRUE(db.index().contains(1));
+    };
+    WriteBatch twice;
+    twice.insert(2, vec_of(2)).insert(2, vec_of(2));
+    refused(twice, ErrorKind::DuplicateId);
+    WriteBatch erase_twice;
+    erase_twice.erase(1).erase(1);
+    refused(erase_twice, ErrorKind::IdNotFound);
+    WriteBatch erase_then_use;
+    erase_then_use.insert(3, vec_of(3)).erase(1).insert(1, vec_of(11)).erase(3).insert(3, vec_of(33));
+    db.write(erase_then_use);
+    EXPECT_EQ(db.index().size(), 2u);
+    EXPECT_EQ(db.index().get(1)[0], 110.0f);
+    EXPECT_EQ(db.index().get(3)[0], 330.0f);
+    // Many distinct ids and a repeat at the end (the batch table's probing).
+    WriteBatch big;
+    for (std::uint64_t i = 100; i < 1100; ++i) big.insert(i, vec_of(i));
+    big.insert(777, vec_of(7));
+    try {
+      db.write(big);
+      ADD_FAILURE() << "the batch was accepted";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::DuplicateId) << e.what();
+    }
+    EXPECT_EQ(db.index().size(), 2u);
+  }
+}
+
 }  // namespace
 }  // namespace iqdb::persist

@@ -60,15 +60,17 @@ void check_metadata(const Metadata& meta);
 // The library's validation of a mutation. `present` says whether the id is
 // in the index as the mutation will find it.
 template <Index I>
-void check_insert(const I& index, bool present, const VectorId& id, std::span<const float> vec,
-                  const std::optional<Metadata>& meta) {
+void check_insert(const I& index, bool present, const VectorId& id, std::span<const float> vec, const Metadata* meta) {
   if (vec.size() != index.dim()) {
     throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                  std::to_string(index.dim()));
   }
   if (present) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
-  if (meta) check_metadata(*meta);
-  if constexpr (requires { index.validate_insert(id, vec, meta); }) index.validate_insert(id, vec, meta);
+  if (meta != nullptr) check_metadata(*meta);
+  if constexpr (requires(const std::optional<Metadata>& m) { index.validate_insert(id, vec, m); }) {
+    // (The copy is paid only by indexes that have the hook.)
+    index.validate_insert(id, vec, meta != nullptr ? std::optional<Metadata>(*meta) : std::nullopt);
+  }
 }
 
 template <Index I>

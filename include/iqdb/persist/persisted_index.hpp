@@ -20,7 +20,6 @@
 #include <optional>
 #include <shared_mutex>
 #include <span>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -260,24 +259,23 @@ class PersistedIndex {
   // the same commit, then mutations logged but not applied, then the index.
   void validate(std::span<const detail::MutationRef> ops, const detail::WalEngine::PendingPresence* pending) const {
     const I& index = s_->index;
-    std::unordered_map<VectorId, bool> local;
-    if (ops.size() > 1) local.reserve(ops.size());
+    // Within a batch: the presence each id has after the mutations before it.
+    detail::BatchPresence local(ops.size() > 1 ? ops.size() : 0);
     for (const detail::MutationRef& m : ops) {
       bool present;
-      if (const auto it = local.find(*m.id); it != local.end()) {
-        present = it->second;
+      if (const std::optional<bool> b = local.find(*m.id)) {
+        present = *b;
       } else if (const auto p = pending != nullptr ? (*pending)(*m.id) : std::nullopt) {
         present = *p;
       } else {
         present = index.contains(*m.id);
       }
       if (m.op == wal::Op::Insert) {
-        const std::optional<Metadata> meta = m.metadata ? std::optional<Metadata>(*m.metadata) : std::nullopt;
-        detail::check_insert(index, present, *m.id, m.vector, meta);
+        detail::check_insert(index, present, *m.id, m.vector, m.metadata);
       } else {
         detail::check_erase(index, present, *m.id);
       }
-      if (ops.size() > 1) local[*m.id] = m.op == wal::Op::Insert;
+      if (ops.size() > 1) local.set(*m.id, m.op == wal::Op::Insert);
     }
   }
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/format.hpp"
@@ -47,6 +48,41 @@ struct MutationRef {
   const VectorId* id;
   std::span<const float> vector;
   const Metadata* metadata;
+};
+
+// The presence of ids as the mutations of one batch leave it: an
+// open-addressing table sized for the batch up front (one allocation, none
+// per id), keyed by pointers to the batch's own ids.
+class BatchPresence {
+ public:
+  explicit BatchPresence(std::size_t n) {
+    if (n == 0) return;
+    std::size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    slots_.assign(cap, Slot{});
+  }
+  std::optional<bool> find(const VectorId& id) const noexcept {
+    if (slots_.empty()) return std::nullopt;
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t i = id.hash() & mask;; i = (i + 1) & mask) {
+      if (slots_[i].id == nullptr) return std::nullopt;
+      if (*slots_[i].id == id) return slots_[i].present;
+    }
+  }
+  // Precondition: at most n distinct ids (the table never fills).
+  void set(const VectorId& id, bool present) noexcept {
+    const std::size_t mask = slots_.size() - 1;
+    std::size_t i = id.hash() & mask;
+    while (slots_[i].id != nullptr && !(*slots_[i].id == id)) i = (i + 1) & mask;
+    slots_[i] = Slot{&id, present};
+  }
+
+ private:
+  struct Slot {
+    const VectorId* id = nullptr;
+    bool present = false;
+  };
+  std::vector<Slot> slots_;
 };
 
 class WalEngine {
