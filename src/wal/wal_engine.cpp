@@ -216,6 +216,7 @@ class WalEngine::Impl {
     std::uint64_t first_lsn;
     bool done = false;
     std::exception_ptr error;
+    std::size_t registered = 0;  // ops entered in pending_ (from the first on)
   };
 
   void commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
@@ -243,7 +244,8 @@ class WalEngine::Impl {
     std::unique_lock lk(mu_);
     throw_if_unusable();
     const auto pending = [this](const VectorId& id) -> std::optional<bool> {
-      if (pending_.empty()) return std::nullopt;
+      if (queue_.empty()) return std::nullopt;
+      register_pending();
       const auto it = pending_.find(id);
       if (it == pending_.end()) return std::nullopt;
       return it->second.present;
@@ -290,12 +292,9 @@ class WalEngine::Impl {
     if (syncing_) gather_cv_.notify_one();  // a leader may be waiting to gather a group
 
     if (policy_.mode() == FsyncPolicy::Mode::Always) {
-      // Until the group's fsync, later commits must see this one's effect.
-      for (const MutationRef& m : ops) {
-        Pending& p = pending_[*m.id];
-        p.present = m.op == wal::Op::Insert;
-        ++p.refs;
-      }
+      // Until the group's fsync, later commits must see this one's effect:
+      // the first commit that validates while it is queued enters it in
+      // pending_ (register_pending), so a lone writer never pays for that.
       // Group commit: one thread syncs for everything appended so far; the
       // others wait for it, and whoever is still waiting leads the next sync.
       while (!e.done) {
@@ -382,7 +381,7 @@ class WalEngine::Impl {
         return;
       }
       queue_.pop_front();
-      unpend(x->ops);
+      unpend(*x);
       x->done = true;
     }
   }
@@ -420,7 +419,7 @@ class WalEngine::Impl {
       q->error = first ? cause : later;
       q->done = true;
       first = false;
-      unpend(q->ops);
+      unpend(*q);
     }
     queue_.clear();
     cv_.notify_all();
@@ -430,17 +429,31 @@ class WalEngine::Impl {
     for (Entry* q : queue_) {
       q->error = err;
       q->done = true;
-      unpend(q->ops);
+      unpend(*q);
     }
     queue_.clear();
   }
 
-  void unpend(std::span<const MutationRef> ops) {
-    if (pending_.empty()) return;
-    for (const MutationRef& m : ops) {
-      const auto it = pending_.find(*m.id);
+  // Enter the mutations of queued entries in pending_, in log order (the
+  // last mutation of an id decides its presence). Resumable: a failure (out
+  // of memory) leaves each entry's count of registered ops exact.
+  void register_pending() {
+    for (Entry* q : queue_) {
+      for (; q->registered < q->ops.size(); ++q->registered) {
+        const MutationRef& m = q->ops[q->registered];
+        Pending& p = pending_[*m.id];
+        p.present = m.op == wal::Op::Insert;
+        ++p.refs;
+      }
+    }
+  }
+
+  void unpend(Entry& e) noexcept {
+    for (std::size_t i = 0; i < e.registered; ++i) {
+      const auto it = pending_.find(*e.ops[i].id);
       if (it != pending_.end() && --it->second.refs == 0) pending_.erase(it);
     }
+    e.registered = 0;
   }
 
   void poison(const std::string& cause) noexcept {
@@ -461,6 +474,7 @@ class WalEngine::Impl {
   void abandon(Entry& e) noexcept {
     const auto it = std::find(queue_.begin(), queue_.end(), &e);
     if (it != queue_.end()) queue_.erase(it);
+    unpend(e);
     e.done = true;
     poison("a commit failed after its record was logged");
     cv_.notify_all();
