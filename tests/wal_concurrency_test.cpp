@@ -18,6 +18,7 @@
 
 #include "support/fault_fs.hpp"
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -26,31 +27,9 @@ namespace fs = std::filesystem;
 using test::FaultFs;
 using test::OpKind;
 
-struct Entry {
-  std::vector<float> vec;
-  std::optional<Metadata> meta;
-};
-using Model = std::map<VectorId, Entry>;
-
-std::string diff(const FlatIndex& index, const Model& model) {
-  std::ostringstream out;
-  if (index.size() != model.size()) out << "size " << index.size() << " != model " << model.size() << "; ";
-  for (const auto& [id, e] : model) {
-    if (!index.contains(id)) {
-      out << "missing " << id.to_string() << "; ";
-      continue;
-    }
-    const auto v = index.get(id);
-    if (v.size() != e.vec.size() || std::memcmp(v.data(), e.vec.data(), v.size_bytes()) != 0) {
-      out << "vector of " << id.to_string() << " differs; ";
-    }
-    const Metadata* m = index.metadata(id);
-    if ((m != nullptr) != e.meta.has_value() || (m != nullptr && *m != *e.meta)) {
-      out << "metadata of " << id.to_string() << " differs; ";
-    }
-  }
-  return out.str();
-}
+using test::diff;
+using test::Entry;
+using test::Model;
 
 constexpr std::size_t kDim = 8;
 
@@ -60,13 +39,7 @@ std::vector<float> vec_of(std::uint64_t i) {
   return v;
 }
 
-PersistConfig wal_config(const fs::path& p, FsyncPolicy policy, FileSystem* file_system = nullptr) {
-  PersistConfig cfg(p);
-  cfg.wal_enabled = true;
-  cfg.fsync_policy = policy;
-  cfg.file_system = file_system;
-  return cfg;
-}
+using test::wal_config;
 
 // A disk whose fdatasync takes a while: enough for other writers to append
 // behind the one syncing, so that group commit has something to group

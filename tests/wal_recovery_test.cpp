@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -29,32 +30,9 @@ namespace fs = std::filesystem;
 
 // ---------------------------------------------------------------- model
 
-struct Entry {
-  std::vector<float> vec;
-  std::optional<Metadata> meta;
-};
-using Model = std::map<VectorId, Entry>;
-
-// Empty when `index` holds exactly `model` (vectors bitwise, metadata equal).
-std::string diff(const FlatIndex& index, const Model& model) {
-  std::ostringstream out;
-  if (index.size() != model.size()) out << "size " << index.size() << " != model " << model.size() << "; ";
-  for (const auto& [id, e] : model) {
-    if (!index.contains(id)) {
-      out << "missing " << id.to_string() << "; ";
-      continue;
-    }
-    const auto v = index.get(id);
-    if (v.size() != e.vec.size() || std::memcmp(v.data(), e.vec.data(), v.size_bytes()) != 0) {
-      out << "vector of " << id.to_string() << " differs; ";
-    }
-    const Metadata* m = index.metadata(id);
-    if ((m != nullptr) != e.meta.has_value() || (m != nullptr && *m != *e.meta)) {
-      out << "metadata of " << id.to_string() << " differs; ";
-    }
-  }
-  return out.str();
-}
+using test::diff;
+using test::Entry;
+using test::Model;
 
 // ---------------------------------------------------------------- encoding sizes (from the spec)
 
