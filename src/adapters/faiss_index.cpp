@@ -287,15 +287,19 @@ struct FaissIndex::Impl {
   }
 
   void check_insert(const VectorId& id, std::span<const float> vec) const {
+    check_insert(id, vec, static_cast<std::uint64_t>(ntotal()));
+  }
+  // `next`: the position the vector will get (ntotal() when it applies).
+  void check_insert(const VectorId& id, std::span<const float> vec, std::uint64_t next) const {
     if (vec.size() != static_cast<std::size_t>(index->d)) {
       throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                    std::to_string(index->d));
     }
     const std::int64_t label = label_of(id);
     if (has(label)) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
-    if (scheme == FaissIdScheme::Positional && label != ntotal()) {
+    if (scheme == FaissIdScheme::Positional && static_cast<std::uint64_t>(label) != next) {
       throw PersistError::argument("this FAISS index numbers its vectors itself (no IndexIDMap): the next id must be " +
-                                   std::to_string(ntotal()) + ", not " + id.to_string() +
+                                   std::to_string(next) + ", not " + id.to_string() +
                                    "; wrap it in an IndexIDMap2 to choose ids");
     }
   }
@@ -508,6 +512,11 @@ const Metadata* FaissIndex::metadata(const VectorId& id) const noexcept {
 
 void FaissIndex::validate_insert(const VectorId& id, std::span<const float> vec, const std::optional<Metadata>&) const {
   impl_->check_insert(id, vec);
+}
+
+void FaissIndex::validate_insert(const VectorId& id, std::span<const float> vec, const std::optional<Metadata>&,
+                                 std::uint64_t size_before) const {
+  impl_->check_insert(id, vec, size_before);
 }
 
 void FaissIndex::validate_erase(const VectorId& id) const {

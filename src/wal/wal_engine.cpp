@@ -217,6 +217,7 @@ class WalEngine::Impl {
     bool done = false;
     std::exception_ptr error;
     std::size_t registered = 0;  // ops entered in pending_ (from the first on)
+    std::int64_t size_delta = 0;  // inserts minus erases
   };
 
   void commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
@@ -250,9 +251,10 @@ class WalEngine::Impl {
       if (it == pending_.end()) return std::nullopt;
       return it->second.present;
     };
-    validate(pending);
+    validate(pending, queued_delta_);
 
     Entry e{ops, apply, writer_->end(), 0, next_lsn_, false, nullptr};
+    for (const MutationRef& m : ops) e.size_delta += m.op == wal::Op::Insert ? 1 : -1;
     std::byte* body = frame.data() + wal::format::kFrameHeaderLen;
     coding::store<std::uint64_t>(body, e.first_lsn);
     coding::store<std::uint64_t>(body + 12, synced_lsn_);
@@ -277,6 +279,7 @@ class WalEngine::Impl {
     ++stats_.commits;
     stats_.records += ops.size();
     queue_.push_back(&e);
+    queued_delta_ += e.size_delta;
     // The queue holds e by address: whatever happens below, e leaves it
     // before this frame does.
     struct Unqueue {
@@ -448,7 +451,11 @@ class WalEngine::Impl {
     }
   }
 
+  // The entry leaves the queue (applied or failed): its mutations are no
+  // longer pending.
   void unpend(Entry& e) noexcept {
+    queued_delta_ -= e.size_delta;
+    e.size_delta = 0;
     for (std::size_t i = 0; i < e.registered; ++i) {
       const auto it = pending_.find(*e.ops[i].id);
       if (it != pending_.end() && --it->second.refs == 0) pending_.erase(it);
@@ -621,6 +628,7 @@ class WalEngine::Impl {
   std::optional<std::string> poisoned_;
   std::deque<Entry*> queue_;
   std::unordered_map<VectorId, Pending> pending_;
+  std::int64_t queued_delta_ = 0;  // size_delta summed over queue_
 
   std::thread flusher_;
   std::condition_variable flusher_cv_;

@@ -20,6 +20,10 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -521,6 +525,97 @@ TEST(FaissAdapter, IdsFaissCannotHoldAreRefusedBeforeLogging) {
     db.insert(next, v);
     EXPECT_TRUE(db.index().contains(next));
     EXPECT_EQ(db.last_lsn(), lsn + 1);
+  }
+}
+
+// A positional index (no IndexIDMap) takes exactly the id size() will have
+// when the insert applies: in a batch, each insert counts the ones before it;
+// across commits, the ones logged but not yet applied (a group commit in
+// flight) count too.
+TEST(FaissAdapter, PositionalIdsCountInsertsNotYetApplied) {
+  TempDir dir;
+  {
+    auto db = PersistedIndex<FaissIndex>::open_with(FaissIndex(std::make_unique<faiss::IndexFlatL2>(kDim)),
+                                                    config_for(dir / "b.iqdb", true));
+    const std::vector<float> v(kDim, 0.25f);
+    WriteBatch b;
+    b.insert(0, v).insert(1, v).insert(2, v);
+    db.write(b);
+    EXPECT_EQ(db.index().size(), 3u);
+    WriteBatch gap;
+    gap.insert(3, v).insert(5, v);  // 5 is not the next position (4)
+    EXPECT_EQ(error_of([&] { db.write(gap); }), ErrorKind::InvalidArgument);
+    EXPECT_EQ(db.index().size(), 3u);
+    WriteBatch stale;
+    stale.insert(3, v).insert(3, v);
+    EXPECT_EQ(error_of([&] { db.write(stale); }), ErrorKind::DuplicateId);
+    db.insert(3, v);
+    EXPECT_EQ(db.index().size(), 4u);
+  }
+  {
+    // Hold the first insert's fdatasync until the second is validated.
+    struct HeldSyncFs : FileSystemWrapper {
+      using FileSystemWrapper::FileSystemWrapper;
+      std::mutex mu;
+      std::condition_variable cv;
+      bool hold = false, holding = false;
+      std::unique_ptr<WritableFile> open_append(const std::filesystem::path& p) override {
+        struct File : WritableFileWrapper {
+          File(std::unique_ptr<WritableFile> f, HeldSyncFs& fs) : WritableFileWrapper(std::move(f)), fs_(fs) {}
+          void datasync() override {
+            {
+              std::unique_lock lk(fs_.mu);
+              if (fs_.hold) {
+                fs_.holding = true;
+                fs_.cv.notify_all();
+                fs_.cv.wait(lk, [&] { return !fs_.hold; });
+              }
+            }
+            WritableFileWrapper::datasync();
+          }
+          HeldSyncFs& fs_;
+        };
+        return std::make_unique<File>(target().open_append(p), *this);
+      }
+    } held(default_file_system());
+    PersistConfig cfg = config_for(dir / "c.iqdb", true);
+    cfg.fsync_policy = FsyncPolicy::always();  // group commit: the second insert waits behind the first's sync
+    cfg.file_system = &held;
+    auto db = PersistedIndex<FaissIndex>::open_with(FaissIndex(std::make_unique<faiss::IndexFlatL2>(kDim)), cfg);
+    const std::vector<float> v(kDim, 0.5f);
+    {
+      std::lock_guard lk(held.mu);
+      held.hold = true;
+    }
+    std::thread first([&] { db.insert(0, v); });
+    {
+      std::unique_lock lk(held.mu);
+      ASSERT_TRUE(held.cv.wait_for(lk, std::chrono::seconds(60), [&] { return held.holding; }));
+    }
+    // Insert 0 is logged, not applied (its sync is held): the index holds
+    // nothing, yet 1 is the next position.
+    EXPECT_EQ(db.index().size(), 0u);
+    std::atomic<bool> second_done{false};
+    std::thread second([&] {
+      EXPECT_NO_THROW(db.insert(1, v));
+      second_done = true;
+    });
+    // Until the second insert is logged too (or has failed).
+    for (int i = 0; i < 60000 && db.wal_stats().commits < 2 && !second_done; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(db.wal_stats().commits, 2u);
+    {
+      std::lock_guard lk(held.mu);
+      held.hold = false;
+    }
+    held.cv.notify_all();
+    first.join();
+    second.join();
+    EXPECT_EQ(db.index().size(), 2u);
+    db.close();
+    const auto again = PersistedIndex<FaissIndex>::load(config_for(dir / "c.iqdb", true));
+    EXPECT_EQ(again.index().size(), 2u);
   }
 }
 

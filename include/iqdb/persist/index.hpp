@@ -42,6 +42,11 @@ concept Index = requires(I& index, const I& cindex, const VectorId& id, std::spa
 //     the index. The library checks the dimension and the presence or absence
 //     of the id itself (accounting for mutations logged but not yet applied),
 //     then calls these, all before anything is logged.
+//   validate_insert(id, vec, meta, size_before), preferred when present: the
+//     same, told the size the index will have when this insert applies (its
+//     size now, plus the inserts minus the erases logged but not yet applied
+//     and those earlier in the same batch): for an index that numbers its
+//     vectors itself, the only id it can take.
 //   reserve(n): make room for n more vectors; replay calls it with an
 //     estimate of the records in the log.
 template <class I>
@@ -60,15 +65,18 @@ void check_metadata(const Metadata& meta);
 // The library's validation of a mutation. `present` says whether the id is
 // in the index as the mutation will find it.
 template <Index I>
-void check_insert(const I& index, bool present, const VectorId& id, std::span<const float> vec, const Metadata* meta) {
+void check_insert(const I& index, bool present, const VectorId& id, std::span<const float> vec, const Metadata* meta,
+                  std::uint64_t size_before) {
   if (vec.size() != index.dim()) {
     throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                  std::to_string(index.dim()));
   }
   if (present) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
   if (meta != nullptr) check_metadata(*meta);
-  if constexpr (requires(const std::optional<Metadata>& m) { index.validate_insert(id, vec, m); }) {
-    // (The copy is paid only by indexes that have the hook.)
+  // (The metadata copy is paid only by indexes that have a hook.)
+  if constexpr (requires(const std::optional<Metadata>& m) { index.validate_insert(id, vec, m, size_before); }) {
+    index.validate_insert(id, vec, meta != nullptr ? std::optional<Metadata>(*meta) : std::nullopt, size_before);
+  } else if constexpr (requires(const std::optional<Metadata>& m) { index.validate_insert(id, vec, m); }) {
     index.validate_insert(id, vec, meta != nullptr ? std::optional<Metadata>(*meta) : std::nullopt);
   }
 }

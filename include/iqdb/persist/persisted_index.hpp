@@ -257,8 +257,12 @@ class PersistedIndex {
 
   // Validation shared by both modes: each mutation sees the ones before it in
   // the same commit, then mutations logged but not applied, then the index.
-  void validate(std::span<const detail::MutationRef> ops, const detail::WalEngine::PendingPresence* pending) const {
+  void validate(std::span<const detail::MutationRef> ops, const detail::WalEngine::PendingPresence* pending,
+                std::int64_t pending_size_delta) const {
     const I& index = s_->index;
+    // The index's size when the next mutation applies: after the mutations
+    // logged but not applied, and the earlier ones of this batch.
+    std::int64_t size = static_cast<std::int64_t>(index.size()) + pending_size_delta;
     // Within a batch: the presence each id has after the mutations before it.
     detail::BatchPresence local(ops.size() > 1 ? ops.size() : 0);
     for (const detail::MutationRef& m : ops) {
@@ -271,9 +275,12 @@ class PersistedIndex {
         present = index.contains(*m.id);
       }
       if (m.op == wal::Op::Insert) {
-        detail::check_insert(index, present, *m.id, m.vector, m.metadata);
+        detail::check_insert(index, present, *m.id, m.vector, m.metadata,
+                             static_cast<std::uint64_t>(std::max<std::int64_t>(size, 0)));
+        ++size;
       } else {
         detail::check_erase(index, present, *m.id);
+        --size;
       }
       if (ops.size() > 1) local.set(*m.id, m.op == wal::Op::Insert);
     }
@@ -284,12 +291,14 @@ class PersistedIndex {
     if (s_->engine) {
       // The index changes only inside the engine's commit lock, so validation
       // reads it without the read lock.
-      const auto v = [&](const detail::WalEngine::PendingPresence& pending) { validate(ops, &pending); };
+      const auto v = [&](const detail::WalEngine::PendingPresence& pending, std::int64_t delta) {
+        validate(ops, &pending, delta);
+      };
       s_->engine->commit(ops, v, apply);
       return;
     }
     std::lock_guard lk(s_->write_mu);
-    validate(ops, nullptr);
+    validate(ops, nullptr, 0);
     apply();
   }
 

@@ -115,6 +115,11 @@ class FaissIndex {
 
   // Persistable hooks: the index-specific refusals, decided before logging.
   void validate_insert(const VectorId& id, std::span<const float> vec, const std::optional<Metadata>& meta) const;
+  // As above, with the size the index will have when the insert applies
+  // (PersistedIndex passes it): a positional index takes exactly that id, so
+  // batches and concurrent commits of consecutive ids validate.
+  void validate_insert(const VectorId& id, std::span<const float> vec, const std::optional<Metadata>& meta,
+                       std::uint64_t size_before) const;
   void validate_erase(const VectorId& id) const;
   void reserve(std::uint64_t n);
 

@@ -91,7 +91,10 @@ class WalEngine {
   // the index: nullopt when none of them touches it (then the index decides).
   using PendingPresence = FunctionRef<std::optional<bool>(const VectorId&)>;
   // Throws (before anything is logged) when the mutations must be refused.
-  using Validate = FunctionRef<void(const PendingPresence&)>;
+  // pending_size_delta: inserts minus erases of the mutations logged but not
+  // yet applied (the index's size will have changed by that much when these
+  // mutations apply).
+  using Validate = FunctionRef<void(const PendingPresence&, std::int64_t pending_size_delta)>;
   // Applies the mutations of one commit to the index; on failure, leaves the
   // index as it was and throws.
   using Apply = FunctionRef<void()>;
