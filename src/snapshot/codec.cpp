@@ -24,6 +24,12 @@ namespace fs = std::filesystem;
   throw PersistError::at(ErrorKind::Compression, path, std::move(detail));
 }
 
+// A zstd call's result: its error, if any, as a Compression error.
+std::size_t zstd_check(std::size_t r, const fs::path& path) {
+  if (ZSTD_isError(r)) compression_error(path, std::string("zstd: ") + ZSTD_getErrorName(r));
+  return r;
+}
+
 // ---------------------------------------------------------------- zstd
 
 class ZstdEncoder final : public Encoder {
@@ -61,9 +67,7 @@ class ZstdEncoder final : public Encoder {
     if (out.pos > 0) sink_.put(out_.data(), out.pos);
     return r;
   }
-  void check(std::size_t r) const {
-    if (ZSTD_isError(r)) compression_error(path_, std::string("zstd: ") + ZSTD_getErrorName(r));
-  }
+  void check(std::size_t r) const { zstd_check(r, path_); }
 
   ByteSink& sink_;
   fs::path path_;
@@ -148,11 +152,9 @@ class ZstdDecoder final : public Decoder {
     if (declared_ > SIZE_MAX / 2) compression_error(path_, "the declared payload does not fit in memory");
     check(ZSTD_DCtx_setParameter(ctx_, ZSTD_d_windowLogMax, ZSTD_WINDOWLOG_MAX));
     check(ZSTD_DCtx_setParameter(ctx_, ZSTD_d_stableOutBuffer, 1));
-    whole_.emplace(static_cast<std::size_t>(declared_));
     // The output buffer must stay the same between calls; one byte more
     // than declared catches a frame that holds more.
-    std::vector<std::byte>& buf = *whole_;
-    buf.resize(buf.size() + 1);
+    std::vector<std::byte>& buf = whole_.emplace(static_cast<std::size_t>(declared_) + 1);
     ZSTD_outBuffer out{buf.data(), buf.size(), 0};
     while (!frame_done_) {
       step(out);
@@ -162,17 +164,14 @@ class ZstdDecoder final : public Decoder {
     buf.resize(static_cast<std::size_t>(declared_));
   }
 
-  void check(std::size_t r) const {
-    if (ZSTD_isError(r)) compression_error(path_, std::string("zstd: ") + ZSTD_getErrorName(r));
-  }
+  void check(std::size_t r) const { zstd_check(r, path_); }
 
   // One decompression step; throws when the input ends without progress.
   void step(ZSTD_outBuffer& out) {
     if (in_.pos == in_.size) refill();
     const std::size_t out_before = out.pos;
     const std::size_t in_before = in_.pos;
-    const std::size_t r = ZSTD_decompressStream(ctx_, &out, &in_);
-    if (ZSTD_isError(r)) compression_error(path_, std::string("zstd: ") + ZSTD_getErrorName(r));
+    const std::size_t r = zstd_check(ZSTD_decompressStream(ctx_, &out, &in_), path_);
     if (r == 0) {
       frame_done_ = true;
       return;
