@@ -14,12 +14,12 @@
 
 #include <algorithm>
 #include <memory>
-#include <new>
-#include <stdexcept>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <shared_mutex>
 #include <span>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -264,7 +264,7 @@ class PersistedIndex {
     // logged but not applied, and the earlier ones of this batch.
     std::int64_t size = static_cast<std::int64_t>(index.size()) + pending_size_delta;
     // Within a batch: the presence each id has after the mutations before it.
-    detail::BatchPresence local(ops.size() > 1 ? ops.size() : 0);
+    detail::BatchPresence local(ops.size());
     for (const detail::MutationRef& m : ops) {
       bool present;
       if (const std::optional<bool> b = local.find(*m.id)) {
@@ -282,7 +282,7 @@ class PersistedIndex {
         detail::check_erase(index, present, *m.id);
         --size;
       }
-      if (ops.size() > 1) local.set(*m.id, m.op == wal::Op::Insert);
+      local.set(*m.id, m.op == wal::Op::Insert);
     }
   }
 

@@ -52,11 +52,12 @@ struct MutationRef {
 
 // The presence of ids as the mutations of one batch leave it: an
 // open-addressing table sized for the batch up front (one allocation, none
-// per id), keyed by pointers to the batch's own ids.
+// per id), keyed by pointers to the batch's own ids. A single mutation needs
+// none: then nothing is allocated and set() does nothing.
 class BatchPresence {
  public:
   explicit BatchPresence(std::size_t n) {
-    if (n == 0) return;
+    if (n <= 1) return;
     std::size_t cap = 16;
     while (cap < 2 * n) cap *= 2;
     slots_.assign(cap, Slot{});
@@ -71,6 +72,7 @@ class BatchPresence {
   }
   // Precondition: at most n distinct ids (the table never fills).
   void set(const VectorId& id, bool present) noexcept {
+    if (slots_.empty()) return;
     const std::size_t mask = slots_.size() - 1;
     std::size_t i = id.hash() & mask;
     while (slots_[i].id != nullptr && !(*slots_[i].id == id)) i = (i + 1) & mask;
