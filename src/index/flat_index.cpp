@@ -167,33 +167,25 @@ class FlatIndex::IdTable {
   explicit IdTable(std::size_t expected = 0) { rehash(capacity_for(expected)); }
 
   std::size_t find(const VectorId& id, const std::vector<VectorId>& ids) const noexcept {
-    const std::size_t h = id.hash();
-    const std::uint64_t tag = tag_of(h);
-    for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
-      const std::uint64_t s = slots_[i];
-      if (s == 0) return npos;
-      if ((s & ~kRowMask) == tag && ids[(s & kRowMask) - 1] == id) return i;
-    }
+    const std::size_t i = probe(id, id.hash(), ids);
+    return slots_[i] == 0 ? npos : i;
   }
   std::uint64_t row(std::size_t slot) const noexcept { return (slots_[slot] & kRowMask) - 1; }
   void set_row(std::size_t slot, std::uint64_t row) noexcept { slots_[slot] = (slots_[slot] & ~kRowMask) | (row + 1); }
 
-  // Room for n ids without growing.
+  // Room for n ids without growing (one rehash at most).
   void reserve(std::size_t n, const std::vector<VectorId>& ids) {
-    while (n * 2 > slots_.size()) grow(ids);
+    const std::size_t cap = capacity_for(n);
+    if (cap > slots_.size()) rebuild(cap, ids);
   }
 
   // Insert `row` (whose id is ids[row]); returns false if the id is present.
   bool insert(std::uint64_t row, const std::vector<VectorId>& ids) {
-    if ((n_ + 1) * 2 > slots_.size()) grow(ids);
-    const VectorId& id = ids[row];
-    const std::size_t h = id.hash();
-    const std::uint64_t tag = tag_of(h);
-    std::size_t i = h & mask_;
-    for (; slots_[i] != 0; i = (i + 1) & mask_) {
-      if ((slots_[i] & ~kRowMask) == tag && ids[(slots_[i] & kRowMask) - 1] == id) return false;
-    }
-    slots_[i] = tag | (row + 1);
+    if ((n_ + 1) * 2 > slots_.size()) rebuild(slots_.size() * 2, ids);
+    const std::size_t h = ids[row].hash();
+    const std::size_t i = probe(ids[row], h, ids);
+    if (slots_[i] != 0) return false;
+    slots_[i] = tag_of(h) | (row + 1);
     ++n_;
     return true;
   }
@@ -223,10 +215,20 @@ class FlatIndex::IdTable {
     mask_ = cap - 1;
     n_ = 0;
   }
-  void grow(const std::vector<VectorId>& ids) {
+  // The slot holding `id` (whose hash is h), or the empty slot that ends its
+  // probe sequence. A slot whose tag differs is passed without touching ids.
+  std::size_t probe(const VectorId& id, std::size_t h, const std::vector<VectorId>& ids) const noexcept {
+    const std::uint64_t tag = tag_of(h);
+    std::size_t i = h & mask_;
+    for (; slots_[i] != 0; i = (i + 1) & mask_) {
+      if ((slots_[i] & ~kRowMask) == tag && ids[(slots_[i] & kRowMask) - 1] == id) break;
+    }
+    return i;
+  }
+  void rebuild(std::size_t cap, const std::vector<VectorId>& ids) {
     std::vector<std::uint64_t> old;
     old.swap(slots_);
-    rehash(old.size() * 2);
+    rehash(cap);
     for (std::uint64_t s : old) {
       if (s == 0) continue;
       std::size_t i = ids[(s & kRowMask) - 1].hash() & mask_;
