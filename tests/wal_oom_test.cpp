@@ -173,6 +173,35 @@ void run(FsyncPolicy policy, Call call) {
   }
 }
 
+// The insert that grows FlatIndex's id table (the 9th id: 16 slots hold 8):
+// whichever allocation fails, the index is left exactly as it was.
+TEST(FlatIndexOutOfMemory, EveryAllocationOfAnInsertThatGrowsTheIdTable) {
+  FlatIndex base(4, DistanceMetric::Euclidean);
+  for (std::uint64_t i = 0; i < 8; ++i) base.insert(i, vec_of(i));
+  long fired_points = 0;
+  for (long k = 1; k < 1000; ++k) {
+    FlatIndex index = base;
+    bool threw = false, fired = false;
+    {
+      Arm arm(k);
+      try {
+        index.insert(8, vec_of(8));
+      } catch (const std::bad_alloc&) {
+        threw = true;
+      }
+      fired = arm.fired();
+    }
+    if (!fired) break;
+    ++fired_points;
+    ASSERT_TRUE(threw) << "allocation #" << k;
+    ASSERT_TRUE(index == base) << "allocation #" << k << " failed and the index changed";
+    for (std::uint64_t i = 0; i < 8; ++i) ASSERT_TRUE(index.contains(i)) << "allocation #" << k << ", id " << i;
+    index.insert(8, vec_of(8));  // and it still works
+    ASSERT_TRUE(index.contains(8));
+  }
+  EXPECT_GE(fired_points, 2);  // at least the vector of ids and the table
+}
+
 TEST(WalOutOfMemory, EveryAllocationOfAnInsertUnderAlways) { run(FsyncPolicy::always(), Call::Insert); }
 TEST(WalOutOfMemory, EveryAllocationOfAnEraseUnderAlways) { run(FsyncPolicy::always(), Call::Erase); }
 TEST(WalOutOfMemory, EveryAllocationOfABatchUnderAlways) { run(FsyncPolicy::always(), Call::Batch); }

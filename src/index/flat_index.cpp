@@ -164,7 +164,8 @@ class FlatIndex::IdTable {
   static constexpr std::size_t npos = ~std::size_t{0};
   static constexpr std::uint64_t kRowMask = (std::uint64_t{1} << 40) - 1;
 
-  explicit IdTable(std::size_t expected = 0) { rehash(capacity_for(expected)); }
+  explicit IdTable(std::size_t expected = 0)
+      : slots_(capacity_for(expected), 0), mask_(capacity_for(expected) - 1) {}
 
   std::size_t find(const VectorId& id, const std::vector<VectorId>& ids) const noexcept {
     const std::size_t i = probe(id, id.hash(), ids);
@@ -210,11 +211,6 @@ class FlatIndex::IdTable {
  private:
   static std::uint64_t tag_of(std::size_t h) noexcept { return (static_cast<std::uint64_t>(h) >> 40) << 40; }
   static std::size_t capacity_for(std::size_t n) { return std::bit_ceil(std::max<std::size_t>(16, n * 2)); }
-  void rehash(std::size_t cap) {
-    slots_.assign(cap, 0);
-    mask_ = cap - 1;
-    n_ = 0;
-  }
   // The slot holding `id` (whose hash is h), or the empty slot that ends its
   // probe sequence. A slot whose tag differs is passed without touching ids.
   std::size_t probe(const VectorId& id, std::size_t h, const std::vector<VectorId>& ids) const noexcept {
@@ -225,17 +221,19 @@ class FlatIndex::IdTable {
     }
     return i;
   }
+  // Into a table of `cap` slots. Allocates first: if that fails, the table
+  // is as it was (FlatIndex::insert relies on it for its strong guarantee).
   void rebuild(std::size_t cap, const std::vector<VectorId>& ids) {
-    std::vector<std::uint64_t> old;
-    old.swap(slots_);
-    rehash(cap);
-    for (std::uint64_t s : old) {
+    std::vector<std::uint64_t> fresh(cap, 0);
+    const std::size_t mask = cap - 1;
+    for (const std::uint64_t s : slots_) {
       if (s == 0) continue;
-      std::size_t i = ids[(s & kRowMask) - 1].hash() & mask_;
-      while (slots_[i] != 0) i = (i + 1) & mask_;
-      slots_[i] = s;
-      ++n_;
+      std::size_t i = ids[(s & kRowMask) - 1].hash() & mask;
+      while (fresh[i] != 0) i = (i + 1) & mask;
+      fresh[i] = s;
     }
+    slots_.swap(fresh);
+    mask_ = mask;
   }
 
   std::vector<std::uint64_t> slots_;
