@@ -101,11 +101,7 @@ class WalEngine::Impl {
     }
     if (fs_.exists(log_path_)) {
       const std::unique_ptr<ReadableFile> f = fs_.open_read(log_path_);
-      std::uint64_t base = 0;
-      std::byte hdr[wal::format::kV2HeaderLen];
-      if (f->read_at(0, hdr) == sizeof hdr && coding::get<std::uint32_t>(hdr + 8) == 2) {
-        base = coding::get<std::uint64_t>(hdr + 24);
-      }
+      const std::uint64_t base = peek_log(*f).base_lsn;
       const std::uint64_t records = f->size() / wal::format::kMinOpLen;
       floor = std::max(floor, base > 0 ? base - 1 : 0) + records;
     }
@@ -190,20 +186,38 @@ class WalEngine::Impl {
     start_flusher();
   }
 
+  // What a log's first bytes say, unchecked: for hints and bounds only,
+  // never for replay (scan_file checks everything).
+  struct LogPeek {
+    std::uint64_t base_lsn = 0;     // v2 (0: not a v2 header)
+    std::uint64_t header_len = 0;
+    std::uint64_t first_frame = 0;  // the first frame's length with its header (0: none)
+    std::uint64_t first_count = 1;  // records in it (v2)
+  };
+  static LogPeek peek_log(const ReadableFile& f) {
+    namespace wf = wal::format;
+    std::byte b[wf::kV2HeaderLen + wf::kFrameHeaderLen + 12];  // header, frame header, first_lsn, count
+    const std::size_t got = f.read_at(0, b);
+    LogPeek p;
+    if (got < wf::kV1HeaderLen) return p;
+    const bool v2 = coding::get<std::uint32_t>(b + 8) == 2;
+    p.header_len = v2 ? wf::kV2HeaderLen : wf::kV1HeaderLen;
+    if (v2 && got >= wf::kV2HeaderLen) p.base_lsn = coding::get<std::uint64_t>(b + 24);
+    const std::byte* frame = b + p.header_len;
+    if (got >= p.header_len + wf::kFrameHeaderLen) p.first_frame = wf::kFrameHeaderLen + coding::get<std::uint32_t>(frame);
+    if (v2 && got >= p.header_len + wf::kFrameHeaderLen + 12) {
+      p.first_count = std::max<std::uint32_t>(1, coding::get<std::uint32_t>(frame + wf::kFrameHeaderLen + 8));
+    }
+    return p;
+  }
+
   // Records in a log, guessed from its size and its first frame (records
   // tend to be alike). Only a hint for preallocation: never trusted.
   static std::uint64_t estimate_records(const ReadableFile& f) {
-    std::byte b[wal::format::kV2HeaderLen + 20];
-    const std::size_t got = f.read_at(0, b);
-    if (got < wal::format::kV1HeaderLen + 8) return 0;
-    const std::uint32_t version = coding::get<std::uint32_t>(b + 8);
-    const std::size_t hdr = version == 2 ? wal::format::kV2HeaderLen : wal::format::kV1HeaderLen;
-    if (got < hdr + 8) return 0;
-    const std::uint64_t frame = wal::format::kFrameHeaderLen + coding::get<std::uint32_t>(b + hdr);
-    std::uint64_t count = 1;
-    if (version == 2 && got >= hdr + 20) count = std::max<std::uint32_t>(1, coding::get<std::uint32_t>(b + hdr + 16));
-    const std::uint64_t per_record = std::max<std::uint64_t>(frame / count, wal::format::kMinOpLen);
-    return (f.size() - hdr) / per_record;
+    const LogPeek p = peek_log(f);
+    if (p.first_frame == 0) return 0;
+    const std::uint64_t per_record = std::max<std::uint64_t>(p.first_frame / p.first_count, wal::format::kMinOpLen);
+    return (f.size() - p.header_len) / per_record;
   }
 
   // ------------------------------------------------------------ commit
