@@ -392,48 +392,8 @@ constexpr std::uint8_t kIdsAllU64 = 0;
 constexpr std::uint8_t kIdsTagged = 1;
 constexpr std::uint8_t kIdKindU64 = 0;
 constexpr std::uint8_t kIdKindBytes = 1;
-// Longest byte id / metadata key / string value accepted on load.
+// Longest byte id accepted on load.
 constexpr std::uint64_t kMaxIdBytes = std::uint64_t{1} << 20;
-constexpr std::uint32_t kMaxKeyBytes = 1u << 16;
-
-void write_value(PayloadWriter& w, const Value& v) {
-  w.write_u8(static_cast<std::uint8_t>(v.kind()));
-  switch (v.kind()) {
-    case Value::Kind::String:
-      w.write_u32(static_cast<std::uint32_t>(v.as_string().size()));
-      w.write(v.as_string().data(), v.as_string().size());
-      break;
-    case Value::Kind::Int: w.write_i64(v.as_int()); break;
-    case Value::Kind::Float: w.write_f64(v.as_float()); break;
-    case Value::Kind::Bool: w.write_u8(v.as_bool() ? 1 : 0); break;
-    case Value::Kind::Null: break;
-  }
-}
-
-std::string read_u32_string(PayloadReader& r, std::uint64_t max, const char* what) {
-  const std::uint32_t n = r.read_u32();
-  if (n > r.remaining() || n > max) r.fail(std::string(what) + " length " + std::to_string(n) + " is out of range");
-  std::string s(n, '\0');
-  r.read(s.data(), n);
-  return s;
-}
-
-Value read_value(PayloadReader& r) {
-  const std::uint8_t tag = r.read_u8();
-  switch (tag) {
-    case 0: return Value(read_u32_string(r, ~std::uint64_t{0}, "string value"));
-    case 1: return Value(r.read_i64());
-    case 2: return Value(r.read_f64());
-    case 3: {
-      const std::uint8_t b = r.read_u8();
-      if (b > 1) r.fail("bool value " + std::to_string(b) + " is not 0 or 1");
-      return Value(b == 1);
-    }
-    case 4: return Value();
-    default: break;
-  }
-  r.fail("unknown metadata value tag " + std::to_string(tag));
-}
 
 }  // namespace
 
@@ -472,12 +432,7 @@ void FlatIndex::save_to(PayloadWriter& w) const {
     const Metadata* m = meta_[row].get();
     if (m == nullptr) continue;
     w.write_u64(row);
-    w.write_u32(static_cast<std::uint32_t>(m->size()));
-    for (const auto& [key, value] : *m) {
-      w.write_u32(static_cast<std::uint32_t>(key.size()));
-      w.write(key.data(), key.size());
-      write_value(w, value);
-    }
+    write_metadata(w, *m);
   }
   w.write(data_.data(), data_.size() * sizeof(float));
 }
@@ -543,17 +498,7 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
       const std::uint64_t row = r.read_u64();
       if (row >= n || (i > 0 && row <= prev_row)) r.fail("metadata row " + std::to_string(row) + " is out of order");
       prev_row = row;
-      const std::uint32_t entries = r.read_u32();
-      // An entry is at least 5 bytes: key length u32 + value tag.
-      r.check_count(entries, 5, "metadata entry");
-      auto m = std::make_unique<Metadata>();
-      for (std::uint32_t e = 0; e < entries; ++e) {
-        std::string key = read_u32_string(r, kMaxKeyBytes, "metadata key");
-        if (!m->empty() && !(m->rbegin()->first < key)) r.fail("metadata keys are not in strictly ascending order");
-        Value v = read_value(r);
-        m->emplace_hint(m->end(), std::move(key), std::move(v));
-      }
-      index.meta_[row] = std::move(m);
+      index.meta_[row] = std::make_unique<Metadata>(read_metadata(r));
     }
     const std::uint64_t floats = n * dim;
     if (floats > r.remaining() / sizeof(float)) r.fail("the vectors do not fit the payload");

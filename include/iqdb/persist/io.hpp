@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "iqdb/persist/error.hpp"
+#include "iqdb/persist/types.hpp"
 
 namespace iqdb::persist {
 
@@ -97,5 +98,17 @@ class PayloadReader {
     return v;
   }
 };
+
+// The metadata of one vector, as the flat payload and the adapters' side
+// table store it (docs/FORMAT.md, "The flat payload"): n_entries u32, then
+// per entry key_len u32, the key's bytes and the value, keys strictly
+// ascending. A value is tag u8 then 0 String (len u32 + bytes), 1 Int (i64),
+// 2 Float (f64 bits), 3 Bool (u8, 0 or 1), 4 Null.
+inline constexpr std::uint32_t kMaxMetadataKeyBytes = 1u << 16;  // longest key accepted on load
+
+void write_metadata(PayloadWriter& w, const Metadata& meta);
+// Counts and lengths checked against the bytes that remain before anything
+// is allocated; keys out of order fail (a map would silently merge them).
+Metadata read_metadata(PayloadReader& r);
 
 }  // namespace iqdb::persist
