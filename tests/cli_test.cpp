@@ -28,6 +28,7 @@ TEST(Cli, NotBuilt) { GTEST_SKIP() << "built without the iqdb-persist tool (IQDB
 
 #include "iqdb-persist/cli.hpp"
 #include "iqdb-persist/command.hpp"
+#include "support/cli_runner.hpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -39,18 +40,8 @@ using test::TempDir;
 
 // ---------------------------------------------------------------- helpers
 
-struct CliResult {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-CliResult run_cli(const std::vector<std::string>& args) {
-  std::ostringstream out;
-  std::ostringstream err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
+using test::CliResult;
+using test::run_cli;
 
 std::uint32_t zlib_crc(const std::vector<std::byte>& b, std::size_t from = 0) {
   uLong c = crc32_z(0L, Z_NULL, 0);

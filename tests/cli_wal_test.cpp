@@ -9,6 +9,7 @@
 #include <iqdb/persist.hpp>
 
 #include "iqdb-persist/cli.hpp"
+#include "support/cli_runner.hpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -16,17 +17,7 @@ namespace {
 
 using nlohmann::json;
 
-struct CliRun {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-CliRun run(std::vector<std::string> args) {
-  std::ostringstream out, err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
+using test::run_cli;
 
 std::vector<json> json_lines(const std::string& s) {
   std::vector<json> v;
@@ -51,7 +42,7 @@ PersistConfig make_db(const test::TempDir& dir) {
 TEST(CliWal, DumpJsonLinesMatchTheMutations) {
   test::TempDir dir;
   const PersistConfig cfg = make_db(dir);
-  const CliRun r = run({"wal", "dump", "--json", wal::log_path_for(cfg.path).string()});
+  const test::CliResult r = run_cli({"wal", "dump", "--json", wal::log_path_for(cfg.path).string()});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto lines = json_lines(r.out);
   ASSERT_EQ(lines.size(), 5u);
@@ -76,20 +67,20 @@ TEST(CliWal, RepairIsADryRunWithoutYesThenCutsTheTornTail) {
   test::TempDir dir;
   const PersistConfig cfg = make_db(dir);
   const auto log = wal::log_path_for(cfg.path);
-  const CliRun clean = run({"wal", "repair", log.string()});
+  const test::CliResult clean = run_cli({"wal", "repair", log.string()});
   EXPECT_EQ(clean.code, 0);
   EXPECT_NE(clean.out.find("nothing to repair"), std::string::npos);
 
   // Tear the last frame: cut the file inside it.
-  const CliRun dumped = run({"wal", "dump", "--json", log.string()});
+  const test::CliResult dumped = run_cli({"wal", "dump", "--json", log.string()});
   const std::uint64_t valid = json_lines(dumped.out).back()["valid_bytes"];
   std::filesystem::resize_file(log, valid - 3);
-  const CliRun dry = run({"wal", "repair", log.string()});
+  const test::CliResult dry = run_cli({"wal", "repair", log.string()});
   EXPECT_EQ(dry.code, 1);
   EXPECT_EQ(std::filesystem::file_size(log), valid - 3);  // unchanged
-  const CliRun yes = run({"wal", "repair", "--yes", log.string()});
+  const test::CliResult yes = run_cli({"wal", "repair", "--yes", log.string()});
   EXPECT_EQ(yes.code, 0) << yes.err;
-  const auto after = json_lines(run({"wal", "dump", "--json", log.string()}).out).back();
+  const auto after = json_lines(run_cli({"wal", "dump", "--json", log.string()}).out).back();
   EXPECT_EQ(after["records"], 2);  // the batch frame (2 records) was the torn one
   EXPECT_EQ(after["torn_tail_bytes"], 0);
   EXPECT_EQ(std::filesystem::file_size(log), after["valid_bytes"].get<std::uint64_t>());
@@ -102,7 +93,7 @@ TEST(CliWal, DumpReportsMidLogCorruptionWithExitOne) {
   auto bytes = test::read_file(log);
   bytes[40 + 8 + 28] ^= std::byte{0x40};  // inside the first frame's ops
   test::write_file(log, bytes);
-  const CliRun r = run({"wal", "dump", "--json", log.string()});
+  const test::CliResult r = run_cli({"wal", "dump", "--json", log.string()});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("offset 40"), std::string::npos) << r.err;
   EXPECT_EQ(json_lines(r.out).back()["records"], 0);
@@ -111,17 +102,17 @@ TEST(CliWal, DumpReportsMidLogCorruptionWithExitOne) {
 TEST(CliWal, CheckpointFoldsTheLogOffline) {
   test::TempDir dir;
   const PersistConfig cfg = make_db(dir);
-  const CliRun r = run({"checkpoint", cfg.path.string()});
+  const test::CliResult r = run_cli({"checkpoint", cfg.path.string()});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto summary = inspect_snapshot(default_file_system(), cfg.path);
   EXPECT_EQ(summary.header.last_lsn, 4u);
   EXPECT_EQ(summary.header.n_vectors, 2u);
-  const auto after = json_lines(run({"wal", "dump", "--json", wal::log_path_for(cfg.path).string()}).out);
+  const auto after = json_lines(run_cli({"wal", "dump", "--json", wal::log_path_for(cfg.path).string()}).out);
   ASSERT_EQ(after.size(), 1u);
   EXPECT_EQ(after[0]["records"], 0);
   // A locked index cannot be checkpointed from outside.
   auto db = PersistedIndex<FlatIndex>::load(cfg);
-  const CliRun locked = run({"checkpoint", cfg.path.string()});
+  const test::CliResult locked = run_cli({"checkpoint", cfg.path.string()});
   EXPECT_EQ(locked.code, 1);
   EXPECT_NE(locked.err.find("locked"), std::string::npos) << locked.err;
   EXPECT_TRUE(db.index().contains(9));

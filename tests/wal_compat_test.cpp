@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "support/format_builders.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -38,23 +39,8 @@ std::uint32_t zcrc(const std::vector<std::byte>& b) {
 constexpr std::uint64_t kDim = 3;
 constexpr std::uint8_t kMetricDotProduct = 1;
 
-void put_id(Bytes& b, const VectorId& id) {
-  if (id.is_u64()) {
-    b.u8(0).u64(id.as_u64());
-  } else {
-    b.u8(1).u64(id.as_bytes().size()).str(id.as_bytes());
-  }
-}
-
-void put_value(Bytes& b, const Value& v) {
-  switch (v.kind()) {
-    case Value::Kind::String: b.u8(0).u32(static_cast<std::uint32_t>(v.as_string().size())).str(v.as_string()); break;
-    case Value::Kind::Int: b.u8(1).i64(v.as_int()); break;
-    case Value::Kind::Float: b.u8(2).f64(v.as_float()); break;
-    case Value::Kind::Bool: b.u8(3).u8(v.as_bool() ? 1 : 0); break;
-    case Value::Kind::Null: b.u8(4); break;
-  }
-}
+using test::put_id;
+using test::put_value;
 
 // Entries in ascending key order (std::map iterates so).
 void put_entries(Bytes& b, const Metadata& m) {

@@ -91,15 +91,7 @@ PersistConfig wal_config(const fs::path& p, FsyncPolicy policy = FsyncPolicy::al
 
 fs::path log_of(const PersistConfig& cfg) { return wal::log_path_for(cfg.path); }
 
-template <class F>
-std::optional<ErrorKind> error_of(F&& f) {
-  try {
-    f();
-  } catch (const PersistError& e) {
-    return e.kind();
-  }
-  return std::nullopt;
-}
+using test::error_of;
 
 std::vector<float> vec_of(std::uint64_t i, std::size_t dim = 4) {
   std::vector<float> v(dim);

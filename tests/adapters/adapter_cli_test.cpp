@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "iqdb-persist/cli.hpp"
+#include "support/cli_runner.hpp"
 #include "support/test_util.hpp"
 
 #if defined(IQDB_TEST_HAVE_FAISS)
@@ -33,18 +34,8 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-struct CliResult {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-CliResult run_cli(const std::vector<std::string>& args) {
-  std::ostringstream out;
-  std::ostringstream err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
+using test::CliResult;
+using test::run_cli;
 
 std::uint64_t le(const std::vector<std::byte>& b, std::size_t at, int n) {
   std::uint64_t v = 0;
