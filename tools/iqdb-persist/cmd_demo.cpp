@@ -162,6 +162,33 @@ class Checks {
   std::vector<std::string> failures_;
 };
 
+// Save `index` to cfg.path (timed; the index is moved in for the save and
+// handed back after it: without a WAL the PersistedIndex writes nothing of
+// its own), show the file's header, and load it back (timed).
+template <class I>
+PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, Result& r, std::ostream& out) {
+  {
+    auto db = PersistedIndex<I>::open_with(std::move(index), cfg);
+    const Stopwatch sw;
+    db.save();
+    r.save_ms = sw.ms();
+    index = std::move(db.index_mut());
+  }
+  const SnapshotSummary summary = inspect_snapshot(default_file_system(), cfg.path);
+  r.saved = true;
+  r.file_size = summary.file_size;
+  r.payload_bytes = summary.header.uncompressed_len;
+  out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", fsync included)\n"
+      << "  file   " << human_bytes(r.file_size) << " on disk; its header:\n";
+  print_header(out, summary, "           ");
+  const Stopwatch sw;
+  auto loaded = PersistedIndex<I>::load(cfg);
+  r.load_ms = sw.ms();
+  r.loaded = true;
+  out << "  load   " << timing(r.load_ms, r.payload_bytes) << ", checksum verified)\n";
+  return loaded;
+}
+
 // Save `original` with one compression, show the header, load it back, compare.
 Result try_variant(const Variant& v, const fs::path& path, const FlatIndex& original,
                    const std::vector<std::vector<float>>& queries,
@@ -172,25 +199,8 @@ Result try_variant(const Variant& v, const fs::path& path, const FlatIndex& orig
   PersistConfig cfg(path);
   cfg.compression = v.compression;
   try {
-    {
-      auto db = PersistedIndex<FlatIndex>::open_with(original, cfg);
-      const Stopwatch sw;
-      db.save();
-      r.save_ms = sw.ms();
-    }
-    const SnapshotSummary summary = inspect_snapshot(default_file_system(), path);
-    r.saved = true;
-    r.file_size = summary.file_size;
-    r.payload_bytes = summary.header.uncompressed_len;
-    out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", fsync included)\n"
-        << "  file   " << human_bytes(r.file_size) << " on disk; its header:\n";
-    print_header(out, summary, "           ");
-
-    const Stopwatch sw;
-    auto loaded = PersistedIndex<FlatIndex>::load(cfg);
-    r.load_ms = sw.ms();
-    r.loaded = true;
-    out << "  load   " << timing(r.load_ms, r.payload_bytes) << ", checksum verified)\n";
+    FlatIndex saved = original;
+    const auto loaded = save_show_load(saved, cfg, r, out);
 
     checks.expect(loaded.index() == original, v.name, "loaded index == original (ids, vectors, metadata, order)");
     std::size_t same = 0;
@@ -408,27 +418,7 @@ int demo_faiss(const DemoOptions& opts, const Console& console) {
     PersistConfig cfg(path);
     cfg.compression = v.compression;
     try {
-      {
-        // The index is moved in for the save and taken back after it (no
-        // WAL: the PersistedIndex writes nothing on its own).
-        auto db = PersistedIndex<FaissIndex>::open_with(std::move(current), cfg);
-        const Stopwatch sw;
-        db.save();
-        r.save_ms = sw.ms();
-        current = std::move(db.index_mut());
-      }
-      const SnapshotSummary summary = inspect_snapshot(default_file_system(), path);
-      r.saved = true;
-      r.file_size = summary.file_size;
-      r.payload_bytes = summary.header.uncompressed_len;
-      out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", fsync included)\n"
-          << "  file   " << human_bytes(r.file_size) << " on disk; its header:\n";
-      print_header(out, summary, "           ");
-      const Stopwatch sw;
-      auto loaded = PersistedIndex<FaissIndex>::load(cfg);
-      r.load_ms = sw.ms();
-      r.loaded = true;
-      out << "  load   " << timing(r.load_ms, r.payload_bytes) << ", checksum verified)\n";
+      const auto loaded = save_show_load(current, cfg, r, out);
       checks.expect(faiss_serialization(loaded.index()) == original_bytes, v.name,
                     "loaded FAISS index serializes to the same bytes as the original");
       checks.expect(loaded.index().metadata_table() == current.metadata_table(), v.name,
