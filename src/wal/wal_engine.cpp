@@ -204,7 +204,9 @@ class WalEngine::Impl {
     p.header_len = v2 ? wf::kV2HeaderLen : wf::kV1HeaderLen;
     if (v2 && got >= wf::kV2HeaderLen) p.base_lsn = coding::get<std::uint64_t>(b + 24);
     const std::byte* frame = b + p.header_len;
-    if (got >= p.header_len + wf::kFrameHeaderLen) p.first_frame = wf::kFrameHeaderLen + coding::get<std::uint32_t>(frame);
+    if (got >= p.header_len + wf::kFrameHeaderLen) {
+      p.first_frame = wf::kFrameHeaderLen + coding::get<std::uint32_t>(frame);
+    }
     if (v2 && got >= p.header_len + wf::kFrameHeaderLen + 12) {
       p.first_count = std::max<std::uint32_t>(1, coding::get<std::uint32_t>(frame + wf::kFrameHeaderLen + 8));
     }
