@@ -116,13 +116,19 @@ class Readers {
   std::vector<std::thread> threads_;
 };
 
-TEST(WalConcurrent, GroupCommitSharesFsyncsAcrossWriters) {
+// Waiting writers either sleep at once (commit_spin 0; also what the default
+// does with these 2 ms syncs) or yield the CPU in a loop until woken (a
+// bound far above the syncs).
+class WalConcurrentSpin : public ::testing::TestWithParam<std::chrono::microseconds> {};
+
+TEST_P(WalConcurrentSpin, GroupCommitSharesFsyncsAcrossWriters) {
   constexpr int kWriters = 4;
   constexpr std::uint64_t kPerWriter = 100;
   test::TempDir dir;
   FaultFs recorder;
   SlowSyncFs slow(recorder, std::chrono::microseconds(2000));
-  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &slow);
+  PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &slow);
+  cfg.commit_spin = GetParam();
   const fs::path log = wal::log_path_for(cfg.path);
   Model model;
   {
@@ -157,15 +163,21 @@ TEST(WalConcurrent, GroupCommitSharesFsyncsAcrossWriters) {
       }
     }
 
-    std::size_t frames = 0, datasyncs = 0;
+    // One frame per insert: header 8 + LSN/count/synced LSN 20 + op 1 + id 9 + vec_len 4 + floats + has_meta 1.
+    // A leader writes the frames of its group in one write, then syncs.
+    constexpr std::size_t kFrameLen = 43 + 4 * kDim;
+    std::size_t frames = 0, frame_writes = 0, datasyncs = 0;
     for (const test::FsOp& op : recorder.log()) {
       if (op.path != log) continue;
-      // One frame per insert: header 8 + LSN/count/synced LSN 20 + op 1 + id 9 + vec_len 4 + floats + has_meta 1.
-      if ((op.kind == OpKind::WriteAt || op.kind == OpKind::Append) && op.length == 43 + 4 * kDim) ++frames;
+      if ((op.kind == OpKind::WriteAt || op.kind == OpKind::Append) && op.length % kFrameLen == 0) {
+        frames += op.length / kFrameLen;
+        ++frame_writes;
+      }
       if (op.kind == OpKind::DataSync) ++datasyncs;
     }
     const std::size_t inserts = kWriters * kPerWriter;
     EXPECT_EQ(frames, inserts);
+    EXPECT_LT(frame_writes, inserts);
     // Shared fsyncs: fewer fdatasyncs than acknowledged inserts, each of
     // which returned only once durable.
     EXPECT_GE(datasyncs, 1u);
@@ -179,6 +191,10 @@ TEST(WalConcurrent, GroupCommitSharesFsyncsAcrossWriters) {
   auto db = PersistedIndex<FlatIndex>::load(wal_config(cfg.path, FsyncPolicy::always()));
   EXPECT_EQ(diff(db.index(), model), "");
 }
+
+INSTANTIATE_TEST_SUITE_P(Spin, WalConcurrentSpin,
+                         ::testing::Values(std::chrono::microseconds(0), std::chrono::microseconds(10'000'000)),
+                         [](const auto& p) { return p.param.count() == 0 ? "sleep" : "yield"; });
 
 TEST(WalConcurrent, CheckpointWhileWritersAndReadersRun) {
   constexpr int kWriters = 3;

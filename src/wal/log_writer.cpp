@@ -72,7 +72,27 @@ void LogWriter::append(std::span<const std::byte> frame) {
   if (end_ > allocated_) allocated_ = end_;
 }
 
+void LogWriter::stage(std::span<const std::byte> frame) {
+  staged_.insert(staged_.end(), frame.begin(), frame.end());
+  end_ += frame.size();
+}
+
+void LogWriter::take_staged(Staged& out) {
+  out.offset = end_ - staged_.size();
+  out.bytes.clear();
+  std::swap(out.bytes, staged_);
+}
+
+void LogWriter::write_staged(const Staged& s) {
+  if (s.bytes.empty()) return;
+  const std::uint64_t need = s.offset + s.bytes.size();
+  if (preallocate_ && need > allocated_) extend(need);
+  file_->write_at(s.offset, s.bytes);
+  if (need > allocated_) allocated_ = need;
+}
+
 void LogWriter::cut(std::uint64_t end) {
+  staged_.clear();
   file_->truncate(end);
   file_->sync();
   end_ = end;

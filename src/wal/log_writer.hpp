@@ -30,6 +30,22 @@ class LogWriter {
   // end unchanged (bytes may have reached the file: callers poison or cut).
   void append(std::span<const std::byte> frame);
   void datasync() { file_->datasync(); }
+
+  // Group commit: frames can instead be staged in memory (end() counts
+  // them) and written together by one thread. take_staged() (under the
+  // caller's lock) hands over the staged bytes and where they go;
+  // write_staged() writes them, outside that lock, while further frames are
+  // staged. One write_staged() at a time; append() only while nothing is
+  // staged.
+  struct Staged {
+    std::uint64_t offset = 0;
+    std::vector<std::byte> bytes;
+  };
+  void stage(std::span<const std::byte> frame);
+  // Swaps the staged bytes into `out` (whose old contents are dropped; its
+  // capacity is kept for the next round).
+  void take_staged(Staged& out);
+  void write_staged(const Staged& s);
   // Cut the log back to `end` (dropping frames after it) and sync that.
   void cut(std::uint64_t end);
   void close() { file_->close(); }
@@ -50,6 +66,7 @@ class LogWriter {
   std::uint64_t salt_;
   std::uint64_t end_;
   std::uint64_t allocated_;
+  std::vector<std::byte> staged_;  // frames at end_ - staged_.size() .. end_
   bool preallocate_;
 };
 

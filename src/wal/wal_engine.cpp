@@ -8,13 +8,16 @@
 //  - After any failed write or fsync of the log the engine is poisoned: every
 //    later commit fails until the index is reopened, because the kernel may
 //    have dropped the data a retried fsync would report as safe.
+//  - The leader's seat (syncing_) is free only when no commit is queued;
+//    frames staged for a group belong to queued commits, and the leader of
+//    the sync that covers them writes them.
 #include "iqdb/persist/detail/wal_engine.hpp"
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -38,7 +41,8 @@ class WalEngine::Impl {
       : fs_(cfg.file_system != nullptr ? *cfg.file_system : default_file_system()),
         policy_(cfg.fsync_policy),
         snapshot_path_(cfg.path),
-        log_path_(wal::log_path_for(cfg.path)) {}
+        log_path_(wal::log_path_for(cfg.path)),
+        commit_spin_(std::max(cfg.commit_spin, std::chrono::microseconds(0))) {}
   ~Impl() { stop_flusher(); }
 
   // ------------------------------------------------------------ open / create
@@ -224,17 +228,121 @@ class WalEngine::Impl {
 
   // ------------------------------------------------------------ commit
 
+  // What the thread of a queued commit is woken for.
+  enum class Wake : std::uint8_t { None, Done, Lead };
+
+  // A commit whose frame is in the log (or staged for it) and that waits to
+  // be applied. It lives on its thread's stack, in commit().
   struct Entry {
+    Entry(std::span<const MutationRef> o, Apply a, std::uint64_t s, std::uint64_t lsn) noexcept
+        : ops(o), apply(a), start(s), first_lsn(lsn) {}
     std::span<const MutationRef> ops;
     Apply apply;
     std::uint64_t start;
-    std::uint64_t end;
+    std::uint64_t end = 0;
     std::uint64_t first_lsn;
-    bool done = false;
+    bool done = false;  // left the queue: applied, or failed (error)
     std::exception_ptr error;
-    std::size_t registered = 0;  // ops entered in pending_ (from the first on)
+    std::size_t registered = 0;   // ops entered in pending_ (from the first on)
     std::int64_t size_delta = 0;  // inserts minus erases
+    bool leads = false;           // its thread holds the leader's seat
+    Entry* next = nullptr;        // in CommitQueue
+    // Each waiting commit sleeps on its own condition variable, woken by the
+    // leader when it is done or is to lead the next sync: waking a group does
+    // not make its threads queue up for mu_ one after the other (as in
+    // RocksDB's WriteThread). The waker holds wait_mu while it signals, so the
+    // waiter (whose stack holds the entry) cannot return before the signal
+    // is out.
+    std::mutex wait_mu;
+    std::condition_variable wait_cv;
+    std::atomic<Wake> wake{Wake::None};  // stored with wait_mu held
   };
+
+  // The commits waiting for their group's fsync, in log order: an intrusive
+  // list, so that queueing never allocates (it cannot fail once a frame is
+  // in the log).
+  class CommitQueue {
+   public:
+    bool empty() const noexcept { return head_ == nullptr; }
+    std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
+    Entry* front() const noexcept { return head_; }
+    void push_back(Entry* e) noexcept {
+      e->next = nullptr;
+      (tail_ != nullptr ? tail_->next : head_) = e;
+      tail_ = e;
+      size_.store(size() + 1, std::memory_order_relaxed);
+    }
+    void pop_front() noexcept {
+      head_ = head_->next;
+      if (head_ == nullptr) tail_ = nullptr;
+      size_.store(size() - 1, std::memory_order_relaxed);
+    }
+    void erase(const Entry* e) noexcept {
+      Entry* prev = nullptr;
+      for (Entry* q = head_; q != nullptr; prev = q, q = q->next) {
+        if (q != e) continue;
+        (prev != nullptr ? prev->next : head_) = q->next;
+        if (tail_ == q) tail_ = prev;
+        size_.store(size() - 1, std::memory_order_relaxed);
+        return;
+      }
+    }
+    // Take every entry out; f(entry) may wake (and so free) the entry.
+    template <class F>
+    void drain(F&& f) noexcept {
+      Entry* q = head_;
+      head_ = tail_ = nullptr;
+      size_.store(0, std::memory_order_relaxed);
+      while (q != nullptr) {
+        Entry* const next = q->next;
+        f(*q);
+        q = next;
+      }
+    }
+    template <class F>
+    void for_each(F&& f) const {
+      for (Entry* q = head_; q != nullptr; q = q->next) f(*q);
+    }
+
+   private:
+    Entry* head_ = nullptr;
+    Entry* tail_ = nullptr;
+    // Written under mu_; a gathering leader reads it without (a hint).
+    std::atomic<std::size_t> size_{0};
+  };
+
+  // Wake the thread of a queued entry (mu_ held). Done: e.done and e.error
+  // are set, and it returns without taking mu_ again; e may be gone as soon
+  // as this returns.
+  static void wake(Entry& e, Wake why) noexcept {
+    std::lock_guard g(e.wait_mu);
+    e.wake.store(why, std::memory_order_release);
+    e.wait_cv.notify_one();
+  }
+
+  // How long a waiting commit yields the CPU in a loop before it sleeps:
+  // only while fdatasyncs are quick (a wake-up then costs about as much as
+  // the wait), never longer than the configured bound. Quick: on average
+  // (one slow sync does not turn it off) under half that bound, as a waiter
+  // waits for up to two syncs (the running one, then its own).
+  std::chrono::nanoseconds spin_budget() const noexcept {
+    if (commit_spin_.count() == 0 || 2 * avg_sync_time_ > commit_spin_) return std::chrono::nanoseconds(0);
+    return commit_spin_;
+  }
+
+  static Wake wait_for_wake(Entry& e, std::chrono::nanoseconds spin) {
+    if (spin.count() > 0) {
+      const auto until = std::chrono::steady_clock::now() + spin;
+      while (e.wake.load(std::memory_order_acquire) == Wake::None && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+      }
+    }
+    // Also when the spin saw the wake: taking wait_mu waits for the waker to
+    // let go of the entry.
+    std::unique_lock w(e.wait_mu);
+    e.wait_cv.wait(w, [&] { return e.wake.load(std::memory_order_relaxed) != Wake::None; });
+    return e.wake.exchange(Wake::None, std::memory_order_relaxed);
+  }
 
   void commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
     if (ops.empty()) return;
@@ -269,7 +377,7 @@ class WalEngine::Impl {
     };
     validate(pending, queued_delta_);
 
-    Entry e{ops, apply, writer_->end(), 0, next_lsn_, false, nullptr};
+    Entry e(ops, apply, writer_->end(), next_lsn_);
     for (const MutationRef& m : ops) e.size_delta += m.op == wal::Op::Insert ? 1 : -1;
     std::byte* body = frame.data() + wal::format::kFrameHeaderLen;
     coding::store<std::uint64_t>(body, e.first_lsn);
@@ -278,7 +386,16 @@ class WalEngine::Impl {
     coding::store<std::uint32_t>(frame.data(), len);
     coding::store<std::uint32_t>(frame.data() + 4, wal::frame_crc_v2(writer_->salt(), len, body));
     try {
-      writer_->append(frame);
+      if (policy_.mode() == FsyncPolicy::Mode::Always && (syncing_ || group_target() > 1)) {
+        // The leader of the sync that covers this frame writes it with the
+        // rest of its group, in one write: appends then cost no system call
+        // and do not queue up one after the other on the file. (A lone
+        // writer, whose groups are of one, writes its frame itself, without
+        // the copy.)
+        writer_->stage(frame);
+      } else {
+        writer_->append(frame);
+      }
     } catch (const PersistError& err) {
       // Part of the frame may be in the file, and may even read back as
       // complete: cut it off, so a mutation reported as failed never
@@ -308,7 +425,8 @@ class WalEngine::Impl {
         self.abandon(e);
       }
     } unqueue{*this, e, lk};
-    if (syncing_) gather_cv_.notify_one();  // a leader may be waiting to gather a group
+    // A leader waiting to gather a group is woken once, when it is complete.
+    if (gathering_ && queue_.size() >= gather_want_) gather_cv_.notify_one();
 
     if (policy_.mode() == FsyncPolicy::Mode::Always) {
       // Until the group's fsync, later commits must see this one's effect:
@@ -316,12 +434,22 @@ class WalEngine::Impl {
       // pending_ (register_pending), so a lone writer never pays for that.
       // Group commit: one thread syncs for everything appended so far; the
       // others wait for it, and whoever is still waiting leads the next sync.
+      // The seat passes from leader to leader: a leader whose sync ends with
+      // commits queued behind it hands the seat to the first of them.
+      bool lead = !syncing_;
       while (!e.done) {
-        if (!syncing_) {
+        if (lead) {
+          e.leads = true;
           leader_sync(lk);
-        } else {
-          cv_.wait(lk);
+          e.leads = false;
+          lead = false;
+          continue;
         }
+        const auto spin = spin_budget();
+        lk.unlock();
+        if (wait_for_wake(e, spin) == Wake::Done) break;  // e.done was set (under mu_) before the wake
+        lk.lock();
+        lead = true;
       }
     } else {
       apply_through(e.end);
@@ -335,7 +463,7 @@ class WalEngine::Impl {
 
   // Called with mu_ held; releases it during the fdatasync.
   void leader_sync(std::unique_lock<std::mutex>& lk) {
-    syncing_ = true;
+    syncing_ = true;  // (already, if the seat was handed over)
     const std::size_t want = group_target();
     if (policy_.mode() == FsyncPolicy::Mode::Always && queue_.size() < want) {
       // Writers are arriving concurrently. Give those that were just
@@ -348,7 +476,19 @@ class WalEngine::Impl {
       // smaller groups follow.
       // (Its own condition variable: an append wakes the leader only, not the
       // writers waiting for their sync.)
-      gather_cv_.wait_for(lk, last_sync_time_, [&] { return queue_.size() >= want || poisoned_.has_value(); });
+      if (spin_budget().count() > 0) {
+        // The writers to wait for are about to append: yield to them rather
+        // than sleep and pay for a wake-up.
+        const auto until = std::chrono::steady_clock::now() + last_sync_time_;
+        lk.unlock();
+        while (queue_.size() < want && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+        lk.lock();
+      } else {
+        gathering_ = true;
+        gather_want_ = want;
+        gather_cv_.wait_for(lk, last_sync_time_, [&] { return queue_.size() >= want || poisoned_.has_value(); });
+        gathering_ = false;
+      }
     }
     const std::uint64_t target = writer_->end();
     const std::uint64_t target_lsn = next_lsn_ - 1;
@@ -356,15 +496,16 @@ class WalEngine::Impl {
     const auto sync_start = std::chrono::steady_clock::now();
     std::exception_ptr err;
     std::string what;
+    writer_->take_staged(staged_);
     lk.unlock();
     try {
+      writer_->write_staged(staged_);
       writer_->datasync();
     } catch (const std::exception& ex) {
       err = std::current_exception();
       what = ex.what();
     }
     lk.lock();
-    syncing_ = false;
     if (err) {
       // Under Always nothing after the last good sync was acknowledged: cut
       // it, so that the failed mutations do not come back on recovery.
@@ -382,11 +523,26 @@ class WalEngine::Impl {
       if (target_lsn > synced_lsn_) synced_lsn_ = target_lsn;
       recent_groups_[recent_at_++ % recent_groups_.size()] = group;
       ++stats_.log_syncs;
-      last_sync_time_ = std::min<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - sync_start,
+      const auto took = std::chrono::steady_clock::now() - sync_start;
+      avg_sync_time_ += (std::chrono::duration_cast<std::chrono::nanoseconds>(took) - avg_sync_time_) / 8;
+      last_sync_time_ = std::min<std::chrono::nanoseconds>(took,
                                                            std::chrono::milliseconds(2));
       apply_through(synced_end_);
     }
+    pass_seat();
     cv_.notify_all();
+  }
+
+  // The leader's seat is free: the first commit queued (during the sync that
+  // just ended) takes it, else nobody.
+  void pass_seat() noexcept {
+    if (!queue_.empty()) {
+      seat_ = queue_.front();
+      wake(*seat_, Wake::Lead);
+    } else {
+      seat_ = nullptr;
+      syncing_ = false;
+    }
   }
 
   // Apply queued entries whose records end at or before `end`, in order.
@@ -402,6 +558,7 @@ class WalEngine::Impl {
       queue_.pop_front();
       unpend(*x);
       x->done = true;
+      wake(*x, Wake::Done);
     }
   }
 
@@ -434,37 +591,37 @@ class WalEngine::Impl {
       later = cause;
     }
     bool first = true;
-    for (Entry* q : queue_) {
-      q->error = first ? cause : later;
-      q->done = true;
+    queue_.drain([&](Entry& q) {
+      q.error = first ? cause : later;
+      q.done = true;
       first = false;
-      unpend(*q);
-    }
-    queue_.clear();
+      unpend(q);
+      wake(q, Wake::Done);
+    });
     cv_.notify_all();
   }
 
-  void fail_queue(std::exception_ptr err) {
-    for (Entry* q : queue_) {
-      q->error = err;
-      q->done = true;
-      unpend(*q);
-    }
-    queue_.clear();
+  void fail_queue(const std::exception_ptr& err) noexcept {
+    queue_.drain([&](Entry& q) {
+      q.error = err;
+      q.done = true;
+      unpend(q);
+      wake(q, Wake::Done);
+    });
   }
 
   // Enter the mutations of queued entries in pending_, in log order (the
   // last mutation of an id decides its presence). Resumable: a failure (out
   // of memory) leaves each entry's count of registered ops exact.
   void register_pending() {
-    for (Entry* q : queue_) {
-      for (; q->registered < q->ops.size(); ++q->registered) {
-        const MutationRef& m = q->ops[q->registered];
+    queue_.for_each([this](Entry& q) {
+      for (; q.registered < q.ops.size(); ++q.registered) {
+        const MutationRef& m = q.ops[q.registered];
         Pending& p = pending_[*m.id];
         p.present = m.op == wal::Op::Insert;
         ++p.refs;
       }
-    }
+    });
   }
 
   // The entry leaves the queue (applied or failed): its mutations are no
@@ -495,11 +652,11 @@ class WalEngine::Impl {
   // further writes; after a reopen the log decides whether it happened, as
   // for any call that failed without an answer.
   void abandon(Entry& e) noexcept {
-    const auto it = std::find(queue_.begin(), queue_.end(), &e);
-    if (it != queue_.end()) queue_.erase(it);
+    queue_.erase(&e);
     unpend(e);
     e.done = true;
     poison("a commit failed after its record was logged");
+    if (e.leads || seat_ == &e) pass_seat();  // it held, or was handed, the seat
     cv_.notify_all();
   }
 
@@ -626,6 +783,7 @@ class WalEngine::Impl {
   FsyncPolicy policy_;
   fs::path snapshot_path_;
   fs::path log_path_;
+  std::chrono::nanoseconds commit_spin_;
   std::unique_ptr<FileLock> lock_;
   std::unique_ptr<wal::LogWriter> writer_;
 
@@ -635,14 +793,19 @@ class WalEngine::Impl {
   std::uint64_t next_lsn_ = 1;
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
-  bool syncing_ = false;
+  bool syncing_ = false;   // the leader's seat is taken (a sync is running or about to)
+  Entry* seat_ = nullptr;  // the commit the seat was handed to, if any
+  bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
+  std::size_t gather_want_ = 0;
+  wal::LogWriter::Staged staged_;  // the group the leader writes (leader only)
   std::array<std::size_t, 8> recent_groups_{};  // entries covered by each of the last fsyncs
   std::size_t recent_at_ = 0;
   wal::WalStats stats_;
   std::chrono::nanoseconds last_sync_time_{0};
+  std::chrono::nanoseconds avg_sync_time_{0};  // moving average (1/8 per sync)
   bool closed_ = false;
   std::optional<std::string> poisoned_;
-  std::deque<Entry*> queue_;
+  CommitQueue queue_;
   std::unordered_map<VectorId, Pending> pending_;
   std::int64_t queued_delta_ = 0;  // size_delta summed over queue_
 

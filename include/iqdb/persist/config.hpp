@@ -76,6 +76,13 @@ struct PersistConfig {
   FsyncPolicy fsync_policy = FsyncPolicy::always();
   Compression compression = Compression::none();
   ReadLimits limits{};
+  // Group commit (WAL, FsyncPolicy::Always): how long a writer waiting for
+  // the fdatasync of its group keeps its CPU, yielding it in a loop to any
+  // other runnable thread, before it sleeps. Waking a sleeping thread costs
+  // tens of microseconds on virtual machines, as much as a fast fdatasync,
+  // and a group's writers are woken together. Only used while fdatasyncs
+  // take under half this bound on average (fast storage); 0 never spins.
+  std::chrono::microseconds commit_spin{500};
   // The file-system seam; nullptr means the real POSIX file system. Tests
   // pass a fault-injecting or recording wrapper. Not owned; must outlive
   // every object that uses this config.
