@@ -4,6 +4,8 @@
 // the files consistent, and a second process is locked out.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+
+#include <csignal>
 #include <unistd.h>
 
 #include <chrono>
@@ -437,6 +439,83 @@ TEST(WalFaults, SecondProcessIsLockedOutUntilTheWriterCloses) {
     return static_cast<int>(diff(other.index(), model).empty() ? kOpenedRight : kOpenedWrong);
   });
   EXPECT_EQ(after_close, kOpenedRight) << "3 = wrong content, 98 = the load threw";
+}
+
+// Under Never and Periodic, frames are copied into a mapping of the log's
+// preallocated space (FileSystem::map_for_write) rather than written: a
+// process that is killed (no close, no destructor) must still leave every
+// acknowledged record to the next load, as write() would. Enough records to
+// cross several 1 MiB preallocation steps and 4 MiB mapping windows, and
+// batches whose frames are larger than what is left of a window.
+class WalProcessKill : public ::testing::TestWithParam<FsyncPolicy> {};
+
+TEST_P(WalProcessKill, AKilledProcessLeavesEveryAcknowledgedRecord) {
+  test::TempDir dir;
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", GetParam());
+  constexpr std::uint64_t kSingles = 90'000;
+  constexpr std::uint64_t kBatch = 20'000;
+  const auto workload = [&](const std::function<void(std::uint64_t)>& insert,
+                            const std::function<void(std::uint64_t, std::uint64_t)>& batch) {
+    for (std::uint64_t i = 0; i < kSingles; ++i) {
+      insert(i);
+      if (i % 30'000 == 29'999) batch(1'000'000 + i * 100, kBatch);  // ~1.2 MB frames
+    }
+  };
+  Model model;
+  workload([&](std::uint64_t i) { model[VectorId(i)] = Entry{vec_of(i), meta_of(i)}; },
+           [&](std::uint64_t first, std::uint64_t n) {
+             for (std::uint64_t k = first; k < first + n; ++k) model[VectorId(k)] = Entry{vec_of(k), std::nullopt};
+           });
+  const int status = in_child([&] {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    workload([&](std::uint64_t i) { db.insert(i, vec_of(i), meta_of(i)); },
+             [&](std::uint64_t first, std::uint64_t n) {
+               WriteBatch b;
+               for (std::uint64_t k = first; k < first + n; ++k) b.insert(k, vec_of(k));
+               db.write(b);
+             });
+    ::kill(::getpid(), SIGKILL);
+    return 0;
+  });
+  ASSERT_EQ(status, 128 + SIGKILL) << "98: the child threw";
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_EQ(db.index().size(), model.size());
+  EXPECT_EQ(diff(db.index(), model), "");
+  // And the log goes on from there.
+  put(db, model, 5'000'001);
+  db.close();
+  EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(cfg).index(), model), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, WalProcessKill,
+                         ::testing::Values(FsyncPolicy::never(), FsyncPolicy::periodic(std::chrono::hours(1))),
+                         [](const auto& p) { return p.param.mode() == FsyncPolicy::Mode::Never ? "never" : "periodic"; });
+
+// The seam's mapped writes: offered by the POSIX file system for files
+// opened to append, never through a WritableFileWrapper (fault injection
+// then sees every write), and stores into a mapping are writes to the file.
+TEST(WalMappedWrites, StoresIntoAMappingAreWritesToTheFile) {
+  test::TempDir dir;
+  const fs::path p = dir / "f";
+  test::write_file(p, std::vector<std::byte>(3 * 4096, std::byte{0}));
+  FileSystem& posix = default_file_system();
+  {
+    const std::unique_ptr<WritableFile> f = posix.open_append(p);
+    EXPECT_EQ(f->map_for_write(100, 4096), nullptr) << "offsets are whole pages";
+    const std::unique_ptr<WriteMapping> m = f->map_for_write(4096, 2 * 4096);
+    ASSERT_NE(m, nullptr);
+    ASSERT_EQ(m->bytes().size(), 2u * 4096);
+    m->bytes()[0] = std::byte{0xAB};
+    m->bytes()[2 * 4096 - 1] = std::byte{0xCD};
+    WritableFileWrapper wrapped(posix.open_append(p));
+    EXPECT_EQ(wrapped.map_for_write(0, 4096), nullptr);
+  }
+  const std::vector<std::byte> bytes = test::read_file(p);
+  ASSERT_EQ(bytes.size(), 3u * 4096);
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    const std::byte want = i == 4096 ? std::byte{0xAB} : i == 3 * 4096 - 1 ? std::byte{0xCD} : std::byte{0};
+    ASSERT_EQ(bytes[i], want) << "byte " << i;
+  }
 }
 
 }  // namespace

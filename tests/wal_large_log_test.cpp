@@ -6,6 +6,7 @@
 // be cut, and damage deep in the file must be reported at its frame.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <iqdb/persist.hpp>
 #include <map>
@@ -31,7 +32,7 @@ using Model = std::map<std::uint64_t, bool>;  // id -> present
 struct Written {
   Model after_each_call_but_last;
   Model final_model;
-  std::vector<std::uint64_t> frame_ends;  // log size after each call (Never: no preallocation)
+  std::vector<std::uint64_t> frame_ends;  // where the frame of each call ends (one frame per call)
 };
 
 ::testing::AssertionResult equals(const FlatIndex& index, const Model& m) {
@@ -64,6 +65,7 @@ Written write_log(const PersistConfig& cfg) {
   const fs::path log = cfg.path.string() + ".wal";
   auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
   std::uint64_t next = 0;
+  std::size_t calls = 0;
   const auto singles = [&](std::uint64_t n) {
     for (std::uint64_t k = 0; k < n; ++k, ++next) {
       w.after_each_call_but_last = m;
@@ -74,7 +76,7 @@ Written write_log(const PersistConfig& cfg) {
         db.insert(next, vec_of(next));
         m[next] = true;
       }
-      w.frame_ends.push_back(fs::file_size(log));
+      ++calls;
     }
   };
   const auto batch = [&](std::uint64_t n) {
@@ -85,7 +87,7 @@ Written write_log(const PersistConfig& cfg) {
       m[next] = true;
     }
     db.write(b);
-    w.frame_ends.push_back(fs::file_size(log));
+    ++calls;
   };
   singles(3000);  // ~3 MiB of 1 KiB frames
   batch(3000);    // a 3 MiB frame: larger than the room in front of a chunk
@@ -100,6 +102,19 @@ Written write_log(const PersistConfig& cfg) {
   batch(1500);  // the last call
   db.close();
   w.final_model = m;
+  // The frames, walked by their length fields (docs/FORMAT.md: a 40-byte
+  // header, then frames of an 8-byte header and a body of `len` bytes, then
+  // zero padding): one per call.
+  const std::vector<std::byte> bytes = test::read_file(log);
+  std::uint64_t at = 40;
+  while (at + 8 <= bytes.size()) {
+    std::uint32_t len = 0;
+    std::memcpy(&len, bytes.data() + at, 4);  // little-endian, as the test hosts
+    if (len == 0) break;
+    at += 8 + len;
+    w.frame_ends.push_back(at);
+  }
+  EXPECT_EQ(w.frame_ends.size(), calls) << "one frame per call";
   return w;
 }
 

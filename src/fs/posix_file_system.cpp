@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,7 +30,8 @@ auto retry(F f) {
 
 class PosixWritableFile final : public WritableFile {
  public:
-  PosixWritableFile(fs::path p, int fd, std::uint64_t pos) : path_(std::move(p)), fd_(fd), pos_(pos) {}
+  PosixWritableFile(fs::path p, int fd, std::uint64_t pos, bool mappable = false)
+      : path_(std::move(p)), fd_(fd), pos_(pos), mappable_(mappable) {}
   ~PosixWritableFile() override {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -77,10 +79,37 @@ class PosixWritableFile final : public WritableFile {
   }
   const fs::path& path() const noexcept override { return path_; }
 
+  std::unique_ptr<WriteMapping> map_for_write(std::uint64_t offset, std::size_t length) override {
+    if (!mappable_ || length == 0 || offset % 4096 != 0) return nullptr;
+    void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, static_cast<off_t>(offset));
+    if (p == MAP_FAILED) return nullptr;
+    auto m = std::make_unique<Mapping>(static_cast<std::byte*>(p), length);
+    // Fault the pages in now, in one call, and find out about a page that
+    // cannot be read back here (an error) rather than at a store (SIGBUS).
+    // EINVAL: a kernel before 5.14, which lacks it; the pages then fault in
+    // at the first store.
+    if (::madvise(p, length, MADV_POPULATE_WRITE) != 0 && errno != EINVAL) return nullptr;
+    return m;
+  }
+
  private:
+  class Mapping final : public WriteMapping {
+   public:
+    Mapping(std::byte* p, std::size_t n) noexcept : p_(p), n_(n) {}
+    Mapping(const Mapping&) = delete;
+    Mapping& operator=(const Mapping&) = delete;
+    ~Mapping() override { ::munmap(p_, n_); }
+    std::span<std::byte> bytes() noexcept override { return {p_, n_}; }
+
+   private:
+    std::byte* p_;
+    std::size_t n_;
+  };
+
   fs::path path_;
   int fd_;
   std::uint64_t pos_;
+  bool mappable_;  // opened read-write, which a shared writable mapping needs
 };
 
 class PosixReadableFile final : public ReadableFile {
@@ -127,7 +156,8 @@ class PosixFileSystem final : public FileSystem {
   }
 
   std::unique_ptr<WritableFile> open_append(const fs::path& p) override {
-    const int fd = retry([&] { return ::open(p.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC); });
+    // Read-write: map_for_write needs it.
+    const int fd = retry([&] { return ::open(p.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC); });
     if (fd < 0) throw PersistError::io(p, "open", errno);
     struct stat st {};
     if (::fstat(fd, &st) != 0) {
@@ -139,7 +169,7 @@ class PosixFileSystem final : public FileSystem {
       ::close(fd);
       throw PersistError::io(p, "open (not a regular file)", EINVAL);
     }
-    return std::make_unique<PosixWritableFile>(p, fd, static_cast<std::uint64_t>(st.st_size));
+    return std::make_unique<PosixWritableFile>(p, fd, static_cast<std::uint64_t>(st.st_size), /*mappable=*/true);
   }
 
   std::unique_ptr<ReadableFile> open_read(const fs::path& p) override {

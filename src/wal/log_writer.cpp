@@ -13,6 +13,8 @@ namespace {
 constexpr std::uint64_t kFirstStep = std::uint64_t{1} << 20;
 constexpr std::uint64_t kMaxStep = std::uint64_t{64} << 20;
 constexpr std::size_t kZeroChunk = std::size_t{1} << 20;
+constexpr std::uint64_t kMapWindow = std::uint64_t{4} << 20;
+constexpr std::uint64_t kPage = 4096;
 
 const std::vector<std::byte>& zeros() {
   static const std::vector<std::byte> z(kZeroChunk);
@@ -64,10 +66,28 @@ void LogWriter::extend(std::uint64_t need) {
   allocated_ = target;
 }
 
+bool LogWriter::copy_to_map(std::span<const std::byte> frame) {
+  const std::uint64_t need = end_ + frame.size();
+  if (!map_ || end_ < map_at_ || need > map_at_ + map_->bytes().size()) {
+    map_.reset();
+    const std::uint64_t at = end_ / kPage * kPage;
+    const std::uint64_t len = std::min(kMapWindow, allocated_ - at);
+    if (need > at + len) return false;  // larger than a window
+    map_ = file_->map_for_write(at, static_cast<std::size_t>(len));
+    if (!map_) {
+      use_map_ = false;  // not offered (or failing): plain writes from now on
+      return false;
+    }
+    map_at_ = at;
+  }
+  std::memcpy(map_->bytes().data() + (end_ - map_at_), frame.data(), frame.size());
+  return true;
+}
+
 void LogWriter::append(std::span<const std::byte> frame) {
   const std::uint64_t need = end_ + frame.size();
   if (preallocate_ && need > allocated_) extend(need);
-  file_->write_at(end_, frame);
+  if (!use_map_ || !copy_to_map(frame)) file_->write_at(end_, frame);
   end_ = need;
   if (end_ > allocated_) allocated_ = end_;
 }
@@ -93,6 +113,7 @@ void LogWriter::write_staged(const Staged& s) {
 
 void LogWriter::cut(std::uint64_t end) {
   staged_.clear();
+  map_.reset();  // no mapping may reach past the end of the file
   file_->truncate(end);
   file_->sync();
   end_ = end;

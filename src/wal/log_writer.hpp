@@ -48,7 +48,17 @@ class LogWriter {
   void write_staged(const Staged& s);
   // Cut the log back to `end` (dropping frames after it) and sync that.
   void cut(std::uint64_t end);
-  void close() { file_->close(); }
+  void close() {
+    map_.reset();
+    file_->close();
+  }
+  // Write frames through a memory mapping of the preallocated space, where
+  // the file system offers one (FileSystem::map_for_write): an append is then
+  // a copy, not a system call. Same guarantees as write_at() (a process
+  // crash keeps the frame; datasync() makes it durable). For the policies
+  // whose appends do not each wait for an fsync (Periodic, Never).
+  void use_mapping() noexcept { use_map_ = preallocate_; }
+  void start_writeback(std::uint64_t offset, std::uint64_t len) { file_->start_writeback(offset, len); }
 
   std::uint64_t end() const noexcept { return end_; }
   std::uint64_t salt() const noexcept { return salt_; }
@@ -61,12 +71,18 @@ class LogWriter {
             bool preallocate)
       : file_(std::move(f)), salt_(salt), end_(end), allocated_(allocated), preallocate_(preallocate) {}
   void extend(std::uint64_t need);
+  // Copies the frame into the mapped window, moving the window first when
+  // the frame is not inside it; false when it cannot be mapped.
+  bool copy_to_map(std::span<const std::byte> frame);
 
   std::unique_ptr<WritableFile> file_;
   std::uint64_t salt_;
   std::uint64_t end_;
   std::uint64_t allocated_;
   std::vector<std::byte> staged_;  // frames at end_ - staged_.size() .. end_
+  bool use_map_ = false;
+  std::unique_ptr<WriteMapping> map_;  // a window of the preallocated space
+  std::uint64_t map_at_ = 0;           // its file offset
   bool preallocate_;
 };
 

@@ -62,10 +62,19 @@ class WalEngine::Impl {
     }
   }
 
-  bool preallocate() const noexcept { return policy_.mode() != FsyncPolicy::Mode::Never; }
+  // The log is grown ahead of its frames in zero-filled steps under every
+  // policy: under Always and Periodic each fdatasync then carries data
+  // only; under Periodic and Never frames are copied into a mapping of that
+  // space (where the file system offers one) instead of written one system
+  // call at a time. (Under Always the frames of a group go out in one
+  // pwrite before its fdatasync, which a mapping would not make cheaper.)
+  void adopt(std::unique_ptr<wal::LogWriter> w) {
+    if (policy_.mode() != FsyncPolicy::Mode::Always) w->use_mapping();
+    writer_ = std::move(w);
+  }
 
   void start_new_log(std::uint64_t base_lsn) {
-    auto w = wal::LogWriter::create(fs_, log_path_, fs_.random_u64(), base_lsn, preallocate());
+    auto w = wal::LogWriter::create(fs_, log_path_, fs_.random_u64(), base_lsn, /*preallocate=*/true);
     if (writer_) {
       try {
         writer_->close();
@@ -73,7 +82,7 @@ class WalEngine::Impl {
         // The old log is no longer the log: nothing written to it matters now.
       }
     }
-    writer_ = std::move(w);
+    adopt(std::move(w));
     next_lsn_ = base_lsn;
     synced_lsn_ = base_lsn - 1;  // the snapshot holds (durably) everything before
     synced_end_ = writer_->end();
@@ -174,7 +183,7 @@ class WalEngine::Impl {
         // fired), but the log would not continue at the right LSN: start afresh.
         start_new_log(expect);
       } else {
-        writer_ = wal::LogWriter::open(fs_, log_path_, scan.salt, scan.valid_bytes, scan.file_size, preallocate());
+        adopt(wal::LogWriter::open(fs_, log_path_, scan.salt, scan.valid_bytes, scan.file_size, /*preallocate=*/true));
         // A torn tail is cut off before anything new is appended, so that
         // records acknowledged from now on never sit behind damaged bytes.
         if (scan.torn_tail_bytes > 0) writer_->cut(scan.valid_bytes);

@@ -17,6 +17,15 @@
 
 namespace iqdb::persist {
 
+// A range of a file mapped into memory for writing (see
+// WritableFile::map_for_write). Unmapped on destruction.
+class WriteMapping {
+ public:
+  virtual ~WriteMapping() = default;
+  // The mapped bytes; stores into them are writes to the file.
+  virtual std::span<std::byte> bytes() noexcept = 0;
+};
+
 // A file open for writing. Not thread-safe.
 class WritableFile {
  public:
@@ -39,6 +48,20 @@ class WritableFile {
   virtual void start_writeback(std::uint64_t offset, std::uint64_t len) = 0;
   // Close and report errors. Further calls are invalid.
   virtual void close() = 0;
+  // Optional: map [offset, offset + length) for writing. offset must be a
+  // multiple of 4096 and the range must lie within the file's current size,
+  // in blocks already written (so that no store can fail for want of space).
+  // Stores into the mapping reach the page cache as write_at() would: a
+  // process crash keeps them, datasync() makes them durable. Returns
+  // nullptr when the file system does not offer it (the default, also for
+  // every WritableFileWrapper: test file systems see every write as a
+  // write_at()) or the mapping cannot be made; callers then use write_at(). A mapping must not outlive
+  // truncate() below its end, or the file.
+  virtual std::unique_ptr<WriteMapping> map_for_write(std::uint64_t offset, std::size_t length) {
+    (void)offset;
+    (void)length;
+    return nullptr;
+  }
 
   virtual const std::filesystem::path& path() const noexcept = 0;
 };
