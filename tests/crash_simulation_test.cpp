@@ -858,8 +858,9 @@ TEST(CrashSimulationGroupCommit, UnderAlwaysAnOutOfOrderWritebackStillRecovers) 
   db.reset();
   // The frames landed in log order: A's, then B's, C's and D's in one write
   // (else the gate did not hold).
+  const std::vector<Op> trace = sim.trace();  // a copy: keep it alive for the pointers below
   std::vector<const Op*> writes;
-  for (const Op& op : sim.trace()) {
+  for (const Op& op : trace) {
     if (op.kind == OpKind::Write && op.path == fs::path(kPath.string() + ".wal") && op.length() > 4096) {
       writes.push_back(&op);
     }
