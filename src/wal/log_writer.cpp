@@ -44,22 +44,22 @@ std::vector<std::byte> LogWriter::encode_header(std::uint64_t salt, std::uint64_
 }
 
 std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
-                                             std::uint64_t base_lsn, bool preallocate) {
+                                             std::uint64_t base_lsn) {
   const std::vector<std::byte> header = encode_header(salt, base_lsn);
-  const std::uint64_t allocated = preallocate ? kFirstStep : header.size();
   replace_file_atomically(fs, path, /*durable=*/true, [&](WritableFile& f) {
     f.append(header);
-    if (preallocate) write_zeros(f, header.size(), allocated);
+    write_zeros(f, header.size(), kFirstStep);
   });
-  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, header.size(), allocated, preallocate));
+  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, header.size(), kFirstStep));
 }
 
 std::unique_ptr<LogWriter> LogWriter::open(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
-                                           std::uint64_t end, std::uint64_t file_size, bool preallocate) {
-  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, end, std::max(end, file_size), preallocate));
+                                           std::uint64_t end, std::uint64_t file_size) {
+  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, end, std::max(end, file_size)));
 }
 
 void LogWriter::extend(std::uint64_t need) {
+  if (need <= allocated_) return;
   std::uint64_t target = allocated_;
   while (target < need) target += std::clamp<std::uint64_t>(target, kFirstStep, kMaxStep);
   write_zeros(*file_, allocated_, target);
@@ -86,10 +86,9 @@ bool LogWriter::copy_to_map(std::span<const std::byte> frame) {
 
 void LogWriter::append(std::span<const std::byte> frame) {
   const std::uint64_t need = end_ + frame.size();
-  if (preallocate_ && need > allocated_) extend(need);
+  extend(need);
   if (!use_map_ || !copy_to_map(frame)) file_->write_at(end_, frame);
   end_ = need;
-  if (end_ > allocated_) allocated_ = end_;
 }
 
 void LogWriter::stage(std::span<const std::byte> frame) {
@@ -105,10 +104,8 @@ void LogWriter::take_staged(Staged& out) {
 
 void LogWriter::write_staged(const Staged& s) {
   if (s.bytes.empty()) return;
-  const std::uint64_t need = s.offset + s.bytes.size();
-  if (preallocate_ && need > allocated_) extend(need);
+  extend(s.offset + s.bytes.size());
   file_->write_at(s.offset, s.bytes);
-  if (need > allocated_) allocated_ = need;
 }
 
 void LogWriter::cut(std::uint64_t end) {

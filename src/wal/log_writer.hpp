@@ -11,20 +11,21 @@
 
 namespace iqdb::persist::wal {
 
-// Appends frames to a version-2 log. With preallocation, the file is grown
-// ahead of the writes in zero-filled steps that are written for real (not
-// fallocated): a later fdatasync then carries data only, no file-size or
-// extent metadata, which makes it markedly cheaper. Zero padding reads as
-// the end of the log. Not thread-safe (the engine serialises).
+// Appends frames to a version-2 log. The file is grown ahead of the writes
+// in zero-filled steps that are written for real (not fallocated): a later
+// fdatasync then carries data only, no file-size or extent metadata, which
+// makes it markedly cheaper, and the space can be mapped for writing. Zero
+// padding reads as the end of the log. Not thread-safe (the engine
+// serialises).
 class LogWriter {
  public:
   // Create a new, empty log at `path` atomically and durably.
   static std::unique_ptr<LogWriter> create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
-                                           std::uint64_t base_lsn, bool preallocate);
+                                           std::uint64_t base_lsn);
   // Continue the log at `path` whose valid prefix ends at `end`; every byte
   // after `end` must be zero (callers truncate torn tails first).
   static std::unique_ptr<LogWriter> open(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
-                                         std::uint64_t end, std::uint64_t file_size, bool preallocate);
+                                         std::uint64_t end, std::uint64_t file_size);
 
   // Write a frame at the end. Throws PersistError(Io) on failure, with the
   // end unchanged (bytes may have reached the file: callers poison or cut).
@@ -57,8 +58,7 @@ class LogWriter {
   // a copy, not a system call. Same guarantees as write_at() (a process
   // crash keeps the frame; datasync() makes it durable). For the policies
   // whose appends do not each wait for an fsync (Periodic, Never).
-  void use_mapping() noexcept { use_map_ = preallocate_; }
-  void start_writeback(std::uint64_t offset, std::uint64_t len) { file_->start_writeback(offset, len); }
+  void use_mapping() noexcept { use_map_ = true; }
 
   std::uint64_t end() const noexcept { return end_; }
   std::uint64_t salt() const noexcept { return salt_; }
@@ -67,9 +67,9 @@ class LogWriter {
   static std::vector<std::byte> encode_header(std::uint64_t salt, std::uint64_t base_lsn);
 
  private:
-  LogWriter(std::unique_ptr<WritableFile> f, std::uint64_t salt, std::uint64_t end, std::uint64_t allocated,
-            bool preallocate)
-      : file_(std::move(f)), salt_(salt), end_(end), allocated_(allocated), preallocate_(preallocate) {}
+  LogWriter(std::unique_ptr<WritableFile> f, std::uint64_t salt, std::uint64_t end, std::uint64_t allocated)
+      : file_(std::move(f)), salt_(salt), end_(end), allocated_(allocated) {}
+  // Grow the zero-filled space to hold at least `need` bytes.
   void extend(std::uint64_t need);
   // Copies the frame into the mapped window, moving the window first when
   // the frame is not inside it; false when it cannot be mapped.
@@ -83,7 +83,6 @@ class LogWriter {
   bool use_map_ = false;
   std::unique_ptr<WriteMapping> map_;  // a window of the preallocated space
   std::uint64_t map_at_ = 0;           // its file offset
-  bool preallocate_;
 };
 
 }  // namespace iqdb::persist::wal

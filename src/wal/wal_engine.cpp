@@ -74,7 +74,7 @@ class WalEngine::Impl {
   }
 
   void start_new_log(std::uint64_t base_lsn) {
-    auto w = wal::LogWriter::create(fs_, log_path_, fs_.random_u64(), base_lsn, /*preallocate=*/true);
+    auto w = wal::LogWriter::create(fs_, log_path_, fs_.random_u64(), base_lsn);
     if (writer_) {
       try {
         writer_->close();
@@ -183,7 +183,7 @@ class WalEngine::Impl {
         // fired), but the log would not continue at the right LSN: start afresh.
         start_new_log(expect);
       } else {
-        adopt(wal::LogWriter::open(fs_, log_path_, scan.salt, scan.valid_bytes, scan.file_size, /*preallocate=*/true));
+        adopt(wal::LogWriter::open(fs_, log_path_, scan.salt, scan.valid_bytes, scan.file_size));
         // A torn tail is cut off before anything new is appended, so that
         // records acknowledged from now on never sit behind damaged bytes.
         if (scan.torn_tail_bytes > 0) writer_->cut(scan.valid_bytes);
@@ -254,7 +254,6 @@ class WalEngine::Impl {
     std::exception_ptr error;
     std::size_t registered = 0;   // ops entered in pending_ (from the first on)
     std::int64_t size_delta = 0;  // inserts minus erases
-    bool leads = false;           // its thread holds the leader's seat
     Entry* next = nullptr;        // in CommitQueue
     // Each waiting commit sleeps on its own condition variable, woken by the
     // leader when it is done or is to lead the next sync: waking a group does
@@ -339,13 +338,15 @@ class WalEngine::Impl {
     return commit_spin_;
   }
 
+  // Yield the CPU in a loop until done() or `limit` has passed.
+  template <class Done>
+  static void yield_until(Done done, std::chrono::nanoseconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (!done() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  }
+
   static Wake wait_for_wake(Entry& e, std::chrono::nanoseconds spin) {
-    if (spin.count() > 0) {
-      const auto until = std::chrono::steady_clock::now() + spin;
-      while (e.wake.load(std::memory_order_acquire) == Wake::None && std::chrono::steady_clock::now() < until) {
-        std::this_thread::yield();
-      }
-    }
+    yield_until([&] { return e.wake.load(std::memory_order_acquire) != Wake::None; }, spin);
     // Also when the spin saw the wake: taking wait_mu waits for the waker to
     // let go of the entry.
     std::unique_lock w(e.wait_mu);
@@ -448,9 +449,8 @@ class WalEngine::Impl {
       bool lead = !syncing_;
       while (!e.done) {
         if (lead) {
-          e.leads = true;
-          leader_sync(lk);
-          e.leads = false;
+          seat_ = &e;
+          leader_sync(lk);  // hands the seat on
           lead = false;
           continue;
         }
@@ -488,9 +488,8 @@ class WalEngine::Impl {
       if (spin_budget().count() > 0) {
         // The writers to wait for are about to append: yield to them rather
         // than sleep and pay for a wake-up.
-        const auto until = std::chrono::steady_clock::now() + last_sync_time_;
         lk.unlock();
-        while (queue_.size() < want && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+        yield_until([&] { return queue_.size() >= want; }, last_sync_time_);
         lk.lock();
       } else {
         gathering_ = true;
@@ -665,7 +664,7 @@ class WalEngine::Impl {
     unpend(e);
     e.done = true;
     poison("a commit failed after its record was logged");
-    if (e.leads || seat_ == &e) pass_seat();  // it held, or was handed, the seat
+    if (seat_ == &e) pass_seat();  // it held, or was handed, the seat
     cv_.notify_all();
   }
 
@@ -803,7 +802,7 @@ class WalEngine::Impl {
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;   // the leader's seat is taken (a sync is running or about to)
-  Entry* seat_ = nullptr;  // the commit the seat was handed to, if any
+  Entry* seat_ = nullptr;  // the commit whose thread holds the seat, or was handed it
   bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
   std::size_t gather_want_ = 0;
   wal::LogWriter::Staged staged_;  // the group the leader writes (leader only)
