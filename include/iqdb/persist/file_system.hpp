@@ -55,8 +55,9 @@ class WritableFile {
   // process crash keeps them, datasync() makes them durable. Returns
   // nullptr when the file system does not offer it (the default, also for
   // every WritableFileWrapper: test file systems see every write as a
-  // write_at()) or the mapping cannot be made; callers then use write_at(). A mapping must not outlive
-  // truncate() below its end, or the file.
+  // write_at()) or the mapping cannot be made; callers then use
+  // write_at(). A mapping must not outlive truncate() below its end, or
+  // the file.
   virtual std::unique_ptr<WriteMapping> map_for_write(std::uint64_t offset, std::size_t length) {
     (void)offset;
     (void)length;
