@@ -21,6 +21,38 @@ PersistConfig wal_config(const std::filesystem::path& p, FsyncPolicy policy = Fs
   return cfg;
 }
 
+// A FlatIndex that remembers the room replay reserves before it starts.
+struct ReserveSpy : FlatIndex {
+  explicit ReserveSpy(FlatIndex f) : FlatIndex(std::move(f)) {}
+  static ReserveSpy load_from(PayloadReader& r) { return ReserveSpy(FlatIndex::load_from(r)); }
+  void reserve(std::uint64_t n) {
+    reserved = n;
+    FlatIndex::reserve(n);
+  }
+  static inline std::uint64_t reserved = 0;
+};
+
+// The log is grown ahead of its frames in zero-filled steps (1 MiB first):
+// replay's size hint counts the frames, not that padding.
+TEST(WalBasic, ReplayReservesForTheFramesNotThePadding) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  constexpr std::uint64_t kRecords = 3000;  // 59-byte frames: ~177 KB, then ~870 KB of zeros
+  {
+    auto db = PersistedIndex<ReserveSpy>::open_with(ReserveSpy(FlatIndex(4, DistanceMetric::Euclidean)), cfg);
+    for (std::uint64_t i = 0; i < kRecords; ++i) db.insert(i, vec_of(i));
+    db.close();
+  }
+  ASSERT_GE(std::filesystem::file_size(dir / "db.iqdb.wal"), std::uint64_t{1} << 20);
+  ReserveSpy::reserved = 0;
+  const auto db = PersistedIndex<ReserveSpy>::load(cfg);
+  EXPECT_EQ(db.index().size(), kRecords);
+  // At most the rest of the last frame's 4 KiB block is counted (69 frames
+  // of 59 bytes), not the padding (17,000 more).
+  EXPECT_GE(ReserveSpy::reserved, kRecords);
+  EXPECT_LE(ReserveSpy::reserved, kRecords + 4096 / 59);
+}
+
 TEST(WalBasic, AcknowledgedMutationsSurviveReopenWithoutSave) {
   test::TempDir dir;
   const auto cfg = wal_config(dir / "db.iqdb");

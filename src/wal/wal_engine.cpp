@@ -136,7 +136,10 @@ class WalEngine::Impl {
     wal::ScanResult scan;
     {
       const std::unique_ptr<ReadableFile> file = fs_.open_read(log_path_);
-      if (reserve) reserve(estimate_records(*file), file->size());
+      if (reserve) {
+        const std::uint64_t end = frames_end_estimate(*file);
+        reserve(estimate_records(*file, end), end);
+      }
       scan = wal::scan_file(
           *file,
           [&](const wal::RecordView& r) {
@@ -228,11 +231,39 @@ class WalEngine::Impl {
 
   // Records in a log, guessed from its size and its first frame (records
   // tend to be alike). Only a hint for preallocation: never trusted.
-  static std::uint64_t estimate_records(const ReadableFile& f) {
+  // Records the log's first `end` bytes can hold, judged by its first frame.
+  static std::uint64_t estimate_records(const ReadableFile& f, std::uint64_t end) {
     const LogPeek p = peek_log(f);
-    if (p.first_frame == 0) return 0;
+    if (p.first_frame == 0 || end <= p.header_len) return 0;
     const std::uint64_t per_record = std::max<std::uint64_t>(p.first_frame / p.first_count, wal::format::kMinOpLen);
-    return (f.size() - p.header_len) / per_record;
+    return (end - p.header_len) / per_record;
+  }
+
+  // About where the frames end: the log is grown ahead of its frames in
+  // zero-filled steps of up to 64 MiB, which must not count as records (a
+  // hint 10 % too large made replay 20 % slower). A binary search for the
+  // first 4 KiB block from which on the file reads as zeros; a block of
+  // zeros inside the frames can end it early, which only makes the hint
+  // smaller. About 17 reads of 4 KiB for a 600 MB log.
+  static std::uint64_t frames_end_estimate(const ReadableFile& f) {
+    constexpr std::uint64_t kBlock = 4096;
+    std::array<std::byte, kBlock> buf;
+    const auto zero_block = [&](std::uint64_t b) {
+      const std::size_t got = f.read_at(b * kBlock, buf);
+      return std::all_of(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(got),
+                         [](std::byte x) { return x == std::byte{0}; });
+    };
+    std::uint64_t lo = 0;
+    std::uint64_t hi = (f.size() + kBlock - 1) / kBlock;
+    while (lo < hi) {
+      const std::uint64_t mid = lo + (hi - lo) / 2;
+      if (zero_block(mid)) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    return std::min(f.size(), lo * kBlock);
   }
 
   // ------------------------------------------------------------ commit

@@ -104,7 +104,8 @@ class WalEngine {
   using WriteSnapshot = std::function<void(std::uint64_t last_lsn)>;
   using Replay = std::function<void(const wal::RecordView&)>;
   // Called once before replay with an estimate of the records to come and
-  // the log's size in bytes (which bounds what they can hold).
+  // of the bytes the log's frames take (at most its size; which bounds what
+  // they can hold).
   using ReserveHint = std::function<void(std::uint64_t records, std::uint64_t log_bytes)>;
 
   // open_with: take the lock, write the base snapshot, start a new log.
