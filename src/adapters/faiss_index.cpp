@@ -10,7 +10,6 @@
 #include <faiss/invlists/DirectMap.h>
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/distances.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -23,6 +22,7 @@
 #include <unordered_set>
 
 #include "adapters/faiss_stream_guard.hpp"
+#include "iqdb/persist/adapters/adapter_support.hpp"
 #include "iqdb/persist/adapters/faiss.hpp"
 #include "iqdb/persist/error.hpp"
 
@@ -40,18 +40,33 @@ constexpr std::uint64_t kMaxRandomStates = 4;
 constexpr std::uint64_t kMaxRandomStateBytes = 64 * 1024;
 constexpr std::uint64_t kMaxId = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
 
-// Which error a problem with the index is: a payload that decodes to it is
-// damaged (InvalidPayload); an index handed to the constructor is unsupported
-// or invalid.
-struct Problems {
-  bool from_payload;
-  [[noreturn]] void unsupported(const std::string& what) const {
-    throw PersistError(from_payload ? ErrorKind::InvalidPayload : ErrorKind::Unsupported, "FAISS index: " + what);
-  }
-  [[noreturn]] void invalid(const std::string& what) const {
-    throw PersistError(from_payload ? ErrorKind::InvalidPayload : ErrorKind::InvalidArgument, "FAISS index: " + what);
-  }
-};
+using adapters::detail::advise_huge_pages;
+using adapters::detail::Problems;
+using adapters::detail::translate_exceptions;
+
+// ---------------------------------------------------------------- bounds
+//
+// What FAISS 1.7.3 does with each parameter decides its range; the bounds
+// also cap what one search or insert may allocate (docs/ADAPTERS.md,
+// "Parameters checked"). A value outside is refused on load (InvalidPayload)
+// and on adopt (InvalidArgument), and searches and inserts check the search
+// parameters again (FAISS runs them inside OpenMP regions, where an
+// exception or a failed allocation terminates the process).
+
+// efSearch, efConstruction, upper_beam: a search allocates a MinimaxHeap of
+// max(efSearch, k) or upper_beam entries (8 bytes each) per thread.
+constexpr int kMaxEf = 1 << 20;
+// HNSW levels (assign_probas entries), links per level and per vector (the
+// neighbor slots every insert appends).
+constexpr std::size_t kMaxHnswLevels = 64;
+constexpr int kMaxLinksPerLevel = 1 << 14;
+constexpr int kMaxLinksPerVector = 1 << 16;
+// k of FaissIndex::search after clamping to size(): the result arrays and
+// FAISS's heaps hold k entries.
+constexpr std::uint64_t kMaxSearchK = std::uint64_t{1} << 20;
+// IndexIVF::parallel_mode values FAISS 1.7.3 implements (0..3; the
+// PARALLEL_MODE_NO_HEAP_INIT bit leaves the result heaps uninitialized).
+constexpr int kMaxParallelMode = 3;
 
 bool is_flat(const faiss::Index* i) {
   const std::type_info& t = typeid(*i);
@@ -60,7 +75,26 @@ bool is_flat(const faiss::Index* i) {
 bool is_hnsw_flat(const faiss::Index* i) { return typeid(*i) == typeid(faiss::IndexHNSWFlat); }
 bool is_ivf_flat(const faiss::Index* i) { return typeid(*i) == typeid(faiss::IndexIVFFlat); }
 
+// ---------------------------------------------------------------- checks shared by every index
+
+// The fields of faiss::Index itself: dimension, count, trained, metric and
+// its argument (unused by L2, inner product and L1: FAISS sets it to 0).
+void check_index_fields(const faiss::Index& ix, const char* what, const Problems& p) {
+  const std::string w(what);
+  if (ix.d < 1) p.invalid(w + " dimension " + std::to_string(ix.d));
+  if (ix.ntotal < 0) p.invalid(w + " vector count " + std::to_string(ix.ntotal));
+  if (!ix.is_trained) p.invalid(w + " is not trained");
+  switch (ix.metric_type) {
+    case faiss::METRIC_L2:
+    case faiss::METRIC_INNER_PRODUCT:
+    case faiss::METRIC_L1: break;
+    default: p.unsupported(w + " metric type " + std::to_string(static_cast<int>(ix.metric_type)));
+  }
+  if (ix.metric_arg != 0.0f) p.invalid(w + " metric_arg must be 0 (its metric has no argument)");
+}
+
 void check_flat(const faiss::IndexFlat& f, const Problems& p) {
+  check_index_fields(f, "IndexFlat", p);
   const auto d = static_cast<std::uint64_t>(f.d);
   if (f.code_size != d * sizeof(float) || f.codes.size() != static_cast<std::uint64_t>(f.ntotal) * f.code_size) {
     p.invalid("IndexFlat storage of " + std::to_string(f.codes.size()) + " bytes does not hold " +
@@ -68,22 +102,51 @@ void check_flat(const faiss::IndexFlat& f, const Problems& p) {
   }
 }
 
-// The graph of an IndexHNSW, checked so that no search or insert can read
-// outside its arrays.
-void check_hnsw(const faiss::IndexHNSW& ix, const Problems& p) {
-  const faiss::HNSW& h = ix.hnsw;
-  const auto n = static_cast<std::uint64_t>(ix.ntotal);
-  if (ix.storage == nullptr || !is_flat(ix.storage))
-    p.unsupported("the storage of an IndexHNSWFlat is not an IndexFlat");
-  if (ix.storage->d != ix.d || ix.storage->ntotal != ix.ntotal) p.invalid("the HNSW storage does not match the graph");
-  check_flat(*static_cast<const faiss::IndexFlat*>(ix.storage), p);
+// ---------------------------------------------------------------- HNSW
+
+// The parameters an HNSW search or insert runs with. FAISS 1.7.3 indexes
+// slot 0 of a vector of upper_beam entries (upper_beam 0: SIGSEGV; negative:
+// std::length_error inside an OpenMP region, which aborts), and allocates
+// heaps of efSearch (INT_MAX: 16 GiB per search) or upper_beam entries.
+void check_hnsw_search_params(const faiss::HNSW& h, const Problems& p) {
+  const auto in_range = [](int v) { return v >= 1 && v <= kMaxEf; };
+  if (!in_range(h.efSearch)) p.invalid("HNSW efSearch " + std::to_string(h.efSearch) + " is outside 1..2^20");
+  if (!in_range(h.efConstruction))
+    p.invalid("HNSW efConstruction " + std::to_string(h.efConstruction) + " is outside 1..2^20");
+  if (!in_range(h.upper_beam)) p.invalid("HNSW upper_beam " + std::to_string(h.upper_beam) + " is outside 1..2^20");
+}
+
+// The level tables: how many levels a vector may get (assign_probas, from
+// which random_level draws) and how many neighbor slots each level holds
+// (cum_nneighbor_per_level, cumulative). Every insert appends
+// cum[level + 1] slots.
+void check_hnsw_level_tables(const faiss::HNSW& h, const Problems& p) {
   const auto& cum = h.cum_nneighbor_per_level;
-  if (cum.size() < 2 || cum.size() != h.assign_probas.size() + 1 || cum[0] != 0) {
-    p.invalid("HNSW level tables are inconsistent");
+  const auto& probas = h.assign_probas;
+  if (probas.empty() || probas.size() > kMaxHnswLevels || cum.size() != probas.size() + 1 || cum[0] != 0) {
+    p.invalid("HNSW level tables are inconsistent (1.." + std::to_string(kMaxHnswLevels) + " levels)");
+  }
+  for (const double q : probas) {
+    if (!(q >= 0.0 && q <= 1.0)) p.invalid("HNSW level probability " + std::to_string(q) + " is outside 0..1");
   }
   for (std::size_t l = 1; l < cum.size(); ++l) {
-    if (cum[l] < cum[l - 1]) p.invalid("HNSW neighbor counts per level decrease");
+    const auto links = static_cast<std::int64_t>(cum[l]) - cum[l - 1];
+    if (links < 1 || links > kMaxLinksPerLevel) {
+      p.invalid("HNSW neighbor count " + std::to_string(links) + " at level " + std::to_string(l - 1) +
+                " is outside 1.." + std::to_string(kMaxLinksPerLevel));
+    }
   }
+  if (cum.back() > kMaxLinksPerVector) {
+    p.invalid("HNSW neighbor slots per vector " + std::to_string(cum.back()) + " above " +
+              std::to_string(kMaxLinksPerVector));
+  }
+}
+
+// Levels, offsets and neighbors, so that no search or insert can read
+// outside them: every neighbor exists, and exists at the level it is linked
+// on (a search at that level reads the neighbor's own list there).
+void check_hnsw_graph(const faiss::HNSW& h, std::uint64_t n, const Problems& p) {
+  const auto& cum = h.cum_nneighbor_per_level;
   if (h.levels.size() != n || h.offsets.size() != n + 1 || h.offsets[0] != 0) {
     p.invalid("HNSW graph tables do not hold " + std::to_string(n) + " vectors");
   }
@@ -97,8 +160,6 @@ void check_hnsw(const faiss::IndexHNSW& ix, const Problems& p) {
     }
   }
   if (h.neighbors.size() != h.offsets[n]) p.invalid("HNSW neighbor table size");
-  // Every neighbor exists, and exists at the level it is linked on (a search
-  // at that level reads the neighbor's own list there).
   for (std::uint64_t i = 0; i < n; ++i) {
     for (int l = 0; l < h.levels[i]; ++l) {
       const std::uint64_t b = h.offsets[i] + static_cast<std::uint64_t>(cum[static_cast<std::size_t>(l)]);
@@ -113,19 +174,135 @@ void check_hnsw(const faiss::IndexHNSW& ix, const Problems& p) {
       }
     }
   }
+}
+
+// The entry point and max_level: the top level, held by the entry point.
+void check_hnsw_entry_point(const faiss::HNSW& h, std::uint64_t n, const Problems& p) {
   if (n == 0) {
     if (h.entry_point != -1 || h.max_level != -1) p.invalid("empty HNSW graph with an entry point");
-  } else {
-    if (h.entry_point < 0 || static_cast<std::uint64_t>(h.entry_point) >= n ||
-        h.max_level != h.levels[static_cast<std::size_t>(h.entry_point)] - 1) {
-      p.invalid("HNSW entry point");
-    }
-    for (std::uint64_t i = 0; i < n; ++i) {
-      if (h.levels[i] - 1 > h.max_level) p.invalid("HNSW vector above the top level");
-    }
+    return;
   }
-  if (h.efConstruction < 1 || h.efSearch < 1) p.invalid("HNSW efConstruction / efSearch must be positive");
+  if (h.entry_point < 0 || static_cast<std::uint64_t>(h.entry_point) >= n ||
+      h.max_level != h.levels[static_cast<std::size_t>(h.entry_point)] - 1) {
+    p.invalid("HNSW entry point");
+  }
+  for (std::uint64_t i = 0; i < n; ++i) {
+    if (h.levels[i] - 1 > h.max_level) p.invalid("HNSW vector above the top level");
+  }
 }
+
+// An IndexHNSWFlat: its own fields, its storage, its graph, its parameters.
+void check_hnsw(const faiss::IndexHNSW& ix, const Problems& p) {
+  check_index_fields(ix, "IndexHNSWFlat", p);
+  if (ix.storage == nullptr || !is_flat(ix.storage))
+    p.unsupported("the storage of an IndexHNSWFlat is not an IndexFlat");
+  if (ix.storage->d != ix.d || ix.storage->ntotal != ix.ntotal || ix.storage->metric_type != ix.metric_type) {
+    p.invalid("the HNSW storage does not match the graph (dimension, count or metric)");
+  }
+  // IndexHNSW2Level's neighbor codec: nothing an IndexHNSWFlat has, and a
+  // search would dereference it.
+  if (ix.reconstruct_from_neighbors != nullptr) p.unsupported("an IndexHNSWFlat with reconstruct_from_neighbors");
+  check_flat(*static_cast<const faiss::IndexFlat*>(ix.storage), p);
+  check_hnsw_level_tables(ix.hnsw, p);
+  check_hnsw_graph(ix.hnsw, static_cast<std::uint64_t>(ix.ntotal), p);
+  check_hnsw_entry_point(ix.hnsw, static_cast<std::uint64_t>(ix.ntotal), p);
+  check_hnsw_search_params(ix.hnsw, p);
+}
+
+// ---------------------------------------------------------------- IVF
+
+// The parameters an IVF search runs with. FAISS 1.7.3 throws for nprobe 0
+// (after clamping it to nlist) and for a parallel_mode it does not implement
+// (inside an OpenMP region: the process aborts); the NO_HEAP_INIT bit makes
+// it return uninitialized results. max_codes (0 = no limit) and
+// quantizer_trains_alone (training only) take any value FAISS gives them.
+void check_ivf_search_params(const faiss::IndexIVF& ivf, const Problems& p) {
+  if (ivf.nlist < 1) p.invalid("IVF nlist 0");
+  if (ivf.nprobe < 1 || ivf.nprobe > ivf.nlist) {
+    p.invalid("IVF nprobe " + std::to_string(ivf.nprobe) + " is outside 1..nlist (" + std::to_string(ivf.nlist) +
+              ")");
+  }
+  if (ivf.parallel_mode < 0 || ivf.parallel_mode > kMaxParallelMode) {
+    p.invalid("IVF parallel_mode " + std::to_string(ivf.parallel_mode) + " is outside 0..3");
+  }
+}
+
+// The quantizer: a flat or HNSW index of nlist centroids of the IVF's dimension.
+void check_ivf_quantizer(const faiss::IndexIVF& ivf, const Problems& p) {
+  const faiss::Index* q = ivf.quantizer;
+  if (q == nullptr || !(is_flat(q) || is_hnsw_flat(q))) p.unsupported("the IVF quantizer is not a flat or HNSW index");
+  if (q->d != ivf.d || static_cast<std::uint64_t>(q->ntotal) != ivf.nlist)
+    p.invalid("the IVF quantizer does not hold nlist centroids");
+  if (is_flat(q)) {
+    check_flat(*static_cast<const faiss::IndexFlat*>(q), p);
+  } else {
+    check_hnsw(*static_cast<const faiss::IndexHNSW*>(q), p);
+  }
+}
+
+// The inverted lists: nlist lists of 4d-byte codes, ntotal entries in all.
+const faiss::ArrayInvertedLists& check_ivf_lists(const faiss::IndexIVF& ivf, const Problems& p) {
+  if (ivf.invlists == nullptr || typeid(*ivf.invlists) != typeid(faiss::ArrayInvertedLists)) {
+    p.unsupported("only IVF indexes with ArrayInvertedLists (the default) can be persisted");
+  }
+  const auto& lists = static_cast<const faiss::ArrayInvertedLists&>(*ivf.invlists);
+  const auto d = static_cast<std::uint64_t>(ivf.d);
+  if (ivf.code_size != d * sizeof(float) || lists.code_size != ivf.code_size || lists.nlist != ivf.nlist ||
+      lists.ids.size() != ivf.nlist || lists.codes.size() != ivf.nlist) {
+    p.invalid("IVF inverted lists do not match the index");
+  }
+  std::uint64_t total = 0;
+  for (std::size_t l = 0; l < ivf.nlist; ++l) {
+    if (lists.codes[l].size() != lists.ids[l].size() * ivf.code_size) p.invalid("IVF list " + std::to_string(l));
+    total += lists.ids[l].size();
+  }
+  if (total != static_cast<std::uint64_t>(ivf.ntotal)) p.invalid("IVF lists do not hold ntotal vectors");
+  return lists;
+}
+
+// The direct map (id -> list position): every entry points at its id.
+void check_ivf_direct_map(const faiss::IndexIVF& ivf, const faiss::ArrayInvertedLists& lists, const Problems& p) {
+  const faiss::DirectMap& dm = ivf.direct_map;
+  const auto total = static_cast<std::uint64_t>(ivf.ntotal);
+  const auto entry_is = [&](std::uint64_t lo, std::int64_t id) {
+    const std::uint64_t list = faiss::lo_listno(lo);
+    const std::uint64_t off = faiss::lo_offset(lo);
+    return list < ivf.nlist && off < lists.ids[list].size() && lists.ids[list][off] == id;
+  };
+  switch (dm.type) {
+    case faiss::DirectMap::NoMap:
+      if (!dm.array.empty() || !dm.hashtable.empty()) p.invalid("IVF direct map");
+      break;
+    case faiss::DirectMap::Array:
+      if (dm.array.size() != total) p.invalid("IVF direct map array");
+      for (std::uint64_t i = 0; i < total; ++i) {
+        if (!entry_is(static_cast<std::uint64_t>(dm.array[i]), static_cast<std::int64_t>(i)))
+          p.invalid("IVF direct map array");
+      }
+      break;
+    case faiss::DirectMap::Hashtable:
+      if (dm.hashtable.size() != total) p.invalid("IVF direct map hashtable (duplicate ids?)");
+      for (const auto& [id, lo] : dm.hashtable) {
+        if (!entry_is(static_cast<std::uint64_t>(lo), id)) p.invalid("IVF direct map hashtable");
+      }
+      break;
+    default: p.invalid("IVF direct map type");
+  }
+}
+
+// An IndexIVFFlat, everything but its ids: returns its lists.
+const faiss::ArrayInvertedLists& check_ivf(const faiss::IndexIVF& ivf, const Problems& p) {
+  if (ivf.metric_type == faiss::METRIC_L1) p.unsupported("IndexIVFFlat does not search with the L1 metric");
+  if (!ivf.is_trained) p.invalid("the IndexIVFFlat is not trained: train it before persisting it");
+  check_index_fields(ivf, "IndexIVFFlat", p);
+  check_ivf_search_params(ivf, p);
+  check_ivf_quantizer(ivf, p);
+  const faiss::ArrayInvertedLists& lists = check_ivf_lists(ivf, p);
+  check_ivf_direct_map(ivf, lists, p);
+  return lists;
+}
+
+// ---------------------------------------------------------------- the tree
 
 void collect_hnsw(faiss::Index* i, std::vector<faiss::IndexHNSW*>& out) {
   if (auto* m = dynamic_cast<faiss::IndexIDMap*>(i)) {
@@ -137,14 +314,20 @@ void collect_hnsw(faiss::Index* i, std::vector<faiss::IndexHNSW*>& out) {
   }
 }
 
-// Advise the 2 MiB-aligned part of [p, p + n) for transparent huge pages
-// (advisory; errors ignored).
-void advise_huge_pages(void* p, std::size_t n) {
-  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
-  if (n < 2 * kHuge) return;
-  const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(kHuge - 1);
-  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+// The search parameters of every index in the tree (cheap: a few fields per
+// index). Searches and inserts run it first: a parameter changed after the
+// adapter took the index (through a pointer kept from before) is refused
+// with InvalidArgument rather than crashing FAISS.
+void check_search_params(const faiss::Index* i, const Problems& p) {
+  if (i == nullptr) return;
+  if (const auto* m = dynamic_cast<const faiss::IndexIDMap*>(i)) {
+    check_search_params(m->index, p);
+  } else if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(i)) {
+    check_ivf_search_params(*ivf, p);
+    check_search_params(ivf->quantizer, p);
+  } else if (const auto* h = dynamic_cast<const faiss::IndexHNSW*>(i)) {
+    check_hnsw_search_params(h->hnsw, p);
+  }
 }
 
 // faiss::IOWriter over a PayloadWriter, with the guard checking the grammar.
@@ -261,7 +444,31 @@ struct FaissIndex::Impl {
   std::optional<std::string> erase_refusal;
   adapters::MetadataTable meta;
 
+  // A FAISS index taken over (built by the caller, or decoded from a
+  // payload): every check above, split by what it looks at.
   static std::unique_ptr<Impl> adopt(std::unique_ptr<faiss::Index> index, bool cosine, const Problems& p);
+  void take_id_map(faiss::Index* top, const Problems& p);
+  void take_metric(const faiss::Index& top, const Problems& p);
+  void take_flat(const Problems& p);
+  void take_hnsw(const Problems& p);
+  void take_ivf(const Problems& p);
+  void check_ivf_labels_are_positions(const faiss::ArrayInvertedLists& lists, const Problems& p);
+  void check_id_map(const Problems& p);
+
+  // Set when FAISS failed in the middle of a mutation (the index may be half
+  // changed): every later operation throws Poisoned.
+  std::optional<std::string> broken;
+  void check_usable() const {
+    if (broken) throw PersistError(ErrorKind::Poisoned, "FAISS index unusable: " + *broken);
+  }
+  // The sizes a mutation changes, to tell a refused one from a half-done one.
+  std::vector<std::int64_t> shape() const {
+    std::vector<std::int64_t> v{index->ntotal, inner->ntotal};
+    if (flat != nullptr) v.push_back(flat->ntotal);
+    if (idmap != nullptr) v.push_back(static_cast<std::int64_t>(idmap->id_map.size()));
+    if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(inner)) v.push_back(static_cast<std::int64_t>(h->hnsw.levels.size()));
+    return v;
+  }
 
   std::int64_t ntotal() const noexcept { return index->ntotal; }
 
@@ -316,178 +523,150 @@ std::unique_ptr<FaissIndex::Impl> FaissIndex::Impl::adopt(std::unique_ptr<faiss:
   if (index == nullptr) p.invalid("no index given");
   auto s = std::make_unique<Impl>();
   s->cosine = cosine;
-  faiss::Index* top = index.get();
-  faiss::Index* inner = top;
+  s->take_id_map(index.get(), p);
+  s->take_metric(*index, p);
+  if (is_flat(s->inner)) {
+    s->take_flat(p);
+  } else if (is_hnsw_flat(s->inner)) {
+    s->take_hnsw(p);
+  } else if (is_ivf_flat(s->inner)) {
+    s->take_ivf(p);
+  } else {
+    p.unsupported(std::string("index type ") + typeid(*s->inner).name() +
+                  " is not supported (IndexFlat, IndexHNSWFlat, IndexIVFFlat, optionally in an IndexIDMap / "
+                  "IndexIDMap2)");
+  }
+  if (s->idmap != nullptr) s->check_id_map(p);
+  s->index = std::move(index);
+  return s;
+}
+
+// The top of the tree: an IndexIDMap / IndexIDMap2 (exactly those types) and
+// its sub-index, or the index itself.
+void FaissIndex::Impl::take_id_map(faiss::Index* top, const Problems& p) {
+  inner = top;
   if (auto* m2 = dynamic_cast<faiss::IndexIDMap2*>(top); m2 != nullptr && typeid(*top) == typeid(faiss::IndexIDMap2)) {
-    s->scheme = FaissIdScheme::IdMap2;
-    s->idmap = m2;
-    s->idmap2 = m2;
+    scheme = FaissIdScheme::IdMap2;
+    idmap = m2;
+    idmap2 = m2;
     inner = m2->index;
   } else if (auto* m = dynamic_cast<faiss::IndexIDMap*>(top);
              m != nullptr && typeid(*top) == typeid(faiss::IndexIDMap)) {
-    s->scheme = FaissIdScheme::IdMap;
-    s->idmap = m;
+    scheme = FaissIdScheme::IdMap;
+    idmap = m;
     inner = m->index;
   }
   if (inner == nullptr) p.invalid("the IndexIDMap has no sub-index");
-  s->inner = inner;
   if (inner->d < 1) p.invalid("dimension " + std::to_string(inner->d));
   if (top->d != inner->d || top->ntotal != inner->ntotal || top->metric_type != inner->metric_type) {
     p.invalid("the IndexIDMap and its sub-index disagree on dimension, count or metric");
   }
+  if (idmap != nullptr) check_index_fields(*top, "IndexIDMap", p);
+}
 
-  // Metric.
-  switch (top->metric_type) {
-    case faiss::METRIC_L2: s->metric = DistanceMetric::Euclidean; break;
-    case faiss::METRIC_INNER_PRODUCT: s->metric = cosine ? DistanceMetric::Cosine : DistanceMetric::DotProduct; break;
-    case faiss::METRIC_L1: s->metric = DistanceMetric::Manhattan; break;
-    default: p.unsupported("metric type " + std::to_string(static_cast<int>(top->metric_type)) + " has no iQDB metric");
+// The iQDB metric of the index (cosine: inner product over normalized vectors).
+void FaissIndex::Impl::take_metric(const faiss::Index& top, const Problems& p) {
+  switch (top.metric_type) {
+    case faiss::METRIC_L2: metric = DistanceMetric::Euclidean; break;
+    case faiss::METRIC_INNER_PRODUCT: metric = cosine ? DistanceMetric::Cosine : DistanceMetric::DotProduct; break;
+    case faiss::METRIC_L1: metric = DistanceMetric::Manhattan; break;
+    default: p.unsupported("metric type " + std::to_string(static_cast<int>(top.metric_type)) + " has no iQDB metric");
   }
-  if (cosine && top->metric_type != faiss::METRIC_INNER_PRODUCT) {
+  if (cosine && top.metric_type != faiss::METRIC_INNER_PRODUCT) {
     p.invalid("cosine needs an inner-product index (normalized vectors)");
   }
+}
 
-  // The index holding the vectors.
-  const bool mapped = s->idmap != nullptr;
-  if (is_flat(inner)) {
-    s->flat = static_cast<faiss::IndexFlat*>(inner);
-    check_flat(*s->flat, p);
-    if (!mapped)
-      s->erase_refusal =
-          "this IndexFlat numbers its vectors 0, 1, 2, ...: removing one would renumber "
-          "every later vector; wrap it in an IndexIDMap2 to erase";
-  } else if (is_hnsw_flat(inner)) {
-    auto* h = static_cast<faiss::IndexHNSW*>(inner);
-    check_hnsw(*h, p);
-    s->flat = static_cast<faiss::IndexFlat*>(h->storage);
-    s->erase_refusal = "FAISS cannot remove vectors from an IndexHNSW (remove_ids is not implemented for it)";
-  } else if (is_ivf_flat(inner)) {
-    auto* ivf = static_cast<faiss::IndexIVF*>(inner);
-    s->ivf = ivf;
-    if (top->metric_type == faiss::METRIC_L1) p.unsupported("IndexIVFFlat does not search with the L1 metric");
-    if (!ivf->is_trained) p.invalid("the IndexIVFFlat is not trained: train it before persisting it");
-    if (ivf->invlists == nullptr || typeid(*ivf->invlists) != typeid(faiss::ArrayInvertedLists)) {
-      p.unsupported("only IVF indexes with ArrayInvertedLists (the default) can be persisted");
-    }
-    const auto& lists = static_cast<const faiss::ArrayInvertedLists&>(*ivf->invlists);
-    const auto d = static_cast<std::uint64_t>(ivf->d);
-    if (ivf->code_size != d * sizeof(float) || lists.code_size != ivf->code_size || lists.nlist != ivf->nlist ||
-        lists.ids.size() != ivf->nlist || lists.codes.size() != ivf->nlist) {
-      p.invalid("IVF inverted lists do not match the index");
-    }
-    const faiss::Index* q = ivf->quantizer;
-    if (q == nullptr || !(is_flat(q) || is_hnsw_flat(q)))
-      p.unsupported("the IVF quantizer is not a flat or HNSW index");
-    if (q->d != ivf->d || static_cast<std::uint64_t>(q->ntotal) != ivf->nlist)
-      p.invalid("the IVF quantizer does not hold nlist centroids");
-    if (is_flat(q)) {
-      check_flat(*static_cast<const faiss::IndexFlat*>(q), p);
-    } else {
-      check_hnsw(*static_cast<const faiss::IndexHNSW*>(q), p);
-    }
-    std::uint64_t total = 0;
-    for (std::size_t l = 0; l < ivf->nlist; ++l) {
-      if (lists.codes[l].size() != lists.ids[l].size() * ivf->code_size) p.invalid("IVF list " + std::to_string(l));
-      total += lists.ids[l].size();
-    }
-    if (total != static_cast<std::uint64_t>(ivf->ntotal)) p.invalid("IVF lists do not hold ntotal vectors");
-    // The direct map (id -> list position): every entry must point at its id.
-    const faiss::DirectMap& dm = ivf->direct_map;
-    const auto entry_is = [&](std::uint64_t lo, std::int64_t id) {
-      const std::uint64_t list = faiss::lo_listno(lo);
-      const std::uint64_t off = faiss::lo_offset(lo);
-      return list < ivf->nlist && off < lists.ids[list].size() && lists.ids[list][off] == id;
-    };
-    switch (dm.type) {
-      case faiss::DirectMap::NoMap:
-        if (!dm.array.empty() || !dm.hashtable.empty()) p.invalid("IVF direct map");
-        break;
-      case faiss::DirectMap::Array:
-        if (dm.array.size() != total) p.invalid("IVF direct map array");
-        for (std::uint64_t i = 0; i < total; ++i) {
-          if (!entry_is(static_cast<std::uint64_t>(dm.array[i]), static_cast<std::int64_t>(i)))
-            p.invalid("IVF direct map array");
-        }
-        break;
-      case faiss::DirectMap::Hashtable:
-        if (dm.hashtable.size() != total) p.invalid("IVF direct map hashtable (duplicate ids?)");
-        for (const auto& [id, lo] : dm.hashtable) {
-          if (!entry_is(static_cast<std::uint64_t>(lo), id)) p.invalid("IVF direct map hashtable");
-        }
-        break;
-      default: p.invalid("IVF direct map type");
-    }
-    if (mapped) {
-      // The IndexIDMap translates the IVF's labels, which must be the
-      // positions it gave them.
-      std::vector<bool> seen(total, false);
+void FaissIndex::Impl::take_flat(const Problems& p) {
+  flat = static_cast<faiss::IndexFlat*>(inner);
+  check_flat(*flat, p);
+  if (idmap == nullptr)
+    erase_refusal =
+        "this IndexFlat numbers its vectors 0, 1, 2, ...: removing one would renumber "
+        "every later vector; wrap it in an IndexIDMap2 to erase";
+}
+
+void FaissIndex::Impl::take_hnsw(const Problems& p) {
+  auto* h = static_cast<faiss::IndexHNSW*>(inner);
+  check_hnsw(*h, p);
+  flat = static_cast<faiss::IndexFlat*>(h->storage);
+  erase_refusal = "FAISS cannot remove vectors from an IndexHNSW (remove_ids is not implemented for it)";
+}
+
+// An IndexIVFFlat: checked (check_ivf), then its ids decide the scheme.
+void FaissIndex::Impl::take_ivf(const Problems& p) {
+  ivf = static_cast<faiss::IndexIVF*>(inner);
+  const faiss::ArrayInvertedLists& lists = check_ivf(*ivf, p);
+  const faiss::DirectMap& dm = ivf->direct_map;
+  if (idmap != nullptr) {
+    check_ivf_labels_are_positions(lists, p);
+    erase_refusal =
+        "FAISS's IndexIDMap::remove_ids renumbers its sub-index like an IndexFlat, which an "
+        "IndexIVF does not (the ids would stop matching); use the IndexIVFFlat's own ids instead";
+  } else if (dm.type == faiss::DirectMap::Array) {
+    // Numbers its vectors itself (positional).
+    erase_refusal = "FAISS cannot remove vectors from an IVF index with an array direct map";
+  } else {
+    scheme = FaissIdScheme::Native;
+    if (dm.type == faiss::DirectMap::NoMap) {
+      own_ids = true;
+      ids.reserve(static_cast<std::size_t>(ivf->ntotal));
       for (const auto& l : lists.ids) {
         for (const std::int64_t id : l) {
-          if (id < 0 || static_cast<std::uint64_t>(id) >= total || seen[static_cast<std::size_t>(id)]) {
-            p.invalid("an IVF inside an IndexIDMap holds a label that is not a position");
-          }
-          seen[static_cast<std::size_t>(id)] = true;
+          if (id < 0) p.invalid("negative id " + std::to_string(id));
+          if (!ids.insert(id).second) p.invalid("duplicate id " + std::to_string(id));
         }
       }
-      s->erase_refusal =
-          "FAISS's IndexIDMap::remove_ids renumbers its sub-index like an IndexFlat, which an "
-          "IndexIVF does not (the ids would stop matching); use the IndexIVFFlat's own ids instead";
-    } else if (dm.type == faiss::DirectMap::Array) {
-      s->erase_refusal = "FAISS cannot remove vectors from an IVF index with an array direct map";
     } else {
-      s->scheme = FaissIdScheme::Native;
-      if (dm.type == faiss::DirectMap::NoMap) {
-        s->own_ids = true;
-        s->ids.reserve(total);
-        for (const auto& l : lists.ids) {
-          for (const std::int64_t id : l) {
-            if (id < 0) p.invalid("negative id " + std::to_string(id));
-            if (!s->ids.insert(id).second) p.invalid("duplicate id " + std::to_string(id));
-          }
-        }
-      } else {
-        for (const auto& entry : dm.hashtable) {
-          if (entry.first < 0) p.invalid("negative id " + std::to_string(entry.first));
-        }
+      for (const auto& entry : dm.hashtable) {
+        if (entry.first < 0) p.invalid("negative id " + std::to_string(entry.first));
       }
     }
-    // An IVF with an array direct map numbers its vectors itself (positional).
-  } else {
-    p.unsupported(std::string("index type ") + typeid(*inner).name() +
-                  " is not supported (IndexFlat, IndexHNSWFlat, IndexIVFFlat, optionally in an IndexIDMap / "
-                  "IndexIDMap2)");
   }
+}
 
-  // The id map.
-  if (mapped) {
-    const auto& map = s->idmap->id_map;
-    if (map.size() != static_cast<std::uint64_t>(top->ntotal)) p.invalid("the IndexIDMap's id map size");
-    if (s->idmap2 != nullptr) {
-      if (s->idmap2->rev_map.size() != map.size()) p.invalid("duplicate ids in the IndexIDMap2");
-      for (std::size_t i = 0; i < map.size(); ++i) {
-        if (map[i] < 0) p.invalid("negative id " + std::to_string(map[i]));
-        const auto it = s->idmap2->rev_map.find(map[i]);
-        if (it == s->idmap2->rev_map.end() || it->second != static_cast<std::int64_t>(i)) {
-          p.invalid("the IndexIDMap2's reverse map disagrees with its id map");
-        }
+// An IndexIDMap translates its IVF's labels, which must be the positions it
+// gave them.
+void FaissIndex::Impl::check_ivf_labels_are_positions(const faiss::ArrayInvertedLists& lists, const Problems& p) {
+  const auto total = static_cast<std::uint64_t>(ivf->ntotal);
+  std::vector<bool> seen(total, false);
+  for (const auto& l : lists.ids) {
+    for (const std::int64_t id : l) {
+      if (id < 0 || static_cast<std::uint64_t>(id) >= total || seen[static_cast<std::size_t>(id)]) {
+        p.invalid("an IVF inside an IndexIDMap holds a label that is not a position");
       }
-    } else {
-      s->own_ids = true;
-      s->ids.reserve(map.size());
-      for (const std::int64_t id : map) {
-        if (id < 0) p.invalid("negative id " + std::to_string(id));
-        if (!s->ids.insert(id).second) p.invalid("duplicate id " + std::to_string(id) + " in the IndexIDMap");
-      }
+      seen[static_cast<std::size_t>(id)] = true;
     }
   }
-  s->index = std::move(index);
-  return s;
+}
+
+// The id map: ntotal ids, not negative, unique (IndexIDMap2: its reverse map agrees).
+void FaissIndex::Impl::check_id_map(const Problems& p) {
+  const auto& map = idmap->id_map;
+  if (map.size() != static_cast<std::uint64_t>(idmap->ntotal)) p.invalid("the IndexIDMap's id map size");
+  if (idmap2 != nullptr) {
+    if (idmap2->rev_map.size() != map.size()) p.invalid("duplicate ids in the IndexIDMap2");
+    for (std::size_t i = 0; i < map.size(); ++i) {
+      if (map[i] < 0) p.invalid("negative id " + std::to_string(map[i]));
+      const auto it = idmap2->rev_map.find(map[i]);
+      if (it == idmap2->rev_map.end() || it->second != static_cast<std::int64_t>(i)) {
+        p.invalid("the IndexIDMap2's reverse map disagrees with its id map");
+      }
+    }
+    return;
+  }
+  own_ids = true;
+  ids.reserve(map.size());
+  for (const std::int64_t id : map) {
+    if (id < 0) p.invalid("negative id " + std::to_string(id));
+    if (!ids.insert(id).second) p.invalid("duplicate id " + std::to_string(id) + " in the IndexIDMap");
+  }
 }
 
 // ---------------------------------------------------------------- FaissIndex
 
 FaissIndex::FaissIndex(std::unique_ptr<faiss::Index> index, FaissOptions options)
-    : impl_(Impl::adopt(std::move(index), options.cosine, Problems{false})) {}
+    : impl_(Impl::adopt(std::move(index), options.cosine, Problems{"FAISS", false})) {}
 FaissIndex::FaissIndex(FromImpl, std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 FaissIndex::FaissIndex(FaissIndex&&) noexcept = default;
 FaissIndex& FaissIndex::operator=(FaissIndex&&) noexcept = default;
@@ -527,15 +706,20 @@ void FaissIndex::validate_erase(const VectorId& id) const {
 
 void FaissIndex::insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta) {
   Impl& s = *impl_;
+  s.check_usable();
   s.check_insert(id, vec);
+  check_search_params(s.index.get(), Problems{"FAISS", false});  // an insert searches the graph / quantizer
   const std::int64_t label = static_cast<std::int64_t>(id.as_u64());
   const std::vector<float> v = s.prepared(vec);
   // Everything that can fail for want of memory first, FAISS last.
-  if (s.idmap != nullptr && s.idmap->id_map.size() == s.idmap->id_map.capacity()) {
-    s.idmap->id_map.reserve(std::max<std::size_t>(16, s.idmap->id_map.size() * 2));
-  }
+  translate_exceptions(ErrorKind::Unsupported, "FAISS insert of id " + id.to_string(), [&] {
+    if (s.idmap != nullptr && s.idmap->id_map.size() == s.idmap->id_map.capacity()) {
+      s.idmap->id_map.reserve(std::max<std::size_t>(16, s.idmap->id_map.size() * 2));
+    }
+  });
   if (meta) s.meta.put(id.as_u64(), std::move(*meta));
   const bool tracked = s.own_ids;
+  const std::vector<std::int64_t> before = s.shape();
   try {
     if (tracked) s.ids.insert(label);
     if (s.scheme == FaissIdScheme::Positional) {
@@ -546,20 +730,39 @@ void FaissIndex::insert(const VectorId& id, std::span<const float> vec, std::opt
   } catch (...) {
     if (tracked) s.ids.erase(label);
     s.meta.erase(id.as_u64());
-    throw;
+    const std::string what = "FAISS insert of id " + id.to_string();
+    if (s.shape() != before) {
+      // FAISS changed part of the index before it failed: no way back.
+      s.broken = what + " failed half-way";
+      translate_exceptions(ErrorKind::Poisoned, what + " failed half-way (the index is unusable)",
+                           [] { throw; });
+    }
+    translate_exceptions(ErrorKind::Unsupported, what, [] { throw; });
   }
 }
 
 void FaissIndex::erase(const VectorId& id) {
   Impl& s = *impl_;
+  s.check_usable();
   const std::int64_t label = s.label_of(id);
   if (!s.has(label)) throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
   validate_erase(id);
   const faiss::IDSelectorArray sel(1, &label);
-  const std::size_t removed = s.index->remove_ids(sel);
+  const std::vector<std::int64_t> before = s.shape();
+  std::size_t removed = 0;
+  try {
+    removed = s.index->remove_ids(sel);
+  } catch (...) {
+    const std::string what = "FAISS erase of id " + id.to_string();
+    if (s.shape() != before) {
+      s.broken = what + " failed half-way";
+      translate_exceptions(ErrorKind::Poisoned, what + " failed half-way (the index is unusable)", [] { throw; });
+    }
+    translate_exceptions(ErrorKind::Unsupported, what, [] { throw; });
+  }
   if (removed != 1) {
-    throw PersistError(ErrorKind::Poisoned,
-                       "FAISS removed " + std::to_string(removed) + " vectors for id " + id.to_string());
+    s.broken = "FAISS removed " + std::to_string(removed) + " vectors for id " + id.to_string();
+    throw PersistError(ErrorKind::Poisoned, *s.broken);
   }
   if (s.own_ids) s.ids.erase(label);
   s.meta.erase(id.as_u64());
@@ -581,28 +784,37 @@ void FaissIndex::reserve(std::uint64_t n) {
 
 std::vector<FaissIndex::Hit> FaissIndex::search(std::span<const float> query, std::size_t k) const {
   const Impl& s = *impl_;
+  s.check_usable();
   if (query.size() != static_cast<std::size_t>(s.index->d)) {
     throw PersistError::argument("query has dimension " + std::to_string(query.size()) + ", the index has " +
                                  std::to_string(s.index->d));
   }
   k = static_cast<std::size_t>(std::min<std::uint64_t>(k, static_cast<std::uint64_t>(s.ntotal())));
   if (k == 0) return {};
-  const std::vector<float> q = s.prepared(query);
-  std::vector<float> distances(k);
-  std::vector<std::int64_t> labels(k);
-  s.index->search(1, q.data(), static_cast<std::int64_t>(k), distances.data(), labels.data());
-  std::vector<Hit> hits;
-  hits.reserve(k);
-  for (std::size_t i = 0; i < k; ++i) {
-    if (labels[i] >= 0) hits.push_back(Hit{static_cast<std::uint64_t>(labels[i]), distances[i]});
+  if (k > kMaxSearchK) {
+    throw PersistError::argument("k " + std::to_string(k) + " is above " + std::to_string(kMaxSearchK) +
+                                 " (the most one FAISS search returns here)");
   }
-  return hits;
+  check_search_params(s.index.get(), Problems{"FAISS", false});
+  return translate_exceptions(ErrorKind::Unsupported, "FAISS search", [&] {
+    const std::vector<float> q = s.prepared(query);
+    std::vector<float> distances(k);
+    std::vector<std::int64_t> labels(k);
+    s.index->search(1, q.data(), static_cast<std::int64_t>(k), distances.data(), labels.data());
+    std::vector<Hit> hits;
+    hits.reserve(k);
+    for (std::size_t i = 0; i < k; ++i) {
+      if (labels[i] >= 0) hits.push_back(Hit{static_cast<std::uint64_t>(labels[i]), distances[i]});
+    }
+    return hits;
+  });
 }
 
 // ---------------------------------------------------------------- payload
 
 void FaissIndex::save_to(PayloadWriter& w) const {
   const Impl& s = *impl_;
+  s.check_usable();
   w.write_u32(kPayloadVersion);
   w.write_u8(s.cosine ? kFlagCosine : 0);
   s.meta.save_to(w);
@@ -642,12 +854,14 @@ FaissIndex FaissIndex::load_from(PayloadReader& r) {
   std::unique_ptr<faiss::Index> index;
   try {
     index.reset(faiss::read_index(&io));
-  } catch (const faiss::FaissException& e) {
+  } catch (const PersistError&) {
+    throw;
+  } catch (const std::exception& e) {
     r.fail(std::string("FAISS could not read its index: ") + e.what());
   }
   io.finish(index.get());
 
-  auto s = Impl::adopt(std::move(index), (flags & kFlagCosine) != 0, Problems{true});
+  auto s = Impl::adopt(std::move(index), (flags & kFlagCosine) != 0, Problems{"FAISS", true});
   std::vector<faiss::IndexHNSW*> graphs;
   collect_hnsw(s->index.get(), graphs);
   if (graphs.size() != states.size())

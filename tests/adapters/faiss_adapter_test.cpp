@@ -17,7 +17,10 @@
 #include <faiss/index_io.h>
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -25,7 +28,12 @@
 #include <mutex>
 #include <thread>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
 #include <functional>
 #include <iqdb/persist.hpp>
 #include <iqdb/persist/adapters/faiss.hpp>
@@ -912,6 +920,339 @@ TEST(FaissAdapterPayload, CraftedSnapshotWithAValidChecksumIsRefused) {
   } catch (const PersistError& e) {
     EXPECT_EQ(e.kind(), ErrorKind::InvalidPayload) << e.what();
     EXPECT_NE(std::string(e.what()).find("crafted.iqdb"), std::string::npos) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------- hostile parameters (issue 13)
+//
+// Each case is an index FAISS itself serializes (faiss::write_index, not the
+// adapter, whose save would refuse it) with one parameter set to a value the
+// FAISS 1.7.3 code that uses it cannot handle, wrapped in an adapter payload
+// and a snapshot whose header and payload CRCs are right (write_snapshot
+// computes them; verify_snapshot confirms). A child process with a capped
+// address space loads it, then searches and inserts if the load succeeds:
+// the load must throw PersistError(InvalidPayload), never crash, exhaust
+// memory, or let a FAISS exception through.
+
+// The child: run by the parent tests below through fork + exec of this
+// binary with IQDB_HOSTILE_SNAPSHOT set. Exit codes: 0 refused with
+// InvalidPayload; 10 accepted (load, search and insert all succeeded); 11 a
+// PersistError of another kind; 12 an exception of another type.
+constexpr int kChildAccepted = 10;
+constexpr int kChildWrongKind = 11;
+constexpr int kChildForeign = 12;
+constexpr std::uint64_t kChildAddressSpace = std::uint64_t{3} << 30;
+
+TEST(FaissHostileChild, LoadSearchInsert) {
+  const char* path = std::getenv("IQDB_HOSTILE_SNAPSHOT");
+  if (path == nullptr) GTEST_SKIP() << "runs in the child process of the FaissAdapterHostile tests";
+#if !defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer reserves terabytes of address space: no cap under it.
+  const rlimit as{kChildAddressSpace, kChildAddressSpace};
+  setrlimit(RLIMIT_AS, &as);
+#endif
+  const rlimit cpu{60, 60};
+  setrlimit(RLIMIT_CPU, &cpu);
+  int code = kChildAccepted;
+  try {
+    PersistConfig cfg(path);
+    auto db = PersistedIndex<FaissIndex>::load(cfg);
+    const FaissIndex& ix = db.index();
+    std::vector<float> q(ix.dim(), 0.5f);
+    (void)ix.search(q, 5);
+    const std::uint64_t id = ix.id_scheme() == FaissIdScheme::Positional ? ix.size() : (std::uint64_t{1} << 40);
+    db.index_mut().insert(id, q);
+    (void)ix.search(q, 5);
+  } catch (const PersistError& e) {
+    std::fprintf(stderr, "child: PersistError %s: %s\n", std::string(to_string(e.kind())).c_str(), e.what());
+    code = e.kind() == ErrorKind::InvalidPayload ? 0 : kChildWrongKind;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "child: foreign exception %s: %s\n", typeid(e).name(), e.what());
+    code = kChildForeign;
+  }
+  std::fflush(stderr);
+  std::_Exit(code);
+}
+
+// Runs the child on `snapshot`; "" when it refused the file with
+// InvalidPayload, else what happened (with the child's stderr).
+std::string run_child(const fs::path& snapshot, const fs::path& log) {
+  const std::string var = "IQDB_HOSTILE_SNAPSHOT=" + snapshot.string();
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+  env.push_back(const_cast<char*>(var.c_str()));
+  env.push_back(nullptr);
+  std::string filter = "--gtest_filter=FaissHostileChild.LoadSearchInsert";
+  char* argv[] = {const_cast<char*>("faiss_adapter_test"), filter.data(), nullptr};
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return "cannot open the child's log";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::execve("/proc/self/exe", argv, env.data());
+    ::_exit(127);
+  }
+  ::close(fd);
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid) return "fork / waitpid failed";
+  std::ifstream in(log);
+  const std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
+  std::string what;
+  if (WIFSIGNALED(status)) {
+    what = std::string("killed by signal ") + ::strsignal(WTERMSIG(status));
+  } else if (WEXITSTATUS(status) == kChildAccepted) {
+    what = "accepted: loaded, searched and inserted";
+  } else if (WEXITSTATUS(status) == kChildWrongKind) {
+    what = "a PersistError of the wrong kind";
+  } else if (WEXITSTATUS(status) == kChildForeign) {
+    what = "a foreign exception";
+  } else {
+    what = "exit status " + std::to_string(WEXITSTATUS(status));
+  }
+  return what + "\n--- child output (tail) ---\n" + out.substr(out.size() > 1500 ? out.size() - 1500 : 0);
+}
+
+// A mutable copy of an index, through FAISS's own serialization.
+std::unique_ptr<faiss::Index> faiss_copy(const faiss::Index& ix) {
+  faiss::VectorIOWriter w;
+  faiss::write_index(&ix, &w);
+  faiss::VectorIOReader r;
+  r.data = w.data;
+  return std::unique_ptr<faiss::Index>(faiss::read_index(&r));
+}
+
+// The adapter payload of `original` with its FAISS part replaced by FAISS's
+// serialization of `hostile` (the version, flags, metadata and random
+// states of the original come first, as the adapter writes them).
+std::vector<std::byte> payload_with(const FaissIndex& original, const faiss::Index& hostile) {
+  std::vector<std::byte> p = payload_of(original);
+  p.resize(faiss_start(p));
+  faiss::VectorIOWriter w;
+  faiss::write_index(&hostile, &w);
+  const auto* b = reinterpret_cast<const std::byte*>(w.data.data());
+  p.insert(p.end(), b, b + w.data.size());
+  return p;
+}
+
+faiss::HNSW& hnsw_of(faiss::Index& ix) {
+  faiss::Index* i = &ix;
+  if (auto* m = dynamic_cast<faiss::IndexIDMap*>(i)) i = m->index;
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(i)) i = ivf->quantizer;
+  return dynamic_cast<faiss::IndexHNSW&>(*i).hnsw;
+}
+faiss::IndexIVF& ivf_of(faiss::Index& ix) {
+  faiss::Index* i = &ix;
+  if (auto* m = dynamic_cast<faiss::IndexIDMap*>(i)) i = m->index;
+  return dynamic_cast<faiss::IndexIVF&>(*i);
+}
+
+// An IndexIVFFlat whose quantizer is an IndexHNSWFlat (4 lists, trained).
+std::unique_ptr<faiss::Index> ivf_hnsw_quantizer() {
+  auto q = std::make_unique<faiss::IndexHNSWFlat>(kDim, 4);
+  auto index = std::make_unique<faiss::IndexIVFFlat>(q.release(), kDim, 4, faiss::METRIC_L2);
+  index->own_fields = true;
+  const std::vector<float> train = gaussian(200, kDim, 98);
+  index->train(200, train.data());
+  index->nprobe = 2;
+  return index;
+}
+
+struct HostileParam {
+  std::string name;
+  std::string index_case;  // a cases() name, or "IVFHNSWQuantizer"
+  std::size_t n;           // vectors in the index
+  std::function<void(faiss::Index&)> set;
+};
+
+const std::vector<HostileParam>& hostile_params() {
+  constexpr int kIntMax = std::numeric_limits<int>::max();
+  static const std::vector<HostileParam> params = {
+      {"HNSW upper_beam 0 (FAISS writes slot 0 of an empty vector: SIGSEGV)", "HNSWFlatL2", 20,
+       [](faiss::Index& i) { hnsw_of(i).upper_beam = 0; }},
+      {"HNSW upper_beam -1 (std::length_error inside OpenMP: abort)", "IDMap2HNSWFlatL2", 20,
+       [](faiss::Index& i) { hnsw_of(i).upper_beam = -1; }},
+      {"HNSW upper_beam INT_MAX (16 GiB heap per search)", "HNSWFlatL2", 20,
+       [=](faiss::Index& i) { hnsw_of(i).upper_beam = kIntMax; }},
+      {"HNSW efSearch INT_MAX (16 GiB heap per search)", "HNSWFlatL2", 20,
+       [=](faiss::Index& i) { hnsw_of(i).efSearch = kIntMax; }},
+      {"HNSW efSearch -5", "IDMapHNSWFlatIP", 20, [](faiss::Index& i) { hnsw_of(i).efSearch = -5; }},
+      {"HNSW efConstruction INT_MAX", "HNSWFlatL2", 20,
+       [=](faiss::Index& i) { hnsw_of(i).efConstruction = kIntMax; }},
+      {"HNSW efConstruction 0", "HNSWFlatL2", 20, [](faiss::Index& i) { hnsw_of(i).efConstruction = 0; }},
+      {"HNSW level probability NaN", "HNSWFlatL2", 20,
+       [](faiss::Index& i) { hnsw_of(i).assign_probas[0] = std::numeric_limits<double>::quiet_NaN(); }},
+      {"HNSW level probability 7", "HNSWFlatL2", 20, [](faiss::Index& i) { hnsw_of(i).assign_probas[1] = 7.0; }},
+      {"HNSW 2^30 neighbor slots at level 0 of an empty graph (4 GiB per insert)", "HNSWFlatL2", 0,
+       [](faiss::Index& i) {
+         auto& cum = hnsw_of(i).cum_nneighbor_per_level;
+         const int extra = (1 << 30) - cum[1];
+         for (std::size_t l = 1; l < cum.size(); ++l) cum[l] += extra;
+       }},
+      {"HNSW 0 neighbors at level 1 of an empty graph", "HNSWFlatL2", 0,
+       [](faiss::Index& i) {
+         auto& cum = hnsw_of(i).cum_nneighbor_per_level;
+         const int level1 = cum[2] - cum[1];
+         for (std::size_t l = 2; l < cum.size(); ++l) cum[l] -= level1;
+       }},
+      {"HNSW 100 levels", "HNSWFlatL2", 0,
+       [](faiss::Index& i) {
+         auto& h = hnsw_of(i);
+         h.assign_probas.assign(100, 0.01);
+         h.cum_nneighbor_per_level.resize(101);
+         for (int l = 0; l <= 100; ++l) h.cum_nneighbor_per_level[static_cast<std::size_t>(l)] = 2 * l;
+       }},
+      {"IndexHNSWFlat not trained (FAISS throws on insert)", "HNSWFlatL2", 20,
+       [](faiss::Index& i) { i.is_trained = false; }},
+      {"IVF nprobe 0 (every search throws a FaissException)", "IVFFlatL2", 40,
+       [](faiss::Index& i) { ivf_of(i).nprobe = 0; }},
+      {"IVF nprobe above nlist", "IDMap2IVFFlatIP", 40, [](faiss::Index& i) { ivf_of(i).nprobe = 5; }},
+      {"IVF nprobe 2^64 - 1", "IVFFlatIPHashtable", 40, [](faiss::Index& i) { ivf_of(i).nprobe = ~std::size_t{0}; }},
+      {"IVF quantizer HNSW upper_beam 0 (SIGSEGV in the quantizer's search)", "IVFHNSWQuantizer", 40,
+       [](faiss::Index& i) { hnsw_of(i).upper_beam = 0; }},
+      {"IVF quantizer HNSW efSearch INT_MAX", "IVFHNSWQuantizer", 40,
+       [=](faiss::Index& i) { hnsw_of(i).efSearch = kIntMax; }},
+      {"L1 metric_arg NaN", "FlatL1", 20,
+       [](faiss::Index& i) { i.metric_arg = std::numeric_limits<float>::quiet_NaN(); }},
+      {"IndexIDMap2 over L1: metric_arg 3 on the sub-index", "IDMap2FlatL1", 20,
+       [](faiss::Index& i) { dynamic_cast<faiss::IndexIDMap2&>(i).index->metric_arg = 3.0f; }},
+  };
+  return params;
+}
+
+// The FaissIndex a hostile case starts from (n vectors, no metadata).
+FaissIndex base_index(const std::string& index_case, std::size_t n) {
+  if (index_case == "IVFHNSWQuantizer") {
+    FaissIndex ix(ivf_hnsw_quantizer());
+    const std::vector<float> x = gaussian(n, kDim, 31);
+    for (std::size_t i = 0; i < n; ++i) ix.insert(1000 + i, row(x, i, kDim));
+    return ix;
+  }
+  const Case& c = *std::find_if(cases().begin(), cases().end(), [&](const Case& x) { return x.name == index_case; });
+  IdSource ids(c, 21);
+  return std::move(build(c, n, 22, ids, false).index);
+}
+
+TEST(FaissAdapterHostile, CraftedParametersWithValidChecksumsAreRefusedInAChildProcess) {
+  TempDir dir;
+  for (const HostileParam& h : hostile_params()) {
+    SCOPED_TRACE(h.name);
+    const FaissIndex original = base_index(h.index_case, h.n);
+    std::unique_ptr<faiss::Index> hostile = faiss_copy(original.faiss_index());
+    h.set(*hostile);
+    const std::vector<std::byte> p = payload_with(original, *hostile);
+    const fs::path path = dir / "hostile.iqdb";
+    write_snapshot(default_file_system(), path,
+                   SnapshotInfo{"faiss", original.dim(), original.metric(), original.size(), 0}, Compression::none(),
+                   false, [&](PayloadWriter& w) { w.write(p.data(), p.size()); });
+    ASSERT_NO_THROW(verify_snapshot(default_file_system(), path, ReadLimits{}));  // the CRCs are right
+    EXPECT_EQ(run_child(path, dir / "child.log"), "");
+  }
+}
+
+// The same parameters on an index built in memory: the constructor refuses
+// them (InvalidArgument) before anything can search (no snapshot, no byte
+// editing: FAISS's API alone sets them).
+TEST(FaissAdapterHostile, AdoptingAnIndexWithHostileParametersIsRefused) {
+  for (const HostileParam& h : hostile_params()) {
+    SCOPED_TRACE(h.name);
+    const FaissIndex original = base_index(h.index_case, h.n);
+    std::unique_ptr<faiss::Index> hostile = faiss_copy(original.faiss_index());
+    h.set(*hostile);
+    EXPECT_EQ(error_of([&] { FaissIndex ix(std::move(hostile), FaissOptions{original.metric() == DistanceMetric::Cosine}); }),
+              ErrorKind::InvalidArgument);
+  }
+  // What FAISS does not serialize can only come this way.
+  const auto ivf_with = [](int mode) {
+    auto ix = ivf(kDim, faiss::METRIC_L2, false);
+    dynamic_cast<faiss::IndexIVF&>(*ix).parallel_mode = mode;
+    return ix;
+  };
+  for (const int mode : {-1, 4, 1024, 1024 + 1}) {
+    SCOPED_TRACE("IVF parallel_mode " + std::to_string(mode));
+    EXPECT_EQ(error_of([&] { FaissIndex ix(ivf_with(mode)); }), ErrorKind::InvalidArgument);
+  }
+  for (const int mode : {0, 1, 2, 3}) EXPECT_NO_THROW(FaissIndex ix(ivf_with(mode)));
+}
+
+// The in-memory case of the issue, end to end: an IndexHNSWFlat with
+// upper_beam 0 was adopted, saved and loaded, and the first search crashed.
+TEST(FaissAdapterHostile, UpperBeamZeroBuiltInMemoryIsRefusedWhenAdopted) {
+  auto h = std::make_unique<faiss::IndexHNSWFlat>(kDim, 8);
+  const std::vector<float> x = gaussian(10, kDim, 5);
+  h->add(10, x.data());
+  h->hnsw.upper_beam = 0;
+  try {
+    FaissIndex ix(std::move(h));
+    ADD_FAILURE() << "accepted";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("upper_beam"), std::string::npos) << e.what();
+  }
+}
+
+// A valid index whose parameters are changed behind the adapter's back
+// (through a pointer kept from before it was adopted): searches and inserts
+// refuse with PersistError instead of crashing or throwing FAISS's
+// exceptions; what FAISS still throws arrives as PersistError.
+TEST(FaissAdapterHostile, FaissFailuresReachTheCallerAsPersistError) {
+  const std::vector<float> q(kDim, 0.25f);
+  {
+    SCOPED_TRACE("IVF nprobe set to 0 after adoption");
+    auto index = ivf(kDim, faiss::METRIC_L2, false);
+    auto* raw = dynamic_cast<faiss::IndexIVF*>(index.get());
+    FaissIndex ix(std::move(index));
+    for (std::uint64_t i = 0; i < 10; ++i) ix.insert(100 + i, gaussian(1, kDim, static_cast<std::uint32_t>(i)));
+    raw->nprobe = 0;
+    EXPECT_EQ(error_of([&] { (void)ix.search(q, 3); }), ErrorKind::InvalidArgument);
+    EXPECT_EQ(error_of([&] { ix.insert(7, q); }), ErrorKind::InvalidArgument);
+    raw->nprobe = 4;
+    EXPECT_EQ(ix.search(q, 3).size(), 3u);
+  }
+  {
+    SCOPED_TRACE("HNSW upper_beam set to 0 after adoption");
+    auto index = std::make_unique<faiss::IndexHNSWFlat>(kDim, 8);
+    auto* raw = index.get();
+    FaissIndex ix(std::move(index));
+    for (std::uint64_t i = 0; i < 10; ++i) ix.insert(i, gaussian(1, kDim, static_cast<std::uint32_t>(i)));
+    raw->hnsw.upper_beam = 0;
+    EXPECT_EQ(error_of([&] { (void)ix.search(q, 3); }), ErrorKind::InvalidArgument);
+  }
+  {
+    SCOPED_TRACE("FaissException from add_with_ids (an array direct map set behind the adapter's back)");
+    auto index = ivf(kDim, faiss::METRIC_L2, false);
+    auto* raw = dynamic_cast<faiss::IndexIVF*>(index.get());
+    FaissIndex ix(std::move(index));
+    ix.insert(0, q);  // FAISS's array direct map needs sequential ids
+    raw->set_direct_map_type(faiss::DirectMap::Array);
+    try {
+      ix.insert(6, q);
+      ADD_FAILURE() << "accepted";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Unsupported) << e.what();
+    }
+    EXPECT_FALSE(ix.contains(6));
+    EXPECT_EQ(ix.size(), 1u);
+  }
+  {
+    SCOPED_TRACE("k above the cap");
+    auto index = std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatL2(1));
+    index->own_fields = true;
+    constexpr std::size_t kN = (std::size_t{1} << 20) + 1;
+    std::vector<float> x(kN);
+    std::vector<std::int64_t> ids(kN);
+    for (std::size_t i = 0; i < kN; ++i) {
+      x[i] = static_cast<float>(i);
+      ids[i] = static_cast<std::int64_t>(i);
+    }
+    index->add_with_ids(static_cast<std::int64_t>(kN), x.data(), ids.data());
+    FaissIndex ix(std::move(index));
+    const std::vector<float> one{3.0f};
+    EXPECT_EQ(error_of([&] { (void)ix.search(one, std::numeric_limits<std::size_t>::max()); }),
+              ErrorKind::InvalidArgument);
+    EXPECT_EQ(ix.search(one, std::size_t{1} << 20).size(), std::size_t{1} << 20);
+    EXPECT_EQ(ix.search(one, 1).at(0).id, 3u);
   }
 }
 

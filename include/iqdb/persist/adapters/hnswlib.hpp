@@ -39,10 +39,6 @@
 
 #include <hnswlib/hnswlib.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -59,6 +55,7 @@
 #include <utility>
 #include <vector>
 
+#include "iqdb/persist/adapters/adapter_support.hpp"
 #include "iqdb/persist/adapters/side_table.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/index.hpp"
@@ -92,7 +89,7 @@ class HnswlibIndex {
     if (dim == 0 || dim > kMaxDim)
       throw PersistError::argument("hnswlib dimension must be 1.." + std::to_string(kMaxDim));
     if (params.M < 2 || params.M > kMaxM) throw PersistError::argument("hnswlib M must be 2..10000");
-    space_ = make_space(metric, dim, Problems{false});
+    space_ = make_space(metric, dim, kFromCaller);
     g_ = std::make_unique<Graph>(space_.get(), std::max<std::size_t>(params.initial_capacity, 16), params.M,
                                  params.ef_construction, params.random_seed);
     g_->ef_ = std::max<std::size_t>(params.ef, 1);
@@ -105,7 +102,7 @@ class HnswlibIndex {
   // consistent; Unsupported for another space).
   HnswlibIndex(std::unique_ptr<hnswlib::SpaceInterface<float>> space, std::unique_ptr<Graph> graph,
                bool cosine = false) {
-    const Problems p{false};
+    const Problems& p = kFromCaller;
     if (space == nullptr || graph == nullptr) p.invalid("no space or graph given");
     if (dynamic_cast<hnswlib::L2Space*>(space.get()) != nullptr) {
       if (cosine) p.invalid("cosine needs an inner-product space");
@@ -139,29 +136,40 @@ class HnswlibIndex {
   // ------------------------------------------------------------ Index
 
   // addPoint (growing the graph first when it is full). Throws
-  // InvalidArgument (wrong dimension, byte id), DuplicateId.
+  // InvalidArgument (wrong dimension, byte id), DuplicateId; hnswlib's own
+  // exceptions (std::runtime_error, std::bad_alloc) become PersistError:
+  // Unsupported when the graph is unchanged (growing it failed), Poisoned
+  // when addPoint failed part-way (every later call then throws Poisoned).
   void insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta = {}) {
+    check_usable();
     check_insert(id, vec);
     const std::vector<float> v = prepared(vec);
     const std::uint64_t label = id.as_u64();
     const auto it = g_->label_lookup_.find(label);
     // A new element needs a free slot; an erased id is re-inserted in place.
     if (it == g_->label_lookup_.end() && g_->cur_element_count == g_->max_elements_) {
-      g_->resizeIndex(std::max<std::size_t>(16, g_->max_elements_ * 2));
+      adapters::detail::translate_exceptions(ErrorKind::Unsupported, "hnswlib could not grow the graph", [&] {
+        g_->resizeIndex(std::max<std::size_t>(16, g_->max_elements_ * 2));
+      });
     }
     if (meta) meta_.put(label, std::move(*meta));
     try {
       g_->addPoint(v.data(), static_cast<hnswlib::labeltype>(label));
     } catch (...) {
       meta_.erase(label);
-      throw;
+      broken_ = true;
+      adapters::detail::translate_exceptions(
+          ErrorKind::Poisoned, "hnswlib addPoint of id " + id.to_string() + " failed (the graph is unusable)",
+          [] { throw; });
     }
   }
 
   // markDelete. Throws IdNotFound.
   void erase(const VectorId& id) {
+    check_usable();
     if (!contains(id)) throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
-    g_->markDelete(static_cast<hnswlib::labeltype>(id.as_u64()));
+    adapters::detail::translate_exceptions(ErrorKind::Unsupported, "hnswlib markDelete of id " + id.to_string(),
+                                           [&] { g_->markDelete(static_cast<hnswlib::labeltype>(id.as_u64())); });
     meta_.erase(id.as_u64());
   }
 
@@ -179,15 +187,22 @@ class HnswlibIndex {
     check_insert(id, vec);
   }
   // Room for n more vectors (replay calls it with an estimate).
-  void reserve(std::uint64_t n) {
+  // A hint: hnswlib failing to allocate (it throws std::runtime_error) is
+  // not an error.
+  void reserve(std::uint64_t n) noexcept {
     const std::uint64_t want = g_->cur_element_count + std::min<std::uint64_t>(n, kMaxElements);
-    if (want > g_->max_elements_ && want <= kMaxElements) g_->resizeIndex(static_cast<std::size_t>(want));
+    if (want <= g_->max_elements_ || want > kMaxElements) return;
+    try {
+      g_->resizeIndex(static_cast<std::size_t>(want));
+    } catch (...) {
+    }
   }
 
   // ------------------------------------------------------------ search
 
   // The k nearest live vectors, closest first. InvalidArgument when
-  // query.size() != dim().
+  // query.size() != dim(); hnswlib's exceptions become PersistError
+  // (Unsupported).
   std::vector<Hit> search(std::span<const float> query, std::size_t k) const {
     if (query.size() != dim_) {
       throw PersistError::argument("query has dimension " + std::to_string(query.size()) + ", the index has " +
@@ -195,13 +210,16 @@ class HnswlibIndex {
     }
     k = static_cast<std::size_t>(std::min<std::uint64_t>(k, size()));
     if (k == 0) return {};
-    const std::vector<float> q = prepared(query);
-    auto pq = g_->searchKnn(q.data(), k);
-    std::vector<Hit> hits(pq.size());
-    for (std::size_t i = hits.size(); i-- > 0; pq.pop()) {
-      hits[i] = Hit{static_cast<std::uint64_t>(pq.top().second), pq.top().first};
-    }
-    return hits;
+    check_usable();
+    return adapters::detail::translate_exceptions(ErrorKind::Unsupported, "hnswlib search", [&] {
+      const std::vector<float> q = prepared(query);
+      auto pq = g_->searchKnn(q.data(), k);
+      std::vector<Hit> hits(pq.size());
+      for (std::size_t i = hits.size(); i-- > 0; pq.pop()) {
+        hits[i] = Hit{static_cast<std::uint64_t>(pq.top().second), pq.top().first};
+      }
+      return hits;
+    });
   }
 
   // The search-time candidate list size (hnswlib's ef). Not logged: it is
@@ -220,6 +238,7 @@ class HnswlibIndex {
 
   // Layout: docs/ADAPTERS.md, "hnswlib payload".
   void save_to(PayloadWriter& w) const {
+    check_usable();
     const Graph& g = *g_;
     const std::size_t n = g.cur_element_count;
     w.write_u32(kPayloadVersion);
@@ -253,7 +272,7 @@ class HnswlibIndex {
   }
 
   static HnswlibIndex load_from(PayloadReader& r) {
-    const Problems p{true};
+    const Problems& p = kFromPayload;
     const std::uint32_t version = r.read_u32();
     if (version != kPayloadVersion) r.fail("unknown hnswlib payload version " + std::to_string(version));
     const std::uint8_t metric_tag = r.read_u8();
@@ -294,7 +313,7 @@ class HnswlibIndex {
     check_layout(g, dim, p);
     // hnswlib's constructor left the level-0 block untouched: huge pages make
     // its first touch (by the read below) several times cheaper.
-    advise_huge_pages(g.data_level0_memory_, static_cast<std::size_t>(n * record));
+    adapters::detail::advise_huge_pages(g.data_level0_memory_, static_cast<std::size_t>(n * record));
     r.read(g.data_level0_memory_, static_cast<std::size_t>(n * record));
     std::vector<std::uint32_t> levels(static_cast<std::size_t>(n));
     r.read(levels.data(), levels.size() * sizeof(std::uint32_t));
@@ -367,16 +386,9 @@ class HnswlibIndex {
                     sizeof(hnswlib::linklistsizeint) == 4,
                 "the hnswlib payload layout assumes 8-byte labels and 4-byte link fields");
 
-  struct Problems {
-    bool from_payload;
-    [[noreturn]] void unsupported(const std::string& what) const {
-      throw PersistError(from_payload ? ErrorKind::InvalidPayload : ErrorKind::Unsupported, "hnswlib index: " + what);
-    }
-    [[noreturn]] void invalid(const std::string& what) const {
-      throw PersistError(from_payload ? ErrorKind::InvalidPayload : ErrorKind::InvalidArgument,
-                         "hnswlib index: " + what);
-    }
-  };
+  using Problems = adapters::detail::Problems;
+  static constexpr Problems kFromCaller{"hnswlib", false};
+  static constexpr Problems kFromPayload{"hnswlib", true};
 
   static std::unique_ptr<hnswlib::SpaceInterface<float>> make_space(DistanceMetric metric, std::uint64_t dim,
                                                                     const Problems& p) {
@@ -398,18 +410,6 @@ class HnswlibIndex {
         g.size_links_per_element_ != 4 + 4 * M || g.cur_element_count > g.max_elements_) {
       p.invalid("unexpected graph layout");
     }
-  }
-
-  // Advise the 2 MiB-aligned part of [p, p + n) for transparent huge pages
-  // (advisory; errors ignored).
-  static void advise_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] std::size_t n) noexcept {
-#if defined(__linux__)
-    constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
-    if (n < 2 * kHuge) return;
-    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(kHuge - 1);
-    if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
   }
 
   static unsigned char list_byte(const hnswlib::linklistsizeint* list, int i) noexcept {
@@ -471,6 +471,10 @@ class HnswlibIndex {
     return true;
   }
 
+  void check_usable() const {
+    if (broken_) throw PersistError(ErrorKind::Poisoned, "hnswlib graph unusable: an insert failed part-way");
+  }
+
   void check_insert(const VectorId& id, std::span<const float> vec) const {
     if (vec.size() != dim_) {
       throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
@@ -501,6 +505,7 @@ class HnswlibIndex {
   std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
   std::unique_ptr<Graph> g_;
   adapters::MetadataTable meta_;
+  bool broken_ = false;  // addPoint failed part-way
 };
 
 static_assert(Persistable<HnswlibIndex>);
