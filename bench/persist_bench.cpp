@@ -1,8 +1,8 @@
 // iqdb_persist_bench: the issue's performance targets, each figure printed
 // beside its limit measured in the same run.
 //
-//   iqdb_persist_bench --dir /work/iqdb-bench            # full size (1M x 128)
-//   iqdb_persist_bench --dir /work/iqdb-bench --vectors 100000 --reps 3   # quick
+//   iqdb_persist_bench --dir build/bench-data            # full size (1M x 128)
+//   iqdb_persist_bench --dir build/bench-data --vectors 100000 --reps 3   # quick
 //
 // Sections (select with --only):
 //   crc       CRC-32 of a 256 MiB buffer vs memcpy of it (zlib for context)
@@ -12,6 +12,10 @@
 //             malloc'd buffer; both with the file in the page cache
 //   rss       peak RSS of child processes (build / build+save / load)
 //   compress  zstd 1, zstd 3, lz4 on Gaussian and 8-bit-quantized vectors
+//   meta      a metadata-heavy index (--meta-vectors x --dim, three fields per
+//             vector: a 30-byte string, an integer, a bool), saved and loaded
+//             with each compression (none, lz4, zstd 3) against write()+fsync()
+//             and read() of the same file
 //
 // Each pair is timed --reps times, interleaved, and the medians compared.
 // Not a test: it is never registered with CTest.
@@ -58,6 +62,7 @@ struct Options {
   int reps = 5;
   int compress_reps = 3;
   std::uint64_t compress_vectors = 0;  // 0 = --vectors
+  std::uint64_t meta_vectors = 500'000;
   std::uint64_t crc_mib = 256;
   std::uint64_t seed = 42;
   std::string dir;
@@ -370,6 +375,105 @@ void bench_compress(const Options& o, Report& rep) {
   }
 }
 
+// ---------------------------------------------------------------- metadata-heavy
+
+// The metadata of row i: a 30-byte string, an integer and a bool (issue 14).
+Metadata row_metadata(std::uint64_t i) {
+  char title[31];
+  std::snprintf(title, sizeof title, "document-title-%015llu", static_cast<unsigned long long>(i));
+  return Metadata{{"title", Value(std::string_view(title, 30))},
+                  {"year", Value(static_cast<std::int64_t>(1900 + i % 125))},
+                  {"flag", Value(i % 3 == 0)}};
+}
+
+FlatIndex make_meta_index(std::uint64_t n, std::uint64_t dim, std::uint64_t seed) {
+  FlatIndex index(dim, DistanceMetric::Euclidean);
+  index.reserve(n);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(static_cast<std::size_t>(dim));
+  for (std::uint64_t i = 0; i < n; ++i) {
+    for (float& x : v) x = normal(rng);
+    index.insert(i, v, row_metadata(i));
+  }
+  return index;
+}
+
+// Save and load of a metadata-heavy index under each compression, each
+// against the raw limit for the same file in the same run: save vs
+// write()+fsync() of the file's byte count, load vs read() of the file.
+// What is timed is what a user's code does: PersistedIndex::save() and
+// PersistedIndex<FlatIndex>::load(cfg).
+void bench_meta(const Options& o, Report& rep) {
+  const std::uint64_t n = o.meta_vectors;
+  heading("metadata-heavy: " + std::to_string(n) + " x " + std::to_string(o.dim) +
+          ", 3 fields per vector (30-byte string, int, bool), median of " + std::to_string(o.reps));
+  const fs::path path = fs::path(o.dir) / "meta.iqdb";
+  const fs::path raw = fs::path(o.dir) / "meta-baseline-write.bin";
+  FlatIndex index = make_meta_index(n, o.dim, o.seed + 2);
+  struct Codec {
+    const char* name;
+    Compression c;
+  };
+  const Codec codecs[] = {{"none", Compression::none()}, {"lz4", Compression::lz4()}, {"zstd-3", Compression::zstd(3)}};
+  for (const Codec& codec : codecs) {
+    const PersistConfig cfg = make_config(path, codec.c);
+    std::vector<double> t_save, t_write, t_load, t_read;
+    std::uint64_t bytes = 0;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(std::move(index), cfg);
+      remove_and_settle(path);
+      db.save();  // warm-up; gives the byte count
+      bytes = bytes_of_file(path);
+      std::vector<std::byte> data(static_cast<std::size_t>(bytes), std::byte{0x5a});  // pre-touched
+      for (int r = 0; r < o.reps; ++r) {
+        for (int k = 0; k < 2; ++k) {
+          if ((k == 0) == (r % 2 == 0)) {
+            remove_and_settle(path);
+            prepare_memory();
+            t_save.push_back(seconds([&] { db.save(); }));
+          } else {
+            remove_and_settle(raw);
+            prepare_memory();
+            t_write.push_back(time_write_fsync(raw, data.data(), data.size()));
+          }
+        }
+      }
+      remove_and_settle(raw);
+      index = std::move(db.index_mut());
+    }
+    // The file was just written and fsynced: its pages are in the page cache
+    // for both sides, as for a user who loads what was saved.
+    for (int r = 0; r < o.reps; ++r) {
+      for (int k = 0; k < 2; ++k) {
+        if ((k == 0) == (r % 2 == 0)) {
+          std::optional<PersistedIndex<FlatIndex>> loaded;
+          prepare_memory();
+          t_load.push_back(seconds([&] { loaded.emplace(PersistedIndex<FlatIndex>::load(cfg)); }));
+          if (loaded->index().size() != n) die("metadata round trip lost vectors");
+          const Metadata* m = loaded->index().metadata(VectorId(n - 1));
+          if (m == nullptr || *m != row_metadata(n - 1)) die("metadata round trip changed the metadata");
+        } else {
+          prepare_memory();
+          t_read.push_back(time_read_fresh(path));
+        }
+      }
+      std::fprintf(stderr, "  %s rep %d: save %.1f ms, write+fsync %.1f ms, load %.1f ms, read %.1f ms\n", codec.name,
+                   r + 1, t_save[static_cast<std::size_t>(r)] * 1e3, t_write[static_cast<std::size_t>(r)] * 1e3,
+                   t_load.back() * 1e3, t_read.back() * 1e3);
+    }
+    const double s = median(t_save), w = median(t_write), l = median(t_load), rd = median(t_read);
+    const std::string label = std::string("metadata ") + codec.name;
+    rep.add({"meta", label + " save", ms_and_rate(s, bytes), "write+fsync " + ms_and_rate(w, bytes), s / w, "<= 3",
+             s / w <= 3.0});
+    rep.add({"meta", label + " load", ms_and_rate(l, bytes), "read " + ms_and_rate(rd, bytes), l / rd, "<= 3",
+             l / rd <= 3.0});
+    rep.info("meta", label, {{"file_bytes", bytes}, {"save_s", t_save}, {"write_fsync_s", t_write},
+                             {"load_s", t_load}, {"read_s", t_read}});
+  }
+  remove_and_settle(path);
+}
+
 // ---------------------------------------------------------------- rss
 
 struct ChildResult {
@@ -529,13 +633,16 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   app.add_option("--compress-vectors", o.compress_vectors, "Vectors for the compression section (default --vectors)");
+  app.add_option("--meta-vectors", o.meta_vectors, "Vectors for the metadata-heavy section")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
   app.add_option("--crc-mib", o.crc_mib, "Buffer size of the CRC section, MiB")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));
   app.add_option("--seed", o.seed, "Random seed")->capture_default_str();
   app.add_option("--only", o.only, "Sections to run (comma separated)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"crc", "save", "load", "rss", "compress"}));
+      ->check(CLI::IsMember({"crc", "save", "load", "rss", "compress", "meta"}));
   app.add_option("--json", o.json, "Also write the results as JSON to this file");
   app.add_flag("--strict", o.strict, "Exit with status 1 when a target is missed");
   app.add_flag("--keep", o.keep, "Keep the snapshot file in --dir");
@@ -558,8 +665,10 @@ int main(int argc, char** argv) {
   o.dir = fs::canonical(o.dir).string();
 
   // Enough for the loaded index (vectors, ids, id table) with room to spare.
-  bench::set_warm_bytes(
-      o.cold_memory ? 0 : static_cast<std::size_t>(o.vectors * (o.dim * 4 + 80) + (std::uint64_t{64} << 20)));
+  // The metadata-heavy section's index also holds ~400 bytes of maps and
+  // strings per vector.
+  const std::uint64_t warm = std::max(o.vectors * (o.dim * 4 + 80), o.meta_vectors * (o.dim * 4 + 80 + 400));
+  bench::set_warm_bytes(o.cold_memory ? 0 : static_cast<std::size_t>(warm + (std::uint64_t{64} << 20)));
   std::printf("iqdb_persist_bench: %llu x %llu vectors, %d reps, dir %s\n",
               static_cast<unsigned long long>(o.vectors), static_cast<unsigned long long>(o.dim), o.reps,
               o.dir.c_str());
@@ -595,6 +704,7 @@ int main(int argc, char** argv) {
     if (!o.keep) remove_if_exists(path);
   }
   if (wants(o, "compress")) bench_compress(o, rep);
+  if (wants(o, "meta")) bench_meta(o, rep);
   if (wants(o, "rss")) bench_rss(o, rep);
 
   rep.print_summary();

@@ -362,6 +362,9 @@ class PlainDecoder final : public Decoder {
       throw PersistError::at(ErrorKind::InvalidPayload, path_, "bytes after the end of the payload");
     }
   }
+  // The stored bytes are the payload: the caller bounds reads by the
+  // declared length, which equals the stored length.
+  bool content_errors() const noexcept override { return false; }
 
  private:
   ByteSource& src_;

@@ -47,6 +47,12 @@ class Decoder {
   // The payload has been fully read: check that the compressed stream ends
   // exactly here (no trailing or missing bytes).
   virtual void finish() = 0;
+  // Whether read() can fail because of what the stored bytes hold (a
+  // damaged or short compressed stream). When it cannot, reading ahead of
+  // what the index asks for can never report an error that reading field by
+  // field would not (only I/O errors, and a file that shrank, which the
+  // checksum pass after any failure would meet anyway).
+  virtual bool content_errors() const noexcept { return true; }
 };
 
 // level is used by Zstd only (1..22). Scheme None and Lz4Block have no encoder.

@@ -2,6 +2,9 @@
 // they arrive, payload decoded as hostile input, result accepted only when
 // the CRC matches.
 #include <algorithm>
+#include <cstring>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "iqdb/persist/checksum.hpp"
@@ -45,8 +48,17 @@ class FileSource final : public codec::ByteSource {
   }
   std::uint64_t left() const noexcept override { return end_ - pos_; }
 
-  void seed_crc(std::span<const std::byte> bytes) { crc_.update(bytes); }
+  void seed_crc(std::span<const std::byte> bytes) {
+    crc_.update(bytes);
+    seed_ = crc_;
+  }
   std::uint32_t crc() const noexcept { return crc_.value(); }
+
+  // Back to the first stored byte, with the CRC as seeded.
+  void rewind() noexcept {
+    pos_ = begin_;
+    crc_ = seed_;
+  }
 
   // Checksum whatever is left, with a bounded buffer.
   void drain() {
@@ -63,28 +75,138 @@ class FileSource final : public codec::ByteSource {
   std::uint64_t end_;
   const Progress& progress_;
   checksum::Crc32 crc_;
+  checksum::Crc32 seed_;
 };
 
+// What the index reads. Small reads (the ids, the metadata: a few bytes
+// each) are served from a buffer that is filled kPayloadBuffer bytes at a
+// time, so the file (or the decompressor) sees one call per buffer, not one
+// per field; a read of kPayloadBuffer bytes or more (the vectors) goes
+// straight from the decoder into the caller's memory, with no extra copy.
+//
+// The buffer never reads ahead of the declared payload length. Reading ahead
+// must not change which error a damaged file reports: the bytes the index
+// asks for are decoded first, exactly as without the buffer (their errors
+// propagate as they would have); the rest of the buffer is read ahead only
+// speculatively. Should that fail (a compressed stream damaged a little
+// further on, in a file whose CRC is right, since it was written that way),
+// the reader forgets the read-ahead, decodes the stream again from the start
+// up to where the index is, and continues without reading ahead: the index
+// then meets the bytes in the same order and the same error as without a
+// buffer (and its own error first, if the damage lies beyond it).
 class SnapshotPayloadReader final : public PayloadReader {
  public:
-  SnapshotPayloadReader(codec::Decoder& decoder, std::uint64_t length, const fs::path& path)
-      : decoder_(decoder), remaining_(length), path_(path) {}
+  static constexpr std::size_t kPayloadBuffer = std::size_t{64} << 10;
+  using MakeDecoder = std::function<std::unique_ptr<codec::Decoder>()>;
+
+  SnapshotPayloadReader(MakeDecoder make_decoder, FileSource& source, std::uint64_t length, const fs::path& path)
+      : make_decoder_(std::move(make_decoder)),
+        source_(source),
+        decoder_(make_decoder_()),
+        remaining_(length),
+        path_(path) {}
 
   void read(void* dst, std::size_t size) override {
+    if (size <= static_cast<std::size_t>(end_ - pos_)) {
+      if (size != 0) std::memcpy(dst, pos_, size);
+      pos_ += size;
+      remaining_ -= size;
+      return;
+    }
+    read_slow(static_cast<std::byte*>(dst), size);
+  }
+  std::uint64_t remaining() const noexcept override { return remaining_; }
+
+  // The payload has been read: the stored stream must end here.
+  void finish() { decoder_->finish(); }
+
+ private:
+  void read_slow(std::byte* dst, std::size_t size) {
     if (size > remaining_) {
       throw PersistError::at(ErrorKind::TruncatedPayload, path_,
                              "the index payload needs " + std::to_string(size) + " more bytes, " +
                                  std::to_string(remaining_) + " remain");
     }
-    decoder_.read(static_cast<std::byte*>(dst), size);
+    // What is buffered first, then the rest.
+    const std::size_t have = static_cast<std::size_t>(end_ - pos_);
+    if (have != 0) std::memcpy(dst, pos_, have);
+    pos_ = end_ = nullptr;
+    remaining_ -= have;
+    dst += have;
+    size -= have;
+    if (size >= kPayloadBuffer) {
+      decoder_->read(dst, size);  // straight into the caller's memory
+      decoded_ += size;
+      remaining_ -= size;
+      return;
+    }
+    fill(size);
+    std::memcpy(dst, pos_, size);
+    pos_ += size;
     remaining_ -= size;
   }
-  std::uint64_t remaining() const noexcept override { return remaining_; }
 
- private:
-  codec::Decoder& decoder_;
-  std::uint64_t remaining_;
+  // Buffer `need` bytes (< kPayloadBuffer, <= remaining_), and as many more
+  // as fit unless reading ahead has failed before.
+  void fill(std::size_t need) {
+    if (!buf_) {
+      // At most the payload's length (a tiny file gets a tiny buffer).
+      cap_ = static_cast<std::size_t>(std::min<std::uint64_t>(kPayloadBuffer, remaining_));
+      buf_.reset(new std::byte[cap_]);  // not zero-filled
+    }
+    const std::size_t want = read_ahead_ ? static_cast<std::size_t>(std::min<std::uint64_t>(cap_, remaining_)) : need;
+    if (!decoder_->content_errors()) {
+      // Uncompressed: one read of the file per buffer.
+      decoder_->read(buf_.get(), want);
+      decoded_ += want;
+      pos_ = buf_.get();
+      end_ = pos_ + want;
+      return;
+    }
+    decoder_->read(buf_.get(), need);
+    decoded_ += need;
+    std::size_t got = need;
+    const std::size_t ahead = want - need;
+    if (ahead > 0) {
+      try {
+        decoder_->read(buf_.get() + need, ahead);
+        decoded_ += ahead;
+        got += ahead;
+      } catch (...) {
+        restart();
+      }
+    }
+    pos_ = buf_.get();
+    end_ = pos_ + got;
+  }
+
+  // After a failed read-ahead: a fresh decoder from the first stored byte,
+  // advanced to decoded_ (the bytes the index has been given or holds in
+  // the buffer), and no more reading ahead.
+  void restart() {
+    read_ahead_ = false;
+    decoder_.reset();
+    source_.rewind();
+    decoder_ = make_decoder_();
+    std::vector<std::byte> skip(static_cast<std::size_t>(std::min<std::uint64_t>(kPayloadBuffer, decoded_)));
+    for (std::uint64_t left = decoded_; left > 0;) {
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, skip.size()));
+      decoder_->read(skip.data(), n);
+      left -= n;
+    }
+  }
+
+  MakeDecoder make_decoder_;
+  FileSource& source_;
+  std::unique_ptr<codec::Decoder> decoder_;
+  std::uint64_t remaining_;  // payload bytes the index has not read yet
+  std::uint64_t decoded_ = 0;  // payload bytes taken from the decoder
   const fs::path& path_;
+  std::unique_ptr<std::byte[]> buf_;
+  std::size_t cap_ = 0;
+  const std::byte* pos_ = nullptr;  // the buffered bytes not yet read: [pos_, end_)
+  const std::byte* end_ = nullptr;
+  bool read_ahead_ = true;
 };
 
 void check_lengths(const FileHeader& h, const ReadLimits& limits, const fs::path& path) {
@@ -140,14 +262,15 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
     // checks run before anything is decompressed.
     format::check_scheme(h, path);
     check_lengths(h, limits, path);
-    std::unique_ptr<codec::Decoder> decoder = codec::make_decoder(h.compression, source, h.uncompressed_len, path);
-    SnapshotPayloadReader reader(*decoder, h.uncompressed_len, path);
+    SnapshotPayloadReader reader(
+        [&] { return codec::make_decoder(h.compression, source, h.uncompressed_len, path); }, source,
+        h.uncompressed_len, path);
     body(reader, h);
     if (reader.remaining() != 0) {
       throw PersistError::at(ErrorKind::InvalidPayload, path,
                              "the index left " + std::to_string(reader.remaining()) + " payload bytes unread");
     }
-    decoder->finish();
+    reader.finish();
   } catch (const PersistError& e) {
     // Damage usually shows first as a decoding error; the checksum says
     // whether the bytes were corrupted (and takes precedence) or the file

@@ -84,23 +84,55 @@ class FileSink final : public codec::ByteSink {
   checksum::Crc32 crc_;
 };
 
+// What the index writes. Small writes (ids, metadata: a few bytes each) are
+// gathered in a buffer and handed on kPayloadBuffer bytes at a time: a
+// compressor called once per field would spend more time in its own
+// bookkeeping than compressing. Writes of kPayloadBuffer bytes or more (the
+// vectors) go on straight from the caller's memory.
 class SnapshotPayloadWriter final : public PayloadWriter {
  public:
-  SnapshotPayloadWriter(FileSink& sink, codec::Encoder* encoder) : sink_(sink), encoder_(encoder) {}
+  static constexpr std::size_t kPayloadBuffer = std::size_t{64} << 10;
+
+  SnapshotPayloadWriter(FileSink& sink, codec::Encoder* encoder)
+      : sink_(sink), encoder_(encoder), buf_(new std::byte[kPayloadBuffer]) {}
+
   void write(const void* data, std::size_t size) override {
-    const auto* p = static_cast<const std::byte*>(data);
-    if (encoder_ != nullptr) {
-      encoder_->write(p, size);
+    if (size <= kPayloadBuffer - used_) {
+      if (size != 0) std::memcpy(buf_.get() + used_, data, size);
+      used_ += size;
+      n_ += size;
+      return;
+    }
+    flush();
+    if (size >= kPayloadBuffer) {
+      emit(static_cast<const std::byte*>(data), size);
     } else {
-      sink_.put(p, size);
+      std::memcpy(buf_.get(), data, size);
+      used_ = size;
     }
     n_ += size;
   }
   std::uint64_t bytes_written() const noexcept override { return n_; }
 
+  // Hand on what is buffered.
+  void flush() {
+    if (used_ > 0) emit(buf_.get(), used_);
+    used_ = 0;
+  }
+
  private:
+  void emit(const std::byte* p, std::size_t size) {
+    if (encoder_ != nullptr) {
+      encoder_->write(p, size);
+    } else {
+      sink_.put(p, size);
+    }
+  }
+
   FileSink& sink_;
   codec::Encoder* encoder_;
+  std::unique_ptr<std::byte[]> buf_;  // not zero-filled
+  std::size_t used_ = 0;
   std::uint64_t n_ = 0;
 };
 
@@ -149,6 +181,7 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
         }
         SnapshotPayloadWriter writer(sink, encoder.get());
         body(writer);
+        writer.flush();
         if (encoder) encoder->finish();
         sink.flush();
         h.uncompressed_len = writer.bytes_written();
