@@ -7,12 +7,21 @@
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     default: 10 s, every target
 #   fuzz/run.sh 600                                  the longer campaign (50 min)
 #
-# Targets: header snapshot wal_scan wal_replay flat_payload.
+# Targets: header snapshot wal_scan wal_replay flat_payload flat_crc, and the
+# adapters' faiss_crc and hnswlib_crc when FAISS / hnswlib are installed.
+# The adapters' targets are built in a build of their own (IQDB_FUZZ_ADAPTER_BUILD,
+# default <build>-adapters) with the adapters on. It uses ASan + UBSan like
+# the other: libfaiss, its OpenMP runtime (libgomp) and BLAS are not
+# instrumented, which AddressSanitizer tolerates (it intercepts malloc/free;
+# it does not see accesses inside them). LeakSanitizer is off for faiss_crc
+# only: FAISS 1.7.3's reader leaks what it had built when a read fails
+# midway (faiss/impl/index_read.cpp, documented in docs/ADAPTERS.md).
 # New corpus entries go to build-fuzz/fuzz-corpus/<target> (the committed
 # seeds in fuzz/corpus/<target> are read, never written); findings are saved
 # as build-fuzz/fuzz-artifacts/<target>/crash-* (or leak-, timeout-, oom-).
 # Reproduce one:  build-fuzz/fuzz/fuzz_<target> <artifact>
-# Environment: IQDB_FUZZ_BUILD (build dir, default build-fuzz),
+# Environment: IQDB_FUZZ_BUILD (build dir, default build-fuzz), IQDB_FUZZ_ADAPTER_BUILD
+#   (the adapters' targets, default <build>-adapters),
 #   IQDB_FUZZ_MALLOC_MB (default 64), IQDB_FUZZ_RSS_MB (default 2048).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +29,19 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(header snapshot wal_scan wal_replay flat_payload)
 build=${IQDB_FUZZ_BUILD:-build-fuzz}
+adapter_build=${IQDB_FUZZ_ADAPTER_BUILD:-$build-adapters}
+sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fsanitize=fuzzer-no-link -fno-omit-frame-pointer"
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=(header snapshot wal_scan wal_replay flat_payload flat_crc)
+  # The adapters' targets when their library is installed (checked again below).
+  if [ -f /usr/include/faiss/Index.h ] || [ -f /usr/local/include/faiss/Index.h ]; then targets+=(faiss_crc); fi
+  if [ -f /usr/include/hnswlib/hnswalg.h ] || [ -f /usr/local/include/hnswlib/hnswalg.h ]; then targets+=(hnswlib_crc); fi
+fi
+adapter_targets=()
+for t in "${targets[@]}"; do
+  case "$t" in faiss_crc | hnswlib_crc) adapter_targets+=("fuzz_$t") ;; esac
+done
 malloc_mb=${IQDB_FUZZ_MALLOC_MB:-64}
 rss_mb=${IQDB_FUZZ_RSS_MB:-2048}
 
@@ -30,30 +50,57 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DIQDB_PERSIST_BUILD_FUZZERS=ON -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=OFF \
     -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF -DIQDB_PERSIST_INSTALL=OFF \
     -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
-    -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fsanitize=fuzzer-no-link -fno-omit-frame-pointer" \
+    -DCMAKE_CXX_FLAGS="$sanitize" \
     >/dev/null
 fi
 cmake --build "$build" -j"$(nproc)" --target iqdb_fuzzers >/dev/null
+if [ ${#adapter_targets[@]} -gt 0 ]; then
+  if [ ! -f "$adapter_build/CMakeCache.txt" ]; then
+    cmake -S . -B "$adapter_build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DIQDB_PERSIST_BUILD_FUZZERS=ON -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=OFF \
+      -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF -DIQDB_PERSIST_INSTALL=OFF \
+      -DCMAKE_CXX_FLAGS="$sanitize" >/dev/null
+  fi
+  # CMake builds an adapter's target only when it finds the adapter's library.
+  known=$(cmake --build "$adapter_build" --target help)
+  for exe in "${adapter_targets[@]}"; do
+    if ! grep -qw "$exe" <<<"$known"; then
+      echo "$exe: its adapter's library was not found by CMake (see $adapter_build/CMakeCache.txt)" >&2
+      exit 1
+    fi
+  done
+  cmake --build "$adapter_build" -j"$(nproc)" --target "${adapter_targets[@]}" >/dev/null
+fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-common=(-rss_limit_mb="$rss_mb" -malloc_limit_mb="$malloc_mb" -timeout=10 -max_len=4096
+common=(-rss_limit_mb="$rss_mb" -malloc_limit_mb="$malloc_mb" -timeout=10
         -dict=fuzz/iqdb.dict -print_final_stats=1)
 
 failed=()
 for t in "${targets[@]}"; do
   bin="$build/fuzz/fuzz_$t"
+  max_len=4096
+  asan=$ASAN_OPTIONS
+  case "$t" in
+    faiss_crc)
+      bin="$adapter_build/fuzz/fuzz_$t"
+      max_len=16384  # an HNSW graph's generator state is ~6.5 KiB of text
+      asan="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" ;;
+    hnswlib_crc) bin="$adapter_build/fuzz/fuzz_$t" ;;
+  esac
   work="$build/fuzz-corpus/$t"
   artifacts="$build/fuzz-artifacts/$t"
   log="$build/fuzz-logs/$t.log"
   mkdir -p "$work" "$artifacts" "$(dirname "$log")"
   status=0
   if [ -d "fuzz/regressions/$t" ]; then
-    "$bin" "${common[@]}" -runs=0 "fuzz/regressions/$t" >"$log" 2>&1 || status=$?
+    ASAN_OPTIONS=$asan "$bin" "${common[@]}" -max_len="$max_len" -runs=0 "fuzz/regressions/$t" >"$log" 2>&1 ||
+      status=$?
   fi
   if [ "$status" -eq 0 ]; then
-    "$bin" "${common[@]}" -max_total_time="$secs" -artifact_prefix="$artifacts/" "$work" "fuzz/corpus/$t" \
-      >>"$log" 2>&1 || status=$?
+    ASAN_OPTIONS=$asan "$bin" "${common[@]}" -max_len="$max_len" -max_total_time="$secs" \
+      -artifact_prefix="$artifacts/" "$work" "fuzz/corpus/$t" >>"$log" 2>&1 || status=$?
   fi
   execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')
   if [ "$status" -eq 0 ]; then

@@ -494,5 +494,33 @@ TEST(HnswlibAdapter, AdoptionChecksTheGraph) {
   EXPECT_EQ(error_of([] { HnswlibIndex ix(0, DistanceMetric::Euclidean); }), ErrorKind::InvalidArgument);
 }
 
+// hnswlib throws std::runtime_error; none reaches the adapter's caller. The
+// graph's capacity is lowered behind the adapter's back (through a pointer
+// kept from before it was adopted), so that addPoint throws "The number of
+// elements exceeds the specified limit": the insert fails with PersistError
+// (Poisoned: the adapter cannot tell how far addPoint got), and so does
+// every later call, instead of running on a graph in an unknown state.
+TEST(HnswlibAdapter, HnswlibExceptionsReachTheCallerAsPersistError) {
+  const std::vector<float> x = gaussian(20, kDim, 12);
+  auto space = std::make_unique<hnswlib::L2Space>(kDim);
+  auto graph = std::make_unique<Graph>(space.get(), 32, 8, 50, 42);
+  for (std::size_t i = 0; i < 20; ++i) graph->addPoint(x.data() + i * kDim, 100 + i);
+  Graph* raw = graph.get();
+  HnswlibIndex ix(std::move(space), std::move(graph));
+  raw->max_elements_ = 10;  // below the 20 elements it holds
+  const std::vector<float> v = row(x, 3, kDim);
+  try {
+    ix.insert(7, v);
+    ADD_FAILURE() << "accepted";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Poisoned) << e.what();
+    EXPECT_NE(std::string(e.what()).find("exceeds"), std::string::npos) << e.what();
+  }
+  raw->max_elements_ = 32;
+  EXPECT_EQ(error_of([&] { ix.insert(8, v); }), ErrorKind::Poisoned);
+  EXPECT_EQ(error_of([&] { (void)ix.search(v, 3); }), ErrorKind::Poisoned);
+  EXPECT_EQ(error_of([&] { ix.erase(100); }), ErrorKind::Poisoned);
+}
+
 }  // namespace
 }  // namespace iqdb::persist
