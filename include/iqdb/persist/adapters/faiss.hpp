@@ -97,7 +97,10 @@ class FaissIndex {
   // Takes ownership of `index` (with its own_fields as set). Throws
   // PersistError: Unsupported for a type, metric or inverted-list kind the
   // adapter cannot persist; InvalidArgument for an untrained IVF index,
-  // duplicate or negative ids, or cosine without inner product.
+  // duplicate or negative ids, cosine without inner product, or a parameter
+  // outside the range FAISS handles (HNSW efSearch / efConstruction /
+  // upper_beam outside 1..2^20, IVF nprobe outside 1..nlist, ...: the list is
+  // in docs/ADAPTERS.md, "Parameters checked").
   explicit FaissIndex(std::unique_ptr<faiss::Index> index, FaissOptions options = {});
   FaissIndex(FaissIndex&&) noexcept;
   FaissIndex& operator=(FaissIndex&&) noexcept;
@@ -124,7 +127,10 @@ class FaissIndex {
   void reserve(std::uint64_t n);
 
   // The k nearest vectors, closest first (FAISS's order and distances).
-  // InvalidArgument when query.size() != dim().
+  // k is clamped to size(). InvalidArgument when query.size() != dim(), when
+  // k is still above 2^20, or when a search parameter was changed out of
+  // range after adoption; what FAISS throws arrives as PersistError
+  // (Unsupported), never as faiss::FaissException or std::bad_alloc.
   std::vector<Hit> search(std::span<const float> query, std::size_t k) const;
 
   // The metadata of `id`, or nullptr.
