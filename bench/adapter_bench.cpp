@@ -20,7 +20,7 @@
 // docs/PERFORMANCE.md: this VM hands free memory back to its host, which
 // makes first touches cost up to 10x; --cold-memory skips this).
 //
-//   adapter_bench --dir /work/iqdb-bench [--faiss-vectors N] [--hnsw-vectors N]
+//   adapter_bench --dir build/bench-data [--faiss-vectors N] [--hnsw-vectors N]
 //                 [--dim D] [--reps R] [--only faiss,hnswlib] [--strict]
 #include <fcntl.h>
 #include <malloc.h>

@@ -42,17 +42,24 @@ include(CMakePackageConfigHelpers)
 
 # Install an adapter target with a package of its own: <name>Config.cmake
 # finds iqdb_persist and the adapter's dependencies (`deps`: CMake code), then
-# includes the exported target and runs `post` (CMake code).
+# includes the exported target and runs `post` (CMake code). Everything goes
+# into the install component named after the adapter ("faiss", "hnswlib"),
+# with the adapter's header (which the core's install leaves out), so a
+# Debian package of its own holds it (cmake/packaging.cmake).
 function(_iqdb_install_adapter target package deps post)
   if(NOT IQDB_PERSIST_INSTALL)
     return()
   endif()
+  string(REPLACE "iqdb_persist_" "" component ${package})
   set(dest ${CMAKE_INSTALL_LIBDIR}/cmake/${package})
-  install(TARGETS ${target} EXPORT ${package}_targets
+  install(TARGETS ${target} EXPORT ${package}_targets COMPONENT ${component}
     ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
     INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-  install(EXPORT ${package}_targets NAMESPACE iqdb:: FILE ${package}Targets.cmake DESTINATION ${dest})
+  install(FILES ${PROJECT_SOURCE_DIR}/include/iqdb/persist/adapters/${component}.hpp
+    DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/iqdb/persist/adapters COMPONENT ${component})
+  install(EXPORT ${package}_targets NAMESPACE iqdb:: FILE ${package}Targets.cmake DESTINATION ${dest}
+    COMPONENT ${component})
   set(config "${CMAKE_CURRENT_BINARY_DIR}/${package}Config.cmake")
   file(WRITE ${config}
     "# ${package}: an optional adapter of iqdb_persist (docs/ADAPTERS.md).\n"
@@ -63,7 +70,8 @@ function(_iqdb_install_adapter target package deps post)
     "${post}\n")
   write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/${package}ConfigVersion.cmake
     VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
-  install(FILES ${config} ${CMAKE_CURRENT_BINARY_DIR}/${package}ConfigVersion.cmake DESTINATION ${dest})
+  install(FILES ${config} ${CMAKE_CURRENT_BINARY_DIR}/${package}ConfigVersion.cmake DESTINATION ${dest}
+    COMPONENT ${component})
 endfunction()
 
 # ---------------------------------------------------------------- FAISS

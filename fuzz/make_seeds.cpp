@@ -5,7 +5,7 @@
 //
 // Version-3 snapshots and version-2 logs come from the library itself;
 // version-1/2 snapshots and version-1 logs are built byte by byte from the
-// reference format facts (/work/shared/FORMAT-iqdb-1.0.md), with CRCs from
+// reference format facts (docs/FORMAT.md), with CRCs from
 // zlib and compression from libzstd / liblz4, and flat payloads byte by byte
 // from docs/FORMAT.md. Deterministic: the same bytes on every run.
 #include <lz4.h>
@@ -92,7 +92,7 @@ Bytes flat_payload_u64() {
   return p.b;
 }
 
-// Reference snapshot, version 1 or 2 (FORMAT-iqdb-1.0.md).
+// Reference snapshot, version 1 or 2 (docs/FORMAT.md).
 Bytes ref_snapshot(std::uint32_t version, std::uint64_t dim, std::uint8_t metric, std::uint64_t n,
                    const Bytes& payload_region) {
   B h;

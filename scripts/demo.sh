@@ -9,4 +9,4 @@ scripts/deps.sh build
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DIQDB_PERSIST_BUILD_TESTS=OFF \
   -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build build/demo -j"$(nproc)" --target iqdb-persist
-exec build/demo/tools/iqdb-persist/iqdb-persist demo "$@"
+exec build/demo/tools/iqdb-persist demo "$@"

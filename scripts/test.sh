@@ -4,7 +4,8 @@
 # Sanitizer, the concurrent tests under ThreadSanitizer, each libFuzzer target
 # for a few seconds (after replaying its regressions), static analysis
 # (clang-tidy, cppcheck), and the installed CMake package consumed through
-# find_package and add_subdirectory.
+# find_package and add_subdirectory, the Debian packages, the README's first
+# command (the demo) and every example program.
 # Installs the Debian packages it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,22 @@ stage "build (RelWithDebInfo, -Werror)"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIQDB_PERSIST_WERROR=ON >/dev/null
 cmake --build build/release -j"$jobs"
 
-stage "tests"
+stage "tests (with every program in examples/, run twice in a new directory and checking its own result)"
 ctest --test-dir build/release -j"$jobs" --output-on-failure --timeout 900
+
+stage "the README's first command (the demo), exactly as the README writes it, then with options"
+# The first command of the README's first sh block: what a new user runs first.
+readme_demo=$(awk '/^```sh/{inblock=1; next} inblock && /^```/{exit} inblock{print; exit}' README.md)
+readme_demo=${readme_demo%%#*}
+case "$readme_demo" in
+  *scripts/demo.sh*) ;;
+  *) echo "README.md's first command is '$readme_demo', expected scripts/demo.sh" >&2; exit 1 ;;
+esac
+echo "+ $readme_demo"
+bash -c "$readme_demo"
+demo_dir=$(mktemp -d)
+trap 'rm -rf "$demo_dir"' EXIT
+scripts/demo.sh --dir "$demo_dir" --vectors 3000 --dim 16
 
 stage "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 # (The FAISS / hnswlib adapters run in the normal stage; FAISS's OpenMP/BLAS
@@ -55,5 +70,25 @@ cmake -S tests/consumer -B build/consumer-sub -DIQDB_PERSIST_SOURCE_DIR="$root" 
 cmake --build build/consumer-sub -j"$jobs" >/dev/null
 build/consumer-sub/consumer "$root/build/consumer-sub/c.iqdb"
 PKG_CONFIG_PATH="$root/build/prefix/lib/pkgconfig" pkg-config --exists iqdb_persist
+
+stage "Debian packages: cpack -G DEB, unpacked into a scratch root, a consumer built against that root"
+rm -rf build/deb build/debroot build/consumer-deb
+(cd build/release && cpack -G DEB -B "$root/build/deb" >/dev/null)
+ls build/deb/*.deb
+for deb in build/deb/*.deb; do
+  dpkg-deb --field "$deb" Package Version Depends
+  dpkg-deb -x "$deb" build/debroot
+done
+# The tool's dependencies come from dpkg-shlibdeps: it needs libzstd, liblz4 and ISA-L at run time.
+tool_depends=$(dpkg-deb --field build/deb/iqdb-persist_*.deb Depends)
+for lib in libzstd1 liblz4-1 libisal2; do
+  case "$tool_depends" in *"$lib"*) ;; *) echo "iqdb-persist.deb does not depend on $lib: $tool_depends" >&2; exit 1 ;; esac
+done
+build/debroot/usr/bin/iqdb-persist --version
+cmake -S tests/consumer -B build/consumer-deb -DCMAKE_PREFIX_PATH="$root/build/debroot/usr" >/dev/null
+cmake --build build/consumer-deb -j"$jobs" >/dev/null
+build/consumer-deb/consumer "$root/build/consumer-deb/c.iqdb"
+build/debroot/usr/bin/iqdb-persist verify "$root/build/consumer-deb/c.iqdb"
+PKG_CONFIG_PATH="$root/build/debroot/usr/lib/pkgconfig" pkg-config --exists iqdb_persist
 
 stage "all stages passed"

@@ -78,7 +78,7 @@ struct Expected {
   std::string compression;
   std::uint64_t uncompressed_len = 0;
   std::uint64_t file_size = 0;
-  std::optional<std::uint64_t> last_lsn;  // v3 only (text output only)
+  std::optional<std::uint64_t> last_lsn;  // v3 only (null in JSON before v3)
 };
 
 struct Fixture {
@@ -87,7 +87,7 @@ struct Fixture {
   Expected expected;
 };
 
-// A version-1 snapshot (FORMAT-iqdb-1.0.md): the payload region is the payload.
+// A version-1 snapshot (docs/FORMAT.md): the payload region is the payload.
 Fixture v1_file(std::string name, const std::string& tag, std::uint64_t dim, std::uint8_t metric_tag,
                 std::string metric, std::uint64_t n, const std::vector<std::byte>& payload) {
   Bytes b;
@@ -213,7 +213,7 @@ void expect_json(const std::string& out, const Expected& e) {
   std::set<std::string> keys;
   for (const auto& [k, v] : j.items()) keys.insert(k);
   EXPECT_EQ(keys, (std::set<std::string>{"format_version", "index_type", "dim", "metric", "n_vectors", "crc32",
-                                         "compression", "uncompressed_len", "file_size"}));
+                                         "compression", "uncompressed_len", "file_size", "last_lsn"}));
   for (const char* k : {"format_version", "dim", "n_vectors", "crc32", "uncompressed_len", "file_size"}) {
     EXPECT_TRUE(j.at(k).is_number_unsigned()) << k;
   }
@@ -226,6 +226,11 @@ void expect_json(const std::string& out, const Expected& e) {
   EXPECT_EQ(j.at("compression").get<std::string>(), e.compression);
   EXPECT_EQ(j.at("uncompressed_len").get<std::uint64_t>(), e.uncompressed_len);
   EXPECT_EQ(j.at("file_size").get<std::uint64_t>(), e.file_size);
+  if (e.last_lsn) {
+    EXPECT_EQ(j.at("last_lsn").get<std::uint64_t>(), *e.last_lsn);
+  } else {
+    EXPECT_TRUE(j.at("last_lsn").is_null()) << "version " << e.format_version << " has no LSN field";
+  }
 }
 
 // ---------------------------------------------------------------- inspect
@@ -380,7 +385,9 @@ TEST(CliVerify, IntactFilesOfEveryVersionPass) {
 TEST(CliHelp, VersionAndHelp) {
   const CliResult v = run_cli({"--version"});
   EXPECT_EQ(v.code, 0);
-  EXPECT_EQ(v.out, std::string(VERSION) + "\n");
+  EXPECT_EQ(v.out, "iqdb-persist " + std::string(VERSION) +
+                       "\nsnapshot format: writes version 3, reads versions 1 to 3"
+                       "\nwrite-ahead log format: writes version 2, reads versions 1 to 2\n");
 
   const CliResult h = run_cli({"--help"});
   EXPECT_EQ(h.code, 0);

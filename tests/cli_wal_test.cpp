@@ -2,9 +2,12 @@
 // mutations the test itself made.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
-#include <nlohmann/json.hpp>
+#include <limits>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include <iqdb/persist.hpp>
 
@@ -46,11 +49,6 @@ TEST(CliWal, DumpJsonLinesMatchTheMutations) {
   ASSERT_EQ(r.code, 0) << r.err;
   const auto lines = json_lines(r.out);
   ASSERT_EQ(lines.size(), 5u);
-  EXPECT_EQ(lines[0], json::parse(R"({"lsn":1,"op":"insert","id":7,"vector":[1.5,-2.0],
-      "metadata":{"b":true,"f":0.25,"i":-3,"n":null,"s":"x"}})"));
-  EXPECT_EQ(lines[1], json::parse(R"({"lsn":2,"op":"insert","id":{"hex":"01ab"},"vector":[0.0,1.0],"metadata":{}})"));
-  EXPECT_EQ(lines[2], json::parse(R"({"lsn":3,"op":"erase","id":7})"));
-  EXPECT_EQ(lines[3], json::parse(R"({"lsn":4,"op":"insert","id":9,"vector":[3.0,4.0],"metadata":{}})"));
   // 40-byte header, then frames: 8-byte frame header + 20-byte body prefix
   // (first_lsn, count, synced_lsn) + the ops, from the encoding rules.
   const auto insert_len = [](std::size_t id_len, std::size_t dim, std::size_t meta_len) {
@@ -60,7 +58,51 @@ TEST(CliWal, DumpJsonLinesMatchTheMutations) {
   const std::size_t f1 = 8 + 20 + insert_len(8, 2, meta);
   const std::size_t f2 = 8 + 20 + insert_len(8 + 2, 2, 0);
   const std::size_t f3 = 8 + 20 + (1 + 1 + 8) + insert_len(8, 2, 0);
-  EXPECT_EQ(lines[4], (json{{"records", 4}, {"valid_bytes", 40 + f1 + f2 + f3}, {"torn_tail_bytes", 0}}));
+  EXPECT_EQ(lines[0], json::parse(R"({"lsn":1,"op":"insert","id":7,"vector":[1.5,-2.0],
+      "metadata":{"b":true,"f":0.25,"i":-3,"n":null,"s":"x"},"offset":40})"));
+  // Inserted without metadata: null, not {}.
+  json second = json::parse(R"({"lsn":2,"op":"insert","id":{"hex":"01ab"},"vector":[0.0,1.0],"metadata":null})");
+  second["offset"] = 40 + f1;
+  EXPECT_EQ(lines[1], second);
+  json third = json::parse(R"({"lsn":3,"op":"erase","id":7,"batch":{"index":0,"records":2}})");
+  third["offset"] = 40 + f1 + f2;
+  EXPECT_EQ(lines[2], third);
+  json fourth = json::parse(R"({"lsn":4,"op":"insert","id":9,"vector":[3.0,4.0],"metadata":null,
+      "batch":{"index":1,"records":2}})");
+  fourth["offset"] = 40 + f1 + f2;
+  EXPECT_EQ(lines[3], fourth);
+  EXPECT_EQ(lines[4], (json{{"version", 2},
+                            {"base_lsn", 1},
+                            {"records", 4},
+                            {"frames", 3},
+                            {"valid_bytes", 40 + f1 + f2 + f3},
+                            {"torn_tail_bytes", 0},
+                            {"corrupt_offset", nullptr}}));
+}
+
+// What the log holds survives the trip to JSON: no metadata is null, empty
+// metadata {}, and non-finite floats are strings (tagged in metadata, where a
+// string value could read the same).
+TEST(CliWal, DumpJsonKeepsNoneEmptyAndNonFiniteApart) {
+  test::TempDir dir;
+  PersistConfig cfg(dir / "db.iqdb");
+  cfg.wal_enabled = true;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), cfg);
+  const std::vector<float> v{1.0f, 2.0f};
+  db.insert(1, v);
+  db.insert(2, v, Metadata{});
+  db.insert(3, v, Metadata{{"nan", Value(std::nan(""))},
+                           {"inf", Value(-std::numeric_limits<double>::infinity())},
+                           {"s", Value("NaN")}});
+  db.close();
+  const test::CliResult r = run_cli({"wal", "dump", "--json", wal::log_path_for(cfg.path).string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_TRUE(lines[0].at("metadata").is_null());
+  EXPECT_EQ(lines[1].at("metadata"), json::object());
+  EXPECT_EQ(lines[2].at("metadata"),
+            json::parse(R"({"nan":{"float":"NaN"},"inf":{"float":"-Infinity"},"s":"NaN"})"));
 }
 
 TEST(CliWal, RepairIsADryRunWithoutYesThenCutsTheTornTail) {

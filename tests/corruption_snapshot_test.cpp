@@ -10,7 +10,7 @@
 // truncated header TruncatedHeader; ...) the kind is asserted too.
 //
 // Fixtures: versions 1 and 2 built byte by byte from
-// /work/shared/FORMAT-iqdb-1.0.md by support/format_builders.hpp (CRC from
+// docs/FORMAT.md by support/format_builders.hpp (CRC from
 // zlib, the zstd frame from libzstd's streaming encoder, the LZ4 block from
 // LZ4_compress_default);
 // version 3 written by the library, which is the subject: the model is the

@@ -23,7 +23,7 @@
 // docs/reliability/corruption.md.
 //
 // The version-1 log and its version-2 snapshot are built byte by byte from
-// /work/shared/FORMAT-iqdb-1.0.md (support/format_builders.hpp, CRC from
+// docs/FORMAT.md (support/format_builders.hpp, CRC from
 // zlib); the version-2 log is written by the library and its frames checked
 // against docs/FORMAT.md (lengths, zlib CRCs, LSNs, counts, ops byte for byte).
 #include <gtest/gtest.h>

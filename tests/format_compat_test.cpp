@@ -1,5 +1,5 @@
 // Format compatibility: snapshot files built byte by byte from the reference
-// format facts (/work/shared/FORMAT-iqdb-1.0.md for versions 1 and 2; the
+// format facts (docs/FORMAT.md for versions 1 and 2; the
 // documented v3 layout of src/format/header.cpp) by support/format_builders.hpp,
 // with CRCs from zlib and compressed payloads from libzstd / liblz4
 // themselves. Every file must parse to exactly the fields put in and load to
@@ -625,7 +625,7 @@ TEST_F(FormatErrors, ChecksumMismatchV3HeaderField) {
 }
 
 // The v2 CRC covers the compression preamble "so corruption is caught before
-// anything is decompressed" (FORMAT-iqdb-1.0.md), and read_snapshot promises
+// anything is decompressed" (docs/FORMAT.md), and read_snapshot promises
 // ChecksumMismatch when decoding fails and the checksum does not match.
 // A damaged preamble must therefore be reported as ChecksumMismatch, not as an
 // error about the damaged value.

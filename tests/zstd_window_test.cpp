@@ -4,7 +4,7 @@
 // and no content size, even for a small payload — and (b) never let a tiny
 // hostile file make it allocate such a window (fuzz finding `zstd-window`,
 // docs/reliability/fuzzing.md). The frames here are made with libzstd
-// directly, the headers byte by byte from ../shared/FORMAT-iqdb-1.0.md.
+// directly, the headers byte by byte from docs/FORMAT.md.
 #include <gtest/gtest.h>
 #define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>

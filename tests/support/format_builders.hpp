@@ -1,5 +1,5 @@
 // Reference encoders of the on-disk formats, built byte by byte from the
-// format documents: /work/shared/FORMAT-iqdb-1.0.md (snapshot versions 1 and
+// format documents: docs/FORMAT.md (snapshot versions 1 and
 // 2, log version 1) and docs/FORMAT.md (snapshot version 3, log version 2).
 //
 // An independent model of the formats, for the format, corruption and

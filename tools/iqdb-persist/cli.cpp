@@ -10,7 +10,9 @@
 #include "iqdb-persist/command.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb/persist/error.hpp"
+#include "iqdb/persist/format.hpp"
 #include "iqdb/persist/version.hpp"
+#include "iqdb/persist/wal.hpp"
 
 namespace iqdb::persist::cli {
 
@@ -52,6 +54,18 @@ void register_all(CommandSet& commands) {
 #undef IQDB_PERSIST_CLI_REGISTER
 }
 
+// What --version prints: the library's version and the format versions it
+// writes and reads.
+std::string version_text() {
+  std::ostringstream o;
+  o << "iqdb-persist " << VERSION << "\n"
+    << "snapshot format: writes version " << format::CURRENT_VERSION << ", reads versions "
+    << format::MIN_READ_VERSION << " to " << format::CURRENT_VERSION << "\n"
+    << "write-ahead log format: writes version " << wal::CURRENT_VERSION << ", reads versions "
+    << wal::MIN_READ_VERSION << " to " << wal::CURRENT_VERSION;
+  return o.str();
+}
+
 int run_parsed(const Action& action, const Console& console) {
   try {
     return action(console);
@@ -68,7 +82,8 @@ int run_parsed(const Action& action, const Console& console) {
 int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   try {
     CLI::App app{"Inspect, verify and demonstrate iQDB snapshot files.", "iqdb-persist"};
-    app.set_version_flag("--version", std::string(VERSION), "Print the version and exit");
+    app.set_version_flag("--version", version_text(),
+                         "Print the version and the snapshot and log format versions it writes and reads");
     app.require_subcommand(1);
     app.footer("Exit status: 0 success, 1 damaged file or failed check, 2 usage error or file that cannot be opened.");
     CommandSet commands(app);

@@ -1,6 +1,7 @@
 // iqdb-persist wal dump PATH.wal [--json]: the records of a write-ahead log.
 // iqdb-persist wal repair PATH.wal [--yes]: cut a damaged log after its last
 // valid frame.
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -34,11 +35,24 @@ json id_json(const VectorId& id) {
   return json{{"hex", hex_of(id.as_bytes())}};
 }
 
+// JSON has no NaN or infinity (nlohmann-json would print null): a
+// non-finite float is written as the string "NaN", "Infinity" or "-Infinity".
+json float_json(double f) {
+  if (std::isnan(f)) return "NaN";
+  if (std::isinf(f)) return f > 0 ? "Infinity" : "-Infinity";
+  return f;
+}
+
 json value_json(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::String: return v.as_string();
     case Value::Kind::Int: return v.as_int();
-    case Value::Kind::Float: return v.as_float();
+    case Value::Kind::Float: {
+      // A metadata value may be a string too, so a non-finite float is
+      // tagged: {"float":"NaN"} is never mistaken for the string "NaN".
+      const double f = v.as_float();
+      return std::isfinite(f) ? json(f) : json{{"float", float_json(f)}};
+    }
     case Value::Kind::Bool: return v.as_bool();
     case Value::Kind::Null: return nullptr;
   }
@@ -57,9 +71,14 @@ json record_json(const wal::RecordView& r) {
   j["op"] = r.op == wal::Op::Insert ? "insert" : "erase";
   j["id"] = id_json(*r.id);
   if (r.op == wal::Op::Insert) {
-    j["vector"] = json(std::vector<float>(r.vector.begin(), r.vector.end()));
-    j["metadata"] = r.metadata != nullptr ? value_json_map(*r.metadata) : json::object();
+    json vec = json::array();
+    for (const float f : r.vector) vec.push_back(float_json(f));
+    j["vector"] = std::move(vec);
+    // No metadata (null) and empty metadata ({}) are different records.
+    j["metadata"] = r.metadata != nullptr ? value_json_map(*r.metadata) : json(nullptr);
   }
+  j["offset"] = r.frame_offset;
+  if (r.frame_records > 1) j["batch"] = json{{"index", r.index_in_frame}, {"records", r.frame_records}};
   return j;
 }
 
@@ -95,10 +114,18 @@ int dump(const DumpOptions& opts, const Console& console) {
       },
       wal::ScanMode::Report);
   if (opts.json) {
-    console.out << json{{"records", scan.records}, {"valid_bytes", scan.valid_bytes},
-                        {"torn_tail_bytes", scan.torn_tail_bytes}}
-                       .dump()
-                << '\n';
+    json summary{{"version", scan.version},
+                 {"base_lsn", scan.version >= 2 ? json(scan.base_lsn) : json(nullptr)},
+                 {"records", scan.records},
+                 {"frames", scan.frames},
+                 {"valid_bytes", scan.valid_bytes},
+                 {"torn_tail_bytes", scan.torn_tail_bytes},
+                 {"corrupt_offset", scan.corrupt_offset ? json(*scan.corrupt_offset) : json(nullptr)}};
+    if (scan.corrupt_offset) {
+      summary["frames_after_corruption"] = scan.frames_after_corruption;
+      summary["records_after_corruption"] = scan.records_after_corruption;
+    }
+    console.out << summary.dump() << '\n';
   } else {
     console.out << "log version " << scan.version;
     if (scan.version == 2) console.out << ", base LSN " << scan.base_lsn;
@@ -159,7 +186,8 @@ void register_wal_dump(CommandSet& commands) {
                                [opts](const Console& console) { return dump(*opts, console); });
   cmd.add_option("FILE", opts->file, "The log file (<snapshot>.wal)")->required()->type_name("PATH");
   cmd.add_flag("--json", opts->json,
-               "JSON Lines: one object per record, then {\"records\",\"valid_bytes\",\"torn_tail_bytes\"}");
+               "JSON Lines: one object per record (\"metadata\": null when the insert has none), then a "
+               "summary object (docs/API.md, \"The command-line tool\")");
 }
 
 void register_wal_repair(CommandSet& commands) {

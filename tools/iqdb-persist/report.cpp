@@ -72,6 +72,8 @@ std::string header_json(const SnapshotSummary& summary) {
       {"compression", std::string(compression_name(h.compression))},
       {"uncompressed_len", h.uncompressed_len},
       {"file_size", summary.file_size},
+      // Versions 1 and 2 have no LSN field: null, never a made-up 0.
+      {"last_lsn", h.format_version >= 3 ? nlohmann::ordered_json(h.last_lsn) : nlohmann::ordered_json(nullptr)},
   };
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }

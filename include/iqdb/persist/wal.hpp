@@ -24,6 +24,8 @@ enum class Op : std::uint8_t { Insert = 1, Erase = 2 };
 
 // Version of the log format this library writes.
 inline constexpr std::uint32_t CURRENT_VERSION = 2;
+// Oldest log version this library reads (1: the reference's logs).
+inline constexpr std::uint32_t MIN_READ_VERSION = 1;
 // Largest frame body accepted (bytes), as in the reference.
 inline constexpr std::uint32_t MAX_FRAME_LEN = 256u << 20;
 
