@@ -14,12 +14,17 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "iqdb/persist.hpp"
+#include "iqdb/persist/adapters/side_table.hpp"
+#include "support/alloc_guard.hpp"
 #include "support/format_builders.hpp"
 #include "support/test_util.hpp"
+
+IQDB_TEST_COUNT_OPERATOR_NEW();
 
 namespace iqdb::persist {
 namespace {
@@ -216,6 +221,88 @@ TEST(SnapshotBufferingLarge, VectorsAreReadIntoTheIndexMemory) {
   }
   std::cout << "[direct] " << direct << " of " << vector_bytes << " vector bytes read into the index's memory\n";
   EXPECT_GE(direct + (64 << 10), vector_bytes);
+}
+
+// The adapters' metadata side table decodes through the same shared codec
+// (read_metadata) and the same reader: its small fields are buffered too.
+TEST(SnapshotBufferingSideTable, MetadataTableReadsAreBuffered) {
+  constexpr std::uint64_t kN = 20'000;
+  adapters::MetadataTable table;
+  for (std::uint64_t i = 0; i < kN; ++i) {
+    if (auto m = meta_of(i)) table.put(5 * i + 1, std::move(*m));
+  }
+  test::TempDir dir;
+  CountingFs fs;
+  const fsx::path path = dir / "side.iqdb";
+  for (const Compression c : {Compression::none(), Compression::zstd(3)}) {
+    write_snapshot(fs, path, SnapshotInfo{"side-table", 1, DistanceMetric::Euclidean, table.size(), 0}, c, false,
+                   [&](PayloadWriter& w) { table.save_to(w); });
+    fs.clear();
+    std::optional<adapters::MetadataTable> loaded;
+    read_snapshot(fs, path, "side-table", ReadLimits{},
+                  [&](PayloadReader& r, const FileHeader&) { loaded.emplace(adapters::MetadataTable::load_from(r)); });
+    ASSERT_TRUE(loaded.has_value());
+    EXPECT_EQ(loaded->size(), table.size());
+    for (std::uint64_t i = 0; i < kN; ++i) {
+      const Metadata* m = loaded->find(5 * i + 1);
+      const std::optional<Metadata> want = meta_of(i);
+      ASSERT_EQ(m != nullptr, want.has_value()) << i;
+      if (m != nullptr) {
+        EXPECT_EQ(*m, *want) << i;
+      }
+    }
+    const std::uint64_t file_size = fsx::file_size(path);
+    const std::size_t reads = fs.reads().size();
+    std::cout << "[reads] side table, " << (c.kind() == Compression::Kind::None ? "none" : "zstd") << ": " << reads
+              << " reads for a " << file_size << "-byte file, " << metadata_fields(kN) << " metadata fields\n";
+    EXPECT_LE(reads, file_size / (64 << 10) + 1 + 4);
+  }
+}
+
+// ------------------------------------------------------------------ allocations while decoding metadata
+
+// Decoding a row's metadata allocates what the types must hold and nothing
+// more: the Metadata map, one node per entry, and the heap buffer of a
+// string value too long for std::string's inline storage; no temporaries per
+// field (keys of up to 15 bytes, ints and bools allocate nothing of their
+// own). Measured as the difference between loads of 2N and N rows, which
+// cancels the load's fixed allocations (buffers, the id table, the thread).
+TEST(SnapshotBufferingAllocations, MetadataDecodesWithoutTemporaries) {
+  ASSERT_TRUE(test::operator_new_is_counted());
+  const auto expected = [](std::uint64_t n) {
+    const std::size_t inline_capacity = std::string().capacity();
+    std::uint64_t a = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      const std::optional<Metadata> m = meta_of(i);
+      if (!m) continue;
+      a += 1 + m->size();
+      for (const auto& [key, value] : *m) {
+        if (key.size() > inline_capacity) ++a;
+        if (value.kind() == Value::Kind::String && value.as_string().size() > inline_capacity) ++a;
+      }
+    }
+    return a;
+  };
+  const auto allocations_of_load = [](std::uint64_t n) {
+    test::TempDir dir;
+    PersistConfig cfg(dir / "a.iqdb");
+    cfg.fsync_policy = FsyncPolicy::never();
+    PersistedIndex<FlatIndex>::open_with(model_index(n, 4), cfg).save();
+    test::AllocGuard guard;
+    auto db = PersistedIndex<FlatIndex>::load(cfg);
+    const std::size_t a = guard.stats().allocations;
+    EXPECT_TRUE(matches_model(db.index(), n, 4));
+    return a;
+  };
+  constexpr std::uint64_t kN = 4'000;
+  const std::size_t small = allocations_of_load(kN);
+  const std::size_t large = allocations_of_load(2 * kN);
+  const std::uint64_t want = expected(2 * kN) - expected(kN);
+  std::cout << "[allocations] load of " << kN << " rows: " << small << ", of " << 2 * kN << ": " << large
+            << "; the extra rows' metadata needs " << want << "\n";
+  // A few more for containers that grow geometrically with the row count.
+  EXPECT_LE(large - small, want + 16);
+  EXPECT_GE(large - small, want);
 }
 
 // ------------------------------------------------------------------ reading ahead does not change the error
