@@ -208,7 +208,8 @@ auth_client_required = cephx
 auth_allow_insecure_global_id_reclaim = false
 keyring = $dir/client.admin.keyring
 run_dir = $dir/run
-admin_socket = $dir/run/\$cluster-\$name.\$pid.asok
+# Clients' sockets too (\$cctid: one per librados handle in a process).
+admin_socket = $dir/run/\$cluster-\$name.\$pid.\$cctid.asok
 pid_file = $dir/run/\$cluster-\$name.pid
 crash_dir = $dir/crash
 exporter_sock_dir = $dir/run

@@ -1,0 +1,46 @@
+# Optional component: snapshots in a Ceph RADOS pool (docs/DISTRIBUTED.md).
+#
+#   iqdb::persist_rados    RadosSnapshotStore, save_to_rados / load_from_rados
+#                          (needs librados: apt-get install librados-dev libradospp-dev)
+#
+# IQDB_PERSIST_WITH_RADOS: AUTO (default: built when librados is found), ON
+# (required: fail when not found), OFF. Tests: tests/rados (label `rados`),
+# skipped unless CEPH_CONF and IQDB_RADOS_POOL name a cluster and a pool:
+#   scripts/ceph-cluster.sh run -- ctest --test-dir BUILD -L rados
+#
+# Included from the top-level CMakeLists.txt after cmake/adapters.cmake
+# (whose helper functions it uses) and after tests/.
+
+set(IQDB_PERSIST_WITH_RADOS AUTO CACHE STRING "Build the RADOS component: AUTO (when librados is found), ON, OFF")
+set_property(CACHE IQDB_PERSIST_WITH_RADOS PROPERTY STRINGS AUTO ON OFF)
+
+_iqdb_adapter_mode(IQDB_PERSIST_WITH_RADOS _iqdb_rados_mode)
+if(_iqdb_rados_mode STREQUAL "OFF")
+  message(STATUS "RADOS component not built (IQDB_PERSIST_WITH_RADOS=${IQDB_PERSIST_WITH_RADOS})")
+else()
+  # librados ships no pkg-config file or CMake package in Debian 12.
+  find_path(IQDB_RADOS_INCLUDE_DIR rados/librados.hpp DOC "Directory holding rados/librados.hpp")
+  find_library(IQDB_RADOS_LIBRARY rados DOC "librados")
+  if(IQDB_RADOS_INCLUDE_DIR AND IQDB_RADOS_LIBRARY)
+    add_library(iqdb_persist_rados STATIC
+      ${PROJECT_SOURCE_DIR}/src/rados/head_record.cpp
+      ${PROJECT_SOURCE_DIR}/src/rados/rados_store.cpp)
+    add_library(iqdb::persist_rados ALIAS iqdb_persist_rados)
+    set_target_properties(iqdb_persist_rados PROPERTIES OUTPUT_NAME iqdb_persist_rados
+      POSITION_INDEPENDENT_CODE ON EXPORT_NAME persist_rados)
+    target_include_directories(iqdb_persist_rados PRIVATE ${PROJECT_SOURCE_DIR}/src)
+    # librados's headers are not ours to warn about.
+    target_include_directories(iqdb_persist_rados SYSTEM PRIVATE ${IQDB_RADOS_INCLUDE_DIR})
+    target_link_libraries(iqdb_persist_rados
+      PUBLIC iqdb_persist
+      PRIVATE ${IQDB_RADOS_LIBRARY} $<BUILD_INTERFACE:iqdb_persist_warnings>)
+    message(STATUS "librados found (${IQDB_RADOS_LIBRARY}): building the RADOS component (iqdb::persist_rados)")
+    # Not installed yet (no package of its own until the component is
+    # complete; docs/DISTRIBUTED.md).
+    if(IQDB_PERSIST_BUILD_TESTS)
+      add_subdirectory(${PROJECT_SOURCE_DIR}/tests/rados ${PROJECT_BINARY_DIR}/tests/rados)
+    endif()
+  else()
+    _iqdb_adapter_not_found(${_iqdb_rados_mode} "librados" "apt-get install librados-dev libradospp-dev")
+  endif()
+endif()

@@ -1,0 +1,156 @@
+// Snapshots in a Ceph RADOS pool (optional component iqdb::persist_rados,
+// built when librados is found; docs/DISTRIBUTED.md).
+//
+// A snapshot named NAME in pool POOL (`rados://POOL/NAME`) is the same bytes
+// a local snapshot file holds, striped over objects `NAME.snap.<gen>.<k>`,
+// and published by one atomic, compare-guarded update of `NAME.head`.
+// RadosSnapshotStore is a FileSystem: write_snapshot / read_snapshot (and
+// so every check they make) work on it unchanged, with the path
+// `store.path_of(NAME)`; save_to_rados / load_from_rados wrap them.
+//
+// Not built yet: the write-ahead log in RADOS, PersistedIndex over RADOS,
+// writer fencing (cls_lock + blocklisting), read replicas.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "iqdb/persist/config.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/format.hpp"
+#include "iqdb/persist/index.hpp"
+#include "iqdb/persist/snapshot.hpp"
+
+namespace iqdb::persist {
+
+// Where a snapshot lives: `rados://POOL/NAME`, and how to reach the cluster.
+struct RadosLocation {
+  std::string pool;
+  std::string name;  // no '/', no control characters, at most 200 bytes
+  // The cluster's configuration file; empty: $CEPH_CONF, then Ceph's usual
+  // search (/etc/ceph/ceph.conf, ~/.ceph/config, ./ceph.conf).
+  std::string conf_path;
+  // The client's id: the cephx user is client.<id>.
+  std::string client_id = "admin";
+
+  // Parses `rados://POOL/NAME`; throws PersistError(InvalidArgument).
+  static RadosLocation parse(std::string_view url);
+  // `rados://POOL/NAME`.
+  std::string url() const;
+};
+
+struct RadosOptions {
+  // Client time-outs, so that a dead or unreachable cluster is an error in
+  // bounded time, never a hang: rados_osd_op_timeout (every object
+  // operation), rados_mon_op_timeout (monitor commands), client_mount_timeout
+  // (connecting). Whole seconds, at least 1.
+  std::chrono::seconds op_timeout{30};
+  std::chrono::seconds connect_timeout{10};
+  // Bytes per stripe object (4 KiB .. 128 MiB, Ceph's osd_max_object_size).
+  std::uint64_t stripe_size = std::uint64_t{32} << 20;
+  // Bytes per write and per read operation (4 KiB .. 64 MiB: below
+  // osd_max_write_size, 90 MB).
+  std::uint32_t io_chunk = std::uint32_t{4} << 20;
+  // Writes, or reads ahead, in flight at once (1 .. 64). Memory: about
+  // (max_in_flight + 1) * io_chunk while saving or loading.
+  std::uint32_t max_in_flight = 8;
+  // After a publish, keep the generation it superseded (so that a reader
+  // that opened it just before can finish); older ones are removed.
+  bool keep_previous_generation = true;
+};
+
+// What NAME.head says (a validated, published head).
+struct RadosHead {
+  std::uint64_t generation = 0;
+  std::uint64_t total_size = 0;  // bytes of the snapshot
+  std::uint64_t stripe_size = 0;
+  std::uint64_t stripe_count = 0;
+  std::vector<std::uint32_t> stripe_crcs;  // CRC-32 of each stripe object's bytes
+};
+
+// The FileSystem seam over one pool. Paths are `rados://POOL/NAME` (what
+// path_of gives); the temporary name replace_file_atomically makes beside
+// it is a generation being written. create_exclusive allocates a new
+// generation; the stripes stream out with bounded aio writes in flight;
+// rename publishes it (one atomic operation on NAME.head that fails with
+// PersistError(Locked) when another writer published first); remove of the
+// temporary name deletes the unpublished stripes. open_read opens the
+// published generation (stripes fetched ahead in parallel, each stripe's CRC
+// checked). After a publish, leftovers (unpublished or superseded
+// generations) are removed; a reader never removes anything.
+//
+// Thread-safe. open_append and lock are Unsupported (no log or lock in RADOS
+// yet); sync_dir does nothing (a completed RADOS write is on every replica).
+class RadosSnapshotStore final : public FileSystem {
+ public:
+  // Connects (bounded by options.connect_timeout) and opens location.pool.
+  // Throws PersistError(Io) naming the location when that fails.
+  static std::unique_ptr<RadosSnapshotStore> open(const RadosLocation& location, const RadosOptions& options = {});
+  ~RadosSnapshotStore() override;
+  RadosSnapshotStore(const RadosSnapshotStore&) = delete;
+  RadosSnapshotStore& operator=(const RadosSnapshotStore&) = delete;
+
+  const std::string& pool() const noexcept;
+  const RadosOptions& options() const noexcept;
+  // `rados://POOL/NAME`: the path to give write_snapshot / read_snapshot.
+  std::filesystem::path path_of(std::string_view name) const;
+  // Object names.
+  static std::string head_object(std::string_view name);
+  static std::string stripe_object(std::string_view name, std::uint64_t generation, std::uint64_t stripe);
+
+  // The published head of NAME, validated; nullopt when none was published.
+  std::optional<RadosHead> head(std::string_view name);
+  // Remove what no reader can need: stripes of generations below the
+  // published one (except, with keep_previous_generation, the one before
+  // it). Lists the pool. Returns the number of objects removed. Called after
+  // every publish (errors there are ignored: the next publish retries).
+  std::size_t collect_garbage(std::string_view name);
+
+  // FileSystem.
+  std::unique_ptr<WritableFile> create_exclusive(const std::filesystem::path& path) override;
+  std::unique_ptr<WritableFile> open_append(const std::filesystem::path& path) override;
+  std::unique_ptr<ReadableFile> open_read(const std::filesystem::path& path) override;
+  void rename(const std::filesystem::path& from, const std::filesystem::path& to) override;
+  void remove(const std::filesystem::path& path) override;
+  void sync_dir(const std::filesystem::path& dir) override;
+  bool exists(const std::filesystem::path& path) override;
+  std::vector<std::string> list_dir(const std::filesystem::path& dir) override;
+  std::unique_ptr<FileLock> lock(const std::filesystem::path& path) override;
+  std::uint64_t random_u64() override;
+
+  struct Impl;  // internal
+
+ private:
+  explicit RadosSnapshotStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Save `index` as snapshot NAME (atomic: readers see the previous snapshot
+// or this one). Throws PersistError(Locked) when another writer published
+// a generation since this one started.
+template <Persistable I>
+FileHeader save_to_rados(RadosSnapshotStore& store, std::string_view name, const I& index,
+                         Compression compression = Compression::none(), std::uint64_t last_lsn = 0) {
+  const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
+                          static_cast<std::uint64_t>(index.size()), last_lsn};
+  return write_snapshot(store, store.path_of(name), info, compression, true,
+                        [&index](PayloadWriter& w) { index.save_to(w); });
+}
+
+// Load snapshot NAME, verified as a file is (header, CRC, payload checks),
+// plus each stripe's CRC.
+template <Persistable I>
+I load_from_rados(RadosSnapshotStore& store, std::string_view name, const ReadLimits& limits = {}) {
+  std::optional<I> loaded;
+  read_snapshot(store, store.path_of(name), I::index_type, limits,
+                [&](PayloadReader& r, const FileHeader&) { loaded.emplace(I::load_from(r)); });
+  return std::move(*loaded);
+}
+
+}  // namespace iqdb::persist

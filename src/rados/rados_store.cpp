@@ -1,0 +1,886 @@
+// RadosSnapshotStore: the FileSystem seam over a RADOS pool. A snapshot is
+// striped over objects NAME.snap.<gen>.<k> and published by one guarded
+// operation on NAME.head (docs/DISTRIBUTED.md).
+#include <rados/librados.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+
+#include "iqdb/persist/checksum.hpp"
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/rados.hpp"
+#include "rados/head_record.hpp"
+
+namespace iqdb::persist {
+
+namespace fs = std::filesystem;
+using namespace rados_detail;
+
+namespace {
+
+constexpr const char* kScheme = "rados://";
+// The first bytes of a snapshot stay in memory until the file is closed, so
+// that write_snapshot's final header write (at offset 0) patches memory; a
+// v3 header is at most 65536 bytes.
+constexpr std::size_t kHold = 65536;
+
+librados::bufferlist to_bl(std::string_view s) {
+  librados::bufferlist bl;
+  bl.append(s.data(), static_cast<unsigned>(s.size()));
+  return bl;
+}
+
+std::string to_string(const librados::bufferlist& bl) { return bl.to_str(); }
+
+// An aio completion, released when destroyed (after waiting: librados must
+// not write into buffers that are gone).
+struct Completion {
+  librados::AioCompletion* c = librados::Rados::aio_create_completion();
+  bool submitted = false;  // set once librados has the operation
+  Completion() = default;
+  Completion(const Completion&) = delete;
+  Completion& operator=(const Completion&) = delete;
+  ~Completion() {
+    if (submitted) c->wait_for_complete();
+    c->release();
+  }
+  int wait() {
+    c->wait_for_complete();
+    return c->get_return_value();
+  }
+};
+
+}  // namespace
+
+struct RadosSnapshotStore::Impl {
+  librados::Rados cluster;
+  librados::IoCtx io;
+  std::string pool;
+  RadosOptions options;
+  std::mutex mu;
+  // Saves in progress or closed but not published, by temporary path.
+  struct Pending {
+    std::string name;
+    std::uint64_t generation = 0;
+    std::uint64_t previous = 0;
+    std::uint64_t stripes_touched = 0;
+    bool closed = false;
+    std::uint64_t total = 0;
+    std::vector<std::uint32_t> crcs;
+  };
+  std::map<std::string, Pending> pending;
+  std::random_device random;
+
+  fs::path object_path(const std::string& object) const { return fs::path(kScheme + pool + "/" + object); }
+
+  struct Parsed {
+    std::string name;
+    bool temp = false;
+  };
+  Parsed parse(const fs::path& path) const {
+    const std::string s = path.string();
+    const std::string prefix = kScheme + pool + "/";
+    if (s.compare(0, prefix.size(), prefix) != 0) {
+      throw PersistError::argument("path '" + s + "' is not in this store's pool (expected " + prefix + "NAME)");
+    }
+    std::string rest = s.substr(prefix.size());
+    if (rest.size() > 1 && rest.front() == '.') {
+      const std::size_t t = rest.rfind(".tmp-");
+      if (t != std::string::npos && t > 1) {
+        std::string name = rest.substr(1, t - 1);
+        check_name(name);
+        return {std::move(name), true};
+      }
+    }
+    check_name(rest);
+    return {std::move(rest), false};
+  }
+
+  [[noreturn]] void fail(const std::string& object, std::string_view op, int r) const {
+    throw PersistError::io(object_path(object), op, -r);
+  }
+
+  // The head's attributes: (published generation, next generation), or
+  // nullopt when the head object does not exist.
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> read_counters(const std::string& name) {
+    const std::string head = head_object(name);
+    librados::ObjectReadOperation op;
+    librados::bufferlist gen, next;
+    int gen_rv = 0, next_rv = 0;
+    op.getxattr(kGenAttr, &gen, &gen_rv);
+    op.getxattr(kNextAttr, &next, &next_rv);
+    const int r = io.operate(head, &op, nullptr);
+    if (r == -ENOENT) return std::nullopt;
+    if (r == -ENODATA || gen_rv < 0 || next_rv < 0) {
+      throw PersistError::at(ErrorKind::InvalidHeader, object_path(head), "the head object has no iqdb attributes");
+    }
+    if (r < 0) fail(head, "reading the head's attributes", r);
+    const auto g = decode_generation(to_string(gen));
+    const auto n = decode_generation(to_string(next));
+    if (!g || !n || *n <= *g) {
+      throw PersistError::at(ErrorKind::InvalidHeader, object_path(head),
+                             "the head's generation attributes are malformed ('" + to_string(gen) + "', '" +
+                                 to_string(next) + "')");
+    }
+    return std::make_pair(*g, *n);
+  }
+
+  // Take a generation number no other writer has or will get.
+  std::pair<std::uint64_t, std::uint64_t> allocate(const std::string& name) {
+    const std::string head = head_object(name);
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+      const auto counters = read_counters(name);
+      if (!counters) {
+        librados::ObjectWriteOperation op;
+        op.create(true);
+        op.setxattr(kGenAttr, to_bl(encode_generation(0)));
+        op.setxattr(kNextAttr, to_bl(encode_generation(1)));
+        const int r = io.operate(head, &op);
+        if (r < 0 && r != -EEXIST) fail(head, "creating the head", r);
+        continue;
+      }
+      const auto [published, next] = *counters;
+      librados::ObjectWriteOperation op;
+      op.cmpxattr(kNextAttr, LIBRADOS_CMPXATTR_OP_EQ, to_bl(encode_generation(next)));
+      op.setxattr(kNextAttr, to_bl(encode_generation(next + 1)));
+      const int r = io.operate(head, &op);
+      if (r == -ECANCELED) continue;  // another writer took `next`
+      if (r < 0) fail(head, "allocating a generation", r);
+      return {next, published};
+    }
+    throw PersistError::at(ErrorKind::Locked, object_path(head), "could not allocate a generation (1000 races lost)");
+  }
+
+  void remove_object(const std::string& object) {
+    const int r = io.remove(object);
+    if (r < 0 && r != -ENOENT) fail(object, "removing", r);
+  }
+
+  // Every stripe object of NAME: (generation, object name).
+  std::vector<std::pair<std::uint64_t, std::string>> list_stripes(const std::string& name) {
+    const std::string prefix = name + ".snap.";
+    std::vector<std::pair<std::uint64_t, std::string>> out;
+    try {
+      for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
+        const std::string& oid = it->get_oid();
+        if (oid.compare(0, prefix.size(), prefix) != 0) continue;
+        // Strictly <decimal gen>.<decimal stripe>, so other names never match.
+        const std::string rest = oid.substr(prefix.size());
+        const std::size_t dot = rest.find('.');
+        if (dot == 0 || dot == std::string::npos || dot + 1 == rest.size() || dot > 20) continue;
+        const auto digits = [](std::string_view s) {
+          return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+        };
+        if (!digits(std::string_view(rest).substr(0, dot)) || !digits(std::string_view(rest).substr(dot + 1))) {
+          continue;
+        }
+        out.emplace_back(std::stoull(rest.substr(0, dot)), oid);
+      }
+    } catch (const PersistError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw PersistError::at(ErrorKind::Io, object_path(name), std::string("listing the pool failed: ") + e.what());
+    }
+    return out;
+  }
+};
+
+// ------------------------------------------------------------ the writer
+
+namespace {
+
+class StripeWriter final : public WritableFile {
+ public:
+  StripeWriter(RadosSnapshotStore::Impl& store, std::string name, std::uint64_t generation, fs::path temp)
+      : s_(store),
+        name_(std::move(name)),
+        gen_(generation),
+        temp_(std::move(temp)),
+        stripe_(store.options.stripe_size),
+        chunk_(store.options.io_chunk) {
+    hold_.reserve(kHold);
+  }
+
+  ~StripeWriter() override {
+    in_flight_.clear();  // waits for each
+    std::lock_guard lock(s_.mu);
+    auto it = s_.pending.find(temp_.string());
+    if (it != s_.pending.end()) it->second.stripes_touched = std::max<std::uint64_t>(created_.size(), 1);
+  }
+
+  void append(std::span<const std::byte> data) override {
+    check_usable();
+    while (!data.empty()) {
+      if (pos_ < kHold) {
+        const std::size_t n = std::min<std::size_t>(data.size(), kHold - static_cast<std::size_t>(pos_));
+        hold_.insert(hold_.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
+        hold_dirty_ = true;
+        grow(pos_ + n);
+        pos_ += n;
+        data = data.subspan(n);
+        continue;
+      }
+      if (!buf_) start_chunk();
+      const std::size_t n = std::min<std::size_t>(data.size(), buf_cap_ - buf_len_);
+      std::memcpy(buf_->c_str() + buf_len_, data.data(), n);
+      stream_crc_[static_cast<std::size_t>(pos_ / stripe_)].update(data.data(), n);
+      buf_len_ += n;
+      pos_ += n;
+      data = data.subspan(n);
+      if (buf_len_ == buf_cap_) submit_chunk();
+    }
+  }
+
+  void write_at(std::uint64_t offset, std::span<const std::byte> data) override {
+    check_usable();
+    if (offset > hold_.size() || data.size() > hold_.size() - offset) {
+      throw PersistError::at(ErrorKind::Unsupported, temp_,
+                             "a RADOS snapshot can rewrite only its first " + std::to_string(hold_.size()) +
+                                 " bytes (write of " + std::to_string(data.size()) + " at " + std::to_string(offset) +
+                                 ")");
+    }
+    std::memcpy(hold_.data() + offset, data.data(), data.size());
+    hold_dirty_ = true;
+  }
+
+  void sync() override {
+    check_usable();
+    if (buf_ && buf_len_ > 0) submit_chunk();
+    if (hold_dirty_) write_hold();
+    drain();
+  }
+  void datasync() override { sync(); }
+
+  void truncate(std::uint64_t size) override {
+    check_usable();
+    if (size == pos_) return;
+    if (size > pos_ || size > hold_.size()) {
+      throw PersistError::at(ErrorKind::Unsupported, temp_,
+                             "a RADOS snapshot can be truncated only within its first " +
+                                 std::to_string(hold_.size()) + " bytes");
+    }
+    // Start over from the held bytes: what was streamed goes.
+    buf_.reset();
+    buf_len_ = 0;
+    drain();
+    for (std::uint64_t k = 0; k < created_.size(); ++k) {
+      if (created_[k]) s_.remove_object(object(k));
+    }
+    created_.assign(created_.size(), false);
+    for (auto& c : stream_crc_) c.reset();
+    hold_.resize(static_cast<std::size_t>(size));
+    hold_dirty_ = true;
+    pos_ = size;
+  }
+
+  void start_writeback(std::uint64_t, std::uint64_t) override {}
+
+  void close() override {
+    check_usable();
+    if (buf_ && buf_len_ > 0) submit_chunk();
+    if (hold_dirty_) write_hold();
+    drain();
+    const std::uint64_t count = (pos_ + stripe_ - 1) / stripe_;
+    if (count > kMaxStripes) {
+      throw PersistError::at(ErrorKind::InvalidArgument, temp_,
+                             "the snapshot needs " + std::to_string(count) + " stripes, at most " +
+                                 std::to_string(kMaxStripes) + " are allowed: raise RadosOptions::stripe_size");
+    }
+    std::vector<std::uint32_t> crcs(static_cast<std::size_t>(count));
+    for (std::uint64_t k = 0; k < count; ++k) {
+      const std::uint64_t begin = k * stripe_;
+      const std::uint64_t end = std::min(begin + stripe_, pos_);
+      // Held part [begin, min(end, held)), streamed part after it.
+      const std::uint64_t held_end = std::min<std::uint64_t>(end, hold_.size());
+      const std::uint64_t held_len = held_end > begin ? held_end - begin : 0;
+      const std::uint32_t held_crc = checksum::compute(hold_.data() + std::min<std::uint64_t>(begin, hold_.size()),
+                                                       static_cast<std::size_t>(held_len));
+      const std::uint32_t stream = k < stream_crc_.size() ? stream_crc_[k].value() : 0;
+      crcs[k] = crc32_combine(held_crc, stream, (end - begin) - held_len);
+    }
+    closed_ = true;
+    std::lock_guard lock(s_.mu);
+    auto& p = s_.pending.at(temp_.string());
+    p.closed = true;
+    p.total = pos_;
+    p.crcs = std::move(crcs);
+    p.stripes_touched = std::max<std::uint64_t>(created_.size(), 1);
+  }
+
+  const fs::path& path() const noexcept override { return temp_; }
+
+ private:
+  struct Write {
+    Completion done;
+    librados::ObjectWriteOperation op;
+    std::uint64_t stripe = 0;
+  };
+
+  std::string object(std::uint64_t k) const { return RadosSnapshotStore::stripe_object(name_, gen_, k); }
+
+  void check_usable() const {
+    if (closed_) throw PersistError::at(ErrorKind::InvalidArgument, temp_, "the file is closed");
+    if (failed_) throw PersistError::at(ErrorKind::Io, temp_, "an earlier write failed");
+  }
+
+  // Track the stripes that the bytes up to `end` reach.
+  void grow(std::uint64_t end) {
+    const std::uint64_t stripes = (end + stripe_ - 1) / stripe_;
+    if (stripes > kMaxStripes + 1) {
+      failed_ = true;
+      throw PersistError::at(ErrorKind::InvalidArgument, temp_,
+                             "the snapshot exceeds " + std::to_string(kMaxStripes) +
+                                 " stripes: raise RadosOptions::stripe_size");
+    }
+    if (stream_crc_.size() < stripes) stream_crc_.resize(static_cast<std::size_t>(stripes));
+  }
+
+  void start_chunk() {
+    const std::uint64_t stripe_end = (pos_ / stripe_ + 1) * stripe_;
+    buf_cap_ = static_cast<std::size_t>(std::min<std::uint64_t>(chunk_, stripe_end - pos_));
+    grow(pos_ + buf_cap_);
+    buf_.emplace(ceph::buffer::create(static_cast<unsigned>(buf_cap_)));
+    buf_len_ = 0;
+    buf_off_ = pos_;
+  }
+
+  void submit_chunk() {
+    librados::bufferlist bl;
+    bl.append(*buf_, 0, static_cast<unsigned>(buf_len_));
+    buf_.reset();
+    const std::uint64_t k = buf_off_ / stripe_;
+    submit(k, buf_off_ - k * stripe_, std::move(bl));
+    buf_len_ = 0;
+  }
+
+  // The held bytes, to each stripe they overlap.
+  void write_hold() {
+    for (std::uint64_t begin = 0; begin < hold_.size();) {
+      const std::uint64_t k = begin / stripe_;
+      const std::uint64_t end = std::min<std::uint64_t>((k + 1) * stripe_, hold_.size());
+      librados::bufferlist bl;
+      bl.append(reinterpret_cast<const char*>(hold_.data() + begin), static_cast<unsigned>(end - begin));
+      submit(k, begin - k * stripe_, std::move(bl));
+      begin = end;
+    }
+    hold_dirty_ = false;
+  }
+
+  void submit(std::uint64_t k, std::uint64_t offset, librados::bufferlist bl) {
+    if (created_.size() <= k) created_.resize(static_cast<std::size_t>(k + 1), false);
+    auto w = std::make_unique<Write>();
+    w->stripe = k;
+    // Each stripe object is new: a collision with an object left by anyone
+    // else is an error (EEXIST), never an overwrite.
+    if (!created_[k]) w->op.create(true);
+    created_[k] = true;
+    w->op.write(offset, bl);
+    const int r = s_.io.aio_operate(object(k), w->done.c, &w->op);
+    if (r < 0) {
+      failed_ = true;
+      s_.fail(object(k), "writing", r);
+    }
+    w->done.submitted = true;
+    in_flight_.push_back(std::move(w));
+    while (in_flight_.size() >= s_.options.max_in_flight) reap();
+  }
+
+  void reap() {
+    std::unique_ptr<Write> w = std::move(in_flight_.front());
+    in_flight_.pop_front();
+    const int r = w->done.wait();
+    if (r < 0) {
+      failed_ = true;
+      in_flight_.clear();
+      if (r == -EEXIST) {
+        throw PersistError::at(ErrorKind::Io, s_.object_path(object(w->stripe)),
+                               "the stripe object exists already (left by an earlier head of the same name?)");
+      }
+      s_.fail(object(w->stripe), "writing", r);
+    }
+  }
+
+  void drain() {
+    while (!in_flight_.empty()) reap();
+  }
+
+  RadosSnapshotStore::Impl& s_;
+  std::string name_;
+  std::uint64_t gen_;
+  fs::path temp_;
+  std::uint64_t stripe_;
+  std::uint64_t chunk_;
+  std::uint64_t pos_ = 0;  // bytes appended (the file's size)
+  std::vector<std::byte> hold_;
+  bool hold_dirty_ = false;
+  std::optional<ceph::buffer::ptr> buf_;
+  std::size_t buf_cap_ = 0;
+  std::size_t buf_len_ = 0;
+  std::uint64_t buf_off_ = 0;
+  std::vector<checksum::Crc32> stream_crc_;  // per stripe, of the bytes after the held ones
+  std::vector<bool> created_;
+  std::deque<std::unique_ptr<Write>> in_flight_;
+  bool closed_ = false;
+  bool failed_ = false;
+};
+
+// ------------------------------------------------------------ the reader
+
+class StripeReader final : public ReadableFile {
+ public:
+  StripeReader(RadosSnapshotStore::Impl& store, std::string name, RadosHead head, fs::path path)
+      : s_(store),
+        name_(std::move(name)),
+        head_(std::move(head)),
+        path_(std::move(path)),
+        chunk_(store.options.io_chunk),
+        crc_(static_cast<std::size_t>(head_.stripe_count)),
+        crc_next_(static_cast<std::size_t>(head_.stripe_count), 0) {}
+
+  ~StripeReader() override { window_.clear(); }
+
+  std::size_t read_at(std::uint64_t offset, std::span<std::byte> dst) const override {
+    std::lock_guard lock(mu_);
+    if (failure_) std::rethrow_exception(failure_);
+    if (offset >= head_.total_size) return 0;
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(dst.size(), head_.total_size - offset));
+    std::size_t done = 0;
+    try {
+      while (done < want) {
+        const std::uint64_t at = offset + done;
+        const std::uint64_t k = at / head_.stripe_size;
+        const std::uint64_t j = (at - k * head_.stripe_size) / chunk_;
+        const Fetch& f = fetch(k, j);
+        const std::uint64_t in = at - f.file_offset;
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(want - done, f.length - in));
+        std::memcpy(dst.data() + done, f.data + in, n);
+        done += n;
+      }
+    } catch (const PersistError&) {
+      // Sticky: the snapshot reader drains the rest after a decoding error;
+      // it must see this error again, not bytes from past the damage.
+      failure_ = std::current_exception();
+      throw;
+    }
+    return done;
+  }
+
+  std::uint64_t size() const noexcept override { return head_.total_size; }
+  const fs::path& path() const noexcept override { return path_; }
+
+ private:
+  struct Fetch {
+    std::uint64_t stripe = 0, chunk = 0, file_offset = 0, length = 0;
+    bool last_in_stripe = false;
+    bool checked = false;
+    Completion done;
+    librados::ObjectReadOperation op;
+    librados::bufferlist bl;
+    int read_rv = 0;
+    std::uint64_t object_size = 0;
+    int stat_rv = 0;
+    const char* data = nullptr;
+  };
+
+  std::uint64_t stripe_length(std::uint64_t k) const {
+    return std::min(head_.stripe_size, head_.total_size - k * head_.stripe_size);
+  }
+  std::string object(std::uint64_t k) const { return RadosSnapshotStore::stripe_object(name_, head_.generation, k); }
+
+  // The chunk after (k, j) in file order, if any.
+  bool next(std::uint64_t& k, std::uint64_t& j) const {
+    if ((j + 1) * chunk_ < stripe_length(k)) {
+      ++j;
+      return true;
+    }
+    if (k + 1 < head_.stripe_count) {
+      ++k;
+      j = 0;
+      return true;
+    }
+    return false;
+  }
+
+  void issue(std::uint64_t k, std::uint64_t j) const {
+    auto f = std::make_unique<Fetch>();
+    f->stripe = k;
+    f->chunk = j;
+    f->file_offset = k * head_.stripe_size + j * chunk_;
+    f->length = std::min<std::uint64_t>(chunk_, stripe_length(k) - j * chunk_);
+    f->last_in_stripe = (j + 1) * chunk_ >= stripe_length(k);
+    f->op.read(j * chunk_, f->length, &f->bl, &f->read_rv);
+    // The last chunk also checks that the object has no bytes past the end.
+    if (f->last_in_stripe) f->op.stat(&f->object_size, nullptr, &f->stat_rv);
+    const int r = s_.io.aio_operate(object(k), f->done.c, &f->op, nullptr);
+    if (r < 0) s_.fail(object(k), "reading", r);
+    f->done.submitted = true;
+    window_.push_back(std::move(f));
+  }
+
+  const Fetch& fetch(std::uint64_t k, std::uint64_t j) const {
+    // Chunks before (k, j) are done with; anything else means a jump.
+    while (!window_.empty() && !(window_.front()->stripe == k && window_.front()->chunk == j)) {
+      const Fetch& f = *window_.front();
+      if (f.stripe > k || (f.stripe == k && f.chunk > j)) {
+        window_.clear();
+        break;
+      }
+      window_.pop_front();
+    }
+    if (window_.empty()) issue(k, j);
+    // Read ahead.
+    std::uint64_t nk = window_.back()->stripe, nj = window_.back()->chunk;
+    while (window_.size() < s_.options.max_in_flight && next(nk, nj)) issue(nk, nj);
+
+    Fetch& f = *window_.front();
+    if (!f.checked) check(f);
+    return f;
+  }
+
+  void check(Fetch& f) const {
+    const std::string obj = object(f.stripe);
+    const fs::path where = s_.object_path(obj);
+    const int r = f.done.wait();
+    if (r == -ENOENT) {
+      throw PersistError::at(ErrorKind::TruncatedPayload, where,
+                             "stripe " + std::to_string(f.stripe) + " of generation " +
+                                 std::to_string(head_.generation) +
+                                 " is missing (if a newer generation was published meanwhile, load again)",
+                             f.file_offset);
+    }
+    if (r < 0) s_.fail(obj, "reading", r);
+    if (f.bl.length() != f.length) {
+      throw PersistError::at(ErrorKind::TruncatedPayload, where,
+                             "stripe object is shorter than the head declares: " + std::to_string(f.bl.length()) +
+                                 " bytes at offset " + std::to_string(f.chunk * chunk_) + ", " +
+                                 std::to_string(f.length) + " expected",
+                             f.file_offset + f.bl.length());
+    }
+    if (f.last_in_stripe && f.object_size != stripe_length(f.stripe)) {
+      throw PersistError::at(ErrorKind::InvalidPayload, where,
+                             "stripe object holds " + std::to_string(f.object_size) + " bytes, the head declares " +
+                                 std::to_string(stripe_length(f.stripe)));
+    }
+    f.data = f.bl.c_str();
+    const auto k = static_cast<std::size_t>(f.stripe);
+    if (f.chunk == crc_next_[k]) {
+      crc_[k].update(f.data, static_cast<std::size_t>(f.length));
+      ++crc_next_[k];
+      if (f.last_in_stripe && crc_[k].value() != head_.stripe_crcs[k]) {
+        throw PersistError::checksum(where, head_.stripe_crcs[k], crc_[k].value(), f.stripe * head_.stripe_size,
+                                     "stripe");
+      }
+    }
+    f.checked = true;
+  }
+
+  RadosSnapshotStore::Impl& s_;
+  std::string name_;
+  RadosHead head_;
+  fs::path path_;
+  std::uint64_t chunk_;
+  mutable std::mutex mu_;
+  mutable std::deque<std::unique_ptr<Fetch>> window_;
+  mutable std::vector<checksum::Crc32> crc_;
+  mutable std::vector<std::uint64_t> crc_next_;
+  mutable std::exception_ptr failure_;
+};
+
+}  // namespace
+
+// ------------------------------------------------------------ the store
+
+RadosLocation RadosLocation::parse(std::string_view url) {
+  const std::string_view scheme = kScheme;
+  if (url.substr(0, scheme.size()) != scheme) {
+    throw PersistError::argument("'" + std::string(url) + "' is not a rados://POOL/NAME location");
+  }
+  const std::string_view rest = url.substr(scheme.size());
+  const std::size_t slash = rest.find('/');
+  if (slash == std::string_view::npos || slash == 0) {
+    throw PersistError::argument("'" + std::string(url) + "': expected rados://POOL/NAME");
+  }
+  RadosLocation loc;
+  loc.pool = std::string(rest.substr(0, slash));
+  loc.name = std::string(rest.substr(slash + 1));
+  for (const char c : loc.pool) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      throw PersistError::argument("'" + std::string(url) + "': the pool name has a control character");
+    }
+  }
+  check_name(loc.name);
+  return loc;
+}
+
+std::string RadosLocation::url() const { return kScheme + pool + "/" + name; }
+
+RadosSnapshotStore::RadosSnapshotStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RadosSnapshotStore::~RadosSnapshotStore() = default;
+
+std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation& location,
+                                                             const RadosOptions& options) {
+  const auto range = [](std::string_view what, std::uint64_t v, std::uint64_t lo, std::uint64_t hi) {
+    if (v < lo || v > hi) {
+      throw PersistError::argument("RadosOptions::" + std::string(what) + " = " + std::to_string(v) +
+                                   " is outside " + std::to_string(lo) + ".." + std::to_string(hi));
+    }
+  };
+  range("stripe_size", options.stripe_size, kMinStripe, kMaxStripe);
+  range("io_chunk", options.io_chunk, kMinChunk, kMaxChunk);
+  range("max_in_flight", options.max_in_flight, 1, kMaxInFlight);
+  range("op_timeout", static_cast<std::uint64_t>(options.op_timeout.count()), 1, 86400);
+  range("connect_timeout", static_cast<std::uint64_t>(options.connect_timeout.count()), 1, 86400);
+  if (location.pool.empty()) throw PersistError::argument("RadosLocation::pool is empty");
+  if (location.client_id.empty()) throw PersistError::argument("RadosLocation::client_id is empty");
+
+  auto impl = std::make_unique<Impl>();
+  impl->pool = location.pool;
+  impl->options = options;
+  const fs::path where = kScheme + location.pool;
+  const std::string user = "client." + location.client_id;
+  int r = impl->cluster.init2(user.c_str(), "ceph", 0);
+  if (r < 0) throw PersistError::io(where, "initializing librados for " + user, -r);
+  r = impl->cluster.conf_read_file(location.conf_path.empty() ? nullptr : location.conf_path.c_str());
+  if (r < 0) {
+    throw PersistError::io(where,
+                           "reading the Ceph configuration " +
+                               (location.conf_path.empty() ? std::string("($CEPH_CONF or /etc/ceph/ceph.conf)")
+                                                           : location.conf_path),
+                           -r);
+  }
+  r = impl->cluster.conf_parse_env(nullptr);  // CEPH_ARGS
+  if (r < 0) throw PersistError::io(where, "parsing CEPH_ARGS", -r);
+  const std::string op_s = std::to_string(options.op_timeout.count());
+  const std::string connect_s = std::to_string(options.connect_timeout.count());
+  for (const auto& [key, value] : {std::pair{"rados_osd_op_timeout", op_s}, std::pair{"rados_mon_op_timeout", op_s},
+                                   std::pair{"client_mount_timeout", connect_s}}) {
+    r = impl->cluster.conf_set(key, value.c_str());
+    if (r < 0) throw PersistError::io(where, std::string("setting ") + key, -r);
+  }
+  r = impl->cluster.connect();
+  if (r < 0) throw PersistError::io(where, "connecting to the cluster as " + user, -r);
+  r = impl->cluster.ioctx_create(location.pool.c_str(), impl->io);
+  if (r < 0) throw PersistError::io(where, "opening the pool", -r);
+  return std::unique_ptr<RadosSnapshotStore>(new RadosSnapshotStore(std::move(impl)));
+}
+
+const std::string& RadosSnapshotStore::pool() const noexcept { return impl_->pool; }
+const RadosOptions& RadosSnapshotStore::options() const noexcept { return impl_->options; }
+
+fs::path RadosSnapshotStore::path_of(std::string_view name) const {
+  check_name(name);
+  return impl_->object_path(std::string(name));
+}
+
+std::string RadosSnapshotStore::head_object(std::string_view name) { return std::string(name) + ".head"; }
+
+std::string RadosSnapshotStore::stripe_object(std::string_view name, std::uint64_t generation, std::uint64_t stripe) {
+  return std::string(name) + ".snap." + std::to_string(generation) + "." + std::to_string(stripe);
+}
+
+namespace {
+
+std::optional<HeadRecord> read_head_record(RadosSnapshotStore::Impl& s, const std::string& name) {
+  const std::string head = RadosSnapshotStore::head_object(name);
+  librados::ObjectReadOperation op;
+  librados::bufferlist data, gen;
+  int data_rv = 0, gen_rv = 0;
+  // One operation: the record and the attribute are read atomically.
+  op.read(0, kHeadMax + 1, &data, &data_rv);
+  op.getxattr(kGenAttr, &gen, &gen_rv);
+  const int r = s.io.operate(head, &op, nullptr);
+  if (r == -ENOENT) return std::nullopt;
+  if (r == -ENODATA || gen_rv < 0) {
+    throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head), "the head object has no iqdb attributes");
+  }
+  if (r < 0) s.fail(head, "reading the head", r);
+  const auto g = decode_generation(to_string(gen));
+  if (!g) {
+    throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
+                           "the head's generation attribute is malformed");
+  }
+  if (*g == 0) {
+    if (data.length() != 0) {
+      throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
+                             "the head holds a record but no published generation");
+    }
+    return std::nullopt;  // allocated by a writer, nothing published yet
+  }
+  const auto* bytes = reinterpret_cast<const std::byte*>(data.c_str());
+  HeadRecord rec = decode_head({bytes, data.length()}, s.object_path(head));
+  if (rec.head.generation != *g) {
+    throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
+                           "the record says generation " + std::to_string(rec.head.generation) +
+                               ", the attribute " + std::to_string(*g));
+  }
+  return rec;
+}
+
+}  // namespace
+
+std::optional<RadosHead> RadosSnapshotStore::head(std::string_view name) {
+  check_name(name);
+  auto rec = read_head_record(*impl_, std::string(name));
+  if (!rec) return std::nullopt;
+  return std::move(rec->head);
+}
+
+std::size_t RadosSnapshotStore::collect_garbage(std::string_view name) {
+  check_name(name);
+  const auto rec = read_head_record(*impl_, std::string(name));
+  if (!rec) return 0;
+  const std::uint64_t published = rec->head.generation;
+  const std::uint64_t keep = impl_->options.keep_previous_generation ? rec->previous_generation : 0;
+  // Below the published generation nothing can still be published (every
+  // writer of a lower generation compares against an older head), so what
+  // is there is a leftover. Higher ones may be saves in progress: untouched.
+  std::size_t removed = 0;
+  for (const auto& [gen, oid] : impl_->list_stripes(std::string(name))) {
+    if (gen >= published || gen == keep) continue;
+    impl_->remove_object(oid);
+    ++removed;
+  }
+  return removed;
+}
+
+std::unique_ptr<WritableFile> RadosSnapshotStore::create_exclusive(const fs::path& path) {
+  const Impl::Parsed p = impl_->parse(path);
+  if (!p.temp) {
+    throw PersistError::at(ErrorKind::Unsupported, path,
+                           "a RADOS snapshot is written through write_snapshot (a save in progress, then a publish)");
+  }
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->pending.count(path.string()) != 0) throw PersistError::at(ErrorKind::Io, path, "exists", 0);
+  }
+  const auto [generation, previous] = impl_->allocate(p.name);
+  {
+    std::lock_guard lock(impl_->mu);
+    Impl::Pending& e = impl_->pending[path.string()];
+    e.name = p.name;
+    e.generation = generation;
+    e.previous = previous;
+  }
+  return std::make_unique<StripeWriter>(*impl_, p.name, generation, path);
+}
+
+std::unique_ptr<WritableFile> RadosSnapshotStore::open_append(const fs::path& path) {
+  throw PersistError::at(ErrorKind::Unsupported, path, "appending to a RADOS object (the log) is not built yet");
+}
+
+std::unique_ptr<ReadableFile> RadosSnapshotStore::open_read(const fs::path& path) {
+  const Impl::Parsed p = impl_->parse(path);
+  if (p.temp) throw PersistError::at(ErrorKind::Unsupported, path, "a save in progress cannot be read");
+  auto rec = read_head_record(*impl_, p.name);
+  if (!rec) {
+    throw PersistError::io(path, "opening (no snapshot was published under this name)", ENOENT);
+  }
+  return std::make_unique<StripeReader>(*impl_, p.name, std::move(rec->head), path);
+}
+
+void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
+  const Impl::Parsed src = impl_->parse(from);
+  const Impl::Parsed dst = impl_->parse(to);
+  Impl::Pending p;
+  {
+    std::lock_guard lock(impl_->mu);
+    const auto it = impl_->pending.find(from.string());
+    if (!src.temp || dst.temp || it == impl_->pending.end() || !it->second.closed || src.name != dst.name) {
+      throw PersistError::at(ErrorKind::Unsupported, from,
+                             "only a closed save in progress can be published, under its own name");
+    }
+    p = it->second;
+  }
+  HeadRecord rec;
+  rec.head.generation = p.generation;
+  rec.head.total_size = p.total;
+  rec.head.stripe_size = impl_->options.stripe_size;
+  rec.head.stripe_count = p.crcs.size();
+  rec.head.stripe_crcs = p.crcs;
+  rec.previous_generation = p.previous;
+  const std::string head = head_object(p.name);
+  check_geometry(rec.head.total_size, rec.head.stripe_size, rec.head.stripe_count, impl_->object_path(head));
+  const std::vector<std::byte> bytes = encode_head(rec);
+
+  // The publish: one atomic operation, applied only if the head still names
+  // the generation this save started from.
+  librados::ObjectWriteOperation op;
+  op.cmpxattr(kGenAttr, LIBRADOS_CMPXATTR_OP_EQ, to_bl(encode_generation(p.previous)));
+  librados::bufferlist data;
+  data.append(reinterpret_cast<const char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
+  op.write_full(data);
+  op.setxattr(kGenAttr, to_bl(encode_generation(p.generation)));
+  const int r = impl_->io.operate(head, &op);
+  if (r == -ECANCELED) {
+    std::string now = "another generation";
+    try {
+      if (const auto c = impl_->read_counters(p.name)) now = "generation " + std::to_string(c->first);
+    } catch (const PersistError&) {
+    }
+    throw PersistError::at(ErrorKind::Locked, impl_->object_path(head),
+                           "another writer published " + now + " after this save began from generation " +
+                               std::to_string(p.previous) + "; generation " + std::to_string(p.generation) +
+                               " was not published");
+  }
+  if (r < 0) impl_->fail(head, "publishing generation " + std::to_string(p.generation), r);
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->pending.erase(from.string());
+  }
+  try {
+    collect_garbage(p.name);
+  } catch (const PersistError&) {
+    // Published; the next publish collects what is left.
+  }
+}
+
+void RadosSnapshotStore::remove(const fs::path& path) {
+  const Impl::Parsed p = impl_->parse(path);
+  if (p.temp) {
+    Impl::Pending e;
+    {
+      std::lock_guard lock(impl_->mu);
+      const auto it = impl_->pending.find(path.string());
+      if (it == impl_->pending.end()) return;
+      e = it->second;
+      impl_->pending.erase(it);
+    }
+    for (std::uint64_t k = 0; k < e.stripes_touched; ++k) impl_->remove_object(stripe_object(e.name, e.generation, k));
+    return;
+  }
+  // The whole snapshot: every generation's stripes, then the head.
+  for (const auto& entry : impl_->list_stripes(p.name)) impl_->remove_object(entry.second);
+  impl_->remove_object(head_object(p.name));
+}
+
+void RadosSnapshotStore::sync_dir(const fs::path&) {}
+
+bool RadosSnapshotStore::exists(const fs::path& path) {
+  const Impl::Parsed p = impl_->parse(path);
+  if (p.temp) {
+    std::lock_guard lock(impl_->mu);
+    return impl_->pending.count(path.string()) != 0;
+  }
+  return read_head_record(*impl_, p.name).has_value();
+}
+
+std::vector<std::string> RadosSnapshotStore::list_dir(const fs::path& dir) {
+  throw PersistError::at(ErrorKind::Unsupported, dir, "listing a RADOS pool as a directory is not supported");
+}
+
+std::unique_ptr<FileLock> RadosSnapshotStore::lock(const fs::path& path) {
+  throw PersistError::at(ErrorKind::Unsupported, path, "writer locks in RADOS (cls_lock) are not built yet");
+}
+
+std::uint64_t RadosSnapshotStore::random_u64() {
+  std::lock_guard lock(impl_->mu);
+  return (std::uint64_t{impl_->random()} << 32) ^ impl_->random();
+}
+
+}  // namespace iqdb::persist

@@ -1,0 +1,627 @@
+// RADOS snapshots (iqdb::persist_rados). The RadosHeadRecord, RadosLocation
+// and RadosConnect tests need no cluster; the RadosSnapshot tests need one
+// and are skipped unless CEPH_CONF and IQDB_RADOS_POOL are set:
+//
+//   scripts/ceph-cluster.sh run -- ctest --test-dir build/rados -L rados --output-on-failure
+//
+// Results are checked against an independent model: the vectors the test
+// generated (and, for the bytes, the same snapshot written to a local file).
+#include <gtest/gtest.h>
+#include <rados/librados.hpp>
+
+#include <barrier>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+#include <spawn.h>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "iqdb/persist.hpp"
+#include "iqdb/persist/rados.hpp"
+#include "rados/head_record.hpp"
+
+extern char** environ;
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// ------------------------------------------------------------ helpers
+
+template <class F>
+std::optional<PersistError> error_of(F&& f) {
+  try {
+    f();
+  } catch (const PersistError& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+// The model: what the test saved.
+struct Model {
+  std::uint64_t dim = 0;
+  std::vector<std::pair<std::uint64_t, std::vector<float>>> rows;
+};
+
+Model make_model(std::size_t n, std::uint64_t dim, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  Model m;
+  m.dim = dim;
+  std::set<std::uint64_t> used;
+  while (m.rows.size() < n) {
+    const std::uint64_t id = rng() % (n * 100 + 1000);
+    if (!used.insert(id).second) continue;
+    std::vector<float> v(static_cast<std::size_t>(dim));
+    for (float& x : v) x = value(rng);
+    m.rows.emplace_back(id, std::move(v));
+  }
+  return m;
+}
+
+FlatIndex build(const Model& m) {
+  FlatIndex index(m.dim, DistanceMetric::Euclidean);
+  for (const auto& [id, v] : m.rows) index.insert(id, v);
+  return index;
+}
+
+void expect_equal(const FlatIndex& index, const Model& m) {
+  ASSERT_EQ(index.size(), m.rows.size());
+  ASSERT_EQ(index.dim(), m.dim);
+  for (const auto& [id, v] : m.rows) {
+    const std::span<const float> got = index.get(id);
+    ASSERT_EQ(got.size(), v.size()) << "id " << id;
+    ASSERT_EQ(std::memcmp(got.data(), v.data(), v.size() * sizeof(float)), 0) << "id " << id;
+  }
+}
+
+std::vector<std::byte> read_local(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::vector<char> c((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> out(c.size());
+  std::memcpy(out.data(), c.data(), c.size());
+  return out;
+}
+
+struct ClusterEnv {
+  std::string conf;
+  std::string pool;
+};
+
+std::optional<ClusterEnv> cluster_env() {
+  const char* conf = std::getenv("CEPH_CONF");
+  const char* pool = std::getenv("IQDB_RADOS_POOL");
+  if (conf == nullptr || pool == nullptr || *conf == '\0' || *pool == '\0') return std::nullopt;
+  return ClusterEnv{conf, pool};
+}
+
+// Small stripes and chunks, so that small indexes span many stripes.
+RadosOptions small_options() {
+  RadosOptions o;
+  o.stripe_size = 64 * 1024;
+  o.io_chunk = 16 * 1024;
+  o.max_in_flight = 4;
+  o.op_timeout = std::chrono::seconds(30);
+  return o;
+}
+
+std::string unique_name(const std::string& what) {
+  std::random_device rd;
+  return "t-" + what + "-" + std::to_string(rd() % 1000000000u);
+}
+
+// ------------------------------------------------------------ no cluster
+
+TEST(RadosHeadRecord, RoundTrip) {
+  rados_detail::HeadRecord r;
+  r.head = RadosHead{7, 200000, 65536, 4, {1, 2, 3, 0xffffffffu}};
+  r.previous_generation = 5;
+  const auto bytes = rados_detail::encode_head(r);
+  EXPECT_EQ(bytes.size(), rados_detail::kHeadFixed + 4 * 4 + 4);
+  const auto back = rados_detail::decode_head(bytes, "obj");
+  EXPECT_EQ(back.head.generation, 7u);
+  EXPECT_EQ(back.previous_generation, 5u);
+  EXPECT_EQ(back.head.total_size, 200000u);
+  EXPECT_EQ(back.head.stripe_size, 65536u);
+  EXPECT_EQ(back.head.stripe_crcs, r.head.stripe_crcs);
+}
+
+TEST(RadosHeadRecord, HostileRecordsAreTypedErrors) {
+  rados_detail::HeadRecord good;
+  good.head = RadosHead{3, 100000, 65536, 2, {11, 22}};
+  good.previous_generation = 2;
+  const auto bytes = rados_detail::encode_head(good);
+  const auto kind = [](std::vector<std::byte> b) {
+    auto e = error_of([&] { (void)rados_detail::decode_head(b, "rados://p/x.head"); });
+    if (e) {
+      EXPECT_EQ(e->path(), fs::path("rados://p/x.head"));
+    }
+    return e ? std::optional<ErrorKind>(e->kind()) : std::nullopt;
+  };
+  EXPECT_EQ(kind({}), ErrorKind::TruncatedHeader);
+  EXPECT_EQ(kind({bytes.begin(), bytes.begin() + 30}), ErrorKind::TruncatedHeader);
+  auto b = bytes;
+  b[0] = std::byte{'X'};
+  EXPECT_EQ(kind(b), ErrorKind::BadMagic);
+  b = bytes;
+  b[8] = std::byte{2};
+  EXPECT_EQ(kind(b), ErrorKind::UnsupportedVersion);
+  b = bytes;
+  b[40] ^= std::byte{1};  // total_size
+  EXPECT_EQ(kind(b), ErrorKind::ChecksumMismatch);
+  b = bytes;
+  b.push_back(std::byte{0});
+  EXPECT_EQ(kind(b), ErrorKind::InvalidHeader);
+  // Well-formed records (valid CRC) with impossible geometry.
+  const auto with = [&](auto change) {
+    rados_detail::HeadRecord r = good;
+    change(r);
+    return kind(rados_detail::encode_head(r));
+  };
+  EXPECT_EQ(with([](auto& r) { r.head.stripe_size = 0; }), ErrorKind::InvalidHeader);
+  EXPECT_EQ(with([](auto& r) { r.head.stripe_size = std::uint64_t{1} << 40; }), ErrorKind::InvalidHeader);
+  EXPECT_EQ(with([](auto& r) { r.head.total_size = 0; }), ErrorKind::InvalidHeader);
+  EXPECT_EQ(with([](auto& r) { r.head.total_size = 65536; }), ErrorKind::InvalidHeader);      // fills 1 stripe, 2 declared
+  EXPECT_EQ(with([](auto& r) { r.head.total_size = 3 * 65536; }), ErrorKind::InvalidHeader);  // needs 3
+  EXPECT_EQ(with([](auto& r) { r.head.stripe_count = 3; }), ErrorKind::InvalidHeader);        // 2 CRCs for 3
+  EXPECT_EQ(with([](auto& r) { r.head.generation = 0; }), ErrorKind::InvalidHeader);
+  EXPECT_EQ(with([](auto& r) { r.previous_generation = 3; }), ErrorKind::InvalidHeader);
+  EXPECT_EQ(with([](auto& r) {
+              r.head.stripe_count = rados_detail::kMaxStripes + 1;
+              r.head.stripe_crcs.assign(static_cast<std::size_t>(r.head.stripe_count), 0);
+              r.head.total_size = r.head.stripe_count * r.head.stripe_size;
+            }),
+            ErrorKind::InvalidHeader);
+}
+
+TEST(RadosHeadRecord, CrcCombineMatchesTheWholeCrc) {
+  std::mt19937_64 rng(1);
+  std::vector<std::byte> data(300000);
+  for (auto& b : data) b = static_cast<std::byte>(rng());
+  for (const std::size_t split : {std::size_t{0}, std::size_t{1}, std::size_t{4095}, std::size_t{65536},
+                                  std::size_t{299999}, std::size_t{300000}}) {
+    const std::uint32_t a = checksum::compute(data.data(), split);
+    const std::uint32_t b = checksum::compute(data.data() + split, data.size() - split);
+    EXPECT_EQ(rados_detail::crc32_combine(a, b, data.size() - split), checksum::compute(data)) << split;
+  }
+}
+
+TEST(RadosHeadRecord, Generations) {
+  EXPECT_EQ(rados_detail::encode_generation(0x1234abcd), "000000001234abcd");
+  EXPECT_EQ(rados_detail::decode_generation("000000001234abcd"), 0x1234abcdu);
+  EXPECT_FALSE(rados_detail::decode_generation("000000001234ABCD"));
+  EXPECT_FALSE(rados_detail::decode_generation("1234"));
+  EXPECT_FALSE(rados_detail::decode_generation(""));
+}
+
+TEST(RadosLocation, Parse) {
+  const RadosLocation l = RadosLocation::parse("rados://vectors/products.v1");
+  EXPECT_EQ(l.pool, "vectors");
+  EXPECT_EQ(l.name, "products.v1");
+  EXPECT_EQ(l.url(), "rados://vectors/products.v1");
+  for (const char* bad : {"", "vectors/x", "rados://", "rados://pool", "rados://pool/", "rados:///name",
+                          "rados://pool/a/b", "rados://pool/.hidden", "file://pool/x"}) {
+    const auto e = error_of([&] { (void)RadosLocation::parse(bad); });
+    ASSERT_TRUE(e) << bad;
+    EXPECT_EQ(e->kind(), ErrorKind::InvalidArgument) << bad;
+  }
+}
+
+// A monitor address where nothing listens: connecting must fail within the
+// configured time-out, never hang.
+TEST(RadosConnect, DeadClusterFailsInBoundedTime) {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(s, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const int port = ntohs(addr.sin_port);
+  ::close(s);  // now nothing listens there
+
+  const fs::path dir = fs::temp_directory_path() / ("iqdb-rados-dead-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path conf = dir / "ceph.conf";
+  {
+    std::ofstream out(conf);
+    out << "[global]\nfsid = 00000000-0000-0000-0000-000000000001\nmon_host = [v2:127.0.0.1:" << port
+        << "]\nauth_client_required = none\nauth_cluster_required = none\nauth_service_required = none\n"
+        << "run_dir = " << dir.string() << "\nadmin_socket = \nlog_file = \n";
+  }
+  RadosLocation loc;
+  loc.pool = "nowhere";
+  loc.name = "x";
+  loc.conf_path = conf.string();
+  RadosOptions opt;
+  opt.connect_timeout = std::chrono::seconds(3);
+  opt.op_timeout = std::chrono::seconds(3);
+  const auto t0 = Clock::now();
+  const auto e = error_of([&] { (void)RadosSnapshotStore::open(loc, opt); });
+  const auto took = Clock::now() - t0;
+  fs::remove_all(dir);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Io) << e->what();
+  EXPECT_NE(std::string(e->what()).find("rados://nowhere"), std::string::npos) << e->what();
+  EXPECT_LT(took, std::chrono::seconds(20)) << e->what();
+}
+
+// ------------------------------------------------------------ with a cluster
+
+class RadosSnapshot : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    env_ = cluster_env();
+    if (!env_) {
+      GTEST_SKIP() << "no test cluster: CEPH_CONF and IQDB_RADOS_POOL are not set (run through "
+                      "scripts/ceph-cluster.sh run -- ...)";
+    }
+    name_ = unique_name(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    store_ = open_store();
+    ASSERT_EQ(raw_.init2("client.admin", "ceph", 0), 0);
+    ASSERT_EQ(raw_.conf_read_file(env_->conf.c_str()), 0);
+    ASSERT_EQ(raw_.connect(), 0);
+    ASSERT_EQ(raw_.ioctx_create(env_->pool.c_str(), io_), 0);
+  }
+  void TearDown() override {
+    if (store_) {
+      try {
+        store_->remove(store_->path_of(name_));
+      } catch (const PersistError&) {
+      }
+    }
+  }
+
+  std::unique_ptr<RadosSnapshotStore> open_store(RadosOptions o = small_options()) const {
+    RadosLocation loc;
+    loc.pool = env_->pool;
+    loc.name = "unused";
+    return RadosSnapshotStore::open(loc, o);
+  }
+
+  // Objects of this test's snapshot (the head and its stripes), by name.
+  std::set<std::string> objects() {
+    std::set<std::string> out;
+    for (auto it = io_.nobjects_begin(); it != io_.nobjects_end(); ++it) {
+      if (it->get_oid().rfind(name_ + ".", 0) == 0) out.insert(it->get_oid());
+    }
+    return out;
+  }
+  std::set<std::string> stripes_of(std::uint64_t generation) {
+    std::set<std::string> out;
+    const std::string prefix = name_ + ".snap." + std::to_string(generation) + ".";
+    for (const auto& o : objects()) {
+      if (o.rfind(prefix, 0) == 0) out.insert(o);
+    }
+    return out;
+  }
+  std::vector<std::byte> object_bytes(const std::string& oid) {
+    librados::bufferlist bl;
+    const int r = io_.read(oid, bl, 1u << 30, 0);
+    EXPECT_GE(r, 0) << oid;
+    std::vector<std::byte> out(bl.length());
+    if (bl.length() > 0) std::memcpy(out.data(), bl.c_str(), bl.length());
+    return out;
+  }
+  // The published snapshot's bytes, stripe by stripe.
+  std::vector<std::byte> published_bytes() {
+    const auto h = store_->head(name_);
+    EXPECT_TRUE(h);
+    std::vector<std::byte> out;
+    for (std::uint64_t k = 0; k < h->stripe_count; ++k) {
+      const auto b = object_bytes(RadosSnapshotStore::stripe_object(name_, h->generation, k));
+      out.insert(out.end(), b.begin(), b.end());
+    }
+    return out;
+  }
+  std::string object_url(const std::string& oid) const { return "rados://" + env_->pool + "/" + oid; }
+
+  std::optional<ClusterEnv> env_;
+  std::string name_;
+  std::unique_ptr<RadosSnapshotStore> store_;
+  librados::Rados raw_;
+  librados::IoCtx io_;
+};
+
+TEST_F(RadosSnapshot, NothingPublishedIsAnIoError) {
+  EXPECT_FALSE(store_->head(name_));
+  const auto e = error_of([&] { (void)load_from_rados<FlatIndex>(*store_, name_); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Io);
+  EXPECT_EQ(e->path(), fs::path(object_url(name_)));
+}
+
+// Below one stripe, across several, compressed: the loaded index equals the
+// model, and the stripes hold exactly the bytes of a local snapshot file.
+TEST_F(RadosSnapshot, RoundTripBelowAndAboveOneStripe) {
+  const fs::path local_dir = fs::temp_directory_path() / ("iqdb-rados-local-" + std::to_string(::getpid()));
+  fs::create_directories(local_dir);
+  struct Case {
+    std::size_t n;
+    std::uint64_t dim;
+    Compression c;
+    std::uint64_t min_stripes, max_stripes;
+  };
+  const Case cases[] = {
+      {10, 8, Compression::none(), 1, 1},                 // ~0.5 KiB: one stripe, inside the held bytes
+      {400, 32, Compression::none(), 1, 1},               // ~55 KiB: one stripe, held + streamed
+      {2000, 32, Compression::none(), 4, 5},              // ~270 KiB: 5 stripes of 64 KiB
+      {512, 32, Compression::none(), 1, 2},               // near a stripe boundary
+      {3000, 16, Compression::zstd(3), 1, 4},             // compressed (random floats barely shrink)
+      {1, 4, Compression::lz4(), 1, 1},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    const Model m = make_model(c.n, c.dim, static_cast<std::uint64_t>(100 + i));
+    const FlatIndex index = build(m);
+    const FileHeader written = save_to_rados(*store_, name_, index, c.c);
+    const auto h = store_->head(name_);
+    ASSERT_TRUE(h);
+    EXPECT_GE(h->stripe_count, c.min_stripes);
+    EXPECT_LE(h->stripe_count, c.max_stripes);
+    EXPECT_EQ(h->stripe_count, (h->total_size + h->stripe_size - 1) / h->stripe_size);
+    EXPECT_EQ(h->total_size, written.payload_offset + written.stored_len);
+
+    const FlatIndex loaded = load_from_rados<FlatIndex>(*store_, name_);
+    expect_equal(loaded, m);
+
+    const fs::path local = local_dir / ("case" + std::to_string(i));
+    const SnapshotInfo info{FlatIndex::index_type, c.dim, DistanceMetric::Euclidean, c.n, 0};
+    write_snapshot(default_file_system(), local, info, c.c, false, [&](PayloadWriter& w) { index.save_to(w); });
+    EXPECT_EQ(published_bytes(), read_local(local));
+    // verify_snapshot works over the store too.
+    EXPECT_NO_THROW(verify_snapshot(*store_, store_->path_of(name_), ReadLimits{}));
+    ++i;
+  }
+  fs::remove_all(local_dir);
+}
+
+// Each publish removes what no reader needs: after generations 1, 2, 3 only
+// 2 (the one 3 replaced) and 3 remain.
+TEST_F(RadosSnapshot, PublishKeepsThePreviousGenerationOnly) {
+  Model last;
+  for (int g = 1; g <= 3; ++g) {
+    last = make_model(1500, 32, static_cast<std::uint64_t>(g));
+    save_to_rados(*store_, name_, build(last));
+    EXPECT_EQ(store_->head(name_)->generation, static_cast<std::uint64_t>(g));
+  }
+  EXPECT_TRUE(stripes_of(1).empty());
+  EXPECT_FALSE(stripes_of(2).empty());
+  EXPECT_FALSE(stripes_of(3).empty());
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
+}
+
+// The save runs in another process (this binary, --child-save), which
+// stalls after streaming 80 stripes and is SIGKILLed once stripes of its
+// generation are in the pool. The published snapshot must still load, equal
+// to what was published; the next writer removes the leftovers.
+TEST_F(RadosSnapshot, KilledSaveLeavesThePreviousSnapshot) {
+  const Model first = make_model(1000, 32, 7);
+  save_to_rados(*store_, name_, build(first));
+  const std::uint64_t published = store_->head(name_)->generation;
+
+  std::string exe = fs::read_symlink("/proc/self/exe").string();
+  std::vector<std::string> args = {exe, "--child-save", name_};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t child = 0;
+  ASSERT_EQ(::posix_spawn(&child, exe.c_str(), nullptr, nullptr, argv.data(), environ), 0);
+
+  // Wait for stripes of the child's generation (the next one).
+  const std::uint64_t child_gen = published + 1;
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (stripes_of(child_gen).size() < 3 && Clock::now() < deadline) {
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, WNOHANG), 0) << "the child exited early, status " << status;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  const auto leftovers = stripes_of(child_gen);
+  ASSERT_GE(leftovers.size(), 3u) << "the child never wrote its stripes";
+
+  // Readers see the published generation, untouched, and remove nothing.
+  EXPECT_EQ(store_->head(name_)->generation, published);
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), first);
+  EXPECT_EQ(stripes_of(child_gen), leftovers);
+
+  // The next writer publishes a newer generation and removes the leftovers.
+  const Model second = make_model(900, 32, 8);
+  save_to_rados(*store_, name_, build(second));
+  EXPECT_GT(store_->head(name_)->generation, child_gen);
+  EXPECT_TRUE(stripes_of(child_gen).empty());
+  EXPECT_FALSE(stripes_of(published).empty());  // kept: the generation just replaced
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), second);
+}
+
+TEST_F(RadosSnapshot, FlippedByteIsAChecksumMismatchNamingTheStripe) {
+  const Model m = make_model(2000, 32, 9);
+  save_to_rados(*store_, name_, build(m));
+  const auto h = store_->head(name_);
+  ASSERT_GE(h->stripe_count, 3u);
+  for (const std::uint64_t k : {std::uint64_t{2}, h->stripe_count - 1}) {
+    const std::string oid = RadosSnapshotStore::stripe_object(name_, h->generation, k);
+    auto bytes = object_bytes(oid);
+    const std::size_t at = bytes.size() / 2;
+    librados::bufferlist one;
+    one.append(static_cast<char>(std::to_integer<unsigned char>(bytes[at]) ^ 0x10));
+    ASSERT_EQ(io_.write(oid, one, 1, at), 0);
+    const auto e = error_of([&] { (void)load_from_rados<FlatIndex>(*store_, name_); });
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->kind(), ErrorKind::ChecksumMismatch) << e->what();
+    EXPECT_EQ(e->path(), fs::path(object_url(oid))) << e->what();
+    one.clear();
+    one.append(static_cast<char>(std::to_integer<unsigned char>(bytes[at])));
+    ASSERT_EQ(io_.write(oid, one, 1, at), 0);
+    expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
+  }
+}
+
+TEST_F(RadosSnapshot, MissingShortOrLongStripeIsATypedError) {
+  const Model m = make_model(2000, 32, 10);
+  save_to_rados(*store_, name_, build(m));
+  const auto h = store_->head(name_);
+  ASSERT_GE(h->stripe_count, 3u);
+  const std::string oid = RadosSnapshotStore::stripe_object(name_, h->generation, 1);
+  const auto original = object_bytes(oid);
+  const auto restore = [&] {
+    librados::bufferlist bl;
+    bl.append(reinterpret_cast<const char*>(original.data()), static_cast<unsigned>(original.size()));
+    ASSERT_EQ(io_.write_full(oid, bl), 0);
+  };
+  const auto load_error = [&] {
+    const auto e = error_of([&] { (void)load_from_rados<FlatIndex>(*store_, name_); });
+    EXPECT_TRUE(e);
+    if (e) {
+      EXPECT_EQ(e->path(), fs::path(object_url(oid))) << e->what();
+    }
+    return e ? e->kind() : ErrorKind::Io;
+  };
+
+  ASSERT_EQ(io_.remove(oid), 0);
+  EXPECT_EQ(load_error(), ErrorKind::TruncatedPayload);
+  restore();
+  ASSERT_EQ(io_.trunc(oid, original.size() / 3), 0);
+  EXPECT_EQ(load_error(), ErrorKind::TruncatedPayload);
+  restore();
+  librados::bufferlist extra;
+  extra.append("xx", 2);
+  ASSERT_EQ(io_.append(oid, extra, 2), 0);
+  EXPECT_EQ(load_error(), ErrorKind::InvalidPayload);
+  restore();
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
+}
+
+TEST_F(RadosSnapshot, GarbageHeadIsATypedError) {
+  save_to_rados(*store_, name_, build(make_model(100, 8, 11)));
+  const std::string head = RadosSnapshotStore::head_object(name_);
+  const auto original = object_bytes(head);
+  const auto kind_after = [&](const std::vector<std::byte>& data) {
+    librados::bufferlist bl;
+    bl.append(reinterpret_cast<const char*>(data.data()), static_cast<unsigned>(data.size()));
+    EXPECT_EQ(io_.write_full(head, bl), 0);
+    const auto e = error_of([&] { (void)load_from_rados<FlatIndex>(*store_, name_); });
+    EXPECT_TRUE(e);
+    if (e) {
+      EXPECT_EQ(e->path(), fs::path(object_url(head))) << e->what();
+    }
+    return e ? e->kind() : ErrorKind::Io;
+  };
+  std::mt19937_64 rng(12);
+  std::vector<std::byte> garbage(300);
+  for (auto& b : garbage) b = static_cast<std::byte>(rng());
+  EXPECT_EQ(kind_after(garbage), ErrorKind::BadMagic);
+  EXPECT_EQ(kind_after({}), ErrorKind::TruncatedHeader);
+  auto flipped = original;
+  flipped[30] ^= std::byte{4};
+  EXPECT_EQ(kind_after(flipped), ErrorKind::ChecksumMismatch);
+  // A 64 MiB record that claims a petabyte: refused by its size, no allocation.
+  std::vector<std::byte> big(rados_detail::kHeadMax + 100, std::byte{0});
+  std::memcpy(big.data(), rados_detail::kHeadMagic, 8);
+  big[8] = std::byte{1};
+  EXPECT_EQ(kind_after(big), ErrorKind::InvalidHeader);
+  // The generation attribute disagrees with the record.
+  librados::bufferlist good;
+  good.append(reinterpret_cast<const char*>(original.data()), static_cast<unsigned>(original.size()));
+  ASSERT_EQ(io_.write_full(head, good), 0);
+  EXPECT_NO_THROW((void)load_from_rados<FlatIndex>(*store_, name_));
+  librados::bufferlist attr;
+  attr.append(rados_detail::encode_generation(99));
+  ASSERT_EQ(io_.setxattr(head, rados_detail::kGenAttr, attr), 0);
+  EXPECT_EQ(kind_after(original), ErrorKind::InvalidHeader);
+  attr.clear();
+  attr.append("garbage");
+  ASSERT_EQ(io_.setxattr(head, rados_detail::kGenAttr, attr), 0);
+  EXPECT_EQ(kind_after(original), ErrorKind::InvalidHeader);
+}
+
+// Two writers that both started from the same head: exactly one publishes,
+// the other gets Locked, and what loads is the winner's index. The loser's
+// stripes are removed.
+TEST_F(RadosSnapshot, ConcurrentPublishersExactlyOneWins) {
+  save_to_rados(*store_, name_, build(make_model(50, 8, 13)));
+  const Model models[2] = {make_model(1200, 32, 14), make_model(1300, 32, 15)};
+  std::barrier both(2);
+  std::optional<PersistError> errors[2];
+  bool won[2] = {false, false};
+  std::uint64_t gens[2] = {0, 0};
+  const auto writer = [&](int w) {
+    auto store = open_store();
+    const FlatIndex index = build(models[w]);
+    const SnapshotInfo info{FlatIndex::index_type, 32, DistanceMetric::Euclidean, index.size(), 0};
+    try {
+      write_snapshot(*store, store->path_of(name_), info, Compression::none(), true, [&](PayloadWriter& pw) {
+        index.save_to(pw);
+        both.arrive_and_wait();  // both have a generation and their payload: now race to publish
+      });
+      won[w] = true;
+      gens[w] = store->head(name_)->generation;
+    } catch (const PersistError& e) {
+      errors[w] = e;
+    }
+  };
+  std::thread a(writer, 0), b(writer, 1);
+  a.join();
+  b.join();
+  ASSERT_NE(won[0], won[1]) << (errors[0] ? errors[0]->what() : "") << " / " << (errors[1] ? errors[1]->what() : "");
+  const int winner = won[0] ? 0 : 1;
+  const int loser = 1 - winner;
+  ASSERT_TRUE(errors[loser]);
+  EXPECT_EQ(errors[loser]->kind(), ErrorKind::Locked) << errors[loser]->what();
+  EXPECT_EQ(errors[loser]->path(), fs::path(object_url(RadosSnapshotStore::head_object(name_))));
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), models[winner]);
+  // The loser's generation is the other of the two allocated after the first.
+  const std::uint64_t loser_gen = gens[winner] == 2 ? 3 : 2;
+  EXPECT_TRUE(stripes_of(loser_gen).empty());
+}
+
+// --child-save NAME: start a save and stall in the middle of it (the parent
+// SIGKILLs this process).
+int child_save(const std::string& name) {
+  const auto env = cluster_env();
+  if (!env) return 2;
+  RadosLocation loc;
+  loc.pool = env->pool;
+  loc.name = name;
+  auto store = RadosSnapshotStore::open(loc, small_options());
+  const SnapshotInfo info{FlatIndex::index_type, 32, DistanceMetric::Euclidean, 100000, 0};
+  write_snapshot(*store, store->path_of(name), info, Compression::none(), true, [&](PayloadWriter& w) {
+    // One large write: the snapshot writer passes it on at once (small ones
+    // gather in its 4 MiB buffer). 5 MiB: 80 stripes of 64 KiB.
+    const std::vector<std::byte> block(std::size_t{5} << 20, std::byte{0x5a});
+    w.write(block.data(), block.size());
+    for (;;) ::pause();
+  });
+  return 1;  // never reached
+}
+
+}  // namespace
+}  // namespace iqdb::persist
+
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--child-save") return iqdb::persist::child_save(argv[2]);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
