@@ -1,6 +1,16 @@
 #include "iqdb/persist/persisted_index.hpp"
 
+#include <algorithm>
+#include <cerrno>
+#include <optional>
+#include <string>
+
+#include "iqdb/persist/wal.hpp"
+#include "wal/log_format.hpp"
+
 namespace iqdb::persist::detail {
+
+namespace fs = std::filesystem;
 
 void validate_config(const PersistConfig& cfg) {
   if (cfg.path.empty()) throw PersistError::argument("PersistConfig.path is empty");
@@ -14,6 +24,129 @@ void validate_config(const PersistConfig& cfg) {
   if (cfg.fsync_policy.mode() == FsyncPolicy::Mode::Periodic && cfg.fsync_policy.interval().count() <= 0) {
     throw PersistError::argument("FsyncPolicy::periodic needs a positive interval");
   }
+  if (cfg.wal_enabled && cfg.discard_log) {
+    throw PersistError::argument("PersistConfig.discard_log is for saves without the WAL; it cannot be set with wal_enabled");
+  }
+}
+
+namespace {
+
+// What the log beside a snapshot holds, as a save without the WAL sees it.
+struct LogHoldings {
+  bool exists = false;
+  std::uint64_t above = 0;  // valid records with an LSN above the index's
+  std::uint64_t first_above = 0;
+  std::uint64_t last_above = 0;
+  // The highest LSN the log accounts for: its last valid record's, or for an
+  // empty version-2 log the one before its base LSN. For a log that is
+  // damaged in the middle or cannot be read: a bound from its size (every
+  // record takes at least kMinOpLen bytes).
+  std::uint64_t end = 0;
+  std::optional<std::uint64_t> corrupt_offset;  // damage in the middle of the log
+  std::uint64_t records_after_corruption = 0;
+};
+
+LogHoldings look_at_log(FileSystem& fs, const fs::path& log_path, std::uint64_t base_lsn, bool discard) {
+  LogHoldings h;
+  if (!fs.exists(log_path)) return h;
+  h.exists = true;
+  std::uint64_t implicit = 0;  // version-1 logs number their records 1, 2, ...
+  wal::ScanResult scan;
+  try {
+    scan = wal::scan_log(
+        fs, log_path,
+        [&](const wal::RecordView& r) {
+          const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit;
+          if (lsn <= base_lsn) return;
+          if (h.above == 0) h.first_above = lsn;
+          h.last_above = lsn;
+          ++h.above;
+        },
+        wal::ScanMode::Report);
+  } catch (const PersistError& e) {
+    if (e.kind() == ErrorKind::Io && e.sys_errno() == ENOENT) return LogHoldings{};  // removed meanwhile
+    // Not a log this library reads (bad magic, damaged header): whatever it
+    // holds, only discarding it lets the save go on.
+    if (!discard) throw;
+    h.end = fs.open_read(log_path)->size() / wal::format::kMinOpLen;
+    return h;
+  }
+  const std::uint64_t below_base = scan.version == 2 && scan.base_lsn > 0 ? scan.base_lsn - 1 : 0;
+  if (scan.version == 2) {
+    h.end = scan.last_lsn ? *scan.last_lsn : below_base;
+  } else {
+    h.end = implicit;
+  }
+  if (scan.corrupt_offset) {
+    h.corrupt_offset = scan.corrupt_offset;
+    h.records_after_corruption = scan.records_after_corruption;
+    h.end = std::max(h.end, below_base + scan.file_size / wal::format::kMinOpLen);
+  }
+  return h;
+}
+
+}  // namespace
+
+FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
+                            const std::function<FileHeader(std::uint64_t last_lsn, bool durable)>& write) {
+  FileSystem& fs = fs_of(config);
+  fs::path lock_path = config.path;
+  lock_path += ".lock";
+  const std::unique_ptr<FileLock> lock = fs.lock(lock_path);  // Locked while another writer holds it
+  const fs::path log_path = wal::log_path_for(config.path);
+  const std::string how_to =
+      "load it with the WAL (or without: load replays the log) and save that index, or set "
+      "PersistConfig::discard_log to discard them";
+
+  // The snapshot in place: the LSN it covers. A file that cannot be read
+  // holds nothing a load would return, and a save is how it gets replaced.
+  std::uint64_t snapshot_lsn = 0;
+  if (fs.exists(config.path)) {
+    try {
+      snapshot_lsn = inspect_snapshot(fs, config.path).header.last_lsn;
+    } catch (const PersistError& e) {
+      if (e.kind() == ErrorKind::Io && e.sys_errno() != ENOENT) throw;
+    }
+  }
+  const LogHoldings log = look_at_log(fs, log_path, base_lsn, config.discard_log);
+
+  if (!config.discard_log) {
+    if (log.corrupt_offset) {
+      throw PersistError::at(ErrorKind::CorruptLog, log_path,
+                             "the log is damaged in the middle, with " + std::to_string(log.records_after_corruption) +
+                                 " records after the damage that this index may lack; saving without the WAL would "
+                                 "orphan them: repair the log (iqdb-persist wal repair) and " + how_to,
+                             log.corrupt_offset);
+    }
+    if (log.above > 0) {
+      throw PersistError::at(ErrorKind::WouldLoseWrites, log_path,
+                             "the log holds " + std::to_string(log.above) + " acknowledged record" +
+                                 (log.above == 1 ? "" : "s") + " (LSN " + std::to_string(log.first_above) +
+                                 (log.above == 1 ? "" : ".." + std::to_string(log.last_above)) +
+                                 ") that this index does not contain (it covers LSN " + std::to_string(base_lsn) +
+                                 "); saving without the WAL would orphan them: " + how_to);
+    }
+    if (snapshot_lsn > base_lsn) {
+      throw PersistError::at(ErrorKind::WouldLoseWrites, config.path,
+                             "the snapshot holds the log's writes up to LSN " + std::to_string(snapshot_lsn) +
+                                 ", this index covers LSN " + std::to_string(base_lsn) +
+                                 " only (a writer with the WAL saved or checkpointed since it was loaded, or it "
+                                 "was opened with open_with); saving would replace acknowledged writes: " + how_to);
+    }
+  }
+  // The highest LSN the files account for: a later load with the WAL then
+  // finds every log record folded and the log continuing after the snapshot.
+  const std::uint64_t last_lsn = std::max({base_lsn, snapshot_lsn, log.end});
+  const bool removing_log = config.discard_log && log.exists;
+  // The log goes only once the snapshot that covers it is durable.
+  const FileHeader written =
+      write(last_lsn, removing_log || config.fsync_policy.mode() != FsyncPolicy::Mode::Never);
+  if (removing_log) {
+    fs.remove(log_path);
+    const fs::path dir = config.path.parent_path();
+    fs.sync_dir(dir.empty() ? fs::path(".") : dir);
+  }
+  return written;
 }
 
 }  // namespace iqdb::persist::detail

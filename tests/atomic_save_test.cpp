@@ -140,7 +140,8 @@ TEST(AtomicSave, FaultAtEveryStepKeepsPreviousFile) {
         EXPECT_EQ(log[i].kind, kind);  // the same step failed
         EXPECT_TRUE(log[i].injected);
 
-        EXPECT_EQ(dir.entries(), std::vector<std::string>{"v.iqdb"});  // no temp file left
+        // No temp file left; the writer lock's file stays (a save holds the lock).
+        EXPECT_EQ(dir.entries(), (std::vector<std::string>{"v.iqdb", "v.iqdb.lock"}));
         if (kind == OpKind::SyncDir) {
           // After the rename: the new snapshot is complete and in place.
           EXPECT_TRUE(test::read_file(target) == complete);
@@ -177,7 +178,7 @@ TEST(AtomicSave, CleanupFailureDoesNotMaskTheError) {
   // The stray temporary file is the one created, hidden.
   const auto creates = of_kind(faulty.log(), OpKind::Create);
   ASSERT_EQ(creates.size(), 1u);
-  std::vector<std::string> want = {creates[0].path.filename().string(), "v.iqdb"};
+  std::vector<std::string> want = {creates[0].path.filename().string(), "v.iqdb", "v.iqdb.lock"};
   std::sort(want.begin(), want.end());
   EXPECT_EQ(dir.entries(), want);
 }
@@ -204,7 +205,7 @@ TEST(AtomicSave, TempFileIsHiddenInTargetDirAndUnpredictable) {
     EXPECT_EQ(renames[i].path2, target);
   }
   EXPECT_NE(creates[0].path, creates[1].path);  // a fresh random name each time
-  EXPECT_EQ(dir.entries(), std::vector<std::string>{"v.iqdb"});
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"v.iqdb", "v.iqdb.lock"}));
 }
 
 // A file system whose "randomness" is fixed, so a test can plant a file at

@@ -1,5 +1,5 @@
 // Reference (WAL version 1) logs: written here byte by byte from
-// /work/shared/FORMAT-iqdb-1.0.md, beside a version-2 snapshot also built
+// docs/FORMAT.md, beside a version-2 snapshot also built
 // byte by byte (flat payload), with CRCs from zlib. Loading in WAL mode must
 // replay them exactly, then migrate the log to version 2.
 #include <gtest/gtest.h>
@@ -208,13 +208,18 @@ void expect_migrated(const PersistConfig& cfg, std::uint64_t records) {
 
 // ---------------------------------------------------------------- tests
 
-TEST(WalCompat, FixtureSnapshotLoadsWithoutTheLog) {
+// Without the WAL the reference log is replayed too, read-only: the log is
+// neither migrated nor changed (issue 13: the snapshot alone hid its writes).
+TEST(WalCompat, FixtureLoadsWithoutTheWalReplayingTheLogReadOnly) {
   test::TempDir dir;
   const PersistConfig cfg = write_fixture(dir);
-  PersistConfig plain(cfg.path);  // no WAL: the snapshot alone
+  const std::vector<std::byte> log_before = test::read_file(log_of(cfg));
+  PersistConfig plain(cfg.path);
   auto db = PersistedIndex<FlatIndex>::load(plain);
-  EXPECT_EQ(diff(db.index(), snapshot_model()), "");
+  EXPECT_EQ(diff(db.index(), model_after(log_records().size())), "");
   EXPECT_EQ(db.index().metric(), DistanceMetric::DotProduct);
+  EXPECT_EQ(db.last_lsn(), log_records().size());
+  EXPECT_EQ(test::read_file(log_of(cfg)), log_before);
 }
 
 TEST(WalCompat, ReferenceLogIsReplayedThenMigrated) {

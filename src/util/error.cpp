@@ -26,6 +26,7 @@ std::string_view to_string(ErrorKind kind) noexcept {
     case ErrorKind::IdNotFound: return "id_not_found";
     case ErrorKind::CorruptLog: return "corrupt_log";
     case ErrorKind::Poisoned: return "poisoned";
+    case ErrorKind::WouldLoseWrites: return "would_lose_writes";
   }
   return "unknown";
 }

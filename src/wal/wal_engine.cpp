@@ -14,6 +14,7 @@
 #include "iqdb/persist/detail/wal_engine.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -131,42 +132,13 @@ class WalEngine::Impl {
       start_flusher();
       return;
     }
-    std::uint64_t expect = folded + 1;  // the next LSN the index needs
-    std::uint64_t implicit_lsn = 0;     // version-1 logs number their records 1, 2, ...
     wal::ScanResult scan;
+    std::uint64_t expect;  // the next LSN the index needs
     {
       const std::unique_ptr<ReadableFile> file = fs_.open_read(log_path_);
-      if (reserve) {
-        const std::uint64_t end = frames_end_estimate(*file);
-        reserve(estimate_records(*file, end), end);
-      }
-      scan = wal::scan_file(
-          *file,
-          [&](const wal::RecordView& r) {
-            const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit_lsn;
-            if (lsn < expect) return;  // already folded into the snapshot
-            if (lsn != expect) {
-              throw PersistError::at(ErrorKind::CorruptLog, log_path_,
-                                     "the log continues at LSN " + std::to_string(lsn) + " but the snapshot ends at " +
-                                         std::to_string(expect - 1) + ": records are missing",
-                                     r.frame_offset);
-            }
-            try {
-              replay(r);
-            } catch (const PersistError& e) {
-              throw PersistError::at(ErrorKind::CorruptLog, log_path_,
-                                     "record with LSN " + std::to_string(lsn) +
-                                         " does not apply to the snapshot: " + e.what(),
-                                     r.frame_offset);
-            }
-            ++expect;
-          },
-          wal::ScanMode::Strict);
-    }
-    if (scan.version == 2 && scan.base_lsn > folded + 1) {
-      throw PersistError::at(ErrorKind::CorruptLog, log_path_,
-                             "the log starts at LSN " + std::to_string(scan.base_lsn) + " but the snapshot ends at " +
-                                 std::to_string(folded) + ": the snapshot is older than the log");
+      const Replayed r = replay_log(*file, log_path_, folded, replay, reserve);
+      scan = r.scan;
+      expect = r.next;
     }
     stats_.recovered_records = expect - (folded + 1);
     stats_.torn_tail_bytes = scan.torn_tail_bytes;
@@ -200,6 +172,50 @@ class WalEngine::Impl {
       }
     }
     start_flusher();
+  }
+
+  // The log records after LSN `folded`, replayed in order (shared by open()
+  // and replay_read_only(), which changes nothing).
+  struct Replayed {
+    wal::ScanResult scan;
+    std::uint64_t next = 0;  // the LSN after the last one replayed (or folded)
+  };
+  static Replayed replay_log(const ReadableFile& file, const fs::path& log_path, std::uint64_t folded,
+                             const Replay& replay, const ReserveHint& reserve) {
+    std::uint64_t expect = folded + 1;  // the next LSN the index needs
+    std::uint64_t implicit_lsn = 0;     // version-1 logs number their records 1, 2, ...
+    if (reserve) {
+      const std::uint64_t end = frames_end_estimate(file);
+      reserve(estimate_records(file, end), end);
+    }
+    const wal::ScanResult scan = wal::scan_file(
+        file,
+        [&](const wal::RecordView& r) {
+          const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit_lsn;
+          if (lsn < expect) return;  // already folded into the snapshot
+          if (lsn != expect) {
+            throw PersistError::at(ErrorKind::CorruptLog, log_path,
+                                   "the log continues at LSN " + std::to_string(lsn) + " but the snapshot ends at " +
+                                       std::to_string(expect - 1) + ": records are missing",
+                                   r.frame_offset);
+          }
+          try {
+            replay(r);
+          } catch (const PersistError& e) {
+            throw PersistError::at(ErrorKind::CorruptLog, log_path,
+                                   "record with LSN " + std::to_string(lsn) +
+                                       " does not apply to the snapshot: " + e.what(),
+                                   r.frame_offset);
+          }
+          ++expect;
+        },
+        wal::ScanMode::Strict);
+    if (scan.version == 2 && scan.base_lsn > folded + 1) {
+      throw PersistError::at(ErrorKind::CorruptLog, log_path,
+                             "the log starts at LSN " + std::to_string(scan.base_lsn) + " but the snapshot ends at " +
+                                 std::to_string(folded) + ": the snapshot is older than the log");
+    }
+    return {scan, expect};
   }
 
   // What a log's first bytes say, unchecked: for hints and bounds only,
@@ -868,6 +884,33 @@ std::unique_ptr<WalEngine> WalEngine::create(const PersistConfig& cfg, const Wri
   auto impl = std::make_unique<Impl>(cfg);
   impl->create(write_snapshot);
   return std::unique_ptr<WalEngine>(new WalEngine(std::move(impl)));
+}
+
+WalEngine::ReadOnlyReplay WalEngine::replay_read_only(const PersistConfig& cfg,
+                                                      const std::function<FileHeader()>& load_snapshot,
+                                                      const Replay& replay, const ReserveHint& reserve) {
+  FileSystem& fs = cfg.file_system != nullptr ? *cfg.file_system : default_file_system();
+  const fs::path log_path = wal::log_path_for(cfg.path);
+  std::unique_ptr<ReadableFile> log;
+  if (fs.exists(log_path)) {
+    try {
+      log = fs.open_read(log_path);
+    } catch (const PersistError& e) {
+      // Removed meanwhile (by a save with discard_log): the snapshot that
+      // replaced it, loaded below, covers every record it held.
+      if (e.kind() != ErrorKind::Io || e.sys_errno() != ENOENT) throw;
+    }
+  }
+  const FileHeader h = load_snapshot();
+  ReadOnlyReplay out;
+  out.last_lsn = h.last_lsn;
+  if (!log) return out;
+  const Impl::Replayed r = Impl::replay_log(*log, log_path, h.last_lsn, replay, reserve);
+  out.last_lsn = r.next - 1;
+  out.stats.recovered_records = r.next - 1 - h.last_lsn;
+  out.stats.torn_tail_bytes = r.scan.torn_tail_bytes;
+  out.stats.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
+  return out;
 }
 
 std::unique_ptr<WalEngine> WalEngine::open(const PersistConfig& cfg, const std::function<FileHeader()>& load_snapshot,

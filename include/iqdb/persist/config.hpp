@@ -83,6 +83,17 @@ struct PersistConfig {
   // and a group's writers are woken together. Only used while fdatasyncs
   // take under half this bound on average (fast storage); 0 never spins.
   std::chrono::microseconds commit_spin{500};
+  // Without the WAL only: let save() replace acknowledged writes that the
+  // files hold and this index lacks, instead of refusing with
+  // ErrorKind::WouldLoseWrites. Such writes are the records of a log at
+  // path + ".wal" above the LSN the index covers (see
+  // PersistedIndex::last_lsn) and a snapshot whose last LSN is above it.
+  // The save writes the snapshot (durably, whatever the fsync policy) with
+  // the highest LSN the log holds, so that it covers every record of the
+  // log, then removes the log durably: a crash in between loads as the new
+  // snapshot, with or without the WAL. Set it for a save meant to throw
+  // those writes away; invalid together with wal_enabled.
+  bool discard_log = false;
   // The file-system seam; nullptr means the real POSIX file system. Tests
   // pass a fault-injecting or recording wrapper. Not owned; must outlive
   // every object that uses this config.

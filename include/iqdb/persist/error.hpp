@@ -34,6 +34,9 @@ enum class ErrorKind {
   IdNotFound,          // erase of an id that is not present
   CorruptLog,          // a write-ahead log frame is damaged in the middle of the log
   Poisoned,            // an earlier durability failure makes further writes unsafe
+  WouldLoseWrites,     // a save without the WAL would replace or orphan acknowledged writes
+                       // the files hold and the index lacks (log records, a newer snapshot);
+                       // what() names the file and the LSNs (PersistConfig::discard_log)
 };
 
 // The stable lower-case name of a kind, e.g. "checksum_mismatch".

@@ -13,6 +13,8 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -40,6 +42,16 @@ inline FileSystem& fs_of(const PersistConfig& cfg) {
 }
 // Validates a config (throws InvalidArgument).
 void validate_config(const PersistConfig& cfg);
+// save() without a WAL. Holds the writer lock ("<path>.lock"; Locked while
+// another writer, WAL or not, holds it) while it looks at the files and
+// writes. Refuses (WouldLoseWrites; a damaged log: CorruptLog) to replace
+// acknowledged writes the files hold above `base_lsn` — log records, a
+// snapshot with a higher last LSN — unless config.discard_log. Writes the
+// snapshot through write(last_lsn, durable) with the highest LSN the files
+// account for (so that a later load with the WAL finds the snapshot and the
+// log consistent); with discard_log, then removes the log durably.
+FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
+                            const std::function<FileHeader(std::uint64_t last_lsn, bool durable)>& write);
 }  // namespace detail
 
 // Thread safety: insert, erase, write, save, checkpoint, sync and read may be
@@ -52,8 +64,8 @@ void validate_config(const PersistConfig& cfg);
 template <Persistable I>
 class PersistedIndex {
  public:
-  // Wrap an in-memory index. Without a WAL nothing is written until save().
-  // With a WAL: takes the writer lock (Locked if held elsewhere), writes a
+  // Wrap an in-memory index. Without a WAL nothing is written (and no lock
+  // taken) until save(); the index covers LSN 0. With a WAL: takes the writer lock (Locked if held elsewhere), writes a
   // base snapshot of `index` and starts an empty log.
   static PersistedIndex open_with(I index, PersistConfig config) {
     detail::validate_config(config);
@@ -68,7 +80,11 @@ class PersistedIndex {
   // Load the snapshot at config.path: verified (header, checksum, index type,
   // and the rebuilt index agrees with the header's dim, metric and count).
   // With a WAL: takes the writer lock, replays the log records the snapshot
-  // does not hold yet, and cuts a torn tail off the log.
+  // does not hold yet, and cuts a torn tail off the log. Without: takes no
+  // lock and changes no file, but replays the same records read-only (a torn
+  // tail is ignored; a damaged log throws as with the WAL), so that no
+  // acknowledged write is hidden; last_lsn() is then the LSN the loaded
+  // state covers.
   static PersistedIndex load(PersistConfig config) {
     detail::validate_config(config);
     std::optional<I> loaded;
@@ -78,10 +94,6 @@ class PersistedIndex {
       check_against_header(*loaded, h, config.path);
       return h;
     };
-    if (!config.wal_enabled) {
-      load_snapshot();
-      return PersistedIndex(std::make_unique<State>(std::move(*loaded), std::move(config)));
-    }
     // The index's own insert / erase refuse what does not apply (a record
     // that does: the engine reports CorruptLog with its offset).
     const auto replay = [&](const wal::RecordView& r) {
@@ -106,6 +118,13 @@ class PersistedIndex {
         }
       }
     };
+    if (!config.wal_enabled) {
+      const auto r = detail::WalEngine::replay_read_only(config, load_snapshot, replay, reserve);
+      auto s = std::make_unique<State>(std::move(*loaded), std::move(config));
+      s->base_lsn.store(r.last_lsn);
+      s->load_stats = r.stats;
+      return PersistedIndex(std::move(s));
+    }
     auto engine = detail::WalEngine::open(config, load_snapshot, replay, write_snapshot, reserve);
     auto s = std::make_unique<State>(std::move(*loaded), std::move(config));
     s->engine = std::move(engine);
@@ -186,11 +205,23 @@ class PersistedIndex {
 
   // Write a snapshot atomically: the previous file stays intact until the new
   // one is complete (and, unless FsyncPolicy::Never, durable). With a WAL this
-  // is checkpoint().
+  // is checkpoint(). Without, it holds the writer lock while it writes
+  // (Locked while another writer, WAL or not, holds it) and refuses
+  // (WouldLoseWrites) to replace acknowledged writes the files hold and the
+  // index lacks: log records above last_lsn(), a snapshot with a higher last
+  // LSN; PersistConfig::discard_log replaces them.
   FileHeader save() {
     if (s_->engine) return checkpoint();
+    // One save at a time: the writer lock would refuse a second one.
+    std::lock_guard save_lk(s_->save_mu);
     std::shared_lock lk(s_->mu);
-    return s_->write_snapshot(0, s_->config.fsync_policy.mode() != FsyncPolicy::Mode::Never);
+    State* st = s_.get();
+    const FileHeader h = detail::save_without_wal(st->config, st->base_lsn.load(),
+                                                  [st](std::uint64_t lsn, bool durable) {
+                                                    return st->write_snapshot(lsn, durable);
+                                                  });
+    st->base_lsn.store(h.last_lsn);
+    return h;
   }
 
   // With a WAL: fold the log into a new snapshot and start an empty log, such
@@ -219,8 +250,10 @@ class PersistedIndex {
     if (s_->engine) s_->engine->close();
   }
 
-  // The LSN of the last logged mutation (0 without a WAL or before any).
-  std::uint64_t last_lsn() const { return s_->engine ? s_->engine->last_lsn() : 0; }
+  // With a WAL: the LSN of the last logged mutation (0 before any). Without:
+  // the LSN the state covers — the last log record replayed by load() or
+  // the last LSN of the snapshot it loaded or saved (0 after open_with).
+  std::uint64_t last_lsn() const { return s_->engine ? s_->engine->last_lsn() : s_->base_lsn.load(); }
 
   // Health check: why mutations are refused (ErrorKind::Poisoned) after a
   // write or fsync of the log failed, including a failure of the periodic
@@ -229,8 +262,10 @@ class PersistedIndex {
   std::optional<std::string> failure() const { return s_->engine ? s_->engine->failure() : std::nullopt; }
 
   // What the log did since the index was opened, and what recovery found
-  // when it was loaded (all zero without a WAL).
-  wal::WalStats wal_stats() const { return s_->engine ? s_->engine->stats() : wal::WalStats{}; }
+  // when it was loaded. Without a WAL: what load() replayed read-only
+  // (recovered_records, torn_tail_bytes, unsynced_frames_dropped); the rest
+  // is zero.
+  wal::WalStats wal_stats() const { return s_->engine ? s_->engine->stats() : s_->load_stats; }
 
  private:
   struct State {
@@ -242,6 +277,9 @@ class PersistedIndex {
     PersistConfig config;
     mutable detail::RwLock mu;     // guards index against read() during mutations; writers first
     std::mutex write_mu;           // serialises mutations without a WAL
+    std::mutex save_mu;            // serialises saves without a WAL
+    std::atomic<std::uint64_t> base_lsn{0};  // without a WAL: the LSN the state covers
+    wal::WalStats load_stats;      // without a WAL: what load() replayed
     std::unique_ptr<detail::WalEngine> engine;
   };
 

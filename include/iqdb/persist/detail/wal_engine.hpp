@@ -118,6 +118,21 @@ class WalEngine {
                                          const Replay& replay, const WriteSnapshot& write_snapshot,
                                          const ReserveHint& reserve = {});
 
+  // load without the WAL: what the loaded state covers.
+  struct ReadOnlyReplay {
+    std::uint64_t last_lsn = 0;  // the snapshot's last LSN, or the last replayed record's
+    wal::WalStats stats;         // recovered_records, torn_tail_bytes, unsynced_frames_dropped
+  };
+  // load without the WAL: no lock, no file changed. Opens the log (if any)
+  // first, then loads the snapshot, then replays the log records after the
+  // snapshot's last LSN, as open() does (a torn tail is ignored, mid-log
+  // corruption and missing records throw CorruptLog); a version-1 log too.
+  // In that order a checkpoint, or a save that removes the log, running
+  // meanwhile in another process leaves a consistent pair: a snapshot
+  // written after the log was opened covers every record the log holds.
+  static ReadOnlyReplay replay_read_only(const PersistConfig& cfg, const std::function<FileHeader()>& load_snapshot,
+                                         const Replay& replay, const ReserveHint& reserve = {});
+
   WalEngine(const WalEngine&) = delete;
   WalEngine& operator=(const WalEngine&) = delete;
   ~WalEngine();  // close(), errors swallowed

@@ -1,0 +1,699 @@
+// Issue 13, part 0: the single-writer lock binds every writer, WAL or not,
+// and a program without the WAL never loses or hides the writes a log holds.
+//
+//  - save / checkpoint take "<path>.lock" while they write (Locked while
+//    another writer, WAL or not, holds it), in this process or another;
+//  - load without the WAL replays, read-only, the log records its snapshot
+//    lacks (a torn tail ignored, mid-log corruption a CorruptLog);
+//  - save without the WAL refuses (WouldLoseWrites) to replace files that
+//    hold acknowledged writes its index lacks, unless discard_log is set,
+//    which writes the snapshot so that it covers the whole log and then
+//    removes the log (a crash in between loads as the new snapshot).
+//
+// Every check compares with an independent model: the ids and vectors the
+// test was told were acknowledged.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <atomic>
+#include <functional>
+#include <iqdb/persist.hpp>
+#include <thread>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "support/crash_sim.hpp"
+#include "support/fault_fs.hpp"
+#include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace test;
+
+constexpr std::size_t kDim = 4;
+
+std::vector<float> vec_of(std::uint64_t i) {
+  return {static_cast<float>(i), -static_cast<float>(i), 0.25f * static_cast<float>(i), 1.0f};
+}
+
+FlatIndex empty_index() { return FlatIndex(kDim, DistanceMetric::Euclidean); }
+
+template <class Db>
+void put(Db& db, Model& model, std::uint64_t i) {
+  db.insert(i, vec_of(i));
+  model[VectorId(i)] = Entry{vec_of(i), std::nullopt};
+}
+
+PersistConfig plain(const fs::path& p, FileSystem* file_system = nullptr) {
+  PersistConfig cfg(p);
+  cfg.file_system = file_system;
+  return cfg;
+}
+
+// Runs `child` in a forked process; returns its exit code.
+int in_child(const std::function<int()>& child) {
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = child();
+    } catch (...) {
+      code = 98;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) throw std::runtime_error("waitpid failed");
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// The exit code a child reports for the error a call threw.
+int code_of(const std::optional<ErrorKind>& kind) {
+  if (!kind) return 0;
+  return 10 + static_cast<int>(*kind);
+}
+
+// The state the WAL program of the issue leaves: 10 vectors inserted and
+// checkpointed, then one more (in the log only) — or, without the
+// checkpoint, all 11 in the log.
+PersistedIndex<FlatIndex> wal_writer(const PersistConfig& cfg, Model& model, bool checkpoint) {
+  auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), cfg);
+  for (std::uint64_t i = 1; i <= 10; ++i) put(db, model, i);
+  if (checkpoint) db.checkpoint();
+  put(db, model, 11);
+  return db;
+}
+
+// ---------------------------------------------------------------- the issue, one process
+
+TEST(WriterLock, SaveWithoutWalIsLockedOutWhileAWalWriterRunsAfterACheckpoint) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model model;
+  auto writer = wal_writer(wcfg, model, /*checkpoint=*/true);
+
+  auto other = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));  // writes nothing
+  other.insert(500, vec_of(500));
+  EXPECT_EQ(error_of([&] { other.save(); }), ErrorKind::Locked);
+  EXPECT_EQ(error_of([&] { other.checkpoint(); }), ErrorKind::Locked);
+
+  writer.close();
+  auto again = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(again.index(), model), "");
+}
+
+TEST(WriterLock, SaveWithoutWalIsLockedOutWhileAWalWriterRunsWithoutACheckpoint) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model model;
+  auto writer = wal_writer(wcfg, model, /*checkpoint=*/false);
+
+  auto other = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));
+  other.insert(500, vec_of(500));  // must not be merged into the WAL program's index
+  EXPECT_EQ(error_of([&] { other.save(); }), ErrorKind::Locked);
+
+  writer.close();
+  auto again = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(again.index(), model), "");
+}
+
+TEST(WriterLock, LoadWithoutWalReplaysTheLogReadOnly) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model model;
+  auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), wcfg);
+  for (std::uint64_t i = 1; i <= 10; ++i) put(db, model, i);
+  const Buf log_before = read_file(wal::log_path_for(path));
+
+  // While the writer runs (a reader takes no lock) and after it closed.
+  {
+    auto reader = PersistedIndex<FlatIndex>::load(plain(path));
+    EXPECT_EQ(diff(reader.index(), model), "");
+  }
+  db.close();
+  auto reader = PersistedIndex<FlatIndex>::load(plain(path));
+  EXPECT_EQ(diff(reader.index(), model), "");
+  EXPECT_EQ(read_file(wal::log_path_for(path)), log_before) << "a read-only load modified the log";
+}
+
+// ---------------------------------------------------------------- the issue, two processes
+
+TEST(WriterLock, AnotherProcessSavingWithoutWalIsLockedOut) {
+  for (const bool checkpoint : {true, false}) {
+    SCOPED_TRACE(checkpoint ? "after a checkpoint" : "without a checkpoint");
+    TempDir dir;
+    const fs::path path = dir / "x.iqdb";
+    const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+    Model model;
+    auto writer = wal_writer(wcfg, model, checkpoint);
+
+    const int child = in_child([&] {
+      auto other = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));
+      other.insert(500, vec_of(500));
+      return code_of(error_of([&] { other.save(); }));
+    });
+    EXPECT_EQ(child, code_of(ErrorKind::Locked)) << "0 = the child's save succeeded";
+
+    // The writer goes on, and everything it acknowledged survives.
+    put(writer, model, 12);
+    writer.close();
+    auto again = PersistedIndex<FlatIndex>::load(wcfg);
+    EXPECT_EQ(diff(again.index(), model), "");
+  }
+}
+
+TEST(WriterLock, AnotherProcessLoadsWithoutWalWhileTheWriterRuns) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model model;
+  auto writer = wal_writer(wcfg, model, /*checkpoint=*/true);
+  const int child = in_child([&] {
+    auto reader = PersistedIndex<FlatIndex>::load(plain(path));
+    return diff(reader.index(), model).empty() ? 0 : 1;
+  });
+  EXPECT_EQ(child, 0) << "1 = the reader saw other content, 98 = its load threw";
+}
+
+
+// ---------------------------------------------------------------- the writer lock
+
+fs::path lock_of(const fs::path& p) {
+  fs::path l = p;
+  l += ".lock";
+  return l;
+}
+
+// Whether the writer lock is held (by someone else) when a snapshot is
+// renamed into place and when a log is removed.
+class LockProbe : public FileSystemWrapper {
+ public:
+  LockProbe(FileSystem& target, fs::path lock_path) : FileSystemWrapper(target), lock_path_(std::move(lock_path)) {}
+  void rename(const fs::path& from, const fs::path& to) override {
+    held_at_rename.push_back(held());
+    FileSystemWrapper::rename(from, to);
+  }
+  void remove(const fs::path& p) override {
+    if (p.extension() == ".wal") held_at_log_remove.push_back(held());
+    FileSystemWrapper::remove(p);
+  }
+  std::vector<bool> held_at_rename;
+  std::vector<bool> held_at_log_remove;
+
+ private:
+  bool held() { return error_of([&] { target().lock(lock_path_); }) == ErrorKind::Locked; }
+  fs::path lock_path_;
+};
+
+TEST(WriterLock, SaveWithoutWalHoldsTheLockWhileItWritesAndOnlyThen) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  LockProbe probe(default_file_system(), lock_of(path));
+  PersistConfig cfg = plain(path, &probe);
+  auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), cfg);
+  Model model;
+  put(db, model, 1);
+  db.save();
+  put(db, model, 2);
+  db.checkpoint();  // without a WAL: save()
+  EXPECT_EQ(probe.held_at_rename, (std::vector<bool>{true, true}));
+
+  // open_with, load and the object's life in between take no lock: a WAL
+  // writer can open the index while this object exists.
+  auto reader = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_EQ(diff(reader.index(), model), "");
+  auto writer = PersistedIndex<FlatIndex>::load(wal_config(path, FsyncPolicy::always()));
+  EXPECT_EQ(error_of([&] { db.save(); }), ErrorKind::Locked);
+  writer.close();
+  EXPECT_EQ(error_of([&] { db.save(); }), std::nullopt);
+}
+
+TEST(WriterLock, AnyHolderOfTheLockKeepsSavesOutButNotReaders) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));
+    for (std::uint64_t i = 1; i <= 3; ++i) put(db, model, i);
+    db.save();
+  }
+  // Held as a save without the WAL holds it, by another process.
+  int to_child[2];
+  int from_child[2];
+  ASSERT_EQ(::pipe(to_child), 0);
+  ASSERT_EQ(::pipe(from_child), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int code = 0;
+    try {
+      auto lock = default_file_system().lock(lock_of(path));
+      char c = 'l';
+      if (::write(from_child[1], &c, 1) != 1) code = 2;
+      if (::read(to_child[0], &c, 1) != 1) code = 3;  // hold it until told
+    } catch (...) {
+      code = 1;
+    }
+    ::_exit(code);
+  }
+  char c = 0;
+  ASSERT_EQ(::read(from_child[0], &c, 1), 1);
+
+  auto db = PersistedIndex<FlatIndex>::load(plain(path));  // readers take no lock
+  EXPECT_EQ(diff(db.index(), model), "");
+  put(db, model, 4);
+  EXPECT_EQ(error_of([&] { db.save(); }), ErrorKind::Locked);
+  EXPECT_EQ(error_of([&] { PersistedIndex<FlatIndex>::load(wal_config(path, FsyncPolicy::always())); }),
+            ErrorKind::Locked);
+  EXPECT_EQ(error_of([&] {
+              PersistedIndex<FlatIndex>::open_with(empty_index(), wal_config(path, FsyncPolicy::always()));
+            }),
+            ErrorKind::Locked);
+
+  ASSERT_EQ(::write(to_child[1], "x", 1), 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) ::close(fd);
+
+  db.save();
+  auto again = PersistedIndex<FlatIndex>::load(plain(path));
+  EXPECT_EQ(diff(again.index(), model), "");
+}
+
+// ---------------------------------------------------------------- saves that would lose writes
+
+TEST(WriterLock, SaveWithoutWalAfterTheWriterClosedRefusesToOrphanTheLog) {
+  for (const bool checkpoint : {true, false}) {
+    SCOPED_TRACE(checkpoint ? "after a checkpoint" : "without a checkpoint");
+    TempDir dir;
+    const fs::path path = dir / "x.iqdb";
+    const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+    Model model;
+    wal_writer(wcfg, model, checkpoint).close();
+    const Buf snapshot_before = read_file(path);
+
+    auto other = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));
+    other.insert(500, vec_of(500));
+    try {
+      other.save();
+      ADD_FAILURE() << "the save replaced an index whose log holds acknowledged records";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::WouldLoseWrites) << e.what();
+      EXPECT_EQ(e.path(), wal::log_path_for(path));
+      const std::string what = e.what();
+      const std::string range = checkpoint ? "1 acknowledged record (LSN 11)" : "11 acknowledged records (LSN 1..11)";
+      EXPECT_NE(what.find(range), std::string::npos) << what;
+      EXPECT_NE(what.find("discard_log"), std::string::npos) << what;
+      EXPECT_NE(what.find("x.iqdb.wal"), std::string::npos) << what;
+    }
+    EXPECT_EQ(read_file(path), snapshot_before);
+    auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
+    EXPECT_EQ(diff(with_wal.index(), model), "");
+    with_wal.close();
+    auto without = PersistedIndex<FlatIndex>::load(plain(path));
+    EXPECT_EQ(diff(without.index(), model), "");
+  }
+}
+
+TEST(WriterLock, SaveWithoutWalRefusesToReplaceACheckpointedIndexItLacks) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), wcfg);
+    for (std::uint64_t i = 1; i <= 10; ++i) put(db, model, i);
+    db.checkpoint();  // the log is empty now: the 10 are in the snapshot only
+    db.close();
+  }
+  auto other = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));
+  other.insert(500, vec_of(500));
+  try {
+    other.save();
+    ADD_FAILURE() << "the save replaced a snapshot holding acknowledged writes";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::WouldLoseWrites) << e.what();
+    EXPECT_EQ(e.path(), path);
+  }
+  auto again = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(again.index(), model), "");
+}
+
+TEST(WriterLock, AStaleIndexWithoutWalRefusesToReplaceWritesMadeSinceItWasLoaded) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model model;
+  wal_writer(wcfg, model, /*checkpoint=*/true).close();
+
+  auto stale = PersistedIndex<FlatIndex>::load(plain(path));  // covers LSN 11
+  EXPECT_EQ(diff(stale.index(), model), "");
+  {
+    auto db = PersistedIndex<FlatIndex>::load(wcfg);
+    put(db, model, 12);
+    put(db, model, 13);
+    db.checkpoint();  // 12 and 13 now live in the snapshot alone
+    db.close();
+  }
+  stale.insert(500, vec_of(500));
+  EXPECT_EQ(error_of([&] { stale.save(); }), ErrorKind::WouldLoseWrites);
+  auto again = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(again.index(), model), "");
+}
+
+// A save without the WAL of an index loaded without it keeps everything,
+// and a later load with the WAL agrees (the snapshot carries the LSN its
+// state covers, not 0).
+TEST(WriterLock, LoadedWithoutWalThenSavedTheWalLoadAgrees) {
+  for (const int variant : {0, 1, 2}) {
+    // 0: log record 11 after a checkpoint; 1: 11 records, no checkpoint;
+    // 2: checkpoint, empty log.
+    SCOPED_TRACE(variant);
+    TempDir dir;
+    const fs::path path = dir / "x.iqdb";
+    const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+    Model model;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), wcfg);
+      for (std::uint64_t i = 1; i <= 10; ++i) put(db, model, i);
+      if (variant != 1) db.checkpoint();
+      if (variant != 2) put(db, model, 11);
+      db.close();
+    }
+    const std::uint64_t covered = variant == 2 ? 10 : 11;
+    {
+      auto db = PersistedIndex<FlatIndex>::load(plain(path));
+      EXPECT_EQ(diff(db.index(), model), "");
+      EXPECT_EQ(db.last_lsn(), covered);
+      put(db, model, 100);
+      db.erase(3);
+      model.erase(VectorId(3));
+      db.save();
+      db.save();  // again: its own snapshot is no newer than what it covers
+    }
+    {
+      auto db = PersistedIndex<FlatIndex>::load(plain(path));
+      EXPECT_EQ(diff(db.index(), model), "");
+    }
+    {
+      auto db = PersistedIndex<FlatIndex>::load(wcfg);
+      EXPECT_EQ(diff(db.index(), model), "");
+      put(db, model, 101);
+      db.close();
+    }
+    auto db = PersistedIndex<FlatIndex>::load(wcfg);
+    EXPECT_EQ(diff(db.index(), model), "");
+  }
+}
+
+TEST(WriterLock, DiscardLogIsInvalidWithTheWal) {
+  TempDir dir;
+  PersistConfig cfg = wal_config(dir / "x.iqdb", FsyncPolicy::always());
+  cfg.discard_log = true;
+  EXPECT_EQ(error_of([&] { PersistedIndex<FlatIndex>::open_with(empty_index(), cfg); }), ErrorKind::InvalidArgument);
+  EXPECT_FALSE(fs::exists(dir / "x.iqdb"));
+}
+
+// ---------------------------------------------------------------- discard_log
+
+Model replacement(PersistedIndex<FlatIndex>& db) {
+  Model m;
+  for (std::uint64_t i = 200; i < 205; ++i) put(db, m, i);
+  return m;
+}
+
+TEST(WriterLock, DiscardLogReplacesTheLogsWrites) {
+  for (const bool checkpoint : {true, false}) {
+    SCOPED_TRACE(checkpoint ? "after a checkpoint" : "without a checkpoint");
+    TempDir dir;
+    const fs::path path = dir / "x.iqdb";
+    const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+    Model old_model;
+    wal_writer(wcfg, old_model, checkpoint).close();
+
+    PersistConfig cfg = plain(path);
+    cfg.discard_log = true;
+    cfg.fsync_policy = FsyncPolicy::never();  // the discard is durable all the same
+    auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), cfg);
+    const Model model = replacement(db);
+    db.save();
+    EXPECT_FALSE(fs::exists(wal::log_path_for(path)));
+
+    auto without = PersistedIndex<FlatIndex>::load(plain(path));
+    EXPECT_EQ(diff(without.index(), model), "");
+    Model next = model;
+    {
+      auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
+      EXPECT_EQ(diff(with_wal.index(), model), "");
+      put(with_wal, next, 300);
+      with_wal.close();
+    }
+    auto again = PersistedIndex<FlatIndex>::load(wcfg);
+    EXPECT_EQ(diff(again.index(), next), "");
+  }
+}
+
+// The discarding save writes the snapshot, then removes the log. A crash
+// between the two (here: the removal fails, as if the process died there)
+// leaves the new snapshot beside the old log: every load gives the new
+// index, and the WAL goes on from there.
+TEST(WriterLock, DiscardLogCrashBetweenSnapshotAndLogRemovalLoadsTheNewIndex) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model old_model;
+  wal_writer(wcfg, old_model, /*checkpoint=*/true).close();
+
+  FaultFs faults;
+  PersistConfig cfg = plain(path, &faults);
+  cfg.discard_log = true;
+  auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), cfg);
+  const Model model = replacement(db);
+  faults.arm(Fault::fail({OpKind::Remove, ".wal"}, 1, EIO));
+  EXPECT_EQ(error_of([&] { db.save(); }), ErrorKind::Io);
+  EXPECT_EQ(faults.fired(), 1u);
+  ASSERT_TRUE(fs::exists(wal::log_path_for(path)));
+  // The order on the disk: the snapshot is durable (file and directory)
+  // before the log is removed.
+  const std::vector<FsOp> ops = faults.log();
+  std::size_t rename_at = 0, dir_sync_at = 0, remove_at = 0;
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    if (ops[i].kind == OpKind::Rename && ops[i].path2 == path) rename_at = i + 1;
+    if (ops[i].kind == OpKind::SyncDir && rename_at != 0 && dir_sync_at == 0) dir_sync_at = i + 1;
+    if (ops[i].kind == OpKind::Remove && ops[i].path == wal::log_path_for(path)) remove_at = i + 1;
+  }
+  EXPECT_NE(rename_at, 0u);
+  EXPECT_LT(rename_at, dir_sync_at);
+  EXPECT_LT(dir_sync_at, remove_at);
+
+  {
+    auto without = PersistedIndex<FlatIndex>::load(plain(path));
+    EXPECT_EQ(diff(without.index(), model), "");
+    without.save();  // without discard_log: the log holds nothing it lacks
+  }
+  Model next = model;
+  {
+    auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
+    EXPECT_EQ(diff(with_wal.index(), model), "");
+    put(with_wal, next, 300);
+    with_wal.close();
+  }
+  auto again = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(again.index(), next), "");
+}
+
+// The same under the crash simulator: a power loss at every instant of the
+// discarding save, in every state the disk may then hold, recovers (with the
+// WAL and without) to the old index whole or the new one whole, and to the
+// new one once the save returned.
+TEST(WriterLock, DiscardLogSurvivesAPowerLossAtEveryInstant) {
+  namespace cs = test::crash;
+  const fs::path dir = "/db";
+  const fs::path path = dir / "x.iqdb";
+  cs::SimFs sim({dir});
+  Model old_model;
+  {
+    auto db = wal_writer(wal_config(path, FsyncPolicy::always(), &sim), old_model, /*checkpoint=*/true);
+    put(db, old_model, 12);
+    db.close();
+  }
+  PersistConfig cfg = plain(path, &sim);
+  cfg.discard_log = true;
+  auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), cfg);
+  const Model model = replacement(db);
+  const std::size_t begin = sim.op_count();
+  db.save();
+  const std::size_t end = sim.op_count();
+
+  std::size_t states = 0;
+  cs::replay(sim.dirs(), sim.initial_image(), sim.trace(), [&](std::size_t point, const cs::DiskModel& disk) {
+    if (point < begin) return;
+    for (const cs::CrashState& st : disk.crash_states({})) {
+      ++states;
+      for (const bool wal : {true, false}) {
+        cs::SimFs after(sim.dirs(), st.image, {0x5eed, false});
+        const PersistConfig rcfg = wal ? wal_config(path, FsyncPolicy::always(), &after) : plain(path, &after);
+        try {
+          auto r = PersistedIndex<FlatIndex>::load(rcfg);
+          const bool is_new = diff(r.index(), model).empty();
+          const bool is_old = diff(r.index(), old_model).empty();
+          EXPECT_TRUE(is_new || (is_old && point < end))
+              << "point " << point << " (" << st.how << "), " << (wal ? "WAL" : "no WAL") << ": "
+              << (is_old ? "the old index after the save returned" : diff(r.index(), model));
+        } catch (const PersistError& e) {
+          ADD_FAILURE() << "point " << point << " (" << st.how << "): " << e.what();
+        }
+      }
+    }
+  });
+  EXPECT_GT(states, 0u);
+}
+
+// ---------------------------------------------------------------- read-only replay
+
+// The log offsets of each record's frame, in order.
+std::vector<std::uint64_t> frame_offsets(const fs::path& log) {
+  std::vector<std::uint64_t> at;
+  wal::scan_log(default_file_system(), log, [&](const wal::RecordView& r) { at.push_back(r.frame_offset); });
+  return at;
+}
+
+TEST(WriterLock, LoadWithoutWalIgnoresATornTailAndChangesNothing) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const fs::path log = wal::log_path_for(path);
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), wcfg);
+    for (std::uint64_t i = 1; i <= 10; ++i) put(db, model, i);
+    db.close();
+  }
+  // Record 10's frame torn: only its first bytes reached the disk (as after
+  // a crash during its write, before it was acknowledged).
+  const std::vector<std::uint64_t> at = frame_offsets(log);
+  ASSERT_EQ(at.size(), 10u);
+  Buf bytes = read_file(log);
+  for (std::size_t i = at[9] + 12; i < bytes.size(); ++i) bytes[i] = std::byte{0};
+  write_file(log, bytes);
+  model.erase(VectorId(10));
+
+  auto db = PersistedIndex<FlatIndex>::load(plain(path));
+  EXPECT_EQ(diff(db.index(), model), "");
+  EXPECT_EQ(db.last_lsn(), 9u);
+  EXPECT_EQ(db.wal_stats().recovered_records, 9u);
+  EXPECT_GT(db.wal_stats().torn_tail_bytes, 0u);
+  EXPECT_EQ(read_file(log), bytes) << "a load without the WAL changed the log";
+  // Saving it is safe (the torn record was never acknowledged), and the WAL
+  // load agrees.
+  put(db, model, 100);
+  db.save();
+  auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(with_wal.index(), model), "");
+}
+
+TEST(WriterLock, LoadWithoutWalReportsMidLogCorruptionAsTheWalLoadDoes) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const fs::path log = wal::log_path_for(path);
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
+  {
+    Model model;
+    auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), wcfg);
+    for (std::uint64_t i = 1; i <= 10; ++i) put(db, model, i);
+    db.close();
+  }
+  const std::vector<std::uint64_t> at = frame_offsets(log);
+  ASSERT_EQ(at.size(), 10u);
+  Buf bytes = read_file(log);
+  bytes[at[2] + 30] ^= std::byte{0x40};  // inside record 3's vector; records 4.. vouch for it
+  write_file(log, bytes);
+
+  std::optional<std::uint64_t> wal_offset;
+  try {
+    PersistedIndex<FlatIndex>::load(wcfg);
+    ADD_FAILURE() << "the WAL load accepted a corrupt log";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::CorruptLog);
+    wal_offset = e.offset();
+  }
+  try {
+    PersistedIndex<FlatIndex>::load(plain(path));
+    ADD_FAILURE() << "the load without the WAL accepted a corrupt log";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::CorruptLog);
+    EXPECT_EQ(e.offset(), wal_offset);
+    EXPECT_EQ(e.path(), log);
+  }
+  // A save without the WAL would orphan what follows the damage: refused,
+  // unless told to discard.
+  auto other = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));
+  Model model;
+  put(other, model, 500);
+  EXPECT_EQ(error_of([&] { other.save(); }), ErrorKind::CorruptLog);
+  PersistConfig discard = plain(path);
+  discard.discard_log = true;
+  auto replacing = PersistedIndex<FlatIndex>::open_with(empty_index(), discard);
+  put(replacing, model, 501);
+  model.erase(VectorId(500));
+  replacing.save();
+  auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(with_wal.index(), model), "");
+}
+
+// Readers without the WAL load while a writer appends and checkpoints: each
+// sees a prefix of the acknowledged inserts, never less than what was
+// acknowledged when it started, and never a "missing records" error from a
+// checkpoint replacing the snapshot and the log between its two reads.
+TEST(WriterLock, LoadsWithoutWalDuringCheckpointsSeeAConsistentPrefix) {
+  TempDir dir;
+  const fs::path path = dir / "x.iqdb";
+  const PersistConfig wcfg = wal_config(path, FsyncPolicy::never());
+  auto db = PersistedIndex<FlatIndex>::open_with(empty_index(), wcfg);
+  std::atomic<std::uint64_t> acked{0};
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (std::uint64_t i = 1; i <= 3000 && !stop; ++i) {
+      db.insert(i, vec_of(i));
+      acked.store(i);
+      if (i % 50 == 0) db.checkpoint();
+    }
+    stop = true;
+  });
+  std::size_t loads = 0;
+  std::string failure;
+  while (!stop && failure.empty()) {
+    const std::uint64_t before = acked.load();
+    try {
+      auto r = PersistedIndex<FlatIndex>::load(plain(path));
+      const FlatIndex& idx = r.index();
+      const std::uint64_t n = idx.size();
+      if (n < before) failure = "saw " + std::to_string(n) + " of " + std::to_string(before) + " acknowledged";
+      for (std::uint64_t i = 1; i <= n && failure.empty(); ++i) {
+        if (!idx.contains(i)) failure = "not a prefix: " + std::to_string(i) + " missing";
+      }
+      if (failure.empty() && r.last_lsn() != n) failure = "last_lsn " + std::to_string(r.last_lsn());
+    } catch (const PersistError& e) {
+      failure = e.what();
+    }
+    ++loads;
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(failure, "");
+  EXPECT_GT(loads, 0u);
+}
+
+}  // namespace
+}  // namespace iqdb::persist
