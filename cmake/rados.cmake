@@ -19,7 +19,7 @@ if(_iqdb_rados_mode STREQUAL "OFF")
   message(STATUS "RADOS component not built (IQDB_PERSIST_WITH_RADOS=${IQDB_PERSIST_WITH_RADOS})")
 else()
   # librados ships no pkg-config file or CMake package in Debian 12.
-  find_path(IQDB_RADOS_INCLUDE_DIR rados/librados.hpp DOC "Directory holding rados/librados.hpp")
+  find_path(IQDB_RADOS_INCLUDE_DIR rados/librados.h DOC "Directory holding rados/librados.h")
   find_library(IQDB_RADOS_LIBRARY rados DOC "librados")
   if(IQDB_RADOS_INCLUDE_DIR AND IQDB_RADOS_LIBRARY)
     add_library(iqdb_persist_rados STATIC

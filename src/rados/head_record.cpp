@@ -116,7 +116,7 @@ std::optional<std::uint64_t> decode_generation(std::string_view text) {
     if (c >= '0' && c <= '9') {
       d = static_cast<std::uint64_t>(c - '0');
     } else if (c >= 'a' && c <= 'f') {
-      d = static_cast<std::uint64_t>(c - 'a' + 10);
+      d = static_cast<std::uint64_t>(c - 'a') + 10;
     } else {
       return std::nullopt;
     }

@@ -1,16 +1,19 @@
 // RadosSnapshotStore: the FileSystem seam over a RADOS pool. A snapshot is
 // striped over objects NAME.snap.<gen>.<k> and published by one guarded
 // operation on NAME.head (docs/DISTRIBUTED.md).
-#include <rados/librados.hpp>
+// The C API of librados (rados/librados.h): its C++ headers do not parse
+// as C++20 under clang (an ambiguous operator== in buffer.h), and the C
+// calls copy what they write and read into the caller's buffers.
+#include <rados/librados.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <random>
-#include <set>
 
 #include "iqdb/persist/checksum.hpp"
 #include "iqdb/persist/error.hpp"
@@ -30,37 +33,84 @@ constexpr const char* kScheme = "rados://";
 // v3 header is at most 65536 bytes.
 constexpr std::size_t kHold = 65536;
 
-librados::bufferlist to_bl(std::string_view s) {
-  librados::bufferlist bl;
-  bl.append(s.data(), static_cast<unsigned>(s.size()));
-  return bl;
-}
+// RAII over librados's C handles.
+struct WriteOp {
+  rados_write_op_t op = rados_create_write_op();
+  WriteOp() = default;
+  WriteOp(const WriteOp&) = delete;
+  WriteOp& operator=(const WriteOp&) = delete;
+  ~WriteOp() { rados_release_write_op(op); }
+};
+struct ReadOp {
+  rados_read_op_t op = rados_create_read_op();
+  ReadOp() = default;
+  ReadOp(const ReadOp&) = delete;
+  ReadOp& operator=(const ReadOp&) = delete;
+  ~ReadOp() { rados_release_read_op(op); }
+};
 
-std::string to_string(const librados::bufferlist& bl) { return bl.to_str(); }
-
-// An aio completion, released when destroyed (after waiting: librados must
-// not write into buffers that are gone).
+// An aio completion, released when destroyed (after waiting, once submitted:
+// librados must not write into buffers that are gone).
 struct Completion {
-  librados::AioCompletion* c = librados::Rados::aio_create_completion();
+  rados_completion_t c = nullptr;
   bool submitted = false;  // set once librados has the operation
-  Completion() = default;
+  Completion() { (void)rados_aio_create_completion2(nullptr, nullptr, &c); }
   Completion(const Completion&) = delete;
   Completion& operator=(const Completion&) = delete;
   ~Completion() {
-    if (submitted) c->wait_for_complete();
-    c->release();
+    if (submitted) (void)rados_aio_wait_for_complete(c);
+    rados_aio_release(c);
   }
   int wait() {
-    c->wait_for_complete();
-    return c->get_return_value();
+    (void)rados_aio_wait_for_complete(c);
+    return rados_aio_get_return_value(c);
   }
 };
+
+// An object's attributes, read by a read operation they were added to.
+struct Xattrs {
+  rados_xattrs_iter_t iter = nullptr;
+  int rv = 0;
+  Xattrs() = default;
+  Xattrs(const Xattrs&) = delete;
+  Xattrs& operator=(const Xattrs&) = delete;
+  ~Xattrs() {
+    if (iter != nullptr) rados_getxattrs_end(iter);
+  }
+  void add_to(ReadOp& op) { rados_read_op_getxattrs(op.op, &iter, &rv); }
+  // After the operation succeeded.
+  std::map<std::string, std::string> values() {
+    std::map<std::string, std::string> out;
+    for (;;) {
+      const char* name = nullptr;
+      const char* value = nullptr;
+      std::size_t len = 0;
+      if (rados_getxattrs_next(iter, &name, &value, &len) != 0 || name == nullptr) break;
+      out[name] = std::string(value, len);
+    }
+    return out;
+  }
+};
+
+void set_xattr(WriteOp& op, const char* name, const std::string& value) {
+  rados_write_op_setxattr(op.op, name, value.data(), value.size());
+}
+void cmp_xattr(WriteOp& op, const char* name, const std::string& value) {
+  rados_write_op_cmpxattr(op.op, name, LIBRADOS_CMPXATTR_OP_EQ, value.data(), value.size());
+}
 
 }  // namespace
 
 struct RadosSnapshotStore::Impl {
-  librados::Rados cluster;
-  librados::IoCtx io;
+  rados_t cluster = nullptr;
+  rados_ioctx_t io = nullptr;
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {
+    if (io != nullptr) rados_ioctx_destroy(io);
+    if (cluster != nullptr) rados_shutdown(cluster);
+  }
   std::string pool;
   RadosOptions options;
   std::mutex mu;
@@ -110,23 +160,19 @@ struct RadosSnapshotStore::Impl {
   // nullopt when the head object does not exist.
   std::optional<std::pair<std::uint64_t, std::uint64_t>> read_counters(const std::string& name) {
     const std::string head = head_object(name);
-    librados::ObjectReadOperation op;
-    librados::bufferlist gen, next;
-    int gen_rv = 0, next_rv = 0;
-    op.getxattr(kGenAttr, &gen, &gen_rv);
-    op.getxattr(kNextAttr, &next, &next_rv);
-    const int r = io.operate(head, &op, nullptr);
+    ReadOp op;
+    Xattrs attrs;
+    attrs.add_to(op);
+    const int r = rados_read_op_operate(op.op, io, head.c_str(), 0);
     if (r == -ENOENT) return std::nullopt;
-    if (r == -ENODATA || gen_rv < 0 || next_rv < 0) {
-      throw PersistError::at(ErrorKind::InvalidHeader, object_path(head), "the head object has no iqdb attributes");
-    }
     if (r < 0) fail(head, "reading the head's attributes", r);
-    const auto g = decode_generation(to_string(gen));
-    const auto n = decode_generation(to_string(next));
+    auto values = attrs.values();
+    const auto g = decode_generation(values[kGenAttr]);
+    const auto n = decode_generation(values[kNextAttr]);
     if (!g || !n || *n <= *g) {
       throw PersistError::at(ErrorKind::InvalidHeader, object_path(head),
-                             "the head's generation attributes are malformed ('" + to_string(gen) + "', '" +
-                                 to_string(next) + "')");
+                             "the head's generation attributes are missing or malformed ('" + values[kGenAttr] +
+                                 "', '" + values[kNextAttr] + "')");
     }
     return std::make_pair(*g, *n);
   }
@@ -137,19 +183,19 @@ struct RadosSnapshotStore::Impl {
     for (int attempt = 0; attempt < 1000; ++attempt) {
       const auto counters = read_counters(name);
       if (!counters) {
-        librados::ObjectWriteOperation op;
-        op.create(true);
-        op.setxattr(kGenAttr, to_bl(encode_generation(0)));
-        op.setxattr(kNextAttr, to_bl(encode_generation(1)));
-        const int r = io.operate(head, &op);
+        WriteOp op;
+        rados_write_op_create(op.op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
+        set_xattr(op, kGenAttr, encode_generation(0));
+        set_xattr(op, kNextAttr, encode_generation(1));
+        const int r = rados_write_op_operate(op.op, io, head.c_str(), nullptr, 0);
         if (r < 0 && r != -EEXIST) fail(head, "creating the head", r);
         continue;
       }
       const auto [published, next] = *counters;
-      librados::ObjectWriteOperation op;
-      op.cmpxattr(kNextAttr, LIBRADOS_CMPXATTR_OP_EQ, to_bl(encode_generation(next)));
-      op.setxattr(kNextAttr, to_bl(encode_generation(next + 1)));
-      const int r = io.operate(head, &op);
+      WriteOp op;
+      cmp_xattr(op, kNextAttr, encode_generation(next));
+      set_xattr(op, kNextAttr, encode_generation(next + 1));
+      const int r = rados_write_op_operate(op.op, io, head.c_str(), nullptr, 0);
       if (r == -ECANCELED) continue;  // another writer took `next`
       if (r < 0) fail(head, "allocating a generation", r);
       return {next, published};
@@ -158,7 +204,7 @@ struct RadosSnapshotStore::Impl {
   }
 
   void remove_object(const std::string& object) {
-    const int r = io.remove(object);
+    const int r = rados_remove(io, object.c_str());
     if (r < 0 && r != -ENOENT) fail(object, "removing", r);
   }
 
@@ -166,27 +212,30 @@ struct RadosSnapshotStore::Impl {
   std::vector<std::pair<std::uint64_t, std::string>> list_stripes(const std::string& name) {
     const std::string prefix = name + ".snap.";
     std::vector<std::pair<std::uint64_t, std::string>> out;
-    try {
-      for (auto it = io.nobjects_begin(); it != io.nobjects_end(); ++it) {
-        const std::string& oid = it->get_oid();
-        if (oid.compare(0, prefix.size(), prefix) != 0) continue;
-        // Strictly <decimal gen>.<decimal stripe>, so other names never match.
-        const std::string rest = oid.substr(prefix.size());
-        const std::size_t dot = rest.find('.');
-        if (dot == 0 || dot == std::string::npos || dot + 1 == rest.size() || dot > 20) continue;
-        const auto digits = [](std::string_view s) {
-          return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-        };
-        if (!digits(std::string_view(rest).substr(0, dot)) || !digits(std::string_view(rest).substr(dot + 1))) {
-          continue;
-        }
-        out.emplace_back(std::stoull(rest.substr(0, dot)), oid);
+    rados_list_ctx_t ctx = nullptr;
+    int r = rados_nobjects_list_open(io, &ctx);
+    if (r < 0) fail(name, "listing the pool", r);
+    for (;;) {
+      const char* entry = nullptr;
+      r = rados_nobjects_list_next(ctx, &entry, nullptr, nullptr);
+      if (r == -ENOENT) break;
+      if (r < 0) {
+        rados_nobjects_list_close(ctx);
+        fail(name, "listing the pool", r);
       }
-    } catch (const PersistError&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw PersistError::at(ErrorKind::Io, object_path(name), std::string("listing the pool failed: ") + e.what());
+      const std::string_view oid = entry;
+      if (oid.substr(0, prefix.size()) != prefix) continue;
+      // Strictly <decimal gen>.<decimal stripe>, so other names never match.
+      const std::string_view rest = oid.substr(prefix.size());
+      const std::size_t dot = rest.find('.');
+      if (dot == 0 || dot == std::string_view::npos || dot + 1 == rest.size() || dot > 19) continue;
+      const auto digits = [](std::string_view d) {
+        return std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+      };
+      if (!digits(rest.substr(0, dot)) || !digits(rest.substr(dot + 1))) continue;
+      out.emplace_back(std::stoull(std::string(rest.substr(0, dot))), std::string(oid));
     }
+    rados_nobjects_list_close(ctx);
     return out;
   }
 };
@@ -226,9 +275,9 @@ class StripeWriter final : public WritableFile {
         data = data.subspan(n);
         continue;
       }
-      if (!buf_) start_chunk();
+      if (!buf_open_) start_chunk();
       const std::size_t n = std::min<std::size_t>(data.size(), buf_cap_ - buf_len_);
-      std::memcpy(buf_->c_str() + buf_len_, data.data(), n);
+      std::memcpy(buf_.data() + buf_len_, data.data(), n);
       stream_crc_[static_cast<std::size_t>(pos_ / stripe_)].update(data.data(), n);
       buf_len_ += n;
       pos_ += n;
@@ -251,7 +300,7 @@ class StripeWriter final : public WritableFile {
 
   void sync() override {
     check_usable();
-    if (buf_ && buf_len_ > 0) submit_chunk();
+    if (buf_open_ && buf_len_ > 0) submit_chunk();
     if (hold_dirty_) write_hold();
     drain();
   }
@@ -266,7 +315,7 @@ class StripeWriter final : public WritableFile {
                                  std::to_string(hold_.size()) + " bytes");
     }
     // Start over from the held bytes: what was streamed goes.
-    buf_.reset();
+    buf_open_ = false;
     buf_len_ = 0;
     drain();
     for (std::uint64_t k = 0; k < created_.size(); ++k) {
@@ -283,7 +332,7 @@ class StripeWriter final : public WritableFile {
 
   void close() override {
     check_usable();
-    if (buf_ && buf_len_ > 0) submit_chunk();
+    if (buf_open_ && buf_len_ > 0) submit_chunk();
     if (hold_dirty_) write_hold();
     drain();
     const std::uint64_t count = (pos_ + stripe_ - 1) / stripe_;
@@ -317,9 +366,9 @@ class StripeWriter final : public WritableFile {
 
  private:
   struct Write {
-    Completion done;
-    librados::ObjectWriteOperation op;
+    WriteOp op;  // holds its own copy of the bytes
     std::uint64_t stripe = 0;
+    Completion done;  // last: destroyed first, waiting for the operation
   };
 
   std::string object(std::uint64_t k) const { return RadosSnapshotStore::stripe_object(name_, gen_, k); }
@@ -345,17 +394,16 @@ class StripeWriter final : public WritableFile {
     const std::uint64_t stripe_end = (pos_ / stripe_ + 1) * stripe_;
     buf_cap_ = static_cast<std::size_t>(std::min<std::uint64_t>(chunk_, stripe_end - pos_));
     grow(pos_ + buf_cap_);
-    buf_.emplace(ceph::buffer::create(static_cast<unsigned>(buf_cap_)));
+    if (buf_.size() < buf_cap_) buf_.resize(buf_cap_);
     buf_len_ = 0;
     buf_off_ = pos_;
+    buf_open_ = true;
   }
 
   void submit_chunk() {
-    librados::bufferlist bl;
-    bl.append(*buf_, 0, static_cast<unsigned>(buf_len_));
-    buf_.reset();
     const std::uint64_t k = buf_off_ / stripe_;
-    submit(k, buf_off_ - k * stripe_, std::move(bl));
+    submit(k, buf_off_ - k * stripe_, buf_.data(), buf_len_);
+    buf_open_ = false;
     buf_len_ = 0;
   }
 
@@ -364,27 +412,27 @@ class StripeWriter final : public WritableFile {
     for (std::uint64_t begin = 0; begin < hold_.size();) {
       const std::uint64_t k = begin / stripe_;
       const std::uint64_t end = std::min<std::uint64_t>((k + 1) * stripe_, hold_.size());
-      librados::bufferlist bl;
-      bl.append(reinterpret_cast<const char*>(hold_.data() + begin), static_cast<unsigned>(end - begin));
-      submit(k, begin - k * stripe_, std::move(bl));
+      submit(k, begin - k * stripe_, hold_.data() + begin, static_cast<std::size_t>(end - begin));
       begin = end;
     }
     hold_dirty_ = false;
   }
 
-  void submit(std::uint64_t k, std::uint64_t offset, librados::bufferlist bl) {
+  // Bytes to stripe k at `offset`; librados copies them.
+  void submit(std::uint64_t k, std::uint64_t offset, const std::byte* data, std::size_t size) {
     if (created_.size() <= k) created_.resize(static_cast<std::size_t>(k + 1), false);
     auto w = std::make_unique<Write>();
     w->stripe = k;
     // Each stripe object is new: a collision with an object left by anyone
     // else is an error (EEXIST), never an overwrite.
-    if (!created_[k]) w->op.create(true);
+    if (!created_[k]) rados_write_op_create(w->op.op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
     created_[k] = true;
-    w->op.write(offset, bl);
-    const int r = s_.io.aio_operate(object(k), w->done.c, &w->op);
+    rados_write_op_write(w->op.op, reinterpret_cast<const char*>(data), size, offset);
+    const std::string oid = object(k);
+    const int r = rados_aio_write_op_operate(w->op.op, s_.io, w->done.c, oid.c_str(), nullptr, 0);
     if (r < 0) {
       failed_ = true;
-      s_.fail(object(k), "writing", r);
+      s_.fail(oid, "writing", r);
     }
     w->done.submitted = true;
     in_flight_.push_back(std::move(w));
@@ -419,7 +467,8 @@ class StripeWriter final : public WritableFile {
   std::uint64_t pos_ = 0;  // bytes appended (the file's size)
   std::vector<std::byte> hold_;
   bool hold_dirty_ = false;
-  std::optional<ceph::buffer::ptr> buf_;
+  std::vector<std::byte> buf_;  // the chunk being filled
+  bool buf_open_ = false;
   std::size_t buf_cap_ = 0;
   std::size_t buf_len_ = 0;
   std::uint64_t buf_off_ = 0;
@@ -459,7 +508,7 @@ class StripeReader final : public ReadableFile {
         const Fetch& f = fetch(k, j);
         const std::uint64_t in = at - f.file_offset;
         const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(want - done, f.length - in));
-        std::memcpy(dst.data() + done, f.data + in, n);
+        std::memcpy(dst.data() + done, f.data.get() + in, n);
         done += n;
       }
     } catch (const PersistError&) {
@@ -479,13 +528,14 @@ class StripeReader final : public ReadableFile {
     std::uint64_t stripe = 0, chunk = 0, file_offset = 0, length = 0;
     bool last_in_stripe = false;
     bool checked = false;
-    Completion done;
-    librados::ObjectReadOperation op;
-    librados::bufferlist bl;
+    ReadOp op;
+    std::unique_ptr<char[]> data;
+    std::size_t bytes_read = 0;
     int read_rv = 0;
     std::uint64_t object_size = 0;
+    std::time_t mtime = 0;
     int stat_rv = 0;
-    const char* data = nullptr;
+    Completion done;  // last: destroyed first, waiting for the read into the members above
   };
 
   std::uint64_t stripe_length(std::uint64_t k) const {
@@ -507,40 +557,49 @@ class StripeReader final : public ReadableFile {
     return false;
   }
 
-  void issue(std::uint64_t k, std::uint64_t j) const {
+  Fetch& issue(std::uint64_t k, std::uint64_t j) const {
     auto f = std::make_unique<Fetch>();
     f->stripe = k;
     f->chunk = j;
     f->file_offset = k * head_.stripe_size + j * chunk_;
     f->length = std::min<std::uint64_t>(chunk_, stripe_length(k) - j * chunk_);
     f->last_in_stripe = (j + 1) * chunk_ >= stripe_length(k);
-    f->op.read(j * chunk_, f->length, &f->bl, &f->read_rv);
+    f->data = std::make_unique<char[]>(static_cast<std::size_t>(f->length));
+    rados_read_op_read(f->op.op, j * chunk_, static_cast<std::size_t>(f->length), f->data.get(), &f->bytes_read,
+                       &f->read_rv);
     // The last chunk also checks that the object has no bytes past the end.
-    if (f->last_in_stripe) f->op.stat(&f->object_size, nullptr, &f->stat_rv);
-    const int r = s_.io.aio_operate(object(k), f->done.c, &f->op, nullptr);
-    if (r < 0) s_.fail(object(k), "reading", r);
+    if (f->last_in_stripe) rados_read_op_stat(f->op.op, &f->object_size, &f->mtime, &f->stat_rv);
+    const std::string oid = object(k);
+    const int r = rados_aio_read_op_operate(f->op.op, s_.io, f->done.c, oid.c_str(), 0);
+    if (r < 0) s_.fail(oid, "reading", r);
     f->done.submitted = true;
+    last_k_ = k;
+    last_j_ = j;
     window_.push_back(std::move(f));
+    return *window_.back();
   }
 
   const Fetch& fetch(std::uint64_t k, std::uint64_t j) const {
-    // Chunks before (k, j) are done with; anything else means a jump.
-    while (!window_.empty() && !(window_.front()->stripe == k && window_.front()->chunk == j)) {
-      const Fetch& f = *window_.front();
+    // Chunks before (k, j) are done with; a chunk after it means a jump back.
+    Fetch* found = nullptr;
+    while (!window_.empty()) {
+      Fetch& f = *window_.front();
+      if (f.stripe == k && f.chunk == j) {
+        found = &f;
+        break;
+      }
       if (f.stripe > k || (f.stripe == k && f.chunk > j)) {
         window_.clear();
         break;
       }
       window_.pop_front();
     }
-    if (window_.empty()) issue(k, j);
+    if (found == nullptr) found = &issue(k, j);
     // Read ahead.
-    std::uint64_t nk = window_.back()->stripe, nj = window_.back()->chunk;
+    std::uint64_t nk = last_k_, nj = last_j_;
     while (window_.size() < s_.options.max_in_flight && next(nk, nj)) issue(nk, nj);
-
-    Fetch& f = *window_.front();
-    if (!f.checked) check(f);
-    return f;
+    if (!found->checked) check(*found);
+    return *found;
   }
 
   void check(Fetch& f) const {
@@ -555,22 +614,21 @@ class StripeReader final : public ReadableFile {
                              f.file_offset);
     }
     if (r < 0) s_.fail(obj, "reading", r);
-    if (f.bl.length() != f.length) {
+    if (f.bytes_read != f.length) {
       throw PersistError::at(ErrorKind::TruncatedPayload, where,
-                             "stripe object is shorter than the head declares: " + std::to_string(f.bl.length()) +
+                             "stripe object is shorter than the head declares: " + std::to_string(f.bytes_read) +
                                  " bytes at offset " + std::to_string(f.chunk * chunk_) + ", " +
                                  std::to_string(f.length) + " expected",
-                             f.file_offset + f.bl.length());
+                             f.file_offset + f.bytes_read);
     }
     if (f.last_in_stripe && f.object_size != stripe_length(f.stripe)) {
       throw PersistError::at(ErrorKind::InvalidPayload, where,
                              "stripe object holds " + std::to_string(f.object_size) + " bytes, the head declares " +
                                  std::to_string(stripe_length(f.stripe)));
     }
-    f.data = f.bl.c_str();
     const auto k = static_cast<std::size_t>(f.stripe);
     if (f.chunk == crc_next_[k]) {
-      crc_[k].update(f.data, static_cast<std::size_t>(f.length));
+      crc_[k].update(f.data.get(), static_cast<std::size_t>(f.length));
       ++crc_next_[k];
       if (f.last_in_stripe && crc_[k].value() != head_.stripe_crcs[k]) {
         throw PersistError::checksum(where, head_.stripe_crcs[k], crc_[k].value(), f.stripe * head_.stripe_size,
@@ -590,6 +648,7 @@ class StripeReader final : public ReadableFile {
   mutable std::vector<checksum::Crc32> crc_;
   mutable std::vector<std::uint64_t> crc_next_;
   mutable std::exception_ptr failure_;
+  mutable std::uint64_t last_k_ = 0, last_j_ = 0;  // the chunk issued last
 };
 
 }  // namespace
@@ -644,9 +703,9 @@ std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation
   impl->options = options;
   const fs::path where = kScheme + location.pool;
   const std::string user = "client." + location.client_id;
-  int r = impl->cluster.init2(user.c_str(), "ceph", 0);
+  int r = rados_create2(&impl->cluster, "ceph", user.c_str(), 0);
   if (r < 0) throw PersistError::io(where, "initializing librados for " + user, -r);
-  r = impl->cluster.conf_read_file(location.conf_path.empty() ? nullptr : location.conf_path.c_str());
+  r = rados_conf_read_file(impl->cluster, location.conf_path.empty() ? nullptr : location.conf_path.c_str());
   if (r < 0) {
     throw PersistError::io(where,
                            "reading the Ceph configuration " +
@@ -654,18 +713,18 @@ std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation
                                                            : location.conf_path),
                            -r);
   }
-  r = impl->cluster.conf_parse_env(nullptr);  // CEPH_ARGS
+  r = rados_conf_parse_env(impl->cluster, nullptr);  // CEPH_ARGS
   if (r < 0) throw PersistError::io(where, "parsing CEPH_ARGS", -r);
   const std::string op_s = std::to_string(options.op_timeout.count());
   const std::string connect_s = std::to_string(options.connect_timeout.count());
   for (const auto& [key, value] : {std::pair{"rados_osd_op_timeout", op_s}, std::pair{"rados_mon_op_timeout", op_s},
                                    std::pair{"client_mount_timeout", connect_s}}) {
-    r = impl->cluster.conf_set(key, value.c_str());
+    r = rados_conf_set(impl->cluster, key, value.c_str());
     if (r < 0) throw PersistError::io(where, std::string("setting ") + key, -r);
   }
-  r = impl->cluster.connect();
+  r = rados_connect(impl->cluster);
   if (r < 0) throw PersistError::io(where, "connecting to the cluster as " + user, -r);
-  r = impl->cluster.ioctx_create(location.pool.c_str(), impl->io);
+  r = rados_ioctx_create(impl->cluster, location.pool.c_str(), &impl->io);
   if (r < 0) throw PersistError::io(where, "opening the pool", -r);
   return std::unique_ptr<RadosSnapshotStore>(new RadosSnapshotStore(std::move(impl)));
 }
@@ -688,32 +747,33 @@ namespace {
 
 std::optional<HeadRecord> read_head_record(RadosSnapshotStore::Impl& s, const std::string& name) {
   const std::string head = RadosSnapshotStore::head_object(name);
-  librados::ObjectReadOperation op;
-  librados::bufferlist data, gen;
-  int data_rv = 0, gen_rv = 0;
-  // One operation: the record and the attribute are read atomically.
-  op.read(0, kHeadMax + 1, &data, &data_rv);
-  op.getxattr(kGenAttr, &gen, &gen_rv);
-  const int r = s.io.operate(head, &op, nullptr);
+  // One operation: the record and the attribute are read atomically. One
+  // byte more than the largest record, to see one that is too long.
+  std::vector<char> data(kHeadMax + 1);
+  std::size_t data_len = 0;
+  int data_rv = 0;
+  ReadOp op;
+  rados_read_op_read(op.op, 0, data.size(), data.data(), &data_len, &data_rv);
+  Xattrs attrs;
+  attrs.add_to(op);
+  const int r = rados_read_op_operate(op.op, s.io, head.c_str(), 0);
   if (r == -ENOENT) return std::nullopt;
-  if (r == -ENODATA || gen_rv < 0) {
-    throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head), "the head object has no iqdb attributes");
-  }
   if (r < 0) s.fail(head, "reading the head", r);
-  const auto g = decode_generation(to_string(gen));
+  auto values = attrs.values();
+  const auto g = decode_generation(values[kGenAttr]);
   if (!g) {
     throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
-                           "the head's generation attribute is malformed");
+                           "the head's generation attribute is missing or malformed");
   }
   if (*g == 0) {
-    if (data.length() != 0) {
+    if (data_len != 0) {
       throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
                              "the head holds a record but no published generation");
     }
     return std::nullopt;  // allocated by a writer, nothing published yet
   }
-  const auto* bytes = reinterpret_cast<const std::byte*>(data.c_str());
-  HeadRecord rec = decode_head({bytes, data.length()}, s.object_path(head));
+  const auto* bytes = reinterpret_cast<const std::byte*>(data.data());
+  HeadRecord rec = decode_head({bytes, data_len}, s.object_path(head));
   if (rec.head.generation != *g) {
     throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
                            "the record says generation " + std::to_string(rec.head.generation) +
@@ -810,13 +870,11 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
 
   // The publish: one atomic operation, applied only if the head still names
   // the generation this save started from.
-  librados::ObjectWriteOperation op;
-  op.cmpxattr(kGenAttr, LIBRADOS_CMPXATTR_OP_EQ, to_bl(encode_generation(p.previous)));
-  librados::bufferlist data;
-  data.append(reinterpret_cast<const char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
-  op.write_full(data);
-  op.setxattr(kGenAttr, to_bl(encode_generation(p.generation)));
-  const int r = impl_->io.operate(head, &op);
+  WriteOp op;
+  cmp_xattr(op, kGenAttr, encode_generation(p.previous));
+  rados_write_op_write_full(op.op, reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  set_xattr(op, kGenAttr, encode_generation(p.generation));
+  const int r = rados_write_op_operate(op.op, impl_->io, head.c_str(), nullptr, 0);
   if (r == -ECANCELED) {
     std::string now = "another generation";
     try {
