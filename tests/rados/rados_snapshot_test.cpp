@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <optional>
 #include <random>
@@ -595,6 +596,32 @@ TEST_F(RadosSnapshot, ConcurrentPublishersExactlyOneWins) {
   // The loser's generation is the other of the two allocated after the first.
   const std::uint64_t loser_gen = gens[winner] == 2 ? 3 : 2;
   EXPECT_TRUE(stripes_of(loser_gen).empty());
+}
+
+// Default options (32 MiB stripes, 4 MiB operations, 8 in flight) on a
+// snapshot of IQDB_RADOS_TEST_MB (default 48) MiB: equal to the model; the
+// save and load rates are printed (docs/DISTRIBUTED.md quotes them).
+TEST_F(RadosSnapshot, DefaultOptionsLargeSnapshot) {
+  const char* mb_env = std::getenv("IQDB_RADOS_TEST_MB");
+  const std::uint64_t mb = mb_env != nullptr ? std::strtoull(mb_env, nullptr, 10) : 48;
+  const std::uint64_t dim = 128;
+  const auto n = static_cast<std::size_t>((mb << 20) / (dim * sizeof(float)));
+  const Model m = make_model(n, dim, 16);
+  const FlatIndex index = build(m);
+  auto store = open_store(RadosOptions{});
+  const auto t0 = Clock::now();
+  save_to_rados(*store, name_, index);
+  const auto t1 = Clock::now();
+  const FlatIndex loaded = load_from_rados<FlatIndex>(*store, name_);
+  const auto t2 = Clock::now();
+  expect_equal(loaded, m);
+  const auto h = store->head(name_);
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->stripe_size, RadosOptions{}.stripe_size);
+  const double bytes = static_cast<double>(h->total_size);
+  const auto secs = [](auto d) { return std::chrono::duration<double>(d).count(); };
+  std::cout << "[ MEASURED ] " << h->total_size << " bytes in " << h->stripe_count << " stripes: save "
+            << bytes / secs(t1 - t0) / 1e6 << " MB/s, load " << bytes / secs(t2 - t1) / 1e6 << " MB/s\n";
 }
 
 // --child-save NAME: start a save and stall in the middle of it (the parent
