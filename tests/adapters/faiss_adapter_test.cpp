@@ -44,6 +44,8 @@
 #include <vector>
 
 #include "adapters/adapter_test_util.hpp"
+// The faiss_crc fuzz target (its entry point is not defined here).
+#include "../../fuzz/faiss_crc_fuzzer.cpp"
 #include "adapters/faiss_stream_guard.hpp"
 #include "support/test_util.hpp"
 
@@ -1292,6 +1294,25 @@ RC_GTEST_PROP(FaissStreamGuard, AcceptsEverySplitOfAValidStream, ()) {
   adapters::detail::FaissStreamGuard partial(true);
   partial.feed(s.data(), cut, s.size() - cut);
   RC_ASSERT_THROWS_AS(partial.finish(), PersistError);
+}
+
+// The seeds of the faiss_crc fuzz target (fuzz/corpus/faiss_crc) and any
+// regressions, through the target's harness and oracles, in every test run.
+TEST(FaissAdapterFuzzCorpus, SeedsAndRegressionsReplayThroughTheFuzzTarget) {
+  const fs::path fuzz_dir = fs::path(__FILE__).parent_path().parent_path().parent_path() / "fuzz";
+  std::size_t replayed = 0;
+  for (const char* kind : {"corpus", "regressions"}) {
+    const fs::path dir = fuzz_dir / kind / "faiss_crc";
+    if (!fs::is_directory(dir)) continue;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      std::ifstream in(e.path(), std::ios::binary);
+      const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      SCOPED_TRACE(e.path().filename().string());
+      fuzz::run_faiss_crc(bytes);
+      ++replayed;
+    }
+  }
+  EXPECT_GE(replayed, 3u) << "the committed corpus is missing";
 }
 
 }  // namespace

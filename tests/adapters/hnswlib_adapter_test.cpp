@@ -10,6 +10,8 @@
 #include <rapidcheck/gtest.h>
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 #include <cstring>
 #include <functional>
 #include <iqdb/persist.hpp>
@@ -22,6 +24,8 @@
 #include <vector>
 
 #include "adapters/adapter_test_util.hpp"
+// The hnswlib_crc fuzz target (its entry point is not defined here).
+#include "../../fuzz/hnswlib_crc_fuzzer.cpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -520,6 +524,25 @@ TEST(HnswlibAdapter, HnswlibExceptionsReachTheCallerAsPersistError) {
   EXPECT_EQ(error_of([&] { ix.insert(8, v); }), ErrorKind::Poisoned);
   EXPECT_EQ(error_of([&] { (void)ix.search(v, 3); }), ErrorKind::Poisoned);
   EXPECT_EQ(error_of([&] { ix.erase(100); }), ErrorKind::Poisoned);
+}
+
+// The seeds of the hnswlib_crc fuzz target (fuzz/corpus/hnswlib_crc) and any
+// regressions, through the target's harness and oracles, in every test run.
+TEST(HnswlibAdapterFuzzCorpus, SeedsAndRegressionsReplayThroughTheFuzzTarget) {
+  const fs::path fuzz_dir = fs::path(__FILE__).parent_path().parent_path().parent_path() / "fuzz";
+  std::size_t replayed = 0;
+  for (const char* kind : {"corpus", "regressions"}) {
+    const fs::path dir = fuzz_dir / kind / "hnswlib_crc";
+    if (!fs::is_directory(dir)) continue;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      std::ifstream in(e.path(), std::ios::binary);
+      const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      SCOPED_TRACE(e.path().filename().string());
+      fuzz::run_hnswlib_crc(bytes);
+      ++replayed;
+    }
+  }
+  EXPECT_GE(replayed, 3u) << "the committed corpus is missing";
 }
 
 }  // namespace
