@@ -598,6 +598,55 @@ TEST_F(RadosSnapshot, ConcurrentPublishersExactlyOneWins) {
   EXPECT_TRUE(stripes_of(loser_gen).empty());
 }
 
+// Every OSD paused (SIGSTOP, through the pid files of scripts/ceph-cluster.sh
+// beside CEPH_CONF): a save and a load fail with Io in bounded time (the
+// operation time-out), never hang; once the OSDs run again the previous
+// snapshot loads, unchanged.
+TEST_F(RadosSnapshot, PausedOsdsGiveAnIoErrorInBoundedTime) {
+  std::vector<pid_t> osds;
+  const fs::path pids = fs::path(env_->conf).parent_path() / "pids";
+  if (fs::is_directory(pids)) {
+    for (const auto& e : fs::directory_iterator(pids)) {
+      if (e.path().filename().string().rfind("osd.", 0) != 0) continue;
+      std::ifstream in(e.path());
+      long pid = 0;
+      if (in >> pid && pid > 0) osds.push_back(static_cast<pid_t>(pid));
+    }
+  }
+  if (osds.empty()) GTEST_SKIP() << "no OSD pid files beside CEPH_CONF (not a scripts/ceph-cluster.sh cluster)";
+  const Model m = make_model(1000, 32, 17);
+  save_to_rados(*store_, name_, build(m));
+
+  RadosOptions o = small_options();
+  o.op_timeout = std::chrono::seconds(3);
+  auto store = open_store(o);
+  struct Resume {
+    const std::vector<pid_t>& pids;
+    ~Resume() {
+      for (const pid_t p : pids) ::kill(p, SIGCONT);
+    }
+  } resume{osds};
+  for (const pid_t p : osds) ASSERT_EQ(::kill(p, SIGSTOP), 0);
+  for (const bool save : {true, false}) {
+    const auto t0 = Clock::now();
+    const auto e = error_of([&] {
+      if (save) {
+        save_to_rados(*store, name_, build(make_model(500, 32, 18)));
+      } else {
+        (void)load_from_rados<FlatIndex>(*store, name_);
+      }
+    });
+    const auto took = Clock::now() - t0;
+    ASSERT_TRUE(e) << (save ? "save" : "load");
+    EXPECT_EQ(e->kind(), ErrorKind::Io) << e->what();
+    EXPECT_LT(took, std::chrono::seconds(30)) << e->what();
+    std::cout << "[ MEASURED ] " << (save ? "save" : "load") << " with every OSD paused: "
+              << std::chrono::duration<double>(took).count() << " s: " << e->what() << "\n";
+  }
+  for (const pid_t p : osds) ::kill(p, SIGCONT);
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
+}
+
 // Default options (32 MiB stripes, 4 MiB operations, 8 in flight) on a
 // snapshot of IQDB_RADOS_TEST_MB (default 48) MiB: equal to the model; the
 // save and load rates are printed (docs/DISTRIBUTED.md quotes them).
