@@ -334,6 +334,19 @@ class RadosSnapshot : public ::testing::Test {
     return out;
   }
   std::string object_url(const std::string& oid) const { return "rados://" + env_->pool + "/" + oid; }
+  // The OSDs of a scripts/ceph-cluster.sh cluster (its pid files beside CEPH_CONF).
+  std::vector<pid_t> osd_pids() const {
+    std::vector<pid_t> osds;
+    const fs::path pids = fs::path(env_->conf).parent_path() / "pids";
+    if (!fs::is_directory(pids)) return osds;
+    for (const auto& e : fs::directory_iterator(pids)) {
+      if (e.path().filename().string().rfind("osd.", 0) != 0) continue;
+      std::ifstream in(e.path());
+      long pid = 0;
+      if (in >> pid && pid > 0) osds.push_back(static_cast<pid_t>(pid));
+    }
+    return osds;
+  }
 
   std::optional<ClusterEnv> env_;
   std::string name_;
@@ -603,16 +616,7 @@ TEST_F(RadosSnapshot, ConcurrentPublishersExactlyOneWins) {
 // operation time-out), never hang; once the OSDs run again the previous
 // snapshot loads, unchanged.
 TEST_F(RadosSnapshot, PausedOsdsGiveAnIoErrorInBoundedTime) {
-  std::vector<pid_t> osds;
-  const fs::path pids = fs::path(env_->conf).parent_path() / "pids";
-  if (fs::is_directory(pids)) {
-    for (const auto& e : fs::directory_iterator(pids)) {
-      if (e.path().filename().string().rfind("osd.", 0) != 0) continue;
-      std::ifstream in(e.path());
-      long pid = 0;
-      if (in >> pid && pid > 0) osds.push_back(static_cast<pid_t>(pid));
-    }
-  }
+  const std::vector<pid_t> osds = osd_pids();
   if (osds.empty()) GTEST_SKIP() << "no OSD pid files beside CEPH_CONF (not a scripts/ceph-cluster.sh cluster)";
   const Model m = make_model(1000, 32, 17);
   save_to_rados(*store_, name_, build(m));
@@ -645,6 +649,29 @@ TEST_F(RadosSnapshot, PausedOsdsGiveAnIoErrorInBoundedTime) {
   }
   for (const pid_t p : osds) ::kill(p, SIGCONT);
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
+}
+
+// With three OSDs (pool size 3, min_size 2), one paused: the save completes
+// once the cluster marks that OSD down (the script's fast failure
+// detection), and the snapshot loads. Skipped with fewer OSDs.
+TEST_F(RadosSnapshot, OneOfThreeOsdsPausedStillSaves) {
+  const std::vector<pid_t> osds = osd_pids();
+  if (osds.size() < 3) GTEST_SKIP() << "needs a cluster of 3 OSDs: scripts/ceph-cluster.sh run --osds 3 -- ...";
+  RadosOptions o = small_options();
+  o.op_timeout = std::chrono::seconds(120);
+  auto store = open_store(o);
+  const Model m = make_model(2000, 32, 19);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{osds[0]};
+  ASSERT_EQ(::kill(osds[0], SIGSTOP), 0);
+  const auto t0 = Clock::now();
+  save_to_rados(*store, name_, build(m));
+  const auto took = Clock::now() - t0;
+  expect_equal(load_from_rados<FlatIndex>(*store, name_), m);
+  std::cout << "[ MEASURED ] save with 1 of 3 OSDs paused: " << std::chrono::duration<double>(took).count()
+            << " s\n";
 }
 
 // Default options (32 MiB stripes, 4 MiB operations, 8 in flight) on a
