@@ -220,6 +220,16 @@ TEST(WalCompat, FixtureLoadsWithoutTheWalReplayingTheLogReadOnly) {
   EXPECT_EQ(db.index().metric(), DistanceMetric::DotProduct);
   EXPECT_EQ(db.last_lsn(), log_records().size());
   EXPECT_EQ(test::read_file(log_of(cfg)), log_before);
+
+  // A save without the WAL of a fresh index would orphan the log's records
+  // (numbered 1..n in a version-1 log): refused.
+  auto fresh = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::DotProduct), plain);
+  EXPECT_EQ(test::error_of([&] { fresh.save(); }), ErrorKind::WouldLoseWrites);
+  // Saving the replayed index is safe, and the WAL load (which migrates the
+  // log) agrees with it.
+  db.save();
+  auto with_wal = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_EQ(diff(with_wal.index(), model_after(log_records().size())), "");
 }
 
 TEST(WalCompat, ReferenceLogIsReplayedThenMigrated) {
