@@ -12,7 +12,8 @@
 #       SIGKILLed). Exits with CMD's status.
 #
 # After start: `CEPH_CONF=DIR/ceph.conf rados -p iqdb-test ls -` works; the
-# pool is DIR/pool (`iqdb-test`), size N (min_size 2 when N >= 3), 8 PGs.
+# pool is DIR/pool (`iqdb-test`), size min(N, 3) (min_size 2 when N >= 3,
+# else 1), 8 PGs.
 # IQDB_CEPH_TIMEOUT (seconds, default 90) bounds each wait; on a timeout the
 # script says what it waited for and prints the tail of every log.
 #
@@ -21,7 +22,8 @@
 #
 # Debian 12 packages it needs (not in scripts/deps.sh yet):
 #   ceph-mon ceph-osd ceph-mgr ceph-common
-# (the library component also needs librados-dev libradospp-dev). Installed
+# (the library component needs librados-dev, its tests libradospp-dev too;
+# python3-rados, used below, comes with ceph-common). Installed
 # with --no-install-recommends, which leaves out only ceph-base's recommends
 # (ceph-mds, chrony | time-daemon | ntp; btrfs-tools does not exist in
 # Debian 12): the daemons do not need them.
@@ -34,7 +36,8 @@
 # Measured on the development machine (2 cores shared with other builds, load
 # average ~7, Debian 12, Ceph 16.2.15), start to HEALTH_OK with every PG
 # active+clean (start prints its own "measured:" line each time):
-#   1 OSD:  5.5 s, daemons' RSS 236 MiB;  3 OSDs: 8.8 s, 327 MiB;  stop: ~2 s.
+#   1 OSD:  5.5-11 s, daemons' RSS 236 MiB;  3 OSDs: 8.8-12.4 s, 327 MiB;
+#   stop: ~2 s (the times vary with the other builds' load).
 # What makes it fast: the monitor commands go through one librados connection
 # (python3-rados) instead of a `ceph` process each; the manager loads only the
 # modules the monitor expects always on (~0.4 s each; all of them took 12 s);
@@ -51,7 +54,7 @@ say() { echo "ceph-cluster.sh: $*" >&2; }
 now_ms() { date +%s%3N; }
 
 usage() {
-  sed -n '2,14p' "$self" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,12p' "$self" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -274,7 +277,8 @@ do_start() {
   dir=$1
   local osds=$2 t0 t_mon t_ready i uuid key attempt port osd_uuids timings
   [ "$osds" -ge 1 ] 2>/dev/null || die "--osds must be a positive number"
-  for tool in ceph ceph-mon ceph-mgr ceph-osd ceph-authtool monmaptool python3; do
+  [ -x /usr/bin/python3 ] || die "/usr/bin/python3 not found: apt-get install --no-install-recommends ceph-common"
+  for tool in ceph ceph-mon ceph-mgr ceph-osd ceph-authtool monmaptool; do
     command -v "$tool" >/dev/null || die "$tool not found: apt-get install --no-install-recommends ceph-mon ceph-osd ceph-mgr ceph-common"
   done
   if [ -e "$dir" ] && [ -n "$(ls -A "$dir")" ]; then die "$dir is not empty"; fi
