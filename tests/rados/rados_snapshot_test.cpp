@@ -363,6 +363,22 @@ TEST_F(RadosSnapshot, NothingPublishedIsAnIoError) {
   EXPECT_EQ(e->path(), fs::path(object_url(name_)));
 }
 
+TEST_F(RadosSnapshot, MissingPoolAndForeignPathsAreRefused) {
+  RadosLocation loc;
+  loc.pool = "no-such-pool-" + name_;
+  loc.name = "x";
+  const auto e = error_of([&] { (void)RadosSnapshotStore::open(loc, small_options()); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Io) << e->what();
+  EXPECT_EQ(e->sys_errno(), ENOENT) << e->what();
+  // Paths of another pool, or of no pool, are not this store's.
+  for (const char* p : {"rados://other-pool/x", "/tmp/x", "x"}) {
+    const auto f = error_of([&] { (void)store_->open_read(p); });
+    ASSERT_TRUE(f) << p;
+    EXPECT_EQ(f->kind(), ErrorKind::InvalidArgument) << p;
+  }
+}
+
 // Below one stripe, across several, compressed: the loaded index equals the
 // model, and the stripes hold exactly the bytes of a local snapshot file.
 TEST_F(RadosSnapshot, RoundTripBelowAndAboveOneStripe) {
