@@ -38,7 +38,13 @@ else()
     # Not installed yet (no package of its own until the component is
     # complete; docs/DISTRIBUTED.md).
     if(IQDB_PERSIST_BUILD_TESTS)
-      add_subdirectory(${PROJECT_SOURCE_DIR}/tests/rados ${PROJECT_BINARY_DIR}/tests/rados)
+      # The tests also use librados's C++ API (libradospp-dev) to damage objects.
+      find_path(IQDB_RADOSPP_INCLUDE_DIR rados/librados.hpp DOC "Directory holding rados/librados.hpp")
+      if(IQDB_RADOSPP_INCLUDE_DIR)
+        add_subdirectory(${PROJECT_SOURCE_DIR}/tests/rados ${PROJECT_BINARY_DIR}/tests/rados)
+      else()
+        message(STATUS "rados/librados.hpp not found: the RADOS tests are not built (apt-get install libradospp-dev)")
+      endif()
     endif()
   else()
     _iqdb_adapter_not_found(${_iqdb_rados_mode} "librados" "apt-get install librados-dev libradospp-dev")
