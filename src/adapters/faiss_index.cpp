@@ -504,6 +504,8 @@ struct FaissIndex::Impl {
     }
     const std::int64_t label = label_of(id);
     if (has(label)) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+    // An insert searches the graph or the quantizer: refused before logging.
+    check_search_params(index.get(), Problems{"FAISS", false});
     if (scheme == FaissIdScheme::Positional && static_cast<std::uint64_t>(label) != next) {
       throw PersistError::argument("this FAISS index numbers its vectors itself (no IndexIDMap): the next id must be " +
                                    std::to_string(next) + ", not " + id.to_string() +
@@ -708,7 +710,6 @@ void FaissIndex::insert(const VectorId& id, std::span<const float> vec, std::opt
   Impl& s = *impl_;
   s.check_usable();
   s.check_insert(id, vec);
-  check_search_params(s.index.get(), Problems{"FAISS", false});  // an insert searches the graph / quantizer
   const std::int64_t label = static_cast<std::int64_t>(id.as_u64());
   const std::vector<float> v = s.prepared(vec);
   // Everything that can fail for want of memory first, FAISS last.

@@ -141,7 +141,6 @@ class HnswlibIndex {
   // Unsupported when the graph is unchanged (growing it failed), Poisoned
   // when addPoint failed part-way (every later call then throws Poisoned).
   void insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta = {}) {
-    check_usable();
     check_insert(id, vec);
     const std::vector<float> v = prepared(vec);
     const std::uint64_t label = id.as_u64();
@@ -476,6 +475,7 @@ class HnswlibIndex {
   }
 
   void check_insert(const VectorId& id, std::span<const float> vec) const {
+    check_usable();  // also refused before logging (validate_insert)
     if (vec.size() != dim_) {
       throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                    std::to_string(dim_));
