@@ -498,6 +498,33 @@ TEST(HnswlibAdapter, AdoptionChecksTheGraph) {
   EXPECT_EQ(error_of([] { HnswlibIndex ix(0, DistanceMetric::Euclidean); }), ErrorKind::InvalidArgument);
 }
 
+// Finding hnswlib-empty-capacity (fuzz target hnswlib_crc): the loader built
+// its graph with room for at least 16 elements, so a 216-byte snapshot of an
+// empty graph of dimension 3.9 million made it allocate 247 MB. A loaded
+// graph now has room for exactly its elements; it grows on insert.
+TEST(HnswlibAdapterPayload, AnEmptyGraphOfALargeDimensionAllocatesNoElement) {
+  constexpr std::uint64_t kBigDim = std::uint64_t{1} << 22;
+  HnswlibIndex empty(kBigDim, DistanceMetric::Euclidean, HnswlibParams{.M = 2});
+  BufferWriter w;
+  empty.save_to(w);
+  BufferReader r(w.bytes);
+  const HnswlibIndex loaded = HnswlibIndex::load_from(r);
+  EXPECT_EQ(loaded.graph().max_elements_, 0u);
+  EXPECT_EQ(loaded.dim(), kBigDim);
+  // Loaded graphs hold exactly their elements, and still take inserts.
+  HnswlibIndex small(kDim, DistanceMetric::Euclidean, HnswlibParams{.M = 4});
+  const std::vector<float> x = gaussian(3, kDim, 13);
+  for (std::uint64_t i = 0; i < 3; ++i) small.insert(i, row(x, i));
+  BufferWriter w2;
+  small.save_to(w2);
+  BufferReader r2(w2.bytes);
+  HnswlibIndex again = HnswlibIndex::load_from(r2);
+  EXPECT_EQ(again.graph().max_elements_, 3u);
+  again.insert(9, row(x, 0));
+  EXPECT_EQ(again.size(), 4u);
+  EXPECT_EQ(again.search(row(x, 0), 1).at(0).distance, 0.0f);
+}
+
 // hnswlib throws std::runtime_error; none reaches the adapter's caller. The
 // graph's capacity is lowered behind the adapter's back (through a pointer
 // kept from before it was adopted), so that addPoint throws "The number of

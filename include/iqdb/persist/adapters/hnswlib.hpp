@@ -85,15 +85,8 @@ class HnswlibIndex {
 
   // An empty graph. InvalidArgument for dim 0, a metric other than
   // Euclidean, DotProduct or Cosine, or M outside 2..10000.
-  HnswlibIndex(std::uint64_t dim, DistanceMetric metric, HnswlibParams params = {}) : dim_(dim), metric_(metric) {
-    if (dim == 0 || dim > kMaxDim)
-      throw PersistError::argument("hnswlib dimension must be 1.." + std::to_string(kMaxDim));
-    if (params.M < 2 || params.M > kMaxM) throw PersistError::argument("hnswlib M must be 2..10000");
-    space_ = make_space(metric, dim, kFromCaller);
-    g_ = std::make_unique<Graph>(space_.get(), std::max<std::size_t>(params.initial_capacity, 16), params.M,
-                                 params.ef_construction, params.random_seed);
-    g_->ef_ = std::max<std::size_t>(params.ef, 1);
-  }
+  HnswlibIndex(std::uint64_t dim, DistanceMetric metric, HnswlibParams params = {})
+      : HnswlibIndex(dim, metric, params, 16) {}
 
   // Adopt a graph built with hnswlib directly. `space` is the space it was
   // built with (hnswlib::L2Space -> Euclidean; hnswlib::InnerProductSpace ->
@@ -307,7 +300,8 @@ class HnswlibIndex {
 
     HnswlibIndex ix(dim, *metric,
                     HnswlibParams{static_cast<std::size_t>(M), static_cast<std::size_t>(ef_construction),
-                                  static_cast<std::size_t>(ef), 100, static_cast<std::size_t>(n)});
+                                  static_cast<std::size_t>(ef), 100, static_cast<std::size_t>(n)},
+                    0);
     Graph& g = *ix.g_;
     check_layout(g, dim, p);
     // hnswlib's constructor left the level-0 block untouched: huge pages make
@@ -384,6 +378,24 @@ class HnswlibIndex {
   static_assert(sizeof(hnswlib::labeltype) == 8 && sizeof(hnswlib::tableint) == 4 &&
                     sizeof(hnswlib::linklistsizeint) == 4,
                 "the hnswlib payload layout assumes 8-byte labels and 4-byte link fields");
+
+  // An empty graph with room for max(initial_capacity, min_capacity)
+  // elements. load_from passes 0: a loaded graph holds exactly its elements
+  // (an empty one of a large dimension allocates no element), and grows on
+  // the next insert.
+  HnswlibIndex(std::uint64_t dim, DistanceMetric metric, HnswlibParams params, std::size_t min_capacity)
+      : dim_(dim), metric_(metric) {
+    if (dim == 0 || dim > kMaxDim)
+      throw PersistError::argument("hnswlib dimension must be 1.." + std::to_string(kMaxDim));
+    if (params.M < 2 || params.M > kMaxM) throw PersistError::argument("hnswlib M must be 2..10000");
+    space_ = make_space(metric, dim, kFromCaller);
+    // hnswlib throws std::runtime_error when its allocations fail.
+    g_ = adapters::detail::translate_exceptions(ErrorKind::InvalidArgument, "hnswlib could not build the graph", [&] {
+      return std::make_unique<Graph>(space_.get(), std::max<std::size_t>(params.initial_capacity, min_capacity),
+                                     params.M, params.ef_construction, params.random_seed);
+    });
+    g_->ef_ = std::max<std::size_t>(params.ef, 1);
+  }
 
   using Problems = adapters::detail::Problems;
   static constexpr Problems kFromCaller{"hnswlib", false};
