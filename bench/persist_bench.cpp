@@ -15,7 +15,8 @@
 //   meta      a metadata-heavy index (--meta-vectors x --dim, three fields per
 //             vector: a 30-byte string, an integer, a bool), saved and loaded
 //             with each compression (none, lz4, zstd 3) against write()+fsync()
-//             and read() of the same file
+//             and read() of the same file; "save, no disk" (context) is the
+//             same save into a file system that discards the bytes
 //
 // Each pair is timed --reps times, interleaved, and the medians compared.
 // Not a test: it is never registered with CTest.
