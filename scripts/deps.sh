@@ -21,7 +21,8 @@ build_pkgs=(g++ make cmake pkg-config libzstd-dev liblz4-dev libisal-dev libcli1
 # in libomp-14-dev (g++ has its own). dpkg-dev: dpkg-shlibdeps for the
 # Debian packages that `cpack -G DEB` makes.
 test_pkgs=(libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev zlib1g-dev clang libclang-rt-14-dev
-           libomp-14-dev clang-tidy cppcheck python3 libfaiss-dev libhnswlib-dev dpkg-dev file)
+           libomp-14-dev clang-tidy cppcheck python3 libfaiss-dev libhnswlib-dev dpkg-dev file
+           librados-dev libradospp-dev ceph-mon ceph-osd ceph-mgr ceph-common)
 bench_pkgs=(libbenchmark-dev zlib1g-dev librocksdb-dev)
 
 group=${1:-build}

@@ -37,6 +37,10 @@ demo_dir=$(mktemp -d)
 trap 'rm -rf "$demo_dir"' EXIT
 scripts/demo.sh --dir "$demo_dir" --vectors 3000 --dim 16
 
+stage "RADOS tests against a throw-away Ceph cluster (3 memstore OSDs on 127.0.0.1, stopped on every exit path)"
+scripts/ceph-cluster.sh run --osds 3 -- \
+  ctest --test-dir build/release -L rados --output-on-failure --timeout 600
+
 stage "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 # (The FAISS / hnswlib adapters run in the normal stage; FAISS's OpenMP/BLAS
 # runtime is not built with the sanitizers.)
