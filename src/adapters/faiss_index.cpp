@@ -534,7 +534,8 @@ std::unique_ptr<FaissIndex::Impl> FaissIndex::Impl::adopt(std::unique_ptr<faiss:
   } else if (is_ivf_flat(s->inner)) {
     s->take_ivf(p);
   } else {
-    p.unsupported(std::string("index type ") + typeid(*s->inner).name() +
+    const faiss::Index& inner = *s->inner;
+    p.unsupported(std::string("index type ") + typeid(inner).name() +
                   " is not supported (IndexFlat, IndexHNSWFlat, IndexIVFFlat, optionally in an IndexIDMap / "
                   "IndexIDMap2)");
   }
