@@ -49,12 +49,12 @@ if [ "${IQDB_SKIP_DEPS:-0}" = 1 ]; then
 fi
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-  cat >&2 <<EOF
-deps.sh: this system has no apt-get / dpkg, so the packages cannot be checked or installed here.
-iqdb-persist's '$group' step needs these Debian 12 packages (or your system's equivalents):
-  ${want[*]}
-Install them with your package manager, then run again with IQDB_SKIP_DEPS=1 to skip this step.
-EOF
+  {
+    echo "deps.sh: this system has no apt-get / dpkg, so the packages cannot be checked or installed here."
+    echo "iqdb-persist's '$group' step needs these Debian 12 packages (or your system's equivalents):"
+    echo "  ${want[*]}"
+    echo "Install them with your package manager, then run again with IQDB_SKIP_DEPS=1 to skip this step."
+  } >&2
   exit 1
 fi
 

@@ -16,6 +16,14 @@ scripts/deps.sh test
 
 stage() { printf '\n==== %s\n' "$*"; }
 
+stage "deps.sh on a system without apt-get: names the packages and the way to skip the step"
+if no_apt=$(env PATH=/nonexistent /bin/bash scripts/deps.sh test 2>&1); then
+  echo "deps.sh succeeded without apt-get" >&2; exit 1
+fi
+for word in IQDB_SKIP_DEPS=1 libzstd-dev libgtest-dev librados-dev; do
+  case "$no_apt" in *"$word"*) ;; *) echo "deps.sh without apt-get does not mention $word:" >&2; echo "$no_apt" >&2; exit 1 ;; esac
+done
+
 stage "build (RelWithDebInfo, -Werror)"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIQDB_PERSIST_WERROR=ON >/dev/null
 cmake --build build/release -j"$jobs"
