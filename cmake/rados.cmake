@@ -24,7 +24,8 @@ else()
   if(IQDB_RADOS_INCLUDE_DIR AND IQDB_RADOS_LIBRARY)
     add_library(iqdb_persist_rados STATIC
       ${PROJECT_SOURCE_DIR}/src/rados/head_record.cpp
-      ${PROJECT_SOURCE_DIR}/src/rados/rados_store.cpp)
+      ${PROJECT_SOURCE_DIR}/src/rados/rados_store.cpp
+      ${PROJECT_SOURCE_DIR}/src/rados/writer_lock.cpp)
     add_library(iqdb::persist_rados ALIAS iqdb_persist_rados)
     set_target_properties(iqdb_persist_rados PROPERTIES OUTPUT_NAME iqdb_persist_rados
       POSITION_INDEPENDENT_CODE ON EXPORT_NAME persist_rados)

@@ -19,6 +19,7 @@
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados/head_record.hpp"
+#include "rados/writer_fence.hpp"
 
 namespace iqdb::persist {
 
@@ -126,6 +127,14 @@ struct RadosSnapshotStore::Impl {
   };
   std::map<std::string, Pending> pending;
   std::random_device random;
+  // Writer locks held through this store, by name (writer_lock.cpp).
+  std::map<std::string, std::shared_ptr<Fence>> fences;
+
+  std::shared_ptr<Fence> fence_of(const std::string& name) {
+    std::lock_guard lock(mu);
+    const auto it = fences.find(name);
+    return it == fences.end() ? nullptr : it->second;
+  }
 
   fs::path object_path(const std::string& object) const { return fs::path(kScheme + pool + "/" + object); }
 
@@ -153,7 +162,24 @@ struct RadosSnapshotStore::Impl {
   }
 
   [[noreturn]] void fail(const std::string& object, std::string_view op, int r) const {
+    if (r == -ESHUTDOWN) {  // EBLOCKLISTED: a newer writer fenced this client
+      throw PersistError::at(ErrorKind::Fenced, object_path(object),
+                             std::string(op) + " failed: this client is blocklisted (a newer writer took over)");
+    }
     throw PersistError::io(object_path(object), op, -r);
+  }
+
+  // One attribute of `object`, nullopt when it is absent; at most 64 bytes.
+  std::optional<std::string> read_attr(const std::string& object, const char* attr) {
+    char buf[65];
+    const int r = rados_getxattr(io, object.c_str(), attr, buf, sizeof buf);
+    if (r == -ENODATA) return std::nullopt;
+    if (r < 0) fail(object, std::string("reading attribute ") + attr, r);
+    if (static_cast<std::size_t>(r) >= sizeof buf) {
+      throw PersistError::at(ErrorKind::InvalidHeader, object_path(object),
+                             std::string("attribute ") + attr + " is longer than 64 bytes");
+    }
+    return std::string(buf, static_cast<std::size_t>(r));
   }
 
   // The head's attributes: (published generation, next generation), or
@@ -680,6 +706,24 @@ RadosLocation RadosLocation::parse(std::string_view url) {
 std::string RadosLocation::url() const { return kScheme + pool + "/" + name; }
 
 RadosSnapshotStore::RadosSnapshotStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+namespace rados_detail {
+
+StoreHandles handles_of(RadosSnapshotStore& store) { return {store.impl().cluster, store.impl().io}; }
+
+void attach_fence(RadosSnapshotStore& store, const std::string& name, std::shared_ptr<Fence> fence) {
+  std::lock_guard lock(store.impl().mu);
+  store.impl().fences[name] = std::move(fence);
+}
+
+void detach_fence(RadosSnapshotStore& store, const std::string& name, const Fence* fence) {
+  std::lock_guard lock(store.impl().mu);
+  auto& fences = store.impl().fences;
+  const auto it = fences.find(name);
+  if (it != fences.end() && it->second.get() == fence) fences.erase(it);
+}
+
+}  // namespace rados_detail
 RadosSnapshotStore::~RadosSnapshotStore() = default;
 
 std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation& location,
@@ -819,6 +863,7 @@ std::unique_ptr<WritableFile> RadosSnapshotStore::create_exclusive(const fs::pat
     std::lock_guard lock(impl_->mu);
     if (impl_->pending.count(path.string()) != 0) throw PersistError::at(ErrorKind::Io, path, "exists", 0);
   }
+  if (const auto fence = impl_->fence_of(p.name)) fence->check(impl_->object_path(head_object(p.name)));
   const auto [generation, previous] = impl_->allocate(p.name);
   {
     std::lock_guard lock(impl_->mu);
@@ -867,14 +912,33 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
   const std::string head = head_object(p.name);
   check_geometry(rec.head.total_size, rec.head.stripe_size, rec.head.stripe_count, impl_->object_path(head));
   const std::vector<std::byte> bytes = encode_head(rec);
+  // A writer holding the lock: applied only while the head's fencing epoch
+  // is still this writer's (a newer writer that took over raised it).
+  const auto fence = impl_->fence_of(p.name);
+  if (fence) fence->check(impl_->object_path(head));
 
   // The publish: one atomic operation, applied only if the head still names
   // the generation this save started from.
   WriteOp op;
+  if (fence) cmp_xattr(op, kEpochAttr, encode_generation(fence->epoch));
   cmp_xattr(op, kGenAttr, encode_generation(p.previous));
   rados_write_op_write_full(op.op, reinterpret_cast<const char*>(bytes.data()), bytes.size());
   set_xattr(op, kGenAttr, encode_generation(p.generation));
   const int r = rados_write_op_operate(op.op, impl_->io, head.c_str(), nullptr, 0);
+  if (r == -ECANCELED && fence) {
+    std::optional<std::string> epoch;
+    try {
+      epoch = impl_->read_attr(head, kEpochAttr);
+    } catch (const PersistError&) {
+    }
+    if (epoch != encode_generation(fence->epoch)) {
+      const std::string why = "the head's fencing epoch is now " + (epoch ? "'" + *epoch + "'" : std::string("unreadable")) +
+                              ", this writer's is " + std::to_string(fence->epoch) + ": a newer writer took over";
+      fence->mark_lost(why);
+      throw PersistError::at(ErrorKind::Fenced, impl_->object_path(head),
+                             why + "; generation " + std::to_string(p.generation) + " was not published");
+    }
+  }
   if (r == -ECANCELED) {
     std::string now = "another generation";
     try {

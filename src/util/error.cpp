@@ -27,6 +27,7 @@ std::string_view to_string(ErrorKind kind) noexcept {
     case ErrorKind::CorruptLog: return "corrupt_log";
     case ErrorKind::Poisoned: return "poisoned";
     case ErrorKind::WouldLoseWrites: return "would_lose_writes";
+    case ErrorKind::Fenced: return "fenced";
   }
   return "unknown";
 }

@@ -37,6 +37,7 @@ enum class ErrorKind {
   WouldLoseWrites,     // a save without the WAL would replace or orphan acknowledged writes
                        // the files hold and the index lacks (log records, a newer snapshot);
                        // what() names the file and the LSNs (PersistConfig::discard_log)
+  Fenced,              // a newer writer took over; this writer can never write again
 };
 
 // The stable lower-case name of a kind, e.g. "checksum_mismatch".

@@ -8,8 +8,11 @@
 // so every check they make) work on it unchanged, with the path
 // `store.path_of(NAME)`; save_to_rados / load_from_rados wrap them.
 //
+// RadosWriterLock makes one writer of NAME the only one: an exclusive
+// cls_lock lock with a lease, and a fencing epoch every publish compares.
+//
 // Not built yet: the write-ahead log in RADOS, PersistedIndex over RADOS,
-// writer fencing (cls_lock + blocklisting), read replicas.
+// read replicas.
 #pragma once
 
 #include <chrono>
@@ -125,10 +128,76 @@ class RadosSnapshotStore final : public FileSystem {
   std::uint64_t random_u64() override;
 
   struct Impl;  // internal
+  Impl& impl() noexcept { return *impl_; }  // internal
 
  private:
   explicit RadosSnapshotStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+};
+
+struct RadosLockOptions {
+  // How long the lock stays held without renewal (2 s .. 1 day). A writer
+  // that stops (killed, paused, partitioned) loses it after this long; the
+  // holder renews it every lease / 3.
+  std::chrono::seconds lease{30};
+  // When another writer holds the lock: false, fail at once with Locked;
+  // true, wait (up to wait_timeout) for its lease to run out, then fence it
+  // and take over.
+  bool take_over = false;
+  // take_over: how long to wait; 0 = 2 * lease + 30 s.
+  std::chrono::seconds wait_timeout{0};
+  // Fencing a writer that did not release the lock: blocklist its client
+  // address for this long (needs the `osd blocklist` monitor capability).
+  // false leaves only the epoch compare of every publish as the fence.
+  bool blocklist_previous = true;
+  std::chrono::seconds blocklist_expiry{3600};
+  // true: once this writer failed to renew within its lease (or learned it
+  // lost the lock), its writes fail with Fenced before they are sent.
+  // false (for tests): they are sent anyway, so that the cluster's fence
+  // (the blocklist, the epoch compare) is what refuses them.
+  bool refuse_locally = true;
+};
+
+// The single writer of snapshot NAME in a store's pool: an exclusive
+// cls_lock lock `iqdb.writer` on NAME.head with a lease, renewed by a
+// background thread, and a fencing epoch (attribute iqdb.epoch of NAME.head)
+// raised by each acquire. While held, every publish of NAME through `store`
+// is applied only if NAME.head still carries this writer's epoch (a compare
+// in the same RADOS operation). A writer that lost the lock (a newer writer
+// took over after its lease ran out) gets PersistError(Fenced) from then on
+// and nothing it publishes becomes visible. The store must outlive the lock.
+class RadosWriterLock {
+ public:
+  // Throws PersistError(Locked) when another writer holds the lock (or
+  // still holds it after wait_timeout with take_over), Io when RADOS fails,
+  // Fenced when this client itself is blocklisted.
+  static std::unique_ptr<RadosWriterLock> acquire(RadosSnapshotStore& store, std::string_view name,
+                                                  const RadosLockOptions& options = {});
+  ~RadosWriterLock();  // release(), errors ignored
+  RadosWriterLock(const RadosWriterLock&) = delete;
+  RadosWriterLock& operator=(const RadosWriterLock&) = delete;
+
+  // Stops renewing, clears this writer's address from NAME.head (so the
+  // next writer need not fence it) and unlocks. Idempotent.
+  void release();
+  // This writer's fencing epoch (1 for the first writer of NAME).
+  std::uint64_t epoch() const noexcept;
+  // This client's address as the OSDs see it.
+  const std::string& address() const noexcept;
+  // The address of the previous writer this acquire blocklisted (it had not
+  // released the lock); empty when none was.
+  const std::string& fenced_writer() const noexcept;
+  // False once the lock is lost (renewal refused, the lease ran out, or a
+  // publish found a newer epoch) or released.
+  bool held() const noexcept;
+  // Throws PersistError(Fenced) when the lock is lost.
+  void check() const;
+
+  struct State;  // internal
+
+ private:
+  explicit RadosWriterLock(std::unique_ptr<State> state);
+  std::unique_ptr<State> s_;
 };
 
 // Save `index` as snapshot NAME (atomic: readers see the previous snapshot
