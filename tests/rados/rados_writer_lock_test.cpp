@@ -1,0 +1,419 @@
+// One writer per RADOS snapshot, fenced (RadosWriterLock, issue 11). Needs a
+// cluster; skipped unless CEPH_CONF and IQDB_RADOS_POOL are set:
+//
+//   scripts/ceph-cluster.sh run -- ctest --test-dir build/fence -L rados --output-on-failure
+//
+// The writers that get killed or paused are other processes (this binary,
+// --child-writer), each with its own RADOS client, standing in for another
+// machine. What loads is checked against an independent model: which
+// vectors each writer was told to publish, and which publishes succeeded.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "iqdb/persist.hpp"
+#include "iqdb/persist/rados.hpp"
+
+extern char** environ;
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+template <class F>
+std::optional<PersistError> error_of(F&& f) {
+  try {
+    f();
+  } catch (const PersistError& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+// The model: the vectors of snapshot version `seed`.
+struct Model {
+  std::uint64_t dim = 0;
+  std::vector<std::pair<std::uint64_t, std::vector<float>>> rows;
+};
+
+Model make_model(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  Model m;
+  m.dim = 16;
+  const std::size_t n = 300 + static_cast<std::size_t>(seed % 7) * 10;
+  std::set<std::uint64_t> used;
+  while (m.rows.size() < n) {
+    const std::uint64_t id = rng() % 100000;
+    if (!used.insert(id).second) continue;
+    std::vector<float> v(static_cast<std::size_t>(m.dim));
+    for (float& x : v) x = value(rng);
+    m.rows.emplace_back(id, std::move(v));
+  }
+  return m;
+}
+
+FlatIndex build(const Model& m) {
+  FlatIndex index(m.dim, DistanceMetric::Euclidean);
+  for (const auto& [id, v] : m.rows) index.insert(id, v);
+  return index;
+}
+
+void expect_equal(const FlatIndex& index, const Model& m) {
+  ASSERT_EQ(index.size(), m.rows.size());
+  ASSERT_EQ(index.dim(), m.dim);
+  for (const auto& [id, v] : m.rows) {
+    const std::span<const float> got = index.get(id);
+    ASSERT_EQ(got.size(), v.size()) << "id " << id;
+    ASSERT_EQ(std::memcmp(got.data(), v.data(), v.size() * sizeof(float)), 0) << "id " << id;
+  }
+}
+
+struct ClusterEnv {
+  std::string conf;
+  std::string pool;
+};
+
+std::optional<ClusterEnv> cluster_env() {
+  const char* conf = std::getenv("CEPH_CONF");
+  const char* pool = std::getenv("IQDB_RADOS_POOL");
+  if (conf == nullptr || pool == nullptr || *conf == '\0' || *pool == '\0') return std::nullopt;
+  return ClusterEnv{conf, pool};
+}
+
+RadosOptions options() {
+  RadosOptions o;
+  o.stripe_size = 64 * 1024;
+  o.io_chunk = 16 * 1024;
+  o.op_timeout = std::chrono::seconds(20);
+  return o;
+}
+
+std::unique_ptr<RadosSnapshotStore> open_store(const std::string& name) {
+  RadosLocation loc;
+  loc.pool = cluster_env()->pool;
+  loc.name = name;
+  return RadosSnapshotStore::open(loc, options());
+}
+
+std::string unique_name(const std::string& what) {
+  std::random_device rd;
+  return "t-" + what + "-" + std::to_string(rd() % 1000000000u);
+}
+
+double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// A writer in another process (this binary, --child-writer), driven by
+// lines on its stdin; it answers one line per command on its stdout.
+class ChildWriter {
+ public:
+  ChildWriter(const std::string& name, int lease_s, bool refuse_locally) {
+    int in[2], out[2];
+    if (::pipe(in) != 0 || ::pipe(out) != 0) throw std::runtime_error("pipe");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_addclose(&fa, in[1]);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    const std::string exe = fs::read_symlink("/proc/self/exe").string();
+    std::vector<std::string> args = {exe, "--child-writer", name, std::to_string(lease_s), refuse_locally ? "1" : "0"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const int r = ::posix_spawn(&pid_, exe.c_str(), &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = in[1];
+    from_ = out[0];
+    if (r != 0) throw std::runtime_error("posix_spawn failed");
+  }
+  ~ChildWriter() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGCONT);
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+    ::close(to_);
+    ::close(from_);
+  }
+  ChildWriter(const ChildWriter&) = delete;
+  ChildWriter& operator=(const ChildWriter&) = delete;
+
+  void send(const std::string& line) {
+    const std::string l = line + "\n";
+    ASSERT_EQ(::write(to_, l.data(), l.size()), static_cast<ssize_t>(l.size()));
+  }
+  // The next line, or "" after `timeout`.
+  std::string read_line(std::chrono::seconds timeout = 120s) {
+    const auto deadline = Clock::now() + timeout;
+    for (;;) {
+      const auto nl = buf_.find('\n');
+      if (nl != std::string::npos) {
+        std::string line = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return line;
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return "";
+      pollfd p{from_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+      char c[256];
+      const ssize_t n = ::read(from_, c, sizeof c);
+      if (n <= 0) return "";
+      buf_.append(c, static_cast<std::size_t>(n));
+    }
+  }
+  pid_t pid() const { return pid_; }
+  void killed() {  // after the test SIGKILLed it
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = 0;
+  }
+
+ private:
+  pid_t pid_ = 0;
+  int to_ = -1, from_ = -1;
+  std::string buf_;
+};
+
+// "LOCKED <epoch> <address>"
+struct Locked {
+  std::uint64_t epoch = 0;
+  std::string address;
+};
+std::optional<Locked> parse_locked(const std::string& line) {
+  std::istringstream in(line);
+  std::string word;
+  Locked l;
+  if (!(in >> word >> l.epoch >> l.address) || word != "LOCKED") return std::nullopt;
+  return l;
+}
+
+class RadosWriterLockTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cluster_env()) GTEST_SKIP() << "no cluster: set CEPH_CONF and IQDB_RADOS_POOL (scripts/ceph-cluster.sh run)";
+    name_ = unique_name("lock");
+    a_ = open_store(name_);
+    b_ = open_store(name_);  // another client
+  }
+  void TearDown() override {
+    if (b_) {
+      try {
+        b_->remove(b_->path_of(name_));
+      } catch (const PersistError&) {
+      }
+    }
+  }
+  RadosLockOptions lease(int s) {
+    RadosLockOptions o;
+    o.lease = std::chrono::seconds(s);
+    return o;
+  }
+  std::string name_;
+  std::unique_ptr<RadosSnapshotStore> a_, b_;
+};
+
+TEST_F(RadosWriterLockTest, SecondWriterGetsLocked) {
+  const auto t0 = Clock::now();
+  auto first = RadosWriterLock::acquire(*a_, name_, lease(5));
+  const auto t1 = Clock::now();
+  std::cout << "[ MEASURED ] lock acquire (uncontended, head created, epoch raised): " << secs(t1 - t0) * 1e3
+            << " ms\n";
+  EXPECT_EQ(first->epoch(), 1u);
+  EXPECT_TRUE(first->held());
+  EXPECT_TRUE(first->fenced_writer().empty());
+  EXPECT_FALSE(first->address().empty());
+
+  const auto e = error_of([&] { (void)RadosWriterLock::acquire(*b_, name_, lease(5)); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+  EXPECT_NE(std::string(e->what()).find(first->address()), std::string::npos) << e->what();
+
+  const Model m1 = make_model(1);
+  save_to_rados(*a_, name_, build(m1));
+  expect_equal(load_from_rados<FlatIndex>(*b_, name_), m1);
+
+  // A clean release: the next writer gets in at once and fences nobody.
+  first->release();
+  EXPECT_FALSE(first->held());
+  const auto t2 = Clock::now();
+  auto second = RadosWriterLock::acquire(*b_, name_, lease(5));
+  std::cout << "[ MEASURED ] lock acquire after a release: " << secs(Clock::now() - t2) * 1e3 << " ms\n";
+  EXPECT_EQ(second->epoch(), 2u);
+  EXPECT_TRUE(second->fenced_writer().empty());
+  const Model m2 = make_model(2);
+  save_to_rados(*b_, name_, build(m2));
+  expect_equal(load_from_rados<FlatIndex>(*a_, name_), m2);
+}
+
+TEST_F(RadosWriterLockTest, RenewalKeepsTheLockForSeveralLeases) {
+  auto first = RadosWriterLock::acquire(*a_, name_, lease(3));
+  const auto start = Clock::now();
+  int refused = 0;
+  while (Clock::now() - start < 13s) {  // over 4 leases
+    auto o = lease(3);
+    const auto e = error_of([&] { (void)RadosWriterLock::acquire(*b_, name_, o); });
+    ASSERT_TRUE(e) << "the second writer got the lock after " << secs(Clock::now() - start) << " s";
+    ASSERT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+    ++refused;
+    ASSERT_TRUE(first->held());
+    std::this_thread::sleep_for(1s);
+  }
+  EXPECT_GE(refused, 8);
+  const Model m = make_model(3);
+  save_to_rados(*a_, name_, build(m));
+  expect_equal(load_from_rados<FlatIndex>(*b_, name_), m);
+  // Waiting for it (take_over) gives up while it keeps renewing.
+  auto o = lease(3);
+  o.take_over = true;
+  o.wait_timeout = 8s;
+  const auto e = error_of([&] { (void)RadosWriterLock::acquire(*b_, name_, o); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+  EXPECT_TRUE(first->held());
+}
+
+TEST_F(RadosWriterLockTest, KilledWriterIsTakenOverAfterItsLease) {
+  constexpr int kLease = 4;
+  ChildWriter child(name_, kLease, true);
+  const auto locked = parse_locked(child.read_line());
+  ASSERT_TRUE(locked);
+  child.send("SAVE 11");
+  ASSERT_EQ(child.read_line().substr(0, 5), "SAVED");
+  expect_equal(load_from_rados<FlatIndex>(*b_, name_), make_model(11));
+
+  ::kill(child.pid(), SIGKILL);
+  const auto killed = Clock::now();
+  child.killed();
+  auto o = lease(kLease);
+  o.take_over = true;
+  auto taker = RadosWriterLock::acquire(*b_, name_, o);
+  const double took = secs(Clock::now() - killed);
+  std::cout << "[ MEASURED ] takeover after SIGKILL with a " << kLease << " s lease: " << took << " s\n";
+  EXPECT_LE(took, kLease + 10.0);
+  EXPECT_EQ(taker->epoch(), locked->epoch + 1);
+  EXPECT_EQ(taker->fenced_writer(), locked->address);
+  const Model m = make_model(12);
+  save_to_rados(*b_, name_, build(m));
+  expect_equal(load_from_rados<FlatIndex>(*a_, name_), m);
+}
+
+// The fencing test of issue 11: a writer is paused (SIGSTOP), another
+// writer takes over after the lease and publishes, the first is resumed and
+// tries to publish: it fails with Fenced and nothing it sent is visible.
+void paused_writer_is_fenced(RadosSnapshotStore& b, RadosSnapshotStore& reader, const std::string& name,
+                             bool refuse_locally, bool blocklist) {
+  constexpr int kLease = 4;
+  ChildWriter child(name, kLease, refuse_locally);
+  const auto locked = parse_locked(child.read_line());
+  ASSERT_TRUE(locked);
+  child.send("SAVE 21");
+  ASSERT_EQ(child.read_line().substr(0, 5), "SAVED");
+  Model published = make_model(21);  // the model: what the last successful publish holds
+  expect_equal(load_from_rados<FlatIndex>(reader, name), published);
+
+  ASSERT_EQ(::kill(child.pid(), SIGSTOP), 0);
+  const auto stopped = Clock::now();
+  RadosLockOptions o;
+  o.lease = std::chrono::seconds(kLease);
+  o.take_over = true;
+  o.blocklist_previous = blocklist;
+  auto taker = RadosWriterLock::acquire(b, name, o);
+  std::cout << "[ MEASURED ] takeover of a SIGSTOPped writer (" << kLease << " s lease): " << secs(Clock::now() - stopped)
+            << " s\n";
+  EXPECT_EQ(taker->epoch(), locked->epoch + 1);
+  EXPECT_EQ(taker->fenced_writer(), blocklist ? locked->address : std::string());
+  save_to_rados(b, name, build(make_model(22)));
+  published = make_model(22);
+  const std::uint64_t generation = reader.head(name)->generation;
+
+  ASSERT_EQ(::kill(child.pid(), SIGCONT), 0);
+  for (const char* seed : {"23", "24"}) {
+    child.send(std::string("SAVE ") + seed);
+    const std::string answer = child.read_line();
+    std::cout << "[ RESUMED  ] the paused writer's publish: " << answer << "\n";
+    EXPECT_EQ(answer.substr(0, 12), "ERROR fenced") << answer;
+  }
+  child.send("HELD");
+  EXPECT_EQ(child.read_line(), "HELD 0");
+  // Nothing it attempted is visible; the taker still publishes.
+  EXPECT_EQ(reader.head(name)->generation, generation);
+  expect_equal(load_from_rados<FlatIndex>(reader, name), published);
+  EXPECT_TRUE(taker->held());
+  save_to_rados(b, name, build(make_model(25)));
+  expect_equal(load_from_rados<FlatIndex>(reader, name), make_model(25));
+}
+
+// The resumed writer sends its writes (refuse_locally = false): the cluster
+// refuses them (its client is blocklisted).
+TEST_F(RadosWriterLockTest, PausedWriterIsFencedByTheBlocklist) { paused_writer_is_fenced(*b_, *a_, name_, false, true); }
+// No blocklist: the epoch compare in the publish alone refuses it.
+TEST_F(RadosWriterLockTest, PausedWriterIsFencedByTheEpoch) { paused_writer_is_fenced(*b_, *a_, name_, false, false); }
+// Defaults: the resumed writer knows its lease ran out and refuses locally.
+TEST_F(RadosWriterLockTest, PausedWriterRefusesLocally) { paused_writer_is_fenced(*b_, *a_, name_, true, true); }
+
+// --child-writer NAME LEASE REFUSE_LOCALLY: take the lock, print
+// "LOCKED <epoch> <address>", then per stdin line: "SAVE <seed>" publishes
+// make_model(seed) ("SAVED <generation>" or "ERROR <kind> <what>"), "HELD"
+// prints "HELD 0|1".
+int child_writer(const std::string& name, int lease_s, bool refuse_locally) {
+  if (!cluster_env()) return 2;
+  auto store = open_store(name);
+  RadosLockOptions o;
+  o.lease = std::chrono::seconds(lease_s);
+  o.refuse_locally = refuse_locally;
+  auto lock = RadosWriterLock::acquire(*store, name, o);
+  std::cout << "LOCKED " << lock->epoch() << " " << lock->address() << std::endl;
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    if (line.rfind("SAVE ", 0) == 0) {
+      try {
+        save_to_rados(*store, name, build(make_model(std::stoull(line.substr(5)))));
+        std::cout << "SAVED " << store->head(name)->generation << std::endl;
+      } catch (const PersistError& e) {
+        std::string what = e.what();
+        for (char& c : what) {
+          if (c == '\n') c = ' ';
+        }
+        std::cout << "ERROR " << to_string(e.kind()) << " " << what << std::endl;
+      }
+    } else if (line == "HELD") {
+      std::cout << "HELD " << (lock->held() ? 1 : 0) << std::endl;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace iqdb::persist
+
+int main(int argc, char** argv) {
+  if (argc == 5 && std::string(argv[1]) == "--child-writer") {
+    return iqdb::persist::child_writer(argv[2], std::atoi(argv[3]), std::string(argv[4]) == "1");
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
