@@ -19,7 +19,7 @@ enum class ErrorKind {
   Io,                  // a system call failed; sys_errno() holds errno
   BadMagic,            // the file does not start with the expected magic
   UnsupportedVersion,  // format version this build does not read
-  ChecksumMismatch,    // stored CRC != computed CRC (expected(), computed())
+  ChecksumMismatch,    // stored CRC != computed CRC (expected_crc(), computed_crc())
   TruncatedHeader,     // the file ends inside its header
   TruncatedPayload,    // the file or the decoded payload ends too early
   InvalidMetric,       // a metric tag outside 0..4
@@ -32,7 +32,9 @@ enum class ErrorKind {
   InvalidArgument,     // the caller passed something invalid (wrong dim, bad config)
   DuplicateId,         // insert of an id that is already present
   IdNotFound,          // erase of an id that is not present
-  CorruptLog,          // a write-ahead log frame is damaged in the middle of the log
+  CorruptLog,          // a write-ahead log frame is damaged in the middle of the log, records are
+                       // missing (an LSN gap, a snapshot older than its log), or a record does
+                       // not apply to the snapshot
   Poisoned,            // an earlier durability failure makes further writes unsafe
   WouldLoseWrites,     // a save without the WAL would replace or orphan acknowledged writes
                        // the files hold and the index lacks (log records, a newer snapshot);
