@@ -29,9 +29,10 @@
 //     take any such id: insert is add_with_ids.
 //   - IndexFlat and IndexHNSWFlat without an IndexIDMap (and IndexIVFFlat with
 //     an array direct map) number their vectors 0, 1, 2, ...: the id of an
-//     insert must be size() (InvalidArgument otherwise). The check sees the
-//     index, not mutations logged but not yet applied, so such indexes take
-//     one insert per commit (no WriteBatch of several inserts).
+//     insert must be the size the index will have when it applies
+//     (validate_insert's size_before: inserts logged but not yet applied and
+//     the earlier ones of the same batch count), InvalidArgument otherwise;
+//     so a WriteBatch of consecutive ids works.
 // Erase is remove_ids where FAISS can do it and keep every other id intact:
 // IndexIDMap / IndexIDMap2 over IndexFlat, and IndexIVFFlat without an array
 // direct map. Everywhere else (HNSW, positional ids, IndexIDMap over an IVF)
