@@ -36,6 +36,11 @@ else()
       PUBLIC iqdb_persist
       PRIVATE ${IQDB_RADOS_LIBRARY} $<BUILD_INTERFACE:iqdb_persist_warnings>)
     message(STATUS "librados found (${IQDB_RADOS_LIBRARY}): building the RADOS component (iqdb::persist_rados)")
+    # The CLI (tools/, added before this file) reads rados:// locations.
+    if(TARGET iqdb_persist_cli)
+      target_link_libraries(iqdb_persist_cli PRIVATE iqdb::persist_rados)
+      target_compile_definitions(iqdb_persist_cli PRIVATE IQDB_PERSIST_CLI_HAVE_RADOS=1)
+    endif()
     # Not installed yet (no package of its own until the component is
     # complete; docs/DISTRIBUTED.md).
     if(IQDB_PERSIST_BUILD_TESTS)
