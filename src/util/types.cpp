@@ -5,6 +5,7 @@
 
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/index.hpp"
+#include "iqdb/persist/io.hpp"
 #include "iqdb/persist/types.hpp"
 #include "util/coding.hpp"
 
@@ -81,6 +82,12 @@ namespace detail {
 
 void check_metadata(const Metadata& meta) {
   for (const auto& [key, value] : meta) {
+    // What a snapshot's reader accepts (read_metadata): a longer key would
+    // be logged and saved, then refuse to load.
+    if (key.size() > kMaxMetadataKeyBytes) {
+      throw PersistError::argument("metadata key of " + std::to_string(key.size()) + " bytes; at most " +
+                                   std::to_string(kMaxMetadataKeyBytes) + " are allowed");
+    }
     if (!coding::is_valid_utf8(key)) throw PersistError::argument("metadata key is not valid UTF-8");
     if (value.kind() == Value::Kind::String && !coding::is_valid_utf8(value.as_string())) {
       throw PersistError::argument("metadata value of key '" + key + "' is not valid UTF-8");
