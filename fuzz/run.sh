@@ -5,7 +5,7 @@
 # oracle, leak, timeout, out-of-memory or an allocation above the limit).
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     default: 10 s, every target
-#   fuzz/run.sh 600                                  the longer campaign (50 min)
+#   fuzz/run.sh 600                                  the longer campaign (10 min a target)
 #
 # Targets: header snapshot wal_scan wal_replay flat_payload flat_crc, and the
 # adapters' faiss_crc and hnswlib_crc when FAISS / hnswlib are installed.

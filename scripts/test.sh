@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds iqdb-persist and runs every test: the normal build (warnings are
-# errors), the whole suite again under AddressSanitizer + UndefinedBehavior-
+# Builds iqdb-persist and runs every test: deps.sh's message without apt-get,
+# the normal build (warnings are errors) with every example, the README's
+# first command (the demo), the RADOS tests against a throw-away Ceph
+# cluster, the whole suite again under AddressSanitizer + UndefinedBehavior-
 # Sanitizer, the concurrent tests under ThreadSanitizer, each libFuzzer target
 # for a few seconds (after replaying its regressions), static analysis
 # (clang-tidy, cppcheck), and the installed CMake package consumed through
-# find_package and add_subdirectory, the Debian packages, the README's first
-# command (the demo) and every example program.
+# find_package and add_subdirectory, and the Debian packages.
 # Installs the Debian packages it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -949,11 +949,8 @@ TEST(WalCapped, FrameClaimingMoreThanTheFileHolds) {
 // std::bad_alloc escapes PersistedIndex::load (not a PersistError); uncapped
 // the 1.6 GiB is reserved for a 3 KiB log.
 //
-// EXPECTED TO FAIL until fixed (src is not this suite's to edit): bound the
-// hint by what the log could hold for this index, e.g. in
-// include/iqdb/persist/persisted_index.hpp load()'s `reserve` lambda cap the
-// count at log_bytes / (sizeof(float) * dim) (the engine would pass the log
-// size along with the estimate: src/wal/wal_engine.cpp, `reserve(estimate_records(*file))`).
+// Fixed in 35c0b3d: load()'s reserve hint is capped at what the log's bytes
+// could hold for this index (log_bytes / (sizeof(float) * dim)).
 TEST(WalCapped, ReserveHintIsBoundedByTheLogNotByTheSnapshotsDimension) {
   const std::uint64_t dim = std::uint64_t{1} << 22;
   // An empty FlatIndex of dimension 2^22, as a reference v2 snapshot.

@@ -61,7 +61,7 @@ void register_inspect(CommandSet& commands) {
       ->type_name("ID");
   cmd.add_flag("--json", opts->json,
                "Print one JSON object: format_version, index_type, dim, metric, n_vectors, crc32, "
-               "compression, uncompressed_len, file_size");
+               "compression, uncompressed_len, file_size, last_lsn (null before version 3)");
 }
 
 }  // namespace iqdb::persist::cli
