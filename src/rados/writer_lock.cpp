@@ -270,7 +270,8 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
           const char* v = nullptr;
           std::size_t len = 0;
           if (rados_getxattrs_next(iter, &n, &v, &len) != 0 || n == nullptr) break;
-          if (len <= 4096) attrs[n] = std::string(v, len);
+          // Longer values are cut, still too long for any check to pass.
+          attrs[n] = std::string(v, std::min<std::size_t>(len, 4097));
         }
       }
       if (iter != nullptr) rados_getxattrs_end(iter);

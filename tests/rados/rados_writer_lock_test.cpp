@@ -9,6 +9,7 @@
 // vectors each writer was told to publish, and which publishes succeeded.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <rados/librados.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -319,6 +320,80 @@ TEST_F(RadosWriterLockTest, KilledWriterIsTakenOverAfterItsLease) {
   const Model m = make_model(12);
   save_to_rados(*b_, name_, build(m));
   expect_equal(load_from_rados<FlatIndex>(*a_, name_), m);
+}
+
+// Direct access to NAME.head's attributes (what a hostile or buggy peer
+// could write there).
+class RawHead {
+ public:
+  explicit RawHead(const std::string& object) : object_(object) {
+    const auto env = cluster_env();
+    if (rados_create2(&cluster_, "ceph", "client.admin", 0) != 0 ||
+        rados_conf_read_file(cluster_, env->conf.c_str()) != 0 || rados_connect(cluster_) != 0 ||
+        rados_ioctx_create(cluster_, env->pool.c_str(), &io_) != 0) {
+      throw std::runtime_error("cannot connect with librados");
+    }
+  }
+  ~RawHead() {
+    if (io_ != nullptr) rados_ioctx_destroy(io_);
+    rados_shutdown(cluster_);
+  }
+  RawHead(const RawHead&) = delete;
+  RawHead& operator=(const RawHead&) = delete;
+  int set(const char* attr, const std::string& value) {
+    return rados_setxattr(io_, object_.c_str(), attr, value.data(), value.size());
+  }
+  int remove(const char* attr) { return rados_rmxattr(io_, object_.c_str(), attr); }
+
+ private:
+  std::string object_;
+  rados_t cluster_ = nullptr;
+  rados_ioctx_t io_ = nullptr;
+};
+
+TEST_F(RadosWriterLockTest, HostileLockAttributesAreTypedErrors) {
+  { auto first = RadosWriterLock::acquire(*a_, name_, lease(5)); }  // creates the head; released
+  RawHead raw(RadosSnapshotStore::head_object(name_));
+  const auto kind_of_acquire = [&] {
+    const auto e = error_of([&] { (void)RadosWriterLock::acquire(*a_, name_, lease(5)); });
+    if (e) {
+      EXPECT_EQ(e->path(), fs::path("rados://" + a_->pool() + "/" + RadosSnapshotStore::head_object(name_)));
+    }
+    return e ? std::optional<ErrorKind>(e->kind()) : std::nullopt;
+  };
+  ASSERT_EQ(raw.set("iqdb.epoch", "not a number"), 0);
+  EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader);
+  EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader);  // not Locked: the failed acquire unlocked
+  ASSERT_EQ(raw.set("iqdb.epoch", "ffffffffffffffff"), 0);  // cannot be raised
+  EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader);
+  ASSERT_EQ(raw.set("iqdb.epoch", "0000000000000005"), 0);
+  ASSERT_EQ(raw.set("iqdb.writer", std::string("127.0.0.1:0/1") + std::string(1, static_cast<char>(1))), 0);
+  EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader);
+  ASSERT_EQ(raw.set("iqdb.writer", std::string(300, 'a')), 0);
+  EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader);
+  ASSERT_EQ(raw.remove("iqdb.writer"), 0);
+  auto lock = RadosWriterLock::acquire(*a_, name_, lease(5));
+  EXPECT_EQ(lock->epoch(), 6u);
+  EXPECT_TRUE(lock->fenced_writer().empty());
+}
+
+// The epoch raised under a writer that believes it holds the lock (as a
+// takeover would): its next publish fails with Fenced, nothing is published.
+TEST_F(RadosWriterLockTest, EpochRaisedUnderTheWriterIsFenced) {
+  auto lock = RadosWriterLock::acquire(*a_, name_, lease(30));
+  save_to_rados(*a_, name_, build(make_model(31)));
+  const std::uint64_t generation = b_->head(name_)->generation;
+  RawHead raw(RadosSnapshotStore::head_object(name_));
+  ASSERT_EQ(raw.set("iqdb.epoch", "0000000000000002"), 0);
+  const auto e = error_of([&] { save_to_rados(*a_, name_, build(make_model(32))); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Fenced) << e->what();
+  EXPECT_FALSE(lock->held());
+  EXPECT_EQ(error_of([&] { lock->check(); })->kind(), ErrorKind::Fenced);
+  EXPECT_EQ(b_->head(name_)->generation, generation);
+  expect_equal(load_from_rados<FlatIndex>(*b_, name_), make_model(31));
+  // Again: refused before anything is sent.
+  EXPECT_EQ(error_of([&] { save_to_rados(*a_, name_, build(make_model(33))); })->kind(), ErrorKind::Fenced);
 }
 
 // The fencing test of issue 11: a writer is paused (SIGSTOP), another
