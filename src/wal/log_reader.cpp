@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 #include <future>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "iqdb/persist/checksum.hpp"
@@ -15,14 +17,6 @@
 #include "wal/record_codec.hpp"
 
 namespace iqdb::persist::wal {
-
-std::uint32_t frame_crc_v2(std::uint64_t salt, std::uint32_t length, const std::byte* body) noexcept {
-  checksum::Crc32 crc;
-  crc.update(&salt, sizeof salt);
-  crc.update(&length, sizeof length);
-  crc.update(body, length);
-  return crc.value();
-}
 
 namespace {
 
@@ -117,53 +111,10 @@ class Window {
   std::size_t ahead_want_ = 0;
 };
 
-struct Header {
-  std::uint32_t version = 0;
-  std::uint64_t salt = 0;
-  std::uint64_t base_lsn = 0;
-  std::uint64_t len = 0;
-};
-
-Header read_log_header(Window& w, const fs::path& path) {
-  const std::uint64_t size = w.file_size();
-  Header h;
-  const std::size_t have = static_cast<std::size_t>(std::min<std::uint64_t>(size, format::MAGIC.size()));
-  if (have > 0 && std::memcmp(w.at(0, have), format::MAGIC.data(), have) != 0) {
-    throw PersistError::at(ErrorKind::BadMagic, path, "not an iQDB write-ahead log (bad magic)", 0);
-  }
-  if (size < format::kV1HeaderLen) {
-    // The reference: a log shorter than its header holds nothing committed.
-    h.version = 1;
-    h.len = size;
-    return h;
-  }
-  h.version = coding::get<std::uint32_t>(w.at(8, 4));
-  if (h.version == 1) {
-    h.len = format::kV1HeaderLen;
-    return h;
-  }
-  if (h.version != 2) {
-    throw PersistError::at(ErrorKind::UnsupportedVersion, path,
-                           "log format version " + std::to_string(h.version) + " (this build reads 1..2)", 8);
-  }
-  if (size < format::kV2HeaderLen) {
-    throw PersistError::at(ErrorKind::TruncatedHeader, path, "the log ends inside its header");
-  }
-  const std::byte* p = w.at(0, format::kV2HeaderLen);
-  const std::uint32_t stored = coding::get<std::uint32_t>(p + 36);
-  const std::uint32_t computed = checksum::compute(p, 36);
-  if (stored != computed) throw PersistError::checksum(path, stored, computed, 36, "log header");
-  if (coding::get<std::uint32_t>(p + 12) != format::kV2HeaderLen) {
-    throw PersistError::at(ErrorKind::InvalidHeader, path, "unexpected log header length", 12);
-  }
-  const std::uint32_t required = coding::get<std::uint32_t>(p + 32);
-  if ((required & ~format::kV2KnownRequiredFlags) != 0) {
-    throw PersistError::at(ErrorKind::Unsupported, path, "the log needs features this build does not have", 32);
-  }
-  h.salt = coding::get<std::uint64_t>(p + 16);
-  h.base_lsn = coding::get<std::uint64_t>(p + 24);
-  h.len = format::kV2HeaderLen;
-  return h;
+format::LogHeader read_log_header(Window& w, const fs::path& path) {
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(w.file_size(), format::kV2HeaderLen));
+  const std::byte* first = n > 0 ? w.at(0, n) : nullptr;
+  return format::decode_header({first, n}, w.file_size(), path);
 }
 
 class Scanner {
@@ -172,7 +123,7 @@ class Scanner {
       : f_(f), w_(f), on_record_(on_record), mode_(mode) {}
 
   ScanResult run() {
-    const Header h = read_log_header(w_, f_.path());
+    const format::LogHeader h = read_log_header(w_, f_.path());
     r_.version = h.version;
     r_.salt = h.salt;
     r_.base_lsn = h.base_lsn;
@@ -203,15 +154,13 @@ class Scanner {
   // on (and advances the LSN and counts).
   Verdict check_frame(std::uint64_t pos, bool deliver) {
     if (size() - pos < format::kFrameHeaderLen) return all_zero(pos, size()) ? Verdict::End : Verdict::Damaged;
-    const std::byte* hdr = w_.at(pos, format::kFrameHeaderLen);
-    const std::uint32_t len = coding::get<std::uint32_t>(hdr);
-    const std::uint32_t crc = coding::get<std::uint32_t>(hdr + 4);
+    const auto [len, crc] = format::decode_frame_header(w_.at(pos, format::kFrameHeaderLen));
     if (len == 0 && crc == 0) return all_zero(pos, size()) ? Verdict::End : Verdict::Damaged;
     const std::uint32_t min_len = r_.version == 2 ? format::kV2BodyPrefixLen + format::kMinOpLen : format::kMinOpLen;
     if (len < min_len || len > MAX_FRAME_LEN || len > size() - pos - format::kFrameHeaderLen) return Verdict::Damaged;
     const std::byte* body = w_.at(pos + format::kFrameHeaderLen, len);
     r_.bytes_checksummed += len;
-    const std::uint32_t computed = r_.version == 2 ? frame_crc_v2(salt_, len, body) : checksum::compute(body, len);
+    const std::uint32_t computed = r_.version == 2 ? format::frame_crc_v2(salt_, len, body) : checksum::compute(body, len);
     if (computed != crc) return Verdict::Damaged;
     last_len_ = len;
     if (!deliver) return Verdict::Good;
@@ -227,40 +176,53 @@ class Scanner {
     std::uint64_t lsn = 0;
     std::uint32_t count = 1;
     if (r_.version == 2) {
-      std::uint64_t synced = 0;
-      in.read(lsn);
-      in.read(count);
-      in.read(synced);
-      if (synced >= lsn) {
-        corrupt(pos, "frame claims LSN " + std::to_string(synced) + " durable before writing LSN " + std::to_string(lsn));
-      }
-      if (lsn != next_lsn_) {
-        corrupt(pos, "frame has LSN " + std::to_string(lsn) + ", expected " + std::to_string(next_lsn_));
-      }
-      if (count == 0 || count > in.remaining() / format::kMinOpLen) {
-        corrupt(pos, "frame record count " + std::to_string(count) + " is out of range");
-      }
+      const format::V2BodyPrefix prefix = format::decode_v2_body_prefix(body);
+      in.skip(format::kV2BodyPrefixLen);  // len >= kV2BodyPrefixLen (check_frame)
+      check_v2_prefix(pos, prefix, in.remaining());
+      lsn = prefix.first_lsn;
+      count = prefix.count;
     }
     // A batch is all or nothing: check every record of the frame before
     // delivering any (decoding twice rather than holding `count` decoded
     // records, whose size a crafted frame could inflate).
-    std::string why;
-    const std::size_t ops_at = in.position();
-    if (count > 1) {
-      for (std::uint32_t i = 0; i < count; ++i) {
-        if (!decode_op(in, op_, why)) corrupt(pos, "record " + std::to_string(i) + ": " + why);
-      }
-      if (in.remaining() != 0) corrupt(pos, std::to_string(in.remaining()) + " stray bytes at the end of the frame");
-      in = coding::ByteCursor({body, len});
-      in.skip(ops_at);
+    if (count > 1) decode_ops(pos, in, count, /*first_lsn=*/std::nullopt, /*deliver=*/false);
+    decode_ops(pos, in, count, r_.version == 2 ? std::optional(lsn) : std::nullopt, /*deliver=*/true);
+    if (r_.version == 2) {
+      next_lsn_ = lsn + count;
+      r_.last_lsn = next_lsn_ - 1;
     }
+    r_.records += count;
+    r_.frames += 1;
+  }
+
+  // A v2 frame's LSNs continue the log and its count fits its ops' bytes.
+  void check_v2_prefix(std::uint64_t pos, const format::V2BodyPrefix& p, std::size_t ops_len) const {
+    if (p.synced_lsn >= p.first_lsn) {
+      corrupt(pos, "frame claims LSN " + std::to_string(p.synced_lsn) + " durable before writing LSN " +
+                       std::to_string(p.first_lsn));
+    }
+    if (p.first_lsn != next_lsn_) {
+      corrupt(pos, "frame has LSN " + std::to_string(p.first_lsn) + ", expected " + std::to_string(next_lsn_));
+    }
+    if (p.count == 0 || p.count > ops_len / format::kMinOpLen) {
+      corrupt(pos, "frame record count " + std::to_string(p.count) + " is out of range");
+    }
+  }
+
+  // Decode the frame's `count` ops from `in` (a copy: the caller's cursor
+  // stays where the ops start); the last must end the frame. When
+  // `deliver`, hand each record on.
+  void decode_ops(std::uint64_t pos, coding::ByteCursor in, std::uint32_t count, std::optional<std::uint64_t> first_lsn,
+                  bool deliver) {
+    std::string why;
     for (std::uint32_t i = 0; i < count; ++i) {
       if (!decode_op(in, op_, why)) corrupt(pos, "record " + std::to_string(i) + ": " + why);
       if (i + 1 == count && in.remaining() != 0) {
         corrupt(pos, std::to_string(in.remaining()) + " stray bytes at the end of the frame");
       }
+      if (!deliver) continue;
       RecordView rv;
-      if (r_.version == 2) rv.lsn = lsn + i;
+      if (first_lsn) rv.lsn = *first_lsn + i;
       rv.op = op_.op;
       rv.id = &op_.id;
       rv.vector = op_.vector;
@@ -270,12 +232,6 @@ class Scanner {
       rv.frame_records = count;
       if (on_record_) on_record_(rv);
     }
-    if (r_.version == 2) {
-      next_lsn_ = lsn + count;
-      r_.last_lsn = next_lsn_ - 1;
-    }
-    r_.records += count;
-    r_.frames += 1;
   }
 
   [[noreturn]] void corrupt(std::uint64_t pos, const std::string& why) const {
@@ -317,7 +273,7 @@ class Scanner {
     std::uint64_t budget = 8 * (dirty_end - bad) + (std::uint64_t{16} << 20);
     for (std::uint64_t p = bad + 1; p + format::kFrameHeaderLen <= dirty_end; ++p) {
       if (!plausible_frame_start(p)) continue;
-      const std::uint64_t cost = format::kFrameHeaderLen + coding::get<std::uint32_t>(w_.at(p, 4));
+      const std::uint64_t cost = format::kFrameHeaderLen + format::decode_frame_header(w_.at(p, format::kFrameHeaderLen)).len;
       if (cost > budget) {
         if (mode_ == ScanMode::Strict) {
           throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
@@ -330,7 +286,8 @@ class Scanner {
       budget -= cost;
       if (check_frame(p, /*deliver=*/false) != Verdict::Good) continue;
       if (r_.version == 2) {
-        const std::uint64_t synced = coding::get<std::uint64_t>(w_.at(p + format::kFrameHeaderLen + 12, 8));
+        const std::uint64_t synced = coding::get<std::uint64_t>(
+            w_.at(p + format::kFrameHeaderLen + format::kSyncedLsnOffset, sizeof(std::uint64_t)));
         if (synced < next_lsn_) {
           r_.unsynced_frames_dropped += 1;
           p += format::kFrameHeaderLen + last_len_ - 1;  // continue after this frame
@@ -354,13 +311,13 @@ class Scanner {
   }
 
   bool plausible_frame_start(std::uint64_t p) {
-    const std::byte* hdr = w_.at(p, format::kFrameHeaderLen);
-    const std::uint32_t len = coding::get<std::uint32_t>(hdr);
+    const std::uint32_t len = format::decode_frame_header(w_.at(p, format::kFrameHeaderLen)).len;
     if (len == 0 || len > MAX_FRAME_LEN || len > size() - p - format::kFrameHeaderLen) return false;
     if (r_.version == 2) {
       if (len < format::kV2BodyPrefixLen + format::kMinOpLen) return false;
       // Same generation and later than what we have: LSN must exceed the last good one.
-      const std::uint64_t lsn = coding::get<std::uint64_t>(w_.at(p + format::kFrameHeaderLen, 8));
+      const std::uint64_t lsn = coding::get<std::uint64_t>(
+          w_.at(p + format::kFrameHeaderLen + format::kFirstLsnOffset, sizeof(std::uint64_t)));
       // Records between the last good one and this frame must fit the bytes before it.
       if (lsn < next_lsn_ || lsn - next_lsn_ > (p - bad_) / format::kMinOpLen + 1) return false;
     }
@@ -387,7 +344,7 @@ class Scanner {
     while (check_frame(p, false) == Verdict::Good) {
       const std::byte* body = w_.at(p + format::kFrameHeaderLen, last_len_);
       r_.frames_after_corruption += 1;
-      r_.records_after_corruption += r_.version == 2 ? coding::get<std::uint32_t>(body + 8) : 1;
+      r_.records_after_corruption += r_.version == 2 ? format::decode_v2_body_prefix(body).count : 1;
       p += format::kFrameHeaderLen + last_len_;
     }
   }

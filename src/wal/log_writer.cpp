@@ -30,22 +30,9 @@ void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to) {
 }
 }  // namespace
 
-std::vector<std::byte> LogWriter::encode_header(std::uint64_t salt, std::uint64_t base_lsn) {
-  std::vector<std::byte> h(format::kV2HeaderLen);
-  std::byte* p = h.data();
-  std::memcpy(p, format::MAGIC.data(), format::MAGIC.size());
-  coding::store<std::uint32_t>(p + 8, 2);
-  coding::store<std::uint32_t>(p + 12, format::kV2HeaderLen);
-  coding::store<std::uint64_t>(p + 16, salt);
-  coding::store<std::uint64_t>(p + 24, base_lsn);
-  coding::store<std::uint32_t>(p + 32, 0);  // required flags
-  coding::store<std::uint32_t>(p + 36, checksum::compute(p, 36));
-  return h;
-}
-
 std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
                                              std::uint64_t base_lsn) {
-  const std::vector<std::byte> header = encode_header(salt, base_lsn);
+  const auto header = format::encode_v2_header(salt, base_lsn);
   replace_file_atomically(fs, path, /*durable=*/true, [&](WritableFile& f) {
     f.append(header);
     write_zeros(f, header.size(), kFirstStep);

@@ -64,8 +64,6 @@ class LogWriter {
   std::uint64_t salt() const noexcept { return salt_; }
   const std::filesystem::path& path() const noexcept { return file_->path(); }
 
-  static std::vector<std::byte> encode_header(std::uint64_t salt, std::uint64_t base_lsn);
-
  private:
   LogWriter(std::unique_ptr<WritableFile> f, std::uint64_t salt, std::uint64_t end, std::uint64_t allocated)
       : file_(std::move(f)), salt_(salt), end_(end), allocated_(allocated) {}

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "iqdb/persist/config.hpp"
+#include "iqdb/persist/detail/batch_presence.hpp"
 #include "iqdb/persist/detail/rw_lock.hpp"
 #include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/error.hpp"

@@ -2,36 +2,34 @@
 // (std::shared_mutex on glibc prefers readers: a steady stream of searches
 // would starve every mutation and checkpoint.) Meets the SharedMutex
 // requirements, so std::unique_lock and std::shared_lock work with it.
+//
+// The platform lock (a pthread rwlock) lives in opaque storage, defined in
+// src/util/rw_lock.cpp, so that this header pulls in no system header.
 #pragma once
 
-#include <pthread.h>
+#include <cstddef>
 
 namespace iqdb::persist::detail {
 
 class RwLock {
  public:
-  RwLock() noexcept {
-    pthread_rwlockattr_t attr;
-    pthread_rwlockattr_init(&attr);
-#if defined(__GLIBC__)
-    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-#endif
-    pthread_rwlock_init(&lock_, &attr);
-    pthread_rwlockattr_destroy(&attr);
-  }
-  ~RwLock() { pthread_rwlock_destroy(&lock_); }
+  RwLock() noexcept;
+  ~RwLock();
   RwLock(const RwLock&) = delete;
   RwLock& operator=(const RwLock&) = delete;
 
-  void lock() noexcept { pthread_rwlock_wrlock(&lock_); }
-  bool try_lock() noexcept { return pthread_rwlock_trywrlock(&lock_) == 0; }
-  void unlock() noexcept { pthread_rwlock_unlock(&lock_); }
-  void lock_shared() noexcept { pthread_rwlock_rdlock(&lock_); }
-  bool try_lock_shared() noexcept { return pthread_rwlock_tryrdlock(&lock_) == 0; }
-  void unlock_shared() noexcept { pthread_rwlock_unlock(&lock_); }
+  void lock() noexcept;
+  bool try_lock() noexcept;
+  void unlock() noexcept;
+  void lock_shared() noexcept;
+  bool try_lock_shared() noexcept;
+  void unlock_shared() noexcept;
 
  private:
-  pthread_rwlock_t lock_;
+  // Room for a pthread_rwlock_t (56 bytes on 64-bit glibc and musl, 32 on
+  // 32-bit); rw_lock.cpp checks that it fits.
+  static constexpr std::size_t kStorage = 64;
+  alignas(alignof(long)) std::byte storage_[kStorage];
 };
 
 }  // namespace iqdb::persist::detail

@@ -12,79 +12,20 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <type_traits>
-#include <utility>
-#include <vector>
 
 #include "iqdb/persist/config.hpp"
+#include "iqdb/persist/detail/function_ref.hpp"
 #include "iqdb/persist/format.hpp"
 #include "iqdb/persist/types.hpp"
 #include "iqdb/persist/wal.hpp"
 
 namespace iqdb::persist::detail {
 
-// A non-owning reference to a callable (no allocation, unlike
-// std::function): for callbacks that do not outlive the call they are passed to.
-template <class Sig>
-class FunctionRef;
-
-template <class R, class... Args>
-class FunctionRef<R(Args...)> {
- public:
-  template <class F>
-    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef>)
-  FunctionRef(F&& f) noexcept  // NOLINT: implicit by design
-      : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
-        call_([](void* o, Args... a) -> R { return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<Args>(a)...); }) {}
-  R operator()(Args... a) const { return call_(obj_, std::forward<Args>(a)...); }
-
- private:
-  void* obj_;
-  R (*call_)(void*, Args...);
-};
-
 struct MutationRef {
   wal::Op op;
   const VectorId* id;
   std::span<const float> vector;
   const Metadata* metadata;
-};
-
-// The presence of ids as the mutations of one batch leave it: an
-// open-addressing table sized for the batch up front (one allocation, none
-// per id), keyed by pointers to the batch's own ids. A single mutation needs
-// none: then nothing is allocated and set() does nothing.
-class BatchPresence {
- public:
-  explicit BatchPresence(std::size_t n) {
-    if (n <= 1) return;
-    std::size_t cap = 16;
-    while (cap < 2 * n) cap *= 2;
-    slots_.assign(cap, Slot{});
-  }
-  std::optional<bool> find(const VectorId& id) const noexcept {
-    if (slots_.empty()) return std::nullopt;
-    const std::size_t mask = slots_.size() - 1;
-    for (std::size_t i = id.hash() & mask;; i = (i + 1) & mask) {
-      if (slots_[i].id == nullptr) return std::nullopt;
-      if (*slots_[i].id == id) return slots_[i].present;
-    }
-  }
-  // Precondition: at most n distinct ids (the table never fills).
-  void set(const VectorId& id, bool present) noexcept {
-    if (slots_.empty()) return;
-    const std::size_t mask = slots_.size() - 1;
-    std::size_t i = id.hash() & mask;
-    while (slots_[i].id != nullptr && !(*slots_[i].id == id)) i = (i + 1) & mask;
-    slots_[i] = Slot{&id, present};
-  }
-
- private:
-  struct Slot {
-    const VectorId* id = nullptr;
-    bool present = false;
-  };
-  std::vector<Slot> slots_;
 };
 
 class WalEngine {

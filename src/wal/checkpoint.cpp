@@ -1,0 +1,31 @@
+// checkpoint(): fold the log into a new snapshot and start an empty log, with
+// no crash window (docs/FORMAT.md, "Checkpoint").
+#include "iqdb/persist/error.hpp"
+#include "wal/engine_impl.hpp"
+
+namespace iqdb::persist::detail {
+
+void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
+  std::unique_lock lk(mu_);
+  throw_if_unusable();
+  // Let in-flight group commits finish; holding mu_ from here on blocks new
+  // commits (searches take only the index's read lock and go on).
+  cv_.wait(lk, [this] { return !syncing_ && queue_.empty(); });
+  throw_if_unusable();
+  const std::uint64_t last = next_lsn_ - 1;
+  // 1. The snapshot, durably, with the last LSN it holds. A crash from here
+  //    until step 2 completes leaves the old log beside it, whose records are
+  //    all <= last: replay skips them.
+  write_snapshot(last);
+  // 2. A fresh log starting at last + 1, atomically replacing the old one.
+  try {
+    start_new_log(last + 1);
+  } catch (const PersistError& err) {
+    // Where the failure struck (before or after the rename) decides which
+    // file is the log now; only a reopen can tell safely.
+    poison(err.what());
+    throw;
+  }
+}
+
+}  // namespace iqdb::persist::detail

@@ -1,0 +1,235 @@
+// The WAL engine's state and the map of where each of its jobs lives
+// (internal). The public face is include/iqdb/persist/detail/wal_engine.hpp.
+//
+//   writer_lock.cpp   the single-writer lock; temporaries of crashed saves removed
+//   recovery.cpp      create() and open(): a new or recovered log to continue
+//   replay.cpp        log records after the snapshot, in LSN order, to the index
+//                     (frames are checked and decoded in log_reader.cpp; the
+//                     index applies them in PersistedIndex's replay callback)
+//   group_commit.cpp  commit(): one frame per commit, group fsync, apply in order
+//   flusher.cpp       sync() and the periodic flusher (FsyncPolicy::Periodic)
+//   checkpoint.cpp    checkpoint(): fold the log into a snapshot, start a new log
+//   wal_engine.cpp    WalEngine's public functions, close() and the accessors
+//
+// Invariants (mu_ guards them):
+//  - Records reach the index in LSN order, each exactly once.
+//  - Under FsyncPolicy::Always a record is applied (and its commit returns)
+//    only after an fdatasync that covers it succeeded.
+//  - After any failed write or fsync of the log the engine is poisoned: every
+//    later commit fails until the index is reopened, because the kernel may
+//    have dropped the data a retried fsync would report as safe.
+//  - The leader's seat (syncing_) is free only when no commit is queued;
+//    frames staged for a group belong to queued commits, and the leader of
+//    the sync that covers them writes them.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "iqdb/persist/detail/wal_engine.hpp"
+#include "iqdb/persist/file_system.hpp"
+#include "wal/log_writer.hpp"
+
+namespace iqdb::persist::detail {
+
+// The log records after LSN `folded`, replayed in order (replay.cpp; shared
+// by open() and replay_read_only(), which changes nothing).
+struct Replayed {
+  wal::ScanResult scan;
+  std::uint64_t next = 0;  // the LSN after the last one replayed (or folded)
+};
+Replayed replay_log(const ReadableFile& file, const std::filesystem::path& log_path, std::uint64_t folded,
+                    const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve);
+// `floor` (the snapshot's claim) raised to cover every LSN this log could
+// hold, judged from its header and size alone (replay.cpp).
+std::uint64_t lsn_bound_with_log(std::uint64_t floor, const ReadableFile& log);
+
+class WalEngine::Impl {
+ public:
+  explicit Impl(const PersistConfig& cfg);
+  ~Impl();
+
+  // recovery.cpp
+  void create(const WriteSnapshot& write_snapshot);
+  void open(const std::function<FileHeader()>& load_snapshot, const Replay& replay,
+            const WriteSnapshot& write_snapshot, const ReserveHint& reserve);
+  // group_commit.cpp
+  void commit(std::span<const MutationRef> ops, Validate validate, Apply apply);
+  // flusher.cpp
+  void sync();
+  // checkpoint.cpp
+  void checkpoint(const WriteSnapshot& write_snapshot);
+  // wal_engine.cpp
+  void close();
+  std::optional<std::string> failure() const;
+  wal::WalStats stats() const;
+  std::uint64_t last_lsn() const;
+
+ private:
+  // What the thread of a queued commit is woken for.
+  enum class Wake : std::uint8_t { None, Done, Lead };
+
+  // A commit whose frame is in the log (or staged for it) and that waits to
+  // be applied. It lives on its thread's stack, in commit().
+  struct Entry {
+    Entry(std::span<const MutationRef> o, Apply a, std::uint64_t s, std::uint64_t lsn) noexcept
+        : ops(o), apply(a), start(s), first_lsn(lsn) {}
+    std::span<const MutationRef> ops;
+    Apply apply;
+    std::uint64_t start;
+    std::uint64_t end = 0;
+    std::uint64_t first_lsn;
+    bool done = false;  // left the queue: applied, or failed (error)
+    std::exception_ptr error;
+    std::size_t registered = 0;   // ops entered in pending_ (from the first on)
+    std::int64_t size_delta = 0;  // inserts minus erases
+    Entry* next = nullptr;        // in CommitQueue
+    // Each waiting commit sleeps on its own condition variable, woken by the
+    // leader when it is done or is to lead the next sync: waking a group does
+    // not make its threads queue up for mu_ one after the other (as in
+    // RocksDB's WriteThread). The waker holds wait_mu while it signals, so the
+    // waiter (whose stack holds the entry) cannot return before the signal
+    // is out.
+    std::mutex wait_mu;
+    std::condition_variable wait_cv;
+    std::atomic<Wake> wake{Wake::None};  // stored with wait_mu held
+  };
+
+  // The commits waiting for their group's fsync, in log order: an intrusive
+  // list, so that queueing never allocates (it cannot fail once a frame is
+  // in the log).
+  class CommitQueue {
+   public:
+    bool empty() const noexcept { return head_ == nullptr; }
+    std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
+    Entry* front() const noexcept { return head_; }
+    void push_back(Entry* e) noexcept {
+      e->next = nullptr;
+      (tail_ != nullptr ? tail_->next : head_) = e;
+      tail_ = e;
+      size_.store(size() + 1, std::memory_order_relaxed);
+    }
+    void pop_front() noexcept {
+      head_ = head_->next;
+      if (head_ == nullptr) tail_ = nullptr;
+      size_.store(size() - 1, std::memory_order_relaxed);
+    }
+    void erase(const Entry* e) noexcept {
+      Entry* prev = nullptr;
+      for (Entry* q = head_; q != nullptr; prev = q, q = q->next) {
+        if (q != e) continue;
+        (prev != nullptr ? prev->next : head_) = q->next;
+        if (tail_ == q) tail_ = prev;
+        size_.store(size() - 1, std::memory_order_relaxed);
+        return;
+      }
+    }
+    // Take every entry out; f(entry) may wake (and so free) the entry.
+    template <class F>
+    void drain(F&& f) noexcept {
+      Entry* q = head_;
+      head_ = tail_ = nullptr;
+      size_.store(0, std::memory_order_relaxed);
+      while (q != nullptr) {
+        Entry* const next = q->next;
+        f(*q);
+        q = next;
+      }
+    }
+    template <class F>
+    void for_each(F&& f) const {
+      for (Entry* q = head_; q != nullptr; q = q->next) f(*q);
+    }
+
+   private:
+    Entry* head_ = nullptr;
+    Entry* tail_ = nullptr;
+    // Written under mu_; a gathering leader reads it without (a hint).
+    std::atomic<std::size_t> size_{0};
+  };
+
+  struct Pending {
+    bool present = false;
+    std::uint32_t refs = 0;
+  };
+
+  // writer_lock.cpp
+  void lock_and_clean();
+  // recovery.cpp
+  void adopt(std::unique_ptr<wal::LogWriter> w);
+  void start_new_log(std::uint64_t base_lsn);
+  std::uint64_t lsn_bound_of_existing_files();
+  void continue_log(const wal::ScanResult& scan, std::uint64_t expect);
+  // group_commit.cpp
+  static void wake(Entry& e, Wake why) noexcept;
+  static Wake wait_for_wake(Entry& e, std::chrono::nanoseconds spin);
+  std::chrono::nanoseconds spin_budget() const noexcept;
+  std::size_t group_target() const noexcept;
+  void validate_against_queue(Validate validate);
+  void log_frame(std::vector<std::byte>& frame, Entry& e);
+  void wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk);
+  void leader_sync(std::unique_lock<std::mutex>& lk);
+  void gather_group(std::unique_lock<std::mutex>& lk, std::size_t want);
+  void sync_failed(const std::exception_ptr& err, const std::string& what);
+  void sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,
+                      std::chrono::steady_clock::duration took);
+  void pass_seat() noexcept;
+  void apply_through(std::uint64_t end);
+  void roll_back_from(std::exception_ptr cause);
+  void fail_queue(const std::exception_ptr& err) noexcept;
+  void register_pending();
+  void unpend(Entry& e) noexcept;
+  void poison(const std::string& cause) noexcept;
+  void abandon(Entry& e) noexcept;
+  void throw_if_unusable() const;
+  // flusher.cpp
+  void start_flusher();
+  void stop_flusher();
+
+  FileSystem& fs_;
+  FsyncPolicy policy_;
+  std::filesystem::path snapshot_path_;
+  std::filesystem::path log_path_;
+  std::chrono::nanoseconds commit_spin_;
+  std::unique_ptr<FileLock> lock_;
+  std::unique_ptr<wal::LogWriter> writer_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;         // a sync completed, or the leader's seat is free
+  std::condition_variable gather_cv_;  // a commit was queued while a leader gathers
+  std::uint64_t next_lsn_ = 1;
+  std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
+  std::uint64_t synced_end_ = 0;
+  bool syncing_ = false;   // the leader's seat is taken (a sync is running or about to)
+  Entry* seat_ = nullptr;  // the commit whose thread holds the seat, or was handed it
+  bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
+  std::size_t gather_want_ = 0;
+  wal::LogWriter::Staged staged_;  // the group the leader writes (leader only)
+  std::array<std::size_t, 8> recent_groups_{};  // entries covered by each of the last fsyncs
+  std::size_t recent_at_ = 0;
+  wal::WalStats stats_;
+  std::chrono::nanoseconds last_sync_time_{0};
+  std::chrono::nanoseconds avg_sync_time_{0};  // moving average (1/8 per sync)
+  bool closed_ = false;
+  std::optional<std::string> poisoned_;
+  CommitQueue queue_;
+  std::unordered_map<VectorId, Pending> pending_;
+  std::int64_t queued_delta_ = 0;  // size_delta summed over queue_
+
+  std::thread flusher_;
+  std::condition_variable flusher_cv_;
+  bool stop_ = false;
+};
+
+}  // namespace iqdb::persist::detail

@@ -1,0 +1,394 @@
+// Group commit: every commit() logs one frame; under FsyncPolicy::Always one
+// thread (the leader) fsyncs for every frame appended so far while the others
+// wait, then applies the group to the index in log order. The hot path takes
+// mu_ once per commit, allocates nothing once its thread's frame buffer has
+// grown, and queues commits in an intrusive list on their threads' stacks.
+#include <algorithm>
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "iqdb/persist/error.hpp"
+#include "util/coding.hpp"
+#include "wal/engine_impl.hpp"
+#include "wal/log_format.hpp"
+#include "wal/record_codec.hpp"
+
+namespace iqdb::persist::detail {
+
+namespace {
+
+// Yield the CPU in a loop until done() or `limit` has passed.
+template <class Done>
+void yield_until(Done done, std::chrono::nanoseconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+}
+
+// The frame of one commit, encoded outside the lock; its LSNs, length and
+// CRC are filled in by wal::format::seal_v2_frame once the LSN is known.
+void encode_frame(std::vector<std::byte>& frame, std::span<const MutationRef> ops) {
+  wal::format::begin_v2_frame(frame, static_cast<std::uint32_t>(ops.size()));
+  for (const MutationRef& m : ops) {
+    if (m.op == wal::Op::Insert) {
+      wal::encode_insert(frame, *m.id, m.vector, m.metadata);
+    } else {
+      wal::encode_erase(frame, *m.id);
+    }
+  }
+  const std::size_t body_len = frame.size() - wal::format::kFrameHeaderLen;
+  if (body_len > wal::MAX_FRAME_LEN || ops.size() > UINT32_MAX) {
+    throw PersistError::argument("a write batch of " + std::to_string(body_len) +
+                                 " bytes exceeds the log's frame limit; split it");
+  }
+}
+
+}  // namespace
+
+// Wake the thread of a queued entry (mu_ held). Done: e.done and e.error
+// are set, and it returns without taking mu_ again; e may be gone as soon
+// as this returns.
+void WalEngine::Impl::wake(Entry& e, Wake why) noexcept {
+  std::lock_guard g(e.wait_mu);
+  e.wake.store(why, std::memory_order_release);
+  e.wait_cv.notify_one();
+}
+
+// How long a waiting commit yields the CPU in a loop before it sleeps:
+// only while fdatasyncs are quick (a wake-up then costs about as much as
+// the wait), never longer than the configured bound. Quick: on average
+// (one slow sync does not turn it off) under half that bound, as a waiter
+// waits for up to two syncs (the running one, then its own).
+std::chrono::nanoseconds WalEngine::Impl::spin_budget() const noexcept {
+  if (commit_spin_.count() == 0 || 2 * avg_sync_time_ > commit_spin_) return std::chrono::nanoseconds(0);
+  return commit_spin_;
+}
+
+WalEngine::Impl::Wake WalEngine::Impl::wait_for_wake(Entry& e, std::chrono::nanoseconds spin) {
+  yield_until([&] { return e.wake.load(std::memory_order_acquire) != Wake::None; }, spin);
+  // Also when the spin saw the wake: taking wait_mu waits for the waker to
+  // let go of the entry.
+  std::unique_lock w(e.wait_mu);
+  e.wait_cv.wait(w, [&] { return e.wake.load(std::memory_order_relaxed) != Wake::None; });
+  return e.wake.exchange(Wake::None, std::memory_order_relaxed);
+}
+
+std::size_t WalEngine::Impl::group_target() const noexcept {
+  return *std::max_element(recent_groups_.begin(), recent_groups_.end());
+}
+
+void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
+  if (ops.empty()) return;
+  // The buffer keeps its capacity from one commit to the next.
+  thread_local std::vector<std::byte> frame;
+  encode_frame(frame, ops);
+
+  std::unique_lock lk(mu_);
+  throw_if_unusable();
+  validate_against_queue(validate);
+  Entry e(ops, apply, writer_->end(), next_lsn_);
+  for (const MutationRef& m : ops) e.size_delta += m.op == wal::Op::Insert ? 1 : -1;
+  log_frame(frame, e);
+  e.end = writer_->end();
+  next_lsn_ += ops.size();
+  ++stats_.commits;
+  stats_.records += ops.size();
+  queue_.push_back(&e);
+  queued_delta_ += e.size_delta;
+  // The queue holds e by address: whatever happens below, e leaves it
+  // before this frame does.
+  struct Unqueue {
+    Impl& self;
+    Entry& e;
+    std::unique_lock<std::mutex>& lk;
+    ~Unqueue() {
+      if (e.done) return;
+      if (!lk.owns_lock()) lk.lock();
+      self.abandon(e);
+    }
+  } unqueue{*this, e, lk};
+  // A leader waiting to gather a group is woken once, when it is complete.
+  if (gathering_ && queue_.size() >= gather_want_) gather_cv_.notify_one();
+
+  if (policy_.mode() == FsyncPolicy::Mode::Always) {
+    wait_for_group(e, lk);
+  } else {
+    apply_through(e.end);
+  }
+  if (e.error) std::rethrow_exception(e.error);
+}
+
+// Until the group's fsync, later commits must see the queued ones' effect:
+// the first commit that validates while one is queued enters the queue in
+// pending_ (register_pending), so a lone writer never pays for that.
+void WalEngine::Impl::validate_against_queue(Validate validate) {
+  const auto pending = [this](const VectorId& id) -> std::optional<bool> {
+    if (queue_.empty()) return std::nullopt;
+    register_pending();
+    const auto it = pending_.find(id);
+    if (it == pending_.end()) return std::nullopt;
+    return it->second.present;
+  };
+  validate(pending, queued_delta_);
+}
+
+// Seal e's frame with its LSN and put it in the log (mu_ held).
+void WalEngine::Impl::log_frame(std::vector<std::byte>& frame, Entry& e) {
+  wal::format::seal_v2_frame(frame, writer_->salt(), e.first_lsn, synced_lsn_);
+  try {
+    if (policy_.mode() == FsyncPolicy::Mode::Always && (syncing_ || group_target() > 1)) {
+      // The leader of the sync that covers this frame writes it with the
+      // rest of its group, in one write: appends then cost no system call
+      // and do not queue up one after the other on the file. (A lone
+      // writer, whose groups are of one, writes its frame itself, without
+      // the copy.)
+      writer_->stage(frame);
+    } else {
+      writer_->append(frame);
+    }
+  } catch (const PersistError& err) {
+    // Part of the frame may be in the file, and may even read back as
+    // complete: cut it off, so a mutation reported as failed never
+    // reappears on recovery. Then refuse further writes.
+    try {
+      writer_->cut(e.start);
+    } catch (...) {
+    }
+    poison(err.what());
+    throw;
+  }
+}
+
+// Group commit: one thread syncs for everything appended so far; the others
+// wait for it, and whoever is still waiting leads the next sync. The seat
+// passes from leader to leader: a leader whose sync ends with commits queued
+// behind it hands the seat to the first of them.
+void WalEngine::Impl::wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk) {
+  bool lead = !syncing_;
+  while (!e.done) {
+    if (lead) {
+      seat_ = &e;
+      leader_sync(lk);  // hands the seat on
+      lead = false;
+      continue;
+    }
+    const auto spin = spin_budget();
+    lk.unlock();
+    if (wait_for_wake(e, spin) == Wake::Done) break;  // e.done was set (under mu_) before the wake
+    lk.lock();
+    lead = true;
+  }
+}
+
+// Called with mu_ held; releases it during the fdatasync.
+void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk) {
+  syncing_ = true;  // (already, if the seat was handed over)
+  const std::size_t want = group_target();
+  if (policy_.mode() == FsyncPolicy::Mode::Always && queue_.size() < want) gather_group(lk, want);
+  const std::uint64_t target = writer_->end();
+  const std::uint64_t target_lsn = next_lsn_ - 1;
+  const std::size_t group = queue_.size();
+  const auto sync_start = std::chrono::steady_clock::now();
+  std::exception_ptr err;
+  std::string what;
+  writer_->take_staged(staged_);
+  lk.unlock();
+  try {
+    writer_->write_staged(staged_);
+    writer_->datasync();
+  } catch (const std::exception& ex) {
+    err = std::current_exception();
+    what = ex.what();
+  }
+  lk.lock();
+  if (err) {
+    sync_failed(err, what);
+  } else {
+    sync_succeeded(target, target_lsn, group, std::chrono::steady_clock::now() - sync_start);
+  }
+  pass_seat();
+  cv_.notify_all();
+}
+
+// Writers are arriving concurrently. Give those that were just acknowledged
+// the chance to append their next record, so that this fsync covers them too
+// instead of groups alternating between one record and many: wait until as
+// many are queued as in the largest of the recent groups, for at most one
+// fsync (adaptive commit delay, as PostgreSQL's commit_delay but
+// self-tuning). A wait that times out costs at most the fsync it was meant to
+// save; the target decays as smaller groups follow. (Its own condition
+// variable: an append wakes the leader only, not the writers waiting for
+// their sync.)
+void WalEngine::Impl::gather_group(std::unique_lock<std::mutex>& lk, std::size_t want) {
+  if (spin_budget().count() > 0) {
+    // The writers to wait for are about to append: yield to them rather
+    // than sleep and pay for a wake-up.
+    lk.unlock();
+    yield_until([&] { return queue_.size() >= want; }, last_sync_time_);
+    lk.lock();
+  } else {
+    gathering_ = true;
+    gather_want_ = want;
+    gather_cv_.wait_for(lk, last_sync_time_, [&] { return queue_.size() >= want || poisoned_.has_value(); });
+    gathering_ = false;
+  }
+}
+
+void WalEngine::Impl::sync_failed(const std::exception_ptr& err, const std::string& what) {
+  // Under Always nothing after the last good sync was acknowledged: cut
+  // it, so that the failed mutations do not come back on recovery.
+  // (Under Periodic those records were acknowledged already: keep them.)
+  if (policy_.mode() == FsyncPolicy::Mode::Always) {
+    try {
+      writer_->cut(synced_end_);
+    } catch (...) {
+    }
+  }
+  poison(what);
+  fail_queue(err);
+}
+
+void WalEngine::Impl::sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,
+                                     std::chrono::steady_clock::duration took) {
+  if (target > synced_end_) synced_end_ = target;
+  if (target_lsn > synced_lsn_) synced_lsn_ = target_lsn;
+  recent_groups_[recent_at_++ % recent_groups_.size()] = group;
+  ++stats_.log_syncs;
+  avg_sync_time_ += (std::chrono::duration_cast<std::chrono::nanoseconds>(took) - avg_sync_time_) / 8;
+  last_sync_time_ = std::min<std::chrono::nanoseconds>(took, std::chrono::milliseconds(2));
+  apply_through(synced_end_);
+}
+
+// The leader's seat is free: the first commit queued (during the sync that
+// just ended) takes it, else nobody.
+void WalEngine::Impl::pass_seat() noexcept {
+  if (!queue_.empty()) {
+    seat_ = queue_.front();
+    wake(*seat_, Wake::Lead);
+  } else {
+    seat_ = nullptr;
+    syncing_ = false;
+  }
+}
+
+// Apply queued entries whose records end at or before `end`, in order.
+void WalEngine::Impl::apply_through(std::uint64_t end) {
+  while (!queue_.empty() && queue_.front()->end <= end) {
+    Entry* x = queue_.front();
+    try {
+      x->apply();
+    } catch (...) {
+      roll_back_from(std::current_exception());
+      return;
+    }
+    queue_.pop_front();
+    unpend(*x);
+    x->done = true;
+    wake(*x, Wake::Done);
+  }
+}
+
+// The front entry could not be applied although its record is in the log:
+// cut the log back to before it, so that the log never holds a mutation the
+// index does not. Later entries were validated assuming it applied: they
+// fail too.
+void WalEngine::Impl::roll_back_from(std::exception_ptr cause) {
+  Entry* x = queue_.front();
+  try {
+    std::rethrow_exception(cause);
+  } catch (const PersistError& err) {
+    // The index could not be restored to its state before the entry.
+    if (err.kind() == ErrorKind::Poisoned) poison(err.what());
+  } catch (...) {
+  }
+  try {
+    writer_->cut(x->start);
+    next_lsn_ = x->first_lsn;
+    synced_lsn_ = std::min(synced_lsn_, x->first_lsn - 1);
+    if (synced_end_ > x->start) synced_end_ = x->start;
+  } catch (const PersistError& err) {
+    poison(err.what());
+  }
+  std::exception_ptr later;
+  try {
+    later = std::make_exception_ptr(PersistError(
+        ErrorKind::InvalidArgument, "not applied: an earlier mutation committed in the same group failed"));
+  } catch (...) {  // out of memory: report the cause to them too rather than leave them queued
+    later = cause;
+  }
+  bool first = true;
+  queue_.drain([&](Entry& q) {
+    q.error = first ? cause : later;
+    q.done = true;
+    first = false;
+    unpend(q);
+    wake(q, Wake::Done);
+  });
+  cv_.notify_all();
+}
+
+void WalEngine::Impl::fail_queue(const std::exception_ptr& err) noexcept {
+  queue_.drain([&](Entry& q) {
+    q.error = err;
+    q.done = true;
+    unpend(q);
+    wake(q, Wake::Done);
+  });
+}
+
+// Enter the mutations of queued entries in pending_, in log order (the
+// last mutation of an id decides its presence). Resumable: a failure (out
+// of memory) leaves each entry's count of registered ops exact.
+void WalEngine::Impl::register_pending() {
+  queue_.for_each([this](Entry& q) {
+    for (; q.registered < q.ops.size(); ++q.registered) {
+      const MutationRef& m = q.ops[q.registered];
+      Pending& p = pending_[*m.id];
+      p.present = m.op == wal::Op::Insert;
+      ++p.refs;
+    }
+  });
+}
+
+// The entry leaves the queue (applied or failed): its mutations are no
+// longer pending.
+void WalEngine::Impl::unpend(Entry& e) noexcept {
+  queued_delta_ -= e.size_delta;
+  e.size_delta = 0;
+  for (std::size_t i = 0; i < e.registered; ++i) {
+    const auto it = pending_.find(*e.ops[i].id);
+    if (it != pending_.end() && --it->second.refs == 0) pending_.erase(it);
+  }
+  e.registered = 0;
+}
+
+void WalEngine::Impl::poison(const std::string& cause) noexcept {
+  if (poisoned_) return;
+  try {
+    poisoned_ = "the write-ahead log failed earlier (" + cause +
+                "); what it holds can no longer be vouched for, so writes are refused: reopen the index";
+  } catch (...) {
+    poisoned_.emplace("out of memory");  // fits the small-string buffer: no allocation
+  }
+}
+
+// commit() is leaving by an exception (only std::bad_alloc can get here)
+// while its entry is still queued: its record is in the log but will never
+// be applied. Take the entry out (its storage is going away) and refuse
+// further writes; after a reopen the log decides whether it happened, as
+// for any call that failed without an answer.
+void WalEngine::Impl::abandon(Entry& e) noexcept {
+  queue_.erase(&e);
+  unpend(e);
+  e.done = true;
+  poison("a commit failed after its record was logged");
+  if (seat_ == &e) pass_seat();  // it held, or was handed, the seat
+  cv_.notify_all();
+}
+
+void WalEngine::Impl::throw_if_unusable() const {
+  if (closed_) throw PersistError::at(ErrorKind::InvalidArgument, snapshot_path_, "the index is closed");
+  if (poisoned_) throw PersistError::at(ErrorKind::Poisoned, log_path_, *poisoned_);
+}
+
+}  // namespace iqdb::persist::detail
