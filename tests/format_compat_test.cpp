@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "iqdb/persist.hpp"
+#include "format/header.hpp"
 #include "support/format_builders.hpp"
 #include "support/test_util.hpp"
 

@@ -20,6 +20,7 @@
 
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
+#include "format/header.hpp"
 #include "iqdb/persist/format.hpp"
 #include "iqdb/persist/snapshot.hpp"
 #include "support/test_util.hpp"

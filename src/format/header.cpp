@@ -1,12 +1,14 @@
-// Snapshot header encoding and parsing (format versions 1, 2 and 3).
-// Byte layouts: docs/FORMAT.md.
+// Snapshot header encoding and parsing (format versions 1, 2 and 3): the one
+// home of these layouts. Offsets in header.hpp; byte tables in
+// docs/FORMAT.md, "Snapshot".
+#include "format/header.hpp"
+
 #include <algorithm>
 #include <cstring>
 
 #include "iqdb/persist/checksum.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
-#include "iqdb/persist/format.hpp"
 #include "util/coding.hpp"
 
 namespace iqdb::persist {
@@ -26,12 +28,6 @@ namespace {
 
 using coding::ByteCursor;
 namespace fs = std::filesystem;
-
-// v3 fixed part: magic 8, version 4, header_len 4, required 4, optional 4,
-// tag_len 4 | tag | dim 8, metric 1, compression 1, n_vectors 8, last_lsn 8,
-// uncompressed_len 8, stored_len 8, payload_crc 4, header_crc 4.
-constexpr std::uint64_t kV3Fixed = 8 + 4 + 4 + 4 + 4 + 4 + 8 + 1 + 1 + 8 + 8 + 8 + 8 + 4 + 4;
-constexpr std::uint64_t kV2PreambleLen = 9;
 
 [[noreturn]] void fail(ErrorKind kind, const fs::path& path, std::string detail,
                        std::optional<std::uint64_t> offset = std::nullopt) {
@@ -116,21 +112,48 @@ FileHeader parse_v1_v2(ByteCursor& c, std::uint32_t version, std::uint64_t file_
   return h;
 }
 
-FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint64_t file_size,
-                    const fs::path& path) {
+// Read header_len and check the header's own CRC, before trusting any other
+// field; returns header_len.
+std::uint32_t check_v3_header(ByteCursor& c, std::span<const std::byte> prefix, std::uint64_t file_size,
+                              const fs::path& path, std::uint32_t& stored_hcrc) {
   const auto header_len = need<std::uint32_t>(c, path, "header length");
   if (header_len < kV3Fixed + 1 || header_len > MAX_HEADER_LEN) {
-    fail(ErrorKind::InvalidHeader, path, "header length " + std::to_string(header_len) + " is out of range", 12);
+    fail(ErrorKind::InvalidHeader, path, "header length " + std::to_string(header_len) + " is out of range",
+         kV3HeaderLenOffset);
   }
   if (header_len > file_size || header_len > prefix.size()) {
     fail(ErrorKind::TruncatedHeader, path,
          "the header is " + std::to_string(header_len) + " bytes, the file only " + std::to_string(file_size));
   }
   // Check the header's own CRC before trusting any other field.
-  const std::uint32_t stored_hcrc = coding::get<std::uint32_t>(prefix.data() + header_len - 4);
-  const std::uint32_t hcrc = checksum::compute(prefix.data(), header_len - 4);
-  if (stored_hcrc != hcrc) throw PersistError::checksum(path, stored_hcrc, hcrc, header_len - 4, "header");
+  const std::uint64_t hcrc_at = header_len - kV3HeaderCrcLen;
+  stored_hcrc = coding::get<std::uint32_t>(prefix.data() + hcrc_at);
+  const std::uint32_t hcrc = checksum::compute(prefix.data(), hcrc_at);
+  if (stored_hcrc != hcrc) throw PersistError::checksum(path, stored_hcrc, hcrc, hcrc_at, "header");
+  return header_len;
+}
 
+// The file must be exactly header_len + stored_len long.
+void check_v3_payload_extent(const FileHeader& h, std::uint64_t header_len, std::uint64_t file_size,
+                             const fs::path& path) {
+  const std::uint64_t avail = file_size - header_len;
+  if (h.stored_len > avail) {
+    fail(ErrorKind::TruncatedPayload, path,
+         "the header declares " + std::to_string(h.stored_len) + " payload bytes, the file holds " +
+             std::to_string(avail),
+         file_size);
+  }
+  if (h.stored_len < avail) {
+    fail(ErrorKind::InvalidPayload, path,
+         std::to_string(avail - h.stored_len) + " unexpected bytes after the payload",
+         header_len + h.stored_len);
+  }
+}
+
+FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint64_t file_size,
+                    const fs::path& path) {
+  std::uint32_t stored_hcrc = 0;
+  const std::uint32_t header_len = check_v3_header(c, prefix, file_size, path, stored_hcrc);
   FileHeader h;
   h.format_version = 3;
   h.header_crc = stored_hcrc;
@@ -145,11 +168,12 @@ FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint6
                return std::string(b);
              }(h.required_flags & ~KNOWN_REQUIRED_FLAGS) +
              ")",
-         16);
+         kV3RequiredFlagsOffset);
   }
   const auto tag_len = need<std::uint32_t>(c, path, "tag length");
   if (tag_len == 0 || tag_len > MAX_TAG_LEN || kV3Fixed + tag_len > header_len) {
-    fail(ErrorKind::InvalidHeader, path, "index-type tag length " + std::to_string(tag_len) + " is out of range", 24);
+    fail(ErrorKind::InvalidHeader, path, "index-type tag length " + std::to_string(tag_len) + " is out of range",
+         kV3TagLenOffset);
   }
   h.index_type = parse_tag(c, tag_len, path);
   h.dim = need<std::uint64_t>(c, path, "dim");
@@ -166,18 +190,7 @@ FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint6
   // minor revisions: covered by the header CRC, ignored by this reader.
   h.crc_offset = header_len;
   h.payload_offset = header_len;
-  const std::uint64_t avail = file_size - header_len;
-  if (h.stored_len > avail) {
-    fail(ErrorKind::TruncatedPayload, path,
-         "the header declares " + std::to_string(h.stored_len) + " payload bytes, the file holds " +
-             std::to_string(avail),
-         file_size);
-  }
-  if (h.stored_len < avail) {
-    fail(ErrorKind::InvalidPayload, path,
-         std::to_string(avail - h.stored_len) + " unexpected bytes after the payload",
-         header_len + h.stored_len);
-  }
+  check_v3_payload_extent(h, header_len, file_size, path);
   return h;
 }
 
@@ -186,8 +199,10 @@ FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint6
 std::uint64_t v3_header_len(std::uint64_t tag_len) noexcept { return kV3Fixed + tag_len; }
 
 void check_scheme(const FileHeader& h, const fs::path& path) {
-  parse_scheme(static_cast<std::uint8_t>(h.compression), h.format_version, path,
-               h.format_version == 2 ? h.crc_offset : h.payload_offset - 41);
+  // v2: the preamble's first byte; v3: the header field.
+  const std::uint64_t at = h.format_version == 2 ? h.crc_offset
+                                                 : kV3TagOffset + h.index_type.size() + kV3CompressionAfterTag;
+  parse_scheme(static_cast<std::uint8_t>(h.compression), h.format_version, path, at);
 }
 
 std::vector<std::byte> write_header(const FileHeader& h) {
@@ -199,28 +214,25 @@ std::vector<std::byte> write_header(const FileHeader& h) {
   const std::uint64_t len = v3_header_len(h.index_type.size());
   // Filled in place (vector::insert here trips a GCC 12 -O3 false positive).
   std::vector<std::byte> out(static_cast<std::size_t>(len));
-  std::size_t at = 0;
-  const auto raw = [&](const void* data, std::size_t n) {
-    std::memcpy(out.data() + at, data, n);
-    at += n;
-  };
-  const auto put = [&](auto v) { raw(&v, sizeof v); };
-  raw(MAGIC.data(), MAGIC.size());
-  put(std::uint32_t{3});
-  put(static_cast<std::uint32_t>(len));
-  put(h.required_flags);
-  put(h.optional_flags);
-  put(static_cast<std::uint32_t>(h.index_type.size()));
-  raw(h.index_type.data(), h.index_type.size());
-  put(h.dim);
-  put(static_cast<std::uint8_t>(h.metric));
-  put(static_cast<std::uint8_t>(h.compression));
-  put(h.n_vectors);
-  put(h.last_lsn);
-  put(h.uncompressed_len);
-  put(h.stored_len);
-  put(h.payload_crc);
-  put(checksum::compute(out.data(), at));
+  std::byte* p = out.data();
+  std::memcpy(p, MAGIC.data(), MAGIC.size());
+  coding::store<std::uint32_t>(p + kVersionOffset, 3);
+  coding::store<std::uint32_t>(p + kV3HeaderLenOffset, static_cast<std::uint32_t>(len));
+  coding::store<std::uint32_t>(p + kV3RequiredFlagsOffset, h.required_flags);
+  coding::store<std::uint32_t>(p + kV3OptionalFlagsOffset, h.optional_flags);
+  coding::store<std::uint32_t>(p + kV3TagLenOffset, static_cast<std::uint32_t>(h.index_type.size()));
+  std::memcpy(p + kV3TagOffset, h.index_type.data(), h.index_type.size());
+  std::byte* f = p + kV3TagOffset + h.index_type.size();
+  coding::store<std::uint64_t>(f + kV3DimAfterTag, h.dim);
+  coding::store<std::uint8_t>(f + kV3MetricAfterTag, static_cast<std::uint8_t>(h.metric));
+  coding::store<std::uint8_t>(f + kV3CompressionAfterTag, static_cast<std::uint8_t>(h.compression));
+  coding::store<std::uint64_t>(f + kV3NVectorsAfterTag, h.n_vectors);
+  coding::store<std::uint64_t>(f + kV3LastLsnAfterTag, h.last_lsn);
+  coding::store<std::uint64_t>(f + kV3UncompressedLenAfterTag, h.uncompressed_len);
+  coding::store<std::uint64_t>(f + kV3StoredLenAfterTag, h.stored_len);
+  coding::store<std::uint32_t>(f + kV3PayloadCrcAfterTag, h.payload_crc);
+  const std::size_t hcrc_at = static_cast<std::size_t>(len) - kV3HeaderCrcLen;
+  coding::store<std::uint32_t>(p + hcrc_at, checksum::compute(p, hcrc_at));
   return out;
 }
 
@@ -237,7 +249,7 @@ FileHeader parse_header(std::span<const std::byte> prefix, std::uint64_t file_si
   if (version < MIN_READ_VERSION || version > CURRENT_VERSION) {
     fail(ErrorKind::UnsupportedVersion, path,
          "format version " + std::to_string(version) + " (this build reads 1.." + std::to_string(CURRENT_VERSION) + ")",
-         8);
+         kVersionOffset);
   }
   return version == 3 ? parse_v3(c, prefix, file_size, path) : parse_v1_v2(c, version, file_size, path);
 }
