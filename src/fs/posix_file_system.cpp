@@ -147,6 +147,22 @@ class PosixFileLock final : public FileLock {
   int fd_;
 };
 
+// The size of the open file fd, which must be a regular file; otherwise fd is
+// closed and the error thrown (a directory: `dir_errno`, anything else: EINVAL).
+std::uint64_t regular_file_size(int fd, const fs::path& p, int dir_errno) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    throw PersistError::io(p, "fstat", e);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw PersistError::io(p, "open (not a regular file)", S_ISDIR(st.st_mode) ? dir_errno : EINVAL);
+  }
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
 class PosixFileSystem final : public FileSystem {
  public:
   std::unique_ptr<WritableFile> create_exclusive(const fs::path& p) override {
@@ -159,34 +175,16 @@ class PosixFileSystem final : public FileSystem {
     // Read-write: map_for_write needs it.
     const int fd = retry([&] { return ::open(p.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC); });
     if (fd < 0) throw PersistError::io(p, "open", errno);
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int e = errno;
-      ::close(fd);
-      throw PersistError::io(p, "fstat", e);
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw PersistError::io(p, "open (not a regular file)", EINVAL);
-    }
-    return std::make_unique<PosixWritableFile>(p, fd, static_cast<std::uint64_t>(st.st_size), /*mappable=*/true);
+    const std::uint64_t size = regular_file_size(fd, p, /*dir_errno=*/EINVAL);
+    return std::make_unique<PosixWritableFile>(p, fd, size, /*mappable=*/true);
   }
 
   std::unique_ptr<ReadableFile> open_read(const fs::path& p) override {
     const int fd = retry([&] { return ::open(p.c_str(), O_RDONLY | O_CLOEXEC); });
     if (fd < 0) throw PersistError::io(p, "open", errno);
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int e = errno;
-      ::close(fd);
-      throw PersistError::io(p, "fstat", e);
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw PersistError::io(p, "open (not a regular file)", S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
-    }
+    const std::uint64_t size = regular_file_size(fd, p, /*dir_errno=*/EISDIR);
     (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    return std::make_unique<PosixReadableFile>(p, fd, static_cast<std::uint64_t>(st.st_size));
+    return std::make_unique<PosixReadableFile>(p, fd, size);
   }
 
   void rename(const fs::path& from, const fs::path& to) override {

@@ -189,6 +189,19 @@ PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, Result& r, 
   return loaded;
 }
 
+// The loaded copy answers every query exactly as the original did.
+template <class I, class Hit>
+void check_queries(const I& loaded, const std::vector<std::vector<float>>& queries,
+                   const std::vector<std::vector<Hit>>& expected, const std::string& scope, Checks& checks) {
+  std::size_t same = 0;
+  for (std::size_t q = 0; q < queries.size(); ++q) {
+    if (loaded.search(queries[q], kTopK) == expected[q]) ++same;
+  }
+  checks.expect(same == queries.size(), scope,
+                std::to_string(same) + " of " + std::to_string(queries.size()) + " queries: top-" +
+                    std::to_string(kTopK) + " ids and distances identical to the original's");
+}
+
 // Save `original` with one compression, show the header, load it back, compare.
 Result try_variant(const Variant& v, const fs::path& path, const FlatIndex& original,
                    const std::vector<std::vector<float>>& queries,
@@ -203,18 +216,44 @@ Result try_variant(const Variant& v, const fs::path& path, const FlatIndex& orig
     const auto loaded = save_show_load(saved, cfg, r, out);
 
     checks.expect(loaded.index() == original, v.name, "loaded index == original (ids, vectors, metadata, order)");
-    std::size_t same = 0;
-    for (std::size_t q = 0; q < queries.size(); ++q) {
-      if (loaded.index().search(queries[q], kTopK) == expected[q]) ++same;
-    }
-    checks.expect(same == queries.size(), v.name,
-                  std::to_string(same) + " of " + std::to_string(queries.size()) + " queries: top-" +
-                      std::to_string(kTopK) + " ids and distances identical to the original's");
+    check_queries(loaded.index(), queries, expected, v.name, checks);
   } catch (const PersistError& e) {
     checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
   }
   out << '\n';
   return r;
+}
+
+// kQueries random queries and `index`'s answers, to compare every loaded copy with.
+template <class I, class Hit>
+void ask_queries(const I& index, std::uint64_t dim, std::mt19937_64& rng, std::vector<std::vector<float>>& queries,
+                 std::vector<std::vector<Hit>>& expected, std::ostream& out) {
+  for (std::size_t q = 0; q < kQueries; ++q) {
+    queries.push_back(gaussian_vector(rng, dim));
+    expected.push_back(index.search(queries.back(), kTopK));
+  }
+  out << "Ran " << kQueries << " random queries (top " << kTopK << ") on it, to compare with every loaded copy\n\n"
+      << std::flush;
+}
+
+std::vector<Variant> demo_variants() {
+  return {
+      {"none", "none", Compression::none()},
+      {"zstd", "zstd (level 3)", Compression::zstd(3)},
+      {"lz4", "lz4", Compression::lz4()},
+  };
+}
+
+// The demo's last line and exit code.
+int report_checks(const Checks& checks, const Console& console) {
+  std::ostream& out = console.out;
+  if (checks.failures().empty()) {
+    out << "demo: all checks passed (" << checks.total() << " of " << checks.total() << ")\n";
+    return kExitOk;
+  }
+  for (const std::string& f : checks.failures()) console.err << "demo: FAILED " << f << '\n';
+  out << "demo: " << checks.failures().size() << " of " << checks.total() << " checks FAILED\n";
+  return kExitFailed;
 }
 
 void print_summary(std::ostream& out, const std::vector<Result>& results) {
@@ -237,6 +276,30 @@ void print_summary(std::ostream& out, const std::vector<Result>& results) {
     }
   }
   out << '\n';
+}
+
+// Save and load the index once per compression (run(variant, path, checks)
+// returns the timings), then print the summary and the checks' verdict.
+template <class Run>
+int run_variants(const fs::path& dir, const std::string& prefix, const std::string& try_command,
+                 const Console& console, Run run) {
+  std::ostream& out = console.out;
+  const std::vector<Variant> variants = demo_variants();
+  Checks checks(out);
+  std::vector<Result> results;
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    const Variant& v = variants[i];
+    const fs::path path = dir / (prefix + v.name + ".iqdb");
+    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string()
+        << '\n'
+        << std::flush;
+    results.push_back(run(v, path, checks));
+    out << std::flush;
+  }
+  print_summary(out, results);
+  out << "Files kept in " << dir.string() << "; try: " << try_command << (dir / (prefix + "zstd.iqdb")).string()
+      << "\n\n";
+  return report_checks(checks, console);
 }
 
 // Largest index the demo builds (floats), so a typo cannot exhaust memory.
@@ -278,40 +341,12 @@ int demo(const DemoOptions& opts, const Console& console) {
 
   std::vector<std::vector<float>> queries;
   std::vector<std::vector<SearchHit>> expected;
-  for (std::size_t q = 0; q < kQueries; ++q) {
-    queries.push_back(gaussian_vector(rng, opts.dim));
-    expected.push_back(original.search(queries.back(), kTopK));
-  }
-  out << "Ran " << kQueries << " random queries (top " << kTopK << ") on it, to compare with every loaded copy\n\n"
-      << std::flush;
+  ask_queries(original, opts.dim, rng, queries, expected, out);
 
-  const std::vector<Variant> variants = {
-      {"none", "none", Compression::none()},
-      {"zstd", "zstd (level 3)", Compression::zstd(3)},
-      {"lz4", "lz4", Compression::lz4()},
+  const auto run = [&](const Variant& v, const fs::path& path, Checks& checks) {
+    return try_variant(v, path, original, queries, expected, console, checks);
   };
-  Checks checks(out);
-  std::vector<Result> results;
-  for (std::size_t i = 0; i < variants.size(); ++i) {
-    const Variant& v = variants[i];
-    const fs::path path = dir / ("demo-" + v.name + ".iqdb");
-    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string()
-        << '\n'
-        << std::flush;
-    results.push_back(try_variant(v, path, original, queries, expected, console, checks));
-    out << std::flush;
-  }
-  print_summary(out, results);
-
-  out << "Files kept in " << dir.string() << "; try: iqdb-persist verify " << (dir / "demo-zstd.iqdb").string()
-      << "\n\n";
-  if (checks.failures().empty()) {
-    out << "demo: all checks passed (" << checks.total() << " of " << checks.total() << ")\n";
-    return kExitOk;
-  }
-  for (const std::string& f : checks.failures()) console.err << "demo: FAILED " << f << '\n';
-  out << "demo: " << checks.failures().size() << " of " << checks.total() << " checks FAILED\n";
-  return kExitFailed;
+  return run_variants(dir, "demo-", "iqdb-persist verify ", console, run);
 }
 
 
@@ -392,27 +427,12 @@ int demo_faiss(const DemoOptions& opts, const Console& console) {
   out << "Built a FAISS index of " << current.size() << " vectors (" << with_metadata
       << " with metadata in the adapter's side table) in " << format("%.1f", build_sw.ms()) << " ms\n";
 
+  const std::vector<std::uint8_t> original_bytes = faiss_serialization(current);
   std::vector<std::vector<float>> queries;
   std::vector<std::vector<FaissIndex::Hit>> expected;
-  for (std::size_t q = 0; q < kQueries; ++q) {
-    queries.push_back(gaussian_vector(rng, opts.dim));
-    expected.push_back(current.search(queries.back(), kTopK));
-  }
-  const std::vector<std::uint8_t> original_bytes = faiss_serialization(current);
-  out << "Ran " << kQueries << " random queries (top " << kTopK << ") on it, to compare with every loaded copy\n\n"
-      << std::flush;
+  ask_queries(current, opts.dim, rng, queries, expected, out);
 
-  const std::vector<Variant> variants = {
-      {"none", "none", Compression::none()},
-      {"zstd", "zstd (level 3)", Compression::zstd(3)},
-      {"lz4", "lz4", Compression::lz4()},
-  };
-  Checks checks(out);
-  std::vector<Result> results;
-  for (std::size_t i = 0; i < variants.size(); ++i) {
-    const Variant& v = variants[i];
-    const fs::path path = dir / ("demo-faiss-" + v.name + ".iqdb");
-    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string() << '\n';
+  const auto run = [&](const Variant& v, const fs::path& path, Checks& checks) {
     Result r;
     r.label = v.label;
     PersistConfig cfg(path);
@@ -423,29 +443,14 @@ int demo_faiss(const DemoOptions& opts, const Console& console) {
                     "loaded FAISS index serializes to the same bytes as the original");
       checks.expect(loaded.index().metadata_table() == current.metadata_table(), v.name,
                     "metadata side table identical");
-      std::size_t same = 0;
-      for (std::size_t q = 0; q < queries.size(); ++q) {
-        if (loaded.index().search(queries[q], kTopK) == expected[q]) ++same;
-      }
-      checks.expect(same == queries.size(), v.name,
-                    std::to_string(same) + " of " + std::to_string(queries.size()) + " queries: top-" +
-                        std::to_string(kTopK) + " ids and distances identical to the original's");
+      check_queries(loaded.index(), queries, expected, v.name, checks);
     } catch (const PersistError& e) {
       checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
     }
-    out << '\n' << std::flush;
-    results.push_back(r);
-  }
-  print_summary(out, results);
-  out << "Files kept in " << dir.string() << "; try: iqdb-persist inspect " << (dir / "demo-faiss-zstd.iqdb").string()
-      << "\n\n";
-  if (checks.failures().empty()) {
-    out << "demo: all checks passed (" << checks.total() << " of " << checks.total() << ")\n";
-    return kExitOk;
-  }
-  for (const std::string& f : checks.failures()) console.err << "demo: FAILED " << f << '\n';
-  out << "demo: " << checks.failures().size() << " of " << checks.total() << " checks FAILED\n";
-  return kExitFailed;
+    out << '\n';
+    return r;
+  };
+  return run_variants(dir, "demo-faiss-", "iqdb-persist inspect ", console, run);
 }
 
 #endif  // IQDB_PERSIST_CLI_HAVE_FAISS
