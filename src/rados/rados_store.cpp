@@ -997,7 +997,7 @@ std::vector<std::string> RadosSnapshotStore::list_dir(const fs::path& dir) {
 }
 
 std::unique_ptr<FileLock> RadosSnapshotStore::lock(const fs::path& path) {
-  throw PersistError::at(ErrorKind::Unsupported, path, "writer locks in RADOS (cls_lock) are not built yet");
+  throw PersistError::at(ErrorKind::Unsupported, path, "FileSystem::lock is not supported on RADOS: take a RadosWriterLock for the name");
 }
 
 std::uint64_t RadosSnapshotStore::random_u64() {

@@ -88,8 +88,10 @@ struct RadosHead {
 // checked). After a publish, leftovers (unpublished or superseded
 // generations) are removed; a reader never removes anything.
 //
-// Thread-safe. open_append and lock are Unsupported (no log or lock in RADOS
-// yet); sync_dir does nothing (a completed RADOS write is on every replica).
+// Thread-safe. open_append and lock are Unsupported (no log in RADOS yet;
+// the writer lock is RadosWriterLock, below); sync_dir does nothing (a
+// completed RADOS write is on every replica). While a RadosWriterLock taken
+// through this store holds NAME, publishes of NAME carry its fencing check.
 class RadosSnapshotStore final : public FileSystem {
  public:
   // Connects (bounded by options.connect_timeout) and opens location.pool.
