@@ -48,6 +48,7 @@
 #include <iqdb/persist/adapters/faiss.hpp>
 #endif
 #if defined(IQDB_BENCH_HAVE_HNSWLIB)
+#include <hnswlib/hnswlib.h>  // hnswlib's own API, beside the adapter's
 #include <iqdb/persist/adapters/hnswlib.hpp>
 #endif
 

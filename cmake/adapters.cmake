@@ -1,7 +1,7 @@
 # Optional adapters that persist indexes of other libraries (docs/ADAPTERS.md):
 #
 #   iqdb::persist_faiss     FaissIndex over a faiss::Index          (needs FAISS, e.g. libfaiss-dev)
-#   iqdb::persist_hnswlib   HnswlibIndex over hnswlib's HNSW graph  (header-only; needs libhnswlib-dev)
+#   iqdb::persist_hnswlib   HnswlibIndex over hnswlib's HNSW graph  (needs libhnswlib-dev)
 #
 # Each is built only when its library is found, so the core library builds
 # without either. IQDB_PERSIST_WITH_FAISS / IQDB_PERSIST_WITH_HNSWLIB:
@@ -112,13 +112,27 @@ if(_iqdb_hnswlib_mode STREQUAL "OFF")
 else()
   find_path(IQDB_HNSWLIB_INCLUDE_DIR hnswlib/hnswalg.h DOC "Directory holding hnswlib/hnswlib.h")
   if(IQDB_HNSWLIB_INCLUDE_DIR)
-    # Header-only: an INTERFACE target. hnswlib's headers are included as
-    # system headers (their warnings are not ours).
-    add_library(iqdb_persist_hnswlib INTERFACE)
+    # A static library: hnswlib's headers (which define functions without
+    # `inline`) are compiled into it, and the adapter's header includes none
+    # of them (src/adapters/hnswlib_include.hpp). They are system headers
+    # (their warnings are not ours); consumers keep them on their include
+    # path for the adopting constructor and graph().
+    add_library(iqdb_persist_hnswlib STATIC ${PROJECT_SOURCE_DIR}/src/adapters/hnswlib_index.cpp)
     add_library(iqdb::persist_hnswlib ALIAS iqdb_persist_hnswlib)
-    set_target_properties(iqdb_persist_hnswlib PROPERTIES EXPORT_NAME persist_hnswlib)
-    target_link_libraries(iqdb_persist_hnswlib INTERFACE iqdb_persist)
-    target_include_directories(iqdb_persist_hnswlib SYSTEM INTERFACE $<BUILD_INTERFACE:${IQDB_HNSWLIB_INCLUDE_DIR}>)
+    set_target_properties(iqdb_persist_hnswlib PROPERTIES OUTPUT_NAME iqdb_persist_hnswlib
+      POSITION_INDEPENDENT_CODE ON EXPORT_NAME persist_hnswlib)
+    target_include_directories(iqdb_persist_hnswlib PRIVATE ${PROJECT_SOURCE_DIR}/src)
+    target_include_directories(iqdb_persist_hnswlib SYSTEM PUBLIC $<BUILD_INTERFACE:${IQDB_HNSWLIB_INCLUDE_DIR}>)
+    target_link_libraries(iqdb_persist_hnswlib
+      PUBLIC iqdb_persist
+      PRIVATE $<BUILD_INTERFACE:iqdb_persist_warnings>)
+    # hnswlib 0.6.2's SSE search code reads, to prefetch, one slot past the
+    # end of a link list: harmless on hardware, a heap-buffer-overflow to
+    # ASan. Sanitized builds compile its scalar code (as the tests and fuzz
+    # targets that include hnswlib.h do).
+    if(CMAKE_CXX_FLAGS MATCHES "sanitize=address")
+      target_compile_definitions(iqdb_persist_hnswlib PRIVATE NO_MANUAL_VECTORIZATION)
+    endif()
     message(STATUS "hnswlib found in ${IQDB_HNSWLIB_INCLUDE_DIR}: building the hnswlib adapter (iqdb::persist_hnswlib)")
     # The installed package finds the consumer's hnswlib headers itself.
     set(_deps [=[

@@ -21,8 +21,8 @@
 #include <typeinfo>
 #include <unordered_set>
 
+#include "adapters/adapter_support.hpp"
 #include "adapters/faiss_stream_guard.hpp"
-#include "iqdb/persist/adapters/adapter_support.hpp"
 #include "iqdb/persist/adapters/faiss.hpp"
 #include "iqdb/persist/error.hpp"
 

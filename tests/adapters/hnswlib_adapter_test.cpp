@@ -7,6 +7,7 @@
 // never crashed; a graph built with hnswlib's own API, checked against
 // hnswlib's saveIndex / loadIndex.
 #include <gtest/gtest.h>
+#include <hnswlib/hnswlib.h>  // the graph's members (graph(), adoption)
 #include <rapidcheck/gtest.h>
 
 #include <algorithm>

@@ -1,7 +1,5 @@
-// Internal pieces shared by the FAISS and hnswlib adapters (not an API).
-//
-// It lives under include/ rather than src/adapters/ because the hnswlib
-// adapter is header-only: its installed header needs it.
+// Internal pieces shared by the FAISS and hnswlib adapters (not an API, not
+// installed): both adapters are compiled libraries (cmake/adapters.cmake).
 #pragma once
 
 #if defined(__linux__)
