@@ -13,8 +13,10 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "iqdb-persist/command.hpp"
@@ -120,27 +122,28 @@ std::vector<float> gaussian_vector(std::mt19937_64& rng, std::uint64_t dim) {
   return v;
 }
 
-// N Gaussian vectors with ids 0..N-1; every (N/8)th carries metadata.
-FlatIndex build_index(const DemoOptions& opts, std::mt19937_64& rng, std::uint64_t& with_metadata) {
-  FlatIndex index(opts.dim, kMetric);
-  const std::uint64_t metadata_every = std::max<std::uint64_t>(1, opts.vectors / 8);
-  with_metadata = 0;
-  for (std::uint64_t i = 0; i < opts.vectors; ++i) {
-    const std::vector<float> v = gaussian_vector(rng, opts.dim);
-    std::optional<Metadata> meta;
-    if (i % metadata_every == 0) {
-      double norm = 0;
-      for (const float x : v) norm += static_cast<double>(x) * static_cast<double>(x);
-      meta = Metadata{{"label", Value("vector-" + std::to_string(i))},
-                      {"bucket", Value(static_cast<std::int64_t>(i % 10))},
-                      {"norm", Value(std::sqrt(norm))},
-                      {"pinned", Value(i % 2 == 0)}};
-      ++with_metadata;
-    }
-    index.insert(i, v, std::move(meta));
+// Every (N/8)th vector carries metadata: its label and bucket (and, when
+// `full`, its norm and a flag).
+std::optional<Metadata> demo_metadata(std::uint64_t i, std::uint64_t n, std::span<const float> v, bool full) {
+  if (i % std::max<std::uint64_t>(1, n / 8) != 0) return std::nullopt;
+  Metadata meta{{"label", Value("vector-" + std::to_string(i))}, {"bucket", Value(static_cast<std::int64_t>(i % 10))}};
+  if (full) {
+    double norm = 0;
+    for (const float x : v) norm += static_cast<double>(x) * static_cast<double>(x);
+    meta.emplace("norm", Value(std::sqrt(norm)));
+    meta.emplace("pinned", Value(i % 2 == 0));
   }
-  return index;
+  return meta;
 }
+
+// A built index and how long building it took.
+template <class I>
+struct Built {
+  explicit Built(I i) : index(std::move(i)) {}
+  I index;
+  std::uint64_t with_metadata = 0;
+  double ms = 0;
+};
 
 class Checks {
  public:
@@ -170,7 +173,12 @@ PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, Result& r, 
   {
     auto db = PersistedIndex<I>::open_with(std::move(index), cfg);
     const Stopwatch sw;
-    db.save();
+    try {
+      db.save();
+    } catch (...) {
+      index = std::move(db.index_mut());
+      throw;
+    }
     r.save_ms = sw.ms();
     index = std::move(db.index_mut());
   }
@@ -200,28 +208,6 @@ void check_queries(const I& loaded, const std::vector<std::vector<float>>& queri
   checks.expect(same == queries.size(), scope,
                 std::to_string(same) + " of " + std::to_string(queries.size()) + " queries: top-" +
                     std::to_string(kTopK) + " ids and distances identical to the original's");
-}
-
-// Save `original` with one compression, show the header, load it back, compare.
-Result try_variant(const Variant& v, const fs::path& path, const FlatIndex& original,
-                   const std::vector<std::vector<float>>& queries,
-                   const std::vector<std::vector<SearchHit>>& expected, const Console& console, Checks& checks) {
-  std::ostream& out = console.out;
-  Result r;
-  r.label = v.label;
-  PersistConfig cfg(path);
-  cfg.compression = v.compression;
-  try {
-    FlatIndex saved = original;
-    const auto loaded = save_show_load(saved, cfg, r, out);
-
-    checks.expect(loaded.index() == original, v.name, "loaded index == original (ids, vectors, metadata, order)");
-    check_queries(loaded.index(), queries, expected, v.name, checks);
-  } catch (const PersistError& e) {
-    checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
-  }
-  out << '\n';
-  return r;
 }
 
 // kQueries random queries and `index`'s answers, to compare every loaded copy with.
@@ -278,77 +264,104 @@ void print_summary(std::ostream& out, const std::vector<Result>& results) {
   out << '\n';
 }
 
-// Save and load the index once per compression (run(variant, path, checks)
-// returns the timings), then print the summary and the checks' verdict.
-template <class Run>
-int run_variants(const fs::path& dir, const std::string& prefix, const std::string& try_command,
-                 const Console& console, Run run) {
-  std::ostream& out = console.out;
-  const std::vector<Variant> variants = demo_variants();
-  Checks checks(out);
-  std::vector<Result> results;
-  for (std::size_t i = 0; i < variants.size(); ++i) {
-    const Variant& v = variants[i];
-    const fs::path path = dir / (prefix + v.name + ".iqdb");
-    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string()
-        << '\n'
-        << std::flush;
-    results.push_back(run(v, path, checks));
-    out << std::flush;
-  }
-  print_summary(out, results);
-  out << "Files kept in " << dir.string() << "; try: " << try_command << (dir / (prefix + "zstd.iqdb")).string()
-      << "\n\n";
-  return report_checks(checks, console);
-}
-
 // Largest index the demo builds (floats), so a typo cannot exhaust memory.
 constexpr std::uint64_t kMaxDemoFloats = std::uint64_t{1} << 32;  // 16 GiB
 
-#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
-int demo_faiss(const DemoOptions& opts, const Console& console);
-#endif
-
-int demo(const DemoOptions& opts, const Console& console) {
-  std::ostream& out = console.out;
-  if (opts.faiss) {
-#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
-    return demo_faiss(opts, console);
-#else
-    console.err << "demo: this build has no FAISS adapter (install libfaiss-dev and rebuild)\n";
-    return kExitUsage;
-#endif
+// Save `original` with one compression, show the header, load it back, and
+// check that the loaded copy equals it (tour.compare) and answers the
+// queries as it did.
+template <class Tour, class I, class Hit>
+Result try_variant(const Tour& tour, const Variant& v, const fs::path& path, I& original,
+                   const std::vector<std::vector<float>>& queries, const std::vector<std::vector<Hit>>& expected,
+                   std::ostream& out, Checks& checks) {
+  Result r;
+  r.label = v.label;
+  PersistConfig cfg(path);
+  cfg.compression = v.compression;
+  try {
+    const auto loaded = save_show_load(original, cfg, r, out);
+    tour.compare(original, loaded.index(), v.name, checks);
+    check_queries(loaded.index(), queries, expected, v.name, checks);
+  } catch (const PersistError& e) {
+    checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
   }
+  out << '\n';
+  return r;
+}
+
+// The demo's tour, for any index type: build a random index (tour.build),
+// save it with every compression, load each file back and check it, print
+// the summary. A Tour has: subject and metric (for the first line), prefix
+// (of the file names), try_command (suggested for the zstd file),
+// build(opts, rng) -> Built<I>, describe(built) and
+// compare(original, loaded, scope, checks).
+template <class Tour>
+int run_tour(Tour& tour, const DemoOptions& opts, const Console& console) {
+  std::ostream& out = console.out;
   if (opts.vectors > kMaxDemoFloats / opts.dim) {
     console.err << "demo: --vectors x --dim is limited to " << kMaxDemoFloats << " floats ("
                 << human_bytes(kMaxDemoFloats * sizeof(float)) << ")\n";
     return kExitUsage;
   }
   const fs::path dir = prepare_dir(opts.dir);
-  out << "iqdb-persist demo: " << opts.vectors << " random Gaussian vectors x " << opts.dim << " dims, "
-      << to_string(kMetric) << " metric, seed " << kSeed << "\n"
+  out << "iqdb-persist demo" << tour.subject << ": " << opts.vectors << " random Gaussian vectors x " << opts.dim
+      << " dims, " << tour.metric << ", seed " << kSeed << "\n"
       << "directory: " << dir.string() << "\n\n"
       << std::flush;
 
   std::mt19937_64 rng(kSeed);
-  std::uint64_t with_metadata = 0;
-  const Stopwatch build_sw;
-  const FlatIndex original = build_index(opts, rng, with_metadata);
-  const double build_ms = build_sw.ms();
-  out << "Built a flat index of " << original.size() << " vectors (" << with_metadata << " with metadata, "
-      << human_bytes(original.size() * original.dim() * sizeof(float)) << " of floats) in "
-      << format("%.1f", build_ms) << " ms\n";
-
+  auto built = tour.build(opts, rng);
+  out << "Built a " << tour.describe(built) << " in " << format("%.1f", built.ms) << " ms\n";
   std::vector<std::vector<float>> queries;
-  std::vector<std::vector<SearchHit>> expected;
-  ask_queries(original, opts.dim, rng, queries, expected, out);
+  using Hits = decltype(built.index.search(std::declval<std::span<const float>>(), kTopK));
+  std::vector<Hits> expected;
+  ask_queries(built.index, opts.dim, rng, queries, expected, out);
 
-  const auto run = [&](const Variant& v, const fs::path& path, Checks& checks) {
-    return try_variant(v, path, original, queries, expected, console, checks);
-  };
-  return run_variants(dir, "demo-", "iqdb-persist verify ", console, run);
+  const std::vector<Variant> variants = demo_variants();
+  Checks checks(out);
+  std::vector<Result> results;
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    const Variant& v = variants[i];
+    const fs::path path = dir / (tour.prefix + v.name + ".iqdb");
+    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string() << '\n'
+        << std::flush;
+    results.push_back(try_variant(tour, v, path, built.index, queries, expected, out, checks));
+    out << std::flush;
+  }
+  print_summary(out, results);
+  out << "Files kept in " << dir.string() << "; try: " << tour.try_command
+      << (dir / (tour.prefix + "zstd.iqdb")).string() << "\n\n";
+  return report_checks(checks, console);
 }
 
+// The flat index: N Gaussian vectors with ids 0..N-1, every (N/8)th with
+// metadata; a loaded copy must equal the original.
+struct FlatTour {
+  std::string subject;
+  std::string metric = std::string(to_string(kMetric)) + " metric";
+  std::string prefix = "demo-";
+  std::string try_command = "iqdb-persist verify ";
+
+  Built<FlatIndex> build(const DemoOptions& opts, std::mt19937_64& rng) const {
+    const Stopwatch sw;
+    Built<FlatIndex> b(FlatIndex(opts.dim, kMetric));
+    for (std::uint64_t i = 0; i < opts.vectors; ++i) {
+      const std::vector<float> v = gaussian_vector(rng, opts.dim);
+      std::optional<Metadata> meta = demo_metadata(i, opts.vectors, v, true);
+      if (meta) ++b.with_metadata;
+      b.index.insert(i, v, std::move(meta));
+    }
+    b.ms = sw.ms();
+    return b;
+  }
+  std::string describe(const Built<FlatIndex>& b) const {
+    return "flat index of " + std::to_string(b.index.size()) + " vectors (" + std::to_string(b.with_metadata) +
+           " with metadata, " + human_bytes(b.index.size() * b.index.dim() * sizeof(float)) + " of floats)";
+  }
+  void compare(const FlatIndex& original, const FlatIndex& loaded, const std::string& scope, Checks& checks) const {
+    checks.expect(loaded == original, scope, "loaded index == original (ids, vectors, metadata, order)");
+  }
+};
 
 #if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
 
@@ -387,73 +400,67 @@ std::vector<std::uint8_t> faiss_serialization(const FaissIndex& index) {
   return w.data;
 }
 
-int demo_faiss(const DemoOptions& opts, const Console& console) {
-  std::ostream& out = console.out;
+// A FAISS index of `kind` (flat, hnsw, ivf) through the FAISS adapter; a
+// loaded copy must serialize to the original's bytes and hold the same
+// metadata side table.
+struct FaissTour {
+  explicit FaissTour(std::string kind_) : kind(std::move(kind_)), subject(" on a FAISS index (" + kind + ")") {}
+  std::string kind;
+  std::string subject;
+  std::string metric = "L2";
+  std::string prefix = "demo-faiss-";
+  std::string try_command = "iqdb-persist inspect ";
+  std::vector<std::uint8_t> original_bytes;  // the built index's serialization
+
+  Built<FaissIndex> build(const DemoOptions& opts, std::mt19937_64& rng) {
+    std::vector<float> data;
+    data.reserve(static_cast<std::size_t>(opts.vectors * opts.dim));
+    for (std::uint64_t i = 0; i < opts.vectors; ++i) {
+      const std::vector<float> v = gaussian_vector(rng, opts.dim);
+      data.insert(data.end(), v.begin(), v.end());
+    }
+    const Stopwatch sw;
+    Built<FaissIndex> b(FaissIndex(make_faiss_index(kind, static_cast<int>(opts.dim), opts.vectors, data)));
+    for (std::uint64_t i = 0; i < opts.vectors; ++i) {
+      const std::span<const float> v(data.data() + i * opts.dim, static_cast<std::size_t>(opts.dim));
+      std::optional<Metadata> meta = demo_metadata(i, opts.vectors, v, false);
+      if (meta) ++b.with_metadata;
+      b.index.insert(i, v, std::move(meta));
+    }
+    b.ms = sw.ms();
+    original_bytes = faiss_serialization(b.index);
+    return b;
+  }
+  std::string describe(const Built<FaissIndex>& b) const {
+    return "FAISS index of " + std::to_string(b.index.size()) + " vectors (" + std::to_string(b.with_metadata) +
+           " with metadata in the adapter's side table)";
+  }
+  void compare(const FaissIndex& original, const FaissIndex& loaded, const std::string& scope, Checks& checks) const {
+    checks.expect(faiss_serialization(loaded) == original_bytes, scope,
+                  "loaded FAISS index serializes to the same bytes as the original");
+    checks.expect(loaded.metadata_table() == original.metadata_table(), scope, "metadata side table identical");
+  }
+};
+
+#endif  // IQDB_PERSIST_CLI_HAVE_FAISS
+
+int demo(const DemoOptions& opts, const Console& console) {
+  if (!opts.faiss) {
+    FlatTour tour;
+    return run_tour(tour, opts, console);
+  }
+#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
   if (opts.faiss_index != "flat" && opts.faiss_index != "hnsw" && opts.faiss_index != "ivf") {
     console.err << "demo: --faiss-index must be flat, hnsw or ivf\n";
     return kExitUsage;
   }
-  if (opts.vectors > kMaxDemoFloats / opts.dim) {
-    console.err << "demo: --vectors x --dim is limited to " << kMaxDemoFloats << " floats\n";
-    return kExitUsage;
-  }
-  const fs::path dir = prepare_dir(opts.dir);
-  const int dim = static_cast<int>(opts.dim);
-  out << "iqdb-persist demo on a FAISS index (" << opts.faiss_index << "): " << opts.vectors
-      << " random Gaussian vectors x " << opts.dim << " dims, L2, seed " << kSeed << "\n"
-      << "directory: " << dir.string() << "\n\n"
-      << std::flush;
-
-  std::mt19937_64 rng(kSeed);
-  std::vector<float> data;
-  data.reserve(static_cast<std::size_t>(opts.vectors * opts.dim));
-  for (std::uint64_t i = 0; i < opts.vectors; ++i) {
-    const std::vector<float> v = gaussian_vector(rng, opts.dim);
-    data.insert(data.end(), v.begin(), v.end());
-  }
-  const Stopwatch build_sw;
-  FaissIndex current(make_faiss_index(opts.faiss_index, dim, opts.vectors, data));
-  const std::uint64_t metadata_every = std::max<std::uint64_t>(1, opts.vectors / 8);
-  std::uint64_t with_metadata = 0;
-  for (std::uint64_t i = 0; i < opts.vectors; ++i) {
-    std::optional<Metadata> meta;
-    if (i % metadata_every == 0) {
-      meta = Metadata{{"label", Value("vector-" + std::to_string(i))}, {"bucket", Value(static_cast<std::int64_t>(i % 10))}};
-      ++with_metadata;
-    }
-    const std::span<const float> v(data.data() + i * opts.dim, static_cast<std::size_t>(opts.dim));
-    current.insert(i, v, std::move(meta));
-  }
-  out << "Built a FAISS index of " << current.size() << " vectors (" << with_metadata
-      << " with metadata in the adapter's side table) in " << format("%.1f", build_sw.ms()) << " ms\n";
-
-  const std::vector<std::uint8_t> original_bytes = faiss_serialization(current);
-  std::vector<std::vector<float>> queries;
-  std::vector<std::vector<FaissIndex::Hit>> expected;
-  ask_queries(current, opts.dim, rng, queries, expected, out);
-
-  const auto run = [&](const Variant& v, const fs::path& path, Checks& checks) {
-    Result r;
-    r.label = v.label;
-    PersistConfig cfg(path);
-    cfg.compression = v.compression;
-    try {
-      const auto loaded = save_show_load(current, cfg, r, out);
-      checks.expect(faiss_serialization(loaded.index()) == original_bytes, v.name,
-                    "loaded FAISS index serializes to the same bytes as the original");
-      checks.expect(loaded.index().metadata_table() == current.metadata_table(), v.name,
-                    "metadata side table identical");
-      check_queries(loaded.index(), queries, expected, v.name, checks);
-    } catch (const PersistError& e) {
-      checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
-    }
-    out << '\n';
-    return r;
-  };
-  return run_variants(dir, "demo-faiss-", "iqdb-persist inspect ", console, run);
+  FaissTour tour(opts.faiss_index);
+  return run_tour(tour, opts, console);
+#else
+  console.err << "demo: this build has no FAISS adapter (install libfaiss-dev and rebuild)\n";
+  return kExitUsage;
+#endif
 }
-
-#endif  // IQDB_PERSIST_CLI_HAVE_FAISS
 
 }  // namespace
 
