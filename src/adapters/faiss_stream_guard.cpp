@@ -113,52 +113,56 @@ void FaissStreamGuard::feed(const void* data, std::size_t n, std::uint64_t bytes
   std::size_t left = n;
   remaining_ = reading_ ? bytes_after + n : kUnknown;
   hidden_.clear();
-  const auto consume = [&](std::size_t k) {
+  for (;;) {
+    drain();  // runs the Index and Check steps: a Field, U64Array or Skip is on top
+    if (left == 0) return;
+    if (stack_.empty()) fail("bytes follow the end of the index");
+    Step& top = stack_.back();
+    const bool value = top.op == Op::Field || top.op == Op::U64Array;
+    std::size_t k = 0;
+    if (value) {
+      k = buffer_value(top, p, left, n - left);
+    } else if (top.op == Op::Skip) {
+      k = static_cast<std::size_t>(std::min<std::uint64_t>(top.count, left));
+      top.count -= k;
+    }
     p += k;
     left -= k;
     offset_ += k;
     if (reading_) remaining_ -= k;
-  };
-  for (;;) {
-    drain();
-    if (left == 0) return;
-    if (stack_.empty()) fail("bytes follow the end of the index");
-    Step& top = stack_.back();
-    switch (top.op) {
-      case Op::Field:
-      case Op::U64Array: {
-        const std::uint8_t width = top.op == Op::Field ? top.width : 8;
-        const std::size_t k = std::min<std::size_t>(width - have_, left);
-        if (top.op == Op::Field && top.hide) hidden_.emplace_back(n - left, k);
-        std::memcpy(buf_ + have_, p, k);
-        have_ = static_cast<std::uint8_t>(have_ + k);
-        consume(k);
-        if (have_ < width) break;
-        std::uint64_t v = 0;
-        for (int i = width - 1; i >= 0; --i) v = (v << 8) | buf_[i];
-        have_ = 0;
-        if (top.op == Op::Field) {
-          const Step s = top;
-          stack_.pop_back();
-          on_field(s, v);
-          // Captured codes are read by the adapter, not as part of a FAISS
-          // read (FAISS reads a count by itself, so this cannot happen).
-          if (capture_bytes_ && left > 0) fail("a read runs past a storage count");
-        } else {
-          on_u64_element(top, v);
-        }
-        break;
-      }
-      case Op::Skip: {
-        const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(top.count, left));
-        top.count -= k;
-        consume(k);
-        break;
-      }
-      case Op::Index:
-      case Op::Check: break;  // drained above
-    }
+    if (value && have_ == value_width(top)) on_value(left);
   }
+}
+
+std::uint8_t FaissStreamGuard::value_width(const Step& s) noexcept { return s.op == Op::Field ? s.width : 8; }
+
+// Copy the next bytes of the value on top (at offset `at` of the current
+// feed) into buf_; returns how many.
+std::size_t FaissStreamGuard::buffer_value(const Step& top, const unsigned char* p, std::size_t left, std::size_t at) {
+  const std::size_t k = std::min<std::size_t>(value_width(top) - have_, left);
+  if (top.op == Op::Field && top.hide) hidden_.emplace_back(at, k);
+  std::memcpy(buf_ + have_, p, k);
+  have_ = static_cast<std::uint8_t>(have_ + k);
+  return k;
+}
+
+// The value on top is complete in buf_ (little-endian): act on it. `left`:
+// the bytes of the current feed after it.
+void FaissStreamGuard::on_value(std::size_t left) {
+  Step& top = stack_.back();
+  std::uint64_t v = 0;
+  for (int i = value_width(top) - 1; i >= 0; --i) v = (v << 8) | buf_[i];
+  have_ = 0;
+  if (top.op != Op::Field) {
+    on_u64_element(top, v);
+    return;
+  }
+  const Step s = top;
+  stack_.pop_back();
+  on_field(s, v);
+  // Captured codes are read by the adapter, not as part of a FAISS read
+  // (FAISS reads a count by itself, so this cannot happen).
+  if (capture_bytes_ && left > 0) fail("a read runs past a storage count");
 }
 
 void FaissStreamGuard::finish() {
@@ -214,9 +218,31 @@ void FaissStreamGuard::on_fourcc(std::size_t id, std::uint32_t code) {
 }
 
 void FaissStreamGuard::on_field(const Step& s, std::uint64_t v) {
-  Node& node = nodes_[s.node];
   switch (s.field) {
     case Field::Fourcc: on_fourcc(s.node, static_cast<std::uint32_t>(v)); return;
+    case Field::HeaderD:
+    case Field::HeaderNtotal:
+    case Field::HeaderDummy:
+    case Field::HeaderTrained:
+    case Field::HeaderMetric:
+    case Field::HeaderMetricArg: on_header_field(s, v); return;
+    case Field::XbCount: on_flat_storage(s, v); return;
+    case Field::VecCount: on_vec_count(s, v); return;
+    case Field::I32: return;
+    case Field::IvfNlist:
+    case Field::IvfNprobe:
+    case Field::DirectMapType: on_ivf_field(s, v); return;
+    case Field::InvlistsFourcc:
+    case Field::InvlistsNlist:
+    case Field::InvlistsCodeSize:
+    case Field::InvlistsListType: on_invlists_field(s, v); return;
+  }
+}
+
+// The fields every index header has (faiss::read_index_header).
+void FaissStreamGuard::on_header_field(const Step& s, std::uint64_t v) {
+  Node& node = nodes_[s.node];
+  switch (s.field) {
     case Field::HeaderD: {
       const auto d = static_cast<std::int32_t>(static_cast<std::uint32_t>(v));
       if (d < 1) fail("dimension " + std::to_string(d) + " is not positive");
@@ -232,7 +258,6 @@ void FaissStreamGuard::on_field(const Step& s, std::uint64_t v) {
       node.ntotal = n;
       return;
     }
-    case Field::HeaderDummy: return;
     case Field::HeaderTrained:
       if (v > 1) fail("is_trained byte " + std::to_string(v) + " is not 0 or 1");
       return;
@@ -248,30 +273,35 @@ void FaissStreamGuard::on_field(const Step& s, std::uint64_t v) {
       if (m > 1) stack_.push_back(field(Field::HeaderMetricArg, 4, s.node));
       return;
     }
-    case Field::HeaderMetricArg: return;
-    case Field::XbCount: {
-      // IndexFlat's codes, counted in 4-byte units.
-      std::uint64_t want = 0;
-      if (!mul(static_cast<std::uint64_t>(node.ntotal), static_cast<std::uint64_t>(node.d), want) || v != want) {
-        fail("flat storage of " + std::to_string(v) + " floats does not hold " + std::to_string(node.ntotal) +
-             " vectors of dimension " + std::to_string(node.d));
-      }
-      if (v >= kFaissMaxVector || v > remaining_ / 4) {
-        fail("flat storage of " + std::to_string(v) + " floats exceeds the " + std::to_string(remaining_) +
-             " bytes left");
-      }
-      if (node.capture) capture_bytes_ = v * 4;
-      stack_.push_back(skip(v * 4));
-      return;
-    }
-    case Field::VecCount: on_vec_count(s, v); return;
-    case Field::I32: return;
+    default: return;  // HeaderMetricArg: not checked
+  }
+}
+
+// IndexFlat's codes, counted in 4-byte units.
+void FaissStreamGuard::on_flat_storage(const Step& s, std::uint64_t v) {
+  const Node& node = nodes_[s.node];
+  std::uint64_t want = 0;
+  if (!mul(static_cast<std::uint64_t>(node.ntotal), static_cast<std::uint64_t>(node.d), want) || v != want) {
+    fail("flat storage of " + std::to_string(v) + " floats does not hold " + std::to_string(node.ntotal) +
+         " vectors of dimension " + std::to_string(node.d));
+  }
+  if (v >= kFaissMaxVector || v > remaining_ / 4) {
+    fail("flat storage of " + std::to_string(v) + " floats exceeds the " + std::to_string(remaining_) +
+         " bytes left");
+  }
+  if (node.capture) capture_bytes_ = v * 4;
+  stack_.push_back(skip(v * 4));
+}
+
+// IndexIVFFlat's own fields, before its inverted lists.
+void FaissStreamGuard::on_ivf_field(const Step& s, std::uint64_t v) {
+  Node& node = nodes_[s.node];
+  switch (s.field) {
     case Field::IvfNlist:
       // The quantizer that follows holds nlist centroids of d floats.
       if (v == 0 || v > remaining_) fail("nlist " + std::to_string(v) + " is out of range");
       node.nlist = v;
       return;
-    case Field::IvfNprobe: return;
     case Field::DirectMapType: {
       if (v > 2) fail("direct map type " + std::to_string(v) + " is unknown");
       node.dm_type = static_cast<std::uint8_t>(v);
@@ -280,6 +310,14 @@ void FaissStreamGuard::on_field(const Step& s, std::uint64_t v) {
       then(seq);
       return;
     }
+    default: return;  // IvfNprobe: not checked
+  }
+}
+
+// The ArrayInvertedLists of an IndexIVFFlat.
+void FaissStreamGuard::on_invlists_field(const Step& s, std::uint64_t v) {
+  Node& node = nodes_[s.node];
+  switch (s.field) {
     case Field::InvlistsFourcc:
       if (v != kArrayInvlists) {
         fail("inverted lists of type " + printable(static_cast<std::uint32_t>(v)) +
@@ -308,6 +346,7 @@ void FaissStreamGuard::on_field(const Step& s, std::uint64_t v) {
         fail("list size encoding " + printable(static_cast<std::uint32_t>(v)) + " is unknown");
       }
       return;
+    default: return;
   }
 }
 

@@ -140,11 +140,15 @@ class FaissStreamGuard {
     std::uint64_t index = 0;  // U64Array: elements done
   };
 
+  static Step at(Op op, std::size_t node) {
+    Step s{op};
+    s.node = node;
+    return s;
+  }
   static Step field(Field f, std::uint8_t width, std::size_t node) {
-    Step s{Op::Field};
+    Step s = at(Op::Field, node);
     s.field = f;
     s.width = width;
-    s.node = node;
     return s;
   }
   static Step vec(VecRole role, std::uint32_t elem, std::size_t node) {
@@ -154,9 +158,8 @@ class FaissStreamGuard {
     return s;
   }
   static Step check(Check c, std::size_t node) {
-    Step s{Op::Check};
+    Step s = at(Op::Check, node);
     s.check = c;
-    s.node = node;
     return s;
   }
   static Step skip(std::uint64_t bytes) {
@@ -164,23 +167,25 @@ class FaissStreamGuard {
     s.count = bytes;
     return s;
   }
-  static Step index(std::size_t parent) {
-    Step s{Op::Index};
-    s.node = parent;
-    return s;
-  }
+  static Step index(std::size_t parent) { return at(Op::Index, parent); }
   static Step u64_array(VecRole role, std::uint64_t n, std::size_t node) {
-    Step s{Op::U64Array};
+    Step s = at(Op::U64Array, node);
     s.role = role;
     s.count = n;
-    s.node = node;
     return s;
   }
 
   // Schedule `steps` to come next, in the order given.
   void then(const std::vector<Step>& steps);
   static void add_header(std::vector<Step>& seq, std::size_t node);
+  static std::uint8_t value_width(const Step& s) noexcept;
+  std::size_t buffer_value(const Step& top, const unsigned char* p, std::size_t left, std::size_t at);
+  void on_value(std::size_t left);
   void on_field(const Step& s, std::uint64_t v);
+  void on_header_field(const Step& s, std::uint64_t v);
+  void on_flat_storage(const Step& s, std::uint64_t v);
+  void on_ivf_field(const Step& s, std::uint64_t v);
+  void on_invlists_field(const Step& s, std::uint64_t v);
   void on_vec_count(const Step& s, std::uint64_t n);
   void on_u64_element(Step& s, std::uint64_t v);
   void on_check(const Step& s);
