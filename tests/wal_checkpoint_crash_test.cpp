@@ -293,8 +293,9 @@ TEST_P(OpenWithCrash, OverAnExistingIndex) {
       }
     }
   }
-  // BUG (src/wal/wal_engine.cpp, WalEngine::Impl::create): the new empty log
-  // (base LSN 1) replaces the old log BEFORE the new snapshot is written. A
+  // The bug this guards against (fixed; WalEngine::Impl::create, now in
+  // src/wal/recovery.cpp): the new empty log
+  // (base LSN 1) replaced the old log BEFORE the new snapshot was written. A
   // crash between the two renames leaves the OLD snapshot beside the NEW
   // empty log: the load succeeds with the old snapshot alone and silently
   // drops every record of the old log (a state that is neither the old nor
