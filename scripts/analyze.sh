@@ -56,8 +56,6 @@ SUPPRESS = [
      "the output (21 bytes) always fits the 32-byte buffer: the length is not needed"),
     ("src/format/header.cpp", "cert-err33-c", r"snprintf\(b, sizeof b, \"%08x\"",
      "the output (8 bytes) always fits the 16-byte buffer: the length is not needed"),
-    ("src/wal/group_commit.cpp", "performance-unnecessary-value-param", r"std::exception_ptr (cause|err)\)",
-     "copying an exception_ptr is one reference-count increment, on the failure path only"),
     ("src/util/error.cpp", "performance-unnecessary-value-param", r"std::string detail",
      "builds an exception: one string copy on the failure path only"),
     ("src/snapshot/snapshot_reader.cpp", "performance-no-automatic-move", r"return h;",

@@ -139,7 +139,7 @@ FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
   const std::uint64_t last_lsn = std::max({base_lsn, snapshot_lsn, log.end});
   const bool removing_log = config.discard_log && log.exists;
   // The log goes only once the snapshot that covers it is durable.
-  const FileHeader written =
+  FileHeader written =
       write(last_lsn, removing_log || config.fsync_policy.mode() != FsyncPolicy::Mode::Never);
   if (removing_log) {
     fs.remove(log_path);

@@ -238,7 +238,7 @@ struct HnswlibIndex::Impl {
 
 // ---------------------------------------------------------------- Index
 
-HnswlibIndex::HnswlibIndex(std::uint64_t dim, DistanceMetric metric, HnswlibParams params)
+HnswlibIndex::HnswlibIndex(std::uint64_t dim, DistanceMetric metric, const HnswlibParams& params)
     : impl_(std::make_unique<Impl>(dim, metric, params, 16)) {}
 
 HnswlibIndex::HnswlibIndex(std::unique_ptr<Space> space, std::unique_ptr<Graph> graph, bool cosine)
@@ -338,7 +338,7 @@ namespace {
 void write_levels(PayloadWriter& w, const Graph& g) {
   const std::size_t n = g.cur_element_count;
   std::vector<std::uint32_t> levels;
-  constexpr std::size_t kBatch = 64 * 1024;
+  constexpr std::size_t kBatch = std::size_t{64} * 1024;
   for (std::size_t i = 0; i < n; i += kBatch) {
     levels.clear();
     for (std::size_t j = i; j < std::min(n, i + kBatch); ++j) {

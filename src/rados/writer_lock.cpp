@@ -196,7 +196,8 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
   {
     std::random_device rd;
     char buf[40];
-    std::snprintf(buf, sizeof buf, "%08x%08x-%d", rd(), rd(), static_cast<int>(::getpid()));
+    // At most 8 + 8 + 1 + 11 bytes and the NUL: always fits; the length is not needed.
+    (void)std::snprintf(buf, sizeof buf, "%08x%08x-%d", rd(), rd(), static_cast<int>(::getpid()));
     s->cookie = buf;
   }
   const auto fail = [&](std::string_view op, int r) -> void {

@@ -217,7 +217,7 @@ class PersistedIndex {
     std::lock_guard save_lk(s_->save_mu);
     std::shared_lock lk(s_->mu);
     State* st = s_.get();
-    const FileHeader h = detail::save_without_wal(st->config, st->base_lsn.load(),
+    FileHeader h = detail::save_without_wal(st->config, st->base_lsn.load(),
                                                   [st](std::uint64_t lsn, bool durable) {
                                                     return st->write_snapshot(lsn, durable);
                                                   });

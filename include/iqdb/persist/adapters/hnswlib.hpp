@@ -86,7 +86,7 @@ class HnswlibIndex {
 
   // An empty graph. InvalidArgument for dim 0, a metric other than
   // Euclidean, DotProduct or Cosine, or M outside 2..10000.
-  HnswlibIndex(std::uint64_t dim, DistanceMetric metric, HnswlibParams params = {});
+  HnswlibIndex(std::uint64_t dim, DistanceMetric metric, const HnswlibParams& params = {});
 
   // Adopt a graph built with hnswlib directly. `space` is the space it was
   // built with (hnswlib::L2Space -> Euclidean; hnswlib::InnerProductSpace ->
