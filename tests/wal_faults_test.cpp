@@ -396,24 +396,6 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---------------------------------------------------------------- two processes
 
-// Runs `child` in a forked process; returns its exit code.
-int in_child(const std::function<int()>& child) {
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = child();
-    } catch (...) {
-      code = 98;
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) throw std::runtime_error("waitpid failed");
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 TEST(WalFaults, SecondProcessIsLockedOutUntilTheWriterCloses) {
   test::TempDir dir;
   const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always());
@@ -423,7 +405,7 @@ TEST(WalFaults, SecondProcessIsLockedOutUntilTheWriterCloses) {
   Model model;
   for (std::uint64_t i = 1; i <= 3; ++i) put(db, model, i);
 
-  const int while_open = in_child([&] {
+  const int while_open = test::in_child([&] {
     try {
       auto other = PersistedIndex<FlatIndex>::load(cfg);
       return static_cast<int>(kOpened);
@@ -434,7 +416,7 @@ TEST(WalFaults, SecondProcessIsLockedOutUntilTheWriterCloses) {
   EXPECT_EQ(while_open, kLocked) << "1 = another error, 2 = the child opened the index";
 
   db.close();
-  const int after_close = in_child([&] {
+  const int after_close = test::in_child([&] {
     auto other = PersistedIndex<FlatIndex>::load(cfg);
     return static_cast<int>(diff(other.index(), model).empty() ? kOpenedRight : kOpenedWrong);
   });
@@ -466,7 +448,7 @@ TEST_P(WalProcessKill, AKilledProcessLeavesEveryAcknowledgedRecord) {
            [&](std::uint64_t first, std::uint64_t n) {
              for (std::uint64_t k = first; k < first + n; ++k) model[VectorId(k)] = Entry{vec_of(k), std::nullopt};
            });
-  const int status = in_child([&] {
+  const int status = test::in_child([&] {
     auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
     workload([&](std::uint64_t i) { db.insert(i, vec_of(i), meta_of(i)); },
              [&](std::uint64_t first, std::uint64_t n) {

@@ -56,24 +56,6 @@ PersistConfig plain(const fs::path& p, FileSystem* file_system = nullptr) {
   return cfg;
 }
 
-// Runs `child` in a forked process; returns its exit code.
-int in_child(const std::function<int()>& child) {
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = child();
-    } catch (...) {
-      code = 98;
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) throw std::runtime_error("waitpid failed");
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 // The exit code a child reports for the error a call threw.
 int code_of(const std::optional<ErrorKind>& kind) {
   if (!kind) return 0;
@@ -157,7 +139,7 @@ TEST(WriterLock, AnotherProcessSavingWithoutWalIsLockedOut) {
     Model model;
     auto writer = wal_writer(wcfg, model, checkpoint);
 
-    const int child = in_child([&] {
+    const int child = test::in_child([&] {
       auto other = PersistedIndex<FlatIndex>::open_with(empty_index(), plain(path));
       other.insert(500, vec_of(500));
       return code_of(error_of([&] { other.save(); }));
@@ -178,7 +160,7 @@ TEST(WriterLock, AnotherProcessLoadsWithoutWalWhileTheWriterRuns) {
   const PersistConfig wcfg = wal_config(path, FsyncPolicy::always());
   Model model;
   auto writer = wal_writer(wcfg, model, /*checkpoint=*/true);
-  const int child = in_child([&] {
+  const int child = test::in_child([&] {
     auto reader = PersistedIndex<FlatIndex>::load(plain(path));
     return diff(reader.index(), model).empty() ? 0 : 1;
   });

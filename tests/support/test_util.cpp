@@ -1,3 +1,6 @@
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "support/test_util.hpp"
 
 #include <algorithm>
@@ -75,5 +78,22 @@ static T get_le(const std::vector<std::byte>& b, std::size_t at) {
 
 std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at) { return get_le<std::uint32_t>(b, at); }
 std::uint64_t get_u64(const std::vector<std::byte>& b, std::size_t at) { return get_le<std::uint64_t>(b, at); }
+
+int in_child(const std::function<int()>& child) {
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = child();
+    } catch (...) {
+      code = 98;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) throw std::runtime_error("waitpid failed");
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 }  // namespace iqdb::persist::test

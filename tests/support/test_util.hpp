@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,5 +69,9 @@ std::optional<ErrorKind> error_of(F&& f) {
   }
   return std::nullopt;
 }
+
+// Runs `child` in a forked process and returns its exit code (98 when it
+// threw, 128 + the signal when a signal ended it).
+int in_child(const std::function<int()>& child);
 
 }  // namespace iqdb::persist::test
