@@ -415,6 +415,20 @@ Model replacement(PersistedIndex<FlatIndex>& db) {
   return m;
 }
 
+// A load with the WAL gives `model`, takes a write, and a reload after it
+// gives the model with that write.
+void expect_wal_goes_on_from(const PersistConfig& wcfg, const Model& model) {
+  Model next = model;
+  {
+    auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
+    EXPECT_EQ(diff(with_wal.index(), model), "");
+    put(with_wal, next, 300);
+    with_wal.close();
+  }
+  auto again = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(again.index(), next), "");
+}
+
 TEST(WriterLock, DiscardLogReplacesTheLogsWrites) {
   for (const bool checkpoint : {true, false}) {
     SCOPED_TRACE(checkpoint ? "after a checkpoint" : "without a checkpoint");
@@ -434,15 +448,7 @@ TEST(WriterLock, DiscardLogReplacesTheLogsWrites) {
 
     auto without = PersistedIndex<FlatIndex>::load(plain(path));
     EXPECT_EQ(diff(without.index(), model), "");
-    Model next = model;
-    {
-      auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
-      EXPECT_EQ(diff(with_wal.index(), model), "");
-      put(with_wal, next, 300);
-      with_wal.close();
-    }
-    auto again = PersistedIndex<FlatIndex>::load(wcfg);
-    EXPECT_EQ(diff(again.index(), next), "");
+    expect_wal_goes_on_from(wcfg, model);
   }
 }
 
@@ -484,15 +490,7 @@ TEST(WriterLock, DiscardLogCrashBetweenSnapshotAndLogRemovalLoadsTheNewIndex) {
     EXPECT_EQ(diff(without.index(), model), "");
     without.save();  // without discard_log: the log holds nothing it lacks
   }
-  Model next = model;
-  {
-    auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
-    EXPECT_EQ(diff(with_wal.index(), model), "");
-    put(with_wal, next, 300);
-    with_wal.close();
-  }
-  auto again = PersistedIndex<FlatIndex>::load(wcfg);
-  EXPECT_EQ(diff(again.index(), next), "");
+  expect_wal_goes_on_from(wcfg, model);
 }
 
 // The same under the crash simulator: a power loss at every instant of the
