@@ -78,7 +78,9 @@ class WriteBatch {
                                    std::to_string(ids.size()) + " rows of dimension " + std::to_string(dim));
     }
     ops_.reserve(ops_.size() + ids.size());
-    for (std::size_t i = 0; i < ids.size(); ++i) insert_ref(ids[i], rows.subspan(i * dim, dim));
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      ops_.emplace_back(wal::Op::Insert, ids[i], Floats(rows.subspan(i * dim, dim)), std::nullopt);
+    }
     return *this;
   }
   WriteBatch& erase(VectorId id) {

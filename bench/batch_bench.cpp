@@ -1,0 +1,202 @@
+// Batches under FsyncPolicy::Always against single inserts (issue 14, "a
+// write path without copies"), with each batch built inside the timed region
+// as a user builds it, from vectors the caller holds:
+//   - WriteBatch::insert (copied into the batch's float arena),
+//   - WriteBatch::insert_rows_ref (one contiguous n x dim block, referenced).
+// Every round runs every case once, in a fresh directory; the ratio of a
+// round is batch inserts/s over single inserts/s of the same round, and the
+// goal (>= 100x) holds for the minimum over the rounds.
+//
+// `peer` mode times one C++ operation for the Python benchmark
+// (python/bench/bench_python.py), so both sides do the same work:
+//   iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N]
+//   iqdb_batch_bench peer batch|load|single --dir DIR --n N   # prints seconds
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <iqdb/persist.hpp>
+
+#include "bench_util.hpp"
+
+namespace fs = std::filesystem;
+using namespace iqdb::persist;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kDim = 128;
+constexpr std::size_t kBatch = 1000;
+constexpr double kGoal = 100.0;
+
+struct Options {
+  fs::path dir = "bench-batch-tmp";
+  int rounds = 3;
+  std::size_t single_ops = 1000;
+  std::size_t batches = 20;
+};
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// n x kDim normal floats, row-major.
+std::vector<float> make_rows(std::size_t n) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> g;
+  std::vector<float> v(n * kDim);
+  for (float& f : v) f = g(rng);
+  return v;
+}
+
+PersistConfig wal_cfg(const fs::path& d, FsyncPolicy p) {
+  PersistConfig cfg(d / "db.iqdb");
+  cfg.wal_enabled = true;
+  cfg.fsync_policy = p;
+  return cfg;
+}
+
+std::span<const float> row(const std::vector<float>& rows, std::size_t i) {
+  return std::span<const float>(rows).subspan((i % (rows.size() / kDim)) * kDim, kDim);
+}
+
+using Db = PersistedIndex<FlatIndex>;
+Db fresh(const fs::path& d, FsyncPolicy p) { return Db::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), wal_cfg(d, p)); }
+
+// Single inserts under Always: inserts/s.
+double singles(const fs::path& d, std::size_t n, const std::vector<float>& rows) {
+  auto db = fresh(d, FsyncPolicy::always());
+  const auto t0 = Clock::now();
+  for (std::size_t i = 0; i < n; ++i) db.insert(i, row(rows, i));
+  return static_cast<double>(n) / since(t0);
+}
+
+// Batches of kBatch copied into the arena, built in the timed region: inserts/s.
+double arena_batches(const fs::path& d, std::size_t batches, const std::vector<float>& rows) {
+  auto db = fresh(d, FsyncPolicy::always());
+  const auto t0 = Clock::now();
+  for (std::size_t b = 0; b < batches; ++b) {
+    WriteBatch batch;
+    for (std::size_t i = 0; i < kBatch; ++i) batch.insert(b * kBatch + i, row(rows, b * kBatch + i));
+    db.write(batch);
+  }
+  return static_cast<double>(batches * kBatch) / since(t0);
+}
+
+// Batches of kBatch contiguous rows, referenced, built in the timed region: inserts/s.
+double row_batches(const fs::path& d, std::size_t batches, const std::vector<float>& rows) {
+  auto db = fresh(d, FsyncPolicy::always());
+  const std::size_t per_block = rows.size() / kDim / kBatch;
+  const auto t0 = Clock::now();
+  std::vector<std::uint64_t> ids(kBatch);
+  for (std::size_t b = 0; b < batches; ++b) {
+    for (std::size_t i = 0; i < kBatch; ++i) ids[i] = b * kBatch + i;
+    const auto block = std::span<const float>(rows).subspan((b % per_block) * kBatch * kDim, kBatch * kDim);
+    db.write(WriteBatch().insert_rows_ref(ids, block, kDim));
+  }
+  return static_cast<double>(batches * kBatch) / since(t0);
+}
+
+// ---------------------------------------------------------------- peer mode
+
+// Rows per batch in peer mode: a log frame holds at most 256 MiB
+// (wal::MAX_FRAME_LEN), so 1M x 128 goes in batches of 100,000 rows (51 MB).
+constexpr std::size_t kPeerChunk = 100000;
+
+// One C++ operation the Python benchmark compares with; prints its seconds.
+//   batch:  open_with + write() of n rows in batches of kPeerChunk
+//           (insert_rows_ref), WAL under Never; then (untimed) checkpoint
+//   load:   load() of the snapshot a previous `batch` + checkpoint left
+//   single: n single inserts under Always (prints seconds for all n)
+int peer(const std::string& op, const fs::path& d, std::size_t n) {
+  const std::vector<float> rows = make_rows(op == "single" ? std::min<std::size_t>(n, 4096) : n);
+  double s = 0;
+  if (op == "batch") {
+    std::vector<std::uint64_t> ids(n);
+    for (std::size_t i = 0; i < n; ++i) ids[i] = i;
+    const auto t0 = Clock::now();
+    auto db = fresh(d, FsyncPolicy::never());
+    for (std::size_t at = 0; at < n; at += kPeerChunk) {
+      const std::size_t k = std::min(kPeerChunk, n - at);
+      db.write(WriteBatch().insert_rows_ref(std::span(ids).subspan(at, k),
+                                            std::span<const float>(rows).subspan(at * kDim, k * kDim), kDim));
+    }
+    s = since(t0);
+    db.checkpoint();  // leaves the snapshot `load` reads
+    db.close();
+  } else if (op == "load") {
+    const auto t0 = Clock::now();
+    const auto db = Db::load(wal_cfg(d, FsyncPolicy::never()));
+    s = since(t0);
+    if (db.index().size() != n) bench::die("load: wrong size");
+  } else if (op == "single") {
+    s = static_cast<double>(n) / singles(d, n, rows);
+  } else {
+    bench::die("peer: unknown op " + op);
+  }
+  std::printf("%.6f\n", s);
+  return 0;
+}
+
+struct Round {
+  double single, arena, rows;
+};
+
+int table(const Options& o) {
+  const std::vector<float> rows = make_rows(kBatch * 8);
+  std::printf("iqdb-persist batch benchmark: dim %zu, batches of %zu under Always built in the timed region, "
+              "%d rounds\n\n",
+              kDim, kBatch, o.rounds);
+  std::printf("%-6s %14s %16s %8s %16s %8s\n", "round", "single ins/s", "arena batch/s", "ratio", "rows batch/s",
+              "ratio");
+  double worst = 1e300;
+  for (int r = 0; r < o.rounds; ++r) {
+    const auto in_fresh_dir = [&](auto&& f) {
+      const fs::path d = o.dir / "run";
+      fs::remove_all(d);
+      fs::create_directories(d);
+      const double v = f(d);
+      fs::remove_all(d);
+      return v;
+    };
+    const Round x{in_fresh_dir([&](const fs::path& d) { return singles(d, o.single_ops, rows); }),
+                  in_fresh_dir([&](const fs::path& d) { return arena_batches(d, o.batches, rows); }),
+                  in_fresh_dir([&](const fs::path& d) { return row_batches(d, o.batches, rows); })};
+    worst = std::min({worst, x.arena / x.single, x.rows / x.single});
+    std::printf("%-6d %14.0f %16.0f %8.1f %16.0f %8.1f\n", r + 1, x.single, x.arena, x.arena / x.single, x.rows,
+                x.rows / x.single);
+  }
+  const bool ok = worst >= kGoal;
+  std::printf("\nworst batch / single ratio over the rounds: %.1f (goal >= %.0f): %s\n", worst, kGoal,
+              ok ? "PASS" : "MISS");
+  fs::remove_all(o.dir);
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bench::set_program_name(argv[0]);
+  Options o;
+  std::string peer_op;
+  std::size_t n = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto next = [&]() -> std::string {
+      if (i + 1 >= argc) bench::die(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--dir") o.dir = next();
+    else if (a == "--rounds") o.rounds = std::stoi(next());
+    else if (a == "--single-ops") o.single_ops = std::stoul(next());
+    else if (a == "--batches") o.batches = std::stoul(next());
+    else if (a == "--n") n = std::stoul(next());
+    else if (a == "peer") peer_op = next();
+    else bench::die("usage: iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N] | peer OP --dir DIR --n N");
+  }
+  if (!peer_op.empty()) return peer(peer_op, o.dir, n);
+  fs::create_directories(o.dir);
+  return table(o);
+}
