@@ -1,0 +1,196 @@
+# Type stubs of iqdb_persist (docs/PYTHON.md).
+from __future__ import annotations
+
+import enum
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import (
+    BadMagicError as BadMagicError,
+    ChecksumMismatchError as ChecksumMismatchError,
+    CompressionError as CompressionError,
+    CorruptedError as CorruptedError,
+    CorruptLogError as CorruptLogError,
+    DuplicateIdError as DuplicateIdError,
+    FencedError as FencedError,
+    IdNotFoundError as IdNotFoundError,
+    InvalidArgumentError as InvalidArgumentError,
+    InvalidHeaderError as InvalidHeaderError,
+    InvalidIndexTypeError as InvalidIndexTypeError,
+    InvalidMetricError as InvalidMetricError,
+    InvalidPayloadError as InvalidPayloadError,
+    IoError as IoError,
+    LockedError as LockedError,
+    PersistError as PersistError,
+    PoisonedError as PoisonedError,
+    TruncatedHeaderError as TruncatedHeaderError,
+    TruncatedPayloadError as TruncatedPayloadError,
+    UnsupportedError as UnsupportedError,
+    UnsupportedVersionError as UnsupportedVersionError,
+    WouldLoseWritesError as WouldLoseWritesError,
+)
+
+__version__: str
+HAVE_HNSWLIB: bool
+HAVE_FAISS: bool
+
+Id = Union[int, bytes]
+MetadataValue = Union[str, int, float, bool, None]
+Metadata = Dict[str, MetadataValue]
+Vector = npt.NDArray[np.float32]
+Ids = Union[npt.NDArray[np.integer[Any]], Sequence[Id]]
+MetricLike = Union["Metric", str]
+SearchResult = Tuple[np.ndarray, npt.NDArray[np.float32]]
+
+class Metric(enum.Enum):
+    Cosine: int
+    DotProduct: int
+    Euclidean: int
+    Manhattan: int
+    Hamming: int
+
+class FsyncPolicy:
+    @staticmethod
+    def always() -> FsyncPolicy: ...
+    @staticmethod
+    def periodic(interval_ms: int) -> FsyncPolicy: ...
+    @staticmethod
+    def never() -> FsyncPolicy: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def interval_ms(self) -> int: ...
+
+class Compression:
+    @staticmethod
+    def none() -> Compression: ...
+    @staticmethod
+    def zstd(level: int = 3) -> Compression: ...
+    @staticmethod
+    def lz4() -> Compression: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def level(self) -> int: ...
+
+class PersistConfig:
+    def __init__(
+        self,
+        path: Union[str, os.PathLike[str]],
+        *,
+        wal_enabled: bool = False,
+        fsync_policy: FsyncPolicy = ...,  # FsyncPolicy.always()
+        compression: Compression = ...,  # Compression.none()
+        commit_spin_us: int = 500,
+        discard_log: bool = False,
+        max_payload_bytes: int = 1 << 40,
+        max_expansion_ratio: int = 4096,
+    ) -> None: ...
+    @property
+    def path(self) -> str: ...
+    wal_enabled: bool
+    fsync_policy: FsyncPolicy
+    compression: Compression
+    commit_spin_us: int
+    discard_log: bool
+    max_payload_bytes: int
+    max_expansion_ratio: int
+
+class WalStats:
+    commits: int
+    records: int
+    log_syncs: int
+    recovered_records: int
+    torn_tail_bytes: int
+    unsynced_frames_dropped: int
+    migrated_v1_log: bool
+
+class WriteBatch:
+    def __init__(self) -> None: ...
+    def insert(self, id: Union[Id, Ids], vector: Vector, metadata: Any = None) -> WriteBatch: ...
+    def erase(self, id: Id) -> WriteBatch: ...
+    def clear(self) -> None: ...
+    def __len__(self) -> int: ...
+
+class _Index:
+    @property
+    def dim(self) -> int: ...
+    @property
+    def metric(self) -> Metric: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, id: Id) -> bool: ...
+    def insert(self, id: Id, vector: Vector, metadata: Optional[Metadata] = None) -> None: ...
+    def search(self, query: Vector, k: int) -> SearchResult: ...
+
+class FlatIndex(_Index):
+    def __init__(self, dim: int, metric: MetricLike = ...) -> None: ...
+
+class HnswlibIndex(_Index):
+    def __init__(self, dim: int, metric: MetricLike = ..., *, M: int = 16, ef_construction: int = 200,
+                 ef: int = 10, random_seed: int = 100, initial_capacity: int = 0) -> None: ...
+
+class FaissIndex(_Index):
+    @staticmethod
+    def from_factory(dim: int, description: str, metric: MetricLike = ...) -> FaissIndex: ...
+    @staticmethod
+    def from_serialized(data: bytes, cosine: bool = False) -> FaissIndex: ...
+
+class _Persisted:
+    def insert(self, id: Union[Id, Ids], vector: Vector,
+               metadata: Union[Metadata, Sequence[Optional[Metadata]], None] = None) -> None: ...
+    def erase(self, id: Id) -> None: ...
+    def write(self, batch: WriteBatch) -> None: ...
+    def search(self, query: Vector, k: int) -> SearchResult: ...
+    def metadata(self, id: Id) -> Optional[Metadata]: ...
+    def save(self) -> None: ...
+    def checkpoint(self) -> None: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def last_lsn(self) -> int: ...
+    def wal_stats(self) -> WalStats: ...
+    def failure(self) -> Optional[str]: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def metric(self) -> Metric: ...
+    @property
+    def path(self) -> str: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, id: Id) -> bool: ...
+    def __enter__(self: Any) -> Any: ...
+    def __exit__(self, *exc: Any) -> bool: ...
+
+class PersistedFlatIndex(_Persisted):
+    @staticmethod
+    def open_with(index: FlatIndex, config: PersistConfig) -> PersistedFlatIndex: ...
+    @staticmethod
+    def load(config: PersistConfig) -> PersistedFlatIndex: ...
+    def get(self, id: Id) -> Optional[Vector]: ...
+
+class PersistedHnswlibIndex(_Persisted):
+    @staticmethod
+    def open_with(index: HnswlibIndex, config: PersistConfig) -> PersistedHnswlibIndex: ...
+    @staticmethod
+    def load(config: PersistConfig) -> PersistedHnswlibIndex: ...
+
+class PersistedFaissIndex(_Persisted):
+    @staticmethod
+    def open_with(index: FaissIndex, config: PersistConfig) -> PersistedFaissIndex: ...
+    @staticmethod
+    def load(config: PersistConfig) -> PersistedFaissIndex: ...
+
+AnyPersisted = Union[PersistedFlatIndex, PersistedHnswlibIndex, PersistedFaissIndex]
+
+class PersistedIndex:
+    @staticmethod
+    def open_with(index: Union[FlatIndex, HnswlibIndex, FaissIndex], config: PersistConfig) -> AnyPersisted: ...
+    @staticmethod
+    def load(config: PersistConfig, index_type: Optional[Type[Any]] = None) -> AnyPersisted: ...
+
+def open_with(index: Union[FlatIndex, HnswlibIndex, FaissIndex], config: PersistConfig) -> AnyPersisted: ...
+def load(config: PersistConfig, index_type: Optional[Type[Any]] = None) -> AnyPersisted: ...
+def snapshot_index_type(path: Union[str, os.PathLike[str]]) -> str: ...

@@ -1,0 +1,137 @@
+// Metric, FsyncPolicy, Compression, PersistConfig (keyword arguments with the
+// C++ defaults), WalStats, WriteBatch and snapshot_index_type.
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+
+#include "bindings.hpp"
+#include "convert.hpp"
+
+namespace iqdb::persist::python {
+
+namespace {
+
+void bind_policies(py::module_& m) {
+  py::enum_<DistanceMetric>(m, "Metric", "Distance metrics (smaller is closer for each).")
+      .value("Cosine", DistanceMetric::Cosine)
+      .value("DotProduct", DistanceMetric::DotProduct)
+      .value("Euclidean", DistanceMetric::Euclidean)
+      .value("Manhattan", DistanceMetric::Manhattan)
+      .value("Hamming", DistanceMetric::Hamming);
+  py::class_<FsyncPolicy>(m, "FsyncPolicy", "When log records and snapshots reach stable storage.")
+      .def_static("always", &FsyncPolicy::always, "Durable before the call returns (fdatasync; group commit).")
+      .def_static(
+          "periodic", [](std::int64_t ms) {
+            if (ms <= 0) throw py::value_error("periodic interval must be a positive number of milliseconds");
+            return FsyncPolicy::periodic(std::chrono::milliseconds(ms));
+          },
+          py::arg("interval_ms"), "Durable within interval_ms, by a background flusher.")
+      .def_static("never", &FsyncPolicy::never, "Left to the operating system (survives a process crash only).")
+      .def_property_readonly("mode", [](const FsyncPolicy& p) {
+        return p.mode() == FsyncPolicy::Mode::Always ? "always" : p.mode() == FsyncPolicy::Mode::Periodic ? "periodic" : "never";
+      })
+      .def_property_readonly("interval_ms", [](const FsyncPolicy& p) { return p.interval().count(); })
+      .def("__eq__", [](const FsyncPolicy& a, const FsyncPolicy& b) { return a == b; })
+      .def("__repr__", [](const FsyncPolicy& p) {
+        return p.mode() == FsyncPolicy::Mode::Periodic ? "FsyncPolicy.periodic(" + std::to_string(p.interval().count()) + ")"
+               : p.mode() == FsyncPolicy::Mode::Always ? std::string("FsyncPolicy.always()")
+                                                         : std::string("FsyncPolicy.never()");
+      });
+  py::class_<Compression>(m, "Compression", "Compression of the snapshot payload.")
+      .def_static("none", &Compression::none)
+      .def_static("zstd", &Compression::zstd, py::arg("level") = 3, "zstd, level 1..22 (checked when a snapshot is written).")
+      .def_static("lz4", &Compression::lz4)
+      .def_property_readonly("kind", [](const Compression& c) {
+        return c.kind() == Compression::Kind::Zstd ? "zstd" : c.kind() == Compression::Kind::Lz4 ? "lz4" : "none";
+      })
+      .def_property_readonly("level", &Compression::level)
+      .def("__eq__", [](const Compression& a, const Compression& b) { return a == b; });
+}
+
+void bind_config(py::module_& m) {
+  const PersistConfig d("");  // the C++ defaults
+  py::class_<PersistConfig>(m, "PersistConfig", "Where and how an index is persisted (docs/API.md, PersistConfig).")
+      .def(py::init([](const std::filesystem::path& path, bool wal_enabled, FsyncPolicy fsync_policy,
+                       Compression compression, std::int64_t commit_spin_us, bool discard_log,
+                       std::uint64_t max_payload_bytes, std::uint64_t max_expansion_ratio) {
+             if (commit_spin_us < 0) throw py::value_error("commit_spin_us must be >= 0");
+             PersistConfig c(path);
+             c.wal_enabled = wal_enabled;
+             c.fsync_policy = fsync_policy;
+             c.compression = compression;
+             c.commit_spin = std::chrono::microseconds(commit_spin_us);
+             c.discard_log = discard_log;
+             c.limits.max_payload_bytes = max_payload_bytes;
+             c.limits.max_expansion_ratio = max_expansion_ratio;
+             return c;
+           }),
+           py::arg("path"), py::kw_only(), py::arg("wal_enabled") = d.wal_enabled,
+           py::arg("fsync_policy") = d.fsync_policy, py::arg("compression") = d.compression,
+           py::arg("commit_spin_us") = d.commit_spin.count(), py::arg("discard_log") = d.discard_log,
+           py::arg("max_payload_bytes") = d.limits.max_payload_bytes,
+           py::arg("max_expansion_ratio") = d.limits.max_expansion_ratio)
+      .def_property_readonly("path", [](const PersistConfig& c) { return c.path.string(); })
+      .def_readonly("wal_enabled", &PersistConfig::wal_enabled)
+      .def_readonly("fsync_policy", &PersistConfig::fsync_policy)
+      .def_readonly("compression", &PersistConfig::compression)
+      .def_property_readonly("commit_spin_us", [](const PersistConfig& c) { return c.commit_spin.count(); })
+      .def_readonly("discard_log", &PersistConfig::discard_log)
+      .def_property_readonly("max_payload_bytes", [](const PersistConfig& c) { return c.limits.max_payload_bytes; })
+      .def_property_readonly("max_expansion_ratio", [](const PersistConfig& c) { return c.limits.max_expansion_ratio; });
+  py::class_<wal::WalStats>(m, "WalStats", "What the log did since the index was opened, and what load found.")
+      .def_readonly("commits", &wal::WalStats::commits)
+      .def_readonly("records", &wal::WalStats::records)
+      .def_readonly("log_syncs", &wal::WalStats::log_syncs)
+      .def_readonly("recovered_records", &wal::WalStats::recovered_records)
+      .def_readonly("torn_tail_bytes", &wal::WalStats::torn_tail_bytes)
+      .def_readonly("unsynced_frames_dropped", &wal::WalStats::unsynced_frames_dropped)
+      .def_readonly("migrated_v1_log", &wal::WalStats::migrated_v1_log);
+}
+
+void bind_write_batch(py::module_& m) {
+  py::class_<WriteBatch>(m, "WriteBatch",
+                         "Inserts and erases applied together by write(): one log frame, one fsync, all or nothing. "
+                         "Vectors are copied into the batch.")
+      .def(py::init<>())
+      .def(
+          "insert",
+          [](WriteBatch& b, py::handle ids, py::handle vectors, py::handle metadata) -> WriteBatch& {
+            if (py::isinstance<py::array>(vectors) && py::reinterpret_borrow<py::array>(vectors).ndim() == 2) {
+              const Rows rows = as_rows(vectors, std::nullopt);
+              const Ids id = to_ids(ids, rows.n);
+              auto metas = to_metadata_list(metadata, rows.n);
+              const std::size_t dim = rows.n == 0 ? 0 : rows.floats.size() / rows.n;
+              for (std::size_t i = 0; i < rows.n; ++i) {
+                b.insert(id.all_u64() ? VectorId(id.u64[i]) : id.general[i], rows.floats.subspan(i * dim, dim),
+                         metas.empty() ? std::nullopt : std::move(metas[i]));
+              }
+              return b;
+            }
+            const VectorId vid = to_id(ids);
+            const Vector v = as_vector(vectors, std::nullopt);
+            return b.insert(vid, v.floats, to_metadata(metadata));
+          },
+          py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(), py::return_value_policy::reference_internal,
+          "insert(id, vector[, metadata]) or insert(ids, vectors (n, dim)[, metadatas]); returns the batch.")
+      .def(
+          "erase", [](WriteBatch& b, py::handle id) -> WriteBatch& { return b.erase(to_id(id)); }, py::arg("id"),
+          py::return_value_policy::reference_internal)
+      .def("clear", &WriteBatch::clear)
+      .def("__len__", &WriteBatch::size);
+}
+
+}  // namespace
+
+void register_config(py::module_& m) {
+  bind_policies(m);
+  bind_config(m);
+  bind_write_batch(m);
+  m.def(
+      "snapshot_index_type",
+      [](const std::filesystem::path& path) {
+        py::gil_scoped_release rel;
+        return inspect_snapshot(default_file_system(), path).header.index_type;
+      },
+      py::arg("path"), "The index type a snapshot's header names (\"flat\", \"faiss\", \"hnswlib\").");
+}
+
+}  // namespace iqdb::persist::python

@@ -1,0 +1,270 @@
+// Python <-> library conversions (convert.hpp).
+#include "convert.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+namespace iqdb::persist::python {
+
+namespace {
+
+std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")); }
+
+[[noreturn]] void type_error(const std::string& what) { throw py::type_error(what); }
+[[noreturn]] void value_error(const std::string& what) { throw py::value_error(what); }
+
+bool is_native_float32(const py::array& a) {
+  const py::dtype dt = a.dtype();
+  return dt.kind() == 'f' && dt.itemsize() == sizeof(float) && dt.attr("isnative").cast<bool>();
+}
+
+// A float32, C-contiguous numpy array (TypeError / ValueError otherwise).
+py::array float32_array(py::handle h, const char* what) {
+  if (!py::isinstance<py::array>(h)) {
+    type_error(std::string(what) + " must be a numpy.ndarray of float32, not " + type_name(h));
+  }
+  py::array a = py::reinterpret_borrow<py::array>(h);
+  if (!is_native_float32(a)) {
+    type_error(std::string(what) + " must have dtype float32, not " + std::string(py::str(a.dtype())) +
+               " (convert with .astype(numpy.float32))");
+  }
+  if ((a.flags() & py::array::c_style) == 0) {
+    value_error(std::string(what) + " must be C-contiguous (use numpy.ascontiguousarray)");
+  }
+  return a;
+}
+
+std::string shape_of(const py::array& a) { return py::str(a.attr("shape")); }
+
+// A str as UTF-8 (ValueError for one that has none, such as a lone surrogate).
+std::string utf8(py::handle s, const std::string& what) {
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(s.ptr(), &n);
+  if (p == nullptr) {
+    PyErr_Clear();
+    value_error(what + " is not valid Unicode (it cannot be encoded as UTF-8)");
+  }
+  return {p, static_cast<std::size_t>(n)};
+}
+
+}  // namespace
+
+VectorId to_id(py::handle h) {
+  if (py::isinstance<py::bool_>(h)) type_error("an id must be an int or bytes, not bool");
+  if (py::isinstance<py::int_>(h)) {
+    const py::int_ i = py::reinterpret_borrow<py::int_>(h);
+    if (i < py::int_(0)) value_error("an int id must be in 0..2**64-1, not " + std::string(py::str(h)));
+    const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());
+    if (PyErr_Occurred() != nullptr) {
+      PyErr_Clear();
+      value_error("an int id must be in 0..2**64-1, not " + std::string(py::str(h)));
+    }
+    return VectorId(static_cast<std::uint64_t>(v));
+  }
+  if (py::isinstance<py::bytes>(h)) {
+    std::string b = py::reinterpret_borrow<py::bytes>(h);
+    if (b.empty()) value_error("a bytes id must not be empty");
+    return VectorId::bytes(std::move(b));
+  }
+  type_error("an id must be an int or bytes, not " + type_name(h));
+}
+
+py::object from_id(const VectorId& id) {
+  if (id.is_u64()) return py::int_(id.as_u64());
+  return py::bytes(id.as_bytes());
+}
+
+py::object from_id(std::uint64_t id) { return py::int_(id); }
+
+namespace {
+
+Value to_value(py::handle v, const std::string& key) {
+  if (v.is_none()) return Value();
+  if (py::isinstance<py::bool_>(v)) return Value(v.cast<bool>());
+  if (py::isinstance<py::int_>(v)) {
+    long long x = PyLong_AsLongLong(v.ptr());
+    if (PyErr_Occurred() != nullptr) {
+      PyErr_Clear();
+      value_error("metadata value of '" + key + "' is outside the int64 range");
+    }
+    return Value(static_cast<std::int64_t>(x));
+  }
+  if (py::isinstance<py::float_>(v)) return Value(v.cast<double>());
+  if (py::isinstance<py::str>(v)) return Value(utf8(v, "metadata value of '" + key + "'"));
+  type_error("metadata value of '" + key + "' must be str, int, float, bool or None, not " + type_name(v));
+}
+
+}  // namespace
+
+std::optional<Metadata> to_metadata(py::handle h) {
+  if (h.is_none()) return std::nullopt;
+  if (!py::isinstance<py::dict>(h)) type_error("metadata must be a dict or None, not " + type_name(h));
+  Metadata m;
+  for (const auto& [k, v] : py::reinterpret_borrow<py::dict>(h)) {
+    if (!py::isinstance<py::str>(k)) type_error("metadata keys must be str, not " + type_name(k));
+    std::string key = utf8(k, "a metadata key");
+    Value value = to_value(v, key);
+    m.emplace(std::move(key), std::move(value));
+  }
+  return m;
+}
+
+py::object from_metadata(const Metadata* m) {
+  if (m == nullptr) return py::none();
+  py::dict d;
+  for (const auto& [k, v] : *m) {
+    py::str key(k);
+    switch (v.kind()) {
+      case Value::Kind::String: d[key] = py::str(v.as_string()); break;
+      case Value::Kind::Int: d[key] = py::int_(v.as_int()); break;
+      case Value::Kind::Float: d[key] = py::float_(v.as_float()); break;
+      case Value::Kind::Bool: d[key] = py::bool_(v.as_bool()); break;
+      case Value::Kind::Null: d[key] = py::none(); break;
+    }
+  }
+  return d;
+}
+
+DistanceMetric to_metric(py::handle h) {
+  if (py::isinstance<py::str>(h)) {
+    const auto m = metric_from_name(h.cast<std::string>());
+    if (!m) value_error("unknown metric '" + h.cast<std::string>() + "' (cosine, dotproduct, euclidean, manhattan, hamming)");
+    return *m;
+  }
+  try {
+    return h.cast<DistanceMetric>();
+  } catch (const py::cast_error&) {
+    type_error("metric must be a Metric or its name, not " + type_name(h));
+  }
+}
+
+Vector as_vector(py::handle h, std::optional<std::uint64_t> dim, const char* what) {
+  py::array a = float32_array(h, what);
+  if (a.ndim() != 1 || (dim && static_cast<std::uint64_t>(a.shape(0)) != *dim)) {
+    value_error(std::string(what) + " must have shape (" + (dim ? std::to_string(*dim) : "dim") + ",), not " +
+                shape_of(a));
+  }
+  const auto* p = static_cast<const float*>(a.data());
+  return Vector{a, {p, static_cast<std::size_t>(a.shape(0))}};
+}
+
+Rows as_rows(py::handle h, std::optional<std::uint64_t> dim, const char* what) {
+  py::array a = float32_array(h, what);
+  if (a.ndim() != 2 || (dim && static_cast<std::uint64_t>(a.shape(1)) != *dim)) {
+    value_error(std::string(what) + " must have shape (n, " + (dim ? std::to_string(*dim) : "dim") + "), not " +
+                shape_of(a));
+  }
+  const auto n = static_cast<std::size_t>(a.shape(0));
+  const auto* p = static_cast<const float*>(a.data());
+  return Rows{a, {p, n * static_cast<std::size_t>(a.shape(1))}, n};
+}
+
+Queries as_queries(py::handle h, std::uint64_t dim) {
+  if (py::isinstance<py::array>(h) && py::reinterpret_borrow<py::array>(h).ndim() == 1) {
+    Vector v = as_vector(h, dim, "query");
+    return Queries{Rows{v.array, v.floats, 1}, true};
+  }
+  return Queries{as_rows(h, dim, "queries"), false};
+}
+
+namespace {
+
+Ids ids_from_array(const py::array& a, std::size_t n) {
+  const char kind = a.dtype().kind();
+  if (kind != 'u' && kind != 'i') type_error("an ids array must have an integer dtype, not " + std::string(py::str(a.dtype())));
+  if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != n) {
+    value_error("ids must have shape (" + std::to_string(n) + ",), not " + shape_of(a));
+  }
+  Ids ids;
+  const bool in_place = kind == 'u' && a.itemsize() == sizeof(std::uint64_t) && a.dtype().attr("isnative").cast<bool>() &&
+                        (a.flags() & py::array::c_style) != 0;
+  if (in_place) {
+    ids.keep = a;
+    ids.u64 = {static_cast<const std::uint64_t*>(a.data()), n};
+    return ids;
+  }
+  if (kind == 'i') {
+    const auto s = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (s.data()[i] < 0) value_error("ids must be non-negative (ids[" + std::to_string(i) + "] is negative)");
+    }
+    ids.copied.assign(s.data(), s.data() + n);
+  } else {
+    const auto u = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    ids.copied.assign(u.data(), u.data() + n);
+  }
+  ids.u64 = ids.copied;
+  return ids;
+}
+
+}  // namespace
+
+Ids to_ids(py::handle h, std::size_t n) {
+  if (py::isinstance<py::array>(h)) return ids_from_array(py::reinterpret_borrow<py::array>(h), n);
+  if (!py::isinstance<py::sequence>(h) || py::isinstance<py::str>(h) || py::isinstance<py::bytes>(h)) {
+    type_error("ids must be a numpy integer array or a sequence of int / bytes, not " + type_name(h));
+  }
+  const auto seq = py::reinterpret_borrow<py::sequence>(h);
+  if (seq.size() != n) value_error("got " + std::to_string(seq.size()) + " ids for " + std::to_string(n) + " vectors");
+  Ids ids;
+  std::vector<VectorId> all;
+  all.reserve(n);
+  bool any_bytes = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    all.push_back(to_id(seq[i]));
+    any_bytes = any_bytes || all.back().is_bytes();
+  }
+  if (any_bytes) {
+    ids.general = std::move(all);
+    return ids;
+  }
+  ids.copied.reserve(n);
+  for (const VectorId& id : all) ids.copied.push_back(id.as_u64());
+  ids.u64 = ids.copied;
+  return ids;
+}
+
+std::vector<std::optional<Metadata>> to_metadata_list(py::handle h, std::size_t n) {
+  std::vector<std::optional<Metadata>> out;
+  if (h.is_none()) return out;
+  if (!py::isinstance<py::sequence>(h) || py::isinstance<py::dict>(h)) {
+    type_error("metadata of a batch must be a sequence of dict | None, not " + type_name(h));
+  }
+  const auto seq = py::reinterpret_borrow<py::sequence>(h);
+  if (seq.size() != n) value_error("got " + std::to_string(seq.size()) + " metadata for " + std::to_string(n) + " vectors");
+  out.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) out.push_back(to_metadata(seq[i]));
+  return out;
+}
+
+py::tuple to_numpy(const HitTable& t, bool single) {
+  std::size_t k = 0;
+  bool any_bytes = false;
+  for (const auto& row : t.ids) {
+    k = std::max(k, row.size());
+    for (const VectorId& id : row) any_bytes = any_bytes || id.is_bytes();
+  }
+  const std::size_t n = t.ids.size();
+  py::array_t<float> dist({n, k});
+  auto d = dist.mutable_unchecked<2>();
+  py::array ids = any_bytes ? py::array(py::dtype("O"), {n, k}) : py::array(py::dtype::of<std::uint64_t>(), {n, k});
+  for (std::size_t q = 0; q < n; ++q) {
+    for (std::size_t j = 0; j < k; ++j) {
+      const bool hit = j < t.ids[q].size();
+      d(q, j) = hit ? t.distances[q][j] : std::numeric_limits<float>::infinity();
+      const auto at = static_cast<py::ssize_t>(q * k + j);
+      if (any_bytes) {
+        // Object arrays are filled through Python (None pads).
+        ids.attr("itemset")(at, hit ? from_id(t.ids[q][j]) : py::none());
+      } else {
+        static_cast<std::uint64_t*>(ids.mutable_data())[at] =
+            hit ? t.ids[q][j].as_u64() : std::numeric_limits<std::uint64_t>::max();
+      }
+    }
+  }
+  if (single) return py::make_tuple(ids.attr("reshape")(k), dist.attr("reshape")(k));
+  return py::make_tuple(ids, dist);
+}
+
+}  // namespace iqdb::persist::python

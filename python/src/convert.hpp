@@ -1,0 +1,81 @@
+// Conversions between Python objects and the library's types, each checking
+// what a Python caller passes (docs/PYTHON.md, "Types"): hostile input is a
+// TypeError / ValueError naming what was expected, raised before anything is
+// logged.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include <iqdb/persist.hpp>
+
+namespace iqdb::persist::python {
+
+namespace py = pybind11;
+
+// An int in 0..2^64-1 or a non-empty bytes object.
+VectorId to_id(py::handle h);
+py::object from_id(const VectorId& id);
+py::object from_id(std::uint64_t id);
+
+// None or a dict of str to str | int (int64) | float | bool | None.
+std::optional<Metadata> to_metadata(py::handle h);
+py::object from_metadata(const Metadata* m);
+
+// A Cosine / ... member of Metric, or its name ("cosine", case-insensitive).
+DistanceMetric to_metric(py::handle h);
+
+// A float32 numpy array of shape (dim,), C-contiguous, viewed in place. The
+// array object is kept so the memory lives as long as the view. dim nullopt:
+// any length (a WriteBatch, checked against the index when written).
+struct Vector {
+  py::array array;
+  std::span<const float> floats;
+};
+Vector as_vector(py::handle h, std::optional<std::uint64_t> dim, const char* what = "vector");
+
+// A float32 numpy array of shape (n, dim), C-contiguous, viewed in place.
+struct Rows {
+  py::array array;
+  std::span<const float> floats;
+  std::size_t n = 0;
+};
+Rows as_rows(py::handle h, std::optional<std::uint64_t> dim, const char* what = "vectors");
+
+// A float32 array of shape (dim,) or (n, dim): a query or a block of them.
+struct Queries {
+  Rows rows;
+  bool single = false;
+};
+Queries as_queries(py::handle h, std::uint64_t dim);
+
+// Ids of a batch: a numpy array of unsigned (or non-negative) integers,
+// viewed in place when it is C-contiguous uint64; or a sequence of int /
+// bytes. `n` rows are expected.
+struct Ids {
+  py::object keep;
+  std::vector<std::uint64_t> copied;     // when not viewed in place
+  std::span<const std::uint64_t> u64;    // all ids are ints: here
+  std::vector<VectorId> general;         // some ids are bytes: here (u64 empty)
+  bool all_u64() const noexcept { return general.empty(); }
+};
+Ids to_ids(py::handle h, std::size_t n);
+
+// None, or a sequence of n (dict | None).
+std::vector<std::optional<Metadata>> to_metadata_list(py::handle h, std::size_t n);
+
+// Search results as numpy arrays: ids (uint64, or object when any id is
+// bytes) and float32 distances; 1-D for one query, (n, k) for several, rows
+// padded (id 2^64-1 or None, distance inf) when a query found fewer.
+struct HitTable {
+  std::vector<std::vector<VectorId>> ids;
+  std::vector<std::vector<float>> distances;
+};
+py::tuple to_numpy(const HitTable& t, bool single);
+
+}  // namespace iqdb::persist::python

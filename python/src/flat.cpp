@@ -1,0 +1,27 @@
+// FlatIndex and PersistedFlatIndex.
+#include "persisted.hpp"
+
+namespace iqdb::persist::python {
+
+void register_flat(py::module_& m) {
+  py::class_<Owned<FlatIndex>> c(m, "FlatIndex", "Exact (brute-force) index: FlatIndex(dim, metric).");
+  c.def(py::init([](std::uint64_t dim, py::handle metric) { return Owned<FlatIndex>{FlatIndex(dim, to_metric(metric))}; }),
+        py::arg("dim"), py::arg("metric") = DistanceMetric::Euclidean);
+  bind_index_methods(c);
+  auto p = bind_persisted<FlatIndex>(m, "PersistedFlatIndex", "A FlatIndex with durable, crash-safe persistence.");
+  p.def(
+      "get",
+      [](Persisted<FlatIndex>& self, py::handle id) -> py::object {
+        const VectorId vid = to_id(id);
+        return self.db->read([&](const FlatIndex& ix) -> py::object {
+          const std::span<const float> v = ix.get(vid);
+          if (v.empty()) return py::none();
+          py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
+          std::copy(v.begin(), v.end(), out.mutable_data());
+          return out;
+        });
+      },
+      py::arg("id"), "A copy of the stored vector of an id (float32), or None.");
+}
+
+}  // namespace iqdb::persist::python

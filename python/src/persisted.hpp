@@ -1,0 +1,209 @@
+// bind_index<I> and bind_persisted<I>: the Python classes of an index type
+// and of PersistedIndex<I>. The GIL is released around every call into the
+// library that may do I/O, fsync, load, save or search; arguments are
+// converted (and checked) before, results after.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "bindings.hpp"
+#include "convert.hpp"
+
+namespace iqdb::persist::python {
+
+inline VectorId hit_id(const VectorId& id) { return id; }
+inline VectorId hit_id(std::uint64_t id) { return VectorId(id); }
+
+// Search every row of `q` in `ix` (GIL released by the caller).
+template <class I>
+HitTable search_rows(const I& ix, const Queries& q, std::size_t k) {
+  HitTable t;
+  t.ids.resize(q.rows.n);
+  t.distances.resize(q.rows.n);
+  const std::size_t dim = static_cast<std::size_t>(ix.dim());
+  for (std::size_t r = 0; r < q.rows.n; ++r) {
+    for (const auto& h : ix.search(q.rows.floats.subspan(r * dim, dim), k)) {
+      t.ids[r].push_back(hit_id(h.id));
+      t.distances[r].push_back(h.distance);
+    }
+  }
+  return t;
+}
+
+// The methods every index class has, standalone (in memory, nothing logged).
+template <class I>
+void bind_index_methods(py::class_<Owned<I>>& c) {
+  c.def_property_readonly("dim", [](Owned<I>& o) { return o.get().dim(); })
+      .def_property_readonly("metric", [](Owned<I>& o) { return o.get().metric(); })
+      .def("__len__", [](Owned<I>& o) { return o.get().size(); })
+      .def("__contains__", [](Owned<I>& o, py::handle id) { return o.get().contains(to_id(id)); })
+      .def(
+          "insert",
+          [](Owned<I>& o, py::handle id, py::handle vector, py::handle metadata) {
+            I& ix = o.get();
+            const VectorId vid = to_id(id);
+            const Vector v = as_vector(vector, ix.dim());
+            ix.insert(vid, v.floats, to_metadata(metadata));
+          },
+          py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(),
+          "Insert into the in-memory index (nothing is persisted until open_with).")
+      .def(
+          "search",
+          [](Owned<I>& o, py::handle query, std::size_t k) {
+            const I& ix = o.get();
+            const Queries q = as_queries(query, ix.dim());
+            HitTable t;
+            {
+              py::gil_scoped_release rel;
+              t = search_rows(ix, q, k);
+            }
+            return to_numpy(t, q.single);
+          },
+          py::arg("query"), py::arg("k"), "(ids, distances) of the k nearest vectors, closest first.");
+}
+
+// PersistedIndex<I> as a Python object. close() keeps the in-memory index
+// readable (search, len, in); the destructor closes with the GIL released.
+template <class I>
+struct Persisted {
+  std::optional<PersistedIndex<I>> db;
+  std::uint64_t dim = 0;
+
+  explicit Persisted(PersistedIndex<I> d) : db(std::move(d)), dim(db->index().dim()) {}
+  Persisted(const Persisted&) = delete;
+  Persisted& operator=(const Persisted&) = delete;
+  ~Persisted() {
+    py::gil_scoped_release rel;
+    db.reset();
+  }
+
+  void insert_one(py::handle id, py::handle vector, py::handle metadata) {
+    const VectorId vid = to_id(id);
+    const Vector v = as_vector(vector, dim);
+    std::optional<Metadata> meta = to_metadata(metadata);
+    py::gil_scoped_release rel;
+    db->insert(vid, v.floats, std::move(meta));
+  }
+
+  // One batch: one log frame, one fsync, all or nothing.
+  void insert_rows(py::handle ids, py::handle vectors, py::handle metadata) {
+    const Rows rows = as_rows(vectors, dim);
+    const Ids id = to_ids(ids, rows.n);
+    std::vector<std::optional<Metadata>> metas = to_metadata_list(metadata, rows.n);
+    WriteBatch b;
+    if (id.all_u64() && metas.empty()) {
+      b.insert_rows_ref(id.u64, rows.floats, dim);
+    } else {
+      b.reserve(rows.n);
+      for (std::size_t i = 0; i < rows.n; ++i) {
+        VectorId vid = id.all_u64() ? VectorId(id.u64[i]) : id.general[i];
+        b.insert_ref(std::move(vid), rows.floats.subspan(i * dim, dim),
+                     metas.empty() ? std::nullopt : std::move(metas[i]));
+      }
+    }
+    py::gil_scoped_release rel;
+    db->write(b);
+  }
+
+  void insert(py::handle ids, py::handle vectors, py::handle metadata) {
+    if (py::isinstance<py::array>(vectors) && py::reinterpret_borrow<py::array>(vectors).ndim() == 2) {
+      insert_rows(ids, vectors, metadata);
+    } else {
+      insert_one(ids, vectors, metadata);
+    }
+  }
+
+  template <class F>
+  decltype(auto) released(F&& f) {
+    py::gil_scoped_release rel;
+    return std::forward<F>(f)(*db);
+  }
+};
+
+template <class I>
+py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const char* doc) {
+  using P = Persisted<I>;
+  using Db = PersistedIndex<I>;
+  py::class_<P> c(m, name, doc);
+  c.def_static(
+       "open_with",
+       [](Owned<I>& index, const PersistConfig& cfg) {
+         I ix = index.take();
+         py::gil_scoped_release rel;
+         return std::make_unique<P>(Db::open_with(std::move(ix), cfg));
+       },
+       py::arg("index"), py::arg("config"),
+       "Wrap an in-memory index (moved in: the index object is unusable afterwards). With the WAL: takes "
+       "the writer lock, writes a base snapshot, starts an empty log.")
+      .def_static(
+          "load",
+          [](const PersistConfig& cfg) {
+            py::gil_scoped_release rel;
+            return std::make_unique<P>(Db::load(cfg));
+          },
+          py::arg("config"), "Load and verify the snapshot at config.path, replaying the log.")
+      .def("insert", &P::insert, py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(),
+           "insert(id, vector[, metadata]): one vector (float32, shape (dim,)).\n"
+           "insert(ids, vectors[, metadata]): a batch (vectors float32 (n, dim) C-contiguous, used in place; "
+           "ids a uint64 array or a sequence of int / bytes; metadata None or n dicts): one log frame, one "
+           "fsync, all or nothing.")
+      .def(
+          "erase",
+          [](P& p, py::handle id) {
+            const VectorId vid = to_id(id);
+            p.released([&](Db& db) { db.erase(vid); });
+          },
+          py::arg("id"), "Erase a vector (IdNotFoundError if absent).")
+      .def(
+          "write", [](P& p, const WriteBatch& b) { p.released([&](Db& db) { db.write(b); }); }, py::arg("batch"),
+          "Apply a WriteBatch: validated whole, one log frame, one fsync, all or nothing.")
+      .def(
+          "search",
+          [](P& p, py::handle query, std::size_t k) {
+            const Queries q = as_queries(query, p.dim);
+            const HitTable t = p.released([&](Db& db) { return db.read([&](const I& ix) { return search_rows(ix, q, k); }); });
+            return to_numpy(t, q.single);
+          },
+          py::arg("query"), py::arg("k"),
+          "(ids, distances) of the k nearest vectors: 1-D arrays for one query (shape (dim,)), (n, k) for n "
+          "queries (rows padded with id 2**64-1 / None and distance inf).")
+      .def(
+          "metadata",
+          [](P& p, py::handle id) {
+            const VectorId vid = to_id(id);
+            return p.db->read([&](const I& ix) { return from_metadata(ix.metadata(vid)); });
+          },
+          py::arg("id"), "The metadata dict of an id, or None.")
+      .def("save", [](P& p) { p.released([](Db& db) { db.save(); }); }, "Atomic, durable snapshot (with the WAL: checkpoint).")
+      .def("checkpoint", [](P& p) { p.released([](Db& db) { db.checkpoint(); }); },
+           "With the WAL: fold the log into a new snapshot, start an empty log. Without: save().")
+      .def("sync", [](P& p) { p.released([](Db& db) { db.sync(); }); }, "Make every acknowledged mutation durable now.")
+      .def("close", [](P& p) { p.released([](Db& db) { db.close(); }); },
+           "Sync (unless FsyncPolicy.never()) and release the writer lock; later mutations fail. Reports errors.")
+      .def_property_readonly("last_lsn", [](P& p) { return p.db->last_lsn(); })
+      .def("wal_stats", [](P& p) { return p.db->wal_stats(); }, "What the log did since opening, and what load found.")
+      .def("failure", [](P& p) { return p.db->failure(); }, "Why mutations are refused (Poisoned), or None.")
+      .def_property_readonly("dim", [](P& p) { return p.dim; })
+      .def_property_readonly("metric", [](P& p) { return p.db->index().metric(); })
+      .def_property_readonly("path", [](P& p) { return p.db->config().path.string(); })
+      .def("__len__", [](P& p) { return p.db->read([](const I& ix) { return ix.size(); }); })
+      .def("__contains__",
+           [](P& p, py::handle id) {
+             const VectorId vid = to_id(id);
+             return p.db->read([&](const I& ix) { return ix.contains(vid); });
+           })
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](P& p, py::handle exc_type, py::handle, py::handle) {
+        // Closes; an error of close() is raised unless the block raised one.
+        try {
+          p.released([](Db& db) { db.close(); });
+        } catch (const PersistError&) {
+          if (exc_type.is_none()) throw;
+        }
+        return false;
+      });
+  return c;
+}
+
+}  // namespace iqdb::persist::python

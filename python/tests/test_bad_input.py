@@ -1,0 +1,165 @@
+"""Hostile input from a Python caller: the right exception, nothing logged,
+the index unchanged. Damaged files and a locked index: the typed errors."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import iqdb_persist as iq
+from conftest import rows, wal_config
+
+DIM = 8
+
+
+@pytest.fixture
+def db(path):
+    d = iq.open_with(iq.FlatIndex(DIM), wal_config(path))
+    d.insert([1, 2, 3], rows(3, DIM))
+    yield d
+    d.close()
+
+
+def unchanged(db, f, exc):
+    before = (db.last_lsn, len(db), db.wal_stats().records)
+    with pytest.raises(exc) as info:
+        f()
+    assert (db.last_lsn, len(db), db.wal_stats().records) == before
+    return info.value
+
+
+@pytest.mark.parametrize("bad, exc, words", [
+    (np.zeros(DIM, np.float64), TypeError, "float32"),
+    (np.zeros(DIM, np.int32), TypeError, "float32"),
+    (np.zeros(DIM, ">f4"), TypeError, "float32"),
+    ([0.0] * DIM, TypeError, "numpy"),
+    (np.zeros(DIM + 1, np.float32), ValueError, f"({DIM},)"),
+    (np.zeros((1, 1, DIM), np.float32), ValueError, "shape"),
+    (np.zeros(2 * DIM, np.float32)[::2], ValueError, "C-contiguous"),
+])
+def test_bad_single_vector(db, bad, exc, words):
+    e = unchanged(db, lambda: db.insert(10, bad), exc)
+    assert words in str(e)
+
+
+@pytest.mark.parametrize("ids, vectors, exc", [
+    (np.arange(3, dtype=np.uint64) + 10, rows(3, DIM).astype(np.float64), TypeError),
+    (np.arange(3, dtype=np.uint64) + 10, rows(3, DIM + 1), ValueError),
+    (np.arange(3, dtype=np.uint64) + 10, np.asfortranarray(rows(3, DIM)), ValueError),
+    (np.arange(3, dtype=np.uint64) + 10, rows(3, 2 * DIM)[:, ::2], ValueError),
+    (np.arange(2, dtype=np.uint64) + 10, rows(3, DIM), ValueError),
+    (np.array([10, -1, 12]), rows(3, DIM), ValueError),
+    (np.array([10.0, 11.0, 12.0]), rows(3, DIM), TypeError),
+    ([10, 11, 1], rows(3, DIM), iq.DuplicateIdError),      # 1 is present
+    ([10, 11, 10], rows(3, DIM), iq.DuplicateIdError),     # twice in the batch
+    ([10, "x", 12], rows(3, DIM), TypeError),
+    ([10, b"", 12], rows(3, DIM), ValueError),
+    ([10, 2**64, 12], rows(3, DIM), ValueError),
+])
+def test_bad_batch_logs_nothing(db, ids, vectors, exc):
+    unchanged(db, lambda: db.insert(ids, vectors), exc)
+
+
+@pytest.mark.parametrize("meta, exc", [
+    ({"k": [1]}, TypeError),
+    ({1: "v"}, TypeError),
+    ({"k": 2**63}, ValueError),
+    ("not a dict", TypeError),
+    ({"k": "\ud800"}, ValueError),
+    ({"\udfff": 1}, ValueError),
+])
+def test_bad_metadata(db, meta, exc):
+    unchanged(db, lambda: db.insert(10, rows(1, DIM)[0], meta), exc)
+
+
+def test_bad_batch_metadata_and_ids(db):
+    unchanged(db, lambda: db.insert([10, 11], rows(2, DIM), [{"a": 1}]), ValueError)
+    unchanged(db, lambda: db.insert([10, 11], rows(2, DIM), {"a": 1}), TypeError)
+    unchanged(db, lambda: db.insert(True, rows(1, DIM)[0]), TypeError)
+    unchanged(db, lambda: db.insert(-5, rows(1, DIM)[0]), ValueError)
+
+
+def test_typed_errors_of_the_library(db):
+    e = unchanged(db, lambda: db.insert(1, rows(1, DIM)[0]), iq.DuplicateIdError)
+    assert e.kind == "duplicate_id" and isinstance(e, iq.PersistError) and isinstance(e, ValueError)
+    e = unchanged(db, lambda: db.erase(99), iq.IdNotFoundError)
+    assert isinstance(e, KeyError) and "99" in str(e)
+    batch = iq.WriteBatch().insert(20, np.zeros(DIM + 1, np.float32))  # checked when written
+    e = unchanged(db, lambda: db.write(batch), iq.InvalidArgumentError)
+    assert e.kind == "invalid_argument"
+
+
+def test_nan_is_stored_as_given(path):
+    """The C++ API stores NaN and infinities bit for bit; a NaN distance sorts last."""
+    v = np.array([np.nan, 1, -np.inf, np.inf, 0, -0.0, 2, 3], np.float32)
+    cfg = wal_config(path)
+    with iq.open_with(iq.FlatIndex(DIM), cfg) as db:
+        db.insert(1, v)
+        db.insert(2, np.ones(DIM, np.float32))
+        ids, d = db.search(np.ones(DIM, np.float32), 2)
+        assert list(ids) == [2, 1] and np.isnan(d[1])
+    again = iq.load(cfg)
+    assert np.array_equal(again.get(1).view(np.uint32), v.view(np.uint32))
+
+
+def test_corrupted_snapshot_is_a_typed_error(path):
+    cfg = iq.PersistConfig(path)
+    with iq.open_with(iq.FlatIndex(DIM), cfg) as db:
+        db.insert(np.arange(50, dtype=np.uint64), rows(50, DIM))
+        db.save()
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0x40
+    open(path, "wb").write(raw)
+    with pytest.raises(iq.CorruptedError) as info:
+        iq.load(cfg)
+    assert isinstance(info.value, iq.ChecksumMismatchError)
+    assert info.value.kind == "checksum_mismatch" and info.value.path == path
+    open(path, "wb").write(b"garbage" * 10)
+    with pytest.raises(iq.BadMagicError):
+        iq.PersistedFlatIndex.load(cfg)
+    open(path, "wb").write(raw[:30])
+    with pytest.raises(iq.CorruptedError):
+        iq.PersistedFlatIndex.load(cfg)
+    with pytest.raises(iq.IoError) as info:
+        iq.PersistedFlatIndex.load(iq.PersistConfig(path + ".missing"))
+    assert info.value.errno == 2
+
+
+def test_locked_index_in_another_process(path, db):
+    child = textwrap.dedent(f"""
+        import iqdb_persist as iq
+        try:
+            iq.load(iq.PersistConfig({path!r}, wal_enabled=True))
+            print("opened")
+        except iq.LockedError as e:
+            print("locked", e.kind, e.path)
+    """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["locked", "locked", path + ".lock"], out.stderr
+    assert len(db) == 3
+
+
+def test_closed_index_refuses_mutations_and_moved_index_refuses_use(path):
+    ix = iq.FlatIndex(DIM)
+    db = iq.open_with(ix, wal_config(path))
+    with pytest.raises(ValueError, match="moved"):
+        len(ix)
+    db.close()
+    with pytest.raises(iq.PersistError):
+        db.insert(1, rows(1, DIM)[0])
+    assert len(db) == 0
+
+
+def test_config_keyword_arguments_have_the_cpp_defaults(path):
+    c = iq.PersistConfig(path)
+    assert (c.wal_enabled, c.fsync_policy.mode, c.compression.kind, c.commit_spin_us, c.discard_log) == \
+        (False, "always", "none", 500, False)
+    assert c.max_payload_bytes == 1 << 40 and c.max_expansion_ratio == 4096
+    with pytest.raises(TypeError):
+        iq.PersistConfig(path, True)  # keyword-only
+    with pytest.raises(ValueError):
+        iq.FsyncPolicy.periodic(0)
+    with pytest.raises(iq.InvalidArgumentError):
+        iq.open_with(iq.FlatIndex(DIM), iq.PersistConfig(path, wal_enabled=True, discard_log=True))
