@@ -391,13 +391,13 @@ TEST(CliHelp, VersionAndHelp) {
 
   const CliResult h = run_cli({"--help"});
   EXPECT_EQ(h.code, 0);
-  for (const char* word : {"inspect", "verify", "demo", "--version"}) {
+  for (const char* word : {"inspect", "verify", "copy", "demo", "--version"}) {
     EXPECT_NE(h.out.find(word), std::string::npos) << word;
   }
   const struct {
     const char* command;
     const char* option;
-  } subcommands[] = {{"inspect", "--json"}, {"verify", "FILE"}, {"demo", "--vectors"}};
+  } subcommands[] = {{"inspect", "--json"}, {"verify", "FILE"}, {"copy", "--snapshot-only"}, {"demo", "--vectors"}};
   for (const auto& s : subcommands) {
     const CliResult r = run_cli({s.command, "--help"});
     EXPECT_EQ(r.code, 0) << s.command;
@@ -491,6 +491,131 @@ TEST(CliDemo, SmallRunSavesThreeVerifiedFiles) {
   const fs::path again = dir / "again";
   ASSERT_EQ(run_cli({"demo", "--dir", again.string(), "--vectors", "2000", "--dim", "16"}).code, 0);
   EXPECT_EQ(test::read_file(again / "demo-none.iqdb"), test::read_file(out_dir / "demo-none.iqdb"));
+}
+
+// ---------------------------------------------------------------- copy
+
+// Every snapshot version copies byte for byte (the fixtures are built from
+// the format's facts, not by the tool), over an existing destination too.
+TEST(CliCopy, EveryVersionCopiesByteForByte) {
+  TempDir dir;
+  const fs::path dst = dir / "copy.iqdb";
+  for (const Fixture& f : all_fixtures(dir)) {
+    if (f.expected.compression != "none" && f.expected.format_version < 3) continue;  // stand-in payloads
+    SCOPED_TRACE(f.name);
+    const fs::path src = write_fixture(dir, f);
+    const CliResult r = run_cli({"copy", src.string(), dst.string()});
+    ASSERT_EQ(r.code, 0) << r.out << r.err;
+    EXPECT_EQ(r.err, "");
+    EXPECT_EQ(r.out.rfind("copied " + src.string() + " -> " + dst.string(), 0), 0u) << r.out;
+    EXPECT_NE(r.out.find(std::to_string(f.expected.n_vectors) + " vectors x " + std::to_string(f.expected.dim)),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find(hex32(f.expected.crc32)), std::string::npos) << r.out;
+    EXPECT_EQ(test::read_file(dst), f.bytes);
+  }
+}
+
+// The copy loads as the index that was saved, compared with the test's own
+// list of what it inserted.
+TEST(CliCopy, CopyLoadsAsTheSavedIndex) {
+  TempDir dir;
+  PersistConfig cfg(dir / "src.iqdb");
+  cfg.compression = Compression::zstd(3);
+  PersistedIndex<FlatIndex>::open_with(small_index(), cfg).save();
+  const fs::path dst = dir / "sub-dst.iqdb";
+  ASSERT_EQ(run_cli({"copy", cfg.path.string(), dst.string()}).code, 0);
+  const auto db = PersistedIndex<FlatIndex>::load(PersistConfig(dst));
+  ASSERT_EQ(db.index().size(), 40u);
+  for (std::uint64_t i = 0; i < 40; ++i) {
+    const float f = static_cast<float>(i);
+    const auto v = db.index().get(i);
+    EXPECT_EQ(std::vector<float>(v.begin(), v.end()), (std::vector<float>{f, 1.0f, -f, 0.5f * f, 2.0f})) << i;
+    const Metadata* m = db.index().metadata(i);
+    EXPECT_EQ(m != nullptr, i % 7 == 0) << i;
+  }
+  EXPECT_EQ(test::read_file(dst), test::read_file(cfg.path));
+}
+
+// A damaged source (a byte flipped in the payload, or in the header) is
+// refused, naming the file, and the destination keeps its old bytes; no
+// temporary file is left behind.
+TEST(CliCopy, DamagedSourcePublishesNothing) {
+  TempDir dir;
+  const std::vector<Fixture> fixtures = all_fixtures(dir);
+  const Fixture& good = fixtures.at(5);  // v3-none
+  const fs::path dst = write_fixture(dir, fixtures.at(0));
+  for (const std::size_t at : {good.bytes.size() - 3, std::size_t{20}}) {
+    SCOPED_TRACE(at);
+    std::vector<std::byte> bad = good.bytes;
+    bad[at] ^= std::byte{0x10};
+    const fs::path src = dir / "bad.iqdb";
+    test::write_file(src, bad);
+    const CliResult r = run_cli({"copy", src.string(), dst.string()});
+    EXPECT_EQ(r.code, 1) << r.out << r.err;
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find("DAMAGED: " + src.string()), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("checksum_mismatch"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("nothing was copied"), std::string::npos) << r.err;
+    EXPECT_EQ(test::read_file(dst), fixtures.at(0).bytes);
+    for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".tmp-"), std::string::npos) << e;
+  }
+  // A missing source: exit 2, as for every file that cannot be opened.
+  EXPECT_EQ(run_cli({"copy", (dir / "none.iqdb").string(), dst.string()}).code, 2);
+  // The same file twice.
+  EXPECT_EQ(run_cli({"copy", dst.string(), dst.string()}).code, 1);
+  EXPECT_EQ(test::read_file(dst), fixtures.at(0).bytes);
+}
+
+// A destination held by a live writer is refused (Locked); so are a source
+// whose log holds records after its snapshot (unless --snapshot-only) and a
+// destination whose log holds records its snapshot lacks. A destination
+// whose log is all folded loses that log with the copy, so that it never
+// replays onto the new snapshot.
+TEST(CliCopy, LocksAndLogs) {
+  TempDir dir;
+  PersistConfig src(dir / "src.iqdb");
+  PersistedIndex<FlatIndex>::open_with(small_index(), src).save();
+  const std::vector<std::byte> src_bytes = test::read_file(src.path);
+
+  PersistConfig live(dir / "live.iqdb");
+  live.wal_enabled = true;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), live);
+    db.insert(1, std::vector<float>{1, 2});
+    const std::vector<std::byte> before = test::read_file(live.path);
+    const CliResult r = run_cli({"copy", src.path.string(), live.path.string()});
+    EXPECT_EQ(r.code, 1) << r.out << r.err;
+    EXPECT_NE(r.err.find("locked"), std::string::npos) << r.err;
+    EXPECT_EQ(test::read_file(live.path), before);
+    db.close();
+  }
+  // live.iqdb.wal holds LSN 1, its snapshot LSN 0.
+  CliResult r = run_cli({"copy", src.path.string(), live.path.string()});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("would_lose_writes"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(wal::log_path_for(live.path).string()), std::string::npos) << r.err;
+  // As a source: refused, then copied alone with --snapshot-only.
+  const fs::path dst = dir / "dst.iqdb";
+  r = run_cli({"copy", live.path.string(), dst.string()});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("1 records after the snapshot"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dst));
+  r = run_cli({"copy", "--snapshot-only", live.path.string(), dst.string()});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(test::read_file(dst), test::read_file(live.path));
+
+  // Folded: the copy replaces the snapshot and removes the log.
+  ASSERT_EQ(run_cli({"checkpoint", live.path.string()}).code, 0);
+  ASSERT_TRUE(fs::exists(wal::log_path_for(live.path)));
+  r = run_cli({"copy", src.path.string(), live.path.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(test::read_file(live.path), src_bytes);
+  EXPECT_FALSE(fs::exists(wal::log_path_for(live.path)));
+  PersistConfig reopen = live;
+  const auto db = PersistedIndex<FlatIndex>::load(reopen);
+  EXPECT_EQ(db.index().size(), 40u);
+  EXPECT_EQ(db.index().dim(), 5u);  // the source's, nothing of the old log replayed
 }
 
 }  // namespace

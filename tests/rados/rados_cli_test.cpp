@@ -1,15 +1,25 @@
-// `iqdb-persist inspect` and `verify` on rados://POOL/NAME (the CLI built
-// with the RADOS component). Needs a cluster; skipped unless CEPH_CONF and
-// IQDB_RADOS_POOL are set (scripts/ceph-cluster.sh run). Checked against
-// what the test saved (the vectors' count and dimension), and against a
-// stripe the test damaged itself.
+// `iqdb-persist inspect`, `verify` and `copy` on rados://POOL/NAME (the CLI
+// built with the RADOS component). Needs a cluster; skipped unless CEPH_CONF
+// and IQDB_RADOS_POOL are set (scripts/ceph-cluster.sh run). Checked against
+// what the test saved (the vectors' count and dimension, the vectors the
+// test generated itself), against the source file's bytes, and against
+// bytes the test damaged itself.
 #include <gtest/gtest.h>
 #include <rados/librados.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "iqdb/persist.hpp"
@@ -33,6 +43,83 @@ std::optional<ClusterEnv> cluster_env() {
   return ClusterEnv{conf, pool};
 }
 
+// librados directly (the test's own view of the pool, not the store's).
+class RawPool {
+ public:
+  explicit RawPool(const ClusterEnv& env) {
+    ok_ = rados_create2(&cluster_, "ceph", "client.admin", 0) == 0 &&
+          rados_conf_read_file(cluster_, env.conf.c_str()) == 0 && rados_connect(cluster_) == 0 &&
+          rados_ioctx_create(cluster_, env.pool.c_str(), &io_) == 0;
+  }
+  ~RawPool() {
+    if (io_ != nullptr) rados_ioctx_destroy(io_);
+    if (cluster_ != nullptr) rados_shutdown(cluster_);
+  }
+  RawPool(const RawPool&) = delete;
+  RawPool& operator=(const RawPool&) = delete;
+  bool ok() const { return ok_; }
+  bool exists(const std::string& obj) {
+    std::uint64_t size = 0;
+    std::time_t mtime = 0;
+    return rados_stat(io_, obj.c_str(), &size, &mtime) == 0;
+  }
+  // XOR one byte of an object with 0x40.
+  bool flip(const std::string& obj, std::uint64_t at) {
+    char byte = 0;
+    if (rados_read(io_, obj.c_str(), &byte, 1, at) != 1) return false;
+    byte = static_cast<char>(byte ^ 0x40);
+    return rados_write(io_, obj.c_str(), &byte, 1, at) == 0;
+  }
+  // The head's iqdb.next attribute (16 hex digits): the generation the next save takes.
+  std::uint64_t next_generation(const std::string& name) {
+    char buf[32] = {};
+    const int n = rados_getxattr(io_, RadosSnapshotStore::head_object(name).c_str(), "iqdb.next", buf, sizeof buf - 1);
+    return n > 0 ? std::stoull(std::string(buf, static_cast<std::size_t>(n)), nullptr, 16) : 0;
+  }
+
+ private:
+  rados_t cluster_ = nullptr;
+  rados_ioctx_t io_ = nullptr;
+  bool ok_ = false;
+};
+
+// What the test inserted, row by row: the independent model an index loaded
+// from a copy must equal.
+struct Model {
+  std::size_t dim = 0;
+  std::map<std::uint64_t, std::vector<float>> rows;
+
+  static Model random(std::size_t dim, std::uint64_t n, std::uint64_t seed) {
+    Model m{dim, {}};
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+    for (std::uint64_t id = 0; id < n; ++id) {
+      std::vector<float> v(dim);
+      for (float& x : v) x = value(rng);
+      m.rows.emplace(id * 7 + 3, std::move(v));
+    }
+    return m;
+  }
+  FlatIndex build() const {
+    FlatIndex index(dim, DistanceMetric::Euclidean);
+    for (const auto& [id, v] : rows) index.insert(id, v);
+    return index;
+  }
+  void expect_equal(const FlatIndex& index) const {
+    ASSERT_EQ(index.size(), rows.size());
+    ASSERT_EQ(index.dim(), dim);
+    for (const auto& [id, v] : rows) {
+      const auto got = index.get(id);
+      ASSERT_EQ(std::vector<float>(got.begin(), got.end()), v) << "id " << id;
+    }
+  }
+};
+
+std::string file_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
 class RadosCli : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -51,11 +138,30 @@ class RadosCli : public ::testing::Test {
   }
   void TearDown() override {
     if (store_) {
-      try {
-        store_->remove(store_->path_of(name_));
-      } catch (const PersistError&) {
+      for (const std::string& n : {name_, name_ + "-b"}) {
+        try {
+          store_->remove(store_->path_of(n));
+        } catch (const PersistError&) {
+        }
       }
     }
+    std::error_code ec;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+  }
+  // A scratch directory of this test's own.
+  std::filesystem::path dir() {
+    if (dir_.empty()) {
+      dir_ = std::filesystem::temp_directory_path() / ("iqdb-rados-cli-" + name_);
+      std::filesystem::create_directories(dir_);
+    }
+    return dir_;
+  }
+  // Save `m` as a local snapshot file (zstd: not the tool's default).
+  std::filesystem::path save_local(const Model& m, const std::string& file) {
+    PersistConfig cfg(dir() / file);
+    cfg.compression = Compression::zstd(1);
+    PersistedIndex<FlatIndex>::open_with(m.build(), cfg).save();
+    return cfg.path;
   }
   // 2000 vectors of 24 dims: 192 KB, 4 stripes.
   void save() {
@@ -74,6 +180,7 @@ class RadosCli : public ::testing::Test {
   std::optional<ClusterEnv> env_;
   std::string name_, url_;
   std::unique_ptr<RadosSnapshotStore> store_;
+  std::filesystem::path dir_;
 };
 
 TEST_F(RadosCli, InspectAndVerifyARadosSnapshot) {
@@ -129,6 +236,127 @@ TEST_F(RadosCli, MissingSnapshotOrClusterIsExit2) {
   EXPECT_EQ(r.code, 2) << r.out << r.err;
   r = run_cli({"verify", "rados://" + env_->pool});  // no NAME
   EXPECT_NE(r.code, 0);
+}
+
+// local -> rados -> local: the file that comes back is the source file byte
+// for byte; the snapshot in RADOS loads as the model (2 stripes of the
+// tool's default 32 MiB), and so does a rados -> rados copy.
+TEST_F(RadosCli, CopyRoundTripIsByteForByte) {
+  const Model m = Model::random(128, 80000, 11);  // 41 MB
+  const auto src = save_local(m, "src.iqdb");
+  auto r = run_cli({"copy", src.string(), url_});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("verified at the destination"), std::string::npos) << r.out;
+  const auto head = store_->head(name_);
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->total_size, std::filesystem::file_size(src));
+  EXPECT_EQ(head->stripe_count, 2u);
+  m.expect_equal(load_from_rados<FlatIndex>(*store_, name_));
+
+  const std::string url_b = url_ + "-b";
+  r = run_cli({"copy", url_, url_b, "--ceph-conf", env_->conf, "--client-id", "admin"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  m.expect_equal(load_from_rados<FlatIndex>(*store_, name_ + "-b"));
+
+  const auto back = dir() / "back.iqdb";
+  r = run_cli({"copy", url_b, back.string()});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_TRUE(file_bytes(back) == file_bytes(src)) << "the restored file differs from the source";
+  m.expect_equal(PersistedIndex<FlatIndex>::load(PersistConfig(back)).index());
+}
+
+// A damaged source is refused naming the file or the stripe object; the
+// destination keeps its previous snapshot (RADOS: the same generation).
+TEST_F(RadosCli, CopyOfADamagedSourcePublishesNothing) {
+  save();  // 64 KiB stripes: 4 of them
+  const auto before = store_->head(name_);
+  ASSERT_TRUE(before);
+  const Model m = Model::random(16, 3000, 12);
+  const auto src = save_local(m, "bad.iqdb");
+  {
+    std::fstream f(src, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(src) / 2));
+    f.put('\x5a');
+  }
+  auto r = run_cli({"copy", src.string(), url_});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("DAMAGED: " + src.string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("nothing was copied"), std::string::npos) << r.err;
+  EXPECT_EQ(store_->head(name_)->generation, before->generation);
+  EXPECT_EQ(load_from_rados<FlatIndex>(*store_, name_).size(), kRows);
+
+  // A flipped byte in stripe 2 of the RADOS snapshot, copied to a file.
+  RawPool pool(*env_);
+  ASSERT_TRUE(pool.ok());
+  const std::string stripe = RadosSnapshotStore::stripe_object(name_, before->generation, 2);
+  ASSERT_TRUE(pool.flip(stripe, 100));
+  const auto dst = save_local(m, "dst.iqdb");  // m's intact file, to be kept
+  const std::string dst_before = file_bytes(dst);
+  r = run_cli({"copy", url_, dst.string()});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("DAMAGED: " + url_), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(stripe), std::string::npos) << r.err;  // names the object
+  EXPECT_TRUE(file_bytes(dst) == dst_before);
+  for (const auto& e : std::filesystem::directory_iterator(dir())) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  }
+}
+
+// A destination whose writer lock a live writer holds is refused (Locked),
+// and taken once the writer released it.
+TEST_F(RadosCli, CopyRefusesALockedDestination) {
+  save();
+  const auto before = store_->head(name_);
+  const Model m = Model::random(8, 100, 13);
+  const auto src = save_local(m, "src.iqdb");
+  auto lock = RadosWriterLock::acquire(*store_, name_);
+  auto r = run_cli({"copy", src.string(), url_});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("locked"), std::string::npos) << r.err;
+  EXPECT_EQ(store_->head(name_)->generation, before->generation);
+  lock->release();
+  r = run_cli({"copy", src.string(), url_});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  m.expect_equal(load_from_rados<FlatIndex>(*store_, name_));
+}
+
+// The tool (a process of its own) SIGKILLed in the middle of copying a large
+// index into RADOS, once the first stripe of its generation is written: the
+// destination's previous snapshot is still the published one, complete.
+TEST_F(RadosCli, KilledCopyLeavesTheDestinationIntact) {
+  save();
+  const auto before = store_->head(name_);
+  const Model big = Model::random(256, 100000, 14);  // 102 MB: 4 stripes
+  const auto src = save_local(big, "big.iqdb");
+  RawPool pool(*env_);
+  ASSERT_TRUE(pool.ok());
+  const std::uint64_t gen = pool.next_generation(name_);
+  ASSERT_GT(gen, before->generation);
+
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    execl(IQDB_PERSIST_CLI_EXE, "iqdb-persist", "copy", src.c_str(), url_.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  bool started = false;
+  while (!started && std::chrono::steady_clock::now() < deadline) {
+    started = pool.exists(RadosSnapshotStore::stripe_object(name_, gen, 0));
+    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(started) << "the copy never wrote a stripe";
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the copy finished before it was killed; status " << status;
+
+  const auto after = store_->head(name_);
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->generation, before->generation);
+  EXPECT_EQ(load_from_rados<FlatIndex>(*store_, name_).size(), kRows);
+  const auto r = run_cli({"verify", url_});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
 }
 
 }  // namespace

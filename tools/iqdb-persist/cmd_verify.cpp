@@ -11,14 +11,11 @@
 #include <system_error>
 
 #include "iqdb-persist/command.hpp"
+#include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/error.hpp"
-#include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/snapshot.hpp"
-#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
-#include "iqdb/persist/rados.hpp"
-#endif
 
 namespace iqdb::persist::cli {
 namespace {
@@ -28,8 +25,7 @@ constexpr std::uint64_t kProgressMinFileSize = std::uint64_t{64} << 20;
 
 struct VerifyOptions {
   std::string file;
-  std::string ceph_conf;
-  std::string client_id = "admin";
+  RadosArgs rados;
 };
 
 // "verifying FILE  42% (1.2 GiB of 2.9 GiB)" redrawn in place on a terminal;
@@ -64,8 +60,6 @@ class ProgressLine {
   std::size_t width_ = 0;
 };
 
-bool is_rados(const std::string& file) { return file.rfind("rados://", 0) == 0; }
-
 bool wants_progress(const Console& console, const std::string& file) {
   if (!console.interactive || is_rados(file)) return false;
   std::error_code ec;
@@ -80,27 +74,11 @@ int verify(const VerifyOptions& opts, const Console& console) {
 
   // A RADOS location: connecting failures are Io (exit 2), as for a file
   // that cannot be opened.
-  FileSystem* fs = &default_file_system();
-  std::filesystem::path path = opts.file;
-#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
-  std::unique_ptr<RadosSnapshotStore> store;
-  if (is_rados(opts.file)) {
-    RadosLocation loc = RadosLocation::parse(opts.file);
-    loc.conf_path = opts.ceph_conf;
-    loc.client_id = opts.client_id;
-    store = RadosSnapshotStore::open(loc);
-    fs = store.get();
-    path = store->path_of(loc.name);
-  }
-#else
-  if (is_rados(opts.file)) {
-    throw PersistError::at(ErrorKind::Unsupported, opts.file, "this iqdb-persist was built without RADOS support");
-  }
-#endif
+  const Location where = Location::open(opts.file, opts.rados);
 
   SnapshotSummary summary;
   try {
-    summary = verify_snapshot(*fs, path, ReadLimits{},
+    summary = verify_snapshot(where.fs(), where.path(), ReadLimits{},
                               progress ? std::function<void(std::uint64_t, std::uint64_t)>(on_progress) : nullptr);
   } catch (const PersistError& e) {
     if (progress) progress->clear();
@@ -125,10 +103,7 @@ void register_verify(CommandSet& commands) {
       "verify", "Check a snapshot end to end: header, checksum, payload length",
       [opts](const Console& console) { return verify(*opts, console); });
   cmd.add_option("FILE", opts->file, "The snapshot file, or rados://POOL/NAME")->required()->type_name("PATH");
-  cmd.add_option("--ceph-conf", opts->ceph_conf, "rados://: the Ceph configuration (default: $CEPH_CONF, /etc/ceph/ceph.conf)")
-      ->type_name("PATH");
-  cmd.add_option("--client-id", opts->client_id, "rados://: the Ceph client id (user client.ID; default admin)")
-      ->type_name("ID");
+  add_rados_options(cmd, opts->rados);
 }
 
 }  // namespace iqdb::persist::cli

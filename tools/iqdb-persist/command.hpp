@@ -1,11 +1,11 @@
 // How subcommands plug into the tool (internal to iqdb_persist_cli).
 //
-// Adding a subcommand takes one new file and one line:
+// Adding a subcommand takes one new file and two lines:
 //   1. cmd_<name>.cpp defines `void register_<name>(CommandSet& commands)`,
 //      which declares its options on the CLI11 app that commands.add()
 //      returns and hands over the function that runs it;
-//   2. X(<name>) in IQDB_PERSIST_CLI_COMMANDS below.
-// (tools/CMakeLists.txt picks up every cmd_*.cpp by itself.)
+//   2. X(<name>) in IQDB_PERSIST_CLI_COMMANDS below;
+//   3. the file in tools/CMakeLists.txt's source list.
 //
 // Nested subcommands such as `wal dump` and `wal repair` are added by path:
 // commands.add("wal dump", ...) creates the `wal` group on first use.
@@ -67,6 +67,7 @@ class CommandSet {
 #define IQDB_PERSIST_CLI_COMMANDS(X) \
   X(inspect)                         \
   X(verify)                          \
+  X(copy)                            \
   X(demo)                            \
   X(wal_dump)                        \
   X(wal_repair)                      \

@@ -1,0 +1,237 @@
+// iqdb-persist copy SRC DST: copy an index's snapshot between a local file
+// and a RADOS location (rados://POOL/NAME), either way, or file to file and
+// pool to pool: backup and restore, verified on arrival. docs/API.md ("The
+// command-line tool") and docs/DISTRIBUTED.md ("Backup and restore: copy").
+//
+// 1. SRC is opened once; its header and the log beside it are looked at: a
+//    log holding records after the snapshot is refused (WouldLoseWrites)
+//    unless --snapshot-only, since only the snapshot is copied.
+// 2. DST's writer lock is taken (Locked while a live writer holds it). A
+//    local DST's old log must hold nothing past DST's snapshot (else
+//    WouldLoseWrites): it is removed just before the publish, so that it can
+//    never be replayed onto the new snapshot.
+// 3. verify_snapshot reads SRC through that one handle and every byte it
+//    reads goes to DST's temporary (replace_file_atomically: a local
+//    temporary file renamed over DST, or a RADOS generation published by one
+//    atomic head update). Only a fully verified source is published; a crash
+//    before the publish leaves DST's previous index as it was.
+// 4. DST is read back and verified (header, CRC; each stripe's CRC in RADOS)
+//    and must hold the source's CRC and size.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+
+#include "iqdb-persist/command.hpp"
+#include "iqdb-persist/location.hpp"
+#include "iqdb-persist/report.hpp"
+#include "iqdb-persist/snapshot_tee.hpp"
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/snapshot.hpp"
+#include "iqdb/persist/wal.hpp"
+
+namespace iqdb::persist::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CopyOptions {
+  std::string src;
+  std::string dst;
+  bool snapshot_only = false;
+  RadosArgs rados;
+};
+
+// Records of the log beside a local snapshot whose LSN is above `folded`
+// (those the snapshot does not hold); 0 when there is no log.
+std::uint64_t records_after(FileSystem& files, const fs::path& snapshot, std::uint64_t folded) {
+  const fs::path log = wal::log_path_for(snapshot);
+  if (!files.exists(log)) return 0;
+  std::uint64_t implicit_lsn = 0;  // version-1 logs number their records 1, 2, ...
+  std::uint64_t after = 0;
+  wal::scan_log(files, log, [&](const wal::RecordView& r) {
+    if ((r.lsn ? *r.lsn : ++implicit_lsn) > folded) ++after;
+  });
+  return after;
+}
+
+void refuse_unfolded_source(const Location& src, const SnapshotSummary& s, bool snapshot_only) {
+  if (src.rados() || snapshot_only) return;
+  const std::uint64_t n = records_after(src.fs(), src.path(), s.header.last_lsn);
+  if (n == 0) return;
+  throw PersistError::at(ErrorKind::WouldLoseWrites, wal::log_path_for(src.path()),
+                         "the log holds " + std::to_string(n) + " records after the snapshot's LSN " +
+                             std::to_string(s.header.last_lsn) +
+                             ", which copy does not carry: fold them first (`iqdb-persist checkpoint " + src.label() +
+                             "`, with its writer stopped), or pass --snapshot-only to copy the snapshot alone");
+}
+
+// A local destination's old log: refused if it holds records its snapshot
+// lacks (they would be lost), else removed before the publish (see step 2).
+class OldLog {
+ public:
+  explicit OldLog(const Location& dst) : dst_(dst) {
+    if (dst.rados() || !dst.fs().exists(wal::log_path_for(dst.path()))) return;
+    const std::uint64_t folded =
+        dst.fs().exists(dst.path()) ? inspect_snapshot(dst.fs(), dst.path()).header.last_lsn : 0;
+    const std::uint64_t n = records_after(dst.fs(), dst.path(), folded);
+    if (n > 0) {
+      throw PersistError::at(ErrorKind::WouldLoseWrites, wal::log_path_for(dst.path()),
+                             "the destination's log holds " + std::to_string(n) +
+                                 " records its snapshot lacks; copying over it would lose them (checkpoint " +
+                                 dst.label() + " first, or remove the index)");
+    }
+    present_ = true;
+  }
+  void retire() const {
+    if (!present_) return;
+    dst_.fs().remove(wal::log_path_for(dst_.path()));
+    const fs::path dir = dst_.path().parent_path();
+    dst_.fs().sync_dir(dir.empty() ? fs::path(".") : dir);
+  }
+
+ private:
+  const Location& dst_;
+  bool present_ = false;
+};
+
+void refuse_same(const Location& src, const Location& dst) {
+  bool same = src.rados() == dst.rados() && src.path() == dst.path();
+  if (!src.rados() && !dst.rados()) {
+    std::error_code ec;
+    same = fs::equivalent(src.path(), dst.path(), ec);
+  }
+  if (same) throw PersistError::argument("copy: the source and the destination are the same (" + src.label() + ")");
+}
+
+// The destination read back must be the source's snapshot.
+void check_arrival(const Location& dst, const SnapshotSummary& sent) {
+  const SnapshotSummary got = verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
+  if (got.header.payload_crc != sent.header.payload_crc || got.file_size != sent.file_size) {
+    throw PersistError::at(ErrorKind::ChecksumMismatch, dst.path(),
+                           "read back after the copy, it holds " + std::to_string(got.file_size) + " bytes with CRC " +
+                               hex32(got.header.payload_crc) + ", the source " + std::to_string(sent.file_size) +
+                               " bytes with CRC " + hex32(sent.header.payload_crc));
+  }
+}
+
+// Sees whether replace_file_atomically got as far as the publish (rename).
+class PublishWatch final : public FileSystemWrapper {
+ public:
+  using FileSystemWrapper::FileSystemWrapper;
+  void rename(const fs::path& from, const fs::path& to) override {
+    target().rename(from, to);
+    published = true;
+  }
+  bool published = false;
+};
+
+// Step 3; returns the source's summary.
+// `reading_source` is true while a failure can only be the source's.
+SnapshotSummary publish_verified(const Location& src, const ReadableFile& file, const Location& dst,
+                                 PublishWatch& publisher, TeeState& tee, bool& reading_source) {
+  reading_source = false;
+  const OldLog old(dst);
+  SnapshotSummary sent;
+  replace_file_atomically(publisher, dst.path(), true, [&](WritableFile& out) {
+    OpenFileSystem reader(src.fs(), file, &out, tee);
+    reading_source = true;
+    sent = verify_snapshot(reader, src.path(), ReadLimits{});
+    reader.check_complete();
+    reading_source = false;
+    old.retire();
+  });
+  return sent;
+}
+
+bool is_damage(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::BadMagic:
+    case ErrorKind::UnsupportedVersion:
+    case ErrorKind::ChecksumMismatch:
+    case ErrorKind::TruncatedHeader:
+    case ErrorKind::TruncatedPayload:
+    case ErrorKind::InvalidMetric:
+    case ErrorKind::InvalidHeader:
+    case ErrorKind::InvalidPayload:
+    case ErrorKind::Compression: return true;
+    default: return false;
+  }
+}
+
+int report_failure(const Console& console, const CopyOptions& opts, bool published, bool source_damaged,
+                   const PersistError& e) {
+  if (source_damaged) {
+    console.err << "DAMAGED: " << opts.src << "\n  " << describe(e) << '\n';
+  } else {
+    console.err << "error: " << describe(e) << '\n';
+  }
+  if (published) {
+    console.err << "the copy was published at " << opts.dst << " but its directory could not be synced\n";
+  } else {
+    console.err << "nothing was copied: " << opts.dst << " is as it was\n";
+  }
+  return e.kind() == ErrorKind::Io ? kExitUsage : kExitFailed;
+}
+
+int report_arrival(const Console& console, const CopyOptions& opts, const PersistError& e) {
+  console.err << "DAMAGED: " << opts.dst << " (read back after the copy was published)\n  " << describe(e)
+              << '\n';
+  return e.kind() == ErrorKind::Io ? kExitUsage : kExitFailed;
+}
+
+void print_copied(const Console& console, const CopyOptions& opts, const SnapshotSummary& sent) {
+  const FileHeader& h = sent.header;
+  console.out << "copied " << opts.src << " -> " << opts.dst << " (format " << h.format_version << ", "
+              << printable(h.index_type) << ", " << h.n_vectors << " vectors x " << h.dim << " dims, "
+              << compression_name(h.compression) << ", " << human_bytes(sent.file_size) << ", crc32 "
+              << hex32(h.payload_crc) << "), verified at the destination\n";
+}
+
+int copy(const CopyOptions& opts, const Console& console) {
+  const Location src = Location::open(opts.src, opts.rados);
+  const Location dst = Location::open(opts.dst, opts.rados);
+  refuse_same(src, dst);
+  PublishWatch publisher(dst.fs());
+  TeeState tee;
+  bool reading_source = true;
+  std::unique_ptr<FileLock> lock;  // held until the copy was read back
+  SnapshotSummary sent;
+  try {
+    const std::unique_ptr<ReadableFile> file = src.fs().open_read(src.path());
+    OpenFileSystem header_reader(src.fs(), *file, nullptr, tee);
+    refuse_unfolded_source(src, inspect_snapshot(header_reader, src.path()), opts.snapshot_only);
+    reading_source = false;
+    lock = dst.lock_writer();
+    sent = publish_verified(src, *file, dst, publisher, tee, reading_source);
+  } catch (const PersistError& e) {
+    const bool source_damaged = reading_source && is_damage(e.kind()) && !tee.sink_failed;
+    return report_failure(console, opts, publisher.published, source_damaged, e);
+  }
+  try {
+    check_arrival(dst, sent);
+  } catch (const PersistError& e) {
+    return report_arrival(console, opts, e);
+  }
+  print_copied(console, opts, sent);
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_copy(CommandSet& commands) {
+  auto opts = std::make_shared<CopyOptions>();
+  CLI::App& cmd = commands.add(
+      "copy",
+      "Copy an index's snapshot between a file and rados://POOL/NAME (either way), verified, atomic at the "
+      "destination",
+      [opts](const Console& console) { return copy(*opts, console); });
+  cmd.add_option("SRC", opts->src, "The snapshot file, or rados://POOL/NAME")->required()->type_name("PATH");
+  cmd.add_option("DST", opts->dst, "Where to copy it: a file, or rados://POOL/NAME")->required()->type_name("PATH");
+  cmd.add_flag("--snapshot-only", opts->snapshot_only,
+               "Copy the snapshot even when the source's log holds records after it (they are not copied)");
+  add_rados_options(cmd, opts->rados);
+}
+
+}  // namespace iqdb::persist::cli

@@ -1,0 +1,78 @@
+#include "iqdb-persist/location.hpp"
+
+#include "iqdb/persist/error.hpp"
+#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
+#include "iqdb/persist/rados.hpp"
+#endif
+
+namespace iqdb::persist::cli {
+namespace {
+
+constexpr std::string_view kRadosScheme = "rados://";
+
+#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
+// A RadosWriterLock held as a FileLock (released when destroyed).
+class HeldRadosLock final : public FileLock {
+ public:
+  explicit HeldRadosLock(std::unique_ptr<RadosWriterLock> lock) : lock_(std::move(lock)) {}
+
+ private:
+  std::unique_ptr<RadosWriterLock> lock_;
+};
+#endif
+
+}  // namespace
+
+void add_rados_options(CLI::App& cmd, RadosArgs& args) {
+  cmd.add_option("--ceph-conf", args.ceph_conf,
+                 "rados://: the Ceph configuration (default: $CEPH_CONF, /etc/ceph/ceph.conf)")
+      ->type_name("PATH");
+  cmd.add_option("--client-id", args.client_id, "rados://: the Ceph client id (user client.ID; default admin)")
+      ->type_name("ID");
+}
+
+bool is_rados(std::string_view where) { return where.starts_with(kRadosScheme); }
+
+Location::Location(Location&&) noexcept = default;
+Location& Location::operator=(Location&&) noexcept = default;
+Location::~Location() = default;
+
+Location Location::open(const std::string& where, const RadosArgs& args) {
+  Location l;
+  l.label_ = where;
+  if (!is_rados(where)) {
+    l.fs_ = &default_file_system();
+    l.path_ = where;
+    return l;
+  }
+#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
+  RadosLocation loc = RadosLocation::parse(where);
+  loc.conf_path = args.ceph_conf;
+  loc.client_id = args.client_id;
+  std::unique_ptr<RadosSnapshotStore> store = RadosSnapshotStore::open(loc);
+  l.path_ = store->path_of(loc.name);
+  l.rados_name_ = loc.name;
+  l.fs_ = store.get();
+  l.owned_ = std::move(store);
+  return l;
+#else
+  (void)args;
+  throw PersistError::at(ErrorKind::Unsupported, where, "this iqdb-persist was built without RADOS support");
+#endif
+}
+
+std::unique_ptr<FileLock> Location::lock_writer() const {
+  if (!rados()) {
+    std::filesystem::path lock_path = path_;
+    lock_path += ".lock";
+    return fs_->lock(lock_path);
+  }
+#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
+  auto& store = static_cast<RadosSnapshotStore&>(*fs_);
+  return std::make_unique<HeldRadosLock>(RadosWriterLock::acquire(store, rados_name_));
+#else
+  return nullptr;  // unreachable: open() refuses rados:// without the component
+#endif
+}
+
+}  // namespace iqdb::persist::cli
