@@ -104,4 +104,16 @@ build/consumer-deb/consumer "$root/build/consumer-deb/c.iqdb"
 build/debroot/usr/bin/iqdb-persist verify "$root/build/consumer-deb/c.iqdb"
 PKG_CONFIG_PATH="$root/build/debroot/usr/lib/pkgconfig" pkg-config --exists iqdb_persist
 
+stage "Python package: the README's install commands into a temporary virtual environment, then pytest"
+# The commands of README.md's "Python" section (the lines with `venv` and
+# `pip install`), run as written with `.venv` in a temporary directory and
+# Debian's python3 (not another python3 earlier on PATH).
+py_env=$(mktemp -d)
+trap 'rm -rf "$demo_dir" "$py_env"' EXIT
+py_install=$(grep -E '^python3 -m venv|^\.venv/bin/pip install' README.md)
+[ "$(printf '%s\n' "$py_install" | wc -l)" -eq 2 ] || { echo "README.md's Python install commands not found" >&2; exit 1; }
+printf '+ %s\n' "$py_install"
+(PATH=/usr/bin:/bin; eval "${py_install//.venv/$py_env/.venv}")
+"$py_env/.venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+
 stage "all stages passed"

@@ -53,12 +53,9 @@ void bind_index_methods(py::class_<Owned<I>>& c) {
           [](Owned<I>& o, py::handle query, std::size_t k) {
             const I& ix = o.get();
             const Queries q = as_queries(query, ix.dim());
-            HitTable t;
-            {
-              py::gil_scoped_release rel;
-              t = search_rows(ix, q, k);
-            }
-            return to_numpy(t, q.single);
+            // The GIL stays held: it is what keeps a standalone index's
+            // insert from running beside this search.
+            return to_numpy(search_rows(ix, q, k), q.single);
           },
           py::arg("query"), py::arg("k"), "(ids, distances) of the k nearest vectors, closest first.");
 }
