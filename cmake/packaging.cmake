@@ -5,6 +5,7 @@
 #   iqdb-persist                 the command-line tool
 #   libiqdb-persist-faiss-dev    the FAISS adapter (when built)
 #   libiqdb-persist-hnswlib-dev  the hnswlib adapter (when built)
+#   libiqdb-persist-rados-dev    the RADOS component (when built): find_package(iqdb_persist COMPONENTS rados)
 # The tool's run-time dependencies come from dpkg-shlibdeps; the -dev
 # packages depend on the -dev packages of what a program linking them needs.
 set(CPACK_PACKAGE_NAME iqdb-persist)
@@ -44,6 +45,15 @@ if(TARGET iqdb_persist_hnswlib)
   set(CPACK_DEBIAN_HNSWLIB_PACKAGE_NAME libiqdb-persist-hnswlib-dev)
   set(CPACK_COMPONENT_HNSWLIB_DESCRIPTION "Crash-safe persistence for vector-search indexes: hnswlib adapter")
   set(CPACK_DEBIAN_HNSWLIB_PACKAGE_DEPENDS "libiqdb-persist-dev (= ${PROJECT_VERSION}), libhnswlib-dev")
+endif()
+if(TARGET iqdb_persist_rados)
+  list(APPEND _components rados)
+  set(CPACK_DEBIAN_RADOS_PACKAGE_NAME libiqdb-persist-rados-dev)
+  set(CPACK_COMPONENT_RADOS_DESCRIPTION
+    "Crash-safe persistence for vector-search indexes: snapshots in Ceph RADOS\n"
+    "iqdb::persist_rados stores snapshots in a RADOS pool (rados://POOL/NAME), with\n"
+    "one fenced writer: find_package(iqdb_persist COMPONENTS rados).")
+  set(CPACK_DEBIAN_RADOS_PACKAGE_DEPENDS "libiqdb-persist-dev (= ${PROJECT_VERSION}), librados-dev")
 endif()
 set(CPACK_COMPONENTS_ALL ${_components})
 include(CPack)

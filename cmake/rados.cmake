@@ -34,15 +34,26 @@ else()
     target_include_directories(iqdb_persist_rados SYSTEM PRIVATE ${IQDB_RADOS_INCLUDE_DIR})
     target_link_libraries(iqdb_persist_rados
       PUBLIC iqdb_persist
-      PRIVATE ${IQDB_RADOS_LIBRARY} $<BUILD_INTERFACE:iqdb_persist_warnings>)
+      PRIVATE $<BUILD_INTERFACE:${IQDB_RADOS_LIBRARY}> $<INSTALL_INTERFACE:rados>
+              $<BUILD_INTERFACE:iqdb_persist_warnings>)
     message(STATUS "librados found (${IQDB_RADOS_LIBRARY}): building the RADOS component (iqdb::persist_rados)")
     # The CLI (tools/, added before this file) reads rados:// locations.
     if(TARGET iqdb_persist_cli)
       target_link_libraries(iqdb_persist_cli PRIVATE iqdb::persist_rados)
       target_compile_definitions(iqdb_persist_cli PRIVATE IQDB_PERSIST_CLI_HAVE_RADOS=1)
     endif()
-    # Not installed yet (no package of its own until the component is
-    # complete; docs/DISTRIBUTED.md).
+    # Installed as component "rados" of the iqdb_persist CMake package
+    # (find_package(iqdb_persist COMPONENTS rados); cmake/iqdb_persistConfig.cmake.in)
+    # and Debian package libiqdb-persist-rados-dev (cmake/packaging.cmake).
+    if(IQDB_PERSIST_INSTALL)
+      install(TARGETS iqdb_persist_rados EXPORT iqdb_persist_rados_targets COMPONENT rados
+        ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+        INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+      install(FILES ${PROJECT_SOURCE_DIR}/include/iqdb/persist/rados.hpp
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/iqdb/persist COMPONENT rados)
+      install(EXPORT iqdb_persist_rados_targets NAMESPACE iqdb:: FILE iqdb_persist_radosTargets.cmake
+        DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/iqdb_persist COMPONENT rados)
+    endif()
     if(IQDB_PERSIST_BUILD_TESTS)
       # The tests also use librados's C++ API (libradospp-dev) to damage objects.
       find_path(IQDB_RADOSPP_INCLUDE_DIR rados/librados.hpp DOC "Directory holding rados/librados.hpp")

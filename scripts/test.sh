@@ -85,7 +85,7 @@ build/consumer-sub/consumer "$root/build/consumer-sub/c.iqdb"
 PKG_CONFIG_PATH="$root/build/prefix/lib/pkgconfig" pkg-config --exists iqdb_persist
 
 stage "Debian packages: cpack -G DEB, unpacked into a scratch root, a consumer built against that root"
-rm -rf build/deb build/debroot build/consumer-deb
+rm -rf build/deb build/debroot build/consumer-deb build/consumer-deb-rados
 (cd build/release && cpack -G DEB -B "$root/build/deb" >/dev/null)
 ls build/deb/*.deb
 for deb in build/deb/*.deb; do
@@ -102,6 +102,17 @@ cmake -S tests/consumer -B build/consumer-deb -DCMAKE_PREFIX_PATH="$root/build/d
 cmake --build build/consumer-deb -j"$jobs" >/dev/null
 build/consumer-deb/consumer "$root/build/consumer-deb/c.iqdb"
 build/debroot/usr/bin/iqdb-persist verify "$root/build/consumer-deb/c.iqdb"
+# The RADOS component's package depends on librados-dev; a consumer finds it
+# (find_package(iqdb_persist COMPONENTS rados)), links, and saves and loads
+# through a throw-away cluster.
+case "$(dpkg-deb --field build/deb/libiqdb-persist-rados-dev_*.deb Depends)" in
+  *librados-dev*) ;; *) echo "libiqdb-persist-rados-dev does not depend on librados-dev" >&2; exit 1 ;;
+esac
+cmake -S tests/consumer -B build/consumer-deb-rados -DCMAKE_PREFIX_PATH="$root/build/debroot/usr" \
+  -DIQDB_CONSUMER_RADOS=ON >/dev/null
+cmake --build build/consumer-deb-rados -j"$jobs" >/dev/null
+env -u CEPH_CONF build/consumer-deb-rados/rados_consumer rados://iqdb-test/consumer
+scripts/ceph-cluster.sh run --osds 1 -- sh -c 'build/consumer-deb-rados/rados_consumer "rados://$IQDB_RADOS_POOL/consumer"'
 PKG_CONFIG_PATH="$root/build/debroot/usr/lib/pkgconfig" pkg-config --exists iqdb_persist
 
 stage "Python package: the README's install commands into a temporary virtual environment, then pytest"
