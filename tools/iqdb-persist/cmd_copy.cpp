@@ -221,12 +221,11 @@ int copy(const CopyOptions& opts, const Console& console) {
 }  // namespace
 
 void register_copy(CommandSet& commands) {
-  auto opts = std::make_shared<CopyOptions>();
-  CLI::App& cmd = commands.add(
-      "copy",
+  static constexpr const char* kAbout =
       "Copy an index's snapshot between a file and rados://POOL/NAME (either way), verified, atomic at the "
-      "destination",
-      [opts](const Console& console) { return copy(*opts, console); });
+      "destination";
+  auto opts = std::make_shared<CopyOptions>();
+  CLI::App& cmd = commands.add("copy", kAbout, [opts](const Console& console) { return copy(*opts, console); });
   cmd.add_option("SRC", opts->src, "The snapshot file, or rados://POOL/NAME")->required()->type_name("PATH");
   cmd.add_option("DST", opts->dst, "Where to copy it: a file, or rados://POOL/NAME")->required()->type_name("PATH");
   cmd.add_flag("--snapshot-only", opts->snapshot_only,
