@@ -54,7 +54,7 @@ stage "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 # (The FAISS / hnswlib adapters run in the normal stage; FAISS's OpenMP/BLAS
 # runtime is not built with the sanitizers.)
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
-  -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
+  -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF -DIQDB_PERSIST_WITH_PYTHON=OFF \
   -DCMAKE_CXX_FLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" >/dev/null
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -7,11 +7,15 @@
   side by side: faiss.write_index + fsync / faiss.read_index (same N vectors),
                 hnswlib save_index / load_index (a graph of --graph-n vectors)
 
-Rounds are interleaved (each case once a round); a time ratio is the median
-over rounds of the per-round ratio. Batches are 100,000 rows (a log frame
-holds at most 256 MiB), with the WAL under Never, as the C++ peer does.
+Each Python and each C++ measurement runs in a fresh process (`peer` mode
+of this script and of iqdb_batch_bench), as a user's program would: neither
+side inherits the other's memory or page-cache state. Rounds are
+interleaved (each case once a round); a time ratio is the median over
+rounds of the per-round ratio. Batches are 100,000 rows (a log frame holds
+at most 256 MiB), with the WAL under Never, as the C++ peer does.
 
   python3 python/bench/bench_python.py --cpp-bench BUILD/bench/iqdb_batch_bench --dir DIR
+  python3 python/bench/bench_python.py peer batch|load|single --dir DIR --n N   # one measurement: seconds
 """
 
 import argparse
@@ -19,6 +23,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 
@@ -66,6 +71,22 @@ def py_batch(d, data):
     run.db.checkpoint()
     run.db.close()
     return s
+
+
+def python_peer(op, d, n):
+    """One Python measurement in a fresh process: prints its seconds."""
+    if op == "batch":
+        print(f"{py_batch(d, make_rows(n)):.6f}")
+    elif op == "load":
+        print(f"{py_load(d, n):.6f}")
+    else:
+        print(f"{py_single(d, n):.6f}")
+
+
+def in_python(args, op, d, n):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "peer", op, "--dir", d, "--n", str(n)],
+                         check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
 
 
 def py_load(d, n):
@@ -149,42 +170,41 @@ def iqdb_hnsw(d, data):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpp-bench", required=True, help="path of iqdb_batch_bench")
+    ap.add_argument("mode", nargs="*", help="peer OP: one measurement in this process")
+    ap.add_argument("--cpp-bench", help="path of iqdb_batch_bench")
     ap.add_argument("--dir", default="bench-python-tmp")
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--single-ops", type=int, default=500)
     ap.add_argument("--graph-n", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.mode:
+        return python_peer(args.mode[1], args.dir, args.n)
     data = make_rows(args.n)
-    r = {k: [] for k in ("batch_py", "batch_cpp", "load_py", "load_cpp", "single_py", "single_cpp", "four_py",
+    r = {k: [] for k in ("batch_py", "batch_cpp", "load_py", "load_cpp", "single_py", "single_cpp", "one_py", "four_py",
                          "faiss_w", "faiss_r", "iq_save", "iq_load", "hnsw_w", "hnsw_r", "iqh_save", "iqh_load")}
     for _ in range(args.rounds):
         d = fresh(os.path.join(args.dir, "py"))
-        r["batch_py"].append(py_batch(d, data))
-        r["load_py"].append(py_load(d, args.n))
+        r["batch_py"].append(in_python(args, "batch", d, args.n))
+        r["load_py"].append(in_python(args, "load", d, args.n))
+        shutil.rmtree(d)
         d = fresh(os.path.join(args.dir, "cpp"))
         r["batch_cpp"].append(cpp(args, "batch", d, args.n))
         r["load_cpp"].append(cpp(args, "load", d, args.n))
         shutil.rmtree(os.path.join(args.dir, "cpp"))
-        r["single_py"].append(py_single(fresh(os.path.join(args.dir, "s")), args.single_ops))
+        r["single_py"].append(in_python(args, "single", fresh(os.path.join(args.dir, "s")), args.single_ops))
         r["single_cpp"].append(cpp(args, "single", fresh(os.path.join(args.dir, "s")), args.single_ops))
+        r["one_py"].append(py_single(fresh(os.path.join(args.dir, "s")), args.single_ops))
         r["four_py"].append(py_single(fresh(os.path.join(args.dir, "s")), 4 * args.single_ops, threads=4))
         d = fresh(os.path.join(args.dir, "peers"))
-        w, rd = faiss_side(d, data)
-        r["faiss_w"].append(w)
-        r["faiss_r"].append(rd)
-        s, ld = iqdb_save(d, data)
-        r["iq_save"].append(s)
-        r["iq_load"].append(ld)
+        peers = [(faiss_side, data, "faiss_w", "faiss_r"), (iqdb_save, data, "iq_save", "iq_load")]
         if iq.HAVE_HNSWLIB:
             g = data[:args.graph_n]
-            w, rd = hnswlib_side(d, g)
-            r["hnsw_w"].append(w)
-            r["hnsw_r"].append(rd)
-            s, ld = iqdb_hnsw(d, g)
-            r["iqh_save"].append(s)
-            r["iqh_load"].append(ld)
+            peers += [(hnswlib_side, g, "hnsw_w", "hnsw_r"), (iqdb_hnsw, g, "iqh_save", "iqh_load")]
+        for run, vectors, save_key, load_key in peers:
+            save_s, load_s = run(d, vectors)
+            r[save_key].append(save_s)
+            r[load_key].append(load_s)
         shutil.rmtree(os.path.join(args.dir, "peers"))
 
     def ratio(a, b):
@@ -200,7 +220,7 @@ def main():
         ("single insert, Always (inserts/s)", args.single_ops / med["single_py"], args.single_ops / med["single_cpp"],
          ratio("single_cpp", "single_py"), ">= 0.95", ratio("single_cpp", "single_py") >= 0.95),
     ]
-    four = statistics.median((4 * args.single_ops / f) / (args.single_ops / s) for f, s in zip(r["four_py"], r["single_py"]))
+    four = statistics.median((4 * args.single_ops / f) / (args.single_ops / s) for f, s in zip(r["four_py"], r["one_py"]))
     print(f"{'measurement':36} {'Python':>12} {'C++':>12} {'ratio':>8} {'target':>8}")
     for name, py, c, ratio_, target, ok in rows:
         print(f"{name:36} {py:12.3f} {c:12.3f} {ratio_:8.3f} {target:>8}  {'PASS' if ok else 'MISS'}")

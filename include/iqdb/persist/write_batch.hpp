@@ -64,11 +64,10 @@ class WriteBatch {
   }
 
   WriteBatch& insert(VectorId id, std::span<const float> vec, std::optional<Metadata> meta = {}) {
-    return insert_ref(std::move(id), store(vec), std::move(meta));
+    return add(id, store(vec), meta);
   }
   WriteBatch& insert_ref(VectorId id, std::span<const float> vec, std::optional<Metadata> meta = {}) {
-    ops_.push_back(Mutation{wal::Op::Insert, std::move(id), vec, std::move(meta)});
-    return *this;
+    return add(id, vec, meta);
   }
   // Throws PersistError(InvalidArgument), adding nothing, unless
   // rows.size() == ids.size() * dim and dim >= 1.
@@ -84,7 +83,7 @@ class WriteBatch {
     return *this;
   }
   WriteBatch& erase(VectorId id) {
-    ops_.push_back(Mutation{wal::Op::Erase, std::move(id), {}, std::nullopt});
+    ops_.emplace_back(wal::Op::Erase, std::move(id), Floats(std::span<const float>()), std::nullopt);
     return *this;
   }
   // Room for n mutations (and, with floats, for that many owned floats)
@@ -108,6 +107,13 @@ class WriteBatch {
   static constexpr std::size_t kMinBlockFloats = std::size_t{1} << 14;
   static constexpr std::size_t kMaxBlockFloats = std::size_t{1} << 22;
 
+  // Built in place, the metadata moved only when there is some (GCC 12
+  // warns, falsely, of a moved-from empty optional<map> otherwise).
+  WriteBatch& add(VectorId& id, std::span<const float> vec, std::optional<Metadata>& meta) {
+    Mutation& m = ops_.emplace_back(wal::Op::Insert, std::move(id), Floats(vec), std::nullopt);
+    if (meta) m.metadata.emplace(std::move(*meta));
+    return *this;
+  }
   std::size_t room() const noexcept { return cap_ - used_; }
   void add_block(std::size_t at_least) {
     const std::size_t grown = std::min(kMaxBlockFloats, std::max(kMinBlockFloats, cap_ * 2));
