@@ -25,6 +25,8 @@ else()
     add_library(iqdb_persist_rados STATIC
       ${PROJECT_SOURCE_DIR}/src/rados/head_record.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/rados_store.cpp
+      ${PROJECT_SOURCE_DIR}/src/rados/rados_log.cpp
+      ${PROJECT_SOURCE_DIR}/src/rados/rados_storage.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/writer_lock.cpp)
     add_library(iqdb::persist_rados ALIAS iqdb_persist_rados)
     set_target_properties(iqdb_persist_rados PROPERTIES OUTPUT_NAME iqdb_persist_rados
@@ -53,6 +55,14 @@ else()
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/iqdb/persist COMPONENT rados)
       install(EXPORT iqdb_persist_rados_targets NAMESPACE iqdb:: FILE iqdb_persist_radosTargets.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/iqdb_persist COMPONENT rados)
+    endif()
+    # PersistedIndex on RADOS against plain librados (docs/PERFORMANCE.md, "RADOS").
+    if(TARGET iqdb_bench_util)
+      add_executable(iqdb_rados_wal_bench ${PROJECT_SOURCE_DIR}/bench/rados_wal_bench.cpp)
+      target_include_directories(iqdb_rados_wal_bench SYSTEM PRIVATE ${IQDB_RADOS_INCLUDE_DIR})
+      target_link_libraries(iqdb_rados_wal_bench PRIVATE iqdb::persist_rados iqdb_bench_util ${IQDB_RADOS_LIBRARY}
+        Threads::Threads iqdb_persist_warnings)
+      set_target_properties(iqdb_rados_wal_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
     endif()
     if(IQDB_PERSIST_BUILD_TESTS)
       # The tests also use librados's C++ API (libradospp-dev) to damage objects.

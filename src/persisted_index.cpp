@@ -6,7 +6,9 @@
 #include <string>
 
 #include "iqdb/persist/wal.hpp"
+#include "wal/engine_impl.hpp"
 #include "wal/log_format.hpp"
+#include "wal/log_reader.hpp"
 
 namespace iqdb::persist::detail {
 
@@ -23,6 +25,9 @@ void validate_config(const PersistConfig& cfg) {
   }
   if (cfg.fsync_policy.mode() == FsyncPolicy::Mode::Periodic && cfg.fsync_policy.interval().count() <= 0) {
     throw PersistError::argument("FsyncPolicy::periodic needs a positive interval");
+  }
+  if (cfg.storage && cfg.file_system != nullptr) {
+    throw PersistError::argument("PersistConfig.storage and PersistConfig.file_system cannot both be set");
   }
   if (cfg.wal_enabled && cfg.discard_log) {
     throw PersistError::argument("PersistConfig.discard_log is for saves without the WAL; it cannot be set with wal_enabled");
@@ -46,15 +51,17 @@ struct LogHoldings {
   std::uint64_t records_after_corruption = 0;
 };
 
-LogHoldings look_at_log(FileSystem& fs, const fs::path& log_path, std::uint64_t base_lsn, bool discard) {
+LogHoldings look_at_log(IndexStorage& storage, std::uint64_t base_lsn, bool discard) {
   LogHoldings h;
-  if (!fs.exists(log_path)) return h;
+  if (!storage.log_exists()) return h;
   h.exists = true;
   std::uint64_t implicit = 0;  // version-1 logs number their records 1, 2, ...
   wal::ScanResult scan;
+  std::unique_ptr<ReadableFile> file;
   try {
-    scan = wal::scan_log(
-        fs, log_path,
+    file = storage.open_log();
+    scan = wal::scan_file(
+        *file,
         [&](const wal::RecordView& r) {
           const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit;
           if (lsn <= base_lsn) return;
@@ -67,8 +74,8 @@ LogHoldings look_at_log(FileSystem& fs, const fs::path& log_path, std::uint64_t 
     if (e.kind() == ErrorKind::Io && e.sys_errno() == ENOENT) return LogHoldings{};  // removed meanwhile
     // Not a log this library reads (bad magic, damaged header): whatever it
     // holds, only discarding it lets the save go on.
-    if (!discard) throw;
-    h.end = fs.open_read(log_path)->size() / wal::format::kMinOpLen;
+    if (!discard || !file) throw;
+    h.end = file->size() / wal::format::kMinOpLen;
     return h;
   }
   const std::uint64_t below_base = scan.version == 2 && scan.base_lsn > 0 ? scan.base_lsn - 1 : 0;
@@ -90,10 +97,12 @@ LogHoldings look_at_log(FileSystem& fs, const fs::path& log_path, std::uint64_t 
 FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
                             const std::function<FileHeader(std::uint64_t last_lsn, bool durable)>& write) {
   FileSystem& fs = fs_of(config);
+  const std::shared_ptr<IndexStorage> storage = storage_of(config);
   fs::path lock_path = config.path;
   lock_path += ".lock";
-  const std::unique_ptr<FileLock> lock = fs.lock(lock_path);  // Locked while another writer holds it
-  const fs::path log_path = wal::log_path_for(config.path);
+  // Locked while another writer holds it.
+  const std::unique_ptr<FileLock> lock = config.storage ? storage->lock_writer() : fs.lock(lock_path);
+  const fs::path log_path = storage->log_path();
   const std::string how_to =
       "load it with the WAL (or without: load replays the log) and save that index, or set "
       "PersistConfig::discard_log to discard them";
@@ -108,7 +117,7 @@ FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
       if (e.kind() == ErrorKind::Io && e.sys_errno() != ENOENT) throw;
     }
   }
-  const LogHoldings log = look_at_log(fs, log_path, base_lsn, config.discard_log);
+  const LogHoldings log = look_at_log(*storage, base_lsn, config.discard_log);
 
   if (!config.discard_log) {
     if (log.corrupt_offset) {
@@ -141,11 +150,7 @@ FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
   // The log goes only once the snapshot that covers it is durable.
   FileHeader written =
       write(last_lsn, removing_log || config.fsync_policy.mode() != FsyncPolicy::Mode::Never);
-  if (removing_log) {
-    fs.remove(log_path);
-    const fs::path dir = config.path.parent_path();
-    fs.sync_dir(dir.empty() ? fs::path(".") : dir);
-  }
+  if (removing_log) storage->remove_log();
   return written;
 }
 

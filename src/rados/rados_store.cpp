@@ -19,6 +19,8 @@
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados/head_record.hpp"
+#include "rados/rados_log.hpp"
+#include "rados/rados_ops.hpp"
 #include "rados/writer_fence.hpp"
 
 namespace iqdb::persist {
@@ -33,72 +35,6 @@ constexpr const char* kScheme = "rados://";
 // that write_snapshot's final header write (at offset 0) patches memory; a
 // v3 header is at most 65536 bytes.
 constexpr std::size_t kHold = 65536;
-
-// RAII over librados's C handles.
-struct WriteOp {
-  rados_write_op_t op = rados_create_write_op();
-  WriteOp() = default;
-  WriteOp(const WriteOp&) = delete;
-  WriteOp& operator=(const WriteOp&) = delete;
-  ~WriteOp() { rados_release_write_op(op); }
-};
-struct ReadOp {
-  rados_read_op_t op = rados_create_read_op();
-  ReadOp() = default;
-  ReadOp(const ReadOp&) = delete;
-  ReadOp& operator=(const ReadOp&) = delete;
-  ~ReadOp() { rados_release_read_op(op); }
-};
-
-// An aio completion, released when destroyed (after waiting, once submitted:
-// librados must not write into buffers that are gone).
-struct Completion {
-  rados_completion_t c = nullptr;
-  bool submitted = false;  // set once librados has the operation
-  Completion() { (void)rados_aio_create_completion2(nullptr, nullptr, &c); }
-  Completion(const Completion&) = delete;
-  Completion& operator=(const Completion&) = delete;
-  ~Completion() {
-    if (submitted) (void)rados_aio_wait_for_complete(c);
-    rados_aio_release(c);
-  }
-  int wait() {
-    (void)rados_aio_wait_for_complete(c);
-    return rados_aio_get_return_value(c);
-  }
-};
-
-// An object's attributes, read by a read operation they were added to.
-struct Xattrs {
-  rados_xattrs_iter_t iter = nullptr;
-  int rv = 0;
-  Xattrs() = default;
-  Xattrs(const Xattrs&) = delete;
-  Xattrs& operator=(const Xattrs&) = delete;
-  ~Xattrs() {
-    if (iter != nullptr) rados_getxattrs_end(iter);
-  }
-  void add_to(ReadOp& op) { rados_read_op_getxattrs(op.op, &iter, &rv); }
-  // After the operation succeeded.
-  std::map<std::string, std::string> values() {
-    std::map<std::string, std::string> out;
-    for (;;) {
-      const char* name = nullptr;
-      const char* value = nullptr;
-      std::size_t len = 0;
-      if (rados_getxattrs_next(iter, &name, &value, &len) != 0 || name == nullptr) break;
-      out[name] = std::string(value, len);
-    }
-    return out;
-  }
-};
-
-void set_xattr(WriteOp& op, const char* name, const std::string& value) {
-  rados_write_op_setxattr(op.op, name, value.data(), value.size());
-}
-void cmp_xattr(WriteOp& op, const char* name, const std::string& value) {
-  rados_write_op_cmpxattr(op.op, name, LIBRADOS_CMPXATTR_OP_EQ, value.data(), value.size());
-}
 
 }  // namespace
 
@@ -129,6 +65,9 @@ struct RadosSnapshotStore::Impl {
   std::random_device random;
   // Writer locks held through this store, by name (writer_lock.cpp).
   std::map<std::string, std::shared_ptr<Fence>> fences;
+  // The generation each name's last open_read opened (the log that goes
+  // with the snapshot a reader loaded: rados_storage.cpp).
+  std::map<std::string, std::uint64_t> last_read;
 
   std::shared_ptr<Fence> fence_of(const std::string& name) {
     std::lock_guard lock(mu);
@@ -162,11 +101,7 @@ struct RadosSnapshotStore::Impl {
   }
 
   [[noreturn]] void fail(const std::string& object, std::string_view op, int r) const {
-    if (r == -ESHUTDOWN) {  // EBLOCKLISTED: a newer writer fenced this client
-      throw PersistError::at(ErrorKind::Fenced, object_path(object),
-                             std::string(op) + " failed: this client is blocklisted (a newer writer took over)");
-    }
-    throw PersistError::io(object_path(object), op, -r);
+    throw_rados(object_path(object), op, r);
   }
 
   // One attribute of `object`, nullopt when it is absent; at most 64 bytes.
@@ -234,9 +169,11 @@ struct RadosSnapshotStore::Impl {
     if (r < 0 && r != -ENOENT) fail(object, "removing", r);
   }
 
-  // Every stripe object of NAME: (generation, object name).
+  // Every stripe object NAME.snap.<gen>.<k> and every log object
+  // NAME.log.<gen>.<k> of NAME: (generation, object name).
   std::vector<std::pair<std::uint64_t, std::string>> list_stripes(const std::string& name) {
-    const std::string prefix = name + ".snap.";
+    const std::string snap_prefix = name + ".snap.";
+    const std::string log_prefix = name + ".log.";
     std::vector<std::pair<std::uint64_t, std::string>> out;
     rados_list_ctx_t ctx = nullptr;
     int r = rados_nobjects_list_open(io, &ctx);
@@ -250,9 +187,12 @@ struct RadosSnapshotStore::Impl {
         fail(name, "listing the pool", r);
       }
       const std::string_view oid = entry;
-      if (oid.substr(0, prefix.size()) != prefix) continue;
+      const std::size_t prefix = oid.starts_with(snap_prefix)  ? snap_prefix.size()
+                                 : oid.starts_with(log_prefix) ? log_prefix.size()
+                                                               : 0;
+      if (prefix == 0) continue;
       // Strictly <decimal gen>.<decimal stripe>, so other names never match.
-      const std::string_view rest = oid.substr(prefix.size());
+      const std::string_view rest = oid.substr(prefix);
       const std::size_t dot = rest.find('.');
       if (dot == 0 || dot == std::string_view::npos || dot + 1 == rest.size() || dot > 19) continue;
       const auto digits = [](std::string_view d) {
@@ -709,6 +649,24 @@ RadosSnapshotStore::RadosSnapshotStore(std::unique_ptr<Impl> impl) : impl_(std::
 
 namespace rados_detail {
 
+void throw_rados(const fs::path& where, std::string_view op, int r) {
+  if (r == -ESHUTDOWN) {  // EBLOCKLISTED: a newer writer fenced this client
+    throw PersistError::at(ErrorKind::Fenced, where,
+                           std::string(op) + " failed: this client is blocklisted (a newer writer took over)");
+  }
+  throw PersistError::io(where, op, -r);
+}
+
+std::uint64_t last_read_generation(RadosSnapshotStore& store, const std::string& name) {
+  std::lock_guard lock(store.impl().mu);
+  const auto it = store.impl().last_read.find(name);
+  return it == store.impl().last_read.end() ? 0 : it->second;
+}
+
+fs::path object_path(const RadosSnapshotStore& store, const std::string& object) {
+  return fs::path(kScheme + store.pool() + "/" + object);
+}
+
 StoreHandles handles_of(RadosSnapshotStore& store) { return {store.impl().cluster, store.impl().io}; }
 
 void attach_fence(RadosSnapshotStore& store, const std::string& name, std::shared_ptr<Fence> fence) {
@@ -737,6 +695,7 @@ std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation
   range("stripe_size", options.stripe_size, kMinStripe, kMaxStripe);
   range("io_chunk", options.io_chunk, kMinChunk, kMaxChunk);
   range("max_in_flight", options.max_in_flight, 1, kMaxInFlight);
+  range("log_object_size", options.log_object_size, kMinLogObject, kMaxLogObject);
   range("op_timeout", static_cast<std::uint64_t>(options.op_timeout.count()), 1, 86400);
   range("connect_timeout", static_cast<std::uint64_t>(options.connect_timeout.count()), 1, 86400);
   if (location.pool.empty()) throw PersistError::argument("RadosLocation::pool is empty");
@@ -885,6 +844,10 @@ std::unique_ptr<ReadableFile> RadosSnapshotStore::open_read(const fs::path& path
   auto rec = read_head_record(*impl_, p.name);
   if (!rec) {
     throw PersistError::io(path, "opening (no snapshot was published under this name)", ENOENT);
+  }
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->last_read[p.name] = rec->head.generation;
   }
   return std::make_unique<StripeReader>(*impl_, p.name, std::move(rec->head), path);
 }

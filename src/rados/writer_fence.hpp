@@ -1,8 +1,8 @@
-// Internal: what RadosWriterLock (writer_lock.cpp) shares with
-// RadosSnapshotStore (rados_store.cpp): the store's librados handles, and
-// the fence a held writer lock attaches to the store for one name, which
-// every publish of that name checks (docs/DISTRIBUTED.md, "One writer,
-// fenced").
+// Internal: what RadosWriterLock (writer_lock.cpp), RadosSnapshotStore
+// (rados_store.cpp) and the log (rados_log.cpp) share: the store's librados
+// handles, and the fence a held writer lock attaches to the store for one
+// name, which every publish and every log append of that name checks
+// (docs/DISTRIBUTED.md, "One writer, fenced").
 #pragma once
 
 #include <rados/librados.h>
@@ -60,5 +60,14 @@ StoreHandles handles_of(RadosSnapshotStore& store);
 // is the one attached.
 void attach_fence(RadosSnapshotStore& store, const std::string& name, std::shared_ptr<Fence> fence);
 void detach_fence(RadosSnapshotStore& store, const std::string& name, const Fence* fence);
+// The fence of a held lock (shared with the log it writes).
+std::shared_ptr<Fence> fence_of(const RadosWriterLock& lock);
+// The generation of NAME the store's last open_read opened (0: none).
+std::uint64_t last_read_generation(RadosSnapshotStore& store, const std::string& name);
+// `rados://POOL/OBJECT`, for messages.
+std::filesystem::path object_path(const RadosSnapshotStore& store, const std::string& object);
+// A failed RADOS call `op` on `where` (r < 0): Fenced for a blocklisted
+// client (ESHUTDOWN), else Io with the errno.
+[[noreturn]] void throw_rados(const std::filesystem::path& where, std::string_view op, int r);
 
 }  // namespace iqdb::persist::rados_detail

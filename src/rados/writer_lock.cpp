@@ -348,6 +348,8 @@ void RadosWriterLock::release() {
   (void)rados_unlock(s_->h.io, s_->head.c_str(), kLockName, s_->cookie.c_str());
 }
 
+std::shared_ptr<Fence> rados_detail::fence_of(const RadosWriterLock& lock) { return lock.state().fence; }
+
 std::uint64_t RadosWriterLock::epoch() const noexcept { return s_->fence->epoch; }
 const std::string& RadosWriterLock::address() const noexcept { return s_->address; }
 const std::string& RadosWriterLock::fenced_writer() const noexcept { return s_->fenced; }

@@ -23,7 +23,7 @@ void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
   } catch (const PersistError& err) {
     // Where the failure struck (before or after the rename) decides which
     // file is the log now; only a reopen can tell safely.
-    poison(err.what());
+    poison(err.what(), refusal_kind(err));
     throw;
   }
 }

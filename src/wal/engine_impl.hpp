@@ -1,7 +1,8 @@
 // The WAL engine's state and the map of where each of its jobs lives
 // (internal). The public face is include/iqdb/persist/detail/wal_engine.hpp.
 //
-//   writer_lock.cpp   the single-writer lock; temporaries of crashed saves removed
+//   writer_lock.cpp   the single-writer lock (IndexStorage::lock_writer: the
+//                     local files or RADOS, detail/index_storage.hpp)
 //   recovery.cpp      create() and open(): a new or recovered log to continue
 //   replay.cpp        log records after the snapshot, in LSN order, to the index
 //                     (frames are checked and decoded in log_reader.cpp; the
@@ -37,9 +38,10 @@
 #include <thread>
 #include <unordered_map>
 
+#include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/detail/wal_engine.hpp"
+#include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
-#include "wal/log_writer.hpp"
 
 namespace iqdb::persist::detail {
 
@@ -49,8 +51,15 @@ struct Replayed {
   wal::ScanResult scan;
   std::uint64_t next = 0;  // the LSN after the last one replayed (or folded)
 };
-Replayed replay_log(const ReadableFile& file, const std::filesystem::path& log_path, std::uint64_t folded,
-                    const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve);
+Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const std::filesystem::path& log_path,
+                    std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve);
+// The storage a config names: its IndexStorage, else the local files.
+std::shared_ptr<IndexStorage> storage_of(const PersistConfig& cfg);
+// How writes are refused after a failure of the log: Fenced when a newer
+// writer took over (for good), else Poisoned (until a reopen).
+inline ErrorKind refusal_kind(const PersistError& e) noexcept {
+  return e.kind() == ErrorKind::Fenced ? ErrorKind::Fenced : ErrorKind::Poisoned;
+}
 // `floor` (the snapshot's claim) raised to cover every LSN this log could
 // hold, judged from its header and size alone (replay.cpp).
 std::uint64_t lsn_bound_with_log(std::uint64_t floor, const ReadableFile& log);
@@ -167,7 +176,7 @@ class WalEngine::Impl {
   // writer_lock.cpp
   void lock_and_clean();
   // recovery.cpp
-  void adopt(std::unique_ptr<wal::LogWriter> w);
+  void adopt(std::unique_ptr<LogSink> w);
   void start_new_log(std::uint64_t base_lsn);
   std::uint64_t lsn_bound_of_existing_files();
   void continue_log(const wal::ScanResult& scan, std::uint64_t expect);
@@ -190,20 +199,21 @@ class WalEngine::Impl {
   void fail_queue(const std::exception_ptr& err) noexcept;
   void register_pending();
   void unpend(Entry& e) noexcept;
-  void poison(const std::string& cause) noexcept;
+  void poison(const std::string& cause, ErrorKind kind = ErrorKind::Poisoned) noexcept;
   void abandon(Entry& e) noexcept;
   void throw_if_unusable() const;
   // flusher.cpp
   void start_flusher();
   void stop_flusher();
 
-  FileSystem& fs_;
+  std::shared_ptr<IndexStorage> storage_;
+  FileSystem& fs_;  // the snapshot's
   FsyncPolicy policy_;
   std::filesystem::path snapshot_path_;
   std::filesystem::path log_path_;
   std::chrono::nanoseconds commit_spin_;
   std::unique_ptr<FileLock> lock_;
-  std::unique_ptr<wal::LogWriter> writer_;
+  std::unique_ptr<LogSink> writer_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;         // a sync completed, or the leader's seat is free
@@ -215,7 +225,7 @@ class WalEngine::Impl {
   Entry* seat_ = nullptr;  // the commit whose thread holds the seat, or was handed it
   bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
   std::size_t gather_want_ = 0;
-  wal::LogWriter::Staged staged_;  // the group the leader writes (leader only)
+  LogSink::Staged staged_;  // the group the leader writes (leader only)
   std::array<std::size_t, 8> recent_groups_{};  // entries covered by each of the last fsyncs
   std::size_t recent_at_ = 0;
   wal::WalStats stats_;
@@ -223,6 +233,7 @@ class WalEngine::Impl {
   std::chrono::nanoseconds avg_sync_time_{0};  // moving average (1/8 per sync)
   bool closed_ = false;
   std::optional<std::string> poisoned_;
+  ErrorKind poison_kind_ = ErrorKind::Poisoned;  // Fenced: a newer writer took over
   CommitQueue queue_;
   std::unordered_map<VectorId, Pending> pending_;
   std::int64_t queued_delta_ = 0;  // size_delta summed over queue_

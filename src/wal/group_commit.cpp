@@ -154,7 +154,7 @@ void WalEngine::Impl::log_frame(std::vector<std::byte>& frame, Entry& e) {
       writer_->cut(e.start);
     } catch (...) {
     }
-    poison(err.what());
+    poison(err.what(), refusal_kind(err));
     throw;
   }
 }
@@ -235,6 +235,13 @@ void WalEngine::Impl::gather_group(std::unique_lock<std::mutex>& lk, std::size_t
 }
 
 void WalEngine::Impl::sync_failed(const std::exception_ptr& err, const std::string& what) {
+  ErrorKind kind = ErrorKind::Poisoned;
+  try {
+    std::rethrow_exception(err);
+  } catch (const PersistError& e) {
+    kind = refusal_kind(e);
+  } catch (...) {
+  }
   // Under Always nothing after the last good sync was acknowledged: cut
   // it, so that the failed mutations do not come back on recovery.
   // (Under Periodic those records were acknowledged already: keep them.)
@@ -244,7 +251,7 @@ void WalEngine::Impl::sync_failed(const std::exception_ptr& err, const std::stri
     } catch (...) {
     }
   }
-  poison(what);
+  poison(what, kind);
   fail_queue(err);
 }
 
@@ -362,8 +369,9 @@ void WalEngine::Impl::unpend(Entry& e) noexcept {
   e.registered = 0;
 }
 
-void WalEngine::Impl::poison(const std::string& cause) noexcept {
+void WalEngine::Impl::poison(const std::string& cause, ErrorKind kind) noexcept {
   if (poisoned_) return;
+  poison_kind_ = kind;
   try {
     poisoned_ = "the write-ahead log failed earlier (" + cause +
                 "); what it holds can no longer be vouched for, so writes are refused: reopen the index";
@@ -388,7 +396,7 @@ void WalEngine::Impl::abandon(Entry& e) noexcept {
 
 void WalEngine::Impl::throw_if_unusable() const {
   if (closed_) throw PersistError::at(ErrorKind::InvalidArgument, snapshot_path_, "the index is closed");
-  if (poisoned_) throw PersistError::at(ErrorKind::Poisoned, log_path_, *poisoned_);
+  if (poisoned_) throw PersistError::at(poison_kind_, log_path_, *poisoned_);
 }
 
 }  // namespace iqdb::persist::detail

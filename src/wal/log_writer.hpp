@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/file_system.hpp"
 
 namespace iqdb::persist::wal {
@@ -16,8 +17,8 @@ namespace iqdb::persist::wal {
 // fdatasync then carries data only, no file-size or extent metadata, which
 // makes it markedly cheaper, and the space can be mapped for writing. Zero
 // padding reads as the end of the log. Not thread-safe (the engine
-// serialises).
-class LogWriter {
+// serialises). The local files' LogSink (local_storage.cpp).
+class LogWriter final : public detail::LogSink {
  public:
   // Create a new, empty log at `path` atomically and durably.
   static std::unique_ptr<LogWriter> create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
@@ -29,8 +30,8 @@ class LogWriter {
 
   // Write a frame at the end. Throws PersistError(Io) on failure, with the
   // end unchanged (bytes may have reached the file: callers poison or cut).
-  void append(std::span<const std::byte> frame);
-  void datasync() { file_->datasync(); }
+  void append(std::span<const std::byte> frame) override;
+  void datasync() override { file_->datasync(); }
 
   // Group commit: frames can instead be staged in memory (end() counts
   // them) and written together by one thread. take_staged() (under the
@@ -38,18 +39,15 @@ class LogWriter {
   // write_staged() writes them, outside that lock, while further frames are
   // staged. One write_staged() at a time; append() only while nothing is
   // staged.
-  struct Staged {
-    std::uint64_t offset = 0;
-    std::vector<std::byte> bytes;
-  };
-  void stage(std::span<const std::byte> frame);
+  using Staged = detail::LogSink::Staged;
+  void stage(std::span<const std::byte> frame) override;
   // Swaps the staged bytes into `out` (whose old contents are dropped; its
   // capacity is kept for the next round).
-  void take_staged(Staged& out);
-  void write_staged(const Staged& s);
+  void take_staged(Staged& out) override;
+  void write_staged(const Staged& s) override;
   // Cut the log back to `end` (dropping frames after it) and sync that.
-  void cut(std::uint64_t end);
-  void close() {
+  void cut(std::uint64_t end) override;
+  void close() override {
     map_.reset();
     file_->close();
   }
@@ -58,10 +56,10 @@ class LogWriter {
   // a copy, not a system call. Same guarantees as write_at() (a process
   // crash keeps the frame; datasync() makes it durable). For the policies
   // whose appends do not each wait for an fsync (Periodic, Never).
-  void use_mapping() noexcept { use_map_ = true; }
+  void use_mapping() noexcept override { use_map_ = true; }
 
-  std::uint64_t end() const noexcept { return end_; }
-  std::uint64_t salt() const noexcept { return salt_; }
+  std::uint64_t end() const noexcept override { return end_; }
+  std::uint64_t salt() const noexcept override { return salt_; }
   const std::filesystem::path& path() const noexcept { return file_->path(); }
 
  private:

@@ -10,11 +10,17 @@
 
 namespace iqdb::persist::detail {
 
+std::shared_ptr<IndexStorage> storage_of(const PersistConfig& cfg) {
+  if (cfg.storage) return cfg.storage;
+  return make_local_storage(cfg.file_system != nullptr ? *cfg.file_system : default_file_system(), cfg.path);
+}
+
 WalEngine::Impl::Impl(const PersistConfig& cfg)
-    : fs_(cfg.file_system != nullptr ? *cfg.file_system : default_file_system()),
+    : storage_(storage_of(cfg)),
+      fs_(storage_->snapshot_fs()),
       policy_(cfg.fsync_policy),
       snapshot_path_(cfg.path),
-      log_path_(wal::log_path_for(cfg.path)),
+      log_path_(storage_->log_path()),
       commit_spin_(std::max(cfg.commit_spin, std::chrono::microseconds(0))) {}
 
 WalEngine::Impl::~Impl() { stop_flusher(); }
@@ -25,13 +31,13 @@ WalEngine::Impl::~Impl() { stop_flusher(); }
 // space (where the file system offers one) instead of written one system
 // call at a time. (Under Always the frames of a group go out in one
 // pwrite before its fdatasync, which a mapping would not make cheaper.)
-void WalEngine::Impl::adopt(std::unique_ptr<wal::LogWriter> w) {
+void WalEngine::Impl::adopt(std::unique_ptr<LogSink> w) {
   if (policy_.mode() != FsyncPolicy::Mode::Always) w->use_mapping();
   writer_ = std::move(w);
 }
 
 void WalEngine::Impl::start_new_log(std::uint64_t base_lsn) {
-  auto w = wal::LogWriter::create(fs_, log_path_, fs_.random_u64(), base_lsn);
+  auto w = storage_->create_log(base_lsn);
   if (writer_) {
     try {
       writer_->close();
@@ -69,8 +75,8 @@ std::uint64_t WalEngine::Impl::lsn_bound_of_existing_files() {
     } catch (const PersistError&) {
     }
   }
-  if (fs_.exists(log_path_)) {
-    const std::unique_ptr<ReadableFile> f = fs_.open_read(log_path_);
+  if (storage_->log_exists()) {
+    const std::unique_ptr<ReadableFile> f = storage_->open_log();
     floor = lsn_bound_with_log(floor, *f);
   }
   return floor;
@@ -81,15 +87,15 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   lock_and_clean();
   const FileHeader h = load_snapshot();
   const std::uint64_t folded = h.last_lsn;
-  if (!fs_.exists(log_path_)) {
+  if (!storage_->log_exists()) {
     start_new_log(folded + 1);
     start_flusher();
     return;
   }
   Replayed r;
   {
-    const std::unique_ptr<ReadableFile> file = fs_.open_read(log_path_);
-    r = replay_log(*file, log_path_, folded, replay, reserve);
+    const std::unique_ptr<ReadableFile> file = storage_->open_log();
+    r = replay_log(*storage_, *file, log_path_, folded, replay, reserve);
   }
   const std::uint64_t expect = r.next;  // the next LSN the index needs
   stats_.recovered_records = expect - (folded + 1);
@@ -119,7 +125,7 @@ void WalEngine::Impl::continue_log(const wal::ScanResult& scan, std::uint64_t ex
     start_new_log(expect);
     return;
   }
-  adopt(wal::LogWriter::open(fs_, log_path_, scan.salt, scan.valid_bytes, scan.file_size));
+  adopt(storage_->continue_log(scan.salt, scan.valid_bytes, scan.file_size));
   // A torn tail is cut off before anything new is appended, so that
   // records acknowledged from now on never sit behind damaged bytes.
   if (scan.torn_tail_bytes > 0) writer_->cut(scan.valid_bytes);

@@ -6,7 +6,6 @@
 // let the index reserve room before replay, and load without the WAL.
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <string>
 
 #include "iqdb/persist/error.hpp"
@@ -79,8 +78,8 @@ std::uint64_t lsn_bound_with_log(std::uint64_t floor, const ReadableFile& log) {
   return std::max(floor, base > 0 ? base - 1 : 0) + records;
 }
 
-Replayed replay_log(const ReadableFile& file, const fs::path& log_path, std::uint64_t folded,
-                    const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve) {
+Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::path& log_path,
+                    std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve) {
   std::uint64_t expect = folded + 1;  // the next LSN the index needs
   std::uint64_t implicit_lsn = 0;     // version-1 logs number their records 1, 2, ...
   if (reserve) {
@@ -100,7 +99,15 @@ Replayed replay_log(const ReadableFile& file, const fs::path& log_path, std::uin
     }
     ++expect;
   };
-  const wal::ScanResult scan = wal::scan_file(file, on_record, wal::ScanMode::Strict);
+  wal::ScanResult scan;
+  try {
+    scan = wal::scan_file(file, on_record, wal::ScanMode::Strict);
+  } catch (const PersistError& e) {
+    // Damage found in the log: name the object holding it (RADOS).
+    if (!e.offset() || e.path() != file.path() || storage.locate(*e.offset()) == e.path()) throw;
+    throw e.with_path(storage.locate(*e.offset()));
+  }
+  storage.check_scan(scan);
   if (scan.version == 2 && scan.base_lsn > folded + 1) {
     throw PersistError::at(ErrorKind::CorruptLog, log_path,
                            "the log starts at LSN " + std::to_string(scan.base_lsn) + " but the snapshot ends at " +
@@ -112,23 +119,13 @@ Replayed replay_log(const ReadableFile& file, const fs::path& log_path, std::uin
 WalEngine::ReadOnlyReplay WalEngine::replay_read_only(const PersistConfig& cfg,
                                                       const std::function<FileHeader()>& load_snapshot,
                                                       const Replay& replay, const ReserveHint& reserve) {
-  FileSystem& fs = cfg.file_system != nullptr ? *cfg.file_system : default_file_system();
-  const fs::path log_path = wal::log_path_for(cfg.path);
-  std::unique_ptr<ReadableFile> log;
-  if (fs.exists(log_path)) {
-    try {
-      log = fs.open_read(log_path);
-    } catch (const PersistError& e) {
-      // Removed meanwhile (by a save with discard_log): the snapshot that
-      // replaced it, loaded below, covers every record it held.
-      if (e.kind() != ErrorKind::Io || e.sys_errno() != ENOENT) throw;
-    }
-  }
-  const FileHeader h = load_snapshot();
+  const std::shared_ptr<IndexStorage> storage = storage_of(cfg);
+  FileHeader h;
+  const std::unique_ptr<ReadableFile> log = storage->open_log_with_snapshot(load_snapshot, h);
   ReadOnlyReplay out;
   out.last_lsn = h.last_lsn;
   if (!log) return out;
-  const Replayed r = replay_log(*log, log_path, h.last_lsn, replay, reserve);
+  const Replayed r = replay_log(*storage, *log, storage->log_path(), h.last_lsn, replay, reserve);
   out.last_lsn = r.next - 1;
   out.stats.recovered_records = r.next - 1 - h.last_lsn;
   out.stats.torn_tail_bytes = r.scan.torn_tail_bytes;

@@ -34,26 +34,16 @@
 #include "iqdb/persist.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados/head_record.hpp"
+#include "rados_test_util.hpp"
 
 extern char** environ;
 
 namespace iqdb::persist {
 namespace {
 
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using namespace rados_test;
 
 // ------------------------------------------------------------ helpers
-
-template <class F>
-std::optional<PersistError> error_of(F&& f) {
-  try {
-    f();
-  } catch (const PersistError& e) {
-    return e;
-  }
-  return std::nullopt;
-}
 
 // The model: what the test saved.
 struct Model {
@@ -101,18 +91,6 @@ std::vector<std::byte> read_local(const fs::path& p) {
   return out;
 }
 
-struct ClusterEnv {
-  std::string conf;
-  std::string pool;
-};
-
-std::optional<ClusterEnv> cluster_env() {
-  const char* conf = std::getenv("CEPH_CONF");
-  const char* pool = std::getenv("IQDB_RADOS_POOL");
-  if (conf == nullptr || pool == nullptr || *conf == '\0' || *pool == '\0') return std::nullopt;
-  return ClusterEnv{conf, pool};
-}
-
 // Small stripes and chunks, so that small indexes span many stripes.
 RadosOptions small_options() {
   RadosOptions o;
@@ -121,11 +99,6 @@ RadosOptions small_options() {
   o.max_in_flight = 4;
   o.op_timeout = std::chrono::seconds(30);
   return o;
-}
-
-std::string unique_name(const std::string& what) {
-  std::random_device rd;
-  return "t-" + what + "-" + std::to_string(rd() % 1000000000u);
 }
 
 // ------------------------------------------------------------ no cluster
@@ -334,19 +307,6 @@ class RadosSnapshot : public ::testing::Test {
     return out;
   }
   std::string object_url(const std::string& oid) const { return "rados://" + env_->pool + "/" + oid; }
-  // The OSDs of a scripts/ceph-cluster.sh cluster (its pid files beside CEPH_CONF).
-  std::vector<pid_t> osd_pids() const {
-    std::vector<pid_t> osds;
-    const fs::path pids = fs::path(env_->conf).parent_path() / "pids";
-    if (!fs::is_directory(pids)) return osds;
-    for (const auto& e : fs::directory_iterator(pids)) {
-      if (e.path().filename().string().rfind("osd.", 0) != 0) continue;
-      std::ifstream in(e.path());
-      long pid = 0;
-      if (in >> pid && pid > 0) osds.push_back(static_cast<pid_t>(pid));
-    }
-    return osds;
-  }
 
   std::optional<ClusterEnv> env_;
   std::string name_;
@@ -632,7 +592,7 @@ TEST_F(RadosSnapshot, ConcurrentPublishersExactlyOneWins) {
 // operation time-out), never hang; once the OSDs run again the previous
 // snapshot loads, unchanged.
 TEST_F(RadosSnapshot, PausedOsdsGiveAnIoErrorInBoundedTime) {
-  const std::vector<pid_t> osds = osd_pids();
+  const std::vector<pid_t> osds = osd_pids(*env_);
   if (osds.empty()) GTEST_SKIP() << "no OSD pid files beside CEPH_CONF (not a scripts/ceph-cluster.sh cluster)";
   const Model m = make_model(1000, 32, 17);
   save_to_rados(*store_, name_, build(m));
@@ -640,12 +600,7 @@ TEST_F(RadosSnapshot, PausedOsdsGiveAnIoErrorInBoundedTime) {
   RadosOptions o = small_options();
   o.op_timeout = std::chrono::seconds(3);
   auto store = open_store(o);
-  struct Resume {
-    const std::vector<pid_t>& pids;
-    ~Resume() {
-      for (const pid_t p : pids) ::kill(p, SIGCONT);
-    }
-  } resume{osds};
+  const ResumeOnExit resume{osds};
   for (const pid_t p : osds) ASSERT_EQ(::kill(p, SIGSTOP), 0);
   for (const bool save : {true, false}) {
     const auto t0 = Clock::now();
@@ -688,16 +643,13 @@ TEST_F(RadosSnapshot, PausedOsdsGiveAnIoErrorInBoundedTime) {
 // once the cluster marks that OSD down (the script's fast failure
 // detection), and the snapshot loads. Skipped with fewer OSDs.
 TEST_F(RadosSnapshot, OneOfThreeOsdsPausedStillSaves) {
-  const std::vector<pid_t> osds = osd_pids();
+  const std::vector<pid_t> osds = osd_pids(*env_);
   if (osds.size() < 3) GTEST_SKIP() << "needs a cluster of 3 OSDs: scripts/ceph-cluster.sh run --osds 3 -- ...";
   RadosOptions o = small_options();
   o.op_timeout = std::chrono::seconds(120);
   auto store = open_store(o);
   const Model m = make_model(2000, 32, 19);
-  struct Resume {
-    pid_t pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
-  } resume{osds[0]};
+  const ResumeOnExit resume{{osds[0]}};
   ASSERT_EQ(::kill(osds[0], SIGSTOP), 0);
   const auto t0 = Clock::now();
   save_to_rados(*store, name_, build(m));

@@ -30,25 +30,14 @@
 
 #include "iqdb/persist.hpp"
 #include "iqdb/persist/rados.hpp"
+#include "rados_test_util.hpp"
 
-extern char** environ;
 
 namespace iqdb::persist {
 namespace {
 
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using namespace rados_test;
 using namespace std::chrono_literals;
-
-template <class F>
-std::optional<PersistError> error_of(F&& f) {
-  try {
-    f();
-  } catch (const PersistError& e) {
-    return e;
-  }
-  return std::nullopt;
-}
 
 // The model: the vectors of snapshot version `seed`.
 struct Model {
@@ -89,18 +78,6 @@ void expect_equal(const FlatIndex& index, const Model& m) {
   }
 }
 
-struct ClusterEnv {
-  std::string conf;
-  std::string pool;
-};
-
-std::optional<ClusterEnv> cluster_env() {
-  const char* conf = std::getenv("CEPH_CONF");
-  const char* pool = std::getenv("IQDB_RADOS_POOL");
-  if (conf == nullptr || pool == nullptr || *conf == '\0' || *pool == '\0') return std::nullopt;
-  return ClusterEnv{conf, pool};
-}
-
 RadosOptions options() {
   RadosOptions o;
   o.stripe_size = 64 * 1024;
@@ -116,87 +93,13 @@ std::unique_ptr<RadosSnapshotStore> open_store(const std::string& name) {
   return RadosSnapshotStore::open(loc, options());
 }
 
-std::string unique_name(const std::string& what) {
-  std::random_device rd;
-  return "t-" + what + "-" + std::to_string(rd() % 1000000000u);
-}
-
-double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 // A writer in another process (this binary, --child-writer), driven by
 // lines on its stdin; it answers one line per command on its stdout.
-class ChildWriter {
+class ChildWriter : public ChildProcess {
  public:
-  ChildWriter(const std::string& name, int lease_s, bool refuse_locally) {
-    int in[2], out[2];
-    if (::pipe(in) != 0 || ::pipe(out) != 0) throw std::runtime_error("pipe");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_addclose(&fa, in[1]);
-    posix_spawn_file_actions_addclose(&fa, out[0]);
-    const std::string exe = fs::read_symlink("/proc/self/exe").string();
-    std::vector<std::string> args = {exe, "--child-writer", name, std::to_string(lease_s), refuse_locally ? "1" : "0"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int r = ::posix_spawn(&pid_, exe.c_str(), &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(in[0]);
-    ::close(out[1]);
-    to_ = in[1];
-    from_ = out[0];
-    if (r != 0) throw std::runtime_error("posix_spawn failed");
-  }
-  ~ChildWriter() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGCONT);
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-    ::close(to_);
-    ::close(from_);
-  }
-  ChildWriter(const ChildWriter&) = delete;
-  ChildWriter& operator=(const ChildWriter&) = delete;
-
-  void send(const std::string& line) {
-    const std::string l = line + "\n";
-    ASSERT_EQ(::write(to_, l.data(), l.size()), static_cast<ssize_t>(l.size()));
-  }
-  // The next line, or "" after `timeout`.
-  std::string read_line(std::chrono::seconds timeout = 120s) {
-    const auto deadline = Clock::now() + timeout;
-    for (;;) {
-      const auto nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return line;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return "";
-      pollfd p{from_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char c[256];
-      const ssize_t n = ::read(from_, c, sizeof c);
-      if (n <= 0) return "";
-      buf_.append(c, static_cast<std::size_t>(n));
-    }
-  }
-  pid_t pid() const { return pid_; }
-  void killed() {  // after the test SIGKILLed it
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = 0;
-  }
-
- private:
-  pid_t pid_ = 0;
-  int to_ = -1, from_ = -1;
-  std::string buf_;
+  ChildWriter(const std::string& name, int lease_s, bool refuse_locally)
+      : ChildProcess({"--child-writer", name, std::to_string(lease_s), refuse_locally ? "1" : "0"}) {}
+  void killed() { kill(); }  // after the test SIGKILLed it: reaped
 };
 
 // "LOCKED <epoch> <address>"
@@ -302,7 +205,7 @@ TEST_F(RadosWriterLockTest, KilledWriterIsTakenOverAfterItsLease) {
   ChildWriter child(name_, kLease, true);
   const auto locked = parse_locked(child.read_line());
   ASSERT_TRUE(locked);
-  child.send("SAVE 11");
+  ASSERT_TRUE(child.send("SAVE 11"));
   ASSERT_EQ(child.read_line().substr(0, 5), "SAVED");
   expect_equal(load_from_rados<FlatIndex>(*b_, name_), make_model(11));
 
@@ -324,31 +227,16 @@ TEST_F(RadosWriterLockTest, KilledWriterIsTakenOverAfterItsLease) {
 
 // Direct access to NAME.head's attributes (what a hostile or buggy peer
 // could write there).
-class RawHead {
+class RawHead : public RawPool {
  public:
-  explicit RawHead(const std::string& object) : object_(object) {
-    const auto env = cluster_env();
-    if (rados_create2(&cluster_, "ceph", "client.admin", 0) != 0 ||
-        rados_conf_read_file(cluster_, env->conf.c_str()) != 0 || rados_connect(cluster_) != 0 ||
-        rados_ioctx_create(cluster_, env->pool.c_str(), &io_) != 0) {
-      throw std::runtime_error("cannot connect with librados");
-    }
-  }
-  ~RawHead() {
-    if (io_ != nullptr) rados_ioctx_destroy(io_);
-    rados_shutdown(cluster_);
-  }
-  RawHead(const RawHead&) = delete;
-  RawHead& operator=(const RawHead&) = delete;
+  explicit RawHead(const std::string& object) : RawPool(*cluster_env()), object_(object) {}
   int set(const char* attr, const std::string& value) {
-    return rados_setxattr(io_, object_.c_str(), attr, value.data(), value.size());
+    return rados_setxattr(io(), object_.c_str(), attr, value.data(), value.size());
   }
-  int remove(const char* attr) { return rados_rmxattr(io_, object_.c_str(), attr); }
+  int remove(const char* attr) { return rados_rmxattr(io(), object_.c_str(), attr); }
 
  private:
   std::string object_;
-  rados_t cluster_ = nullptr;
-  rados_ioctx_t io_ = nullptr;
 };
 
 TEST_F(RadosWriterLockTest, HostileLockAttributesAreTypedErrors) {
@@ -405,7 +293,7 @@ void paused_writer_is_fenced(RadosSnapshotStore& b, RadosSnapshotStore& reader, 
   ChildWriter child(name, kLease, refuse_locally);
   const auto locked = parse_locked(child.read_line());
   ASSERT_TRUE(locked);
-  child.send("SAVE 21");
+  ASSERT_TRUE(child.send("SAVE 21"));
   ASSERT_EQ(child.read_line().substr(0, 5), "SAVED");
   Model published = make_model(21);  // the model: what the last successful publish holds
   expect_equal(load_from_rados<FlatIndex>(reader, name), published);
@@ -427,12 +315,12 @@ void paused_writer_is_fenced(RadosSnapshotStore& b, RadosSnapshotStore& reader, 
 
   ASSERT_EQ(::kill(child.pid(), SIGCONT), 0);
   for (const char* seed : {"23", "24"}) {
-    child.send(std::string("SAVE ") + seed);
+    ASSERT_TRUE(child.send(std::string("SAVE ") + seed));
     const std::string answer = child.read_line();
     std::cout << "[ RESUMED  ] the paused writer's publish: " << answer << "\n";
     EXPECT_EQ(answer.substr(0, 12), "ERROR fenced") << answer;
   }
-  child.send("HELD");
+  ASSERT_TRUE(child.send("HELD"));
   EXPECT_EQ(child.read_line(), "HELD 0");
   // Nothing it attempted is visible; the taker still publishes.
   EXPECT_EQ(reader.head(name)->generation, generation);

@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 
 namespace iqdb::persist {
 
 class FileSystem;
+class IndexStorage;
 
 // When appended log records (and snapshots) reach stable storage.
 //  - Always:       before the call that made them returns (fdatasync / fsync).
@@ -98,6 +100,12 @@ struct PersistConfig {
   // pass a fault-injecting or recording wrapper. Not owned; must outlive
   // every object that uses this config.
   FileSystem* file_system = nullptr;
+  // Where the snapshot and the log live when not in local files: set by
+  // rados_persist_config (iqdb/persist/rados.hpp, the optional RADOS
+  // component), which also sets `path` to `rados://POOL/NAME`. nullptr:
+  // the local files at `path` through file_system. Exclusive with
+  // file_system. Shared by the copies of this config.
+  std::shared_ptr<IndexStorage> storage;
 };
 
 }  // namespace iqdb::persist

@@ -27,6 +27,7 @@
 
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/detail/batch_presence.hpp"
+#include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/detail/rw_lock.hpp"
 #include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/error.hpp"
@@ -39,6 +40,7 @@ namespace iqdb::persist {
 
 namespace detail {
 inline FileSystem& fs_of(const PersistConfig& cfg) {
+  if (cfg.storage) return cfg.storage->snapshot_fs();
   return cfg.file_system != nullptr ? *cfg.file_system : default_file_system();
 }
 // Validates a config (throws InvalidArgument).

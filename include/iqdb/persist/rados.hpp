@@ -11,8 +11,13 @@
 // RadosWriterLock makes one writer of NAME the only one: an exclusive
 // cls_lock lock with a lease, and a fencing epoch every publish compares.
 //
-// Not built yet: the write-ahead log in RADOS, PersistedIndex over RADOS,
-// read replicas.
+// rados_persist_config gives a PersistConfig whose snapshot and write-ahead
+// log live in the pool: PersistedIndex<I> (open_with, load, insert, erase,
+// write, save, checkpoint, sync, close), with or without the WAL, works on
+// it as on local files. The log is objects NAME.log.<gen>.<k>; every group
+// commit is one RADOS operation, fenced by the writer's epoch.
+//
+// Not built yet: read replicas, failover.
 #pragma once
 
 #include <chrono>
@@ -66,6 +71,10 @@ struct RadosOptions {
   // After a publish, keep the generation it superseded (so that a reader
   // that opened it just before can finish); older ones are removed.
   bool keep_previous_generation = true;
+  // The write-ahead log: bytes per log object (4 KiB .. 64 MiB). A group
+  // commit goes to the current object when it fits, else to a new one; a
+  // group larger than this gets an object of its own.
+  std::uint64_t log_object_size = std::uint64_t{8} << 20;
 };
 
 // What NAME.head says (a validated, published head).
@@ -196,11 +205,24 @@ class RadosWriterLock {
   void check() const;
 
   struct State;  // internal
+  const State& state() const noexcept { return *s_; }  // internal
 
  private:
   explicit RadosWriterLock(std::unique_ptr<State> state);
   std::unique_ptr<State> s_;
 };
+
+// A PersistConfig for PersistedIndex<I> whose snapshot and write-ahead log
+// live in RADOS as NAME (path = `rados://POOL/NAME`; set wal_enabled,
+// fsync_policy, compression on it as for files). Opening for writing (a load
+// or open_with with the WAL, a save without it) takes a RadosWriterLock with
+// `lock`, held until close; a writer that lost it gets Fenced. The store
+// (its client) is shared by every copy of the config; the first form
+// connects one (RadosSnapshotStore::open).
+PersistConfig rados_persist_config(const RadosLocation& location, const RadosOptions& options = {},
+                                   const RadosLockOptions& lock = {});
+PersistConfig rados_persist_config(std::shared_ptr<RadosSnapshotStore> store, std::string_view name,
+                                   const RadosLockOptions& lock = {});
 
 // Save `index` as snapshot NAME (atomic: readers see the previous snapshot
 // or this one). Throws PersistError(Locked) when another writer published

@@ -1,0 +1,284 @@
+// PersistedIndex<FlatIndex> on RADOS against plain librados doing the same
+// I/O (docs/PERFORMANCE.md, "RADOS"). Needs a cluster: CEPH_CONF and a pool
+// (IQDB_RADOS_POOL or --pool), as scripts/ceph-cluster.sh run sets them:
+//
+//   scripts/ceph-cluster.sh run --osds 3 -- BUILD/bench/iqdb_rados_wal_bench
+//
+// Each figure is a ratio to its limit measured in the same run:
+//  - WAL Always, one thread: records per second against a loop of
+//    synchronous rados_append calls of the same record size (goal >= 0.9);
+//  - 4 and 16 threads: against one thread (goals >= 3 and >= 8: group commit);
+//  - save and load of N x dim vectors (default 1M x 128) without the WAL:
+//    against aio writes / reads of the same bytes to objects of the same
+//    stripe size with the same operations in flight (goal <= 1.15 x the time).
+// Timed: what a user's code does (the inserts; save(); load()); opening the
+// index and creating the data are not.
+#include <rados/librados.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "iqdb/persist.hpp"
+#include "iqdb/persist/rados.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+using bench::die;
+using bench::seconds;
+
+struct Args {
+  std::string pool;
+  std::uint64_t records = 2000;  // per WAL run
+  std::uint64_t vectors = 1000000;
+  std::uint64_t dim = 128;
+  int repeats = 3;
+};
+
+std::string unique(const std::string& what) {
+  std::random_device rd;
+  return "bench-" + what + "-" + std::to_string(rd() % 1000000000u);
+}
+
+// A raw client for the limits.
+struct Raw {
+  rados_t cluster = nullptr;
+  rados_ioctx_t io = nullptr;
+  explicit Raw(const std::string& pool) {
+    if (rados_create2(&cluster, "ceph", "client.admin", 0) != 0 || rados_conf_read_file(cluster, nullptr) != 0 ||
+        rados_connect(cluster) != 0 || rados_ioctx_create(cluster, pool.c_str(), &io) != 0) {
+      die("cannot connect to the cluster (CEPH_CONF) or open pool " + pool);
+    }
+  }
+  ~Raw() {
+    rados_ioctx_destroy(io);
+    rados_shutdown(cluster);
+  }
+  Raw(const Raw&) = delete;
+  Raw& operator=(const Raw&) = delete;
+};
+
+std::vector<float> row(std::uint64_t id, std::uint64_t dim) {
+  std::vector<float> v(dim);
+  for (std::uint64_t i = 0; i < dim; ++i) v[i] = static_cast<float>((id * 31 + i) % 1000) * 0.001f;
+  return v;
+}
+
+PersistConfig config(const Args& a, const std::string& name, bool wal) {
+  RadosLocation loc;
+  loc.pool = a.pool;
+  loc.name = name;
+  PersistConfig cfg = rados_persist_config(loc);
+  cfg.wal_enabled = wal;
+  cfg.fsync_policy = FsyncPolicy::always();
+  return cfg;
+}
+
+// Records per second of `threads` writers inserting a.records in all, and
+// the log bytes per record.
+struct WalRun {
+  double rate = 0;
+  double bytes_per_record = 0;
+  double records_per_append = 0;
+};
+
+WalRun wal_run(const Args& a, int threads) {
+  const std::string name = unique("wal");
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(a.dim, DistanceMetric::Euclidean), config(a, name, true));
+  std::vector<std::vector<float>> rows;
+  for (std::uint64_t i = 0; i < a.records; ++i) rows.push_back(row(i, a.dim));
+  const std::uint64_t before = db.wal_stats().log_syncs;
+  std::atomic<std::uint64_t> next{0};
+  const double t = seconds([&] {
+    std::vector<std::thread> ts;
+    for (int k = 0; k < threads; ++k) {
+      ts.emplace_back([&] {
+        for (std::uint64_t i = next++; i < a.records; i = next++) db.insert(i + 1, rows[i]);
+      });
+    }
+    for (auto& th : ts) th.join();
+  });
+  WalRun r;
+  r.rate = static_cast<double>(a.records) / t;
+  r.records_per_append = static_cast<double>(a.records) / static_cast<double>(db.wal_stats().log_syncs - before);
+  db.close();
+  // The log's bytes: every object of the log of the published generation.
+  Raw raw(a.pool);
+  const auto head = RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"})->head(name);
+  std::uint64_t bytes = 0;
+  for (std::uint64_t k = 0;; ++k) {
+    std::uint64_t size = 0;
+    std::time_t mtime = 0;
+    const std::string oid = name + ".log." + std::to_string(head->generation) + "." + std::to_string(k);
+    if (rados_stat(raw.io, oid.c_str(), &size, &mtime) != 0) break;
+    bytes += size;
+  }
+  r.bytes_per_record = static_cast<double>(bytes - 40) / static_cast<double>(a.records);  // less the header
+  return r;
+}
+
+// The limit: synchronous appends of `size` bytes, one after the other.
+double append_limit(const Args& a, std::size_t size) {
+  Raw raw(a.pool);
+  const std::string oid = unique("append");
+  std::vector<char> rec(size, 'x');
+  const double t = seconds([&] {
+    for (std::uint64_t i = 0; i < a.records; ++i) {
+      if (rados_append(raw.io, oid.c_str(), rec.data(), rec.size()) < 0) die("rados_append failed");
+    }
+  });
+  return static_cast<double>(a.records) / t;
+}
+
+// The limit for a save / load: aio writes (or reads) of `total` bytes in
+// io_chunk pieces to objects of stripe_size bytes, max_in_flight at once.
+double striped_limit(const Args& a, std::uint64_t total, bool write, const std::string& prefix) {
+  const RadosOptions o;
+  Raw raw(a.pool);
+  std::vector<char> buf(static_cast<std::size_t>(o.io_chunk) * (o.max_in_flight + 1), 'y');
+  std::deque<rados_completion_t> flying;
+  const auto reap = [&] {
+    rados_aio_wait_for_complete(flying.front());
+    if (rados_aio_get_return_value(flying.front()) < 0) die("aio failed");
+    rados_aio_release(flying.front());
+    flying.pop_front();
+  };
+  std::size_t slot = 0;
+  return seconds([&] {
+    for (std::uint64_t off = 0; off < total;) {
+      const std::uint64_t k = off / o.stripe_size;
+      const std::uint64_t in = off - k * o.stripe_size;
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>({o.io_chunk, total - off, o.stripe_size - in}));
+      const std::string oid = prefix + "." + std::to_string(k);
+      rados_completion_t c = nullptr;
+      rados_aio_create_completion2(nullptr, nullptr, &c);
+      char* at = buf.data() + (slot++ % (o.max_in_flight + 1)) * o.io_chunk;
+      const int r = write ? rados_aio_write(raw.io, oid.c_str(), c, at, n, in)
+                          : rados_aio_read(raw.io, oid.c_str(), c, at, n, in);
+      if (r < 0) die("aio submit failed");
+      flying.push_back(c);
+      while (flying.size() >= o.max_in_flight) reap();
+      off += n;
+    }
+    while (!flying.empty()) reap();
+  });
+}
+
+void remove_striped(const Args& a, std::uint64_t total, const std::string& prefix) {
+  const RadosOptions o;
+  Raw raw(a.pool);
+  for (std::uint64_t k = 0; k * o.stripe_size < total; ++k) {
+    (void)rados_remove(raw.io, (prefix + "." + std::to_string(k)).c_str());
+  }
+}
+
+void bench_wal(const Args& a) {
+  std::printf("WAL, FsyncPolicy::Always, %llu records of dim %llu per run (median of %d runs)\n",
+              static_cast<unsigned long long>(a.records), static_cast<unsigned long long>(a.dim), a.repeats);
+  std::vector<double> one, limit, four, sixteen, per4, per16;
+  double bytes = 0;
+  for (int i = 0; i < a.repeats; ++i) {
+    const WalRun w = wal_run(a, 1);
+    bytes = w.bytes_per_record;
+    one.push_back(w.rate);
+    limit.push_back(append_limit(a, static_cast<std::size_t>(bytes)));
+    const WalRun w4 = wal_run(a, 4);
+    four.push_back(w4.rate);
+    per4.push_back(w4.records_per_append);
+    const WalRun w16 = wal_run(a, 16);
+    sixteen.push_back(w16.rate);
+    per16.push_back(w16.records_per_append);
+  }
+  const double l = bench::median(limit), o = bench::median(one);
+  std::printf("  record bytes in the log           %.0f\n", bytes);
+  std::printf("  limit: rados_append loop          %8.0f rec/s\n", l);
+  std::printf("  1 thread                          %8.0f rec/s   %.2fx the limit (goal >= 0.9)\n", o, o / l);
+  std::printf("  4 threads                         %8.0f rec/s   %.2fx 1 thread (goal >= 3), %.1f records per append\n",
+              bench::median(four), bench::median(four) / o, bench::median(per4));
+  std::printf("  16 threads                        %8.0f rec/s   %.2fx 1 thread (goal >= 8), %.1f records per append\n",
+              bench::median(sixteen), bench::median(sixteen) / o, bench::median(per16));
+}
+
+void bench_snapshot(const Args& a) {
+  const std::string name = unique("snap");
+  PersistConfig cfg = config(a, name, false);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(a.dim, DistanceMetric::Euclidean), cfg);
+  {
+    std::vector<float> v(a.dim);
+    for (std::uint64_t i = 0; i < a.vectors; ++i) {
+      for (std::uint64_t d = 0; d < a.dim; ++d) v[d] = static_cast<float>((i + d) % 997);
+      db.index_mut().insert(i, v);
+    }
+  }
+  std::vector<double> save, load, wlimit, rlimit;
+  std::uint64_t total = 0;
+  for (int i = 0; i < a.repeats; ++i) {
+    save.push_back(seconds([&] { total = db.save().n_vectors; }));
+    const auto head = RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"})->head(name);
+    total = head->total_size;
+    load.push_back(seconds([&] { (void)PersistedIndex<FlatIndex>::load(config(a, name, false)); }));
+    const std::string prefix = unique("raw");
+    wlimit.push_back(striped_limit(a, total, true, prefix));
+    rlimit.push_back(striped_limit(a, total, false, prefix));
+    remove_striped(a, total, prefix);  // memstore keeps every replica in RAM
+  }
+  const double s = bench::median(save), l = bench::median(load), ws = bench::median(wlimit), rs = bench::median(rlimit);
+  std::printf("Snapshot of %llu x %llu (%.0f MB), default RadosOptions (median of %d runs)\n",
+              static_cast<unsigned long long>(a.vectors), static_cast<unsigned long long>(a.dim),
+              static_cast<double>(total) / 1e6, a.repeats);
+  std::printf("  save %.2f s, limit (aio writes) %.2f s: %.2fx (goal <= 1.15)\n", s, ws, s / ws);
+  std::printf("  load %.2f s, limit (aio reads)  %.2f s: %.2fx (goal <= 1.15)\n", l, rs, l / rs);
+}
+
+}  // namespace
+}  // namespace iqdb::persist
+
+int main(int argc, char** argv) {
+  using namespace iqdb::persist;
+  bench::set_program_name("iqdb_rados_wal_bench");
+  Args a;
+  if (const char* p = std::getenv("IQDB_RADOS_POOL")) a.pool = p;
+  bool wal = true, snap = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const auto value = [&] {
+      if (i + 1 >= argc) die(arg + " needs a value");
+      return std::string(argv[++i]);
+    };
+    if (arg == "--pool") {
+      a.pool = value();
+    } else if (arg == "--records") {
+      a.records = std::stoull(value());
+    } else if (arg == "--vectors") {
+      a.vectors = std::stoull(value());
+    } else if (arg == "--dim") {
+      a.dim = std::stoull(value());
+    } else if (arg == "--repeats") {
+      a.repeats = std::stoi(value());
+    } else if (arg == "--wal-only") {
+      snap = false;
+    } else if (arg == "--snapshot-only") {
+      wal = false;
+    } else {
+      die("usage: iqdb_rados_wal_bench [--pool P] [--records N] [--vectors N] [--dim D] [--repeats R] "
+          "[--wal-only | --snapshot-only]");
+    }
+  }
+  if (a.pool.empty()) die("no pool: set IQDB_RADOS_POOL or pass --pool");
+  try {
+    if (wal) bench_wal(a);
+    if (snap) bench_snapshot(a);
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  return 0;
+}

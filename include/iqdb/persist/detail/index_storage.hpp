@@ -1,0 +1,118 @@
+// Where an index's snapshot and write-ahead log live: the seam one level
+// above FileSystem (docs/DISTRIBUTED.md, "The seam"). Not a public API to
+// implement: the core library has the local files (a snapshot file and a log
+// file beside it, through a FileSystem, so the crash simulator and every
+// fault-injecting test see each write), the optional iqdb::persist_rados
+// component has a RADOS pool (rados_persist_config in rados.hpp).
+//
+// The log's bytes are the same everywhere (docs/FORMAT.md, "Write-ahead
+// log"): a version-2 header and frames, read by the one log reader; only
+// where they are stored and how they are made durable differ.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/format.hpp"
+#include "iqdb/persist/wal.hpp"
+
+namespace iqdb::persist {
+
+namespace detail {
+
+// A log open for appending. The engine serialises calls, except that one
+// thread may run write_staged() and datasync() while another (holding the
+// engine's lock) appends, stages or reads end().
+class LogSink {
+ public:
+  virtual ~LogSink() = default;
+
+  // Bytes of a group, staged in memory and written by one thread.
+  struct Staged {
+    std::uint64_t offset = 0;
+    std::vector<std::byte> bytes;
+  };
+
+  // A frame at the end; durable once a later datasync() returns. Throws
+  // PersistError with the end unchanged (bytes may have reached storage).
+  virtual void append(std::span<const std::byte> frame) = 0;
+  // Everything appended or written so far is durable when this returns (a
+  // local file: fdatasync; RADOS: the group went out in one operation that
+  // every replica acknowledged). A failure leaves the outcome unknown.
+  virtual void datasync() = 0;
+  // Group commit: stage() counts the frame in end(); take_staged() (under the
+  // engine's lock) hands the staged bytes over; write_staged() writes them.
+  virtual void stage(std::span<const std::byte> frame) = 0;
+  virtual void take_staged(Staged& out) = 0;
+  virtual void write_staged(const Staged& s) = 0;
+  // Drop the log's bytes after `end`, durably.
+  virtual void cut(std::uint64_t end) = 0;
+  virtual void close() = 0;
+  // A hint: appends need not each be followed by a datasync (Periodic, Never).
+  virtual void use_mapping() noexcept {}
+
+  virtual std::uint64_t end() const noexcept = 0;
+  virtual std::uint64_t salt() const noexcept = 0;
+};
+
+}  // namespace detail
+
+// The storage of one index (its snapshot and its log). Shared by the
+// PersistConfig copies that point at it; thread-safe.
+class IndexStorage {
+ public:
+  virtual ~IndexStorage() = default;
+
+  // Where snapshots are written and read (write_snapshot / read_snapshot at
+  // PersistConfig::path).
+  virtual FileSystem& snapshot_fs() = 0;
+
+  // Take the single-writer lock (PersistError Locked when another writer
+  // holds it) and make the index's files ready for this writer: remove what
+  // crashed writers left, fence the log of a writer that lost the lock.
+  virtual std::unique_ptr<FileLock> lock_writer() = 0;
+
+  // The log of the current snapshot (the writer, holding the lock).
+  virtual bool log_exists() = 0;
+  virtual std::unique_ptr<ReadableFile> open_log() = 0;
+  // A reader without the lock: loads the snapshot through load_snapshot and
+  // opens the log that goes with it, such that a writer's checkpoint running
+  // meanwhile gives a consistent pair. nullptr when there is no log.
+  virtual std::unique_ptr<ReadableFile> open_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
+                                                               FileHeader& loaded) = 0;
+  // What a scan of the log found, checked against what this storage can
+  // produce (RADOS: an append is atomic, so a torn tail is damage).
+  virtual void check_scan(const wal::ScanResult& scan) { (void)scan; }
+
+  // A new, empty log for the current snapshot, starting at base_lsn, which
+  // replaces the previous log atomically (the writer, holding the lock).
+  virtual std::unique_ptr<detail::LogSink> create_log(std::uint64_t base_lsn) = 0;
+  // Continue the log whose valid prefix ends at `end` (file_size: its size).
+  virtual std::unique_ptr<detail::LogSink> continue_log(std::uint64_t salt, std::uint64_t end,
+                                                        std::uint64_t file_size) = 0;
+  // Remove the log durably (a save without the WAL that discards it, after
+  // the snapshot that replaces it is durable).
+  virtual void remove_log() = 0;
+  // Where the log is, for messages.
+  virtual std::filesystem::path log_path() const = 0;
+  // The file or object holding log offset `offset` of the log opened last,
+  // for messages.
+  virtual std::filesystem::path locate(std::uint64_t offset) const {
+    (void)offset;
+    return log_path();
+  }
+};
+
+namespace detail {
+// The local files: the snapshot at `snapshot` and its log at
+// wal::log_path_for(snapshot), through `fs` (src/wal/local_storage.cpp).
+std::shared_ptr<IndexStorage> make_local_storage(FileSystem& fs, const std::filesystem::path& snapshot);
+}  // namespace detail
+
+}  // namespace iqdb::persist

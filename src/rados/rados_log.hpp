@@ -1,0 +1,70 @@
+// Internal: the write-ahead log in RADOS (docs/FORMAT.md, "RADOS objects of
+// the write-ahead log"; docs/DISTRIBUTED.md, "The log in RADOS"). The log
+// that follows snapshot generation G is the bytes of a local version-2 log
+// (header and frames) cut at group boundaries into objects NAME.log.<G>.<k>,
+// k = 0, 1, ...: each group commit is one RADOS write operation on one
+// object, carrying the writer's fencing-epoch compare.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "iqdb/persist/detail/index_storage.hpp"
+#include "iqdb/persist/rados.hpp"
+#include "rados/writer_fence.hpp"
+
+namespace iqdb::persist::rados_detail {
+
+// Attributes of every log object, each 16 lower-case hex digits: the epoch
+// of the writer that may append to it, the log offset of its first byte, and
+// its size (updated by the operation that appends).
+inline constexpr const char* kLogEpochAttr = "iqdb.epoch";
+inline constexpr const char* kLogStartAttr = "iqdb.start";
+inline constexpr const char* kLogSizeAttr = "iqdb.size";
+// Bounds of RadosOptions::log_object_size; more objects than this in one log
+// is damage.
+inline constexpr std::uint64_t kMinLogObject = 4096;
+inline constexpr std::uint64_t kMaxLogObject = std::uint64_t{64} << 20;  // below osd_max_write_size
+inline constexpr std::uint64_t kMaxLogObjects = std::uint64_t{1} << 20;
+
+std::string log_object(std::string_view name, std::uint64_t generation, std::uint64_t k);
+
+struct LogObject {
+  std::uint64_t start = 0;  // log offset of its first byte
+  std::uint64_t size = 0;
+};
+
+// The objects of the log of one generation, checked (each object's size
+// equals its size attribute, starts follow each other, no object missing
+// before an existing one). No objects: there is no log.
+struct LogLayout {
+  std::string name;
+  std::uint64_t generation = 0;
+  std::vector<LogObject> objects;
+  std::uint64_t size() const noexcept { return objects.empty() ? 0 : objects.back().start + objects.back().size; }
+};
+
+LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation);
+// The log's bytes, read from the objects of `layout` (bytes appended after it
+// was read are not seen).
+std::unique_ptr<ReadableFile> open_log_file(RadosSnapshotStore& store, LogLayout layout);
+// The object holding log offset `offset`, as a path (for messages).
+std::filesystem::path log_object_path(RadosSnapshotStore& store, const LogLayout& layout, std::uint64_t offset);
+
+// Make every append of an older epoch to this log fail: the last object
+// gets `epoch`, and an empty object after it is created with `epoch` (so a
+// rotation of the old writer fails). Needs the writer lock.
+void seal_log(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation, std::uint64_t epoch);
+
+// A new log for `generation` (object 0 holds the header) / the log of
+// `layout` continued after its last object.
+std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, const std::string& name,
+                                                 std::uint64_t generation, std::shared_ptr<Fence> fence,
+                                                 std::uint64_t salt, std::uint64_t base_lsn);
+std::unique_ptr<detail::LogSink> continue_log_sink(RadosSnapshotStore& store, const LogLayout& layout,
+                                                   std::shared_ptr<Fence> fence, std::uint64_t salt);
+
+}  // namespace iqdb::persist::rados_detail

@@ -1,0 +1,152 @@
+// An index's snapshot and write-ahead log in a RADOS pool: the IndexStorage
+// behind rados_persist_config (docs/DISTRIBUTED.md, "PersistedIndex on
+// RADOS"). Snapshots go through RadosSnapshotStore (the FileSystem seam);
+// the log that follows snapshot generation G is NAME.log.<G>.<k>
+// (rados_log.cpp), so publishing a snapshot names its log in the same
+// atomic operation, and a checkpoint (new snapshot, new log) is atomic.
+#include <mutex>
+
+#include "iqdb/persist/detail/index_storage.hpp"
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/rados.hpp"
+#include "rados/rados_log.hpp"
+#include "rados/writer_fence.hpp"
+
+namespace iqdb::persist {
+
+namespace fs = std::filesystem;
+using namespace rados_detail;
+
+namespace {
+
+// The writer lock as the engine holds it: released when destroyed.
+class HeldLock final : public FileLock {
+ public:
+  explicit HeldLock(std::unique_ptr<RadosWriterLock> lock) : lock_(std::move(lock)) {}
+
+ private:
+  std::unique_ptr<RadosWriterLock> lock_;
+};
+
+class RadosIndexStorage final : public IndexStorage {
+ public:
+  RadosIndexStorage(std::shared_ptr<RadosSnapshotStore> store, std::string name, const RadosLockOptions& lock)
+      : store_(std::move(store)), name_(std::move(name)), lock_options_(lock) {}
+
+  FileSystem& snapshot_fs() override { return *store_; }
+
+  // The fenced writer lock; then the log of the published generation is
+  // sealed, so that nothing the previous writer still sends lands in it.
+  std::unique_ptr<FileLock> lock_writer() override {
+    auto lock = RadosWriterLock::acquire(*store_, name_, lock_options_);
+    std::shared_ptr<Fence> fence = fence_of(*lock);
+    if (const std::uint64_t g = generation(); g != 0) seal_log(*store_, name_, g, fence->epoch);
+    {
+      std::lock_guard lk(mu_);
+      fence_ = std::move(fence);
+    }
+    return std::make_unique<HeldLock>(std::move(lock));
+  }
+
+  bool log_exists() override {
+    const std::uint64_t g = generation();
+    return g != 0 && !read_log_layout(*store_, name_, g).objects.empty();
+  }
+
+  std::unique_ptr<ReadableFile> open_log() override { return open_layout(read_log_layout(*store_, name_, generation())); }
+
+  // The snapshot first, then the log of the generation it was: a checkpoint
+  // meanwhile names another log, and this pair stays consistent (the
+  // previous generation's log is kept until the next publish but one).
+  std::unique_ptr<ReadableFile> open_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
+                                                       FileHeader& loaded) override {
+    loaded = load_snapshot();
+    LogLayout layout = read_log_layout(*store_, name_, last_read_generation(*store_, name_));
+    if (layout.objects.empty()) return nullptr;
+    return open_layout(std::move(layout));
+  }
+
+  // A RADOS write operation is atomic and each holds whole frames, so bytes
+  // after the last complete frame are damage, never a torn write.
+  void check_scan(const wal::ScanResult& scan) override {
+    if (scan.torn_tail_bytes == 0) return;
+    throw PersistError::at(ErrorKind::CorruptLog, locate(scan.valid_bytes),
+                           std::to_string(scan.torn_tail_bytes) +
+                               " bytes after the last valid frame do not form a frame; a RADOS append is atomic, so "
+                               "a log object was changed or cut",
+                           scan.valid_bytes);
+  }
+
+  fs::path locate(std::uint64_t offset) const override {
+    std::lock_guard lk(mu_);
+    return layout_.objects.empty() ? log_path() : log_object_path(*store_, layout_, offset);
+  }
+
+  std::unique_ptr<detail::LogSink> create_log(std::uint64_t base_lsn) override {
+    const std::uint64_t g = generation();
+    if (g == 0) throw PersistError::at(ErrorKind::Io, log_path(), "no snapshot is published: the log needs one", 0);
+    return create_log_sink(*store_, name_, g, fence(), store_->random_u64(), base_lsn);
+  }
+
+  std::unique_ptr<detail::LogSink> continue_log(std::uint64_t salt, std::uint64_t end, std::uint64_t) override {
+    const LogLayout layout = read_log_layout(*store_, name_, generation());
+    if (layout.size() != end) {
+      throw PersistError::at(ErrorKind::CorruptLog, log_object_path(*store_, layout, end),
+                             "the log's valid frames end at " + std::to_string(end) + " of " +
+                                 std::to_string(layout.size()) + " bytes",
+                             end);
+    }
+    return continue_log_sink(*store_, layout, fence(), salt);
+  }
+
+  // The log belongs to the generation it follows: a newly published
+  // snapshot has none, and the old one goes with its generation.
+  void remove_log() override {}
+
+  fs::path log_path() const override { return wal::log_path_for(store_->path_of(name_)); }
+
+ private:
+  std::uint64_t generation() {
+    const auto head = store_->head(name_);
+    return head ? head->generation : 0;
+  }
+
+  std::shared_ptr<Fence> fence() {
+    std::lock_guard lk(mu_);
+    if (!fence_) throw PersistError::at(ErrorKind::Fenced, log_path(), "the log is written only under the writer lock");
+    return fence_;
+  }
+
+  std::unique_ptr<ReadableFile> open_layout(LogLayout layout) {
+    {
+      std::lock_guard lk(mu_);
+      layout_ = layout;
+    }
+    return open_log_file(*store_, std::move(layout));
+  }
+
+  std::shared_ptr<RadosSnapshotStore> store_;
+  std::string name_;
+  RadosLockOptions lock_options_;
+  mutable std::mutex mu_;
+  std::shared_ptr<Fence> fence_;  // of the lock held last
+  LogLayout layout_;              // of the log opened last (for messages)
+};
+
+}  // namespace
+
+PersistConfig rados_persist_config(std::shared_ptr<RadosSnapshotStore> store, std::string_view name,
+                                   const RadosLockOptions& lock) {
+  if (!store) throw PersistError::argument("rados_persist_config: no store");
+  PersistConfig cfg(store->path_of(name));
+  cfg.storage = std::make_shared<RadosIndexStorage>(std::move(store), std::string(name), lock);
+  return cfg;
+}
+
+PersistConfig rados_persist_config(const RadosLocation& location, const RadosOptions& options,
+                                   const RadosLockOptions& lock) {
+  return rados_persist_config(std::shared_ptr<RadosSnapshotStore>(RadosSnapshotStore::open(location, options)),
+                              location.name, lock);
+}
+
+}  // namespace iqdb::persist

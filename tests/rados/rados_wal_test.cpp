@@ -1,0 +1,582 @@
+// PersistedIndex<FlatIndex> over a RADOS pool, with the write-ahead log in
+// RADOS (issue 11). Needs a cluster; skipped unless CEPH_CONF and
+// IQDB_RADOS_POOL are set:
+//
+//   scripts/ceph-cluster.sh run --osds 3 -- ctest --test-dir BUILD -L rados --output-on-failure
+//
+// Every result is compared with an independent model: a std::map of the
+// vectors a writer was told to insert and erase, rebuilt by the test from
+// the same deterministic stream of operations. The writers that are killed
+// or paused are other processes (this binary, --child), each with its own
+// RADOS client, standing in for other machines.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <thread>
+
+#include "iqdb/persist.hpp"
+#include "iqdb/persist/rados.hpp"
+#include "rados_test_util.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+using namespace rados_test;
+using namespace std::chrono_literals;
+
+constexpr std::uint64_t kDim = 16;
+
+// ------------------------------------------------------------ the model
+
+std::vector<float> vector_of(std::uint64_t id) {
+  std::vector<float> v(kDim);
+  for (std::uint64_t i = 0; i < kDim; ++i) v[i] = static_cast<float>(id) * 0.25f + static_cast<float>(i);
+  return v;
+}
+
+using Model = std::map<std::uint64_t, std::vector<float>>;
+
+enum class Kind { Insert, Erase, Batch, Checkpoint };
+struct StreamOp {
+  Kind kind = Kind::Insert;
+  std::vector<std::pair<bool, std::uint64_t>> mutations;  // (insert?, id)
+};
+
+// Operation j (from 1) of a writer's stream: a function of j and of the
+// model before it only.
+StreamOp stream_op(const Model& m, std::uint64_t j) {
+  if (j % 25 == 0) return {Kind::Checkpoint, {}};
+  if (j % 7 == 0) {
+    StreamOp op{Kind::Batch, {{true, 100000 + j}, {true, 200000 + j}}};
+    if (!m.empty()) op.mutations.emplace_back(false, m.begin()->first);
+    return op;
+  }
+  if (j % 5 == 0 && !m.empty()) return {Kind::Erase, {{false, m.begin()->first}}};
+  return {Kind::Insert, {{true, j}}};
+}
+
+void apply_op(Model& m, const StreamOp& op) {
+  for (const auto& [insert, id] : op.mutations) {
+    if (insert) {
+      m[id] = vector_of(id);
+    } else {
+      m.erase(id);
+    }
+  }
+}
+
+Model model_after(std::uint64_t ops) {
+  Model m;
+  for (std::uint64_t j = 1; j <= ops; ++j) apply_op(m, stream_op(m, j));
+  return m;
+}
+
+// Does the same to the index.
+void perform(PersistedIndex<FlatIndex>& db, const StreamOp& op) {
+  switch (op.kind) {
+    case Kind::Checkpoint:
+      db.checkpoint();
+      return;
+    case Kind::Insert:
+      db.insert(op.mutations[0].second, vector_of(op.mutations[0].second));
+      return;
+    case Kind::Erase:
+      db.erase(op.mutations[0].second);
+      return;
+    case Kind::Batch: {
+      WriteBatch b;
+      for (const auto& [insert, id] : op.mutations) {
+        if (insert) {
+          b.insert(id, vector_of(id));
+        } else {
+          b.erase(id);
+        }
+      }
+      db.write(b);
+      return;
+    }
+  }
+}
+
+::testing::AssertionResult equals(const FlatIndex& index, const Model& m) {
+  if (index.size() != m.size()) {
+    return ::testing::AssertionFailure() << "size " << index.size() << ", model " << m.size();
+  }
+  for (const auto& [id, v] : m) {
+    const std::span<const float> got = index.get(id);
+    if (got.size() != v.size() || std::memcmp(got.data(), v.data(), v.size() * sizeof(float)) != 0) {
+      return ::testing::AssertionFailure() << "id " << id << " missing or different";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// ------------------------------------------------------------ configs
+
+RadosOptions small_objects() {
+  RadosOptions o;
+  o.stripe_size = 64 * 1024;
+  o.io_chunk = 16 * 1024;
+  o.log_object_size = 4096;  // a rotation every ~35 records
+  o.op_timeout = 20s;
+  return o;
+}
+
+PersistConfig config_for(const std::string& name, const RadosOptions& o = small_objects(),
+                         const RadosLockOptions& lock = {}) {
+  RadosLocation loc;
+  loc.pool = cluster_env()->pool;
+  loc.name = name;
+  PersistConfig cfg = rados_persist_config(loc, o, lock);
+  cfg.wal_enabled = true;
+  return cfg;
+}
+
+PersistConfig read_only(PersistConfig cfg) {
+  cfg.wal_enabled = false;
+  return cfg;
+}
+
+std::string log_object(const std::string& name, std::uint64_t gen, std::uint64_t k) {
+  return name + ".log." + std::to_string(gen) + "." + std::to_string(k);
+}
+
+class RadosWal : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    env_ = cluster_env();
+    if (!env_) GTEST_SKIP() << "no cluster: set CEPH_CONF and IQDB_RADOS_POOL (scripts/ceph-cluster.sh run)";
+    name_ = unique_name("wal");
+    raw_ = std::make_unique<RawPool>(*env_);
+  }
+  std::uint64_t generation(const std::string& name) {
+    RadosLocation loc;
+    loc.pool = env_->pool;
+    loc.name = name;
+    const auto h = RadosSnapshotStore::open(loc, small_objects())->head(name);
+    return h ? h->generation : 0;
+  }
+  // The log objects of generation `gen`, in order.
+  std::vector<std::string> log_objects(const std::string& name, std::uint64_t gen) {
+    std::vector<std::string> out;
+    while (raw_->exists(log_object(name, gen, out.size()))) out.push_back(log_object(name, gen, out.size()));
+    return out;
+  }
+  std::string url(const std::string& oid) const { return "rados://" + env_->pool + "/" + oid; }
+
+  std::optional<ClusterEnv> env_;
+  std::string name_;
+  std::unique_ptr<RawPool> raw_;
+};
+
+// ------------------------------------------------------------ round trips
+
+// open_with, inserts, erases, batches and checkpoints (the stream), under
+// each fsync policy; then load with the WAL and without it: both equal the
+// model. The log rotates over many objects of 4 KiB.
+TEST_F(RadosWal, RoundTripUnderEveryPolicy) {
+  for (const FsyncPolicy policy : {FsyncPolicy::always(), FsyncPolicy::periodic(20ms), FsyncPolicy::never()}) {
+    const std::string name = unique_name("rt");
+    PersistConfig cfg = config_for(name);
+    cfg.fsync_policy = policy;
+    Model m;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+      for (std::uint64_t j = 1; j <= 140; ++j) {
+        const StreamOp op = stream_op(m, j);
+        perform(db, op);
+        apply_op(m, op);
+      }
+      ASSERT_TRUE(equals(db.index(), m));
+      db.close();
+    }
+    // 140 ops, checkpoints at 25, 50, ..., 125: the last generation's log
+    // holds ops 126..140 (15 records and more in batches).
+    auto again = PersistedIndex<FlatIndex>::load(config_for(name));
+    EXPECT_TRUE(equals(again.index(), m)) << static_cast<int>(policy.mode());
+    EXPECT_GT(again.wal_stats().recovered_records, 14u);
+    // More after the reopen, then a read-only load from another client.
+    for (std::uint64_t j = 141; j <= 200; ++j) {
+      const StreamOp op = stream_op(m, j);
+      perform(again, op);
+      apply_op(m, op);
+    }
+    again.close();
+    auto reader = PersistedIndex<FlatIndex>::load(read_only(config_for(name)));
+    EXPECT_TRUE(equals(reader.index(), m));
+  }
+}
+
+// The log's bytes in RADOS are a local log's: the concatenated objects, put
+// in a local file, read with the local reader, hold the records logged
+// since the last checkpoint, in order.
+TEST_F(RadosWal, LogObjectsHoldTheLocalLogFormat) {
+  PersistConfig cfg = config_for(name_);
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t id = 1; id <= 120; ++id) db.insert(id, vector_of(id));
+    db.close();
+  }
+  const auto objects = log_objects(name_, generation(name_));
+  ASSERT_GE(objects.size(), 3u) << "4 KiB objects: the log rotated";
+  std::vector<char> bytes;
+  for (const auto& oid : objects) {
+    const auto b = raw_->read(oid);
+    EXPECT_LE(b.size(), 4096u) << oid;
+    bytes.insert(bytes.end(), b.begin(), b.end());
+  }
+  const fs::path local = fs::temp_directory_path() / (name_ + ".wal");
+  {
+    std::ofstream out(local, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  std::vector<std::uint64_t> ids;
+  const wal::ScanResult scan = wal::scan_log(default_file_system(), local, [&](const wal::RecordView& r) {
+    ids.push_back(r.id->as_u64());
+  });
+  fs::remove(local);
+  EXPECT_EQ(scan.version, 2u);
+  EXPECT_EQ(scan.torn_tail_bytes, 0u);
+  ASSERT_EQ(ids.size(), 120u);
+  for (std::uint64_t i = 0; i < ids.size(); ++i) EXPECT_EQ(ids[i], i + 1);
+}
+
+// Without the WAL: save() publishes, load() reads; a second writer of the
+// name is refused while the first holds the lock (only during a save).
+TEST_F(RadosWal, WithoutTheWalSaveAndLoad) {
+  PersistConfig cfg = read_only(config_for(name_));
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Cosine), cfg);
+  Model m;
+  for (std::uint64_t j = 1; j <= 60; ++j) {
+    const StreamOp op = stream_op(m, j);
+    if (op.kind == Kind::Checkpoint) {
+      db.save();
+      continue;
+    }
+    perform(db, op);
+    apply_op(m, op);
+  }
+  db.save();
+  auto again = PersistedIndex<FlatIndex>::load(read_only(config_for(name_)));
+  EXPECT_TRUE(equals(again.index(), m));
+  // With the WAL on top: the snapshot without a log loads, and goes on.
+  auto w = PersistedIndex<FlatIndex>::load(config_for(name_));
+  EXPECT_TRUE(equals(w.index(), m));
+  w.insert(999999, vector_of(999999));
+  w.close();
+  m[999999] = vector_of(999999);
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
+}
+
+// Group commit: 8 threads inserting under Always share RADOS operations
+// (fewer log syncs than commits); everything acknowledged loads.
+TEST_F(RadosWal, ConcurrentWritersShareOperations) {
+  RadosOptions o = small_objects();
+  o.log_object_size = 1 << 20;
+  PersistConfig cfg = config_for(name_, o);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+  constexpr int kThreads = 8, kEach = 60;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&db, t] {
+      for (int i = 0; i < kEach; ++i) {
+        const std::uint64_t id = static_cast<std::uint64_t>(t * 1000 + i + 1);
+        db.insert(id, vector_of(id));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const wal::WalStats st = db.wal_stats();
+  std::cout << "[ MEASURED ] " << st.commits << " commits in " << st.log_syncs << " RADOS appends\n";
+  EXPECT_EQ(st.commits, static_cast<std::uint64_t>(kThreads * kEach));
+  EXPECT_LT(st.log_syncs, st.commits);
+  db.close();
+  Model m;
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kEach; ++i) m[static_cast<std::uint64_t>(t * 1000 + i + 1)] = vector_of(static_cast<std::uint64_t>(t * 1000 + i + 1));
+  }
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
+}
+
+// ------------------------------------------------------------ crashes
+
+// Restore elsewhere: a writer process streams inserts, erases, batches and
+// checkpoints under Always, acknowledging each; it is SIGKILLed at a random
+// instant (during any of them, checkpoints included). Another process (this
+// one, its own client) loads: exactly the acknowledged operations, or one
+// more (in flight). Then a writer takes the dead one's lock over, loads the
+// same, and goes on.
+TEST_F(RadosWal, KilledWriterLosesNoAcknowledgedWrite) {
+  std::mt19937_64 rng(std::random_device{}());
+  constexpr int kRounds = 6;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string name = unique_name("kill");
+    ChildProcess child({"--child", "stream", name, "4"});
+    ASSERT_EQ(child.read_line(), "open");
+    const auto run_for = std::chrono::milliseconds(200 + rng() % 1200);
+    std::uint64_t acked = 0;
+    const auto until = Clock::now() + run_for;
+    while (Clock::now() < until) {
+      const std::string line = child.read_line(std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) + 1ms);
+      if (line.empty()) continue;
+      ASSERT_NE(line.substr(0, 3), "err") << line;
+      acked = std::stoull(line);
+    }
+    child.kill();
+    const Model at = model_after(acked), after = model_after(acked + 1);
+    auto loaded = PersistedIndex<FlatIndex>::load(read_only(config_for(name)));
+    const bool one_more = !equals(loaded.index(), at);
+    EXPECT_TRUE(equals(loaded.index(), one_more ? after : at)) << "round " << round << ", " << acked << " acked";
+    std::cout << "[ MEASURED ] round " << round << ": killed after " << acked << " acknowledged operations"
+              << (one_more ? " (+1 in flight)" : "") << "\n";
+    if (round == 0) {
+      // The dead writer's lock (4 s lease): taken over, its log sealed.
+      RadosLockOptions lo;
+      lo.lease = 4s;
+      lo.take_over = true;
+      auto w = PersistedIndex<FlatIndex>::load(config_for(name, small_objects(), lo));
+      Model m = one_more ? after : at;
+      EXPECT_TRUE(equals(w.index(), m));
+      w.insert(777777, vector_of(777777));
+      m[777777] = vector_of(777777);
+      w.checkpoint();
+      w.insert(777778, vector_of(777778));
+      m[777778] = vector_of(777778);
+      w.close();
+      EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name))).index(), m));
+    }
+  }
+}
+
+// ------------------------------------------------------------ fencing
+
+// Writer A (another process) logs, is paused (SIGSTOP); B takes over after
+// A's lease, loads everything A acknowledged and writes; A is resumed and
+// sends its next writes (refuse_locally = false): they fail with Fenced and
+// none of them is in any later load. Once with the blocklist, once with the
+// epoch compare of the log objects alone.
+TEST_F(RadosWal, PausedWriterIsFenced) {
+  for (const bool blocklist : {true, false}) {
+    const std::string name = unique_name(blocklist ? "fence-bl" : "fence-ep");
+    ChildProcess a({"--child", "commands", name, "3"});
+    ASSERT_EQ(a.read_line(), "open");
+    Model m;
+    for (std::uint64_t id = 1; id <= 40; ++id) {
+      ASSERT_TRUE(a.send("insert " + std::to_string(id)));
+      ASSERT_EQ(a.read_line(), "ok") << id;
+      m[id] = vector_of(id);
+    }
+    ASSERT_EQ(::kill(a.pid(), SIGSTOP), 0);
+    RadosLockOptions lo;
+    lo.lease = 3s;
+    lo.take_over = true;
+    lo.blocklist_previous = blocklist;
+    const auto paused = Clock::now();
+    auto b = PersistedIndex<FlatIndex>::load(config_for(name, small_objects(), lo));
+    std::cout << "[ MEASURED ] takeover of a paused writer (3 s lease): " << secs(Clock::now() - paused) << " s\n";
+    EXPECT_TRUE(equals(b.index(), m));
+    for (std::uint64_t id = 500; id < 510; ++id) {
+      b.insert(id, vector_of(id));
+      m[id] = vector_of(id);
+    }
+    ASSERT_EQ(::kill(a.pid(), SIGCONT), 0);
+    for (const std::uint64_t id : {41, 42}) {
+      ASSERT_TRUE(a.send("insert " + std::to_string(id)));
+      const std::string reply = a.read_line();
+      EXPECT_EQ(reply.substr(0, 10), "err fenced") << reply;
+    }
+    b.insert(510, vector_of(510));
+    m[510] = vector_of(510);
+    b.close();
+    EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name))).index(), m));
+    lo.take_over = false;
+    EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(config_for(name, small_objects(), lo)).index(), m));
+  }
+}
+
+// ------------------------------------------------------------ damage
+
+// A log of several objects, written and closed; then one object damaged.
+class RadosWalDamage : public RadosWal {
+ protected:
+  void write_log() {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+    for (std::uint64_t id = 1; id <= 150; ++id) db.insert(id, vector_of(id));
+    db.close();
+    objects_ = log_objects(name_, generation(name_));
+    ASSERT_GE(objects_.size(), 4u);
+  }
+  // Both loads fail with `kind`, naming `object`.
+  void expect_refused(ErrorKind kind, const std::string& object) {
+    for (const bool wal : {true, false}) {
+      const auto e = error_of([&] {
+        PersistConfig cfg = config_for(name_);
+        cfg.wal_enabled = wal;
+        (void)PersistedIndex<FlatIndex>::load(cfg);
+      });
+      ASSERT_TRUE(e) << (wal ? "with" : "without") << " the WAL";
+      EXPECT_EQ(e->kind(), kind) << e->what();
+      EXPECT_EQ(e->path().string(), url(object)) << e->what();
+    }
+  }
+  std::vector<std::string> objects_;
+};
+
+TEST_F(RadosWalDamage, FlippedByteInAMiddleObjectIsCorruptLog) {
+  write_log();
+  auto b = raw_->read(objects_[1]);
+  b[b.size() / 2] = static_cast<char>(b[b.size() / 2] ^ 0x5a);
+  ASSERT_EQ(raw_->write_at(objects_[1], {b[b.size() / 2]}, b.size() / 2), 0);
+  expect_refused(ErrorKind::CorruptLog, objects_[1]);
+}
+
+TEST_F(RadosWalDamage, FlippedByteInTheLastFrameIsCorruptLog) {
+  write_log();
+  const std::string& last = objects_.back();
+  auto b = raw_->read(last);
+  ASSERT_GT(b.size(), 10u);
+  ASSERT_EQ(raw_->write_at(last, {static_cast<char>(b[b.size() - 3] ^ 0x01)}, b.size() - 3), 0);
+  expect_refused(ErrorKind::CorruptLog, last);
+}
+
+TEST_F(RadosWalDamage, TruncatedObjectIsTruncatedPayload) {
+  write_log();
+  ASSERT_EQ(raw_->truncate(objects_[2], raw_->read(objects_[2]).size() - 50), 0);
+  expect_refused(ErrorKind::TruncatedPayload, objects_[2]);
+}
+
+TEST_F(RadosWalDamage, MissingObjectIsTruncatedPayload) {
+  write_log();
+  // The last one: its predecessor says the log continues there.
+  ASSERT_EQ(raw_->remove(objects_.back()), 0);
+  expect_refused(ErrorKind::TruncatedPayload, objects_.back());
+  // One in the middle: the reader stops there and finds the next one.
+  ASSERT_EQ(raw_->remove(objects_[1]), 0);
+  expect_refused(ErrorKind::TruncatedPayload, objects_[1]);
+}
+
+// ------------------------------------------------------------ time-outs
+
+// Every OSD paused: an insert under Always fails in bounded time (the 3 s
+// operation time-out: the outcome is unknown), the index refuses further
+// writes (Poisoned); once the OSDs run again, a reopen loads every
+// acknowledged insert (and the unknown one, or not).
+TEST_F(RadosWal, TimeoutPoisonsAndReopenResolves) {
+  const std::vector<pid_t> osds = osd_pids(*env_);
+  if (osds.empty()) GTEST_SKIP() << "no OSD pid files beside CEPH_CONF (not a scripts/ceph-cluster.sh cluster)";
+  RadosOptions o = small_objects();
+  o.op_timeout = 3s;
+  RadosLockOptions lo;
+  lo.lease = 8s;
+  lo.take_over = true;
+  Model m;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_, o, lo));
+    for (std::uint64_t id = 1; id <= 20; ++id) {
+      db.insert(id, vector_of(id));
+      m[id] = vector_of(id);
+    }
+    const ResumeOnExit resume{osds};
+    for (const pid_t p : osds) ASSERT_EQ(::kill(p, SIGSTOP), 0);
+    const auto t0 = Clock::now();
+    const auto e = error_of([&] { db.insert(21, vector_of(21)); });
+    const double took = secs(Clock::now() - t0);
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->kind(), ErrorKind::Io) << e->what();
+    EXPECT_EQ(e->sys_errno(), ETIMEDOUT) << e->what();
+    EXPECT_LT(took, 30.0);
+    std::cout << "[ MEASURED ] append with every OSD paused: " << took << " s: " << e->what() << "\n";
+    EXPECT_TRUE(db.failure());
+    const auto again = error_of([&] { db.insert(22, vector_of(22)); });
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->kind(), ErrorKind::Poisoned) << again->what();
+  }
+  // Resumed (Resume); the closed writer's lock is released or runs out.
+  const auto resumed = Clock::now();
+  std::optional<PersistedIndex<FlatIndex>> loaded;
+  while (!loaded) {
+    try {
+      loaded.emplace(PersistedIndex<FlatIndex>::load(config_for(name_, o, lo)));
+    } catch (const PersistError& e) {
+      ASSERT_TRUE(e.kind() == ErrorKind::Io || e.kind() == ErrorKind::Locked) << e.what();
+      ASSERT_LT(Clock::now() - resumed, 120s) << e.what();
+      std::this_thread::sleep_for(1s);
+    }
+  }
+  std::cout << "[ MEASURED ] reopen after the OSDs resumed: " << secs(Clock::now() - resumed) << " s\n";
+  const bool has_unknown = loaded->index().contains(21);
+  Model with = m;
+  with[21] = vector_of(21);
+  EXPECT_TRUE(equals(loaded->index(), has_unknown ? with : m));
+  loaded->insert(23, vector_of(23));
+  loaded->close();
+}
+
+// ------------------------------------------------------------ children
+
+// --child stream NAME LEASE: open_with a new index (WAL, Always) and run the
+// stream, printing each operation's number once it returned, until killed.
+int child_stream(const std::string& name, int lease) {
+  RadosLockOptions lo;
+  lo.lease = std::chrono::seconds(lease);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean),
+                                                 config_for(name, small_objects(), lo));
+  std::cout << "open" << std::endl;
+  Model m;
+  for (std::uint64_t j = 1;; ++j) {
+    const StreamOp op = stream_op(m, j);
+    try {
+      perform(db, op);
+    } catch (const PersistError& e) {
+      std::cout << "err " << to_string(e.kind()) << " " << e.what() << std::endl;
+      return 1;
+    }
+    apply_op(m, op);
+    std::cout << j << std::endl;
+  }
+}
+
+// --child commands NAME LEASE: open_with a new index (WAL, Always; its lock
+// sends writes even when it knows it lost the lock), then "insert ID" lines:
+// "ok" or "err KIND ...".
+int child_commands(const std::string& name, int lease) {
+  RadosLockOptions lo;
+  lo.lease = std::chrono::seconds(lease);
+  lo.refuse_locally = false;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean),
+                                                 config_for(name, small_objects(), lo));
+  std::cout << "open" << std::endl;
+  std::string cmd;
+  std::uint64_t id = 0;
+  while (std::cin >> cmd >> id) {
+    try {
+      db.insert(id, vector_of(id));
+      std::cout << "ok" << std::endl;
+    } catch (const PersistError& e) {
+      std::cout << "err " << to_string(e.kind()) << " " << e.what() << std::endl;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace iqdb::persist
+
+int main(int argc, char** argv) {
+  if (argc == 5 && std::string(argv[1]) == "--child") {
+    const std::string mode = argv[2];
+    try {
+      if (mode == "stream") return iqdb::persist::child_stream(argv[3], std::atoi(argv[4]));
+      if (mode == "commands") return iqdb::persist::child_commands(argv[3], std::atoi(argv[4]));
+    } catch (const std::exception& e) {
+      std::cout << "err " << e.what() << std::endl;
+      return 1;
+    }
+    return 2;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
