@@ -10,20 +10,27 @@ TEST(Cli, NotBuilt) { GTEST_SKIP() << "built without the iqdb-persist tool (IQDB
 #else
 
 #include <rapidcheck/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <iostream>
 #include <iqdb/persist.hpp>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "iqdb-persist/cli.hpp"
@@ -616,6 +623,44 @@ TEST(CliCopy, LocksAndLogs) {
   const auto db = PersistedIndex<FlatIndex>::load(reopen);
   EXPECT_EQ(db.index().size(), 40u);
   EXPECT_EQ(db.index().dim(), 5u);  // the source's, nothing of the old log replayed
+}
+
+// The tool killed (SIGKILL, a forked process) at random instants of a copy
+// over an existing file: the destination is always the old file or the
+// new one, whole, never a mix.
+TEST(CliCopy, KilledCopyLeavesOldOrNew) {
+  TempDir dir;
+  FlatIndex big(64, DistanceMetric::Euclidean);
+  std::mt19937_64 rng(21);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  std::vector<float> v(64);
+  for (std::uint64_t id = 0; id < 100000; ++id) {  // 26 MB
+    for (float& x : v) x = value(rng);
+    big.insert(id, v);
+  }
+  const PersistConfig src(dir / "big.iqdb");
+  PersistedIndex<FlatIndex>::open_with(std::move(big), src).save();
+  const std::vector<std::byte> new_bytes = test::read_file(src.path);
+  const fs::path dst = dir / "dst.iqdb";
+  const std::vector<std::byte> old_bytes = all_fixtures(dir).at(5).bytes;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(run_cli({"copy", src.path.string(), (dir / "timed.iqdb").string()}).code, 0);
+  const auto full = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  int killed = 0;
+  for (int i = 0; i < 6; ++i) {
+    test::write_file(dst, old_bytes);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) _exit(cli::run({"copy", src.path.string(), dst.string()}, std::cout, std::cerr));
+    std::this_thread::sleep_for(full * (i + 1) / 8);
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    killed += WIFSIGNALED(status) ? 1 : 0;
+    const std::vector<std::byte> now = test::read_file(dst);
+    EXPECT_TRUE(now == old_bytes || now == new_bytes) << "iteration " << i << ": " << now.size() << " bytes";
+  }
+  EXPECT_GT(killed, 0) << "every copy finished before it was killed";
 }
 
 }  // namespace

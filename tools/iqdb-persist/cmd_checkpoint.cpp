@@ -1,11 +1,12 @@
 // iqdb-persist checkpoint PATH: load a snapshot and its write-ahead log and
-// fold them into a new snapshot (and an empty log), offline.
+// fold them into a new snapshot (and an empty log), offline. PATH may be
+// rados://POOL/NAME (the index's writer lock there, a new generation and log).
 #include <memory>
 #include <string>
 
 #include "iqdb-persist/command.hpp"
+#include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
-#include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/flat_index.hpp"
 #include "iqdb/persist/persisted_index.hpp"
 #include "iqdb/persist/snapshot.hpp"
@@ -15,17 +16,19 @@ namespace {
 
 struct CheckpointOptions {
   std::string file;
+  RadosArgs rados;
 };
 
 int checkpoint(const CheckpointOptions& opts, const Console& console) {
-  const SnapshotSummary before = inspect_snapshot(default_file_system(), opts.file);
+  const Location where = Location::open(opts.file, opts.rados);
+  const SnapshotSummary before = inspect_snapshot(where.fs(), where.path());
   if (before.header.index_type != FlatIndex::index_type) {
     throw PersistError::at(ErrorKind::Unsupported, opts.file,
                            "offline checkpoint needs the index type to apply log records; this tool knows '" +
                                std::string(FlatIndex::index_type) + "', the snapshot holds '" +
                                printable(before.header.index_type) + "'");
   }
-  PersistConfig cfg(opts.file);
+  PersistConfig cfg = where.config();
   cfg.wal_enabled = true;
   cfg.fsync_policy = FsyncPolicy::always();
   // Keep the snapshot's compression.
@@ -53,7 +56,10 @@ void register_checkpoint(CommandSet& commands) {
   CLI::App& cmd = commands.add("checkpoint",
                                "Fold a snapshot's write-ahead log into a new snapshot, offline (flat indexes)",
                                [opts](const Console& console) { return checkpoint(*opts, console); });
-  cmd.add_option("FILE", opts->file, "The snapshot (its log is FILE.wal)")->required()->type_name("PATH");
+  cmd.add_option("FILE", opts->file, "The snapshot (its log is FILE.wal), or rados://POOL/NAME")
+      ->required()
+      ->type_name("PATH");
+  add_rados_options(cmd, opts->rados);
 }
 
 }  // namespace iqdb::persist::cli

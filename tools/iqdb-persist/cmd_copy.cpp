@@ -3,13 +3,14 @@
 // pool to pool: backup and restore, verified on arrival. docs/API.md ("The
 // command-line tool") and docs/DISTRIBUTED.md ("Backup and restore: copy").
 //
-// 1. SRC is opened once; its header and the log beside it are looked at: a
+// 1. SRC is opened once; its header and the log that goes with it (a file's
+//    SRC.wal; in RADOS the log of the generation opened) are looked at: a
 //    log holding records after the snapshot is refused (WouldLoseWrites)
 //    unless --snapshot-only, since only the snapshot is copied.
-// 2. DST's writer lock is taken (Locked while a live writer holds it). A
-//    local DST's old log must hold nothing past DST's snapshot (else
-//    WouldLoseWrites): it is removed just before the publish, so that it can
-//    never be replayed onto the new snapshot.
+// 2. DST's writer lock is taken (Locked while a live writer holds it). DST's
+//    log must hold nothing past DST's snapshot (else WouldLoseWrites); a
+//    local one is removed just before the publish, so that it can never be
+//    replayed onto the new snapshot (in RADOS the new generation has none).
 // 3. verify_snapshot reads SRC through that one handle and every byte it
 //    reads goes to DST's temporary (replace_file_atomically: a local
 //    temporary file renamed over DST, or a RADOS generation published by one
@@ -27,6 +28,7 @@
 #include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb-persist/snapshot_tee.hpp"
+#include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/snapshot.hpp"
 #include "iqdb/persist/wal.hpp"
@@ -43,46 +45,55 @@ struct CopyOptions {
   RadosArgs rados;
 };
 
-// Records of the log beside a local snapshot whose LSN is above `folded`
-// (those the snapshot does not hold); 0 when there is no log.
-std::uint64_t records_after(FileSystem& files, const fs::path& snapshot, std::uint64_t folded) {
-  const fs::path log = wal::log_path_for(snapshot);
-  if (!files.exists(log)) return 0;
+// Records of the log that goes with the snapshot whose header is `h`
+// (opened through `storage` as a reader opens it: for RADOS, the log of the
+// generation read last) whose LSN is above the snapshot's; 0 without a log.
+std::uint64_t records_after(const Location& where, IndexStorage& storage, const FileHeader& h) {
+  FileHeader loaded;
+  const std::unique_ptr<ReadableFile> log = storage.open_log_with_snapshot([&] { return h; }, loaded);
+  if (!log) return 0;
   std::uint64_t implicit_lsn = 0;  // version-1 logs number their records 1, 2, ...
   std::uint64_t after = 0;
-  wal::scan_log(files, log, [&](const wal::RecordView& r) {
-    if ((r.lsn ? *r.lsn : ++implicit_lsn) > folded) ++after;
-  });
+  TeeState unused;
+  OpenFileSystem view(where.fs(), *log, nullptr, unused);
+  storage.check_scan(wal::scan_log(view, log->path(), [&](const wal::RecordView& r) {
+    if ((r.lsn ? *r.lsn : ++implicit_lsn) > h.last_lsn) ++after;
+  }));
   return after;
 }
 
 void refuse_unfolded_source(const Location& src, const SnapshotSummary& s, bool snapshot_only) {
-  if (src.rados() || snapshot_only) return;
-  const std::uint64_t n = records_after(src.fs(), src.path(), s.header.last_lsn);
+  if (snapshot_only) return;
+  const std::shared_ptr<IndexStorage> storage = src.storage();
+  const std::uint64_t n = records_after(src, *storage, s.header);
   if (n == 0) return;
-  throw PersistError::at(ErrorKind::WouldLoseWrites, wal::log_path_for(src.path()),
+  throw PersistError::at(ErrorKind::WouldLoseWrites, storage->log_path(),
                          "the log holds " + std::to_string(n) + " records after the snapshot's LSN " +
                              std::to_string(s.header.last_lsn) +
                              ", which copy does not carry: fold them first (`iqdb-persist checkpoint " + src.label() +
                              "`, with its writer stopped), or pass --snapshot-only to copy the snapshot alone");
 }
 
-// A local destination's old log: refused if it holds records its snapshot
-// lacks (they would be lost), else removed before the publish (see step 2).
+// The destination's log: refused if it holds records its snapshot lacks
+// (they would be lost); a local one is removed before the publish (see
+// step 2). In RADOS the new generation comes without a log: the old one is
+// no longer the current snapshot's.
 class OldLog {
  public:
   explicit OldLog(const Location& dst) : dst_(dst) {
-    if (dst.rados() || !dst.fs().exists(wal::log_path_for(dst.path()))) return;
-    const std::uint64_t folded =
-        dst.fs().exists(dst.path()) ? inspect_snapshot(dst.fs(), dst.path()).header.last_lsn : 0;
-    const std::uint64_t n = records_after(dst.fs(), dst.path(), folded);
+    if (!dst.fs().exists(dst.path())) {
+      if (dst.rados() || !dst.fs().exists(wal::log_path_for(dst.path()))) return;
+    }
+    const std::shared_ptr<IndexStorage> storage = dst.storage();
+    const FileHeader h = dst.fs().exists(dst.path()) ? inspect_snapshot(dst.fs(), dst.path()).header : FileHeader{};
+    const std::uint64_t n = records_after(dst, *storage, h);
     if (n > 0) {
-      throw PersistError::at(ErrorKind::WouldLoseWrites, wal::log_path_for(dst.path()),
+      throw PersistError::at(ErrorKind::WouldLoseWrites, storage->log_path(),
                              "the destination's log holds " + std::to_string(n) +
                                  " records its snapshot lacks; copying over it would lose them (checkpoint " +
                                  dst.label() + " first, or remove the index)");
     }
-    present_ = true;
+    present_ = !dst.rados() && dst.fs().exists(wal::log_path_for(dst.path()));
   }
   void retire() const {
     if (!present_) return;

@@ -1,8 +1,10 @@
-// iqdb-persist wal dump PATH.wal [--json]: the records of a write-ahead log.
+// iqdb-persist wal dump PATH.wal [--json]: the records of a write-ahead log;
+// rados://POOL/NAME: the log of the index's published snapshot.
 // iqdb-persist wal repair PATH.wal [--yes]: cut a damaged log after its last
 // valid frame.
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -10,8 +12,12 @@
 #include <nlohmann/json.hpp>
 
 #include "iqdb-persist/command.hpp"
+#include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
+#include "iqdb-persist/snapshot_tee.hpp"
+#include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/file_system.hpp"
+#include "iqdb/persist/snapshot.hpp"
 #include "iqdb/persist/wal.hpp"
 
 namespace iqdb::persist::cli {
@@ -100,19 +106,36 @@ std::string record_text(const wal::RecordView& r) {
 struct DumpOptions {
   std::string file;
   bool json = false;
+  RadosArgs rados;
 };
 
+// Scan the log at `file`: a log file, or the log of the snapshot published
+// at rados://POOL/NAME (read as a reader would, without the writer lock).
+wal::ScanResult scan_any(const DumpOptions& opts, const std::function<void(const wal::RecordView&)>& on_record) {
+  if (!is_rados(opts.file)) return wal::scan_log(default_file_system(), opts.file, on_record, wal::ScanMode::Report);
+  const Location where = Location::open(opts.file, opts.rados);
+  const std::shared_ptr<IndexStorage> storage = where.storage();
+  FileHeader loaded;
+  const std::unique_ptr<ReadableFile> log = storage->open_log_with_snapshot(
+      [&] { return inspect_snapshot(where.fs(), where.path()).header; }, loaded);
+  if (!log) throw PersistError::at(ErrorKind::Io, storage->log_path(), "the published snapshot has no log");
+  TeeState unused;
+  OpenFileSystem view(where.fs(), *log, nullptr, unused);
+  const wal::ScanResult scan = wal::scan_log(view, log->path(), on_record, wal::ScanMode::Report);
+  storage->check_scan(scan);  // RADOS: bytes after the last frame are damage, not a torn tail
+  return scan;
+}
+
 int dump(const DumpOptions& opts, const Console& console) {
-  const wal::ScanResult scan = wal::scan_log(
-      default_file_system(), opts.file,
+  const wal::ScanResult scan = scan_any(
+      opts,
       [&](const wal::RecordView& r) {
         if (opts.json) {
           console.out << record_json(r).dump() << '\n';
         } else {
           console.out << record_text(r) << '\n';
         }
-      },
-      wal::ScanMode::Report);
+      });
   if (opts.json) {
     json summary{{"version", scan.version},
                  {"base_lsn", scan.version >= 2 ? json(scan.base_lsn) : json(nullptr)},
@@ -184,7 +207,10 @@ void register_wal_dump(CommandSet& commands) {
   auto opts = std::make_shared<DumpOptions>();
   CLI::App& cmd = commands.add("wal dump", "Print the records of a write-ahead log (version 1 or 2)",
                                [opts](const Console& console) { return dump(*opts, console); });
-  cmd.add_option("FILE", opts->file, "The log file (<snapshot>.wal)")->required()->type_name("PATH");
+  cmd.add_option("FILE", opts->file, "The log file (<snapshot>.wal), or rados://POOL/NAME (its snapshot's log)")
+      ->required()
+      ->type_name("PATH");
+  add_rados_options(cmd, opts->rados);
   cmd.add_flag("--json", opts->json,
                "JSON Lines: one object per record (\"metadata\": null when the insert has none), then a "
                "summary object (docs/API.md, \"The command-line tool\")");

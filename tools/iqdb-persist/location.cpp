@@ -1,5 +1,6 @@
 #include "iqdb-persist/location.hpp"
 
+#include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
 #ifdef IQDB_PERSIST_CLI_HAVE_RADOS
 #include "iqdb/persist/rados.hpp"
@@ -49,7 +50,7 @@ Location Location::open(const std::string& where, const RadosArgs& args) {
   RadosLocation loc = RadosLocation::parse(where);
   loc.conf_path = args.ceph_conf;
   loc.client_id = args.client_id;
-  std::unique_ptr<RadosSnapshotStore> store = RadosSnapshotStore::open(loc);
+  std::shared_ptr<RadosSnapshotStore> store = RadosSnapshotStore::open(loc);
   l.path_ = store->path_of(loc.name);
   l.rados_name_ = loc.name;
   l.fs_ = store.get();
@@ -73,6 +74,18 @@ std::unique_ptr<FileLock> Location::lock_writer() const {
 #else
   return nullptr;  // unreachable: open() refuses rados:// without the component
 #endif
+}
+
+PersistConfig Location::config() const {
+#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
+  if (rados()) return rados_persist_config(std::static_pointer_cast<RadosSnapshotStore>(owned_), rados_name_);
+#endif
+  return PersistConfig(path_);
+}
+
+std::shared_ptr<IndexStorage> Location::storage() const {
+  PersistConfig cfg = config();
+  return cfg.storage ? cfg.storage : detail::make_local_storage(*fs_, path_);
 }
 
 }  // namespace iqdb::persist::cli

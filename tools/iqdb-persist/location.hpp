@@ -13,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "iqdb/persist/config.hpp"
 #include "iqdb/persist/file_system.hpp"
 
 namespace iqdb::persist::cli {
@@ -56,9 +57,15 @@ class Location {
   // PersistError(Locked) when a live writer holds it.
   std::unique_ptr<FileLock> lock_writer() const;
 
+  // A PersistConfig for PersistedIndex at this location (RADOS: through
+  // this location's client, rados_persist_config).
+  PersistConfig config() const;
+  // Where its snapshot and log live (the seam PersistedIndex uses).
+  std::shared_ptr<IndexStorage> storage() const;
+
  private:
   Location() = default;
-  std::unique_ptr<FileSystem> owned_;  // the RADOS store, when rados()
+  std::shared_ptr<FileSystem> owned_;  // the RADOS store, when rados()
   FileSystem* fs_ = nullptr;
   std::filesystem::path path_;
   std::string label_;
