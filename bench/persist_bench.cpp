@@ -11,6 +11,11 @@
 //   load      PersistedIndex::load vs read() of the same file into a fresh
 //             malloc'd buffer; both with the file in the page cache
 //   rss       peak RSS of child processes (build / build+save / load)
+//   map       the mapped load (PersistConfig::map_snapshot) of the same file
+//             vs read() into fresh memory and vs the copying load, from the
+//             page cache; its parts (mapping, CRC) for context; the PSS of
+//             two processes that map the file vs one; and from a cold page
+//             cache (posix_fadvise DONTNEED) vs a cold read()
 //   compress  zstd 1, zstd 3, lz4 on Gaussian and 8-bit-quantized vectors
 //   meta      a metadata-heavy index (--meta-vectors x --dim, three fields per
 //             vector: a 30-byte string, an integer, a bool), saved and loaded
@@ -326,6 +331,216 @@ void bench_load(const Options& o, const Saved& saved, Report& rep) {
   rep.info("load", "read_s", t_read);
 }
 
+// ---------------------------------------------------------------- mapped load
+
+PersistedIndex<FlatIndex> load_mapped(const fs::path& path) {
+  PersistConfig cfg = make_config(path);
+  cfg.map_snapshot = true;
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  if (!db.index().mapped()) die("the mapped load copied: is the file mappable?");
+  return db;
+}
+
+// Drop the file's clean pages from the page cache (a cold start).
+void drop_from_page_cache(const fs::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die_errno("open " + p.string());
+  (void)::fdatasync(fd);
+  if (::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0) die("posix_fadvise DONTNEED failed");
+  ::close(fd);
+}
+
+// The parts of a mapped load, for context: mmap + populate of the file's
+// bytes alone, and the CRC over them once mapped.
+void bench_map_parts(const Saved& saved, const Options& o, Report& rep) {
+  std::vector<double> t_map, t_crc;
+  for (int r = 0; r < o.reps; ++r) {
+    const int fd = ::open(saved.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die_errno("open");
+    const auto n = static_cast<std::size_t>(saved.bytes);
+    void* p = MAP_FAILED;
+    t_map.push_back(seconds([&] {
+      p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) die_errno("mmap");
+      (void)::madvise(p, n, MADV_POPULATE_READ);
+    }));
+    std::uint32_t crc = 0;
+    t_crc.push_back(seconds([&] { crc = checksum::compute(p, n); }));
+    if (crc == 0) std::fprintf(stderr, "  (crc 0)\n");
+    ::munmap(p, n);
+    ::close(fd);
+  }
+  rep.add({"map", "mmap + MADV_POPULATE_READ alone (context)", ms_and_rate(median(t_map), saved.bytes), "", {},
+           "", {}});
+  rep.add({"map", "CRC of the mapped bytes alone (context)", ms_and_rate(median(t_crc), saved.bytes), "", {}, "",
+           {}});
+}
+
+// A child that maps the snapshot, says "loaded", waits for a byte on its
+// stdin, then prints its proportional set size (KiB) and exits.
+struct PssChild {
+  pid_t pid = -1;
+  int to = -1;    // its stdin
+  int from = -1;  // its stdout
+};
+
+// This program again, with `args` after its name; its stdin and stdout are
+// in_fd and out_fd (-1: this process's own).
+pid_t spawn_self(std::vector<std::string> args, int in_fd, int out_fd) {
+  const std::string exe = fs::read_symlink("/proc/self/exe").string();
+  args.insert(args.begin(), exe);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) die_errno("fork");
+  if (pid == 0) {
+    if (in_fd >= 0) ::dup2(in_fd, STDIN_FILENO);
+    if (out_fd >= 0) ::dup2(out_fd, STDOUT_FILENO);
+    ::execv(exe.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+PssChild spawn_pss_child(const Options& o) {
+  int in[2], out[2];
+  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) die_errno("pipe");
+  const pid_t pid = spawn_self({"--child", "map-pss", "--dir", o.dir}, in[0], out[1]);
+  ::close(in[0]);
+  ::close(out[1]);
+  return PssChild{pid, in[1], out[0]};
+}
+
+std::string read_line(int fd) {
+  std::string line;
+  char c = 0;
+  while (::read(fd, &c, 1) == 1 && c != '\n') line += c;
+  return line;
+}
+
+// Start `count` children, let them all load, then collect their PSS.
+std::vector<std::uint64_t> pss_of_children(const Options& o, int count) {
+  std::vector<PssChild> kids;
+  for (int i = 0; i < count; ++i) kids.push_back(spawn_pss_child(o));
+  for (const PssChild& k : kids) {
+    if (read_line(k.from) != "loaded") die("a map-pss child failed to load");
+  }
+  std::vector<std::uint64_t> pss;
+  for (const PssChild& k : kids) {
+    if (::write(k.to, "x", 1) != 1) die_errno("write");
+    const std::string line = read_line(k.from);
+    if (line.rfind("pss=", 0) != 0) die("a map-pss child said '" + line + "'");
+    pss.push_back(std::stoull(line.substr(4)));
+  }
+  for (const PssChild& k : kids) {
+    ::close(k.to);
+    ::close(k.from);
+    int status = 0;
+    (void)::waitpid(k.pid, &status, 0);
+  }
+  return pss;
+}
+
+std::uint64_t smaps_rollup_kib(const char* field) {
+  std::ifstream in("/proc/self/smaps_rollup");
+  std::string key;
+  std::uint64_t v = 0;
+  std::string unit;
+  while (in >> key) {
+    if (key == std::string(field) + ":") {
+      in >> v;
+      return v;
+    }
+  }
+  return 0;
+}
+
+int map_pss_child(const Options& o) {
+  const auto db = load_mapped(fs::path(o.dir) / "map.iqdb");
+  std::printf("loaded\n");
+  std::fflush(stdout);
+  char c = 0;
+  if (::read(STDIN_FILENO, &c, 1) != 1) return 1;
+  std::printf("pss=%llu\n", static_cast<unsigned long long>(smaps_rollup_kib("Pss")));
+  std::fflush(stdout);
+  return 0;
+}
+
+void bench_map_pss(const Options& o, const Saved& saved, Report& rep) {
+  const fs::path link = fs::path(o.dir) / "map.iqdb";
+  remove_if_exists(link);
+  fs::copy_file(saved.path, link);
+  (void)time_read_fresh(link);  // in the page cache
+  const std::vector<std::uint64_t> one = pss_of_children(o, 1);
+  const std::vector<std::uint64_t> two = pss_of_children(o, 2);
+  remove_if_exists(link);
+  const double a = static_cast<double>(one[0]) / 1024.0;
+  const double b = static_cast<double>(two[0] + two[1]) / 1024.0;
+  rep.add({"map", "PSS of two processes mapping the file", fmt("%.1f MiB", b), fmt("one process %.1f MiB", a), b / a,
+           "<= 1.1", b / a <= 1.1});
+  rep.info("map", "pss_one_kib", one);
+  rep.info("map", "pss_two_kib", two);
+}
+
+void bench_map_cold(const Options& o, const Saved& saved, Report& rep) {
+  std::vector<double> t_map, t_read;
+  for (int r = 0; r < o.reps; ++r) {
+    for (int k = 0; k < 2; ++k) {
+      drop_from_page_cache(saved.path);
+      prepare_memory();
+      if ((k == 0) == (r % 2 == 0)) {
+        std::optional<PersistedIndex<FlatIndex>> db;
+        t_map.push_back(seconds([&] { db.emplace(load_mapped(saved.path)); }));
+      } else {
+        t_read.push_back(time_read_fresh(saved.path));
+      }
+    }
+    std::fprintf(stderr, "  cold rep %d: mapped load %.1f ms, read %.1f ms\n", r + 1, t_map.back() * 1e3,
+                 t_read.back() * 1e3);
+  }
+  const double m = median(t_map), rd = median(t_read);
+  rep.add({"map", "mapped load, cold page cache", ms_and_rate(m, saved.bytes), "cold read " + ms_and_rate(rd, saved.bytes),
+           m / rd, "<= 1.0", m / rd <= 1.0});
+  rep.info("map", "cold_mapped_load_s", t_map);
+  rep.info("map", "cold_read_s", t_read);
+}
+
+// What a user's code does: PersistedIndex<FlatIndex>::load with
+// map_snapshot, against read() of the file into fresh memory and against
+// the copying load, interleaved, the file in the page cache.
+void bench_map(const Options& o, const Saved& saved, Report& rep) {
+  heading("mapped load: load(map_snapshot) vs read() into fresh memory and vs the copying load (page cache)");
+  (void)time_read_fresh(saved.path);
+  std::vector<double> t_map, t_read, t_copy;
+  for (int r = 0; r < o.reps; ++r) {
+    for (int k = 0; k < 3; ++k) {
+      prepare_memory();
+      std::optional<PersistedIndex<FlatIndex>> db;  // destroyed after the timing, as read()'s buffer
+      switch ((k + r) % 3) {
+        case 0: t_map.push_back(seconds([&] { db.emplace(load_mapped(saved.path)); })); break;
+        case 1: t_read.push_back(time_read_fresh(saved.path)); break;
+        default:
+          t_copy.push_back(seconds([&] { db.emplace(PersistedIndex<FlatIndex>::load(make_config(saved.path))); }));
+      }
+    }
+    std::fprintf(stderr, "  rep %d: mapped load %.1f ms, read %.1f ms, copying load %.1f ms\n", r + 1,
+                 t_map.back() * 1e3, t_read.back() * 1e3, t_copy.back() * 1e3);
+  }
+  const double m = median(t_map), rd = median(t_read), c = median(t_copy);
+  rep.add({"map", "mapped load vs read() (median of " + std::to_string(o.reps) + ")", ms_and_rate(m, saved.bytes),
+           "read " + ms_and_rate(rd, saved.bytes), m / rd, "<= 0.1", m / rd <= 0.1});
+  rep.add({"map", "mapped load vs copying load", ms_and_rate(m, saved.bytes), "copying " + ms_and_rate(c, saved.bytes),
+           m / c, "<= 0.4", m / c <= 0.4});
+  rep.info("map", "mapped_load_s", t_map);
+  rep.info("map", "read_s", t_read);
+  rep.info("map", "copying_load_s", t_copy);
+  bench_map_parts(saved, o, rep);
+  bench_map_pss(o, saved, rep);
+  bench_map_cold(o, saved, rep);
+}
+
 // ---------------------------------------------------------------- compression
 
 void bench_compress(const Options& o, Report& rep) {
@@ -524,20 +739,9 @@ struct ChildResult {
 ChildResult run_child(const Options& o, const std::string& mode) {
   int pipefd[2];
   if (::pipe2(pipefd, O_CLOEXEC) != 0) die_errno("pipe");
-  const std::string exe = fs::read_symlink("/proc/self/exe").string();
-  std::vector<std::string> args = {exe,         "--child", mode, "--dir", o.dir, "--vectors", std::to_string(o.vectors),
-                                   "--dim",     std::to_string(o.dim), "--seed", std::to_string(o.seed)};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) die_errno("fork");
-  if (pid == 0) {
-    ::dup2(pipefd[1], STDOUT_FILENO);
-    ::execv(exe.c_str(), argv.data());
-    _exit(127);
-  }
+  const pid_t pid = spawn_self({"--child", mode, "--dir", o.dir, "--vectors", std::to_string(o.vectors), "--dim",
+                               std::to_string(o.dim), "--seed", std::to_string(o.seed)},
+                              -1, pipefd[1]);
   ::close(pipefd[1]);
   std::string out;
   char buf[4096];
@@ -682,13 +886,13 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "Random seed")->capture_default_str();
   app.add_option("--only", o.only, "Sections to run (comma separated)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"crc", "save", "load", "rss", "compress", "meta"}));
+      ->check(CLI::IsMember({"crc", "save", "load", "rss", "compress", "meta", "map"}));
   app.add_option("--json", o.json, "Also write the results as JSON to this file");
   app.add_flag("--strict", o.strict, "Exit with status 1 when a target is missed");
   app.add_flag("--keep", o.keep, "Keep the snapshot file in --dir");
   app.add_flag("--cold-memory", o.cold_memory,
                "Do not touch and free memory before each timed operation (see docs/PERFORMANCE.md)");
-  app.add_option("--child", o.child, "internal")->group("")->check(CLI::IsMember({"build", "build-save", "save-peak", "load"}));
+  app.add_option("--child", o.child, "internal")->group("")->check(CLI::IsMember({"build", "build-save", "save-peak", "load", "map-pss"}));
   CLI11_PARSE(app, argc, argv);
   bench::set_program_name("iqdb_persist_bench");
 
@@ -697,6 +901,7 @@ int main(int argc, char** argv) {
   // memory, which would flatter the read() baseline at small sizes).
   (void)::mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
+  if (o.child == "map-pss") return map_pss_child(o);
   if (!o.child.empty()) return child_main(o);
 
   std::error_code ec;
@@ -722,7 +927,7 @@ int main(int argc, char** argv) {
   std::printf("load average at start: %s\n", first_line_of("/proc/loadavg", "").c_str());
   Report rep;
   if (wants(o, "crc")) bench_crc(o, rep);
-  if (wants(o, "save") || wants(o, "load")) {
+  if (wants(o, "save") || wants(o, "load") || wants(o, "map")) {
     const fs::path path = fs::path(o.dir) / "bench.iqdb";
     heading("building " + std::to_string(o.vectors) + " x " + std::to_string(o.dim) + " Gaussian FlatIndex");
     std::optional<PersistedIndex<FlatIndex>> db;
@@ -741,6 +946,7 @@ int main(int argc, char** argv) {
     }
     db.reset();
     if (wants(o, "load")) bench_load(o, saved, rep);
+    if (wants(o, "map")) bench_map(o, saved, rep);
     if (!o.keep) remove_if_exists(path);
   }
   if (wants(o, "compress")) bench_compress(o, rep);

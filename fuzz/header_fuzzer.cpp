@@ -11,6 +11,7 @@
 // tag, metric and scheme in range); a v3 header without extension fields
 // re-encodes byte for byte (write_header); read_header on an in-memory file
 // of the same bytes agrees with parse_header.
+#include "format/header.hpp"
 #include "fuzz_support.hpp"
 
 namespace iqdb::persist::fuzz {

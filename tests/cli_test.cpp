@@ -86,6 +86,8 @@ struct Expected {
   std::uint64_t uncompressed_len = 0;
   std::uint64_t file_size = 0;
   std::optional<std::uint64_t> last_lsn;  // v3 only (null in JSON before v3)
+  // v3, compression byte 0, optional flag bit 0 (aligned block) set.
+  bool mappable = false;
 };
 
 struct Fixture {
@@ -158,6 +160,7 @@ Fixture v3_file(const TempDir& dir, std::string name, Compression c, std::string
              bytes.size(),
              le(bytes, last_lsn_at, 8)};
   EXPECT_EQ(*e.last_lsn, 0u) << "no write-ahead log, nothing folded";
+  e.mappable = bytes[28 + tag_len + 8 + 1] == std::byte{0} && (le(bytes, 20, 4) & 1) != 0;
   return {std::move(name), std::move(bytes), e};
 }
 
@@ -210,6 +213,7 @@ void expect_text(const std::string& out, const Expected& e) {
       {"file_size", std::to_string(e.file_size)},
   };
   if (e.last_lsn) want["last_lsn"] = std::to_string(*e.last_lsn);
+  want["mappable"] = e.mappable ? "yes" : "no";
   EXPECT_EQ(got, want);
   EXPECT_EQ(value_columns.size(), 1u) << "values are not aligned:\n" << out;
 }
@@ -220,7 +224,9 @@ void expect_json(const std::string& out, const Expected& e) {
   std::set<std::string> keys;
   for (const auto& [k, v] : j.items()) keys.insert(k);
   EXPECT_EQ(keys, (std::set<std::string>{"format_version", "index_type", "dim", "metric", "n_vectors", "crc32",
-                                         "compression", "uncompressed_len", "file_size", "last_lsn"}));
+                                         "compression", "uncompressed_len", "file_size", "last_lsn",
+                                         "mappable"}));
+  EXPECT_EQ(j.at("mappable").get<bool>(), e.mappable);
   for (const char* k : {"format_version", "dim", "n_vectors", "crc32", "uncompressed_len", "file_size"}) {
     EXPECT_TRUE(j.at(k).is_number_unsigned()) << k;
   }

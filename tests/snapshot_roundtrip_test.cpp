@@ -76,6 +76,10 @@ std::uint64_t expected_payload_len(const FlatIndex& index) {
     len += 8 + 4;
     for (const auto& [key, value] : *m) len += 4 + key.size() + 1 + value_bytes(value);
   }
+  // Flat payload version 2: pad_len u32 and zeros, so that the vectors start
+  // at a multiple of 4096 in the file (header: 78 + 4 bytes for "flat").
+  len += 4;
+  len += (4096 - (78 + 4 + len) % 4096) % 4096;
   return len + index.size() * index.dim() * 4;
 }
 

@@ -197,6 +197,14 @@ FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint6
 }  // namespace
 
 std::uint64_t v3_header_len(std::uint64_t tag_len) noexcept { return kV3Fixed + tag_len; }
+}  // namespace format
+
+bool is_mappable(const FileHeader& h) noexcept {
+  return h.format_version >= 3 && h.compression == CompressionScheme::None &&
+         (h.optional_flags & format::OPTIONAL_FLAG_ALIGNED_BLOCK) != 0;
+}
+
+namespace format {
 
 void check_scheme(const FileHeader& h, const fs::path& path) {
   // v2: the preamble's first byte; v3: the header field.

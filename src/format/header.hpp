@@ -14,6 +14,10 @@
 
 #include "iqdb/persist/format.hpp"
 
+namespace iqdb::persist {
+class ReadableFile;
+}
+
 namespace iqdb::persist::format {
 
 // ---- Every version: magic, then the format version.

@@ -13,6 +13,7 @@
 
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
+#include "fs/file_mapping.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -131,6 +132,9 @@ class PosixReadableFile final : public ReadableFile {
   }
   std::uint64_t size() const noexcept override { return size_; }
   const fs::path& path() const noexcept override { return path_; }
+  MappedBlock map(std::uint64_t offset, std::size_t size, std::size_t reserve) const override {
+    return detail::map_file_block(fd_, path_, offset, size, reserve);
+  }
 
  private:
   fs::path path_;

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdlib>
@@ -39,7 +40,8 @@ FloatBuffer::FloatBuffer(FloatBuffer&& o) noexcept
     : p_(std::exchange(o.p_, nullptr)),
       size_(std::exchange(o.size_, 0)),
       cap_(std::exchange(o.cap_, 0)),
-      mapped_(std::exchange(o.mapped_, 0)) {}
+      mapped_(std::exchange(o.mapped_, 0)),
+      origin_(std::move(o.origin_)) {}
 
 FloatBuffer& FloatBuffer::operator=(FloatBuffer&& o) noexcept {
   if (this != &o) {
@@ -48,6 +50,7 @@ FloatBuffer& FloatBuffer::operator=(FloatBuffer&& o) noexcept {
     size_ = std::exchange(o.size_, 0);
     cap_ = std::exchange(o.cap_, 0);
     mapped_ = std::exchange(o.mapped_, 0);
+    origin_ = std::move(o.origin_);
   }
   return *this;
 }
@@ -62,6 +65,7 @@ void FloatBuffer::release() noexcept {
   }
   p_ = nullptr;
   mapped_ = 0;
+  origin_.reset();
 }
 
 void FloatBuffer::reallocate(std::size_t cap) {
@@ -76,7 +80,7 @@ void FloatBuffer::reallocate(std::size_t cap) {
   }
   const std::size_t map = (bytes + kHugePage - 1) & ~(kHugePage - 1);
   void* q = MAP_FAILED;
-  if (mapped_ != 0) {
+  if (mapped_ != 0 && !origin_) {
     // One mapping, grown in place or moved: its pages are not copied.
     q = ::mremap(p_, mapped_, map, MREMAP_MAYMOVE);
     if (q == MAP_FAILED) throw std::bad_alloc();
@@ -84,7 +88,9 @@ void FloatBuffer::reallocate(std::size_t cap) {
     q = ::mmap(nullptr, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (q == MAP_FAILED) throw std::bad_alloc();
     if (size_ > 0) std::memcpy(q, p_, size_ * sizeof(float));
-    std::free(p_);
+    // A mapped block spans two mappings (the file's, the reservation),
+    // which mremap cannot move as one: its elements are copied out.
+    release();
   }
   // Advisory; on kernels without transparent huge pages it fails harmlessly.
   (void)::madvise(q, map, MADV_HUGEPAGE);
@@ -106,6 +112,15 @@ void FloatBuffer::resize(std::size_t n) {
 void FloatBuffer::append(std::span<const float> v) noexcept {
   if (!v.empty()) std::memcpy(p_ + size_, v.data(), v.size_bytes());
   size_ += v.size();
+}
+
+void FloatBuffer::adopt(MappedBlock block, std::size_t n) noexcept {
+  release();
+  mapped_ = block.reserved();
+  cap_ = mapped_ / sizeof(float);
+  size_ = n;
+  origin_ = block.origin();
+  p_ = reinterpret_cast<float*>(block.release());
 }
 
 }  // namespace detail
@@ -387,7 +402,12 @@ bool operator==(const FlatIndex& a, const FlatIndex& b) {
 
 namespace {
 
-constexpr std::uint32_t kPayloadVersion = 1;
+// Version 2 aligns the vectors in the file (docs/FORMAT.md, "The flat
+// payload"); version 1 (no padding field) is still read.
+constexpr std::uint32_t kPayloadVersion = 2;
+constexpr std::uint32_t kPayloadVersionUnaligned = 1;
+// The vectors start at a multiple of this in the file (uncompressed).
+constexpr std::uint64_t kVectorAlignment = 4096;
 constexpr std::uint8_t kIdsAllU64 = 0;
 constexpr std::uint8_t kIdsTagged = 1;
 constexpr std::uint8_t kIdKindU64 = 0;
@@ -434,12 +454,55 @@ void FlatIndex::save_to(PayloadWriter& w) const {
     w.write_u64(row);
     write_metadata(w, *m);
   }
+  write_vector_padding(w);
   w.write(data_.data(), data_.size() * sizeof(float));
+}
+
+// pad_len u32, then pad_len zero bytes: the vectors that follow start at a
+// file offset that is a multiple of kVectorAlignment.
+void FlatIndex::write_vector_padding(PayloadWriter& w) {
+  const std::uint64_t at = w.file_offset() + w.bytes_written() + sizeof(std::uint32_t);
+  const auto pad = static_cast<std::uint32_t>((kVectorAlignment - at % kVectorAlignment) % kVectorAlignment);
+  w.write_u32(pad);
+  static constexpr std::array<std::byte, kVectorAlignment> kZeros{};
+  w.write(kZeros.data(), pad);
+  w.mark_aligned_block();
+}
+
+// The padding of version 2: at most kVectorAlignment - 1 bytes, all zero.
+void FlatIndex::read_vector_padding(PayloadReader& r) {
+  const std::uint32_t pad = r.read_u32();
+  if (pad >= kVectorAlignment) r.fail("vector padding of " + std::to_string(pad) + " bytes");
+  std::array<std::byte, kVectorAlignment> bytes{};
+  r.read(bytes.data(), pad);
+  if (std::any_of(bytes.begin(), bytes.begin() + pad, [](std::byte b) { return b != std::byte{0}; })) {
+    r.fail("vector padding holds non-zero bytes");
+  }
+}
+
+// The vectors: in place when the reader maps them (a mapped load), else
+// read into the index's own memory.
+void FlatIndex::load_vectors(PayloadReader& r, std::uint64_t floats) {
+  if (floats > r.remaining() / sizeof(float)) r.fail("the vectors do not fit the payload");
+  const auto n = static_cast<std::size_t>(floats);
+  // Room to grow in place: as much again (address space only).
+  if (MappedBlock block = r.map(n * sizeof(float), 2 * n * sizeof(float))) {
+    data_.adopt(std::move(block), n);
+    return;
+  }
+  data_.resize(n);
+  r.read(data_.data(), n * sizeof(float));
+}
+
+void FlatIndex::check_mapping() const {
+  if (const detail::MappedOrigin* origin = data_.origin()) detail::check_mapped_origin(*origin);
 }
 
 FlatIndex FlatIndex::load_from(PayloadReader& r) {
   const std::uint32_t version = r.read_u32();
-  if (version != kPayloadVersion) r.fail("unknown flat payload version " + std::to_string(version));
+  if (version != kPayloadVersion && version != kPayloadVersionUnaligned) {
+    r.fail("unknown flat payload version " + std::to_string(version));
+  }
   const std::uint64_t dim = r.read_u64();
   // Only overflow is guarded here: the vector count below is bounded by the
   // bytes that remain (an empty index of any dimension is legitimate).
@@ -500,10 +563,8 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
       prev_row = row;
       index.meta_[row] = std::make_unique<Metadata>(read_metadata(r));
     }
-    const std::uint64_t floats = n * dim;
-    if (floats > r.remaining() / sizeof(float)) r.fail("the vectors do not fit the payload");
-    index.data_.resize(static_cast<std::size_t>(floats));
-    r.read(index.data_.data(), index.data_.size() * sizeof(float));
+    if (version == kPayloadVersion) read_vector_padding(r);
+    index.load_vectors(r, n * dim);
   } catch (...) {
     table_job.wait();
     throw;

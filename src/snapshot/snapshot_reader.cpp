@@ -5,12 +5,15 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
+#include "format/header.hpp"
 #include "iqdb/persist/checksum.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/snapshot.hpp"
+#include "fs/file_mapping.hpp"
 #include "snapshot/codec.hpp"
 
 namespace iqdb::persist {
@@ -47,6 +50,20 @@ class FileSource final : public codec::ByteSource {
     return done;
   }
   std::uint64_t left() const noexcept override { return end_ - pos_; }
+  std::uint64_t position() const noexcept { return pos_; }
+  const ReadableFile& file() const noexcept { return file_; }
+
+  // Take the next `n` stored bytes from `in_place` (the same bytes of the
+  // file, mapped) instead of reading them: checksummed where they lie.
+  void consume_in_place(const std::byte* in_place, std::size_t n) {
+    for (std::size_t done = 0; done < n;) {
+      const std::size_t k = std::min(n - done, kReadChunk);
+      crc_.update(in_place + done, k);
+      pos_ += k;
+      done += k;
+      if (progress_) progress_(pos_ - begin_, end_ - begin_);
+    }
+  }
 
   void seed_crc(std::span<const std::byte> bytes) {
     crc_.update(bytes);
@@ -99,12 +116,17 @@ class SnapshotPayloadReader final : public PayloadReader {
   static constexpr std::size_t kPayloadBuffer = std::size_t{64} << 10;
   using MakeDecoder = std::function<std::unique_ptr<codec::Decoder>()>;
 
-  SnapshotPayloadReader(MakeDecoder make_decoder, FileSource& source, std::uint64_t length, const fs::path& path)
+  // `map_at`: for a mapped load of an uncompressed payload, the file
+  // offset of payload byte 0; nullopt otherwise (map() then maps nothing).
+  SnapshotPayloadReader(MakeDecoder make_decoder, FileSource& source, std::uint64_t length, const fs::path& path,
+                        std::optional<std::uint64_t> map_at)
       : make_decoder_(std::move(make_decoder)),
         source_(source),
         decoder_(make_decoder_()),
+        length_(length),
         remaining_(length),
-        path_(path) {}
+        path_(path),
+        map_at_(map_at) {}
 
   void read(void* dst, std::size_t size) override {
     if (size <= static_cast<std::size_t>(end_ - pos_)) {
@@ -116,9 +138,16 @@ class SnapshotPayloadReader final : public PayloadReader {
     read_slow(static_cast<std::byte*>(dst), size);
   }
   std::uint64_t remaining() const noexcept override { return remaining_; }
+  std::uint64_t file_offset() const noexcept override { return map_at_.value_or(0); }
+  MappedBlock map(std::size_t size, std::size_t reserve) override;
 
   // The payload has been read: the stored stream must end here.
   void finish() { decoder_->finish(); }
+  // After the checksum matched: the file behind a mapped block did not
+  // change while the load read it (docs/API.md, "Mapped load").
+  void check_mapped() const {
+    if (mapped_origin_) detail::check_mapped_origin(*mapped_origin_);
+  }
 
  private:
   void read_slow(std::byte* dst, std::size_t size) {
@@ -199,6 +228,7 @@ class SnapshotPayloadReader final : public PayloadReader {
   MakeDecoder make_decoder_;
   FileSource& source_;
   std::unique_ptr<codec::Decoder> decoder_;
+  std::uint64_t length_;     // the payload's length
   std::uint64_t remaining_;  // payload bytes the index has not read yet
   std::uint64_t decoded_ = 0;  // payload bytes taken from the decoder
   const fs::path& path_;
@@ -207,7 +237,33 @@ class SnapshotPayloadReader final : public PayloadReader {
   const std::byte* pos_ = nullptr;  // the buffered bytes not yet read: [pos_, end_)
   const std::byte* end_ = nullptr;
   bool read_ahead_ = true;
+  std::optional<std::uint64_t> map_at_;
+  std::shared_ptr<const detail::MappedOrigin> mapped_origin_;
 };
+
+// The next `size` payload bytes, mapped: stored uncompressed, payload
+// position p is file offset map_at_ + p. The bytes the buffer read ahead
+// (already checksummed as read) must equal the mapped ones; the rest are
+// checksummed in the mapping, so every byte the index keeps is covered by
+// the CRC that read_snapshot checks before it returns.
+MappedBlock SnapshotPayloadReader::map(std::size_t size, std::size_t reserve) {
+  if (!map_at_ || size == 0 || size > remaining_) return {};
+  const std::uint64_t at = *map_at_ + (length_ - remaining_);
+  const std::uint64_t read_to = source_.position();  // == at + the buffered bytes
+  const std::size_t buffered = static_cast<std::size_t>(end_ - pos_);
+  if (read_to != at + buffered || buffered > size || at % detail::kMapPage != 0) return {};
+  MappedBlock block = source_.file().map(at, size, reserve);
+  if (!block) return {};
+  if (buffered != 0 && std::memcmp(block.data(), pos_, buffered) != 0) {
+    throw PersistError::at(ErrorKind::InvalidPayload, path_, "the file changed while being read", at);
+  }
+  source_.consume_in_place(block.data() + buffered, size - buffered);
+  decoded_ += size - buffered;
+  remaining_ -= size;
+  pos_ = end_ = nullptr;
+  mapped_origin_ = block.origin();
+  return block;
+}
 
 void check_lengths(const FileHeader& h, const ReadLimits& limits, const fs::path& path) {
   if (h.uncompressed_len > limits.max_payload_bytes) {
@@ -237,7 +293,7 @@ void check_lengths(const FileHeader& h, const ReadLimits& limits, const fs::path
 FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_view expected_type,
                               const ReadLimits& limits,
                               const std::function<void(PayloadReader&, const FileHeader&)>& body,
-                              const FileSource::Progress& progress) {
+                              const FileSource::Progress& progress, bool map) {
   std::unique_ptr<ReadableFile> file = fs.open_read(path);
   const FileHeader h = format::read_header(*file);
   if (!expected_type.empty() && h.index_type != expected_type) {
@@ -262,15 +318,20 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
     // checks run before anything is decompressed.
     format::check_scheme(h, path);
     check_lengths(h, limits, path);
+    // Stored uncompressed, payload and file bytes correspond one to one.
+    const bool in_place = map && h.compression == CompressionScheme::None;
     SnapshotPayloadReader reader(
         [&] { return codec::make_decoder(h.compression, source, h.uncompressed_len, path); }, source,
-        h.uncompressed_len, path);
+        h.uncompressed_len, path, in_place ? std::optional(h.payload_offset) : std::nullopt);
     body(reader, h);
     if (reader.remaining() != 0) {
       throw PersistError::at(ErrorKind::InvalidPayload, path,
                              "the index left " + std::to_string(reader.remaining()) + " payload bytes unread");
     }
     reader.finish();
+    source.drain();
+    if (source.crc() != h.payload_crc) throw checksum_error();
+    reader.check_mapped();
   } catch (const PersistError& e) {
     // Damage usually shows first as a decoding error; the checksum says
     // whether the bytes were corrupted (and takes precedence) or the file
@@ -286,16 +347,15 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
     if (source.crc() != h.payload_crc) throw checksum_error();
     throw PersistError::at(ErrorKind::InvalidPayload, path, std::string("decoding the payload failed: ") + e.what());
   }
-  source.drain();
-  if (source.crc() != h.payload_crc) throw checksum_error();
   return h;
 }
 
 }  // namespace
 
 FileHeader read_snapshot(FileSystem& fs, const fs::path& path, std::string_view expected_type,
-                         const ReadLimits& limits, const std::function<void(PayloadReader&, const FileHeader&)>& body) {
-  return read_snapshot_impl(fs, path, expected_type, limits, body, {});
+                         const ReadLimits& limits, const std::function<void(PayloadReader&, const FileHeader&)>& body,
+                         bool map) {
+  return read_snapshot_impl(fs, path, expected_type, limits, body, {}, map);
 }
 
 SnapshotSummary inspect_snapshot(FileSystem& fs, const fs::path& path) {
@@ -315,7 +375,7 @@ SnapshotSummary verify_snapshot(FileSystem& fs, const fs::path& path, const Read
           r.read(buf.data(), static_cast<std::size_t>(std::min<std::uint64_t>(r.remaining(), buf.size())));
         }
       },
-      progress);
+      progress, /*map=*/false);
   return SnapshotSummary{h, h.payload_offset + h.stored_len};
 }
 

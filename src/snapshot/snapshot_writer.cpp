@@ -8,6 +8,7 @@
 #include "iqdb/persist/checksum.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
+#include "format/header.hpp"
 #include "iqdb/persist/snapshot.hpp"
 #include "snapshot/codec.hpp"
 #include "util/coding.hpp"
@@ -93,8 +94,8 @@ class SnapshotPayloadWriter final : public PayloadWriter {
  public:
   static constexpr std::size_t kPayloadBuffer = std::size_t{64} << 10;
 
-  SnapshotPayloadWriter(FileSink& sink, codec::Encoder* encoder)
-      : sink_(sink), encoder_(encoder), buf_(new std::byte[kPayloadBuffer]) {}
+  SnapshotPayloadWriter(FileSink& sink, codec::Encoder* encoder, std::uint64_t file_offset)
+      : sink_(sink), encoder_(encoder), buf_(new std::byte[kPayloadBuffer]), file_offset_(file_offset) {}
 
   void write(const void* data, std::size_t size) override {
     if (size <= kPayloadBuffer - used_) {
@@ -113,6 +114,9 @@ class SnapshotPayloadWriter final : public PayloadWriter {
     n_ += size;
   }
   std::uint64_t bytes_written() const noexcept override { return n_; }
+  std::uint64_t file_offset() const noexcept override { return file_offset_; }
+  void mark_aligned_block() override { aligned_block_ = true; }
+  bool aligned_block() const noexcept { return aligned_block_; }
 
   // Hand on what is buffered.
   void flush() {
@@ -134,6 +138,8 @@ class SnapshotPayloadWriter final : public PayloadWriter {
   std::unique_ptr<std::byte[]> buf_;  // not zero-filled
   std::size_t used_ = 0;
   std::uint64_t n_ = 0;
+  std::uint64_t file_offset_;
+  bool aligned_block_ = false;
 };
 
 CompressionScheme scheme_for(const Compression& c) {
@@ -169,6 +175,7 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
     replace_file_atomically(fs, path, durable, [&](WritableFile& file) {
       // Placeholder; the real header (with lengths and CRC) goes in last.
       const std::vector<std::byte> zeros(header_len);
+      bool aligned_block = false;
       file.append(zeros);
       const auto stream = [&] {
         FileSink sink(file, header_len, durable);
@@ -179,11 +186,12 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
           const std::uint64_t hint = info.n_vectors * info.dim * sizeof(float) + 4096;
           encoder = codec::make_encoder(h.compression, compression.level(), sink, path, hint);
         }
-        SnapshotPayloadWriter writer(sink, encoder.get());
+        SnapshotPayloadWriter writer(sink, encoder.get(), header_len);
         body(writer);
         writer.flush();
         if (encoder) encoder->finish();
         sink.flush();
+        aligned_block = writer.aligned_block();
         h.uncompressed_len = writer.bytes_written();
         h.stored_len = sink.stored();
         h.payload_crc = sink.crc();
@@ -197,8 +205,12 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
         h.compression = CompressionScheme::None;
         stream();
       }
+      // Stored uncompressed, the index's aligned block is aligned in the file.
+      if (aligned_block && h.compression == CompressionScheme::None) {
+        h.optional_flags |= format::OPTIONAL_FLAG_ALIGNED_BLOCK;
+      }
       const std::vector<std::byte> header = format::write_header(h);
-      h.header_crc = coding::get<std::uint32_t>(header.data() + header.size() - 4);
+      h.header_crc = coding::get<std::uint32_t>(header.data() + header.size() - format::kV3HeaderCrcLen);
       file.write_at(0, header);
     });
   } catch (const PersistError& e) {

@@ -58,6 +58,8 @@ void print_header(std::ostream& out, const SnapshotSummary& summary, std::string
   line("uncompressed_len", with_human(h.uncompressed_len));
   line("file_size", with_human(summary.file_size));
   if (h.format_version >= 3) line("last_lsn", std::to_string(h.last_lsn));
+  line("mappable", is_mappable(h) ? "yes (a mapped load uses the vectors in place)"
+                                  : "no (loads by copying: needs version 3, uncompressed, aligned vectors)");
 }
 
 std::string header_json(const SnapshotSummary& summary) {
@@ -74,6 +76,8 @@ std::string header_json(const SnapshotSummary& summary) {
       {"file_size", summary.file_size},
       // Versions 1 and 2 have no LSN field: null, never a made-up 0.
       {"last_lsn", h.format_version >= 3 ? nlohmann::ordered_json(h.last_lsn) : nlohmann::ordered_json(nullptr)},
+      // Whether PersistConfig::map_snapshot can use the vectors in place.
+      {"mappable", is_mappable(h)},
   };
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }

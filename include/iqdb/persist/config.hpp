@@ -96,6 +96,14 @@ struct PersistConfig {
   // snapshot, with or without the WAL. Set it for a save meant to throw
   // those writes away; invalid together with wal_enabled.
   bool discard_log = false;
+  // load(): use the snapshot's vectors in place from a private mapping of
+  // the file instead of copying them, for an index that supports it
+  // (FlatIndex) and a file that allows it (format version 3, uncompressed:
+  // format::is_mappable; others load by copying). Verified as a copy is,
+  // before load() returns. Writes copy the pages they touch; the file must
+  // not be written to or truncated in place while mapped (docs/API.md,
+  // "Mapped load").
+  bool map_snapshot = false;
   // The file-system seam; nullptr means the real POSIX file system. Tests
   // pass a fault-injecting or recording wrapper. Not owned; must outlive
   // every object that uses this config.

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "iqdb/persist/io.hpp"
+
 namespace iqdb::persist {
 
 // A range of a file mapped into memory for writing (see
@@ -76,6 +78,17 @@ class ReadableFile {
   // The file's size when it was opened.
   virtual std::uint64_t size() const noexcept = 0;
   virtual const std::filesystem::path& path() const noexcept = 0;
+  // Optional: [offset, offset + size) mapped in place for a mapped load (see
+  // MappedBlock in io.hpp), `reserve` bytes of address space in all. offset
+  // must be a multiple of 4096. Returns an empty block when the file system
+  // does not offer it (the default: callers then read) or the system
+  // refuses the mapping.
+  virtual MappedBlock map(std::uint64_t offset, std::size_t size, std::size_t reserve) const {
+    (void)offset;
+    (void)size;
+    (void)reserve;
+    return {};
+  }
 };
 
 // An exclusive advisory lock; released when destroyed.

@@ -25,6 +25,11 @@ namespace detail {
 // a time where the kernel has huge pages to give. (Plain realloc copies
 // blocks up to glibc's dynamic mmap threshold, up to 32 MiB.) resize() does
 // not zero-fill: the loader overwrites every element.
+//
+// After a mapped load the block is a MappedBlock (adopt()): the snapshot's
+// bytes in place, copy-on-write per page, with address space reserved behind
+// them; growth within the reservation stays in place, growth beyond it
+// moves the elements into a block of its own (one copy) and drops the file.
 class FloatBuffer {
  public:
   FloatBuffer() noexcept = default;
@@ -44,6 +49,10 @@ class FloatBuffer {
   void resize(std::size_t n);
   // Precondition: capacity for size() + v.size() (reserve first).
   void append(std::span<const float> v) noexcept;
+  // Use a mapped block of n elements in place (replaces the contents).
+  void adopt(MappedBlock block, std::size_t n) noexcept;
+  // The file the elements are mapped from, or null.
+  const detail::MappedOrigin* origin() const noexcept { return origin_.get(); }
 
  private:
   void reallocate(std::size_t cap);
@@ -52,6 +61,7 @@ class FloatBuffer {
   std::size_t size_ = 0;
   std::size_t cap_ = 0;
   std::size_t mapped_ = 0;  // bytes of p_'s own mapping; 0: p_ is from malloc
+  std::shared_ptr<const MappedOrigin> origin_;  // set: p_ starts with a file's pages
 };
 
 }  // namespace detail
@@ -119,11 +129,22 @@ class FlatIndex {
   void save_to(PayloadWriter& w) const;
   static FlatIndex load_from(PayloadReader& r);
 
+  // After a mapped load (PersistConfig::map_snapshot, docs/API.md "Mapped
+  // load"): whether the vectors are used in place from the snapshot file,
+  // and a check that the file was not written to or truncated in place
+  // since (PersistError(InvalidPayload) naming it; nothing to check when not
+  // mapped). Writes to the index never reach the file.
+  bool mapped() const noexcept { return data_.origin() != nullptr; }
+  void check_mapping() const;
+
   // Equal ids, vectors (bitwise), metadata and storage order.
   friend bool operator==(const FlatIndex& a, const FlatIndex& b);
 
  private:
   class IdTable;
+  static void write_vector_padding(PayloadWriter& w);
+  static void read_vector_padding(PayloadReader& r);
+  void load_vectors(PayloadReader& r, std::uint64_t floats);
   std::uint64_t dim_;
   DistanceMetric metric_;
   detail::FloatBuffer data_;

@@ -4,16 +4,12 @@
 
 #include <array>
 #include <cstdint>
-#include <filesystem>
-#include <span>
 #include <string>
-#include <vector>
+#include <string_view>
 
 #include "iqdb/persist/types.hpp"
 
 namespace iqdb::persist {
-
-class ReadableFile;
 
 // Compression schemes of the payload region. On-disk tags: never renumber.
 enum class CompressionScheme : std::uint8_t {
@@ -40,6 +36,11 @@ inline constexpr std::size_t HEADER_PROBE_LEN = MAX_HEADER_LEN;
 // v3 required-flag bits this build understands (none yet). A file with any
 // other required bit set is refused with ErrorKind::Unsupported.
 inline constexpr std::uint32_t KNOWN_REQUIRED_FLAGS = 0;
+// v3 optional-flag bits (hints a reader may ignore; docs/FORMAT.md, "Version 3").
+// Bit 0: the payload's large block (FlatIndex: the vectors) starts at a file
+// offset that is a multiple of 4096, and the payload is stored uncompressed,
+// so a mapped load can use it in place.
+inline constexpr std::uint32_t OPTIONAL_FLAG_ALIGNED_BLOCK = 1u << 0;
 
 }  // namespace format
 
@@ -67,18 +68,9 @@ struct FileHeader {
   std::uint64_t payload_offset = 0;  // first stored payload byte
 };
 
-namespace format {
+// Whether a mapped load (PersistConfig::map_snapshot) can use this file's
+// vector block in place: version 3, uncompressed, aligned-block flag set.
+// Other files load by copying, with or without the option.
+bool is_mappable(const FileHeader& h) noexcept;
 
-// Internal, declared here only until src/snapshot/ includes
-// src/format/header.hpp (their home, with the layout's offsets) and fuzz/
-// has src/ on its include path: not part of the API, and going away from
-// this header.
-std::uint64_t v3_header_len(std::uint64_t tag_len) noexcept;
-std::vector<std::byte> write_header(const FileHeader& h);
-FileHeader parse_header(std::span<const std::byte> prefix, std::uint64_t file_size,
-                        const std::filesystem::path& path);
-void check_scheme(const FileHeader& h, const std::filesystem::path& path);
-FileHeader read_header(const ReadableFile& file);
-
-}  // namespace format
 }  // namespace iqdb::persist

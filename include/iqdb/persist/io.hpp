@@ -10,6 +10,8 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +24,58 @@ namespace iqdb::persist {
 static_assert(std::endian::native == std::endian::little,
               "iqdb-persist currently supports little-endian hosts only");
 
+namespace detail {
+// The file behind a mapped block (src/fs/file_mapping.cpp): kept open to
+// tell whether it was written to or truncated since it was mapped.
+class MappedOrigin;
+}  // namespace detail
+
+// A block of payload bytes used in place from a private mapping of the
+// snapshot file: what a mapped load (PersistConfig::map_snapshot; see
+// docs/API.md, "Mapped load") gives an index instead of copying the bytes.
+//
+// [data(), data() + size()) are the file's bytes, checksummed (with the rest
+// of the payload) before the load returns; behind them, up to data() +
+// reserved(), anonymous memory reserved for growth. The whole range may be
+// read and written: the first store into a page of the file's part copies
+// that page (copy-on-write, MAP_PRIVATE), never reaching the file. data() is
+// aligned to the page size (4096). Move-only; unmapped when destroyed unless
+// released.
+class MappedBlock {
+ public:
+  MappedBlock() noexcept = default;
+  MappedBlock(std::byte* data, std::size_t size, std::size_t reserved,
+              std::shared_ptr<const detail::MappedOrigin> origin) noexcept;
+  MappedBlock(MappedBlock&& o) noexcept;
+  MappedBlock& operator=(MappedBlock&& o) noexcept;
+  MappedBlock(const MappedBlock&) = delete;
+  MappedBlock& operator=(const MappedBlock&) = delete;
+  ~MappedBlock();
+
+  explicit operator bool() const noexcept { return data_ != nullptr; }
+  std::byte* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+  std::size_t reserved() const noexcept { return reserved_; }
+  const std::shared_ptr<const detail::MappedOrigin>& origin() const noexcept { return origin_; }
+  // The caller takes over the range: it must munmap(data(), reserved()).
+  std::byte* release() noexcept;
+
+ private:
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t reserved_ = 0;
+  std::shared_ptr<const detail::MappedOrigin> origin_;
+};
+
+namespace detail {
+// Throw PersistError(InvalidPayload) naming the file when the file behind a
+// mapped block was written to or changed size since it was mapped (its
+// modification time or size differ); the bytes in place may then no longer
+// be the ones verified (docs/API.md, "Mapped load").
+void check_mapped_origin(const MappedOrigin& origin);
+const std::filesystem::path& mapped_origin_path(const MappedOrigin& origin) noexcept;
+}  // namespace detail
+
 class PayloadWriter {
  public:
   virtual ~PayloadWriter() = default;
@@ -30,6 +84,14 @@ class PayloadWriter {
   virtual void write(const void* data, std::size_t size) = 0;
   // Bytes written so far.
   virtual std::uint64_t bytes_written() const noexcept = 0;
+  // Where payload byte 0 lies in the file (the snapshot header's length), so
+  // that an index can place a block at an aligned file offset; 0 when the
+  // writer does not know.
+  virtual std::uint64_t file_offset() const noexcept { return 0; }
+  // The index is about to write a block that a mapped load may use in place
+  // (page aligned in the file when stored uncompressed): the writer records
+  // it in the header (docs/FORMAT.md, optional flag "aligned block").
+  virtual void mark_aligned_block() {}
 
   void write_u8(std::uint8_t v) { write(&v, 1); }
   void write_u32(std::uint32_t v) { write(&v, 4); }
@@ -55,6 +117,18 @@ class PayloadReader {
   // decoding starts), so a count read from the payload can be checked against
   // it before anything is allocated.
   virtual std::uint64_t remaining() const noexcept = 0;
+  // Where payload byte 0 lies in the file; 0 when the reader does not know.
+  virtual std::uint64_t file_offset() const noexcept { return 0; }
+  // A mapped load: the next `size` payload bytes in place (consumed as if
+  // read), with room for `reserve` bytes in all (>= size) behind data().
+  // Empty, consuming nothing, when this reader does not map (the default; a
+  // load without PersistConfig::map_snapshot; a compressed payload; bytes
+  // not page aligned in the file): the caller then reads them.
+  virtual MappedBlock map(std::size_t size, std::size_t reserve) {
+    (void)size;
+    (void)reserve;
+    return {};
+  }
 
   // Throw PersistError(InvalidPayload) with `reason` (the library adds the
   // file's path as the error propagates).

@@ -93,7 +93,8 @@ class PersistedIndex {
     std::optional<I> loaded;
     const auto load_snapshot = [&] {
       const FileHeader h = read_snapshot(detail::fs_of(config), config.path, I::index_type, config.limits,
-                                         [&](PayloadReader& r, const FileHeader&) { loaded.emplace(I::load_from(r)); });
+                                         [&](PayloadReader& r, const FileHeader&) { loaded.emplace(I::load_from(r)); },
+                                         config.map_snapshot);
       check_against_header(*loaded, h, config.path);
       return h;
     };

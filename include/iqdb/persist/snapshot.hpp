@@ -41,9 +41,14 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
 // whole payload region matches, the decoded length equals the declared one
 // and body consumed all of it. When decoding fails and the checksum does not
 // match either, the error reported is ChecksumMismatch.
+//
+// `map`: a mapped load. PayloadReader::map then hands the index blocks of
+// an uncompressed payload in place (see MappedBlock), checksummed where
+// they lie before this returns; and it fails (InvalidPayload) when the file
+// was written to in place while it was read. Other files load as without.
 FileHeader read_snapshot(FileSystem& fs, const std::filesystem::path& path, std::string_view expected_type,
                          const ReadLimits& limits,
-                         const std::function<void(PayloadReader&, const FileHeader&)>& body);
+                         const std::function<void(PayloadReader&, const FileHeader&)>& body, bool map = false);
 
 // The header of a snapshot and the file's size, without reading the payload.
 struct SnapshotSummary {

@@ -1,0 +1,310 @@
+// The mapped load (PersistConfig::map_snapshot; docs/API.md, "Mapped load";
+// docs/FORMAT.md, "The flat payload", version 2): the file's bytes against
+// an independently built byte sequence, the mapped index against a copied
+// one and a plain model, damage found before the load returns, mutations
+// and checkpoints while mapped, and what other processes writing to or
+// truncating the mapped file do (real processes, fork).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "iqdb/persist.hpp"
+#include "support/format_builders.hpp"
+#include "support/test_util.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+using test::Buf;
+using test::TempDir;
+
+constexpr std::uint64_t kDim = 8;
+constexpr std::size_t kPage = 4096;
+constexpr std::uint64_t kHeaderLen = 78 + 4;  // docs/FORMAT.md: 78 + N, tag "flat"
+
+// Row i's vector: distinct, exact in f32.
+std::vector<float> row_vec(std::uint64_t i) {
+  std::vector<float> v(kDim);
+  for (std::uint64_t j = 0; j < kDim; ++j) v[j] = static_cast<float>(i * 16 + j) + 0.25f;
+  return v;
+}
+
+FlatIndex make_index(std::uint64_t n) {
+  FlatIndex index(kDim, DistanceMetric::Euclidean);
+  for (std::uint64_t i = 0; i < n; ++i) index.insert(i + 1000, row_vec(i));
+  return index;
+}
+
+PersistConfig config_for(const std::filesystem::path& p, bool map, Compression c = Compression::none()) {
+  PersistConfig cfg(p);
+  cfg.fsync_policy = FsyncPolicy::never();
+  cfg.compression = c;
+  cfg.map_snapshot = map;
+  return cfg;
+}
+
+void save(FlatIndex index, const PersistConfig& cfg) { PersistedIndex<FlatIndex>::open_with(std::move(index), cfg).save(); }
+
+// The flat payload, version 2, built by hand from docs/FORMAT.md: u64 ids,
+// no metadata, then pad_len u32 and zeros so that the vectors start at a
+// multiple of 4096 in a file whose header is kHeaderLen bytes.
+Buf expected_payload(std::uint64_t n) {
+  test::Bytes b;
+  b.u32(2).u64(kDim).u8(2).u64(n).u8(0);
+  for (std::uint64_t i = 0; i < n; ++i) b.u64(i + 1000);
+  b.u64(0);
+  const std::uint64_t vectors_at = kHeaderLen + b.size() + 4;
+  const std::uint64_t pad = (kPage - vectors_at % kPage) % kPage;
+  b.u32(static_cast<std::uint32_t>(pad));
+  for (std::uint64_t k = 0; k < pad; ++k) b.u8(0);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    for (const float x : row_vec(i)) b.f32(x);
+  }
+  return b.data();
+}
+
+// File offset of the vectors in a file written by this library (n rows).
+std::uint64_t vectors_offset(std::uint64_t n) {
+  const Buf p = expected_payload(n);
+  return kHeaderLen + p.size() - n * kDim * sizeof(float);
+}
+
+TEST(MappedLoadFormat, FileMatchesTheDocumentedBytes) {
+  TempDir dir;
+  const auto path = dir / "a.iqdb";
+  for (const std::uint64_t n : {1u, 3u, 500u, 511u, 512u}) {
+    save(make_index(n), config_for(path, false));
+    test::V3Fields v;
+    v.f = {"flat", kDim, 2, n};
+    v.optional = 1;  // aligned block
+    const Buf payload = expected_payload(n);
+    EXPECT_EQ(test::read_file(path), test::v3_file(v, payload.size(), payload)) << n << " rows";
+    EXPECT_EQ(vectors_offset(n) % kPage, 0u);
+  }
+  // docs/FORMAT.md's worked example: 3 vectors, pad_len 3956 at payload
+  // position 54, the vectors at file offset 4096, 4192 bytes in all.
+  save(make_index(3), config_for(path, false));
+  const Buf file = test::read_file(path);
+  ASSERT_EQ(file.size(), 4192u);
+  EXPECT_EQ(test::get_u32(file, kHeaderLen + 54), 3956u);
+  EXPECT_EQ(std::memcmp(file.data() + 4096, row_vec(0).data(), kDim * sizeof(float)), 0);
+}
+
+TEST(MappedLoadFormat, CompressedFilesAreNotMappable) {
+  TempDir dir;
+  const auto path = dir / "c.iqdb";
+  save(make_index(100), config_for(path, false, Compression::lz4()));
+  const FileHeader h = inspect_snapshot(default_file_system(), path).header;
+  EXPECT_EQ(h.optional_flags, 0u);
+  EXPECT_FALSE(is_mappable(h));
+  save(make_index(100), config_for(path, false));
+  EXPECT_TRUE(is_mappable(inspect_snapshot(default_file_system(), path).header));
+}
+
+TEST(MappedLoad, EqualsTheCopiedLoadAndIsAlignedInPlace) {
+  TempDir dir;
+  const auto path = dir / "m.iqdb";
+  save(make_index(3000), config_for(path, false));
+  auto copied = PersistedIndex<FlatIndex>::load(config_for(path, false));
+  auto mapped = PersistedIndex<FlatIndex>::load(config_for(path, true));
+  EXPECT_FALSE(copied.index().mapped());
+  ASSERT_TRUE(mapped.index().mapped());
+  EXPECT_TRUE(mapped.index() == copied.index());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(mapped.index().vector_at(0).data()) % kPage, 0u);
+  for (std::uint64_t i = 0; i < 3000; i += 97) {
+    const auto v = mapped.index().get(VectorId(i + 1000));
+    ASSERT_EQ(std::vector<float>(v.begin(), v.end()), row_vec(i));
+  }
+  EXPECT_EQ(mapped.index().search(row_vec(42), 3), copied.index().search(row_vec(42), 3));
+  EXPECT_NO_THROW(mapped.index().check_mapping());
+}
+
+TEST(MappedLoad, OtherFilesFallBackToCopying) {
+  TempDir dir;
+  const auto path = dir / "f.iqdb";
+  for (const Compression c : {Compression::lz4(), Compression::zstd(3)}) {
+    save(make_index(200), config_for(path, false, c));
+    auto db = PersistedIndex<FlatIndex>::load(config_for(path, true, c));
+    EXPECT_FALSE(db.index().mapped());
+    EXPECT_TRUE(db.index() == make_index(200));
+  }
+  // A version-1 flat payload (no padding field), hand built.
+  std::vector<test::FlatRow> rows;
+  for (std::uint64_t i = 0; i < 5; ++i) rows.push_back({VectorId(i + 1000), row_vec(i), std::nullopt});
+  const Buf v1 = test::flat_payload(kDim, 2, rows, false);
+  test::V3Fields v;
+  v.f = {"flat", kDim, 2, 5};
+  test::write_file(path, test::v3_file(v, v1.size(), v1));
+  auto db = PersistedIndex<FlatIndex>::load(config_for(path, true));
+  EXPECT_FALSE(db.index().mapped());
+  EXPECT_TRUE(db.index() == make_index(5));
+}
+
+// Damage anywhere is found before load() returns; nothing mapped escapes.
+TEST(MappedLoad, DamageIsFoundBeforeTheLoadReturns) {
+  TempDir dir;
+  const auto path = dir / "d.iqdb";
+  const std::uint64_t n = 2000;
+  save(make_index(n), config_for(path, false));
+  const Buf good = test::read_file(path);
+  const std::uint64_t vec_at = vectors_offset(n);
+  for (const std::uint64_t at : {kHeaderLen + 30, vec_at, vec_at + 4096 * 3 + 5, good.size() - 1}) {
+    Buf bad = good;
+    bad[at] ^= std::byte{0x40};
+    test::write_file(path, bad);
+    EXPECT_EQ(test::error_of([&] { (void)PersistedIndex<FlatIndex>::load(config_for(path, true)); }),
+              ErrorKind::ChecksumMismatch)
+        << "byte " << at;
+  }
+}
+
+// A payload whose CRC is right but whose padding is not what version 2
+// allows: structural checks run on the mapped path too.
+TEST(MappedLoad, HostilePaddingIsRefused) {
+  TempDir dir;
+  const auto path = dir / "p.iqdb";
+  const std::uint64_t n = 3;
+  const Buf payload = expected_payload(n);
+  const std::size_t pad_field = 4 + 8 + 1 + 8 + 1 + n * 8 + 8;
+  test::V3Fields v;
+  v.f = {"flat", kDim, 2, n};
+  Buf nonzero = payload;
+  nonzero[pad_field + 4 + 7] = std::byte{1};
+  Buf too_long = payload;
+  const std::uint32_t big = 4096;
+  std::memcpy(too_long.data() + pad_field, &big, 4);
+  for (const Buf& p : {nonzero, too_long}) {
+    test::write_file(path, test::v3_file(v, p.size(), p));
+    EXPECT_EQ(test::error_of([&] { (void)PersistedIndex<FlatIndex>::load(config_for(path, true)); }),
+              ErrorKind::InvalidPayload);
+  }
+}
+
+// Writes after a mapped load: appends land in the reservation, an erase
+// copies the page it writes, growth past the reservation moves to memory of
+// the index's own; none of it reaches the file. Checked against a model.
+TEST(MappedLoad, MutationsWorkAndNeverReachTheFile) {
+  TempDir dir;
+  const auto path = dir / "w.iqdb";
+  const std::uint64_t n = 1500;
+  save(make_index(n), config_for(path, false));
+  const Buf before = test::read_file(path);
+  auto db = PersistedIndex<FlatIndex>::load(config_for(path, true));
+  ASSERT_TRUE(db.index().mapped());
+  std::map<std::uint64_t, std::vector<float>> model;
+  for (std::uint64_t i = 0; i < n; ++i) model[i + 1000] = row_vec(i);
+  db.erase(VectorId(1000));  // row 0: the last row is moved over it
+  model.erase(1000);
+  for (std::uint64_t i = n; i < n + 100; ++i) {
+    db.insert(VectorId(i + 1000), row_vec(i));
+    model[i + 1000] = row_vec(i);
+  }
+  EXPECT_TRUE(db.index().mapped());  // within the reservation
+  const auto check = [&] {
+    ASSERT_EQ(db.index().size(), model.size());
+    for (const auto& [id, v] : model) {
+      const auto got = db.index().get(VectorId(id));
+      ASSERT_EQ(std::vector<float>(got.begin(), got.end()), v) << id;
+    }
+  };
+  check();
+  for (std::uint64_t i = n + 100; i < 3 * n; ++i) {  // past twice the loaded size
+    db.insert(VectorId(i + 1000), row_vec(i));
+    model[i + 1000] = row_vec(i);
+  }
+  EXPECT_FALSE(db.index().mapped());
+  check();
+  EXPECT_EQ(test::read_file(path), before);
+}
+
+// A checkpoint replaces the file by a rename while it is mapped: the
+// mapping keeps the old file, the new file holds the new state.
+TEST(MappedLoad, CheckpointWhileMapped) {
+  TempDir dir;
+  const auto path = dir / "k.iqdb";
+  save(make_index(1000), config_for(path, false));
+  PersistConfig cfg = config_for(path, true);
+  cfg.wal_enabled = true;
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  ASSERT_TRUE(db.index().mapped());
+  db.insert(VectorId(5), row_vec(5000));
+  db.checkpoint();
+  db.erase(VectorId(1001));
+  db.checkpoint();
+  EXPECT_NO_THROW(db.index().check_mapping());
+  FlatIndex model = make_index(1000);
+  model.insert(VectorId(5), row_vec(5000));
+  model.erase(VectorId(1001));
+  EXPECT_TRUE(db.index() == model);
+  db.close();
+  auto again = PersistedIndex<FlatIndex>::load(config_for(path, true));
+  EXPECT_TRUE(again.index().mapped());
+  EXPECT_TRUE(again.index() == model);
+}
+
+// Another process writes into the mapped file in place (outside the
+// library's contract: it replaces snapshots by rename). Linux shows the new
+// bytes in pages this process has not written (MAP_PRIVATE copies only on
+// write); check_mapping() detects the write. Pages it has written keep its
+// own bytes.
+TEST(MappedLoadHostile, OverwriteInPlaceIsDetected) {
+  TempDir dir;
+  const auto path = dir / "o.iqdb";
+  const std::uint64_t n = 4096;  // 128 KiB of vectors: 32 pages
+  save(make_index(n), config_for(path, false));
+  auto db = PersistedIndex<FlatIndex>::load(config_for(path, true));
+  ASSERT_TRUE(db.index().mapped());
+  db.erase(VectorId(1000));  // writes row 0: its page is now private
+  const float ours = db.index().vector_at(0)[0];
+  const std::uint64_t far_row = n - 100;  // a page not written here
+  ::usleep(20000);  // a later modification time than the save's
+  const float theirs = -7.5f;
+  EXPECT_EQ(test::in_child([&] {
+              const std::uint64_t at = vectors_offset(n) + far_row * kDim * sizeof(float);
+              const int fd = ::open(path.c_str(), O_WRONLY);
+              if (fd < 0 || ::pwrite(fd, &theirs, 4, static_cast<off_t>(at)) != 4) return 1;
+              ::close(fd);
+              return 0;
+            }),
+            0);
+  EXPECT_EQ(db.index().vector_at(0)[0], ours);
+  EXPECT_EQ(db.index().vector_at(far_row)[0], theirs);  // documented: seen
+  EXPECT_EQ(test::error_of([&] { db.index().check_mapping(); }), ErrorKind::InvalidPayload);
+}
+
+// Another process truncates the mapped file: check_mapping() says so; a
+// read of a page past the new end is SIGBUS (documented), which ends the
+// process that mapped the file, here a child: this test process goes on.
+TEST(MappedLoadHostile, TruncationIsDetectedAndTouchingIsSigbus) {
+  TempDir dir;
+  const auto path = dir / "t.iqdb";
+  const std::uint64_t n = 4096;
+  save(make_index(n), config_for(path, false));
+  const auto truncate_elsewhere = [&] {
+    return test::in_child([&] { return ::truncate(path.c_str(), 4096) == 0 ? 0 : 1; });
+  };
+  const auto mapped_then_truncated = [&](bool touch) {
+    auto db = PersistedIndex<FlatIndex>::load(config_for(path, true));
+    if (!db.index().mapped()) return 2;
+    ::usleep(20000);
+    if (truncate_elsewhere() != 0) return 3;
+    if (touch) {
+      volatile float x = db.index().vector_at(n - 1)[0];
+      (void)x;
+      return 4;  // not reached: SIGBUS
+    }
+    return test::error_of([&] { db.index().check_mapping(); }) == ErrorKind::InvalidPayload ? 0 : 5;
+  };
+  EXPECT_EQ(test::in_child([&] { return mapped_then_truncated(false); }), 0);
+  save(make_index(n), config_for(path, false));
+  EXPECT_EQ(test::in_child([&] { return mapped_then_truncated(true); }), 128 + SIGBUS);
+}
+
+}  // namespace
+}  // namespace iqdb::persist
