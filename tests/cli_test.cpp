@@ -667,6 +667,10 @@ TEST(CliCopy, KilledCopyLeavesOldOrNew) {
     EXPECT_TRUE(now == old_bytes || now == new_bytes) << "iteration " << i << ": " << now.size() << " bytes";
   }
   EXPECT_GT(killed, 0) << "every copy finished before it was killed";
+  // The next copy takes the writer lock and removes the killed ones' temporaries.
+  ASSERT_EQ(run_cli({"copy", src.path.string(), dst.string()}).code, 0);
+  EXPECT_EQ(test::read_file(dst), new_bytes);
+  for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".dst.iqdb.tmp-"), std::string::npos) << e;
 }
 
 }  // namespace

@@ -11,17 +11,6 @@ namespace {
 
 constexpr std::string_view kRadosScheme = "rados://";
 
-#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
-// A RadosWriterLock held as a FileLock (released when destroyed).
-class HeldRadosLock final : public FileLock {
- public:
-  explicit HeldRadosLock(std::unique_ptr<RadosWriterLock> lock) : lock_(std::move(lock)) {}
-
- private:
-  std::unique_ptr<RadosWriterLock> lock_;
-};
-#endif
-
 }  // namespace
 
 void add_rados_options(CLI::App& cmd, RadosArgs& args) {
@@ -62,19 +51,7 @@ Location Location::open(const std::string& where, const RadosArgs& args) {
 #endif
 }
 
-std::unique_ptr<FileLock> Location::lock_writer() const {
-  if (!rados()) {
-    std::filesystem::path lock_path = path_;
-    lock_path += ".lock";
-    return fs_->lock(lock_path);
-  }
-#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
-  auto& store = static_cast<RadosSnapshotStore&>(*fs_);
-  return std::make_unique<HeldRadosLock>(RadosWriterLock::acquire(store, rados_name_));
-#else
-  return nullptr;  // unreachable: open() refuses rados:// without the component
-#endif
-}
+std::unique_ptr<FileLock> Location::lock_writer() const { return storage()->lock_writer(); }
 
 PersistConfig Location::config() const {
 #ifdef IQDB_PERSIST_CLI_HAVE_RADOS

@@ -52,8 +52,10 @@ class Location {
   bool rados() const noexcept { return owned_ != nullptr; }
 
   // Become the index's only writer for as long as the result lives: the
-  // writer lock every PersistedIndex writer takes (PATH.lock for a file; the
-  // RadosWriterLock of NAME, which also fences our publish). Throws
+  // writer lock every PersistedIndex writer takes, through the same seam
+  // (IndexStorage::lock_writer: PATH.lock, then the temporaries crashed
+  // writers left are removed; in RADOS the RadosWriterLock of NAME, which
+  // fences our publish, and the previous writer's log is sealed). Throws
   // PersistError(Locked) when a live writer holds it.
   std::unique_ptr<FileLock> lock_writer() const;
 
