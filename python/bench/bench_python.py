@@ -183,15 +183,15 @@ def main():
     data = make_rows(args.n)
     r = {k: [] for k in ("batch_py", "batch_cpp", "load_py", "load_cpp", "single_py", "single_cpp", "one_py", "four_py",
                          "faiss_w", "faiss_r", "iq_save", "iq_load", "hnsw_w", "hnsw_r", "iqh_save", "iqh_load")}
-    for _ in range(args.rounds):
-        d = fresh(os.path.join(args.dir, "py"))
-        r["batch_py"].append(in_python(args, "batch", d, args.n))
-        r["load_py"].append(in_python(args, "load", d, args.n))
-        shutil.rmtree(d)
-        d = fresh(os.path.join(args.dir, "cpp"))
-        r["batch_cpp"].append(cpp(args, "batch", d, args.n))
-        r["load_cpp"].append(cpp(args, "load", d, args.n))
-        shutil.rmtree(os.path.join(args.dir, "cpp"))
+    for rnd in range(args.rounds):
+        # Python first in even rounds, C++ first in odd ones: neither side
+        # always follows the other's freed memory (docs/PERFORMANCE.md).
+        sides = [("py", in_python), ("cpp", cpp)]
+        for side, run in sides if rnd % 2 == 0 else sides[::-1]:
+            d = fresh(os.path.join(args.dir, side))
+            r["batch_" + side].append(run(args, "batch", d, args.n))
+            r["load_" + side].append(run(args, "load", d, args.n))
+            shutil.rmtree(d)
         r["single_py"].append(in_python(args, "single", fresh(os.path.join(args.dir, "s")), args.single_ops))
         r["single_cpp"].append(cpp(args, "single", fresh(os.path.join(args.dir, "s")), args.single_ops))
         r["one_py"].append(py_single(fresh(os.path.join(args.dir, "s")), args.single_ops))
