@@ -43,6 +43,14 @@ class WriteBatch {
     operator std::vector<float>() const { return {begin(), end()}; }          // NOLINT: implicit by design
   };
   struct Mutation {
+    // Constructed in place, without metadata (add() sets it when there is
+    // some): GCC 12 warns, falsely, of a moved-from empty optional<map>, and
+    // clang 14 has no parenthesised aggregate initialisation for emplace_back.
+    Mutation(wal::Op o, VectorId&& i, std::span<const float> v) : op(o), id(std::move(i)), vector(v) {}
+    Mutation(wal::Op o, std::uint64_t i, std::span<const float> v) : op(o), id(i), vector(v) {}
+    Mutation(wal::Op o, const VectorId& i, std::span<const float> v, std::optional<Metadata> m)
+        : op(o), id(i), vector(v), metadata(std::move(m)) {}
+
     wal::Op op;
     VectorId id;
     Floats vector;  // empty for an erase
@@ -78,12 +86,12 @@ class WriteBatch {
     }
     ops_.reserve(ops_.size() + ids.size());
     for (std::size_t i = 0; i < ids.size(); ++i) {
-      ops_.emplace_back(wal::Op::Insert, ids[i], Floats(rows.subspan(i * dim, dim)), std::nullopt);
+      ops_.emplace_back(wal::Op::Insert, ids[i], rows.subspan(i * dim, dim));
     }
     return *this;
   }
   WriteBatch& erase(VectorId id) {
-    ops_.emplace_back(wal::Op::Erase, std::move(id), Floats(std::span<const float>()), std::nullopt);
+    ops_.emplace_back(wal::Op::Erase, std::move(id), std::span<const float>());
     return *this;
   }
   // Room for n mutations (and, with floats, for that many owned floats)
@@ -107,10 +115,9 @@ class WriteBatch {
   static constexpr std::size_t kMinBlockFloats = std::size_t{1} << 14;
   static constexpr std::size_t kMaxBlockFloats = std::size_t{1} << 22;
 
-  // Built in place, the metadata moved only when there is some (GCC 12
-  // warns, falsely, of a moved-from empty optional<map> otherwise).
+  // Built in place, the metadata moved only when there is some (see Mutation).
   WriteBatch& add(VectorId& id, std::span<const float> vec, std::optional<Metadata>& meta) {
-    Mutation& m = ops_.emplace_back(wal::Op::Insert, std::move(id), Floats(vec), std::nullopt);
+    Mutation& m = ops_.emplace_back(wal::Op::Insert, std::move(id), vec);
     if (meta) m.metadata.emplace(std::move(*meta));
     return *this;
   }
@@ -135,7 +142,7 @@ class WriteBatch {
     for (const Mutation& m : o.ops_) floats += m.vector.size();
     reserve(o.ops_.size(), floats);
     for (const Mutation& m : o.ops_) {
-      ops_.push_back(Mutation{m.op, m.id, store(m.vector), m.metadata});
+      ops_.emplace_back(m.op, m.id, store(m.vector), m.metadata);
     }
   }
 
