@@ -8,7 +8,8 @@
 //  - WAL Always, one thread: records per second against a loop of
 //    synchronous rados_append calls of the same record size (goal >= 0.9);
 //  - 4 and 16 threads: against one thread (goals >= 3 and >= 8: group commit);
-//  - save and load of N x dim vectors (default 1M x 128) without the WAL:
+//  - save and load of N x dim vectors (default 1M x 128; scripts/ceph-cluster.sh's
+//    1 GiB memstore OSDs hold three generations of at most ~300 MB) without the WAL:
 //    against aio writes / reads of the same bytes to objects of the same
 //    stripe size with the same operations in flight (goal <= 1.15 x the time).
 // Timed: what a user's code does (the inserts; save(); load()); opening the
@@ -54,8 +55,9 @@ struct Raw {
   rados_t cluster = nullptr;
   rados_ioctx_t io = nullptr;
   explicit Raw(const std::string& pool) {
+    // A time-out, so that a full cluster is an error, not a hang.
     if (rados_create2(&cluster, "ceph", "client.admin", 0) != 0 || rados_conf_read_file(cluster, nullptr) != 0 ||
-        rados_connect(cluster) != 0 || rados_ioctx_create(cluster, pool.c_str(), &io) != 0) {
+        rados_conf_set(cluster, "rados_osd_op_timeout", "60") != 0 || rados_connect(cluster) != 0 || rados_ioctx_create(cluster, pool.c_str(), &io) != 0) {
       die("cannot connect to the cluster (CEPH_CONF) or open pool " + pool);
     }
   }
@@ -245,6 +247,7 @@ void bench_snapshot(const Args& a) {
 int main(int argc, char** argv) {
   using namespace iqdb::persist;
   bench::set_program_name("iqdb_rados_wal_bench");
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Args a;
   if (const char* p = std::getenv("IQDB_RADOS_POOL")) a.pool = p;
   bool wal = true, snap = true;

@@ -530,7 +530,7 @@ class StripeReader final : public ReadableFile {
     f->file_offset = k * head_.stripe_size + j * chunk_;
     f->length = std::min<std::uint64_t>(chunk_, stripe_length(k) - j * chunk_);
     f->last_in_stripe = (j + 1) * chunk_ >= stripe_length(k);
-    f->data = std::make_unique<char[]>(static_cast<std::size_t>(f->length));
+    f->data = std::make_unique_for_overwrite<char[]>(static_cast<std::size_t>(f->length));  // no zero fill: the read overwrites it
     rados_read_op_read(f->op.op, j * chunk_, static_cast<std::size_t>(f->length), f->data.get(), &f->bytes_read,
                        &f->read_rv);
     // The last chunk also checks that the object has no bytes past the end.
