@@ -5,15 +5,18 @@
 // Input: the payload bytes.
 // Oracles: only PersistError escapes; a payload that loads is consistent
 // (size, dimension, every id found at its row); saving it again and loading
-// that gives an equal index; and when the input used the id encoding that
-// save_to picks (u64-only or tagged), save_to reproduces the input's bytes
-// up to the bytes load_from consumed (the encoding is canonical).
+// that gives an equal index; and when the input is payload version 2, used
+// the id encoding that save_to picks (u64-only or tagged) and the padding
+// save_to writes at file offset 0 (vectors at a multiple of 4096), save_to
+// reproduces the input's bytes up to the bytes load_from consumed (the
+// encoding is canonical; version 1 re-encodes as version 2).
 #include "fuzz_support.hpp"
 
 namespace iqdb::persist::fuzz {
 namespace flat_payload_target {
 
 constexpr std::size_t kIdEncodingAt = 4 + 8 + 1 + 8;  // version, dim, metric, count
+constexpr std::size_t kVectorAlignment = 4096;        // docs/FORMAT.md, "The flat payload"
 
 void run(std::span<const std::uint8_t> in) {
   const Bytes payload = to_bytes(in);
@@ -43,7 +46,11 @@ void run(std::span<const std::uint8_t> in) {
   bool all_u64 = true;
   for (std::size_t row = 0; row < ix->size(); ++row) all_u64 = all_u64 && ix->id_at(row).is_u64();
   const auto encoding = static_cast<std::uint8_t>(payload[kIdEncodingAt]);
-  if (encoding == (all_u64 ? 0 : 1)) {
+  std::uint32_t version = 0;
+  std::memcpy(&version, payload.data(), sizeof version);
+  const std::size_t vectors_at = consumed - static_cast<std::size_t>(ix->size() * ix->dim()) * sizeof(float);
+  const bool canonical_padding = version == 2 && vectors_at % kVectorAlignment == 0;
+  if (encoding == (all_u64 ? 0 : 1) && canonical_padding) {
     IQDB_FUZZ_CHECK(w.bytes().size() == consumed && std::memcmp(w.bytes().data(), payload.data(), consumed) == 0,
                     "save_to(load_from(x)) != x although x uses the canonical id encoding");
   }
