@@ -92,6 +92,50 @@ LogHoldings look_at_log(IndexStorage& storage, std::uint64_t base_lsn, bool disc
   return h;
 }
 
+// The LSN the snapshot in place covers. A file that cannot be read holds
+// nothing a load would return, and a save is how it gets replaced: 0.
+std::uint64_t snapshot_lsn_of(FileSystem& fs, const fs::path& path) {
+  if (!fs.exists(path)) return 0;
+  try {
+    return inspect_snapshot(fs, path).header.last_lsn;
+  } catch (const PersistError& e) {
+    if (e.kind() == ErrorKind::Io && e.sys_errno() != ENOENT) throw;
+  }
+  return 0;
+}
+
+// Without discard_log: refuse a save that would orphan or replace
+// acknowledged writes the files hold and this index (covering base_lsn)
+// lacks.
+void refuse_losing_writes(const PersistConfig& config, const LogHoldings& log, const fs::path& log_path,
+                          std::uint64_t snapshot_lsn, std::uint64_t base_lsn) {
+  const std::string how_to =
+      "load it with the WAL (or without: load replays the log) and save that index, or set "
+      "PersistConfig::discard_log to discard them";
+  if (log.corrupt_offset) {
+    throw PersistError::at(ErrorKind::CorruptLog, log_path,
+                           "the log is damaged in the middle, with " + std::to_string(log.records_after_corruption) +
+                               " records after the damage that this index may lack; saving without the WAL would "
+                               "orphan them: repair the log (iqdb-persist wal repair) and " + how_to,
+                           log.corrupt_offset);
+  }
+  if (log.above > 0) {
+    throw PersistError::at(ErrorKind::WouldLoseWrites, log_path,
+                           "the log holds " + std::to_string(log.above) + " acknowledged record" +
+                               (log.above == 1 ? "" : "s") + " (LSN " + std::to_string(log.first_above) +
+                               (log.above == 1 ? "" : ".." + std::to_string(log.last_above)) +
+                               ") that this index does not contain (it covers LSN " + std::to_string(base_lsn) +
+                               "); saving without the WAL would orphan them: " + how_to);
+  }
+  if (snapshot_lsn > base_lsn) {
+    throw PersistError::at(ErrorKind::WouldLoseWrites, config.path,
+                           "the snapshot holds the log's writes up to LSN " + std::to_string(snapshot_lsn) +
+                               ", this index covers LSN " + std::to_string(base_lsn) +
+                               " only (a writer with the WAL saved or checkpointed since it was loaded, or it "
+                               "was opened with open_with); saving would replace acknowledged writes: " + how_to);
+  }
+}
+
 }  // namespace
 
 FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
@@ -102,47 +146,11 @@ FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
   lock_path += ".lock";
   // Locked while another writer holds it.
   const std::unique_ptr<FileLock> lock = config.storage ? storage->lock_writer() : fs.lock(lock_path);
-  const fs::path log_path = storage->log_path();
-  const std::string how_to =
-      "load it with the WAL (or without: load replays the log) and save that index, or set "
-      "PersistConfig::discard_log to discard them";
 
-  // The snapshot in place: the LSN it covers. A file that cannot be read
-  // holds nothing a load would return, and a save is how it gets replaced.
-  std::uint64_t snapshot_lsn = 0;
-  if (fs.exists(config.path)) {
-    try {
-      snapshot_lsn = inspect_snapshot(fs, config.path).header.last_lsn;
-    } catch (const PersistError& e) {
-      if (e.kind() == ErrorKind::Io && e.sys_errno() != ENOENT) throw;
-    }
-  }
+  const std::uint64_t snapshot_lsn = snapshot_lsn_of(fs, config.path);
   const LogHoldings log = look_at_log(*storage, base_lsn, config.discard_log);
+  if (!config.discard_log) refuse_losing_writes(config, log, storage->log_path(), snapshot_lsn, base_lsn);
 
-  if (!config.discard_log) {
-    if (log.corrupt_offset) {
-      throw PersistError::at(ErrorKind::CorruptLog, log_path,
-                             "the log is damaged in the middle, with " + std::to_string(log.records_after_corruption) +
-                                 " records after the damage that this index may lack; saving without the WAL would "
-                                 "orphan them: repair the log (iqdb-persist wal repair) and " + how_to,
-                             log.corrupt_offset);
-    }
-    if (log.above > 0) {
-      throw PersistError::at(ErrorKind::WouldLoseWrites, log_path,
-                             "the log holds " + std::to_string(log.above) + " acknowledged record" +
-                                 (log.above == 1 ? "" : "s") + " (LSN " + std::to_string(log.first_above) +
-                                 (log.above == 1 ? "" : ".." + std::to_string(log.last_above)) +
-                                 ") that this index does not contain (it covers LSN " + std::to_string(base_lsn) +
-                                 "); saving without the WAL would orphan them: " + how_to);
-    }
-    if (snapshot_lsn > base_lsn) {
-      throw PersistError::at(ErrorKind::WouldLoseWrites, config.path,
-                             "the snapshot holds the log's writes up to LSN " + std::to_string(snapshot_lsn) +
-                                 ", this index covers LSN " + std::to_string(base_lsn) +
-                                 " only (a writer with the WAL saved or checkpointed since it was loaded, or it "
-                                 "was opened with open_with); saving would replace acknowledged writes: " + how_to);
-    }
-  }
   // The highest LSN the files account for: a later load with the WAL then
   // finds every log record folded and the log continuing after the snapshot.
   const std::uint64_t last_lsn = std::max({base_lsn, snapshot_lsn, log.end});
