@@ -354,6 +354,20 @@ TEST(WriterLock, AStaleIndexWithoutWalRefusesToReplaceWritesMadeSinceItWasLoaded
   EXPECT_EQ(diff(again.index(), model), "");
 }
 
+// A load with the WAL gives `model`, takes a write, and a reload after it
+// gives the model with that write.
+void expect_wal_goes_on_from(const PersistConfig& wcfg, const Model& model) {
+  Model next = model;
+  {
+    auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
+    EXPECT_EQ(diff(with_wal.index(), model), "");
+    put(with_wal, next, 300);
+    with_wal.close();
+  }
+  auto again = PersistedIndex<FlatIndex>::load(wcfg);
+  EXPECT_EQ(diff(again.index(), next), "");
+}
+
 // A save without the WAL of an index loaded without it keeps everything,
 // and a later load with the WAL agrees (the snapshot carries the LSN its
 // state covers, not 0).
@@ -388,14 +402,7 @@ TEST(WriterLock, LoadedWithoutWalThenSavedTheWalLoadAgrees) {
       auto db = PersistedIndex<FlatIndex>::load(plain(path));
       EXPECT_EQ(diff(db.index(), model), "");
     }
-    {
-      auto db = PersistedIndex<FlatIndex>::load(wcfg);
-      EXPECT_EQ(diff(db.index(), model), "");
-      put(db, model, 101);
-      db.close();
-    }
-    auto db = PersistedIndex<FlatIndex>::load(wcfg);
-    EXPECT_EQ(diff(db.index(), model), "");
+    expect_wal_goes_on_from(wcfg, model);
   }
 }
 
@@ -413,20 +420,6 @@ Model replacement(PersistedIndex<FlatIndex>& db) {
   Model m;
   for (std::uint64_t i = 200; i < 205; ++i) put(db, m, i);
   return m;
-}
-
-// A load with the WAL gives `model`, takes a write, and a reload after it
-// gives the model with that write.
-void expect_wal_goes_on_from(const PersistConfig& wcfg, const Model& model) {
-  Model next = model;
-  {
-    auto with_wal = PersistedIndex<FlatIndex>::load(wcfg);
-    EXPECT_EQ(diff(with_wal.index(), model), "");
-    put(with_wal, next, 300);
-    with_wal.close();
-  }
-  auto again = PersistedIndex<FlatIndex>::load(wcfg);
-  EXPECT_EQ(diff(again.index(), next), "");
 }
 
 TEST(WriterLock, DiscardLogReplacesTheLogsWrites) {
