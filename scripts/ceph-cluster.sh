@@ -3,13 +3,17 @@
 # N memstore OSDs (objects kept in RAM), bound to 127.0.0.1 only, everything
 # (conf, keyrings, data, logs, pid files, admin sockets) under one directory.
 #
-#   scripts/ceph-cluster.sh start DIR [--osds N]   start a cluster in DIR (new or empty)
+#   scripts/ceph-cluster.sh start DIR [--osds N] [--memstore-mib M]
+#       start a cluster in DIR (new or empty)
 #   scripts/ceph-cluster.sh stop DIR               kill its daemons (pid files) and remove DIR
-#   scripts/ceph-cluster.sh run [--osds N] -- CMD...
+#   scripts/ceph-cluster.sh run [--osds N] [--memstore-mib M] -- CMD...
 #       start a cluster in a mktemp directory, run CMD with CEPH_CONF and
 #       IQDB_RADOS_POOL exported, stop the cluster on every exit path (CMD
 #       failing, INT, TERM; a watcher process also stops it if this script is
 #       SIGKILLed). Exits with CMD's status.
+#   --memstore-mib M: each OSD's memstore capacity (memstore_device_bytes),
+#       default 1024. Every OSD holds a replica of everything in RAM, taken
+#       as objects are written: 3 OSDs of 3072 MiB may use 9 GiB.
 #
 # After start: `CEPH_CONF=DIR/ceph.conf rados -p iqdb-test ls -` works; the
 # pool is DIR/pool (`iqdb-test`), size min(N, 3) (min_size 2 when N >= 3,
@@ -54,7 +58,7 @@ say() { echo "ceph-cluster.sh: $*" >&2; }
 now_ms() { date +%s%3N; }
 
 usage() {
-  sed -n '2,12p' "$self" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "$self" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -186,8 +190,8 @@ start_daemon() {  # name, command...
 
 daemon_alive() { kill -0 "$(cat "$dir/pids/$1")" 2>/dev/null; }
 
-write_conf() {  # mon_port, osds
-  local port=$1 osds=$2 size min_size
+write_conf() {  # mon_port, osds, memstore MiB
+  local port=$1 osds=$2 mib=$3 size min_size
   size=$osds
   min_size=1
   [ "$osds" -ge 3 ] && { size=3; min_size=2; }
@@ -267,7 +271,7 @@ osd_data = $dir/osd.\$id
 keyring = $dir/daemons.keyring
 log_file = $dir/log/\$name.log
 osd_objectstore = memstore
-memstore_device_bytes = 1073741824
+memstore_device_bytes = $((mib * 1024 * 1024))
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 1
 EOF
@@ -275,8 +279,9 @@ EOF
 
 do_start() {
   dir=$1
-  local osds=$2 t0 t_mon t_ready i uuid key attempt port osd_uuids timings
+  local osds=$2 mib=$3 t0 t_mon t_ready i uuid key attempt port osd_uuids timings
   [ "$osds" -ge 1 ] 2>/dev/null || die "--osds must be a positive number"
+  [ "$mib" -ge 64 ] 2>/dev/null || die "--memstore-mib must be a number of MiB, at least 64"
   [ -x /usr/bin/python3 ] || die "/usr/bin/python3 not found: apt-get install --no-install-recommends ceph-common"
   for tool in ceph ceph-mon ceph-mgr ceph-osd ceph-authtool monmaptool; do
     command -v "$tool" >/dev/null || die "$tool not found: apt-get install --no-install-recommends ceph-mon ceph-osd ceph-mgr ceph-common"
@@ -315,7 +320,7 @@ do_start() {
   for attempt in 1 2 3 4 5; do
     port=$(free_port)
     port_base=$(( (RANDOM % 90 + 300) * 100 ))  # OSD/manager ports: 30000..38999, +400
-    write_conf "$port" "$osds"
+    write_conf "$port" "$osds" "$mib"
     rm -rf "$dir/mon.a" "$dir/monmap"
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null
     ceph-mon --conf "$dir/ceph.conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/daemons.keyring" \
@@ -389,8 +394,8 @@ do_stop() {
 }
 
 do_run() {
-  local osds=$1
-  shift
+  local osds=$1 mib=$2
+  shift 2
   [ $# -gt 0 ] || usage
   local d rc=0 cmd_pid="" watcher=""
   d=$(mktemp -d "${TMPDIR:-/tmp}/iqdb-ceph.XXXXXXXX")
@@ -412,7 +417,7 @@ do_run() {
     [ -f "$3/cmd.pid" ] && kill -TERM "$(cat "$3/cmd.pid")"
     "$2" stop "$3"' _ $$ "$self" "$d" </dev/null >/dev/null 2>&1 &
   watcher=$!
-  "$self" start "$d" --osds "$osds" || exit 1
+  "$self" start "$d" --osds "$osds" --memstore-mib "$mib" || exit 1
   export CEPH_CONF="$d/ceph.conf" IQDB_RADOS_POOL="$pool"
   # In the background so that INT/TERM reach the traps at once (bash runs
   # traps only between foreground commands); stdin passed on explicitly.
@@ -433,16 +438,18 @@ case "$cmd" in
     target=$1
     shift
     n=1
+    mib=1024
     while [ $# -gt 0 ]; do
       case "$1" in
         --osds) n=${2:?}; shift 2 ;;
+        --memstore-mib) mib=${2:?}; shift 2 ;;
         *) usage ;;
       esac
     done
     # A start that fails half-way kills what it started (DIR and its logs stay).
     started=0
     trap '[ "$started" = 1 ] || [ ! -d "${dir:-}/pids" ] || kill_daemons' EXIT
-    do_start "$target" "$n"
+    do_start "$target" "$n" "$mib"
     started=1
     ;;
   stop)
@@ -451,14 +458,16 @@ case "$cmd" in
     ;;
   run)
     n=1
+    mib=1024
     while [ $# -gt 0 ]; do
       case "$1" in
         --osds) n=${2:?}; shift 2 ;;
+        --memstore-mib) mib=${2:?}; shift 2 ;;
         --) shift; break ;;
         *) usage ;;
       esac
     done
-    do_run "$n" "$@"
+    do_run "$n" "$mib" "$@"
     ;;
   *) usage ;;
 esac
