@@ -11,6 +11,7 @@
 #include "iqdb/persist/index.hpp"
 #include "iqdb/persist/io.hpp"
 #include "iqdb/persist/persisted_index.hpp"
+#include "iqdb/persist/replica.hpp"
 #include "iqdb/persist/snapshot.hpp"
 #include "iqdb/persist/types.hpp"
 #include "iqdb/persist/version.hpp"

@@ -131,6 +131,11 @@ class PosixReadableFile final : public ReadableFile {
     return done;
   }
   std::uint64_t size() const noexcept override { return size_; }
+  std::uint64_t current_size() const override {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) throw PersistError::io(path_, "fstat", errno);
+    return static_cast<std::uint64_t>(st.st_size);
+  }
   const fs::path& path() const noexcept override { return path_; }
   MappedBlock map(std::uint64_t offset, std::size_t size, std::size_t reserve) const override {
     return detail::map_file_block(fd_, path_, offset, size, reserve);

@@ -400,12 +400,15 @@ std::string log_object(std::string_view name, std::uint64_t generation, std::uin
   return std::string(name) + ".log." + std::to_string(generation) + "." + std::to_string(k);
 }
 
-LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
-  LogLayout out;
-  out.name = name;
-  out.generation = generation;
-  bool more = false;  // the previous object says this one exists
-  for (std::uint64_t k = 0;; ++k) {
+namespace {
+
+// The objects of `layout` from object k on, read anew (`more`: object k-1
+// says k exists).
+void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t k, bool more) {
+  const std::string& name = out.name;
+  const std::uint64_t generation = out.generation;
+  out.objects.resize(k);
+  for (;; ++k) {
     const std::string oid = log_object(name, generation, k);
     const fs::path where = object_path(store, oid);
     const std::optional<ObjectState> st = stat_object(store, oid);
@@ -414,7 +417,7 @@ LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, st
       if (stat_object(store, log_object(name, generation, k + 1))) {
         throw_missing(where, k, "log object " + std::to_string(k + 1) + " exists");
       }
-      return out;
+      return;
     }
     if (k >= kMaxLogObjects) {
       throw PersistError::at(ErrorKind::InvalidHeader, where,
@@ -423,6 +426,22 @@ LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, st
     out.objects.push_back(check_object(*st, out.size(), where));
     more = st->attrs.count(kLogMoreAttr) != 0;
   }
+}
+
+}  // namespace
+
+LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
+  LogLayout out;
+  out.name = name;
+  out.generation = generation;
+  read_objects_from(store, out, 0, false);
+  return out;
+}
+
+void refresh_log_layout(RadosSnapshotStore& store, LogLayout& layout) {
+  // The last object known may have grown; objects after it may have come.
+  const std::uint64_t k = layout.objects.empty() ? 0 : layout.objects.size() - 1;
+  read_objects_from(store, layout, k, k > 0);
 }
 
 std::unique_ptr<ReadableFile> open_log_file(RadosSnapshotStore& store, LogLayout layout) {

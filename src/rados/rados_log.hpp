@@ -48,6 +48,9 @@ struct LogLayout {
 };
 
 LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation);
+// Read replicas: `layout` brought up to date (its last object may have
+// grown, objects may have followed it).
+void refresh_log_layout(RadosSnapshotStore& store, LogLayout& layout);
 // The log's bytes, read from the objects of `layout` (bytes appended after it
 // was read are not seen).
 std::unique_ptr<ReadableFile> open_log_file(RadosSnapshotStore& store, LogLayout layout);

@@ -28,6 +28,25 @@ class HeldLock final : public FileLock {
   std::unique_ptr<RadosWriterLock> lock_;
 };
 
+// The log of one generation, as a replica follows it: its layout read anew
+// from the last object it knew at each refresh.
+class RadosFollowedLog final : public detail::FollowedLog {
+ public:
+  RadosFollowedLog(RadosSnapshotStore& store, LogLayout layout) : store_(store), layout_(std::move(layout)) {}
+
+  const ReadableFile& refresh() override {
+    refresh_log_layout(store_, layout_);
+    file_ = open_log_file(store_, layout_);
+    return *file_;
+  }
+  std::uint64_t generation() const noexcept { return layout_.generation; }
+
+ private:
+  RadosSnapshotStore& store_;
+  LogLayout layout_;
+  std::unique_ptr<ReadableFile> file_;
+};
+
 class RadosIndexStorage final : public IndexStorage {
  public:
   RadosIndexStorage(std::shared_ptr<RadosSnapshotStore> store, std::string name, const RadosLockOptions& lock)
@@ -64,6 +83,20 @@ class RadosIndexStorage final : public IndexStorage {
     LogLayout layout = read_log_layout(*store_, name_, last_read_generation(*store_, name_));
     if (layout.objects.empty()) return nullptr;
     return open_layout(std::move(layout));
+  }
+
+  std::unique_ptr<detail::FollowedLog> follow_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
+                                                                FileHeader& loaded) override {
+    loaded = load_snapshot();
+    return follow(last_read_generation(*store_, name_));
+  }
+
+  // Between a checkpoint's publish and the creation of its log, the current
+  // generation has no log yet: nullptr.
+  std::unique_ptr<detail::FollowedLog> follow_current_log() override { return follow(generation()); }
+
+  bool replaced(const detail::FollowedLog& log, std::uint64_t) override {
+    return dynamic_cast<const RadosFollowedLog&>(log).generation() != generation();
   }
 
   // A RADOS write operation is atomic and each holds whole frames, so bytes
@@ -115,6 +148,17 @@ class RadosIndexStorage final : public IndexStorage {
     std::lock_guard lk(mu_);
     if (!fence_) throw PersistError::at(ErrorKind::Fenced, log_path(), "the log is written only under the writer lock");
     return fence_;
+  }
+
+  std::unique_ptr<detail::FollowedLog> follow(std::uint64_t g) {
+    if (g == 0) return nullptr;
+    LogLayout layout = read_log_layout(*store_, name_, g);
+    if (layout.objects.empty()) return nullptr;
+    {
+      std::lock_guard lk(mu_);
+      layout_ = layout;
+    }
+    return std::make_unique<RadosFollowedLog>(*store_, std::move(layout));
   }
 
   std::unique_ptr<ReadableFile> open_layout(LogLayout layout) {

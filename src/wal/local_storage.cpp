@@ -3,11 +3,15 @@
 // "Write-ahead log"). What the WAL engine did with the FileSystem itself
 // before the seam moved up a level, unchanged: every test that wraps the
 // FileSystem sees the same calls.
+#include <algorithm>
+#include <array>
 #include <cerrno>
+#include <optional>
 #include <string>
 
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
+#include "wal/log_format.hpp"
 #include "wal/log_writer.hpp"
 
 namespace iqdb::persist::detail {
@@ -15,6 +19,39 @@ namespace iqdb::persist::detail {
 namespace fs = std::filesystem;
 
 namespace {
+
+// The log file a replica follows: the descriptor it opened (a checkpoint
+// renames another file over the path; this one keeps its bytes), read up to
+// its size at each refresh.
+class LocalFollowedLog final : public FollowedLog {
+ public:
+  explicit LocalFollowedLog(std::unique_ptr<ReadableFile> f) : f_(std::move(f)) {}
+
+  const ReadableFile& refresh() override {
+    view_.emplace(*f_, f_->current_size());
+    return *view_;
+  }
+
+ private:
+  // The file with the size it had at the refresh.
+  class Sized final : public ReadableFile {
+   public:
+    Sized(const ReadableFile& f, std::uint64_t size) : f_(f), size_(size) {}
+    std::size_t read_at(std::uint64_t offset, std::span<std::byte> dst) const override {
+      if (offset >= size_) return 0;
+      return f_.read_at(offset, dst.first(static_cast<std::size_t>(std::min<std::uint64_t>(dst.size(), size_ - offset))));
+    }
+    std::uint64_t size() const noexcept override { return size_; }
+    const fs::path& path() const noexcept override { return f_.path(); }
+
+   private:
+    const ReadableFile& f_;
+    std::uint64_t size_;
+  };
+
+  std::unique_ptr<ReadableFile> f_;
+  std::optional<Sized> view_;
+};
 
 class LocalIndexStorage final : public IndexStorage {
  public:
@@ -62,6 +99,26 @@ class LocalIndexStorage final : public IndexStorage {
     return log;
   }
 
+  std::unique_ptr<FollowedLog> follow_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
+                                                        FileHeader& loaded) override {
+    std::unique_ptr<ReadableFile> log = open_log_with_snapshot(load_snapshot, loaded);
+    return log ? std::make_unique<LocalFollowedLog>(std::move(log)) : nullptr;
+  }
+
+  std::unique_ptr<FollowedLog> follow_current_log() override {
+    std::unique_ptr<ReadableFile> log = open_if_exists();
+    return log ? std::make_unique<LocalFollowedLog>(std::move(log)) : nullptr;
+  }
+
+  // The file at the path now is another log (another salt), or none.
+  bool replaced(const FollowedLog&, std::uint64_t salt) override {
+    const std::unique_ptr<ReadableFile> now = open_if_exists();
+    if (!now) return true;
+    std::array<std::byte, wal::format::kV2HeaderLen> b{};
+    const std::size_t got = now->read_at(0, b);
+    return wal::format::decode_header({b.data(), got}, now->size(), log_).salt != salt;
+  }
+
   std::unique_ptr<LogSink> create_log(std::uint64_t base_lsn) override {
     return wal::LogWriter::create(fs_, log_, fs_.random_u64(), base_lsn);
   }
@@ -78,6 +135,15 @@ class LocalIndexStorage final : public IndexStorage {
   fs::path log_path() const override { return log_; }
 
  private:
+  std::unique_ptr<ReadableFile> open_if_exists() {
+    try {
+      return fs_.open_read(log_);
+    } catch (const PersistError& e) {
+      if (e.kind() != ErrorKind::Io || e.sys_errno() != ENOENT) throw;
+      return nullptr;
+    }
+  }
+
   FileSystem& fs_;
   fs::path snapshot_;
   fs::path log_;

@@ -145,6 +145,41 @@ class Scanner {
     return r_;
   }
 
+  Followed follow(const FollowPoint& from) {
+    Followed out;
+    std::uint64_t pos = from.offset;
+    r_.version = 2;
+    salt_ = from.salt;
+    next_lsn_ = from.next_lsn;
+    if (pos == 0) {
+      if (w_.file_size() == 0) return out;  // not written yet
+      const format::LogHeader h = read_log_header(w_, f_.path());
+      if (h.version != 2) {
+        throw PersistError::at(ErrorKind::Unsupported, f_.path(),
+                               "a version-1 log cannot be followed: open the index with the WAL once to migrate it");
+      }
+      salt_ = h.salt;
+      next_lsn_ = h.base_lsn;
+      out.base_lsn = h.base_lsn;
+      pos = h.len;
+    }
+    if (pos > size()) {
+      throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
+                             "the log is " + std::to_string(size()) + " bytes now, shorter than the " +
+                                 std::to_string(pos) + " already read: it was cut back",
+                             size());
+    }
+    Verdict v;
+    while ((v = check_frame(pos, /*deliver=*/true)) == Verdict::Good) pos += format::kFrameHeaderLen + last_len_;
+    out.at = {pos, salt_, next_lsn_};
+    out.records = r_.records;
+    // Intact frames after a damaged one that vouch for it: corruption
+    // (CorruptLog), else a frame still being written.
+    if (v == Verdict::Damaged) handle_damage(pos);
+    out.pending_bytes = r_.torn_tail_bytes;
+    return out;
+  }
+
  private:
   enum class Verdict { Good, End, Damaged };
 
@@ -365,6 +400,11 @@ class Scanner {
 
 ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode) {
   return Scanner(file, on_record, mode).run();
+}
+
+Followed follow_file(const ReadableFile& file, const FollowPoint& from,
+                     const std::function<void(const RecordView&)>& on_record) {
+  return Scanner(file, on_record, ScanMode::Strict).follow(from);
 }
 
 fs::path log_path_for(const fs::path& snapshot) {

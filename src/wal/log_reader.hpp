@@ -10,4 +10,29 @@ namespace iqdb::persist::wal {
 
 ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode);
 
+// Following a version-2 log that a writer is appending to (read replicas,
+// src/wal/log_follower.cpp): where the next frame is expected.
+struct FollowPoint {
+  std::uint64_t offset = 0;  // 0: the header has not been read yet
+  std::uint64_t salt = 0;
+  std::uint64_t next_lsn = 0;
+};
+struct Followed {
+  FollowPoint at;              // after the last complete frame
+  std::uint64_t base_lsn = 0;  // the header's, when this call read it (else 0)
+  std::uint64_t records = 0;   // delivered by this call
+  // Non-zero bytes after `at` that do not form a complete frame: a frame
+  // being written (local files), or damage.
+  std::uint64_t pending_bytes = 0;
+};
+// The complete frames from `from` on, each checked as scan_file checks it and
+// delivered to on_record; stops at the first frame that is not complete (the
+// writer may be writing it), unless intact frames after it vouch for it
+// (CorruptLog, as scan_file in Strict mode).
+// From offset 0 the header is read and checked first; a version-1 log
+// cannot be followed (Unsupported). A frame whose LSN does not continue
+// `from` is CorruptLog.
+Followed follow_file(const ReadableFile& file, const FollowPoint& from,
+                     const std::function<void(const RecordView&)>& on_record);
+
 }  // namespace iqdb::persist::wal

@@ -77,6 +77,10 @@ class ReadableFile {
   virtual std::size_t read_at(std::uint64_t offset, std::span<std::byte> dst) const = 0;
   // The file's size when it was opened.
   virtual std::uint64_t size() const noexcept = 0;
+  // The file's size now: larger than size() when another process appended
+  // since it was opened (read replicas follow a log so). The default is
+  // size(), for files that do not change.
+  virtual std::uint64_t current_size() const { return size(); }
   virtual const std::filesystem::path& path() const noexcept = 0;
   // Optional: [offset, offset + size) mapped in place for a mapped load (see
   // MappedBlock in io.hpp), `reserve` bytes of address space in all. offset

@@ -55,7 +55,72 @@ void validate_config(const PersistConfig& cfg);
 // log consistent); with discard_log, then removes the log durably.
 FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
                             const std::function<FileHeader(std::uint64_t last_lsn, bool durable)>& write);
+
+// The steps of a load into `loaded`, shared by PersistedIndex::load and
+// ReadReplica: the snapshot, the records of the log, a size hint.
+template <Persistable I>
+struct Loader {
+  const PersistConfig& config;
+  std::optional<I>& loaded;
+
+  // Read the snapshot at config.path (verified) into `loaded`.
+  std::function<FileHeader()> load_snapshot() const {
+    return [c = &config, out = &loaded] {
+      const FileHeader h = read_snapshot(fs_of(*c), c->path, I::index_type, c->limits,
+                                         [&](PayloadReader& r, const FileHeader&) { out->emplace(I::load_from(r)); },
+                                         c->map_snapshot);
+      check_against_header(**out, h, c->path);
+      return h;
+    };
+  }
+
+  // The index's own insert / erase refuse what does not apply (a record
+  // that does: the engine reports CorruptLog with its offset).
+  std::function<void(const wal::RecordView&)> replay() const {
+    return [out = &loaded](const wal::RecordView& r) { apply_record(**out, r); };
+  }
+
+  std::function<void(std::uint64_t, std::uint64_t)> reserve() const {
+    return [out = &loaded](std::uint64_t records, std::uint64_t log_bytes) {
+      if constexpr (requires(I& i) { i.reserve(records); }) {
+        // A hint only. Every insert record carries dim floats, so the log's
+        // size bounds how many it can hold whatever the snapshot's dim: a
+        // small log never makes it allocate much. A refused allocation is
+        // harmless (replay grows the index as it goes).
+        const std::uint64_t per_record = std::max<std::uint64_t>(1, (*out)->dim() * sizeof(float));
+        try {
+          (*out)->reserve(std::min(records, log_bytes / per_record));
+        } catch (const std::bad_alloc&) {
+        } catch (const std::length_error&) {
+        }
+      }
+    };
+  }
+
+  static void apply_record(I& index, const wal::RecordView& r) {
+    if (r.op == wal::Op::Insert) {
+      index.insert(*r.id, r.vector, r.metadata ? std::optional<Metadata>(*r.metadata) : std::nullopt);
+    } else {
+      index.erase(*r.id);
+    }
+  }
+
+  static void check_against_header(const I& index, const FileHeader& h, const std::filesystem::path& path) {
+    const auto mismatch = [&](const char* field, std::uint64_t header, std::uint64_t payload) {
+      throw PersistError::at(ErrorKind::InvalidPayload, path,
+                             std::string("header says ") + field + " " + std::to_string(header) +
+                                 ", the payload holds " + std::to_string(payload));
+    };
+    if (index.dim() != h.dim) mismatch("dim", h.dim, index.dim());
+    if (index.metric() != h.metric)
+      mismatch("metric", static_cast<std::uint64_t>(h.metric), static_cast<std::uint64_t>(index.metric()));
+    if (index.size() != h.n_vectors) mismatch("n_vectors", h.n_vectors, index.size());
+  }
+};
 }  // namespace detail
+
+template <Persistable I>
+class ReadReplica;
 
 // Thread safety: insert, erase, write, save, checkpoint, sync and read may be
 // called from any number of threads at once. Mutations are serialised; under
@@ -91,48 +156,15 @@ class PersistedIndex {
   static PersistedIndex load(PersistConfig config) {
     detail::validate_config(config);
     std::optional<I> loaded;
-    const auto load_snapshot = [&] {
-      const FileHeader h = read_snapshot(detail::fs_of(config), config.path, I::index_type, config.limits,
-                                         [&](PayloadReader& r, const FileHeader&) { loaded.emplace(I::load_from(r)); },
-                                         config.map_snapshot);
-      check_against_header(*loaded, h, config.path);
-      return h;
-    };
-    // The index's own insert / erase refuse what does not apply (a record
-    // that does: the engine reports CorruptLog with its offset).
-    const auto replay = [&](const wal::RecordView& r) {
-      if (r.op == wal::Op::Insert) {
-        loaded->insert(*r.id, r.vector, r.metadata ? std::optional<Metadata>(*r.metadata) : std::nullopt);
-      } else {
-        loaded->erase(*r.id);
-      }
-    };
-    const auto write_snapshot = [&](std::uint64_t lsn) { write_index_snapshot(*loaded, config, lsn, true); };
-    const auto reserve = [&](std::uint64_t records, std::uint64_t log_bytes) {
-      if constexpr (requires { loaded->reserve(records); }) {
-        // A hint only. Every insert record carries dim floats, so the log's
-        // size bounds how many it can hold whatever the snapshot's dim: a
-        // small log never makes it allocate much. A refused allocation is
-        // harmless (replay grows the index as it goes).
-        const std::uint64_t per_record = std::max<std::uint64_t>(1, loaded->dim() * sizeof(float));
-        try {
-          loaded->reserve(std::min(records, log_bytes / per_record));
-        } catch (const std::bad_alloc&) {
-        } catch (const std::length_error&) {
-        }
-      }
-    };
+    const detail::Loader<I> l{config, loaded};
     if (!config.wal_enabled) {
-      const auto r = detail::WalEngine::replay_read_only(config, load_snapshot, replay, reserve);
+      const auto r = detail::WalEngine::replay_read_only(config, l.load_snapshot(), l.replay(), l.reserve());
       auto s = std::make_unique<State>(std::move(*loaded), std::move(config));
       s->base_lsn.store(r.last_lsn);
       s->load_stats = r.stats;
       return PersistedIndex(std::move(s));
     }
-    auto engine = detail::WalEngine::open(config, load_snapshot, replay, write_snapshot, reserve);
-    auto s = std::make_unique<State>(std::move(*loaded), std::move(config));
-    s->engine = std::move(engine);
-    return PersistedIndex(std::move(s));
+    return open_log(config, loaded, l.load_snapshot());
   }
 
   PersistedIndex(PersistedIndex&&) noexcept = default;
@@ -289,6 +321,23 @@ class PersistedIndex {
 
   explicit PersistedIndex(std::unique_ptr<State> s) : s_(std::move(s)) {}
 
+  template <Persistable>
+  friend class ReadReplica;
+
+  // load() with the WAL: the writer lock, the snapshot through
+  // load_snapshot (into `loaded`), the log replayed onto it. A promoted
+  // replica passes its own state as the snapshot (replica.hpp).
+  // (config is not moved from: load_snapshot may refer to it.)
+  static PersistedIndex open_log(const PersistConfig& config, std::optional<I>& loaded,
+                                 const std::function<FileHeader()>& load_snapshot) {
+    const detail::Loader<I> l{config, loaded};
+    const auto write_snapshot = [&](std::uint64_t lsn) { write_index_snapshot(*loaded, config, lsn, true); };
+    auto engine = detail::WalEngine::open(config, load_snapshot, l.replay(), write_snapshot, l.reserve());
+    auto s = std::make_unique<State>(std::move(*loaded), config);
+    s->engine = std::move(engine);
+    return PersistedIndex(std::move(s));
+  }
+
   static FileHeader write_index_snapshot(const I& index, const PersistConfig& config, std::uint64_t lsn,
                                          bool durable) {
     const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
@@ -342,18 +391,6 @@ class PersistedIndex {
     std::lock_guard lk(s_->write_mu);
     validate(ops, nullptr, 0);
     apply();
-  }
-
-  static void check_against_header(const I& index, const FileHeader& h, const std::filesystem::path& path) {
-    const auto mismatch = [&](const char* field, std::uint64_t header, std::uint64_t payload) {
-      throw PersistError::at(ErrorKind::InvalidPayload, path,
-                             std::string("header says ") + field + " " + std::to_string(header) +
-                                 ", the payload holds " + std::to_string(payload));
-    };
-    if (index.dim() != h.dim) mismatch("dim", h.dim, index.dim());
-    if (index.metric() != h.metric)
-      mismatch("metric", static_cast<std::uint64_t>(h.metric), static_cast<std::uint64_t>(index.metric()));
-    if (index.size() != h.n_vectors) mismatch("n_vectors", h.n_vectors, index.size());
   }
 
   std::unique_ptr<State> s_;

@@ -61,6 +61,16 @@ class LogSink {
   virtual std::uint64_t salt() const noexcept = 0;
 };
 
+// A log a read replica follows (ReadReplica, replica.hpp; the follower is
+// src/wal/log_follower.cpp).
+class FollowedLog {
+ public:
+  virtual ~FollowedLog() = default;
+  // The log's bytes as they are now, what was appended since the last call
+  // included. The file is valid until the next call.
+  virtual const ReadableFile& refresh() = 0;
+};
+
 }  // namespace detail
 
 // The storage of one index (its snapshot and its log). Shared by the
@@ -86,6 +96,18 @@ class IndexStorage {
   // meanwhile gives a consistent pair. nullptr when there is no log.
   virtual std::unique_ptr<ReadableFile> open_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
                                                                FileHeader& loaded) = 0;
+  // Read replicas, which never take the lock. As open_log_with_snapshot,
+  // but the log is kept to follow; nullptr when there is no log (yet).
+  virtual std::unique_ptr<detail::FollowedLog> follow_log_with_snapshot(
+      const std::function<FileHeader()>& load_snapshot, FileHeader& loaded) = 0;
+  // The log that goes with the current snapshot, to follow from its start;
+  // nullptr when there is none (yet).
+  virtual std::unique_ptr<detail::FollowedLog> follow_current_log() = 0;
+  // Whether `log` (whose header has `salt`) is no longer the current log: a
+  // checkpoint or a new writer replaced it, or a save removed it. Nothing is
+  // appended to it any more once this says so.
+  virtual bool replaced(const detail::FollowedLog& log, std::uint64_t salt) = 0;
+
   // What a scan of the log found, checked against what this storage can
   // produce (RADOS: an append is atomic, so a torn tail is damage).
   virtual void check_scan(const wal::ScanResult& scan) { (void)scan; }

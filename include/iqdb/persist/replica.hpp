@@ -1,0 +1,255 @@
+// ReadReplica: a read-only copy of an index that follows its writer.
+//
+//   using namespace iqdb::persist;
+//   auto replica = ReadReplica<FlatIndex>::open(cfg);     // snapshot + log; never the writer lock
+//   replica.catch_up();                                    // records the writer logged since
+//   replica.start_following(std::chrono::milliseconds(20));  // or in the background
+//   auto hits = replica.read([&](const FlatIndex& ix) { return ix.search(q, 10); });
+//   ReplicaLag lag = replica.lag();                        // LSNs and time behind
+//   PersistedIndex<FlatIndex> writer = std::move(replica).promote();  // failover
+//
+// Any number of replicas, in any processes, on the local files or on RADOS
+// (the same PersistConfig as the writer's). docs/DISTRIBUTED.md, "Read
+// replicas", says what is guaranteed and what it costs.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "iqdb/persist/detail/log_follower.hpp"
+#include "iqdb/persist/persisted_index.hpp"
+
+namespace iqdb::persist {
+
+// How far a replica is behind its writer.
+struct ReplicaLag {
+  std::uint64_t applied_lsn = 0;    // the LSN the replica's index covers
+  std::uint64_t available_lsn = 0;  // the last LSN the storage held when lag() read it
+  std::uint64_t records_behind = 0;  // available_lsn - applied_lsn
+  // Every record acknowledged before fresh_as_of is in the replica's index:
+  // the instant the last catch-up began reading (steady clock).
+  std::chrono::steady_clock::time_point fresh_as_of;
+  std::chrono::nanoseconds time_behind{0};  // now - fresh_as_of
+};
+
+// What a replica did since it was opened.
+struct ReplicaStats {
+  std::uint64_t catch_ups = 0;        // catch_up() calls and background rounds that succeeded
+  std::uint64_t records_applied = 0;  // after the first load
+  std::uint64_t reloads = 0;          // loads anew (the records it needed were gone)
+  wal::WalStats load;                 // what the first load replayed
+};
+
+// Thread safety: read() runs alongside catch_up() and the background
+// follower (a batch becomes visible whole); catch_up(), lag(), last_lsn()
+// and stats() may be called from any thread. promote(), moving and
+// destroying need every other call to have returned. index() is
+// unsynchronised.
+template <Persistable I>
+class ReadReplica {
+ public:
+  // Load the snapshot at config.path and replay its log, as load() without
+  // the WAL does; the log is then followed. config.wal_enabled is ignored.
+  static ReadReplica open(PersistConfig config) {
+    detail::validate_config(config);
+    auto s = std::make_unique<State>(std::move(config));
+    s->load();
+    s->stats.load = s->follower->load_stats();
+    return ReadReplica(std::move(s));
+  }
+
+  ReadReplica(ReadReplica&&) noexcept = default;
+  ReadReplica& operator=(ReadReplica&&) noexcept = default;
+  ~ReadReplica() = default;  // stops the background follower
+
+  // Apply the records the writer logged since the last catch-up, following
+  // checkpoints; loads anew when the records it needs are gone. Returns the
+  // records applied (after a load anew: how far the LSN moved). Throws
+  // PersistError (I/O, damage); the replica stays as it was and the call
+  // can be repeated.
+  std::uint64_t catch_up() { return s_->catch_up(); }
+
+  // Follow in the background: a catch-up every `interval` until
+  // stop_following(), promote() or destruction. Errors are kept in failure().
+  void start_following(std::chrono::milliseconds interval) { s_->start(interval); }
+  void stop_following() { s_->stop(); }
+  // The last background catch-up's error; nullopt after one succeeded.
+  std::optional<std::string> failure() const {
+    std::lock_guard lk(s_->bg_mu);
+    return s_->failure;
+  }
+
+  // How far behind the writer: reads the log's end (applies nothing).
+  ReplicaLag lag() {
+    std::lock_guard lk(s_->poll_mu);
+    ReplicaLag out;
+    out.applied_lsn = s_->follower->last_lsn();
+    out.available_lsn = s_->follower->probe();
+    out.records_behind = out.available_lsn - out.applied_lsn;
+    out.fresh_as_of = s_->fresh_as_of;
+    out.time_behind = std::chrono::steady_clock::now() - s_->fresh_as_of;
+    return out;
+  }
+
+  // The LSN the replica's index covers.
+  std::uint64_t last_lsn() const {
+    std::lock_guard lk(s_->poll_mu);
+    return s_->follower->last_lsn();
+  }
+  ReplicaStats stats() const {
+    std::lock_guard lk(s_->poll_mu);
+    return s_->stats;
+  }
+
+  // Run f(const I&) under the read lock; returns what f returns.
+  template <class F>
+  decltype(auto) read(F&& f) const {
+    std::shared_lock lk(s_->mu);
+    return std::forward<F>(f)(std::as_const(*s_->index));
+  }
+  // Unsynchronised (no catch-up may run meanwhile).
+  const I& index() const noexcept { return *s_->index; }
+  const PersistConfig& config() const noexcept { return s_->config; }
+
+  // Failover: become the writer. Takes the writer lock as load() with the
+  // WAL does (with the config's lock options: on RADOS, waiting for a dead
+  // writer's lease and fencing it), catches up on every record the log
+  // holds, and returns the writable index (config.wal_enabled set). The
+  // replica's state is reused when it is as new as the snapshot; a snapshot
+  // the replica has not seen is loaded. The replica is consumed; if the
+  // lock cannot be taken (Locked: the writer is alive), it stays a replica
+  // (not following: start_following again), and after a later failure it
+  // is gone (open it anew).
+  PersistedIndex<I> promote() && {
+    s_->stop();
+    std::unique_ptr<State> s = std::move(s_);
+    std::lock_guard lk(s->poll_mu);
+    PersistConfig cfg = s->config;
+    cfg.wal_enabled = true;
+    const std::uint64_t covered = s->follower->last_lsn();
+    std::optional<I>& loaded = s->index;
+    bool touched = false;  // the lock is held and the state is being changed
+    const auto load_snapshot = [&]() -> FileHeader {
+      touched = true;
+      FileSystem& fs = detail::fs_of(cfg);
+      const FileHeader current = inspect_snapshot(fs, cfg.path).header;
+      if (current.last_lsn > covered) return detail::Loader<I>{cfg, loaded}.load_snapshot()();
+      // The replica's own state stands for the snapshot: it covers `covered`.
+      FileHeader h = current;
+      h.last_lsn = covered;
+      h.n_vectors = loaded->size();
+      return h;
+    };
+    try {
+      return PersistedIndex<I>::open_log(cfg, loaded, load_snapshot);
+    } catch (...) {
+      if (!touched) s_ = std::move(s);
+      throw;
+    }
+  }
+
+ private:
+  struct State {
+    explicit State(PersistConfig c) : config(std::move(c)) {}
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    ~State() { stop(); }
+
+    // Load (first, or anew) into a fresh index, then take it.
+    void load() {
+      std::optional<I> fresh;
+      const detail::Loader<I> l{config, fresh};
+      const auto t = std::chrono::steady_clock::now();
+      auto f = detail::LogFollower::open(config, l.load_snapshot(), l.replay(), l.reserve());
+      std::unique_lock lk(mu);
+      index = std::move(fresh);
+      follower = std::move(f);
+      fresh_as_of = t;
+    }
+
+    std::uint64_t catch_up() {
+      std::lock_guard lk(poll_mu);
+      const auto t = std::chrono::steady_clock::now();
+      const std::uint64_t before = follower->last_lsn();
+      // A frame's records are applied under one hold of the write lock, so
+      // that readers see a batch whole.
+      std::unique_lock<detail::RwLock> frame(mu, std::defer_lock);
+      const auto apply = [&](const wal::RecordView& r) {
+        if (r.index_in_frame == 0) frame.lock();
+        detail::Loader<I>::apply_record(*index, r);
+        if (r.index_in_frame + 1 == r.frame_records) frame.unlock();
+      };
+      const detail::LogFollower::Poll p = follower->poll(apply);
+      if (frame.owns_lock()) frame.unlock();
+      if (p.reload) {
+        load();
+        ++stats.reloads;
+      }
+      fresh_as_of = t;
+      const std::uint64_t after = follower->last_lsn();
+      const std::uint64_t moved = after > before ? after - before : 0;
+      stats.records_applied += moved;
+      ++stats.catch_ups;
+      return moved;
+    }
+
+    void start(std::chrono::milliseconds interval) {
+      std::lock_guard lk(bg_mu);
+      if (thread.joinable()) return;
+      stopping = false;
+      thread = std::thread([this, interval] { follow(interval); });
+    }
+
+    void stop() {
+      {
+        std::lock_guard lk(bg_mu);
+        stopping = true;
+      }
+      bg_cv.notify_all();
+      if (thread.joinable()) thread.join();
+    }
+
+    void follow(std::chrono::milliseconds interval) {
+      std::unique_lock lk(bg_mu);
+      while (!stopping) {
+        lk.unlock();
+        std::optional<std::string> error;
+        try {
+          catch_up();
+        } catch (const std::exception& e) {
+          error = e.what();
+        }
+        lk.lock();
+        failure = std::move(error);
+        bg_cv.wait_for(lk, interval, [this] { return stopping; });
+      }
+    }
+
+    PersistConfig config;
+    mutable detail::RwLock mu;  // guards index against read() during catch-ups
+    std::optional<I> index;
+    mutable std::mutex poll_mu;  // one catch-up (or lag probe) at a time; guards what follows
+    std::unique_ptr<detail::LogFollower> follower;
+    std::chrono::steady_clock::time_point fresh_as_of;
+    ReplicaStats stats;
+    mutable std::mutex bg_mu;  // the background follower
+    std::condition_variable bg_cv;
+    std::thread thread;
+    bool stopping = false;
+    std::optional<std::string> failure;
+  };
+
+  explicit ReadReplica(std::unique_ptr<State> s) : s_(std::move(s)) {}
+
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace iqdb::persist

@@ -1,0 +1,160 @@
+// Where a read replica follows the log (docs/DISTRIBUTED.md, "Read
+// replicas"): the records a writer appends after the replica's load, then,
+// after a checkpoint, the next log from its start. Frames are checked and
+// decoded by the one log reader (log_reader.cpp, follow_file); which log is
+// current, and whether the one followed was replaced, the storage says
+// (IndexStorage::follow_current_log / replaced: the local files or RADOS).
+//
+// No gap, no duplicate: records at or below the LSN the replica covers are
+// skipped, and a record above the next one it needs means the records in
+// between are gone: the replica must load anew (Poll::reload). A log is
+// read to its end after the storage says it was replaced (nothing is
+// appended to it after that), before the next one is opened.
+#include "iqdb/persist/detail/log_follower.hpp"
+
+#include <cerrno>
+#include <string>
+
+#include "iqdb/persist/detail/index_storage.hpp"
+#include "iqdb/persist/error.hpp"
+#include "iqdb/persist/snapshot.hpp"
+#include "wal/engine_impl.hpp"
+#include "wal/log_reader.hpp"
+
+namespace iqdb::persist::detail {
+
+namespace {
+// Logs one poll may move through: each is newer than the one before, so a
+// writer checkpointing without pause cannot keep a poll from returning.
+constexpr int kMaxHops = 8;
+
+// The records that follow cannot be read any more: a gap, a log cut back or
+// replaced under the follower, a record that did not apply.
+struct NeedReload {};
+}  // namespace
+
+class LogFollower::Impl {
+ public:
+  explicit Impl(const PersistConfig& cfg) : storage_(storage_of(cfg)), cfg_(cfg) {}
+
+  void open(const std::function<FileHeader()>& load_snapshot, const WalEngine::Replay& replay,
+            const WalEngine::ReserveHint& reserve) {
+    FileHeader h;
+    log_ = storage_->follow_log_with_snapshot(load_snapshot, h);
+    last_ = h.last_lsn;
+    if (!log_) return;
+    const ReadableFile& f = log_->refresh();
+    const Replayed r = replay_log(*storage_, f, storage_->log_path(), h.last_lsn, replay, reserve);
+    if (r.scan.version != 2) {
+      throw PersistError::at(ErrorKind::Unsupported, storage_->log_path(),
+                             "a version-1 log cannot be followed: open the index with the WAL once to migrate it");
+    }
+    last_ = r.next - 1;
+    at_ = {r.scan.valid_bytes, r.scan.salt, r.scan.last_lsn ? *r.scan.last_lsn + 1 : r.scan.base_lsn};
+    stats_.recovered_records = last_ - h.last_lsn;
+    stats_.torn_tail_bytes = r.scan.torn_tail_bytes;
+    stats_.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
+  }
+
+  Poll poll(const WalEngine::Replay& replay) {
+    Poll out;
+    const std::uint64_t before = last_;
+    try {
+      follow_logs(replay);
+    } catch (const NeedReload&) {
+      out.reload = true;
+    } catch (const PersistError& e) {
+      // I/O can be retried; anything else read from a log that moved under
+      // the follower is settled by a load anew (whose strict read reports
+      // real damage).
+      if (e.kind() == ErrorKind::Io) throw;
+      out.reload = true;
+    }
+    out.applied = last_ - before;
+    return out;
+  }
+
+  std::uint64_t probe() {
+    if (!log_) return last_;
+    const wal::Followed r = wal::follow_file(log_->refresh(), at_, {});
+    return std::max(last_, r.at.next_lsn - 1);
+  }
+
+  std::uint64_t last_lsn() const noexcept { return last_; }
+  wal::WalStats load_stats() const noexcept { return stats_; }
+
+ private:
+  void follow_logs(const WalEngine::Replay& replay) {
+    for (int hop = 0; hop < kMaxHops; ++hop) {
+      if (!log_ && !open_current()) return;
+      read_on(replay);
+      if (!storage_->replaced(*log_, at_.salt)) return;
+      read_on(replay);  // what was appended before it was replaced
+      log_.reset();
+    }
+  }
+
+  // The current log, to read from its start; false when there is none yet
+  // (a checkpoint published its snapshot and has not created the log).
+  bool open_current() {
+    log_ = storage_->follow_current_log();
+    at_ = {};
+    if (log_) return true;
+    // No log: a snapshot newer than the replica holds records it lacks.
+    if (snapshot_lsn() > last_) throw NeedReload{};
+    return false;
+  }
+
+  std::uint64_t snapshot_lsn() {
+    FileSystem& fs = storage_->snapshot_fs();
+    if (!fs.exists(cfg_.path)) return 0;
+    return inspect_snapshot(fs, cfg_.path).header.last_lsn;
+  }
+
+  // The complete frames after at_ in the log followed.
+  void read_on(const WalEngine::Replay& replay) {
+    const ReadableFile& f = log_->refresh();
+    const auto on_record = [&](const wal::RecordView& r) {
+      const std::uint64_t lsn = *r.lsn;
+      if (lsn <= last_) return;
+      if (lsn != last_ + 1) throw NeedReload{};
+      replay(r);
+      last_ = lsn;
+    };
+    const wal::Followed r = wal::follow_file(f, at_, on_record);
+    if (r.base_lsn > last_ + 1) throw NeedReload{};  // a new log that starts past the replica
+    at_ = r.at;
+    if (r.pending_bytes > 0) {
+      // Bytes that do not form a frame yet: a frame being written (local
+      // files), or, where appends are atomic (RADOS), damage.
+      wal::ScanResult scan;
+      scan.valid_bytes = at_.offset;
+      scan.torn_tail_bytes = r.pending_bytes;
+      storage_->check_scan(scan);
+    }
+  }
+
+  std::shared_ptr<IndexStorage> storage_;
+  PersistConfig cfg_;
+  std::unique_ptr<FollowedLog> log_;
+  wal::FollowPoint at_;
+  std::uint64_t last_ = 0;
+  wal::WalStats stats_;
+};
+
+std::unique_ptr<LogFollower> LogFollower::open(const PersistConfig& cfg,
+                                               const std::function<FileHeader()>& load_snapshot,
+                                               const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve) {
+  auto impl = std::make_unique<Impl>(cfg);
+  impl->open(load_snapshot, replay, reserve);
+  return std::unique_ptr<LogFollower>(new LogFollower(std::move(impl)));
+}
+
+LogFollower::LogFollower(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LogFollower::~LogFollower() = default;
+LogFollower::Poll LogFollower::poll(const WalEngine::Replay& replay) { return impl_->poll(replay); }
+std::uint64_t LogFollower::probe() { return impl_->probe(); }
+std::uint64_t LogFollower::last_lsn() const noexcept { return impl_->last_lsn(); }
+wal::WalStats LogFollower::load_stats() const noexcept { return impl_->load_stats(); }
+
+}  // namespace iqdb::persist::detail

@@ -1,0 +1,330 @@
+// Read replicas on the local files (ReadReplica, replica.hpp): a replica
+// follows a writer through inserts, erases, batches and checkpoints and ends
+// equal to an independent model (a std::map of what the writer was told to
+// do); it reports how far behind it is; readers see a batch whole; it never
+// takes the writer lock; a damaged log is reported, never applied; and it is
+// promoted to writer after the writer process is SIGKILLed, with every
+// acknowledged mutation. The same on RADOS: tests/rados/rados_wal_test.cpp.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "iqdb/persist.hpp"
+#include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
+
+namespace iqdb::persist {
+namespace {
+
+using namespace std::chrono_literals;
+using Replica = ReadReplica<FlatIndex>;
+constexpr std::size_t kDim = 8;
+
+std::vector<float> vec_of(std::uint64_t id) {
+  std::vector<float> v(kDim);
+  for (std::size_t i = 0; i < kDim; ++i) v[i] = static_cast<float>(id) + 0.125f * static_cast<float>(i);
+  return v;
+}
+
+PersistedIndex<FlatIndex> new_writer(const PersistConfig& cfg) {
+  return PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+}
+
+// A writer and the model of what it was told to do.
+struct Writer {
+  PersistedIndex<FlatIndex> db;
+  test::Model model;
+
+  void insert(std::uint64_t id, std::optional<Metadata> meta = {}) {
+    db.insert(id, vec_of(id), meta);
+    model[id] = {vec_of(id), meta};
+  }
+  void erase(const VectorId& id) {
+    db.erase(id);
+    model.erase(id);
+  }
+  // Inserts of `ids` and the erase of the model's first id, in one batch.
+  void batch(const std::vector<std::uint64_t>& ids) {
+    WriteBatch b;
+    for (const std::uint64_t id : ids) b.insert(id, vec_of(id));
+    const std::optional<VectorId> gone = model.empty() ? std::nullopt : std::optional(model.begin()->first);
+    if (gone) b.erase(*gone);
+    db.write(b);
+    for (const std::uint64_t id : ids) model[id] = {vec_of(id), std::nullopt};
+    if (gone) model.erase(*gone);
+  }
+};
+
+// Waits (bounded) until the replica covers `lsn`.
+bool wait_for(const Replica& r, std::uint64_t lsn) {
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (r.last_lsn() < lsn) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+class ReplicaTest : public ::testing::TestWithParam<FsyncPolicy::Mode> {
+ protected:
+  FsyncPolicy policy() const {
+    switch (GetParam()) {
+      case FsyncPolicy::Mode::Always:
+        return FsyncPolicy::always();
+      case FsyncPolicy::Mode::Periodic:
+        return FsyncPolicy::periodic(std::chrono::milliseconds(5));
+      case FsyncPolicy::Mode::Never:
+        break;
+    }
+    return FsyncPolicy::never();
+  }
+  test::TempDir dir_;
+  PersistConfig cfg_ = test::wal_config(dir_ / "db.iqdb", policy());
+};
+
+// Inserts (some with metadata), erases, batches and two checkpoints, with a
+// catch-up after each step of a random-length run: the replica follows each
+// checkpoint to the next log without loading anew, and ends equal to the
+// model, at the writer's LSN.
+TEST_P(ReplicaTest, FollowsInsertsErasesBatchesAndCheckpoints) {
+  Writer w{new_writer(cfg_), {}};
+  w.insert(1);
+  w.db.sync();
+  Replica r = Replica::open(cfg_);
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+  std::mt19937 rng(7);
+  std::uint64_t next = 2;
+  int checkpoints = 0;
+  for (int step = 0; step < 60; ++step) {
+    const int run = static_cast<int>(rng() % 6);
+    for (int i = 0; i < run; ++i) {
+      switch (rng() % 4) {
+        case 0:
+          w.insert(next, Metadata{{"n", static_cast<std::int64_t>(next)}, {"tag", std::string("t") + std::to_string(next % 3)}});
+          break;
+        case 1:
+          if (!w.model.empty()) w.erase(w.model.begin()->first);
+          break;
+        case 2:
+          w.batch({next + 100000, next + 200000, next + 300000});
+          break;
+        default:
+          w.insert(next);
+      }
+      ++next;
+    }
+    if (step == 20 || step == 40) {
+      w.db.checkpoint();
+      ++checkpoints;
+    }
+    w.db.sync();
+    r.catch_up();
+    ASSERT_EQ(test::diff(r.index(), w.model), "") << "step " << step;
+    ASSERT_EQ(r.last_lsn(), w.db.last_lsn());
+  }
+  EXPECT_EQ(checkpoints, 2);
+  EXPECT_EQ(r.stats().reloads, 0U);
+  EXPECT_EQ(r.stats().records_applied, w.db.last_lsn() - 1);
+}
+
+// Two checkpoints between catch-ups: the records between them were in a log
+// that is gone; the replica loads anew and is equal again.
+TEST_P(ReplicaTest, TwoCheckpointsBetweenCatchUpsLoadAnew) {
+  Writer w{new_writer(cfg_), {}};
+  w.insert(1);
+  w.db.sync();
+  Replica r = Replica::open(cfg_);
+  w.insert(2);
+  w.db.checkpoint();
+  w.batch({3, 4});
+  w.db.checkpoint();
+  w.insert(5);
+  w.db.sync();
+  r.catch_up();
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+  EXPECT_EQ(r.last_lsn(), w.db.last_lsn());
+  EXPECT_EQ(r.stats().reloads, 1U);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, ReplicaTest,
+                         ::testing::Values(FsyncPolicy::Mode::Always, FsyncPolicy::Mode::Periodic,
+                                           FsyncPolicy::Mode::Never));
+
+TEST(Replica, LagCountsTheRecordsNotAppliedYet) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Writer w{new_writer(cfg), {}};
+  Replica r = Replica::open(cfg);
+  const ReplicaLag before = r.lag();
+  EXPECT_EQ(before.records_behind, 0U);
+  for (std::uint64_t id = 1; id <= 7; ++id) w.insert(id);
+  w.batch({100, 101, 102});  // 4 records: 3 inserts and an erase
+  ReplicaLag lag = r.lag();
+  EXPECT_EQ(lag.applied_lsn, 0U);
+  EXPECT_EQ(lag.available_lsn, 11U);
+  EXPECT_EQ(lag.records_behind, 11U);
+  EXPECT_EQ(lag.fresh_as_of, before.fresh_as_of);
+  EXPECT_GE(lag.time_behind, before.time_behind);
+  EXPECT_TRUE(r.read([](const FlatIndex& ix) { return ix.size(); }) == 0);
+  EXPECT_EQ(r.catch_up(), 11U);
+  lag = r.lag();
+  EXPECT_EQ(lag.records_behind, 0U);
+  EXPECT_EQ(lag.applied_lsn, 11U);
+  EXPECT_GT(lag.fresh_as_of, before.fresh_as_of);
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+}
+
+// A background follower applies while readers run: a batch of ten inserts
+// is never seen in part.
+TEST(Replica, ReadersSeeABatchWhole) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  Writer w{new_writer(cfg), {}};
+  Replica r = Replica::open(cfg);
+  r.start_following(1ms);
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> torn{0}, reads{0};
+  std::thread reader([&] {
+    while (!done.load()) {
+      if (r.read([](const FlatIndex& ix) { return ix.size(); }) % 10 != 0) torn.fetch_add(1);
+      reads.fetch_add(1);
+    }
+  });
+  for (std::uint64_t b = 0; b < 200; ++b) {
+    WriteBatch batch;
+    for (std::uint64_t i = 0; i < 10; ++i) {
+      batch.insert(b * 10 + i, vec_of(b * 10 + i));
+      w.model[b * 10 + i] = {vec_of(b * 10 + i), std::nullopt};
+    }
+    w.db.write(batch);
+  }
+  w.db.sync();
+  EXPECT_TRUE(wait_for(r, w.db.last_lsn()));
+  done.store(true);
+  reader.join();
+  r.stop_following();
+  EXPECT_EQ(torn.load(), 0U) << "of " << reads.load() << " reads";
+  EXPECT_EQ(r.failure(), std::nullopt);
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+}
+
+// Replicas take no lock: a writer opens and loads beside them, and a
+// replica opens beside a writer.
+TEST(Replica, NeverTakesTheWriterLock) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  Replica first = Replica::open(cfg);
+  w.db.close();
+  Writer again{PersistedIndex<FlatIndex>::load(cfg), w.model};  // the lock is free for a writer
+  again.insert(2);
+  Replica second = Replica::open(cfg);
+  first.catch_up();
+  EXPECT_EQ(test::diff(first.index(), again.model), "");
+  EXPECT_EQ(test::diff(second.index(), again.model), "");
+}
+
+// Promotion needs the lock: refused while the writer lives, and the replica
+// stays a replica.
+TEST(Replica, PromotionIsRefusedWhileTheWriterLives) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  Replica r = Replica::open(cfg);
+  EXPECT_EQ(test::error_of([&] { (void)std::move(r).promote(); }), ErrorKind::Locked);
+  w.insert(2);
+  EXPECT_EQ(r.catch_up(), 1U);  // NOLINT(bugprone-use-after-move): promote left it a replica
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+}
+
+// A flipped byte in a frame the replica has not read (LSN 12), with intact
+// frames after it: catch_up applies the intact record before it (11),
+// reports CorruptLog, and applies nothing from the damaged frame on.
+TEST(Replica, DamageInTheLogIsReportedNotApplied) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Writer w{new_writer(cfg), {}};
+  for (std::uint64_t id = 1; id <= 10; ++id) w.insert(id);
+  Replica r = Replica::open(cfg);
+  w.insert(11);
+  const test::Model at_eleven = w.model;
+  for (std::uint64_t id = 12; id <= 20; ++id) w.insert(id);
+  w.db.close();
+  std::uint64_t frame_of_12 = 0;
+  (void)wal::scan_log(default_file_system(), wal::log_path_for(cfg.path), [&](const wal::RecordView& rv) {
+    if (rv.lsn == 12U) frame_of_12 = rv.frame_offset;
+  });
+  ASSERT_GT(frame_of_12, 0U);
+  test::Buf log = test::read_file(wal::log_path_for(cfg.path));
+  log[frame_of_12 + 30] ^= std::byte{0x40};
+  test::write_file(wal::log_path_for(cfg.path), log);
+  EXPECT_EQ(test::error_of([&] { r.catch_up(); }), ErrorKind::CorruptLog);
+  EXPECT_EQ(r.last_lsn(), 11U);
+  EXPECT_EQ(test::diff(r.index(), at_eleven), "");
+  EXPECT_EQ(test::error_of([&] { r.catch_up(); }), ErrorKind::CorruptLog);  // again, unchanged
+  EXPECT_EQ(r.last_lsn(), 11U);
+}
+
+// Failover: a writer process inserts under Always and reports each
+// acknowledged id through a pipe; a replica (this process) follows it in
+// the background; the writer is SIGKILLed at a random instant. The promoted
+// replica holds every acknowledged insert (and at most the one in flight),
+// takes new writes, and a later load agrees.
+TEST(Replica, PromotedAfterTheWriterIsKilledHasEveryAcknowledgedWrite) {
+  std::mt19937 rng(std::random_device{}());
+  for (int round = 0; round < 4; ++round) {
+    test::TempDir dir;
+    const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+    new_writer(cfg).close();
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      auto db = PersistedIndex<FlatIndex>::load(cfg);
+      for (std::uint64_t id = 1;; ++id) {
+        db.insert(id, vec_of(id));
+        if (id % 97 == 0) db.checkpoint();
+        if (::write(fds[1], &id, sizeof id) != static_cast<ssize_t>(sizeof id)) ::_exit(3);
+      }
+    }
+    ::close(fds[1]);
+    std::uint64_t acked = 0, got = 0;
+    ASSERT_EQ(::read(fds[0], &acked, sizeof acked), static_cast<ssize_t>(sizeof acked));
+    Replica r = Replica::open(cfg);
+    r.start_following(2ms);
+    ::usleep(std::uniform_int_distribution<unsigned>(20000, 300000)(rng));
+    ::kill(pid, SIGKILL);
+    const auto killed = std::chrono::steady_clock::now();
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    while (::read(fds[0], &got, sizeof got) == static_cast<ssize_t>(sizeof got)) acked = got;
+    ::close(fds[0]);
+    PersistedIndex<FlatIndex> promoted = std::move(r).promote();
+    promoted.insert(std::uint64_t{1} << 40, vec_of(7));
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+    const std::size_t n = promoted.index().size() - 1;
+    EXPECT_TRUE(n == acked || n == acked + 1) << n << " ids, " << acked << " acknowledged";
+    test::Model model;
+    for (std::uint64_t id = 1; id <= n; ++id) model[id] = {vec_of(id), std::nullopt};
+    model[std::uint64_t{1} << 40] = {vec_of(7), std::nullopt};
+    EXPECT_EQ(test::diff(promoted.index(), model), "");
+    promoted.close();
+    EXPECT_EQ(test::diff(PersistedIndex<FlatIndex>::load(cfg).index(), model), "");
+    std::cout << "[ MEASURED ] round " << round << ": " << acked << " acknowledged; SIGKILL to the first write of the "
+              << "promoted replica: " << took * 1000 << " ms\n";
+  }
+}
+
+}  // namespace
+}  // namespace iqdb::persist
