@@ -10,13 +10,15 @@
 // `peer` mode times one C++ operation for the Python benchmark
 // (python/bench/bench_python.py), so both sides do the same work:
 //   iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N]
-//   iqdb_batch_bench peer batch|load|single --dir DIR --n N   # prints seconds
+//   iqdb_batch_bench peer batch|load|single|threads --dir DIR --n N   # prints wall and CPU seconds
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <random>
+#include <ctime>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <iqdb/persist.hpp>
@@ -105,39 +107,80 @@ double row_batches(const fs::path& d, std::size_t batches, const std::vector<flo
 // (wal::MAX_FRAME_LEN), so 1M x 128 goes in batches of 100,000 rows (51 MB).
 constexpr std::size_t kPeerChunk = 100000;
 
-// One C++ operation the Python benchmark compares with; prints its seconds.
-//   batch:  open_with + write() of n rows in batches of kPeerChunk
-//           (insert_rows_ref), WAL under Never; then (untimed) checkpoint
-//   load:   load() of the snapshot a previous `batch` + checkpoint left
-//   single: n single inserts under Always (prints seconds for all n)
+// Threads of the `threads` op (the Python benchmark's 4 threads).
+constexpr std::size_t kPeerThreads = 4;
+
+// n single inserts under Always from kPeerThreads threads, thread i taking
+// ids i, i + kPeerThreads, ... (group commit shares their fdatasyncs).
+void threaded_singles(Db& db, std::size_t n, const std::vector<float>& rows) {
+  std::vector<std::thread> ts;
+  for (std::size_t t = 0; t < kPeerThreads; ++t) {
+    ts.emplace_back([&db, &rows, n, t] {
+      for (std::size_t i = t; i < n; i += kPeerThreads) db.insert(i, row(rows, i));
+    });
+  }
+  for (std::thread& t : ts) t.join();
+}
+
+// Wall and CPU (all threads) seconds of a timed region.
+struct PeerTimer {
+  Clock::time_point wall = Clock::now();
+  std::clock_t cpu = std::clock();
+  void print() const {
+    std::printf("%.6f %.6f\n", since(wall), static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC);
+  }
+};
+
+// open_with + write() of n rows in batches of kPeerChunk (insert_rows_ref),
+// WAL under Never, timed; then (untimed) the checkpoint `load` reads.
+void peer_batch(const fs::path& d, std::size_t n) {
+  const std::vector<float> rows = make_rows(n);
+  std::vector<std::uint64_t> ids(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = i;
+  const PeerTimer t;
+  auto db = fresh(d, FsyncPolicy::never());
+  for (std::size_t at = 0; at < n; at += kPeerChunk) {
+    const std::size_t k = std::min(kPeerChunk, n - at);
+    db.write(WriteBatch().insert_rows_ref(std::span(ids).subspan(at, k),
+                                          std::span<const float>(rows).subspan(at * kDim, k * kDim), kDim));
+  }
+  t.print();
+  db.checkpoint();
+  db.close();
+}
+
+// n single inserts under Always from `threads` threads, timed after the open.
+void peer_singles(const fs::path& d, std::size_t n, std::size_t threads) {
+  const std::vector<float> rows = make_rows(std::min<std::size_t>(n, 4096));
+  auto db = fresh(d, FsyncPolicy::always());
+  const PeerTimer t;
+  if (threads == 1) {
+    for (std::size_t i = 0; i < n; ++i) db.insert(i, row(rows, i));
+  } else {
+    threaded_singles(db, n, rows);
+  }
+  t.print();
+}
+
+// One C++ operation the Python benchmark compares with (the same calls as
+// its Python peer); prints the wall and CPU seconds of the timed region.
+//   batch:   open_with + n rows in batches of kPeerChunk, WAL under Never
+//   load:    load() of the snapshot a previous `batch` + checkpoint left
+//   single:  n single inserts under Always, one thread
+//   threads: n single inserts under Always from kPeerThreads threads
 int peer(const std::string& op, const fs::path& d, std::size_t n) {
-  // Rows only where the op inserts them (a load allocates nothing else first).
-  const std::vector<float> rows = op == "load" ? std::vector<float>() : make_rows(op == "single" ? std::min<std::size_t>(n, 4096) : n);
-  double s = 0;
   if (op == "batch") {
-    std::vector<std::uint64_t> ids(n);
-    for (std::size_t i = 0; i < n; ++i) ids[i] = i;
-    const auto t0 = Clock::now();
-    auto db = fresh(d, FsyncPolicy::never());
-    for (std::size_t at = 0; at < n; at += kPeerChunk) {
-      const std::size_t k = std::min(kPeerChunk, n - at);
-      db.write(WriteBatch().insert_rows_ref(std::span(ids).subspan(at, k),
-                                            std::span<const float>(rows).subspan(at * kDim, k * kDim), kDim));
-    }
-    s = since(t0);
-    db.checkpoint();  // leaves the snapshot `load` reads
-    db.close();
+    peer_batch(d, n);
   } else if (op == "load") {
-    const auto t0 = Clock::now();
+    const PeerTimer t;
     const auto db = Db::load(wal_cfg(d, FsyncPolicy::never()));
-    s = since(t0);
+    t.print();
     if (db.index().size() != n) bench::die("load: wrong size");
-  } else if (op == "single") {
-    s = static_cast<double>(n) / singles(d, n, rows);
+  } else if (op == "single" || op == "threads") {
+    peer_singles(d, n, op == "single" ? 1 : kPeerThreads);
   } else {
     bench::die("peer: unknown op " + op);
   }
-  std::printf("%.6f\n", s);
   return 0;
 }
 

@@ -33,6 +33,7 @@ import iqdb_persist as iq
 
 DIM = 128
 CHUNK = 100_000
+THREADS = 4  # the C++ peer's kPeerThreads
 
 
 def timed(f):
@@ -41,16 +42,35 @@ def timed(f):
     return time.perf_counter() - t0
 
 
+class Timer:
+    """Wall and CPU (all threads) seconds of a timed region, as the C++ peer's PeerTimer."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return self
+
+
 def fresh(d):
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     return d
 
 
+def measure(cmd):
+    """(wall, cpu) seconds a peer process prints. Dirty pages of earlier
+    measurements are written back first, so every peer starts from the same
+    page-cache state (its own files only)."""
+    os.sync()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall, cpu = out.stdout.split()
+    return float(wall), float(cpu)
+
+
 def cpp(args, op, d, n):
-    out = subprocess.run([args.cpp_bench, "peer", op, "--dir", d, "--n", str(n)], check=True,
-                         capture_output=True, text=True)
-    return float(out.stdout.strip())
+    return measure([args.cpp_bench, "peer", op, "--dir", d, "--n", str(n)])
 
 
 def make_rows(n):
@@ -61,41 +81,39 @@ def py_batch(d, data):
     cfg = iq.PersistConfig(os.path.join(d, "db.iqdb"), wal_enabled=True, fsync_policy=iq.FsyncPolicy.never())
     ids = np.arange(len(data), dtype=np.uint64)
 
-    def run():
-        db = iq.open_with(iq.FlatIndex(DIM, "euclidean"), cfg)
-        for at in range(0, len(data), CHUNK):
-            db.insert(ids[at:at + CHUNK], data[at:at + CHUNK])
-        run.db = db
-
-    s = timed(run)
-    run.db.checkpoint()
-    run.db.close()
-    return s
+    t = Timer()
+    db = iq.open_with(iq.FlatIndex(DIM, "euclidean"), cfg)
+    for at in range(0, len(data), CHUNK):
+        db.insert(ids[at:at + CHUNK], data[at:at + CHUNK])
+    t.stop()
+    db.checkpoint()
+    db.close()
+    return t
 
 
 def python_peer(op, d, n):
-    """One Python measurement in a fresh process: prints its seconds."""
+    """One Python measurement in a fresh process: prints its wall and CPU seconds."""
     if op == "batch":
-        print(f"{py_batch(d, make_rows(n)):.6f}")
+        t = py_batch(d, make_rows(n))
     elif op == "load":
-        print(f"{py_load(d, n):.6f}")
+        t = py_load(d, n)
     else:
-        print(f"{py_single(d, n):.6f}")
+        t = py_single(d, n, threads=THREADS if op == "threads" else 1)
+    print(f"{t.wall:.6f} {t.cpu:.6f}")
 
 
 def in_python(args, op, d, n):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "peer", op, "--dir", d, "--n", str(n)],
-                         check=True, capture_output=True, text=True)
-    return float(out.stdout.strip())
+    return measure([sys.executable, os.path.abspath(__file__), "peer", op, "--dir", d, "--n", str(n)])
 
 
 def py_load(d, n):
     cfg = iq.PersistConfig(os.path.join(d, "db.iqdb"), wal_enabled=True, fsync_policy=iq.FsyncPolicy.never())
-    box = {}
-    s = timed(lambda: box.setdefault("db", iq.PersistedFlatIndex.load(cfg)))
-    assert len(box["db"]) == n
-    box["db"].close()
-    return s
+    t = Timer()
+    db = iq.PersistedFlatIndex.load(cfg)
+    t.stop()
+    assert len(db) == n
+    db.close()
+    return t
 
 
 def py_single(d, n, threads=1):
@@ -108,14 +126,14 @@ def py_single(d, n, threads=1):
             db.insert(i, rows[i % len(rows)])
 
     ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    t0 = time.perf_counter()
+    timer = Timer()
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    s = time.perf_counter() - t0
+    timer.stop()
     db.close()
-    return s
+    return timer
 
 
 def faiss_side(d, data):
@@ -168,6 +186,77 @@ def iqdb_hnsw(d, data):
     return s, r
 
 
+def peer_rounds(args, r, rnd):
+    """One round of the Python / C++ pairs, each in fresh processes; Python
+    first in even rounds, C++ first in odd ones, so neither side always
+    follows the other's freed memory (docs/PERFORMANCE.md)."""
+    sides = [("py", in_python), ("cpp", cpp)]
+    order = sides if rnd % 2 == 0 else sides[::-1]
+    for side, run in order:
+        d = fresh(os.path.join(args.dir, side))
+        r["batch_" + side].append(run(args, "batch", d, args.n))
+        r["load_" + side].append(run(args, "load", d, args.n))
+        shutil.rmtree(d)
+    for op, n in (("single", args.single_ops), ("threads", THREADS * args.single_ops)):
+        for side, run in order:
+            r[f"{op}_{side}"].append(run(args, op, fresh(os.path.join(args.dir, "s")), n))
+
+
+def alternative_rounds(args, r, data):
+    """FAISS's and hnswlib's own save / load beside iqdb-persist's, in this process."""
+    d = fresh(os.path.join(args.dir, "peers"))
+    peers = [(faiss_side, data, "faiss_w", "faiss_r"), (iqdb_save, data, "iq_save", "iq_load")]
+    if iq.HAVE_HNSWLIB:
+        g = data[:args.graph_n]
+        peers += [(hnswlib_side, g, "hnsw_w", "hnsw_r"), (iqdb_hnsw, g, "iqh_save", "iqh_load")]
+    for run, vectors, save_key, load_key in peers:
+        save_s, load_s = run(d, vectors)
+        r[save_key].append((save_s, save_s))
+        r[load_key].append((load_s, load_s))
+    shutil.rmtree(d)
+
+
+def report(args, r):
+    wall = {k: [w for w, _ in v] for k, v in r.items()}
+    cpu = {k: [c for _, c in v] for k, v in r.items()}
+    med = {k: statistics.median(v) for k, v in wall.items() if v}
+
+    def ratio(a, b, of=wall):
+        return statistics.median(x / y for x, y in zip(of[a], of[b]))
+
+    def scaling(side):  # inserts/s of THREADS threads over one thread's, per round
+        return statistics.median(THREADS * s / f for f, s in zip(wall["threads_" + side], wall["single_" + side]))
+
+    rows = [
+        ("batch insert from numpy (s)", med["batch_py"], med["batch_cpp"], ratio("batch_py", "batch_cpp"), "<=", 1.10,
+         ratio("batch_py", "batch_cpp", cpu)),
+        ("load (s)", med["load_py"], med["load_cpp"], ratio("load_py", "load_cpp"), "<=", 1.05,
+         ratio("load_py", "load_cpp", cpu)),
+        ("single insert, Always (inserts/s)", args.single_ops / med["single_py"], args.single_ops / med["single_cpp"],
+         ratio("single_cpp", "single_py"), ">=", 0.95, None),
+        (f"{THREADS} threads, Always (inserts/s)", THREADS * args.single_ops / med["threads_py"],
+         THREADS * args.single_ops / med["threads_cpp"], ratio("threads_cpp", "threads_py"), ">=", 0.95, None),
+        (f"{THREADS} threads / 1 thread (Python | C++)", scaling("py"), scaling("cpp"), scaling("py"), ">=", 3.0, None),
+    ]
+    print(f"iqdb_persist Python benchmark: {args.n} x {DIM}, {args.rounds} interleaved rounds (medians)\n")
+    print(f"{'measurement':40} {'Python':>10} {'C++':>10} {'ratio':>7} {'target':>8} {'CPU ratio':>10}")
+    for name, py, c, got, op, goal, cpu_ratio in rows:
+        ok = got <= goal if op == "<=" else got >= goal
+        cpu_s = f"{cpu_ratio:10.3f}" if cpu_ratio is not None else ""
+        print(f"{name:40} {py:10.3f} {c:10.3f} {got:7.3f} {op + ' ' + str(goal):>8} {cpu_s}  {'PASS' if ok else 'MISS'}")
+    print("\nper round (wall seconds, Python | C++):")
+    for op in ("batch", "load", "single", "threads"):
+        print(f"  {op:8} " + "  ".join(f"{p:.3f} | {c:.3f}" for p, c in zip(wall[op + "_py"], wall[op + "_cpp"])))
+    if "faiss_w" not in med:
+        return
+    print("\nside by side (seconds, medians):")
+    print(f"  faiss.write_index + fsync      {med['faiss_w']:.3f}   iqdb save (FlatIndex, durable)  {med['iq_save']:.3f}")
+    print(f"  faiss.read_index               {med['faiss_r']:.3f}   iqdb load (verified)            {med['iq_load']:.3f}")
+    if iq.HAVE_HNSWLIB:
+        print(f"  hnswlib save_index ({args.graph_n})   {med['hnsw_w']:.3f}   iqdb save (HnswlibIndex)        {med['iqh_save']:.3f}")
+        print(f"  hnswlib load_index             {med['hnsw_r']:.3f}   iqdb load (HnswlibIndex)        {med['iqh_load']:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", nargs="*", help="peer OP: one measurement in this process")
@@ -177,61 +266,19 @@ def main():
     ap.add_argument("--single-ops", type=int, default=500)
     ap.add_argument("--graph-n", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-alternatives", action="store_true", help="skip FAISS's and hnswlib's own save / load")
     args = ap.parse_args()
     if args.mode:
         return python_peer(args.mode[1], args.dir, args.n)
-    data = make_rows(args.n)
-    r = {k: [] for k in ("batch_py", "batch_cpp", "load_py", "load_cpp", "single_py", "single_cpp", "one_py", "four_py",
-                         "faiss_w", "faiss_r", "iq_save", "iq_load", "hnsw_w", "hnsw_r", "iqh_save", "iqh_load")}
+    print(f"module {iq._native.__file__}\nC++    {args.cpp_bench}")
+    data = None if args.no_alternatives else make_rows(args.n)
+    r = {f"{op}_{side}": [] for op in ("batch", "load", "single", "threads") for side in ("py", "cpp")}
+    r.update({k: [] for k in ("faiss_w", "faiss_r", "iq_save", "iq_load", "hnsw_w", "hnsw_r", "iqh_save", "iqh_load")})
     for rnd in range(args.rounds):
-        # Python first in even rounds, C++ first in odd ones: neither side
-        # always follows the other's freed memory (docs/PERFORMANCE.md).
-        sides = [("py", in_python), ("cpp", cpp)]
-        for side, run in sides if rnd % 2 == 0 else sides[::-1]:
-            d = fresh(os.path.join(args.dir, side))
-            r["batch_" + side].append(run(args, "batch", d, args.n))
-            r["load_" + side].append(run(args, "load", d, args.n))
-            shutil.rmtree(d)
-        r["single_py"].append(in_python(args, "single", fresh(os.path.join(args.dir, "s")), args.single_ops))
-        r["single_cpp"].append(cpp(args, "single", fresh(os.path.join(args.dir, "s")), args.single_ops))
-        r["one_py"].append(py_single(fresh(os.path.join(args.dir, "s")), args.single_ops))
-        r["four_py"].append(py_single(fresh(os.path.join(args.dir, "s")), 4 * args.single_ops, threads=4))
-        d = fresh(os.path.join(args.dir, "peers"))
-        peers = [(faiss_side, data, "faiss_w", "faiss_r"), (iqdb_save, data, "iq_save", "iq_load")]
-        if iq.HAVE_HNSWLIB:
-            g = data[:args.graph_n]
-            peers += [(hnswlib_side, g, "hnsw_w", "hnsw_r"), (iqdb_hnsw, g, "iqh_save", "iqh_load")]
-        for run, vectors, save_key, load_key in peers:
-            save_s, load_s = run(d, vectors)
-            r[save_key].append(save_s)
-            r[load_key].append(load_s)
-        shutil.rmtree(os.path.join(args.dir, "peers"))
-
-    def ratio(a, b):
-        return statistics.median(x / y for x, y in zip(r[a], r[b]))
-
-    med = {k: statistics.median(v) for k, v in r.items() if v}
-    print(f"iqdb_persist Python benchmark: {args.n} x {DIM}, {args.rounds} interleaved rounds (medians)\n")
-    rows = [
-        ("batch insert from numpy (s)", med["batch_py"], med["batch_cpp"], ratio("batch_py", "batch_cpp"), "<= 1.10",
-         ratio("batch_py", "batch_cpp") <= 1.10),
-        ("load (s)", med["load_py"], med["load_cpp"], ratio("load_py", "load_cpp"), "<= 1.05",
-         ratio("load_py", "load_cpp") <= 1.05),
-        ("single insert, Always (inserts/s)", args.single_ops / med["single_py"], args.single_ops / med["single_cpp"],
-         ratio("single_cpp", "single_py"), ">= 0.95", ratio("single_cpp", "single_py") >= 0.95),
-    ]
-    four = statistics.median((4 * args.single_ops / f) / (args.single_ops / s) for f, s in zip(r["four_py"], r["one_py"]))
-    print(f"{'measurement':36} {'Python':>12} {'C++':>12} {'ratio':>8} {'target':>8}")
-    for name, py, c, ratio_, target, ok in rows:
-        print(f"{name:36} {py:12.3f} {c:12.3f} {ratio_:8.3f} {target:>8}  {'PASS' if ok else 'MISS'}")
-    print(f"{'4 threads / 1 thread, Always':36} {4 * args.single_ops / med['four_py']:12.0f} {'':>12} {four:8.2f} "
-          f"{'>= 3':>8}  {'PASS' if four >= 3 else 'MISS'}")
-    print("\nside by side (seconds, medians):")
-    print(f"  faiss.write_index + fsync      {med['faiss_w']:.3f}   iqdb save (FlatIndex, durable)  {med['iq_save']:.3f}")
-    print(f"  faiss.read_index               {med['faiss_r']:.3f}   iqdb load (verified)            {med['iq_load']:.3f}")
-    if iq.HAVE_HNSWLIB:
-        print(f"  hnswlib save_index ({args.graph_n})   {med['hnsw_w']:.3f}   iqdb save (HnswlibIndex)        {med['iqh_save']:.3f}")
-        print(f"  hnswlib load_index             {med['hnsw_r']:.3f}   iqdb load (HnswlibIndex)        {med['iqh_load']:.3f}")
+        peer_rounds(args, r, rnd)
+        if not args.no_alternatives:
+            alternative_rounds(args, r, data)
+    report(args, r)
     shutil.rmtree(args.dir, ignore_errors=True)
 
 
