@@ -515,6 +515,115 @@ TEST_F(RadosWal, TimeoutPoisonsAndReopenResolves) {
   loaded->close();
 }
 
+// ------------------------------------------------------------ read replicas
+
+// Waits (bounded) until the replica covers `lsn`.
+bool replica_reaches(const ReadReplica<FlatIndex>& r, std::uint64_t lsn) {
+  const auto until = Clock::now() + 60s;
+  while (r.last_lsn() < lsn) {
+    if (Clock::now() > until) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+// A writer runs the stream (inserts, erases, batches, a checkpoint every 25
+// operations, the log rotating over 4 KiB objects); one replica (its own
+// client) catches up every few operations and follows each checkpoint to
+// the next generation's log without loading anew; another catches up only
+// at the end (generations it needed are gone: it loads anew). Both end
+// equal to the model and to the writer.
+TEST_F(RadosWal, ReplicasFollowTheStreamThroughCheckpoints) {
+  PersistConfig cfg = config_for(name_);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+  auto often = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));
+  auto late = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));
+  Model m;
+  for (std::uint64_t j = 1; j <= 110; ++j) {
+    const StreamOp op = stream_op(m, j);
+    perform(db, op);
+    apply_op(m, op);
+    if (j % 4 == 0) {
+      often.catch_up();
+      ASSERT_TRUE(equals(often.index(), m)) << "after operation " << j;
+    }
+  }
+  often.catch_up();
+  late.catch_up();
+  EXPECT_TRUE(equals(often.index(), m));
+  EXPECT_TRUE(equals(late.index(), m));
+  EXPECT_EQ(often.last_lsn(), db.last_lsn());
+  EXPECT_EQ(late.last_lsn(), db.last_lsn());
+  EXPECT_EQ(often.stats().reloads, 0u);  // four checkpoints followed from log to log
+  EXPECT_EQ(late.stats().reloads, 1u);
+  db.close();
+}
+
+// A background follower keeps up; lag() counts what it has not applied.
+TEST_F(RadosWal, ReplicaLagAndBackgroundFollower) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+  auto r = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));
+  r.start_following(5ms);
+  Model m;
+  for (std::uint64_t id = 1; id <= 60; ++id) {
+    db.insert(id, vector_of(id));
+    m[id] = vector_of(id);
+  }
+  ASSERT_TRUE(replica_reaches(r, db.last_lsn()));
+  r.stop_following();
+  EXPECT_EQ(r.failure(), std::nullopt);
+  EXPECT_TRUE(equals(r.index(), m));
+  for (std::uint64_t id = 61; id <= 65; ++id) db.insert(id, vector_of(id));
+  const ReplicaLag lag = r.lag();
+  EXPECT_EQ(lag.applied_lsn, 60u);
+  EXPECT_EQ(lag.available_lsn, 65u);
+  EXPECT_EQ(lag.records_behind, 5u);
+  db.close();
+}
+
+// Failover: the writer (another process) runs the stream under Always and is
+// SIGKILLed at a random instant; a replica that followed it in the
+// background is promoted (waiting for the dead writer's 3 s lease, fencing
+// it): it holds every acknowledged operation (or one more, in flight) and
+// takes new writes; a later load agrees. Reports SIGKILL to first write.
+TEST_F(RadosWal, ReplicaPromotedAfterTheWriterIsKilled) {
+  std::mt19937_64 rng(std::random_device{}());
+  for (int round = 0; round < 3; ++round) {
+    const std::string name = unique_name("failover");
+    ChildProcess child({"--child", "stream", name, "3"});
+    ASSERT_EQ(child.read_line(), "open");
+    RadosLockOptions lo;
+    lo.lease = 3s;
+    lo.take_over = true;
+    auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name, small_objects(), lo)));
+    replica.start_following(5ms);
+    std::uint64_t acked = 0;
+    const auto until = Clock::now() + std::chrono::milliseconds(300 + rng() % 1200);
+    while (Clock::now() < until) {
+      const std::string line = child.read_line(std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) + 1ms);
+      if (line.empty()) continue;
+      ASSERT_NE(line.substr(0, 3), "err") << line;
+      acked = std::stoull(line);
+    }
+    child.kill();
+    const auto killed = Clock::now();
+    for (std::string line = child.read_line(100ms); !line.empty(); line = child.read_line(100ms)) acked = std::stoull(line);
+    const std::uint64_t followed = replica.last_lsn();
+    auto w = std::move(replica).promote();
+    w.insert(888888, vector_of(888888));
+    const double took = secs(Clock::now() - killed);
+    Model at = model_after(acked), after = model_after(acked + 1);
+    at[888888] = vector_of(888888);
+    after[888888] = vector_of(888888);
+    const bool one_more = !equals(w.index(), at);
+    EXPECT_TRUE(equals(w.index(), one_more ? after : at)) << "round " << round << ", " << acked << " acked";
+    w.close();
+    EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name))).index(), one_more ? after : at));
+    std::cout << "[ MEASURED ] round " << round << ": " << acked << " operations acknowledged, the replica had LSN "
+              << followed << "; SIGKILL to the promoted replica's first write (3 s lease): " << took << " s\n";
+  }
+}
+
 // ------------------------------------------------------------ children
 
 // --child stream NAME LEASE: open_with a new index (WAL, Always) and run the
