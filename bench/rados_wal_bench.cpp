@@ -7,14 +7,24 @@
 // Each figure is a ratio to its limit measured in the same run:
 //  - WAL Always, one thread: records per second against a loop of
 //    synchronous rados_append calls of the same record size (goal >= 0.9);
+//    also against a loop of the log's own operation shape (cmpxattr of the
+//    epoch, write at the object's end, setxattr of its size), which splits
+//    the gap between the operation's shape and the engine;
 //  - 4 and 16 threads: against one thread (goals >= 3 and >= 8: group commit);
-//  - save and load of N x dim vectors (default 1M x 128; scripts/ceph-cluster.sh's
-//    1 GiB memstore OSDs hold three generations of at most ~300 MB) without the WAL:
-//    against aio writes / reads of the same bytes to objects of the same
-//    stripe size with the same operations in flight (goal <= 1.15 x the time).
-// Timed: what a user's code does (the inserts; save(); load()); opening the
-// index and creating the data are not.
+//  - save and load of N x dim vectors (default 1M x 128: start the cluster
+//    with --memstore-mib 3072, 1 GiB memstore OSDs hold three generations of
+//    at most ~300 MB) without the WAL: against aio writes / reads of the same
+//    bytes to objects of the same stripe size with the same operations in
+//    flight (goal <= 1.15 x the time). The read limit reads into one fresh
+//    (untouched) buffer of the snapshot's size, as a program that wants the
+//    bytes in memory does (bench_util's time_read_fresh for a file); the
+//    figure for reused buffers (librados's transfer alone) is printed too.
+// Timed: what a user's code does (the inserts; save(); load()); connecting,
+// opening the index and creating the data are not. Before each timed save,
+// load and limit, memory is touched and freed (bench::prepare_memory: this
+// VM's free page reporting, docs/PERFORMANCE.md) unless --cold-memory.
 #include <rados/librados.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -141,12 +151,61 @@ double append_limit(const Args& a, std::size_t size) {
   return static_cast<double>(a.records) / t;
 }
 
+// The log's operation shape in a plain loop: one synchronous write
+// operation per record, comparing the epoch attribute, writing at the
+// object's end and setting its size attribute (docs/FORMAT.md, "RADOS
+// objects of the write-ahead log"); the first also creates the object.
+double compound_limit(const Args& a, std::size_t size) {
+  Raw raw(a.pool);
+  const std::string oid = unique("compound");
+  const std::string epoch = "1";
+  std::vector<char> rec(size, 'x');
+  std::uint64_t end = 0;
+  const double t = seconds([&] {
+    for (std::uint64_t i = 0; i < a.records; ++i) {
+      rados_write_op_t op = rados_create_write_op();
+      if (i == 0) {
+        rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
+        rados_write_op_setxattr(op, "iqdb.epoch", epoch.data(), epoch.size());
+      } else {
+        rados_write_op_cmpxattr(op, "iqdb.epoch", LIBRADOS_CMPXATTR_OP_EQ, epoch.data(), epoch.size());
+      }
+      rados_write_op_write(op, rec.data(), rec.size(), end);
+      end += rec.size();
+      const std::string size_attr = std::to_string(end);
+      rados_write_op_setxattr(op, "iqdb.size", size_attr.data(), size_attr.size());
+      const int r = rados_write_op_operate(op, raw.io, oid.c_str(), nullptr, 0);
+      rados_release_write_op(op);
+      if (r < 0) die("compound write operation failed");
+    }
+  });
+  (void)rados_remove(raw.io, oid.c_str());
+  return static_cast<double>(a.records) / t;
+}
+
+enum class Limit { Write, ReadReused, ReadFresh };
+
+// `n` bytes of new anonymous memory advised for huge pages, as FlatIndex
+// takes for its vectors (a plain malloc gets 4 KiB pages: on this VM each
+// first touch then costs several times more, which would flatter the load).
+char* map_fresh(std::uint64_t n) {
+  void* p = ::mmap(nullptr, static_cast<std::size_t>(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) die("mmap failed");
+  (void)::madvise(p, static_cast<std::size_t>(n), MADV_HUGEPAGE);
+  return static_cast<char*>(p);
+}
+
 // The limit for a save / load: aio writes (or reads) of `total` bytes in
 // io_chunk pieces to objects of stripe_size bytes, max_in_flight at once.
-double striped_limit(const Args& a, std::uint64_t total, bool write, const std::string& prefix) {
+// Writes and ReadReused go from / to max_in_flight + 1 buffers in turn;
+// ReadFresh reads each piece to its place in one new buffer of `total`
+// bytes (mapped in the timed region, not touched before, unmapped after it).
+double striped_limit(const Args& a, std::uint64_t total, Limit kind, const std::string& prefix) {
   const RadosOptions o;
   Raw raw(a.pool);
+  const bool write = kind == Limit::Write;
   std::vector<char> buf(static_cast<std::size_t>(o.io_chunk) * (o.max_in_flight + 1), 'y');
+  char* fresh = nullptr;
   std::deque<rados_completion_t> flying;
   const auto reap = [&] {
     rados_aio_wait_for_complete(flying.front());
@@ -155,7 +214,9 @@ double striped_limit(const Args& a, std::uint64_t total, bool write, const std::
     flying.pop_front();
   };
   std::size_t slot = 0;
-  return seconds([&] {
+  bench::prepare_memory();
+  const double t = seconds([&] {
+    if (kind == Limit::ReadFresh) fresh = map_fresh(total);
     for (std::uint64_t off = 0; off < total;) {
       const std::uint64_t k = off / o.stripe_size;
       const std::uint64_t in = off - k * o.stripe_size;
@@ -163,7 +224,7 @@ double striped_limit(const Args& a, std::uint64_t total, bool write, const std::
       const std::string oid = prefix + "." + std::to_string(k);
       rados_completion_t c = nullptr;
       rados_aio_create_completion2(nullptr, nullptr, &c);
-      char* at = buf.data() + (slot++ % (o.max_in_flight + 1)) * o.io_chunk;
+      char* at = fresh != nullptr ? fresh + off : buf.data() + (slot++ % (o.max_in_flight + 1)) * o.io_chunk;
       const int r = write ? rados_aio_write(raw.io, oid.c_str(), c, at, n, in)
                           : rados_aio_read(raw.io, oid.c_str(), c, at, n, in);
       if (r < 0) die("aio submit failed");
@@ -173,6 +234,8 @@ double striped_limit(const Args& a, std::uint64_t total, bool write, const std::
     }
     while (!flying.empty()) reap();
   });
+  if (fresh != nullptr) ::munmap(fresh, static_cast<std::size_t>(total));
+  return t;
 }
 
 void remove_striped(const Args& a, std::uint64_t total, const std::string& prefix) {
@@ -186,13 +249,14 @@ void remove_striped(const Args& a, std::uint64_t total, const std::string& prefi
 void bench_wal(const Args& a) {
   std::printf("WAL, FsyncPolicy::Always, %llu records of dim %llu per run (median of %d runs)\n",
               static_cast<unsigned long long>(a.records), static_cast<unsigned long long>(a.dim), a.repeats);
-  std::vector<double> one, limit, four, sixteen, per4, per16;
+  std::vector<double> one, limit, compound, four, sixteen, per4, per16;
   double bytes = 0;
   for (int i = 0; i < a.repeats; ++i) {
     const WalRun w = wal_run(a, 1);
     bytes = w.bytes_per_record;
     one.push_back(w.rate);
     limit.push_back(append_limit(a, static_cast<std::size_t>(bytes)));
+    compound.push_back(compound_limit(a, static_cast<std::size_t>(bytes)));
     const WalRun w4 = wal_run(a, 4);
     four.push_back(w4.rate);
     per4.push_back(w4.records_per_append);
@@ -200,10 +264,12 @@ void bench_wal(const Args& a) {
     sixteen.push_back(w16.rate);
     per16.push_back(w16.records_per_append);
   }
-  const double l = bench::median(limit), o = bench::median(one);
+  const double l = bench::median(limit), o = bench::median(one), c = bench::median(compound);
   std::printf("  record bytes in the log           %.0f\n", bytes);
   std::printf("  limit: rados_append loop          %8.0f rec/s\n", l);
-  std::printf("  1 thread                          %8.0f rec/s   %.2fx the limit (goal >= 0.9)\n", o, o / l);
+  std::printf("  the log's op shape, plain loop    %8.0f rec/s   %.2fx the limit\n", c, c / l);
+  std::printf("  1 thread                          %8.0f rec/s   %.2fx the limit (goal >= 0.9), %.2fx the op-shape loop\n",
+              o, o / l, o / c);
   std::printf("  4 threads                         %8.0f rec/s   %.2fx 1 thread (goal >= 3), %.1f records per append\n",
               bench::median(four), bench::median(four) / o, bench::median(per4));
   std::printf("  16 threads                        %8.0f rec/s   %.2fx 1 thread (goal >= 8), %.1f records per append\n",
@@ -221,24 +287,37 @@ void bench_snapshot(const Args& a) {
       db.index_mut().insert(i, v);
     }
   }
-  std::vector<double> save, load, wlimit, rlimit;
+  std::vector<double> save, load, wlimit, rlimit, reused;
   std::uint64_t total = 0;
   for (int i = 0; i < a.repeats; ++i) {
+    bench::prepare_memory();
     save.push_back(seconds([&] { total = db.save().n_vectors; }));
     const auto head = RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"})->head(name);
     total = head->total_size;
-    load.push_back(seconds([&] { (void)PersistedIndex<FlatIndex>::load(config(a, name, false)); }));
+    {
+      const PersistConfig lc = config(a, name, false);  // connects: not timed, as for the limits
+      bench::prepare_memory();
+      load.push_back(seconds([&] { (void)PersistedIndex<FlatIndex>::load(lc); }));
+    }
     const std::string prefix = unique("raw");
-    wlimit.push_back(striped_limit(a, total, true, prefix));
-    rlimit.push_back(striped_limit(a, total, false, prefix));
+    wlimit.push_back(striped_limit(a, total, Limit::Write, prefix));
+    rlimit.push_back(striped_limit(a, total, Limit::ReadFresh, prefix));
+    reused.push_back(striped_limit(a, total, Limit::ReadReused, prefix));
     remove_striped(a, total, prefix);  // memstore keeps every replica in RAM
   }
   const double s = bench::median(save), l = bench::median(load), ws = bench::median(wlimit), rs = bench::median(rlimit);
+  const double ru = bench::median(reused);
   std::printf("Snapshot of %llu x %llu (%.0f MB), default RadosOptions (median of %d runs)\n",
               static_cast<unsigned long long>(a.vectors), static_cast<unsigned long long>(a.dim),
               static_cast<double>(total) / 1e6, a.repeats);
+  for (int i = 0; i < a.repeats; ++i) {
+    std::printf("  run %d: save %.2f s / %.2f s, load %.2f s / %.2f s (fresh buffer) / %.2f s (reused buffers)\n", i + 1,
+                save[static_cast<std::size_t>(i)], wlimit[static_cast<std::size_t>(i)], load[static_cast<std::size_t>(i)],
+                rlimit[static_cast<std::size_t>(i)], reused[static_cast<std::size_t>(i)]);
+  }
   std::printf("  save %.2f s, limit (aio writes) %.2f s: %.2fx (goal <= 1.15)\n", s, ws, s / ws);
-  std::printf("  load %.2f s, limit (aio reads)  %.2f s: %.2fx (goal <= 1.15)\n", l, rs, l / rs);
+  std::printf("  load %.2f s, limit (aio reads into a fresh buffer)  %.2f s: %.2fx (goal <= 1.15)\n", l, rs, l / rs);
+  std::printf("  load against aio reads into reused buffers (transfer only) %.2f s: %.2fx\n", ru, l / ru);
 }
 
 }  // namespace
@@ -250,7 +329,7 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Args a;
   if (const char* p = std::getenv("IQDB_RADOS_POOL")) a.pool = p;
-  bool wal = true, snap = true;
+  bool wal = true, snap = true, cold = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     const auto value = [&] {
@@ -271,11 +350,15 @@ int main(int argc, char** argv) {
       snap = false;
     } else if (arg == "--snapshot-only") {
       wal = false;
+    } else if (arg == "--cold-memory") {
+      cold = true;
     } else {
       die("usage: iqdb_rados_wal_bench [--pool P] [--records N] [--vectors N] [--dim D] [--repeats R] "
-          "[--wal-only | --snapshot-only]");
+          "[--wal-only | --snapshot-only] [--cold-memory]");
     }
   }
+  // As persist_bench: what the index takes, and 64 MiB.
+  bench::set_warm_bytes(cold ? 0 : static_cast<std::size_t>(a.vectors * (4 * a.dim + 80) + (std::uint64_t{64} << 20)));
   if (a.pool.empty()) die("no pool: set IQDB_RADOS_POOL or pass --pool");
   try {
     if (wal) bench_wal(a);

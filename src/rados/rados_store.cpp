@@ -447,6 +447,13 @@ class StripeWriter final : public WritableFile {
 
 // ------------------------------------------------------------ the reader
 
+// Reads a published snapshot: io_chunk pieces of the stripe objects, read
+// ahead max_in_flight at once into buffers it reuses (at most
+// max_in_flight + 1, allocated once: fresh memory costs a page fault per
+// page). Each stripe's CRC is computed over the bytes as read_at copies them
+// out, while they are in cache, and compared with the head's once the
+// stripe's last byte has been taken (bytes the caller skips are checksummed
+// when their chunk is left behind): one pass over the bytes besides the copy.
 class StripeReader final : public ReadableFile {
  public:
   StripeReader(RadosSnapshotStore::Impl& store, std::string name, RadosHead head, fs::path path)
@@ -471,9 +478,10 @@ class StripeReader final : public ReadableFile {
         const std::uint64_t at = offset + done;
         const std::uint64_t k = at / head_.stripe_size;
         const std::uint64_t j = (at - k * head_.stripe_size) / chunk_;
-        const Fetch& f = fetch(k, j);
+        Fetch& f = fetch(k, j);
         const std::uint64_t in = at - f.file_offset;
         const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(want - done, f.length - in));
+        checksum_to(f, in + n);  // reads the piece into cache, the copy then takes it from there
         std::memcpy(dst.data() + done, f.data.get() + in, n);
         done += n;
       }
@@ -494,6 +502,7 @@ class StripeReader final : public ReadableFile {
     std::uint64_t stripe = 0, chunk = 0, file_offset = 0, length = 0;
     bool last_in_stripe = false;
     bool checked = false;
+    std::uint64_t crc_done = 0;  // bytes of this chunk in its stripe's CRC
     ReadOp op;
     std::unique_ptr<char[]> data;
     std::size_t bytes_read = 0;
@@ -523,6 +532,15 @@ class StripeReader final : public ReadableFile {
     return false;
   }
 
+  // A buffer of io_chunk bytes: a reused one, else a new one (not
+  // zero-filled: the read overwrites it).
+  std::unique_ptr<char[]> take_buffer() const {
+    if (spare_.empty()) return std::make_unique_for_overwrite<char[]>(static_cast<std::size_t>(chunk_));
+    std::unique_ptr<char[]> b = std::move(spare_.back());
+    spare_.pop_back();
+    return b;
+  }
+
   Fetch& issue(std::uint64_t k, std::uint64_t j) const {
     auto f = std::make_unique<Fetch>();
     f->stripe = k;
@@ -530,14 +548,17 @@ class StripeReader final : public ReadableFile {
     f->file_offset = k * head_.stripe_size + j * chunk_;
     f->length = std::min<std::uint64_t>(chunk_, stripe_length(k) - j * chunk_);
     f->last_in_stripe = (j + 1) * chunk_ >= stripe_length(k);
-    f->data = std::make_unique_for_overwrite<char[]>(static_cast<std::size_t>(f->length));  // no zero fill: the read overwrites it
+    f->data = take_buffer();
     rados_read_op_read(f->op.op, j * chunk_, static_cast<std::size_t>(f->length), f->data.get(), &f->bytes_read,
                        &f->read_rv);
     // The last chunk also checks that the object has no bytes past the end.
     if (f->last_in_stripe) rados_read_op_stat(f->op.op, &f->object_size, &f->mtime, &f->stat_rv);
     const std::string oid = object(k);
     const int r = rados_aio_read_op_operate(f->op.op, s_.io, f->done.c, oid.c_str(), 0);
-    if (r < 0) s_.fail(oid, "reading", r);
+    if (r < 0) {
+      spare_.push_back(std::move(f->data));  // never submitted: librados does not write into it
+      s_.fail(oid, "reading", r);
+    }
     f->done.submitted = true;
     last_k_ = k;
     last_j_ = j;
@@ -545,7 +566,17 @@ class StripeReader final : public ReadableFile {
     return *window_.back();
   }
 
-  const Fetch& fetch(std::uint64_t k, std::uint64_t j) const {
+  // The front chunk is done with: the bytes the caller skipped go into the
+  // stripe's CRC, and its buffer back to the spares once librados is done.
+  void retire_front() const {
+    std::unique_ptr<Fetch> f = std::move(window_.front());
+    window_.pop_front();
+    if (f->checked) checksum_to(*f, f->length);
+    (void)f->done.wait();
+    spare_.push_back(std::move(f->data));
+  }
+
+  Fetch& fetch(std::uint64_t k, std::uint64_t j) const {
     // Chunks before (k, j) are done with; a chunk after it means a jump back.
     Fetch* found = nullptr;
     while (!window_.empty()) {
@@ -558,16 +589,18 @@ class StripeReader final : public ReadableFile {
         window_.clear();
         break;
       }
-      window_.pop_front();
+      retire_front();
     }
     if (found == nullptr) found = &issue(k, j);
-    // Read ahead.
+    // Read ahead: max_in_flight reads besides the chunk being copied out.
     std::uint64_t nk = last_k_, nj = last_j_;
-    while (window_.size() < s_.options.max_in_flight && next(nk, nj)) issue(nk, nj);
+    while (window_.size() <= s_.options.max_in_flight && next(nk, nj)) issue(nk, nj);
     if (!found->checked) check(*found);
     return *found;
   }
 
+  // The read of `f` completed whole, and the object is as long as the head
+  // says (its last chunk).
   void check(Fetch& f) const {
     const std::string obj = object(f.stripe);
     const fs::path where = s_.object_path(obj);
@@ -592,16 +625,23 @@ class StripeReader final : public ReadableFile {
                              "stripe object holds " + std::to_string(f.object_size) + " bytes, the head declares " +
                                  std::to_string(stripe_length(f.stripe)));
     }
-    const auto k = static_cast<std::size_t>(f.stripe);
-    if (f.chunk == crc_next_[k]) {
-      crc_[k].update(f.data.get(), static_cast<std::size_t>(f.length));
-      ++crc_next_[k];
-      if (f.last_in_stripe && crc_[k].value() != head_.stripe_crcs[k]) {
-        throw PersistError::checksum(where, head_.stripe_crcs[k], crc_[k].value(), f.stripe * head_.stripe_size,
-                                     "stripe");
-      }
-    }
     f.checked = true;
+  }
+
+  // The stripe's CRC over the first `upto` bytes of `f` (a checked chunk),
+  // when the chunks before it in the stripe are in the CRC (in file order);
+  // compared with the head's once the stripe's last byte is in.
+  void checksum_to(Fetch& f, std::uint64_t upto) const {
+    const auto k = static_cast<std::size_t>(f.stripe);
+    if (f.chunk != crc_next_[k] || upto <= f.crc_done) return;
+    crc_[k].update(f.data.get() + f.crc_done, static_cast<std::size_t>(upto - f.crc_done));
+    f.crc_done = upto;
+    if (f.crc_done < f.length) return;
+    ++crc_next_[k];
+    if (f.last_in_stripe && crc_[k].value() != head_.stripe_crcs[k]) {
+      throw PersistError::checksum(s_.object_path(object(f.stripe)), head_.stripe_crcs[k], crc_[k].value(),
+                                   f.stripe * head_.stripe_size, "stripe");
+    }
   }
 
   RadosSnapshotStore::Impl& s_;
@@ -610,6 +650,7 @@ class StripeReader final : public ReadableFile {
   fs::path path_;
   std::uint64_t chunk_;
   mutable std::mutex mu_;
+  mutable std::vector<std::unique_ptr<char[]>> spare_;  // buffers of chunk_ bytes no read uses
   mutable std::deque<std::unique_ptr<Fetch>> window_;
   mutable std::vector<checksum::Crc32> crc_;
   mutable std::vector<std::uint64_t> crc_next_;
