@@ -409,6 +409,50 @@ TEST(FlatIndex, ChurnAgainstMap) {
   }
 }
 
+// The per-row metadata array exists only once a row has metadata: an index
+// that had none takes some (after a refused duplicate that carried some),
+// erases move it with its row, reserve() calls (as a batch makes) come in
+// between, and a copy and the index agree with a map of optional metadata.
+TEST(FlatIndex, MetadataArrivingLateFollowsItsRows) {
+  std::mt19937_64 rng(777);
+  FlatIndex index(2, DistanceMetric::Euclidean);
+  std::map<std::uint64_t, std::optional<Metadata>> model;
+  for (std::uint64_t i = 0; i < 500; ++i) {
+    index.insert(VectorId(i), std::vector<float>{1, 2});
+    model[i] = std::nullopt;
+  }
+  EXPECT_THROW(index.insert(VectorId(3), std::vector<float>{1, 2}, Metadata{{"a", Value(1)}}), PersistError);
+  EXPECT_EQ(index.metadata(VectorId(3)), nullptr);
+  for (int step = 0; step < 4000; ++step) {
+    const std::uint64_t id = rng() % 1500;
+    if (step % 100 == 0) index.reserve(rng() % 64);
+    if (model.count(id) != 0) {
+      index.erase(VectorId(id));
+      model.erase(id);
+      continue;
+    }
+    std::optional<Metadata> meta;
+    if (rng() % 2 == 0) meta = Metadata{{"id", Value(static_cast<std::int64_t>(id))}, {"step", Value(step)}};
+    index.insert(VectorId(id), std::vector<float>{static_cast<float>(id), 0}, meta);
+    model[id] = meta;
+  }
+  const FlatIndex copy = index;  // NOLINT(performance-unnecessary-copy-initialization): the copy is checked too
+  for (const FlatIndex* x : {static_cast<const FlatIndex*>(&index), &copy}) {
+    ASSERT_EQ(x->size(), model.size());
+    for (std::uint64_t id = 0; id < 1500; ++id) {
+      const auto it = model.find(id);
+      const Metadata* got = x->metadata(VectorId(id));
+      if (it == model.end() || !it->second) {
+        ASSERT_EQ(got, nullptr) << id;
+      } else {
+        ASSERT_NE(got, nullptr) << id;
+        EXPECT_EQ(*got, *it->second) << id;
+      }
+    }
+  }
+  EXPECT_TRUE(copy == index);
+}
+
 // Storage past 2 MiB lives in its own mapping that grows by remapping
 // (detail::FloatBuffer): grow through the heap-to-mapping switch and several
 // remaps (dim 512: 2 KiB per vector, 12 MiB in all), shrink by erasing, copy

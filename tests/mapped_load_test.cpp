@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "iqdb/persist.hpp"
@@ -221,6 +222,52 @@ TEST(MappedLoad, MutationsWorkAndNeverReachTheFile) {
   EXPECT_FALSE(db.index().mapped());
   check();
   EXPECT_EQ(test::read_file(path), before);
+}
+
+// An index saved without metadata loads without a per-row metadata array
+// (docs/API.md, "Mapped load": memory); metadata given to it afterwards, by
+// an insert, an erase that moves a row, a checkpoint and a reload, still
+// ends where the model says, mapped or copied.
+TEST(MappedLoad, MetadataAddedAfterALoadWithoutAny) {
+  for (const bool map : {true, false}) {
+    TempDir dir;
+    const auto path = dir / "meta.iqdb";
+    const std::uint64_t n = 600;
+    save(make_index(n), config_for(path, false));
+    PersistConfig cfg = config_for(path, map);
+    cfg.wal_enabled = true;
+    std::map<std::uint64_t, std::optional<Metadata>> model;  // id -> its metadata
+    for (std::uint64_t i = 0; i < n; ++i) model[i + 1000] = std::nullopt;
+    {
+      auto db = PersistedIndex<FlatIndex>::load(cfg);
+      ASSERT_EQ(db.index().mapped(), map);
+      for (std::uint64_t i = 0; i < n; i += 50) EXPECT_EQ(db.index().metadata(VectorId(i + 1000)), nullptr);
+      db.insert(VectorId(7), row_vec(n), Metadata{{"tag", Value("seven")}});
+      model[7] = Metadata{{"tag", Value("seven")}};
+      db.insert(VectorId(8), row_vec(n + 1));
+      model[8] = std::nullopt;
+      db.erase(VectorId(1000));  // row 0: the last row (id 8, none) moves over it
+      model.erase(1000);
+      db.erase(VectorId(1001));  // row 1: the last row (id 7, with metadata) moves over it
+      model.erase(1001);
+      WriteBatch b;
+      b.insert(VectorId(9), row_vec(n + 2), Metadata{{"k", Value(std::int64_t{9})}});
+      db.write(b);
+      model[9] = Metadata{{"k", Value(std::int64_t{9})}};
+      db.checkpoint();
+      db.insert(VectorId(10), row_vec(n + 3), Metadata{{"last", Value(true)}});  // in the log only
+      model[10] = Metadata{{"last", Value(true)}};
+    }
+    auto again = PersistedIndex<FlatIndex>::load(cfg);
+    ASSERT_EQ(again.index().size(), model.size());
+    for (const auto& [id, meta] : model) {
+      const Metadata* got = again.index().metadata(VectorId(id));
+      ASSERT_EQ(got != nullptr, meta.has_value()) << id << (map ? " mapped" : " copied");
+      if (got != nullptr) {
+        EXPECT_EQ(*got, *meta) << id;
+      }
+    }
+  }
 }
 
 // A checkpoint replaces the file by a rename while it is mapped: the

@@ -283,7 +283,7 @@ namespace {
 // Reserve room for `n` more elements, growing geometrically (an exact
 // reserve per insert would copy the whole array every time).
 template <class V>
-void grow_for_one(V& v, std::size_t n) {
+void grow_for(V& v, std::size_t n) {
   if (v.capacity() - v.size() < n) v.reserve(std::max(v.size() + n, v.capacity() * 2));
 }
 }  // namespace
@@ -296,8 +296,10 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
   // Strong guarantee: reserve everything first, then commit with steps that
   // cannot fail (the table insert may grow, so it goes before the rest).
   data_.reserve(data_.size() + dim_);  // geometric
-  grow_for_one(ids_, 1);
-  grow_for_one(meta_, 1);
+  grow_for(ids_, 1);
+  // The per-row metadata array exists from the first row with metadata on.
+  const bool with_meta = meta.has_value() || !meta_.empty();
+  if (with_meta) grow_for(meta_, ids_.size() + 1 - meta_.size());
   auto m = meta ? std::make_unique<Metadata>(std::move(*meta)) : nullptr;
   ids_.push_back(id);
   bool inserted = false;
@@ -312,7 +314,10 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
     throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
   }
   data_.append(vec);
-  meta_.push_back(std::move(m));
+  if (with_meta) {
+    meta_.resize(ids_.size() - 1);  // within the capacity reserved: no throw
+    meta_.push_back(std::move(m));
+  }
 }
 
 void FlatIndex::erase(const VectorId& id) {
@@ -326,18 +331,21 @@ void FlatIndex::erase(const VectorId& id) {
     table_->set_row(moved_slot, row);
     std::memcpy(data_.data() + row * dim_, data_.data() + last * dim_, dim_ * sizeof(float));
     ids_[row] = std::move(ids_[last]);
-    meta_[row] = std::move(meta_[last]);
+    if (!meta_.empty()) meta_[row] = std::move(meta_[last]);
   }
   ids_.pop_back();
-  meta_.pop_back();
+  if (!meta_.empty()) meta_.pop_back();
   data_.resize(last * dim_);
 }
 
+// Geometric, like insert's own growth: a reserve before every batch does
+// not reallocate for every batch.
 void FlatIndex::reserve(std::uint64_t n) {
-  const std::size_t more = static_cast<std::size_t>(n);
+  if (n > SIZE_MAX / dim_ / sizeof(float)) throw std::bad_alloc();
+  const auto more = static_cast<std::size_t>(n);
   data_.reserve(data_.size() + more * dim_);
-  ids_.reserve(ids_.size() + more);
-  meta_.reserve(meta_.size() + more);
+  grow_for(ids_, more);
+  if (!meta_.empty()) grow_for(meta_, more);
   table_->reserve(ids_.size() + more, ids_);
 }
 
@@ -352,7 +360,7 @@ std::span<const float> FlatIndex::get(const VectorId& id) const noexcept {
 const Metadata* FlatIndex::metadata(const VectorId& id) const noexcept {
   const std::size_t slot = table_->find(id, ids_);
   if (slot == IdTable::npos) return nullptr;
-  return meta_[table_->row(slot)].get();
+  return metadata_at(table_->row(slot));
 }
 
 std::vector<SearchHit> FlatIndex::search(std::span<const float> query, std::size_t k) const {
@@ -389,9 +397,9 @@ bool operator==(const FlatIndex& a, const FlatIndex& b) {
       (!a.data_.empty() && std::memcmp(a.data_.data(), b.data_.data(), a.data_.size() * sizeof(float)) != 0)) {
     return false;
   }
-  for (std::size_t r = 0; r < a.meta_.size(); ++r) {
-    const Metadata* x = a.meta_[r].get();
-    const Metadata* y = b.meta_[r].get();
+  for (std::size_t r = 0; r < a.ids_.size(); ++r) {
+    const Metadata* x = a.metadata_at(r);
+    const Metadata* y = b.metadata_at(r);
     if ((x == nullptr) != (y == nullptr)) return false;
     if (x != nullptr && *x != *y) return false;
   }
@@ -449,7 +457,7 @@ void FlatIndex::save_to(PayloadWriter& w) const {
       std::count_if(meta_.begin(), meta_.end(), [](const auto& m) { return m != nullptr; }));
   w.write_u64(with_meta);
   for (std::uint64_t row = 0; row < n; ++row) {
-    const Metadata* m = meta_[row].get();
+    const Metadata* m = metadata_at(row);
     if (m == nullptr) continue;
     w.write_u64(row);
     write_metadata(w, *m);
@@ -552,10 +560,11 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
     return table;
   });
   try {
-    index.meta_.resize(static_cast<std::size_t>(n));
     // Each metadata record is at least 12 bytes (row u64 + entry count u32).
     const std::uint64_t with_meta = r.read_count(12, "metadata record");
     if (with_meta > n) r.fail("more metadata records than vectors");
+    // The per-row array only when some row has metadata (see meta_).
+    if (with_meta > 0) index.meta_.resize(static_cast<std::size_t>(n));
     std::uint64_t prev_row = 0;
     for (std::uint64_t i = 0; i < with_meta; ++i) {
       const std::uint64_t row = r.read_u64();

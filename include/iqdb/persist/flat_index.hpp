@@ -123,7 +123,7 @@ class FlatIndex {
   std::span<const float> vector_at(std::size_t row) const {
     return {data_.data() + row * dim_, static_cast<std::size_t>(dim_)};
   }
-  const Metadata* metadata_at(std::size_t row) const { return meta_[row].get(); }
+  const Metadata* metadata_at(std::size_t row) const { return meta_.empty() ? nullptr : meta_[row].get(); }
 
   // Persistable: payload layout in docs/FORMAT.md ("flat payload").
   void save_to(PayloadWriter& w) const;
@@ -149,6 +149,8 @@ class FlatIndex {
   DistanceMetric metric_;
   detail::FloatBuffer data_;
   std::vector<VectorId> ids_;
+  // Per row, or empty while no row has had metadata (then no 8 bytes a row
+  // are spent on null pointers): empty() or size() == ids_.size().
   std::vector<std::unique_ptr<Metadata>> meta_;
   std::unique_ptr<IdTable> table_;
 };
