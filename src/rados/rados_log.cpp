@@ -403,8 +403,10 @@ std::string log_object(std::string_view name, std::uint64_t generation, std::uin
 namespace {
 
 // The objects of `layout` from object k on, read anew (`more`: object k-1
-// says k exists).
-void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t k, bool more) {
+// says k exists). `until_unmarked`: stop after an object that does not say
+// the next one exists (a replica's refresh: one read when nothing rotated;
+// a next object not marked yet is found by the next refresh).
+void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t k, bool more, bool until_unmarked) {
   const std::string& name = out.name;
   const std::uint64_t generation = out.generation;
   out.objects.resize(k);
@@ -425,6 +427,7 @@ void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t 
     }
     out.objects.push_back(check_object(*st, out.size(), where));
     more = st->attrs.count(kLogMoreAttr) != 0;
+    if (until_unmarked && !more) return;
   }
 }
 
@@ -434,14 +437,14 @@ LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, st
   LogLayout out;
   out.name = name;
   out.generation = generation;
-  read_objects_from(store, out, 0, false);
+  read_objects_from(store, out, 0, false, false);
   return out;
 }
 
 void refresh_log_layout(RadosSnapshotStore& store, LogLayout& layout) {
   // The last object known may have grown; objects after it may have come.
   const std::uint64_t k = layout.objects.empty() ? 0 : layout.objects.size() - 1;
-  read_objects_from(store, layout, k, k > 0);
+  read_objects_from(store, layout, k, k > 0, /*until_unmarked=*/true);
 }
 
 std::unique_ptr<ReadableFile> open_log_file(RadosSnapshotStore& store, LogLayout layout) {

@@ -13,6 +13,7 @@
 #include "iqdb/persist/detail/log_follower.hpp"
 
 #include <cerrno>
+#include <optional>
 #include <string>
 
 #include "iqdb/persist/detail/index_storage.hpp"
@@ -27,6 +28,9 @@ namespace {
 // Logs one poll may move through: each is newer than the one before, so a
 // writer checkpointing without pause cannot keep a poll from returning.
 constexpr int kMaxHops = 8;
+// Reads of a log that looked damaged at a new offset each time (a writer
+// writing fast): past this, the damage is reported.
+constexpr int kMaxRereads = 16;
 
 // The records that follow cannot be read any more: a gap, a log cut back or
 // replaced under the follower, a record that did not apply.
@@ -113,7 +117,6 @@ class LogFollower::Impl {
 
   // The complete frames after at_ in the log followed.
   void read_on(const WalEngine::Replay& replay) {
-    const ReadableFile& f = log_->refresh();
     const auto on_record = [&](const wal::RecordView& r) {
       const std::uint64_t lsn = *r.lsn;
       if (lsn <= last_) return;
@@ -121,7 +124,7 @@ class LogFollower::Impl {
       replay(r);
       last_ = lsn;
     };
-    const wal::Followed r = wal::follow_file(f, at_, on_record);
+    const wal::Followed r = follow_settled(on_record);
     if (r.base_lsn > last_ + 1) throw NeedReload{};  // a new log that starts past the replica
     at_ = r.at;
     if (r.pending_bytes > 0) {
@@ -131,6 +134,22 @@ class LogFollower::Impl {
       scan.valid_bytes = at_.offset;
       scan.torn_tail_bytes = r.pending_bytes;
       storage_->check_scan(scan);
+    }
+  }
+
+  // A frame read while the writer was writing it looks damaged, and frames
+  // written after it, read a moment later, vouch for it (CorruptLog). Read
+  // again: a frame found damaged at the same offset twice is. (On RADOS,
+  // where only acknowledged sizes are read, the first verdict stands.)
+  wal::Followed follow_settled(const std::function<void(const wal::RecordView&)>& on_record) {
+    std::optional<std::uint64_t> damaged_at;
+    for (int attempt = 0;; ++attempt) {
+      try {
+        return wal::follow_file(log_->refresh(), at_, on_record);
+      } catch (const PersistError& e) {
+        if (e.kind() != ErrorKind::CorruptLog || e.offset() == damaged_at || attempt >= kMaxRereads) throw;
+        damaged_at = e.offset();
+      }
     }
   }
 

@@ -22,6 +22,13 @@ namespace {
 
 namespace fs = std::filesystem;
 constexpr std::size_t kWindow = std::size_t{4} << 20;
+// Following a log (read replicas): each catch-up reads the few frames
+// appended since, in pieces this size, without reading ahead; and bytes
+// further than kFollowProbe past a frame are not looked at (a local log is
+// grown ahead in zero-filled steps of up to 64 MiB: the zeros after the
+// last frame say nothing a catch-up needs).
+constexpr std::size_t kFollowWindow = std::size_t{256} << 10;
+constexpr std::uint64_t kFollowProbe = std::uint64_t{1} << 20;
 // Room in front of a read-ahead chunk for the start of a frame that crosses
 // into it (larger frames take the synchronous path).
 constexpr std::size_t kGap = std::size_t{2} << 20;
@@ -33,7 +40,10 @@ constexpr std::size_t kGap = std::size_t{2} << 20;
 // returned by at() is valid until the next call.
 class Window {
  public:
-  explicit Window(const ReadableFile& f) : f_(f), size_(f.size()) {}
+  // `chunk`: bytes read at a time; `ahead`: read the next chunk on another
+  // thread meanwhile.
+  Window(const ReadableFile& f, std::size_t chunk, bool ahead)
+      : f_(f), size_(f.size()), chunk_(chunk), ahead_enabled_(ahead) {}
   Window(const Window&) = delete;
   Window& operator=(const Window&) = delete;
   ~Window() { drop_ahead(); }
@@ -46,7 +56,7 @@ class Window {
     if (!take_ahead(pos, n)) {
       drop_ahead();
       const std::size_t want = static_cast<std::size_t>(
-          std::min<std::uint64_t>(std::max<std::size_t>(n, kWindow), size_ - pos));
+          std::min<std::uint64_t>(std::max<std::size_t>(n, chunk_), size_ - pos));
       if (cur_.size() < want) cur_.resize(want);
       const std::size_t got = f_.read_at(pos, {cur_.data(), want});
       if (got < n) shrank(pos + got);
@@ -78,8 +88,8 @@ class Window {
 
   void read_ahead() {
     const std::uint64_t from = start_ + len_;
-    if (from >= size_) return;
-    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kWindow, size_ - from));
+    if (!ahead_enabled_ || from >= size_) return;
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk_, size_ - from));
     if (next_.size() < kGap + want) next_.resize(kGap + want);
     ahead_pos_ = from;
     ahead_want_ = want;
@@ -101,6 +111,8 @@ class Window {
 
   const ReadableFile& f_;
   std::uint64_t size_;
+  std::size_t chunk_;
+  bool ahead_enabled_;
   std::vector<std::byte> cur_;
   std::vector<std::byte> next_;
   std::uint64_t start_ = 0;
@@ -120,7 +132,13 @@ format::LogHeader read_log_header(Window& w, const fs::path& path) {
 class Scanner {
  public:
   Scanner(const ReadableFile& f, const std::function<void(const RecordView&)>& on_record, ScanMode mode)
-      : f_(f), w_(f), on_record_(on_record), mode_(mode) {}
+      : f_(f), w_(f, kWindow, /*ahead=*/true), on_record_(on_record), mode_(mode) {}
+  // Following (follow()): small reads, no read-ahead, a bounded look past
+  // the last frame.
+  struct Follow {};
+  Scanner(const ReadableFile& f, const std::function<void(const RecordView&)>& on_record, Follow)
+      : f_(f), w_(f, kFollowWindow, /*ahead=*/false), on_record_(on_record), mode_(ScanMode::Strict),
+        look_limit_(kFollowProbe) {}
 
   ScanResult run() {
     const format::LogHeader h = read_log_header(w_, f_.path());
@@ -275,8 +293,10 @@ class Scanner {
 
   bool all_zero(std::uint64_t from, std::uint64_t to) { return last_nonzero_end(from, to) == from; }
 
-  // One past the last non-zero byte in [from, to), or `from` if all zero.
+  // One past the last non-zero byte in [from, to), or `from` if all zero
+  // (following: only up to look_limit_ bytes past `from` are looked at).
   std::uint64_t last_nonzero_end(std::uint64_t from, std::uint64_t to) {
+    to = std::min(to, from + std::min(look_limit_, to - from));
     std::uint64_t end = from;
     for (std::uint64_t p = from; p < to;) {
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(to - p, kWindow));
@@ -393,6 +413,7 @@ class Scanner {
   std::uint64_t next_lsn_ = 0;
   std::uint32_t last_len_ = 0;
   std::uint64_t bad_ = 0;
+  std::uint64_t look_limit_ = UINT64_MAX;
   DecodedOp op_;
 };
 
@@ -404,7 +425,7 @@ ScanResult scan_file(const ReadableFile& file, const std::function<void(const Re
 
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
                      const std::function<void(const RecordView&)>& on_record) {
-  return Scanner(file, on_record, ScanMode::Strict).follow(from);
+  return Scanner(file, on_record, Scanner::Follow{}).follow(from);
 }
 
 fs::path log_path_for(const fs::path& snapshot) {
