@@ -25,6 +25,7 @@
 // VM's free page reporting, docs/PERFORMANCE.md) unless --cold-memory.
 #include <rados/librados.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -58,6 +59,14 @@ struct Args {
 std::string unique(const std::string& what) {
   std::random_device rd;
   return "bench-" + what + "-" + std::to_string(rd() % 1000000000u);
+}
+
+// CPU seconds (user + system) this process has used, all threads.
+double cpu_seconds() {
+  rusage u{};
+  (void)getrusage(RUSAGE_SELF, &u);
+  const auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; };
+  return s(u.ru_utime) + s(u.ru_stime);
 }
 
 // A raw client for the limits.
@@ -101,6 +110,7 @@ struct WalRun {
   double rate = 0;
   double bytes_per_record = 0;
   double records_per_append = 0;
+  double cpu_us_per_record = 0;  // this process's CPU in the timed region
 };
 
 WalRun wal_run(const Args& a, int threads) {
@@ -110,6 +120,7 @@ WalRun wal_run(const Args& a, int threads) {
   for (std::uint64_t i = 0; i < a.records; ++i) rows.push_back(row(i, a.dim));
   const std::uint64_t before = db.wal_stats().log_syncs;
   std::atomic<std::uint64_t> next{0};
+  const double cpu0 = cpu_seconds();
   const double t = seconds([&] {
     std::vector<std::thread> ts;
     for (int k = 0; k < threads; ++k) {
@@ -120,6 +131,7 @@ WalRun wal_run(const Args& a, int threads) {
     for (auto& th : ts) th.join();
   });
   WalRun r;
+  r.cpu_us_per_record = (cpu_seconds() - cpu0) / static_cast<double>(a.records) * 1e6;
   r.rate = static_cast<double>(a.records) / t;
   r.records_per_append = static_cast<double>(a.records) / static_cast<double>(db.wal_stats().log_syncs - before);
   db.close();
@@ -249,14 +261,34 @@ void remove_striped(const Args& a, std::uint64_t total, const std::string& prefi
 void bench_wal(const Args& a) {
   std::printf("WAL, FsyncPolicy::Always, %llu records of dim %llu per run (median of %d runs)\n",
               static_cast<unsigned long long>(a.records), static_cast<unsigned long long>(a.dim), a.repeats);
-  std::vector<double> one, limit, compound, four, sixteen, per4, per16;
-  double bytes = 0;
+  std::vector<double> one, limit, compound, four, sixteen, per4, per16, vs_limit, vs_compound;
+  std::vector<double> cpu[3];  // client CPU microseconds per record: 1 thread, append loop, op-shape loop
+  // The record size the limits write: the log bytes a record takes.
+  Args probe = a;
+  probe.records = 50;
+  const double bytes = wal_run(probe, 1).bytes_per_record;
+  const auto size = static_cast<std::size_t>(bytes);
   for (int i = 0; i < a.repeats; ++i) {
-    const WalRun w = wal_run(a, 1);
-    bytes = w.bytes_per_record;
-    one.push_back(w.rate);
-    limit.push_back(append_limit(a, static_cast<std::size_t>(bytes)));
-    compound.push_back(compound_limit(a, static_cast<std::size_t>(bytes)));
+    // The three one-thread loops in a rotating order: the machine's load
+    // drifts, and none of them should always run first.
+    for (int k = 0; k < 3; ++k) {
+      const double cpu0 = cpu_seconds();
+      switch ((i + k) % 3) {
+        case 0: {
+          const WalRun w = wal_run(a, 1);
+          one.push_back(w.rate);
+          cpu[0].push_back(w.cpu_us_per_record);
+          break;
+        }
+        case 1: limit.push_back(append_limit(a, size)); break;
+        default: compound.push_back(compound_limit(a, size)); break;
+      }
+      if ((i + k) % 3 != 0) cpu[(i + k) % 3].push_back((cpu_seconds() - cpu0) / static_cast<double>(a.records) * 1e6);
+    }
+    vs_limit.push_back(one.back() / limit.back());
+    vs_compound.push_back(one.back() / compound.back());
+    std::printf("  run %d: 1 thread %.0f rec/s, rados_append loop %.0f, op-shape loop %.0f\n", i + 1, one.back(),
+                limit.back(), compound.back());
     const WalRun w4 = wal_run(a, 4);
     four.push_back(w4.rate);
     per4.push_back(w4.records_per_append);
@@ -268,8 +300,12 @@ void bench_wal(const Args& a) {
   std::printf("  record bytes in the log           %.0f\n", bytes);
   std::printf("  limit: rados_append loop          %8.0f rec/s\n", l);
   std::printf("  the log's op shape, plain loop    %8.0f rec/s   %.2fx the limit\n", c, c / l);
-  std::printf("  1 thread                          %8.0f rec/s   %.2fx the limit (goal >= 0.9), %.2fx the op-shape loop\n",
-              o, o / l, o / c);
+  std::printf("  1 thread                          %8.0f rec/s   %.2fx the limit (goal >= 0.9), %.2fx the op-shape loop"
+              " (medians of the per-run ratios)\n",
+              o, bench::median(vs_limit), bench::median(vs_compound));
+  std::printf("  client CPU per record (this process, all threads, the timed loop only; the limits' include connecting):"
+              " 1 thread %.0f us, rados_append loop %.0f us, op-shape loop %.0f us\n",
+              bench::median(cpu[0]), bench::median(cpu[1]), bench::median(cpu[2]));
   std::printf("  4 threads                         %8.0f rec/s   %.2fx 1 thread (goal >= 3), %.1f records per append\n",
               bench::median(four), bench::median(four) / o, bench::median(per4));
   std::printf("  16 threads                        %8.0f rec/s   %.2fx 1 thread (goal >= 8), %.1f records per append\n",
