@@ -155,7 +155,18 @@ TEST_P(ReplicaTest, TwoCheckpointsBetweenCatchUpsLoadAnew) {
 
 INSTANTIATE_TEST_SUITE_P(Policies, ReplicaTest,
                          ::testing::Values(FsyncPolicy::Mode::Always, FsyncPolicy::Mode::Periodic,
-                                           FsyncPolicy::Mode::Never));
+                                           FsyncPolicy::Mode::Never),
+                         [](const ::testing::TestParamInfo<FsyncPolicy::Mode>& p) {
+                           switch (p.param) {
+                             case FsyncPolicy::Mode::Always:
+                               return std::string("Always");
+                             case FsyncPolicy::Mode::Periodic:
+                               return std::string("Periodic");
+                             case FsyncPolicy::Mode::Never:
+                               break;
+                           }
+                           return std::string("Never");
+                         });
 
 TEST(Replica, LagCountsTheRecordsNotAppliedYet) {
   test::TempDir dir;
