@@ -66,12 +66,11 @@ class LocalIndexStorage final : public IndexStorage {
     fs::path lock_path = snapshot_;
     lock_path += ".lock";
     std::unique_ptr<FileLock> lock = fs_.lock(lock_path);
-    const fs::path dir = snapshot_.parent_path();
     const std::string name = snapshot_.filename().string();
     const std::string snap_prefix = "." + name + ".tmp-";
     const std::string log_prefix = "." + name + ".wal.tmp-";
-    for (const std::string& entry : fs_.list_dir(dir.empty() ? fs::path(".") : dir)) {
-      if (entry.starts_with(snap_prefix) || entry.starts_with(log_prefix)) fs_.remove(dir / entry);
+    for (const std::string& entry : fs_.list_dir(dir())) {
+      if (entry.starts_with(snap_prefix) || entry.starts_with(log_prefix)) fs_.remove(dir() / entry);
     }
     return lock;
   }
@@ -128,13 +127,18 @@ class LocalIndexStorage final : public IndexStorage {
 
   void remove_log() override {
     fs_.remove(log_);
-    const fs::path dir = snapshot_.parent_path();
-    fs_.sync_dir(dir.empty() ? fs::path(".") : dir);
+    fs_.sync_dir(dir());
   }
 
   fs::path log_path() const override { return log_; }
 
  private:
+  // The directory holding the snapshot and its log ("." for a bare name).
+  fs::path dir() const {
+    const fs::path d = snapshot_.parent_path();
+    return d.empty() ? fs::path(".") : d;
+  }
+
   std::unique_ptr<ReadableFile> open_if_exists() {
     try {
       return fs_.open_read(log_);

@@ -322,47 +322,59 @@ class Scanner {
   void handle_damage(std::uint64_t bad) {
     bad_ = bad;
     const std::uint64_t dirty_end = last_nonzero_end(bad, size());
-    // Each candidate costs a CRC over its claimed length; bound the total so a
-    // hostile tail cannot make the search quadratic. Past the budget the
-    // damage is reported as corruption rather than searched further.
+    r_.torn_tail_bytes = dirty_end - bad;
+    const AfterDamage found = search_after_damage(bad, dirty_end);
+    if (found.what == AfterDamage::TornTail) return;
+    if (mode_ == ScanMode::Strict) {
+      if (found.what == AfterDamage::OverBudget) {
+        throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
+                               "log frame is damaged and what follows it cannot be classified cheaply", bad);
+      }
+      throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
+                             "log frame is damaged and intact frames follow it at offset " + std::to_string(found.at) +
+                                 "; this is not a torn tail. `iqdb-persist wal repair` drops everything from "
+                                 "the damaged frame on, knowingly",
+                             bad);
+    }
+    r_.corrupt_offset = bad;
+    if (found.what == AfterDamage::Vouched) count_frames_from(found.at);
+  }
+
+  // What lies between a damaged frame and the last non-zero byte after it.
+  struct AfterDamage {
+    enum What : std::uint8_t { TornTail, Vouched, OverBudget } what = TornTail;
+    std::uint64_t at = 0;  // Vouched: the intact frame that vouches for the damaged one
+  };
+
+  // Tries every plausible frame start after `bad` (counting the intact
+  // frames that do not vouch for it as unsynced). Each candidate costs a CRC
+  // over its claimed length; the total is bounded so that a hostile tail
+  // cannot make the search quadratic.
+  AfterDamage search_after_damage(std::uint64_t bad, std::uint64_t dirty_end) {
     std::uint64_t budget = 8 * (dirty_end - bad) + (std::uint64_t{16} << 20);
     for (std::uint64_t p = bad + 1; p + format::kFrameHeaderLen <= dirty_end; ++p) {
       if (!plausible_frame_start(p)) continue;
       const std::uint64_t cost = format::kFrameHeaderLen + format::decode_frame_header(w_.at(p, format::kFrameHeaderLen)).len;
-      if (cost > budget) {
-        if (mode_ == ScanMode::Strict) {
-          throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
-                                 "log frame is damaged and what follows it cannot be classified cheaply", bad);
-        }
-        r_.corrupt_offset = bad;
-        r_.torn_tail_bytes = dirty_end - bad;
-        return;
-      }
+      if (cost > budget) return {AfterDamage::OverBudget, 0};
       budget -= cost;
       if (check_frame(p, /*deliver=*/false) != Verdict::Good) continue;
-      if (r_.version == 2) {
-        const std::uint64_t synced = coding::get<std::uint64_t>(
-            w_.at(p + format::kFrameHeaderLen + format::kSyncedLsnOffset, sizeof(std::uint64_t)));
-        if (synced < next_lsn_) {
-          r_.unsynced_frames_dropped += 1;
-          p += format::kFrameHeaderLen + last_len_ - 1;  // continue after this frame
-          continue;
-        }
+      if (!vouches_for_damage(p)) {
+        r_.unsynced_frames_dropped += 1;
+        p += format::kFrameHeaderLen + last_len_ - 1;  // continue after this frame
+        continue;
       }
-      // Found an intact frame that vouches for the damaged one.
-      if (mode_ == ScanMode::Strict) {
-        throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
-                               "log frame is damaged and intact frames follow it at offset " + std::to_string(p) +
-                                   "; this is not a torn tail. `iqdb-persist wal repair` drops everything from "
-                                   "the damaged frame on, knowingly",
-                               bad);
-      }
-      r_.corrupt_offset = bad;
-      count_frames_from(p);
-      r_.torn_tail_bytes = dirty_end - bad;
-      return;
+      return {AfterDamage::Vouched, p};
     }
-    r_.torn_tail_bytes = dirty_end - bad;
+    return {};
+  }
+
+  // The intact frame at p records the damaged frame as durable (v2: its
+  // synced_lsn reaches the next LSN this scan needs; v1: always).
+  bool vouches_for_damage(std::uint64_t p) {
+    if (r_.version != 2) return true;
+    const std::uint64_t synced = coding::get<std::uint64_t>(
+        w_.at(p + format::kFrameHeaderLen + format::kSyncedLsnOffset, sizeof(std::uint64_t)));
+    return synced >= next_lsn_;
   }
 
   bool plausible_frame_start(std::uint64_t p) {
