@@ -303,6 +303,21 @@ TEST_F(RadosWal, ConcurrentWritersShareOperations) {
 
 // ------------------------------------------------------------ crashes
 
+// The last operation number a `--child stream` printed until `until` (or
+// the end of its output); `acked` if none. An error line fails the test.
+std::uint64_t read_acks(ChildProcess& child, Clock::time_point until, std::uint64_t acked) {
+  while (Clock::now() < until) {
+    const std::string line = child.read_line(std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) + 1ms);
+    if (line.empty()) continue;
+    if (line.substr(0, 3) == "err") {
+      ADD_FAILURE() << line;
+      return acked;
+    }
+    acked = std::stoull(line);
+  }
+  return acked;
+}
+
 // Restore elsewhere: a writer process streams inserts, erases, batches and
 // checkpoints under Always, acknowledging each; it is SIGKILLed at a random
 // instant (during any of them, checkpoints included). Another process (this
@@ -316,16 +331,9 @@ TEST_F(RadosWal, KilledWriterLosesNoAcknowledgedWrite) {
     const std::string name = unique_name("kill");
     ChildProcess child({"--child", "stream", name, "4"});
     ASSERT_EQ(child.read_line(), "open");
-    const auto run_for = std::chrono::milliseconds(200 + rng() % 1200);
-    std::uint64_t acked = 0;
-    const auto until = Clock::now() + run_for;
-    while (Clock::now() < until) {
-      const std::string line = child.read_line(std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) + 1ms);
-      if (line.empty()) continue;
-      ASSERT_NE(line.substr(0, 3), "err") << line;
-      acked = std::stoull(line);
-    }
+    std::uint64_t acked = read_acks(child, Clock::now() + std::chrono::milliseconds(200 + rng() % 1200), 0);
     child.kill();
+    acked = read_acks(child, Clock::now() + 100ms, acked);  // written before the kill
     const Model at = model_after(acked), after = model_after(acked + 1);
     auto loaded = PersistedIndex<FlatIndex>::load(read_only(config_for(name)));
     const bool one_more = !equals(loaded.index(), at);
@@ -597,17 +605,10 @@ TEST_F(RadosWal, ReplicaPromotedAfterTheWriterIsKilled) {
     lo.take_over = true;
     auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name, small_objects(), lo)));
     replica.start_following(5ms);
-    std::uint64_t acked = 0;
-    const auto until = Clock::now() + std::chrono::milliseconds(300 + rng() % 1200);
-    while (Clock::now() < until) {
-      const std::string line = child.read_line(std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()) + 1ms);
-      if (line.empty()) continue;
-      ASSERT_NE(line.substr(0, 3), "err") << line;
-      acked = std::stoull(line);
-    }
+    std::uint64_t acked = read_acks(child, Clock::now() + std::chrono::milliseconds(300 + rng() % 1200), 0);
     child.kill();
     const auto killed = Clock::now();
-    for (std::string line = child.read_line(100ms); !line.empty(); line = child.read_line(100ms)) acked = std::stoull(line);
+    acked = read_acks(child, Clock::now() + 100ms, acked);  // written before the kill
     const std::uint64_t followed = replica.last_lsn();
     auto w = std::move(replica).promote();
     w.insert(888888, vector_of(888888));
