@@ -270,6 +270,33 @@ TEST(MappedLoad, MetadataAddedAfterALoadWithoutAny) {
   }
 }
 
+// FlatIndex keeps u64 ids at 8 bytes a row and widens to VectorId on the
+// first byte id: an index that held a byte id (and lost it again) equals,
+// saves the same bytes as, and loads (mapped) the same as one that never did.
+TEST(MappedLoad, IdsOfEitherFormSaveAndLoadAlike) {
+  TempDir dir;
+  FlatIndex narrow = make_index(300);
+  FlatIndex wide = make_index(300);
+  wide.insert(VectorId::bytes("byte id"), row_vec(300));
+  EXPECT_FALSE(wide == narrow);
+  EXPECT_EQ(wide.id_at(300), VectorId::bytes("byte id"));
+  const auto got = wide.get(VectorId(1299));
+  EXPECT_EQ(std::vector<float>(got.begin(), got.end()), row_vec(299));
+  wide.erase(VectorId::bytes("byte id"));
+  EXPECT_TRUE(wide == narrow);
+  save(narrow, config_for(dir / "n.iqdb", false));
+  save(wide, config_for(dir / "w.iqdb", false));
+  EXPECT_EQ(test::read_file(dir / "w.iqdb"), test::read_file(dir / "n.iqdb"));
+  test::V3Fields v;  // the bytes of docs/FORMAT.md, as in FileMatchesTheDocumentedBytes
+  v.f = {"flat", kDim, 2, 300};
+  v.optional = 1;
+  const Buf payload = expected_payload(300);
+  EXPECT_EQ(test::read_file(dir / "n.iqdb"), test::v3_file(v, payload.size(), payload));
+  auto loaded = PersistedIndex<FlatIndex>::load(config_for(dir / "w.iqdb", true));
+  EXPECT_TRUE(loaded.index().mapped());
+  EXPECT_TRUE(loaded.index() == narrow);
+}
+
 // A checkpoint replaces the file by a rename while it is mapped: the
 // mapping keeps the old file, the new file holds the new state.
 TEST(MappedLoad, CheckpointWhileMapped) {

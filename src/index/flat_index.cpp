@@ -17,6 +17,15 @@
 
 namespace iqdb::persist {
 
+namespace {
+// Reserve room for `n` more elements, growing geometrically (an exact
+// reserve per insert would copy the whole array every time).
+template <class V>
+void grow_for(V& v, std::size_t n) {
+  if (v.capacity() - v.size() < n) v.reserve(std::max(v.size() + n, v.capacity() * 2));
+}
+}  // namespace
+
 namespace detail {
 
 namespace {
@@ -123,6 +132,66 @@ void FloatBuffer::adopt(MappedBlock block, std::size_t n) noexcept {
   p_ = reinterpret_cast<float*>(block.release());
 }
 
+// ---------------------------------------------------------------- row ids
+
+void RowIds::reserve_more(std::size_t n, const VectorId& like) {
+  if (!wide_ && !like.is_u64()) widen();
+  if (wide_) {
+    grow_for(any_, n);
+  } else {
+    grow_for(u64_, n);
+  }
+}
+
+// Every id into VectorIds; allocates first, so a failure changes nothing.
+void RowIds::widen() {
+  std::vector<VectorId> all;
+  all.reserve(std::max<std::size_t>(u64_.size() + 1, u64_.capacity()));
+  for (const std::uint64_t v : u64_) all.emplace_back(v);
+  any_.swap(all);
+  std::vector<std::uint64_t>().swap(u64_);
+  wide_ = true;
+}
+
+void RowIds::push_back(const VectorId& id) {
+  if (wide_) {
+    any_.push_back(id);
+  } else {
+    u64_.push_back(id.as_u64());
+  }
+}
+
+void RowIds::pop_back() noexcept {
+  if (wide_) {
+    any_.pop_back();
+  } else {
+    u64_.pop_back();
+  }
+}
+
+void RowIds::move_last_to(std::size_t row) noexcept {
+  if (wide_) {
+    any_[row] = std::move(any_.back());
+  } else {
+    u64_[row] = u64_.back();
+  }
+}
+
+void RowIds::assign(std::vector<std::uint64_t> ids) noexcept {
+  u64_ = std::move(ids);
+  any_.clear();
+  wide_ = false;
+}
+
+bool operator==(const RowIds& a, const RowIds& b) {
+  if (!a.wide_ && !b.wide_) return a.u64_ == b.u64_;
+  if (a.size() != b.size()) return false;
+  for (std::size_t r = 0; r < a.size(); ++r) {
+    if (!(a.at(r) == b.at(r))) return false;
+  }
+  return true;
+}
+
 }  // namespace detail
 
 // ---------------------------------------------------------------- distances
@@ -182,36 +251,40 @@ class FlatIndex::IdTable {
   explicit IdTable(std::size_t expected = 0)
       : slots_(capacity_for(expected), 0), mask_(capacity_for(expected) - 1) {}
 
-  std::size_t find(const VectorId& id, const std::vector<VectorId>& ids) const noexcept {
-    const std::size_t i = probe(id, id.hash(), ids);
+  std::size_t find(const VectorId& id, const detail::RowIds& ids) const noexcept {
+    const std::size_t i = probe(id.hash(), [&](std::size_t r) { return ids.equals(r, id); });
     return slots_[i] == 0 ? npos : i;
+  }
+  // The slot of the id of `row` (present).
+  std::size_t find_row(std::size_t row, const detail::RowIds& ids) const noexcept {
+    return probe(ids.hash(row), [&](std::size_t r) { return ids.same(r, row); });
   }
   std::uint64_t row(std::size_t slot) const noexcept { return (slots_[slot] & kRowMask) - 1; }
   void set_row(std::size_t slot, std::uint64_t row) noexcept { slots_[slot] = (slots_[slot] & ~kRowMask) | (row + 1); }
 
   // Room for n ids without growing (one rehash at most).
-  void reserve(std::size_t n, const std::vector<VectorId>& ids) {
+  void reserve(std::size_t n, const detail::RowIds& ids) {
     const std::size_t cap = capacity_for(n);
     if (cap > slots_.size()) rebuild(cap, ids);
   }
 
   // Insert `row` (whose id is ids[row]); returns false if the id is present.
-  bool insert(std::uint64_t row, const std::vector<VectorId>& ids) {
+  bool insert(std::uint64_t row, const detail::RowIds& ids) {
     if ((n_ + 1) * 2 > slots_.size()) rebuild(slots_.size() * 2, ids);
-    const std::size_t h = ids[row].hash();
-    const std::size_t i = probe(ids[row], h, ids);
+    const std::size_t h = ids.hash(row);
+    const std::size_t i = probe(h, [&](std::size_t r) { return ids.same(r, row); });
     if (slots_[i] != 0) return false;
     slots_[i] = tag_of(h) | (row + 1);
     ++n_;
     return true;
   }
 
-  void erase_slot(std::size_t i, const std::vector<VectorId>& ids) noexcept {
+  void erase_slot(std::size_t i, const detail::RowIds& ids) noexcept {
     std::size_t j = i;
     for (;;) {
       j = (j + 1) & mask_;
       if (slots_[j] == 0) break;
-      const std::size_t home = ids[(slots_[j] & kRowMask) - 1].hash() & mask_;
+      const std::size_t home = ids.hash((slots_[j] & kRowMask) - 1) & mask_;
       // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
       const bool home_in_between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
       if (!home_in_between) {
@@ -226,24 +299,26 @@ class FlatIndex::IdTable {
  private:
   static std::uint64_t tag_of(std::size_t h) noexcept { return (static_cast<std::uint64_t>(h) >> 40) << 40; }
   static std::size_t capacity_for(std::size_t n) { return std::bit_ceil(std::max<std::size_t>(16, n * 2)); }
-  // The slot holding `id` (whose hash is h), or the empty slot that ends its
-  // probe sequence. A slot whose tag differs is passed without touching ids.
-  std::size_t probe(const VectorId& id, std::size_t h, const std::vector<VectorId>& ids) const noexcept {
+  // The slot of the row whose id same_id(row) accepts (an id whose hash is
+  // h), or the empty slot that ends its probe sequence. A slot whose tag
+  // differs is passed without touching the ids.
+  template <class SameId>
+  std::size_t probe(std::size_t h, SameId same_id) const noexcept {
     const std::uint64_t tag = tag_of(h);
     std::size_t i = h & mask_;
     for (; slots_[i] != 0; i = (i + 1) & mask_) {
-      if ((slots_[i] & ~kRowMask) == tag && ids[(slots_[i] & kRowMask) - 1] == id) break;
+      if ((slots_[i] & ~kRowMask) == tag && same_id((slots_[i] & kRowMask) - 1)) break;
     }
     return i;
   }
   // Into a table of `cap` slots. Allocates first: if that fails, the table
   // is as it was (FlatIndex::insert relies on it for its strong guarantee).
-  void rebuild(std::size_t cap, const std::vector<VectorId>& ids) {
+  void rebuild(std::size_t cap, const detail::RowIds& ids) {
     std::vector<std::uint64_t> fresh(cap, 0);
     const std::size_t mask = cap - 1;
     for (const std::uint64_t s : slots_) {
       if (s == 0) continue;
-      std::size_t i = ids[(s & kRowMask) - 1].hash() & mask;
+      std::size_t i = ids.hash((s & kRowMask) - 1) & mask;
       while (fresh[i] != 0) i = (i + 1) & mask;
       fresh[i] = s;
     }
@@ -279,15 +354,6 @@ FlatIndex& FlatIndex::operator=(const FlatIndex& o) {
   return *this;
 }
 
-namespace {
-// Reserve room for `n` more elements, growing geometrically (an exact
-// reserve per insert would copy the whole array every time).
-template <class V>
-void grow_for(V& v, std::size_t n) {
-  if (v.capacity() - v.size() < n) v.reserve(std::max(v.size() + n, v.capacity() * 2));
-}
-}  // namespace
-
 void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta) {
   if (vec.size() != dim_) {
     throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
@@ -296,7 +362,7 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
   // Strong guarantee: reserve everything first, then commit with steps that
   // cannot fail (the table insert may grow, so it goes before the rest).
   data_.reserve(data_.size() + dim_);  // geometric
-  grow_for(ids_, 1);
+  ids_.reserve_more(1, id);
   // The per-row metadata array exists from the first row with metadata on.
   const bool with_meta = meta.has_value() || !meta_.empty();
   if (with_meta) grow_for(meta_, ids_.size() + 1 - meta_.size());
@@ -327,10 +393,10 @@ void FlatIndex::erase(const VectorId& id) {
   const std::size_t last = ids_.size() - 1;
   table_->erase_slot(slot, ids_);
   if (row != last) {
-    const std::size_t moved_slot = table_->find(ids_[last], ids_);
+    const std::size_t moved_slot = table_->find_row(last, ids_);
     table_->set_row(moved_slot, row);
     std::memcpy(data_.data() + row * dim_, data_.data() + last * dim_, dim_ * sizeof(float));
-    ids_[row] = std::move(ids_[last]);
+    ids_.move_last_to(row);
     if (!meta_.empty()) meta_[row] = std::move(meta_[last]);
   }
   ids_.pop_back();
@@ -344,7 +410,7 @@ void FlatIndex::reserve(std::uint64_t n) {
   if (n > SIZE_MAX / dim_ / sizeof(float)) throw std::bad_alloc();
   const auto more = static_cast<std::size_t>(n);
   data_.reserve(data_.size() + more * dim_);
-  grow_for(ids_, more);
+  ids_.reserve_more(more, VectorId(0));
   if (!meta_.empty()) grow_for(meta_, more);
   table_->reserve(ids_.size() + more, ids_);
 }
@@ -387,12 +453,12 @@ std::vector<SearchHit> FlatIndex::search(std::span<const float> query, std::size
   std::partial_sort(cands.begin(), cands.begin() + static_cast<std::ptrdiff_t>(k), cands.end(), less);
   std::vector<SearchHit> hits;
   hits.reserve(k);
-  for (std::size_t i = 0; i < k; ++i) hits.push_back(SearchHit{ids_[cands[i].row], cands[i].d});
+  for (std::size_t i = 0; i < k; ++i) hits.push_back(SearchHit{ids_.at(cands[i].row), cands[i].d});
   return hits;
 }
 
 bool operator==(const FlatIndex& a, const FlatIndex& b) {
-  if (a.dim_ != b.dim_ || a.metric_ != b.metric_ || a.ids_ != b.ids_) return false;
+  if (a.dim_ != b.dim_ || a.metric_ != b.metric_ || !(a.ids_ == b.ids_)) return false;
   if (a.data_.size() != b.data_.size() ||
       (!a.data_.empty() && std::memcmp(a.data_.data(), b.data_.data(), a.data_.size() * sizeof(float)) != 0)) {
     return false;
@@ -431,19 +497,23 @@ void FlatIndex::save_to(PayloadWriter& w) const {
   w.write_u64(dim_);
   w.write_u8(static_cast<std::uint8_t>(metric_));
   w.write_u64(n);
-  const bool all_u64 = std::all_of(ids_.begin(), ids_.end(), [](const VectorId& id) { return id.is_u64(); });
+  bool all_u64 = true;
+  for (std::size_t r = 0; r < n && all_u64 && !ids_.compact(); ++r) all_u64 = ids_.at(r).is_u64();
   w.write_u8(all_u64 ? kIdsAllU64 : kIdsTagged);
-  if (all_u64) {
+  if (ids_.compact()) {
+    w.write(ids_.u64s().data(), n * sizeof(std::uint64_t));
+  } else if (all_u64) {
     std::vector<std::uint64_t> buf;
     constexpr std::size_t kBatch = 64 * 1024;
     buf.reserve(std::min<std::size_t>(n, kBatch));
     for (std::size_t i = 0; i < n; i += kBatch) {
       buf.clear();
-      for (std::size_t j = i; j < std::min<std::size_t>(n, i + kBatch); ++j) buf.push_back(ids_[j].as_u64());
+      for (std::size_t j = i; j < std::min<std::size_t>(n, i + kBatch); ++j) buf.push_back(ids_.at(j).as_u64());
       w.write(buf.data(), buf.size() * sizeof(std::uint64_t));
     }
   } else {
-    for (const VectorId& id : ids_) {
+    for (std::size_t r = 0; r < n; ++r) {
+      const VectorId id = ids_.at(r);
       if (id.is_u64()) {
         w.write_u8(kIdKindU64);
         w.write_u64(id.as_u64());
@@ -524,25 +594,23 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
   // count before allocating for it.
   const std::uint64_t n = r.read_count(dim * sizeof(float) + 1, "vector");
   const std::uint8_t id_encoding = r.read_u8();
-  index.ids_.reserve(static_cast<std::size_t>(n));
   if (id_encoding == kIdsAllU64) {
     r.check_count(n, sizeof(std::uint64_t) + dim * sizeof(float), "vector");
-    std::vector<std::uint64_t> buf;
-    constexpr std::size_t kBatch = 64 * 1024;
-    for (std::uint64_t i = 0; i < n; i += kBatch) {
-      buf.resize(static_cast<std::size_t>(std::min<std::uint64_t>(kBatch, n - i)));
-      r.read(buf.data(), buf.size() * sizeof(std::uint64_t));
-      for (std::uint64_t v : buf) index.ids_.emplace_back(v);
-    }
+    std::vector<std::uint64_t> ids(static_cast<std::size_t>(n));
+    r.read(ids.data(), ids.size() * sizeof(std::uint64_t));
+    index.ids_.assign(std::move(ids));
   } else if (id_encoding == kIdsTagged) {
+    index.ids_.reserve_more(static_cast<std::size_t>(n), VectorId(0));
     for (std::uint64_t i = 0; i < n; ++i) {
       const std::uint8_t kind = r.read_u8();
       if (kind == kIdKindU64) {
-        index.ids_.emplace_back(r.read_u64());
+        index.ids_.push_back(VectorId(r.read_u64()));
       } else if (kind == kIdKindBytes) {
         std::string b = r.read_string(kMaxIdBytes, "byte id");
         if (b.empty()) r.fail("empty byte id");
-        index.ids_.push_back(VectorId::bytes(std::move(b)));
+        const VectorId id = VectorId::bytes(std::move(b));
+        index.ids_.reserve_more(1, id);
+        index.ids_.push_back(id);
       } else {
         r.fail("unknown id kind " + std::to_string(kind));
       }

@@ -64,6 +64,38 @@ class FloatBuffer {
   std::shared_ptr<const MappedOrigin> origin_;  // set: p_ starts with a file's pages
 };
 
+// The ids of FlatIndex's rows, in row order: 8 bytes a row while every id
+// is a u64, a VectorId (40 bytes) a row from the first byte id on. (Every
+// process that maps a snapshot holds its ids privately: at 1M rows that is
+// 8 MiB instead of 38.)
+class RowIds {
+ public:
+  std::size_t size() const noexcept { return wide_ ? any_.size() : u64_.size(); }
+  VectorId at(std::size_t row) const { return wide_ ? any_[row] : VectorId(u64_[row]); }
+  std::size_t hash(std::size_t row) const noexcept { return wide_ ? any_[row].hash() : VectorId(u64_[row]).hash(); }
+  bool equals(std::size_t row, const VectorId& id) const noexcept {
+    return wide_ ? any_[row] == id : id.is_u64() && id.as_u64() == u64_[row];
+  }
+  bool same(std::size_t a, std::size_t b) const noexcept { return wide_ ? any_[a] == any_[b] : u64_[a] == u64_[b]; }
+  // Every id a u64: then u64s() holds them all.
+  bool compact() const noexcept { return !wide_; }
+  const std::vector<std::uint64_t>& u64s() const noexcept { return u64_; }
+  // Room for `n` more ids like `like` (geometric); widens first for a byte id.
+  void reserve_more(std::size_t n, const VectorId& like);
+  void push_back(const VectorId& id);  // after reserve_more(1, id)
+  void pop_back() noexcept;
+  void move_last_to(std::size_t row) noexcept;
+  // Replace the contents by these u64 ids (a load).
+  void assign(std::vector<std::uint64_t> ids) noexcept;
+  friend bool operator==(const RowIds& a, const RowIds& b);
+
+ private:
+  void widen();
+  bool wide_ = false;
+  std::vector<std::uint64_t> u64_;  // while !wide_
+  std::vector<VectorId> any_;       // once wide_
+};
+
 }  // namespace detail
 
 struct SearchHit {
@@ -119,7 +151,7 @@ class FlatIndex {
   std::vector<SearchHit> search(std::span<const float> query, std::size_t k) const;
 
   // Rows in storage order (for iteration and tests).
-  const VectorId& id_at(std::size_t row) const { return ids_[row]; }
+  VectorId id_at(std::size_t row) const { return ids_.at(row); }
   std::span<const float> vector_at(std::size_t row) const {
     return {data_.data() + row * dim_, static_cast<std::size_t>(dim_)};
   }
@@ -148,7 +180,7 @@ class FlatIndex {
   std::uint64_t dim_;
   DistanceMetric metric_;
   detail::FloatBuffer data_;
-  std::vector<VectorId> ids_;
+  detail::RowIds ids_;
   // Per row, or empty while no row has had metadata (then no 8 bytes a row
   // are spent on null pointers): empty() or size() == ids_.size().
   std::vector<std::unique_ptr<Metadata>> meta_;
