@@ -448,9 +448,10 @@ class StripeWriter final : public WritableFile {
 // ------------------------------------------------------------ the reader
 
 // Reads a published snapshot: io_chunk pieces of the stripe objects, read
-// ahead max_in_flight at once into buffers it reuses (at most
-// max_in_flight + 1, allocated once: fresh memory costs a page fault per
-// page). Each stripe's CRC is computed over the bytes as read_at copies them
+// ahead up to max_in_flight at once (once the caller reads on past its
+// first chunk: opening a snapshot for its header reads one chunk) into
+// buffers it reuses (at most max_in_flight + 1, allocated once: fresh
+// memory costs a page fault per page). Each stripe's CRC is computed over the bytes as read_at copies them
 // out, while they are in cache, and compared with the head's once the
 // stripe's last byte has been taken (bytes the caller skips are checksummed
 // when their chunk is left behind): one pass over the bytes besides the copy.
@@ -592,9 +593,17 @@ class StripeReader final : public ReadableFile {
       retire_front();
     }
     if (found == nullptr) found = &issue(k, j);
-    // Read ahead: max_in_flight reads besides the chunk being copied out.
+    // Read ahead: none while the caller stays in its first chunk (a header
+    // read), then twice as many chunks each time it moves on to the next
+    // one, up to max_in_flight reads besides the chunk being copied out.
+    std::uint64_t ak = asked_k_, aj = asked_j_;
+    if (next(ak, aj) && ak == k && aj == j) {
+      ahead_ = std::min<std::uint64_t>(std::max<std::uint64_t>(ahead_ * 2, 1), s_.options.max_in_flight);
+    }
+    asked_k_ = k;
+    asked_j_ = j;
     std::uint64_t nk = last_k_, nj = last_j_;
-    while (window_.size() <= s_.options.max_in_flight && next(nk, nj)) issue(nk, nj);
+    while (window_.size() <= ahead_ && next(nk, nj)) issue(nk, nj);
     if (!found->checked) check(*found);
     return *found;
   }
@@ -655,7 +664,9 @@ class StripeReader final : public ReadableFile {
   mutable std::vector<checksum::Crc32> crc_;
   mutable std::vector<std::uint64_t> crc_next_;
   mutable std::exception_ptr failure_;
-  mutable std::uint64_t last_k_ = 0, last_j_ = 0;  // the chunk issued last
+  mutable std::uint64_t last_k_ = 0, last_j_ = 0;    // the chunk issued last
+  mutable std::uint64_t asked_k_ = 0, asked_j_ = 0;  // the chunk read_at took bytes from last
+  mutable std::uint64_t ahead_ = 0;                  // chunks to keep in flight after it
 };
 
 }  // namespace
