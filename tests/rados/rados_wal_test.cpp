@@ -466,6 +466,36 @@ TEST_F(RadosWalDamage, MissingObjectIsTruncatedPayload) {
   expect_refused(ErrorKind::TruncatedPayload, objects_[1]);
 }
 
+// A replica that loaded the first 30 records, then a flipped byte in a log
+// object after them: its catch-up fails with CorruptLog naming that object,
+// and the replica holds exactly a prefix of the log (nothing from the
+// damaged frame on).
+TEST_F(RadosWalDamage, ReplicaReportsDamageNamingTheObject) {
+  Model m;
+  std::optional<ReadReplica<FlatIndex>> replica;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+    for (std::uint64_t id = 1; id <= 150; ++id) {
+      db.insert(id, vector_of(id));
+      if (id == 30) replica.emplace(ReadReplica<FlatIndex>::open(read_only(config_for(name_))));
+    }
+    db.close();
+  }
+  objects_ = log_objects(name_, generation(name_));
+  ASSERT_GE(objects_.size(), 4u);
+  auto b = raw_->read(objects_[2]);
+  ASSERT_EQ(raw_->write_at(objects_[2], {static_cast<char>(b[b.size() / 2] ^ 0x5a)}, b.size() / 2), 0);
+  const auto e = error_of([&] { replica->catch_up(); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::CorruptLog) << e->what();
+  EXPECT_EQ(e->path().string(), url(objects_[2])) << e->what();
+  const std::uint64_t at = replica->last_lsn();
+  EXPECT_GE(at, 30u);
+  EXPECT_LT(at, 150u);
+  for (std::uint64_t id = 1; id <= at; ++id) m[id] = vector_of(id);
+  EXPECT_TRUE(equals(replica->index(), m));
+}
+
 // ------------------------------------------------------------ time-outs
 
 // Every OSD paused: an insert under Always fails in bounded time (the 3 s
