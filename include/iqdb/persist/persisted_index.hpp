@@ -214,11 +214,21 @@ class PersistedIndex {
     if (batch.empty()) return;
     std::vector<detail::MutationRef> refs;
     refs.reserve(batch.size());
+    std::uint64_t inserts = 0;
     for (const auto& m : batch.mutations()) {
       refs.push_back({m.op, &m.id, m.vector, m.metadata ? &*m.metadata : nullptr});
+      inserts += m.op == wal::Op::Insert ? 1 : 0;
     }
     commit(refs, [&] {
       std::unique_lock lk(s_->mu);
+      // Room for the batch at once (one growth step, not one per insert). A
+      // hint: a refused allocation leaves the inserts to grow the index.
+      if constexpr (requires(I& i) { i.reserve(inserts); }) {
+        try {
+          s_->index.reserve(inserts);
+        } catch (const std::bad_alloc&) {
+        }
+      }
       std::size_t applied = 0;
       try {
         for (const auto& m : batch.mutations()) {
@@ -358,8 +368,10 @@ class PersistedIndex {
     detail::BatchPresence local(ops.size());
     for (const detail::MutationRef& m : ops) {
       bool present;
-      if (const std::optional<bool> b = local.find(*m.id)) {
-        present = *b;
+      bool known = false;
+      bool* const in_batch = local.slot(*m.id, known);
+      if (known) {
+        present = *in_batch;
       } else if (const auto p = pending != nullptr ? (*pending)(*m.id) : std::nullopt) {
         present = *p;
       } else {
@@ -373,7 +385,7 @@ class PersistedIndex {
         detail::check_erase(index, present, *m.id);
         --size;
       }
-      local.set(*m.id, m.op == wal::Op::Insert);
+      if (in_batch != nullptr) *in_batch = m.op == wal::Op::Insert;
     }
   }
 

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <cstddef>
-#include <optional>
 #include <vector>
 
 #include "iqdb/persist/types.hpp"
@@ -12,7 +11,7 @@ namespace iqdb::persist::detail {
 // The presence of ids as the mutations of one batch leave it: an
 // open-addressing table sized for the batch up front (one allocation, none
 // per id), keyed by pointers to the batch's own ids. A single mutation needs
-// none: then nothing is allocated and set() does nothing.
+// none: then nothing is allocated and slot() returns null.
 class BatchPresence {
  public:
   explicit BatchPresence(std::size_t n) {
@@ -21,21 +20,20 @@ class BatchPresence {
     while (cap < 2 * n) cap *= 2;
     slots_.assign(cap, Slot{});
   }
-  std::optional<bool> find(const VectorId& id) const noexcept {
-    if (slots_.empty()) return std::nullopt;
-    const std::size_t mask = slots_.size() - 1;
-    for (std::size_t i = id.hash() & mask;; i = (i + 1) & mask) {
-      if (slots_[i].id == nullptr) return std::nullopt;
-      if (*slots_[i].id == id) return slots_[i].present;
-    }
-  }
+  // The entry of `id` (one hash, one probe sequence): `known` says whether
+  // an earlier mutation of the batch set it; the caller stores the presence
+  // the current mutation leaves through the returned pointer, which stays
+  // valid until the next call. `id` must outlive the table.
   // Precondition: at most n distinct ids (the table never fills).
-  void set(const VectorId& id, bool present) noexcept {
-    if (slots_.empty()) return;
+  bool* slot(const VectorId& id, bool& known) noexcept {
+    known = false;
+    if (slots_.empty()) return nullptr;
     const std::size_t mask = slots_.size() - 1;
     std::size_t i = id.hash() & mask;
     while (slots_[i].id != nullptr && !(*slots_[i].id == id)) i = (i + 1) & mask;
-    slots_[i] = Slot{&id, present};
+    known = slots_[i].id != nullptr;
+    slots_[i].id = &id;
+    return &slots_[i].present;
   }
 
  private:
