@@ -13,13 +13,15 @@ void register_flat(py::module_& m) {
       "get",
       [](Persisted<FlatIndex>& self, py::handle id) -> py::object {
         const VectorId vid = to_id(id);
-        return self.db->read([&](const FlatIndex& ix) -> py::object {
-          const std::span<const float> v = ix.get(vid);
-          if (v.empty()) return py::none();
-          py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
-          std::copy(v.begin(), v.end(), out.mutable_data());
-          return out;
+        // Copied under the read lock with the GIL released, converted after.
+        const std::vector<float> v = self.reading([&](const FlatIndex& ix) {
+          const std::span<const float> found = ix.get(vid);
+          return std::vector<float>(found.begin(), found.end());
         });
+        if (v.empty()) return py::none();
+        py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
+        std::copy(v.begin(), v.end(), out.mutable_data());
+        return out;
       },
       py::arg("id"), "A copy of the stored vector of an id (float32), or None.");
 }

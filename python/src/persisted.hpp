@@ -111,10 +111,19 @@ struct Persisted {
     }
   }
 
+  // f(db) with the GIL released: every call that may wait for a lock, I/O
+  // or an fsync (docs/PYTHON.md, "The GIL"). f must not touch Python objects.
   template <class F>
   decltype(auto) released(F&& f) {
     py::gil_scoped_release rel;
     return std::forward<F>(f)(*db);
+  }
+
+  // f(const I&) under the index's read lock (which a write holds while it
+  // applies a batch), with the GIL released.
+  template <class F>
+  decltype(auto) reading(F&& f) {
+    return released([&](PersistedIndex<I>& d) { return d.read(std::forward<F>(f)); });
   }
 };
 
@@ -169,7 +178,12 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
           "metadata",
           [](P& p, py::handle id) {
             const VectorId vid = to_id(id);
-            return p.db->read([&](const I& ix) { return from_metadata(ix.metadata(vid)); });
+            // Copied under the read lock with the GIL released, converted after.
+            const std::optional<Metadata> meta = p.reading([&](const I& ix) -> std::optional<Metadata> {
+              const Metadata* found = ix.metadata(vid);
+              return found != nullptr ? std::optional<Metadata>(*found) : std::nullopt;
+            });
+            return from_metadata(meta ? &*meta : nullptr);
           },
           py::arg("id"), "The metadata dict of an id, or None.")
       .def("save", [](P& p) { p.released([](Db& db) { db.save(); }); }, "Atomic, durable snapshot (with the WAL: checkpoint).")
@@ -178,17 +192,25 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
       .def("sync", [](P& p) { p.released([](Db& db) { db.sync(); }); }, "Make every acknowledged mutation durable now.")
       .def("close", [](P& p) { p.released([](Db& db) { db.close(); }); },
            "Sync (unless FsyncPolicy.never()) and release the writer lock; later mutations fail. Reports errors.")
-      .def_property_readonly("last_lsn", [](P& p) { return p.db->last_lsn(); })
-      .def("wal_stats", [](P& p) { return p.db->wal_stats(); }, "What the log did since opening, and what load found.")
-      .def("failure", [](P& p) { return p.db->failure(); }, "Why mutations are refused (Poisoned), or None.")
+      // The log's mutex, which these take, is held through a checkpoint.
+      .def_property_readonly("last_lsn", [](P& p) { return p.released([](Db& db) { return db.last_lsn(); }); })
+      .def("wal_stats", [](P& p) { return p.released([](Db& db) { return db.wal_stats(); }); },
+           "What the log did since opening, and what load found.")
+      .def(
+          "failure",
+          [](P& p) -> py::object {
+            const std::optional<std::string> why = p.released([](Db& db) { return db.failure(); });
+            return why ? py::object(py::str(*why)) : py::object(py::none());
+          },
+          "Why mutations are refused (Poisoned), or None.")
       .def_property_readonly("dim", [](P& p) { return p.dim; })
       .def_property_readonly("metric", [](P& p) { return p.db->index().metric(); })
       .def_property_readonly("path", [](P& p) { return p.db->config().path.string(); })
-      .def("__len__", [](P& p) { return p.db->read([](const I& ix) { return ix.size(); }); })
+      .def("__len__", [](P& p) { return p.reading([](const I& ix) { return ix.size(); }); })
       .def("__contains__",
            [](P& p, py::handle id) {
              const VectorId vid = to_id(id);
-             return p.db->read([&](const I& ix) { return ix.contains(vid); });
+             return p.reading([&](const I& ix) { return ix.contains(vid); });
            })
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](P& p, py::handle exc_type, py::handle, py::handle) {

@@ -3,6 +3,7 @@ under Always share fsyncs (group commit). The throughput figure (4 threads
 against 1) is a benchmark (python/bench/bench_python.py), not asserted here."""
 
 import threading
+import time
 
 import numpy as np
 
@@ -50,4 +51,50 @@ def test_search_runs_while_another_thread_inserts(path):
     stop.set()
     th.join()
     assert found and all(n == 3 for n in found)
+    db.close()
+
+
+def _largest_pause_while(call, other):
+    """Run call() in a thread while this thread counts; return (seconds call
+    took, the longest pause between two of this thread's iterations)."""
+    done = threading.Event()
+    took = []
+
+    def run():
+        t0 = time.perf_counter()
+        try:
+            call()
+        finally:
+            took.append(time.perf_counter() - t0)
+            done.set()
+
+    th = threading.Thread(target=run)
+    last = time.perf_counter()
+    pause = 0.0
+    th.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        pause, last = max(pause, now - last), now
+    th.join()
+    other.join()
+    return took[0], pause
+
+
+def test_calls_that_wait_for_the_log_release_the_gil(path):
+    # A checkpoint holds the log's mutex while it writes the snapshot (zstd at
+    # a high level: seconds of CPU); wal_stats(), last_lsn and failure() wait
+    # for it. Were the GIL held through that wait, this thread would stop.
+    rows = np.random.default_rng(1).standard_normal((60_000, 32)).astype(np.float32)
+    cfg = wal_config(path, compression=iq.Compression.zstd(15), fsync_policy=iq.FsyncPolicy.never())
+    db = iq.open_with(iq.FlatIndex(32), cfg)
+    db.insert(np.arange(len(rows), dtype=np.uint64), rows)
+    for call in (db.wal_stats, lambda: db.last_lsn, db.failure):
+        ck = threading.Thread(target=db.checkpoint)
+        ck.start()
+        time.sleep(0.05)  # the checkpoint has the mutex
+        took, pause = _largest_pause_while(call, ck)
+        assert took > 0.2, f"the call did not wait for the checkpoint ({took:.3f} s): the test proves nothing"
+        assert pause < took / 3, (took, pause)
+    # what they return (failure() was once an unconvertible std::optional)
+    assert db.failure() is None and db.last_lsn == len(rows) and db.wal_stats().records == len(rows)
     db.close()
