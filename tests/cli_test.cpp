@@ -509,7 +509,8 @@ TEST(CliDemo, SmallRunSavesThreeVerifiedFiles) {
 // ---------------------------------------------------------------- copy
 
 // Every snapshot version copies byte for byte (the fixtures are built from
-// the format's facts, not by the tool), over an existing destination too.
+// the format's facts, not by the tool), over an existing destination too
+// (--force).
 TEST(CliCopy, EveryVersionCopiesByteForByte) {
   TempDir dir;
   const fs::path dst = dir / "copy.iqdb";
@@ -517,7 +518,7 @@ TEST(CliCopy, EveryVersionCopiesByteForByte) {
     if (f.expected.compression != "none" && f.expected.format_version < 3) continue;  // stand-in payloads
     SCOPED_TRACE(f.name);
     const fs::path src = write_fixture(dir, f);
-    const CliResult r = run_cli({"copy", src.string(), dst.string()});
+    const CliResult r = run_cli({"copy", "--force", src.string(), dst.string()});
     ASSERT_EQ(r.code, 0) << r.out << r.err;
     EXPECT_EQ(r.err, "");
     EXPECT_EQ(r.out.rfind("copied " + src.string() + " -> " + dst.string(), 0), 0u) << r.out;
@@ -564,7 +565,7 @@ TEST(CliCopy, DamagedSourcePublishesNothing) {
     bad[at] ^= std::byte{0x10};
     const fs::path src = dir / "bad.iqdb";
     test::write_file(src, bad);
-    const CliResult r = run_cli({"copy", src.string(), dst.string()});
+    const CliResult r = run_cli({"copy", "--force", src.string(), dst.string()});
     EXPECT_EQ(r.code, 1) << r.out << r.err;
     EXPECT_EQ(r.out, "");
     EXPECT_NE(r.err.find("DAMAGED: " + src.string()), std::string::npos) << r.err;
@@ -574,7 +575,7 @@ TEST(CliCopy, DamagedSourcePublishesNothing) {
     for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".tmp-"), std::string::npos) << e;
   }
   // A missing source: exit 2, as for every file that cannot be opened.
-  EXPECT_EQ(run_cli({"copy", (dir / "none.iqdb").string(), dst.string()}).code, 2);
+  EXPECT_EQ(run_cli({"copy", "--force", (dir / "none.iqdb").string(), dst.string()}).code, 2);
   // The same file twice.
   EXPECT_EQ(run_cli({"copy", dst.string(), dst.string()}).code, 1);
   EXPECT_EQ(test::read_file(dst), fixtures.at(0).bytes);
@@ -597,23 +598,23 @@ TEST(CliCopy, LocksAndLogs) {
     auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), live);
     db.insert(1, std::vector<float>{1, 2});
     const std::vector<std::byte> before = test::read_file(live.path);
-    const CliResult r = run_cli({"copy", src.path.string(), live.path.string()});
+    const CliResult r = run_cli({"copy", "--force", src.path.string(), live.path.string()});
     EXPECT_EQ(r.code, 1) << r.out << r.err;
     EXPECT_NE(r.err.find("locked"), std::string::npos) << r.err;
     EXPECT_EQ(test::read_file(live.path), before);
     db.close();
   }
-  // live.iqdb.wal holds LSN 1, its snapshot LSN 0.
+  // live.iqdb.wal holds LSN 1, its snapshot LSN 0: refused without --force
+  // (an index is there), and with it (its log holds a record).
   CliResult r = run_cli({"copy", src.path.string(), live.path.string()});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  r = run_cli({"copy", "--force", src.path.string(), live.path.string()});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("would_lose_writes"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(wal::log_path_for(live.path).string()), std::string::npos) << r.err;
-  // As a source: refused, then copied alone with --snapshot-only.
+  // As a source, --snapshot-only copies the snapshot's bytes alone.
   const fs::path dst = dir / "dst.iqdb";
-  r = run_cli({"copy", live.path.string(), dst.string()});
-  EXPECT_EQ(r.code, 1) << r.err;
-  EXPECT_NE(r.err.find("1 records after the snapshot"), std::string::npos) << r.err;
-  EXPECT_FALSE(fs::exists(dst));
   r = run_cli({"copy", "--snapshot-only", live.path.string(), dst.string()});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(test::read_file(dst), test::read_file(live.path));
@@ -621,7 +622,7 @@ TEST(CliCopy, LocksAndLogs) {
   // Folded: the copy replaces the snapshot and removes the log.
   ASSERT_EQ(run_cli({"checkpoint", live.path.string()}).code, 0);
   ASSERT_TRUE(fs::exists(wal::log_path_for(live.path)));
-  r = run_cli({"copy", src.path.string(), live.path.string()});
+  r = run_cli({"copy", "--force", src.path.string(), live.path.string()});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(test::read_file(live.path), src_bytes);
   EXPECT_FALSE(fs::exists(wal::log_path_for(live.path)));
@@ -629,6 +630,100 @@ TEST(CliCopy, LocksAndLogs) {
   const auto db = PersistedIndex<FlatIndex>::load(reopen);
   EXPECT_EQ(db.index().size(), 40u);
   EXPECT_EQ(db.index().dim(), 5u);  // the source's, nothing of the old log replayed
+}
+
+// What a test logged, row by row: the model a folded copy must load as.
+using RowModel = std::map<std::uint64_t, std::vector<float>>;
+
+void expect_rows(const FlatIndex& index, const RowModel& model) {
+  ASSERT_EQ(index.size(), model.size());
+  for (const auto& [id, v] : model) {
+    const auto got = index.get(id);
+    EXPECT_EQ(std::vector<float>(got.begin(), got.end()), v) << "id " << id;
+  }
+}
+
+// A source whose log holds records after its snapshot, copied while its
+// writer still has it open (the copy takes no lock on the source): the
+// destination is one snapshot holding them, whose last LSN is the
+// source's, equal to what the test logged; a writer that loads it with the
+// WAL numbers its next record on from there. --snapshot-only copies the
+// snapshot's bytes alone; an existing destination needs --force.
+TEST(CliCopy, FoldsTheLogIntoOneSnapshot) {
+  TempDir dir;
+  PersistConfig cfg(dir / "src.iqdb");
+  cfg.wal_enabled = true;
+  cfg.compression = Compression::lz4();
+  RowModel model;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(3, DistanceMetric::Euclidean), cfg);
+  const auto put = [&](std::uint64_t id) {
+    const std::vector<float> v{static_cast<float>(id), 0.5f, -static_cast<float>(id)};
+    db.insert(id, v);
+    model[id] = v;
+  };
+  for (std::uint64_t id = 1; id <= 3; ++id) put(id);  // LSN 1..3
+  db.checkpoint();                                    // snapshot LSN 3
+  put(4);                                             // LSN 4
+  put(5);                                             // LSN 5
+  db.erase(1);                                        // LSN 6
+  model.erase(1);
+  WriteBatch batch;  // LSN 7, 8
+  batch.insert(6, std::vector<float>{6, 6, 6});
+  batch.erase(2);
+  db.write(batch);
+  model[6] = {6, 6, 6};
+  model.erase(2);
+  const std::vector<std::byte> snapshot_bytes = test::read_file(cfg.path);
+
+  const fs::path dst = dir / "dst.iqdb";
+  CliResult r = run_cli({"copy", cfg.path.string(), dst.string()});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("log held 5 records after its snapshot (LSN 3)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("last LSN 8"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(wal::log_path_for(dst)));
+  const nlohmann::json j = nlohmann::json::parse(run_cli({"inspect", "--json", dst.string()}).out);
+  EXPECT_EQ(j.at("last_lsn"), 8);
+  EXPECT_EQ(j.at("n_vectors"), model.size());
+  EXPECT_EQ(j.at("compression"), "lz4");  // the source's
+  {
+    PersistConfig back(dst);
+    back.wal_enabled = true;
+    auto w = PersistedIndex<FlatIndex>::load(back);
+    expect_rows(w.index(), model);
+    EXPECT_EQ(w.last_lsn(), 8u);
+    w.insert(7, std::vector<float>{7, 7, 7});
+    EXPECT_EQ(w.last_lsn(), 9u);
+    w.close();
+  }
+  r = run_cli({"wal", "dump", "--json", wal::log_path_for(dst).string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"lsn\":9"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"base_lsn\":9"), std::string::npos) << r.out;
+
+  // --snapshot-only: the snapshot's bytes (LSN 3) alone; over an index: --force.
+  r = run_cli({"copy", "--snapshot-only", cfg.path.string(), dst.string()});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("nothing was copied"), std::string::npos) << r.err;
+  const fs::path alone = dir / "alone.iqdb";
+  r = run_cli({"copy", "--snapshot-only", cfg.path.string(), alone.string()});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_EQ(test::read_file(alone), snapshot_bytes);
+  db.close();
+
+  // A byte flipped in the log's first frame (intact frames after it): the
+  // source is damaged, nothing is copied.
+  {
+    std::vector<std::byte> log = test::read_file(wal::log_path_for(cfg.path));
+    log.at(50) ^= std::byte{0x08};
+    test::write_file(wal::log_path_for(cfg.path), log);
+  }
+  const fs::path none = dir / "none.iqdb";
+  r = run_cli({"copy", cfg.path.string(), none.string()});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("DAMAGED: " + cfg.path.string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("corrupt_log"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(none));
 }
 
 // The tool killed (SIGKILL, a forked process) at random instants of a copy
@@ -657,7 +752,7 @@ TEST(CliCopy, KilledCopyLeavesOldOrNew) {
     test::write_file(dst, old_bytes);
     const pid_t child = fork();
     ASSERT_GE(child, 0);
-    if (child == 0) _exit(cli::run({"copy", src.path.string(), dst.string()}, std::cout, std::cerr));
+    if (child == 0) _exit(cli::run({"copy", "--force", src.path.string(), dst.string()}, std::cout, std::cerr));
     std::this_thread::sleep_for(full * (i + 1) / 8);
     ::kill(child, SIGKILL);
     int status = 0;
@@ -668,7 +763,7 @@ TEST(CliCopy, KilledCopyLeavesOldOrNew) {
   }
   EXPECT_GT(killed, 0) << "every copy finished before it was killed";
   // The next copy takes the writer lock and removes the killed ones' temporaries.
-  ASSERT_EQ(run_cli({"copy", src.path.string(), dst.string()}).code, 0);
+  ASSERT_EQ(run_cli({"copy", "--force", src.path.string(), dst.string()}).code, 0);
   EXPECT_EQ(test::read_file(dst), new_bytes);
   for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".dst.iqdb.tmp-"), std::string::npos) << e;
 }

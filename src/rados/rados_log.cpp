@@ -517,4 +517,111 @@ std::unique_ptr<detail::LogSink> continue_log_sink(RadosSnapshotStore& store, co
   return std::make_unique<RadosLogSink>(store, layout.name, layout.generation, std::move(fence), salt, at);
 }
 
+namespace {
+
+// Objects probed after the last existing one before a log counts as ended
+// (a reader looks one past a missing object).
+constexpr int kMissingToEnd = 2;
+
+// The object at `k` of `prefix`, checked as far as repair needs it; false
+// (with prefix.stopped) when it does not belong to the consistent prefix.
+bool take_object(const ObjectState& st, std::uint64_t k, LogPrefix& prefix) {
+  const auto start = st.attr(kLogStartAttr);
+  const auto size = st.attr(kLogSizeAttr);
+  const std::string obj = "log object " + std::to_string(k);
+  if (!st.attr(kLogEpochAttr) || !start || !size) {
+    prefix.stopped = obj + ": its attributes are missing or malformed";
+    return false;
+  }
+  if (*start != prefix.layout.size()) {
+    prefix.stopped = obj + " says it starts at " + std::to_string(*start) + ", the objects before it end at " +
+                     std::to_string(prefix.layout.size());
+    return false;
+  }
+  prefix.layout.objects.push_back({*start, std::min(st.size, *size)});
+  if (st.size != *size) {
+    prefix.stopped = obj + " holds " + std::to_string(st.size) + " bytes, its size attribute says " +
+                     std::to_string(*size);
+    return false;
+  }
+  return true;
+}
+
+void remove_object(RadosSnapshotStore& store, const std::string& oid) {
+  const int r = rados_remove(io_of(store), oid.c_str());
+  if (r < 0 && r != -ENOENT) throw_rados(object_path(store, oid), "removing a log object", r);
+}
+
+// Object k no longer says the next one exists (absent attribute: nothing to do).
+void clear_more(RadosSnapshotStore& store, const std::string& oid) {
+  WriteOp op;
+  rados_write_op_assert_exists(op.op);
+  rados_write_op_rmxattr(op.op, kLogMoreAttr);
+  const int r = rados_write_op_operate(op.op, io_of(store), oid.c_str(), nullptr, 0);
+  if (r < 0 && r != -ENOENT && r != -ENODATA) throw_rados(object_path(store, oid), "repairing the log", r);
+}
+
+}  // namespace
+
+LogPrefix read_log_prefix(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
+  LogPrefix out;
+  out.layout.name = name;
+  out.layout.generation = generation;
+  std::uint64_t k = 0;
+  for (; k < kMaxLogObjects; ++k) {
+    const std::optional<ObjectState> st = stat_object(store, log_object(name, generation, k));
+    if (!st) break;
+    if (!take_object(*st, k, out)) break;
+  }
+  // Objects after the prefix: a rejected one, and any past a missing one.
+  int missing = 0;
+  for (std::uint64_t i = out.layout.objects.size(); missing < kMissingToEnd && i < kMaxLogObjects; ++i) {
+    if (stat_object(store, log_object(name, generation, i))) {
+      out.beyond.push_back(i);
+      missing = 0;
+    } else {
+      ++missing;
+    }
+  }
+  if (out.stopped.empty() && !out.beyond.empty()) {
+    out.stopped = "log object " + std::to_string(out.layout.objects.size()) + " is missing, but object " +
+                  std::to_string(out.beyond.front()) + " exists";
+  }
+  return out;
+}
+
+void cut_log(RadosSnapshotStore& store, const RadosWriterLock& lock, const LogPrefix& prefix, std::uint64_t end) {
+  const LogLayout& layout = prefix.layout;
+  if (layout.objects.empty() || end > layout.size()) {
+    throw PersistError::argument("cut_log: offset " + std::to_string(end) + " is past the log's consistent prefix");
+  }
+  const std::shared_ptr<Fence> fence = fence_of(lock);
+  // The object holding `end`: the last one starting at or before it.
+  std::uint64_t j = 0;
+  for (std::uint64_t i = 0; i < layout.objects.size(); ++i) {
+    if (layout.objects[i].start <= end) j = i;
+  }
+  std::vector<std::uint64_t> doomed;
+  for (std::uint64_t i = j + 1; i < layout.objects.size(); ++i) doomed.push_back(i);
+  doomed.insert(doomed.end(), prefix.beyond.begin(), prefix.beyond.end());
+  for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
+    const std::string oid = log_object(layout.name, layout.generation, *it);
+    fence->check(object_path(store, oid));
+    clear_more(store, log_object(layout.name, layout.generation, *it - 1));
+    remove_object(store, oid);
+  }
+  const std::string oid = log_object(layout.name, layout.generation, j);
+  const fs::path where = object_path(store, oid);
+  fence->check(where);
+  clear_more(store, oid);
+  WriteOp op;
+  rados_write_op_assert_exists(op.op);
+  rados_write_op_truncate(op.op, end - layout.objects[j].start);
+  set_xattr(op, kLogSizeAttr, encode_generation(end - layout.objects[j].start));
+  set_xattr(op, kLogEpochAttr, encode_generation(fence->epoch));
+  const int r = rados_write_op_operate(op.op, io_of(store), oid.c_str(), nullptr, 0);
+  if (r < 0) throw_rados(where, "cutting the log", r);
+  seal_log(store, layout.name, layout.generation, fence->epoch);
+}
+
 }  // namespace iqdb::persist::rados_detail

@@ -70,4 +70,25 @@ std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, cons
 std::unique_ptr<detail::LogSink> continue_log_sink(RadosSnapshotStore& store, const LogLayout& layout,
                                                    std::shared_ptr<Fence> fence, std::uint64_t salt);
 
+// `iqdb-persist wal repair` on RADOS (docs/DISTRIBUTED.md, "The command
+// line on RADOS"). The objects of the log of `generation` as far as they are
+// consistent: the longest prefix of objects whose attributes are present
+// and whose starts follow each other; an object whose size differs from its
+// size attribute counts with the bytes both vouch for, and ends the prefix.
+struct LogPrefix {
+  LogLayout layout;
+  std::vector<std::uint64_t> beyond;  // existing objects after the prefix (probed until two are missing)
+  std::string stopped;                // why the prefix ends there ("" when every object is consistent)
+};
+LogPrefix read_log_prefix(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation);
+
+// Cut that log at log offset `end` (at most prefix.layout.size()), knowingly:
+// every object after the one holding `end` is removed (the last first, each
+// after the one before it no longer says it continues), that object is cut
+// to `end` with its size attribute and given the epoch of `lock`, and the
+// log is sealed as a writer's takeover seals it (seal_log). Needs `lock`,
+// the writer lock of `prefix.layout.name`; each step leaves a log that reads
+// as a consistent prefix of the one before.
+void cut_log(RadosSnapshotStore& store, const RadosWriterLock& lock, const LogPrefix& prefix, std::uint64_t end);
+
 }  // namespace iqdb::persist::rados_detail

@@ -1,5 +1,6 @@
-// `iqdb-persist inspect`, `verify` and `copy` on rados://POOL/NAME (the CLI
-// built with the RADOS component). Needs a cluster; skipped unless CEPH_CONF
+// `iqdb-persist inspect`, `verify`, `copy`, `wal dump`, `wal repair`,
+// `checkpoint` and `demo` on rados://POOL/NAME (the CLI built with the RADOS
+// component). Needs a cluster; skipped unless CEPH_CONF
 // and IQDB_RADOS_POOL are set (scripts/ceph-cluster.sh run). Checked against
 // what the test saved (the vectors' count and dimension, the vectors the
 // test generated itself), against the source file's bytes, and against
@@ -70,6 +71,12 @@ class RawPool {
     byte = static_cast<char>(byte ^ 0x40);
     return rados_write(io_, obj.c_str(), &byte, 1, at) == 0;
   }
+  std::uint64_t size(const std::string& obj) {
+    std::uint64_t size = 0;
+    std::time_t mtime = 0;
+    return rados_stat(io_, obj.c_str(), &size, &mtime) == 0 ? size : 0;
+  }
+  bool truncate(const std::string& obj, std::uint64_t size) { return rados_trunc(io_, obj.c_str(), size) == 0; }
   // The head's iqdb.next attribute (16 hex digits): the generation the next save takes.
   std::uint64_t next_generation(const std::string& name) {
     char buf[32] = {};
@@ -138,7 +145,8 @@ class RadosCli : public ::testing::Test {
   }
   void TearDown() override {
     if (store_) {
-      for (const std::string& n : {name_, name_ + "-b"}) {
+      for (const std::string& n : {name_, name_ + "-b", name_ + "-demo-none", name_ + "-demo-zstd",
+                                   name_ + "-demo-lz4"}) {
         try {
           store_->remove(store_->path_of(n));
         } catch (const PersistError&) {
@@ -174,6 +182,19 @@ class RadosCli : public ::testing::Test {
       index.insert(id * 3 + 1, v);
     }
     save_to_rados(*store_, name_, index);
+  }
+  // A config for PersistedIndex at this test's name (own client).
+  PersistConfig config(bool wal, const RadosOptions& o = {}) const {
+    RadosLocation loc;
+    loc.pool = env_->pool;
+    loc.name = name_;
+    PersistConfig cfg = rados_persist_config(loc, o);
+    cfg.wal_enabled = wal;
+    return cfg;
+  }
+  // Log object k of generation g, named as docs/FORMAT.md says.
+  std::string log_obj(std::uint64_t g, std::uint64_t k) const {
+    return name_ + ".log." + std::to_string(g) + "." + std::to_string(k);
   }
   static constexpr std::size_t kDim = 24;
   static constexpr std::uint64_t kRows = 2000;
@@ -278,7 +299,7 @@ TEST_F(RadosCli, CopyOfADamagedSourcePublishesNothing) {
     f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(src) / 2));
     f.put('\x5a');
   }
-  auto r = run_cli({"copy", src.string(), url_});
+  auto r = run_cli({"copy", "--force", src.string(), url_});
   EXPECT_EQ(r.code, 1) << r.out << r.err;
   EXPECT_NE(r.err.find("DAMAGED: " + src.string()), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("nothing was copied"), std::string::npos) << r.err;
@@ -292,7 +313,7 @@ TEST_F(RadosCli, CopyOfADamagedSourcePublishesNothing) {
   ASSERT_TRUE(pool.flip(stripe, 100));
   const auto dst = save_local(m, "dst.iqdb");  // m's intact file, to be kept
   const std::string dst_before = file_bytes(dst);
-  r = run_cli({"copy", url_, dst.string()});
+  r = run_cli({"copy", "--force", url_, dst.string()});
   EXPECT_EQ(r.code, 1) << r.out << r.err;
   EXPECT_NE(r.err.find("DAMAGED: " + url_), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(stripe), std::string::npos) << r.err;  // names the object
@@ -310,12 +331,16 @@ TEST_F(RadosCli, CopyRefusesALockedDestination) {
   const Model m = Model::random(8, 100, 13);
   const auto src = save_local(m, "src.iqdb");
   auto lock = RadosWriterLock::acquire(*store_, name_);
-  auto r = run_cli({"copy", src.string(), url_});
+  auto r = run_cli({"copy", "--force", src.string(), url_});
   EXPECT_EQ(r.code, 1) << r.out << r.err;
   EXPECT_NE(r.err.find("locked"), std::string::npos) << r.err;
   EXPECT_EQ(store_->head(name_)->generation, before->generation);
   lock->release();
-  r = run_cli({"copy", src.string(), url_});
+  r = run_cli({"copy", src.string(), url_});  // an index is there
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  EXPECT_EQ(store_->head(name_)->generation, before->generation);
+  r = run_cli({"copy", "--force", src.string(), url_});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   m.expect_equal(load_from_rados<FlatIndex>(*store_, name_));
 }
@@ -336,7 +361,8 @@ TEST_F(RadosCli, KilledCopyLeavesTheDestinationIntact) {
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    execl(IQDB_PERSIST_CLI_EXE, "iqdb-persist", "copy", src.c_str(), url_.c_str(), static_cast<char*>(nullptr));
+    execl(IQDB_PERSIST_CLI_EXE, "iqdb-persist", "copy", "--force", src.c_str(), url_.c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -360,9 +386,10 @@ TEST_F(RadosCli, KilledCopyLeavesTheDestinationIntact) {
 }
 
 // PersistedIndex with its log in RADOS: `wal dump` lists the log of the
-// published snapshot, `copy` refuses a source whose log holds records after
-// its snapshot, `checkpoint` folds them (refused with Locked while a writer
-// has the index open), and then the copy loads as the mutations made.
+// published snapshot, `copy` of a source whose log holds records after its
+// snapshot folds them into the copy (last LSN 4), `checkpoint` folds them
+// in RADOS (refused with Locked while a writer has the index open), and
+// then the copy is the snapshot's bytes; both load as the mutations made.
 TEST_F(RadosCli, WalDumpCheckpointAndCopyOfARadosLog) {
   RadosLocation loc;
   loc.pool = env_->pool;
@@ -388,10 +415,21 @@ TEST_F(RadosCli, WalDumpCheckpointAndCopyOfARadosLog) {
   EXPECT_NE(r.out.find(": 4 records in 4 frames"), std::string::npos) << r.out;
 
   const auto dst = dir() / "copy.iqdb";
+  const auto expect_model = [&] {
+    const auto db = PersistedIndex<FlatIndex>::load(PersistConfig(dst));
+    ASSERT_EQ(db.index().size(), 2u);
+    const auto v1 = db.index().get(1);
+    const auto v3 = db.index().get(3);
+    EXPECT_EQ(std::vector<float>(v1.begin(), v1.end()), (std::vector<float>{1, 2}));
+    EXPECT_EQ(std::vector<float>(v3.begin(), v3.end()), (std::vector<float>{5, 6}));
+    EXPECT_TRUE(db.index().get(2).empty());
+    EXPECT_EQ(db.last_lsn(), 4u);
+  };
   r = run_cli({"copy", url_, dst.string()});
-  EXPECT_EQ(r.code, 1) << r.out << r.err;
-  EXPECT_NE(r.err.find("4 records after the snapshot"), std::string::npos) << r.err;
-  EXPECT_FALSE(std::filesystem::exists(dst));
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("log held 4 records after its snapshot (LSN 0)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("last LSN 4"), std::string::npos) << r.out;
+  expect_model();
 
   r = run_cli({"checkpoint", url_});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
@@ -400,16 +438,212 @@ TEST_F(RadosCli, WalDumpCheckpointAndCopyOfARadosLog) {
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find(": 0 records"), std::string::npos) << r.out;
 
-  r = run_cli({"copy", url_, dst.string()});
+  r = run_cli({"copy", "--force", url_, dst.string()});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
-  const auto db = PersistedIndex<FlatIndex>::load(PersistConfig(dst));
-  ASSERT_EQ(db.index().size(), 2u);
-  const auto v1 = db.index().get(1);
-  const auto v3 = db.index().get(3);
-  EXPECT_EQ(std::vector<float>(v1.begin(), v1.end()), (std::vector<float>{1, 2}));
-  EXPECT_EQ(std::vector<float>(v3.begin(), v3.end()), (std::vector<float>{5, 6}));
-  EXPECT_TRUE(db.index().get(2).empty());
-  EXPECT_EQ(db.last_lsn(), 4u);
+  EXPECT_EQ(r.out.find("log held"), std::string::npos) << r.out;  // the bytes: nothing to fold
+  expect_model();
+}
+
+// A local index whose log holds records after its snapshot, copied into
+// RADOS while its writer has it open: one generation holding them, with the
+// source's last LSN; a writer that loads it with the WAL logs its next
+// record in RADOS with the next LSN, and a later load agrees with the model.
+TEST_F(RadosCli, CopyFoldsALocalLogIntoRadosAndAWriterGoesOn) {
+  PersistConfig local(dir() / "src.iqdb");
+  local.wal_enabled = true;
+  Model m = Model::random(8, 50, 15);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(8, DistanceMetric::Euclidean), local);
+  std::uint64_t n = 0;
+  for (const auto& [id, v] : m.rows) {
+    db.insert(id, v);
+    if (++n == 20) db.checkpoint();  // snapshot LSN 20; LSN 21..50 in the log
+  }
+  db.erase(m.rows.begin()->first);  // LSN 51
+  m.rows.erase(m.rows.begin());
+  auto r = run_cli({"copy", local.path.string(), url_});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("log held 31 records after its snapshot (LSN 20)"), std::string::npos) << r.out;
+  db.close();
+  m.expect_equal(load_from_rados<FlatIndex>(*store_, name_));
+  r = run_cli({"inspect", url_, "--json"});
+  EXPECT_NE(r.out.find("\"last_lsn\":51"), std::string::npos) << r.out;
+  {
+    auto w = PersistedIndex<FlatIndex>::load(config(true));
+    EXPECT_EQ(w.last_lsn(), 51u);
+    const std::vector<float> v(8, 0.25f);
+    w.insert(999, v);
+    m.rows[999] = v;
+    EXPECT_EQ(w.last_lsn(), 52u);
+    w.close();
+  }
+  r = run_cli({"wal", "dump", url_});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("lsn=52 "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("base LSN 52: 1 records"), std::string::npos) << r.out;
+  const auto again = PersistedIndex<FlatIndex>::load(config(false));
+  m.expect_equal(again.index());
+  EXPECT_EQ(again.last_lsn(), 52u);
+}
+
+// A log written with 4 KiB objects, one insert per frame, every frame the
+// same size: the test's own arithmetic over the objects' sizes (the 40-byte
+// header, then whole frames, docs/FORMAT.md) says which records each holds.
+struct LoggedRows {
+  std::vector<std::pair<std::uint64_t, std::vector<float>>> rows;  // in LSN order
+  std::uint64_t generation = 0;
+  std::vector<std::uint64_t> object_sizes;
+  std::uint64_t frame = 0;
+  std::uint64_t bytes_before(std::size_t k) const {
+    std::uint64_t b = 0;
+    for (std::size_t i = 0; i < k; ++i) b += object_sizes[i];
+    return b;
+  }
+  // The first `kept` rows, as a model.
+  Model first(std::uint64_t kept) const {
+    Model m{16, {}};
+    for (std::uint64_t i = 0; i < kept; ++i) m.rows.emplace(rows[i].first, rows[i].second);
+    return m;
+  }
+};
+constexpr std::uint64_t kLogHeader = 40;
+
+class RadosCliRepair : public RadosCli {
+ protected:
+  LoggedRows write_log(std::uint64_t n) {
+    RadosOptions o;
+    o.log_object_size = 4096;
+    LoggedRows out;
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(16, DistanceMetric::Euclidean), config(true, o));
+    std::mt19937_64 rng(n);
+    std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      std::vector<float> v(16);
+      for (float& x : v) x = value(rng);
+      db.insert(100 + i, v);
+      out.rows.emplace_back(100 + i, std::move(v));
+    }
+    db.close();
+    out.generation = store_->head(name_)->generation;
+    RawPool pool(*env_);
+    for (std::uint64_t k = 0; pool.exists(log_obj(out.generation, k)); ++k) {
+      out.object_sizes.push_back(pool.size(log_obj(out.generation, k)));
+    }
+    const std::uint64_t total = out.bytes_before(out.object_sizes.size());
+    EXPECT_EQ((total - kLogHeader) % n, 0u) << total;
+    out.frame = (total - kLogHeader) / n;
+    return out;
+  }
+  // A load fails with `kind`, naming `object`.
+  void expect_load_fails(ErrorKind kind, const std::string& object) {
+    try {
+      (void)PersistedIndex<FlatIndex>::load(config(false));
+      ADD_FAILURE() << "the damaged log loaded";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), kind) << e.what();
+      EXPECT_NE(std::string(e.what()).find(object), std::string::npos) << e.what();
+    }
+  }
+  // After the repair: a load holds the first `kept` rows; a writer goes on
+  // with LSN kept + 1, and a later load has its record too.
+  void expect_repaired(const LoggedRows& log, std::uint64_t kept) {
+    const auto db = PersistedIndex<FlatIndex>::load(config(false));
+    log.first(kept).expect_equal(db.index());
+    EXPECT_EQ(db.last_lsn(), kept);
+    Model m = log.first(kept);
+    {
+      auto w = PersistedIndex<FlatIndex>::load(config(true));
+      const std::vector<float> v(16, 0.5f);
+      w.insert(7, v);
+      m.rows[7] = v;
+      EXPECT_EQ(w.last_lsn(), kept + 1);
+      w.close();
+    }
+    m.expect_equal(PersistedIndex<FlatIndex>::load(config(false)).index());
+  }
+};
+
+// A flipped byte in log object 2 (intact frames after it): the load fails
+// naming the object; `wal repair` is a dry run without --yes, refused while
+// a writer holds the lock, and then cuts the log before object 2's first
+// frame (later objects removed); the index loads with every record before
+// the damage and a writer continues.
+TEST_F(RadosCliRepair, WalRepairCutsAFlippedLogObject) {
+  const LoggedRows log = write_log(150);
+  ASSERT_GE(log.object_sizes.size(), 4u);
+  const std::string damaged = log_obj(log.generation, 2);
+  RawPool pool(*env_);
+  ASSERT_TRUE(pool.flip(damaged, 10));
+  const std::uint64_t kept = (log.bytes_before(2) - kLogHeader) / log.frame;
+  expect_load_fails(ErrorKind::CorruptLog, damaged);
+
+  auto r = run_cli({"wal", "repair", url_});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.out.find("valid prefix: " + std::to_string(kept) + " records"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("dry run: nothing changed"), std::string::npos) << r.out;
+  EXPECT_EQ(pool.size(damaged), log.object_sizes[2]);
+  {
+    auto lock = RadosWriterLock::acquire(*store_, name_);
+    r = run_cli({"wal", "repair", url_, "--yes"});
+    EXPECT_EQ(r.code, 1) << r.out << r.err;
+    EXPECT_NE(r.err.find("locked"), std::string::npos) << r.err;
+    lock->release();
+  }
+  r = run_cli({"wal", "repair", url_, "--yes"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("repaired: the log now ends at offset " + std::to_string(log.bytes_before(2)) + " after " +
+                       std::to_string(kept) + " records"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(pool.size(damaged), 0u);
+  for (std::size_t k = 4; k < log.object_sizes.size(); ++k) EXPECT_FALSE(pool.exists(log_obj(log.generation, k)));
+  r = run_cli({"wal", "repair", url_, "--yes"});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("nothing to repair"), std::string::npos) << r.out;
+  expect_repaired(log, kept);
+}
+
+// The last log object cut in the middle of a frame (shorter than its size
+// attribute): the load fails naming it; the repair keeps every whole frame.
+TEST_F(RadosCliRepair, WalRepairCutsATruncatedLogObject) {
+  const LoggedRows log = write_log(100);
+  const std::size_t last = log.object_sizes.size() - 1;
+  ASSERT_GT(log.object_sizes[last], log.frame);
+  const std::string damaged = log_obj(log.generation, last);
+  RawPool pool(*env_);
+  const std::uint64_t cut_to = log.object_sizes[last] - log.frame / 2;
+  ASSERT_TRUE(pool.truncate(damaged, cut_to));
+  const std::uint64_t kept = (log.bytes_before(last) + cut_to - kLogHeader) / log.frame;
+  ASSERT_EQ(kept, 99u);
+  expect_load_fails(ErrorKind::TruncatedPayload, damaged);
+
+  const auto r = run_cli({"wal", "repair", url_, "--yes"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("damaged objects: log object " + std::to_string(last)), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("after " + std::to_string(kept) + " records"), std::string::npos) << r.out;
+  expect_repaired(log, kept);
+}
+
+// The demo's tour against the pool: three snapshots NAME-demo-{none,zstd,lz4}
+// with the requested count, dimension and compression; the uncompressed one
+// holds the bytes the same demo writes to a file (same seed).
+TEST_F(RadosCli, DemoRunsAgainstThePool) {
+  auto r = run_cli({"demo", "--rados", url_, "--vectors", "2000", "--dim", "16"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  const std::string last_line = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
+  EXPECT_EQ(last_line.rfind("demo: all checks passed", 0), 0u) << last_line;
+  for (const std::string c : {"none", "zstd", "lz4"}) {
+    r = run_cli({"inspect", url_ + "-demo-" + c, "--json"});
+    ASSERT_EQ(r.code, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("\"n_vectors\":2000"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\"dim\":16"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\"compression\":\"" + c + "\""), std::string::npos) << r.out;
+  }
+  const auto local = dir() / "local";
+  ASSERT_EQ(run_cli({"demo", "--dir", local.string(), "--vectors", "2000", "--dim", "16"}).code, 0);
+  const auto back = dir() / "back.iqdb";
+  ASSERT_EQ(run_cli({"copy", url_ + "-demo-none", back.string()}).code, 0);
+  EXPECT_TRUE(file_bytes(back) == file_bytes(local / "demo-none.iqdb"));
+  EXPECT_NE(run_cli({"demo", "--rados", "not-a-pool", "--vectors", "10"}).code, 0);
 }
 
 }  // namespace

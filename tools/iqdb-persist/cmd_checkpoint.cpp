@@ -5,6 +5,7 @@
 #include <string>
 
 #include "iqdb-persist/command.hpp"
+#include "iqdb-persist/fold_copy.hpp"
 #include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb/persist/flat_index.hpp"
@@ -31,13 +32,7 @@ int checkpoint(const CheckpointOptions& opts, const Console& console) {
   PersistConfig cfg = where.config();
   cfg.wal_enabled = true;
   cfg.fsync_policy = FsyncPolicy::always();
-  // Keep the snapshot's compression.
-  switch (before.header.compression) {
-    case CompressionScheme::Zstd: cfg.compression = Compression::zstd(3); break;
-    case CompressionScheme::Lz4Block:
-    case CompressionScheme::Lz4Frame: cfg.compression = Compression::lz4(); break;
-    default: break;
-  }
+  cfg.compression = compression_of(before.header);  // keep the snapshot's
   auto db = PersistedIndex<FlatIndex>::load(cfg);  // takes the writer lock, replays the log
   const std::uint64_t replayed_to = db.last_lsn();
   const FileHeader after = db.checkpoint();

@@ -1,30 +1,35 @@
-// iqdb-persist copy SRC DST: copy an index's snapshot between a local file
-// and a RADOS location (rados://POOL/NAME), either way, or file to file and
-// pool to pool: backup and restore, verified on arrival. docs/API.md ("The
+// iqdb-persist copy SRC DST: copy an index between a local file and a RADOS
+// location (rados://POOL/NAME), either way, or file to file and pool to
+// pool: backup and restore, verified on arrival. docs/API.md ("The
 // command-line tool") and docs/DISTRIBUTED.md ("Backup and restore: copy").
 //
 // 1. SRC is opened once; its header and the log that goes with it (a file's
-//    SRC.wal; in RADOS the log of the generation opened) are looked at: a
-//    log holding records after the snapshot is refused (WouldLoseWrites)
-//    unless --snapshot-only, since only the snapshot is copied.
-// 2. DST's writer lock is taken (Locked while a live writer holds it). DST's
-//    log must hold nothing past DST's snapshot (else WouldLoseWrites); a
-//    local one is removed just before the publish, so that it can never be
-//    replayed onto the new snapshot (in RADOS the new generation has none).
-// 3. verify_snapshot reads SRC through that one handle and every byte it
+//    SRC.wal; in RADOS the log of the generation opened) are looked at.
+// 2. DST's writer lock is taken (Locked while a live writer holds it). An
+//    index at DST is refused unless --force. DST's log must hold nothing
+//    past DST's snapshot (else WouldLoseWrites); a local one is removed just
+//    before the publish, so that it can never be replayed onto the new
+//    snapshot (in RADOS the new generation has none).
+// 3a. No log records after SRC's snapshot (or --snapshot-only): the bytes.
+//    verify_snapshot reads SRC through that one handle and every byte it
 //    reads goes to DST's temporary (replace_file_atomically: a local
 //    temporary file renamed over DST, or a RADOS generation published by one
 //    atomic head update). Only a fully verified source is published; a crash
-//    before the publish leaves DST's previous index as it was.
-// 4. DST is read back and verified (header, CRC; each stripe's CRC in RADOS)
-//    and must hold the source's CRC and size.
+//    before the publish leaves DST's previous index as it was. DST is read
+//    back and verified (header, CRC; each stripe's CRC in RADOS) and must
+//    hold the source's CRC and size.
+// 3b. Records after it: the index as it is now (fold_copy.hpp): SRC loaded
+//    read-only with its log, written as one snapshot whose last LSN is the
+//    source's, verified on arrival and loaded again to equal what was loaded.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <system_error>
 
 #include "iqdb-persist/command.hpp"
+#include "iqdb-persist/fold_copy.hpp"
 #include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb-persist/snapshot_tee.hpp"
@@ -42,6 +47,7 @@ struct CopyOptions {
   std::string src;
   std::string dst;
   bool snapshot_only = false;
+  bool force = false;
   RadosArgs rados;
 };
 
@@ -62,16 +68,22 @@ std::uint64_t records_after(const Location& where, IndexStorage& storage, const 
   return after;
 }
 
-void refuse_unfolded_source(const Location& src, const SnapshotSummary& s, bool snapshot_only) {
-  if (snapshot_only) return;
+// Records of SRC's log after the snapshot whose header is `h` (0 with
+// --snapshot-only: the snapshot's bytes are copied alone).
+std::uint64_t pending_records(const Location& src, const SnapshotSummary& s, bool snapshot_only) {
+  if (snapshot_only) return 0;
   const std::shared_ptr<IndexStorage> storage = src.storage();
-  const std::uint64_t n = records_after(src, *storage, s.header);
-  if (n == 0) return;
-  throw PersistError::at(ErrorKind::WouldLoseWrites, storage->log_path(),
-                         "the log holds " + std::to_string(n) + " records after the snapshot's LSN " +
-                             std::to_string(s.header.last_lsn) +
-                             ", which copy does not carry: fold them first (`iqdb-persist checkpoint " + src.label() +
-                             "`, with its writer stopped), or pass --snapshot-only to copy the snapshot alone");
+  return records_after(src, *storage, s.header);
+}
+
+// An index at DST (its snapshot, or a local log) is replaced only with --force.
+void refuse_existing(const Location& dst, bool force) {
+  if (force) return;
+  const bool exists =
+      dst.fs().exists(dst.path()) || (!dst.rados() && dst.fs().exists(wal::log_path_for(dst.path())));
+  if (!exists) return;
+  throw PersistError::at(ErrorKind::InvalidArgument, dst.path(),
+                         "an index exists at the destination; pass --force to replace it");
 }
 
 // The destination's log: refused if it holds records its snapshot lacks
@@ -117,7 +129,7 @@ void refuse_same(const Location& src, const Location& dst) {
 }
 
 // The destination read back must be the source's snapshot.
-void check_arrival(const Location& dst, const SnapshotSummary& sent) {
+SnapshotSummary check_arrival(const Location& dst, const SnapshotSummary& sent) {
   const SnapshotSummary got = verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
   if (got.header.payload_crc != sent.header.payload_crc || got.file_size != sent.file_size) {
     throw PersistError::at(ErrorKind::ChecksumMismatch, dst.path(),
@@ -125,6 +137,7 @@ void check_arrival(const Location& dst, const SnapshotSummary& sent) {
                                hex32(got.header.payload_crc) + ", the source " + std::to_string(sent.file_size) +
                                " bytes with CRC " + hex32(sent.header.payload_crc));
   }
+  return got;
 }
 
 // Sees whether replace_file_atomically got as far as the publish (rename).
@@ -138,11 +151,15 @@ class PublishWatch final : public FileSystemWrapper {
   bool published = false;
 };
 
-// Step 3; returns the source's summary.
-// `reading_source` is true while a failure can only be the source's.
-SnapshotSummary publish_verified(const Location& src, const ReadableFile& file, const Location& dst,
-                                 PublishWatch& publisher, TeeState& tee, bool& reading_source) {
-  reading_source = false;
+// What was sent, and how to check it once published.
+struct Sent {
+  std::uint64_t records_folded = 0;  // 0: the snapshot's bytes were copied
+  std::function<SnapshotSummary()> check_arrival;
+};
+
+// Step 3a. `reading_source` is true while a failure can only be the source's.
+Sent publish_verified(const Location& src, const ReadableFile& file, const Location& dst, PublishWatch& publisher,
+                      TeeState& tee, bool& reading_source) {
   const OldLog old(dst);
   SnapshotSummary sent;
   replace_file_atomically(publisher, dst.path(), true, [&](WritableFile& out) {
@@ -153,7 +170,19 @@ SnapshotSummary publish_verified(const Location& src, const ReadableFile& file, 
     reading_source = false;
     old.retire();
   });
-  return sent;
+  return {0, [&dst, sent] { return check_arrival(dst, sent); }};
+}
+
+// Step 3b: the source loaded with its log, written as one snapshot.
+Sent publish_folded(const Location& src, const SnapshotSummary& head, const Location& dst, PublishWatch& publisher,
+                    bool& reading_source) {
+  const OldLog old(dst);
+  const FoldedCopy folded = fold_into(src, head.header.index_type, dst, publisher, compression_of(head.header),
+                                      reading_source, [&] { old.retire(); });
+  return {folded.records_folded, [&dst, check = folded.check_arrival] {
+            check();
+            return verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
+          }};
 }
 
 bool is_damage(ErrorKind kind) {
@@ -166,7 +195,8 @@ bool is_damage(ErrorKind kind) {
     case ErrorKind::InvalidMetric:
     case ErrorKind::InvalidHeader:
     case ErrorKind::InvalidPayload:
-    case ErrorKind::Compression: return true;
+    case ErrorKind::Compression:
+    case ErrorKind::CorruptLog: return true;
     default: return false;
   }
 }
@@ -192,12 +222,18 @@ int report_arrival(const Console& console, const CopyOptions& opts, const Persis
   return e.kind() == ErrorKind::Io ? kExitUsage : kExitFailed;
 }
 
-void print_copied(const Console& console, const CopyOptions& opts, const SnapshotSummary& sent) {
-  const FileHeader& h = sent.header;
+void print_copied(const Console& console, const CopyOptions& opts, const SnapshotSummary& got,
+                  std::uint64_t records_folded) {
+  const FileHeader& h = got.header;
   console.out << "copied " << opts.src << " -> " << opts.dst << " (format " << h.format_version << ", "
               << printable(h.index_type) << ", " << h.n_vectors << " vectors x " << h.dim << " dims, "
-              << compression_name(h.compression) << ", " << human_bytes(sent.file_size) << ", crc32 "
-              << hex32(h.payload_crc) << "), verified at the destination\n";
+              << compression_name(h.compression) << ", " << human_bytes(got.file_size) << ", crc32 "
+              << hex32(h.payload_crc) << ", last LSN " << h.last_lsn << "), verified at the destination\n";
+  if (records_folded > 0) {
+    console.out << "the source's log held " << records_folded << " records after its snapshot (LSN "
+                << h.last_lsn - records_folded << "): folded into the copy, whose last LSN is " << h.last_lsn
+                << "\n";
+  }
 }
 
 int copy(const CopyOptions& opts, const Console& console) {
@@ -208,24 +244,28 @@ int copy(const CopyOptions& opts, const Console& console) {
   TeeState tee;
   bool reading_source = true;
   std::unique_ptr<FileLock> lock;  // held until the copy was read back
-  SnapshotSummary sent;
+  Sent sent;
   try {
     const std::unique_ptr<ReadableFile> file = src.fs().open_read(src.path());
     OpenFileSystem header_reader(src.fs(), *file, nullptr, tee);
-    refuse_unfolded_source(src, inspect_snapshot(header_reader, src.path()), opts.snapshot_only);
+    const SnapshotSummary head = inspect_snapshot(header_reader, src.path());
+    const std::uint64_t pending = pending_records(src, head, opts.snapshot_only);
     reading_source = false;
     lock = dst.lock_writer();
-    sent = publish_verified(src, *file, dst, publisher, tee, reading_source);
+    refuse_existing(dst, opts.force);
+    sent = pending == 0 ? publish_verified(src, *file, dst, publisher, tee, reading_source)
+                        : publish_folded(src, head, dst, publisher, reading_source);
   } catch (const PersistError& e) {
     const bool source_damaged = reading_source && is_damage(e.kind()) && !tee.sink_failed;
     return report_failure(console, opts, publisher.published, source_damaged, e);
   }
+  SnapshotSummary got;
   try {
-    check_arrival(dst, sent);
+    got = sent.check_arrival();
   } catch (const PersistError& e) {
     return report_arrival(console, opts, e);
   }
-  print_copied(console, opts, sent);
+  print_copied(console, opts, got, sent.records_folded);
   return kExitOk;
 }
 
@@ -233,14 +273,16 @@ int copy(const CopyOptions& opts, const Console& console) {
 
 void register_copy(CommandSet& commands) {
   static constexpr const char* kAbout =
-      "Copy an index's snapshot between a file and rados://POOL/NAME (either way), verified, atomic at the "
-      "destination";
+      "Copy an index (its snapshot, and the records of its log folded in) between a file and rados://POOL/NAME "
+      "(either way), verified, atomic at the destination";
   auto opts = std::make_shared<CopyOptions>();
   CLI::App& cmd = commands.add("copy", kAbout, [opts](const Console& console) { return copy(*opts, console); });
   cmd.add_option("SRC", opts->src, "The snapshot file, or rados://POOL/NAME")->required()->type_name("PATH");
   cmd.add_option("DST", opts->dst, "Where to copy it: a file, or rados://POOL/NAME")->required()->type_name("PATH");
   cmd.add_flag("--snapshot-only", opts->snapshot_only,
-               "Copy the snapshot even when the source's log holds records after it (they are not copied)");
+               "Copy the snapshot's bytes alone, even when the source's log holds records after it (they are not "
+               "copied)");
+  cmd.add_flag("--force", opts->force, "Replace an index that exists at DST (its log must hold nothing more)");
   add_rados_options(cmd, opts->rados);
 }
 

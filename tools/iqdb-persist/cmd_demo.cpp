@@ -1,6 +1,8 @@
 // iqdb-persist demo: build a random index, save it with every compression,
 // load each file back and check that nothing changed. Shows what the library
-// does and how fast, on this machine.
+// does and how fast, on this machine. With --rados rados://POOL/NAME the
+// snapshots go to a pool instead (NAME-demo-none, ...), through the same
+// PersistedIndex calls (rados_persist_config).
 #include <stdlib.h>  // mkdtemp
 
 #include <algorithm>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "iqdb-persist/command.hpp"
+#include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/error.hpp"
@@ -56,6 +59,20 @@ struct DemoOptions {
   std::uint64_t dim = 128;
   bool faiss = false;              // --faiss: a FAISS index through the FAISS adapter
   std::string faiss_index = "flat";  // --faiss-index: flat, hnsw or ivf
+  std::string rados;                 // --rados rados://POOL/NAME: snapshots in a pool instead of a directory
+  RadosArgs rados_args;
+};
+
+// Where the demo's snapshots go: files in a directory, or objects in a pool.
+struct Target {
+  std::string base;  // the directory, or rados://POOL/NAME
+  bool rados = false;
+  // The location of the snapshot called `name` (e.g. demo-zstd).
+  std::string of(const std::string& name) const {
+    return rados ? base + "-" + name : (fs::path(base) / (name + ".iqdb")).string();
+  }
+  // How the saves' timing is described.
+  const char* durable() const { return rados ? "acknowledged by every replica" : "fsync included"; }
 };
 
 struct Variant {
@@ -169,7 +186,8 @@ class Checks {
 // handed back after it: without a WAL the PersistedIndex writes nothing of
 // its own), show the file's header, and load it back (timed).
 template <class I>
-PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, Result& r, std::ostream& out) {
+PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, FileSystem& fs, const char* durable, Result& r,
+                                 std::ostream& out) {
   {
     auto db = PersistedIndex<I>::open_with(std::move(index), cfg);
     const Stopwatch sw;
@@ -182,11 +200,11 @@ PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, Result& r, 
     r.save_ms = sw.ms();
     index = std::move(db.index_mut());
   }
-  const SnapshotSummary summary = inspect_snapshot(default_file_system(), cfg.path);
+  const SnapshotSummary summary = inspect_snapshot(fs, cfg.path);
   r.saved = true;
   r.file_size = summary.file_size;
   r.payload_bytes = summary.header.uncompressed_len;
-  out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", fsync included)\n"
+  out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", " << durable << ")\n"
       << "  file   " << human_bytes(r.file_size) << " on disk; its header:\n";
   print_header(out, summary, "           ");
   const Stopwatch sw;
@@ -271,15 +289,15 @@ constexpr std::uint64_t kMaxDemoFloats = std::uint64_t{1} << 32;  // 16 GiB
 // check that the loaded copy equals it (tour.compare) and answers the
 // queries as it did.
 template <class Tour, class I, class Hit>
-Result try_variant(const Tour& tour, const Variant& v, const fs::path& path, I& original,
+Result try_variant(const Tour& tour, const Variant& v, const Location& where, const Target& target, I& original,
                    const std::vector<std::vector<float>>& queries, const std::vector<std::vector<Hit>>& expected,
                    std::ostream& out, Checks& checks) {
   Result r;
   r.label = v.label;
-  PersistConfig cfg(path);
+  PersistConfig cfg = where.config();
   cfg.compression = v.compression;
   try {
-    const auto loaded = save_show_load(original, cfg, r, out);
+    const auto loaded = save_show_load(original, cfg, where.fs(), target.durable(), r, out);
     tour.compare(original, loaded.index(), v.name, checks);
     check_queries(loaded.index(), queries, expected, v.name, checks);
   } catch (const PersistError& e) {
@@ -303,10 +321,10 @@ int run_tour(Tour& tour, const DemoOptions& opts, const Console& console) {
                 << human_bytes(kMaxDemoFloats * sizeof(float)) << ")\n";
     return kExitUsage;
   }
-  const fs::path dir = prepare_dir(opts.dir);
+  const Target target{opts.rados.empty() ? prepare_dir(opts.dir).string() : opts.rados, !opts.rados.empty()};
   out << "iqdb-persist demo" << tour.subject << ": " << opts.vectors << " random Gaussian vectors x " << opts.dim
       << " dims, " << tour.metric << ", seed " << kSeed << "\n"
-      << "directory: " << dir.string() << "\n\n"
+      << (target.rados ? "pool: " + target.of(tour.prefix + "*") : "directory: " + target.base) << "\n\n"
       << std::flush;
 
   std::mt19937_64 rng(kSeed);
@@ -322,15 +340,17 @@ int run_tour(Tour& tour, const DemoOptions& opts, const Console& console) {
   std::vector<Result> results;
   for (std::size_t i = 0; i < variants.size(); ++i) {
     const Variant& v = variants[i];
-    const fs::path path = dir / (tour.prefix + v.name + ".iqdb");
-    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  " << path.filename().string() << '\n'
+    const std::string where = target.of(tour.prefix + v.name);
+    out << "[" << i + 1 << "/" << variants.size() << "] " << v.label << "  ->  "
+        << (target.rados ? where : fs::path(where).filename().string()) << '\n'
         << std::flush;
-    results.push_back(try_variant(tour, v, path, built.index, queries, expected, out, checks));
+    const Location location = Location::open(where, opts.rados_args);
+    results.push_back(try_variant(tour, v, location, target, built.index, queries, expected, out, checks));
     out << std::flush;
   }
   print_summary(out, results);
-  out << "Files kept in " << dir.string() << "; try: " << tour.try_command
-      << (dir / (tour.prefix + "zstd.iqdb")).string() << "\n\n";
+  out << (target.rados ? "Snapshots kept in " + target.of(tour.prefix + "*") : "Files kept in " + target.base)
+      << "; try: " << tour.try_command << target.of(tour.prefix + "zstd") << "\n\n";
   return report_checks(checks, console);
 }
 
@@ -445,6 +465,10 @@ struct FaissTour {
 #endif  // IQDB_PERSIST_CLI_HAVE_FAISS
 
 int demo(const DemoOptions& opts, const Console& console) {
+  if (!opts.rados.empty() && !is_rados(opts.rados)) {
+    console.err << "demo: --rados takes rados://POOL/NAME\n";
+    return kExitUsage;
+  }
   if (!opts.faiss) {
     FlatTour tour;
     return run_tour(tour, opts, console);
@@ -471,8 +495,14 @@ void register_demo(CommandSet& commands) {
       "Save a random flat index with each compression (none, zstd, lz4), load every file back, check that "
       "searches agree, and time it",
       [opts](const Console& console) { return demo(*opts, console); });
-  cmd.add_option("--dir", opts->dir, "Directory for demo-none/zstd/lz4.iqdb (default: a new temporary directory)")
-      ->type_name("DIR");
+  CLI::Option* dir =
+      cmd.add_option("--dir", opts->dir, "Directory for demo-none/zstd/lz4.iqdb (default: a new temporary directory)")
+          ->type_name("DIR");
+  cmd.add_option("--rados", opts->rados,
+                 "Save to a RADOS pool instead: rados://POOL/NAME-demo-none, -zstd, -lz4 (needs a build with RADOS)")
+      ->type_name("rados://POOL/NAME")
+      ->excludes(dir);
+  add_rados_options(cmd, opts->rados_args);
   cmd.add_option("--vectors", opts->vectors, "Number of vectors")
       ->type_name("N")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}))

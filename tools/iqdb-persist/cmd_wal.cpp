@@ -1,7 +1,8 @@
 // iqdb-persist wal dump PATH.wal [--json]: the records of a write-ahead log;
 // rados://POOL/NAME: the log of the index's published snapshot.
 // iqdb-persist wal repair PATH.wal [--yes]: cut a damaged log after its last
-// valid frame.
+// valid frame; rados://POOL/NAME: the log of the published snapshot, under
+// the writer lock (rados_repair.hpp).
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -13,6 +14,7 @@
 
 #include "iqdb-persist/command.hpp"
 #include "iqdb-persist/location.hpp"
+#include "iqdb-persist/rados_repair.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb-persist/snapshot_tee.hpp"
 #include "iqdb/persist/detail/index_storage.hpp"
@@ -167,20 +169,11 @@ int dump(const DumpOptions& opts, const Console& console) {
 struct RepairOptions {
   std::string file;
   bool yes = false;
+  RadosArgs rados;
 };
 
-void describe_drop(std::ostream& out, const wal::ScanResult& s) {
-  out << "valid prefix: " << s.records << " records in " << s.frames << " frames (" << s.valid_bytes << " bytes)\n";
-  if (s.corrupt_offset) {
-    out << "damaged frame at offset " << *s.corrupt_offset << ", followed by " << s.frames_after_corruption
-        << " intact frames holding " << s.records_after_corruption << " records\n";
-  }
-  out << "to drop: " << s.file_size - s.valid_bytes << " bytes from offset " << s.valid_bytes << " ("
-      << s.torn_tail_bytes << " of them not zero padding), " << s.records_after_corruption
-      << " intact records and the damaged frame\n";
-}
-
 int repair(const RepairOptions& opts, const Console& console) {
+  if (is_rados(opts.file)) return repair_rados_log(Location::open(opts.file, opts.rados), opts.yes, console);
   // Look first (read only), then cut only with --yes.
   const wal::ScanResult look = wal::scan_log(default_file_system(), opts.file, {}, wal::ScanMode::Report);
   if (look.torn_tail_bytes == 0 && !look.corrupt_offset) {
@@ -188,7 +181,7 @@ int repair(const RepairOptions& opts, const Console& console) {
                 << " valid bytes, no damaged bytes\n";
     return kExitOk;
   }
-  describe_drop(console.out, look);
+  describe_log_drop(console.out, look);
   if (!opts.yes) {
     console.out << "dry run: nothing changed. Re-run with --yes to cut the log at offset " << look.valid_bytes
                 << ".\n";
@@ -222,8 +215,11 @@ void register_wal_repair(CommandSet& commands) {
                                "Cut a damaged log after its last valid frame, saying what is dropped "
                                "(a dry run without --yes)",
                                [opts](const Console& console) { return repair(*opts, console); });
-  cmd.add_option("FILE", opts->file, "The log file (<snapshot>.wal)")->required()->type_name("PATH");
-  cmd.add_flag("--yes", opts->yes, "Really truncate the log");
+  cmd.add_option("FILE", opts->file, "The log file (<snapshot>.wal), or rados://POOL/NAME (its snapshot's log)")
+      ->required()
+      ->type_name("PATH");
+  cmd.add_flag("--yes", opts->yes, "Really truncate the log (rados://: under the writer lock)");
+  add_rados_options(cmd, opts->rados);
 }
 
 }  // namespace iqdb::persist::cli

@@ -60,6 +60,13 @@ PersistConfig Location::config() const {
   return PersistConfig(path_);
 }
 
+RadosSnapshotStore& Location::rados_store() const {
+#ifdef IQDB_PERSIST_CLI_HAVE_RADOS
+  if (rados()) return *std::static_pointer_cast<RadosSnapshotStore>(owned_);
+#endif
+  throw PersistError::at(ErrorKind::Unsupported, path_, "not a RADOS location");
+}
+
 std::shared_ptr<IndexStorage> Location::storage() const {
   PersistConfig cfg = config();
   return cfg.storage ? cfg.storage : detail::make_local_storage(*fs_, path_);

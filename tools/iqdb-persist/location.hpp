@@ -16,6 +16,10 @@
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/file_system.hpp"
 
+namespace iqdb::persist {
+class RadosSnapshotStore;
+}  // namespace iqdb::persist
+
 namespace iqdb::persist::cli {
 
 // How to reach a cluster: the options of every command that takes a
@@ -64,6 +68,10 @@ class Location {
   PersistConfig config() const;
   // Where its snapshot and log live (the seam PersistedIndex uses).
   std::shared_ptr<IndexStorage> storage() const;
+
+  // rados() only: the connected store and NAME of rados://POOL/NAME.
+  RadosSnapshotStore& rados_store() const;
+  const std::string& rados_name() const noexcept { return rados_name_; }
 
  private:
   Location() = default;

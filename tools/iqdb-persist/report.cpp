@@ -115,4 +115,15 @@ int report_error(std::ostream& err, const PersistError& e) {
   return e.kind() == ErrorKind::Io ? kExitUsage : kExitFailed;
 }
 
+void describe_log_drop(std::ostream& out, const wal::ScanResult& s) {
+  out << "valid prefix: " << s.records << " records in " << s.frames << " frames (" << s.valid_bytes << " bytes)\n";
+  if (s.corrupt_offset) {
+    out << "damaged frame at offset " << *s.corrupt_offset << ", followed by " << s.frames_after_corruption
+        << " intact frames holding " << s.records_after_corruption << " records\n";
+  }
+  out << "to drop: " << s.file_size - s.valid_bytes << " bytes from offset " << s.valid_bytes << " ("
+      << s.torn_tail_bytes << " of them not zero padding), " << s.records_after_corruption
+      << " intact records and the damaged frame\n";
+}
+
 }  // namespace iqdb::persist::cli

@@ -9,6 +9,7 @@
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/format.hpp"
 #include "iqdb/persist/snapshot.hpp"
+#include "iqdb/persist/wal.hpp"
 
 namespace iqdb::persist::cli {
 
@@ -37,6 +38,10 @@ std::string hex32(std::uint32_t value);
 
 // `e` as one line that starts with its kind's name ("checksum_mismatch: ...").
 std::string describe(const PersistError& e);
+
+// What `wal repair` would drop from a log whose scan is `s`: the valid
+// prefix, the damaged frame and the intact frames after it, the bytes cut.
+void describe_log_drop(std::ostream& out, const wal::ScanResult& s);
 
 // Print `e` to `err` ("error: ...") and return the exit code for it:
 // kExitUsage for ErrorKind::Io (the file cannot be opened or read),
