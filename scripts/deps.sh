@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages iqdb-persist needs, when any are missing.
-# Usage: scripts/deps.sh [build|test|bench|list GROUP]
+# Usage: scripts/deps.sh [build|test|bench|rados|list GROUP]
 #   build  the library and the command-line tool
 #   test   build + everything scripts/test.sh runs (tests, sanitizers, fuzzers,
 #          static analysis, adapters, Debian packages)
 #   bench  build + the benchmarks
+#   rados  build + the RADOS component and a throw-away Ceph cluster
+#          (scripts/demo.sh --rados, scripts/ceph-cluster.sh)
 #   list GROUP   print the package names of GROUP, one per line, and exit
 #
 # IQDB_SKIP_DEPS=1 skips this step (for machines whose packages are managed
@@ -28,6 +30,7 @@ test_pkgs=(libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev zlib1g-d
            python3-numpy python3-pytest python3-venv python3-pip python3-setuptools python3-wheel python3-faiss)
 # python/bench/bench_python.py: numpy, and FAISS's and hnswlib's own Python packages beside it.
 bench_pkgs=(libbenchmark-dev zlib1g-dev librocksdb-dev python3-numpy python3-faiss python3-hnswlib)
+rados_pkgs=(librados-dev ceph-mon ceph-osd ceph-mgr ceph-common)
 
 group=${1:-build}
 want=("${build_pkgs[@]}")
@@ -35,16 +38,18 @@ case "$group" in
   build) ;;
   test) want+=("${test_pkgs[@]}") ;;
   bench) want+=("${bench_pkgs[@]}") ;;
+  rados) want+=("${rados_pkgs[@]}") ;;
   list)
     case "${2:-build}" in
       build) ;;
       test) want+=("${test_pkgs[@]}") ;;
       bench) want+=("${bench_pkgs[@]}") ;;
-      *) echo "usage: $0 list [build|test|bench]" >&2; exit 2 ;;
+      rados) want+=("${rados_pkgs[@]}") ;;
+      *) echo "usage: $0 list [build|test|bench|rados]" >&2; exit 2 ;;
     esac
     printf '%s\n' "${want[@]}"
     exit 0 ;;
-  *) echo "usage: $0 [build|test|bench|list GROUP]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|test|bench|rados|list GROUP]" >&2; exit 2 ;;
 esac
 
 if [ "${IQDB_SKIP_DEPS:-0}" = 1 ]; then

@@ -768,6 +768,60 @@ TEST(CliCopy, KilledCopyLeavesOldOrNew) {
   for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".dst.iqdb.tmp-"), std::string::npos) << e;
 }
 
+// The same for a copy that folds a log: the tool SIGKILLed at random
+// instants of a folded copy over an existing file leaves the old file or
+// the whole new snapshot (all rows and the 3 logged ones, last LSN 3).
+TEST(CliCopy, KilledFoldedCopyLeavesOldOrNew) {
+  TempDir dir;
+  FlatIndex big(64, DistanceMetric::Euclidean);
+  std::mt19937_64 rng(22);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  std::vector<float> v(64);
+  for (std::uint64_t id = 0; id < 100000; ++id) {  // 26 MB
+    for (float& x : v) x = value(rng);
+    big.insert(id, v);
+  }
+  PersistConfig src(dir / "big.iqdb");
+  src.wal_enabled = true;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(std::move(big), src);  // base snapshot, LSN 0
+    for (std::uint64_t id = 100000; id < 100003; ++id) db.insert(id, v);  // LSN 1..3, in the log
+    db.close();
+  }
+  const fs::path timed = dir / "timed.iqdb";
+  const auto t0 = std::chrono::steady_clock::now();
+  const CliResult first = run_cli({"copy", src.path.string(), timed.string()});
+  const auto full = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  ASSERT_EQ(first.code, 0) << first.out << first.err;
+  ASSERT_NE(first.out.find("log held 3 records"), std::string::npos) << first.out;
+  const std::vector<std::byte> new_bytes = test::read_file(timed);
+  {
+    const auto copy = PersistedIndex<FlatIndex>::load(PersistConfig(timed));
+    EXPECT_EQ(copy.index().size(), 100003u);
+    EXPECT_EQ(copy.last_lsn(), 3u);
+  }
+  const fs::path dst = dir / "dst.iqdb";
+  const std::vector<std::byte> old_bytes = all_fixtures(dir).at(5).bytes;
+  int killed = 0;
+  for (int i = 0; i < 6; ++i) {
+    test::write_file(dst, old_bytes);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) _exit(cli::run({"copy", "--force", src.path.string(), dst.string()}, std::cout, std::cerr));
+    std::this_thread::sleep_for(full * (i + 1) / 8);
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    killed += WIFSIGNALED(status) ? 1 : 0;
+    const std::vector<std::byte> now = test::read_file(dst);
+    EXPECT_TRUE(now == old_bytes || now == new_bytes) << "iteration " << i << ": " << now.size() << " bytes";
+  }
+  EXPECT_GT(killed, 0) << "every copy finished before it was killed";
+  ASSERT_EQ(run_cli({"copy", "--force", src.path.string(), dst.string()}).code, 0);
+  EXPECT_EQ(test::read_file(dst), new_bytes);
+  for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".dst.iqdb.tmp-"), std::string::npos) << e;
+}
+
 }  // namespace
 }  // namespace iqdb::persist
 

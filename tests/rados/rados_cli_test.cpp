@@ -27,6 +27,16 @@
 #include "iqdb/persist/rados.hpp"
 #include "support/cli_runner.hpp"
 
+#if defined(IQDB_TEST_HAVE_FAISS)
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIDMap.h>
+
+#include "iqdb/persist/adapters/faiss.hpp"
+#endif
+#if defined(IQDB_TEST_HAVE_HNSWLIB)
+#include "iqdb/persist/adapters/hnswlib.hpp"
+#endif
+
 namespace iqdb::persist {
 namespace {
 
@@ -645,6 +655,67 @@ TEST_F(RadosCli, DemoRunsAgainstThePool) {
   EXPECT_TRUE(file_bytes(back) == file_bytes(local / "demo-none.iqdb"));
   EXPECT_NE(run_cli({"demo", "--rados", "not-a-pool", "--vectors", "10"}).code, 0);
 }
+
+// An adapter index (I) whose log holds records after its snapshot, written
+// through `cfg`, copied from `src` to `dst` by the tool: it folds 31 records
+// onto the snapshot (LSN 30), and `load_dst()` then holds exactly the test's
+// model, each vector its own nearest neighbour at distance 0, the erased one
+// absent, with last LSN 61.
+template <class I, class Make, class LoadDst>
+void expect_adapter_fold(PersistConfig cfg, Make make, const std::string& src, const std::string& dst,
+                         LoadDst load_dst) {
+  Model m = Model::random(8, 60, 16);
+  {
+    cfg.wal_enabled = true;
+    auto db = PersistedIndex<I>::open_with(make(), cfg);
+    std::uint64_t n = 0;
+    for (const auto& [id, v] : m.rows) {
+      db.insert(id, v);
+      if (++n == 30) db.checkpoint();
+    }
+    db.erase(m.rows.begin()->first);  // LSN 61
+    const auto r = run_cli({"copy", src, dst});
+    ASSERT_EQ(r.code, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("log held 31 records after its snapshot (LSN 30)"), std::string::npos) << r.out;
+    db.close();
+  }
+  const std::uint64_t erased = m.rows.begin()->first;
+  m.rows.erase(m.rows.begin());
+  const PersistedIndex<I> got = load_dst();
+  EXPECT_EQ(got.last_lsn(), 61u);
+  ASSERT_EQ(got.index().size(), m.rows.size());
+  EXPECT_FALSE(got.index().contains(erased));
+  for (const auto& [id, v] : m.rows) {
+    const auto hits = got.index().search(v, 1);
+    ASSERT_EQ(hits.size(), 1u) << id;
+    EXPECT_EQ(hits[0].id, id);
+    EXPECT_EQ(hits[0].distance, 0.0f) << id;
+  }
+}
+
+#if defined(IQDB_TEST_HAVE_HNSWLIB)
+// A local hnswlib index with its log, copied into RADOS.
+TEST_F(RadosCli, CopyFoldsAnHnswlibLogIntoRados) {
+  expect_adapter_fold<HnswlibIndex>(
+      PersistConfig(dir() / "h.iqdb"), [] { return HnswlibIndex(8, DistanceMetric::Euclidean); },
+      (dir() / "h.iqdb").string(), url_, [&] { return PersistedIndex<HnswlibIndex>::load(config(false)); });
+}
+#endif
+
+#if defined(IQDB_TEST_HAVE_FAISS)
+// A FAISS index (IndexIDMap2 over IndexFlatL2) with its log in RADOS, copied to a file.
+TEST_F(RadosCli, CopyFoldsAFaissLogFromRados) {
+  const auto file = dir() / "f.iqdb";
+  expect_adapter_fold<FaissIndex>(
+      config(true),
+      [] {
+        auto map = std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatL2(8));
+        map->own_fields = true;
+        return FaissIndex(std::move(map));
+      },
+      url_, file.string(), [&] { return PersistedIndex<FaissIndex>::load(PersistConfig(file)); });
+}
+#endif
 
 }  // namespace
 }  // namespace iqdb::persist

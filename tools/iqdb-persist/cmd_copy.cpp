@@ -130,7 +130,7 @@ void refuse_same(const Location& src, const Location& dst) {
 
 // The destination read back must be the source's snapshot.
 SnapshotSummary check_arrival(const Location& dst, const SnapshotSummary& sent) {
-  const SnapshotSummary got = verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
+  SnapshotSummary got = verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
   if (got.header.payload_crc != sent.header.payload_crc || got.file_size != sent.file_size) {
     throw PersistError::at(ErrorKind::ChecksumMismatch, dst.path(),
                            "read back after the copy, it holds " + std::to_string(got.file_size) + " bytes with CRC " +

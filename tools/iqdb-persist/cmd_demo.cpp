@@ -71,8 +71,9 @@ struct Target {
   std::string of(const std::string& name) const {
     return rados ? base + "-" + name : (fs::path(base) / (name + ".iqdb")).string();
   }
-  // How the saves' timing is described.
+  // How the saves' timing is described, and where the bytes are.
   const char* durable() const { return rados ? "acknowledged by every replica" : "fsync included"; }
+  const char* stored() const { return rados ? "in the pool" : "on disk"; }
 };
 
 struct Variant {
@@ -186,7 +187,7 @@ class Checks {
 // handed back after it: without a WAL the PersistedIndex writes nothing of
 // its own), show the file's header, and load it back (timed).
 template <class I>
-PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, FileSystem& fs, const char* durable, Result& r,
+PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, FileSystem& fs, const Target& target, Result& r,
                                  std::ostream& out) {
   {
     auto db = PersistedIndex<I>::open_with(std::move(index), cfg);
@@ -204,8 +205,8 @@ PersistedIndex<I> save_show_load(I& index, const PersistConfig& cfg, FileSystem&
   r.saved = true;
   r.file_size = summary.file_size;
   r.payload_bytes = summary.header.uncompressed_len;
-  out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", " << durable << ")\n"
-      << "  file   " << human_bytes(r.file_size) << " on disk; its header:\n";
+  out << "  save   " << timing(r.save_ms, r.payload_bytes) << ", " << target.durable() << ")\n"
+      << "  file   " << human_bytes(r.file_size) << " " << target.stored() << "; its header:\n";
   print_header(out, summary, "           ");
   const Stopwatch sw;
   auto loaded = PersistedIndex<I>::load(cfg);
@@ -297,7 +298,7 @@ Result try_variant(const Tour& tour, const Variant& v, const Location& where, co
   PersistConfig cfg = where.config();
   cfg.compression = v.compression;
   try {
-    const auto loaded = save_show_load(original, cfg, where.fs(), target.durable(), r, out);
+    const auto loaded = save_show_load(original, cfg, where.fs(), target, r, out);
     tour.compare(original, loaded.index(), v.name, checks);
     check_queries(loaded.index(), queries, expected, v.name, checks);
   } catch (const PersistError& e) {
