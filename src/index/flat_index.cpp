@@ -491,29 +491,25 @@ constexpr std::uint64_t kMaxIdBytes = std::uint64_t{1} << 20;
 
 }  // namespace
 
-void FlatIndex::save_to(PayloadWriter& w) const {
-  const std::uint64_t n = ids_.size();
-  w.write_u32(kPayloadVersion);
-  w.write_u64(dim_);
-  w.write_u8(static_cast<std::uint8_t>(metric_));
-  w.write_u64(n);
-  bool all_u64 = true;
-  for (std::size_t r = 0; r < n && all_u64 && !ids_.compact(); ++r) all_u64 = ids_.at(r).is_u64();
+// The ids: all u64 in one block when they are, else tagged one by one.
+void FlatIndex::save_ids(PayloadWriter& w) const {
+  const std::size_t n = ids_.size();
+  const bool all_u64 = ids_.compact() || std::all_of(ids_.wide().begin(), ids_.wide().end(),
+                                                     [](const VectorId& id) { return id.is_u64(); });
   w.write_u8(all_u64 ? kIdsAllU64 : kIdsTagged);
   if (ids_.compact()) {
     w.write(ids_.u64s().data(), n * sizeof(std::uint64_t));
   } else if (all_u64) {
     std::vector<std::uint64_t> buf;
-    constexpr std::size_t kBatch = 64 * 1024;
+    constexpr std::size_t kBatch = std::size_t{64} * 1024;
     buf.reserve(std::min<std::size_t>(n, kBatch));
     for (std::size_t i = 0; i < n; i += kBatch) {
       buf.clear();
-      for (std::size_t j = i; j < std::min<std::size_t>(n, i + kBatch); ++j) buf.push_back(ids_.at(j).as_u64());
+      for (std::size_t j = i; j < std::min<std::size_t>(n, i + kBatch); ++j) buf.push_back(ids_.wide()[j].as_u64());
       w.write(buf.data(), buf.size() * sizeof(std::uint64_t));
     }
   } else {
-    for (std::size_t r = 0; r < n; ++r) {
-      const VectorId id = ids_.at(r);
+    for (const VectorId& id : ids_.wide()) {
       if (id.is_u64()) {
         w.write_u8(kIdKindU64);
         w.write_u64(id.as_u64());
@@ -523,6 +519,15 @@ void FlatIndex::save_to(PayloadWriter& w) const {
       }
     }
   }
+}
+
+void FlatIndex::save_to(PayloadWriter& w) const {
+  const std::uint64_t n = ids_.size();
+  w.write_u32(kPayloadVersion);
+  w.write_u64(dim_);
+  w.write_u8(static_cast<std::uint8_t>(metric_));
+  w.write_u64(n);
+  save_ids(w);
   const std::uint64_t with_meta = static_cast<std::uint64_t>(
       std::count_if(meta_.begin(), meta_.end(), [](const auto& m) { return m != nullptr; }));
   w.write_u64(with_meta);

@@ -80,6 +80,8 @@ class RowIds {
   // Every id a u64: then u64s() holds them all.
   bool compact() const noexcept { return !wide_; }
   const std::vector<std::uint64_t>& u64s() const noexcept { return u64_; }
+  // Otherwise: every id, in row order.
+  const std::vector<VectorId>& wide() const noexcept { return any_; }
   // Room for `n` more ids like `like` (geometric); widens first for a byte id.
   void reserve_more(std::size_t n, const VectorId& like);
   void push_back(const VectorId& id);  // after reserve_more(1, id)
@@ -174,6 +176,7 @@ class FlatIndex {
 
  private:
   class IdTable;
+  void save_ids(PayloadWriter& w) const;
   static void write_vector_padding(PayloadWriter& w);
   static void read_vector_padding(PayloadReader& r);
   void load_vectors(PayloadReader& r, std::uint64_t floats);
