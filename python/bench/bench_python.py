@@ -14,7 +14,7 @@ interleaved (each case once a round); a time ratio is the median over
 rounds of the per-round ratio. Batches are 100,000 rows (a log frame holds
 at most 256 MiB), with the WAL under Never, as the C++ peer does.
 
-  python3 python/bench/bench_python.py --cpp-bench BUILD/bench/iqdb_batch_bench --dir DIR
+  PYTHONPATH=BUILD/pkg python3 python/bench/bench_python.py --cpp-bench BUILD/bench/iqdb_batch_bench --dir DIR
   python3 python/bench/bench_python.py peer batch|load|single --dir DIR --n N   # one measurement: seconds
 """
 
@@ -209,10 +209,14 @@ def peer_rounds(args, r, rnd):
     follows the other's freed memory (docs/PERFORMANCE.md)."""
     sides = [("py", in_python), ("cpp", cpp)]
     order = sides if rnd % 2 == 0 else sides[::-1]
+    dirs = {side: fresh(os.path.join(args.dir, side)) for side, _ in order}
     for side, run in order:
-        d = fresh(os.path.join(args.dir, side))
-        r["batch_" + side].append(run(args, "batch", d, args.n))
-        r["load_" + side].append(run(args, "load", d, args.n))
+        r["batch_" + side].append(run(args, "batch", dirs[side], args.n))
+    # Both sides load the same file (the one the first side's batch and
+    # checkpoint left), with the same page-cache state.
+    for side, run in order:
+        r["load_" + side].append(run(args, "load", dirs[order[0][0]], args.n))
+    for d in dirs.values():
         shutil.rmtree(d)
     for op, n in (("single", args.single_ops), ("threads", THREADS * args.single_ops)):
         for side, run in order:
@@ -274,6 +278,23 @@ def report(args, r):
         print(f"  hnswlib load_index             {med['hnsw_r']:.3f}   iqdb load (HnswlibIndex)        {med['iqh_load']:.3f}")
 
 
+def same_build(cpp_bench):
+    """Problems that make the two sides run different library code: the
+    module not from the C++ benchmark's build tree, or either linked before
+    the library was last rebuilt (in a shared working tree, a stale binary
+    once made the C++ load take 1.8x the CPU of the Python one)."""
+    build = os.path.dirname(os.path.dirname(os.path.realpath(cpp_bench)))
+    module = os.path.realpath(iq._native.__file__)
+    problems = []
+    if not module.startswith(build + os.sep):
+        problems.append(f"the module {module} is not from the build tree {build}")
+    lib = os.path.join(build, "src", "libiqdb_persist.a")
+    for binary in (os.path.realpath(cpp_bench), module):
+        if os.path.exists(lib) and os.path.getmtime(binary) < os.path.getmtime(lib):
+            problems.append(f"{binary} is older than {lib}: rebuild both")
+    return problems
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", nargs="*", help="peer OP: one measurement in this process")
@@ -288,6 +309,8 @@ def main():
     if args.mode:
         return python_peer(args.mode[1], args.dir, args.n)
     print(f"module {iq._native.__file__}\nC++    {args.cpp_bench}")
+    for problem in same_build(args.cpp_bench):
+        print(f"WARNING: {problem}")
     data = None if args.no_alternatives else make_rows(args.n)
     r = {f"{op}_{side}": [] for op in ("batch", "load", "single", "threads") for side in ("py", "cpp")}
     r.update({k: [] for k in ("faiss_w", "faiss_r", "iq_save", "iq_load", "hnsw_w", "hnsw_r", "iqh_save", "iqh_load")})

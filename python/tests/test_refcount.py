@@ -44,6 +44,11 @@ def test_no_reference_leaks(path):
     db.close()
 
 
+def asan_loaded():
+    with open("/proc/self/maps") as maps:
+        return "libasan" in maps.read()
+
+
 def rss_kib():
     with open("/proc/self/status") as f:
         for line in f:
@@ -85,6 +90,9 @@ def test_no_leak_over_a_long_loop(path):
     # object per call would be > 1000 * 50 objects)
     assert grown < 256 * 1024, grown
     # the index itself grows by 40,000 vectors of 64 bytes plus ids and
-    # metadata (~ 10 MB); anything far above is a leak
-    assert rss_kib() - rss0 < 64 * 1024
+    # metadata (~ 10 MB); anything far above is a leak. Under AddressSanitizer
+    # (docs/PYTHON.md, "Testing under the sanitizers") RSS measures its
+    # allocator (redzones, the quarantine of freed blocks), not the module.
+    if not asan_loaded():
+        assert rss_kib() - rss0 < 64 * 1024
     db.close()
