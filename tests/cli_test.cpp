@@ -726,33 +726,32 @@ TEST(CliCopy, FoldsTheLogIntoOneSnapshot) {
   EXPECT_FALSE(fs::exists(none));
 }
 
-// The tool killed (SIGKILL, a forked process) at random instants of a copy
-// over an existing file: the destination is always the old file or the
-// new one, whole, never a mix.
-TEST(CliCopy, KilledCopyLeavesOldOrNew) {
-  TempDir dir;
+// 100000 random vectors of 64 dims (26 MB saved).
+FlatIndex big_index(std::uint64_t seed) {
   FlatIndex big(64, DistanceMetric::Euclidean);
-  std::mt19937_64 rng(21);
+  std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> value(-1.0f, 1.0f);
   std::vector<float> v(64);
-  for (std::uint64_t id = 0; id < 100000; ++id) {  // 26 MB
+  for (std::uint64_t id = 0; id < 100000; ++id) {
     for (float& x : v) x = value(rng);
     big.insert(id, v);
   }
-  const PersistConfig src(dir / "big.iqdb");
-  PersistedIndex<FlatIndex>::open_with(std::move(big), src).save();
-  const std::vector<std::byte> new_bytes = test::read_file(src.path);
-  const fs::path dst = dir / "dst.iqdb";
-  const std::vector<std::byte> old_bytes = all_fixtures(dir).at(5).bytes;
-  const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_EQ(run_cli({"copy", src.path.string(), (dir / "timed.iqdb").string()}).code, 0);
-  const auto full = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  return big;
+}
+
+// `copy --force src dst` in a forked process, SIGKILLed at 1/8 .. 6/8 of
+// `full` (how long a whole copy took), dst holding `old_bytes` before each:
+// dst must then be the old bytes or `new_bytes`. At least one must have
+// been killed; a last whole copy leaves `new_bytes` and no temporary.
+void expect_killed_copies_leave_old_or_new(const TempDir& dir, const fs::path& src, const fs::path& dst,
+                                           const std::vector<std::byte>& old_bytes,
+                                           const std::vector<std::byte>& new_bytes, std::chrono::microseconds full) {
   int killed = 0;
   for (int i = 0; i < 6; ++i) {
     test::write_file(dst, old_bytes);
     const pid_t child = fork();
     ASSERT_GE(child, 0);
-    if (child == 0) _exit(cli::run({"copy", "--force", src.path.string(), dst.string()}, std::cout, std::cerr));
+    if (child == 0) _exit(cli::run({"copy", "--force", src.string(), dst.string()}, std::cout, std::cerr));
     std::this_thread::sleep_for(full * (i + 1) / 8);
     ::kill(child, SIGKILL);
     int status = 0;
@@ -763,9 +762,29 @@ TEST(CliCopy, KilledCopyLeavesOldOrNew) {
   }
   EXPECT_GT(killed, 0) << "every copy finished before it was killed";
   // The next copy takes the writer lock and removes the killed ones' temporaries.
-  ASSERT_EQ(run_cli({"copy", "--force", src.path.string(), dst.string()}).code, 0);
+  ASSERT_EQ(run_cli({"copy", "--force", src.string(), dst.string()}).code, 0);
   EXPECT_EQ(test::read_file(dst), new_bytes);
   for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".dst.iqdb.tmp-"), std::string::npos) << e;
+}
+
+// How long a whole `copy src dst` takes here.
+std::chrono::microseconds time_copy(const fs::path& src, const fs::path& dst) {
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(run_cli({"copy", src.string(), dst.string()}).code, 0);
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+}
+
+// The tool killed (SIGKILL, a forked process) at random instants of a copy
+// over an existing file: the destination is always the old file or the
+// new one, whole, never a mix.
+TEST(CliCopy, KilledCopyLeavesOldOrNew) {
+  TempDir dir;
+  const PersistConfig src(dir / "big.iqdb");
+  PersistedIndex<FlatIndex>::open_with(big_index(21), src).save();
+  const std::vector<std::byte> new_bytes = test::read_file(src.path);
+  const auto full = time_copy(src.path, dir / "timed.iqdb");
+  expect_killed_copies_leave_old_or_new(dir, src.path, dir / "dst.iqdb", all_fixtures(dir).at(5).bytes, new_bytes,
+                                        full);
 }
 
 // The same for a copy that folds a log: the tool SIGKILLed at random
@@ -773,53 +792,25 @@ TEST(CliCopy, KilledCopyLeavesOldOrNew) {
 // the whole new snapshot (all rows and the 3 logged ones, last LSN 3).
 TEST(CliCopy, KilledFoldedCopyLeavesOldOrNew) {
   TempDir dir;
-  FlatIndex big(64, DistanceMetric::Euclidean);
-  std::mt19937_64 rng(22);
-  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
-  std::vector<float> v(64);
-  for (std::uint64_t id = 0; id < 100000; ++id) {  // 26 MB
-    for (float& x : v) x = value(rng);
-    big.insert(id, v);
-  }
   PersistConfig src(dir / "big.iqdb");
   src.wal_enabled = true;
   {
-    auto db = PersistedIndex<FlatIndex>::open_with(std::move(big), src);  // base snapshot, LSN 0
+    auto db = PersistedIndex<FlatIndex>::open_with(big_index(22), src);  // base snapshot, LSN 0
+    const std::vector<float> v(64, 0.5f);
     for (std::uint64_t id = 100000; id < 100003; ++id) db.insert(id, v);  // LSN 1..3, in the log
     db.close();
   }
   const fs::path timed = dir / "timed.iqdb";
-  const auto t0 = std::chrono::steady_clock::now();
-  const CliResult first = run_cli({"copy", src.path.string(), timed.string()});
-  const auto full = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
-  ASSERT_EQ(first.code, 0) << first.out << first.err;
-  ASSERT_NE(first.out.find("log held 3 records"), std::string::npos) << first.out;
+  const auto full = time_copy(src.path, timed);
   const std::vector<std::byte> new_bytes = test::read_file(timed);
   {
     const auto copy = PersistedIndex<FlatIndex>::load(PersistConfig(timed));
     EXPECT_EQ(copy.index().size(), 100003u);
     EXPECT_EQ(copy.last_lsn(), 3u);
+    EXPECT_EQ(copy.index().get(100002)[63], 0.5f);
   }
-  const fs::path dst = dir / "dst.iqdb";
-  const std::vector<std::byte> old_bytes = all_fixtures(dir).at(5).bytes;
-  int killed = 0;
-  for (int i = 0; i < 6; ++i) {
-    test::write_file(dst, old_bytes);
-    const pid_t child = fork();
-    ASSERT_GE(child, 0);
-    if (child == 0) _exit(cli::run({"copy", "--force", src.path.string(), dst.string()}, std::cout, std::cerr));
-    std::this_thread::sleep_for(full * (i + 1) / 8);
-    ::kill(child, SIGKILL);
-    int status = 0;
-    ASSERT_EQ(::waitpid(child, &status, 0), child);
-    killed += WIFSIGNALED(status) ? 1 : 0;
-    const std::vector<std::byte> now = test::read_file(dst);
-    EXPECT_TRUE(now == old_bytes || now == new_bytes) << "iteration " << i << ": " << now.size() << " bytes";
-  }
-  EXPECT_GT(killed, 0) << "every copy finished before it was killed";
-  ASSERT_EQ(run_cli({"copy", "--force", src.path.string(), dst.string()}).code, 0);
-  EXPECT_EQ(test::read_file(dst), new_bytes);
-  for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".dst.iqdb.tmp-"), std::string::npos) << e;
+  expect_killed_copies_leave_old_or_new(dir, src.path, dir / "dst.iqdb", all_fixtures(dir).at(5).bytes, new_bytes,
+                                        full);
 }
 
 }  // namespace
