@@ -277,7 +277,9 @@ void register_copy(CommandSet& commands) {
       "(either way), verified, atomic at the destination";
   auto opts = std::make_shared<CopyOptions>();
   CLI::App& cmd = commands.add("copy", kAbout, [opts](const Console& console) { return copy(*opts, console); });
-  cmd.add_option("SRC", opts->src, "The snapshot file, or rados://POOL/NAME")->required()->type_name("PATH");
+  cmd.add_option("SRC", opts->src, "The index: its snapshot file (its log: FILE.wal), or rados://POOL/NAME")
+      ->required()
+      ->type_name("PATH");
   cmd.add_option("DST", opts->dst, "Where to copy it: a file, or rados://POOL/NAME")->required()->type_name("PATH");
   cmd.add_flag("--snapshot-only", opts->snapshot_only,
                "Copy the snapshot's bytes alone, even when the source's log holds records after it (they are not "
