@@ -11,6 +11,7 @@
 #include "iqdb/persist/rados.hpp"
 #include "rados/rados_log.hpp"
 #include "rados/writer_fence.hpp"
+#include "wal/log_format.hpp"
 
 namespace iqdb::persist {
 
@@ -137,6 +138,10 @@ class RadosIndexStorage final : public IndexStorage {
   void remove_log() override {}
 
   fs::path log_path() const override { return wal::log_path_for(store_->path_of(name_)); }
+
+  // One group is one write operation on one object (osd_max_write_size,
+  // 90 MB by default, bounds an operation): a frame fits a log object.
+  std::uint64_t max_frame_bytes() const noexcept override { return kMaxLogObject - wal::format::kFrameHeaderLen; }
 
  private:
   std::uint64_t generation() {

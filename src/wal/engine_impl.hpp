@@ -212,6 +212,7 @@ class WalEngine::Impl {
   std::filesystem::path snapshot_path_;
   std::filesystem::path log_path_;
   std::chrono::nanoseconds commit_spin_;
+  std::uint64_t max_frame_;  // the storage's frame limit (IndexStorage::max_frame_bytes)
   std::unique_ptr<FileLock> lock_;
   std::unique_ptr<LogSink> writer_;
 

@@ -27,7 +27,7 @@ void yield_until(Done done, std::chrono::nanoseconds limit) {
 
 // The frame of one commit, encoded outside the lock; its LSNs, length and
 // CRC are filled in by wal::format::seal_v2_frame once the LSN is known.
-void encode_frame(std::vector<std::byte>& frame, std::span<const MutationRef> ops) {
+void encode_frame(std::vector<std::byte>& frame, std::span<const MutationRef> ops, std::uint64_t max_body) {
   wal::format::begin_v2_frame(frame, static_cast<std::uint32_t>(ops.size()));
   for (const MutationRef& m : ops) {
     if (m.op == wal::Op::Insert) {
@@ -37,9 +37,9 @@ void encode_frame(std::vector<std::byte>& frame, std::span<const MutationRef> op
     }
   }
   const std::size_t body_len = frame.size() - wal::format::kFrameHeaderLen;
-  if (body_len > wal::MAX_FRAME_LEN || ops.size() > UINT32_MAX) {
-    throw PersistError::argument("a write batch of " + std::to_string(body_len) +
-                                 " bytes exceeds the log's frame limit; split it");
+  if (body_len > max_body || ops.size() > UINT32_MAX) {
+    throw PersistError::argument("a write batch of " + std::to_string(body_len) + " bytes exceeds the log's frame limit (" +
+                                 std::to_string(max_body) + " bytes here); split it");
   }
 }
 
@@ -81,7 +81,7 @@ void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate
   if (ops.empty()) return;
   // The buffer keeps its capacity from one commit to the next.
   thread_local std::vector<std::byte> frame;
-  encode_frame(frame, ops);
+  encode_frame(frame, ops, max_frame_);
 
   std::unique_lock lk(mu_);
   throw_if_unusable();

@@ -301,6 +301,28 @@ TEST_F(RadosWal, ConcurrentWritersShareOperations) {
   EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
 }
 
+// A batch whose frame would not fit one RADOS write operation (a log
+// object: 64 MiB) is refused before anything is logged; the index is not
+// poisoned and goes on.
+TEST_F(RadosWal, OversizedBatchIsRefusedBeforeLogging) {
+  constexpr std::uint64_t kWide = 4096, kRows = 4200;  // 4200 rows of 16 KiB: ~69 MB
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kWide, DistanceMetric::Euclidean), config_for(name_));
+  std::vector<float> rows(kWide * kRows, 0.5f);
+  std::vector<std::uint64_t> ids(kRows);
+  for (std::uint64_t i = 0; i < kRows; ++i) ids[i] = i + 1;
+  const auto e = error_of([&] { db.write(WriteBatch().insert_rows_ref(ids, rows, kWide)); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::InvalidArgument) << e->what();
+  EXPECT_EQ(db.last_lsn(), 0u);
+  EXPECT_EQ(db.failure(), std::nullopt);
+  const std::vector<float> one(kWide, 1.0f);
+  db.insert(7, one);  // not poisoned
+  db.close();
+  const auto again = PersistedIndex<FlatIndex>::load(read_only(config_for(name_)));
+  ASSERT_EQ(again.index().size(), 1u);
+  EXPECT_TRUE(again.index().contains(VectorId(std::uint64_t{7})));
+}
+
 // ------------------------------------------------------------ crashes
 
 // The last operation number a `--child stream` printed until `until` (or

@@ -123,6 +123,9 @@ class IndexStorage {
   virtual void remove_log() = 0;
   // Where the log is, for messages.
   virtual std::filesystem::path log_path() const = 0;
+  // The largest frame body this storage takes in one append: a larger
+  // batch is refused (InvalidArgument) before anything is logged.
+  virtual std::uint64_t max_frame_bytes() const noexcept { return wal::MAX_FRAME_LEN; }
   // The file or object holding log offset `offset` of the log opened last,
   // for messages.
   virtual std::filesystem::path locate(std::uint64_t offset) const {
