@@ -4,18 +4,23 @@
   load of N x 128 from Python          vs  the C++ load (peer load)                     target <= 1.05x
   single insert under Always           vs  the C++ loop (peer single)                   target >= 0.95x
   4 threads under Always               vs  1 thread (group commit from Python)          target >= 3x
+                                       and the C++ 4 threads (peer threads)
   side by side: faiss.write_index + fsync / faiss.read_index (same N vectors),
                 hnswlib save_index / load_index (a graph of --graph-n vectors)
 
 Each Python and each C++ measurement runs in a fresh process (`peer` mode
 of this script and of iqdb_batch_bench), as a user's program would: neither
-side inherits the other's memory or page-cache state. Rounds are
+side inherits the other's memory. Before each: os.sync() (no dirty pages of
+another measurement), and inside each, right before its timed region, the
+memory it may take is touched and freed (this VM's free page reporting,
+docs/PERFORMANCE.md). Both loads read the same snapshot. The module and the
+C++ peer must come from one build tree (a warning says when not). Rounds are
 interleaved (each case once a round); a time ratio is the median over
 rounds of the per-round ratio. Batches are 100,000 rows (a log frame holds
 at most 256 MiB), with the WAL under Never, as the C++ peer does.
 
   PYTHONPATH=BUILD/pkg python3 python/bench/bench_python.py --cpp-bench BUILD/bench/iqdb_batch_bench --dir DIR
-  python3 python/bench/bench_python.py peer batch|load|single --dir DIR --n N   # one measurement: seconds
+  python3 python/bench/bench_python.py peer batch|load|single|threads --dir DIR --n N   # wall and CPU seconds
 """
 
 import argparse
