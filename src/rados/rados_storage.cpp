@@ -159,19 +159,19 @@ class RadosIndexStorage final : public IndexStorage {
     if (g == 0) return nullptr;
     LogLayout layout = read_log_layout(*store_, name_, g);
     if (layout.objects.empty()) return nullptr;
-    {
-      std::lock_guard lk(mu_);
-      layout_ = layout;
-    }
+    remember(layout);
     return std::make_unique<RadosFollowedLog>(*store_, std::move(layout));
   }
 
   std::unique_ptr<ReadableFile> open_layout(LogLayout layout) {
-    {
-      std::lock_guard lk(mu_);
-      layout_ = layout;
-    }
+    remember(layout);
     return open_log_file(*store_, std::move(layout));
+  }
+
+  // The log opened last, for messages (locate).
+  void remember(const LogLayout& layout) {
+    std::lock_guard lk(mu_);
+    layout_ = layout;
   }
 
   std::shared_ptr<RadosSnapshotStore> store_;

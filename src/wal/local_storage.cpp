@@ -84,16 +84,9 @@ class LocalIndexStorage final : public IndexStorage {
   // log holds).
   std::unique_ptr<ReadableFile> open_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
                                                        FileHeader& loaded) override {
-    std::unique_ptr<ReadableFile> log;
-    if (fs_.exists(log_)) {
-      try {
-        log = fs_.open_read(log_);
-      } catch (const PersistError& e) {
-        // Removed meanwhile (by a save with discard_log): the snapshot that
-        // replaced it, loaded below, covers every record it held.
-        if (e.kind() != ErrorKind::Io || e.sys_errno() != ENOENT) throw;
-      }
-    }
+    // Absent, or removed meanwhile (by a save with discard_log): the
+    // snapshot that replaced it, loaded below, covers every record it held.
+    std::unique_ptr<ReadableFile> log = open_if_exists();
     loaded = load_snapshot();
     return log;
   }
