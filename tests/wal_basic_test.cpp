@@ -1,5 +1,9 @@
 // Write-ahead log basics: replay, checkpoint, torn tail, locking, batches.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <iqdb/persist.hpp>
 
@@ -51,6 +55,45 @@ TEST(WalBasic, ReplayReservesForTheFramesNotThePadding) {
   // of 59 bytes), not the padding (17,000 more).
   EXPECT_GE(ReserveSpy::reserved, kRecords);
   EXPECT_LE(ReserveSpy::reserved, kRecords + 4096 / 59);
+}
+
+// Under Never, small frames are copied into a mapped window of the log and
+// large ones (over 16 KiB: batches) written with pwrite; interleaved across
+// several 4 MiB windows, then the process killed without closing, every
+// mutation is replayed with its own vector (compared with the values the
+// ids define, not with what the writer kept).
+TEST(WalBasic, NeverInterleavesMappedAndWrittenFramesAcrossWindows) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  constexpr std::size_t kDim = 128;
+  constexpr std::uint64_t kRounds = 30, kBatch = 300, kSingles = 40;  // ~4.9 MB of batches
+  const auto id_of = [](std::uint64_t round, std::uint64_t i) { return round * 1000 + i; };
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t r = 0; r < kRounds; ++r) {
+      for (std::uint64_t i = 0; i < kSingles; ++i) db.insert(id_of(r, i), vec_of(id_of(r, i), kDim));
+      WriteBatch b;
+      for (std::uint64_t i = kSingles; i < kSingles + kBatch; ++i) b.insert(id_of(r, i), vec_of(id_of(r, i), kDim));
+      db.write(b);
+    }
+    db.erase(id_of(0, 0));
+    ::kill(::getpid(), SIGKILL);  // a process crash: no close, no sync
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the writer failed before its crash";
+  const auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_EQ(db.index().size(), kRounds * (kSingles + kBatch) - 1);
+  EXPECT_FALSE(db.index().contains(id_of(0, 0)));
+  for (std::uint64_t r = 0; r < kRounds; ++r) {
+    for (std::uint64_t i = (r == 0 ? 1 : 0); i < kSingles + kBatch; ++i) {
+      const auto got = db.index().get(id_of(r, i));
+      const auto want = vec_of(id_of(r, i), kDim);
+      ASSERT_TRUE(std::equal(got.begin(), got.end(), want.begin(), want.end())) << "id " << id_of(r, i);
+    }
+  }
 }
 
 TEST(WalBasic, AcknowledgedMutationsSurviveReopenWithoutSave) {

@@ -15,6 +15,13 @@ constexpr std::uint64_t kMaxStep = std::uint64_t{64} << 20;
 constexpr std::size_t kZeroChunk = std::size_t{1} << 20;
 constexpr std::uint64_t kMapWindow = std::uint64_t{4} << 20;
 constexpr std::uint64_t kPage = 4096;
+// Frames larger than this are written with write_at() even when appends go
+// through the mapping: a copy into a mapping touches each page through a new
+// user mapping, which costs a page fault per 4 KiB (measured: a 527 KB frame,
+// a batch of 1000 dim-128 inserts, took ~0.4 ms to copy into the window
+// against ~0.06 ms for pwrite), while for frames of a few hundred bytes the
+// fault is shared by many frames and saves a system call each.
+constexpr std::size_t kMapMaxFrame = std::size_t{16} << 10;
 
 const std::vector<std::byte>& zeros() {
   static const std::vector<std::byte> z(kZeroChunk);
@@ -74,7 +81,7 @@ bool LogWriter::copy_to_map(std::span<const std::byte> frame) {
 void LogWriter::append(std::span<const std::byte> frame) {
   const std::uint64_t need = end_ + frame.size();
   extend(need);
-  if (!use_map_ || !copy_to_map(frame)) file_->write_at(end_, frame);
+  if (!use_map_ || frame.size() > kMapMaxFrame || !copy_to_map(frame)) file_->write_at(end_, frame);
   end_ = need;
 }
 

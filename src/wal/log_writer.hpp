@@ -55,7 +55,8 @@ class LogWriter final : public detail::LogSink {
   // the file system offers one (FileSystem::map_for_write): an append is then
   // a copy, not a system call. Same guarantees as write_at() (a process
   // crash keeps the frame; datasync() makes it durable). For the policies
-  // whose appends do not each wait for an fsync (Periodic, Never).
+  // whose appends do not each wait for an fsync (Periodic, Never). Frames
+  // over 16 KiB (large batches) are written with write_at() all the same.
   void use_mapping() noexcept override { use_map_ = true; }
 
   std::uint64_t end() const noexcept override { return end_; }
