@@ -20,6 +20,7 @@
 
 #include "iqdb/persist.hpp"
 #include "iqdb/persist/adapters/side_table.hpp"
+#include "fs/in_place_read.hpp"
 #include "support/alloc_guard.hpp"
 #include "support/format_builders.hpp"
 #include "support/test_util.hpp"
@@ -79,6 +80,67 @@ class CountingFs final : public FileSystemWrapper {
  private:
   mutable std::mutex mu_;
   std::vector<ReadCall> log_;
+};
+
+// A file that fills large reads in place (as the RADOS stripe reader does,
+// src/fs/in_place_read.hpp): it reads each call's destination in pieces of
+// kPiece bytes and reports each; `damage` flips one bit of the destination
+// at that file offset before its piece is reported (a storage whose own
+// checks missed it), `short_by` returns that many bytes less from a call
+// that reaches the file's end.
+struct InPlaceCall {
+  std::uint64_t offset;
+  std::size_t size;
+  const std::byte* dst;
+  std::size_t pieces;
+};
+
+class InPlaceFile final : public ReadableFile, public detail::InPlaceRead {
+ public:
+  static constexpr std::size_t kPiece = 300'000;  // not a divisor of anything in the file
+  InPlaceFile(std::unique_ptr<ReadableFile> target, std::vector<InPlaceCall>& log, std::optional<std::uint64_t> damage,
+              std::size_t short_by)
+      : target_(std::move(target)), log_(log), damage_(damage), short_by_(short_by) {}
+  std::size_t read_at(std::uint64_t offset, std::span<std::byte> dst) const override {
+    return target_->read_at(offset, dst);
+  }
+  std::size_t read_in_place(std::uint64_t offset, std::span<std::byte> dst, const Landed& landed) const override {
+    InPlaceCall call{offset, dst.size(), dst.data(), 0};
+    std::size_t done = 0;
+    while (done < dst.size()) {
+      const std::size_t n = std::min(kPiece, dst.size() - done);
+      std::size_t got = target_->read_at(offset + done, dst.subspan(done, n));
+      if (got < n || offset + done + got >= target_->size()) got -= std::min(got, short_by_);
+      if (damage_ && *damage_ >= offset + done && *damage_ < offset + done + got) {
+        dst[static_cast<std::size_t>(*damage_ - offset)] ^= std::byte{0x08};
+      }
+      if (got != 0) landed(dst.subspan(done, got));
+      ++call.pieces;
+      done += got;
+      if (got < n) break;
+    }
+    log_.push_back(call);
+    return done;
+  }
+  std::uint64_t size() const noexcept override { return target_->size(); }
+  const fsx::path& path() const noexcept override { return target_->path(); }
+
+ private:
+  std::unique_ptr<ReadableFile> target_;
+  std::vector<InPlaceCall>& log_;
+  std::optional<std::uint64_t> damage_;
+  std::size_t short_by_;
+};
+
+class InPlaceFs final : public FileSystemWrapper {
+ public:
+  InPlaceFs() : FileSystemWrapper(default_file_system()) {}
+  std::unique_ptr<ReadableFile> open_read(const fsx::path& p) override {
+    return std::make_unique<InPlaceFile>(target().open_read(p), log, damage, short_by);
+  }
+  std::vector<InPlaceCall> log;
+  std::optional<std::uint64_t> damage;
+  std::size_t short_by = 0;
 };
 
 // ------------------------------------------------------------------ the model
@@ -221,6 +283,83 @@ TEST(SnapshotBufferingLarge, VectorsAreReadIntoTheIndexMemory) {
   }
   std::cout << "[direct] " << direct << " of " << vector_bytes << " vector bytes read into the index's memory\n";
   EXPECT_GE(direct + (64 << 10), vector_bytes);
+}
+
+// A file that reads in place (the RADOS stripe reader) gets the whole vector
+// block (5 MB) in ONE call whose destination is the index's own memory, and
+// every other read of the payload through the same call; the snapshot's CRC
+// runs over the pieces it reports: a bit flipped in the destination before a
+// piece is reported (anywhere in the payload: in the vectors, in the ids) is
+// a ChecksumMismatch, and a storage that delivers fewer bytes than asked is
+// TruncatedPayload. Compressed snapshots decode through it too.
+TEST(SnapshotBufferingLarge, InPlaceFileGetsTheVectorBlockInOneCall) {
+  constexpr std::uint64_t kN = 10'000;
+  constexpr std::uint64_t kDim = 128;
+  test::TempDir dir;
+  InPlaceFs fs;
+  PersistConfig cfg(dir / "p.iqdb");
+  cfg.file_system = &fs;
+  cfg.fsync_policy = FsyncPolicy::never();
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(model_index(kN, kDim), cfg);
+    db.save();
+  }
+  const std::uint64_t file_size = fsx::file_size(cfg.path);
+  const std::uint64_t vector_bytes = kN * kDim * sizeof(float);
+  std::uint64_t vectors_at = 0;
+  {
+    auto db = PersistedIndex<FlatIndex>::load(cfg);
+    ASSERT_TRUE(matches_model(db.index(), kN, kDim));
+    const auto* begin = reinterpret_cast<const std::byte*>(db.index().vector_at(0).data());
+    const InPlaceCall* block = nullptr;
+    std::uint64_t bytes = 0;
+    for (const InPlaceCall& c : fs.log) {
+      bytes += c.size;
+      if (c.dst >= begin && c.dst < begin + vector_bytes) {
+        EXPECT_EQ(block, nullptr) << "the vectors came in more than one call";
+        block = &c;
+      }
+    }
+    ASSERT_NE(block, nullptr);
+    // All of the vectors but what the 64 KiB field buffer held before them.
+    EXPECT_EQ(block->dst + block->size, begin + vector_bytes);
+    EXPECT_GE(block->size + (64 << 10), vector_bytes);
+    EXPECT_GT(block->pieces, 10u);
+    vectors_at = block->offset + block->size - vector_bytes;
+    std::cout << "[in place] " << fs.log.size() << " calls for a " << file_size << "-byte file; the vectors' call: "
+              << block->size << " bytes in " << block->pieces << " pieces\n";
+    EXPECT_LE(bytes, file_size);
+  }
+  const auto load_error = [&] {
+    fs.log.clear();
+    try {
+      (void)PersistedIndex<FlatIndex>::load(cfg);
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.path(), cfg.path) << e.what();
+      return std::optional<ErrorKind>(e.kind());
+    }
+    return std::optional<ErrorKind>();
+  };
+  // In the middle of the vectors, across a piece boundary, in the ids.
+  for (const std::uint64_t at : {vectors_at + vector_bytes / 2, vectors_at + 3 * InPlaceFile::kPiece, vectors_at - 8}) {
+    fs.damage = at;
+    EXPECT_EQ(load_error(), ErrorKind::ChecksumMismatch) << "bit flipped at " << at;
+  }
+  fs.damage.reset();
+  fs.short_by = 1;
+  EXPECT_EQ(load_error(), ErrorKind::TruncatedPayload);
+  fs.short_by = 0;
+
+  cfg.path = dir / "z.iqdb";
+  cfg.compression = Compression::zstd(3);
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(model_index(kN, kDim), cfg);
+    db.save();
+  }
+  fs.log.clear();
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_TRUE(matches_model(db.index(), kN, kDim));
+  EXPECT_FALSE(fs.log.empty());
 }
 
 // The adapters' metadata side table decodes through the same shared codec

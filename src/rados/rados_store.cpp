@@ -18,6 +18,7 @@
 #include "iqdb/persist/checksum.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
+#include "fs/in_place_read.hpp"
 #include "rados/head_record.hpp"
 #include "rados/rados_log.hpp"
 #include "rados/rados_ops.hpp"
@@ -447,15 +448,23 @@ class StripeWriter final : public WritableFile {
 
 // ------------------------------------------------------------ the reader
 
-// Reads a published snapshot: io_chunk pieces of the stripe objects, read
-// ahead up to max_in_flight at once (once the caller reads on past its
-// first chunk: opening a snapshot for its header reads one chunk) into
-// buffers it reuses (at most max_in_flight + 1, allocated once: fresh
-// memory costs a page fault per page). Each stripe's CRC is computed over the bytes as read_at copies them
-// out, while they are in cache, and compared with the head's once the
-// stripe's last byte has been taken (bytes the caller skips are checksummed
-// when their chunk is left behind): one pass over the bytes besides the copy.
-class StripeReader final : public ReadableFile {
+// Reads a published snapshot (docs/DISTRIBUTED.md, "Reading"). Two paths:
+//  - buffered: io_chunk pieces of the stripe objects, read ahead up to
+//    max_in_flight at once (once the caller reads on past its first chunk:
+//    opening a snapshot for its header reads one chunk) into buffers it
+//    reuses (at most max_in_flight + 1, allocated once: fresh memory costs a
+//    page fault per page), copied out by read_at;
+//  - in place, for a read of io_chunk bytes or more (the vector block):
+//    io_chunk pieces read straight into the caller's memory, max_in_flight
+//    at once, each checked once it has landed (its length; the object's, for
+//    a stripe's last piece) and reported to the caller (InPlaceRead), which
+//    checksums it while it is in cache. The bytes of such a read that lie in
+//    chunks already in the read-ahead window are copied from there.
+// Each stripe's CRC is computed in file order over the bytes as they are
+// handed out (bytes a caller skips when it leaves their chunk, or jumps
+// over, are read for it) and compared with the head's once the stripe's
+// last byte is in: one CRC pass over every byte besides the caller's.
+class StripeReader final : public ReadableFile, public detail::InPlaceRead {
  public:
   StripeReader(RadosSnapshotStore::Impl& store, std::string name, RadosHead head, fs::path path)
       : s_(store),
@@ -464,48 +473,49 @@ class StripeReader final : public ReadableFile {
         path_(std::move(path)),
         chunk_(store.options.io_chunk),
         crc_(static_cast<std::size_t>(head_.stripe_count)),
-        crc_next_(static_cast<std::size_t>(head_.stripe_count), 0) {}
+        crc_end_(static_cast<std::size_t>(head_.stripe_count)) {
+    for (std::size_t k = 0; k < crc_end_.size(); ++k) crc_end_[k] = k * head_.stripe_size;
+  }
+  StripeReader(const StripeReader&) = delete;
+  StripeReader& operator=(const StripeReader&) = delete;
 
   ~StripeReader() override { window_.clear(); }
 
   std::size_t read_at(std::uint64_t offset, std::span<std::byte> dst) const override {
+    return read_in_place(offset, dst, {});
+  }
+
+  std::size_t read_in_place(std::uint64_t offset, std::span<std::byte> dst, const Landed& landed) const override {
     std::lock_guard lock(mu_);
     if (failure_) std::rethrow_exception(failure_);
     if (offset >= head_.total_size) return 0;
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(dst.size(), head_.total_size - offset));
-    std::size_t done = 0;
     try {
-      while (done < want) {
-        const std::uint64_t at = offset + done;
-        const std::uint64_t k = at / head_.stripe_size;
-        const std::uint64_t j = (at - k * head_.stripe_size) / chunk_;
-        Fetch& f = fetch(k, j);
-        const std::uint64_t in = at - f.file_offset;
-        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(want - done, f.length - in));
-        checksum_to(f, in + n);  // reads the piece into cache, the copy then takes it from there
-        std::memcpy(dst.data() + done, f.data.get() + in, n);
-        done += n;
-      }
+      const bool large = want >= chunk_;
+      const std::size_t done = copy_out(offset, dst.first(want), landed, large);
+      if (done < want) land_in_place(offset + done, dst.subspan(done, want - done), landed);
     } catch (const PersistError&) {
       // Sticky: the snapshot reader drains the rest after a decoding error;
       // it must see this error again, not bytes from past the damage.
       failure_ = std::current_exception();
       throw;
     }
-    return done;
+    return want;
   }
 
   std::uint64_t size() const noexcept override { return head_.total_size; }
   const fs::path& path() const noexcept override { return path_; }
 
  private:
+  // One read of [file_offset, file_offset + length), inside one stripe, into
+  // `data`: a buffer of the window (owned) or the caller's memory.
   struct Fetch {
     std::uint64_t stripe = 0, chunk = 0, file_offset = 0, length = 0;
     bool last_in_stripe = false;
     bool checked = false;
-    std::uint64_t crc_done = 0;  // bytes of this chunk in its stripe's CRC
     ReadOp op;
-    std::unique_ptr<char[]> data;
+    std::unique_ptr<char[]> owned;
+    char* data = nullptr;
     std::size_t bytes_read = 0;
     int read_rv = 0;
     std::uint64_t object_size = 0;
@@ -514,9 +524,11 @@ class StripeReader final : public ReadableFile {
     Completion done;  // last: destroyed first, waiting for the read into the members above
   };
 
+  std::uint64_t stripe_begin(std::uint64_t k) const { return k * head_.stripe_size; }
   std::uint64_t stripe_length(std::uint64_t k) const {
-    return std::min(head_.stripe_size, head_.total_size - k * head_.stripe_size);
+    return std::min(head_.stripe_size, head_.total_size - stripe_begin(k));
   }
+  std::uint64_t stripe_end(std::uint64_t k) const { return stripe_begin(k) + stripe_length(k); }
   std::string object(std::uint64_t k) const { return RadosSnapshotStore::stripe_object(name_, head_.generation, k); }
 
   // The chunk after (k, j) in file order, if any.
@@ -542,25 +554,37 @@ class StripeReader final : public ReadableFile {
     return b;
   }
 
-  Fetch& issue(std::uint64_t k, std::uint64_t j) const {
+  // A read of `length` bytes at file offset `at` (inside one stripe) into
+  // `data`, or into a buffer of its own when `data` is null; submitted.
+  std::unique_ptr<Fetch> submit(std::uint64_t at, std::uint64_t length, char* data) const {
     auto f = std::make_unique<Fetch>();
-    f->stripe = k;
-    f->chunk = j;
-    f->file_offset = k * head_.stripe_size + j * chunk_;
-    f->length = std::min<std::uint64_t>(chunk_, stripe_length(k) - j * chunk_);
-    f->last_in_stripe = (j + 1) * chunk_ >= stripe_length(k);
-    f->data = take_buffer();
-    rados_read_op_read(f->op.op, j * chunk_, static_cast<std::size_t>(f->length), f->data.get(), &f->bytes_read,
-                       &f->read_rv);
-    // The last chunk also checks that the object has no bytes past the end.
+    f->stripe = at / head_.stripe_size;
+    f->file_offset = at;
+    f->length = length;
+    f->last_in_stripe = at + length == stripe_end(f->stripe);
+    if (data == nullptr) {
+      f->owned = take_buffer();
+      data = f->owned.get();
+    }
+    f->data = data;
+    rados_read_op_read(f->op.op, at - stripe_begin(f->stripe), static_cast<std::size_t>(length), f->data,
+                       &f->bytes_read, &f->read_rv);
+    // The last piece also checks that the object has no bytes past the end.
     if (f->last_in_stripe) rados_read_op_stat(f->op.op, &f->object_size, &f->mtime, &f->stat_rv);
-    const std::string oid = object(k);
+    const std::string oid = object(f->stripe);
     const int r = rados_aio_read_op_operate(f->op.op, s_.io, f->done.c, oid.c_str(), 0);
     if (r < 0) {
-      spare_.push_back(std::move(f->data));  // never submitted: librados does not write into it
+      if (f->owned) spare_.push_back(std::move(f->owned));  // never submitted: librados does not write into it
       s_.fail(oid, "reading", r);
     }
     f->done.submitted = true;
+    return f;
+  }
+
+  Fetch& issue(std::uint64_t k, std::uint64_t j) const {
+    const std::uint64_t at = stripe_begin(k) + j * chunk_;
+    std::unique_ptr<Fetch> f = submit(at, std::min<std::uint64_t>(chunk_, stripe_end(k) - at), nullptr);
+    f->chunk = j;
     last_k_ = k;
     last_j_ = j;
     window_.push_back(std::move(f));
@@ -574,10 +598,68 @@ class StripeReader final : public ReadableFile {
     window_.pop_front();
     if (f->checked) checksum_to(*f, f->length);
     (void)f->done.wait();
-    spare_.push_back(std::move(f->data));
+    spare_.push_back(std::move(f->owned));
   }
 
-  Fetch& fetch(std::uint64_t k, std::uint64_t j) const {
+  bool in_window(std::uint64_t at) const {
+    return std::any_of(window_.begin(), window_.end(),
+                       [&](const auto& f) { return at >= f->file_offset && at < f->file_offset + f->length; });
+  }
+
+  // Copy out of the window's chunks from `offset`: all of `dst` for a small
+  // read, for a large one as far as the window already reaches (no read
+  // ahead is started for it). Returns the bytes copied.
+  std::size_t copy_out(std::uint64_t offset, std::span<std::byte> dst, const Landed& landed, bool large) const {
+    std::size_t done = 0;
+    while (done < dst.size()) {
+      const std::uint64_t at = offset + done;
+      if (large && !in_window(at)) break;
+      const std::uint64_t k = at / head_.stripe_size;
+      const std::uint64_t j = (at - stripe_begin(k)) / chunk_;
+      Fetch& f = fetch(k, j, !large);
+      const std::uint64_t in = at - f.file_offset;
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(dst.size() - done, f.length - in));
+      checksum_to(f, in + n);  // reads the piece into cache, the copy then takes it from there
+      std::memcpy(dst.data() + done, f.data + in, n);
+      if (landed) landed(dst.subspan(done, n));
+      done += n;
+    }
+    return done;
+  }
+
+  // `dst` (the bytes at file offset `at`) read straight into place in
+  // io_chunk pieces, max_in_flight at once, each checked, checksummed into
+  // its stripe's CRC and reported in file order once it has landed.
+  void land_in_place(std::uint64_t at, std::span<std::byte> dst, const Landed& landed) const {
+    leave_window(at);
+    const std::uint64_t end = at + dst.size();
+    std::deque<std::unique_ptr<Fetch>> flying;
+    for (std::uint64_t next_at = at; next_at < end || !flying.empty();) {
+      while (next_at < end && flying.size() < s_.options.max_in_flight) {
+        const std::uint64_t n = std::min({std::uint64_t{chunk_}, end - next_at, stripe_end(next_at / head_.stripe_size) - next_at});
+        flying.push_back(submit(next_at, n, reinterpret_cast<char*>(dst.data() + (next_at - at))));
+        next_at += n;
+      }
+      Fetch& f = *flying.front();
+      check(f);
+      checksum_to(f, f.length);
+      if (landed) landed(dst.subspan(static_cast<std::size_t>(f.file_offset - at), static_cast<std::size_t>(f.length)));
+      flying.pop_front();
+    }
+    // Read ahead again only once the caller moves on past the chunk it ends in.
+    ahead_ = 0;
+    asked_k_ = (end - 1) / head_.stripe_size;
+    asked_j_ = (end - 1 - stripe_begin(asked_k_)) / chunk_;
+  }
+
+  // Before an in-place read at `at`: chunks of the window before it are done
+  // with (into the CRC), the others are not needed.
+  void leave_window(std::uint64_t at) const {
+    while (!window_.empty() && window_.front()->file_offset + window_.front()->length <= at) retire_front();
+    window_.clear();
+  }
+
+  Fetch& fetch(std::uint64_t k, std::uint64_t j, bool read_ahead) const {
     // Chunks before (k, j) are done with; a chunk after it means a jump back.
     Fetch* found = nullptr;
     while (!window_.empty()) {
@@ -593,9 +675,15 @@ class StripeReader final : public ReadableFile {
       retire_front();
     }
     if (found == nullptr) found = &issue(k, j);
-    // Read ahead: none while the caller stays in its first chunk (a header
-    // read), then twice as many chunks each time it moves on to the next
-    // one, up to max_in_flight reads besides the chunk being copied out.
+    if (read_ahead) read_ahead_from(k, j);
+    if (!found->checked) check(*found);
+    return *found;
+  }
+
+  // Read ahead: none while the caller stays in its first chunk (a header
+  // read), then twice as many chunks each time it moves on to the next
+  // one, up to max_in_flight reads besides the chunk (k, j) being copied out.
+  void read_ahead_from(std::uint64_t k, std::uint64_t j) const {
     std::uint64_t ak = asked_k_, aj = asked_j_;
     if (next(ak, aj) && ak == k && aj == j) {
       ahead_ = std::min<std::uint64_t>(std::max<std::uint64_t>(ahead_ * 2, 1), s_.options.max_in_flight);
@@ -604,12 +692,10 @@ class StripeReader final : public ReadableFile {
     asked_j_ = j;
     std::uint64_t nk = last_k_, nj = last_j_;
     while (window_.size() <= ahead_ && next(nk, nj)) issue(nk, nj);
-    if (!found->checked) check(*found);
-    return *found;
   }
 
   // The read of `f` completed whole, and the object is as long as the head
-  // says (its last chunk).
+  // says (its last piece).
   void check(Fetch& f) const {
     const std::string obj = object(f.stripe);
     const fs::path where = s_.object_path(obj);
@@ -625,8 +711,8 @@ class StripeReader final : public ReadableFile {
     if (f.bytes_read != f.length) {
       throw PersistError::at(ErrorKind::TruncatedPayload, where,
                              "stripe object is shorter than the head declares: " + std::to_string(f.bytes_read) +
-                                 " bytes at offset " + std::to_string(f.chunk * chunk_) + ", " +
-                                 std::to_string(f.length) + " expected",
+                                 " bytes at offset " + std::to_string(f.file_offset - stripe_begin(f.stripe)) +
+                                 ", " + std::to_string(f.length) + " expected",
                              f.file_offset + f.bytes_read);
     }
     if (f.last_in_stripe && f.object_size != stripe_length(f.stripe)) {
@@ -637,19 +723,33 @@ class StripeReader final : public ReadableFile {
     f.checked = true;
   }
 
-  // The stripe's CRC over the first `upto` bytes of `f` (a checked chunk),
-  // when the chunks before it in the stripe are in the CRC (in file order);
-  // compared with the head's once the stripe's last byte is in.
-  void checksum_to(Fetch& f, std::uint64_t upto) const {
+  // The stripe's CRC over the first `upto` bytes of `f` (a checked read):
+  // the bytes past what the CRC holds, after the ones before `f` that it
+  // lacks (read for it); compared with the head's once the stripe's last
+  // byte is in.
+  void checksum_to(const Fetch& f, std::uint64_t upto) const {
     const auto k = static_cast<std::size_t>(f.stripe);
-    if (f.chunk != crc_next_[k] || upto <= f.crc_done) return;
-    crc_[k].update(f.data.get() + f.crc_done, static_cast<std::size_t>(upto - f.crc_done));
-    f.crc_done = upto;
-    if (f.crc_done < f.length) return;
-    ++crc_next_[k];
-    if (f.last_in_stripe && crc_[k].value() != head_.stripe_crcs[k]) {
+    if (crc_end_[k] < f.file_offset) fill_gap(f.stripe, f.file_offset);
+    const std::uint64_t end = f.file_offset + upto;
+    if (end <= crc_end_[k]) return;
+    crc_[k].update(f.data + (crc_end_[k] - f.file_offset), static_cast<std::size_t>(end - crc_end_[k]));
+    crc_end_[k] = end;
+    if (end == stripe_end(f.stripe) && crc_[k].value() != head_.stripe_crcs[k]) {
       throw PersistError::checksum(s_.object_path(object(f.stripe)), head_.stripe_crcs[k], crc_[k].value(),
-                                   f.stripe * head_.stripe_size, "stripe");
+                                   stripe_begin(f.stripe), "stripe");
+    }
+  }
+
+  // The stripe's bytes from where its CRC stops up to file offset `to`
+  // (which the caller jumped over), read into a spare buffer for the CRC.
+  void fill_gap(std::uint64_t k, std::uint64_t to) const {
+    auto& crc_end = crc_end_[static_cast<std::size_t>(k)];
+    while (crc_end < to) {
+      std::unique_ptr<Fetch> f = submit(crc_end, std::min<std::uint64_t>(chunk_, to - crc_end), nullptr);
+      check(*f);
+      crc_[static_cast<std::size_t>(k)].update(f->data, static_cast<std::size_t>(f->length));
+      crc_end += f->length;
+      spare_.push_back(std::move(f->owned));
     }
   }
 
@@ -661,8 +761,8 @@ class StripeReader final : public ReadableFile {
   mutable std::mutex mu_;
   mutable std::vector<std::unique_ptr<char[]>> spare_;  // buffers of chunk_ bytes no read uses
   mutable std::deque<std::unique_ptr<Fetch>> window_;
-  mutable std::vector<checksum::Crc32> crc_;
-  mutable std::vector<std::uint64_t> crc_next_;
+  mutable std::vector<checksum::Crc32> crc_;         // per stripe, of its bytes up to crc_end_
+  mutable std::vector<std::uint64_t> crc_end_;       // per stripe, the file offset its CRC reaches
   mutable std::exception_ptr failure_;
   mutable std::uint64_t last_k_ = 0, last_j_ = 0;    // the chunk issued last
   mutable std::uint64_t asked_k_ = 0, asked_j_ = 0;  // the chunk read_at took bytes from last

@@ -14,6 +14,7 @@
 #include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/snapshot.hpp"
 #include "fs/file_mapping.hpp"
+#include "fs/in_place_read.hpp"
 #include "snapshot/codec.hpp"
 
 namespace iqdb::persist {
@@ -31,10 +32,16 @@ class FileSource final : public codec::ByteSource {
   using Progress = std::function<void(std::uint64_t, std::uint64_t)>;
 
   FileSource(const ReadableFile& file, std::uint64_t begin, std::uint64_t end, const Progress& progress)
-      : file_(file), begin_(begin), pos_(begin), end_(end), progress_(progress) {}
+      : file_(file),
+        in_place_(dynamic_cast<const detail::InPlaceRead*>(&file)),
+        begin_(begin),
+        pos_(begin),
+        end_(end),
+        progress_(progress) {}
 
   std::size_t get(std::byte* dst, std::size_t size) override {
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(size, end_ - pos_));
+    if (in_place_ != nullptr) return get_in_place(dst, want);
     std::size_t done = 0;
     while (done < want) {
       const std::size_t n = std::min(want - done, kReadChunk);
@@ -48,6 +55,21 @@ class FileSource final : public codec::ByteSource {
       if (progress_) progress_(pos_ - begin_, end_ - begin_);
     }
     return done;
+  }
+
+  // One call for the whole destination (a storage that fills it in place):
+  // each piece is checksummed as the storage reports it, while in cache.
+  std::size_t get_in_place(std::byte* dst, std::size_t want) {
+    const std::uint64_t from = pos_;
+    const std::size_t got = in_place_->read_in_place(pos_, {dst, want}, [&](std::span<const std::byte> piece) {
+      crc_.update(piece);
+      pos_ += piece.size();
+      if (progress_) progress_(pos_ - begin_, end_ - begin_);
+    });
+    if (got != want || pos_ != from + want) {
+      throw PersistError::at(ErrorKind::TruncatedPayload, file_.path(), "the file shrank while being read", from + got);
+    }
+    return want;
   }
   std::uint64_t left() const noexcept override { return end_ - pos_; }
   std::uint64_t position() const noexcept { return pos_; }
@@ -87,6 +109,7 @@ class FileSource final : public codec::ByteSource {
 
  private:
   const ReadableFile& file_;
+  const detail::InPlaceRead* in_place_;  // when the file offers it
   std::uint64_t begin_;
   std::uint64_t pos_;
   std::uint64_t end_;

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <rados/librados.hpp>
 
+#include <algorithm>
 #include <barrier>
 #include <chrono>
 #include <csignal>
@@ -33,6 +34,7 @@
 
 #include "iqdb/persist.hpp"
 #include "iqdb/persist/rados.hpp"
+#include "fs/in_place_read.hpp"
 #include "rados/head_record.hpp"
 #include "rados_test_util.hpp"
 
@@ -657,6 +659,176 @@ TEST_F(RadosSnapshot, OneOfThreeOsdsPausedStillSaves) {
   expect_equal(load_from_rados<FlatIndex>(*store, name_), m);
   std::cout << "[ MEASURED ] save with 1 of 3 OSDs paused: " << std::chrono::duration<double>(took).count()
             << " s\n";
+}
+
+// ------------------------------------------------------------ reads in place
+
+// Stripes of 256 KiB read in 96 KiB pieces (not a divisor of the stripe), 3
+// at once: the payload's 64 KiB field reads stay buffered, the vectors (and
+// reads of 96 KiB or more) land in place.
+RadosOptions in_place_options() {
+  RadosOptions o = small_options();
+  o.stripe_size = 256 * 1024;
+  o.io_chunk = 96 * 1024;
+  o.max_in_flight = 3;
+  return o;
+}
+
+// Where the vectors of `m` (stored in insertion order) lie in `bytes`: the
+// first row's floats, found in the bytes.
+std::uint64_t vector_block_at(const std::vector<std::byte>& bytes, const Model& m) {
+  const auto* first = reinterpret_cast<const std::byte*>(m.rows.front().second.data());
+  const auto it = std::search(bytes.begin(), bytes.end(), first, first + m.dim * sizeof(float));
+  EXPECT_NE(it, bytes.end());
+  return static_cast<std::uint64_t>(it - bytes.begin());
+}
+
+// Reads through the in-place seam: the pieces reported, checked to be
+// consecutive views of the destination, each within one stripe and at most
+// one io_chunk long.
+struct Landing {
+  std::vector<std::pair<std::uint64_t, std::size_t>> pieces;  // (file offset, size)
+  std::size_t read(const detail::InPlaceRead& file, std::uint64_t offset, std::span<std::byte> dst,
+                   const RadosOptions& o) {
+    std::uint64_t next = offset;
+    const std::size_t got = file.read_in_place(offset, dst, [&](std::span<const std::byte> piece) {
+      EXPECT_EQ(piece.data(), dst.data() + (next - offset));
+      const std::uint64_t first_stripe = next / o.stripe_size;
+      const std::uint64_t last_stripe = (next + piece.size() - 1) / o.stripe_size;
+      if (piece.size() > o.io_chunk || first_stripe != last_stripe) pieces_too_large = true;
+      pieces.emplace_back(next, piece.size());
+      next += piece.size();
+    });
+    EXPECT_EQ(next, offset + got);
+    return got;
+  }
+  bool pieces_too_large = false;
+};
+
+// A load whose vector block (750 KB) spans four stripes, starting and ending
+// inside a stripe: equal to the model. Reads of the store's file straight
+// into a caller's buffer (after a header read, from a fresh open, after a
+// jump forward) give exactly the stripes' bytes, read through librados
+// directly.
+TEST_F(RadosSnapshot, InPlaceLoadAcrossStripesEqualsTheModel) {
+  const RadosOptions o = in_place_options();
+  store_ = open_store(o);
+  const Model m = make_model(3000, 64, 21);
+  save_to_rados(*store_, name_, build(m));
+  const std::vector<std::byte> bytes = published_bytes();
+  const std::uint64_t at = vector_block_at(bytes, m);
+  const std::uint64_t end = at + 3000 * 64 * sizeof(float);
+  ASSERT_NE(at % o.stripe_size, 0u);
+  ASSERT_NE(end % o.stripe_size, 0u);
+  ASSERT_GE((end - 1) / o.stripe_size - at / o.stripe_size, 2u);  // starts in one, ends two or more later
+
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
+
+  const auto expect_bytes = [&](std::uint64_t from, const std::vector<std::byte>& got) {
+    ASSERT_LE(from + got.size(), bytes.size());
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), bytes.begin() + static_cast<std::ptrdiff_t>(from)))
+        << "bytes at " << from << " (+" << got.size() << ")";
+  };
+  {  // as a load reads: a header, a small read, one large read in place, the rest
+    const auto file = store_->open_read(store_->path_of(name_));
+    const auto* in_place = dynamic_cast<const detail::InPlaceRead*>(file.get());
+    ASSERT_NE(in_place, nullptr);
+    std::vector<std::byte> head(100), big(static_cast<std::size_t>(end - at + (bytes.size() - end) / 2)), tail(bytes.size() - (at + big.size()));
+    ASSERT_EQ(file->read_at(0, head), head.size());
+    expect_bytes(0, head);
+    Landing landing;
+    ASSERT_EQ(landing.read(*in_place, at, big, o), big.size());
+    expect_bytes(at, big);
+    EXPECT_FALSE(landing.pieces_too_large);
+    EXPECT_GE(landing.pieces.size(), big.size() / o.io_chunk);
+    ASSERT_EQ(file->read_at(at + big.size(), tail), tail.size());
+    expect_bytes(at + big.size(), tail);
+  }
+  {  // a fresh open, a large read from the middle of a stripe to the end of the file (and past it)
+    const auto file = store_->open_read(store_->path_of(name_));
+    const std::uint64_t from = o.stripe_size + 12345;
+    std::vector<std::byte> rest(bytes.size() - from + 777);
+    ASSERT_EQ(file->read_at(from, rest), bytes.size() - from);
+    rest.resize(static_cast<std::size_t>(bytes.size() - from));
+    expect_bytes(from, rest);
+  }
+  {  // a jump forward: the stripe's bytes jumped over are read for its CRC
+    const auto file = store_->open_read(store_->path_of(name_));
+    std::vector<std::byte> head(10), big(o.io_chunk * 2);
+    ASSERT_EQ(file->read_at(0, head), head.size());
+    const std::uint64_t from = 2 * o.stripe_size + 50000;
+    ASSERT_EQ(file->read_at(from, big), big.size());
+    expect_bytes(from, big);
+  }
+}
+
+// A stripe in the middle of the vector block damaged (a flipped byte, the
+// object removed, cut short, grown) while the load reads the block in place:
+// a typed error naming the stripe object, never an index; the same for a
+// direct read, whose error is sticky. Also a flipped byte that a read jumps
+// over. Restored, the load equals the model.
+TEST_F(RadosSnapshot, DamagedStripeInTheMiddleOfAnInPlaceRead) {
+  const RadosOptions o = in_place_options();
+  store_ = open_store(o);
+  const Model m = make_model(3000, 64, 22);
+  save_to_rados(*store_, name_, build(m));
+  const auto h = store_->head(name_);
+  const std::vector<std::byte> bytes = published_bytes();
+  const std::uint64_t at = vector_block_at(bytes, m);
+  const std::uint64_t k = at / o.stripe_size + 2;  // a stripe the block covers whole
+  ASSERT_LE((k + 1) * o.stripe_size, at + 3000 * 64 * sizeof(float));
+  const std::string oid = RadosSnapshotStore::stripe_object(name_, h->generation, k);
+  const auto original = object_bytes(oid);
+  const auto restore = [&] {
+    librados::bufferlist bl;
+    bl.append(reinterpret_cast<const char*>(original.data()), static_cast<unsigned>(original.size()));
+    ASSERT_EQ(io_.write_full(oid, bl), 0);
+  };
+  const auto flip = [&](std::size_t in) {
+    librados::bufferlist one;
+    one.append(static_cast<char>(std::to_integer<unsigned char>(original[in]) ^ 0x40));
+    ASSERT_EQ(io_.write(oid, one, 1, in), 0);
+  };
+  const auto expect_error = [&](std::optional<PersistError> e, ErrorKind kind, const char* what) {
+    ASSERT_TRUE(e) << what;
+    EXPECT_EQ(e->kind(), kind) << what << ": " << e->what();
+    EXPECT_EQ(e->path(), fs::path(object_url(oid))) << what << ": " << e->what();
+  };
+  const auto load = [&] { (void)load_from_rados<FlatIndex>(*store_, name_); };
+  // A large direct read over the damage, then a small read past it: both fail alike.
+  const auto direct = [&](ErrorKind kind, const char* what) {
+    const auto file = store_->open_read(store_->path_of(name_));
+    std::vector<std::byte> big(static_cast<std::size_t>(4 * o.stripe_size));
+    expect_error(error_of([&] { (void)file->read_at(at, big); }), kind, what);
+    std::vector<std::byte> small(10);
+    expect_error(error_of([&] { (void)file->read_at(bytes.size() - 10, small); }), kind, what);
+  };
+
+  flip(original.size() / 2);
+  expect_error(error_of(load), ErrorKind::ChecksumMismatch, "flipped byte");
+  direct(ErrorKind::ChecksumMismatch, "flipped byte");
+  restore();
+  {  // a flipped byte that a read jumps over, in the stripe it then reads
+    flip(1000);
+    const auto file = store_->open_read(store_->path_of(name_));
+    std::vector<std::byte> big(static_cast<std::size_t>(o.stripe_size));
+    expect_error(error_of([&] { (void)file->read_at(k * o.stripe_size + 5000, big); }), ErrorKind::ChecksumMismatch,
+                 "flipped byte jumped over");
+    restore();
+  }
+  ASSERT_EQ(io_.remove(oid), 0);
+  expect_error(error_of(load), ErrorKind::TruncatedPayload, "missing stripe");
+  direct(ErrorKind::TruncatedPayload, "missing stripe");
+  restore();
+  ASSERT_EQ(io_.trunc(oid, original.size() / 3), 0);
+  expect_error(error_of(load), ErrorKind::TruncatedPayload, "short stripe");
+  restore();
+  librados::bufferlist extra;
+  extra.append("xx", 2);
+  ASSERT_EQ(io_.append(oid, extra, 2), 0);
+  expect_error(error_of(load), ErrorKind::InvalidPayload, "long stripe");
+  restore();
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
 }
 
 // Default options (32 MiB stripes, 4 MiB operations, 8 in flight) on a
