@@ -54,24 +54,36 @@ WalStats = _native.WalStats
 WriteBatch = _native.WriteBatch
 FlatIndex = _native.FlatIndex
 PersistedFlatIndex = _native.PersistedFlatIndex
+ReplicaLag = _native.ReplicaLag
+ReplicaStats = _native.ReplicaStats
+FlatReadReplica = _native.FlatReadReplica
 snapshot_index_type = _native.snapshot_index_type
 
 # index class -> persisted class, and the snapshot header's index type -> persisted class
 _PERSISTED = {FlatIndex: PersistedFlatIndex}
 _BY_TYPE = {"flat": PersistedFlatIndex}
+# the same for the read-replica classes
+_REPLICA = {FlatIndex: FlatReadReplica}
+_REPLICA_BY_TYPE = {"flat": FlatReadReplica}
 
 HAVE_HNSWLIB = hasattr(_native, "HnswlibIndex")
 HAVE_FAISS = hasattr(_native, "FaissIndex")
 if HAVE_HNSWLIB:
     HnswlibIndex = _native.HnswlibIndex
     PersistedHnswlibIndex = _native.PersistedHnswlibIndex
+    HnswlibReadReplica = _native.HnswlibReadReplica
     _PERSISTED[HnswlibIndex] = PersistedHnswlibIndex
     _BY_TYPE["hnswlib"] = PersistedHnswlibIndex
+    _REPLICA[HnswlibIndex] = HnswlibReadReplica
+    _REPLICA_BY_TYPE["hnswlib"] = HnswlibReadReplica
 if HAVE_FAISS:
     FaissIndex = _native.FaissIndex
     PersistedFaissIndex = _native.PersistedFaissIndex
+    FaissReadReplica = _native.FaissReadReplica
     _PERSISTED[FaissIndex] = PersistedFaissIndex
     _BY_TYPE["faiss"] = PersistedFaissIndex
+    _REPLICA[FaissIndex] = FaissReadReplica
+    _REPLICA_BY_TYPE["faiss"] = FaissReadReplica
 
 
 class PersistedIndex:
@@ -94,15 +106,34 @@ class PersistedIndex:
         index_type: FlatIndex, HnswlibIndex or FaissIndex; by default the
         type the snapshot's header names.
         """
-        if index_type is not None:
-            if index_type not in _PERSISTED:
-                raise TypeError(f"unknown index type {index_type!r}")
-            return _PERSISTED[index_type].load(config)
-        name = snapshot_index_type(config.path)
-        if name not in _BY_TYPE:
-            raise UnsupportedError(f"snapshot {config.path} holds a '{name}' index, which this build does not bind")
-        return _BY_TYPE[name].load(config)
+        return _class_for(config, index_type, _PERSISTED, _BY_TYPE).load(config)
 
+
+class ReadReplica:
+    """Factory of the read-replica classes (FlatReadReplica, ...)."""
+
+    @staticmethod
+    def open(config: PersistConfig, index_type: Optional[Type] = None):
+        """A read-only replica of the index at config.path that follows its writer's log.
+
+        Loads and verifies the snapshot and replays the log; takes no lock
+        and writes nothing. index_type: FlatIndex, HnswlibIndex or
+        FaissIndex; by default the type the snapshot's header names.
+        """
+        return _class_for(config, index_type, _REPLICA, _REPLICA_BY_TYPE).open(config)
+
+
+def _class_for(config: PersistConfig, index_type: Optional[Type], by_index: dict, by_type: dict):
+    """The class in by_index for index_type, else the one by_type names for the snapshot's header."""
+    if index_type is not None:
+        if index_type not in by_index:
+            raise TypeError(f"unknown index type {index_type!r}")
+        return by_index[index_type]
+    name = snapshot_index_type(config.path)
+    if name not in by_type:
+        raise UnsupportedError(f"snapshot {config.path} holds a '{name}' index, which this build does not bind")
+    return by_type[name]
 
 open_with = PersistedIndex.open_with
 load = PersistedIndex.load
+open_replica = ReadReplica.open

@@ -1,6 +1,6 @@
 // The pieces of the module _iqdb_persist (module.cpp registers them), and
-// the template that binds PersistedIndex<I> for each index type
-// (persisted.hpp). docs/PYTHON.md describes the Python API.
+// the templates that bind PersistedIndex<I> and ReadReplica<I> for each
+// index type (persisted.hpp, replica.hpp). docs/PYTHON.md describes the Python API.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -14,6 +14,7 @@ namespace py = pybind11;
 
 void register_errors(py::module_& m);
 void register_config(py::module_& m);
+void register_replica_types(py::module_& m);
 void register_flat(py::module_& m);
 // Each registers nothing when its adapter was not built.
 void register_hnswlib(py::module_& m);

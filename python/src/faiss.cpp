@@ -1,8 +1,9 @@
-// FaissIndex and PersistedFaissIndex (when the FAISS adapter was built).
+// FaissIndex, PersistedFaissIndex and FaissReadReplica (when the FAISS adapter was built).
 // A FAISS index comes from a factory string (faiss::index_factory) or from
 // the bytes of faiss.serialize_index (so any index built with Debian's
 // python3-faiss can be persisted).
 #include "persisted.hpp"
+#include "replica.hpp"
 
 #ifdef IQDB_PY_HAVE_FAISS
 #include <faiss/Index.h>
@@ -72,6 +73,7 @@ void register_faiss([[maybe_unused]] py::module_& m) {
                   "normalized vectors).");
   bind_index_methods(c);
   bind_persisted<FaissIndex>(m, "PersistedFaissIndex", "A FaissIndex with durable, crash-safe persistence.");
+  bind_replica<FaissIndex>(m, "FaissReadReplica", "A read-only FaissIndex that follows its writer's log.");
 #endif
 }
 

@@ -1,5 +1,6 @@
-// FlatIndex and PersistedFlatIndex.
+// FlatIndex, PersistedFlatIndex and FlatReadReplica.
 #include "persisted.hpp"
+#include "replica.hpp"
 
 namespace iqdb::persist::python {
 
@@ -9,21 +10,9 @@ void register_flat(py::module_& m) {
         py::arg("dim"), py::arg("metric") = DistanceMetric::Euclidean);
   bind_index_methods(c);
   auto p = bind_persisted<FlatIndex>(m, "PersistedFlatIndex", "A FlatIndex with durable, crash-safe persistence.");
-  p.def(
-      "get",
-      [](Persisted<FlatIndex>& self, py::handle id) -> py::object {
-        const VectorId vid = to_id(id);
-        // Copied under the read lock with the GIL released, converted after.
-        const std::vector<float> v = self.reading([&](const FlatIndex& ix) {
-          const std::span<const float> found = ix.get(vid);
-          return std::vector<float>(found.begin(), found.end());
-        });
-        if (v.empty()) return py::none();
-        py::array_t<float> out(static_cast<py::ssize_t>(v.size()));
-        std::copy(v.begin(), v.end(), out.mutable_data());
-        return out;
-      },
-      py::arg("id"), "A copy of the stored vector of an id (float32), or None.");
+  bind_flat_get(p);
+  auto r = bind_replica<FlatIndex>(m, "FlatReadReplica", "A read-only FlatIndex that follows its writer's log.");
+  bind_flat_get(r);
 }
 
 }  // namespace iqdb::persist::python

@@ -1,5 +1,6 @@
-// HnswlibIndex and PersistedHnswlibIndex (when the hnswlib adapter was built).
+// HnswlibIndex, PersistedHnswlibIndex and HnswlibReadReplica (when the hnswlib adapter was built).
 #include "persisted.hpp"
+#include "replica.hpp"
 
 #ifdef IQDB_PY_HAVE_HNSWLIB
 #include <iqdb/persist/adapters/hnswlib.hpp>
@@ -23,6 +24,7 @@ void register_hnswlib([[maybe_unused]] py::module_& m) {
         py::arg("initial_capacity") = d.initial_capacity);
   bind_index_methods(c);
   bind_persisted<HnswlibIndex>(m, "PersistedHnswlibIndex", "An HnswlibIndex with durable, crash-safe persistence.");
+  bind_replica<HnswlibIndex>(m, "HnswlibReadReplica", "A read-only HnswlibIndex that follows its writer's log.");
 #endif
 }
 

@@ -7,6 +7,7 @@ PYBIND11_MODULE(_iqdb_persist, m) {
   m.attr("__version__") = std::string(iqdb::persist::VERSION);
   p::register_errors(m);
   p::register_config(m);
+  p::register_replica_types(m);
   p::register_flat(m);
   p::register_hnswlib(m);
   p::register_faiss(m);

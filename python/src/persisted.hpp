@@ -9,27 +9,9 @@
 
 #include "bindings.hpp"
 #include "convert.hpp"
+#include "reads.hpp"
 
 namespace iqdb::persist::python {
-
-inline VectorId hit_id(const VectorId& id) { return id; }
-inline VectorId hit_id(std::uint64_t id) { return VectorId(id); }
-
-// Search every row of `q` in `ix` (GIL released by the caller).
-template <class I>
-HitTable search_rows(const I& ix, const Queries& q, std::size_t k) {
-  HitTable t;
-  t.ids.resize(q.rows.n);
-  t.distances.resize(q.rows.n);
-  const std::size_t dim = static_cast<std::size_t>(ix.dim());
-  for (std::size_t r = 0; r < q.rows.n; ++r) {
-    for (const auto& h : ix.search(q.rows.floats.subspan(r * dim, dim), k)) {
-      t.ids[r].push_back(hit_id(h.id));
-      t.distances[r].push_back(h.distance);
-    }
-  }
-  return t;
-}
 
 // The methods every index class has, standalone (in memory, nothing logged).
 template <class I>
@@ -164,28 +146,6 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
       .def(
           "write", [](P& p, const WriteBatch& b) { p.released([&](Db& db) { db.write(b); }); }, py::arg("batch"),
           "Apply a WriteBatch: validated whole, one log frame, one fsync, all or nothing.")
-      .def(
-          "search",
-          [](P& p, py::handle query, std::size_t k) {
-            const Queries q = as_queries(query, p.dim);
-            const HitTable t = p.released([&](Db& db) { return db.read([&](const I& ix) { return search_rows(ix, q, k); }); });
-            return to_numpy(t, q.single);
-          },
-          py::arg("query"), py::arg("k"),
-          "(ids, distances) of the k nearest vectors: 1-D arrays for one query (shape (dim,)), (n, k) for n "
-          "queries (rows padded with id 2**64-1 / None and distance inf).")
-      .def(
-          "metadata",
-          [](P& p, py::handle id) {
-            const VectorId vid = to_id(id);
-            // Copied under the read lock with the GIL released, converted after.
-            const std::optional<Metadata> meta = p.reading([&](const I& ix) -> std::optional<Metadata> {
-              const Metadata* found = ix.metadata(vid);
-              return found != nullptr ? std::optional<Metadata>(*found) : std::nullopt;
-            });
-            return from_metadata(meta ? &*meta : nullptr);
-          },
-          py::arg("id"), "The metadata dict of an id, or None.")
       .def("save", [](P& p) { p.released([](Db& db) { db.save(); }); }, "Atomic, durable snapshot (with the WAL: checkpoint).")
       .def("checkpoint", [](P& p) { p.released([](Db& db) { db.checkpoint(); }); },
            "With the WAL: fold the log into a new snapshot, start an empty log. Without: save().")
@@ -199,19 +159,11 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
       .def(
           "failure",
           [](P& p) -> py::object {
-            const std::optional<std::string> why = p.released([](Db& db) { return db.failure(); });
-            return why ? py::object(py::str(*why)) : py::object(py::none());
+            return str_or_none(p.released([](Db& db) { return db.failure(); }));
           },
           "Why mutations are refused (Poisoned), or None.")
-      .def_property_readonly("dim", [](P& p) { return p.dim; })
       .def_property_readonly("metric", [](P& p) { return p.db->index().metric(); })
       .def_property_readonly("path", [](P& p) { return p.db->config().path.string(); })
-      .def("__len__", [](P& p) { return p.reading([](const I& ix) { return ix.size(); }); })
-      .def("__contains__",
-           [](P& p, py::handle id) {
-             const VectorId vid = to_id(id);
-             return p.reading([&](const I& ix) { return ix.contains(vid); });
-           })
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](P& p, py::handle exc_type, py::handle, py::handle) {
         // Closes; an error of close() is raised unless the block raised one.
@@ -222,6 +174,7 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
         }
         return false;
       });
+  bind_reads<I>(c);
   return c;
 }
 

@@ -118,6 +118,9 @@ class ReadReplica {
   // Unsynchronised (no catch-up may run meanwhile).
   const I& index() const noexcept { return *s_->index; }
   const PersistConfig& config() const noexcept { return s_->config; }
+  // False once promote() consumed the replica (also a promote() that failed
+  // after taking the lock) or it was moved from: no other call is valid then.
+  bool valid() const noexcept { return s_ != nullptr; }
 
   // Failover: become the writer. Takes the writer lock as load() with the
   // WAL does (with the config's lock options: on RADOS, waiting for a dead
