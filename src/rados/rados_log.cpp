@@ -181,11 +181,10 @@ class RadosLogSink final : public detail::LogSink {
     end_.store(end_.load() + frame.size());
   }
 
-  void take_staged(Staged& out) override {
+  void take_staged(Staged& out, std::uint64_t upto) override {
     std::lock_guard lk(mu_);
     out.offset = end_.load() - staged_.size();
-    out.bytes.clear();
-    std::swap(out.bytes, staged_);
+    detail::take_staged_prefix(staged_, out, upto);
   }
 
   void write_staged(const Staged& s) override {
@@ -225,6 +224,10 @@ class RadosLogSink final : public detail::LogSink {
 
   std::uint64_t end() const noexcept override { return end_.load(); }
   std::uint64_t salt() const noexcept override { return salt_; }
+  // A group is at most one log object's worth (a frame larger than that goes
+  // alone, into an object of its own): every write operation stays within
+  // kMaxLogObject, below osd_max_write_size.
+  std::uint64_t max_group_bytes() const noexcept override { return limit_; }
 
  private:
   fs::path log_name() const { return object_path(store_, name_ + ".log." + std::to_string(gen_)); }

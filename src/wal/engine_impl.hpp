@@ -22,6 +22,8 @@
 //  - The leader's seat (syncing_) is free only when no commit is queued;
 //    frames staged for a group belong to queued commits, and the leader of
 //    the sync that covers them writes them.
+//  - One sync covers at most LogSink::max_group_bytes() of frames (or one
+//    frame): a group is a prefix of the queue, the rest waits for the next.
 #pragma once
 
 #include <algorithm>
@@ -189,6 +191,14 @@ class WalEngine::Impl {
   void log_frame(std::vector<std::byte>& frame, Entry& e);
   void wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk);
   void leader_sync(std::unique_lock<std::mutex>& lk);
+  // The commits one sync covers: their frames end at `end`, their last LSN.
+  struct Group {
+    std::uint64_t end = 0;
+    std::uint64_t last_lsn = 0;
+    std::size_t entries = 0;
+  };
+  Group next_group() const noexcept;
+  bool group_full() const noexcept;
   void gather_group(std::unique_lock<std::mutex>& lk, std::size_t want);
   void sync_failed(const std::exception_ptr& err, const std::string& what);
   void sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,

@@ -184,14 +184,12 @@ void WalEngine::Impl::wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk)
 void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk) {
   syncing_ = true;  // (already, if the seat was handed over)
   const std::size_t want = group_target();
-  if (policy_.mode() == FsyncPolicy::Mode::Always && queue_.size() < want) gather_group(lk, want);
-  const std::uint64_t target = writer_->end();
-  const std::uint64_t target_lsn = next_lsn_ - 1;
-  const std::size_t group = queue_.size();
+  if (policy_.mode() == FsyncPolicy::Mode::Always && queue_.size() < want && !group_full()) gather_group(lk, want);
+  const Group g = next_group();
   const auto sync_start = std::chrono::steady_clock::now();
   std::exception_ptr err;
   std::string what;
-  writer_->take_staged(staged_);
+  writer_->take_staged(staged_, g.end);
   lk.unlock();
   try {
     writer_->write_staged(staged_);
@@ -204,10 +202,35 @@ void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk) {
   if (err) {
     sync_failed(err, what);
   } else {
-    sync_succeeded(target, target_lsn, group, std::chrono::steady_clock::now() - sync_start);
+    sync_succeeded(g.end, g.last_lsn, g.entries, std::chrono::steady_clock::now() - sync_start);
   }
   pass_seat();
   cv_.notify_all();
+}
+
+// What the next sync covers (mu_ held): under Always, the queued commits
+// from the first on whose frames fit the sink's max_group_bytes() together
+// (at least one); those left out are the next group's, their frames staged
+// after these. Otherwise everything appended so far.
+WalEngine::Impl::Group WalEngine::Impl::next_group() const noexcept {
+  if (policy_.mode() != FsyncPolicy::Mode::Always || queue_.empty()) {
+    return {writer_->end(), next_lsn_ - 1, queue_.size()};
+  }
+  const std::uint64_t start = queue_.front()->start;
+  const std::uint64_t bound = writer_->max_group_bytes();
+  Group g;
+  for (const Entry* q = queue_.front(); q != nullptr; q = q->next) {
+    if (g.entries > 0 && q->end - start > bound) break;
+    g.end = q->end;
+    g.last_lsn = q->first_lsn + q->ops.size() - 1;
+    ++g.entries;
+  }
+  return g;
+}
+
+// The queued frames fill a group already: gathering more is pointless.
+bool WalEngine::Impl::group_full() const noexcept {
+  return !queue_.empty() && writer_->end() - queue_.front()->start >= writer_->max_group_bytes();
 }
 
 // Writers are arriving concurrently. Give those that were just acknowledged

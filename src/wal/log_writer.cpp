@@ -90,10 +90,9 @@ void LogWriter::stage(std::span<const std::byte> frame) {
   end_ += frame.size();
 }
 
-void LogWriter::take_staged(Staged& out) {
+void LogWriter::take_staged(Staged& out, std::uint64_t upto) {
   out.offset = end_ - staged_.size();
-  out.bytes.clear();
-  std::swap(out.bytes, staged_);
+  detail::take_staged_prefix(staged_, out, upto);
 }
 
 void LogWriter::write_staged(const Staged& s) {

@@ -41,9 +41,9 @@ class LogWriter final : public detail::LogSink {
   // staged.
   using Staged = detail::LogSink::Staged;
   void stage(std::span<const std::byte> frame) override;
-  // Swaps the staged bytes into `out` (whose old contents are dropped; its
-  // capacity is kept for the next round).
-  void take_staged(Staged& out) override;
+  // Moves the staged bytes before `upto` into `out` (whose old contents are
+  // dropped; its capacity is kept for the next round).
+  void take_staged(Staged& out, std::uint64_t upto) override;
   void write_staged(const Staged& s) override;
   // Cut the log back to `end` (dropping frames after it) and sync that.
   void cut(std::uint64_t end) override;

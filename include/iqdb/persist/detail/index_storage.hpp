@@ -10,6 +10,7 @@
 // where they are stored and how they are made durable differ.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -47,10 +48,18 @@ class LogSink {
   // every replica acknowledged). A failure leaves the outcome unknown.
   virtual void datasync() = 0;
   // Group commit: stage() counts the frame in end(); take_staged() (under the
-  // engine's lock) hands the staged bytes over; write_staged() writes them.
+  // engine's lock) hands over the staged bytes before log offset `upto` (a
+  // frame boundary; the rest stays staged, for the next group);
+  // write_staged() writes them.
   virtual void stage(std::span<const std::byte> frame) = 0;
-  virtual void take_staged(Staged& out) = 0;
+  virtual void take_staged(Staged& out, std::uint64_t upto) = 0;
   virtual void write_staged(const Staged& s) = 0;
+  // The most bytes of frames one group commit may hand to write_staged() and
+  // datasync() (RADOS: one write operation, which the OSD refuses past
+  // osd_max_write_size). The engine puts whole frames into a group up to this
+  // bound (a single larger frame, up to the storage's max_frame_bytes, goes
+  // alone); the commits left out go into the next group, in LSN order.
+  virtual std::uint64_t max_group_bytes() const noexcept { return UINT64_MAX; }
   // Drop the log's bytes after `end`, durably.
   virtual void cut(std::uint64_t end) = 0;
   virtual void close() = 0;
@@ -60,6 +69,21 @@ class LogSink {
   virtual std::uint64_t end() const noexcept = 0;
   virtual std::uint64_t salt() const noexcept = 0;
 };
+
+// For LogSink::take_staged: moves the bytes of `staged` (which start at log
+// offset out.offset) before log offset `upto` into out.bytes, and leaves the
+// rest in `staged`. No copy when all of them go.
+inline void take_staged_prefix(std::vector<std::byte>& staged, LogSink::Staged& out, std::uint64_t upto) {
+  out.bytes.clear();
+  const std::uint64_t n = upto > out.offset ? std::min<std::uint64_t>(upto - out.offset, staged.size()) : 0;
+  if (n == staged.size()) {
+    std::swap(out.bytes, staged);
+    return;
+  }
+  const auto cut = staged.begin() + static_cast<std::ptrdiff_t>(n);
+  out.bytes.assign(staged.begin(), cut);
+  staged.erase(staged.begin(), cut);
+}
 
 // A log a read replica follows (ReadReplica, replica.hpp; the follower is
 // src/wal/log_follower.cpp).
