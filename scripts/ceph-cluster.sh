@@ -248,6 +248,9 @@ mon_osd_reporter_subtree_level = osd
 mon_osd_min_down_reporters = 1
 osd_heartbeat_grace = 5
 osd_heartbeat_interval = 1
+# Tests pause OSDs on purpose: an OSD marked down more than
+# osd_max_markdown_count times (default 5) in 10 minutes shuts itself down.
+osd_max_markdown_count = 1000
 # Quick stats, so health and PG states are current within a second.
 mgr_stats_period = 1
 mon_mgr_digest_period = 1
