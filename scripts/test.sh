@@ -6,7 +6,8 @@
 # Sanitizer, the concurrent tests under ThreadSanitizer, each libFuzzer target
 # for a few seconds (after replaying its regressions), static analysis
 # (clang-tidy, cppcheck), and the installed CMake package consumed through
-# find_package and add_subdirectory, and the Debian packages.
+# find_package and add_subdirectory, the Debian packages, and the Python
+# package (installed as the README says, pytest; again under ASan + UBSan).
 # Installs the Debian packages it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -130,5 +131,22 @@ py_install=$(grep -E '^python3 -m venv|^\.venv/bin/pip install' README.md)
 printf '+ %s\n' "$py_install"
 (PATH=/usr/bin:/bin; eval "${py_install//.venv/$py_env/.venv}")
 "$py_env/.venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+
+stage "Python package under AddressSanitizer + UndefinedBehaviorSanitizer (module in build/asan, ASan runtime preloaded)"
+# docs/PYTHON.md, "Testing under the sanitizers": the library in build/asan
+# is the ASan stage's (same flags), so only the module is built here; the
+# interpreter is Debian's python3, not instrumented, hence the preload.
+py_asan_rt=$(gcc -print-file-name=libasan.so)
+if [ "$py_asan_rt" = libasan.so ] || ! /usr/bin/python3 -c 'import numpy, pytest' 2>/dev/null; then
+  echo "SKIPPED: needs gcc's libasan.so and /usr/bin/python3 with numpy and pytest (scripts/deps.sh test)" >&2
+else
+  cmake -S . -B build/asan -DIQDB_PERSIST_WITH_PYTHON=ON >/dev/null
+  cmake --build build/asan -j"$jobs" --target iqdb_persist_python
+  rm -rf build/asan/pypkg && mkdir build/asan/pypkg && cp -r python/iqdb_persist build/asan/pypkg/
+  cp build/asan/python/_iqdb_persist*.so build/asan/pypkg/iqdb_persist/
+  LD_PRELOAD="$py_asan_rt $(gcc -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc PYTHONPATH=build/asan/pypkg \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider python/tests
+fi
 
 stage "all stages passed"
