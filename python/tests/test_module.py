@@ -1,5 +1,6 @@
 """The module's face: python -m, docstrings, stubs, context manager."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -20,6 +21,33 @@ def test_stubs_and_docstrings_are_installed():
     assert os.path.exists(os.path.join(pkg, "__init__.pyi")) and os.path.exists(os.path.join(pkg, "py.typed"))
     assert "batch" in iq.PersistedFlatIndex.insert.__doc__
     assert "GIL" in iq.__doc__
+
+
+def stub_members(classes, name):
+    """Methods and attributes a stub class declares, with its bases'."""
+    node = classes[name]
+    out = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+    out |= {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+    for base in node.bases:
+        if isinstance(base, ast.Name) and base.id in classes:
+            out |= stub_members(classes, base.id)
+    return out
+
+
+def test_stubs_declare_every_public_name_and_method():
+    with open(os.path.join(os.path.dirname(iq.__file__), "__init__.pyi")) as f:
+        tree = ast.parse(f.read())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    declared = set(classes) | {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    declared |= {t.id for n in tree.body if isinstance(n, ast.AnnAssign) for t in [n.target]}
+    declared |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    ours = {k: v for k, v in vars(iq).items()
+            if not k.startswith("_") and getattr(v, "__module__", "").startswith("iqdb_persist")}
+    assert sorted(set(ours) - declared) == []
+    for name, obj in ours.items():
+        if isinstance(obj, type) and obj.__module__ == "iqdb_persist._iqdb_persist" and name != "Metric":
+            public = {a for a in dir(obj) if not a.startswith("_")}
+            assert sorted(public - stub_members(classes, name)) == [], name
 
 
 def test_context_manager_closes_and_reports(path):
