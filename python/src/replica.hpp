@@ -42,7 +42,7 @@ template <class I>
 struct Replica {
   std::optional<ReadReplica<I>> r;
   std::uint64_t dim = 0;
-  DistanceMetric metric;
+  DistanceMetric metric = DistanceMetric::Euclidean;
   std::string path;
   const char* gone = "closed";
   std::shared_mutex life;
