@@ -19,6 +19,8 @@
 //    (untouched) buffer of the snapshot's size, as a program that wants the
 //    bytes in memory does (bench_util's time_read_fresh for a file); the
 //    figure for reused buffers (librados's transfer alone) is printed too.
+//    Each round times a save and its limit, then --load-pairs (default 3)
+//    pairs of a load and its limit; --snapshot-only skips the WAL part.
 // Timed: what a user's code does (the inserts; save(); load()); connecting,
 // opening the index and creating the data are not. Before each timed save,
 // load and limit, memory is touched and freed (bench::prepare_memory: this
@@ -54,6 +56,7 @@ struct Args {
   std::uint64_t vectors = 1000000;
   std::uint64_t dim = 128;
   int repeats = 3;
+  int load_pairs = 3;  // load / limit pairs per round
 };
 
 std::string unique(const std::string& what) {
@@ -312,10 +315,6 @@ void bench_wal(const Args& a) {
               bench::median(sixteen), bench::median(sixteen) / o, bench::median(per16));
 }
 
-// Loads are short and the machine's load drifts: several load / limit
-// pairs per round, each ratio taken within its pair.
-constexpr int kLoadPairs = 3;
-
 void bench_snapshot(const Args& a) {
   const std::string name = unique("snap");
   PersistConfig cfg = config(a, name, false);
@@ -342,7 +341,7 @@ void bench_snapshot(const Args& a) {
   std::printf("Snapshot of %llu x %llu, default RadosOptions: %d rounds, each a save and its limit, then %d pairs of a "
               "load and its limit (order alternating)\n",
               static_cast<unsigned long long>(a.vectors), static_cast<unsigned long long>(a.dim), a.repeats,
-              kLoadPairs);
+              a.load_pairs);
   for (int i = 0; i < a.repeats; ++i) {
     const std::string prefix = unique("raw");
     // The first round saves first: the limit needs the snapshot's size.
@@ -356,7 +355,9 @@ void bench_snapshot(const Args& a) {
     save_ratio.push_back(save.back() / wlimit.back());
     std::printf("  round %d: save %.2f s, aio writes %.2f s: %.2fx\n", i + 1, save.back(), wlimit.back(),
                 save_ratio.back());
-    for (int p = 0; p < kLoadPairs; ++p) {
+    // Loads are short and the machine's load drifts: several load / limit
+    // pairs per round, each ratio taken within its pair.
+    for (int p = 0; p < a.load_pairs; ++p) {
       for (int k = 0; k < 2; ++k) {
         if ((i + p + k) % 2 == 0) {
           time_load();
@@ -408,6 +409,8 @@ int main(int argc, char** argv) {
       a.dim = std::stoull(value());
     } else if (arg == "--repeats") {
       a.repeats = std::stoi(value());
+    } else if (arg == "--load-pairs") {
+      a.load_pairs = std::stoi(value());
     } else if (arg == "--wal-only") {
       snap = false;
     } else if (arg == "--snapshot-only") {
@@ -416,7 +419,7 @@ int main(int argc, char** argv) {
       cold = true;
     } else {
       die("usage: iqdb_rados_wal_bench [--pool P] [--records N] [--vectors N] [--dim D] [--repeats R] "
-          "[--wal-only | --snapshot-only] [--cold-memory]");
+          "[--load-pairs P] [--wal-only | --snapshot-only] [--cold-memory]");
     }
   }
   // As persist_bench: what the index takes, and 64 MiB.
