@@ -4,8 +4,12 @@
 // hits every case alike; a ratio is the median over the rounds of the ratio
 // within a round. Usage (docs/PERFORMANCE.md):
 //   iqdb_wal_bench [--dir DIR] [--sync-ops N] [--nosync-ops N] [--replay-records N] [--repeats N] [--no-rocksdb]
+//   iqdb_wal_bench --group-profile [--dir DIR] [--sync-ops N] [--repeats N] [--commit-spin US]
+// (--group-profile: only Always inserts from 1 and 4 threads, with the CPU
+// time and context switches of the process per commit.)
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,6 +57,8 @@ struct Options {
   // benchmark warms memory"), so that it meets memory as a program started
   // on an idle machine does.
   int settle_ms = 3000;
+  bool group_profile = false;
+  int commit_spin_us = -1;  // -1: PersistConfig's default
 };
 
 // Commits per fdatasync of each multi-threaded run (WalStats).
@@ -179,11 +185,11 @@ PersistConfig wal_cfg(const fs::path& d, FsyncPolicy p) {
   return cfg;
 }
 
-double iqdb_inserts(const fs::path& d, std::size_t n, FsyncPolicy policy, int threads,
-                    const std::vector<std::vector<float>>& vecs) {
-  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), wal_cfg(d, policy));
+// Inserts 0..n-1 from `threads` threads (thread t: t, t + threads, ...);
+// returns when all are done.
+void insert_from_threads(PersistedIndex<FlatIndex>& db, std::size_t n, int threads,
+                         const std::vector<std::vector<float>>& vecs) {
   std::vector<std::thread> ts;
-  const auto t0 = Clock::now();
   for (int t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
       for (std::size_t i = static_cast<std::size_t>(t); i < n; i += static_cast<std::size_t>(threads)) {
@@ -192,12 +198,98 @@ double iqdb_inserts(const fs::path& d, std::size_t n, FsyncPolicy policy, int th
     });
   }
   for (auto& th : ts) th.join();
+}
+
+double iqdb_inserts(const fs::path& d, std::size_t n, FsyncPolicy policy, int threads,
+                    const std::vector<std::vector<float>>& vecs) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), wal_cfg(d, policy));
+  const auto t0 = Clock::now();
+  insert_from_threads(db, n, threads, vecs);
   const double s = seconds_since(t0);
   if (threads > 1) {
     const wal::WalStats st = db.wal_stats();
     g_commits_per_sync.push_back(static_cast<double>(st.commits) / static_cast<double>(std::max<std::uint64_t>(1, st.log_syncs)));
   }
   return static_cast<double>(n) / s;
+}
+
+// What a run of Always inserts cost the whole process, per commit.
+struct CommitCost {
+  double per_second = 0;
+  double cpu_us = 0;         // user + system CPU time of all threads
+  double voluntary = 0;      // context switches: waits (futex, fdatasync)
+  double involuntary = 0;    // preemptions
+  double commits_per_sync = 0;
+};
+
+double rusage_us(const timeval& tv) { return static_cast<double>(tv.tv_sec) * 1e6 + static_cast<double>(tv.tv_usec); }
+
+CommitCost profile_inserts(const fs::path& d, std::size_t per_thread, int threads, int spin_us,
+                           const std::vector<std::vector<float>>& vecs) {
+  PersistConfig cfg = wal_cfg(d, FsyncPolicy::always());
+  if (spin_us >= 0) cfg.commit_spin = std::chrono::microseconds(spin_us);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+  const std::size_t n = per_thread * static_cast<std::size_t>(threads);
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  const auto t0 = Clock::now();
+  insert_from_threads(db, n, threads, vecs);
+  const double s = seconds_since(t0);
+  getrusage(RUSAGE_SELF, &after);
+  const auto per = [&](double x) { return x / static_cast<double>(n); };
+  const wal::WalStats st = db.wal_stats();
+  CommitCost c;
+  c.per_second = static_cast<double>(n) / s;
+  c.cpu_us = per(rusage_us(after.ru_utime) - rusage_us(before.ru_utime) + rusage_us(after.ru_stime) -
+                 rusage_us(before.ru_stime));
+  c.voluntary = per(static_cast<double>(after.ru_nvcsw - before.ru_nvcsw));
+  c.involuntary = per(static_cast<double>(after.ru_nivcsw - before.ru_nivcsw));
+  c.commits_per_sync = static_cast<double>(st.commits) / static_cast<double>(std::max<std::uint64_t>(1, st.log_syncs));
+  return c;
+}
+
+// --group-profile: in interleaved rounds, 1 thread, 4 threads with
+// --commit-spin (default: PersistConfig's), 4 threads never spinning; the
+// medians, and each 4-thread case's ratio to 1 thread within a round (the
+// median of the rounds).
+int group_profile(const Options& o) {
+  const auto vecs = make_vectors(o.sync_ops * 4);
+  struct Variant {
+    const char* name;
+    int threads;
+    int spin_us;
+    std::vector<CommitCost> runs;
+    std::vector<double> ratios;
+  };
+  std::vector<Variant> vs = {{"1 thread", 1, o.commit_spin_us, {}, {}},
+                             {"4 threads", 4, o.commit_spin_us, {}, {}},
+                             {"4, spin 0", 4, 0, {}, {}}};
+  for (int r = 0; r < o.repeats; ++r) {
+    for (Variant& v : vs) {
+      const fs::path d = o.dir / "run";
+      fs::remove_all(d);
+      fs::create_directories(d);
+      ::sync();
+      v.runs.push_back(profile_inserts(d, o.sync_ops, v.threads, v.spin_us, vecs));
+      v.ratios.push_back(v.runs.back().per_second / vs.front().runs.back().per_second);
+      fs::remove_all(d);
+    }
+  }
+  const auto med = [](const std::vector<CommitCost>& v, double CommitCost::*f) {
+    std::vector<double> x;
+    for (const CommitCost& c : v) x.push_back(c.*f);
+    return bench::median(x);
+  };
+  std::printf("group commit profile, Always, %zu inserts per thread, commit_spin %d us (-1: default), %d rounds\n",
+              o.sync_ops, o.commit_spin_us, o.repeats);
+  std::printf("%-10s %10s %8s %14s %14s %16s %13s\n", "case", "commits/s", "x 1 thr", "CPU us/commit",
+              "vol cs/commit", "invol cs/commit", "commits/sync");
+  for (const Variant& v : vs) {
+    std::printf("%-10s %10.0f %8.2f %14.1f %14.2f %16.2f %13.2f\n", v.name, med(v.runs, &CommitCost::per_second),
+                bench::median(v.ratios), med(v.runs, &CommitCost::cpu_us), med(v.runs, &CommitCost::voluntary),
+                med(v.runs, &CommitCost::involuntary), med(v.runs, &CommitCost::commits_per_sync));
+  }
+  return 0;
 }
 
 double iqdb_batches(const fs::path& d, std::size_t batches, std::size_t batch_size,
@@ -293,15 +385,18 @@ int main(int argc, char** argv) {
     else if (a == "--repeats") o.repeats = std::stoi(next());
     else if (a == "--no-rocksdb") o.rocksdb = false;
     else if (a == "--settle-ms") o.settle_ms = std::stoi(next());
+    else if (a == "--group-profile") o.group_profile = true;
+    else if (a == "--commit-spin") o.commit_spin_us = std::stoi(next());
     else {
       std::fprintf(stderr,
                    "usage: %s [--dir DIR] [--sync-ops N] [--nosync-ops N] [--replay-records N] [--repeats N] "
-                   "[--no-rocksdb] [--settle-ms MS]\n",
+                   "[--no-rocksdb] [--settle-ms MS] [--group-profile [--commit-spin US]]\n",
                    argv[0]);
       return 2;
     }
   }
   fs::create_directories(o.dir);
+  if (o.group_profile) return group_profile(o);
   const auto vecs = make_vectors(o.nosync_ops);
   bench::set_program_name(argv[0]);
   std::printf("iqdb-persist WAL benchmark: dim %zu, %zu-byte frames, dir %s, %d interleaved rounds (medians)\n\n", kDim,

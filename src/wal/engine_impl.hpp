@@ -205,6 +205,7 @@ class WalEngine::Impl {
                       std::chrono::steady_clock::duration took);
   void pass_seat() noexcept;
   void apply_through(std::uint64_t end);
+  static void wake_all(Entry* first) noexcept;
   void roll_back_from(std::exception_ptr cause);
   void fail_queue(const std::exception_ptr& err) noexcept;
   void register_pending();
@@ -222,6 +223,10 @@ class WalEngine::Impl {
   std::filesystem::path snapshot_path_;
   std::filesystem::path log_path_;
   std::chrono::nanoseconds commit_spin_;
+  // Threads yielding the CPU in a loop while they wait (group_commit.cpp),
+  // and how many may: one fewer than the CPUs.
+  std::atomic<int> spinning_{0};
+  const int spin_slots_ = std::max(0, static_cast<int>(std::thread::hardware_concurrency()) - 1);
   std::uint64_t max_frame_;  // the storage's frame limit (IndexStorage::max_frame_bytes)
   std::unique_ptr<FileLock> lock_;
   std::unique_ptr<LogSink> writer_;
@@ -237,6 +242,11 @@ class WalEngine::Impl {
   bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
   std::size_t gather_want_ = 0;
   LogSink::Staged staged_;  // the group the leader writes (leader only)
+  // A committing leader's apply_through leaves the entries it applied here
+  // (linked through Entry::next), woken once it let go of mu_.
+  bool defer_wakes_ = false;
+  Entry* woken_ = nullptr;
+  Entry* woken_tail_ = nullptr;
   std::array<std::size_t, 8> recent_groups_{};  // entries covered by each of the last fsyncs
   std::size_t recent_at_ = 0;
   wal::WalStats stats_;

@@ -4,9 +4,11 @@
 // mu_ once per commit, allocates nothing once its thread's frame buffer has
 // grown, and queues commits in an intrusive list on their threads' stacks.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "iqdb/persist/error.hpp"
 #include "util/coding.hpp"
@@ -42,6 +44,29 @@ void encode_frame(std::vector<std::byte>& frame, std::span<const MutationRef> op
                                  std::to_string(max_body) + " bytes here); split it");
   }
 }
+
+// A place among the threads that may yield the CPU in a loop while they
+// wait: one fewer than the CPUs, so that the threads they wait for (the
+// leader back from its sync, the writers it gathers) find a CPU free instead
+// of taking turns with spinners (4 writers on 2 CPUs: docs/PERFORMANCE.md,
+// "Write-ahead log").
+class SpinSlot {
+ public:
+  SpinSlot(std::atomic<int>& spinning, int max) noexcept
+      : spinning_(spinning), got_(spinning.fetch_add(1, std::memory_order_relaxed) < max) {
+    if (!got_) spinning_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  ~SpinSlot() {
+    if (got_) spinning_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  SpinSlot(const SpinSlot&) = delete;
+  SpinSlot& operator=(const SpinSlot&) = delete;
+  bool got() const noexcept { return got_; }
+
+ private:
+  std::atomic<int>& spinning_;
+  bool got_;
+};
 
 }  // namespace
 
@@ -168,13 +193,31 @@ void WalEngine::Impl::wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk)
   while (!e.done) {
     if (lead) {
       seat_ = &e;
-      leader_sync(lk);  // hands the seat on
-      lead = false;
-      continue;
+      {
+        struct Deferring {
+          bool& on;
+          explicit Deferring(bool& b) : on(b) { on = true; }
+          ~Deferring() { on = false; }
+        } deferring(defer_wakes_);
+        leader_sync(lk);  // hands the seat on
+      }
+      // e was the first of the group: it is done (applied or failed). The
+      // others' threads are woken once mu_ is free, so that they do not
+      // wake up only to wait for it.
+      Entry* const woken = std::exchange(woken_, nullptr);
+      woken_tail_ = nullptr;
+      lk.unlock();
+      wake_all(woken);
+      return;
     }
-    const auto spin = spin_budget();
+    const auto budget = spin_budget();
     lk.unlock();
-    if (wait_for_wake(e, spin) == Wake::Done) break;  // e.done was set (under mu_) before the wake
+    Wake why = Wake::None;
+    {
+      const SpinSlot slot(spinning_, budget.count() > 0 ? spin_slots_ : 0);
+      why = wait_for_wake(e, slot.got() ? budget : std::chrono::nanoseconds(0));
+    }
+    if (why == Wake::Done) break;  // e.done was set (under mu_) before the wake
     lk.lock();
     lead = true;
   }
@@ -243,7 +286,8 @@ bool WalEngine::Impl::group_full() const noexcept {
 // variable: an append wakes the leader only, not the writers waiting for
 // their sync.)
 void WalEngine::Impl::gather_group(std::unique_lock<std::mutex>& lk, std::size_t want) {
-  if (spin_budget().count() > 0) {
+  const SpinSlot slot(spinning_, spin_budget().count() > 0 ? spin_slots_ : 0);
+  if (slot.got()) {
     // The writers to wait for are about to append: yield to them rather
     // than sleep and pay for a wake-up.
     lk.unlock();
@@ -314,7 +358,23 @@ void WalEngine::Impl::apply_through(std::uint64_t end) {
     queue_.pop_front();
     unpend(*x);
     x->done = true;
-    wake(*x, Wake::Done);
+    if (defer_wakes_) {
+      x->next = nullptr;
+      (woken_tail_ != nullptr ? woken_tail_->next : woken_) = x;
+      woken_tail_ = x;
+    } else {
+      wake(*x, Wake::Done);
+    }
+  }
+}
+
+// Wake the threads of applied entries, in order (mu_ not held: each entry
+// left the queue and is done; its thread returns once woken).
+void WalEngine::Impl::wake_all(Entry* first) noexcept {
+  while (first != nullptr) {
+    Entry* const next = first->next;  // read before the wake: first may be gone after it
+    wake(*first, Wake::Done);
+    first = next;
   }
 }
 
