@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "iqdb/persist.hpp"
+#include "support/acking_child.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -296,31 +297,23 @@ TEST(Replica, PromotedAfterTheWriterIsKilledHasEveryAcknowledgedWrite) {
     test::TempDir dir;
     const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
     new_writer(cfg).close();
-    int fds[2];
-    ASSERT_EQ(::pipe(fds), 0);
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      ::close(fds[0]);
+    test::AckingChild child([&](const test::AckingChild::Ack& ack) {
       auto db = PersistedIndex<FlatIndex>::load(cfg);
       for (std::uint64_t id = 1;; ++id) {
         db.insert(id, vec_of(id));
         if (id % 97 == 0) db.checkpoint();
-        if (::write(fds[1], &id, sizeof id) != static_cast<ssize_t>(sizeof id)) ::_exit(3);
+        ack(id);
       }
-    }
-    ::close(fds[1]);
-    std::uint64_t acked = 0, got = 0;
-    ASSERT_EQ(::read(fds[0], &acked, sizeof acked), static_cast<ssize_t>(sizeof acked));
+    });
+    ASSERT_TRUE(child.started());
+    const std::optional<std::uint64_t> first = child.first_ack();
+    ASSERT_TRUE(first.has_value());
     Replica r = Replica::open(cfg);
     r.start_following(2ms);
     ::usleep(std::uniform_int_distribution<unsigned>(20000, 300000)(rng));
-    ::kill(pid, SIGKILL);
+    child.kill();
     const auto killed = std::chrono::steady_clock::now();
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    while (::read(fds[0], &got, sizeof got) == static_cast<ssize_t>(sizeof got)) acked = got;
-    ::close(fds[0]);
+    const std::uint64_t acked = child.last_ack(*first);
     PersistedIndex<FlatIndex> promoted = std::move(r).promote();
     promoted.insert(std::uint64_t{1} << 40, vec_of(7));
     const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "support/alloc_guard.hpp"
+#include "support/acking_child.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -161,31 +162,23 @@ TEST(WriteBatch, RowBatchesSurviveSigkillAllOrNothing) {
     test::TempDir dir;
     const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
     PersistedIndex<FlatIndex>::open_with(empty_index(), cfg).close();
-    int fds[2];
-    ASSERT_EQ(::pipe(fds), 0);
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      ::close(fds[0]);
+    test::AckingChild child([&](const test::AckingChild::Ack& ack) {
       auto db = PersistedIndex<FlatIndex>::load(cfg);
       for (std::uint32_t b = 0;; ++b) {
         std::vector<std::uint64_t> ids(kBatch);
         for (std::size_t i = 0; i < kBatch; ++i) ids[i] = b * kBatch + i;
         const std::vector<float> rows = rows_of(kBatch, b);
         db.write(WriteBatch().insert_rows_ref(ids, rows, kDim));
-        if (::write(fds[1], &b, sizeof b) != static_cast<ssize_t>(sizeof b)) ::_exit(3);
+        ack(b);
       }
-    }
-    ::close(fds[1]);
-    std::uint32_t acked = 0, got = 0;
+    });
+    ASSERT_TRUE(child.started());
     // Killed at a random instant after the first acknowledged batch.
-    ASSERT_EQ(::read(fds[0], &acked, sizeof acked), static_cast<ssize_t>(sizeof acked));
+    const std::optional<std::uint64_t> first = child.first_ack();
+    ASSERT_TRUE(first.has_value());
     ::usleep(std::uniform_int_distribution<unsigned>(0, 40000)(rng));
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    while (::read(fds[0], &got, sizeof got) == static_cast<ssize_t>(sizeof got)) acked = got;
-    ::close(fds[0]);
+    child.kill();
+    const std::uint64_t acked = child.last_ack(*first);
     const auto db = PersistedIndex<FlatIndex>::load(cfg);
     const std::uint64_t n = db.index().size();
     ASSERT_EQ(n % kBatch, 0U) << "a batch was recovered in part: " << n;

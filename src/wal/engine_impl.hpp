@@ -238,13 +238,13 @@ class WalEngine::Impl {
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;   // the leader's seat is taken (a sync is running or about to)
+  bool defer_wakes_ = false;  // apply_through leaves the entries it applied in woken_
   Entry* seat_ = nullptr;  // the commit whose thread holds the seat, or was handed it
   bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
   std::size_t gather_want_ = 0;
   LogSink::Staged staged_;  // the group the leader writes (leader only)
   // A committing leader's apply_through leaves the entries it applied here
-  // (linked through Entry::next), woken once it let go of mu_.
-  bool defer_wakes_ = false;
+  // (linked through Entry::next; defer_wakes_), woken once it let go of mu_.
   Entry* woken_ = nullptr;
   Entry* woken_tail_ = nullptr;
   std::array<std::size_t, 8> recent_groups_{};  // entries covered by each of the last fsyncs
