@@ -459,10 +459,7 @@ class StripeWriter final : public WritableFile {
 //    at once, each checked once it has landed (its length; the object's, for
 //    a stripe's last piece) and reported to the caller (InPlaceRead), which
 //    checksums it while it is in cache. The bytes of such a read that lie in
-//    chunks already in the read-ahead window are copied from there (while
-//    its first pieces are in flight), and once its last piece is submitted
-//    the window reads ahead from where it ends (a load reads on: the
-//    vectors after the ids), so that no read waits alone.
+//    chunks already in the read-ahead window are copied from there.
 // Each stripe's CRC is computed in file order over the bytes as they are
 // handed out (bytes a caller skips when it leaves their chunk, or jumps
 // over, are read for it) and compared with the head's once the stripe's
@@ -494,11 +491,9 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
     if (offset >= head_.total_size) return 0;
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(dst.size(), head_.total_size - offset));
     try {
-      if (want < chunk_) {
-        (void)copy_out(offset, dst.first(want), landed, false);
-      } else {
-        read_large(offset, dst.first(want), landed);
-      }
+      const bool large = want >= chunk_;
+      const std::size_t done = copy_out(offset, dst.first(want), landed, large);
+      if (done < want) land_in_place(offset + done, dst.subspan(done, want - done), landed);
     } catch (const PersistError&) {
       // Sticky: the snapshot reader drains the rest after a decoding error;
       // it must see this error again, not bytes from past the damage.
@@ -632,65 +627,29 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
     return done;
   }
 
-  // Where the window's chunks, from `at` on, stop covering the file.
-  std::uint64_t window_reach(std::uint64_t at) const {
-    for (const auto& f : window_) {
-      if (at >= f->file_offset && at < f->file_offset + f->length) at = f->file_offset + f->length;
-    }
-    return at;
-  }
-
-  // A large read: what the window holds already is copied from there, the
-  // rest read straight into place in io_chunk pieces (never across a
-  // stripe), max_in_flight at once, the first submitted before the copy.
-  // Each piece is checked, checksummed into its stripe's CRC and reported
-  // in file order once it has landed. Once the last piece is submitted,
-  // the window reads ahead from where the read ends (the caller reads on).
-  void read_large(std::uint64_t offset, std::span<std::byte> dst, const Landed& landed) const {
-    const std::uint64_t end = offset + dst.size();
-    const std::uint64_t from = std::min(window_reach(offset), end);
-    if (from == end) {
-      (void)copy_out(offset, dst, landed, true);
-      return;
-    }
+  // `dst` (the bytes at file offset `at`) read straight into place in
+  // io_chunk pieces, max_in_flight at once, each checked, checksummed into
+  // its stripe's CRC and reported in file order once it has landed.
+  void land_in_place(std::uint64_t at, std::span<std::byte> dst, const Landed& landed) const {
+    leave_window(at);
+    const std::uint64_t end = at + dst.size();
     std::deque<std::unique_ptr<Fetch>> flying;
-    std::uint64_t next_at = from;
-    bool ahead = false;
-    const auto top_up = [&] {
+    for (std::uint64_t next_at = at; next_at < end || !flying.empty();) {
       while (next_at < end && flying.size() < s_.options.max_in_flight) {
-        const std::uint64_t n =
-            std::min({chunk_, end - next_at, stripe_end(next_at / head_.stripe_size) - next_at});
-        flying.push_back(submit(next_at, n, reinterpret_cast<char*>(dst.data() + (next_at - offset))));
+        const std::uint64_t n = std::min({std::uint64_t{chunk_}, end - next_at, stripe_end(next_at / head_.stripe_size) - next_at});
+        flying.push_back(submit(next_at, n, reinterpret_cast<char*>(dst.data() + (next_at - at))));
         next_at += n;
       }
-      if (next_at == end && !ahead && window_.empty()) {
-        ahead = true;
-        read_ahead_at(end);
-      }
-    };
-    top_up();
-    (void)copy_out(offset, dst.first(static_cast<std::size_t>(from - offset)), landed, true);
-    leave_window(from);
-    while (!flying.empty()) {
       Fetch& f = *flying.front();
       check(f);
       checksum_to(f, f.length);
-      if (landed) landed(dst.subspan(static_cast<std::size_t>(f.file_offset - offset), static_cast<std::size_t>(f.length)));
+      if (landed) landed(dst.subspan(static_cast<std::size_t>(f.file_offset - at), static_cast<std::size_t>(f.length)));
       flying.pop_front();
-      top_up();
     }
-  }
-
-  // Read ahead from file offset `at` on, as for a caller streaming through
-  // the file: its chunk and max_in_flight more.
-  void read_ahead_at(std::uint64_t at) const {
-    if (at >= head_.total_size) return;
-    asked_k_ = at / head_.stripe_size;
-    asked_j_ = (at - stripe_begin(asked_k_)) / chunk_;
-    ahead_ = s_.options.max_in_flight;
-    std::uint64_t nk = asked_k_, nj = asked_j_;
-    issue(nk, nj);
-    while (window_.size() <= ahead_ && next(nk, nj)) issue(nk, nj);
+    // Read ahead again only once the caller moves on past the chunk it ends in.
+    ahead_ = 0;
+    asked_k_ = (end - 1) / head_.stripe_size;
+    asked_j_ = (end - 1 - stripe_begin(asked_k_)) / chunk_;
   }
 
   // Before an in-place read at `at`: chunks of the window before it are done
