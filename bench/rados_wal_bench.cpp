@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -336,7 +337,10 @@ void bench_snapshot(const Args& a) {
   const auto time_load = [&] {
     const PersistConfig lc = config(a, name, false);  // connects: not timed, as for the limits
     bench::prepare_memory();
-    load.push_back(seconds([&] { (void)PersistedIndex<FlatIndex>::load(lc); }));
+    // The loaded index is dropped after the timed region, as the limit
+    // unmaps its buffer after its own.
+    std::optional<PersistedIndex<FlatIndex>> loaded;
+    load.push_back(seconds([&] { loaded.emplace(PersistedIndex<FlatIndex>::load(lc)); }));
   };
   std::printf("Snapshot of %llu x %llu, default RadosOptions: %d rounds, each a save and its limit, then %d pairs of a "
               "load and its limit (order alternating)\n",
