@@ -101,15 +101,16 @@ def test_calls_that_wait_for_the_log_release_the_gil(path):
 
 
 def test_replica_catch_up_and_search_release_the_gil(path):
-    # A catch-up that applies 200,000 logged records, and a search of 20
-    # queries over them: were the GIL held, this thread would stop meanwhile.
+    # A catch-up that applies 200,000 logged records, and a search of 400
+    # queries over them (20 took only 0.07 s on a quiet machine: too short to
+    # prove anything): were the GIL held, this thread would stop meanwhile.
     rows = np.random.default_rng(2).standard_normal((50_000, 32)).astype(np.float32)
     cfg = wal_config(path, fsync_policy=iq.FsyncPolicy.never())
     db = iq.open_with(iq.FlatIndex(32), cfg)
     replica = iq.open_replica(cfg)
     for b in range(4):
         db.insert(np.arange(b * len(rows), (b + 1) * len(rows), dtype=np.uint64), rows)
-    for call in (replica.catch_up, lambda: replica.search(rows[:20], 5)):
+    for call in (replica.catch_up, lambda: replica.search(rows[:400], 5)):
         idle = threading.Thread(target=lambda: None)
         idle.start()
         took, pause = _largest_pause_while(call, idle)
