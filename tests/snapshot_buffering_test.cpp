@@ -174,6 +174,21 @@ FlatIndex model_index(std::uint64_t n, std::uint64_t dim) {
   return index;
 }
 
+// A config for `path` through `fs`, without fsyncs (the tests count reads).
+PersistConfig config_on(FileSystem& fs, const std::filesystem::path& path) {
+  PersistConfig cfg(path);
+  cfg.file_system = &fs;
+  cfg.fsync_policy = FsyncPolicy::never();
+  return cfg;
+}
+
+// Saves the model index of n x dim with `cfg` (its file system, path and
+// compression): the snapshot the test then loads.
+void save_model(const PersistConfig& cfg, std::uint64_t n, std::uint64_t dim) {
+  auto db = PersistedIndex<FlatIndex>::open_with(model_index(n, dim), cfg);
+  db.save();
+}
+
 ::testing::AssertionResult matches_model(const FlatIndex& index, std::uint64_t n, std::uint64_t dim) {
   if (index.size() != n || index.dim() != dim) return ::testing::AssertionFailure() << "size " << index.size();
   for (std::uint64_t i = 0; i < n; ++i) {
@@ -219,14 +234,9 @@ TEST_P(SnapshotBuffering, SmallFieldReadsAreBuffered) {
   constexpr std::uint64_t kDim = 4;
   test::TempDir dir;
   CountingFs fs;
-  PersistConfig cfg(dir / "m.iqdb");
-  cfg.file_system = &fs;
-  cfg.fsync_policy = FsyncPolicy::never();
+  PersistConfig cfg = config_on(fs, dir / "m.iqdb");
   cfg.compression = GetParam().compression;
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(model_index(kN, kDim), cfg);
-    db.save();
-  }
+  save_model(cfg, kN, kDim);
   fs.clear();
   auto db = PersistedIndex<FlatIndex>::load(cfg);
   EXPECT_TRUE(matches_model(db.index(), kN, kDim));
@@ -261,13 +271,8 @@ TEST(SnapshotBufferingLarge, VectorsAreReadIntoTheIndexMemory) {
   constexpr std::uint64_t kDim = 128;
   test::TempDir dir;
   CountingFs fs;
-  PersistConfig cfg(dir / "v.iqdb");
-  cfg.file_system = &fs;
-  cfg.fsync_policy = FsyncPolicy::never();
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(model_index(kN, kDim), cfg);
-    db.save();
-  }
+  PersistConfig cfg = config_on(fs, dir / "v.iqdb");
+  save_model(cfg, kN, kDim);
   fs.clear();
   auto db = PersistedIndex<FlatIndex>::load(cfg);
   ASSERT_TRUE(matches_model(db.index(), kN, kDim));
@@ -297,13 +302,8 @@ TEST(SnapshotBufferingLarge, InPlaceFileGetsTheVectorBlockInOneCall) {
   constexpr std::uint64_t kDim = 128;
   test::TempDir dir;
   InPlaceFs fs;
-  PersistConfig cfg(dir / "p.iqdb");
-  cfg.file_system = &fs;
-  cfg.fsync_policy = FsyncPolicy::never();
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(model_index(kN, kDim), cfg);
-    db.save();
-  }
+  PersistConfig cfg = config_on(fs, dir / "p.iqdb");
+  save_model(cfg, kN, kDim);
   const std::uint64_t file_size = fsx::file_size(cfg.path);
   const std::uint64_t vector_bytes = kN * kDim * sizeof(float);
   std::uint64_t vectors_at = 0;
@@ -352,10 +352,7 @@ TEST(SnapshotBufferingLarge, InPlaceFileGetsTheVectorBlockInOneCall) {
 
   cfg.path = dir / "z.iqdb";
   cfg.compression = Compression::zstd(3);
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(model_index(kN, kDim), cfg);
-    db.save();
-  }
+  save_model(cfg, kN, kDim);
   fs.log.clear();
   auto db = PersistedIndex<FlatIndex>::load(cfg);
   EXPECT_TRUE(matches_model(db.index(), kN, kDim));

@@ -70,7 +70,8 @@ class SpinSlot {
 
 }  // namespace
 
-// Wake the thread of a queued entry (mu_ held). Done: e.done and e.error
+// Wake the thread of a queued entry (mu_ held; for entries already done and
+// out of the queue, also without it: wake_all). Done: e.done and e.error
 // are set, and it returns without taking mu_ again; e may be gone as soon
 // as this returns.
 void WalEngine::Impl::wake(Entry& e, Wake why) noexcept {
