@@ -198,23 +198,6 @@ class RadosOsdFault : public ::testing::Test {
     rados_nobjects_list_close(ctx);
     return out;
   }
-  // Loads NAME, retrying while the OSDs come back (Io) or a closed writer's
-  // lock runs out (Locked), for up to two minutes.
-  template <class Load>
-  auto load_when_back(Load load) -> decltype(load()) {
-    const auto resumed = Clock::now();
-    for (;;) {
-      try {
-        auto r = load();
-        std::cout << "[ MEASURED ] load after the OSDs resumed: " << secs(Clock::now() - resumed) << " s\n";
-        return r;
-      } catch (const PersistError& e) {
-        if (e.kind() != ErrorKind::Io && e.kind() != ErrorKind::Locked) throw;
-        if (Clock::now() - resumed > 120s) throw;
-        std::this_thread::sleep_for(1s);
-      }
-    }
-  }
   void pause(const std::vector<pid_t>& which) {
     for (const pid_t p : which) ASSERT_EQ(::kill(p, SIGSTOP), 0);
   }
@@ -252,7 +235,7 @@ TEST_F(RadosOsdFault, AllOsdsPausedInTheMiddleOfASave) {
             << "\n";
   for (const pid_t p : osds_) ::kill(p, SIGCONT);
 
-  const FlatIndex loaded = load_when_back([&] { return load_from_rados<FlatIndex>(*store(10s), name_); });
+  const FlatIndex loaded = when_back([&] { return load_from_rados<FlatIndex>(*store(10s), name_); }, {ErrorKind::Io}, "load");
   EXPECT_EQ(diff(loaded, before), "");
   EXPECT_EQ(store(60s)->head(name_)->generation, gen_before);
 
@@ -383,7 +366,8 @@ TEST_F(RadosOsdFault, AllOsdsPausedDuringAppends) {
           << err;
     }
   }
-  const auto loaded = load_when_back([&] { return PersistedIndex<FlatIndex>::load(wal_config(10s, 8s)); });
+  const auto loaded = when_back([&] { return PersistedIndex<FlatIndex>::load(wal_config(10s, 8s)); },
+                                {ErrorKind::Io, ErrorKind::Locked}, "load");
   for (const auto& [id, v] : s.acked) ASSERT_TRUE(loaded.index().contains(id)) << "acknowledged id " << id << " lost";
   std::size_t resolved = 0;
   for (const std::uint64_t id : s.unknown) {

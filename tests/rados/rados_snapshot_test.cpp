@@ -625,20 +625,7 @@ TEST_F(RadosSnapshot, PausedOsdsGiveAnIoErrorInBoundedTime) {
   // suite runs on the loaded development machine an OSD took over 30 s to
   // answer after SIGCONT: retry Io errors for up to 2 minutes and say how
   // long it took.)
-  const auto resumed = Clock::now();
-  std::optional<FlatIndex> loaded;
-  while (!loaded) {
-    try {
-      loaded.emplace(load_from_rados<FlatIndex>(*store_, name_));
-    } catch (const PersistError& e) {
-      ASSERT_EQ(e.kind(), ErrorKind::Io) << e.what();
-      ASSERT_LT(Clock::now() - resumed, std::chrono::seconds(120)) << e.what();
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-    }
-  }
-  std::cout << "[ MEASURED ] load after the OSDs resumed: "
-            << std::chrono::duration<double>(Clock::now() - resumed).count() << " s\n";
-  expect_equal(*loaded, m);
+  expect_equal(when_back([&] { return load_from_rados<FlatIndex>(*store_, name_); }, {ErrorKind::Io}, "load"), m);
 }
 
 // With three OSDs (pool size 3, min_size 2), one paused: the save completes

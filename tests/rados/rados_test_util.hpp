@@ -10,15 +10,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
+#include <iostream>
 #include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "iqdb/persist/error.hpp"
@@ -71,6 +75,28 @@ inline std::vector<pid_t> osd_pids(const ClusterEnv& env) {
     if (in >> pid && pid > 0) osds.push_back(static_cast<pid_t>(pid));
   }
   return osds;
+}
+
+// `load()` once it stops failing after paused OSDs were resumed: a
+// PersistError of one of the `retry` kinds (Io while the OSDs come back;
+// Locked while a closed writer's lease runs out) is retried every second
+// for up to two minutes, then rethrown, as is any other error. Prints how
+// long it took, as `what`.
+template <class Load>
+auto when_back(Load load, std::initializer_list<ErrorKind> retry, const char* what) -> decltype(load()) {
+  const auto resumed = Clock::now();
+  for (;;) {
+    try {
+      auto r = load();
+      std::cout << "[ MEASURED ] " << what << " after the OSDs resumed: "
+                << std::chrono::duration<double>(Clock::now() - resumed).count() << " s\n";
+      return r;
+    } catch (const PersistError& e) {
+      if (std::find(retry.begin(), retry.end(), e.kind()) == retry.end()) throw;
+      if (Clock::now() - resumed > std::chrono::seconds(120)) throw;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
 }
 
 // SIGCONT to each of `pids` when destroyed: a test that paused OSDs (or a

@@ -638,24 +638,14 @@ TEST_F(RadosWal, TimeoutPoisonsAndReopenResolves) {
     EXPECT_EQ(again->kind(), ErrorKind::Poisoned) << again->what();
   }
   // Resumed (Resume); the closed writer's lock is released or runs out.
-  const auto resumed = Clock::now();
-  std::optional<PersistedIndex<FlatIndex>> loaded;
-  while (!loaded) {
-    try {
-      loaded.emplace(PersistedIndex<FlatIndex>::load(config_for(name_, o, lo)));
-    } catch (const PersistError& e) {
-      ASSERT_TRUE(e.kind() == ErrorKind::Io || e.kind() == ErrorKind::Locked) << e.what();
-      ASSERT_LT(Clock::now() - resumed, 120s) << e.what();
-      std::this_thread::sleep_for(1s);
-    }
-  }
-  std::cout << "[ MEASURED ] reopen after the OSDs resumed: " << secs(Clock::now() - resumed) << " s\n";
-  const bool has_unknown = loaded->index().contains(21);
+  auto loaded = when_back([&] { return PersistedIndex<FlatIndex>::load(config_for(name_, o, lo)); },
+                          {ErrorKind::Io, ErrorKind::Locked}, "reopen");
+  const bool has_unknown = loaded.index().contains(21);
   Model with = m;
   with[21] = vector_of(21);
-  EXPECT_TRUE(equals(loaded->index(), has_unknown ? with : m));
-  loaded->insert(23, vector_of(23));
-  loaded->close();
+  EXPECT_TRUE(equals(loaded.index(), has_unknown ? with : m));
+  loaded.insert(23, vector_of(23));
+  loaded.close();
 }
 
 // ------------------------------------------------------------ read replicas
