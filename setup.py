@@ -10,7 +10,10 @@ Nothing is downloaded: pybind11, numpy, setuptools and wheel come from
 Debian (scripts/deps.sh). CMake builds the library and the module (target
 iqdb_persist_python) in build-python/cmake, kept between installs so that a
 reinstall rebuilds only what changed; IQDB_PY_BUILD_DIR moves it and
-IQDB_PY_JOBS sets the build's parallelism (default 2).
+IQDB_PY_JOBS sets the build's parallelism (default 2). The FAISS, hnswlib
+and RADOS parts are built in when their Debian packages (libfaiss-dev,
+libhnswlib-dev, librados-dev) are installed: iqdb_persist.HAVE_FAISS,
+HAVE_HNSWLIB, HAVE_RADOS say which were.
 """
 
 import os

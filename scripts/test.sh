@@ -7,7 +7,8 @@
 # for a few seconds (after replaying its regressions), static analysis
 # (clang-tidy, cppcheck), and the installed CMake package consumed through
 # find_package and add_subdirectory, the Debian packages, and the Python
-# package (installed as the README says, pytest; again under ASan + UBSan).
+# package (installed as the README says, pytest, the RADOS tests against a
+# cluster; again under ASan + UBSan).
 # Installs the Debian packages it needs first. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -131,6 +132,12 @@ py_install=$(grep -E '^python3 -m venv|^\.venv/bin/pip install' README.md)
 printf '+ %s\n' "$py_install"
 (PATH=/usr/bin:/bin; eval "${py_install//.venv/$py_env/.venv}")
 "$py_env/.venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+# The RADOS tests (skipped above: no cluster) against a throw-away cluster of
+# one OSD; the pip-installed module must have RADOS (librados-dev is in the
+# test group of deps.sh), and IQDB_RADOS_REQUIRED=1 makes a skip a failure.
+"$py_env/.venv/bin/python" -c 'import sys, iqdb_persist as iq; sys.exit(0 if iq.HAVE_RADOS else "pip built the module without RADOS (librados-dev missing?)")'
+scripts/ceph-cluster.sh run --osds 1 -- env IQDB_RADOS_REQUIRED=1 \
+  "$py_env/.venv/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_rados.py
 
 stage "Python package under AddressSanitizer + UndefinedBehaviorSanitizer (module in build/asan, ASan runtime preloaded)"
 # docs/PYTHON.md, "Testing under the sanitizers": the library in build/asan
@@ -147,6 +154,11 @@ else
   LD_PRELOAD="$py_asan_rt $(gcc -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc PYTHONPATH=build/asan/pypkg \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     /usr/bin/python3 -m pytest -q -p no:cacheprovider python/tests
+  # The RADOS tests against a cluster (the daemons not preloaded: env inside run).
+  scripts/ceph-cluster.sh run --osds 1 -- env IQDB_RADOS_REQUIRED=1 \
+    LD_PRELOAD="$py_asan_rt $(gcc -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc PYTHONPATH=build/asan/pypkg \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider python/tests/test_rados.py
 fi
 
 stage "all stages passed"

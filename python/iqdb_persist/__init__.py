@@ -11,7 +11,8 @@ GIL is released during file I/O, fsyncs, loads, saves and searches.
         db.insert(np.arange(1000, dtype=np.uint64), np.random.rand(1000, 128).astype(np.float32))
         ids, distances = db.search(np.ones(128, np.float32), k=10)
 
-See docs/PYTHON.md. The command-line tool is the C++ ``iqdb-persist``.
+``PersistConfig("rados://POOL/NAME", ...)`` puts the index in a Ceph RADOS
+pool instead (when ``HAVE_RADOS``). See docs/PYTHON.md. The command-line tool is the C++ ``iqdb-persist``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ _REPLICA_BY_TYPE = {"flat": FlatReadReplica}
 
 HAVE_HNSWLIB = hasattr(_native, "HnswlibIndex")
 HAVE_FAISS = hasattr(_native, "FaissIndex")
+# PersistConfig("rados://POOL/NAME", ...) works (docs/PYTHON.md, "RADOS")
+HAVE_RADOS = bool(_native.HAVE_RADOS)
 if HAVE_HNSWLIB:
     HnswlibIndex = _native.HnswlibIndex
     PersistedHnswlibIndex = _native.PersistedHnswlibIndex
@@ -129,7 +132,7 @@ def _class_for(config: PersistConfig, index_type: Optional[Type], by_index: dict
         if index_type not in by_index:
             raise TypeError(f"unknown index type {index_type!r}")
         return by_index[index_type]
-    name = snapshot_index_type(config.path)
+    name = snapshot_index_type(config)
     if name not in by_type:
         raise UnsupportedError(f"snapshot {config.path} holds a '{name}' index, which this build does not bind")
     return by_type[name]

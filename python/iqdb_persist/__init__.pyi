@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,7 @@ from ._errors import (
 __version__: str
 HAVE_HNSWLIB: bool
 HAVE_FAISS: bool
+HAVE_RADOS: bool  # PersistConfig takes rados://POOL/NAME paths
 
 Id = Union[int, bytes]
 MetadataValue = Union[str, int, float, bool, None]
@@ -88,6 +89,15 @@ class PersistConfig:
         discard_log: bool = False,
         max_payload_bytes: int = 1 << 40,
         max_expansion_ratio: int = 4096,
+        # rados://POOL/NAME paths only (None: the C++ default, in the comment)
+        ceph_conf: Optional[str] = None,  # $CEPH_CONF, then Ceph's search
+        client_id: Optional[str] = None,  # "admin"
+        op_timeout_s: Optional[int] = None,  # 30
+        connect_timeout_s: Optional[int] = None,  # 10
+        lock_lease_s: Optional[int] = None,  # 30
+        take_over: Optional[bool] = None,  # False
+        take_over_timeout_s: Optional[int] = None,  # 0: 2 * lease + 30
+        blocklist_previous: Optional[bool] = None,  # True
     ) -> None: ...
     @property
     def path(self) -> str: ...
@@ -239,4 +249,7 @@ class ReadReplica:
 def open_with(index: Union[FlatIndex, HnswlibIndex, FaissIndex], config: PersistConfig) -> AnyPersisted: ...
 def load(config: PersistConfig, index_type: Optional[Type[Any]] = None) -> AnyPersisted: ...
 def open_replica(config: PersistConfig, index_type: Optional[Type[Any]] = None) -> AnyReplica: ...
+@overload
+def snapshot_index_type(config: PersistConfig) -> str: ...
+@overload
 def snapshot_index_type(path: Union[str, os.PathLike[str]]) -> str: ...

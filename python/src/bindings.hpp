@@ -6,6 +6,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
 #include <iqdb/persist.hpp>
 
 namespace iqdb::persist::python {
@@ -19,6 +24,27 @@ void register_flat(py::module_& m);
 // Each registers nothing when its adapter was not built.
 void register_hnswlib(py::module_& m);
 void register_faiss(py::module_& m);
+// iqdb_persist.HAVE_RADOS (rados.cpp).
+void register_rados(py::module_& m);
+
+// The keyword arguments of PersistConfig that only a `rados://` path takes
+// (docs/PYTHON.md, "RADOS"); None keeps the C++ default.
+struct RadosKeywords {
+  std::optional<std::string> ceph_conf;
+  std::optional<std::string> client_id;
+  std::optional<std::int64_t> op_timeout_s;
+  std::optional<std::int64_t> connect_timeout_s;
+  std::optional<std::int64_t> lock_lease_s;
+  std::optional<bool> take_over;
+  std::optional<std::int64_t> take_over_timeout_s;
+  std::optional<bool> blocklist_previous;
+  bool any() const;
+};
+// Whether a PersistConfig path names a RADOS location (`rados:...`).
+bool is_rados_path(const std::filesystem::path& path);
+// rados_persist_config for `url` (connects to the cluster: GIL released),
+// or PersistError(Unsupported) when the module was built without RADOS.
+PersistConfig rados_config(const std::filesystem::path& url, const RadosKeywords& kw);
 
 // An index object handed to Python: open_with() moves the index out, after
 // which the Python object refuses every call (ValueError).

@@ -1,5 +1,6 @@
 // Metric, FsyncPolicy, Compression, PersistConfig (keyword arguments with the
-// C++ defaults), WalStats, WriteBatch and snapshot_index_type.
+// C++ defaults; a rados://POOL/NAME path goes to rados.cpp), WalStats,
+// WriteBatch and snapshot_index_type.
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
@@ -52,9 +53,22 @@ void bind_config(py::module_& m) {
   py::class_<PersistConfig>(m, "PersistConfig", "Where and how an index is persisted (docs/API.md, PersistConfig).")
       .def(py::init([](const std::filesystem::path& path, bool wal_enabled, FsyncPolicy fsync_policy,
                        Compression compression, std::int64_t commit_spin_us, bool discard_log,
-                       std::uint64_t max_payload_bytes, std::uint64_t max_expansion_ratio) {
+                       std::uint64_t max_payload_bytes, std::uint64_t max_expansion_ratio,
+                       std::optional<std::string> ceph_conf, std::optional<std::string> client_id,
+                       std::optional<std::int64_t> op_timeout_s, std::optional<std::int64_t> connect_timeout_s,
+                       std::optional<std::int64_t> lock_lease_s, std::optional<bool> take_over,
+                       std::optional<std::int64_t> take_over_timeout_s, std::optional<bool> blocklist_previous) {
              if (commit_spin_us < 0) throw py::value_error("commit_spin_us must be >= 0");
-             PersistConfig c(path);
+             const RadosKeywords kw{std::move(ceph_conf), std::move(client_id), op_timeout_s, connect_timeout_s,
+                                    lock_lease_s,         take_over,            take_over_timeout_s,
+                                    blocklist_previous};
+             const bool rados = is_rados_path(path);
+             if (!rados && kw.any()) {
+               throw PersistError::argument("ceph_conf, client_id, op_timeout_s, connect_timeout_s, lock_lease_s, "
+                                            "take_over, take_over_timeout_s and blocklist_previous are for a "
+                                            "rados://POOL/NAME path, not '" + path.string() + "'");
+             }
+             PersistConfig c = rados ? rados_config(path, kw) : PersistConfig(path);
              c.wal_enabled = wal_enabled;
              c.fsync_policy = fsync_policy;
              c.compression = compression;
@@ -68,7 +82,21 @@ void bind_config(py::module_& m) {
            py::arg("fsync_policy") = d.fsync_policy, py::arg("compression") = d.compression,
            py::arg("commit_spin_us") = d.commit_spin.count(), py::arg("discard_log") = d.discard_log,
            py::arg("max_payload_bytes") = d.limits.max_payload_bytes,
-           py::arg("max_expansion_ratio") = d.limits.max_expansion_ratio)
+           py::arg("max_expansion_ratio") = d.limits.max_expansion_ratio, py::arg("ceph_conf") = py::none(),
+           py::arg("client_id") = py::none(), py::arg("op_timeout_s") = py::none(),
+           py::arg("connect_timeout_s") = py::none(), py::arg("lock_lease_s") = py::none(),
+           py::arg("take_over") = py::none(), py::arg("take_over_timeout_s") = py::none(),
+           py::arg("blocklist_previous") = py::none(),
+           "PersistConfig(path, *, wal_enabled=False, fsync_policy=FsyncPolicy.always(), ...).\n\n"
+           "path: a local snapshot file (its log is path + '.wal'), or 'rados://POOL/NAME' for an index in a "
+           "Ceph RADOS pool (HAVE_RADOS; UnsupportedError in a build without it). A rados:// config connects "
+           "to the cluster here (IoError naming the location when that fails, within connect_timeout_s) and "
+           "its copies share the connection. Its keywords (None: the default): ceph_conf (default $CEPH_CONF, "
+           "then Ceph's search), client_id ('admin'), op_timeout_s (30), connect_timeout_s (10), "
+           "lock_lease_s (the writer lock's lease, 30), take_over (False: LockedError while another writer "
+           "holds the lock; True: wait for its lease to run out, fence it, take over), take_over_timeout_s "
+           "(0: 2 * lease + 30), blocklist_previous (True: fence a taken-over writer by blocklisting it). "
+           "docs/PYTHON.md, 'RADOS'.")
       .def_property_readonly("path", [](const PersistConfig& c) { return c.path.string(); })
       .def_readonly("wal_enabled", &PersistConfig::wal_enabled)
       .def_readonly("fsync_policy", &PersistConfig::fsync_policy)
@@ -126,12 +154,23 @@ void register_config(py::module_& m) {
   bind_config(m);
   bind_write_batch(m);
   m.def(
-      "snapshot_index_type",
-      [](const std::filesystem::path& path) {
-        py::gil_scoped_release rel;
-        return inspect_snapshot(default_file_system(), path).header.index_type;
-      },
-      py::arg("path"), "The index type a snapshot's header names (\"flat\", \"faiss\", \"hnswlib\").");
+       "snapshot_index_type",
+       [](const PersistConfig& cfg) {
+         py::gil_scoped_release rel;
+         return inspect_snapshot(detail::fs_of(cfg), cfg.path).header.index_type;
+       },
+       py::arg("config"), "The index type the header of config's snapshot names (local or rados://).")
+      .def(
+          "snapshot_index_type",
+          [](const std::filesystem::path& path) {
+            if (is_rados_path(path)) {
+              throw PersistError::argument("snapshot_index_type('" + path.string() +
+                                           "'): pass the PersistConfig of a rados:// location");
+            }
+            py::gil_scoped_release rel;
+            return inspect_snapshot(default_file_system(), path).header.index_type;
+          },
+          py::arg("path"), "The index type a snapshot's header names (\"flat\", \"faiss\", \"hnswlib\").");
 }
 
 }  // namespace iqdb::persist::python

@@ -11,4 +11,5 @@ PYBIND11_MODULE(_iqdb_persist, m) {
   p::register_flat(m);
   p::register_hnswlib(m);
   p::register_faiss(m);
+  p::register_rados(m);
 }
