@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
+#include <memory>
+
 #include "bindings.hpp"
 #include "convert.hpp"
 
@@ -48,9 +50,23 @@ void bind_policies(py::module_& m) {
       .def("__eq__", [](const Compression& a, const Compression& b) { return a == b; });
 }
 
+// A rados:// config holds a RADOS client, which the last copy's destructor
+// shuts down (librados joins its threads): that happens with the GIL
+// released, as every other wait of the module.
+struct ConfigDeleter {
+  void operator()(PersistConfig* c) const {
+    if (c->storage) {
+      py::gil_scoped_release rel;
+      delete c;
+    } else {
+      delete c;
+    }
+  }
+};
+
 void bind_config(py::module_& m) {
   const PersistConfig d("");  // the C++ defaults
-  py::class_<PersistConfig>(m, "PersistConfig", "Where and how an index is persisted (docs/API.md, PersistConfig).")
+  py::class_<PersistConfig, std::unique_ptr<PersistConfig, ConfigDeleter>>(m, "PersistConfig", "Where and how an index is persisted (docs/API.md, PersistConfig).")
       .def(py::init([](const std::filesystem::path& path, bool wal_enabled, FsyncPolicy fsync_policy,
                        Compression compression, std::int64_t commit_spin_us, bool discard_log,
                        std::uint64_t max_payload_bytes, std::uint64_t max_expansion_ratio,
@@ -88,7 +104,8 @@ void bind_config(py::module_& m) {
            py::arg("take_over") = py::none(), py::arg("take_over_timeout_s") = py::none(),
            py::arg("blocklist_previous") = py::none(),
            "PersistConfig(path, *, wal_enabled=False, fsync_policy=FsyncPolicy.always(), ...).\n\n"
-           "path: a local snapshot file (its log is path + '.wal'), or 'rados://POOL/NAME' for an index in a "
+           "path: a local snapshot file (its log is path + '.wal'; './rados:x' for a file named so), or "
+           "'rados://POOL/NAME' for an index in a "
            "Ceph RADOS pool (HAVE_RADOS; UnsupportedError in a build without it). A rados:// config connects "
            "to the cluster here (IoError naming the location when that fails, within connect_timeout_s) and "
            "its copies share the connection. Its keywords (None: the default): ceph_conf (default $CEPH_CONF, "
