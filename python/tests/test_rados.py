@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -105,13 +106,31 @@ def test_an_unreachable_cluster_is_an_io_error_within_the_time_out(rados, tmp_pa
     conf.write_text(f"[global]\nfsid = 00000000-0000-0000-0000-000000000001\nmon_host = [v2:127.0.0.1:{port}]\n"
                     "auth_client_required = none\nauth_cluster_required = none\nauth_service_required = none\n"
                     f"run_dir = {tmp_path}\nadmin_socket = \nlog_file = \n")
+    # Another Python thread runs meanwhile: connecting releases the GIL.
+    stop, pauses = threading.Event(), [0.0]
+
+    def tick():
+        last = time.monotonic()
+        while not stop.is_set():
+            time.sleep(0.001)
+            now = time.monotonic()
+            pauses[0] = max(pauses[0], now - last)
+            last = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
     t0 = time.monotonic()
-    with pytest.raises(iq.IoError) as e:
-        iq.PersistConfig("rados://nowhere/x", wal_enabled=True, ceph_conf=str(conf), connect_timeout_s=3,
-                         op_timeout_s=3)
-    took = time.monotonic() - t0
+    try:
+        with pytest.raises(iq.IoError) as e:
+            iq.PersistConfig("rados://nowhere/x", wal_enabled=True, ceph_conf=str(conf), connect_timeout_s=3,
+                             op_timeout_s=3)
+    finally:
+        took = time.monotonic() - t0
+        stop.set()
+        ticker.join()
     assert "rados://nowhere" in str(e.value) and e.value.kind == "io"
     assert took < 20, f"took {took:.1f} s with a 3 s time-out"
+    assert pauses[0] < took / 3, f"another thread stopped for {pauses[0]:.2f} s of {took:.2f} s"
 
 
 # ------------------------------------------------------------ round trips
