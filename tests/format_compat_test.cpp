@@ -420,8 +420,37 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(FlatCase{"v1_u64_ids", 1, 0, false, 60}, FlatCase{"v1_tagged_ids", 1, 0, true, 60},
                       FlatCase{"v1_one_row", 1, 0, false, 1}, FlatCase{"v2_none_tagged", 2, 0, true, 40},
                       FlatCase{"v2_zstd_u64", 2, 1, false, 500}, FlatCase{"v2_zstd_tagged", 2, 1, true, 500},
-                      FlatCase{"v2_lz4_u64", 2, 2, false, 500}, FlatCase{"v2_lz4_tagged", 2, 2, true, 77}),
+                      FlatCase{"v2_lz4_u64", 2, 2, false, 500}, FlatCase{"v2_lz4_tagged", 2, 2, true, 77},
+                      // Many rows: the load's id table is filled ahead of
+                      // the row being placed (FlatIndex::IdTable::insert_all).
+                      FlatCase{"v1_many_u64_ids", 1, 0, false, 5000}, FlatCase{"v1_many_tagged_ids", 1, 0, true, 3001}),
     [](const auto& param_info) { return param_info.param.name; });
+
+// A payload that names one id twice, far apart (a u64 id, and a byte id),
+// or in the last two rows, is refused (InvalidPayload), never loaded with one of
+// the two rows unreachable.
+TEST(FlatCompatDuplicates, AnIdTwiceAnywhereIsRefused) {
+  constexpr std::uint64_t kDim = 5;
+  struct Dup {
+    bool byte_ids;
+    std::size_t first, second;
+  };
+  for (const Dup d : {Dup{false, 5, 3999}, Dup{true, 1, 3001}, Dup{false, 3998, 3999}, Dup{true, 0, 17}}) {
+    std::vector<Row> rows = sample_rows(kDim, 4000, d.byte_ids, 7);
+    rows[d.second].id = rows[d.first].id;
+    const Buf file = v1_file({"flat", kDim, 2, rows.size()}, flat_payload(kDim, 2, rows, d.byte_ids));
+    test::TempDir dir;
+    PersistConfig cfg(dir / "dup.iqdb");
+    test::write_file(cfg.path, file);
+    try {
+      (void)PersistedIndex<FlatIndex>::load(cfg);
+      ADD_FAILURE() << "rows " << d.first << " and " << d.second << " share an id, yet the load succeeded";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::InvalidPayload) << e.what();
+      EXPECT_NE(std::string(e.what()).find("duplicate vector id"), std::string::npos) << e.what();
+    }
+  }
+}
 
 // An index with no vectors is a valid flat payload of 30 bytes whatever its dim.
 // KNOWN BUG (src/index/flat_index.cpp, FlatIndex::load_from, the check
