@@ -351,9 +351,11 @@ void drop_from_page_cache(const fs::path& p) {
 }
 
 // The parts of a mapped load, for context: mmap + populate of the file's
-// bytes alone, and the CRC over them once mapped.
+// bytes alone, and the CRC over them once mapped; then a second CRC over the
+// same mapping, which shows what the first CPU access to each page of a new
+// mapping costs beyond reading its bytes (docs/PERFORMANCE.md).
 void bench_map_parts(const Saved& saved, const Options& o, Report& rep) {
-  std::vector<double> t_map, t_crc;
+  std::vector<double> t_map, t_crc, t_crc2;
   for (int r = 0; r < o.reps; ++r) {
     const int fd = ::open(saved.path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) die_errno("open");
@@ -366,6 +368,9 @@ void bench_map_parts(const Saved& saved, const Options& o, Report& rep) {
     }));
     std::uint32_t crc = 0;
     t_crc.push_back(seconds([&] { crc = checksum::compute(p, n); }));
+    std::uint32_t again = 0;
+    t_crc2.push_back(seconds([&] { again = checksum::compute(p, n); }));
+    if (again != crc) die("the second CRC over the same mapping differs from the first");
     if (crc == 0) std::fprintf(stderr, "  (crc 0)\n");
     ::munmap(p, n);
     ::close(fd);
@@ -373,6 +378,8 @@ void bench_map_parts(const Saved& saved, const Options& o, Report& rep) {
   rep.add({"map", "mmap + MADV_POPULATE_READ alone (context)", ms_and_rate(median(t_map), saved.bytes), "", {},
            "", {}});
   rep.add({"map", "CRC of the mapped bytes alone (context)", ms_and_rate(median(t_crc), saved.bytes), "", {}, "",
+           {}});
+  rep.add({"map", "same CRC again, same mapping (context)", ms_and_rate(median(t_crc2), saved.bytes), "", {}, "",
            {}});
 }
 
