@@ -21,6 +21,11 @@
 //    figure for reused buffers (librados's transfer alone) is printed too.
 //    Each round times a save and its limit, then --load-pairs (default 3)
 //    pairs of a load and its limit; --snapshot-only skips the WAL part.
+//  - --watchers N: N read replicas (each its own client, in this process)
+//    follow every WAL run, woken by the writer's notifications (watch/notify
+//    on NAME.notify, polling every 10 s): the writer then notifies them
+//    after its commits. Default 0: no replica watches (the writer's notifier
+//    finds no watcher and sends about 4 notifies a second).
 // Timed: what a user's code does (the inserts; save(); load()); connecting,
 // opening the index and creating the data are not. Before each timed save,
 // load and limit, memory is touched and freed (bench::prepare_memory: this
@@ -58,6 +63,7 @@ struct Args {
   std::uint64_t dim = 128;
   int repeats = 3;
   int load_pairs = 3;  // load / limit pairs per round
+  int watchers = 0;    // read replicas following each WAL run
 };
 
 std::string unique(const std::string& what) {
@@ -120,6 +126,17 @@ struct WalRun {
 WalRun wal_run(const Args& a, int threads) {
   const std::string name = unique("wal");
   auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(a.dim, DistanceMetric::Euclidean), config(a, name, true));
+  std::vector<ReadReplica<FlatIndex>> replicas;
+  for (int k = 0; k < a.watchers; ++k) {
+    replicas.push_back(ReadReplica<FlatIndex>::open(config(a, name, false)));
+    FollowOptions o;
+    o.interval = std::chrono::seconds(10);
+    replicas.back().start_following(o);
+  }
+  for (auto& r : replicas) {
+    for (int w = 0; w < 5000 && !r.watching(); ++w) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!r.watching()) die("a replica's watch did not stand within 5 s");
+  }
   std::vector<std::vector<float>> rows;
   for (std::uint64_t i = 0; i < a.records; ++i) rows.push_back(row(i, a.dim));
   const std::uint64_t before = db.wal_stats().log_syncs;
@@ -138,6 +155,7 @@ WalRun wal_run(const Args& a, int threads) {
   r.cpu_us_per_record = (cpu_seconds() - cpu0) / static_cast<double>(a.records) * 1e6;
   r.rate = static_cast<double>(a.records) / t;
   r.records_per_append = static_cast<double>(a.records) / static_cast<double>(db.wal_stats().log_syncs - before);
+  replicas.clear();
   db.close();
   // The log's bytes: every object of the log of the published generation.
   Raw raw(a.pool);
@@ -421,9 +439,11 @@ int main(int argc, char** argv) {
       wal = false;
     } else if (arg == "--cold-memory") {
       cold = true;
+    } else if (arg == "--watchers") {
+      a.watchers = std::max(0, std::stoi(value()));
     } else {
       die("usage: iqdb_rados_wal_bench [--pool P] [--records N] [--vectors N] [--dim D] [--repeats R] "
-          "[--load-pairs P] [--wal-only | --snapshot-only] [--cold-memory]");
+          "[--load-pairs P] [--wal-only | --snapshot-only] [--cold-memory] [--watchers N]");
     }
   }
   // As persist_bench: what the index takes, and 64 MiB.

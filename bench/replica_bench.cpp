@@ -8,7 +8,16 @@
 // Each writer thread inserts ids in order, so after every catch-up the
 // replica's progress is found per thread with contains().
 //
+// --watch: the replica's background follower instead, woken by the writer's
+// notifications (RADOS watch/notify) and polling only every --interval-ms
+// (say 10000); the measuring thread looks at the replica's LSN every
+// millisecond (lag resolution ~1 ms) and then counts the catch-ups it made
+// while nothing was written for --idle-seconds (default 2); --min-gap-ms G
+// sets FollowOptions::min_gap, --notify-gap-ms G the writer's
+// RadosOptions::notify_gap (default 5 ms, the library's).
+//
 //   scripts/ceph-cluster.sh run --osds 3 -- BUILD/bench/iqdb_replica_bench --seconds 10   # RADOS (IQDB_RADOS_POOL)
+//   scripts/ceph-cluster.sh run --osds 3 -- BUILD/bench/iqdb_replica_bench --seconds 10 --watch --interval-ms 10000
 //   BUILD/bench/iqdb_replica_bench --dir build/bench-data --seconds 10                    # local files
 #include <algorithm>
 #include <atomic>
@@ -39,6 +48,10 @@ struct Args {
   int interval_ms = 5;
   std::uint64_t dim = 128;
   std::uint64_t checkpoint_every = 0;  // records between checkpoints (0: none)
+  bool watch = false;                  // the background follower, woken by the writer
+  double idle_seconds = 2;             // --watch: catch-ups counted while nothing is written
+  int min_gap_ms = 0;                  // --watch: FollowOptions::min_gap
+  int notify_gap_ms = 5;               // the writer's RadosOptions::notify_gap (its default)
 };
 
 [[noreturn]] void die(const std::string& why) {
@@ -52,7 +65,9 @@ PersistConfig config_of(const Args& a, const std::string& name) {
     RadosLocation loc;
     loc.pool = a.pool;
     loc.name = name;
-    return rados_persist_config(loc, RadosOptions{});  // a client of its own each call
+    RadosOptions o;
+    o.notify_gap = std::chrono::milliseconds(a.notify_gap_ms);
+    return rados_persist_config(loc, o);  // a client of its own each call
   }
 #endif
   return PersistConfig(std::filesystem::path(a.dir) / (name + ".iqdb"));
@@ -82,6 +97,18 @@ void run(const Args& a) {
   std::atomic<std::uint64_t> records{0};
   for (auto& v : acked) v.reserve(static_cast<std::size_t>(a.seconds * 20000) + 1024);
 
+  if (a.watch) {
+    // Steady state: the watch stands, and the writer's notifier has left
+    // the quiet period it keeps after a notify that reached no watcher
+    // (src/rados/change_notify.hpp), before anything is written.
+    FollowOptions o;
+    o.interval = std::chrono::milliseconds(a.interval_ms);
+    o.min_gap = std::chrono::milliseconds(a.min_gap_ms);
+    replica.start_following(o);
+    for (int w = 0; w < 10000 && !replica.watching(); ++w) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!replica.watching()) die("the replica's watch did not stand within 10 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
   std::vector<std::thread> writers;
   for (std::size_t t = 0; t < threads; ++t) {
     writers.emplace_back([&, t] {
@@ -111,13 +138,24 @@ void run(const Args& a) {
   std::vector<double> catch_up_ms;
   std::vector<std::size_t> seen(threads, 0);  // per thread: inserts the replica holds
   const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.seconds));
+  const std::uint64_t catch_ups_before = replica.stats().catch_ups;
+  std::uint64_t lsn_seen = replica.last_lsn();
   while (Clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(a.interval_ms));
-    const Clock::time_point began = Clock::now();
-    replica.catch_up();
-    ++catch_ups;
-    const Clock::time_point visible = Clock::now();
-    catch_up_ms.push_back(std::chrono::duration<double, std::milli>(visible - began).count());
+    Clock::time_point visible;
+    if (a.watch) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      const std::uint64_t lsn = replica.last_lsn();
+      if (lsn == lsn_seen) continue;
+      lsn_seen = lsn;
+      visible = Clock::now();
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(a.interval_ms));
+      const Clock::time_point began = Clock::now();
+      replica.catch_up();
+      ++catch_ups;
+      visible = Clock::now();
+      catch_up_ms.push_back(std::chrono::duration<double, std::milli>(visible - began).count());
+    }
     replica.read([&](const FlatIndex& ix) {
       for (std::size_t t = 0; t < threads; ++t) {
         const std::size_t ready = published[t].load(std::memory_order_acquire);
@@ -131,6 +169,14 @@ void run(const Args& a) {
   }
   stop.store(true);
   for (auto& w : writers) w.join();
+  double idle_rate = 0;
+  if (a.watch) {
+    catch_ups = replica.stats().catch_ups - catch_ups_before;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the last notifications' rounds
+    const std::uint64_t idle0 = replica.stats().catch_ups;
+    std::this_thread::sleep_for(std::chrono::duration<double>(a.idle_seconds));
+    idle_rate = static_cast<double>(replica.stats().catch_ups - idle0) / a.idle_seconds;
+  }
   std::vector<double> all;
   for (auto& l : lags) all.insert(all.end(), l.begin(), l.end());
   const ReplicaLag end_lag = replica.lag();
@@ -139,10 +185,21 @@ void run(const Args& a) {
               a.pool.empty() ? "local files" : ("rados pool " + a.pool).c_str(), a.threads,
               static_cast<unsigned long long>(a.dim), a.seconds, static_cast<unsigned long long>(records.load()),
               static_cast<double>(records.load()) / a.seconds, static_cast<unsigned long long>(all.size()));
-  std::printf("  replica catch-up every %d ms (%llu catch-ups, %llu loads anew)\n", a.interval_ms,
-              static_cast<unsigned long long>(catch_ups), static_cast<unsigned long long>(replica.stats().reloads));
-  std::printf("  one catch-up took: median %.2f ms, p99 %.2f ms, max %.2f ms\n", percentile(catch_up_ms, 0.5),
-              percentile(catch_up_ms, 0.99), percentile(catch_up_ms, 1.0));
+  const ReplicaStats rs = replica.stats();
+  if (a.watch) {
+    std::printf("  replica woken by the writer (notify_gap %d ms, min_gap %d ms), polling every %d ms (%llu catch-ups, "
+                "%.1f/s; %llu notifications, %llu watches; %llu loads anew)\n",
+                a.notify_gap_ms, a.min_gap_ms, a.interval_ms, static_cast<unsigned long long>(catch_ups),
+                static_cast<double>(catch_ups) / a.seconds,
+                static_cast<unsigned long long>(rs.notifications), static_cast<unsigned long long>(rs.watches),
+                static_cast<unsigned long long>(rs.reloads));
+    std::printf("  idle (nothing written) for %.0f s: %.1f catch-ups/s\n", a.idle_seconds, idle_rate);
+  } else {
+    std::printf("  replica catch-up every %d ms (%llu catch-ups, %llu loads anew)\n", a.interval_ms,
+                static_cast<unsigned long long>(catch_ups), static_cast<unsigned long long>(rs.reloads));
+    std::printf("  one catch-up took: median %.2f ms, p99 %.2f ms, max %.2f ms\n", percentile(catch_up_ms, 0.5),
+                percentile(catch_up_ms, 0.99), percentile(catch_up_ms, 1.0));
+  }
   std::printf("  lag, acknowledged -> visible in the replica: median %.2f ms, p99 %.2f ms, max %.2f ms\n", p50, p99, pmax);
   std::printf("  at the end: %llu records behind\n", static_cast<unsigned long long>(end_lag.records_behind));
   db.close();
@@ -176,9 +233,17 @@ int main(int argc, char** argv) {
       a.dim = std::stoull(value());
     } else if (arg == "--checkpoint-every") {
       a.checkpoint_every = std::stoull(value());
+    } else if (arg == "--watch") {
+      a.watch = true;
+    } else if (arg == "--idle-seconds") {
+      a.idle_seconds = std::max(0.1, std::stod(value()));
+    } else if (arg == "--min-gap-ms") {
+      a.min_gap_ms = std::max(0, std::stoi(value()));
+    } else if (arg == "--notify-gap-ms") {
+      a.notify_gap_ms = std::max(0, std::stoi(value()));
     } else {
       die("usage: iqdb_replica_bench [--pool P | --dir D] [--threads 4] [--seconds 10] [--interval-ms 5] [--dim 128] "
-          "[--checkpoint-every N]");
+          "[--checkpoint-every N] [--watch [--idle-seconds 2] [--min-gap-ms 0]] [--notify-gap-ms 5]");
     }
   }
 #ifndef IQDB_BENCH_WITH_RADOS

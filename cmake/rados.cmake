@@ -23,6 +23,7 @@ else()
   find_library(IQDB_RADOS_LIBRARY rados DOC "librados")
   if(IQDB_RADOS_INCLUDE_DIR AND IQDB_RADOS_LIBRARY)
     add_library(iqdb_persist_rados STATIC
+      ${PROJECT_SOURCE_DIR}/src/rados/change_notify.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/head_record.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/rados_store.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/rados_log.cpp

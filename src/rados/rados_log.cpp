@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "iqdb/persist/error.hpp"
+#include "rados/change_notify.hpp"
 #include "rados/head_record.hpp"
 #include "rados/rados_ops.hpp"
 #include "wal/log_format.hpp"
@@ -157,7 +158,8 @@ class RadosLogSink final : public detail::LogSink {
         limit_(store.options().log_object_size),
         sent_(at.obj_start + at.obj_size),
         end_(sent_),
-        at_(at) {}
+        at_(at),
+        notifier_(notifier_of(store, name_)) {}
 
   void append(std::span<const std::byte> frame) override {
     bool full = false;
@@ -255,6 +257,8 @@ class RadosLogSink final : public detail::LogSink {
       failed_ = true;
       throw;
     }
+    // Read replicas are woken (never waited for).
+    if (!out_.empty()) notifier_->changed();
     out_.clear();
     out_bounds_.clear();
   }
@@ -395,6 +399,7 @@ class RadosLogSink final : public detail::LogSink {
   std::vector<std::byte> out_;
   std::vector<std::uint64_t> out_bounds_;
   bool closed_ = false;
+  std::shared_ptr<ChangeNotifier> notifier_;
 };
 
 }  // namespace

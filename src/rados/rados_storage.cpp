@@ -9,6 +9,7 @@
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
+#include "rados/change_notify.hpp"
 #include "rados/rados_log.hpp"
 #include "rados/writer_fence.hpp"
 #include "wal/log_format.hpp"
@@ -98,6 +99,12 @@ class RadosIndexStorage final : public IndexStorage {
 
   bool replaced(const detail::FollowedLog& log, std::uint64_t) override {
     return dynamic_cast<const RadosFollowedLog&>(log).generation() != generation();
+  }
+
+  // A watch on NAME.notify (change_notify.hpp), through this store's client.
+  std::unique_ptr<detail::ChangeWatch> watch_changes(std::function<void()> wake) override {
+    const StoreHandles h = handles_of(*store_);
+    return make_change_watch(h.cluster, h.io, notify_object(name_), std::move(wake));
   }
 
   // A RADOS write operation is atomic and each holds whole frames, so bytes

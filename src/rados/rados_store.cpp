@@ -19,6 +19,7 @@
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "fs/in_place_read.hpp"
+#include "rados/change_notify.hpp"
 #include "rados/head_record.hpp"
 #include "rados/rados_log.hpp"
 #include "rados/rados_ops.hpp"
@@ -46,6 +47,8 @@ struct RadosSnapshotStore::Impl {
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   ~Impl() {
+    // Their threads use io: stopped first (each after its notify in flight).
+    for (auto& [name, n] : notifiers) n->shutdown();
     if (io != nullptr) rados_ioctx_destroy(io);
     if (cluster != nullptr) rados_shutdown(cluster);
   }
@@ -69,6 +72,8 @@ struct RadosSnapshotStore::Impl {
   // The generation each name's last open_read opened (the log that goes
   // with the snapshot a reader loaded: rados_storage.cpp).
   std::map<std::string, std::uint64_t> last_read;
+  // Read replicas' wake-ups, by name (change_notify.hpp).
+  std::map<std::string, std::shared_ptr<ChangeNotifier>> notifiers;
 
   std::shared_ptr<Fence> fence_of(const std::string& name) {
     std::lock_guard lock(mu);
@@ -819,6 +824,16 @@ fs::path object_path(const RadosSnapshotStore& store, const std::string& object)
   return fs::path(kScheme + store.pool() + "/" + object);
 }
 
+std::shared_ptr<ChangeNotifier> notifier_of(RadosSnapshotStore& store, const std::string& name) {
+  RadosSnapshotStore::Impl& s = store.impl();
+  std::lock_guard lock(s.mu);
+  std::shared_ptr<ChangeNotifier>& n = s.notifiers[name];
+  if (!n) {
+    n = std::make_shared<ChangeNotifier>(s.io, notify_object(name), s.options.notify_timeout, s.options.notify_gap);
+  }
+  return n;
+}
+
 StoreHandles handles_of(RadosSnapshotStore& store) { return {store.impl().cluster, store.impl().io}; }
 
 void attach_fence(RadosSnapshotStore& store, const std::string& name, std::shared_ptr<Fence> fence) {
@@ -850,6 +865,8 @@ std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation
   range("log_object_size", options.log_object_size, kMinLogObject, kMaxLogObject);
   range("op_timeout", static_cast<std::uint64_t>(options.op_timeout.count()), 1, 86400);
   range("connect_timeout", static_cast<std::uint64_t>(options.connect_timeout.count()), 1, 86400);
+  range("notify_timeout", static_cast<std::uint64_t>(options.notify_timeout.count()), 1, 60);
+  range("notify_gap", static_cast<std::uint64_t>(options.notify_gap.count()), 0, 1000);
   if (location.pool.empty()) throw PersistError::argument("RadosLocation::pool is empty");
   if (location.client_id.empty()) throw PersistError::argument("RadosLocation::client_id is empty");
 
@@ -1070,6 +1087,7 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
     std::lock_guard lock(impl_->mu);
     impl_->pending.erase(from.string());
   }
+  notifier_of(*this, p.name)->changed();
   try {
     collect_garbage(p.name);
   } catch (const PersistError&) {

@@ -85,6 +85,9 @@ class LogFollower::Impl {
   }
 
   std::uint64_t last_lsn() const noexcept { return last_; }
+  std::unique_ptr<ChangeWatch> watch_changes(std::function<void()> wake) {
+    return storage_->watch_changes(std::move(wake));
+  }
   wal::WalStats load_stats() const noexcept { return stats_; }
 
  private:
@@ -173,6 +176,9 @@ LogFollower::LogFollower(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LogFollower::~LogFollower() = default;
 LogFollower::Poll LogFollower::poll(const WalEngine::Replay& replay) { return impl_->poll(replay); }
 std::uint64_t LogFollower::probe() { return impl_->probe(); }
+std::unique_ptr<ChangeWatch> LogFollower::watch_changes(std::function<void()> wake) {
+  return impl_->watch_changes(std::move(wake));
+}
 std::uint64_t LogFollower::last_lsn() const noexcept { return impl_->last_lsn(); }
 wal::WalStats LogFollower::load_stats() const noexcept { return impl_->load_stats(); }
 

@@ -15,9 +15,9 @@
 // log live in the pool: PersistedIndex<I> (open_with, load, insert, erase,
 // write, save, checkpoint, sync, close), with or without the WAL, works on
 // it as on local files. The log is objects NAME.log.<gen>.<k>; every group
-// commit is one RADOS operation, fenced by the writer's epoch.
-//
-// Not built yet: read replicas, failover.
+// commit is one RADOS operation, fenced by the writer's epoch. Read replicas
+// (ReadReplica, replica.hpp) follow it and are woken through a watch on
+// NAME.notify, which the writer notifies after commits and publishes.
 #pragma once
 
 #include <chrono>
@@ -75,6 +75,19 @@ struct RadosOptions {
   // commit goes to the current object when it fits, else to a new one; a
   // group larger than this gets an object of its own.
   std::uint64_t log_object_size = std::uint64_t{8} << 20;
+  // Read replicas' wake-ups: how long the writer's notify of NAME.notify
+  // waits for the watchers' acknowledgements (whole seconds, 1 .. 60;
+  // librados counts in seconds). Commits never wait for it; a watcher that
+  // died holds each later notification back this long until its watch
+  // expires on the OSD (osd_client_watch_timeout, 30 s by default).
+  std::chrono::seconds notify_timeout{1};
+  // The least time from one notify to the next (0 .. 1000 ms): a writer
+  // that commits continuously notifies at most this often, which bounds
+  // what its replicas cost the cluster (each notify is about five messages
+  // and wakes each replica to a catch-up) at the price of up to this much
+  // more lag while it does (docs/PERFORMANCE.md, "Read replicas": 0 and
+  // 5 ms measured). A commit after a quieter spell is notified at once.
+  std::chrono::milliseconds notify_gap{5};
 };
 
 // What NAME.head says (a validated, published head).

@@ -4,6 +4,7 @@
 //   auto replica = ReadReplica<FlatIndex>::open(cfg);     // snapshot + log; never the writer lock
 //   replica.catch_up();                                    // records the writer logged since
 //   replica.start_following(std::chrono::milliseconds(20));  // or in the background
+//   replica.start_following();                             // RADOS: woken by the writer (FollowOptions)
 //   auto hits = replica.read([&](const FlatIndex& ix) { return ix.search(q, 10); });
 //   ReplicaLag lag = replica.lag();                        // LSNs and time behind
 //   PersistedIndex<FlatIndex> writer = std::move(replica).promote();  // failover
@@ -13,6 +14,8 @@
 // replicas", says what is guaranteed and what it costs.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -46,6 +49,33 @@ struct ReplicaStats {
   std::uint64_t records_applied = 0;  // after the first load
   std::uint64_t reloads = 0;          // loads anew (the records it needed were gone)
   wal::WalStats load;                 // what the first load replayed
+  // The background follower's wake-ups (FollowOptions::watch; RADOS only):
+  std::uint64_t notifications = 0;  // the writer's notifications received
+  std::uint64_t watches = 0;        // watches registered (more than 1: re-registered after a break)
+  std::uint64_t watch_breaks = 0;   // watches found broken (then: polling every watch_retry until re-registered)
+};
+
+// How the background follower runs (start_following).
+struct FollowOptions {
+  // The longest time between two catch-ups. Zero: the storage's default,
+  // 10 s where the follower is woken by the writer (RADOS, watch set), else
+  // 20 ms.
+  std::chrono::milliseconds interval{0};
+  // Where the storage has them (RADOS: a watch on NAME.notify), catch up as
+  // soon as the writer notifies that it committed or published; polling
+  // every `interval` stays as the fallback (a notification can be lost).
+  bool watch = true;
+  // While the watch is not registered (it broke: an OSD dropped it, the
+  // object was removed; or it could not be made yet), catch up and try to
+  // register it again this often (at most `interval`).
+  std::chrono::milliseconds watch_retry{1000};
+  // The least time from the start of one catch-up to the start of the next
+  // one a notification brings. 0: at once. A busy writer notifies about
+  // once per commit round trip, and each notification is a catch-up (three
+  // RADOS reads or so): a gap of, say, 5 ms bounds a replica's reads while
+  // the writer commits to those of a 5 ms poll, and keeps none while it
+  // does not.
+  std::chrono::milliseconds min_gap{0};
 };
 
 // Thread safety: read() runs alongside catch_up() and the background
@@ -77,10 +107,23 @@ class ReadReplica {
   // can be repeated.
   std::uint64_t catch_up() { return s_->catch_up(); }
 
-  // Follow in the background: a catch-up every `interval` until
-  // stop_following(), promote() or destruction. Errors are kept in failure().
-  void start_following(std::chrono::milliseconds interval) { s_->start(interval); }
+  // Follow in the background: a catch-up every `interval` (the longest time
+  // between two), and on RADOS also as soon as the writer notifies (see
+  // FollowOptions), until stop_following(), promote() or destruction.
+  // Errors are kept in failure(). No effect while already following.
+  void start_following(std::chrono::milliseconds interval) {
+    FollowOptions o;
+    o.interval = interval;
+    s_->start(o);
+  }
+  void start_following(const FollowOptions& options = {}) { s_->start(options); }
   void stop_following() { s_->stop(); }
+  // Whether the background follower is woken by the writer now (its last
+  // round found a watch standing); false when it polls only.
+  bool watching() const {
+    std::lock_guard lk(s_->bg_mu);
+    return s_->watching;
+  }
   // The last background catch-up's error; nullopt after one succeeded.
   std::optional<std::string> failure() const {
     std::lock_guard lk(s_->bg_mu);
@@ -99,14 +142,22 @@ class ReadReplica {
     return out;
   }
 
-  // The LSN the replica's index covers.
-  std::uint64_t last_lsn() const {
-    std::lock_guard lk(s_->poll_mu);
-    return s_->follower->last_lsn();
-  }
+  // The LSN the replica's index covers (as of the last catch-up; does not
+  // wait for one that is running).
+  std::uint64_t last_lsn() const { return s_->applied.load(std::memory_order_acquire); }
   ReplicaStats stats() const {
-    std::lock_guard lk(s_->poll_mu);
-    return s_->stats;
+    ReplicaStats out;
+    {
+      std::lock_guard lk(s_->poll_mu);
+      out = s_->stats;
+    }
+    std::lock_guard lk(s_->bg_mu);
+    detail::ChangeWatch::Counts c = s_->watched;
+    if (s_->watch) State::add(c, s_->watch->counts());
+    out.notifications = c.wakeups;
+    out.watches = c.registrations;
+    out.watch_breaks = c.breaks;
+    return out;
   }
 
   // Run f(const I&) under the read lock; returns what f returns.
@@ -176,6 +227,7 @@ class ReadReplica {
       index = std::move(fresh);
       follower = std::move(f);
       fresh_as_of = t;
+      applied.store(follower->last_lsn(), std::memory_order_release);
     }
 
     std::uint64_t catch_up() {
@@ -190,8 +242,15 @@ class ReadReplica {
         detail::Loader<I>::apply_record(*index, r);
         if (r.index_in_frame + 1 == r.frame_records) frame.unlock();
       };
-      const detail::LogFollower::Poll p = follower->poll(apply);
+      detail::LogFollower::Poll p;
+      try {
+        p = follower->poll(apply);
+      } catch (...) {
+        applied.store(follower->last_lsn(), std::memory_order_release);
+        throw;
+      }
       if (frame.owns_lock()) frame.unlock();
+      applied.store(follower->last_lsn(), std::memory_order_release);  // also when the load anew fails
       if (p.reload) {
         load();
         ++stats.reloads;
@@ -204,11 +263,11 @@ class ReadReplica {
       return moved;
     }
 
-    void start(std::chrono::milliseconds interval) {
+    void start(const FollowOptions& o) {
       std::lock_guard lk(bg_mu);
       if (thread.joinable()) return;
       stopping = false;
-      thread = std::thread([this, interval] { follow(interval); });
+      thread = std::thread([this, o] { follow(o); });
     }
 
     void stop() {
@@ -220,10 +279,43 @@ class ReadReplica {
       if (thread.joinable()) thread.join();
     }
 
-    void follow(std::chrono::milliseconds interval) {
+    // Called by the storage's watch (another thread): catch up now.
+    void wake() {
+      {
+        std::lock_guard lk(bg_mu);
+        woken = true;
+      }
+      bg_cv.notify_all();
+    }
+
+    void follow(const FollowOptions& o) {
+      std::unique_ptr<detail::ChangeWatch> w;
+      if (o.watch) {
+        try {
+          std::lock_guard lk(poll_mu);
+          w = follower->watch_changes([this] { wake(); });
+        } catch (const std::exception&) {
+          // No watch: polling only.
+        }
+      }
+      using std::chrono::milliseconds;
+      const milliseconds interval = o.interval > milliseconds(0) ? o.interval
+                                    : w                           ? milliseconds(10000)
+                                                                  : milliseconds(20);
+      const milliseconds retry = std::clamp(o.watch_retry, milliseconds(1), interval);
       std::unique_lock lk(bg_mu);
+      watch = w.get();
       while (!stopping) {
+        // Cleared before the watch is checked and the catch-up reads: a
+        // notification from then on brings another round at once.
+        woken = false;
+        const auto began = std::chrono::steady_clock::now();
         lk.unlock();
+        bool stands = false;
+        try {
+          stands = w && w->ensure();
+        } catch (const std::exception&) {
+        }
         std::optional<std::string> error;
         try {
           catch_up();
@@ -231,9 +323,24 @@ class ReadReplica {
           error = e.what();
         }
         lk.lock();
+        watching = stands;
         failure = std::move(error);
-        bg_cv.wait_for(lk, interval, [this] { return stopping; });
+        bg_cv.wait_for(lk, w && !stands ? retry : interval, [this] { return stopping || woken; });
+        if (woken && o.min_gap > milliseconds(0)) bg_cv.wait_until(lk, began + o.min_gap, [this] { return stopping; });
       }
+      // Its counts are kept; it is destroyed without bg_mu (its destructor
+      // waits for callbacks, which take bg_mu).
+      if (w) add(watched, w->counts());
+      watch = nullptr;
+      watching = false;
+      lk.unlock();
+      w.reset();
+    }
+
+    static void add(detail::ChangeWatch::Counts& to, const detail::ChangeWatch::Counts& c) {
+      to.wakeups += c.wakeups;
+      to.registrations += c.registrations;
+      to.breaks += c.breaks;
     }
 
     PersistConfig config;
@@ -241,12 +348,17 @@ class ReadReplica {
     std::optional<I> index;
     mutable std::mutex poll_mu;  // one catch-up (or lag probe) at a time; guards what follows
     std::unique_ptr<detail::LogFollower> follower;
+    std::atomic<std::uint64_t> applied{0};  // follower->last_lsn() as of the last catch-up (last_lsn())
     std::chrono::steady_clock::time_point fresh_as_of;
     ReplicaStats stats;
     mutable std::mutex bg_mu;  // the background follower
     std::condition_variable bg_cv;
     std::thread thread;
     bool stopping = false;
+    bool woken = false;                   // a notification came since the last round began
+    bool watching = false;                // the last round found the watch standing
+    detail::ChangeWatch* watch = nullptr;  // the follower thread's, while it runs
+    detail::ChangeWatch::Counts watched;   // of the watches of earlier runs
     std::optional<std::string> failure;
   };
 

@@ -95,6 +95,28 @@ class FollowedLog {
   virtual const ReadableFile& refresh() = 0;
 };
 
+// Read replicas woken by their writer (ReadReplica's background follower):
+// a registration with the storage that calls the `wake` it was made with
+// whenever a writer says the log or the snapshot changed (RADOS: a watch on
+// NAME.notify, docs/DISTRIBUTED.md "How replicas are woken"). A wake-up is a
+// hint only: the replica then reads what the storage holds, and wake-ups can
+// be lost, so it still polls. Destroying it unregisters; `wake` is not called
+// once the destructor returned.
+class ChangeWatch {
+ public:
+  virtual ~ChangeWatch() = default;
+  // True when the registration stands; when it does not (never made, or
+  // broken: an error was reported for it), it is made anew, once: true when
+  // that worked. Blocks for at most the storage's operation time-out.
+  virtual bool ensure() = 0;
+  struct Counts {
+    std::uint64_t wakeups = 0;        // notifications received
+    std::uint64_t registrations = 0;  // made (1 while the first one stands)
+    std::uint64_t breaks = 0;         // registrations found broken
+  };
+  virtual Counts counts() const noexcept = 0;
+};
+
 }  // namespace detail
 
 // The storage of one index (its snapshot and its log). Shared by the
@@ -131,6 +153,14 @@ class IndexStorage {
   // checkpoint or a new writer replaced it, or a save removed it. Nothing is
   // appended to it any more once this says so.
   virtual bool replaced(const detail::FollowedLog& log, std::uint64_t salt) = 0;
+
+  // Read replicas: `wake` is called (from another thread) whenever a writer
+  // says something changed; nullptr when this storage has no such
+  // notifications (the local files: replicas poll).
+  virtual std::unique_ptr<detail::ChangeWatch> watch_changes(std::function<void()> wake) {
+    (void)wake;
+    return nullptr;
+  }
 
   // What a scan of the log found, checked against what this storage can
   // produce (RADOS: an append is atomic, so a torn tail is damage).

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "iqdb/persist/config.hpp"
+#include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/format.hpp"
 #include "iqdb/persist/wal.hpp"
@@ -43,6 +44,9 @@ class LogFollower {
   // last_lsn(). Records of a log that replaced the one followed are not
   // counted.
   std::uint64_t probe();
+  // The storage's wake-ups for this log (IndexStorage::watch_changes);
+  // nullptr where there are none.
+  std::unique_ptr<ChangeWatch> watch_changes(std::function<void()> wake);
   // The LSN the replayed state covers.
   std::uint64_t last_lsn() const noexcept;
   // What open() replayed: recovered_records, torn_tail_bytes, unsynced_frames_dropped.
