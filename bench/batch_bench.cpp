@@ -11,7 +11,9 @@
 //
 // `peer` mode times one C++ operation for the Python benchmark
 // (python/bench/bench_python.py), so both sides do the same work:
-//   iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N]
+//   iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N] [--no-prefault]
+// (--no-prefault: FlatIndex's touched-reserve worker off, the before of an
+// A/B in one binary; docs/PERFORMANCE.md "Batch of 1000 under Always").
 //   iqdb_batch_bench peer batch|load|single|threads --dir DIR --n N   # prints wall and CPU seconds
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -248,8 +250,8 @@ struct Round {
 int table(const Options& o) {
   const std::vector<float> rows = make_rows(kBatch * 8);
   std::printf("iqdb-persist batch benchmark: dim %zu, batches of %zu under Always built in the timed region, "
-              "%d rounds\n\n",
-              kDim, kBatch, o.rounds);
+              "%d rounds, touched-reserve worker %s\n\n",
+              kDim, kBatch, o.rounds, detail::prefault::enabled() ? "on" : "off");
   std::printf("%-6s %13s %14s %7s %14s %7s  %13s %14s %7s %14s %7s\n", "round", "single ins/s", "arena batch/s",
               "ratio", "rows batch/s", "ratio", "raw single/s", "raw batch/s", "ratio", "+touch", "ratio");
   double worst = 1e300;
@@ -308,8 +310,10 @@ int main(int argc, char** argv) {
     else if (a == "--single-ops") o.single_ops = std::stoul(next());
     else if (a == "--batches") o.batches = std::stoul(next());
     else if (a == "--n") n = std::stoul(next());
+    else if (a == "--no-prefault") detail::prefault::set_enabled(false);
     else if (a == "peer") peer_op = next();
-    else bench::die("usage: iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N] | peer OP --dir DIR --n N");
+    else bench::die("usage: iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N] [--no-prefault] | "
+                    "peer OP --dir DIR --n N");
   }
   if (!peer_op.empty()) return peer(peer_op, o.dir, n);
   fs::create_directories(o.dir);

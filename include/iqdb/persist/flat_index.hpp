@@ -18,8 +18,9 @@ namespace iqdb::persist {
 namespace detail {
 
 // Contiguous float storage for FlatIndex. Small blocks live on the heap;
-// from 2 MiB on, the block is its own anonymous mapping, sized in whole 2 MiB
-// units and advised for transparent huge pages, and it grows with mremap,
+// from 256 KiB on, the block is its own anonymous mapping, sized in whole
+// 2 MiB units (advised for transparent huge pages from 4 MiB on, and not
+// below, so a small block's first touch costs what it writes), and it grows with mremap,
 // which moves the page tables instead of copying the data: growing never
 // touches the existing memory again, and fresh memory is faulted in 2 MiB at
 // a time where the kernel has huge pages to give. (Plain realloc copies
@@ -30,6 +31,18 @@ namespace detail {
 // bytes in place, copy-on-write per page, with address space reserved behind
 // them; growth within the reservation stays in place, growth beyond it
 // moves the elements into a block of its own (one copy) and drops the file.
+//
+// The touched reserve (docs/PERFORMANCE.md, "Batch of 1000 under Always"):
+// while the block is its own anonymous mapping, append() and reserve() ask a
+// process-wide worker thread to fault in the capacity ahead of the end
+// (MADV_POPULATE_WRITE; mlock + munlock on kernels before 5.14), up to
+// prefault_reserve(size) bytes ahead, so that the first touch of fresh
+// memory happens on the other CPU (say while the writer sleeps in
+// fdatasync) instead of in the next append. Appends never wait for the
+// worker; a reallocation or release waits for the one populate call in
+// flight on this block (at most one 2 MiB huge page), so the worker never
+// populates memory that is being or has been moved or unmapped. Heap blocks
+// and mapped (file-backed) blocks are never populated.
 class FloatBuffer {
  public:
   FloatBuffer() noexcept = default;
@@ -53,16 +66,47 @@ class FloatBuffer {
   void adopt(MappedBlock block, std::size_t n) noexcept;
   // The file the elements are mapped from, or null.
   const detail::MappedOrigin* origin() const noexcept { return origin_.get(); }
+  std::size_t capacity() const noexcept { return cap_; }
+
+  // Bytes the worker keeps faulted in ahead of the end of a block of
+  // `used_bytes`: max(2 MiB, used_bytes / 8), at most 64 MiB (and never
+  // beyond the capacity).
+  static std::size_t prefault_reserve(std::size_t used_bytes) noexcept;
+
+  struct PrefaultSlot;  // the worker's view of one block (flat_index.cpp)
 
  private:
   void reallocate(std::size_t cap);
   void release() noexcept;
+  bool own_mapping() const noexcept { return mapped_ != 0 && !origin_; }
+  void prefault_ahead() noexcept;
   float* p_ = nullptr;
   std::size_t size_ = 0;
   std::size_t cap_ = 0;
   std::size_t mapped_ = 0;  // bytes of p_'s own mapping; 0: p_ is from malloc
   std::shared_ptr<const MappedOrigin> origin_;  // set: p_ starts with a file's pages
+  std::shared_ptr<PrefaultSlot> slot_;  // set once the worker was asked for this block
+  std::size_t asked_ = 0;               // bytes from p_ the worker was asked to fault in
 };
+
+// The touched-reserve worker, process-wide (for tests and benchmarks).
+namespace prefault {
+// Off: no new requests (those queued are finished). On by default.
+void set_enabled(bool on) noexcept;
+bool enabled() noexcept;
+// Blocks until the worker has nothing queued and no populate in flight.
+void wait_idle();
+// Whether the worker thread is alive (it exits after 1 s without work).
+bool running();
+// Called by the worker (its own thread, no lock held) right before it
+// populates [addr, addr + len) of a block; null: none. For tests.
+using Observer = void (*)(const void* addr, std::size_t len);
+void set_observer(Observer f) noexcept;
+// Use the fallback (mlock + munlock) even where MADV_POPULATE_WRITE works.
+void force_fallback(bool on) noexcept;
+// Bytes the worker populated since the process started.
+std::uint64_t populated_bytes() noexcept;
+}  // namespace prefault
 
 // The ids of FlatIndex's rows, in row order: 8 bytes a row while every id
 // is a u64, a VectorId (40 bytes) a row from the first byte id on. (Every
