@@ -79,6 +79,23 @@ double cpu_seconds() {
   return s(u.ru_utime) + s(u.ru_stime);
 }
 
+// This process's CPU seconds and minor page faults (all threads): a load
+// whose client library gets fresh memory for its message buffers faults
+// once per 4 KiB page, which on this VM costs more than the copy.
+struct Usage {
+  double cpu = 0;
+  long faults = 0;
+};
+Usage usage_now() {
+  rusage u{};
+  (void)getrusage(RUSAGE_SELF, &u);
+  return {cpu_seconds(), u.ru_minflt};
+}
+Usage usage_since(const Usage& before) {
+  const Usage now = usage_now();
+  return {now.cpu - before.cpu, now.faults - before.faults};
+}
+
 // A raw client for the limits.
 struct Raw {
   rados_t cluster = nullptr;
@@ -234,7 +251,7 @@ char* map_fresh(std::uint64_t n) {
 // Writes and ReadReused go from / to max_in_flight + 1 buffers in turn;
 // ReadFresh reads each piece to its place in one new buffer of `total`
 // bytes (mapped in the timed region, not touched before, unmapped after it).
-double striped_limit(const Args& a, std::uint64_t total, Limit kind, const std::string& prefix) {
+double striped_limit(const Args& a, std::uint64_t total, Limit kind, const std::string& prefix, Usage* used = nullptr) {
   const RadosOptions o;
   Raw raw(a.pool);
   const bool write = kind == Limit::Write;
@@ -249,6 +266,7 @@ double striped_limit(const Args& a, std::uint64_t total, Limit kind, const std::
   };
   std::size_t slot = 0;
   bench::prepare_memory();
+  const Usage before = usage_now();
   const double t = seconds([&] {
     if (kind == Limit::ReadFresh) fresh = map_fresh(total);
     for (std::uint64_t off = 0; off < total;) {
@@ -268,6 +286,7 @@ double striped_limit(const Args& a, std::uint64_t total, Limit kind, const std::
     }
     while (!flying.empty()) reap();
   });
+  if (used != nullptr) *used = usage_since(before);
   if (fresh != nullptr) ::munmap(fresh, static_cast<std::size_t>(total));
   return t;
 }
@@ -345,7 +364,9 @@ void bench_snapshot(const Args& a) {
       db.index_mut().insert(i, v);
     }
   }
-  std::vector<double> save, wlimit, load, rlimit, reused, save_ratio, load_ratio, reused_ratio;
+  std::vector<double> save, wlimit, load, rlimit, reused, save_ratio, load_ratio, reused_ratio, load_cpu, rlimit_cpu;
+  std::vector<double> load_faults, rlimit_faults;
+  Usage load_used, rlimit_used;
   std::uint64_t total = 0;
   const auto time_save = [&] {
     bench::prepare_memory();
@@ -358,7 +379,9 @@ void bench_snapshot(const Args& a) {
     // The loaded index is dropped after the timed region, as the limit
     // unmaps its buffer after its own.
     std::optional<PersistedIndex<FlatIndex>> loaded;
+    const Usage before = usage_now();
     load.push_back(seconds([&] { loaded.emplace(PersistedIndex<FlatIndex>::load(lc)); }));
+    load_used = usage_since(before);
   };
   std::printf("Snapshot of %llu x %llu, default RadosOptions: %d rounds, each a save and its limit, then %d pairs of a "
               "load and its limit (order alternating)\n",
@@ -384,14 +407,20 @@ void bench_snapshot(const Args& a) {
         if ((i + p + k) % 2 == 0) {
           time_load();
         } else {
-          rlimit.push_back(striped_limit(a, total, Limit::ReadFresh, prefix));
+          rlimit.push_back(striped_limit(a, total, Limit::ReadFresh, prefix, &rlimit_used));
         }
       }
       reused.push_back(striped_limit(a, total, Limit::ReadReused, prefix));
       load_ratio.push_back(load.back() / rlimit.back());
       reused_ratio.push_back(load.back() / reused.back());
-      std::printf("    load %.2f s, aio reads into a fresh buffer %.2f s (%.2fx), into reused buffers %.2f s (%.2fx)\n",
-                  load.back(), rlimit.back(), load_ratio.back(), reused.back(), reused_ratio.back());
+      load_cpu.push_back(load_used.cpu);
+      rlimit_cpu.push_back(rlimit_used.cpu);
+      load_faults.push_back(static_cast<double>(load_used.faults));
+      rlimit_faults.push_back(static_cast<double>(rlimit_used.faults));
+      std::printf("    load %.2f s, aio reads into a fresh buffer %.2f s (%.2fx), into reused buffers %.2f s (%.2fx); "
+                  "CPU load %.2f s / reads %.2f s, page faults %ld / %ld\n",
+                  load.back(), rlimit.back(), load_ratio.back(), reused.back(), reused_ratio.back(), load_used.cpu,
+                  rlimit_used.cpu, load_used.faults, rlimit_used.faults);
     }
     remove_striped(a, total, prefix);  // memstore keeps every replica in RAM
   }
@@ -403,6 +432,10 @@ void bench_snapshot(const Args& a) {
   std::printf("  load / aio reads into a fresh buffer: %.2fx (median of the pairs' ratios; goal <= 1.15)\n",
               bench::median(load_ratio));
   std::printf("  load / aio reads into reused buffers (transfer only): %.2fx\n", bench::median(reused_ratio));
+  std::printf("  medians, this process's CPU: load %.2f s, aio reads into a fresh buffer %.2f s; minor page faults: "
+              "%.0f / %.0f\n",
+              bench::median(load_cpu), bench::median(rlimit_cpu), bench::median(load_faults),
+              bench::median(rlimit_faults));
 }
 
 }  // namespace

@@ -64,7 +64,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 # The RADOS log, fencing, kill, damage and replica tests (skipped above: no
 # cluster) under the same sanitizers, against a throw-away cluster.
 scripts/ceph-cluster.sh run --osds 3 -- env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-  UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan -L rados -R 'RadosWal' --output-on-failure --timeout 900
+  UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan -L rados -R 'RadosWal|ReplicaWatch' --output-on-failure --timeout 900
 
 stage "concurrent tests under ThreadSanitizer"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
