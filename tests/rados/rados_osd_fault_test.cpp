@@ -32,7 +32,6 @@ using namespace rados_test;
 using namespace std::chrono_literals;
 
 constexpr std::uint64_t kDim = 32;
-using Model = std::map<std::uint64_t, std::vector<float>>;
 
 std::vector<float> vector_of(std::uint64_t id) {
   std::vector<float> v(kDim);

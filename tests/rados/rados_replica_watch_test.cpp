@@ -40,20 +40,6 @@ std::vector<float> vector_of(std::uint64_t id) {
   return v;
 }
 
-using Model = std::map<std::uint64_t, std::vector<float>>;
-
-::testing::AssertionResult holds(const FlatIndex& index, const Model& m) {
-  if (index.size() != m.size()) {
-    return ::testing::AssertionFailure() << "size " << index.size() << ", model " << m.size();
-  }
-  for (const auto& [id, v] : m) {
-    const std::span<const float> got = index.get(id);
-    if (got.size() != v.size() || std::memcmp(got.data(), v.data(), v.size() * sizeof(float)) != 0) {
-      return ::testing::AssertionFailure() << "id " << id << " missing or different";
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
 
 PersistConfig config_for(const std::string& name, const RadosOptions& o = {}) {
   RadosLocation loc;
@@ -143,7 +129,7 @@ TEST_F(ReplicaWatch, WokenByTheWritersCommits) {
   auto db = writer();
   auto r = watching_replica();
   insert_each(db, r, 1, 20, "woken replica");
-  EXPECT_TRUE(holds(r.index(), m_));
+  EXPECT_TRUE(equals(r.index(), m_));
   const ReplicaStats s = r.stats();
   EXPECT_GE(s.notifications, 1u);
   EXPECT_EQ(s.watches, 1u);
@@ -164,7 +150,7 @@ TEST_F(ReplicaWatch, WokenThroughCheckpoints) {
     db.checkpoint();
     insert(db, ++id);  // into the new generation's log
     caught(db, r, "the first insert after a checkpoint");
-    ASSERT_TRUE(holds(r.index(), m_)) << "round " << round;
+    ASSERT_TRUE(equals(r.index(), m_)) << "round " << round;
   }
   EXPECT_EQ(r.stats().reloads, 0u);
   EXPECT_EQ(r.failure(), std::nullopt);
@@ -187,7 +173,7 @@ TEST_F(ReplicaWatch, BrokenWatchFallsBackToPollingAndRegistersAgain) {
   caught(db, r, "while the watch is down");
   ASSERT_TRUE(within(30s, [&] { return r.stats().watches >= 2 && r.watching(); })) << "not registered again";
   insert_each(db, r, 3, 8, "woken again, after the watch was registered anew");
-  EXPECT_TRUE(holds(r.index(), m_));
+  EXPECT_TRUE(equals(r.index(), m_));
   const ReplicaStats s = r.stats();
   std::cout << "[ MEASURED ] notifications " << s.notifications << ", watches " << s.watches << ", breaks "
             << s.watch_breaks << "\n";
@@ -219,11 +205,11 @@ TEST_F(ReplicaWatch, HostileNotificationsOnlyWake) {
   ASSERT_TRUE(within(kWoken, [&] { return r.stats().notifications >= before + 4; }));
   std::this_thread::sleep_for(200ms);  // the rounds they started
   EXPECT_EQ(r.last_lsn(), db.last_lsn());
-  EXPECT_TRUE(holds(r.index(), m_));
+  EXPECT_TRUE(equals(r.index(), m_));
   EXPECT_EQ(r.failure(), std::nullopt);
   insert(db, 6);
   caught(db, r, "after");
-  EXPECT_TRUE(holds(r.index(), m_));
+  EXPECT_TRUE(equals(r.index(), m_));
   db.close();
 }
 
@@ -269,7 +255,7 @@ TEST_F(ReplicaWatch, DeadWatcherNeverBlocksTheWriter) {
   const auto took = within(kWoken + 5s, [&] { return live.last_lsn() >= lsn; });
   ASSERT_TRUE(took.has_value()) << "the live replica has LSN " << live.last_lsn() << " of " << lsn;
   std::cout << "[ MEASURED ] the live replica held the last insert " << *took * 1e3 << " ms after it\n";
-  EXPECT_TRUE(holds(live.index(), m_));
+  EXPECT_TRUE(equals(live.index(), m_));
   ASSERT_EQ(::kill(child.pid(), SIGCONT), 0);
   // Resumed: woken by the notifications queued for it, or by its next
   // round; it reports the LSN and size it reached.

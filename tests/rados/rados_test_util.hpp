@@ -10,28 +10,51 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <cstring>
 #include <initializer_list>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "iqdb/persist/error.hpp"
+#include "iqdb/persist/flat_index.hpp"
 
 extern char** environ;
 
 namespace iqdb::persist::rados_test {
 
 namespace fs = std::filesystem;
+
+// What a test expects an index to hold: id -> vector.
+using Model = std::map<std::uint64_t, std::vector<float>>;
+
+// Whether `index` holds exactly the model's ids, each with its vector.
+inline ::testing::AssertionResult equals(const FlatIndex& index, const Model& m) {
+  if (index.size() != m.size()) {
+    return ::testing::AssertionFailure() << "size " << index.size() << ", model " << m.size();
+  }
+  for (const auto& [id, v] : m) {
+    const std::span<const float> got = index.get(id);
+    if (got.size() != v.size() || std::memcmp(got.data(), v.data(), v.size() * sizeof(float)) != 0) {
+      return ::testing::AssertionFailure() << "id " << id << " missing or different";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
 using Clock = std::chrono::steady_clock;
 
 template <class F>

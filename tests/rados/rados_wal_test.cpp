@@ -39,7 +39,6 @@ std::vector<float> vector_of(std::uint64_t id) {
   return v;
 }
 
-using Model = std::map<std::uint64_t, std::vector<float>>;
 
 enum class Kind { Insert, Erase, Batch, Checkpoint };
 struct StreamOp {
@@ -101,19 +100,6 @@ void perform(PersistedIndex<FlatIndex>& db, const StreamOp& op) {
       return;
     }
   }
-}
-
-::testing::AssertionResult equals(const FlatIndex& index, const Model& m) {
-  if (index.size() != m.size()) {
-    return ::testing::AssertionFailure() << "size " << index.size() << ", model " << m.size();
-  }
-  for (const auto& [id, v] : m) {
-    const std::span<const float> got = index.get(id);
-    if (got.size() != v.size() || std::memcmp(got.data(), v.data(), v.size() * sizeof(float)) != 0) {
-      return ::testing::AssertionFailure() << "id " << id << " missing or different";
-    }
-  }
-  return ::testing::AssertionSuccess();
 }
 
 // ------------------------------------------------------------ configs

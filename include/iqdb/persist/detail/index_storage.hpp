@@ -157,7 +157,10 @@ class IndexStorage {
   // Read replicas: `wake` is called (from another thread) whenever a writer
   // says something changed; nullptr when this storage has no such
   // notifications (the local files: replicas poll).
-  virtual std::unique_ptr<detail::ChangeWatch> watch_changes(std::function<void()> wake) {
+  // `wake` by value: an implementation keeps it (a sink); this default has
+  // no notifications and drops it.
+  virtual std::unique_ptr<detail::ChangeWatch> watch_changes(
+      std::function<void()> wake) {  // NOLINT(performance-unnecessary-value-param): a sink for overrides
     (void)wake;
     return nullptr;
   }
