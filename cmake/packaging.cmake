@@ -25,7 +25,7 @@ set(CPACK_COMPONENT_DEV_DESCRIPTION
   "Crash-safe persistence for vector-search indexes: library and headers\n"
   "Atomic, checksummed snapshots and a write-ahead log for vector indexes, with\n"
   "CMake (find_package(iqdb_persist)) and pkg-config (iqdb_persist) files.")
-set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libzstd-dev, liblz4-dev, libisal-dev")
+set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libzstd-dev, liblz4-dev, libisal-dev, zlib1g-dev")
 
 set(CPACK_DEBIAN_TOOLS_PACKAGE_NAME iqdb-persist)
 set(CPACK_DEBIAN_TOOLS_PACKAGE_SECTION utils)

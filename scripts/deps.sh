@@ -19,17 +19,17 @@ set -euo pipefail
 # --variant=minbase bookworm): nothing in it is there to begin with, and
 # nothing else is needed.
 # python3-dev, pybind11-dev: the Python module (python/, docs/PYTHON.md; built when found).
-build_pkgs=(g++ make cmake pkg-config libzstd-dev liblz4-dev libisal-dev libcli11-dev nlohmann-json3-dev
+build_pkgs=(g++ make cmake pkg-config libzstd-dev liblz4-dev libisal-dev zlib1g-dev libcli11-dev nlohmann-json3-dev
             python3-dev pybind11-dev)
 # clang-tidy parses FAISS's headers, which include <omp.h>: clang 14 finds it
 # in libomp-14-dev (g++ has its own). dpkg-dev: dpkg-shlibdeps for the
 # Debian packages that `cpack -G DEB` makes.
-test_pkgs=(libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev zlib1g-dev clang libclang-rt-14-dev
+test_pkgs=(libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev clang libclang-rt-14-dev
            libomp-14-dev clang-tidy cppcheck python3 libfaiss-dev libhnswlib-dev dpkg-dev file
            librados-dev libradospp-dev ceph-mon ceph-osd ceph-mgr ceph-common
            python3-numpy python3-pytest python3-venv python3-pip python3-setuptools python3-wheel python3-faiss)
 # python/bench/bench_python.py: numpy, and FAISS's and hnswlib's own Python packages beside it.
-bench_pkgs=(libbenchmark-dev zlib1g-dev librocksdb-dev python3-numpy python3-faiss python3-hnswlib)
+bench_pkgs=(libbenchmark-dev librocksdb-dev python3-numpy python3-faiss python3-hnswlib)
 rados_pkgs=(librados-dev ceph-mon ceph-osd ceph-mgr ceph-common)
 
 group=${1:-build}

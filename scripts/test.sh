@@ -98,9 +98,9 @@ for deb in build/deb/*.deb; do
   dpkg-deb --field "$deb" Package Version Depends
   dpkg-deb -x "$deb" build/debroot
 done
-# The tool's dependencies come from dpkg-shlibdeps: it needs libzstd, liblz4 and ISA-L at run time.
+# The tool's dependencies come from dpkg-shlibdeps: it needs libzstd, liblz4, ISA-L and zlib at run time.
 tool_depends=$(dpkg-deb --field build/deb/iqdb-persist_*.deb Depends)
-for lib in libzstd1 liblz4-1 libisal2; do
+for lib in libzstd1 liblz4-1 libisal2 zlib1g; do
   case "$tool_depends" in *"$lib"*) ;; *) echo "iqdb-persist.deb does not depend on $lib: $tool_depends" >&2; exit 1 ;; esac
 done
 build/debroot/usr/bin/iqdb-persist --version

@@ -1,4 +1,4 @@
-// checksum::compute / extend / verify / Crc32 against zlib's crc32, the
+// checksum::compute / extend / combine / verify / Crc32 against zlib's crc32, the
 // reference CRC-32/ISO-HDLC implementation.
 #include <gtest/gtest.h>
 #include <zlib.h>
@@ -113,6 +113,41 @@ TEST(Checksum, Crc32RandomSplitsEqualOneShot) {
     }
     ASSERT_EQ(crc.value(), zlib_crc(buf.data(), buf.size())) << "round " << round << " size " << buf.size();
   }
+}
+
+// combine(crc(a), crc(b), |b|) == crc(a ++ b), the model being zlib's CRC of
+// the joined bytes; also the known vector, lengths 0, pieces of several MiB
+// (lengths past 32 bits' worth of bits), and Crc32::append_crc mixed with
+// update() in random pieces.
+TEST(Checksum, CombineEqualsTheCrcOfTheJoinedBytes) {
+  const std::uint32_t known = checksum::combine(zlib_crc(reinterpret_cast<const std::byte*>("1234"), 4),
+                                                zlib_crc(reinterpret_cast<const std::byte*>("56789"), 5), 5);
+  EXPECT_EQ(known, 0xCBF43926u);
+  std::mt19937_64 rng(29);
+  for (int round = 0; round < 200; ++round) {
+    const std::vector<std::byte> a = random_bytes(rng, rng() % 3000);
+    const std::vector<std::byte> b = random_bytes(rng, round % 50 == 0 ? (std::size_t{5} << 20) + rng() % 99 : rng() % 3000);
+    std::vector<std::byte> ab(a);
+    ab.insert(ab.end(), b.begin(), b.end());
+    ASSERT_EQ(checksum::combine(zlib_crc(a.data(), a.size()), zlib_crc(b.data(), b.size()), b.size()),
+              zlib_crc(ab.data(), ab.size()))
+        << "round " << round << " sizes " << a.size() << " + " << b.size();
+  }
+  EXPECT_EQ(checksum::combine(0x12345678u, 0, 0), 0x12345678u);  // nothing appended
+
+  const std::vector<std::byte> buf = random_bytes(rng, 300000);
+  checksum::Crc32 crc;
+  std::size_t pos = 0;
+  for (bool joined = false; pos < buf.size(); joined = !joined) {
+    const std::size_t n = std::min<std::size_t>(buf.size() - pos, rng() % 40000);
+    if (joined) {
+      crc.append_crc(zlib_crc(buf.data() + pos, n), n);
+    } else {
+      crc.update(buf.data() + pos, n);
+    }
+    pos += n;
+  }
+  EXPECT_EQ(crc.value(), zlib_crc(buf.data(), buf.size()));
 }
 
 TEST(Checksum, Crc32ResetStartsOver) {

@@ -8,6 +8,7 @@
 // per row), compared field by field after the load; reads are counted by a
 // file-system wrapper through the public FileSystem seam.
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -114,7 +115,12 @@ class InPlaceFile final : public ReadableFile, public detail::InPlaceRead {
       if (damage_ && *damage_ >= offset + done && *damage_ < offset + done + got) {
         dst[static_cast<std::size_t>(*damage_ - offset)] ^= std::byte{0x08};
       }
-      if (got != 0) landed(dst.subspan(done, got));
+      // The piece's CRC as a storage reports it: of the bytes as they landed
+      // (damaged ones included), computed here by zlib.
+      if (got != 0) {
+        landed(dst.subspan(done, got),
+               static_cast<std::uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(dst.data() + done), got)));
+      }
       ++call.pieces;
       done += got;
       if (got < n) break;

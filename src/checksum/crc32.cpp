@@ -5,6 +5,7 @@
 #include "iqdb/persist/checksum.hpp"
 
 #include <isa-l/crc.h>
+#include <zlib.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -46,6 +47,12 @@ std::uint32_t extend(std::uint32_t crc, const void* data, std::size_t size) noex
 std::uint32_t compute(const void* data, std::size_t size) noexcept { return extend(0, data, size); }
 
 std::uint32_t compute(std::span<const std::byte> data) noexcept { return compute(data.data(), data.size()); }
+
+std::uint32_t combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t size_b) noexcept {
+  // zlib's polynomial is ours (CRC-32/ISO-HDLC); crc32_combine64 takes the
+  // length as a 64-bit offset.
+  return static_cast<std::uint32_t>(crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(size_b)));
+}
 
 bool verify(std::span<const std::byte> data, std::uint32_t expected) noexcept { return compute(data) == expected; }
 

@@ -4,8 +4,9 @@
 //
 // The snapshot reader asks for it with dynamic_cast: a file that offers it
 // gets each large read of the payload (the vector block) as one call with
-// the whole destination, and the snapshot's CRC runs over each piece as it
-// is reported, while the piece is still in cache. Files that do not offer
+// the whole destination, and the snapshot's CRC joins each piece's CRC as
+// it is reported: the bytes are checksummed once, for the stripe and the
+// snapshot together. Files that do not offer
 // it (local files) are read in 2 MiB calls of read_at, as before.
 #pragma once
 
@@ -19,8 +20,11 @@ namespace iqdb::persist::detail {
 class InPlaceRead {
  public:
   // Called once per piece, in file order, when the piece is in the
-  // destination and the storage's own checks of it passed.
-  using Landed = std::function<void(std::span<const std::byte> piece)>;
+  // destination and the storage's own checks of it passed, with the CRC of
+  // the piece's bytes (checksum::compute(piece)), which the storage computed
+  // for its own checks: the caller joins it into its CRC
+  // (checksum::combine) instead of reading the bytes a second time.
+  using Landed = std::function<void(std::span<const std::byte> piece, std::uint32_t piece_crc)>;
 
   // As ReadableFile::read_at (up to dst.size() bytes at `offset`, fewer only
   // at the end of the file; errors are thrown), calling `landed` for

@@ -1,7 +1,6 @@
 // NAME.head's record: see docs/DISTRIBUTED.md for the layout.
 #include "rados/head_record.hpp"
 
-#include <array>
 #include <cstring>
 
 #include "iqdb/persist/checksum.hpp"
@@ -123,49 +122,6 @@ std::optional<std::uint64_t> decode_generation(std::string_view text) {
     v = v << 4 | d;
   }
   return v;
-}
-
-namespace {
-
-// GF(2) 32x32 matrices as 32 column vectors (the method of zlib's crc32_combine).
-using Matrix = std::array<std::uint32_t, 32>;
-
-std::uint32_t times(const Matrix& m, std::uint32_t v) noexcept {
-  std::uint32_t sum = 0;
-  for (std::size_t i = 0; v != 0; ++i, v >>= 1) {
-    if ((v & 1) != 0) sum ^= m[i];
-  }
-  return sum;
-}
-
-Matrix square(const Matrix& m) noexcept {
-  Matrix out{};
-  for (std::size_t i = 0; i < 32; ++i) out[i] = times(m, m[i]);
-  return out;
-}
-
-}  // namespace
-
-std::uint32_t crc32_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t len_b) noexcept {
-  if (len_b == 0) return crc_a;
-  Matrix odd{};
-  odd[0] = 0xedb88320u;  // the reflected CRC-32 polynomial: one zero bit
-  std::uint32_t row = 1;
-  for (std::size_t i = 1; i < 32; ++i, row <<= 1) odd[i] = row;
-  Matrix even = square(odd);  // two zero bits
-  odd = square(even);         // four
-  // Apply len_b zero bytes to crc_a, squaring up through the bits of len_b.
-  for (;;) {
-    even = square(odd);  // first pass: one zero byte
-    if ((len_b & 1) != 0) crc_a = times(even, crc_a);
-    len_b >>= 1;
-    if (len_b == 0) break;
-    odd = square(even);
-    if ((len_b & 1) != 0) crc_a = times(odd, crc_a);
-    len_b >>= 1;
-    if (len_b == 0) break;
-  }
-  return crc_a ^ crc_b;
 }
 
 void check_name(std::string_view name) {

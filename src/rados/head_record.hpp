@@ -54,9 +54,6 @@ std::string encode_generation(std::uint64_t generation);
 // nullopt unless exactly 16 lower-case hex digits.
 std::optional<std::uint64_t> decode_generation(std::string_view text);
 
-// CRC-32 of a ++ b from crc(a), crc(b) and b's length (zlib's crc32_combine).
-std::uint32_t crc32_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t len_b) noexcept;
-
 // `rados://POOL/NAME` checks on NAME: throws InvalidArgument.
 void check_name(std::string_view name);
 

@@ -323,7 +323,7 @@ class StripeWriter final : public WritableFile {
       const std::uint32_t held_crc = checksum::compute(hold_.data() + std::min<std::uint64_t>(begin, hold_.size()),
                                                        static_cast<std::size_t>(held_len));
       const std::uint32_t stream = k < stream_crc_.size() ? stream_crc_[k].value() : 0;
-      crcs[k] = crc32_combine(held_crc, stream, (end - begin) - held_len);
+      crcs[k] = checksum::combine(held_crc, stream, (end - begin) - held_len);
     }
     closed_ = true;
     std::lock_guard lock(s_.mu);
@@ -626,7 +626,7 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(dst.size() - done, f.length - in));
       checksum_to(f, in + n);  // reads the piece into cache, the copy then takes it from there
       std::memcpy(dst.data() + done, f.data + in, n);
-      if (landed) landed(dst.subspan(done, n));
+      if (landed) landed(dst.subspan(done, n), checksum::compute(dst.data() + done, n));
       done += n;
     }
     return done;
@@ -647,8 +647,8 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
       }
       Fetch& f = *flying.front();
       check(f);
-      checksum_to(f, f.length);
-      if (landed) landed(dst.subspan(static_cast<std::size_t>(f.file_offset - at), static_cast<std::size_t>(f.length)));
+      const std::uint32_t crc = checksum_landed(f);
+      if (landed) landed(dst.subspan(static_cast<std::size_t>(f.file_offset - at), static_cast<std::size_t>(f.length)), crc);
       flying.pop_front();
     }
     // Read ahead again only once the caller moves on past the chunk it ends in.
@@ -739,9 +739,36 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
     if (end <= crc_end_[k]) return;
     crc_[k].update(f.data + (crc_end_[k] - f.file_offset), static_cast<std::size_t>(end - crc_end_[k]));
     crc_end_[k] = end;
-    if (end == stripe_end(f.stripe) && crc_[k].value() != head_.stripe_crcs[k]) {
-      throw PersistError::checksum(s_.object_path(object(f.stripe)), head_.stripe_crcs[k], crc_[k].value(),
-                                   stripe_begin(f.stripe), "stripe");
+    check_stripe_crc(f.stripe);
+  }
+
+  // All of `f` (a checked read landed in place) into its stripe's CRC, as
+  // checksum_to(f, f.length); returns the CRC of f's bytes alone, for the
+  // caller's own CRC (InPlaceRead::Landed). One pass over the bytes when
+  // the stripe's CRC ends where f starts (always, but for a piece the
+  // caller had begun to copy out of the window): the stripe's CRC is then
+  // joined with f's (checksum::combine), not computed again.
+  std::uint32_t checksum_landed(const Fetch& f) const {
+    const auto k = static_cast<std::size_t>(f.stripe);
+    if (crc_end_[k] < f.file_offset) fill_gap(f.stripe, f.file_offset);
+    const std::uint32_t crc = checksum::compute(f.data, static_cast<std::size_t>(f.length));
+    if (crc_end_[k] != f.file_offset) {
+      checksum_to(f, f.length);
+      return crc;
+    }
+    crc_[k].append_crc(crc, f.length);
+    crc_end_[k] = f.file_offset + f.length;
+    check_stripe_crc(f.stripe);
+    return crc;
+  }
+
+  // Once stripe k's CRC covers its last byte: equal to the head's, or a
+  // typed error naming the object.
+  void check_stripe_crc(std::uint64_t k) const {
+    const auto i = static_cast<std::size_t>(k);
+    if (crc_end_[i] == stripe_end(k) && crc_[i].value() != head_.stripe_crcs[i]) {
+      throw PersistError::checksum(s_.object_path(object(k)), head_.stripe_crcs[i], crc_[i].value(), stripe_begin(k),
+                                   "stripe");
     }
   }
 

@@ -58,11 +58,13 @@ class FileSource final : public codec::ByteSource {
   }
 
   // One call for the whole destination (a storage that fills it in place):
-  // each piece is checksummed as the storage reports it, while in cache.
+  // each piece's CRC, which the storage computed for its own checks, is
+  // joined to the snapshot's as the piece is reported.
   std::size_t get_in_place(std::byte* dst, std::size_t want) {
     const std::uint64_t from = pos_;
-    const std::size_t got = in_place_->read_in_place(pos_, {dst, want}, [&](std::span<const std::byte> piece) {
-      crc_.update(piece);
+    const std::size_t got = in_place_->read_in_place(pos_, {dst, want}, [&](std::span<const std::byte> piece,
+                                                                              std::uint32_t piece_crc) {
+      crc_.append_crc(piece_crc, piece.size());
       pos_ += piece.size();
       if (progress_) progress_(pos_ - begin_, end_ - begin_);
     });
