@@ -456,7 +456,9 @@ TEST_F(RadosWal, KilledWriterLosesNoAcknowledgedWrite) {
 // A's lease, loads everything A acknowledged and writes; A is resumed and
 // sends its next writes (refuse_locally = false): they fail with Fenced and
 // none of them is in any later load. Once with the blocklist, once with the
-// epoch compare of the log objects alone.
+// epoch compare of the log objects alone. A replica watching from before the
+// pause (polling only once a minute) is woken by B's commits, never holds
+// A's fenced attempts, and ends equal to the model.
 TEST_F(RadosWal, PausedWriterIsFenced) {
   for (const bool blocklist : {true, false}) {
     const std::string name = unique_name(blocklist ? "fence-bl" : "fence-ep");
@@ -468,6 +470,13 @@ TEST_F(RadosWal, PausedWriterIsFenced) {
       ASSERT_EQ(a.read_line(), "ok") << id;
       m[id] = vector_of(id);
     }
+    auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name)));
+    FollowOptions follow;
+    follow.interval = 60s;  // a replica that catches up within seconds was woken
+    replica.start_following(follow);
+    const auto watch_until = Clock::now() + 30s;
+    while (!replica.watching() && Clock::now() < watch_until) std::this_thread::sleep_for(5ms);
+    ASSERT_TRUE(replica.watching());
     ASSERT_EQ(::kill(a.pid(), SIGSTOP), 0);
     RadosLockOptions lo;
     lo.lease = 3s;
@@ -489,6 +498,13 @@ TEST_F(RadosWal, PausedWriterIsFenced) {
     }
     b.insert(510, vector_of(510));
     m[510] = vector_of(510);
+    const std::uint64_t b_lsn = b.last_lsn();
+    const auto woken_until = Clock::now() + 15s;
+    while (replica.last_lsn() < b_lsn && Clock::now() < woken_until) std::this_thread::sleep_for(2ms);
+    EXPECT_GE(replica.last_lsn(), b_lsn) << "the replica was not woken by the new writer's commits";
+    EXPECT_FALSE(replica.failure()) << *replica.failure();
+    EXPECT_TRUE(replica.read([&](const FlatIndex& ix) { return equals(ix, m); }));
+    replica.stop_following();
     b.close();
     EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name))).index(), m));
     lo.take_over = false;
