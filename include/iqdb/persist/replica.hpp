@@ -243,14 +243,16 @@ class ReadReplica {
         if (r.index_in_frame + 1 == r.frame_records) frame.unlock();
       };
       detail::LogFollower::Poll p;
-      try {
+      {
+        // last_lsn() learns what was applied however the poll ends (also
+        // when it throws after applying some frames), before a load anew.
+        struct Publish {
+          State& s;
+          ~Publish() { s.applied.store(s.follower->last_lsn(), std::memory_order_release); }
+        } const publish{*this};
         p = follower->poll(apply);
-      } catch (...) {
-        applied.store(follower->last_lsn(), std::memory_order_release);
-        throw;
+        if (frame.owns_lock()) frame.unlock();
       }
-      if (frame.owns_lock()) frame.unlock();
-      applied.store(follower->last_lsn(), std::memory_order_release);  // also when the load anew fails
       if (p.reload) {
         load();
         ++stats.reloads;
