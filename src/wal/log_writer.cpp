@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 
 #include "iqdb/persist/checksum.hpp"
 #include "util/coding.hpp"
@@ -10,9 +11,6 @@
 namespace iqdb::persist::wal {
 
 namespace {
-constexpr std::uint64_t kFirstStep = std::uint64_t{1} << 20;
-constexpr std::uint64_t kMaxStep = std::uint64_t{64} << 20;
-constexpr std::size_t kZeroChunk = std::size_t{1} << 20;
 constexpr std::uint64_t kMapWindow = std::uint64_t{4} << 20;
 constexpr std::uint64_t kPage = 4096;
 // Frames larger than this are written with write_at() even when appends go
@@ -22,19 +20,6 @@ constexpr std::uint64_t kPage = 4096;
 // against ~0.06 ms for pwrite), while for frames of a few hundred bytes the
 // fault is shared by many frames and saves a system call each.
 constexpr std::size_t kMapMaxFrame = std::size_t{16} << 10;
-
-const std::vector<std::byte>& zeros() {
-  static const std::vector<std::byte> z(kZeroChunk);
-  return z;
-}
-
-void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to) {
-  for (std::uint64_t p = from; p < to;) {
-    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(to - p, kZeroChunk));
-    f.write_at(p, {zeros().data(), n});
-    p += n;
-  }
-}
 }  // namespace
 
 std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
@@ -42,22 +27,20 @@ std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesyst
   const auto header = format::encode_v2_header(salt, base_lsn);
   replace_file_atomically(fs, path, /*durable=*/true, [&](WritableFile& f) {
     f.append(header);
-    write_zeros(f, header.size(), kFirstStep);
+    write_zeros(f, header.size(), kLogFirstStep);
   });
-  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, header.size(), kFirstStep));
+  return std::unique_ptr<LogWriter>(new LogWriter(fs, fs.open_append(path), salt, header.size(), kLogFirstStep));
 }
 
 std::unique_ptr<LogWriter> LogWriter::open(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
                                            std::uint64_t end, std::uint64_t file_size) {
-  return std::unique_ptr<LogWriter>(new LogWriter(fs.open_append(path), salt, end, std::max(end, file_size)));
+  return std::unique_ptr<LogWriter>(new LogWriter(fs, fs.open_append(path), salt, end, std::max(end, file_size)));
 }
 
-void LogWriter::extend(std::uint64_t need) {
-  if (need <= allocated_) return;
-  std::uint64_t target = allocated_;
-  while (target < need) target += std::clamp<std::uint64_t>(target, kFirstStep, kMaxStep);
-  write_zeros(*file_, allocated_, target);
-  allocated_ = target;
+void LogWriter::extend(std::uint64_t need, std::uint64_t bytes) {
+  grower_.check();
+  grower_.advance(need);
+  grower_.reserve(need, bytes, *file_);
 }
 
 bool LogWriter::copy_to_map(std::span<const std::byte> frame) {
@@ -65,7 +48,7 @@ bool LogWriter::copy_to_map(std::span<const std::byte> frame) {
   if (!map_ || end_ < map_at_ || need > map_at_ + map_->bytes().size()) {
     map_.reset();
     const std::uint64_t at = end_ / kPage * kPage;
-    const std::uint64_t len = std::min(kMapWindow, allocated_ - at);
+    const std::uint64_t len = std::min(kMapWindow, grower_.ready() - at);
     if (need > at + len) return false;  // larger than a window
     map_ = file_->map_for_write(at, static_cast<std::size_t>(len));
     if (!map_) {
@@ -79,8 +62,9 @@ bool LogWriter::copy_to_map(std::span<const std::byte> frame) {
 }
 
 void LogWriter::append(std::span<const std::byte> frame) {
+  const LogPreallocator::Activity busy(grower_);
   const std::uint64_t need = end_ + frame.size();
-  extend(need);
+  extend(need, frame.size());
   if (!use_map_ || frame.size() > kMapMaxFrame || !copy_to_map(frame)) file_->write_at(end_, frame);
   end_ = need;
 }
@@ -97,17 +81,41 @@ void LogWriter::take_staged(Staged& out, std::uint64_t upto) {
 
 void LogWriter::write_staged(const Staged& s) {
   if (s.bytes.empty()) return;
-  extend(s.offset + s.bytes.size());
+  const LogPreallocator::Activity busy(grower_);
+  extend(s.offset + s.bytes.size(), s.bytes.size());
   file_->write_at(s.offset, s.bytes);
+}
+
+void LogWriter::datasync() {
+  const LogPreallocator::Activity busy(grower_);
+  grower_.check();
+  file_->datasync();
 }
 
 void LogWriter::cut(std::uint64_t end) {
   staged_.clear();
-  map_.reset();  // no mapping may reach past the end of the file
+  map_.reset();    // no mapping may reach past the end of the file
+  grower_.stop();  // nor a zero-fill in flight
   file_->truncate(end);
   file_->sync();
   end_ = end;
-  allocated_ = end;
+  grower_.restart(end);
+}
+
+void LogWriter::close() {
+  map_.reset();
+  std::exception_ptr err;
+  try {
+    grower_.close();
+  } catch (...) {
+    err = std::current_exception();
+  }
+  try {
+    file_->close();
+  } catch (...) {
+    if (!err) err = std::current_exception();
+  }
+  if (err) std::rethrow_exception(err);
 }
 
 }  // namespace iqdb::persist::wal

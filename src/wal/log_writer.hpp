@@ -9,6 +9,7 @@
 
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/file_system.hpp"
+#include "wal/log_preallocator.hpp"
 
 namespace iqdb::persist::wal {
 
@@ -16,8 +17,12 @@ namespace iqdb::persist::wal {
 // in zero-filled steps that are written for real (not fallocated): a later
 // fdatasync then carries data only, no file-size or extent metadata, which
 // makes it markedly cheaper, and the space can be mapped for writing. Zero
-// padding reads as the end of the log. Not thread-safe (the engine
-// serialises). The local files' LogSink (local_storage.cpp).
+// padding reads as the end of the log. The steps are written and made
+// durable ahead of the frames by a thread of the writer's own
+// (LogPreallocator, log_preallocator.hpp); a failure of that thread is
+// thrown by the next append(), write_staged(), datasync() or close(). Not
+// thread-safe (the engine serialises; datasync() may run beside one
+// append()). The local files' LogSink (local_storage.cpp).
 class LogWriter final : public detail::LogSink {
  public:
   // Create a new, empty log at `path` atomically and durably.
@@ -31,7 +36,7 @@ class LogWriter final : public detail::LogSink {
   // Write a frame at the end. Throws PersistError(Io) on failure, with the
   // end unchanged (bytes may have reached the file: callers poison or cut).
   void append(std::span<const std::byte> frame) override;
-  void datasync() override { file_->datasync(); }
+  void datasync() override;
 
   // Group commit: frames can instead be staged in memory (end() counts
   // them) and written together by one thread. take_staged() (under the
@@ -47,10 +52,8 @@ class LogWriter final : public detail::LogSink {
   void write_staged(const Staged& s) override;
   // Cut the log back to `end` (dropping frames after it) and sync that.
   void cut(std::uint64_t end) override;
-  void close() override {
-    map_.reset();
-    file_->close();
-  }
+  // Stops the growing thread, then closes the file.
+  void close() override;
   // Write frames through a memory mapping of the preallocated space, where
   // the file system offers one (FileSystem::map_for_write): an append is then
   // a copy, not a system call. Same guarantees as write_at() (a process
@@ -62,12 +65,17 @@ class LogWriter final : public detail::LogSink {
   std::uint64_t end() const noexcept override { return end_; }
   std::uint64_t salt() const noexcept override { return salt_; }
   const std::filesystem::path& path() const noexcept { return file_->path(); }
+  // The growth ahead, for tests.
+  const LogPreallocator& growth() const noexcept { return grower_; }
 
  private:
-  LogWriter(std::unique_ptr<WritableFile> f, std::uint64_t salt, std::uint64_t end, std::uint64_t allocated)
-      : file_(std::move(f)), salt_(salt), end_(end), allocated_(allocated) {}
-  // Grow the zero-filled space to hold at least `need` bytes.
-  void extend(std::uint64_t need);
+  LogWriter(FileSystem& fs, std::unique_ptr<WritableFile> f, std::uint64_t salt, std::uint64_t end,
+            std::uint64_t allocated)
+      : file_(std::move(f)), salt_(salt), end_(end), grower_(fs, file_->path(), allocated) {}
+  // Before a write of `bytes` that ends at `need`: make the space hold it
+  // (LogPreallocator::reserve) and ask for more ahead; throws the growing
+  // thread's failure.
+  void extend(std::uint64_t need, std::uint64_t bytes);
   // Copies the frame into the mapped window, moving the window first when
   // the frame is not inside it; false when it cannot be mapped.
   bool copy_to_map(std::span<const std::byte> frame);
@@ -75,11 +83,11 @@ class LogWriter final : public detail::LogSink {
   std::unique_ptr<WritableFile> file_;
   std::uint64_t salt_;
   std::uint64_t end_;
-  std::uint64_t allocated_;
   std::vector<std::byte> staged_;  // frames at end_ - staged_.size() .. end_
   bool use_map_ = false;
   std::unique_ptr<WriteMapping> map_;  // a window of the preallocated space
   std::uint64_t map_at_ = 0;           // its file offset
+  LogPreallocator grower_;             // last: its thread stops first
 };
 
 }  // namespace iqdb::persist::wal
