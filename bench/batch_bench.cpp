@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <iqdb/persist.hpp>
 
 #include "bench_util.hpp"
@@ -297,24 +298,25 @@ int table(const Options& o) {
 int main(int argc, char** argv) {
   bench::set_program_name(argv[0]);
   Options o;
+  bool no_prefault = false;
   std::string peer_op;
   std::size_t n = 0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto next = [&]() -> std::string {
-      if (i + 1 >= argc) bench::die(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--dir") o.dir = next();
-    else if (a == "--rounds") o.rounds = std::stoi(next());
-    else if (a == "--single-ops") o.single_ops = std::stoul(next());
-    else if (a == "--batches") o.batches = std::stoul(next());
-    else if (a == "--n") n = std::stoul(next());
-    else if (a == "--no-prefault") detail::prefault::set_enabled(false);
-    else if (a == "peer") peer_op = next();
-    else bench::die("usage: iqdb_batch_bench [--dir DIR] [--rounds N] [--single-ops N] [--batches N] [--no-prefault] | "
-                    "peer OP --dir DIR --n N");
-  }
+  CLI::App app{"Batches of 1000 under Always, built in the timed region, against single inserts"};
+  app.add_option("--dir", o.dir, "Directory for the files (not tmpfs)")->capture_default_str();
+  app.add_option("--rounds", o.rounds, "Rounds (every case once each)")->capture_default_str()->check(CLI::Range(1, 1000));
+  app.add_option("--single-ops", o.single_ops, "Single inserts per round")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 30));
+  app.add_option("--batches", o.batches, "Batches per case and round")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+  app.add_flag("--no-prefault", no_prefault, "FlatIndex's touched-reserve worker off");
+  CLI::App* peer_cmd = app.add_subcommand("peer", "Time one C++ operation for python/bench/bench_python.py");
+  peer_cmd->add_option("op", peer_op, "The operation")->required()->check(CLI::IsMember({"batch", "load", "single", "threads"}));
+  peer_cmd->add_option("--n", n, "Rows or inserts")->required()->check(CLI::Range(std::size_t{1}, std::size_t{1} << 32));
+  peer_cmd->fallthrough();  // --dir may follow the operation
+  CLI11_PARSE(app, argc, argv);
+  if (no_prefault) detail::prefault::set_enabled(false);
   if (!peer_op.empty()) return peer(peer_op, o.dir, n);
   fs::create_directories(o.dir);
   return table(o);
