@@ -267,6 +267,26 @@ TEST(LogWriterGrowth, ZerosAreWrittenAndSyncedAheadInPauses) {
   EXPECT_TRUE(holds(t.path, t.model));
 }
 
+// Under Periodic and Never (use_mapping()) the thread writes its zeros
+// without a datasync, which would flush the writer's mapped frames too.
+TEST(LogWriterGrowth, UnderTheMappingPoliciesTheThreadNeverSyncs) {
+  Writer t;
+  t.create();
+  t.w->use_mapping();
+  for (std::size_t i = 0; i < 32; ++i) {  // 2 MiB of frames
+    t.append(i, 64 << 10);
+    ASSERT_TRUE(t.pause()) << "the thread never caught up";
+  }
+  const auto st = t.w->growth().stats();
+  EXPECT_GE(st.thread_bytes, kMiB);
+  EXPECT_EQ(st.thread_syncs, 0u);
+  t.w->close();
+  for (const Rec& r : t.rfs.log()) {
+    ASSERT_FALSE(r.thread != t.me && r.kind == Kind::DataSync) << "a datasync by the thread";
+  }
+  EXPECT_TRUE(holds(t.path, t.model));
+}
+
 // Writes of every size, with and without pauses, syncs and cuts back, in a
 // random order: whatever the thread and the writer did, the file holds the
 // frames appended (less the cut ones) and zeros after them. Back-to-back

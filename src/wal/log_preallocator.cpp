@@ -99,6 +99,10 @@ void LogPreallocator::run() {
       stats_.thread_bytes += to - at;
       done_cv_.notify_all();
     }
+    if (!sync_.load(std::memory_order_relaxed)) {
+      synced_ = ready_.load(std::memory_order_relaxed);
+      continue;
+    }
     const std::uint64_t upto = ready_.load(std::memory_order_relaxed);
     lk.unlock();
     try {

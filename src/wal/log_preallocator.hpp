@@ -26,7 +26,8 @@ void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to);
 // the frames' fdatasync carries data only (docs/FORMAT.md, "zero padding").
 // Those zeros are written and made durable by a thread of their own, through
 // a handle of its own on the file, in chunks of 256 KiB, each followed by a
-// datasync, and **only while the log is quiet** (nothing written or synced
+// datasync (not under Periodic and Never: unsynced()), and **only while the
+// log is quiet** (nothing written or synced
 // for 1 ms): on this project's disks a commit whose fdatasync runs while
 // another thread grows the same file waits for that growth (the zeros under
 // writeback, and the journal commit of the new size), which made every
@@ -88,6 +89,12 @@ class LogPreallocator {
   void advance(std::uint64_t end) noexcept;
   // Throws the thread's failure, if it failed.
   void check() const;
+  // The writer's frames are not each synced (Periodic, Never: LogWriter::
+  // use_mapping): the thread writes its zeros without a datasync. One would
+  // flush the frames copied into the writer's mapping as well, and each
+  // page of it then faults again when next written (Never ran at half its
+  // rate on a loaded machine, where the writer's pauses let the thread in).
+  void unsynced() noexcept { sync_.store(false, std::memory_order_relaxed); }
 
   // Marks a write or sync of the log in progress (the thread waits for a
   // pause of kQuiet after the last one ends).
@@ -142,6 +149,7 @@ class LogPreallocator {
   std::atomic<std::uint64_t> want_;  // the size the thread is to reach (>= ready_)
   std::uint64_t synced_;             // no zeros of the thread's left to sync below this
   bool writing_ = false;             // the thread is writing at ready_
+  std::atomic<bool> sync_{true};
   std::atomic<bool> failed_{false};
   std::exception_ptr error_;
   mutable bool reported_ = false;

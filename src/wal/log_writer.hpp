@@ -60,7 +60,10 @@ class LogWriter final : public detail::LogSink {
   // crash keeps the frame; datasync() makes it durable). For the policies
   // whose appends do not each wait for an fsync (Periodic, Never). Frames
   // over 16 KiB (large batches) are written with write_at() all the same.
-  void use_mapping() noexcept override { use_map_ = true; }
+  void use_mapping() noexcept override {
+    use_map_ = true;
+    grower_.unsynced();
+  }
 
   std::uint64_t end() const noexcept override { return end_; }
   std::uint64_t salt() const noexcept override { return salt_; }
