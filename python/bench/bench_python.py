@@ -310,7 +310,7 @@ def main():
     ap.add_argument("--cpp-bench", help="path of iqdb_batch_bench")
     ap.add_argument("--dir", default="bench-python-tmp")
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--single-ops", type=int, default=500)
+    ap.add_argument("--single-ops", type=int, default=3000)
     ap.add_argument("--graph-n", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-alternatives", action="store_true", help="skip FAISS's and hnswlib's own save / load")
