@@ -48,8 +48,6 @@ import re, sys
 SUPPRESS = [
     ("src/snapshot/codec.cpp", "bugprone-implicit-widening-of-multiplication-result", r"256 \* 1024",
      "constant expression; an int overflow there is a compile error (-Woverflow)"),
-    ("src/index/flat_index.cpp", "bugprone-implicit-widening-of-multiplication-result", r"64 \* 1024",
-     "constant expression; an int overflow there is a compile error (-Woverflow)"),
     ("src/adapters/faiss_index.cpp", "bugprone-implicit-widening-of-multiplication-result", r"64 \* 1024",
      "constant expression; an int overflow there is a compile error (-Woverflow)"),
     ("src/fs/atomic_replace.cpp", "cert-err33-c", r"snprintf\(suffix, sizeof suffix, \"\.tmp-%016llx\"",

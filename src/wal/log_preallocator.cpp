@@ -90,7 +90,7 @@ void LogPreallocator::run() {
       } catch (...) {
         lk.lock();
         writing_ = false;
-        fail("write");
+        fail("write", std::current_exception());
         return;
       }
       lk.lock();
@@ -109,7 +109,7 @@ void LogPreallocator::run() {
       file_->datasync();
     } catch (...) {
       lk.lock();
-      fail("fdatasync");
+      fail("fdatasync", std::current_exception());
       return;
     }
     lk.lock();
@@ -118,11 +118,11 @@ void LogPreallocator::run() {
   }
 }
 
-void LogPreallocator::fail(const char* op) noexcept {
-  const std::string what = std::string("growing the log ahead (") + op + ")";
+void LogPreallocator::fail(const char* op, const std::exception_ptr& cause) noexcept {
   try {
+    const std::string what = std::string("growing the log ahead (") + op + ")";
     try {
-      throw;
+      std::rethrow_exception(cause);
     } catch (const PersistError& e) {
       if (e.kind() == ErrorKind::Io && e.sys_errno() != 0) {
         error_ = std::make_exception_ptr(PersistError::io(path_, what, e.sys_errno()));
@@ -133,7 +133,7 @@ void LogPreallocator::fail(const char* op) noexcept {
       error_ = std::make_exception_ptr(PersistError::at(ErrorKind::Io, path_, what + " failed"));
     }
   } catch (...) {  // out of memory making the error: keep what was thrown
-    error_ = std::current_exception();
+    error_ = cause;
   }
   failed_.store(true, std::memory_order_release);
   done_cv_.notify_all();

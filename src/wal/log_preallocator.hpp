@@ -135,7 +135,7 @@ class LogPreallocator {
   bool has_work() const noexcept;                           // mu_ held
   std::chrono::steady_clock::duration until_quiet() const;  // 0 when the log is quiet
   bool ensure_thread() noexcept;                            // mu_ held
-  void fail(const char* op) noexcept;                       // mu_ held, in a catch block
+  void fail(const char* op, const std::exception_ptr& cause) noexcept;  // mu_ held
   [[noreturn]] void rethrow_locked() const;                 // mu_ held
 
   FileSystem& fs_;
