@@ -6,8 +6,8 @@
 // gets each large read of the payload (the vector block) as one call with
 // the whole destination, and the snapshot's CRC joins each piece's CRC as
 // it is reported: the bytes are checksummed once, for the stripe and the
-// snapshot together. Files that do not offer
-// it (local files) are read in 2 MiB calls of read_at, as before.
+// snapshot together. Files that do not offer it (local files) are read in
+// 2 MiB calls of read_at, as before.
 #pragma once
 
 #include <cstddef>

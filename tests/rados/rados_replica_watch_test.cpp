@@ -56,17 +56,6 @@ FollowOptions watched() {
   return o;
 }
 
-// Waits until `done()` or `limit`; how long it took, or nullopt.
-template <class F>
-std::optional<double> within(std::chrono::milliseconds limit, F done) {
-  const auto t0 = Clock::now();
-  while (!done()) {
-    if (Clock::now() - t0 > limit) return std::nullopt;
-    std::this_thread::sleep_for(1ms);
-  }
-  return secs(Clock::now() - t0);
-}
-
 void report(const char* what, std::vector<double> v) {
   std::sort(v.begin(), v.end());
   std::cout << "[ MEASURED ] " << what << ": " << v.size() << " inserts, lag median " << v[v.size() / 2] * 1e3

@@ -86,6 +86,17 @@ inline std::string unique_name(const std::string& what) {
 
 inline double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// Waits until `done()` or `limit`; how long it took, or nullopt.
+template <class F>
+std::optional<double> within(std::chrono::milliseconds limit, F done) {
+  const auto t0 = Clock::now();
+  while (!done()) {
+    if (Clock::now() - t0 > limit) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return secs(Clock::now() - t0);
+}
+
 // The OSDs of a scripts/ceph-cluster.sh cluster (its pid files beside CEPH_CONF).
 inline std::vector<pid_t> osd_pids(const ClusterEnv& env) {
   std::vector<pid_t> osds;

@@ -39,7 +39,6 @@ std::vector<float> vector_of(std::uint64_t id) {
   return v;
 }
 
-
 enum class Kind { Insert, Erase, Batch, Checkpoint };
 struct StreamOp {
   Kind kind = Kind::Insert;
@@ -474,9 +473,7 @@ TEST_F(RadosWal, PausedWriterIsFenced) {
     FollowOptions follow;
     follow.interval = 60s;  // a replica that catches up within seconds was woken
     replica.start_following(follow);
-    const auto watch_until = Clock::now() + 30s;
-    while (!replica.watching() && Clock::now() < watch_until) std::this_thread::sleep_for(5ms);
-    ASSERT_TRUE(replica.watching());
+    ASSERT_TRUE(within(30s, [&] { return replica.watching(); }));
     ASSERT_EQ(::kill(a.pid(), SIGSTOP), 0);
     RadosLockOptions lo;
     lo.lease = 3s;
@@ -499,9 +496,8 @@ TEST_F(RadosWal, PausedWriterIsFenced) {
     b.insert(510, vector_of(510));
     m[510] = vector_of(510);
     const std::uint64_t b_lsn = b.last_lsn();
-    const auto woken_until = Clock::now() + 15s;
-    while (replica.last_lsn() < b_lsn && Clock::now() < woken_until) std::this_thread::sleep_for(2ms);
-    EXPECT_GE(replica.last_lsn(), b_lsn) << "the replica was not woken by the new writer's commits";
+    EXPECT_TRUE(within(15s, [&] { return replica.last_lsn() >= b_lsn; }))
+        << "the replica was not woken by the new writer's commits: LSN " << replica.last_lsn() << " of " << b_lsn;
     EXPECT_FALSE(replica.failure()) << *replica.failure();
     EXPECT_TRUE(replica.read([&](const FlatIndex& ix) { return equals(ix, m); }));
     replica.stop_following();
@@ -652,16 +648,6 @@ TEST_F(RadosWal, TimeoutPoisonsAndReopenResolves) {
 
 // ------------------------------------------------------------ read replicas
 
-// Waits (bounded) until the replica covers `lsn`.
-bool replica_reaches(const ReadReplica<FlatIndex>& r, std::uint64_t lsn) {
-  const auto until = Clock::now() + 60s;
-  while (r.last_lsn() < lsn) {
-    if (Clock::now() > until) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
 // A writer runs the stream (inserts, erases, batches, a checkpoint every 25
 // operations, the log rotating over 4 KiB objects); one replica (its own
 // client) catches up every few operations and follows each checkpoint to
@@ -704,7 +690,8 @@ TEST_F(RadosWal, ReplicaLagAndBackgroundFollower) {
     db.insert(id, vector_of(id));
     m[id] = vector_of(id);
   }
-  ASSERT_TRUE(replica_reaches(r, db.last_lsn()));
+  const std::uint64_t lsn = db.last_lsn();
+  ASSERT_TRUE(within(60s, [&] { return r.last_lsn() >= lsn; }));
   r.stop_following();
   EXPECT_EQ(r.failure(), std::nullopt);
   EXPECT_TRUE(equals(r.index(), m));
