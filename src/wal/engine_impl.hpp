@@ -44,6 +44,7 @@
 #include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
+#include "util/wake_word.hpp"
 
 namespace iqdb::persist::detail {
 
@@ -106,15 +107,12 @@ class WalEngine::Impl {
     std::size_t registered = 0;   // ops entered in pending_ (from the first on)
     std::int64_t size_delta = 0;  // inserts minus erases
     Entry* next = nullptr;        // in CommitQueue
-    // Each waiting commit sleeps on its own condition variable, woken by the
-    // leader when it is done or is to lead the next sync: waking a group does
-    // not make its threads queue up for mu_ one after the other (as in
-    // RocksDB's WriteThread). The waker holds wait_mu while it signals, so the
-    // waiter (whose stack holds the entry) cannot return before the signal
-    // is out.
-    std::mutex wait_mu;
-    std::condition_variable wait_cv;
-    std::atomic<Wake> wake{Wake::None};  // stored with wait_mu held
+    // Each waiting commit sleeps on its own word, woken by the leader when it
+    // is done or is to lead the next sync (a Wake): waking a group does not
+    // make its threads queue up for mu_ one after the other (as in RocksDB's
+    // WriteThread). The waker may post while the entry's thread returns (and
+    // its stack, which holds the entry, goes): WakeWord allows that.
+    WakeWord wake;
   };
 
   // The commits waiting for their group's fsync, in log order: an intrusive
@@ -184,7 +182,7 @@ class WalEngine::Impl {
   void continue_log(const wal::ScanResult& scan, std::uint64_t expect);
   // group_commit.cpp
   static void wake(Entry& e, Wake why) noexcept;
-  static Wake wait_for_wake(Entry& e, std::chrono::nanoseconds spin);
+  static Wake wait_for_wake(Entry& e, std::chrono::nanoseconds spin) noexcept;
   std::chrono::nanoseconds spin_budget() const noexcept;
   std::size_t group_target() const noexcept;
   void validate_against_queue(Validate validate);

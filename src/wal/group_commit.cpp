@@ -30,6 +30,12 @@ void yield_until(Done done, std::chrono::nanoseconds limit) {
 // The frame of one commit, encoded outside the lock; its LSNs, length and
 // CRC are filled in by wal::format::seal_v2_frame once the LSN is known.
 void encode_frame(std::vector<std::byte>& frame, std::span<const MutationRef> ops, std::uint64_t max_body) {
+  // Room for the vectors and a few dozen bytes per record up front: a
+  // buffer grown by doubling while a large batch is encoded copies it about
+  // once more and, the first time, takes fresh pages at each step.
+  std::size_t want = wal::format::kFrameHeaderLen;
+  for (const MutationRef& m : ops) want += 48 + m.vector.size_bytes();
+  if (frame.capacity() < want && want <= max_body) frame.reserve(want);
   wal::format::begin_v2_frame(frame, static_cast<std::uint32_t>(ops.size()));
   for (const MutationRef& m : ops) {
     if (m.op == wal::Op::Insert) {
@@ -73,12 +79,8 @@ class SpinSlot {
 // Wake the thread of a queued entry (mu_ held; for entries already done and
 // out of the queue, also without it: wake_all). Done: e.done and e.error
 // are set, and it returns without taking mu_ again; e may be gone as soon
-// as this returns.
-void WalEngine::Impl::wake(Entry& e, Wake why) noexcept {
-  std::lock_guard g(e.wait_mu);
-  e.wake.store(why, std::memory_order_release);
-  e.wait_cv.notify_one();
-}
+// as the post is visible, even before this returns (WakeWord).
+void WalEngine::Impl::wake(Entry& e, Wake why) noexcept { e.wake.post(static_cast<std::uint32_t>(why)); }
 
 // How long a waiting commit yields the CPU in a loop before it sleeps:
 // only while fdatasyncs are quick (a wake-up then costs about as much as
@@ -90,13 +92,9 @@ std::chrono::nanoseconds WalEngine::Impl::spin_budget() const noexcept {
   return commit_spin_;
 }
 
-WalEngine::Impl::Wake WalEngine::Impl::wait_for_wake(Entry& e, std::chrono::nanoseconds spin) {
-  yield_until([&] { return e.wake.load(std::memory_order_acquire) != Wake::None; }, spin);
-  // Also when the spin saw the wake: taking wait_mu waits for the waker to
-  // let go of the entry.
-  std::unique_lock w(e.wait_mu);
-  e.wait_cv.wait(w, [&] { return e.wake.load(std::memory_order_relaxed) != Wake::None; });
-  return e.wake.exchange(Wake::None, std::memory_order_relaxed);
+WalEngine::Impl::Wake WalEngine::Impl::wait_for_wake(Entry& e, std::chrono::nanoseconds spin) noexcept {
+  yield_until([&] { return e.wake.peek() != 0; }, spin);
+  return static_cast<Wake>(e.wake.take());
 }
 
 std::size_t WalEngine::Impl::group_target() const noexcept {
