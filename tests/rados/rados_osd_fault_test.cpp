@@ -18,7 +18,9 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
+#include <string>
 #include <thread>
 
 #include "iqdb/persist.hpp"
@@ -117,24 +119,46 @@ int json_int(const std::string& json, const std::string& key) {
   return std::atoi(json.c_str() + at + key.size() + 3);
 }
 
-// How many OSDs the monitors count as up, and how many exist ("osd stat").
-std::pair<int, int> osds_up(const ClusterEnv& env) {
+// The output of a monitor command (JSON), or nothing if it failed.
+std::optional<std::string> mon_command(const ClusterEnv& env, const char* json_cmd) {
   rados_t c = nullptr;
-  std::pair<int, int> r{-1, -1};
+  std::optional<std::string> r;
   if (rados_create2(&c, "ceph", "client.admin", 0) == 0 && rados_conf_read_file(c, env.conf.c_str()) == 0 &&
       rados_connect(c) == 0) {
-    const char* cmd[] = {R"({"prefix": "osd stat", "format": "json"})"};
+    const char* cmd[] = {json_cmd};
     char *out = nullptr, *status = nullptr;
     std::size_t out_len = 0, status_len = 0;
-    if (rados_mon_command(c, cmd, 1, "", 0, &out, &out_len, &status, &status_len) == 0) {
-      const std::string json(out, out_len);
-      r = {json_int(json, "num_up_osds"), json_int(json, "num_osds")};
-    }
+    if (rados_mon_command(c, cmd, 1, "", 0, &out, &out_len, &status, &status_len) == 0) r.emplace(out, out_len);
     rados_buffer_free(out);
     rados_buffer_free(status);
   }
   rados_shutdown(c);
   return r;
+}
+
+// How many OSDs the monitors count as up, and how many exist ("osd stat").
+std::pair<int, int> osds_up(const ClusterEnv& env) {
+  const auto json = mon_command(env, R"({"prefix": "osd stat", "format": "json"})");
+  if (!json) return {-1, -1};
+  return {json_int(*json, "num_up_osds"), json_int(*json, "num_osds")};
+}
+
+// Whether every placement group is active+clean ("status": the PG map's
+// states as the manager last reported them, within a second here:
+// scripts/ceph-cluster.sh sets mgr_stats_period = 1).
+bool pgs_clean(const ClusterEnv& env) {
+  const auto json = mon_command(env, R"({"prefix": "status", "format": "json"})");
+  if (!json) return false;
+  const int total = json_int(*json, "num_pgs");
+  int clean = 0;
+  const std::string name_key = "\"state_name\":\"";
+  for (auto at = json->find(name_key); at != std::string::npos; at = json->find(name_key, at + 1)) {
+    const auto name_end = json->find('"', at + name_key.size());
+    if (name_end == std::string::npos) return false;
+    if (json->compare(at + name_key.size(), name_end - at - name_key.size(), "active+clean") != 0) return false;
+    clean = json_int(json->substr(name_end), "count");
+  }
+  return total > 0 && clean == total;
 }
 
 class RadosOsdFault : public ::testing::Test {
@@ -146,24 +170,31 @@ class RadosOsdFault : public ::testing::Test {
     if (osds_.empty()) GTEST_SKIP() << "no OSD pid files beside CEPH_CONF (not a scripts/ceph-cluster.sh cluster)";
     // An OSD paused by an earlier test is marked down until it rejoins:
     // pausing it again would test nothing.
-    ASSERT_TRUE(all_osds_up()) << "not every OSD is up before the test";
+    ASSERT_TRUE(all_osds_up()) << "not every OSD is up and every PG active+clean before the test";
     name_ = unique_name("osdfault");
     raw_ = std::make_unique<RawPool>(*env_);
   }
   // Leaves the cluster whole for the tests that run next.
   void TearDown() override {
     if (env_ && !osds_.empty()) {
-      EXPECT_TRUE(all_osds_up()) << "an OSD did not rejoin after the test";
+      EXPECT_TRUE(all_osds_up()) << "an OSD did not rejoin, or a PG did not become active+clean, after the test";
     }
   }
-  // Waits (up to two minutes) until the monitors count every OSD up.
+  // Waits (up to two minutes) until the monitors count every OSD up and
+  // every placement group is active+clean, twice in a row 2 s apart (a PG
+  // map reported before an OSD went down or came back is not taken for the
+  // state after): an OSD counted up may still be peering, and the tests
+  // that run next (their bounds are seconds) would wait for it.
   bool all_osds_up() {
     const auto t0 = Clock::now();
+    int clean_in_a_row = 0;
     for (;;) {
       const auto [up, all] = osds_up(*env_);
-      if (up > 0 && up == all && all == static_cast<int>(osds_.size())) return true;
+      const bool up_all = up > 0 && up == all && all == static_cast<int>(osds_.size());
+      clean_in_a_row = up_all && pgs_clean(*env_) ? clean_in_a_row + 1 : 0;
+      if (clean_in_a_row == 2) return true;
       if (Clock::now() - t0 > 120s) return false;
-      std::this_thread::sleep_for(500ms);
+      std::this_thread::sleep_for(clean_in_a_row > 0 ? 2s : 500ms);
     }
   }
   std::shared_ptr<RadosSnapshotStore> store(std::chrono::seconds op_timeout) {
