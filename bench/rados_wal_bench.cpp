@@ -29,7 +29,9 @@
 // Timed: what a user's code does (the inserts; save(); load()); connecting,
 // opening the index and creating the data are not. Before each timed save,
 // load and limit, memory is touched and freed (bench::prepare_memory: this
-// VM's free page reporting, docs/PERFORMANCE.md) unless --cold-memory.
+// VM's free page reporting, docs/PERFORMANCE.md) unless --cold-memory; and
+// before each timed save and write limit, as many bytes are written to the
+// OSDs and removed again (prime_osds) unless --cold-osds.
 #include <rados/librados.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -64,6 +66,7 @@ struct Args {
   int repeats = 3;
   int load_pairs = 3;  // load / limit pairs per round
   int watchers = 0;    // read replicas following each WAL run
+  bool cold_osds = false;  // --cold-osds: no prime_osds() before the timed writes
 };
 
 std::string unique(const std::string& what) {
@@ -353,6 +356,24 @@ void bench_wal(const Args& a) {
               bench::median(sixteen), bench::median(sixteen) / o, bench::median(per16));
 }
 
+// Before each timed save and each write limit: `total` bytes written to
+// objects of the same striping and removed again, untimed. Both write the
+// same number of new bytes into the OSDs, and a memstore OSD takes what it
+// stores from its process's memory: memory it freed earlier (objects
+// removed) is handed out again at once, new memory costs a fault per page
+// in this VM (docs/PERFORMANCE.md, "Why the benchmark warms memory"). The
+// save frees the generation before last at its end, the limit's objects are
+// removed at the end of a round: without this step, whichever of the two
+// ran right after such a removal wrote into freed memory and the other into
+// new (measured: the same aio writes took 2.52 s in one round, 0.74 s in
+// the next). With it, both find as much freed memory in the OSDs.
+void prime_osds(const Args& a, std::uint64_t total) {
+  if (a.cold_osds || total == 0) return;
+  const std::string prefix = unique("prime");
+  (void)striped_limit(a, total, Limit::Write, prefix);
+  remove_striped(a, total, prefix);
+}
+
 void bench_snapshot(const Args& a) {
   const std::string name = unique("snap");
   PersistConfig cfg = config(a, name, false);
@@ -367,11 +388,14 @@ void bench_snapshot(const Args& a) {
   std::vector<double> save, wlimit, load, rlimit, reused, save_ratio, load_ratio, reused_ratio, load_cpu, rlimit_cpu;
   std::vector<double> load_faults, rlimit_faults;
   Usage load_used, rlimit_used;
-  std::uint64_t total = 0;
+  // One save, untimed, for the snapshot's size (the limits and prime_osds
+  // need it before the first timed save).
+  (void)db.save();
+  const std::uint64_t total = RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"})->head(name)->total_size;
   const auto time_save = [&] {
+    prime_osds(a, total);
     bench::prepare_memory();
     save.push_back(seconds([&] { (void)db.save(); }));
-    total = RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"})->head(name)->total_size;
   };
   const auto time_load = [&] {
     const PersistConfig lc = config(a, name, false);  // connects: not timed, as for the limits
@@ -389,11 +413,12 @@ void bench_snapshot(const Args& a) {
               a.load_pairs);
   for (int i = 0; i < a.repeats; ++i) {
     const std::string prefix = unique("raw");
-    // The first round saves first: the limit needs the snapshot's size.
+    // The first round saves first, the next one writes first, and so on.
     for (int k = 0; k < 2; ++k) {
       if ((i + k) % 2 == 0) {
         time_save();
       } else {
+        prime_osds(a, total);
         wlimit.push_back(striped_limit(a, total, Limit::Write, prefix));
       }
     }
@@ -472,11 +497,13 @@ int main(int argc, char** argv) {
       wal = false;
     } else if (arg == "--cold-memory") {
       cold = true;
+    } else if (arg == "--cold-osds") {
+      a.cold_osds = true;
     } else if (arg == "--watchers") {
       a.watchers = std::max(0, std::stoi(value()));
     } else {
       die("usage: iqdb_rados_wal_bench [--pool P] [--records N] [--vectors N] [--dim D] [--repeats R] "
-          "[--load-pairs P] [--wal-only | --snapshot-only] [--cold-memory] [--watchers N]");
+          "[--load-pairs P] [--wal-only | --snapshot-only] [--cold-memory] [--cold-osds] [--watchers N]");
     }
   }
   // As persist_bench: what the index takes, and 64 MiB.
