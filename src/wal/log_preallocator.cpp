@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "iqdb/persist/error.hpp"
+#include "util/first_error.hpp"
 
 namespace iqdb::persist::wal {
 
@@ -220,22 +221,16 @@ void LogPreallocator::restart(std::uint64_t size) noexcept {
 
 void LogPreallocator::close() {
   stop();
-  std::exception_ptr err;
+  detail::FirstError first;
   {
     const std::lock_guard lk(mu_);
     if (failed_.load(std::memory_order_relaxed) && !reported_) {
       reported_ = true;
-      err = error_;
+      first.keep(error_);
     }
   }
-  if (file_) {
-    try {
-      file_->close();
-    } catch (...) {
-      if (!err) err = std::current_exception();
-    }
-  }
-  if (err) std::rethrow_exception(err);
+  if (file_) first.run([&] { file_->close(); });
+  first.rethrow();
 }
 
 LogPreallocator::Stats LogPreallocator::stats() const {

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <exception>
 
 #include "iqdb/persist/checksum.hpp"
 #include "util/coding.hpp"
+#include "util/first_error.hpp"
 #include "wal/log_format.hpp"
 
 namespace iqdb::persist::wal {
@@ -104,18 +104,10 @@ void LogWriter::cut(std::uint64_t end) {
 
 void LogWriter::close() {
   map_.reset();
-  std::exception_ptr err;
-  try {
-    grower_.close();
-  } catch (...) {
-    err = std::current_exception();
-  }
-  try {
-    file_->close();
-  } catch (...) {
-    if (!err) err = std::current_exception();
-  }
-  if (err) std::rethrow_exception(err);
+  detail::FirstError first;
+  first.run([&] { grower_.close(); });
+  first.run([&] { file_->close(); });
+  first.rethrow();
 }
 
 }  // namespace iqdb::persist::wal

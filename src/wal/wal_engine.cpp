@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "util/first_error.hpp"
 #include "wal/engine_impl.hpp"
 
 namespace iqdb::persist::detail {
@@ -14,23 +15,17 @@ void WalEngine::Impl::close() {
   if (closed_) return;
   cv_.wait(lk, [this] { return !syncing_ && queue_.empty(); });
   closed_ = true;
-  std::exception_ptr err;
+  FirstError first;
   if (!poisoned_ && policy_.mode() != FsyncPolicy::Mode::Never && synced_end_ < writer_->end()) {
-    try {
+    first.run([&] {
       writer_->datasync();
       ++stats_.log_syncs;
       synced_end_ = writer_->end();
-    } catch (...) {
-      err = std::current_exception();
-    }
+    });
   }
-  try {
-    writer_->close();
-  } catch (...) {
-    if (!err) err = std::current_exception();
-  }
+  first.run([&] { writer_->close(); });
   lock_.reset();
-  if (err) std::rethrow_exception(err);
+  first.rethrow();
 }
 
 std::optional<std::string> WalEngine::Impl::failure() const {
