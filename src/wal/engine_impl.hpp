@@ -188,7 +188,20 @@ class WalEngine::Impl {
   void validate_against_queue(Validate validate);
   void log_frame(std::vector<std::byte>& frame, Entry& e);
   void wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk);
-  void leader_sync(std::unique_lock<std::mutex>& lk);
+  // Entries applied but not yet woken: a committing leader wakes them once
+  // it let go of mu_ (linked through Entry::next, in log order).
+  struct WakeList {
+    Entry* head = nullptr;
+    Entry* tail = nullptr;
+    void push(Entry* x) noexcept {
+      x->next = nullptr;
+      (tail != nullptr ? tail->next : head) = x;
+      tail = x;
+    }
+  };
+  // `later`: where apply_through leaves the entries it applied (woken by
+  // the caller after it let go of mu_); nullptr: they are woken at once.
+  void leader_sync(std::unique_lock<std::mutex>& lk, WakeList* later = nullptr);
   // The commits one sync covers: their frames end at `end`, their last LSN.
   struct Group {
     std::uint64_t end = 0;
@@ -200,9 +213,9 @@ class WalEngine::Impl {
   void gather_group(std::unique_lock<std::mutex>& lk, std::size_t want);
   void sync_failed(const std::exception_ptr& err, const std::string& what);
   void sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,
-                      std::chrono::steady_clock::duration took);
+                      std::chrono::steady_clock::duration took, WakeList* later);
   void pass_seat() noexcept;
-  void apply_through(std::uint64_t end);
+  void apply_through(std::uint64_t end, WakeList* later = nullptr);
   static void wake_all(Entry* first) noexcept;
   void roll_back_from(std::exception_ptr cause);
   void fail_queue(const std::exception_ptr& err) noexcept;
@@ -236,15 +249,10 @@ class WalEngine::Impl {
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;   // the leader's seat is taken (a sync is running or about to)
-  bool defer_wakes_ = false;  // apply_through leaves the entries it applied in woken_
   Entry* seat_ = nullptr;  // the commit whose thread holds the seat, or was handed it
   bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
   std::size_t gather_want_ = 0;
   LogSink::Staged staged_;  // the group the leader writes (leader only)
-  // A committing leader's apply_through leaves the entries it applied here
-  // (linked through Entry::next; defer_wakes_), woken once it let go of mu_.
-  Entry* woken_ = nullptr;
-  Entry* woken_tail_ = nullptr;
   std::array<std::size_t, 8> recent_groups_{};  // entries covered by each of the last fsyncs
   std::size_t recent_at_ = 0;
   wal::WalStats stats_;

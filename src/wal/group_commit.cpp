@@ -192,21 +192,13 @@ void WalEngine::Impl::wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk)
   while (!e.done) {
     if (lead) {
       seat_ = &e;
-      {
-        struct Deferring {
-          bool& on;
-          explicit Deferring(bool& b) : on(b) { on = true; }
-          ~Deferring() { on = false; }
-        } deferring(defer_wakes_);
-        leader_sync(lk);  // hands the seat on
-      }
-      // e was the first of the group: it is done (applied or failed). The
-      // others' threads are woken once mu_ is free, so that they do not
-      // wake up only to wait for it.
-      Entry* const woken = std::exchange(woken_, nullptr);
-      woken_tail_ = nullptr;
+      // e was the first of the group: once this returns it is done (applied
+      // or failed). The others' threads are woken once mu_ is free, so that
+      // they do not wake up only to wait for it.
+      WakeList later;
+      leader_sync(lk, &later);  // hands the seat on
       lk.unlock();
-      wake_all(woken);
+      wake_all(later.head);
       return;
     }
     const auto budget = spin_budget();
@@ -223,7 +215,7 @@ void WalEngine::Impl::wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk)
 }
 
 // Called with mu_ held; releases it during the fdatasync.
-void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk) {
+void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* later) {
   syncing_ = true;  // (already, if the seat was handed over)
   const std::size_t want = group_target();
   if (policy_.mode() == FsyncPolicy::Mode::Always && queue_.size() < want && !group_full()) gather_group(lk, want);
@@ -244,7 +236,7 @@ void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk) {
   if (err) {
     sync_failed(err, what);
   } else {
-    sync_succeeded(g.end, g.last_lsn, g.entries, std::chrono::steady_clock::now() - sync_start);
+    sync_succeeded(g.end, g.last_lsn, g.entries, std::chrono::steady_clock::now() - sync_start, later);
   }
   pass_seat();
   cv_.notify_all();
@@ -322,14 +314,14 @@ void WalEngine::Impl::sync_failed(const std::exception_ptr& err, const std::stri
 }
 
 void WalEngine::Impl::sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,
-                                     std::chrono::steady_clock::duration took) {
+                                     std::chrono::steady_clock::duration took, WakeList* later) {
   if (target > synced_end_) synced_end_ = target;
   if (target_lsn > synced_lsn_) synced_lsn_ = target_lsn;
   recent_groups_[recent_at_++ % recent_groups_.size()] = group;
   ++stats_.log_syncs;
   avg_sync_time_ += (std::chrono::duration_cast<std::chrono::nanoseconds>(took) - avg_sync_time_) / 8;
   last_sync_time_ = std::min<std::chrono::nanoseconds>(took, std::chrono::milliseconds(2));
-  apply_through(synced_end_);
+  apply_through(synced_end_, later);
 }
 
 // The leader's seat is free: the first commit queued (during the sync that
@@ -344,8 +336,9 @@ void WalEngine::Impl::pass_seat() noexcept {
   }
 }
 
-// Apply queued entries whose records end at or before `end`, in order.
-void WalEngine::Impl::apply_through(std::uint64_t end) {
+// Apply queued entries whose records end at or before `end`, in order; wake
+// their threads now, or leave them in `later`.
+void WalEngine::Impl::apply_through(std::uint64_t end, WakeList* later) {
   while (!queue_.empty() && queue_.front()->end <= end) {
     Entry* x = queue_.front();
     try {
@@ -357,10 +350,8 @@ void WalEngine::Impl::apply_through(std::uint64_t end) {
     queue_.pop_front();
     unpend(*x);
     x->done = true;
-    if (defer_wakes_) {
-      x->next = nullptr;
-      (woken_tail_ != nullptr ? woken_tail_->next : woken_) = x;
-      woken_tail_ = x;
+    if (later != nullptr) {
+      later->push(x);
     } else {
       wake(*x, Wake::Done);
     }
