@@ -710,9 +710,17 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
       Fetch& f = fetch(k, j, !large);
       const std::uint64_t in = at - f.file_offset;
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(dst.size() - done, f.length - in));
-      checksum_to(f, in + n);  // reads the piece into cache, the copy then takes it from there
-      std::memcpy(dst.data() + done, f.data + in, n);
-      if (landed) landed(dst.subspan(done, n), checksum::compute(dst.data() + done, n));
+      // The CRC pass reads the piece into cache, the copy then takes it
+      // from there; an in-place caller gets the piece's CRC from the same
+      // pass.
+      if (landed) {
+        const std::uint32_t crc = checksum_piece(f, in, n);
+        std::memcpy(dst.data() + done, f.data + in, n);
+        landed(dst.subspan(done, n), crc);
+      } else {
+        checksum_to(f, in + n);
+        std::memcpy(dst.data() + done, f.data + in, n);
+      }
       done += n;
     }
     return done;
@@ -733,7 +741,7 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
       }
       Fetch& f = *flying.front();
       check(f);
-      const std::uint32_t crc = checksum_landed(f);
+      const std::uint32_t crc = checksum_piece(f, 0, static_cast<std::size_t>(f.length));
       if (landed) landed(dst.subspan(static_cast<std::size_t>(f.file_offset - at), static_cast<std::size_t>(f.length)), crc);
       flying.pop_front();
     }
@@ -828,22 +836,23 @@ class StripeReader final : public ReadableFile, public detail::InPlaceRead {
     check_stripe_crc(f.stripe);
   }
 
-  // All of `f` (a checked read landed in place) into its stripe's CRC, as
-  // checksum_to(f, f.length); returns the CRC of f's bytes alone, for the
-  // caller's own CRC (InPlaceRead::Landed). One pass over the bytes when
-  // the stripe's CRC ends where f starts (always, but for a piece the
-  // caller had begun to copy out of the window): the stripe's CRC is then
-  // joined with f's (checksum::combine), not computed again.
-  std::uint32_t checksum_landed(const Fetch& f) const {
+  // f's bytes [in, in + n) into its stripe's CRC, as checksum_to(f, in +
+  // n); returns the CRC of those bytes alone, for the caller's own CRC
+  // (InPlaceRead::Landed). One pass over them when the stripe's CRC ends
+  // where they start (always, but after a jump within the chunk): the
+  // stripe's CRC is then joined with theirs (checksum::combine), not
+  // computed again.
+  std::uint32_t checksum_piece(const Fetch& f, std::uint64_t in, std::size_t n) const {
     const auto k = static_cast<std::size_t>(f.stripe);
     if (crc_end_[k] < f.file_offset) fill_gap(f.stripe, f.file_offset);
-    const std::uint32_t crc = checksum::compute(f.data, static_cast<std::size_t>(f.length));
-    if (crc_end_[k] != f.file_offset) {
-      checksum_to(f, f.length);
+    const std::uint32_t crc = checksum::compute(f.data + in, n);
+    const std::uint64_t at = f.file_offset + in;
+    if (crc_end_[k] != at) {
+      checksum_to(f, in + n);
       return crc;
     }
-    crc_[k].append_crc(crc, f.length);
-    crc_end_[k] = f.file_offset + f.length;
+    crc_[k].append_crc(crc, n);
+    crc_end_[k] = at + n;
     check_stripe_crc(f.stripe);
     return crc;
   }
