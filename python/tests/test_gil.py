@@ -84,10 +84,20 @@ def test_calls_that_wait_for_the_log_release_the_gil(path):
     # A checkpoint holds the log's mutex while it writes the snapshot (zstd at
     # a high level: seconds of CPU); wal_stats(), last_lsn and failure() wait
     # for it. Were the GIL held through that wait, this thread would stop.
-    rows = np.random.default_rng(1).standard_normal((60_000, 32)).astype(np.float32)
+    # As many rows as it takes for a checkpoint to last 0.6 s or more on this
+    # machine (60,000 took 0.19 s on a fast host: too short to prove anything).
+    rng = np.random.default_rng(1)
     cfg = wal_config(path, compression=iq.Compression.zstd(15), fsync_policy=iq.FsyncPolicy.never())
     db = iq.open_with(iq.FlatIndex(32), cfg)
-    db.insert(np.arange(len(rows), dtype=np.uint64), rows)
+    n = 0
+    for _ in range(32):
+        rows = rng.standard_normal((60_000, 32)).astype(np.float32)
+        db.insert(np.arange(n, n + len(rows), dtype=np.uint64), rows)
+        n += len(rows)
+        t0 = time.perf_counter()
+        db.checkpoint()
+        if time.perf_counter() - t0 >= 0.6:
+            break
     for call in (db.wal_stats, lambda: db.last_lsn, db.failure):
         ck = threading.Thread(target=db.checkpoint)
         ck.start()
@@ -96,25 +106,38 @@ def test_calls_that_wait_for_the_log_release_the_gil(path):
         assert took > 0.2, f"the call did not wait for the checkpoint ({took:.3f} s): the test proves nothing"
         assert pause < took / 3, (took, pause)
     # what they return (failure() was once an unconvertible std::optional)
-    assert db.failure() is None and db.last_lsn == len(rows) and db.wal_stats().records == len(rows)
+    assert db.failure() is None and db.last_lsn == n and db.wal_stats().records == n
     db.close()
 
 
 def test_replica_catch_up_and_search_release_the_gil(path):
-    # A catch-up that applies 200,000 logged records, and a search of 400
-    # queries over them (20 took only 0.07 s on a quiet machine: too short to
-    # prove anything): were the GIL held, this thread would stop meanwhile.
+    # A catch-up that applies many logged records, and a search of 400
+    # queries over them (20 took only 0.07 s on a quiet machine, and a
+    # catch-up of 200,000 records 0.067 s on a fast host: too short to prove
+    # anything): were the GIL held, this thread would stop meanwhile. How many
+    # records: as many batches of 50,000 as it takes for the catch-up to last
+    # ~0.4 s here (at most 32), timed on a probe replica that catches up one
+    # batch.
     rows = np.random.default_rng(2).standard_normal((50_000, 32)).astype(np.float32)
     cfg = wal_config(path, fsync_policy=iq.FsyncPolicy.never())
     db = iq.open_with(iq.FlatIndex(32), cfg)
     replica = iq.open_replica(cfg)
-    for b in range(4):
+    probe = iq.open_replica(cfg)
+    db.insert(np.arange(len(rows), dtype=np.uint64), rows)
+    t0 = time.perf_counter()
+    probe.catch_up()
+    per_batch = max(time.perf_counter() - t0, 1e-3)
+    probe.close()
+    batches = min(32, max(4, int(0.4 / per_batch) + 1))
+    for b in range(1, batches):
         db.insert(np.arange(b * len(rows), (b + 1) * len(rows), dtype=np.uint64), rows)
-    for call in (replica.catch_up, lambda: replica.search(rows[:400], 5)):
+    # The search's work kept at 400 queries over 200,000 rows (~1 s).
+    queries = rows[: max(20, 400 * 4 // batches)]
+    for call in (replica.catch_up, lambda: replica.search(queries, 5)):
         idle = threading.Thread(target=lambda: None)
         idle.start()
         took, pause = _largest_pause_while(call, idle)
         assert took > 0.1, f"the call took {took:.3f} s: the test proves nothing"
         assert pause < took / 3, (took, pause)
-    assert len(replica) == 4 * len(rows)
+    assert len(replica) == batches * len(rows)
     db.close()
