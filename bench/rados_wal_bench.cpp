@@ -391,7 +391,8 @@ void bench_snapshot(const Args& a) {
   // One save, untimed, for the snapshot's size (the limits and prime_osds
   // need it before the first timed save).
   (void)db.save();
-  const std::uint64_t total = RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"})->head(name)->total_size;
+  const std::uint64_t total =
+      RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"})->head(name)->total_size;
   const auto time_save = [&] {
     prime_osds(a, total);
     bench::prepare_memory();

@@ -261,9 +261,10 @@ namespace {
 // Writes a snapshot's bytes to its stripe objects as they come
 // (docs/DISTRIBUTED.md, "Writing"): write operations of up to io_chunk
 // bytes within one stripe, max_in_flight in flight. Pieces of copy_below_
-// (kCopyBelow) or more are added to the open operation straight from the caller's memory
-// (librados copies them into the operation at once: the only copy); smaller
-// ones are gathered first. The first kHold bytes stay in memory until close.
+// bytes or more (kCopyBelow) are added to the open operation straight from
+// the caller's memory (librados copies them into the operation at once: the
+// only copy); smaller ones are gathered first. The first kHold bytes stay
+// in memory until close.
 class StripeWriter final : public WritableFile {
  public:
   StripeWriter(RadosSnapshotStore::Impl& store, std::string name, std::uint64_t generation, fs::path temp)

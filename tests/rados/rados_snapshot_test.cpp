@@ -393,10 +393,10 @@ TEST_F(RadosSnapshot, WriterPiecesOfEverySizeLandInOrder) {
   for (std::size_t at = 0; at < model.size();) {
     std::size_t n = 0;
     switch (rng() % 4) {
-      case 0: n = 1 + rng() % 64; break;                                // tiny
-      case 1: n = 1 + rng() % (o.io_chunk / 4); break;                  // under the threshold
-      case 2: n = o.io_chunk / 4 + rng() % o.io_chunk; break;           // straight, within a chunk
-      default: n = o.io_chunk + rng() % (2 * o.io_chunk); break;        // straight, across chunks
+      case 0: n = 1 + rng() % 64; break;                          // tiny
+      case 1: n = 1 + rng() % (o.io_chunk / 4); break;            // under the threshold
+      case 2: n = o.io_chunk / 4 + rng() % o.io_chunk; break;     // straight, within a chunk
+      default: n = o.io_chunk + rng() % (2 * o.io_chunk); break;  // straight, across chunks
     }
     n = std::min(n, model.size() - at);
     sizes.push_back(n);
@@ -419,7 +419,8 @@ TEST_F(RadosSnapshot, WriterPiecesOfEverySizeLandInOrder) {
   std::vector<std::byte> back(model.size());
   std::size_t got = 0;
   while (got < back.size()) {
-    const std::size_t n = file->read_at(got, std::span(back).subspan(got, std::min<std::size_t>(50000, back.size() - got)));
+    const std::size_t want = std::min<std::size_t>(50000, back.size() - got);
+    const std::size_t n = file->read_at(got, std::span(back).subspan(got, want));
     ASSERT_GT(n, 0u);
     got += n;
   }
