@@ -4,9 +4,11 @@
 // hits every case alike; a ratio is the median over the rounds of the ratio
 // within a round. Usage (docs/PERFORMANCE.md):
 //   iqdb_wal_bench [--dir DIR] [--sync-ops N] [--nosync-ops N] [--replay-records N] [--repeats N] [--no-rocksdb]
+//                  [--no-prefault]
 //   iqdb_wal_bench --group-profile [--dir DIR] [--sync-ops N] [--repeats N] [--commit-spin US]
 // (--group-profile: only Always inserts from 1 and 4 threads, with the CPU
-// time and context switches of the process per commit.)
+// time and context switches of the process per commit. --no-prefault:
+// FlatIndex's touched-reserve worker off, to see what it costs or saves.)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -387,10 +389,11 @@ int main(int argc, char** argv) {
     else if (a == "--settle-ms") o.settle_ms = std::stoi(next());
     else if (a == "--group-profile") o.group_profile = true;
     else if (a == "--commit-spin") o.commit_spin_us = std::stoi(next());
+    else if (a == "--no-prefault") iqdb::persist::detail::prefault::set_enabled(false);
     else {
       std::fprintf(stderr,
                    "usage: %s [--dir DIR] [--sync-ops N] [--nosync-ops N] [--replay-records N] [--repeats N] "
-                   "[--no-rocksdb] [--settle-ms MS] [--group-profile [--commit-spin US]]\n",
+                   "[--no-rocksdb] [--settle-ms MS] [--group-profile [--commit-spin US]] [--no-prefault]\n",
                    argv[0]);
       return 2;
     }
@@ -399,8 +402,9 @@ int main(int argc, char** argv) {
   if (o.group_profile) return group_profile(o);
   const auto vecs = make_vectors(o.nosync_ops);
   bench::set_program_name(argv[0]);
-  std::printf("iqdb-persist WAL benchmark: dim %zu, %zu-byte frames, dir %s, %d interleaved rounds (medians)\n\n", kDim,
-              kRecordBytes, fs::absolute(o.dir).c_str(), o.repeats);
+  std::printf("iqdb-persist WAL benchmark: dim %zu, %zu-byte frames, dir %s, %d interleaved rounds (medians)%s\n\n",
+              kDim, kRecordBytes, fs::absolute(o.dir).c_str(), o.repeats,
+              iqdb::persist::detail::prefault::enabled() ? "" : ", touched-reserve worker off");
 
   // Before a case that builds a large index, warm about the memory that
   // index will take (bench_util.hpp, prepare_memory: this VM returns free

@@ -61,10 +61,12 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/asan -j"$jobs" --output-on-failure --timeout 1800
-# The RADOS log, fencing, kill, damage and replica tests (skipped above: no
-# cluster) under the same sanitizers, against a throw-away cluster.
+# The RADOS log, fencing, kill, damage and replica tests, and the snapshot
+# store's (striped writes, in-place reads of damaged or foreign objects),
+# skipped above (no cluster), under the same sanitizers, against a
+# throw-away cluster.
 scripts/ceph-cluster.sh run --osds 3 -- env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-  UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan -L rados -R 'RadosWal|ReplicaWatch' --output-on-failure --timeout 900
+  UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan -L rados -R 'RadosWal|ReplicaWatch|RadosSnapshot' --output-on-failure --timeout 900
 
 stage "concurrent tests under ThreadSanitizer"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
