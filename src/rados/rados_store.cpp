@@ -211,7 +211,7 @@ struct RadosSnapshotStore::Impl {
       } else {
         x.done.submitted = true;
       }
-      while (flying.size() >= std::max<std::size_t>(options.max_in_flight, 1)) reap();
+      while (flying.size() >= options.max_in_flight) reap();  // at least 1 (open checks)
     }
     while (!flying.empty()) reap();
     if (failed != nullptr) fail(*failed, "removing", failed_rv);
@@ -351,9 +351,11 @@ class StripeWriter final : public WritableFile {
     small_.clear();
     op_len_ = 0;
     drain();
+    std::vector<std::string> created;
     for (std::uint64_t k = 0; k < created_.size(); ++k) {
-      if (created_[k]) s_.remove_object(object(k));
+      if (created_[k]) created.push_back(object(k));
     }
+    s_.remove_objects(created);
     created_.assign(created_.size(), false);
     for (auto& c : stream_crc_) c.reset();
     hold_.resize(static_cast<std::size_t>(size));

@@ -13,6 +13,8 @@
 // vectors the test asked to store, each a function of its id.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <atomic>
 #include <functional>
 #include <iostream>
@@ -112,12 +114,6 @@ void gated_save(RadosSnapshotStore& store, const std::string& name, const Model&
   });
 }
 
-// The value of `"key":N` in a JSON text, or -1.
-int json_int(const std::string& json, const std::string& key) {
-  const auto at = json.find("\"" + key + "\":");
-  if (at == std::string::npos) return -1;
-  return std::atoi(json.c_str() + at + key.size() + 3);
-}
 
 // The output of a monitor command (JSON), or nothing if it failed.
 std::optional<std::string> mon_command(const ClusterEnv& env, const char* json_cmd) {
@@ -136,27 +132,33 @@ std::optional<std::string> mon_command(const ClusterEnv& env, const char* json_c
   return r;
 }
 
+// A monitor command's JSON output, parsed; null if the command or the
+// parse failed.
+nlohmann::json mon_json(const ClusterEnv& env, const char* json_cmd) {
+  const auto out = mon_command(env, json_cmd);
+  if (!out) return nullptr;
+  return nlohmann::json::parse(*out, nullptr, /*allow_exceptions=*/false);
+}
+
 // How many OSDs the monitors count as up, and how many exist ("osd stat").
 std::pair<int, int> osds_up(const ClusterEnv& env) {
-  const auto json = mon_command(env, R"({"prefix": "osd stat", "format": "json"})");
-  if (!json) return {-1, -1};
-  return {json_int(*json, "num_up_osds"), json_int(*json, "num_osds")};
+  const nlohmann::json j = mon_json(env, R"({"prefix": "osd stat", "format": "json"})");
+  if (!j.is_object()) return {-1, -1};
+  return {j.value("num_up_osds", -1), j.value("num_osds", -1)};
 }
 
 // Whether every placement group is active+clean ("status": the PG map's
 // states as the manager last reported them, within a second here:
 // scripts/ceph-cluster.sh sets mgr_stats_period = 1).
 bool pgs_clean(const ClusterEnv& env) {
-  const auto json = mon_command(env, R"({"prefix": "status", "format": "json"})");
-  if (!json) return false;
-  const int total = json_int(*json, "num_pgs");
+  const nlohmann::json j = mon_json(env, R"({"prefix": "status", "format": "json"})");
+  if (!j.is_object() || !j.contains("pgmap") || !j["pgmap"].is_object()) return false;
+  const nlohmann::json& pgmap = j["pgmap"];
+  const int total = pgmap.value("num_pgs", -1);
   int clean = 0;
-  const std::string name_key = "\"state_name\":\"";
-  for (auto at = json->find(name_key); at != std::string::npos; at = json->find(name_key, at + 1)) {
-    const auto name_end = json->find('"', at + name_key.size());
-    if (name_end == std::string::npos) return false;
-    if (json->compare(at + name_key.size(), name_end - at - name_key.size(), "active+clean") != 0) return false;
-    clean = json_int(json->substr(name_end), "count");
+  for (const nlohmann::json& s : pgmap.value("pgs_by_state", nlohmann::json::array())) {
+    if (!s.is_object() || s.value("state_name", "") != "active+clean") return false;
+    clean += s.value("count", 0);
   }
   return total > 0 && clean == total;
 }
