@@ -472,6 +472,11 @@ int map_pss_child(const Options& o) {
   if (::read(STDIN_FILENO, &c, 1) != 1) return 1;
   std::printf("pss=%llu\n", static_cast<unsigned long long>(smaps_rollup_kib("Pss")));
   std::fflush(stdout);
+  // Keep the mapping until every child has measured (the parent closes the
+  // pipe then): a child that exited at once would leave the next one alone
+  // with the file's pages, and its PSS would count them whole.
+  while (::read(STDIN_FILENO, &c, 1) > 0) {
+  }
   return 0;
 }
 
@@ -521,12 +526,16 @@ void bench_map(const Options& o, const Saved& saved, Report& rep) {
   heading("mapped load: load(map_snapshot) vs read() into fresh memory and vs the copying load (page cache)");
   (void)time_read_fresh(saved.path);
   std::vector<double> t_map, t_read, t_copy;
+  std::uint64_t pmd_kib = 0;  // of the file's pages, mapped by 2 MiB entries (the most over the loads)
   for (int r = 0; r < o.reps; ++r) {
     for (int k = 0; k < 3; ++k) {
       prepare_memory();
       std::optional<PersistedIndex<FlatIndex>> db;  // destroyed after the timing, as read()'s buffer
       switch ((k + r) % 3) {
-        case 0: t_map.push_back(seconds([&] { db.emplace(load_mapped(saved.path)); })); break;
+        case 0:
+          t_map.push_back(seconds([&] { db.emplace(load_mapped(saved.path)); }));
+          pmd_kib = std::max(pmd_kib, smaps_rollup_kib("FilePmdMapped"));
+          break;
         case 1: t_read.push_back(time_read_fresh(saved.path)); break;
         default:
           t_copy.push_back(seconds([&] { db.emplace(PersistedIndex<FlatIndex>::load(make_config(saved.path))); }));
@@ -540,6 +549,11 @@ void bench_map(const Options& o, const Saved& saved, Report& rep) {
            "read " + ms_and_rate(rd, saved.bytes), m / rd, "<= 0.1", m / rd <= 0.1});
   rep.add({"map", "mapped load vs copying load", ms_and_rate(m, saved.bytes), "copying " + ms_and_rate(c, saved.bytes),
            m / c, "<= 0.4", m / c <= 0.4});
+  // Whether the kernel mapped the vectors by 2 MiB entries (page cache in
+  // 2 MiB folios, file offset and address congruent): about 40 % of the
+  // mapped load's time on this VM when it does not (docs/PERFORMANCE.md).
+  rep.add({"map", "vectors mapped by 2 MiB entries (context)", fmt("%.1f MiB", static_cast<double>(pmd_kib) / 1024.0),
+           fmt("of %.1f MiB", static_cast<double>(saved.bytes) / (1024.0 * 1024.0)), {}, "", {}});
   rep.info("map", "mapped_load_s", t_map);
   rep.info("map", "read_s", t_read);
   rep.info("map", "copying_load_s", t_copy);

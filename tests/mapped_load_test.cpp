@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -124,6 +125,93 @@ TEST(MappedLoad, EqualsTheCopiedLoadAndIsAlignedInPlace) {
   }
   EXPECT_EQ(mapped.index().search(row_vec(42), 3), copied.index().search(row_vec(42), 3));
   EXPECT_NO_THROW(mapped.index().check_mapping());
+}
+
+// ------------------------------------------------------------------ 2 MiB page-table entries
+// Where the page cache holds a file in 2 MiB folios, the kernel maps them
+// with one page-table entry each, if the address and the file offset are
+// equal modulo 2 MiB. Both halves of that are the library's: the writer's
+// large writes fill aligned 2 MiB of the file each, and the mapped load
+// places the vectors at a congruent address (docs/PERFORMANCE.md, "Mapped
+// load"). Whether the kernel then uses 2 MiB entries is the platform's; the
+// bench reports it.
+constexpr std::uint64_t kHuge = std::uint64_t{2} << 20;
+
+// Records where each append to a file it creates lands.
+class AppendLog final : public FileSystemWrapper {
+ public:
+  struct Write {
+    std::uint64_t at;
+    std::uint64_t size;
+  };
+  AppendLog() : FileSystemWrapper(default_file_system()) {}
+  std::unique_ptr<WritableFile> create_exclusive(const std::filesystem::path& p) override {
+    return std::make_unique<File>(target().create_exclusive(p), writes);
+  }
+  std::vector<Write> writes;
+
+ private:
+  class File final : public WritableFileWrapper {
+   public:
+    File(std::unique_ptr<WritableFile> f, std::vector<Write>& log) : WritableFileWrapper(std::move(f)), log_(log) {}
+    void append(std::span<const std::byte> d) override {
+      log_.push_back({pos_, d.size()});
+      pos_ += d.size();
+      WritableFileWrapper::append(d);
+    }
+
+   private:
+    std::vector<Write>& log_;
+    std::uint64_t pos_ = 0;
+  };
+};
+
+// The vector block (6.4 MB here, written straight from the index's memory)
+// reaches the file in writes none of which crosses a multiple of 2 MiB, and
+// together they cover it: the block's first write ends on the first
+// boundary after its start, the rest fill whole 2 MiB.
+TEST(MappedLoadHugePages, VectorWritesEndOnTwoMiBBoundaries) {
+  TempDir dir;
+  AppendLog fs;
+  const std::uint64_t n = 200000;
+  PersistConfig cfg = config_for(dir / "h.iqdb", false);
+  cfg.file_system = &fs;
+  save(make_index(n), cfg);
+  const std::uint64_t vec_at = vectors_offset(n);
+  const std::uint64_t vec_end = vec_at + n * kDim * sizeof(float);
+  ASSERT_GT(vec_end - vec_at, 3 * kHuge);
+  std::uint64_t covered = 0;
+  std::size_t whole = 0;
+  for (const AppendLog::Write& w : fs.writes) {
+    if (w.at + w.size <= vec_at || w.at >= vec_end) continue;
+    ASSERT_GE(w.at, vec_at) << "a write mixes the vectors with what precedes them";
+    EXPECT_EQ(w.at / kHuge, (w.at + w.size - 1) / kHuge) << "the write at " << w.at << " of " << w.size << " bytes";
+    covered += std::min(w.at + w.size, vec_end) - w.at;
+    if (w.size == kHuge) ++whole;
+  }
+  EXPECT_EQ(covered, vec_end - vec_at);
+  EXPECT_EQ(whole, (vec_end / kHuge) - (vec_at + kHuge - 1) / kHuge);
+  auto db = PersistedIndex<FlatIndex>::load(config_for(dir / "h.iqdb", true));
+  EXPECT_TRUE(db.index() == make_index(n));
+}
+
+// The mapped vectors sit at an address equal to their file offset modulo
+// 2 MiB, for files whose vectors start anywhere in a 2 MiB window.
+TEST(MappedLoadHugePages, MappedVectorsAreCongruentToTheirFileOffset) {
+  TempDir dir;
+  const auto path = dir / "c.iqdb";
+  std::vector<std::uint64_t> seen;
+  for (const std::uint64_t n : {600u, 70000u, 140000u, 150000u}) {
+    save(make_index(n), config_for(path, false));
+    auto db = PersistedIndex<FlatIndex>::load(config_for(path, true));
+    ASSERT_TRUE(db.index().mapped());
+    const auto addr = reinterpret_cast<std::uintptr_t>(db.index().vector_at(0).data());
+    EXPECT_EQ(addr % kHuge, vectors_offset(n) % kHuge) << n << " rows";
+    seen.push_back(vectors_offset(n) % kHuge);
+    EXPECT_TRUE(db.index() == make_index(n));
+  }
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(std::unique(seen.begin(), seen.end()), seen.end()) << "the cases should differ modulo 2 MiB";
 }
 
 TEST(MappedLoad, OtherFilesFallBackToCopying) {

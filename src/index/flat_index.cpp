@@ -43,7 +43,7 @@ void RowIds::widen() {
   all.reserve(std::max<std::size_t>(u64_.size() + 1, u64_.capacity()));
   for (const std::uint64_t v : u64_) all.emplace_back(v);
   any_.swap(all);
-  std::vector<std::uint64_t>().swap(u64_);
+  U64s().swap(u64_);
   wide_ = true;
 }
 
@@ -71,7 +71,7 @@ void RowIds::move_last_to(std::size_t row) noexcept {
   }
 }
 
-void RowIds::assign(std::vector<std::uint64_t> ids) noexcept {
+void RowIds::assign(U64s ids) noexcept {
   u64_ = std::move(ids);
   any_.clear();
   wide_ = false;
@@ -230,7 +230,7 @@ class FlatIndex::IdTable {
   // Into a table of `cap` slots. Allocates first: if that fails, the table
   // is as it was (FlatIndex::insert relies on it for its strong guarantee).
   void rebuild(std::size_t cap, const detail::RowIds& ids) {
-    std::vector<std::uint64_t> fresh(cap, 0);
+    decltype(slots_) fresh(cap, 0);
     const std::size_t mask = cap - 1;
     for (const std::uint64_t s : slots_) {
       if (s == 0) continue;
@@ -242,7 +242,8 @@ class FlatIndex::IdTable {
     mask_ = mask;
   }
 
-  std::vector<std::uint64_t> slots_;
+  // Tag and row + 1 per slot, 0 when empty (at 1M rows: 16 MiB, in 2 MiB pages).
+  std::vector<std::uint64_t, detail::LargeAllocator<std::uint64_t>> slots_;
   std::size_t mask_ = 0;
   std::size_t n_ = 0;
 };
@@ -517,7 +518,7 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
   const std::uint8_t id_encoding = r.read_u8();
   if (id_encoding == kIdsAllU64) {
     r.check_count(n, sizeof(std::uint64_t) + dim * sizeof(float), "vector");
-    std::vector<std::uint64_t> ids(static_cast<std::size_t>(n));
+    detail::RowIds::U64s ids(static_cast<std::size_t>(n));
     r.read(ids.data(), ids.size() * sizeof(std::uint64_t));
     index.ids_.assign(std::move(ids));
   } else if (id_encoding == kIdsTagged) {

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "iqdb/persist/detail/large_allocator.hpp"
 #include "iqdb/persist/index.hpp"
 #include "iqdb/persist/io.hpp"
 #include "iqdb/persist/types.hpp"
@@ -114,6 +115,9 @@ std::uint64_t populated_bytes() noexcept;
 // 8 MiB instead of 38.)
 class RowIds {
  public:
+  // The u64 ids: large arrays in 2 MiB pages (LargeAllocator).
+  using U64s = std::vector<std::uint64_t, LargeAllocator<std::uint64_t>>;
+
   std::size_t size() const noexcept { return wide_ ? any_.size() : u64_.size(); }
   VectorId at(std::size_t row) const { return wide_ ? any_[row] : VectorId(u64_[row]); }
   std::size_t hash(std::size_t row) const noexcept { return wide_ ? any_[row].hash() : VectorId(u64_[row]).hash(); }
@@ -123,7 +127,7 @@ class RowIds {
   bool same(std::size_t a, std::size_t b) const noexcept { return wide_ ? any_[a] == any_[b] : u64_[a] == u64_[b]; }
   // Every id a u64: then u64s() holds them all.
   bool compact() const noexcept { return !wide_; }
-  const std::vector<std::uint64_t>& u64s() const noexcept { return u64_; }
+  const U64s& u64s() const noexcept { return u64_; }
   // Otherwise: every id, in row order.
   const std::vector<VectorId>& wide() const noexcept { return any_; }
   // Room for `n` more ids like `like` (geometric); widens first for a byte id.
@@ -132,13 +136,13 @@ class RowIds {
   void pop_back() noexcept;
   void move_last_to(std::size_t row) noexcept;
   // Replace the contents by these u64 ids (a load).
-  void assign(std::vector<std::uint64_t> ids) noexcept;
+  void assign(U64s ids) noexcept;
   friend bool operator==(const RowIds& a, const RowIds& b);
 
  private:
   void widen();
   bool wide_ = false;
-  std::vector<std::uint64_t> u64_;  // while !wide_
+  U64s u64_;                  // while !wide_
   std::vector<VectorId> any_;       // once wide_
 };
 
