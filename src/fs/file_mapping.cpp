@@ -76,6 +76,7 @@ std::shared_ptr<const MappedOrigin> make_origin(int fd, const std::filesystem::p
 // mapping costs (docs/PERFORMANCE.md, "Mapped load").
 void* reserve_congruent(std::size_t total, std::uint64_t offset) noexcept {
   constexpr std::size_t kHuge = std::size_t{2} << 20;
+  if (total > SIZE_MAX - kHuge) return nullptr;
   void* const raw = ::mmap(nullptr, total + kHuge, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) return nullptr;
