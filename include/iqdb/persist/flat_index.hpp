@@ -142,8 +142,8 @@ class RowIds {
  private:
   void widen();
   bool wide_ = false;
-  U64s u64_;                  // while !wide_
-  std::vector<VectorId> any_;       // once wide_
+  U64s u64_;                   // while !wide_
+  std::vector<VectorId> any_;  // once wide_
 };
 
 }  // namespace detail
