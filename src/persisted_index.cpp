@@ -23,6 +23,10 @@ void validate_config(const PersistConfig& cfg) {
       (cfg.compression.level() < 1 || cfg.compression.level() > 22)) {
     throw PersistError::argument("zstd level " + std::to_string(cfg.compression.level()) + " is outside 1..22");
   }
+  if (cfg.compression.threads() < 1 || cfg.compression.threads() > Compression::kMaxThreads) {
+    throw PersistError::argument("compression threads " + std::to_string(cfg.compression.threads()) + " is outside 1.." +
+                                 std::to_string(Compression::kMaxThreads));
+  }
   if (cfg.fsync_policy.mode() == FsyncPolicy::Mode::Periodic && cfg.fsync_policy.interval().count() <= 0) {
     throw PersistError::argument("FsyncPolicy::periodic needs a positive interval");
   }

@@ -36,6 +36,8 @@ const std::vector<NamedCompression> kCompressions = {
     {"zstd3", Compression::zstd(3), CompressionScheme::Zstd},
     {"zstd19", Compression::zstd(19), CompressionScheme::Zstd},
     {"lz4", Compression::lz4(), CompressionScheme::Lz4Frame},
+    // zstd's own worker threads: another encoder, the same format.
+    {"zstd3x2", Compression::zstd(3, 2), CompressionScheme::Zstd},
 };
 
 // v3 header: magic 8, version, header_len, required_flags, optional_flags,
@@ -333,7 +335,7 @@ TEST(SnapshotRoundTrip, LargeIndexStreamsAcrossBuffers) {
   std::vector<float> q(kDim);
   for (float& f : q) f = u(rng);
   test::TempDir dir;
-  for (const NamedCompression& c : {kCompressions[0], kCompressions[2], kCompressions[4]}) {
+  for (const NamedCompression& c : {kCompressions[0], kCompressions[2], kCompressions[4], kCompressions[5]}) {
     SCOPED_TRACE(c.name);
     std::string problems;
     const FlatIndex loaded = round_trip(index, c, dir / "big.iqdb", problems);
@@ -343,6 +345,33 @@ TEST(SnapshotRoundTrip, LargeIndexStreamsAcrossBuffers) {
     const SnapshotSummary s = inspect_snapshot(default_file_system(), dir / "big.iqdb");
     EXPECT_GT(s.header.stored_len, std::uint64_t{4} << 20);  // really more than one buffer
   }
+}
+
+// Compression threads outside 1..16 are refused before anything is
+// written; an existing snapshot stays as it was.
+TEST(SnapshotRoundTrip, CompressionThreadsOutOfRangeAreRefused) {
+  test::TempDir dir;
+  const auto path = dir / "t.iqdb";
+  FlatIndex index(4, DistanceMetric::Euclidean);
+  index.insert(1, std::vector<float>{1, 2, 3, 4});
+  {
+    PersistConfig cfg(path);
+    cfg.compression = Compression::zstd(3, 2);
+    PersistedIndex<FlatIndex>::open_with(FlatIndex(index), cfg).save();
+  }
+  const auto before = test::read_file(path);
+  for (const int threads : {0, -1, Compression::kMaxThreads + 1}) {
+    PersistConfig cfg(path);
+    cfg.compression = Compression::zstd(3, threads);
+    EXPECT_EQ(test::error_of([&] { PersistedIndex<FlatIndex>::open_with(FlatIndex(index), cfg).save(); }),
+              ErrorKind::InvalidArgument)
+        << threads;
+    EXPECT_EQ(test::read_file(path), before) << threads;
+  }
+  PersistConfig ok(path);
+  ok.compression = Compression::zstd(3, Compression::kMaxThreads);
+  EXPECT_NO_THROW(PersistedIndex<FlatIndex>::open_with(FlatIndex(index), ok).save());
+  EXPECT_TRUE(PersistedIndex<FlatIndex>::load(PersistConfig(path)).index() == index);
 }
 
 }  // namespace

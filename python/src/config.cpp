@@ -41,12 +41,15 @@ void bind_policies(py::module_& m) {
       });
   py::class_<Compression>(m, "Compression", "Compression of the snapshot payload.")
       .def_static("none", &Compression::none)
-      .def_static("zstd", &Compression::zstd, py::arg("level") = 3, "zstd, level 1..22 (checked when a snapshot is written).")
+      .def_static("zstd", &Compression::zstd, py::arg("level") = 3, py::arg("threads") = 1,
+                  "zstd, level 1..22; threads 1..16: more than 1 compresses on zstd's own worker threads "
+                  "(faster on idle cores, about 12 MiB more memory each); both checked when a snapshot is written.")
       .def_static("lz4", &Compression::lz4)
       .def_property_readonly("kind", [](const Compression& c) {
         return c.kind() == Compression::Kind::Zstd ? "zstd" : c.kind() == Compression::Kind::Lz4 ? "lz4" : "none";
       })
       .def_property_readonly("level", &Compression::level)
+      .def_property_readonly("threads", &Compression::threads)
       .def("__eq__", [](const Compression& a, const Compression& b) { return a == b; });
 }
 

@@ -7,8 +7,8 @@ import pytest
 import iqdb_persist as iq
 from conftest import rows
 
-COMPRESSIONS = [iq.Compression.none(), iq.Compression.zstd(3), iq.Compression.lz4()]
-COMPRESSION_IDS = ["none", "zstd", "lz4"]
+COMPRESSIONS = [iq.Compression.none(), iq.Compression.zstd(3), iq.Compression.lz4(), iq.Compression.zstd(3, threads=2)]
+COMPRESSION_IDS = ["none", "zstd", "lz4", "zstd-2-threads"]
 
 
 def model_distances(metric, data, q):
@@ -175,3 +175,22 @@ def test_faiss_index_from_python_faiss(path):
     fd, fi = f.search(data[3:4], 1)
     assert ids[0] == fi[0][0] == 6 and d[0] == pytest.approx(fd[0][0])
     assert len(again) == 51
+
+
+def test_compression_threads_are_checked(tmp_path):
+    c = iq.Compression.zstd(5, threads=3)
+    assert (c.kind, c.level, c.threads) == ("zstd", 5, 3)
+    assert iq.Compression.zstd().threads == 1
+    data = rows(10, 4)
+    for bad in (0, 17):
+        cfg = iq.PersistConfig(str(tmp_path / "t.iqdb"), compression=iq.Compression.zstd(3, threads=bad))
+        with pytest.raises(iq.InvalidArgumentError):
+            iq.open_with(iq.FlatIndex(4, "euclidean"), cfg)
+    assert not (tmp_path / "t.iqdb").exists()
+    cfg = iq.PersistConfig(str(tmp_path / "t.iqdb"), compression=iq.Compression.zstd(3, threads=16))
+    with iq.open_with(iq.FlatIndex(4, "euclidean"), cfg) as db:
+        db.insert(np.arange(10, dtype=np.uint64), data)
+        db.save()
+    with iq.PersistedFlatIndex.load(cfg) as db:
+        assert len(db) == 10
+        np.testing.assert_array_equal(db.get(7), data[7])

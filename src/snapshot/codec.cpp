@@ -34,13 +34,19 @@ std::size_t zstd_check(std::size_t r, const fs::path& path) {
 
 class ZstdEncoder final : public Encoder {
  public:
-  ZstdEncoder(int level, ByteSink& sink, fs::path path, std::uint64_t size_hint)
+  ZstdEncoder(int level, ByteSink& sink, fs::path path, std::uint64_t size_hint, int threads)
       : sink_(sink), path_(std::move(path)), ctx_(ZSTD_createCCtx()), out_(ZSTD_CStreamOutSize()) {
     if (ctx_ == nullptr) compression_error(path_, "cannot allocate a zstd context");
     check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, level));
     // Levels 20-22 would ask for windows up to 128 MiB; at most 8 MiB keeps
     // every frame this library writes on the reader's streaming path.
     if (ZSTD_getCParams(level, 0, 0).windowLog > 23) check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_windowLog, 23));
+    if (threads > 1 && !ZSTD_isError(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_nbWorkers, threads))) {
+      // Jobs of 2 MiB: zstd's default (4 windows, up to 32 MiB here) held
+      // about 100 MiB more for 2 workers; 2 MiB held 24 MiB more and was as
+      // fast (docs/PERFORMANCE.md, "Notes").
+      check(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_jobSize, 2 << 20));
+    }
     if (size_hint > 0) {
       // A hint only: the frame does not claim a content size.
       const int h = size_hint > static_cast<std::uint64_t>(INT_MAX) ? INT_MAX : static_cast<int>(size_hint);
@@ -374,14 +380,14 @@ class PlainDecoder final : public Decoder {
 }  // namespace
 
 std::unique_ptr<Encoder> make_encoder(CompressionScheme scheme, int level, ByteSink& sink, const fs::path& path,
-                                      std::uint64_t size_hint) {
+                                      std::uint64_t size_hint, int threads) {
   switch (scheme) {
     case CompressionScheme::Zstd:
       if (level < 1 || level > ZSTD_maxCLevel()) {
         throw PersistError::argument("zstd level " + std::to_string(level) + " is outside 1.." +
                                      std::to_string(ZSTD_maxCLevel()));
       }
-      return std::make_unique<ZstdEncoder>(level, sink, path, size_hint);
+      return std::make_unique<ZstdEncoder>(level, sink, path, size_hint, threads);
     case CompressionScheme::Lz4Frame: return std::make_unique<Lz4FrameEncoder>(sink, path);
     case CompressionScheme::None:
     case CompressionScheme::Lz4Block: break;

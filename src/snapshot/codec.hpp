@@ -56,9 +56,11 @@ class Decoder {
 };
 
 // level is used by Zstd only (1..22). Scheme None and Lz4Block have no encoder.
-// size_hint: the expected payload size (0 = unknown).
+// size_hint: the expected payload size (0 = unknown). threads (Zstd only):
+// more than 1 lets zstd's own workers compress in 2 MiB jobs (where the
+// library was built with them; otherwise it compresses inline).
 std::unique_ptr<Encoder> make_encoder(CompressionScheme scheme, int level, ByteSink& sink,
-                                      const std::filesystem::path& path, std::uint64_t size_hint = 0);
+                                      const std::filesystem::path& path, std::uint64_t size_hint = 0, int threads = 1);
 
 std::unique_ptr<Decoder> make_decoder(CompressionScheme scheme, ByteSource& source, std::uint64_t uncompressed_len,
                                       const std::filesystem::path& path);

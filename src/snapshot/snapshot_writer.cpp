@@ -154,6 +154,10 @@ CompressionScheme scheme_for(const Compression& c) {
       if (c.level() < 1 || c.level() > 22) {
         throw PersistError::argument("zstd level " + std::to_string(c.level()) + " is outside 1..22");
       }
+      if (c.threads() < 1 || c.threads() > Compression::kMaxThreads) {
+        throw PersistError::argument("compression threads " + std::to_string(c.threads()) + " is outside 1.." +
+                                     std::to_string(Compression::kMaxThreads));
+      }
       return CompressionScheme::Zstd;
     case Compression::Kind::Lz4: return CompressionScheme::Lz4Frame;
   }
@@ -189,7 +193,7 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
           // The vectors dominate a payload: a size hint lets zstd size its
           // tables (level 19 otherwise prepares for an unbounded input).
           const std::uint64_t hint = info.n_vectors * info.dim * sizeof(float) + 4096;
-          encoder = codec::make_encoder(h.compression, compression.level(), sink, path, hint);
+          encoder = codec::make_encoder(h.compression, compression.level(), sink, path, hint, compression.threads());
         }
         SnapshotPayloadWriter writer(sink, encoder.get(), header_len);
         body(writer);

@@ -43,18 +43,26 @@ class Compression {
   enum class Kind { None, Zstd, Lz4 };
 
   static Compression none() noexcept { return Compression(Kind::None, 0); }
-  // level 1..22; validated when a snapshot is written.
-  static Compression zstd(int level = 3) noexcept { return Compression(Kind::Zstd, level); }
+  // level 1..22. threads 1..kMaxThreads: 1 compresses on the saving thread;
+  // more uses zstd's own worker threads, in jobs of 2 MiB, each worker
+  // holding about 12 MiB more while a snapshot is written (a save of 1M x 128
+  // on two idle cores: 1.1 s with 2 against 1.5 s with 1; docs/API.md).
+  // The file's bytes differ, its format does not. Both are validated when a
+  // snapshot is written.
+  static Compression zstd(int level = 3, int threads = 1) noexcept { return Compression(Kind::Zstd, level, threads); }
   static Compression lz4() noexcept { return Compression(Kind::Lz4, 0); }
+  static constexpr int kMaxThreads = 16;
 
   Kind kind() const noexcept { return kind_; }
   int level() const noexcept { return level_; }
+  int threads() const noexcept { return threads_; }
   friend bool operator==(const Compression&, const Compression&) = default;
 
  private:
-  Compression(Kind k, int l) noexcept : kind_(k), level_(l) {}
+  Compression(Kind k, int l, int t = 1) noexcept : kind_(k), level_(l), threads_(t) {}
   Kind kind_;
   int level_;
+  int threads_;
 };
 
 // Limits applied when reading files, on top of the checks against the bytes
