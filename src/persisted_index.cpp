@@ -6,6 +6,7 @@
 #include <string>
 
 #include "iqdb/persist/wal.hpp"
+#include "snapshot/codec.hpp"
 #include "wal/engine_impl.hpp"
 #include "wal/log_format.hpp"
 #include "wal/log_reader.hpp"
@@ -19,14 +20,7 @@ void validate_config(const PersistConfig& cfg) {
   if (cfg.path.filename().empty()) {
     throw PersistError::argument("PersistConfig.path '" + cfg.path.string() + "' names a directory, not a file");
   }
-  if (cfg.compression.kind() == Compression::Kind::Zstd &&
-      (cfg.compression.level() < 1 || cfg.compression.level() > 22)) {
-    throw PersistError::argument("zstd level " + std::to_string(cfg.compression.level()) + " is outside 1..22");
-  }
-  if (cfg.compression.threads() < 1 || cfg.compression.threads() > Compression::kMaxThreads) {
-    throw PersistError::argument("compression threads " + std::to_string(cfg.compression.threads()) + " is outside 1.." +
-                                 std::to_string(Compression::kMaxThreads));
-  }
+  codec::check_compression(cfg.compression);
   if (cfg.fsync_policy.mode() == FsyncPolicy::Mode::Periodic && cfg.fsync_policy.interval().count() <= 0) {
     throw PersistError::argument("FsyncPolicy::periodic needs a positive interval");
   }

@@ -379,6 +379,17 @@ class PlainDecoder final : public Decoder {
 
 }  // namespace
 
+void check_compression(const Compression& c) {
+  if (c.kind() != Compression::Kind::Zstd) return;
+  if (c.level() < 1 || c.level() > 22) {
+    throw PersistError::argument("zstd level " + std::to_string(c.level()) + " is outside 1..22");
+  }
+  if (c.threads() < 1 || c.threads() > Compression::kMaxThreads) {
+    throw PersistError::argument("compression threads " + std::to_string(c.threads()) + " is outside 1.." +
+                                 std::to_string(Compression::kMaxThreads));
+  }
+}
+
 std::unique_ptr<Encoder> make_encoder(CompressionScheme scheme, int level, ByteSink& sink, const fs::path& path,
                                       std::uint64_t size_hint, int threads) {
   switch (scheme) {

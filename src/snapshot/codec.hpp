@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "iqdb/persist/config.hpp"
 #include "iqdb/persist/format.hpp"
 
 namespace iqdb::persist::codec {
@@ -54,6 +55,11 @@ class Decoder {
   // checksum pass after any failure would meet anyway).
   virtual bool content_errors() const noexcept { return true; }
 };
+
+// The checks a Compression passes before anything is written (a config's,
+// and write_snapshot's): zstd level 1..22, threads 1..kMaxThreads. Throws
+// PersistError(InvalidArgument).
+void check_compression(const Compression& c);
 
 // level is used by Zstd only (1..22). Scheme None and Lz4Block have no encoder.
 // size_hint: the expected payload size (0 = unknown). threads (Zstd only):

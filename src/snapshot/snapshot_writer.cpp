@@ -148,17 +148,10 @@ class SnapshotPayloadWriter final : public PayloadWriter {
 };
 
 CompressionScheme scheme_for(const Compression& c) {
+  codec::check_compression(c);
   switch (c.kind()) {
     case Compression::Kind::None: return CompressionScheme::None;
-    case Compression::Kind::Zstd:
-      if (c.level() < 1 || c.level() > 22) {
-        throw PersistError::argument("zstd level " + std::to_string(c.level()) + " is outside 1..22");
-      }
-      if (c.threads() < 1 || c.threads() > Compression::kMaxThreads) {
-        throw PersistError::argument("compression threads " + std::to_string(c.threads()) + " is outside 1.." +
-                                     std::to_string(Compression::kMaxThreads));
-      }
-      return CompressionScheme::Zstd;
+    case Compression::Kind::Zstd: return CompressionScheme::Zstd;
     case Compression::Kind::Lz4: return CompressionScheme::Lz4Frame;
   }
   throw PersistError::argument("unknown compression kind");
