@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "iqdb/persist/error.hpp"
+#include "util/huge_phase.hpp"
 
 namespace iqdb::persist {
 namespace detail {
@@ -67,27 +68,6 @@ std::shared_ptr<const MappedOrigin> make_origin(int fd, const std::filesystem::p
   return std::make_shared<const MappedOrigin>(dup, path, st);
 }
 
-// Address space for `total` bytes (anonymous, nothing committed) at an
-// address equal to `offset` modulo 2 MiB, or nullptr. The file's bytes at
-// `offset` mapped there can then be mapped by 2 MiB page-table entries
-// where the page cache holds them in 2 MiB folios (Linux with large
-// folios: the snapshot writer fills the file in aligned 2 MiB writes): one
-// entry instead of 512 to set up and to walk, which is most of what
-// mapping costs (docs/PERFORMANCE.md, "Mapped load").
-void* reserve_congruent(std::size_t total, std::uint64_t offset) noexcept {
-  constexpr std::size_t kHuge = std::size_t{2} << 20;
-  if (total > SIZE_MAX - kHuge) return nullptr;
-  void* const raw = ::mmap(nullptr, total + kHuge, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  const auto r = reinterpret_cast<std::uintptr_t>(raw);
-  const std::size_t skip = (static_cast<std::size_t>(offset % kHuge) + kHuge - r % kHuge) % kHuge;
-  auto* const base = static_cast<std::byte*>(raw) + skip;
-  if (skip > 0) (void)::munmap(raw, skip);
-  (void)::munmap(base + total, kHuge - skip);
-  return base;
-}
-
 }  // namespace
 
 MappedBlock map_file_block(int fd, const std::filesystem::path& path, std::uint64_t offset, std::size_t size,
@@ -99,7 +79,12 @@ MappedBlock map_file_block(int fd, const std::filesystem::path& path, std::uint6
   const std::size_t total = round_up(std::max(reserve, size), kMapPage);
   // The whole range first (anonymous, address space only), then the file
   // over its start: growth lands in place, behind the file's bytes.
-  void* const base = reserve_congruent(total, offset);
+  // At an address equal to the file offset modulo 2 MiB: the file's bytes
+  // can then be mapped by 2 MiB entries where the page cache holds them in
+  // 2 MiB folios (the snapshot writer fills the file in aligned 2 MiB
+  // writes): one entry instead of 512 to set up and walk, which was most of
+  // what mapping cost (docs/PERFORMANCE.md, "Mapped load").
+  void* const base = map_at_huge_phase(total, offset, MAP_NORESERVE);
   if (base == nullptr) return {};
   void* p = ::mmap(base, file_part, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) {

@@ -3,6 +3,8 @@
 // the kernel gives them.
 #include "iqdb/persist/detail/large_allocator.hpp"
 
+#include "util/huge_phase.hpp"
+
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -30,18 +32,11 @@ std::size_t mapped_length(std::size_t bytes) noexcept { return (bytes + kHugePag
 void* map_aligned(std::size_t bytes) {
   if (bytes > SIZE_MAX - 2 * kHugePage) throw std::bad_alloc();
   const std::size_t len = mapped_length(bytes);
-  // 2 MiB more than needed, then the ends cut off: the kernel backs only
-  // 2 MiB-aligned ranges with huge pages.
-  void* const raw = ::mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) throw std::bad_alloc();
-  const auto r = reinterpret_cast<std::uintptr_t>(raw);
-  const std::uintptr_t a = (r + kHugePage - 1) & ~std::uintptr_t{kHugePage - 1};
-  if (a > r) (void)::munmap(raw, a - r);
-  const std::size_t tail = (r + len + kHugePage) - (a + len);
-  if (tail > 0) (void)::munmap(reinterpret_cast<void*>(a + len), tail);
+  void* const p = map_at_huge_phase(len, 0, 0);
+  if (p == nullptr) throw std::bad_alloc();
   // Advisory: without transparent huge pages the memory works in 4 KiB pages.
-  (void)::madvise(reinterpret_cast<void*>(a), len, MADV_HUGEPAGE);
-  return reinterpret_cast<void*>(a);
+  (void)::madvise(p, len, MADV_HUGEPAGE);
+  return p;
 }
 
 }  // namespace
