@@ -73,6 +73,9 @@ class PosixWritableFile final : public WritableFile {
     // Advisory only; errors surface at the fsync that follows.
     (void)::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), SYNC_FILE_RANGE_WRITE);
   }
+  void drop_cached(std::uint64_t offset, std::uint64_t len) noexcept override {
+    (void)::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
+  }
   void close() override {
     const int fd = fd_;
     fd_ = -1;

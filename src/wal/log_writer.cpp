@@ -20,6 +20,9 @@ constexpr std::uint64_t kPage = 4096;
 // against ~0.06 ms for pwrite), while for frames of a few hundred bytes the
 // fault is shared by many frames and saves a system call each.
 constexpr std::size_t kMapMaxFrame = std::size_t{16} << 10;
+// datasync() drops synced pages from the page cache once this many have
+// gathered (one system call per 64 KiB of log at most).
+constexpr std::uint64_t kDropStep = std::uint64_t{64} << 10;
 }  // namespace
 
 std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
@@ -67,6 +70,7 @@ void LogWriter::append(std::span<const std::byte> frame) {
   extend(need, frame.size());
   if (!use_map_ || frame.size() > kMapMaxFrame || !copy_to_map(frame)) file_->write_at(end_, frame);
   end_ = need;
+  written_.store(need, std::memory_order_release);
 }
 
 void LogWriter::stage(std::span<const std::byte> frame) {
@@ -84,12 +88,25 @@ void LogWriter::write_staged(const Staged& s) {
   const LogPreallocator::Activity busy(grower_);
   extend(s.offset + s.bytes.size(), s.bytes.size());
   file_->write_at(s.offset, s.bytes);
+  written_.store(s.offset + s.bytes.size(), std::memory_order_release);
 }
 
 void LogWriter::datasync() {
   const LogPreallocator::Activity busy(grower_);
   grower_.check();
+  // What was written before the fdatasync began is durable, and its pages
+  // clean, once it returns (a write beside it lands at or after `written`).
+  const std::uint64_t written = written_.load(std::memory_order_acquire);
   file_->datasync();
+  drop_synced(written);
+}
+
+void LogWriter::drop_synced(std::uint64_t written) noexcept {
+  const std::uint64_t from = dropped_.load(std::memory_order_relaxed);
+  const std::uint64_t to = written / kPage * kPage;
+  if (to < from + kDropStep) return;
+  file_->drop_cached(from, to - from);
+  dropped_.store(to, std::memory_order_relaxed);
 }
 
 void LogWriter::cut(std::uint64_t end) {
@@ -99,6 +116,8 @@ void LogWriter::cut(std::uint64_t end) {
   file_->truncate(end);
   file_->sync();
   end_ = end;
+  written_.store(end, std::memory_order_release);
+  dropped_.store(std::min(dropped_.load(std::memory_order_relaxed), end / kPage * kPage), std::memory_order_relaxed);
   grower_.restart(end);
 }
 

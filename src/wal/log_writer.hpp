@@ -1,6 +1,7 @@
 // Appending to a write-ahead log file (internal).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -23,6 +24,16 @@ namespace iqdb::persist::wal {
 // thrown by the next append(), write_staged(), datasync() or close(). Not
 // thread-safe (the engine serialises; datasync() may run beside one
 // append()). The local files' LogSink (local_storage.cpp).
+//
+// Each datasync() then drops the whole pages it made durable from the page
+// cache (WritableFile::drop_cached; posix_fadvise DONTNEED), in steps of at
+// least 64 KiB: a log is read back only by recovery and by followers, and
+// keeping it cached would fill the page cache with it. It also keeps a
+// burst of large batches off fresh memory: when the frames outrun the
+// zero-filled space, each write extends the file and takes new page-cache
+// pages, and the pages the previous sync let go are the ones it gets back
+// (docs/PERFORMANCE.md, "The log's synced pages dropped"). The page the frames
+// end in is kept (the next frame writes into it).
 class LogWriter final : public detail::LogSink {
  public:
   // Create a new, empty log at `path` atomically and durably.
@@ -74,7 +85,7 @@ class LogWriter final : public detail::LogSink {
  private:
   LogWriter(FileSystem& fs, std::unique_ptr<WritableFile> f, std::uint64_t salt, std::uint64_t end,
             std::uint64_t allocated)
-      : file_(std::move(f)), salt_(salt), end_(end), grower_(fs, file_->path(), allocated) {}
+      : file_(std::move(f)), salt_(salt), end_(end), written_(end), grower_(fs, file_->path(), allocated) {}
   // Before a write of `bytes` that ends at `need`: make the space hold it
   // (LogPreallocator::reserve) and ask for more ahead; throws the growing
   // thread's failure.
@@ -82,6 +93,8 @@ class LogWriter final : public detail::LogSink {
   // Copies the frame into the mapped window, moving the window first when
   // the frame is not inside it; false when it cannot be mapped.
   bool copy_to_map(std::span<const std::byte> frame);
+  // After a datasync that began with frames written up to `written`.
+  void drop_synced(std::uint64_t written) noexcept;
 
   std::unique_ptr<WritableFile> file_;
   std::uint64_t salt_;
@@ -90,6 +103,10 @@ class LogWriter final : public detail::LogSink {
   bool use_map_ = false;
   std::unique_ptr<WriteMapping> map_;  // a window of the preallocated space
   std::uint64_t map_at_ = 0;           // its file offset
+  std::atomic<std::uint64_t> written_;  // frames are written to the file up to here
+  // The page cache was told to drop [0, dropped_) (datasync; cut() may run
+  // beside it after a failed append: a stale value only skips a hint).
+  std::atomic<std::uint64_t> dropped_{0};
   LogPreallocator grower_;             // last: its thread stops first
 };
 

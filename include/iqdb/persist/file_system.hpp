@@ -48,6 +48,14 @@ class WritableFile {
   // Hint that [offset, offset+len) may be written back now (no durability
   // promise; lets the kernel overlap writeback with further writes).
   virtual void start_writeback(std::uint64_t offset, std::uint64_t len) = 0;
+  // Hint that the clean cached pages of [offset, offset+len) will not be
+  // read soon (posix_fadvise DONTNEED): the page cache may drop them. No
+  // effect on the file's contents; errors are ignored. The default does
+  // nothing. The log drops what it has synced (LogWriter::datasync).
+  virtual void drop_cached(std::uint64_t offset, std::uint64_t len) noexcept {
+    (void)offset;
+    (void)len;
+  }
   // Close and report errors. Further calls are invalid.
   virtual void close() = 0;
   // Optional: map [offset, offset + length) for writing. offset must be a
@@ -169,6 +177,7 @@ class WritableFileWrapper : public WritableFile {
   void datasync() override { target_->datasync(); }
   void truncate(std::uint64_t s) override { target_->truncate(s); }
   void start_writeback(std::uint64_t o, std::uint64_t l) override { target_->start_writeback(o, l); }
+  void drop_cached(std::uint64_t o, std::uint64_t l) noexcept override { target_->drop_cached(o, l); }
   void close() override { target_->close(); }
   const std::filesystem::path& path() const noexcept override { return target_->path(); }
 
