@@ -8,12 +8,15 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
+#include <thread>
 
 #include "iqdb/persist/checksum.hpp"
 #include "iqdb/persist/error.hpp"
@@ -51,7 +54,9 @@ struct RadosSnapshotStore::Impl {
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   ~Impl() {
-    // Their threads use io: stopped first (each after its notify in flight).
+    // Their threads use io: stopped first (the collections queued are run,
+    // each notifier stops after its notify in flight).
+    stop_collector();
     for (auto& [name, n] : notifiers) n->shutdown();
     if (io != nullptr) rados_ioctx_destroy(io);
     if (cluster != nullptr) rados_shutdown(cluster);
@@ -78,6 +83,34 @@ struct RadosSnapshotStore::Impl {
   std::map<std::string, std::uint64_t> last_read;
   // Read replicas' wake-ups, by name (change_notify.hpp).
   std::map<std::string, std::shared_ptr<ChangeNotifier>> notifiers;
+
+  // Garbage collection after publishes, on a thread of the store's own
+  // (started by the first publish): rename() returns once the new head is
+  // published, the superseded generation is removed behind it.
+  std::mutex gc_mu;
+  std::condition_variable gc_cv;
+  std::set<std::string> gc_queue;  // names to collect
+  bool gc_busy = false;            // a collection is running
+  bool gc_stop = false;
+  std::thread gc_thread;
+
+  // Queue a collection of `name` (once, however many publishes ask). Where no
+  // thread can be had, collects here.
+  void schedule_collection(const std::string& name);
+  // Blocks until nothing is queued or running.
+  void wait_collections() {
+    std::unique_lock lock(gc_mu);
+    gc_cv.wait(lock, [this] { return gc_queue.empty() && !gc_busy; });
+  }
+  void stop_collector() noexcept {
+    {
+      std::lock_guard lock(gc_mu);
+      gc_stop = true;
+    }
+    gc_cv.notify_all();
+    if (gc_thread.joinable()) gc_thread.join();
+  }
+  void run_collector();
 
   std::shared_ptr<Fence> fence_of(const std::string& name) {
     std::lock_guard lock(mu);
@@ -1088,23 +1121,74 @@ std::optional<RadosHead> RadosSnapshotStore::head(std::string_view name) {
   return std::move(rec->head);
 }
 
-std::size_t RadosSnapshotStore::collect_garbage(std::string_view name) {
-  check_name(name);
-  const auto rec = read_head_record(*impl_, std::string(name));
+namespace {
+
+// RadosSnapshotStore::collect_garbage's work, for the store and its thread.
+std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name) {
+  const auto rec = read_head_record(s, name);
   if (!rec) return 0;
   const std::uint64_t published = rec->head.generation;
-  const std::uint64_t keep = impl_->options.keep_previous_generation ? rec->previous_generation : 0;
+  const std::uint64_t keep = s.options.keep_previous_generation ? rec->previous_generation : 0;
   // Below the published generation nothing can still be published (every
   // writer of a lower generation compares against an older head), so what
   // is there is a leftover. Higher ones may be saves in progress: untouched.
   std::vector<std::string> leftovers;
-  for (auto& [gen, oid] : impl_->list_stripes(std::string(name))) {
+  for (auto& [gen, oid] : s.list_stripes(name)) {
     if (gen >= published || gen == keep) continue;
     leftovers.push_back(std::move(oid));
   }
-  impl_->remove_objects(leftovers);
+  s.remove_objects(leftovers);
   return leftovers.size();
 }
+
+}  // namespace
+
+void RadosSnapshotStore::Impl::schedule_collection(const std::string& name) {
+  {
+    std::lock_guard lock(gc_mu);
+    if (!gc_stop) {
+      try {
+        if (!gc_thread.joinable()) gc_thread = std::thread([this] { run_collector(); });
+        gc_queue.insert(name);
+        gc_cv.notify_all();
+        return;
+      } catch (const std::exception&) {
+        // No thread (or no memory for the queue): collect here.
+      }
+    }
+  }
+  try {
+    (void)collect(*this, name);
+  } catch (const std::exception&) {
+    // Published all the same; the next publish collects what is left.
+  }
+}
+
+void RadosSnapshotStore::Impl::run_collector() {
+  std::unique_lock lock(gc_mu);
+  for (;;) {
+    gc_cv.wait(lock, [this] { return gc_stop || !gc_queue.empty(); });
+    if (gc_queue.empty()) return;  // stopped, and everything queued was collected
+    const std::string name = gc_queue.extract(gc_queue.begin()).value();
+    gc_busy = true;
+    lock.unlock();
+    try {
+      (void)collect(*this, name);
+    } catch (const std::exception&) {
+      // As for a failed collection at the publish: the next one retries.
+    }
+    lock.lock();
+    gc_busy = false;
+    gc_cv.notify_all();
+  }
+}
+
+std::size_t RadosSnapshotStore::collect_garbage(std::string_view name) {
+  check_name(name);
+  return collect(*impl_, std::string(name));
+}
+
+void RadosSnapshotStore::wait_for_garbage_collection() { impl_->wait_collections(); }
 
 std::unique_ptr<WritableFile> RadosSnapshotStore::create_exclusive(const fs::path& path) {
   const Impl::Parsed p = impl_->parse(path);
@@ -1213,11 +1297,7 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
     impl_->pending.erase(from.string());
   }
   notifier_of(*this, p.name)->changed();
-  try {
-    collect_garbage(p.name);
-  } catch (const PersistError&) {
-    // Published; the next publish collects what is left.
-  }
+  impl_->schedule_collection(p.name);  // behind the publish: see Impl
 }
 
 void RadosSnapshotStore::remove(const fs::path& path) {

@@ -436,9 +436,30 @@ TEST_F(RadosSnapshot, PublishKeepsThePreviousGenerationOnly) {
     save_to_rados(*store_, name_, build(last));
     EXPECT_EQ(store_->head(name_)->generation, static_cast<std::uint64_t>(g));
   }
+  store_->wait_for_garbage_collection();  // the removals run behind the publish
   EXPECT_TRUE(stripes_of(1).empty());
   EXPECT_FALSE(stripes_of(2).empty());
   EXPECT_FALSE(stripes_of(3).empty());
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
+}
+
+// The removals after a publish run behind it, on the store's own thread:
+// a store destroyed right after its publishes (a short-lived process that
+// saves and exits) still runs every collection they queued before it goes.
+TEST_F(RadosSnapshot, DestroyedStoreRunsTheCollectionsItQueued) {
+  Model last;
+  {
+    auto store = open_store();
+    for (int g = 1; g <= 4; ++g) {
+      last = make_model(800, 32, static_cast<std::uint64_t>(g));
+      save_to_rados(*store, name_, build(last));
+    }
+  }
+  EXPECT_EQ(store_->head(name_)->generation, 4u);
+  EXPECT_TRUE(stripes_of(1).empty());
+  EXPECT_TRUE(stripes_of(2).empty());
+  EXPECT_FALSE(stripes_of(3).empty());  // kept: the generation 4 replaced
+  EXPECT_FALSE(stripes_of(4).empty());
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
 }
 
@@ -483,6 +504,7 @@ TEST_F(RadosSnapshot, KilledSaveLeavesThePreviousSnapshot) {
   const Model second = make_model(900, 32, 8);
   save_to_rados(*store_, name_, build(second));
   EXPECT_GT(store_->head(name_)->generation, child_gen);
+  store_->wait_for_garbage_collection();
   EXPECT_TRUE(stripes_of(child_gen).empty());
   EXPECT_FALSE(stripes_of(published).empty());  // kept: the generation just replaced
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), second);

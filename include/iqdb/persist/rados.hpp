@@ -108,7 +108,8 @@ struct RadosHead {
 // temporary name deletes the unpublished stripes. open_read opens the
 // published generation (stripes fetched ahead in parallel, each stripe's CRC
 // checked). After a publish, leftovers (unpublished or superseded
-// generations) are removed; a reader never removes anything.
+// generations) are removed, behind it on a thread of the store's own; a
+// reader never removes anything.
 //
 // Thread-safe. open_append and lock are Unsupported (no log in RADOS yet;
 // the writer lock is RadosWriterLock, below); sync_dir does nothing (a
@@ -135,9 +136,14 @@ class RadosSnapshotStore final : public FileSystem {
   std::optional<RadosHead> head(std::string_view name);
   // Remove what no reader can need: stripes of generations below the
   // published one (except, with keep_previous_generation, the one before
-  // it). Lists the pool. Returns the number of objects removed. Called after
-  // every publish (errors there are ignored: the next publish retries).
+  // it). Lists the pool. Returns the number of objects removed. Run after
+  // every publish on a thread of the store's own: rename() returns once the
+  // new head is published, not after the removals (errors there are
+  // ignored: the next publish retries). The store's destruction runs what
+  // is still queued.
   std::size_t collect_garbage(std::string_view name);
+  // Blocks until the collections that publishes queued have run.
+  void wait_for_garbage_collection();
 
   // FileSystem.
   std::unique_ptr<WritableFile> create_exclusive(const std::filesystem::path& path) override;
