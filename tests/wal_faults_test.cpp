@@ -2,12 +2,18 @@
 // the disk fails: fsync errors poison the log (fsyncgate), a full disk or a
 // short write on the log or on a checkpoint's snapshot leaves the index and
 // the files consistent, and a second process is locked out.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 
 #include <csignal>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <iqdb/persist.hpp>
@@ -498,6 +504,74 @@ TEST(WalMappedWrites, StoresIntoAMappingAreWritesToTheFile) {
     const std::byte want = i == 4096 ? std::byte{0xAB} : i == 3 * 4096 - 1 ? std::byte{0xCD} : std::byte{0};
     ASSERT_EQ(bytes[i], want) << "byte " << i;
   }
+}
+
+// The space a mapped log grows into (Periodic, Never): allocate_zeros of the
+// POSIX file system extends the file with blocks allocated and reading as
+// zeros, zeroes what was there before, moves the append position as a write
+// would, and takes no page-cache pages (fallocate, not writes of zeros);
+// through a WritableFileWrapper it is a write of zeros, which fault
+// injection sees. Known bytes: the file's contents against a model.
+TEST(WalMappedWrites, AllocateZerosAllocatesWithoutWriting) {
+  test::TempDir dir;
+  const fs::path p = dir / "f";
+  std::vector<std::byte> model(8192, std::byte{0x5A});
+  test::write_file(p, model);
+  FileSystem& posix = default_file_system();
+  constexpr std::uint64_t kGrow = std::uint64_t{8} << 20;
+  {
+    const std::unique_ptr<WritableFile> f = posix.open_append(p);
+    f->allocate_zeros(4096, 100);  // over existing bytes: zeroed
+    f->allocate_zeros(8192, kGrow);
+    f->append(std::vector<std::byte>(10, std::byte{0x11}));  // at the new end
+    f->close();
+  }
+  std::fill(model.begin() + 4096, model.begin() + 4196, std::byte{0});
+  model.resize(8192 + kGrow, std::byte{0});
+  model.insert(model.end(), 10, std::byte{0x11});
+  EXPECT_TRUE(test::read_file(p) == model);
+
+  struct statfs sf {};
+  ASSERT_EQ(::statfs(p.c_str(), &sf), 0);
+  if (sf.f_type == TMPFS_MAGIC) GTEST_SKIP() << "tmpfs allocates pages for fallocate";
+  struct stat st {};
+  ASSERT_EQ(::stat(p.c_str(), &st), 0);
+  EXPECT_GE(static_cast<std::uint64_t>(st.st_blocks) * 512, 8192 + kGrow) << "the grown space is not allocated";
+  // Drop what the test's own writes and reads cached, then grow again: the
+  // new range must not come into the page cache.
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  const std::uint64_t at = (8192 + kGrow + 10 + 4095) / 4096 * 4096;
+  {
+    const std::unique_ptr<WritableFile> f = posix.open_append(p);
+    f->allocate_zeros(at, kGrow);
+    f->close();
+  }
+  void* m = ::mmap(nullptr, kGrow, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(at));
+  ASSERT_NE(m, MAP_FAILED);
+  std::vector<unsigned char> res(kGrow / 4096);
+  ASSERT_EQ(::mincore(m, kGrow, res.data()), 0);
+  ::munmap(m, kGrow);
+  ::close(fd);
+  std::size_t resident = 0;
+  for (unsigned char c : res) resident += c & 1;
+  EXPECT_EQ(resident, 0u) << "of " << res.size() << " pages: zeros were written";
+
+  // Through a wrapper: writes of zeros, each seen by the wrapped file.
+  struct Counting final : WritableFileWrapper {
+    using WritableFileWrapper::WritableFileWrapper;
+    std::uint64_t zero_bytes = 0;
+    void write_at(std::uint64_t o, std::span<const std::byte> d) override {
+      if (std::all_of(d.begin(), d.end(), [](std::byte b) { return b == std::byte{0}; })) zero_bytes += d.size();
+      WritableFileWrapper::write_at(o, d);
+    }
+  };
+  Counting wrapped(posix.open_append(p));
+  wrapped.allocate_zeros(at + kGrow, 3 << 20);
+  EXPECT_EQ(wrapped.zero_bytes, 3u << 20);
+  wrapped.close();
+  EXPECT_EQ(fs::file_size(p), at + kGrow + (3 << 20));
 }
 
 }  // namespace

@@ -7,9 +7,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <mutex>
 #include <random>
+#include <vector>
 
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
@@ -73,6 +75,21 @@ class PosixWritableFile final : public WritableFile {
     // Advisory only; errors surface at the fsync that follows.
     (void)::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), SYNC_FILE_RANGE_WRITE);
   }
+  void allocate_zeros(std::uint64_t offset, std::uint64_t len) override {
+    if (len == 0) return;
+    if (!no_fallocate_) {
+      const int r = retry([&] {
+        return ::fallocate(fd_, FALLOC_FL_ZERO_RANGE, static_cast<off_t>(offset), static_cast<off_t>(len));
+      });
+      if (r == 0) {
+        if (offset + len > pos_) pos_ = offset + len;
+        return;
+      }
+      if (errno != EOPNOTSUPP && errno != ENOSYS) throw PersistError::io(path_, "fallocate", errno);
+      no_fallocate_ = true;  // not on this file system: write the zeros
+    }
+    WritableFile::allocate_zeros(offset, len);
+  }
   void drop_cached(std::uint64_t offset, std::uint64_t len) noexcept override {
     (void)::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
   }
@@ -114,6 +131,7 @@ class PosixWritableFile final : public WritableFile {
   int fd_;
   std::uint64_t pos_;
   bool mappable_;  // opened read-write, which a shared writable mapping needs
+  bool no_fallocate_ = false;  // allocate_zeros found fallocate unsupported here
 };
 
 class PosixReadableFile final : public ReadableFile {
@@ -266,6 +284,15 @@ class PosixFileSystem final : public FileSystem {
 };
 
 }  // namespace
+
+void WritableFile::allocate_zeros(std::uint64_t offset, std::uint64_t len) {
+  static const std::vector<std::byte> zeros(std::size_t{1} << 20);
+  for (std::uint64_t at = offset, end = offset + len; at < end;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(end - at, zeros.size()));
+    write_at(at, {zeros.data(), n});
+    at += n;
+  }
+}
 
 FileSystem& default_file_system() {
   static PosixFileSystem fs;

@@ -87,7 +87,11 @@ void LogPreallocator::run() {
       writing_ = true;
       lk.unlock();
       try {
-        file_->write_at(at, {zeros().data(), static_cast<std::size_t>(to - at)});
+        if (sync_.load(std::memory_order_relaxed)) {
+          file_->write_at(at, {zeros().data(), static_cast<std::size_t>(to - at)});
+        } else {
+          file_->allocate_zeros(at, to - at);  // for the mapping: no page-cache pages taken
+        }
       } catch (...) {
         lk.lock();
         writing_ = false;
@@ -192,7 +196,12 @@ void LogPreallocator::reserve(std::uint64_t need, std::uint64_t bytes, WritableF
   ++stats_.inline_steps;
   stats_.inline_bytes += to - from;
   lk.unlock();
-  write_zeros(own, from, to);  // on failure the writer cuts the log: restart() resets
+  // On failure the writer cuts the log: restart() resets.
+  if (sync_.load(std::memory_order_relaxed)) {
+    write_zeros(own, from, to);
+  } else {
+    own.allocate_zeros(from, to - from);
+  }
 }
 
 void LogPreallocator::check() const {

@@ -26,7 +26,8 @@ void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to);
 // the frames' fdatasync carries data only (docs/FORMAT.md, "zero padding").
 // Those zeros are written and made durable by a thread of their own, through
 // a handle of its own on the file, in chunks of 256 KiB, each followed by a
-// datasync (not under Periodic and Never: unsynced()), and **only while the
+// datasync (under Periodic and Never, unsynced(), the space is allocated
+// instead of written, and not synced), and **only while the
 // log is quiet** (nothing written or synced
 // for 1 ms): on this project's disks a commit whose fdatasync runs while
 // another thread grows the same file waits for that growth (the zeros under
@@ -50,10 +51,10 @@ void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to);
 //    past the zeros, extending the file: its fdatasync then also commits the
 //    new size, which on these disks costs about what writing as many zeros
 //    first costs, and the doubling steps wrote up to twice as many;
-//  - a smaller one writes zeros itself, through its own handle, up to 1 MiB
-//    past its end (before this thread existed, a commit that grew the log
-//    wrote a step of the file's size, up to 64 MiB); the commit's fdatasync
-//    flushes them.
+//  - a smaller one writes zeros itself (allocates them, unsynced()),
+//    through its own handle, up to 1 MiB past its end (before this thread
+//    existed, a commit that grew the log wrote a step of the file's size,
+//    up to 64 MiB); the commit's fdatasync flushes them.
 // The thread then carries on after what the writer claimed.
 //
 // A failure of the thread (a write or a datasync) is kept: from then on
@@ -90,7 +91,11 @@ class LogPreallocator {
   // Throws the thread's failure, if it failed.
   void check() const;
   // The writer's frames are not each synced (Periodic, Never: LogWriter::
-  // use_mapping): the thread writes its zeros without a datasync. One would
+  // use_mapping): the space ahead is made with WritableFile::allocate_zeros
+  // (on POSIX files fallocate: blocks allocated, reading as zeros, no data
+  // written and no page-cache pages taken; the frames copied into the
+  // mapping fault each page in once, instead of a page written with zeros
+  // and then faulted again), and the thread syncs nothing. A datasync would
   // flush the frames copied into the writer's mapping as well, and each
   // page of it then faults again when next written (Never ran at half its
   // rate on a loaded machine, where the writer's pauses let the thread in).

@@ -17,8 +17,10 @@ namespace iqdb::persist::wal {
 // Appends frames to a version-2 log. The file is grown ahead of the writes
 // in zero-filled steps that are written for real (not fallocated): a later
 // fdatasync then carries data only, no file-size or extent metadata, which
-// makes it markedly cheaper, and the space can be mapped for writing. Zero
-// padding reads as the end of the log. The steps are written and made
+// makes it markedly cheaper. Under the mapping policies (use_mapping) the
+// steps are allocated instead (WritableFile::allocate_zeros): no fdatasync
+// waits on each frame there, and the space can be mapped for writing
+// either way. Zero padding reads as the end of the log. The steps are written and made
 // durable ahead of the frames by a thread of the writer's own
 // (LogPreallocator, log_preallocator.hpp); a failure of that thread is
 // thrown by the next append(), write_staged(), datasync() or close(). Not

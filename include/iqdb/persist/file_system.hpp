@@ -48,6 +48,16 @@ class WritableFile {
   // Hint that [offset, offset+len) may be written back now (no durability
   // promise; lets the kernel overlap writeback with further writes).
   virtual void start_writeback(std::uint64_t offset, std::uint64_t len) = 0;
+  // Make [offset, offset+len) read as zeros, with its blocks allocated (so
+  // that stores through map_for_write into it cannot fail for want of
+  // space), extending the file when it ends before offset+len; the append
+  // position moves as for write_at(). No durability promise. The default
+  // writes zeros with write_at() (so every WritableFileWrapper, and the test
+  // file systems, see writes); the POSIX file system asks the file system
+  // instead (fallocate FALLOC_FL_ZERO_RANGE: no data written, no page-cache
+  // pages taken), and writes zeros where that is not supported. The log
+  // grows so under the policies whose appends go through a mapping.
+  virtual void allocate_zeros(std::uint64_t offset, std::uint64_t len);
   // Hint that the clean cached pages of [offset, offset+len) will not be
   // read soon (posix_fadvise DONTNEED): the page cache may drop them. No
   // effect on the file's contents; errors are ignored. The default does
@@ -60,7 +70,8 @@ class WritableFile {
   virtual void close() = 0;
   // Optional: map [offset, offset + length) for writing. offset must be a
   // multiple of 4096 and the range must lie within the file's current size,
-  // in blocks already written (so that no store can fail for want of space).
+  // in blocks already written or allocated (allocate_zeros), so that no
+  // store can fail for want of space.
   // Stores into the mapping reach the page cache as write_at() would: a
   // process crash keeps them, datasync() makes them durable. Returns
   // nullptr when the file system does not offer it (the default, also for
