@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
-#include <vector>
 
 #include "iqdb/persist/error.hpp"
 #include "util/first_error.hpp"
@@ -14,7 +13,6 @@ namespace {
 constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
 constexpr std::uint64_t kMinLead = std::uint64_t{512} << 10;
 constexpr std::uint64_t kMaxLead = std::uint64_t{32} << 20;
-constexpr std::size_t kZeroBuffer = std::size_t{1} << 20;
 // The thread's unit of work: a write of this many zeros, then a datasync.
 constexpr std::uint64_t kChunk = std::uint64_t{256} << 10;
 // A smaller write that does not fit writes this many zeros past its end
@@ -22,11 +20,6 @@ constexpr std::uint64_t kChunk = std::uint64_t{256} << 10;
 constexpr std::uint64_t kInlineStep = std::uint64_t{1} << 20;
 // Writes at least this large go past the zeros when they do not fit.
 constexpr std::uint64_t kPastZeros = std::uint64_t{256} << 10;
-
-const std::vector<std::byte>& zeros() {
-  static const std::vector<std::byte> z(kZeroBuffer);
-  return z;
-}
 
 std::int64_t now_ns() noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -40,10 +33,16 @@ std::uint64_t whole_mib(std::uint64_t n) noexcept { return (n + kMiB - 1) / kMiB
 }  // namespace
 
 void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to) {
-  for (std::uint64_t p = from; p < to;) {
-    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(to - p, kZeroBuffer));
-    f.write_at(p, {zeros().data(), n});
-    p += n;
+  // The seam's own default: zeros written through write_at(), whatever `f`'s
+  // allocate_zeros() does instead.
+  f.WritableFile::allocate_zeros(from, to - from);
+}
+
+void LogPreallocator::grow(WritableFile& f, std::uint64_t from, std::uint64_t to) const {
+  if (sync_.load(std::memory_order_relaxed)) {
+    write_zeros(f, from, to);
+  } else {
+    f.allocate_zeros(from, to - from);  // for the mapping: no page-cache pages taken
   }
 }
 
@@ -87,11 +86,7 @@ void LogPreallocator::run() {
       writing_ = true;
       lk.unlock();
       try {
-        if (sync_.load(std::memory_order_relaxed)) {
-          file_->write_at(at, {zeros().data(), static_cast<std::size_t>(to - at)});
-        } else {
-          file_->allocate_zeros(at, to - at);  // for the mapping: no page-cache pages taken
-        }
+        grow(*file_, at, to);
       } catch (...) {
         lk.lock();
         writing_ = false;
@@ -196,12 +191,7 @@ void LogPreallocator::reserve(std::uint64_t need, std::uint64_t bytes, WritableF
   ++stats_.inline_steps;
   stats_.inline_bytes += to - from;
   lk.unlock();
-  // On failure the writer cuts the log: restart() resets.
-  if (sync_.load(std::memory_order_relaxed)) {
-    write_zeros(own, from, to);
-  } else {
-    own.allocate_zeros(from, to - from);
-  }
+  grow(own, from, to);  // on failure the writer cuts the log: restart() resets
 }
 
 void LogPreallocator::check() const {

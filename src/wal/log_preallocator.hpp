@@ -17,7 +17,8 @@ namespace iqdb::persist::wal {
 
 // The size a new log is made with, zero-filled (LogWriter::create).
 inline constexpr std::uint64_t kLogFirstStep = std::uint64_t{1} << 20;
-// Write zeros over [from, to) of `f`, in chunks of 1 MiB.
+// Write zeros over [from, to) of `f`, for real (WritableFile's default
+// allocate_zeros, in chunks of 1 MiB).
 void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to);
 
 // The zero-filled space ahead of a log's frames (LogWriter).
@@ -137,6 +138,8 @@ class LogPreallocator {
 
  private:
   void run();
+  // Make [from, to) of `f` zeros: written, or allocated under unsynced().
+  void grow(WritableFile& f, std::uint64_t from, std::uint64_t to) const;
   bool has_work() const noexcept;                           // mu_ held
   std::chrono::steady_clock::duration until_quiet() const;  // 0 when the log is quiet
   bool ensure_thread() noexcept;                            // mu_ held
