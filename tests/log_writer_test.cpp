@@ -6,12 +6,7 @@
 // written after them; a failure of the thread is thrown by the next call.
 // Every case checks the file's bytes against the frames it was given.
 // LogWriterCache: what datasync() lets the page cache drop.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <linux/magic.h>
-#include <sys/mman.h>
-#include <sys/statfs.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -446,20 +441,9 @@ TEST(LogWriterCache, SyncedFramesLeaveThePageCache) {
   }
   for (const auto& f : frames) t.model.insert(t.model.end(), f.begin(), f.end());
   const std::uint64_t end = kHeader + t.model.size();
-  const int fd = ::open(t.path.c_str(), O_RDONLY);
-  ASSERT_GE(fd, 0);
-  void* m = ::mmap(nullptr, end, PROT_READ, MAP_SHARED, fd, 0);
-  ASSERT_NE(m, MAP_FAILED);
-  std::vector<unsigned char> res((end + 4095) / 4096);
-  ASSERT_EQ(::mincore(m, end, res.data()), 0);
-  ::munmap(m, end);
-  ::close(fd);
-  std::size_t resident = 0;
-  for (unsigned char c : res) resident += c & 1;
-  struct statfs sf {};
-  ASSERT_EQ(::statfs(t.path.c_str(), &sf), 0);
-  if (sf.f_type == TMPFS_MAGIC) GTEST_SKIP() << "tmpfs keeps every page";
-  EXPECT_LE(resident, ((64 << 10) + (2 << 20)) / 4096 + 1) << "of " << res.size() << " pages below the frames' end";
+  if (test::on_tmpfs(t.path)) GTEST_SKIP() << "tmpfs keeps every page";
+  EXPECT_LE(test::resident_pages(t.path, 0, end), ((64 << 10) + (2 << 20)) / 4096 + 1)
+      << "of " << (end + 4095) / 4096 << " pages below the frames' end";
   t.w->close();
   EXPECT_TRUE(holds(t.path, t.model));
 }

@@ -4,10 +4,7 @@
 // the files consistent, and a second process is locked out.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <linux/magic.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/wait.h>
 
 #include <csignal>
@@ -531,9 +528,7 @@ TEST(WalMappedWrites, AllocateZerosAllocatesWithoutWriting) {
   model.insert(model.end(), 10, std::byte{0x11});
   EXPECT_TRUE(test::read_file(p) == model);
 
-  struct statfs sf {};
-  ASSERT_EQ(::statfs(p.c_str(), &sf), 0);
-  if (sf.f_type == TMPFS_MAGIC) GTEST_SKIP() << "tmpfs allocates pages for fallocate";
+  if (test::on_tmpfs(p)) GTEST_SKIP() << "tmpfs allocates pages for fallocate";
   struct stat st {};
   ASSERT_EQ(::stat(p.c_str(), &st), 0);
   EXPECT_GE(static_cast<std::uint64_t>(st.st_blocks) * 512, 8192 + kGrow) << "the grown space is not allocated";
@@ -542,21 +537,14 @@ TEST(WalMappedWrites, AllocateZerosAllocatesWithoutWriting) {
   const int fd = ::open(p.c_str(), O_RDONLY);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  ::close(fd);
   const std::uint64_t at = (8192 + kGrow + 10 + 4095) / 4096 * 4096;
   {
     const std::unique_ptr<WritableFile> f = posix.open_append(p);
     f->allocate_zeros(at, kGrow);
     f->close();
   }
-  void* m = ::mmap(nullptr, kGrow, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(at));
-  ASSERT_NE(m, MAP_FAILED);
-  std::vector<unsigned char> res(kGrow / 4096);
-  ASSERT_EQ(::mincore(m, kGrow, res.data()), 0);
-  ::munmap(m, kGrow);
-  ::close(fd);
-  std::size_t resident = 0;
-  for (unsigned char c : res) resident += c & 1;
-  EXPECT_EQ(resident, 0u) << "of " << res.size() << " pages: zeros were written";
+  EXPECT_EQ(test::resident_pages(p, at, kGrow), 0u) << "of " << kGrow / 4096 << " pages: zeros were written";
 
   // Through a wrapper: writes of zeros, each seen by the wrapped file.
   struct Counting final : WritableFileWrapper {

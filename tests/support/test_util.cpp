@@ -1,3 +1,7 @@
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,6 +48,27 @@ std::vector<std::byte> read_file(const std::filesystem::path& p) {
   std::vector<std::byte> out(c.size());
   if (!c.empty()) std::memcpy(out.data(), c.data(), c.size());
   return out;
+}
+
+bool on_tmpfs(const std::filesystem::path& p) {
+  struct statfs sf {};
+  if (::statfs(p.c_str(), &sf) != 0) throw std::runtime_error("cannot statfs " + p.string());
+  return sf.f_type == TMPFS_MAGIC;
+}
+
+std::size_t resident_pages(const std::filesystem::path& p, std::uint64_t offset, std::uint64_t len) {
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open " + p.string());
+  void* m = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+  ::close(fd);
+  if (m == MAP_FAILED) throw std::runtime_error("cannot map " + p.string());
+  std::vector<unsigned char> res((len + 4095) / 4096);
+  const int r = ::mincore(m, len, res.data());
+  ::munmap(m, len);
+  if (r != 0) throw std::runtime_error("mincore failed on " + p.string());
+  std::size_t n = 0;
+  for (const unsigned char c : res) n += c & 1;
+  return n;
 }
 
 void write_file(const std::filesystem::path& p, const std::vector<std::byte>& bytes) {

@@ -32,6 +32,14 @@ class TempDir {
 std::vector<std::byte> read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::vector<std::byte>& bytes);
 
+// Whether `p` lies on tmpfs, whose pages never leave memory (page-cache
+// checks skip there).
+bool on_tmpfs(const std::filesystem::path& p);
+// How many pages of the file's bytes [offset, offset + len) are in the page
+// cache (mincore of a read-only mapping; offset a multiple of 4096). Throws
+// std::runtime_error when the file cannot be opened or mapped.
+std::size_t resident_pages(const std::filesystem::path& p, std::uint64_t offset, std::uint64_t len);
+
 // The bytes of a file or a buffer.
 using Buf = std::vector<std::byte>;
 
