@@ -130,7 +130,7 @@ double raw_append_nosync(const fs::path& d, std::size_t n) {
 
 // The stricter limit for an insert under Never (issue 14): the raw write()
 // loop plus the first touch of the same bytes of fresh memory (an anonymous
-// mapping advised for huge pages, as FlatIndex's vectors are; unmapped
+// mapping in base pages, as FlatIndex's vectors grown by appends are; unmapped
 // outside the timer), which an index that keeps the vectors must pay too.
 double raw_append_nosync_touch(const fs::path& d, std::size_t n) {
   const std::vector<char> rec(kRecordBytes, 'x');
@@ -140,7 +140,7 @@ double raw_append_nosync_touch(const fs::path& d, std::size_t n) {
   const auto t0 = Clock::now();
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) die("mmap");
-  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // as FlatIndex's vectors
+  (void)::madvise(p, bytes, MADV_NOHUGEPAGE);  // as FlatIndex's vectors grown by appends
   auto* mem = static_cast<char*>(p);
   for (std::size_t i = 0; i < n; ++i) {
     if (::write(fd, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size())) die("write");

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -392,6 +393,80 @@ TEST_F(FloatBufferTest, WorkerExitsWhenIdleAndRestarts) {
   pf::wait_idle();
   EXPECT_GT(pf::populated_bytes(), before);
   expect_equal(b, m, "restart");
+}
+
+// The mapping that holds `p`, as /proc/self/smaps describes it.
+struct Vma {
+  std::uintptr_t start = 0, end = 0;
+  std::string flags;              // VmFlags: "hg" advised for huge pages, "nh" against
+  std::size_t anon_huge_kb = ~std::size_t{0};
+};
+Vma vma_at(const void* p) {
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  Vma v;
+  bool in = false;
+  while (std::getline(smaps, line)) {
+    unsigned long a = 0, b = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && (head >> std::hex >> a >> dash >> b) && dash == '-') {
+      if (in) break;
+      in = a <= at && at < b;
+      if (in) {
+        v.start = a;
+        v.end = b;
+      }
+    } else if (in && line.rfind("AnonHugePages:", 0) == 0) {
+      std::istringstream(line.substr(14)) >> v.anon_huge_kb;
+    } else if (in && line.rfind("VmFlags:", 0) == 0) {
+      v.flags = line.substr(8) + " ";
+    }
+  }
+  return v;
+}
+bool has_flag(const Vma& v, const char* f) { return v.flags.find(std::string(" ") + f + " ") != std::string::npos; }
+
+// A block grown by appends is advised against huge pages (an append's first
+// touch is one 4 KiB page, never a 2 MiB one); a block filled at once (a
+// load, a copy) for them; growth by appends after a load switches the
+// whole mapping, which stays one mapping (mremap could not grow two).
+TEST_F(FloatBufferTest, AppendsGrowInBasePagesWholeFillsInHugePages) {
+  if (::access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) != 0) GTEST_SKIP() << "no transparent huge pages";
+  FloatBuffer appended;
+  std::vector<float> model;
+  for (std::uint32_t i = 0; i < 40; ++i) append(appended, model, 100'000, 20 + i);  // 16 MB, by appends
+  pf::wait_idle();
+  const Vma a = vma_at(appended.data());
+  ASSERT_EQ(a.start, reinterpret_cast<std::uintptr_t>(appended.data()));
+  EXPECT_EQ(a.end - a.start, appended.capacity() * sizeof(float));
+  EXPECT_TRUE(has_flag(a, "nh")) << a.flags;
+  EXPECT_FALSE(has_flag(a, "hg")) << a.flags;
+  EXPECT_EQ(a.anon_huge_kb, 0u);  // every page of it, the worker's included, is a base page
+  expect_equal(appended, model, "appended");
+
+  const FloatBuffer copy(appended);  // filled at once
+  const Vma c = vma_at(copy.data());
+  EXPECT_TRUE(has_flag(c, "hg")) << c.flags;
+  EXPECT_FALSE(has_flag(c, "nh")) << c.flags;
+  expect_equal(copy, model, "copy");
+
+  FloatBuffer loaded;
+  std::vector<float> lmodel = values(2'000'000, 7);  // 8 MB, as a load fills it
+  loaded.resize(lmodel.size());
+  std::memcpy(loaded.data(), lmodel.data(), lmodel.size() * sizeof(float));
+  const Vma l = vma_at(loaded.data());
+  EXPECT_TRUE(has_flag(l, "hg")) << l.flags;
+  EXPECT_EQ(l.end - l.start, loaded.capacity() * sizeof(float));
+  append(loaded, lmodel, 3'000'000, 8);  // beyond the capacity: grown by appends
+  const Vma g = vma_at(loaded.data());
+  ASSERT_EQ(g.start, reinterpret_cast<std::uintptr_t>(loaded.data()));
+  EXPECT_EQ(g.end - g.start, loaded.capacity() * sizeof(float));  // still one mapping
+  EXPECT_TRUE(has_flag(g, "nh")) << g.flags;
+  EXPECT_FALSE(has_flag(g, "hg")) << g.flags;
+  append(loaded, lmodel, 6'000'000, 9);  // and it grows again
+  expect_equal(loaded, lmodel, "loaded, then appended");
 }
 
 // Switched off: no request, no thread work.

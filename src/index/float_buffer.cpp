@@ -35,10 +35,11 @@ constexpr std::size_t kPage = 4096;
 // Blocks from this size on are their own mapping (the worker's reach);
 // smaller ones stay on the heap.
 constexpr std::size_t kMapFrom = std::size_t{256} << 10;
-// Mappings from this size on are advised for huge pages; smaller ones are
-// not (their first touch, on the owner's thread, then costs what it writes,
-// not a whole 2 MiB page).
+// Mappings from this size on that are filled at once (a load, a copy) are
+// advised for huge pages; smaller ones, and those grown by appends, are not
+// (reallocate()).
 constexpr std::size_t kHugeFrom = 2 * kHugePage;
+constexpr std::size_t round_up_huge(std::size_t bytes) noexcept { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
 constexpr std::size_t kMaxReserve = std::size_t{64} << 20;
 // The fallback's mlock pieces: RLIMIT_MEMLOCK was 64 KiB by default before 5.16.
 constexpr std::size_t kLockPiece = std::size_t{64} << 10;
@@ -327,7 +328,7 @@ void FloatBuffer::release() noexcept {
   origin_.reset();
 }
 
-void FloatBuffer::reallocate(std::size_t cap) {
+void FloatBuffer::reallocate(std::size_t cap, Fill fill) {
   if (cap > (SIZE_MAX - kHugePage) / sizeof(float)) throw std::bad_alloc();
   const std::size_t bytes = cap * sizeof(float);
   if (bytes < kMapFrom && mapped_ == 0) {
@@ -337,7 +338,7 @@ void FloatBuffer::reallocate(std::size_t cap) {
     cap_ = cap;
     return;
   }
-  const std::size_t map = (bytes + kHugePage - 1) & ~(kHugePage - 1);
+  const std::size_t map = round_up_huge(bytes);
   void* q = MAP_FAILED;
   if (own_mapping()) {
     // One mapping, grown in place or moved: its pages are not copied. The
@@ -357,13 +358,23 @@ void FloatBuffer::reallocate(std::size_t cap) {
   } else {
     q = ::mmap(nullptr, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (q == MAP_FAILED) throw std::bad_alloc();
+  }
+  // One advice for the whole mapping (a mapping split by two advices could
+  // no longer grow by mremap). Filled at once (a load, a copy): huge pages,
+  // one fault per 2 MiB. Grown by appends: base pages, so that an append's
+  // first touch costs one 4 KiB page and never a whole 2 MiB one, which
+  // where the host has taken the memory back stalls for milliseconds
+  // (docs/PERFORMANCE.md, "Single inserts under Never, unwarmed"); pages
+  // already huge stay so. Advisory; without transparent huge pages it fails
+  // harmlessly.
+  (void)::madvise(q, map, fill == Fill::AtOnce && map >= kHugeFrom ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  if (!own_mapping()) {
+    // A heap block, or a mapped block, which spans two mappings (the
+    // file's, the reservation) that mremap cannot move as one: the
+    // elements are copied out.
     if (size_ > 0) std::memcpy(q, p_, size_ * sizeof(float));
-    // A mapped block spans two mappings (the file's, the reservation),
-    // which mremap cannot move as one: its elements are copied out.
     release();
   }
-  // Advisory; on kernels without transparent huge pages it fails harmlessly.
-  (void)::madvise(q, map, map >= kHugeFrom ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   p_ = static_cast<float*>(q);
   mapped_ = map;
   cap_ = map / sizeof(float);
@@ -371,7 +382,7 @@ void FloatBuffer::reallocate(std::size_t cap) {
 
 void FloatBuffer::reserve(std::size_t n) {
   if (n > cap_) {
-    reallocate(std::max<std::size_t>({n, cap_ * 2, 64}));
+    reallocate(std::max<std::size_t>({n, cap_ * 2, 64}), Fill::ByAppends);
     return;
   }
   // Grow an own mapping early (address space only) when the reserve ahead
@@ -383,7 +394,7 @@ void FloatBuffer::reserve(std::size_t n) {
   if (bytes + r <= mapped_) return;
   if (slot_ && g_prefaulter->busy.load(std::memory_order_relaxed) == slot_.get()) return;
   try {
-    reallocate(std::max((bytes + 2 * r) / sizeof(float), cap_ * 2));
+    reallocate(std::max((bytes + 2 * r) / sizeof(float), cap_ * 2), Fill::ByAppends);
   } catch (const std::bad_alloc&) {
     // Early growth is a hint; the block is as it was.
   }
@@ -391,7 +402,7 @@ void FloatBuffer::reserve(std::size_t n) {
 
 void FloatBuffer::resize(std::size_t n) {
   // An exact fit when growing from empty (the loader knows the size).
-  if (n > cap_) reallocate(cap_ == 0 ? n : std::max(n, cap_ * 2));
+  if (n > cap_) reallocate(cap_ == 0 ? n : std::max(n, cap_ * 2), Fill::AtOnce);
   size_ = n;
 }
 

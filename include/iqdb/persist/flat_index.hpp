@@ -20,12 +20,13 @@ namespace detail {
 
 // Contiguous float storage for FlatIndex. Small blocks live on the heap;
 // from 256 KiB on, the block is its own anonymous mapping, sized in whole
-// 2 MiB units (advised for transparent huge pages from 4 MiB on, and not
-// below, so a small block's first touch costs what it writes), and it grows with mremap,
-// which moves the page tables instead of copying the data: growing never
-// touches the existing memory again, and fresh memory is faulted in 2 MiB at
-// a time where the kernel has huge pages to give. (Plain realloc copies
-// blocks up to glibc's dynamic mmap threshold, up to 32 MiB.) resize() does
+// 2 MiB units, and it grows with mremap, which moves the page tables instead
+// of copying the data: growing never touches the existing memory again.
+// (Plain realloc copies blocks up to glibc's dynamic mmap threshold, up to
+// 32 MiB.) A block of 4 MiB or more that resize() fills at once (a load, a
+// copy) is advised for transparent huge pages, one fault per 2 MiB; a block
+// that grows by appends (reserve) is advised against them, so an append's
+// first touch costs one 4 KiB page, never a whole 2 MiB one. resize() does
 // not zero-fill: the loader overwrites every element.
 //
 // After a mapped load the block is a MappedBlock (adopt()): the snapshot's
@@ -77,7 +78,10 @@ class FloatBuffer {
   struct PrefaultSlot;  // the worker's view of one block (flat_index.cpp)
 
  private:
-  void reallocate(std::size_t cap);
+  // How the new capacity will be written: by the caller at once (resize: a
+  // load, a copy) or row by row (reserve, append). Decides the page size.
+  enum class Fill { AtOnce, ByAppends };
+  void reallocate(std::size_t cap, Fill fill);
   void release() noexcept;
   bool own_mapping() const noexcept { return mapped_ != 0 && !origin_; }
   void prefault_ahead() noexcept;
