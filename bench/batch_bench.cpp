@@ -120,8 +120,8 @@ double row_batches(const fs::path& d, std::size_t batches, const std::vector<flo
 // zero-filled ahead, so that fdatasync carries data only): `writes` times a
 // pwrite() of `bytes` + fdatasync(), each standing for `records` records.
 // With `touch`, each write's bytes are also copied into fresh memory (an
-// anonymous mapping advised for huge pages as FlatIndex's vectors are,
-// unmapped outside the timer): the first touch an index that keeps the
+// anonymous mapping in base pages as FlatIndex's vectors grown by inserts
+// are, unmapped outside the timer): the first touch an index that keeps the
 // vectors pays. Records/s.
 double raw_synced_writes(const fs::path& d, std::size_t writes, std::size_t bytes, std::size_t records, bool touch) {
   const int fd = ::open((d / "raw.log").c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
@@ -132,7 +132,7 @@ double raw_synced_writes(const fs::path& d, std::size_t writes, std::size_t byte
   const auto t0 = Clock::now();
   void* mem = touch ? ::mmap(nullptr, writes * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : nullptr;
   if (mem == MAP_FAILED) bench::die_errno("mmap");
-  if (touch) (void)::madvise(mem, writes * bytes, MADV_HUGEPAGE);  // as FlatIndex's vectors
+  if (touch) (void)::madvise(mem, writes * bytes, MADV_NOHUGEPAGE);  // as FlatIndex's vectors grown by inserts
   for (std::size_t i = 0; i < writes; ++i) {
     if (::pwrite(fd, rec.data(), bytes, static_cast<off_t>(i * bytes)) != static_cast<ssize_t>(bytes)) {
       bench::die_errno("pwrite");
