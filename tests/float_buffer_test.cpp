@@ -222,6 +222,48 @@ TEST_F(FloatBufferTest, ReserveIsFaultedInAndBounded) {
   }
 }
 
+// The mapping that holds `p`, as /proc/self/smaps describes it.
+struct Vma {
+  std::uintptr_t start = 0, end = 0;
+  std::string flags;              // VmFlags: "hg" advised for huge pages, "nh" against
+  std::size_t anonymous_kb = ~std::size_t{0};  // pages not from a file (copied-on-write included)
+  std::size_t anon_huge_kb = ~std::size_t{0};
+};
+Vma vma_at(const void* p) {
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  Vma v;
+  bool in = false;
+  while (std::getline(smaps, line)) {
+    unsigned long a = 0, b = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && (head >> std::hex >> a >> dash >> b) && dash == '-') {
+      if (in) break;
+      in = a <= at && at < b;
+      if (in) {
+        v.start = a;
+        v.end = b;
+      }
+    } else if (in && line.rfind("Anonymous:", 0) == 0) {
+      std::istringstream(line.substr(10)) >> v.anonymous_kb;
+    } else if (in && line.rfind("AnonHugePages:", 0) == 0) {
+      std::istringstream(line.substr(14)) >> v.anon_huge_kb;
+    } else if (in && line.rfind("VmFlags:", 0) == 0) {
+      v.flags = line.substr(8) + " ";
+    }
+  }
+  return v;
+}
+bool has_flag(const Vma& v, const char* f) { return v.flags.find(std::string(" ") + f + " ") != std::string::npos; }
+// The whole block lies in the one mapping (which the kernel may have merged
+// with a neighbour of the same flags): its advice did not split it.
+bool covers(const Vma& v, const FloatBuffer& b) {
+  const auto p = reinterpret_cast<std::uintptr_t>(b.data());
+  return v.start <= p && p + b.capacity() * sizeof(float) <= v.end;
+}
+
 // A block released or moved while the worker sleeps in a call on it: the
 // release waits for the call, so a private file mapping placed where the
 // block was right after gets no copied-on-write (anonymous) page.
@@ -261,22 +303,9 @@ TEST_F(FloatBufferTest, ReleasedBlockIsNeverPopulatedAfterwards) {
     ++landed;
     pf::wait_idle();
     // Any page of the file mapping written (or populated for writing) would be anonymous now.
-    std::ifstream smaps("/proc/self/smaps");
-    std::string line;
-    bool in_vma = false;
-    std::size_t anon_kb = 0;
-    char head[64];
-    std::snprintf(head, sizeof head, "%lx-", reinterpret_cast<unsigned long>(m));
-    while (std::getline(smaps, line)) {
-      if (line.rfind(head, 0) == 0) {
-        in_vma = true;
-      } else if (in_vma && line.rfind("Anonymous:", 0) == 0) {
-        std::istringstream(line.substr(10)) >> anon_kb;
-        break;
-      }
-    }
-    EXPECT_TRUE(in_vma);
-    EXPECT_EQ(anon_kb, 0u) << "round " << round;
+    const Vma v = vma_at(m);
+    EXPECT_EQ(v.start, reinterpret_cast<std::uintptr_t>(m));
+    EXPECT_EQ(v.anonymous_kb, 0u) << "round " << round;
     ::munmap(m, len);
   }
   ::close(fd);
@@ -393,45 +422,6 @@ TEST_F(FloatBufferTest, WorkerExitsWhenIdleAndRestarts) {
   pf::wait_idle();
   EXPECT_GT(pf::populated_bytes(), before);
   expect_equal(b, m, "restart");
-}
-
-// The mapping that holds `p`, as /proc/self/smaps describes it.
-struct Vma {
-  std::uintptr_t start = 0, end = 0;
-  std::string flags;              // VmFlags: "hg" advised for huge pages, "nh" against
-  std::size_t anon_huge_kb = ~std::size_t{0};
-};
-Vma vma_at(const void* p) {
-  const auto at = reinterpret_cast<std::uintptr_t>(p);
-  std::ifstream smaps("/proc/self/smaps");
-  std::string line;
-  Vma v;
-  bool in = false;
-  while (std::getline(smaps, line)) {
-    unsigned long a = 0, b = 0;
-    char dash = 0;
-    std::istringstream head(line);
-    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && (head >> std::hex >> a >> dash >> b) && dash == '-') {
-      if (in) break;
-      in = a <= at && at < b;
-      if (in) {
-        v.start = a;
-        v.end = b;
-      }
-    } else if (in && line.rfind("AnonHugePages:", 0) == 0) {
-      std::istringstream(line.substr(14)) >> v.anon_huge_kb;
-    } else if (in && line.rfind("VmFlags:", 0) == 0) {
-      v.flags = line.substr(8) + " ";
-    }
-  }
-  return v;
-}
-bool has_flag(const Vma& v, const char* f) { return v.flags.find(std::string(" ") + f + " ") != std::string::npos; }
-// The whole block lies in the one mapping (which the kernel may have merged
-// with a neighbour of the same flags): its advice did not split it.
-bool covers(const Vma& v, const FloatBuffer& b) {
-  const auto p = reinterpret_cast<std::uintptr_t>(b.data());
-  return v.start <= p && p + b.capacity() * sizeof(float) <= v.end;
 }
 
 // A block grown by appends is advised against huge pages (an append's first

@@ -39,7 +39,6 @@ constexpr std::size_t kMapFrom = std::size_t{256} << 10;
 // advised for huge pages; smaller ones, and those grown by appends, are not
 // (reallocate()).
 constexpr std::size_t kHugeFrom = 2 * kHugePage;
-constexpr std::size_t round_up_huge(std::size_t bytes) noexcept { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
 constexpr std::size_t kMaxReserve = std::size_t{64} << 20;
 // The fallback's mlock pieces: RLIMIT_MEMLOCK was 64 KiB by default before 5.16.
 constexpr std::size_t kLockPiece = std::size_t{64} << 10;
@@ -338,7 +337,7 @@ void FloatBuffer::reallocate(std::size_t cap, Fill fill) {
     cap_ = cap;
     return;
   }
-  const std::size_t map = round_up_huge(bytes);
+  const std::size_t map = (bytes + kHugePage - 1) & ~(kHugePage - 1);
   void* q = MAP_FAILED;
   if (own_mapping()) {
     // One mapping, grown in place or moved: its pages are not copied. The
