@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "iqdb/persist/flat_index.hpp"
+#include "util/huge_phase.hpp"
 
 namespace iqdb::persist {
 namespace detail {
@@ -30,7 +31,6 @@ namespace detail {
 #endif
 
 namespace {
-constexpr std::size_t kHugePage = std::size_t{2} << 20;
 constexpr std::size_t kPage = 4096;
 // Blocks from this size on are their own mapping (the worker's reach);
 // smaller ones stay on the heap.
@@ -337,7 +337,7 @@ void FloatBuffer::reallocate(std::size_t cap, Fill fill) {
     cap_ = cap;
     return;
   }
-  const std::size_t map = (bytes + kHugePage - 1) & ~(kHugePage - 1);
+  const std::size_t map = round_up_to_huge(bytes);
   void* q = MAP_FAILED;
   if (own_mapping()) {
     // One mapping, grown in place or moved: its pages are not copied. The

@@ -13,8 +13,6 @@
 namespace iqdb::persist::detail {
 namespace {
 
-constexpr std::size_t kHugePage = std::size_t{2} << 20;
-
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kMapLarge = false;
 #elif defined(__has_feature)
@@ -27,7 +25,7 @@ constexpr bool kMapLarge = true;
 constexpr bool kMapLarge = true;
 #endif
 
-std::size_t mapped_length(std::size_t bytes) noexcept { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
+std::size_t mapped_length(std::size_t bytes) noexcept { return round_up_to_huge(bytes); }
 
 void* map_aligned(std::size_t bytes) {
   if (bytes > SIZE_MAX - 2 * kHugePage) throw std::bad_alloc();

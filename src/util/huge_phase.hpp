@@ -1,4 +1,5 @@
-// Anonymous address space at a chosen position within 2 MiB (internal).
+// 2 MiB pages: their size, and anonymous address space at a chosen
+// position within 2 MiB (internal).
 #pragma once
 
 #include <sys/mman.h>
@@ -8,7 +9,13 @@
 
 namespace iqdb::persist::detail {
 
-inline constexpr std::size_t kHugePhaseUnit = std::size_t{2} << 20;
+// The size of a transparent huge page on x86-64 (and of the page-cache
+// folios a file may be mapped with).
+inline constexpr std::size_t kHugePage = std::size_t{2} << 20;
+
+// `bytes` rounded up to a whole number of 2 MiB pages. The caller keeps
+// `bytes` at most SIZE_MAX - kHugePage + 1.
+constexpr std::size_t round_up_to_huge(std::size_t bytes) noexcept { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
 
 // `len` bytes of anonymous, read-write, private address space (extra mmap
 // `flags`, such as MAP_NORESERVE) starting at an address equal to `phase`
@@ -17,7 +24,7 @@ inline constexpr std::size_t kHugePhaseUnit = std::size_t{2} << 20;
 // file offset) sit on such a boundary: mapped 2 MiB larger, the ends cut
 // off. (A large array: phase 0; a file's bytes at offset o: phase o.)
 inline void* map_at_huge_phase(std::size_t len, std::uint64_t phase, int flags) noexcept {
-  constexpr std::size_t kUnit = kHugePhaseUnit;
+  constexpr std::size_t kUnit = kHugePage;
   if (len > SIZE_MAX - kUnit) return nullptr;
   void* const raw = ::mmap(nullptr, len + kUnit, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
   if (raw == MAP_FAILED) return nullptr;
