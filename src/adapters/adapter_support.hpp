@@ -14,6 +14,7 @@
 #include <string>
 
 #include "iqdb/persist/error.hpp"
+#include "util/huge_phase.hpp"
 
 namespace iqdb::persist::adapters::detail {
 
@@ -38,10 +39,11 @@ struct Problems {
 // (advisory; errors ignored).
 inline void advise_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] std::size_t n) noexcept {
 #if defined(__linux__)
-  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
-  if (n < 2 * kHuge) return;
-  const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(kHuge - 1);
+  using persist::detail::kHugePage;
+  using persist::detail::round_up_to_huge;
+  if (n < 2 * kHugePage) return;
+  const std::uintptr_t begin = round_up_to_huge(reinterpret_cast<std::uintptr_t>(p));
+  const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~std::uintptr_t{kHugePage - 1};
   if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #endif
 }
