@@ -15,9 +15,16 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 jobs=$(nproc)
 
-scripts/deps.sh test
+# Each stage's start, for the table of durations printed at the end (and
+# the elapsed time in each heading): where a slow run spent its time.
+stage_names=() stage_starts=()
+stage() {
+  stage_names+=("$*") stage_starts+=("$SECONDS")
+  printf '\n==== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
+}
 
-stage() { printf '\n==== %s\n' "$*"; }
+stage "the Debian packages the tests need (scripts/deps.sh test)"
+scripts/deps.sh test
 
 stage "deps.sh on a system without apt-get: names the packages and the way to skip the step"
 if no_apt=$(env PATH=/nonexistent /bin/bash scripts/deps.sh test 2>&1); then
@@ -165,3 +172,11 @@ else
 fi
 
 stage "all stages passed"
+echo "time per stage:"
+for i in "${!stage_names[@]}"; do
+  start=${stage_starts[$i]}
+  end=${stage_starts[$((i + 1))]:-$SECONDS}
+  [ "$i" -eq $((${#stage_names[@]} - 1)) ] && break
+  printf '  %4ds  %s\n' $((end - start)) "${stage_names[$i]:0:90}"
+done
+printf '  total %dm%02ds\n' $((SECONDS / 60)) $((SECONDS % 60))
