@@ -1,8 +1,14 @@
 // Streaming snapshot writer: payload -> (compressor) -> CRC -> file, in
 // bounded buffers, inside an atomic file replace.
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "iqdb/persist/checksum.hpp"
@@ -29,16 +35,47 @@ constexpr std::size_t kDirectChunk = std::size_t{2} << 20;
 // final fsync has little left to do.
 constexpr std::uint64_t kWritebackEvery = std::uint64_t{32} << 20;
 
+// Where the stored bytes go: CRC, file, and a writeback hint every
+// kWritebackEvery bytes. Small writes are gathered in a buffer of
+// kBufferSize bytes; large ones go straight from the caller's memory.
+//
+// With `background` (compressed saves), every write goes through the
+// buffers, and a full buffer is written (CRC, append, writeback hint) by a
+// thread of the sink's own while the saving thread fills a second one: a
+// compressed save then costs the compressor's time rather than the
+// compressor's plus the CRC's and the page cache's copy. The thread starts
+// with the first full buffer (a save whose stored bytes fit in one buffer
+// never starts it; if no thread can be started, the saving thread writes,
+// as without `background`) and is joined by the destructor. The file is only ever
+// used by one thread at a time: the writer between hand-offs, the saving
+// thread once drain() has returned. An error of the writer (a failed
+// append, say) is thrown to the saving thread by its next hand-off, or by
+// flush(), whichever comes first; nothing is written after it.
 class FileSink final : public codec::ByteSink {
  public:
-  FileSink(WritableFile& file, std::uint64_t start, bool durable)
-      : file_(file), start_(start), durable_(durable), written_back_(start) {}
+  FileSink(WritableFile& file, std::uint64_t start, bool durable, bool background)
+      : file_(file), start_(start), durable_(durable), background_(background), written_back_(start) {}
+  FileSink(const FileSink&) = delete;
+  FileSink& operator=(const FileSink&) = delete;
+
+  ~FileSink() override {
+    if (!writer_.joinable()) return;
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;  // a hand-off not yet taken is dropped: the save failed
+    }
+    cv_.notify_all();
+    writer_.join();
+  }
 
   void put(const std::byte* data, std::size_t size) override {
-    if (size >= kBufferSize) {
+    if (size >= kBufferSize && !background_) {
       // Whatever is buffered goes first, then the large write straight from
       // the caller's memory (copying it through the buffer would cost an
-      // extra pass over the vectors, which follow the buffered ids).
+      // extra pass over the vectors, which follow the buffered ids). In the
+      // background, everything goes through the buffers: the caller (a
+      // compressor: lz4 hands on 4 MiB blocks) reuses its memory on return,
+      // and a copy costs little beside the compression.
       flush();
       while (size > 0) {
         const std::size_t to_boundary = kDirectChunk - static_cast<std::size_t>((start_ + stored_) % kDirectChunk);
@@ -56,11 +93,24 @@ class FileSink final : public codec::ByteSink {
       used_ += n;
       data += n;
       size -= n;
-      if (used_ == kBufferSize) flush();
+      if (used_ == kBufferSize) {
+        if (background_) {
+          hand_off();
+        } else {
+          flush();
+        }
+      }
     }
   }
 
+  // Writes what is buffered and waits for the writer thread: afterwards
+  // every byte put is in the file, and stored() and crc() cover them.
   void flush() {
+    if (writer_.joinable()) {
+      if (used_ > 0) hand_off();
+      drain();
+      return;
+    }
     if (used_ > 0) emit(buf_.get(), used_);
     used_ = 0;
   }
@@ -80,14 +130,91 @@ class FileSink final : public codec::ByteSink {
     }
   }
 
+  // Gives the buffer to the writer thread (started on first use) once it
+  // is done with the previous one, and takes that one to fill next.
+  void hand_off() {
+    if (!writer_.joinable()) {
+      try {
+        writer_ = std::thread([this] { write_in_background(); });
+      } catch (const std::system_error&) {
+        // No thread to be had (a process at its limit): this one writes.
+        background_ = false;
+        emit(buf_.get(), used_);
+        used_ = 0;
+        return;
+      }
+    }
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return !job_ && !busy_; });
+      if (error_) std::rethrow_exception(error_);
+      job_ = Job{buf_.get(), used_};
+    }
+    cv_.notify_all();
+    std::swap(buf_, spare_);  // spare_: the buffer just handed off, the writer's until it is idle
+    used_ = 0;
+  }
+
+  void drain() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !job_ && !busy_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  void write_in_background() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return job_ || stop_; });
+        if (stop_) return;
+        job = *job_;
+        job_.reset();
+        busy_ = true;
+      }
+      std::exception_ptr error;
+      try {
+        emit(job.data, job.size);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        std::lock_guard lock(mu_);
+        busy_ = false;
+        if (error) error_ = error;
+        // After an error nothing more is written: the saving thread sees it
+        // at its next hand-off or flush and unwinds.
+      }
+      cv_.notify_all();
+    }
+  }
+
+  struct Job {
+    const std::byte* data = nullptr;
+    std::size_t size = 0;
+  };
+
   WritableFile& file_;
   std::uint64_t start_;
   bool durable_;
+  bool background_;
+  // Written by the writer thread while it runs, read by the saving thread
+  // only after drain() (the mutex orders the two).
   std::uint64_t written_back_;
-  std::unique_ptr<std::byte[]> buf_;
-  std::size_t used_ = 0;
   std::uint64_t stored_ = 0;
   checksum::Crc32 crc_;
+  // The saving thread's.
+  std::unique_ptr<std::byte[]> buf_;    // being filled; not zero-filled
+  std::unique_ptr<std::byte[]> spare_;  // the other buffer (background only)
+  std::size_t used_ = 0;
+  // Between the two threads, guarded by mu_.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<Job> job_;
+  bool busy_ = false;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread writer_;  // last: joined (by the destructor) before the members above go
 };
 
 // What the index writes. Small writes (ids, metadata: a few bytes each) are
@@ -180,7 +307,10 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
       bool aligned_block = false;
       file.append(zeros);
       const auto stream = [&] {
-        FileSink sink(file, header_len, durable);
+        // Compressed, the stored bytes are written by the sink's own thread
+        // while this one compresses (where there is a second core for it).
+        const bool background = h.compression != CompressionScheme::None && std::thread::hardware_concurrency() > 1;
+        FileSink sink(file, header_len, durable, background);
         std::unique_ptr<codec::Encoder> encoder;
         if (h.compression != CompressionScheme::None) {
           // The vectors dominate a payload: a size hint lets zstd size its

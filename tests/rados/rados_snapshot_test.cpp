@@ -348,6 +348,9 @@ TEST_F(RadosSnapshot, RoundTripBelowAndAboveOneStripe) {
       {512, 32, Compression::none(), 1, 2},               // near a stripe boundary
       {3000, 16, Compression::zstd(3), 1, 4},             // compressed (random floats barely shrink)
       {1, 4, Compression::lz4(), 1, 1},
+      // ~5.7 MB stored: past the sink's 4 MiB buffer, so its own thread
+      // writes the stripes while the saving thread compresses.
+      {12000, 128, Compression::zstd(1), 70, 100},
   };
   int i = 0;
   for (const Case& c : cases) {
