@@ -1,7 +1,7 @@
 # Optional component: snapshots in a Ceph RADOS pool (docs/DISTRIBUTED.md).
 #
 #   iqdb::persist_rados    RadosSnapshotStore, save_to_rados / load_from_rados
-#                          (needs librados: apt-get install librados-dev libradospp-dev)
+#                          (needs librados: apt-get install librados-dev)
 #
 # IQDB_PERSIST_WITH_RADOS: AUTO (default: built when librados is found), ON
 # (required: fail when not found), OFF. Tests: tests/rados (label `rados`),
@@ -70,15 +70,10 @@ else()
       target_compile_definitions(iqdb_replica_bench PRIVATE IQDB_BENCH_WITH_RADOS)
     endif()
     if(IQDB_PERSIST_BUILD_TESTS)
-      # The tests also use librados's C++ API (libradospp-dev) to damage objects.
-      find_path(IQDB_RADOSPP_INCLUDE_DIR rados/librados.hpp DOC "Directory holding rados/librados.hpp")
-      if(IQDB_RADOSPP_INCLUDE_DIR)
-        add_subdirectory(${PROJECT_SOURCE_DIR}/tests/rados ${PROJECT_BINARY_DIR}/tests/rados)
-      else()
-        message(STATUS "rados/librados.hpp not found: the RADOS tests are not built (apt-get install libradospp-dev)")
-      endif()
+      # The tests use librados's C API, as the component does, to read and damage objects.
+      add_subdirectory(${PROJECT_SOURCE_DIR}/tests/rados ${PROJECT_BINARY_DIR}/tests/rados)
     endif()
   else()
-    _iqdb_adapter_not_found(${_iqdb_rados_mode} "librados" "apt-get install librados-dev libradospp-dev")
+    _iqdb_adapter_not_found(${_iqdb_rados_mode} "librados" "apt-get install librados-dev")
   endif()
 endif()

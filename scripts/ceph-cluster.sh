@@ -26,7 +26,7 @@
 #
 # Debian 12 packages it needs (not in scripts/deps.sh yet):
 #   ceph-mon ceph-osd ceph-mgr ceph-common
-# (the library component needs librados-dev, its tests libradospp-dev too;
+# (the library component and its tests need librados-dev;
 # python3-rados, used below, comes with ceph-common). Installed
 # with --no-install-recommends, which leaves out only ceph-base's recommends
 # (ceph-mds, chrony | time-daemon | ntp; btrfs-tools does not exist in

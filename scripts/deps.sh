@@ -26,7 +26,7 @@ build_pkgs=(g++ make cmake pkg-config libzstd-dev liblz4-dev libisal-dev zlib1g-
 # Debian packages that `cpack -G DEB` makes.
 test_pkgs=(libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev clang libclang-rt-14-dev
            libomp-14-dev clang-tidy cppcheck python3 libfaiss-dev libhnswlib-dev dpkg-dev file
-           librados-dev libradospp-dev ceph-mon ceph-osd ceph-mgr ceph-common
+           librados-dev ceph-mon ceph-osd ceph-mgr ceph-common
            python3-numpy python3-pytest python3-venv python3-pip python3-setuptools python3-wheel python3-faiss)
 # python/bench/bench_python.py: numpy, and FAISS's and hnswlib's own Python packages beside it.
 bench_pkgs=(libbenchmark-dev librocksdb-dev python3-numpy python3-faiss python3-hnswlib)

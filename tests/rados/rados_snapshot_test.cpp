@@ -7,7 +7,6 @@
 // Results are checked against an independent model: the vectors the test
 // generated (and, for the bytes, the same snapshot written to a local file).
 #include <gtest/gtest.h>
-#include <rados/librados.hpp>
 #include <zlib.h>
 
 #include <algorithm>
@@ -241,10 +240,7 @@ class RadosSnapshot : public ::testing::Test {
     }
     name_ = unique_name(::testing::UnitTest::GetInstance()->current_test_info()->name());
     store_ = open_store();
-    ASSERT_EQ(raw_.init2("client.admin", "ceph", 0), 0);
-    ASSERT_EQ(raw_.conf_read_file(env_->conf.c_str()), 0);
-    ASSERT_EQ(raw_.connect(), 0);
-    ASSERT_EQ(raw_.ioctx_create(env_->pool.c_str(), io_), 0);
+    raw_ = std::make_unique<RawPool>(*env_);
   }
   void TearDown() override {
     if (store_) {
@@ -265,8 +261,8 @@ class RadosSnapshot : public ::testing::Test {
   // Objects of this test's snapshot (the head and its stripes), by name.
   std::set<std::string> objects() {
     std::set<std::string> out;
-    for (auto it = io_.nobjects_begin(); it != io_.nobjects_end(); ++it) {
-      if (it->get_oid().rfind(name_ + ".", 0) == 0) out.insert(it->get_oid());
+    for (const std::string& oid : raw_->list()) {
+      if (oid.rfind(name_ + ".", 0) == 0) out.insert(oid);
     }
     return out;
   }
@@ -279,11 +275,10 @@ class RadosSnapshot : public ::testing::Test {
     return out;
   }
   std::vector<std::byte> object_bytes(const std::string& oid) {
-    librados::bufferlist bl;
-    const int r = io_.read(oid, bl, 1u << 30, 0);
-    EXPECT_GE(r, 0) << oid;
-    std::vector<std::byte> out(bl.length());
-    if (bl.length() > 0) std::memcpy(out.data(), bl.c_str(), bl.length());
+    EXPECT_TRUE(raw_->exists(oid)) << oid;
+    const std::vector<char> data = raw_->read(oid);
+    std::vector<std::byte> out(data.size());
+    if (!data.empty()) std::memcpy(out.data(), data.data(), data.size());
     return out;
   }
   // The published snapshot's bytes, stripe by stripe.
@@ -302,8 +297,7 @@ class RadosSnapshot : public ::testing::Test {
   std::optional<ClusterEnv> env_;
   std::string name_;
   std::unique_ptr<RadosSnapshotStore> store_;
-  librados::Rados raw_;
-  librados::IoCtx io_;
+  std::unique_ptr<RawPool> raw_;  // raw librados access, to read and damage objects
 };
 
 TEST_F(RadosSnapshot, NothingPublishedIsAnIoError) {
@@ -522,16 +516,12 @@ TEST_F(RadosSnapshot, FlippedByteIsAChecksumMismatchNamingTheStripe) {
     const std::string oid = RadosSnapshotStore::stripe_object(name_, h->generation, k);
     auto bytes = object_bytes(oid);
     const std::size_t at = bytes.size() / 2;
-    librados::bufferlist one;
-    one.append(static_cast<char>(std::to_integer<unsigned char>(bytes[at]) ^ 0x10));
-    ASSERT_EQ(io_.write(oid, one, 1, at), 0);
+    ASSERT_EQ(raw_->write_at(oid, {static_cast<char>(std::to_integer<unsigned char>(bytes[at]) ^ 0x10)}, at), 0);
     const auto e = error_of([&] { (void)load_from_rados<FlatIndex>(*store_, name_); });
     ASSERT_TRUE(e);
     EXPECT_EQ(e->kind(), ErrorKind::ChecksumMismatch) << e->what();
     EXPECT_EQ(e->path(), fs::path(object_url(oid))) << e->what();
-    one.clear();
-    one.append(static_cast<char>(std::to_integer<unsigned char>(bytes[at])));
-    ASSERT_EQ(io_.write(oid, one, 1, at), 0);
+    ASSERT_EQ(raw_->write_at(oid, {static_cast<char>(std::to_integer<unsigned char>(bytes[at]))}, at), 0);
     expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
   }
 }
@@ -544,9 +534,7 @@ TEST_F(RadosSnapshot, MissingShortOrLongStripeIsATypedError) {
   const std::string oid = RadosSnapshotStore::stripe_object(name_, h->generation, 1);
   const auto original = object_bytes(oid);
   const auto restore = [&] {
-    librados::bufferlist bl;
-    bl.append(reinterpret_cast<const char*>(original.data()), static_cast<unsigned>(original.size()));
-    ASSERT_EQ(io_.write_full(oid, bl), 0);
+    ASSERT_EQ(raw_->write_full(oid, original), 0);
   };
   const auto load_error = [&] {
     const auto e = error_of([&] { (void)load_from_rados<FlatIndex>(*store_, name_); });
@@ -557,15 +545,13 @@ TEST_F(RadosSnapshot, MissingShortOrLongStripeIsATypedError) {
     return e ? e->kind() : ErrorKind::Io;
   };
 
-  ASSERT_EQ(io_.remove(oid), 0);
+  ASSERT_EQ(raw_->remove(oid), 0);
   EXPECT_EQ(load_error(), ErrorKind::TruncatedPayload);
   restore();
-  ASSERT_EQ(io_.trunc(oid, original.size() / 3), 0);
+  ASSERT_EQ(raw_->truncate(oid, original.size() / 3), 0);
   EXPECT_EQ(load_error(), ErrorKind::TruncatedPayload);
   restore();
-  librados::bufferlist extra;
-  extra.append("xx", 2);
-  ASSERT_EQ(io_.append(oid, extra, 2), 0);
+  ASSERT_EQ(raw_->append(oid, "xx"), 0);
   EXPECT_EQ(load_error(), ErrorKind::InvalidPayload);
   restore();
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
@@ -576,9 +562,7 @@ TEST_F(RadosSnapshot, GarbageHeadIsATypedError) {
   const std::string head = RadosSnapshotStore::head_object(name_);
   const auto original = object_bytes(head);
   const auto kind_after = [&](const std::vector<std::byte>& data) {
-    librados::bufferlist bl;
-    bl.append(reinterpret_cast<const char*>(data.data()), static_cast<unsigned>(data.size()));
-    EXPECT_EQ(io_.write_full(head, bl), 0);
+    EXPECT_EQ(raw_->write_full(head, data), 0);
     const auto e = error_of([&] { (void)load_from_rados<FlatIndex>(*store_, name_); });
     EXPECT_TRUE(e);
     if (e) {
@@ -600,17 +584,11 @@ TEST_F(RadosSnapshot, GarbageHeadIsATypedError) {
   big[8] = std::byte{1};
   EXPECT_EQ(kind_after(big), ErrorKind::InvalidHeader);
   // The generation attribute disagrees with the record.
-  librados::bufferlist good;
-  good.append(reinterpret_cast<const char*>(original.data()), static_cast<unsigned>(original.size()));
-  ASSERT_EQ(io_.write_full(head, good), 0);
+  ASSERT_EQ(raw_->write_full(head, original), 0);
   EXPECT_NO_THROW((void)load_from_rados<FlatIndex>(*store_, name_));
-  librados::bufferlist attr;
-  attr.append(rados_detail::encode_generation(99));
-  ASSERT_EQ(io_.setxattr(head, rados_detail::kGenAttr, attr), 0);
+  ASSERT_EQ(raw_->set_xattr(head, rados_detail::kGenAttr, rados_detail::encode_generation(99)), 0);
   EXPECT_EQ(kind_after(original), ErrorKind::InvalidHeader);
-  attr.clear();
-  attr.append("garbage");
-  ASSERT_EQ(io_.setxattr(head, rados_detail::kGenAttr, attr), 0);
+  ASSERT_EQ(raw_->set_xattr(head, rados_detail::kGenAttr, "garbage"), 0);
   EXPECT_EQ(kind_after(original), ErrorKind::InvalidHeader);
 }
 
@@ -833,14 +811,10 @@ TEST_F(RadosSnapshot, DamagedStripeInTheMiddleOfAnInPlaceRead) {
   const std::string oid = RadosSnapshotStore::stripe_object(name_, h->generation, k);
   const auto original = object_bytes(oid);
   const auto restore = [&] {
-    librados::bufferlist bl;
-    bl.append(reinterpret_cast<const char*>(original.data()), static_cast<unsigned>(original.size()));
-    ASSERT_EQ(io_.write_full(oid, bl), 0);
+    ASSERT_EQ(raw_->write_full(oid, original), 0);
   };
   const auto flip = [&](std::size_t in) {
-    librados::bufferlist one;
-    one.append(static_cast<char>(std::to_integer<unsigned char>(original[in]) ^ 0x40));
-    ASSERT_EQ(io_.write(oid, one, 1, in), 0);
+    ASSERT_EQ(raw_->write_at(oid, {static_cast<char>(std::to_integer<unsigned char>(original[in]) ^ 0x40)}, in), 0);
   };
   const auto expect_error = [&](std::optional<PersistError> e, ErrorKind kind, const char* what) {
     ASSERT_TRUE(e) << what;
@@ -869,16 +843,14 @@ TEST_F(RadosSnapshot, DamagedStripeInTheMiddleOfAnInPlaceRead) {
                  "flipped byte jumped over");
     restore();
   }
-  ASSERT_EQ(io_.remove(oid), 0);
+  ASSERT_EQ(raw_->remove(oid), 0);
   expect_error(error_of(load), ErrorKind::TruncatedPayload, "missing stripe");
   direct(ErrorKind::TruncatedPayload, "missing stripe");
   restore();
-  ASSERT_EQ(io_.trunc(oid, original.size() / 3), 0);
+  ASSERT_EQ(raw_->truncate(oid, original.size() / 3), 0);
   expect_error(error_of(load), ErrorKind::TruncatedPayload, "short stripe");
   restore();
-  librados::bufferlist extra;
-  extra.append("xx", 2);
-  ASSERT_EQ(io_.append(oid, extra, 2), 0);
+  ASSERT_EQ(raw_->append(oid, "xx"), 0);
   expect_error(error_of(load), ErrorKind::InvalidPayload, "long stripe");
   restore();
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);

@@ -27,6 +27,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -253,8 +254,28 @@ class RawPool {
   int write_at(const std::string& oid, const std::vector<char>& bytes, std::uint64_t offset) {
     return rados_write(io_, oid.c_str(), bytes.data(), bytes.size(), offset);
   }
+  // Replaces the data (the attributes stay).
+  int write_full(const std::string& oid, std::span<const std::byte> bytes) {
+    return rados_write_full(io_, oid.c_str(), reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+  int append(const std::string& oid, std::string_view bytes) {
+    return rados_append(io_, oid.c_str(), bytes.data(), bytes.size());
+  }
+  int set_xattr(const std::string& oid, const char* name, std::string_view value) {
+    return rados_setxattr(io_, oid.c_str(), name, value.data(), value.size());
+  }
   int truncate(const std::string& oid, std::uint64_t size) { return rados_trunc(io_, oid.c_str(), size); }
   int remove(const std::string& oid) { return rados_remove(io_, oid.c_str()); }
+  // The names of every object in the pool's default namespace.
+  std::vector<std::string> list() {
+    rados_list_ctx_t ctx = nullptr;
+    if (rados_nobjects_list_open(io_, &ctx) != 0) throw std::runtime_error("cannot list the pool");
+    std::vector<std::string> out;
+    const char* entry = nullptr;
+    while (rados_nobjects_list_next(ctx, &entry, nullptr, nullptr) == 0) out.emplace_back(entry);
+    rados_nobjects_list_close(ctx);
+    return out;
+  }
   rados_ioctx_t io() const { return io_; }
 
  private:
