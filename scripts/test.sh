@@ -178,10 +178,7 @@ fi
 
 stage "all stages passed"
 echo "time per stage:"
-for i in "${!stage_names[@]}"; do
-  start=${stage_starts[$i]}
-  end=${stage_starts[$((i + 1))]:-$SECONDS}
-  [ "$i" -eq $((${#stage_names[@]} - 1)) ] && break
-  printf '  %4ds  %s\n' $((end - start)) "${stage_names[$i]:0:90}"
+for ((i = 0; i + 1 < ${#stage_names[@]}; i++)); do  # each stage but this last one
+  printf '  %4ds  %s\n' $((stage_starts[i + 1] - stage_starts[i])) "${stage_names[$i]:0:90}"
 done
 printf '  total %dm%02ds\n' $((SECONDS / 60)) $((SECONDS % 60))

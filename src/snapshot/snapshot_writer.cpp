@@ -146,7 +146,7 @@ class FileSink final : public codec::ByteSink {
     }
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return !job_ && !busy_; });
+      cv_.wait(lock, [&] { return !job_; });
       if (error_) std::rethrow_exception(error_);
       job_ = Job{buf_.get(), used_};
     }
@@ -157,7 +157,7 @@ class FileSink final : public codec::ByteSink {
 
   void drain() {
     std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return !job_ && !busy_; });
+    cv_.wait(lock, [&] { return !job_; });
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -168,9 +168,7 @@ class FileSink final : public codec::ByteSink {
         std::unique_lock lock(mu_);
         cv_.wait(lock, [&] { return job_ || stop_; });
         if (stop_) return;
-        job = *job_;
-        job_.reset();
-        busy_ = true;
+        job = *job_;  // stays set until written: the saving thread waits for it to clear
       }
       std::exception_ptr error;
       try {
@@ -180,7 +178,7 @@ class FileSink final : public codec::ByteSink {
       }
       {
         std::lock_guard lock(mu_);
-        busy_ = false;
+        job_.reset();
         if (error) error_ = error;
         // After an error nothing more is written: the saving thread sees it
         // at its next hand-off or flush and unwinds.
@@ -210,8 +208,7 @@ class FileSink final : public codec::ByteSink {
   // Between the two threads, guarded by mu_.
   std::mutex mu_;
   std::condition_variable cv_;
-  std::optional<Job> job_;
-  bool busy_ = false;
+  std::optional<Job> job_;  // handed off and not yet written (or failed)
   bool stop_ = false;
   std::exception_ptr error_;
   std::thread writer_;  // last: joined (by the destructor) before the members above go
