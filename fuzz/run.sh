@@ -9,9 +9,9 @@
 #
 # Targets: header snapshot wal_scan wal_replay flat_payload flat_crc, and the
 # adapters' faiss_crc and hnswlib_crc when FAISS / hnswlib are installed.
-# The adapters' targets are built in a build of their own (IQDB_FUZZ_ADAPTER_BUILD,
-# default <build>-adapters) with the adapters on. It uses ASan + UBSan like
-# the other: libfaiss, its OpenMP runtime (libgomp) and BLAS are not
+# The adapters' targets are built in the same build (the adapters are on
+# there when their libraries are found), with the same ASan + UBSan:
+# libfaiss, its OpenMP runtime (libgomp) and BLAS are not
 # instrumented, which AddressSanitizer tolerates (it intercepts malloc/free;
 # it does not see accesses inside them). LeakSanitizer is off for faiss_crc
 # only: FAISS 1.7.3's reader leaks what it had built when a read fails
@@ -20,8 +20,7 @@
 # seeds in fuzz/corpus/<target> are read, never written); findings are saved
 # as build-fuzz/fuzz-artifacts/<target>/crash-* (or leak-, timeout-, oom-).
 # Reproduce one:  build-fuzz/fuzz/fuzz_<target> <artifact>
-# Environment: IQDB_FUZZ_BUILD (build dir, default build-fuzz), IQDB_FUZZ_ADAPTER_BUILD
-#   (the adapters' targets, default <build>-adapters),
+# Environment: IQDB_FUZZ_BUILD (build dir, default build-fuzz),
 #   IQDB_FUZZ_MALLOC_MB (default 64), IQDB_FUZZ_RSS_MB (default 2048).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +29,6 @@ secs=${1:-10}
 shift || true
 targets=("$@")
 build=${IQDB_FUZZ_BUILD:-build-fuzz}
-adapter_build=${IQDB_FUZZ_ADAPTER_BUILD:-$build-adapters}
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=all -fsanitize=fuzzer-no-link -fno-omit-frame-pointer"
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(header snapshot wal_scan wal_replay flat_payload flat_crc)
@@ -45,32 +43,24 @@ done
 malloc_mb=${IQDB_FUZZ_MALLOC_MB:-64}
 rss_mb=${IQDB_FUZZ_RSS_MB:-2048}
 
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DIQDB_PERSIST_BUILD_FUZZERS=ON -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=OFF \
-    -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF -DIQDB_PERSIST_INSTALL=OFF \
-    -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
-    -DCMAKE_CXX_FLAGS="$sanitize" \
-    >/dev/null
-fi
-cmake --build "$build" -j"$(nproc)" --target iqdb_fuzzers >/dev/null
+# Configured every time (quick when it was before), so that a build made
+# with other options gets these.
+cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DIQDB_PERSIST_BUILD_FUZZERS=ON -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=OFF \
+  -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF -DIQDB_PERSIST_INSTALL=OFF \
+  -DIQDB_PERSIST_WITH_PYTHON=OFF -DIQDB_PERSIST_WITH_FAISS=AUTO -DIQDB_PERSIST_WITH_HNSWLIB=AUTO \
+  -DCMAKE_CXX_FLAGS="$sanitize" >/dev/null
+# CMake builds an adapter's target only when it finds the adapter's library.
 if [ ${#adapter_targets[@]} -gt 0 ]; then
-  if [ ! -f "$adapter_build/CMakeCache.txt" ]; then
-    cmake -S . -B "$adapter_build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DIQDB_PERSIST_BUILD_FUZZERS=ON -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=OFF \
-      -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF -DIQDB_PERSIST_INSTALL=OFF \
-      -DCMAKE_CXX_FLAGS="$sanitize" >/dev/null
-  fi
-  # CMake builds an adapter's target only when it finds the adapter's library.
-  known=$(cmake --build "$adapter_build" --target help)
+  known=$(cmake --build "$build" --target help)
   for exe in "${adapter_targets[@]}"; do
     if ! grep -qw "$exe" <<<"$known"; then
-      echo "$exe: its adapter's library was not found by CMake (see $adapter_build/CMakeCache.txt)" >&2
+      echo "$exe: its adapter's library was not found by CMake (see $build/CMakeCache.txt)" >&2
       exit 1
     fi
   done
-  cmake --build "$adapter_build" -j"$(nproc)" --target "${adapter_targets[@]}" >/dev/null
 fi
+cmake --build "$build" -j"$(nproc)" --target iqdb_fuzzers "${adapter_targets[@]}" >/dev/null
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -84,10 +74,8 @@ for t in "${targets[@]}"; do
   asan=$ASAN_OPTIONS
   case "$t" in
     faiss_crc)
-      bin="$adapter_build/fuzz/fuzz_$t"
       max_len=16384  # an HNSW graph's generator state is ~6.5 KiB of text
       asan="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" ;;
-    hnswlib_crc) bin="$adapter_build/fuzz/fuzz_$t" ;;
   esac
   work="$build/fuzz-corpus/$t"
   artifacts="$build/fuzz-artifacts/$t"

@@ -23,6 +23,43 @@ stage() {
   printf '\n==== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
 }
 
+# A build that needs no test's result runs in the background, at the lowest
+# CPU priority, while a stage that mostly waits (the RADOS tests: paused
+# OSDs, leases running out) runs in front; the next stage waits for it and
+# shows its output. One at a time; stopped if the script stops first.
+bg_pid="" bg_log="" bg_what=""
+background_build() {
+  bg_what="cmake --build $*" bg_log=$(mktemp)
+  printf '(in the background: %s)\n' "$bg_what"
+  # A session of its own (setsid), so that stopping it stops every compiler it started.
+  setsid nice -n 19 cmake --build "$@" -j"$jobs" >"$bg_log" 2>&1 &
+  bg_pid=$!
+}
+wait_background_build() {
+  local status=0 started=$SECONDS
+  wait "$bg_pid" || status=$?
+  printf '(background build: %s; waited %ds for it; its last lines:)\n' "$bg_what" $((SECONDS - started))
+  tail -3 "$bg_log"
+  if [ "$status" -ne 0 ]; then
+    grep -E 'error|Error' "$bg_log" | head -40 || true
+    echo "the background build failed (exit $status): $bg_what" >&2
+    exit 1
+  fi
+  rm -f "$bg_log"
+  bg_pid="" bg_log=""
+}
+# Every exit path: the background build, and the temporary directories.
+cleanup=()
+on_exit() {
+  local status=$?  # the script's, kept whatever the lines below return
+  if [ -n "$bg_pid" ]; then kill -- -"$bg_pid" 2>/dev/null || true; wait "$bg_pid" 2>/dev/null || true; fi
+  if [ -n "$bg_log" ]; then rm -f "$bg_log"; fi
+  if [ ${#cleanup[@]} -gt 0 ]; then rm -rf "${cleanup[@]}"; fi
+  exit "$status"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM HUP
+
 stage "the Debian packages the tests need (scripts/deps.sh test)"
 scripts/deps.sh test
 
@@ -56,35 +93,39 @@ esac
 echo "+ $readme_demo"
 bash -c "$readme_demo"
 demo_dir=$(mktemp -d)
-trap 'rm -rf "$demo_dir"' EXIT
+cleanup+=("$demo_dir")
 scripts/demo.sh --dir "$demo_dir" --vectors 3000 --dim 16
 
 stage "RADOS tests against a throw-away Ceph cluster (3 memstore OSDs on 127.0.0.1, stopped on every exit path)"
-scripts/ceph-cluster.sh run --osds 3 -- \
-  ctest --test-dir build/release -L rados --output-on-failure --timeout 600
-
-stage "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+# These tests mostly wait (paused OSDs, leases running out): the next
+# stage's sanitizer build runs meanwhile, in the background (below).
 # (The FAISS / hnswlib adapters run in the normal stage; FAISS's OpenMP/BLAS
 # runtime is not built with the sanitizers.)
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
   -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF -DIQDB_PERSIST_WITH_PYTHON=OFF -DCMAKE_CXX_FLAGS_DEBUG=-g1 \
   -DCMAKE_CXX_FLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" >/dev/null
-cmake --build build/asan -j"$jobs"
+background_build build/asan
+scripts/ceph-cluster.sh run --osds 3 -- \
+  ctest --test-dir build/release -L rados --output-on-failure --timeout 600
+
+stage "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+wait_background_build
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/asan -j"$jobs" --output-on-failure --timeout 1800
 # The RADOS log, fencing, kill, damage and replica tests, and the snapshot
 # store's (striped writes, in-place reads of damaged or foreign objects),
 # skipped above (no cluster), under the same sanitizers, against a
-# throw-away cluster.
+# throw-away cluster; the next stage's build meanwhile, in the background.
+cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
+  -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
+  -DIQDB_PERSIST_BUILD_TOOLS=OFF -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCMAKE_CXX_FLAGS="-O1 -fsanitize=thread -fno-omit-frame-pointer" >/dev/null
+background_build build/tsan --target wal_concurrency_test replica_test group_commit_test float_buffer_test \
+  log_writer_test wake_word_test snapshot_writer_test
 scripts/ceph-cluster.sh run --osds 3 -- env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan -L rados -R 'RadosWal|ReplicaWatch|RadosSnapshot' --output-on-failure --timeout 900
 
 stage "concurrent tests under ThreadSanitizer"
-cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
-  -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
-  -DIQDB_PERSIST_BUILD_TOOLS=OFF -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCMAKE_CXX_FLAGS="-O1 -fsanitize=thread -fno-omit-frame-pointer" >/dev/null
-cmake --build build/tsan -j"$jobs" --target wal_concurrency_test replica_test group_commit_test float_buffer_test \
-  log_writer_test wake_word_test snapshot_writer_test
+wait_background_build
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan -R 'Concurren|Replica|FloatBuffer|LogWriterGrowth|LogWriterCache|EngineGrowth|GrowthFailure|WakeWord|SnapshotWriter' --output-on-failure --timeout 1800
 
 stage "fuzzing: regressions, then each target for 5 s (clang, ASan + UBSan, memory caps)"
@@ -141,7 +182,7 @@ stage "Python package: the README's install commands into a temporary virtual en
 # `pip install`), run as written with `.venv` in a temporary directory and
 # Debian's python3 (not another python3 earlier on PATH).
 py_env=$(mktemp -d)
-trap 'rm -rf "$demo_dir" "$py_env"' EXIT
+cleanup+=("$py_env")
 py_install=$(grep -E '^python3 -m venv|^\.venv/bin/pip install' README.md)
 [ "$(printf '%s\n' "$py_install" | wc -l)" -eq 2 ] || { echo "README.md's Python install commands not found" >&2; exit 1; }
 printf '+ %s\n' "$py_install"

@@ -708,7 +708,10 @@ TEST(CrashSimulationControl, ALibraryThatSkipsFsyncIsCaught) {
   ExploreOptions o = options_for_scale();
   o.crash_recoveries = false;
   o.stop_after = 1;
-  for (const auto& [files, dirs] : {std::pair{true, false}, std::pair{false, true}}) {
+  for (const auto& [skip_files, skip_dirs] : {std::pair{true, false}, std::pair{false, true}}) {
+    // Copies: clang 14 cannot capture a structured binding in a lambda.
+    const bool files = skip_files;
+    const bool dirs = skip_dirs;
     std::unique_ptr<ForgetfulFs> forgetful;
     const Recorded run = record_and_explore({true, FsyncPolicy::always(), Compression::none()},
                                        files ? "control: no file fsync" : "control: no dir fsync", o,

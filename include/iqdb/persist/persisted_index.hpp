@@ -93,6 +93,8 @@ struct Loader {
         } catch (const std::bad_alloc&) {
         } catch (const std::length_error&) {
         }
+      } else {
+        (void)out;  // an index without reserve() takes no hint
       }
     };
   }
