@@ -13,15 +13,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" != "--rados" ]; then
   scripts/deps.sh build
-  cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DIQDB_PERSIST_BUILD_TESTS=OFF \
-    -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF >/dev/null
+  # The options set here are all the tool needs, whatever another configure
+  # of build/demo left in its cache (scripts/test.sh builds the Python
+  # module there too, on the same library objects).
+  cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=ON \
+    -DIQDB_PERSIST_WITH_PYTHON=OFF -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF >/dev/null
   cmake --build build/demo -j"$(nproc)" --target iqdb-persist
   exec build/demo/tools/iqdb-persist demo "$@"
 fi
 shift
 scripts/deps.sh rados
-cmake -S . -B build/demo-rados -DCMAKE_BUILD_TYPE=Release -DIQDB_PERSIST_BUILD_TESTS=OFF \
-  -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF -DIQDB_PERSIST_WITH_RADOS=ON >/dev/null
+cmake -S . -B build/demo-rados -DCMAKE_BUILD_TYPE=Release -DIQDB_PERSIST_BUILD_TESTS=OFF -DIQDB_PERSIST_BUILD_TOOLS=ON \
+  -DIQDB_PERSIST_WITH_PYTHON=OFF -DIQDB_PERSIST_BUILD_BENCH=OFF -DIQDB_PERSIST_BUILD_EXAMPLES=OFF \
+  -DIQDB_PERSIST_WITH_RADOS=ON >/dev/null
 cmake --build build/demo-rados -j"$(nproc)" --target iqdb-persist
 # The cluster's pool is only known inside `run` ($IQDB_RADOS_POOL).
 exec scripts/ceph-cluster.sh run -- bash -c \

@@ -23,32 +23,36 @@ stage() {
   printf '\n==== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
 }
 
-# A build that needs no test's result runs in the background, at the lowest
-# CPU priority, while a stage that mostly waits (the RADOS tests: paused
-# OSDs, leases running out) runs in front; the next stage waits for it and
-# shows its output. One at a time; stopped if the script stops first.
+# Work that needs no test's result (a build, the static analysis) runs in
+# the background, at the lowest CPU priority, while a stage that leaves
+# CPU idle runs in front (the RADOS tests mostly wait on paused OSDs and
+# leases; libFuzzer and pytest use one core); a later stage waits for it
+# and shows its output. One at a time; stopped if the script stops first.
 bg_pid="" bg_log="" bg_what=""
-background_build() {
-  bg_what="cmake --build $*" bg_log=$(mktemp)
+background() {
+  bg_what="$*" bg_log=$(mktemp)
   printf '(in the background: %s)\n' "$bg_what"
-  # A session of its own (setsid), so that stopping it stops every compiler it started.
-  setsid nice -n 19 cmake --build "$@" -j"$jobs" >"$bg_log" 2>&1 &
+  # A session of its own (setsid), so that stopping it stops every process it started.
+  setsid nice -n 19 "$@" >"$bg_log" 2>&1 &
   bg_pid=$!
 }
-wait_background_build() {
+background_build() { background cmake --build "$@" -j"$jobs"; }
+# Waits for the background work, then shows its last $1 lines of output (all: every line).
+wait_background() {
   local status=0 started=$SECONDS
   wait "$bg_pid" || status=$?
-  printf '(background build: %s; waited %ds for it; its last lines:)\n' "$bg_what" $((SECONDS - started))
-  tail -3 "$bg_log"
+  printf '(background: %s; waited %ds for it; its output%s:)\n' "$bg_what" $((SECONDS - started)) \
+    "$([ "$1" = all ] || echo ", last $1 lines")"
+  if [ "$1" = all ]; then cat "$bg_log"; else tail -"$1" "$bg_log"; fi
   if [ "$status" -ne 0 ]; then
-    grep -E 'error|Error' "$bg_log" | head -40 || true
-    echo "the background build failed (exit $status): $bg_what" >&2
+    [ "$1" = all ] || grep -E 'error|Error' "$bg_log" | head -40 || true
+    echo "the background work failed (exit $status): $bg_what" >&2
     exit 1
   fi
   rm -f "$bg_log"
   bg_pid="" bg_log=""
 }
-# Every exit path: the background build, and the temporary directories.
+# Every exit path: the background work, and the temporary directories.
 cleanup=()
 on_exit() {
   local status=$?  # the script's, kept whatever the lines below return
@@ -109,7 +113,7 @@ scripts/ceph-cluster.sh run --osds 3 -- \
   ctest --test-dir build/release -L rados --output-on-failure --timeout 600
 
 stage "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
-wait_background_build
+wait_background 3
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/asan -j"$jobs" --output-on-failure --timeout 1800
 # The RADOS log, fencing, kill, damage and replica tests, and the snapshot
@@ -125,14 +129,16 @@ scripts/ceph-cluster.sh run --osds 3 -- env ASAN_OPTIONS=detect_leaks=1:abort_on
   UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan -L rados -R 'RadosWal|ReplicaWatch|RadosSnapshot' --output-on-failure --timeout 900
 
 stage "concurrent tests under ThreadSanitizer"
-wait_background_build
+wait_background 3
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan -R 'Concurren|Replica|FloatBuffer|LogWriterGrowth|LogWriterCache|EngineGrowth|GrowthFailure|WakeWord|SnapshotWriter' --output-on-failure --timeout 1800
 
 stage "fuzzing: regressions, then each target for 5 s (clang, ASan + UBSan, memory caps)"
+# The static analysis meanwhile, in the background: libFuzzer uses one core.
+background env IQDB_ANALYZE_BUILD=build/analyze scripts/analyze.sh
 IQDB_FUZZ_BUILD=build/fuzz fuzz/run.sh 5
 
 stage "static analysis (clang-tidy, cppcheck)"
-IQDB_ANALYZE_BUILD=build/analyze scripts/analyze.sh
+wait_background all
 
 stage "CMake package: install, then find_package and add_subdirectory consumers"
 rm -rf build/prefix build/consumer-find build/consumer-sub
@@ -186,7 +192,19 @@ cleanup+=("$py_env")
 py_install=$(grep -E '^python3 -m venv|^\.venv/bin/pip install' README.md)
 [ "$(printf '%s\n' "$py_install" | wc -l)" -eq 2 ] || { echo "README.md's Python install commands not found" >&2; exit 1; }
 printf '+ %s\n' "$py_install"
-(PATH=/usr/bin:/bin; eval "${py_install//.venv/$py_env/.venv}")
+# Built in the demo's build directory (IQDB_PY_BUILD_DIR, setup.py): the
+# library's objects there have the flags pip's build gives them (Release),
+# so only the module compiles; the configure step runs as for anyone.
+(PATH=/usr/bin:/bin; export IQDB_PY_BUILD_DIR="$root/build/demo"; eval "${py_install//.venv/$py_env/.venv}")
+# The next stage's module (ASan + UBSan, in build/asan) builds in the
+# background while pytest runs (single-threaded, then waiting on a cluster).
+py_asan_rt=$(gcc -print-file-name=libasan.so)
+py_asan=yes
+if [ "$py_asan_rt" = libasan.so ] || ! /usr/bin/python3 -c 'import numpy, pytest' 2>/dev/null; then py_asan=no; fi
+if [ "$py_asan" = yes ]; then
+  cmake -S . -B build/asan -DIQDB_PERSIST_WITH_PYTHON=ON >/dev/null
+  background_build build/asan --target iqdb_persist_python
+fi
 "$py_env/.venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
 # The RADOS tests (skipped above: no cluster) against a throw-away cluster of
 # one OSD; the pip-installed module must have RADOS (librados-dev is in the
@@ -199,12 +217,10 @@ stage "Python package under AddressSanitizer + UndefinedBehaviorSanitizer (modul
 # docs/PYTHON.md, "Testing under the sanitizers": the library in build/asan
 # is the ASan stage's (same flags), so only the module is built here; the
 # interpreter is Debian's python3, not instrumented, hence the preload.
-py_asan_rt=$(gcc -print-file-name=libasan.so)
-if [ "$py_asan_rt" = libasan.so ] || ! /usr/bin/python3 -c 'import numpy, pytest' 2>/dev/null; then
+if [ "$py_asan" = no ]; then
   echo "SKIPPED: needs gcc's libasan.so and /usr/bin/python3 with numpy and pytest (scripts/deps.sh test)" >&2
 else
-  cmake -S . -B build/asan -DIQDB_PERSIST_WITH_PYTHON=ON >/dev/null
-  cmake --build build/asan -j"$jobs" --target iqdb_persist_python
+  wait_background 3
   rm -rf build/asan/pypkg && mkdir build/asan/pypkg && cp -r python/iqdb_persist build/asan/pypkg/
   cp build/asan/python/_iqdb_persist*.so build/asan/pypkg/iqdb_persist/
   LD_PRELOAD="$py_asan_rt $(gcc -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc PYTHONPATH=build/asan/pypkg \
