@@ -19,6 +19,7 @@
 // The targets are compiled into this test (each is one .cpp; without
 // IQDB_FUZZ_DEFINE_ENTRY they define no libFuzzer entry point).
 #include "../fuzz/flat_payload_fuzzer.cpp"
+#include "../fuzz/head_record_fuzzer.cpp"
 #include "../fuzz/header_fuzzer.cpp"
 #include "../fuzz/snapshot_fuzzer.cpp"
 #include "../fuzz/wal_replay_fuzzer.cpp"
@@ -51,7 +52,7 @@ struct Target {
 
 const Target kTargets[] = {
     {"header", run_header},         {"snapshot", run_snapshot},         {"wal_scan", run_wal_scan},
-    {"wal_replay", run_wal_replay}, {"flat_payload", run_flat_payload},
+    {"wal_replay", run_wal_replay}, {"flat_payload", run_flat_payload}, {"head_record", run_head_record},
 };
 
 void PrintTo(const Target& t, std::ostream* os) { *os << t.name; }
