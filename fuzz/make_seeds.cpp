@@ -253,6 +253,10 @@ void header_and_snapshot() {
   // With fix-ups and the other re-save schemes.
   emit("snapshot", "v3-none-fixup-zstd", 1 | 2 | 4, v3_snapshot(small_index(2), Compression::none()));
   emit("snapshot", "v2-zstd-fixup-lz4", 1 | 8, ref_snapshot(2, 3, 1, 2, v2_region(1, p_tag)));
+  // Also loaded from a real file with map_snapshot: mapped (aligned,
+  // uncompressed) and copied (zstd).
+  emit("snapshot", "v3-none-mapped", 16, v3_snapshot(small_index(4), Compression::none(), 7));
+  emit("snapshot", "v3-zstd-mapped", 16, v3_snapshot(small_index(4), Compression::zstd(3)));
   const Bytes big = v3_snapshot(small_index(1), Compression::none());
   emit("header", "v3-fixup-big-file", 1 | 6, Bytes(big.begin(), big.begin() + 200));  // the file's first bytes
 }

@@ -7,11 +7,19 @@
 //   bit 0     recompute the payload CRC (any version) and v3 header CRC
 //   bit 1     set the v3 stored_len to what the file holds
 //   bits 2-3  compression of the re-save: none, zstd, lz4, none
+//   bit 4     also load the file from a real file with map_snapshot (a
+//             mapped load when the file allows it: v3, uncompressed, its
+//             vectors aligned), then insert into the loaded index
 // Oracles: only PersistError escapes; load succeeds exactly when the payload
 // decodes (read_snapshot) and FlatIndex::load_from over the decoded bytes in
 // memory succeeds, consumes them all and agrees with the header, and then
 // both give the same index; a loaded snapshot verifies (verify_snapshot); a
-// loaded index saved again and reloaded is equal to it.
+// loaded index saved again and reloaded is equal to it. Bit 4: the mapped
+// load accepts exactly what the copying load accepts and gives the same
+// index, which then takes an insert (its pages copied on write) without
+// changing what it held.
+#include <fstream>
+
 #include "fuzz_support.hpp"
 
 namespace iqdb::persist::fuzz {
@@ -51,6 +59,66 @@ bool is_lz4_block(const Bytes& f) {
   return at < f.size() && static_cast<std::uint8_t>(f[static_cast<std::size_t>(at)]) == 2;
 }
 
+// A directory of this process for the real files of bit 4 (tmpfs when
+// there is one), removed at exit.
+fs::path g_real_dir;
+void remove_real_dir() {
+  std::error_code ec;
+  fs::remove_all(g_real_dir, ec);
+}
+const fs::path& real_dir() {
+  if (g_real_dir.empty()) {
+    std::error_code ec;
+    const fs::path base = fs::is_directory("/dev/shm", ec) ? fs::path("/dev/shm") : fs::temp_directory_path();
+    std::string name = (base / "iqdb-fuzz-XXXXXX").string();
+    if (mkdtemp(name.data()) == nullptr) report_finding(__FILE__, __LINE__, "mkdtemp", name);
+    g_real_dir = name;
+    std::atexit(remove_real_dir);
+  }
+  return g_real_dir;
+}
+
+void check_mapped_load(const Bytes& file, const std::optional<FlatIndex>& copied) {
+  const fs::path path = real_dir() / "m.iqdb";
+  std::error_code ec;
+  fs::remove(path, ec);  // a new file: never one a previous mapping saw
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(file.data()), static_cast<std::streamsize>(file.size()));
+    if (!out) report_finding(__FILE__, __LINE__, "write", path.string());
+  }
+  PersistConfig cfg(path);
+  cfg.limits = limits();
+  cfg.map_snapshot = true;
+  std::optional<PersistedIndex<FlatIndex>> db;
+  std::string why;
+  try {
+    db.emplace(PersistedIndex<FlatIndex>::load(cfg));
+  } catch (const PersistError& e) {
+    why = e.what();
+  }
+  IQDB_FUZZ_CHECK(db.has_value() == copied.has_value(),
+                  std::string("the mapped load ") + (db ? "accepts" : "refuses (" + why + ")") +
+                      " what the copying load " + (copied ? "accepts" : "refuses"));
+  if (!db) return;
+  IQDB_FUZZ_CHECK(db->index() == *copied, "mapped and copying loads give different indexes");
+  db->index().check_mapping();  // the file is as it was: PersistError escaping is a finding
+  if (db->index().dim() > 4096) return;
+  const VectorId id = VectorId::bytes("fuzz-mapped-insert");
+  if (db->index().contains(id)) return;
+  const std::vector<float> v(static_cast<std::size_t>(db->index().dim()), 0.5f);
+  db->insert(id, v);
+  IQDB_FUZZ_CHECK(db->index().size() == copied->size() + 1, "an insert after a mapped load");
+  const std::span<const float> got = db->index().get(id);
+  IQDB_FUZZ_CHECK(got.size() == v.size() && std::equal(got.begin(), got.end(), v.begin()), "inserted vector");
+  for (std::size_t row = 0; row < copied->size(); ++row) {
+    const std::span<const float> a = copied->vector_at(row);
+    const std::span<const float> b = db->index().get(copied->id_at(row));
+    IQDB_FUZZ_CHECK(a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0,
+                    "a mapped vector changed after an insert");
+  }
+}
+
 void run(std::span<const std::uint8_t> in) {
   if (in.empty()) return;
   const std::uint8_t flags = in[0];
@@ -74,6 +142,7 @@ void run(std::span<const std::uint8_t> in) {
   } catch (const PersistError&) {
   }
   IQDB_FUZZ_CHECK(verified || !loaded, "load succeeded but verify_snapshot failed");
+  if ((flags & 16) != 0) check_mapped_load(file, loaded);
 
   // The decoded payload, in memory, through the in-memory reader.
   std::optional<Bytes> payload;
