@@ -148,11 +148,14 @@ def py_single(d, n, threads=1):
             db.insert(i, rows[i % len(rows)])
 
     timer = Timer()
-    ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    if threads == 1:  # on the calling thread, as the C++ peer's single op
+        worker(0)
+    else:
+        ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
     timer.stop()
     db.close()
     return timer
