@@ -38,8 +38,8 @@ HAVE_HNSWLIB: bool
 HAVE_FAISS: bool
 HAVE_RADOS: bool  # PersistConfig takes rados://POOL/NAME paths
 
-Id = Union[int, bytes]
-MetadataValue = Union[str, int, float, bool, None]
+Id = Union[int, np.integer[Any], bytes]
+MetadataValue = Union[str, int, float, bool, np.integer[Any], np.floating[Any], np.bool_, None]
 Metadata = Dict[str, MetadataValue]
 Vector = npt.NDArray[np.float32]
 Ids = Union[npt.NDArray[np.integer[Any]], Sequence[Id]]

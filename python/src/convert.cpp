@@ -48,14 +48,37 @@ std::string utf8(py::handle s, const std::string& what) {
   return {p, static_cast<std::size_t>(n)};
 }
 
+// numpy.integer, numpy.floating, numpy.bool_ (references kept for the
+// process's life: init_numpy_scalars).
+py::handle g_np_integer, g_np_floating, g_np_bool;
+
+bool is_int(py::handle h) { return py::isinstance<py::int_>(h) || py::isinstance(h, g_np_integer); }
+bool is_bool(py::handle h) { return py::isinstance<py::bool_>(h) || py::isinstance(h, g_np_bool); }
+bool is_float(py::handle h) { return py::isinstance<py::float_>(h) || py::isinstance(h, g_np_floating); }
+
+// An int or numpy integer as a Python int.
+py::int_ as_int(py::handle h) {
+  if (py::isinstance<py::int_>(h)) return py::reinterpret_borrow<py::int_>(h);
+  PyObject* i = PyNumber_Index(h.ptr());
+  if (i == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::int_>(i);
+}
+
 }  // namespace
 
+void init_numpy_scalars() {
+  const py::module_ np = py::module_::import("numpy");
+  g_np_integer = py::object(np.attr("integer")).release();
+  g_np_floating = py::object(np.attr("floating")).release();
+  g_np_bool = py::object(np.attr("bool_")).release();
+}
+
 VectorId to_id(py::handle h) {
-  if (py::isinstance<py::bool_>(h)) type_error("an id must be an int or bytes, not bool");
-  if (py::isinstance<py::int_>(h)) {
-    const py::int_ i = py::reinterpret_borrow<py::int_>(h);
+  if (is_bool(h)) type_error("an id must be an int or bytes, not " + type_name(h));
+  if (is_int(h)) {
+    const py::int_ i = as_int(h);
     if (i < py::int_(0)) value_error("an int id must be in 0..2**64-1, not " + std::string(py::str(h)));
-    const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());
+    const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());  // not h: a numpy int is no PyLong
     if (PyErr_Occurred() != nullptr) {
       PyErr_Clear();
       value_error("an int id must be in 0..2**64-1, not " + std::string(py::str(h)));
@@ -81,16 +104,20 @@ namespace {
 
 Value to_value(py::handle v, const std::string& key) {
   if (v.is_none()) return Value();
-  if (py::isinstance<py::bool_>(v)) return Value(v.cast<bool>());
-  if (py::isinstance<py::int_>(v)) {
-    long long x = PyLong_AsLongLong(v.ptr());
+  if (is_bool(v)) return Value(PyObject_IsTrue(v.ptr()) == 1);
+  if (is_int(v)) {
+    long long x = PyLong_AsLongLong(as_int(v).ptr());
     if (PyErr_Occurred() != nullptr) {
       PyErr_Clear();
       value_error("metadata value of '" + key + "' is outside the int64 range");
     }
     return Value(static_cast<std::int64_t>(x));
   }
-  if (py::isinstance<py::float_>(v)) return Value(v.cast<double>());
+  if (is_float(v)) {
+    const double x = PyFloat_AsDouble(v.ptr());  // numpy floats convert through __float__
+    if (x == -1.0 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+    return Value(x);
+  }
   if (py::isinstance<py::str>(v)) return Value(utf8(v, "metadata value of '" + key + "'"));
   type_error("metadata value of '" + key + "' must be str, int, float, bool or None, not " + type_name(v));
 }

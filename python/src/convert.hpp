@@ -18,12 +18,20 @@ namespace iqdb::persist::python {
 
 namespace py = pybind11;
 
-// An int in 0..2^64-1 or a non-empty bytes object.
+// numpy's scalar types, looked up once when the module is imported (under
+// the GIL, before any conversion runs): what indexing a numpy array gives,
+// so that an id taken from search() or from an ids array, and a metadata
+// value taken from a numpy column, are accepted as the int, float or bool
+// they stand for.
+void init_numpy_scalars();
+
+// An int (or numpy integer) in 0..2^64-1 or a non-empty bytes object.
 VectorId to_id(py::handle h);
 py::object from_id(const VectorId& id);
 py::object from_id(std::uint64_t id);
 
-// None or a dict of str to str | int (int64) | float | bool | None.
+// None or a dict of str to str | int (int64) | float | bool | None; numpy
+// integers, floats and bools count as int, float and bool.
 std::optional<Metadata> to_metadata(py::handle h);
 py::object from_metadata(const Metadata* m);
 

@@ -94,6 +94,41 @@ def test_bytes_and_int_ids_round_trip(path, wal):
     check_search(again, iq.Metric.Euclidean, data, ids, data[:2], k=6)
 
 
+def test_numpy_scalars_are_ids_and_metadata(path):
+    """What indexing a numpy array gives (numpy integers, floats, bools) is
+    taken as the int, float or bool it stands for: ids from an ids array or
+    from search() go back into get / metadata / erase / in."""
+    dim = 4
+    data = rows(5, dim)
+    ids = np.array([3, 2**64 - 1, 0, 41, 7], dtype=np.uint64)
+    cfg = iq.PersistConfig(path, wal_enabled=True)
+    with iq.open_with(iq.FlatIndex(dim), cfg) as db:
+        for j, i in enumerate(ids):  # numpy.uint64 scalars
+            meta = {"n": np.int32(-j), "x": np.float32(0.1), "b": np.bool_(j % 2 == 0), "w": np.int64(2**62)}
+            db.insert(i, data[j], meta)
+        db.insert(np.arange(100, 103, dtype=np.int64).tolist(), rows(3, dim, seed=2))  # python ints
+        db.insert(np.int16(9), data[0])  # a signed numpy integer
+        hit_ids, _ = db.search(data[3], 2)
+        assert hit_ids.dtype == np.uint64 and hit_ids[0] == 41
+        first = hit_ids[0]  # numpy.uint64
+        assert first in db and np.array_equal(db.get(first), data[3])
+        meta = db.metadata(first)
+        assert meta == {"n": -3, "x": float(np.float32(0.1)), "b": False, "w": 2**62}
+        assert type(meta["n"]) is int and type(meta["x"]) is float and type(meta["b"]) is bool
+        db.erase(np.int64(7))
+        for bad, exc in [(np.bool_(True), TypeError), (np.int64(-1), ValueError), (np.float32(3), TypeError)]:
+            before = (db.last_lsn, len(db))
+            with pytest.raises(exc):
+                db.insert(bad, data[0])
+            assert (db.last_lsn, len(db)) == before
+        with pytest.raises(ValueError):  # above int64: refused like a Python int
+            db.insert(np.uint32(50), data[0], {"k": np.uint64(2**63)})
+        assert 50 not in db
+    again = iq.load(cfg)
+    assert len(again) == 8 and 7 not in again and np.uint64(2**64 - 1) in again and 9 in again
+    assert again.metadata(np.uint8(0)) == {"n": -2, "x": float(np.float32(0.1)), "b": True, "w": 2**62}
+
+
 def test_erase_and_write_batch_round_trip(path):
     cfg = iq.PersistConfig(path, wal_enabled=True)
     data = rows(10, 4)
