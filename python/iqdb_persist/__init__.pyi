@@ -42,7 +42,7 @@ Id = Union[int, np.integer[Any], bytes]
 MetadataValue = Union[str, int, float, bool, np.integer[Any], np.floating[Any], np.bool_, None]
 Metadata = Dict[str, MetadataValue]
 Vector = npt.NDArray[np.float32]
-Ids = Union[npt.NDArray[np.integer[Any]], Sequence[Id]]
+Ids = Union[npt.NDArray[np.integer[Any]], npt.NDArray[np.object_], Sequence[Id]]
 MetricLike = Union["Metric", str]
 SearchResult = Tuple[np.ndarray, npt.NDArray[np.float32]]
 

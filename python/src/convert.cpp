@@ -228,7 +228,12 @@ Ids ids_from_array(const py::array& a, std::size_t n) {
 }  // namespace
 
 Ids to_ids(py::handle h, std::size_t n) {
-  if (py::isinstance<py::array>(h)) return ids_from_array(py::reinterpret_borrow<py::array>(h), n);
+  // An object array (what search() returns when an id is bytes) is read as
+  // a sequence of ids; any other array must hold integers.
+  if (py::isinstance<py::array>(h)) {
+    const auto a = py::reinterpret_borrow<py::array>(h);
+    if (a.dtype().kind() != 'O' || a.ndim() != 1) return ids_from_array(a, n);
+  }
   if (!py::isinstance<py::sequence>(h) || py::isinstance<py::str>(h) || py::isinstance<py::bytes>(h)) {
     type_error("ids must be a numpy integer array or a sequence of int / bytes, not " + type_name(h));
   }

@@ -129,6 +129,23 @@ def test_numpy_scalars_are_ids_and_metadata(path):
     assert again.metadata(np.uint8(0)) == {"n": -2, "x": float(np.float32(0.1)), "b": True, "w": 2**62}
 
 
+def test_search_ids_insert_as_a_batch(tmp_path):
+    """search()'s ids, uint64 or (with a bytes id) object, are a batch's ids."""
+    data = rows(3, 4)
+    with iq.open_with(iq.FlatIndex(4), iq.PersistConfig(str(tmp_path / "a.iqdb"))) as a:
+        a.insert([b"k", 5, b"\x00"], data)
+        ids, _ = a.search(data[0], 3)
+        assert ids.dtype == object
+    with iq.open_with(iq.FlatIndex(4), iq.PersistConfig(str(tmp_path / "b.iqdb"))) as b:
+        b.insert(ids, data)
+        assert len(b) == 3 and all(np.array_equal(b.get(i), data[j]) for j, i in enumerate(ids))
+        with pytest.raises(TypeError):
+            b.insert(np.array([b"x", 1.5, b"y"], dtype=object), data)
+        with pytest.raises(TypeError):
+            b.insert(np.array([[b"x"], [b"y"], [b"z"]], dtype=object), data)
+        assert len(b) == 3
+
+
 def test_erase_and_write_batch_round_trip(path):
     cfg = iq.PersistConfig(path, wal_enabled=True)
     data = rows(10, 4)
