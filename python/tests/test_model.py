@@ -16,7 +16,7 @@ STEPS = 250
 
 
 def key(i):
-    """The model's key of a Python id: ints and bytes are distinct ids."""
+    """The model's key of an id: ints (numpy's included) and bytes are distinct ids."""
     return ("b", bytes(i)) if isinstance(i, bytes) else ("i", int(i))
 
 
@@ -34,6 +34,8 @@ class Model:
                 i = int(self.rnd.integers(0, 2**63)) * 2 + 1  # up to 2**64 - 1
             elif r < 0.6:
                 i = 2**64 - 1
+            elif r < 0.65:  # a numpy scalar, as indexing an ids array gives
+                i = self.rnd.integers(0, 2**63, dtype=np.uint64)
             else:
                 i = bytes(self.rnd.integers(0, 256, size=int(self.rnd.integers(1, 40)), dtype=np.uint8))
             if key(i) not in self.items:
