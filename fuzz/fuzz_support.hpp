@@ -82,6 +82,18 @@ inline bool skip_known(std::string_view name) {
 #define IQDB_FUZZ_ENTRY(fn)
 #endif
 
+// PersistedIndex<I>::load(cfg), or nullopt with the PersistError's message
+// in `why` (no other exception is caught).
+template <class I>
+std::optional<PersistedIndex<I>> try_load(const PersistConfig& cfg, std::string& why) {
+  try {
+    return PersistedIndex<I>::load(cfg);
+  } catch (const PersistError& e) {
+    why = e.what();
+    return std::nullopt;
+  }
+}
+
 // ---------------------------------------------------------------- bytes
 
 using Bytes = std::vector<std::byte>;

@@ -90,13 +90,8 @@ void check_mapped_load(const Bytes& file, const std::optional<FlatIndex>& copied
   PersistConfig cfg(path);
   cfg.limits = limits();
   cfg.map_snapshot = true;
-  std::optional<PersistedIndex<FlatIndex>> db;
   std::string why;
-  try {
-    db.emplace(PersistedIndex<FlatIndex>::load(cfg));
-  } catch (const PersistError& e) {
-    why = e.what();
-  }
+  std::optional<PersistedIndex<FlatIndex>> db = try_load<FlatIndex>(cfg, why);
   IQDB_FUZZ_CHECK(db.has_value() == copied.has_value(),
                   std::string("the mapped load ") + (db ? "accepts" : "refuses (" + why + ")") +
                       " what the copying load " + (copied ? "accepts" : "refuses"));
@@ -185,13 +180,8 @@ void run(std::span<const std::uint8_t> in) {
   const SnapshotInfo info{FlatIndex::index_type, ix.dim(), ix.metric(), ix.size(), header.last_lsn};
   const FileHeader written =
       write_snapshot(mfs, kResaved, info, scheme, false, [&](PayloadWriter& w) { ix.save_to(w); });
-  std::optional<PersistedIndex<FlatIndex>> again;
   std::string why;
-  try {
-    again.emplace(PersistedIndex<FlatIndex>::load(config(mfs, kResaved)));
-  } catch (const PersistError& e) {
-    why = e.what();
-  }
+  const std::optional<PersistedIndex<FlatIndex>> again = try_load<FlatIndex>(config(mfs, kResaved), why);
   IQDB_FUZZ_CHECK(again.has_value(), "a snapshot the library wrote (" + std::string(to_string(written.compression)) +
                                          ", " + std::to_string(written.uncompressed_len) + " bytes stored in " +
                                          std::to_string(written.stored_len) + ") does not load: " + why);

@@ -172,13 +172,8 @@ void run(std::span<const std::uint8_t> in) {
   db.reset();
 
   for (int round = 0; round < ((flags & 16) != 0 ? 2 : 1); ++round) {
-    std::optional<PersistedIndex<FlatIndex>> again;
     std::string why;
-    try {
-      again.emplace(PersistedIndex<FlatIndex>::load(cfg));
-    } catch (const PersistError& e) {
-      why = e.what();
-    }
+    std::optional<PersistedIndex<FlatIndex>> again = try_load<FlatIndex>(cfg, why);
     IQDB_FUZZ_CHECK(again.has_value(), "reopening after a successful recovery failed: " + why);
     const std::string d2 = diff(*want, model_of(again->index()));
     IQDB_FUZZ_CHECK(d2.empty(), "reopened index differs: " + d2);
