@@ -58,8 +58,8 @@ class Model:
 
 
 def same_value(a, b):
-    return type(a) is type(b) and (a == b or (isinstance(a, float) and math.copysign(1, a) == math.copysign(1, b)
-                                              and a == b))
+    """Equal, of the same type, and floats of the same sign (-0.0 is not 0.0)."""
+    return type(a) is type(b) and a == b and (not isinstance(a, float) or math.copysign(1, a) == math.copysign(1, b))
 
 
 def same_metadata(a, b):
