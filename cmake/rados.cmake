@@ -26,6 +26,8 @@ else()
       ${PROJECT_SOURCE_DIR}/src/rados/change_notify.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/head_record.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/rados_store.cpp
+      ${PROJECT_SOURCE_DIR}/src/rados/stripe_reader.cpp
+      ${PROJECT_SOURCE_DIR}/src/rados/stripe_writer.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/rados_log.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/rados_storage.cpp
       ${PROJECT_SOURCE_DIR}/src/rados/writer_lock.cpp)

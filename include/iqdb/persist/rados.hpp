@@ -111,8 +111,9 @@ struct RadosHead {
 // generations) are removed, behind it on a thread of the store's own; a
 // reader never removes anything.
 //
-// Thread-safe. open_append and lock are Unsupported (no log in RADOS yet;
-// the writer lock is RadosWriterLock, below); sync_dir does nothing (a
+// Thread-safe. open_append and lock are Unsupported (the log is not a file
+// on RADOS: rados_persist_config's storage writes log objects; the writer
+// lock is RadosWriterLock, below); sync_dir does nothing (a
 // completed RADOS write is on every replica). While a RadosWriterLock taken
 // through this store holds NAME, publishes of NAME carry its fencing check.
 class RadosSnapshotStore final : public FileSystem {

@@ -1,0 +1,155 @@
+// RadosSnapshotStore's state (rados_store.cpp), shared with the stripe
+// writer and reader that a save and a load go through (stripe_writer.cpp,
+// stripe_reader.cpp): the cluster handles, the saves in progress, the
+// writer fences, the replicas' notifiers and the garbage collector's thread.
+// Internal: nothing outside src/rados includes it.
+#pragma once
+
+#include <rados/librados.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "iqdb/persist/rados.hpp"
+#include "rados/change_notify.hpp"
+#include "rados/writer_fence.hpp"
+
+namespace iqdb::persist {
+
+namespace rados_detail {
+inline constexpr const char* kScheme = "rados://";
+}  // namespace rados_detail
+
+struct RadosSnapshotStore::Impl {
+  rados_t cluster = nullptr;
+  rados_ioctx_t io = nullptr;
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {
+    // Their threads use io: stopped first (the collections queued are run,
+    // each notifier stops after its notify in flight).
+    stop_collector();
+    for (auto& [name, n] : notifiers) n->shutdown();
+    if (io != nullptr) rados_ioctx_destroy(io);
+    if (cluster != nullptr) rados_shutdown(cluster);
+  }
+  std::string pool;
+  RadosOptions options;
+  std::mutex mu;
+  // Saves in progress or closed but not published, by temporary path.
+  struct Pending {
+    std::string name;
+    std::uint64_t generation = 0;
+    std::uint64_t previous = 0;
+    std::uint64_t stripes_touched = 0;
+    bool closed = false;
+    std::uint64_t total = 0;
+    std::vector<std::uint32_t> crcs;
+  };
+  std::map<std::string, Pending> pending;
+  std::random_device random;
+  // Writer locks held through this store, by name (writer_lock.cpp).
+  std::map<std::string, std::shared_ptr<rados_detail::Fence>> fences;
+  // The generation each name's last open_read opened (the log that goes
+  // with the snapshot a reader loaded: rados_storage.cpp).
+  std::map<std::string, std::uint64_t> last_read;
+  // Read replicas' wake-ups, by name (change_notify.hpp).
+  std::map<std::string, std::shared_ptr<rados_detail::ChangeNotifier>> notifiers;
+
+  // Garbage collection after publishes, on a thread of the store's own
+  // (started by the first publish): rename() returns once the new head is
+  // published, the superseded generation is removed behind it.
+  std::mutex gc_mu;
+  std::condition_variable gc_cv;
+  std::set<std::string> gc_queue;  // names to collect
+  bool gc_busy = false;            // a collection is running
+  bool gc_stop = false;
+  std::thread gc_thread;
+
+  // Queue a collection of `name` (once, however many publishes ask). Where no
+  // thread can be had, collects here.
+  void schedule_collection(const std::string& name);
+  // Blocks until nothing is queued or running.
+  void wait_collections() {
+    std::unique_lock lock(gc_mu);
+    gc_cv.wait(lock, [this] { return gc_queue.empty() && !gc_busy; });
+  }
+  void stop_collector() noexcept {
+    {
+      std::lock_guard lock(gc_mu);
+      gc_stop = true;
+    }
+    gc_cv.notify_all();
+    if (gc_thread.joinable()) gc_thread.join();
+  }
+  void run_collector();
+
+  std::shared_ptr<rados_detail::Fence> fence_of(const std::string& name) {
+    std::lock_guard lock(mu);
+    const auto it = fences.find(name);
+    return it == fences.end() ? nullptr : it->second;
+  }
+
+  std::filesystem::path object_path(const std::string& object) const {
+    return std::filesystem::path(rados_detail::kScheme + pool + "/" + object);
+  }
+
+  struct Parsed {
+    std::string name;
+    bool temp = false;
+  };
+  Parsed parse(const std::filesystem::path& path) const;
+
+  [[noreturn]] void fail(const std::string& object, std::string_view op, int r) const {
+    rados_detail::throw_rados(object_path(object), op, r);
+  }
+
+  // One attribute of `object`, nullopt when it is absent; at most 64 bytes.
+  std::optional<std::string> read_attr(const std::string& object, const char* attr);
+
+  // The head's attributes: (published generation, next generation), or
+  // nullopt when the head object does not exist.
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> read_counters(const std::string& name);
+
+  // Take a generation number no other writer has or will get.
+  std::pair<std::uint64_t, std::uint64_t> allocate(const std::string& name);
+
+  void remove_object(const std::string& object);
+
+  // Remove `objects`, up to max_in_flight at once (one after the other,
+  // 16 stripes took ~80 ms on the test cluster); a missing one is no error.
+  // Every removal is tried; the first failure is thrown once none is in
+  // flight.
+  void remove_objects(const std::vector<std::string>& objects);
+
+  // Every stripe object NAME.snap.<gen>.<k> and every log object
+  // NAME.log.<gen>.<k> of NAME: (generation, object name).
+  std::vector<std::pair<std::uint64_t, std::string>> list_stripes(const std::string& name);
+};
+
+namespace rados_detail {
+
+// A save's writer: the bytes of generation `generation` of `name`, striped as
+// they come; `temp` is the save's temporary path (a key of store.pending).
+std::unique_ptr<WritableFile> open_stripe_writer(RadosSnapshotStore::Impl& store, std::string name,
+                                                 std::uint64_t generation, std::filesystem::path temp);
+
+// A load's reader of the snapshot `head` describes, `path` naming it in errors.
+std::unique_ptr<ReadableFile> open_stripe_reader(RadosSnapshotStore::Impl& store, std::string name, RadosHead head,
+                                                 std::filesystem::path path);
+
+}  // namespace rados_detail
+}  // namespace iqdb::persist
