@@ -143,7 +143,7 @@ void bind_write_batch(py::module_& m) {
       .def(
           "insert",
           [](WriteBatch& b, py::handle ids, py::handle vectors, py::handle metadata) -> WriteBatch& {
-            if (py::isinstance<py::array>(vectors) && py::reinterpret_borrow<py::array>(vectors).ndim() == 2) {
+            if (is_batch_of_rows(vectors)) {
               const Rows rows = as_rows(vectors, std::nullopt);
               const Ids id = to_ids(ids, rows.n);
               auto metas = to_metadata_list(metadata, rows.n);

@@ -187,6 +187,16 @@ Rows as_rows(py::handle h, std::optional<std::uint64_t> dim, const char* what) {
   return Rows{a, {p, n * static_cast<std::size_t>(a.shape(1))}, n};
 }
 
+bool is_batch_of_rows(py::handle vectors) {
+  if (!py::isinstance<py::array>(vectors)) return false;
+  const auto a = py::reinterpret_borrow<py::array>(vectors);
+  if (a.ndim() == 2) return true;
+  if (a.ndim() != 1) {
+    value_error("vectors must have shape (dim,) for one vector or (n, dim) for a batch, not " + shape_of(a));
+  }
+  return false;
+}
+
 Queries as_queries(py::handle h, std::uint64_t dim) {
   if (py::isinstance<py::array>(h) && py::reinterpret_borrow<py::array>(h).ndim() == 1) {
     Vector v = as_vector(h, dim, "query");

@@ -47,6 +47,13 @@ struct Vector {
 };
 Vector as_vector(py::handle h, std::optional<std::uint64_t> dim, const char* what = "vector");
 
+// Whether an insert's `vectors` is a batch: true for a 2-D numpy array,
+// false for anything else that is not an array of another rank (a 1-D array
+// is one vector; a non-array is left to as_vector's message). A numpy array
+// of any other rank is a ValueError naming both shapes accepted, raised
+// before the ids are looked at.
+bool is_batch_of_rows(py::handle vectors);
+
 // A float32 numpy array of shape (n, dim), C-contiguous, viewed in place.
 struct Rows {
   py::array array;

@@ -86,7 +86,7 @@ struct Persisted {
   }
 
   void insert(py::handle ids, py::handle vectors, py::handle metadata) {
-    if (py::isinstance<py::array>(vectors) && py::reinterpret_borrow<py::array>(vectors).ndim() == 2) {
+    if (is_batch_of_rows(vectors)) {
       insert_rows(ids, vectors, metadata);
     } else {
       insert_one(ids, vectors, metadata);

@@ -62,6 +62,20 @@ def test_bad_batch_logs_nothing(db, ids, vectors, exc):
     unchanged(db, lambda: db.insert(ids, vectors), exc)
 
 
+@pytest.mark.parametrize("shape", [(3, DIM, 1), (1, 3, DIM), ()])
+def test_vectors_of_another_rank_name_the_shapes_accepted(db, shape):
+    # With an ids array, as with one id: the error is about the vectors (it
+    # used to be a TypeError about the ids, the call taken for a single insert).
+    vectors = np.zeros(shape, np.float32)
+    for ids in (np.arange(3, dtype=np.uint64) + 10, 10):
+        e = unchanged(db, lambda: db.insert(ids, vectors), ValueError)
+        assert f"(dim,) for one vector or (n, dim) for a batch, not {shape}" in str(e)
+        batch = iq.WriteBatch()
+        with pytest.raises(ValueError, match=r"\(n, dim\) for a batch"):
+            batch.insert(ids, vectors)
+        assert len(batch) == 0
+
+
 @pytest.mark.parametrize("meta, exc", [
     ({"k": [1]}, TypeError),
     ({1: "v"}, TypeError),
