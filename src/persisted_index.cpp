@@ -32,6 +32,13 @@ void validate_config(const PersistConfig& cfg) {
   }
 }
 
+void validate_writer_config(const PersistConfig& cfg) {
+  validate_config(cfg);
+  if (cfg.checkpoint_log_bytes != 0 && !cfg.wal_enabled) {
+    throw PersistError::argument("PersistConfig.checkpoint_log_bytes checkpoints the log: it needs wal_enabled");
+  }
+}
+
 namespace {
 
 // What the log beside a snapshot holds, as a save without the WAL sees it.

@@ -89,6 +89,8 @@ class PersistConfig:
         compression: Compression = ...,  # Compression.none()
         commit_spin_us: int = 500,
         discard_log: bool = False,
+        checkpoint_log_bytes: int = 0,
+        map_snapshot: bool = False,
         max_payload_bytes: int = 1 << 40,
         max_expansion_ratio: int = 4096,
         # rados://POOL/NAME paths only (None: the C++ default, in the comment)
@@ -108,6 +110,8 @@ class PersistConfig:
     compression: Compression
     commit_spin_us: int
     discard_log: bool
+    checkpoint_log_bytes: int
+    map_snapshot: bool
     max_payload_bytes: int
     max_expansion_ratio: int
 
@@ -115,6 +119,8 @@ class WalStats:
     commits: int
     records: int
     log_syncs: int
+    auto_checkpoints: int
+    auto_checkpoint_failures: int
     recovered_records: int
     torn_tail_bytes: int
     unsynced_frames_dropped: int
@@ -178,6 +184,7 @@ class _Persisted(_Reads):
     def checkpoint(self) -> None: ...
     def sync(self) -> None: ...
     def wal_stats(self) -> WalStats: ...
+    def auto_checkpoint_failure(self) -> Optional[str]: ...
 
 class PersistedFlatIndex(_Persisted):
     @staticmethod

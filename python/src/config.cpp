@@ -72,7 +72,7 @@ void bind_config(py::module_& m) {
   py::class_<PersistConfig, std::unique_ptr<PersistConfig, ConfigDeleter>>(m, "PersistConfig", "Where and how an index is persisted (docs/API.md, PersistConfig).")
       .def(py::init([](const std::filesystem::path& path, bool wal_enabled, FsyncPolicy fsync_policy,
                        Compression compression, std::int64_t commit_spin_us, bool discard_log,
-                       std::uint64_t max_payload_bytes, std::uint64_t max_expansion_ratio,
+                       std::uint64_t checkpoint_log_bytes, bool map_snapshot, std::uint64_t max_payload_bytes, std::uint64_t max_expansion_ratio,
                        std::optional<std::string> ceph_conf, std::optional<std::string> client_id,
                        std::optional<std::int64_t> op_timeout_s, std::optional<std::int64_t> connect_timeout_s,
                        std::optional<std::int64_t> lock_lease_s, std::optional<bool> take_over,
@@ -93,6 +93,8 @@ void bind_config(py::module_& m) {
              c.compression = compression;
              c.commit_spin = std::chrono::microseconds(commit_spin_us);
              c.discard_log = discard_log;
+             c.checkpoint_log_bytes = checkpoint_log_bytes;
+             c.map_snapshot = map_snapshot;
              c.limits.max_payload_bytes = max_payload_bytes;
              c.limits.max_expansion_ratio = max_expansion_ratio;
              return c;
@@ -100,6 +102,7 @@ void bind_config(py::module_& m) {
            py::arg("path"), py::kw_only(), py::arg("wal_enabled") = d.wal_enabled,
            py::arg("fsync_policy") = d.fsync_policy, py::arg("compression") = d.compression,
            py::arg("commit_spin_us") = d.commit_spin.count(), py::arg("discard_log") = d.discard_log,
+           py::arg("checkpoint_log_bytes") = d.checkpoint_log_bytes, py::arg("map_snapshot") = d.map_snapshot,
            py::arg("max_payload_bytes") = d.limits.max_payload_bytes,
            py::arg("max_expansion_ratio") = d.limits.max_expansion_ratio, py::arg("ceph_conf") = py::none(),
            py::arg("client_id") = py::none(), py::arg("op_timeout_s") = py::none(),
@@ -123,12 +126,16 @@ void bind_config(py::module_& m) {
       .def_readonly("compression", &PersistConfig::compression)
       .def_property_readonly("commit_spin_us", [](const PersistConfig& c) { return c.commit_spin.count(); })
       .def_readonly("discard_log", &PersistConfig::discard_log)
+      .def_readonly("checkpoint_log_bytes", &PersistConfig::checkpoint_log_bytes)
+      .def_readonly("map_snapshot", &PersistConfig::map_snapshot)
       .def_property_readonly("max_payload_bytes", [](const PersistConfig& c) { return c.limits.max_payload_bytes; })
       .def_property_readonly("max_expansion_ratio", [](const PersistConfig& c) { return c.limits.max_expansion_ratio; });
   py::class_<wal::WalStats>(m, "WalStats", "What the log did since the index was opened, and what load found.")
       .def_readonly("commits", &wal::WalStats::commits)
       .def_readonly("records", &wal::WalStats::records)
       .def_readonly("log_syncs", &wal::WalStats::log_syncs)
+      .def_readonly("auto_checkpoints", &wal::WalStats::auto_checkpoints)
+      .def_readonly("auto_checkpoint_failures", &wal::WalStats::auto_checkpoint_failures)
       .def_readonly("recovered_records", &wal::WalStats::recovered_records)
       .def_readonly("torn_tail_bytes", &wal::WalStats::torn_tail_bytes)
       .def_readonly("unsynced_frames_dropped", &wal::WalStats::unsynced_frames_dropped)

@@ -162,6 +162,13 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
             return str_or_none(p.released([](Db& db) { return db.failure(); }));
           },
           "Why mutations are refused (Poisoned), or None.")
+      .def(
+          "auto_checkpoint_failure",
+          [](P& p) -> py::object {
+            return str_or_none(p.released([](Db& db) { return db.auto_checkpoint_failure(); }));
+          },
+          "Why the last automatic checkpoint (checkpoint_log_bytes) failed, or None (none failed since the "
+          "last that succeeded). Mutations go on unless failure() says otherwise.")
       .def_property_readonly("metric", [](P& p) { return p.db->index().metric(); })
       .def_property_readonly("path", [](P& p) { return p.db->config().path.string(); })
       .def("__enter__", [](py::object self) { return self; })

@@ -171,9 +171,14 @@ def test_config_keyword_arguments_have_the_cpp_defaults(path):
     assert (c.wal_enabled, c.fsync_policy.mode, c.compression.kind, c.commit_spin_us, c.discard_log) == \
         (False, "always", "none", 500, False)
     assert c.max_payload_bytes == 1 << 40 and c.max_expansion_ratio == 4096
+    assert (c.checkpoint_log_bytes, c.map_snapshot) == (0, False)
     with pytest.raises(TypeError):
         iq.PersistConfig(path, True)  # keyword-only
     with pytest.raises(ValueError):
         iq.FsyncPolicy.periodic(0)
     with pytest.raises(iq.InvalidArgumentError):
         iq.open_with(iq.FlatIndex(DIM), iq.PersistConfig(path, wal_enabled=True, discard_log=True))
+    with pytest.raises(iq.InvalidArgumentError, match="checkpoint_log_bytes"):
+        iq.open_with(iq.FlatIndex(DIM), iq.PersistConfig(path, checkpoint_log_bytes=1 << 20))
+    with pytest.raises(TypeError):
+        iq.PersistConfig(path, checkpoint_log_bytes=-1)

@@ -1,11 +1,13 @@
 """Round trips for every index type, metric, compression and id kind; search
 against an independent numpy brute-force model (FlatIndex)."""
 
+import time
+
 import numpy as np
 import pytest
 
 import iqdb_persist as iq
-from conftest import rows
+from conftest import rows, wal_config
 
 COMPRESSIONS = [iq.Compression.none(), iq.Compression.zstd(3), iq.Compression.lz4(), iq.Compression.zstd(3, threads=2)]
 COMPRESSION_IDS = ["none", "zstd", "lz4", "zstd-2-threads"]
@@ -246,3 +248,36 @@ def test_compression_threads_are_checked(tmp_path):
     with iq.PersistedFlatIndex.load(cfg) as db:
         assert len(db) == 10
         np.testing.assert_array_equal(db.get(7), data[7])
+
+
+def log_frames_bytes(path):
+    """The log's header and frames, from its file: the zero-filled space it
+    is grown into ahead is not counted (it starts with a zero frame length)."""
+    data = open(str(path) + ".wal", "rb").read()
+    at = data.find(b"\0" * 64, 64)
+    return len(data) if at < 0 else at
+
+
+def test_automatic_checkpoints_keep_the_log_bounded(path):
+    bound = 16 << 10
+    n = 2000
+    vectors = rows(n, 8)
+    with iq.open_with(iq.FlatIndex(8), wal_config(path, checkpoint_log_bytes=bound)) as db:
+        for i in range(n):
+            db.insert(i, vectors[i])
+        # The last inserts may have reached the bound: that checkpoint runs.
+        deadline = time.monotonic() + 20
+        while log_frames_bytes(path) >= bound and time.monotonic() < deadline:
+            time.sleep(0.002)
+        stats = db.wal_stats()
+        assert stats.auto_checkpoints >= 3 and stats.auto_checkpoint_failures == 0
+        assert db.auto_checkpoint_failure() is None
+        assert log_frames_bytes(path) < bound
+    with iq.load(wal_config(path, map_snapshot=True)) as again:
+        # Fewer records replayed than a bound of frames (each is over 40 bytes).
+        assert again.wal_stats().recovered_records * 40 < bound
+        assert len(again) == n
+        for i in (0, 777, n - 1):
+            assert np.array_equal(again.get(i), vectors[i])
+        again.insert(n, vectors[0])  # a mapped load takes writes (copy on write)
+        assert np.array_equal(again.get(0), vectors[0])

@@ -84,6 +84,9 @@ class WalEngine::Impl {
   void checkpoint(const WriteSnapshot& write_snapshot);
   // wal_engine.cpp
   void close();
+  // auto_checkpoint.cpp
+  void start_checkpointer(std::uint64_t log_bytes, WriteSnapshot write_snapshot);
+  std::optional<std::string> checkpoint_failure() const;
   std::optional<std::string> failure() const;
   wal::WalStats stats() const;
   std::uint64_t last_lsn() const;
@@ -227,6 +230,9 @@ class WalEngine::Impl {
   // flusher.cpp
   void start_flusher();
   void stop_flusher();
+  // auto_checkpoint.cpp
+  void stop_checkpointer();
+  void note_log_full();  // (mu_ held) the log reached auto_at_
 
   std::shared_ptr<IndexStorage> storage_;
   FileSystem& fs_;  // the snapshot's
@@ -268,6 +274,16 @@ class WalEngine::Impl {
   std::thread flusher_;
   std::condition_variable flusher_cv_;
   bool stop_ = false;
+
+  // Automatic checkpoints (auto_checkpoint.cpp), all under mu_ but the thread.
+  std::uint64_t auto_bytes_ = 0;  // PersistConfig::checkpoint_log_bytes; 0: off
+  std::uint64_t auto_at_ = 0;     // the log's end at which the next one is due; 0: off
+  bool auto_due_ = false;         // the checkpointer was woken for it
+  bool auto_stop_ = false;
+  std::optional<std::string> auto_failure_;
+  WriteSnapshot auto_write_;
+  std::condition_variable auto_cv_;
+  std::thread checkpointer_;
 };
 
 }  // namespace iqdb::persist::detail

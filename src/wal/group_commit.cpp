@@ -114,6 +114,7 @@ void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate
   for (const MutationRef& m : ops) e.size_delta += m.op == wal::Op::Insert ? 1 : -1;
   log_frame(frame, e);
   e.end = writer_->end();
+  if (auto_at_ != 0 && e.end >= auto_at_) note_log_full();
   next_lsn_ += ops.size();
   ++stats_.commits;
   stats_.records += ops.size();

@@ -24,7 +24,10 @@ WalEngine::Impl::Impl(const PersistConfig& cfg)
       commit_spin_(std::max(cfg.commit_spin, std::chrono::microseconds(0))),
       max_frame_(std::min<std::uint64_t>(storage_->max_frame_bytes(), wal::MAX_FRAME_LEN)) {}
 
-WalEngine::Impl::~Impl() { stop_flusher(); }
+WalEngine::Impl::~Impl() {
+  stop_checkpointer();
+  stop_flusher();
+}
 
 // The log is grown ahead of its frames in zero-filled steps under every
 // policy: under Always and Periodic each fdatasync then carries data
@@ -50,6 +53,7 @@ void WalEngine::Impl::start_new_log(std::uint64_t base_lsn) {
   next_lsn_ = base_lsn;
   synced_lsn_ = base_lsn - 1;  // the snapshot holds (durably) everything before
   synced_end_ = writer_->end();
+  if (auto_bytes_ != 0) auto_at_ = auto_bytes_;  // a new log: the bound counts from its start
 }
 
 void WalEngine::Impl::create(const WriteSnapshot& write_snapshot) {

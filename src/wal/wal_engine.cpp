@@ -10,6 +10,7 @@
 namespace iqdb::persist::detail {
 
 void WalEngine::Impl::close() {
+  stop_checkpointer();  // waits for a checkpoint it runs
   stop_flusher();
   std::unique_lock lk(mu_);
   if (closed_) return;
@@ -72,6 +73,10 @@ void WalEngine::commit(std::span<const MutationRef> ops, Validate validate, Appl
   impl_->commit(ops, validate, apply);
 }
 void WalEngine::checkpoint(const WriteSnapshot& write_snapshot) { impl_->checkpoint(write_snapshot); }
+void WalEngine::start_auto_checkpoint(std::uint64_t log_bytes, WriteSnapshot write_snapshot) {
+  impl_->start_checkpointer(log_bytes, std::move(write_snapshot));
+}
+std::optional<std::string> WalEngine::auto_checkpoint_failure() const { return impl_->checkpoint_failure(); }
 void WalEngine::sync() { impl_->sync(); }
 void WalEngine::close() { impl_->close(); }
 std::uint64_t WalEngine::last_lsn() const { return impl_->last_lsn(); }

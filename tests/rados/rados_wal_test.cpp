@@ -197,6 +197,34 @@ TEST_F(RadosWal, RoundTripUnderEveryPolicy) {
   }
 }
 
+// PersistConfig::checkpoint_log_bytes on RADOS: with a bound of 8 KiB
+// (about 90 inserts of this size), the writer publishes new generations by
+// itself; a reload replays less than a bound's worth and has every insert.
+TEST_F(RadosWal, AutomaticCheckpointsPublishNewGenerations) {
+  PersistConfig cfg = config_for(name_);
+  cfg.checkpoint_log_bytes = 8 << 10;
+  Model m;
+  std::uint64_t before = 0;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+    before = generation(name_);
+    for (std::uint64_t id = 1; id <= 400; ++id) {
+      db.insert(id, vector_of(id));
+      m[id] = vector_of(id);
+    }
+    // close() waits for a checkpoint that runs and starts none.
+    db.close();
+    EXPECT_GE(db.wal_stats().auto_checkpoints, 2u);
+    EXPECT_EQ(db.wal_stats().auto_checkpoint_failures, 0u);
+  }
+  EXPECT_GE(generation(name_), before + 2);
+  auto again = PersistedIndex<FlatIndex>::load(read_only(config_for(name_)));
+  EXPECT_TRUE(equals(again.index(), m));
+  // A log holds at most a bound (frames here are over 80 bytes) and the few
+  // frames a single writer commits before the checkpoint it asked for starts.
+  EXPECT_LE(again.wal_stats().recovered_records, (std::uint64_t{8} << 10) / 80 + 8);
+}
+
 // The log's bytes in RADOS are a local log's: the concatenated objects, put
 // in a local file, read with the local reader, hold the records logged
 // since the last checkpoint, in order.

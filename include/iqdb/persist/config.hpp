@@ -112,6 +112,18 @@ struct PersistConfig {
   // not be written to or truncated in place while mapped (docs/API.md,
   // "Mapped load").
   bool map_snapshot = false;
+  // With the WAL: once the log has grown to this many bytes (its header and
+  // frames), a checkpoint runs on a thread of the index's own, as if
+  // checkpoint() had been called: the log starts anew, so that it, and a
+  // load's replay, stay bounded without the program calling checkpoint().
+  // Mutations wait while its snapshot is written, as for checkpoint(). A
+  // failed one is counted (WalStats::auto_checkpoint_failures, the reason
+  // in PersistedIndex::auto_checkpoint_failure()) and tried again once the
+  // log has grown by as much again. 0 (the default): only checkpoint()
+  // checkpoints. close() and the destructor wait for one that is running
+  // and start none. Invalid without wal_enabled (a read replica ignores it
+  // until promoted).
+  std::uint64_t checkpoint_log_bytes = 0;
   // The file-system seam; nullptr means the real POSIX file system. Tests
   // pass a fault-injecting or recording wrapper. Not owned; must outlive
   // every object that uses this config.

@@ -45,6 +45,8 @@ inline FileSystem& fs_of(const PersistConfig& cfg) {
 }
 // Validates a config (throws InvalidArgument).
 void validate_config(const PersistConfig& cfg);
+// The same, for a PersistedIndex (a read replica ignores what only a writer uses).
+void validate_writer_config(const PersistConfig& cfg);
 // save() without a WAL. Holds the writer lock ("<path>.lock"; Locked while
 // another writer, WAL or not, holds it) while it looks at the files and
 // writes. Refuses (WouldLoseWrites; a damaged log: CorruptLog) to replace
@@ -138,7 +140,7 @@ class PersistedIndex {
   // taken) until save(); the index covers LSN 0. With a WAL: takes the writer lock (Locked if held elsewhere), writes a
   // base snapshot of `index` and starts an empty log.
   static PersistedIndex open_with(I index, PersistConfig config) {
-    detail::validate_config(config);
+    detail::validate_writer_config(config);
     auto s = std::make_unique<State>(std::move(index), std::move(config));
     if (s->config.wal_enabled) {
       State* st = s.get();
@@ -156,7 +158,7 @@ class PersistedIndex {
   // acknowledged write is hidden; last_lsn() is then the LSN the loaded
   // state covers.
   static PersistedIndex load(PersistConfig config) {
-    detail::validate_config(config);
+    detail::validate_writer_config(config);
     std::optional<I> loaded;
     const detail::Loader<I> l{config, loaded};
     if (!config.wal_enabled) {
@@ -303,6 +305,14 @@ class PersistedIndex {
   // the last LSN of the snapshot it loaded or saved (0 after open_with).
   std::uint64_t last_lsn() const { return s_->engine ? s_->engine->last_lsn() : s_->base_lsn.load(); }
 
+  // Why the last automatic checkpoint (PersistConfig::checkpoint_log_bytes)
+  // failed; nullopt when none failed since the last one that succeeded, or
+  // without automatic checkpoints. Mutations go on after such a failure
+  // unless it left the log in doubt (then failure() says why).
+  std::optional<std::string> auto_checkpoint_failure() const {
+    return s_->engine ? s_->engine->auto_checkpoint_failure() : std::nullopt;
+  }
+
   // Health check: why mutations are refused (ErrorKind::Poisoned) after a
   // write or fsync of the log failed, including a failure of the periodic
   // flusher that no caller saw; nullopt while the index accepts writes.
@@ -331,7 +341,18 @@ class PersistedIndex {
     std::unique_ptr<detail::WalEngine> engine;
   };
 
-  explicit PersistedIndex(std::unique_ptr<State> s) : s_(std::move(s)) {}
+  // Every PersistedIndex is made here: with a WAL and checkpoint_log_bytes,
+  // its engine checkpoints by itself from now on (State is not moved again:
+  // the callback's pointer stays valid until the engine stops).
+  explicit PersistedIndex(std::unique_ptr<State> s) : s_(std::move(s)) {
+    if (s_->engine && s_->config.checkpoint_log_bytes != 0) {
+      State* st = s_.get();
+      s_->engine->start_auto_checkpoint(s_->config.checkpoint_log_bytes, [st](std::uint64_t lsn) {
+        std::shared_lock lk(st->mu);
+        st->write_snapshot(lsn, true);
+      });
+    }
+  }
 
   template <Persistable>
   friend class ReadReplica;

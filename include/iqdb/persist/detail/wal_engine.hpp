@@ -86,6 +86,14 @@ class WalEngine {
   // (not readers) while it runs.
   void checkpoint(const WriteSnapshot& write_snapshot);
 
+  // From now on, checkpoint with write_snapshot on a thread of the engine's
+  // own whenever the log reaches log_bytes (PersistConfig::
+  // checkpoint_log_bytes); 0 does nothing. write_snapshot must stay valid
+  // until close() or the destructor, which stop that thread first.
+  void start_auto_checkpoint(std::uint64_t log_bytes, WriteSnapshot write_snapshot);
+  // The last automatic checkpoint's error; nullopt after one succeeded.
+  std::optional<std::string> auto_checkpoint_failure() const;
+
   // Make every logged record durable now.
   void sync();
   // Stop the flusher, sync (unless FsyncPolicy::Never), release the lock.
