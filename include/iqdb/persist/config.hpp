@@ -121,8 +121,9 @@ struct PersistConfig {
   // in PersistedIndex::auto_checkpoint_failure()) and tried again once the
   // log has grown by as much again. 0 (the default): only checkpoint()
   // checkpoints. close() and the destructor wait for one that is running
-  // and start none. Invalid without wal_enabled (a read replica ignores it
-  // until promoted).
+  // and start none. That thread reads the index at any time: changes
+  // through PersistedIndex::index_mut() would race with it. Invalid without
+  // wal_enabled (a read replica ignores it until promoted).
   std::uint64_t checkpoint_log_bytes = 0;
   // The file-system seam; nullptr means the real POSIX file system. Tests
   // pass a fault-injecting or recording wrapper. Not owned; must outlive

@@ -131,7 +131,9 @@ class ReadReplica;
 // FsyncPolicy::Always concurrent mutations share fsyncs (group commit). read()
 // runs alongside mutations and alongside a checkpoint's snapshot write.
 // index() / index_mut() are unsynchronised: use them only while no other
-// thread calls into this object. The object itself is movable, not copyable;
+// thread calls into this object. With PersistConfig::checkpoint_log_bytes a
+// thread of the object's own reads the index whenever it checkpoints: then
+// change it only through the mutations, never through index_mut(). The object itself is movable, not copyable;
 // moving it while other threads use it is not safe.
 template <Persistable I>
 class PersistedIndex {
