@@ -50,7 +50,13 @@ void bind_policies(py::module_& m) {
       })
       .def_property_readonly("level", &Compression::level)
       .def_property_readonly("threads", &Compression::threads)
-      .def("__eq__", [](const Compression& a, const Compression& b) { return a == b; });
+      .def("__eq__", [](const Compression& a, const Compression& b) { return a == b; })
+      .def("__repr__", [](const Compression& c) {
+        if (c.kind() == Compression::Kind::Lz4) return std::string("Compression.lz4()");
+        if (c.kind() != Compression::Kind::Zstd) return std::string("Compression.none()");
+        return "Compression.zstd(" + std::to_string(c.level()) +
+               (c.threads() == 1 ? std::string() : ", threads=" + std::to_string(c.threads())) + ")";
+      });
 }
 
 // A rados:// config holds a RADOS client, which the last copy's destructor
@@ -129,7 +135,23 @@ void bind_config(py::module_& m) {
       .def_readonly("checkpoint_log_bytes", &PersistConfig::checkpoint_log_bytes)
       .def_readonly("map_snapshot", &PersistConfig::map_snapshot)
       .def_property_readonly("max_payload_bytes", [](const PersistConfig& c) { return c.limits.max_payload_bytes; })
-      .def_property_readonly("max_expansion_ratio", [](const PersistConfig& c) { return c.limits.max_expansion_ratio; });
+      .def_property_readonly("max_expansion_ratio", [](const PersistConfig& c) { return c.limits.max_expansion_ratio; })
+      .def("__repr__", [d](py::handle self) {
+        // The path and the keywords that change what is persisted and how;
+        // the others where they differ from the defaults (d).
+        const auto& c = self.cast<const PersistConfig&>();
+        std::string s = "PersistConfig(" + py::repr(self.attr("path")).cast<std::string>() +
+                        ", wal_enabled=" + (c.wal_enabled ? "True" : "False") +
+                        ", fsync_policy=" + py::repr(self.attr("fsync_policy")).cast<std::string>() +
+                        ", compression=" + py::repr(self.attr("compression")).cast<std::string>();
+        if (c.checkpoint_log_bytes != d.checkpoint_log_bytes) {
+          s += ", checkpoint_log_bytes=" + std::to_string(c.checkpoint_log_bytes);
+        }
+        if (c.map_snapshot) s += ", map_snapshot=True";
+        if (c.discard_log) s += ", discard_log=True";
+        if (c.commit_spin != d.commit_spin) s += ", commit_spin_us=" + std::to_string(c.commit_spin.count());
+        return s + ")";
+      });
   py::class_<wal::WalStats>(m, "WalStats", "What the log did since the index was opened, and what load found.")
       .def_readonly("commits", &wal::WalStats::commits)
       .def_readonly("records", &wal::WalStats::records)
@@ -139,7 +161,16 @@ void bind_config(py::module_& m) {
       .def_readonly("recovered_records", &wal::WalStats::recovered_records)
       .def_readonly("torn_tail_bytes", &wal::WalStats::torn_tail_bytes)
       .def_readonly("unsynced_frames_dropped", &wal::WalStats::unsynced_frames_dropped)
-      .def_readonly("migrated_v1_log", &wal::WalStats::migrated_v1_log);
+      .def_readonly("migrated_v1_log", &wal::WalStats::migrated_v1_log)
+      .def("__repr__", [](const wal::WalStats& s) {
+        return "WalStats(commits=" + std::to_string(s.commits) + ", records=" + std::to_string(s.records) +
+               ", log_syncs=" + std::to_string(s.log_syncs) + ", auto_checkpoints=" +
+               std::to_string(s.auto_checkpoints) + ", auto_checkpoint_failures=" +
+               std::to_string(s.auto_checkpoint_failures) + ", recovered_records=" +
+               std::to_string(s.recovered_records) + ", torn_tail_bytes=" + std::to_string(s.torn_tail_bytes) +
+               ", unsynced_frames_dropped=" + std::to_string(s.unsynced_frames_dropped) +
+               ", migrated_v1_log=" + (s.migrated_v1_log ? "True" : "False") + ")";
+      });
 }
 
 void bind_write_batch(py::module_& m) {

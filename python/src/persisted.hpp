@@ -16,7 +16,15 @@ namespace iqdb::persist::python {
 // The methods every index class has, standalone (in memory, nothing logged).
 template <class I>
 void bind_index_methods(py::class_<Owned<I>>& c) {
-  c.def_property_readonly("dim", [](Owned<I>& o) { return o.get().dim(); })
+  c.def("__repr__",
+        [](py::handle self) -> py::str {
+          auto& o = self.cast<Owned<I>&>();
+          const py::object name = py::type::of(self).attr("__name__");
+          if (!o.ix) return py::str("{}(<moved into a persisted index>)").format(name);
+          return py::str("{}(dim={}, metric={}, len={})").format(name, o.ix->dim(), py::str(py::cast(o.ix->metric())),
+                                                                   o.ix->size());
+        })
+      .def_property_readonly("dim", [](Owned<I>& o) { return o.get().dim(); })
       .def_property_readonly("metric", [](Owned<I>& o) { return o.get().metric(); })
       .def("__len__", [](Owned<I>& o) { return o.get().size(); })
       .def("__contains__", [](Owned<I>& o, py::handle id) { return o.get().contains(to_id(id)); })

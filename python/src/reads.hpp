@@ -41,7 +41,14 @@ HitTable search_rows(const I& ix, const Queries& q, std::size_t k) {
 
 template <class I, class W>
 void bind_reads(py::class_<W>& c) {
-  c.def(
+  // Cached or lock-free attributes only: a repr never waits for a checkpoint.
+  c.def("__repr__",
+        [](py::handle self) {
+          return py::str("{}({!r}, dim={}, metric={})")
+              .format(py::type::of(self).attr("__name__"), self.attr("path"), self.attr("dim"),
+                      py::str(self.attr("metric")));
+        })
+      .def(
        "search",
        [](W& w, py::handle query, std::size_t k) {
          const Queries q = as_queries(query, w.dim);

@@ -73,3 +73,31 @@ def test_load_picks_the_type_from_the_header(path):
     if iq.HAVE_HNSWLIB:
         with pytest.raises(iq.InvalidIndexTypeError):
             iq.load(iq.PersistConfig(path), index_type=iq.HnswlibIndex)
+
+
+def test_reprs_say_what_the_objects_are(path):
+    names = {"PersistConfig": iq.PersistConfig, "FsyncPolicy": iq.FsyncPolicy, "Compression": iq.Compression}
+    for c in (iq.Compression.none(), iq.Compression.lz4(), iq.Compression.zstd(), iq.Compression.zstd(7, 2)):
+        assert eval(repr(c), names) == c
+    assert repr(iq.Compression.zstd(7, 2)) == "Compression.zstd(7, threads=2)"
+    cfg = iq.PersistConfig(path, wal_enabled=True, fsync_policy=iq.FsyncPolicy.periodic(50),
+                           compression=iq.Compression.lz4(), checkpoint_log_bytes=4096, map_snapshot=True)
+    assert repr(cfg) == (f"PersistConfig({str(path)!r}, wal_enabled=True, fsync_policy=FsyncPolicy.periodic(50), "
+                         "compression=Compression.lz4(), checkpoint_log_bytes=4096, map_snapshot=True)")
+    again = eval(repr(cfg), names)
+    assert (again.path, again.wal_enabled, again.fsync_policy, again.compression, again.checkpoint_log_bytes,
+            again.map_snapshot) == (str(path), True, iq.FsyncPolicy.periodic(50), iq.Compression.lz4(), 4096, True)
+    assert repr(iq.PersistConfig("x")) == \
+        "PersistConfig('x', wal_enabled=False, fsync_policy=FsyncPolicy.always(), compression=Compression.none())"
+    ix = iq.FlatIndex(4, "cosine")
+    ix.insert(1, np.ones(4, np.float32))
+    assert repr(ix) == "FlatIndex(dim=4, metric=Metric.Cosine, len=1)"
+    with iq.open_with(ix, iq.PersistConfig(path, wal_enabled=True)) as db:
+        assert repr(ix) == "FlatIndex(<moved into a persisted index>)"
+        assert repr(db) == f"PersistedFlatIndex({str(path)!r}, dim=4, metric=Metric.Cosine)"
+        db.insert(2, np.ones(4, np.float32))
+        assert repr(db.wal_stats()).startswith("WalStats(commits=1, records=1, log_syncs=1, auto_checkpoints=0,")
+    replica = iq.open_replica(iq.PersistConfig(path))
+    assert repr(replica) == f"FlatReadReplica({str(path)!r}, dim=4, metric=Metric.Cosine)"
+    replica.close()
+    assert repr(replica) == f"FlatReadReplica({str(path)!r}, dim=4, metric=Metric.Cosine)"  # after close too
