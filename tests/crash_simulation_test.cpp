@@ -429,6 +429,7 @@ struct Scenario {
   bool wal = true;
   FsyncPolicy policy = FsyncPolicy::always();
   Compression compression = Compression::none();
+  std::uint64_t checkpoint_log_bytes = 0;  // automatic checkpoints when not 0
 };
 
 std::string policy_name(const FsyncPolicy& p) {
@@ -450,7 +451,8 @@ std::string compression_name(const Compression& c) {
 }
 
 std::string scenario_name(const Scenario& s) {
-  return std::string(s.wal ? "wal" : "nowal") + "/" + policy_name(s.policy) + "/" + compression_name(s.compression);
+  return std::string(s.wal ? "wal" : "nowal") + "/" + policy_name(s.policy) + "/" + compression_name(s.compression) +
+         (s.checkpoint_log_bytes != 0 ? "/auto" + std::to_string(s.checkpoint_log_bytes) : "");
 }
 
 // gtest and ctest name parameterised tests with this.
@@ -461,6 +463,7 @@ PersistConfig config_for(const Scenario& s, FileSystem& fs) {
   cfg.wal_enabled = s.wal;
   cfg.fsync_policy = s.policy;
   cfg.compression = s.compression;
+  cfg.checkpoint_log_bytes = s.checkpoint_log_bytes;
   cfg.file_system = &fs;
   return cfg;
 }
@@ -493,6 +496,9 @@ void wal_workload(Workload& w, Scale sc) {
   WriteBatch b1;
   b1.insert(20, vec_of(20, dim)).insert(21, vec_of(21, dim), meta_of(21)).erase(10);
   w.write(b1);
+  // With automatic checkpoints every 600 bytes of log, b1 took it past the bound.
+  const bool autos = w.config().checkpoint_log_bytes != 0;
+  if (autos) w.wait_for_auto_checkpoints(1);
   w.sync();
   put(12, 12);
   w.erase(11);
@@ -502,6 +508,7 @@ void wal_workload(Workload& w, Scale sc) {
   b2.insert(22, vec_of(22, dim)).erase(13).insert(VectorId::bytes("beta"), vec_of(101, dim));
   w.write(b2);
   put(14, 14);
+  if (autos) w.wait_for_auto_checkpoints(2);
   w.save();
   put(15, 15);
   w.erase(1);
@@ -640,6 +647,12 @@ std::vector<Scenario> wal_scenarios() {
       out.push_back({true, p, c});
     }
   }
+  // Automatic checkpoints (PersistConfig::checkpoint_log_bytes) from the
+  // index's own thread, every few hundred bytes of log: their file-system
+  // calls interleave with the workload's, and every crash point among them
+  // must recover as a checkpoint() call's would.
+  out.push_back({true, FsyncPolicy::always(), Compression::none(), 600});
+  out.push_back({true, FsyncPolicy::never(), Compression::none(), 600});
   return out;
 }
 

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -153,6 +155,18 @@ void Workload::close() {
   });
 }
 
+void Workload::wait_for_auto_checkpoints(std::uint64_t count) {
+  call("automatic checkpoint " + std::to_string(count), false, kNothing, [&] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (db_->wal_stats().auto_checkpoints < count) {
+      if (std::chrono::steady_clock::now() > until) {
+        throw std::runtime_error("automatic checkpoint " + std::to_string(count) + " did not run in 20 s");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+}
+
 void Workload::reopen() {
   call("load", false, kNothing, [&] { db_.emplace(PersistedIndex<FlatIndex>::load(config_)); });
 }
@@ -224,6 +238,9 @@ class Recoverer {
     SimFs sim(dirs_, img, SimFs::Options{0xbadcafe, trace != nullptr});
     PersistConfig c = cfg_;
     c.file_system = &sim;
+    // A recovery is a plain load: no thread of its own writing behind it
+    // (the recorded workload's automatic checkpoints are what is checked).
+    c.checkpoint_log_bytes = 0;
     Recovered r;
     try {
       {

@@ -80,6 +80,10 @@ class Workload {
   void close();
   // load() again (after close()).
   void reopen();
+  // Waits (a step of its own, promising nothing more) until the index's own
+  // thread has run `count` automatic checkpoints since it was opened
+  // (PersistConfig::checkpoint_log_bytes); throws after 20 s.
+  void wait_for_auto_checkpoints(std::uint64_t count);
 
   const PersistConfig& config() const noexcept { return config_; }
   const std::vector<Step>& steps() const noexcept { return steps_; }
