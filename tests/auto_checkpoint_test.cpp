@@ -189,8 +189,8 @@ TEST(AutoCheckpoint, NeedsTheWalAndAReplicaIgnoresIt) {
     EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument) << e.what();
   }
   EXPECT_TRUE(dir.entries().empty());
-  PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), test::wal_config(cfg.path, FsyncPolicy::always()))
-      .close();
+  const PersistConfig with_wal = test::wal_config(cfg.path, FsyncPolicy::always());
+  PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), with_wal).close();
   try {
     (void)PersistedIndex<FlatIndex>::load(cfg);
     FAIL() << "load accepted checkpoint_log_bytes without the WAL";

@@ -78,7 +78,8 @@ void bind_config(py::module_& m) {
   py::class_<PersistConfig, std::unique_ptr<PersistConfig, ConfigDeleter>>(m, "PersistConfig", "Where and how an index is persisted (docs/API.md, PersistConfig).")
       .def(py::init([](const std::filesystem::path& path, bool wal_enabled, FsyncPolicy fsync_policy,
                        Compression compression, std::int64_t commit_spin_us, bool discard_log,
-                       std::uint64_t checkpoint_log_bytes, bool map_snapshot, std::uint64_t max_payload_bytes, std::uint64_t max_expansion_ratio,
+                       std::uint64_t checkpoint_log_bytes, bool map_snapshot, std::uint64_t max_payload_bytes,
+                       std::uint64_t max_expansion_ratio,
                        std::optional<std::string> ceph_conf, std::optional<std::string> client_id,
                        std::optional<std::int64_t> op_timeout_s, std::optional<std::int64_t> connect_timeout_s,
                        std::optional<std::int64_t> lock_lease_s, std::optional<bool> take_over,
