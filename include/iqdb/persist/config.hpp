@@ -98,9 +98,9 @@ struct PersistConfig {
   // ErrorKind::WouldLoseWrites. Such writes are the records of a log at
   // path + ".wal" above the LSN the index covers (see
   // PersistedIndex::last_lsn) and a snapshot whose last LSN is above it.
-  // The save writes the snapshot (durably, whatever the fsync policy) with
-  // the highest LSN the log holds, so that it covers every record of the
-  // log, then removes the log durably: a crash in between loads as the new
+  // With a log there, the save writes the snapshot (durably, whatever the
+  // fsync policy) with the highest LSN the log holds, so that it covers
+  // every record of the log, then removes the log durably: a crash in between loads as the new
   // snapshot, with or without the WAL. Set it for a save meant to throw
   // those writes away; invalid together with wal_enabled.
   bool discard_log = false;
