@@ -397,6 +397,30 @@ INSTANTIATE_TEST_SUITE_P(
         SnapshotFault{"DirectorySyncFails", Fault::fail({OpKind::SyncDir, ""}, 1, EIO), false}),
     [](const ::testing::TestParamInfo<SnapshotFault>& i) { return std::string(i.param.name); });
 
+// A checkpoint whose snapshot publish gets no answer (ETIMEDOUT, as a
+// RADOS operation past op_timeout) may still take effect: the new snapshot,
+// whose log was never started, could become the current one, and a record
+// appended to the old log afterwards would then be lost on reload. The index
+// refuses writes until a reopen tells which snapshot is current; a failure
+// known as such (RenameFails above) does not.
+TEST(WalFaults, ACheckpointWhosePublishHadNoAnswerRefusesWrites) {
+  test::TempDir dir;
+  FaultFs ffs;
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &ffs);
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 5; ++i) put(db, model, i);
+    ffs.arm(Fault::fail({OpKind::Rename, ".db.iqdb.tmp-"}, 1, ETIMEDOUT));
+    EXPECT_EQ(error_of([&] { db.checkpoint(); }), ErrorKind::Io);
+    EXPECT_EQ(ffs.fired(), 1u);
+    EXPECT_TRUE(db.failure().has_value());
+    EXPECT_EQ(error_of([&] { db.insert(6, vec_of(6)); }), ErrorKind::Poisoned);
+    EXPECT_EQ(diff(db.index(), model), "");
+  }
+  expect_recovers(cfg, model);
+}
+
 // ---------------------------------------------------------------- two processes
 
 TEST(WalFaults, SecondProcessIsLockedOutUntilTheWriterCloses) {

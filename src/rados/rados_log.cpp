@@ -452,7 +452,16 @@ LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, st
 void refresh_log_layout(RadosSnapshotStore& store, LogLayout& layout) {
   // The last object known may have grown; objects after it may have come.
   const std::uint64_t k = layout.objects.empty() ? 0 : layout.objects.size() - 1;
+  const std::uint64_t known = layout.size();
   read_objects_from(store, layout, k, k > 0, /*until_unmarked=*/true);
+  // A writer creates object k+1 before it marks k (iqdb.more), so one killed
+  // in between (or whose mark failed) leaves k unmarked for good: when the
+  // last object brought nothing new, look for the next one (one more read).
+  if (layout.objects.empty() || layout.size() != known) return;
+  const std::uint64_t next = layout.objects.size();
+  if (stat_object(store, log_object(layout.name, layout.generation, next))) {
+    read_objects_from(store, layout, next, /*more=*/false, /*until_unmarked=*/true);
+  }
 }
 
 std::unique_ptr<ReadableFile> open_log_file(RadosSnapshotStore& store, LogLayout layout) {

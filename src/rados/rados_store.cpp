@@ -97,6 +97,9 @@ std::pair<std::uint64_t, std::uint64_t> RadosSnapshotStore::Impl::allocate(const
       rados_write_op_create(op.op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
       set_xattr(op, kGenAttr, encode_generation(0));
       set_xattr(op, kNextAttr, encode_generation(1));
+      // Epoch 0 from the start: the first writer's raise then compares too
+      // (writer_lock.cpp), so two first writers cannot both get epoch 1.
+      set_xattr(op, kEpochAttr, encode_generation(0));
       const int r = rados_write_op_operate(op.op, io, head.c_str(), nullptr, 0);
       if (r < 0 && r != -EEXIST) fail(head, "creating the head", r);
       continue;
@@ -226,8 +229,12 @@ void throw_rados(const fs::path& where, std::string_view op, int r) {
 
 std::uint64_t last_read_generation(RadosSnapshotStore& store, const std::string& name) {
   std::lock_guard lock(store.impl().mu);
-  const auto it = store.impl().last_read.find(name);
-  return it == store.impl().last_read.end() ? 0 : it->second;
+  auto& read = store.impl().last_read;
+  const auto it = read.find({std::this_thread::get_id(), name});
+  if (it == read.end()) return 0;
+  const std::uint64_t g = it->second;
+  read.erase(it);
+  return g;
 }
 
 fs::path object_path(const RadosSnapshotStore& store, const std::string& object) {
@@ -479,7 +486,7 @@ std::unique_ptr<ReadableFile> RadosSnapshotStore::open_read(const fs::path& path
   }
   {
     std::lock_guard lock(impl_->mu);
-    impl_->last_read[p.name] = rec->head.generation;
+    impl_->last_read[{std::this_thread::get_id(), p.name}] = rec->head.generation;
   }
   return open_stripe_reader(*impl_, p.name, std::move(rec->head), path);
 }
@@ -520,6 +527,21 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
   rados_write_op_write_full(op.op, reinterpret_cast<const char*>(bytes.data()), bytes.size());
   set_xattr(op, kGenAttr, encode_generation(p.generation));
   const int r = rados_write_op_operate(op.op, impl_->io, head.c_str(), nullptr, 0);
+  if (r == -ETIMEDOUT) {
+    // No answer: the operation may still be applied (an OSD that was paused
+    // or slow), so the head may name this generation already. Its stripes
+    // stay: the save is forgotten here, so that remove() leaves them (the
+    // next publish's collection removes them if it never was published).
+    {
+      std::lock_guard lock(impl_->mu);
+      impl_->pending.erase(from.string());
+    }
+    throw PersistError::io(impl_->object_path(head),
+                           "publishing generation " + std::to_string(p.generation) +
+                               " (no answer within op_timeout: whether it was published is unknown until the head "
+                               "is read again; its stripes are kept)",
+                           ETIMEDOUT);
+  }
   if (r == -ECANCELED && fence) {
     std::optional<std::string> epoch;
     try {

@@ -63,9 +63,12 @@ struct RadosSnapshotStore::Impl {
   std::random_device random;
   // Writer locks held through this store, by name (writer_lock.cpp).
   std::map<std::string, std::shared_ptr<rados_detail::Fence>> fences;
-  // The generation each name's last open_read opened (the log that goes
-  // with the snapshot a reader loaded: rados_storage.cpp).
-  std::map<std::string, std::uint64_t> last_read;
+  // The generation each thread's last open_read of each name opened (the
+  // log that goes with the snapshot a load read: rados_storage.cpp). Per
+  // thread, because loads through one store run at once (copies of one
+  // config share it) and a load reads its snapshot on its own thread; the
+  // entry is taken by that load's last_read_generation.
+  std::map<std::pair<std::thread::id, std::string>, std::uint64_t> last_read;
   // Read replicas' wake-ups, by name (change_notify.hpp).
   std::map<std::string, std::shared_ptr<rados_detail::ChangeNotifier>> notifiers;
 

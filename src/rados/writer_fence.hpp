@@ -62,7 +62,8 @@ void attach_fence(RadosSnapshotStore& store, const std::string& name, std::share
 void detach_fence(RadosSnapshotStore& store, const std::string& name, const Fence* fence);
 // The fence of a held lock (shared with the log it writes).
 std::shared_ptr<Fence> fence_of(const RadosWriterLock& lock);
-// The generation of NAME the store's last open_read opened (0: none).
+// The generation of NAME this thread's last open_read through the store
+// opened (0: none); taken: a second call gives 0.
 std::uint64_t last_read_generation(RadosSnapshotStore& store, const std::string& name);
 // `rados://POOL/OBJECT`, for messages.
 std::filesystem::path object_path(const RadosSnapshotStore& store, const std::string& object);

@@ -215,6 +215,10 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
     const std::string zero = encode_generation(0), one = encode_generation(1);
     rados_write_op_setxattr(op, kGenAttr, zero.data(), zero.size());
     rados_write_op_setxattr(op, kNextAttr, one.data(), one.size());
+    // Epoch 0 from the start, so that the first raise below compares too: of
+    // two writers that both read 0 (one paused past the other's takeover),
+    // only one gets epoch 1.
+    rados_write_op_setxattr(op, kEpochAttr, zero.data(), zero.size());
     const int r = rados_write_op_operate(op, s->h.io, s->head.c_str(), nullptr, 0);
     rados_release_write_op(op);
     if (r < 0 && r != -EEXIST) fail("creating the head", r);
@@ -335,10 +339,13 @@ void RadosWriterLock::release() {
   s_->released = true;
   s_->stop_renewing();
   detach_fence(*s_->store, s_->name, s_->fence.get());
-  const bool was_lost = s_->fence->lost.load();
   s_->fence->mark_lost("the lock was released");
-  if (was_lost) return;  // a newer writer owns the head's attributes
-  // Clear our address (only under our epoch), then unlock.
+  // Clear our address (only under our epoch), then unlock (only our
+  // cookie's lock). Also when the lock was marked lost: by our own lease
+  // check (no newer writer may exist, and the next one should not wait for
+  // the lease or blocklist us), or by a takeover (then both fail, harmlessly:
+  // the epoch differs and the lock has another cookie; a blocklisted client
+  // is refused at once).
   rados_write_op_t op = rados_create_write_op();
   const std::string mine = encode_generation(s_->fence->epoch);
   rados_write_op_cmpxattr(op, kEpochAttr, LIBRADOS_CMPXATTR_OP_EQ, mine.data(), mine.size());

@@ -1,5 +1,7 @@
 // checkpoint(): fold the log into a new snapshot and start an empty log, with
 // no crash window (docs/FORMAT.md, "Checkpoint").
+#include <cerrno>
+
 #include "iqdb/persist/error.hpp"
 #include "wal/engine_impl.hpp"
 
@@ -16,7 +18,18 @@ void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
   // 1. The snapshot, durably, with the last LSN it holds. A crash from here
   //    until step 2 completes leaves the old log beside it, whose records are
   //    all <= last: replay skips them.
-  write_snapshot(last);
+  try {
+    write_snapshot(last);
+  } catch (const PersistError& err) {
+    // A publish without an answer (RADOS: ETIMEDOUT) may still take effect:
+    // the snapshot at `last` may be the published one, whose log (step 2)
+    // does not exist, so a record appended to the old log from now on could
+    // be lost on reload. Only a reopen can tell which snapshot is current.
+    // (A save that failed for sure leaves the old snapshot and log: writes
+    // go on.)
+    if (err.sys_errno() == ETIMEDOUT) poison(err.what(), refusal_kind(err));
+    throw;
+  }
   // 2. A fresh log starting at last + 1, atomically replacing the old one.
   try {
     start_new_log(last + 1);

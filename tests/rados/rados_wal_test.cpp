@@ -286,6 +286,52 @@ TEST_F(RadosWal, WithoutTheWalSaveAndLoad) {
   EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
 }
 
+// Loads through one store (copies of one config share it) run at once, and
+// each pairs the snapshot it read with that snapshot's log, whatever another
+// load read meanwhile: here load A reads generation G's snapshot, the writer
+// checkpoints (G+1, a new and empty log) and load B, on another thread,
+// reads G+1's snapshot before A opens its log. A must get G's log, which
+// holds the ten inserts (G+1's holds only its header).
+TEST_F(RadosWal, ConcurrentLoadsEachReadTheLogOfTheirOwnSnapshot) {
+  auto w = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Cosine), config_for(name_));
+  for (std::uint64_t id = 1; id <= 10; ++id) w.insert(id, vector_of(id));
+  const PersistConfig reader = read_only(config_for(name_));
+  FileHeader loaded;
+  const auto log = reader.storage->open_log_with_snapshot(
+      [&] {
+        const FileHeader a = inspect_snapshot(detail::fs_of(reader), reader.path).header;  // load A
+        w.checkpoint();
+        std::thread([&] { (void)inspect_snapshot(detail::fs_of(reader), reader.path); }).join();  // load B
+        return a;
+      },
+      loaded);
+  EXPECT_EQ(loaded.last_lsn, 0U);
+  ASSERT_NE(log, nullptr);
+  EXPECT_GT(log->size(), 10 * kDim * sizeof(float)) << "not the log of the snapshot load A read";
+}
+
+// The writer creates log object k+1 before it marks k as continued
+// (iqdb.more): a writer killed in between leaves k unmarked. A replica that
+// knew k still finds k+1 (once k brings nothing new, it looks for the next
+// object) and catches up with the writer.
+TEST_F(RadosWal, ReplicaFindsTheNextLogObjectWhenAMarkIsMissing) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+  Model m;
+  db.insert(1, vector_of(1));
+  m[1] = vector_of(1);
+  auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));  // knows object 0
+  for (std::uint64_t id = 2; id <= 100; ++id) {
+    db.insert(id, vector_of(id));
+    m[id] = vector_of(id);
+  }
+  const std::vector<std::string> objects = log_objects(name_, generation(name_));
+  ASSERT_GE(objects.size(), 3u);
+  ASSERT_EQ(rados_rmxattr(raw_->io(), objects[0].c_str(), "iqdb.more"), 0);
+  for (int i = 0; i < 4 && replica.last_lsn() < db.last_lsn(); ++i) replica.catch_up();
+  EXPECT_EQ(replica.last_lsn(), db.last_lsn());
+  EXPECT_TRUE(equals(replica.index(), m));
+}
+
 // Group commit: 8 threads inserting under Always share RADOS operations
 // (fewer log syncs than commits); everything acknowledged loads.
 TEST_F(RadosWal, ConcurrentWritersShareOperations) {
