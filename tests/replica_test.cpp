@@ -14,6 +14,7 @@
 #include <csignal>
 #include <iostream>
 #include <random>
+#include <stdexcept>
 #include <thread>
 
 #include "iqdb/persist.hpp"
@@ -191,6 +192,44 @@ TEST(Replica, LagCountsTheRecordsNotAppliedYet) {
   EXPECT_EQ(lag.applied_lsn, 11U);
   EXPECT_GT(lag.fresh_as_of, before.fresh_as_of);
   EXPECT_EQ(test::diff(r.index(), w.model), "");
+}
+
+// A catch-up that fails in the middle of a batch's frame (the index threw on
+// its second record): the next catch-up goes on (it resumes in the frame
+// under the write lock, or loads anew) and the replica ends equal to the
+// writer, with readers running beside it (TSan checks the locking).
+TEST(Replica, ACatchUpThatFailedInsideABatchGoesOn) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  auto r = ReadReplica<test::FailOnce>::open(cfg);
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    while (!done.load()) (void)r.read([](const test::FailOnce& ix) { return ix.size(); });
+  });
+  w.batch({11, 12, 13});
+  test::FailOnce::fail_id = 12;
+  EXPECT_ANY_THROW(r.catch_up());
+  EXPECT_EQ(test::FailOnce::fail_id, 0U);  // the failure was injected
+  EXPECT_NO_THROW(r.catch_up());
+  done.store(true);
+  reader.join();
+  EXPECT_EQ(r.last_lsn(), w.db.last_lsn());
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+}
+
+// An interval too long for the clock (now + interval overflows) must not
+// make the background follower spin: it waits (a day at most).
+TEST(Replica, AHugeIntervalWaits) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  Writer w{new_writer(cfg), {}};
+  Replica r = Replica::open(cfg);
+  r.start_following(std::chrono::milliseconds::max());
+  std::this_thread::sleep_for(300ms);
+  EXPECT_LE(r.stats().catch_ups, 1U);  // the first round; a spinning follower makes thousands
+  r.stop_following();
 }
 
 // A background follower applies while readers run: a batch of ten inserts

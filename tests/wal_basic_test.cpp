@@ -3,11 +3,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <csignal>
+#include <stdexcept>
+#include <thread>
 
 #include <iqdb/persist.hpp>
 
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -174,6 +180,149 @@ TEST(WalBasic, SecondWriterIsLockedOut) {
   }
   db.close();
   EXPECT_NO_THROW(PersistedIndex<FlatIndex>::load(cfg));
+}
+
+// open_with that throws leaves an index passed as an rvalue as it was, so a
+// caller (the Python module) can hand it back; an lvalue is copied.
+TEST(WalBasic, OpenWithThatFailsHandsTheIndexBack) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb");
+  auto writer = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  FlatIndex ix(4, DistanceMetric::Euclidean);
+  for (std::uint64_t i = 1; i <= 3; ++i) ix.insert(i, vec_of(i));
+  const auto holds_three = [&] {
+    if (ix.size() != 3) return false;
+    for (std::uint64_t i = 1; i <= 3; ++i) {
+      const auto v = ix.get(i);
+      const std::vector<float> want = vec_of(i);
+      if (!std::equal(v.begin(), v.end(), want.begin(), want.end())) return false;
+    }
+    return true;
+  };
+  try {
+    auto second = PersistedIndex<FlatIndex>::open_with(std::move(ix), cfg);
+    FAIL() << "a second writer opened";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Locked);
+  }
+  EXPECT_TRUE(holds_three());
+  PersistConfig bad(dir / "other.iqdb");
+  bad.checkpoint_log_bytes = 100;  // invalid without the WAL
+  EXPECT_THROW(PersistedIndex<FlatIndex>::open_with(std::move(ix), bad), PersistError);
+  EXPECT_TRUE(holds_three());
+  writer.close();
+  auto db = PersistedIndex<FlatIndex>::open_with(ix, cfg);  // a copy
+  EXPECT_TRUE(holds_three());
+  EXPECT_EQ(db.index().size(), 3U);
+}
+
+// After close(), with or without the WAL, mutations, save and checkpoint are
+// refused and change no file; the index stays readable.
+TEST(WalBasic, AClosedIndexRefusesMutationsAndSaves) {
+  for (const bool wal : {false, true}) {
+    SCOPED_TRACE(wal ? "WAL" : "no WAL");
+    test::TempDir dir;
+    PersistConfig cfg = wal ? wal_config(dir / "db.iqdb") : PersistConfig(dir / "db.iqdb");
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    db.insert(1, vec_of(1));
+    db.insert(2, vec_of(2));
+    db.save();
+    db.close();
+    const std::vector<std::byte> before = test::read_file(dir / "db.iqdb");
+    const auto refused = [](auto&& call) {
+      try {
+        call();
+      } catch (const PersistError& e) {
+        return e.kind() == ErrorKind::InvalidArgument && std::string(e.what()).find("closed") != std::string::npos;
+      }
+      return false;
+    };
+    EXPECT_TRUE(refused([&] { db.insert(3, vec_of(3)); }));
+    EXPECT_TRUE(refused([&] { db.erase(1); }));
+    WriteBatch b;
+    b.insert(4, vec_of(4));
+    EXPECT_TRUE(refused([&] { db.write(b); }));
+    EXPECT_TRUE(refused([&] { db.save(); }));
+    EXPECT_TRUE(refused([&] { db.checkpoint(); }));
+    EXPECT_EQ(db.read([](const FlatIndex& ix) { return ix.size(); }), 2U);
+    EXPECT_TRUE(test::read_file(dir / "db.iqdb") == before);
+    EXPECT_EQ(PersistedIndex<FlatIndex>::load(cfg).index().size(), 2U);
+  }
+}
+
+// Without the WAL a batch applied in part is reported Poisoned, and the
+// index then refuses mutations and saves (a save would persist half a
+// batch): the file keeps the state before the batch.
+TEST(NoWal, ABatchAppliedInPartRefusesWritesAndSaves) {
+  test::TempDir dir;
+  const PersistConfig cfg(dir / "db.iqdb");
+  auto db = PersistedIndex<test::FailOnce>::open_with(test::FailOnce(FlatIndex(4, DistanceMetric::Euclidean)), cfg);
+  db.insert(1, vec_of(1));
+  db.save();
+  const std::vector<std::byte> saved = test::read_file(cfg.path);
+  EXPECT_FALSE(db.failure().has_value());
+  WriteBatch b;
+  for (std::uint64_t id = 2; id <= 4; ++id) b.insert(id, vec_of(id));
+  test::FailOnce::fail_id = 3;
+  const auto kind_of = [](auto&& call) -> std::optional<ErrorKind> {
+    try {
+      call();
+    } catch (const PersistError& e) {
+      return e.kind();
+    }
+    return std::nullopt;
+  };
+  EXPECT_EQ(kind_of([&] { db.write(b); }), ErrorKind::Poisoned);
+  EXPECT_EQ(test::FailOnce::fail_id, 0U);  // the failure was injected
+  EXPECT_TRUE(db.failure().has_value());
+  EXPECT_EQ(kind_of([&] { db.insert(5, vec_of(5)); }), ErrorKind::Poisoned);
+  EXPECT_EQ(kind_of([&] { db.save(); }), ErrorKind::Poisoned);
+  EXPECT_TRUE(test::read_file(cfg.path) == saved);
+  const auto again = PersistedIndex<test::FailOnce>::load(cfg);
+  EXPECT_EQ(again.index().size(), 1U);
+  EXPECT_FALSE(again.failure().has_value());
+}
+
+// sync() makes what was logged before it durable and returns, also while
+// other threads go on writing under Periodic (nobody waits for those
+// appends: it used to chase them, returning only once they stopped).
+TEST(WalBasic, SyncReturnsWhileWritesGoOn) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb", FsyncPolicy::periodic(std::chrono::hours(1)));
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  std::atomic<bool> stop{false}, writer_done{false};
+  std::atomic<std::uint64_t> written{0};
+  std::thread writer([&] {
+    // Bounded, so that a sync() that chases the appends ends too (and fails).
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (std::uint64_t id = 1; !stop.load() && std::chrono::steady_clock::now() < give_up; ++id) {
+      db.insert(id, vec_of(id));
+      written.store(id);
+    }
+    writer_done.store(true);
+  });
+  while (written.load() < 1000) std::this_thread::yield();
+  const std::uint64_t syncs = db.wal_stats().log_syncs;
+  db.sync();
+  const bool writer_ran_on = !writer_done.load();
+  stop.store(true);
+  writer.join();
+  EXPECT_TRUE(writer_ran_on) << "sync() returned only once the writer stopped";
+  EXPECT_GT(db.wal_stats().log_syncs, syncs);
+}
+
+// A periodic interval too long for the clock (now + interval overflows)
+// must not make the flusher spin, syncing at once: it waits (a day at most).
+TEST(WalBasic, PeriodicWithAHugeIntervalWaits) {
+  test::TempDir dir;
+  const auto cfg = wal_config(dir / "db.iqdb", FsyncPolicy::periodic(std::chrono::milliseconds::max()));
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  db.insert(1, vec_of(1));
+  const std::uint64_t syncs = db.wal_stats().log_syncs;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(db.wal_stats().log_syncs, syncs);  // a spinning flusher syncs the insert at once
+  db.sync();
+  EXPECT_EQ(db.wal_stats().log_syncs, syncs + 1);
 }
 
 TEST(WalBasic, BatchIsOneFrame) {

@@ -3,7 +3,7 @@
 Atomic, checksummed snapshots and a write-ahead log with group commit, for
 an exact :class:`FlatIndex` and (when built) FAISS and hnswlib indexes.
 numpy float32 arrays go in without copies where their layout allows; the
-GIL is released during file I/O, fsyncs, loads, saves and searches.
+GIL is released during file I/O, fsyncs, loads, saves and a persisted index's searches.
 
     import numpy as np, iqdb_persist as iq
     cfg = iq.PersistConfig("vectors.iqdb", wal_enabled=True)
@@ -134,7 +134,9 @@ def _class_for(config: PersistConfig, index_type: Optional[Type], by_index: dict
         return by_index[index_type]
     name = snapshot_index_type(config)
     if name not in by_type:
-        raise UnsupportedError(f"snapshot {config.path} holds a '{name}' index, which this build does not bind")
+        err = UnsupportedError(f"snapshot {config.path} holds a '{name}' index, which this build does not bind")
+        err.path = config.path
+        raise err
     return by_type[name]
 
 open_with = PersistedIndex.open_with

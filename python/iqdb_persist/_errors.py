@@ -137,3 +137,10 @@ _BY_KIND = {
 def error_class(kind: str) -> type:
     """The exception class for a C++ ErrorKind name (PersistError if unknown)."""
     return _BY_KIND.get(kind, PersistError)
+
+
+# Each class knows its kind, so that an error raised in Python (not
+# translated from C++) has the right one too.
+for _kind, _cls in _BY_KIND.items():
+    _cls.kind = _kind
+del _kind, _cls

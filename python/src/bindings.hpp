@@ -46,8 +46,35 @@ bool is_rados_path(const std::filesystem::path& path);
 // or PersistError(Unsupported) when the module was built without RADOS.
 PersistConfig rados_config(const std::filesystem::path& url, const RadosKeywords& kw);
 
+// WriteBatch as Python sees it. write() reads the batch with the GIL
+// released, so another Python thread could change it meanwhile (freeing the
+// memory being logged and applied): while a write() of it runs, changing it
+// raises BufferError, as resizing a bytearray with a view of it does.
+struct PyWriteBatch : WriteBatch {
+  int writing = 0;  // write() calls reading it; touched with the GIL held only
+  WriteBatch& changeable() {
+    if (writing != 0) {
+      throw py::buffer_error("this WriteBatch is being written by write() in another thread: change it after that returns");
+    }
+    return *this;
+  }
+  // Marks the batch as being read from construction to destruction; both
+  // with the GIL held.
+  class Reading {
+   public:
+    explicit Reading(PyWriteBatch& b) : b_(b) { ++b_.writing; }
+    ~Reading() { --b_.writing; }
+    Reading(const Reading&) = delete;
+    Reading& operator=(const Reading&) = delete;
+
+   private:
+    PyWriteBatch& b_;
+  };
+};
+
 // An index object handed to Python: open_with() moves the index out, after
-// which the Python object refuses every call (ValueError).
+// which the Python object refuses every call (ValueError); an open_with that
+// fails puts it back (give_back).
 template <class I>
 struct Owned {
   std::optional<I> ix;
@@ -60,6 +87,7 @@ struct Owned {
     ix.reset();
     return out;
   }
+  void give_back(I&& i) { ix.emplace(std::move(i)); }
 };
 
 }  // namespace iqdb::persist::python

@@ -151,6 +151,12 @@ void bind_config(py::module_& m) {
         if (c.map_snapshot) s += ", map_snapshot=True";
         if (c.discard_log) s += ", discard_log=True";
         if (c.commit_spin != d.commit_spin) s += ", commit_spin_us=" + std::to_string(c.commit_spin.count());
+        if (c.limits.max_payload_bytes != d.limits.max_payload_bytes) {
+          s += ", max_payload_bytes=" + std::to_string(c.limits.max_payload_bytes);
+        }
+        if (c.limits.max_expansion_ratio != d.limits.max_expansion_ratio) {
+          s += ", max_expansion_ratio=" + std::to_string(c.limits.max_expansion_ratio);
+        }
         return s + ")";
       });
   py::class_<wal::WalStats>(m, "WalStats", "What the log did since the index was opened, and what load found.")
@@ -175,13 +181,14 @@ void bind_config(py::module_& m) {
 }
 
 void bind_write_batch(py::module_& m) {
-  py::class_<WriteBatch>(m, "WriteBatch",
+  py::class_<PyWriteBatch>(m, "WriteBatch",
                          "Inserts and erases applied together by write(): one log frame, one fsync, all or nothing. "
                          "Vectors are copied into the batch.")
       .def(py::init<>())
       .def(
           "insert",
-          [](WriteBatch& b, py::handle ids, py::handle vectors, py::handle metadata) -> WriteBatch& {
+          [](PyWriteBatch& pb, py::handle ids, py::handle vectors, py::handle metadata) -> PyWriteBatch& {
+            WriteBatch& b = pb.changeable();
             if (is_batch_of_rows(vectors)) {
               const Rows rows = as_rows(vectors, std::nullopt);
               const Ids id = to_ids(ids, rows.n);
@@ -191,19 +198,24 @@ void bind_write_batch(py::module_& m) {
                 b.insert(id.all_u64() ? VectorId(id.u64[i]) : id.general[i], rows.floats.subspan(i * dim, dim),
                          metas.empty() ? std::nullopt : std::move(metas[i]));
               }
-              return b;
+              return pb;
             }
             const VectorId vid = to_id(ids);
             const Vector v = as_vector(vectors, std::nullopt);
-            return b.insert(vid, v.floats, to_metadata(metadata));
+            b.insert(vid, v.floats, to_metadata(metadata));
+            return pb;
           },
           py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(), py::return_value_policy::reference_internal,
           "insert(id, vector[, metadata]) or insert(ids, vectors (n, dim)[, metadatas]); returns the batch.")
       .def(
-          "erase", [](WriteBatch& b, py::handle id) -> WriteBatch& { return b.erase(to_id(id)); }, py::arg("id"),
-          py::return_value_policy::reference_internal)
-      .def("clear", &WriteBatch::clear)
-      .def("__len__", &WriteBatch::size);
+          "erase",
+          [](PyWriteBatch& pb, py::handle id) -> PyWriteBatch& {
+            pb.changeable().erase(to_id(id));
+            return pb;
+          },
+          py::arg("id"), py::return_value_policy::reference_internal)
+      .def("clear", [](PyWriteBatch& pb) { pb.changeable().clear(); })
+      .def("__len__", [](const PyWriteBatch& pb) { return pb.size(); });
 }
 
 }  // namespace

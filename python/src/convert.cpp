@@ -155,8 +155,9 @@ py::object from_metadata(const Metadata* m) {
 
 DistanceMetric to_metric(py::handle h) {
   if (py::isinstance<py::str>(h)) {
-    const auto m = metric_from_name(h.cast<std::string>());
-    if (!m) value_error("unknown metric '" + h.cast<std::string>() + "' (cosine, dotproduct, euclidean, manhattan, hamming)");
+    const std::string name = utf8(h, "a metric name");
+    const auto m = metric_from_name(name);
+    if (!m) value_error("unknown metric '" + name + "' (cosine, dotproduct, euclidean, manhattan, hamming)");
     return *m;
   }
   try {
@@ -297,8 +298,12 @@ py::tuple to_numpy(const HitTable& t, bool single) {
       d(q, j) = hit ? t.distances[q][j] : std::numeric_limits<float>::infinity();
       const auto at = static_cast<py::ssize_t>(q * k + j);
       if (any_bytes) {
-        // Object arrays are filled through Python (None pads).
-        ids.attr("itemset")(at, hit ? from_id(t.ids[q][j]) : py::none());
+        // An object array holds references (None pads); it starts empty
+        // (NULL) or full of None, depending on numpy's version.
+        PyObject** slot = static_cast<PyObject**>(ids.mutable_data()) + at;
+        PyObject* old = *slot;
+        *slot = (hit ? from_id(t.ids[q][j]) : py::none()).release().ptr();
+        Py_XDECREF(old);
       } else {
         static_cast<std::uint64_t*>(ids.mutable_data())[at] =
             hit ? t.ids[q][j].as_u64() : std::numeric_limits<std::uint64_t>::max();

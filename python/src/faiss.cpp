@@ -11,6 +11,9 @@
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 
+#include <limits>
+#include <string>
+
 #include <iqdb/persist/adapters/faiss.hpp>
 #endif
 
@@ -43,6 +46,14 @@ auto faiss_call(F&& f) {
 
 Owned<FaissIndex> from_factory(std::uint64_t dim, const std::string& description, py::handle metric) {
   const DistanceMetric m = to_metric(metric);
+  // FAISS takes an int dimension and a C string: no silent wrap or cut.
+  if (dim > static_cast<std::uint64_t>(std::numeric_limits<int>::max())) {
+    throw py::value_error("FaissIndex.from_factory: dim " + std::to_string(dim) + " is above FAISS's limit " +
+                          std::to_string(std::numeric_limits<int>::max()));
+  }
+  if (description.find('\0') != std::string::npos) {
+    throw py::value_error("FaissIndex.from_factory: the description holds a NUL character");
+  }
   std::unique_ptr<faiss::Index> ix(faiss_call([&] {
     return faiss::index_factory(static_cast<int>(dim), description.c_str(), faiss_metric(m));
   }));

@@ -127,7 +127,15 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
        [](Owned<I>& index, const PersistConfig& cfg) {
          I ix = index.take();
          py::gil_scoped_release rel;
-         return std::make_unique<P>(Db::open_with(std::move(ix), cfg));
+         std::optional<Db> db;
+         try {
+           db.emplace(Db::open_with(std::move(ix), cfg));
+         } catch (...) {
+           const py::gil_scoped_acquire gil;
+           index.give_back(std::move(ix));  // open_with hands an index back when it fails
+           throw;
+         }
+         return std::make_unique<P>(std::move(*db));
        },
        py::arg("index"), py::arg("config"),
        "Wrap an in-memory index (moved in: the index object is unusable afterwards). With the WAL: takes "
@@ -152,7 +160,12 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
           },
           py::arg("id"), "Erase a vector (IdNotFoundError if absent).")
       .def(
-          "write", [](P& p, const WriteBatch& b) { p.released([&](Db& db) { db.write(b); }); }, py::arg("batch"),
+          "write",
+          [](P& p, PyWriteBatch& b) {
+            const PyWriteBatch::Reading reading(b);  // changing b meanwhile raises
+            p.released([&](Db& db) { db.write(b); });
+          },
+          py::arg("batch"),
           "Apply a WriteBatch: validated whole, one log frame, one fsync, all or nothing.")
       .def("save", [](P& p) { p.released([](Db& db) { db.save(); }); }, "Atomic, durable snapshot (with the WAL: checkpoint).")
       .def("checkpoint", [](P& p) { p.released([](Db& db) { db.checkpoint(); }); },

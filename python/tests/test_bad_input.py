@@ -166,6 +166,90 @@ def test_closed_index_refuses_mutations_and_moved_index_refuses_use(path):
     assert len(db) == 0
 
 
+@pytest.mark.parametrize("wal", [False, True])
+def test_a_closed_index_refuses_mutations_and_saves_with_or_without_the_wal(path, wal):
+    cfg = wal_config(path) if wal else iq.PersistConfig(path)
+    db = iq.open_with(iq.FlatIndex(DIM), cfg)
+    db.insert([1, 2], rows(2, DIM))
+    db.save()
+    with open(path, "rb") as f:
+        saved = f.read()
+    db.close()
+    for call in (lambda: db.insert(3, rows(3, DIM)[2]), lambda: db.erase(1), db.save, db.checkpoint,
+                 lambda: db.write(iq.WriteBatch().insert(4, rows(4, DIM)[3]))):
+        with pytest.raises(iq.InvalidArgumentError, match="closed"):
+            call()
+    assert len(db) == 2
+    with open(path, "rb") as f:
+        assert f.read() == saved
+    assert len(iq.load(cfg)) == 2
+
+
+def test_an_open_with_that_fails_hands_the_index_back(path, db):
+    ix = iq.FlatIndex(DIM, "euclidean")
+    ix.insert(7, rows(8, DIM)[7])
+    with pytest.raises(iq.LockedError):
+        iq.open_with(ix, wal_config(path))  # the fixture's writer holds the lock
+    bad = iq.PersistConfig(path + "-2", checkpoint_log_bytes=100)  # invalid without the WAL
+    with pytest.raises(iq.InvalidArgumentError):
+        iq.open_with(ix, bad)
+    assert len(ix) == 1 and 7 in ix
+    ids, dist = ix.search(rows(8, DIM)[7], 1)
+    assert ids.tolist() == [7] and dist.tolist() == [0.0]
+
+
+def test_changing_a_batch_while_another_thread_writes_it_raises(path):
+    """write() reads the batch with the GIL released: changing it meanwhile
+    raises BufferError (it used to free the memory being logged: a crash, or
+    an index that differs from its log). The probes are inserts of fresh
+    ids, harmless if one lands before the write starts or after it ends."""
+    import threading
+    db = iq.open_with(iq.FlatIndex(64, "euclidean"), wal_config(path))
+    n, probes, seen = 200_000, [], False
+    for attempt in range(3):  # the write must still run when the main thread gets the GIL back
+        b = iq.WriteBatch().insert(np.arange(attempt * n, (attempt + 1) * n, dtype=np.uint64),
+                                   np.ones((n, 64), np.float32))
+        t = threading.Thread(target=db.write, args=(b,))
+        t.start()
+        while t.is_alive():
+            probe = 10**12 + len(probes)
+            try:
+                b.insert(probe, np.ones(64, np.float32))
+                probes.append(probe)
+            except BufferError as e:
+                assert "write()" in str(e)
+                seen = True
+                for change in (b.clear, lambda: b.erase(0)):  # the same guard (harmless once the write ended)
+                    try:
+                        change()
+                    except BufferError:
+                        pass
+        t.join()
+        if seen:
+            break
+    assert seen, "the write always ended before the main thread could try to change the batch"
+    db.close()
+    again = iq.load(wal_config(path))
+    assert len(again) == len(db) >= n
+    assert [p in again for p in probes] == [p in db for p in probes]
+
+
+def test_names_and_sizes_are_checked_as_python_sees_them():
+    with pytest.raises(ValueError, match="Unicode"):
+        iq.FlatIndex(DIM, "\ud800")
+    if iq.HAVE_FAISS:
+        with pytest.raises(ValueError, match="dim"):
+            iq.FaissIndex.from_factory(2**32 + 4, "IDMap2,Flat")
+        with pytest.raises(ValueError, match="NUL"):
+            iq.FaissIndex.from_factory(4, "IDMap2,Flat\x00junk")
+
+
+def test_errors_raised_in_python_have_their_kind():
+    assert iq.UnsupportedError("x").kind == "unsupported"
+    assert iq.LockedError("x").kind == "locked"
+    assert iq.PersistError("x").kind == ""
+
+
 def test_config_keyword_arguments_have_the_cpp_defaults(path):
     c = iq.PersistConfig(path)
     assert (c.wal_enabled, c.fsync_policy.mode, c.compression.kind, c.commit_spin_us, c.discard_log) == \

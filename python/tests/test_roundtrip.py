@@ -93,6 +93,8 @@ def test_bytes_and_int_ids_round_trip(path, wal):
     assert again.metadata(b"alpha") == {"k": "v"} and again.metadata(b"\x00\xff") == {"z": 1}
     got, dist = again.search(data[0], 6)
     assert got.dtype == object and got[0] == b"alpha" and dist[0] == 0
+    got, dist = again.search(data[0], 8)  # more than there are: every id, once
+    assert sorted(got, key=repr) == sorted(ids, key=repr)
     check_search(again, iq.Metric.Euclidean, data, ids, data[:2], k=6)
 
 

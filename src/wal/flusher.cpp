@@ -11,7 +11,12 @@ namespace iqdb::persist::detail {
 void WalEngine::Impl::sync() {
   std::unique_lock lk(mu_);
   throw_if_unusable();
-  while (synced_end_ < writer_->end() || !queue_.empty()) {
+  // Everything logged when sync() was called, and no more: under Periodic
+  // and Never nobody waits for a sync, so appends that keep coming would
+  // otherwise overtake every fdatasync and keep sync() from returning. (By
+  // LSN: a checkpoint meanwhile starts a log whose ends are smaller.)
+  const std::uint64_t target = next_lsn_ - 1;
+  while (synced_lsn_ < target) {
     if (poisoned_) break;
     if (!syncing_) {
       leader_sync(lk);
@@ -25,8 +30,10 @@ void WalEngine::Impl::sync() {
 void WalEngine::Impl::start_flusher() {
   if (policy_.mode() != FsyncPolicy::Mode::Periodic) return;
   // Wake twice per interval, so a record waits at most about one interval
-  // (plus the fsync) before it is durable.
-  const auto period = std::max(std::chrono::milliseconds(1), policy_.interval() / 2);
+  // (plus the fsync) before it is durable; at least once a day (a deadline
+  // of now + years would overflow the clock and never wait).
+  const auto period = std::clamp(policy_.interval() / 2, std::chrono::milliseconds(1),
+                                 std::chrono::milliseconds(std::chrono::hours(24)));
   flusher_ = std::thread([this, period] {
     std::unique_lock lk(mu_);
     while (!stop_) {

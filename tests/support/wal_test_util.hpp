@@ -5,7 +5,10 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <span>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "iqdb/persist.hpp"
@@ -22,6 +25,21 @@ using Model = std::map<VectorId, Entry>;
 // Empty when `index` holds exactly `model` (vectors bitwise, metadata equal);
 // otherwise what differs.
 std::string diff(const FlatIndex& index, const Model& model);
+
+// A FlatIndex whose insert of one chosen id fails once (an index-specific
+// failure after validation passed: a batch is then applied in part).
+struct FailOnce : FlatIndex {
+  explicit FailOnce(FlatIndex f) : FlatIndex(std::move(f)) {}
+  static FailOnce load_from(PayloadReader& r) { return FailOnce(FlatIndex::load_from(r)); }
+  void insert(const VectorId& id, std::span<const float> v, std::optional<Metadata> m = {}) {
+    if (fail_id != 0 && id == VectorId(fail_id)) {
+      fail_id = 0;
+      throw std::runtime_error("injected failure");
+    }
+    FlatIndex::insert(id, v, std::move(m));
+  }
+  static inline std::uint64_t fail_id = 0;  // 0: none
+};
 
 // WAL mode under `policy`, through `file_system` (nullptr: the real one).
 PersistConfig wal_config(const std::filesystem::path& p, FsyncPolicy policy, FileSystem* file_system = nullptr);

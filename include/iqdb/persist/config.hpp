@@ -22,6 +22,7 @@ class FsyncPolicy {
   enum class Mode { Always, Periodic, Never };
 
   static FsyncPolicy always() noexcept { return FsyncPolicy(Mode::Always, {}); }
+  // The flusher syncs at least once a day, whatever the interval.
   static FsyncPolicy periodic(std::chrono::milliseconds interval) noexcept {
     return FsyncPolicy(Mode::Periodic, interval);
   }

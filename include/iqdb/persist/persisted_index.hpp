@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <concepts>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -22,6 +23,7 @@
 #include <shared_mutex>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -141,14 +143,27 @@ class PersistedIndex {
   // Wrap an in-memory index. Without a WAL nothing is written (and no lock
   // taken) until save(); the index covers LSN 0. With a WAL: takes the writer lock (Locked if held elsewhere), writes a
   // base snapshot of `index` and starts an empty log.
-  static PersistedIndex open_with(I index, PersistConfig config) {
+  //
+  // If it throws (a bad config, Locked, an I/O error), an index passed as an
+  // rvalue is handed back: it holds what it held before the call.
+  static PersistedIndex open_with(I&& index, PersistConfig config) {
     detail::validate_writer_config(config);
     auto s = std::make_unique<State>(std::move(index), std::move(config));
     if (s->config.wal_enabled) {
       State* st = s.get();
-      s->engine = detail::WalEngine::create(s->config, [st](std::uint64_t lsn) { st->write_snapshot(lsn, true); });
+      try {
+        s->engine = detail::WalEngine::create(s->config, [st](std::uint64_t lsn) { st->write_snapshot(lsn, true); });
+      } catch (...) {
+        index = std::move(s->index);
+        throw;
+      }
     }
     return PersistedIndex(std::move(s));
+  }
+  static PersistedIndex open_with(const I& index, PersistConfig config)
+    requires std::copy_constructible<I>
+  {
+    return open_with(I(index), std::move(config));
   }
 
   // Load the snapshot at config.path: verified (header, checksum, index type,
@@ -249,8 +264,16 @@ class PersistedIndex {
         if (applied == 0) throw;
         // Part of the batch is in the index and cannot be taken back
         // generically: refuse further writes; a reopen replays what is durable.
-        throw PersistError(ErrorKind::Poisoned,
-                           std::string("a batch was applied only in part (") + e.what() + "); reopen the index");
+        // (Without a WAL the index itself refuses them, and saves, which
+        // would persist half a batch: set while the write lock is held, so a
+        // save waiting for the read lock sees it.)
+        PersistError err(ErrorKind::Poisoned,
+                         std::string("a batch was applied only in part (") + e.what() + "); reopen the index");
+        if (!s_->engine) {
+          const std::lock_guard f(s_->failure_mu);
+          s_->failure = err.what();
+        }
+        throw err;
       }
     });
   }
@@ -266,7 +289,9 @@ class PersistedIndex {
     if (s_->engine) return checkpoint();
     // One save at a time: the writer lock would refuse a second one.
     std::lock_guard save_lk(s_->save_mu);
+    throw_if_unusable();
     std::shared_lock lk(s_->mu);
+    throw_if_unusable();  // a batch that failed in part while this waited for the lock
     State* st = s_.get();
     FileHeader h = detail::save_without_wal(st->config, st->base_lsn.load(),
                                                   [st](std::uint64_t lsn, bool durable) {
@@ -299,7 +324,13 @@ class PersistedIndex {
   // FsyncPolicy::Never). Further mutations fail. Reports errors, unlike the
   // destructor.
   void close() {
-    if (s_->engine) s_->engine->close();
+    if (s_->engine) {
+      s_->engine->close();
+    } else {
+      const std::lock_guard save_lk(s_->save_mu);  // after a save that runs
+      const std::lock_guard lk(s_->write_mu);      // and a mutation that runs
+      s_->closed = true;
+    }
   }
 
   // With a WAL: the LSN of the last logged mutation (0 before any). Without:
@@ -317,9 +348,14 @@ class PersistedIndex {
 
   // Health check: why mutations are refused (ErrorKind::Poisoned) after a
   // write or fsync of the log failed, including a failure of the periodic
-  // flusher that no caller saw; nullopt while the index accepts writes.
-  // Reopen the index to recover.
-  std::optional<std::string> failure() const { return s_->engine ? s_->engine->failure() : std::nullopt; }
+  // flusher that no caller saw, or (with or without the WAL) after a batch
+  // was applied in part; nullopt while the index accepts writes. Reopen the
+  // index to recover.
+  std::optional<std::string> failure() const {
+    if (s_->engine) return s_->engine->failure();
+    const std::lock_guard f(s_->failure_mu);
+    return s_->failure;
+  }
 
   // What the log did since the index was opened, and what recovery found
   // when it was loaded. Without a WAL: what load() replayed read-only
@@ -339,6 +375,9 @@ class PersistedIndex {
     std::mutex write_mu;           // serialises mutations without a WAL
     std::mutex save_mu;            // serialises saves without a WAL
     std::atomic<std::uint64_t> base_lsn{0};  // without a WAL: the LSN the state covers
+    bool closed = false;           // without a WAL: close() ran (write_mu and save_mu held to set it)
+    mutable std::mutex failure_mu;
+    std::optional<std::string> failure;  // without a WAL: why mutations are refused (a batch applied in part)
     wal::WalStats load_stats;      // without a WAL: what load() replayed
     std::unique_ptr<detail::WalEngine> engine;
   };
@@ -426,8 +465,17 @@ class PersistedIndex {
       return;
     }
     std::lock_guard lk(s_->write_mu);
+    throw_if_unusable();
     validate(ops, nullptr, 0);
     apply();
+  }
+
+  // Without a WAL (the engine refuses by itself): after close(), or after a
+  // batch was applied in part.
+  void throw_if_unusable() const {
+    if (s_->closed) throw PersistError::at(ErrorKind::InvalidArgument, s_->config.path, "the index is closed");
+    const std::lock_guard f(s_->failure_mu);
+    if (s_->failure) throw PersistError::at(ErrorKind::Poisoned, s_->config.path, *s_->failure);
   }
 
   std::unique_ptr<State> s_;

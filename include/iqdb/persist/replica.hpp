@@ -59,7 +59,7 @@ struct ReplicaStats {
 struct FollowOptions {
   // The longest time between two catch-ups. Zero: the storage's default,
   // 10 s where the follower is woken by the writer (RADOS, watch set), else
-  // 20 ms.
+  // 20 ms. Longer than a day (and min_gap's too): a day.
   std::chrono::milliseconds interval{0};
   // Where the storage has them (RADOS: a watch on NAME.notify), catch up as
   // soon as the writer notifies that it committed or published; polling
@@ -237,8 +237,10 @@ class ReadReplica {
       // A frame's records are applied under one hold of the write lock, so
       // that readers see a batch whole.
       std::unique_lock<detail::RwLock> frame(mu, std::defer_lock);
+      // (Locked on the first record applied, not on a frame's first record:
+      // a poll after one that failed mid-frame resumes inside the frame.)
       const auto apply = [&](const wal::RecordView& r) {
-        if (r.index_in_frame == 0) frame.lock();
+        if (!frame.owns_lock()) frame.lock();
         detail::Loader<I>::apply_record(*index, r);
         if (r.index_in_frame + 1 == r.frame_records) frame.unlock();
       };
@@ -301,9 +303,13 @@ class ReadReplica {
         }
       }
       using std::chrono::milliseconds;
-      const milliseconds interval = o.interval > milliseconds(0) ? o.interval
+      // Waits of more than a day are a day's (a deadline of now + years
+      // would overflow the clock and never wait).
+      constexpr milliseconds day(std::chrono::hours(24));
+      const milliseconds interval = o.interval > milliseconds(0) ? std::min(o.interval, day)
                                     : w                           ? milliseconds(10000)
                                                                   : milliseconds(20);
+      const milliseconds min_gap = std::min(o.min_gap, day);
       const milliseconds retry = std::clamp(o.watch_retry, milliseconds(1), interval);
       std::unique_lock lk(bg_mu);
       watch = w.get();
@@ -328,7 +334,7 @@ class ReadReplica {
         watching = stands;
         failure = std::move(error);
         bg_cv.wait_for(lk, w && !stands ? retry : interval, [this] { return stopping || woken; });
-        if (woken && o.min_gap > milliseconds(0)) bg_cv.wait_until(lk, began + o.min_gap, [this] { return stopping; });
+        if (woken && min_gap > milliseconds(0)) bg_cv.wait_until(lk, began + min_gap, [this] { return stopping; });
       }
       // Its counts are kept; it is destroyed without bg_mu (its destructor
       // waits for callbacks, which take bg_mu).
