@@ -267,13 +267,12 @@ class PersistedIndex {
         // (Without a WAL the index itself refuses them, and saves, which
         // would persist half a batch: set while the write lock is held, so a
         // save waiting for the read lock sees it.)
-        PersistError err(ErrorKind::Poisoned,
-                         std::string("a batch was applied only in part (") + e.what() + "); reopen the index");
+        std::string why = std::string("a batch was applied only in part (") + e.what() + "); reopen the index";
         if (!s_->engine) {
           const std::lock_guard f(s_->failure_mu);
-          s_->failure = err.what();
+          s_->failure = why;
         }
-        throw err;
+        throw PersistError(ErrorKind::Poisoned, std::move(why));
       }
     });
   }
