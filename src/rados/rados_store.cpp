@@ -81,9 +81,15 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> RadosSnapshotStore::Impl:
   const auto g = decode_generation(values[kGenAttr]);
   const auto n = decode_generation(values[kNextAttr]);
   if (!g || !n || *n <= *g) {
+    // Hostile values are described, never quoted whole or with control bytes.
+    const auto shown = [](const std::string& v) {
+      const auto printable = [](char c) { return c >= 0x20 && c < 0x7f; };
+      const bool plain = v.size() <= 32 && std::all_of(v.begin(), v.end(), printable);
+      return plain ? "'" + v + "'" : "(" + std::to_string(v.size()) + " bytes, not shown)";
+    };
     throw PersistError::at(ErrorKind::InvalidHeader, object_path(head),
-                           "the head's generation attributes are missing or malformed ('" + values[kGenAttr] +
-                               "', '" + values[kNextAttr] + "')");
+                           "the head's generation attributes are missing or malformed (" + shown(values[kGenAttr]) +
+                               ", " + shown(values[kNextAttr]) + ")");
   }
   return std::make_pair(*g, *n);
 }

@@ -559,6 +559,7 @@ TEST_F(RadosSnapshot, MissingShortOrLongStripeIsATypedError) {
 
 TEST_F(RadosSnapshot, GarbageHeadIsATypedError) {
   save_to_rados(*store_, name_, build(make_model(100, 8, 11)));
+  const std::uint64_t gen0 = store_->head(name_)->generation;
   const std::string head = RadosSnapshotStore::head_object(name_);
   const auto original = object_bytes(head);
   const auto kind_after = [&](const std::vector<std::byte>& data) {
@@ -590,6 +591,16 @@ TEST_F(RadosSnapshot, GarbageHeadIsATypedError) {
   EXPECT_EQ(kind_after(original), ErrorKind::InvalidHeader);
   ASSERT_EQ(raw_->set_xattr(head, rados_detail::kGenAttr, "garbage"), 0);
   EXPECT_EQ(kind_after(original), ErrorKind::InvalidHeader);
+  // A hostile 1 MiB next-generation attribute with control bytes: the next
+  // save's allocation refuses it with a short message that does not quote it.
+  ASSERT_EQ(raw_->set_xattr(head, rados_detail::kGenAttr, rados_detail::encode_generation(gen0)), 0);
+  const std::string hostile(1 << 20, '\x1b');
+  ASSERT_EQ(raw_->set_xattr(head, rados_detail::kNextAttr, hostile), 0);
+  const auto e = error_of([&] { save_to_rados(*store_, name_, build(make_model(10, 8, 3))); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::InvalidHeader) << e->what();
+  EXPECT_LT(std::string(e->what()).size(), 600U);
+  EXPECT_EQ(std::string(e->what()).find('\x1b'), std::string::npos);
 }
 
 // Two writers that both started from the same head: exactly one publishes,
