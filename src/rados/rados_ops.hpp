@@ -10,8 +10,15 @@
 #include <cstddef>
 #include <map>
 #include <string>
+#include <string_view>
 
 namespace iqdb::persist::rados_detail {
+
+// Whether a value read from RADOS may be quoted in a message or used as a
+// name: visible ASCII only, no space, no control bytes.
+inline bool printable(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
 
 // RAII over librados's C handles.
 struct WriteOp {

@@ -83,9 +83,7 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> RadosSnapshotStore::Impl:
   if (!g || !n || *n <= *g) {
     // Hostile values are described, never quoted whole or with control bytes.
     const auto shown = [](const std::string& v) {
-      const auto printable = [](char c) { return c >= 0x20 && c < 0x7f; };
-      const bool plain = v.size() <= 32 && std::all_of(v.begin(), v.end(), printable);
-      return plain ? "'" + v + "'" : "(" + std::to_string(v.size()) + " bytes, not shown)";
+      return v.size() <= 32 && printable(v) ? "'" + v + "'" : "(" + std::to_string(v.size()) + " bytes, not shown)";
     };
     throw PersistError::at(ErrorKind::InvalidHeader, object_path(head),
                            "the head's generation attributes are missing or malformed (" + shown(values[kGenAttr]) +

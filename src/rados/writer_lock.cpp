@@ -20,6 +20,7 @@
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados/head_record.hpp"
+#include "rados/rados_ops.hpp"
 #include "rados/writer_fence.hpp"
 
 namespace iqdb::persist {
@@ -48,10 +49,6 @@ namespace {
 struct Locker {
   std::string client, cookie, address;
 };
-
-bool printable(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
-}
 
 // The lockers of `lock` on `object`. Every byte from RADOS is checked.
 std::vector<Locker> list_lockers(rados_ioctx_t io, const std::string& object, const fs::path& where) {
