@@ -476,11 +476,38 @@ fs::path log_object_path(RadosSnapshotStore& store, const LogLayout& layout, std
   return object_path(store, log_object(layout.name, layout.generation, k));
 }
 
+namespace {
+
+// An empty log object k of epoch `mine` starting at log offset `start`,
+// created exclusively; false: it exists already.
+bool create_empty_object(RadosSnapshotStore& store, const std::string& oid, const std::string& mine,
+                         std::uint64_t start) {
+  WriteOp op;
+  rados_write_op_create(op.op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
+  set_xattr(op, kLogEpochAttr, mine);
+  set_xattr(op, kLogStartAttr, encode_generation(start));
+  set_xattr(op, kLogSizeAttr, encode_generation(0));
+  const int r = rados_write_op_operate(op.op, io_of(store), oid.c_str(), nullptr, 0);
+  if (r == -EEXIST) return false;
+  if (r < 0) throw_rados(object_path(store, oid), "sealing the log", r);
+  return true;
+}
+
+}  // namespace
+
 void seal_log(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation, std::uint64_t epoch) {
-  const LogLayout layout = read_log_layout(store, name, generation);
-  if (layout.objects.empty()) return;
   const std::string mine = encode_generation(epoch);
-  std::uint64_t k = layout.objects.size() - 1;
+  const LogLayout layout = read_log_layout(store, name, generation);
+  std::uint64_t k = 0;
+  if (layout.objects.empty()) {
+    // No log object yet: a checkpoint published this generation and its
+    // log's first create may still be on its way (it got no answer). An
+    // empty object 0 of ours makes that create fail; if it came first, it
+    // is sealed below like any log.
+    if (create_empty_object(store, log_object(name, generation, 0), mine, 0)) return;
+  } else {
+    k = layout.objects.size() - 1;
+  }
   for (int round = 0; round < kMaxSealRounds; ++round, ++k) {
     const std::string last = log_object(name, generation, k);
     {
@@ -495,14 +522,7 @@ void seal_log(RadosSnapshotStore& store, const std::string& name, std::uint64_t 
     const LogObject obj = check_object(*st, st->attr(kLogStartAttr).value_or(0), object_path(store, last));
     // An empty next object of ours: a rotation of the old writer fails.
     const std::string next = log_object(name, generation, k + 1);
-    WriteOp op;
-    rados_write_op_create(op.op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
-    set_xattr(op, kLogEpochAttr, mine);
-    set_xattr(op, kLogStartAttr, encode_generation(obj.start + obj.size));
-    set_xattr(op, kLogSizeAttr, encode_generation(0));
-    const int r = rados_write_op_operate(op.op, io_of(store), next.c_str(), nullptr, 0);
-    if (r == -EEXIST) continue;  // the old writer rotated meanwhile: seal that one
-    if (r < 0) throw_rados(object_path(store, next), "sealing the log", r);
+    if (!create_empty_object(store, next, mine, obj.start + obj.size)) continue;  // it rotated meanwhile: seal that
     WriteOp more;
     set_xattr(more, kLogMoreAttr, encode_generation(1));
     const int m = rados_write_op_operate(more.op, io_of(store), last.c_str(), nullptr, 0);
@@ -516,9 +536,25 @@ void seal_log(RadosSnapshotStore& store, const std::string& name, std::uint64_t 
 std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, const std::string& name,
                                                  std::uint64_t generation, std::shared_ptr<Fence> fence,
                                                  std::uint64_t salt, std::uint64_t base_lsn) {
-  auto sink = std::make_unique<RadosLogSink>(store, name, generation, std::move(fence), salt, RadosLogSink::Position{});
+  // A new generation has no object yet. A takeover's seal of a log that had
+  // none leaves an empty object 0 of this writer's epoch (and each further
+  // takeover's seal an empty object after it, the last of this writer's
+  // epoch): the header goes into the last one, under the epoch compare. A
+  // log holding bytes was written by someone else.
+  const LogLayout layout = read_log_layout(store, name, generation);
+  RadosLogSink::Position at;
+  if (!layout.objects.empty()) {
+    if (layout.size() != 0) {
+      throw PersistError::at(ErrorKind::Fenced, object_path(store, log_object(name, generation, 0)),
+                             "the log of this generation holds " + std::to_string(layout.size()) +
+                                 " bytes already: another writer created it");
+    }
+    at.k = layout.objects.size() - 1;
+    at.exists = true;
+  }
+  auto sink = std::make_unique<RadosLogSink>(store, name, generation, std::move(fence), salt, at);
   sink->append(wal::format::encode_v2_header(salt, base_lsn));
-  sink->datasync();  // object 0, created exclusively with the header
+  sink->datasync();  // the header, in one write: an exclusive create of object 0, or a compare on the empty one
   return sink;
 }
 

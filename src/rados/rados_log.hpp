@@ -59,10 +59,13 @@ std::filesystem::path log_object_path(RadosSnapshotStore& store, const LogLayout
 
 // Make every append of an older epoch to this log fail: the last object
 // gets `epoch`, and an empty object after it is created with `epoch` (so a
-// rotation of the old writer fails). Needs the writer lock.
+// rotation of the old writer fails); a log without objects gets an empty
+// object 0 of `epoch` (so a late create of the old writer's fails). Needs
+// the writer lock.
 void seal_log(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation, std::uint64_t epoch);
 
-// A new log for `generation` (object 0 holds the header) / the log of
+// A new log for `generation` (object 0 holds the header; a log whose
+// objects are all empty, as a seal leaves one, takes it in its last) / the log of
 // `layout` continued after its last object.
 std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, const std::string& name,
                                                  std::uint64_t generation, std::shared_ptr<Fence> fence,

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -20,8 +21,10 @@
 
 #include "iqdb/persist.hpp"
 #include "iqdb/persist/rados.hpp"
+#include "rados/head_record.hpp"
 #include "rados/rados_log.hpp"
 #include "rados_test_util.hpp"
+#include "wal/log_format.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -139,12 +142,27 @@ class RadosWal : public ::testing::Test {
     name_ = unique_name("wal");
     raw_ = std::make_unique<RawPool>(*env_);
   }
-  std::uint64_t generation(const std::string& name) {
+  std::unique_ptr<RadosSnapshotStore> open_store(const std::string& name) {
     RadosLocation loc;
     loc.pool = env_->pool;
     loc.name = name;
-    const auto h = RadosSnapshotStore::open(loc, small_objects())->head(name);
+    return RadosSnapshotStore::open(loc, small_objects());
+  }
+  std::uint64_t generation(const std::string& name) {
+    const auto h = open_store(name)->head(name);
     return h ? h->generation : 0;
+  }
+  // A writer inserts ids 1..n, checkpoints and closes: the model, and the
+  // published generation, whose log holds the header only.
+  Model ids_then_checkpoint(std::uint64_t n) {
+    Model m;
+    auto a = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+    for (std::uint64_t id = 1; id <= n; ++id) {
+      a.insert(id, vector_of(id));
+      m[id] = vector_of(id);
+    }
+    a.checkpoint();
+    return m;
   }
   // The log objects of generation `gen`, in order.
   std::vector<std::string> log_objects(const std::string& name, std::uint64_t gen) {
@@ -330,6 +348,97 @@ TEST_F(RadosWal, ReplicaFindsTheNextLogObjectWhenAMarkIsMissing) {
   for (int i = 0; i < 4 && replica.last_lsn() < db.last_lsn(); ++i) replica.catch_up();
   EXPECT_EQ(replica.last_lsn(), db.last_lsn());
   EXPECT_TRUE(equals(replica.index(), m));
+}
+
+// A checkpoint publishes generation G, then creates G's log object 0 (its
+// header). When that create gets no answer, the writer is poisoned, and the
+// create may still be applied later, after another writer took over. The
+// takeover's seal must make it fail wherever it lands: here it lands
+// between the seal and the new writer's own create (before the fix the seal
+// found nothing to seal, the late create succeeded, and the new writer's
+// create failed as Fenced). The new writer's header then goes into the
+// empty object its seal made, and the index opens with everything.
+TEST_F(RadosWal, LateCreateOfALogAfterATakeoverFails) {
+  Model m = ids_then_checkpoint(10);
+  const std::uint64_t g = generation(name_);
+  const std::string obj0 = log_object(name_, g, 0);
+  // What the old writer's create sends: its header and attributes.
+  const std::vector<char> old_header = raw_->read(obj0);
+  ASSERT_FALSE(old_header.empty());
+  char old_epoch[16] = {};
+  ASSERT_EQ(rados_getxattr(raw_->io(), obj0.c_str(), "iqdb.epoch", old_epoch, sizeof old_epoch), 16);
+  ASSERT_EQ(rados_remove(raw_->io(), obj0.c_str()), 0);  // not applied yet
+
+  const auto store = open_store(name_);
+  auto lock = RadosWriterLock::acquire(*store, name_);
+  const std::shared_ptr<rados_detail::Fence> fence = rados_detail::fence_of(*lock);
+  rados_detail::seal_log(*store, name_, g, fence->epoch);  // as an open does, first
+  {
+    const std::string size = rados_detail::encode_generation(old_header.size());
+    const std::string start = rados_detail::encode_generation(0);
+    rados_write_op_t op = rados_create_write_op();
+    rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
+    rados_write_op_setxattr(op, "iqdb.epoch", old_epoch, sizeof old_epoch);
+    rados_write_op_setxattr(op, "iqdb.start", start.data(), start.size());
+    rados_write_op_write(op, old_header.data(), old_header.size(), 0);
+    rados_write_op_setxattr(op, "iqdb.size", size.data(), size.size());
+    const int r = rados_write_op_operate(op, raw_->io(), obj0.c_str(), nullptr, 0);
+    rados_release_write_op(op);
+    EXPECT_EQ(r, -EEXIST) << "the old writer's late create of log object 0 was applied after the takeover's seal";
+  }
+  auto sink = rados_detail::create_log_sink(*store, name_, g, fence, 0x1234, 11);
+  sink->close();
+  const auto header = wal::format::encode_v2_header(0x1234, 11);
+  const std::vector<char> got = raw_->read(obj0);
+  ASSERT_EQ(got.size(), header.size());
+  EXPECT_EQ(std::memcmp(got.data(), header.data(), header.size()), 0);
+  EXPECT_EQ(log_objects(name_, g).size(), 1u);
+  lock->release();
+
+  auto b = PersistedIndex<FlatIndex>::load(config_for(name_));
+  EXPECT_TRUE(equals(b.index(), m));
+  b.insert(11, vector_of(11));
+  m[11] = vector_of(11);
+  b.close();
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
+}
+
+// Writers that took over a generation without a log and died before they
+// created one leave only their seals, empty log objects: loads and replicas
+// read the snapshot alone, the next writer writes its log into the last of
+// them, and the replica follows it there.
+TEST_F(RadosWal, AnEmptyLogLeftByATakeoverIsNoLogUntilAWriterFillsIt) {
+  Model m = ids_then_checkpoint(10);
+  const std::uint64_t g = generation(name_);
+  ASSERT_EQ(rados_remove(raw_->io(), log_object(name_, g, 0).c_str()), 0);  // its create never arrived
+  {
+    const auto store = open_store(name_);
+    auto lock = RadosWriterLock::acquire(*store, name_);
+    rados_detail::seal_log(*store, name_, g, lock->epoch());
+    ASSERT_EQ(log_objects(name_, g).size(), 1u);
+    EXPECT_TRUE(raw_->read(log_object(name_, g, 0)).empty());
+    rados_detail::seal_log(*store, name_, g, lock->epoch());  // as a second takeover's seal: an empty object 1
+  }
+  ASSERT_EQ(log_objects(name_, g).size(), 2u);
+  EXPECT_TRUE(raw_->read(log_object(name_, g, 1)).empty());
+
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
+  auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));
+  EXPECT_TRUE(equals(replica.index(), m));
+  {
+    auto c = PersistedIndex<FlatIndex>::load(config_for(name_));
+    EXPECT_TRUE(equals(c.index(), m));
+    for (std::uint64_t id = 11; id <= 60; ++id) {  // past one 4 KiB object
+      c.insert(id, vector_of(id));
+      m[id] = vector_of(id);
+    }
+    EXPECT_EQ(generation(name_), g);
+  }
+  EXPECT_GE(log_objects(name_, g).size(), 3u);  // the header went into object 1, the records past it
+  EXPECT_TRUE(raw_->read(log_object(name_, g, 0)).empty());
+  for (int i = 0; i < 4 && !equals(replica.index(), m); ++i) replica.catch_up();
+  EXPECT_TRUE(equals(replica.index(), m));
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
 }
 
 // Group commit: 8 threads inserting under Always share RADOS operations

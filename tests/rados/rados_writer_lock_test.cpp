@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -263,6 +264,36 @@ TEST_F(RadosWriterLockTest, HostileLockAttributesAreTypedErrors) {
   auto lock = RadosWriterLock::acquire(*a_, name_, lease(5));
   EXPECT_EQ(lock->epoch(), 6u);
   EXPECT_TRUE(lock->fenced_writer().empty());
+}
+
+// A head without iqdb.epoch (made before heads were created with epoch 0):
+// the first writer's raise still compares, with the empty value, which is
+// what RADOS compares a missing attribute as. Checked here as the raise
+// relies on it: a compare with "" passes while the attribute is missing and
+// fails once it holds an epoch, so of two writers that both read it missing
+// only one raises it.
+TEST_F(RadosWriterLockTest, MissingAttributeComparesAsEmpty) {
+  { auto first = RadosWriterLock::acquire(*a_, name_, lease(5)); }  // creates the head; released
+  const std::string head = RadosSnapshotStore::head_object(name_);
+  RawHead raw(head);
+  ASSERT_EQ(raw.remove("iqdb.epoch"), 0);
+  const auto compare_and_set = [&](const std::string& expect, const std::string& value) {
+    rados_write_op_t op = rados_create_write_op();
+    rados_write_op_cmpxattr(op, "iqdb.epoch", LIBRADOS_CMPXATTR_OP_EQ, expect.data(), expect.size());
+    rados_write_op_setxattr(op, "iqdb.epoch", value.data(), value.size());
+    const int r = rados_write_op_operate(op, raw.io(), head.c_str(), nullptr, 0);
+    rados_release_write_op(op);
+    return r;
+  };
+  EXPECT_EQ(compare_and_set("0000000000000000", "0000000000000007"), -ECANCELED);  // missing is not 0
+  ASSERT_EQ(compare_and_set("", "0000000000000007"), 0);                         // missing is ""
+  EXPECT_EQ(compare_and_set("", "0000000000000009"), -ECANCELED);                // present is not ""
+  ASSERT_EQ(raw.remove("iqdb.epoch"), 0);
+  auto lock = RadosWriterLock::acquire(*a_, name_, lease(5));
+  EXPECT_EQ(lock->epoch(), 1u);
+  char value[32] = {};
+  ASSERT_EQ(rados_getxattr(raw.io(), head.c_str(), "iqdb.epoch", value, sizeof value), 16);
+  EXPECT_EQ(std::string(value, 16), "0000000000000001");
 }
 
 // The epoch raised under a writer that believes it holds the lock (as a
