@@ -10,15 +10,18 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <thread>
 
 #include "iqdb/persist.hpp"
 #include "support/acking_child.hpp"
+#include "support/fault_fs.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -324,6 +327,68 @@ TEST(Replica, DamageInTheLogIsReportedNotApplied) {
   EXPECT_EQ(test::error_of([&] { r.catch_up(); }), ErrorKind::CorruptLog);  // again, unchanged
   EXPECT_EQ(r.last_lsn(), 11U);
 }
+
+// A writer's fsync fails after its frame was written: the commit throws,
+// the writer cuts the frame off its log and refuses writes. A replica that
+// read the frame in between holds a mutation reported as failed; it must
+// not keep it. Catching up, it finds the frame it read last gone and loads
+// anew; promoted, it checks (under the writer lock) that the log still holds
+// every frame it applied, and else loads anew. `rewrite`: a reopened writer
+// first logs another mutation of the same size at the same place (same LSN,
+// same offset), which reading on from where the replica stopped cannot tell
+// apart.
+void after_a_cut(bool rewrite, bool promote) {
+  test::TempDir dir;
+  test::FaultFs fs;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  const PersistConfig faulty = test::wal_config(dir / "db.iqdb", FsyncPolicy::always(), &fs);
+  test::Model model;
+  std::optional<Replica> r;
+  {
+    Writer w{new_writer(faulty), {}};
+    for (std::uint64_t id = 1; id <= 10; ++id) w.insert(id);
+    model = w.model;
+    r.emplace(Replica::open(cfg));
+    fs.on_injected([&](const test::FsOp& op) {
+      if (op.kind == test::OpKind::DataSync) r->catch_up();  // the frame is written, its fsync about to fail
+    });
+    fs.arm(test::Fault::fail({test::OpKind::DataSync, ".wal"}, 1, EIO));
+    try {
+      w.db.insert(11, vec_of(11));
+      ADD_FAILURE() << "the insert whose fsync failed returned";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.sys_errno(), EIO) << e.what();
+    }
+    ASSERT_EQ(fs.fired(), 1u);
+    ASSERT_EQ(r->last_lsn(), 11u) << "the replica did not read the frame before the cut";
+    ASSERT_TRUE(r->index().contains(11));
+    EXPECT_EQ(test::error_of([&] { w.db.insert(12, vec_of(12)); }), ErrorKind::Poisoned);
+  }
+  if (rewrite) {
+    auto again = PersistedIndex<FlatIndex>::load(cfg);
+    EXPECT_EQ(test::diff(again.index(), model), "");
+    again.insert(12, vec_of(12));  // LSN 11, the cut frame's size and offset
+    model[12] = {vec_of(12), std::nullopt};
+    again.close();
+  }
+  if (!promote) {
+    r->catch_up();
+    EXPECT_EQ(r->stats().reloads, 1u);
+    EXPECT_EQ(test::diff(r->index(), model), "");
+    return;
+  }
+  PersistedIndex<FlatIndex> promoted = std::move(*r).promote();
+  EXPECT_EQ(test::diff(promoted.index(), model), "");
+  promoted.insert(13, vec_of(13));
+  model[13] = {vec_of(13), std::nullopt};
+  promoted.close();
+  EXPECT_EQ(test::diff(PersistedIndex<FlatIndex>::load(cfg).index(), model), "");
+}
+
+TEST(Replica, FramesCutUnderItAreDroppedByTheNextCatchUp) { after_a_cut(false, false); }
+TEST(Replica, FramesCutAndWrittenAgainUnderItAreNoticed) { after_a_cut(true, false); }
+TEST(Replica, PromotedAfterItsFramesWereCutDropsThem) { after_a_cut(false, true); }
+TEST(Replica, PromotedAfterItsFramesWereCutAndWrittenAgainHasTheNewOnes) { after_a_cut(true, true); }
 
 // Failover: a writer process inserts under Always and reports each
 // acknowledged id through a pipe; a replica (this process) follows it in

@@ -45,6 +45,7 @@
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 #include "util/wake_word.hpp"
+#include "wal/log_reader.hpp"
 
 namespace iqdb::persist::detail {
 
@@ -52,7 +53,8 @@ namespace iqdb::persist::detail {
 // by open() and replay_read_only(), which changes nothing).
 struct Replayed {
   wal::ScanResult scan;
-  std::uint64_t next = 0;  // the LSN after the last one replayed (or folded)
+  std::uint64_t next = 0;   // the LSN after the last one replayed (or folded)
+  wal::FollowPoint end;      // where a follower goes on (at scan.valid_bytes)
 };
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const std::filesystem::path& log_path,
                     std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve);

@@ -54,7 +54,7 @@ class LogFollower::Impl {
                              "a version-1 log cannot be followed: open the index with the WAL once to migrate it");
     }
     last_ = r.next - 1;
-    at_ = {r.scan.valid_bytes, r.scan.salt, r.scan.last_lsn ? *r.scan.last_lsn + 1 : r.scan.base_lsn};
+    at_ = r.end;
     stats_.recovered_records = last_ - h.last_lsn;
     stats_.torn_tail_bytes = r.scan.torn_tail_bytes;
     stats_.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
@@ -82,6 +82,25 @@ class LogFollower::Impl {
     if (!log_) return last_;
     const wal::Followed r = wal::follow_file(log_->refresh(), at_, {});
     return std::max(last_, r.at.next_lsn - 1);
+  }
+
+  // Whether the log followed is still the current one and still holds,
+  // frame for frame, what was read of it (re-read from its start: the
+  // chains of frame CRCs agree). A log cut back after a failed fsync and
+  // written again, or replaced, does not; nor does a follower that has no
+  // log open (it cannot tell).
+  bool intact() {
+    if (!log_) return false;
+    try {
+      if (storage_->replaced(*log_, at_.salt)) return false;
+      const wal::Followed r = wal::follow_file(log_->refresh(), wal::FollowPoint{}, [](const wal::RecordView&) {},
+                                               at_.offset);
+      return r.at.offset == at_.offset && r.at.salt == at_.salt && r.at.next_lsn == at_.next_lsn &&
+             r.at.chain == at_.chain && r.at.last_frame == at_.last_frame;
+    } catch (const PersistError& e) {
+      if (e.kind() == ErrorKind::Io) throw;
+      return false;  // damaged now: a load says how
+    }
   }
 
   std::uint64_t last_lsn() const noexcept { return last_; }
@@ -176,6 +195,7 @@ LogFollower::LogFollower(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LogFollower::~LogFollower() = default;
 LogFollower::Poll LogFollower::poll(const WalEngine::Replay& replay) { return impl_->poll(replay); }
 std::uint64_t LogFollower::probe() { return impl_->probe(); }
+bool LogFollower::intact() { return impl_->intact(); }
 std::unique_ptr<ChangeWatch> LogFollower::watch_changes(std::function<void()> wake) {
   return impl_->watch_changes(std::move(wake));
 }

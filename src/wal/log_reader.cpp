@@ -140,6 +140,11 @@ class Scanner {
       : f_(f), w_(f, kFollowWindow, /*ahead=*/false), on_record_(on_record), mode_(ScanMode::Strict),
         look_limit_(kFollowProbe) {}
 
+  // Where a follower goes on after the frames read (ending at `offset`).
+  FollowPoint point(std::uint64_t offset) const noexcept {
+    return {offset, salt_, next_lsn_, chain_, last_frame_, chain_crc_};
+  }
+
   ScanResult run() {
     const format::LogHeader h = read_log_header(w_, f_.path());
     r_.version = h.version;
@@ -152,6 +157,7 @@ class Scanner {
     for (;;) {
       const Verdict v = check_frame(pos, /*deliver=*/true);
       if (v == Verdict::Good) {
+        chain_frame(pos);
         pos += format::kFrameHeaderLen + last_len_;
         continue;
       }
@@ -163,12 +169,15 @@ class Scanner {
     return r_;
   }
 
-  Followed follow(const FollowPoint& from) {
+  Followed follow(const FollowPoint& from, std::uint64_t until) {
     Followed out;
     std::uint64_t pos = from.offset;
     r_.version = 2;
     salt_ = from.salt;
     next_lsn_ = from.next_lsn;
+    chain_ = from.chain;
+    last_frame_ = from.last_frame;
+    chain_crc_ = from.last_crc;
     if (pos == 0) {
       if (w_.file_size() == 0) return out;  // not written yet
       const format::LogHeader h = read_log_header(w_, f_.path());
@@ -187,9 +196,24 @@ class Scanner {
                                  std::to_string(pos) + " already read: it was cut back",
                              size());
     }
-    Verdict v;
-    while ((v = check_frame(pos, /*deliver=*/true)) == Verdict::Good) pos += format::kFrameHeaderLen + last_len_;
-    out.at = {pos, salt_, next_lsn_};
+    if (from.last_frame != 0) {
+      // The frame read last is still there: cut back (the frames of a failed
+      // fsync) and written again, the log would hold another one in its
+      // place, even where the new frames line up with the old.
+      const auto [len, crc] = format::decode_frame_header(w_.at(from.last_frame, format::kFrameHeaderLen));
+      if (crc != from.last_crc || from.last_frame + format::kFrameHeaderLen + len != pos) {
+        throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
+                               "the frame read last, at offset " + std::to_string(from.last_frame) +
+                                   ", is not there any more: the log was cut back and written again",
+                               from.last_frame);
+      }
+    }
+    Verdict v = Verdict::End;
+    while (pos < until && (v = check_frame(pos, /*deliver=*/true)) == Verdict::Good) {
+      chain_frame(pos);
+      pos += format::kFrameHeaderLen + last_len_;
+    }
+    out.at = point(pos);
     out.records = r_.records;
     // Intact frames after a damaged one that vouch for it: corruption
     // (CorruptLog), else a frame still being written.
@@ -202,6 +226,15 @@ class Scanner {
   enum class Verdict { Good, End, Damaged };
 
   std::uint64_t size() const noexcept { return w_.file_size(); }
+
+  // The frame at `pos`, just checked (last_crc_), joins the chain.
+  void chain_frame(std::uint64_t pos) noexcept {
+    std::byte b[sizeof(std::uint32_t)];
+    coding::store<std::uint32_t>(b, last_crc_);
+    chain_ = checksum::extend(chain_, b, sizeof b);
+    last_frame_ = pos;
+    chain_crc_ = last_crc_;
+  }
 
   // Checks the frame at pos; when `deliver`, decodes it and hands its records
   // on (and advances the LSN and counts).
@@ -216,6 +249,7 @@ class Scanner {
     const std::uint32_t computed = r_.version == 2 ? format::frame_crc_v2(salt_, len, body) : checksum::compute(body, len);
     if (computed != crc) return Verdict::Damaged;
     last_len_ = len;
+    last_crc_ = crc;
     if (!deliver) return Verdict::Good;
     decode_frame(pos, body, len);
     return Verdict::Good;
@@ -424,6 +458,12 @@ class Scanner {
   std::uint64_t salt_ = 0;
   std::uint64_t next_lsn_ = 0;
   std::uint32_t last_len_ = 0;
+  std::uint32_t last_crc_ = 0;  // of the frame check_frame found good last
+  // FollowPoint's chain, last_frame and last_crc for the frames read in
+  // order so far.
+  std::uint32_t chain_ = 0;
+  std::uint64_t last_frame_ = 0;
+  std::uint32_t chain_crc_ = 0;
   std::uint64_t bad_ = 0;
   std::uint64_t look_limit_ = UINT64_MAX;
   DecodedOp op_;
@@ -435,9 +475,17 @@ ScanResult scan_file(const ReadableFile& file, const std::function<void(const Re
   return Scanner(file, on_record, mode).run();
 }
 
+ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
+                     FollowPoint* end) {
+  Scanner s(file, on_record, mode);
+  ScanResult r = s.run();
+  *end = s.point(r.valid_bytes);
+  return r;
+}
+
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
-                     const std::function<void(const RecordView&)>& on_record) {
-  return Scanner(file, on_record, Scanner::Follow{}).follow(from);
+                     const std::function<void(const RecordView&)>& on_record, std::uint64_t until) {
+  return Scanner(file, on_record, Scanner::Follow{}).follow(from, until);
 }
 
 fs::path log_path_for(const fs::path& snapshot) {

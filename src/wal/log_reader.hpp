@@ -1,6 +1,7 @@
 // Reading write-ahead logs (internal entry point used by scan_log and replay).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 #include "iqdb/persist/file_system.hpp"
@@ -16,7 +17,22 @@ struct FollowPoint {
   std::uint64_t offset = 0;  // 0: the header has not been read yet
   std::uint64_t salt = 0;
   std::uint64_t next_lsn = 0;
+  // The stored CRCs of the frames before `offset`, chained in order (a
+  // CRC-32C over them): two reads of a log that end at the same offset with
+  // the same chain read the same frames (a check that the log was not cut
+  // back and written again under a reader).
+  std::uint32_t chain = 0;
+  // The last of those frames (its offset, 0 for none, and stored CRC):
+  // following on checks first that it is still there.
+  std::uint64_t last_frame = 0;
+  std::uint32_t last_crc = 0;
 };
+
+// scan_file, and where a follower goes on after it (the scan's valid_bytes)
+// in *end.
+ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
+                     FollowPoint* end);
+
 struct Followed {
   FollowPoint at;              // after the last complete frame
   std::uint64_t base_lsn = 0;  // the header's, when this call read it (else 0)
@@ -31,8 +47,10 @@ struct Followed {
 // (CorruptLog, as scan_file in Strict mode).
 // From offset 0 the header is read and checked first; a version-1 log
 // cannot be followed (Unsupported). A frame whose LSN does not continue
-// `from` is CorruptLog.
+// `from` is CorruptLog, and so is `from.last_frame` found changed (the log
+// was cut back and written again). No frame starting at or after `until`
+// is read.
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
-                     const std::function<void(const RecordView&)>& on_record);
+                     const std::function<void(const RecordView&)>& on_record, std::uint64_t until = UINT64_MAX);
 
 }  // namespace iqdb::persist::wal

@@ -100,8 +100,9 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
     ++expect;
   };
   wal::ScanResult scan;
+  wal::FollowPoint end;
   try {
-    scan = wal::scan_file(file, on_record, wal::ScanMode::Strict);
+    scan = wal::scan_file(file, on_record, wal::ScanMode::Strict, &end);
   } catch (const PersistError& e) {
     // Damage found in the log: name the object holding it (RADOS).
     if (!e.offset() || e.path() != file.path() || storage.locate(*e.offset()) == e.path()) throw;
@@ -113,7 +114,7 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
                            "the log starts at LSN " + std::to_string(scan.base_lsn) + " but the snapshot ends at " +
                                std::to_string(folded) + ": the snapshot is older than the log");
   }
-  return {scan, expect};
+  return {scan, expect, end};
 }
 
 WalEngine::ReadOnlyReplay WalEngine::replay_read_only(const PersistConfig& cfg,

@@ -147,6 +147,11 @@ void FaultFs::clear() {
   fired_ = 0;
 }
 
+void FaultFs::on_injected(std::function<void(const FsOp&)> hook) {
+  std::lock_guard<std::mutex> g(mu_);
+  hook_ = std::move(hook);
+}
+
 FaultFs::Verdict FaultFs::record(FsOp op) {
   std::lock_guard<std::mutex> g(mu_);
   Verdict v;
@@ -171,9 +176,17 @@ FaultFs::Verdict FaultFs::record(FsOp op) {
 }
 
 FaultFs::Verdict FaultFs::record_or_throw(FsOp op, std::string_view what) {
-  const std::filesystem::path p = op.path;
+  const FsOp seen = op;
   const Verdict v = record(std::move(op));
-  if (v.fail && !v.keep) throw PersistError::io(p, std::string(what) + " (injected)", v.err);
+  if (v.fail && !v.keep) {
+    std::function<void(const FsOp&)> hook;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      hook = hook_;
+    }
+    if (hook) hook(seen);
+    throw PersistError::io(seen.path, std::string(what) + " (injected)", v.err);
+  }
   return v;
 }
 

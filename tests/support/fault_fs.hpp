@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -143,6 +144,11 @@ class FaultFs : public FileSystemWrapper {
   std::size_t count(OpKind kind) const;
   // Forget the log and the fired count (armed faults stay armed).
   void clear();
+  // Called with each operation an armed fault fails, on the calling thread,
+  // right before the injected error is thrown (a test's look at the state
+  // the failure meets, e.g. a frame written and not yet synced). No lock of
+  // FaultFs is held during the call.
+  void on_injected(std::function<void(const FsOp&)> hook);
 
   // FileSystem
   std::unique_ptr<WritableFile> create_exclusive(const std::filesystem::path& p) override;
@@ -175,6 +181,7 @@ class FaultFs : public FileSystemWrapper {
   std::vector<FsOp> log_;
   std::vector<Armed> armed_;
   std::size_t fired_ = 0;
+  std::function<void(const FsOp&)> hook_;
 };
 
 }  // namespace iqdb::persist::test

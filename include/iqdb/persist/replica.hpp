@@ -177,11 +177,13 @@ class ReadReplica {
   // WAL does (with the config's lock options: on RADOS, waiting for a dead
   // writer's lease and fencing it), catches up on every record the log
   // holds, and returns the writable index (config.wal_enabled set). The
-  // replica's state is reused when it is as new as the snapshot; a snapshot
-  // the replica has not seen is loaded. The replica is consumed; if the
-  // lock cannot be taken (Locked: the writer is alive), it stays a replica
-  // (not following: start_following again), and after a later failure it
-  // is gone (open it anew).
+  // replica's state is reused when it is as new as the snapshot and the log
+  // it followed still holds every frame it applied (re-read from the log's
+  // start to check); else the snapshot and its log are loaded (a snapshot
+  // the replica has not seen, a log cut back after a failed fsync under it).
+  // The replica is consumed; if the lock cannot be taken (Locked: the
+  // writer is alive), it stays a replica (not following: start_following
+  // again), and after a later failure it is gone (open it anew).
   PersistedIndex<I> promote() && {
     s_->stop();
     std::unique_ptr<State> s = std::move(s_);
@@ -195,7 +197,11 @@ class ReadReplica {
       touched = true;
       FileSystem& fs = detail::fs_of(cfg);
       const FileHeader current = inspect_snapshot(fs, cfg.path).header;
-      if (current.last_lsn > covered) return detail::Loader<I>{cfg, loaded}.load_snapshot()();
+      // Loaded anew unless the replica is as new as the snapshot and every
+      // frame it applied is still in the log as it read it (under the lock,
+      // nothing changes the log now): frames of a failed fsync, cut back
+      // after it read them, are not in its state then.
+      if (current.last_lsn > covered || !s->follower->intact()) return detail::Loader<I>{cfg, loaded}.load_snapshot()();
       // The replica's own state stands for the snapshot: it covers `covered`.
       FileHeader h = current;
       h.last_lsn = covered;

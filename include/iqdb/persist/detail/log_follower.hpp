@@ -44,6 +44,12 @@ class LogFollower {
   // last_lsn(). Records of a log that replaced the one followed are not
   // counted.
   std::uint64_t probe();
+  // Whether the state replayed so far still stands on the storage: the log
+  // followed is the current one and holds, frame for frame, the frames
+  // read of it (re-read from its start). False also when no log is open.
+  // A log cut back under the follower (a failed fsync's frames) and written
+  // again is not intact, even where the new frames line up with the old.
+  bool intact();
   // The storage's wake-ups for this log (IndexStorage::watch_changes);
   // nullptr where there are none.
   std::unique_ptr<ChangeWatch> watch_changes(std::function<void()> wake);
