@@ -328,6 +328,35 @@ TEST(Replica, DamageInTheLogIsReportedNotApplied) {
   EXPECT_EQ(r.last_lsn(), 11U);
 }
 
+// Inside read(f), calls back into the replica that could wait for f's own
+// read lock (a catch-up waits for the write lock, holding what lag(), stats()
+// and stop_following() wait for) are refused with InvalidArgument; the
+// others and a nested read run; after read() returns the replica works.
+TEST(Replica, CallsBackFromInsideReadAreRefused) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  Replica r = Replica::open(cfg);
+  w.insert(2);
+  const auto refused = [](auto&& call) { return test::error_of(call) == ErrorKind::InvalidArgument; };
+  r.read([&](const FlatIndex& index) {
+    EXPECT_TRUE(refused([&] { r.catch_up(); }));
+    EXPECT_TRUE(refused([&] { (void)r.lag(); }));
+    EXPECT_TRUE(refused([&] { (void)r.stats(); }));
+    EXPECT_TRUE(refused([&] { r.stop_following(); }));
+    EXPECT_TRUE(refused([&] { (void)std::move(r).promote(); }));
+    EXPECT_TRUE(r.valid());
+    EXPECT_EQ(r.last_lsn(), 1U);
+    EXPECT_FALSE(r.failure());
+    EXPECT_FALSE(r.watching());
+    EXPECT_EQ(r.read([](const FlatIndex& again) { return again.size(); }), 1U);  // nested
+    EXPECT_EQ(index.size(), 1U);
+  });
+  EXPECT_EQ(r.catch_up(), 1U);
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+}
+
 // A writer's fsync fails after its frame was written: the commit throws,
 // the writer cuts the frame off its log and refuses writes. A replica that
 // read the frame in between holds a mutation reported as failed; it must

@@ -31,6 +31,17 @@ PersistConfig wal_config(const std::filesystem::path& p, FsyncPolicy policy = Fs
   return cfg;
 }
 
+// f(wal, dir, config) once without the WAL and once with it (Always), each
+// in a fresh directory, under a trace naming the mode.
+template <class F>
+void with_and_without_wal(F&& f) {
+  for (const bool wal : {false, true}) {
+    SCOPED_TRACE(wal ? "WAL" : "no WAL");
+    test::TempDir dir;
+    f(wal, dir, wal ? wal_config(dir / "db.iqdb") : PersistConfig(dir / "db.iqdb"));
+  }
+}
+
 // A FlatIndex that remembers the room replay reserves before it starts.
 struct ReserveSpy : FlatIndex {
   explicit ReserveSpy(FlatIndex f) : FlatIndex(std::move(f)) {}
@@ -219,10 +230,7 @@ TEST(WalBasic, OpenWithThatFailsHandsTheIndexBack) {
 // After close(), with or without the WAL, mutations, save and checkpoint are
 // refused and change no file; the index stays readable.
 TEST(WalBasic, AClosedIndexRefusesMutationsAndSaves) {
-  for (const bool wal : {false, true}) {
-    SCOPED_TRACE(wal ? "WAL" : "no WAL");
-    test::TempDir dir;
-    PersistConfig cfg = wal ? wal_config(dir / "db.iqdb") : PersistConfig(dir / "db.iqdb");
+  with_and_without_wal([](bool, const test::TempDir& dir, const PersistConfig& cfg) {
     auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
     db.insert(1, vec_of(1));
     db.insert(2, vec_of(2));
@@ -247,7 +255,57 @@ TEST(WalBasic, AClosedIndexRefusesMutationsAndSaves) {
     EXPECT_EQ(db.read([](const FlatIndex& ix) { return ix.size(); }), 2U);
     EXPECT_TRUE(test::read_file(dir / "db.iqdb") == before);
     EXPECT_EQ(PersistedIndex<FlatIndex>::load(cfg).index().size(), 2U);
-  }
+  });
+}
+
+// Inside read(f), a call back into the same index would wait for f's own
+// read lock (a mutation, a save; with the WAL also the engine's lock, held
+// by a commit that waits for the write lock): each is refused with
+// InvalidArgument before anything is logged or written, a nested read runs,
+// and after read() returns the index works as before. (Before, these calls
+// hung.)
+TEST(WalBasic, CallsBackFromInsideReadAreRefused) {
+  with_and_without_wal([](bool wal, const test::TempDir& dir, const PersistConfig& cfg) {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    db.insert(1, vec_of(1));
+    db.save();
+    const std::uint64_t lsn = db.last_lsn();
+    const std::vector<std::byte> snapshot = test::read_file(dir / "db.iqdb");
+    const auto refused = [](auto&& call) { return test::error_of(call) == ErrorKind::InvalidArgument; };
+    const std::size_t seen = db.read([&](const FlatIndex& index) {
+      EXPECT_TRUE(refused([&] { db.insert(2, vec_of(2)); }));
+      EXPECT_TRUE(refused([&] { db.erase(1); }));
+      WriteBatch b;
+      b.insert(3, vec_of(3));
+      EXPECT_TRUE(refused([&] { db.write(b); }));
+      EXPECT_TRUE(refused([&] { db.save(); }));
+      EXPECT_TRUE(refused([&] { db.checkpoint(); }));
+      EXPECT_TRUE(refused([&] { db.sync(); }));
+      EXPECT_TRUE(refused([&] { db.close(); }));
+      if (wal) {
+        EXPECT_TRUE(refused([&] { (void)db.last_lsn(); }));
+        EXPECT_TRUE(refused([&] { (void)db.wal_stats(); }));
+        EXPECT_TRUE(refused([&] { (void)db.failure(); }));
+        EXPECT_TRUE(refused([&] { (void)db.auto_checkpoint_failure(); }));
+      } else {
+        EXPECT_EQ(db.last_lsn(), lsn);  // no lock behind these without the WAL
+        EXPECT_FALSE(db.failure());
+      }
+      EXPECT_EQ(db.read([](const FlatIndex& again) { return again.size(); }), 1U);  // nested
+      return index.size();
+    });
+    EXPECT_EQ(seen, 1U);
+    EXPECT_EQ(db.last_lsn(), lsn);
+    EXPECT_TRUE(test::read_file(dir / "db.iqdb") == snapshot);
+    if (wal) {
+      EXPECT_EQ(db.wal_stats().commits, 1U);  // the refused mutations were not logged
+    }
+    db.insert(2, vec_of(2));
+    db.close();
+    const auto loaded = PersistedIndex<FlatIndex>::load(cfg);
+    EXPECT_EQ(loaded.index().size(), wal ? 2U : 1U);  // without the WAL, insert 2 was never saved
+    EXPECT_FALSE(loaded.index().contains(3));
+  });
 }
 
 // Without the WAL a batch applied in part is reported Poisoned, and the

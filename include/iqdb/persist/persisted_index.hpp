@@ -30,6 +30,7 @@
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/detail/batch_presence.hpp"
 #include "iqdb/persist/detail/index_storage.hpp"
+#include "iqdb/persist/detail/read_scope.hpp"
 #include "iqdb/persist/detail/rw_lock.hpp"
 #include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/error.hpp"
@@ -201,10 +202,16 @@ class PersistedIndex {
   const PersistConfig& config() const noexcept { return s_->config; }
 
   // Run f(const I&) under the read lock, alongside other readers and
-  // mutations' logging; returns what f returns.
+  // mutations' logging; returns what f returns. Inside f, calls back into
+  // this object would wait for f's own lock: they throw InvalidArgument
+  // (mutations, save, checkpoint, sync, close; with a WAL also last_lsn,
+  // wal_stats, failure, auto_checkpoint_failure); a nested read runs its f
+  // at once.
   template <class F>
   decltype(auto) read(F&& f) const {
+    if (detail::ReadScope::active(s_.get())) return std::forward<F>(f)(std::as_const(s_->index));
     std::shared_lock lk(s_->mu);
+    const detail::ReadScope scope(s_.get());
     return std::forward<F>(f)(std::as_const(s_->index));
   }
 
@@ -285,6 +292,7 @@ class PersistedIndex {
   // index lacks: log records above last_lsn(), a snapshot with a higher last
   // LSN; PersistConfig::discard_log replaces them.
   FileHeader save() {
+    detail::ReadScope::refuse(s_.get(), "save()");
     if (s_->engine) return checkpoint();
     // One save at a time: the writer lock would refuse a second one.
     std::lock_guard save_lk(s_->save_mu);
@@ -304,6 +312,7 @@ class PersistedIndex {
   // that a crash at any instant recovers exactly the acknowledged state.
   // Blocks mutations while it runs, not read(). Without a WAL: save().
   FileHeader checkpoint() {
+    detail::ReadScope::refuse(s_.get(), "checkpoint()");
     if (!s_->engine) return save();
     FileHeader written;
     State* st = s_.get();
@@ -316,6 +325,7 @@ class PersistedIndex {
 
   // Make every acknowledged mutation durable now (a no-op without a WAL).
   void sync() {
+    detail::ReadScope::refuse(s_.get(), "sync()");
     if (s_->engine) s_->engine->sync();
   }
 
@@ -323,6 +333,7 @@ class PersistedIndex {
   // FsyncPolicy::Never). Further mutations fail. Reports errors, unlike the
   // destructor.
   void close() {
+    detail::ReadScope::refuse(s_.get(), "close()");
     if (s_->engine) {
       s_->engine->close();
     } else {
@@ -335,14 +346,20 @@ class PersistedIndex {
   // With a WAL: the LSN of the last logged mutation (0 before any). Without:
   // the LSN the state covers — the last log record replayed by load() or
   // the last LSN of the snapshot it loaded or saved (0 after open_with).
-  std::uint64_t last_lsn() const { return s_->engine ? s_->engine->last_lsn() : s_->base_lsn.load(); }
+  std::uint64_t last_lsn() const {
+    if (!s_->engine) return s_->base_lsn.load();
+    detail::ReadScope::refuse(s_.get(), "last_lsn()");
+    return s_->engine->last_lsn();
+  }
 
   // Why the last automatic checkpoint (PersistConfig::checkpoint_log_bytes)
   // failed; nullopt when none failed since the last one that succeeded, or
   // without automatic checkpoints. Mutations go on after such a failure
   // unless it left the log in doubt (then failure() says why).
   std::optional<std::string> auto_checkpoint_failure() const {
-    return s_->engine ? s_->engine->auto_checkpoint_failure() : std::nullopt;
+    if (!s_->engine) return std::nullopt;
+    detail::ReadScope::refuse(s_.get(), "auto_checkpoint_failure()");
+    return s_->engine->auto_checkpoint_failure();
   }
 
   // Health check: why mutations are refused (ErrorKind::Poisoned) after a
@@ -351,7 +368,10 @@ class PersistedIndex {
   // was applied in part; nullopt while the index accepts writes. Reopen the
   // index to recover.
   std::optional<std::string> failure() const {
-    if (s_->engine) return s_->engine->failure();
+    if (s_->engine) {
+      detail::ReadScope::refuse(s_.get(), "failure()");
+      return s_->engine->failure();
+    }
     const std::lock_guard f(s_->failure_mu);
     return s_->failure;
   }
@@ -360,7 +380,11 @@ class PersistedIndex {
   // when it was loaded. Without a WAL: what load() replayed read-only
   // (recovered_records, torn_tail_bytes, unsynced_frames_dropped); the rest
   // is zero.
-  wal::WalStats wal_stats() const { return s_->engine ? s_->engine->stats() : s_->load_stats; }
+  wal::WalStats wal_stats() const {
+    if (!s_->engine) return s_->load_stats;
+    detail::ReadScope::refuse(s_.get(), "wal_stats()");
+    return s_->engine->stats();
+  }
 
  private:
   struct State {
@@ -454,6 +478,7 @@ class PersistedIndex {
 
   template <class Apply>
   void commit(std::span<const detail::MutationRef> ops, Apply&& apply) {
+    detail::ReadScope::refuse(s_.get(), "a mutation (insert, erase, write)");
     if (s_->engine) {
       // The index changes only inside the engine's commit lock, so validation
       // reads it without the read lock.

@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "iqdb/persist/detail/log_follower.hpp"
+#include "iqdb/persist/detail/read_scope.hpp"
 #include "iqdb/persist/persisted_index.hpp"
 
 namespace iqdb::persist {
@@ -105,7 +106,10 @@ class ReadReplica {
   // records applied (after a load anew: how far the LSN moved). Throws
   // PersistError (I/O, damage); the replica stays as it was and the call
   // can be repeated.
-  std::uint64_t catch_up() { return s_->catch_up(); }
+  std::uint64_t catch_up() {
+    detail::ReadScope::refuse(s_.get(), "catch_up()");
+    return s_->catch_up();
+  }
 
   // Follow in the background: a catch-up every `interval` (the longest time
   // between two), and on RADOS also as soon as the writer notifies (see
@@ -116,8 +120,13 @@ class ReadReplica {
     o.interval = interval;
     s_->start(o);
   }
-  void start_following(const FollowOptions& options = {}) { s_->start(options); }
-  void stop_following() { s_->stop(); }
+  void start_following(const FollowOptions& options = {}) {
+    s_->start(options);
+  }
+  void stop_following() {
+    detail::ReadScope::refuse(s_.get(), "stop_following()");
+    s_->stop();
+  }
   // Whether the background follower is woken by the writer now (its last
   // round found a watch standing); false when it polls only.
   bool watching() const {
@@ -132,6 +141,7 @@ class ReadReplica {
 
   // How far behind the writer: reads the log's end (applies nothing).
   ReplicaLag lag() {
+    detail::ReadScope::refuse(s_.get(), "lag()");
     std::lock_guard lk(s_->poll_mu);
     ReplicaLag out;
     out.applied_lsn = s_->follower->last_lsn();
@@ -146,6 +156,7 @@ class ReadReplica {
   // wait for one that is running).
   std::uint64_t last_lsn() const { return s_->applied.load(std::memory_order_acquire); }
   ReplicaStats stats() const {
+    detail::ReadScope::refuse(s_.get(), "stats()");
     ReplicaStats out;
     {
       std::lock_guard lk(s_->poll_mu);
@@ -160,10 +171,15 @@ class ReadReplica {
     return out;
   }
 
-  // Run f(const I&) under the read lock; returns what f returns.
+  // Run f(const I&) under the read lock; returns what f returns. Inside f,
+  // calls back into this replica that could wait for f's own lock throw
+  // InvalidArgument (catch_up, stop_following, lag, stats, promote); a
+  // nested read runs its f at once.
   template <class F>
   decltype(auto) read(F&& f) const {
+    if (detail::ReadScope::active(s_.get())) return std::forward<F>(f)(std::as_const(*s_->index));
     std::shared_lock lk(s_->mu);
+    const detail::ReadScope scope(s_.get());
     return std::forward<F>(f)(std::as_const(*s_->index));
   }
   // Unsynchronised (no catch-up may run meanwhile).
@@ -185,6 +201,7 @@ class ReadReplica {
   // writer is alive), it stays a replica (not following: start_following
   // again), and after a later failure it is gone (open it anew).
   PersistedIndex<I> promote() && {
+    detail::ReadScope::refuse(s_.get(), "promote()");
     s_->stop();
     std::unique_ptr<State> s = std::move(s_);
     std::lock_guard lk(s->poll_mu);
