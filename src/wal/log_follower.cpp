@@ -80,7 +80,7 @@ class LogFollower::Impl {
 
   std::uint64_t probe() {
     if (!log_) return last_;
-    const wal::Followed r = wal::follow_file(log_->refresh(), at_, {});
+    const wal::Followed r = wal::follow_file(log_->refresh(), at_, {}, /*check_last_frame=*/false);
     return std::max(last_, r.at.next_lsn - 1);
   }
 
@@ -94,7 +94,7 @@ class LogFollower::Impl {
     try {
       if (storage_->replaced(*log_, at_.salt)) return false;
       const wal::Followed r = wal::follow_file(log_->refresh(), wal::FollowPoint{}, [](const wal::RecordView&) {},
-                                               at_.offset);
+                                               /*check_last_frame=*/false, at_.offset);
       return r.at.offset == at_.offset && r.at.salt == at_.salt && r.at.next_lsn == at_.next_lsn &&
              r.at.chain == at_.chain && r.at.last_frame == at_.last_frame;
     } catch (const PersistError& e) {
@@ -164,10 +164,13 @@ class LogFollower::Impl {
   // again: a frame found damaged at the same offset twice is. (On RADOS,
   // where only acknowledged sizes are read, the first verdict stands.)
   wal::Followed follow_settled(const std::function<void(const wal::RecordView&)>& on_record) {
+    // The frame read last is checked where a reader can see frames that are
+    // cut later (and only there: it costs a read).
+    const bool check = storage_->readers_see_unsynced_frames();
     std::optional<std::uint64_t> damaged_at;
     for (int attempt = 0;; ++attempt) {
       try {
-        return wal::follow_file(log_->refresh(), at_, on_record);
+        return wal::follow_file(log_->refresh(), at_, on_record, check);
       } catch (const PersistError& e) {
         if (e.kind() != ErrorKind::CorruptLog || e.offset() == damaged_at || attempt >= kMaxRereads) throw;
         damaged_at = e.offset();

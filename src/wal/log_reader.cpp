@@ -169,7 +169,7 @@ class Scanner {
     return r_;
   }
 
-  Followed follow(const FollowPoint& from, std::uint64_t until) {
+  Followed follow(const FollowPoint& from, bool check_last_frame, std::uint64_t until) {
     Followed out;
     std::uint64_t pos = from.offset;
     r_.version = 2;
@@ -196,12 +196,15 @@ class Scanner {
                                  std::to_string(pos) + " already read: it was cut back",
                              size());
     }
-    if (from.last_frame != 0) {
+    if (check_last_frame && from.last_frame != 0) {
       // The frame read last is still there: cut back (the frames of a failed
       // fsync) and written again, the log would hold another one in its
       // place, even where the new frames line up with the old.
-      const auto [len, crc] = format::decode_frame_header(w_.at(from.last_frame, format::kFrameHeaderLen));
-      if (crc != from.last_crc || from.last_frame + format::kFrameHeaderLen + len != pos) {
+      // (Its header alone, read apart: the window starts where the new frames do.)
+      std::byte header[format::kFrameHeaderLen];
+      const std::size_t got = f_.read_at(from.last_frame, header);
+      const auto [len, crc] = format::decode_frame_header(header);
+      if (got != sizeof header || crc != from.last_crc || from.last_frame + format::kFrameHeaderLen + len != pos) {
         throw PersistError::at(ErrorKind::CorruptLog, f_.path(),
                                "the frame read last, at offset " + std::to_string(from.last_frame) +
                                    ", is not there any more: the log was cut back and written again",
@@ -484,8 +487,9 @@ ScanResult scan_file(const ReadableFile& file, const std::function<void(const Re
 }
 
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
-                     const std::function<void(const RecordView&)>& on_record, std::uint64_t until) {
-  return Scanner(file, on_record, Scanner::Follow{}).follow(from, until);
+                     const std::function<void(const RecordView&)>& on_record, bool check_last_frame,
+                     std::uint64_t until) {
+  return Scanner(file, on_record, Scanner::Follow{}).follow(from, check_last_frame, until);
 }
 
 fs::path log_path_for(const fs::path& snapshot) {

@@ -47,10 +47,11 @@ struct Followed {
 // (CorruptLog, as scan_file in Strict mode).
 // From offset 0 the header is read and checked first; a version-1 log
 // cannot be followed (Unsupported). A frame whose LSN does not continue
-// `from` is CorruptLog, and so is `from.last_frame` found changed (the log
-// was cut back and written again). No frame starting at or after `until`
-// is read.
+// `from` is CorruptLog, and so, when `check_last_frame`, is `from.last_frame`
+// found changed (the log was cut back and written again; one read of its
+// header). No frame starting at or after `until` is read.
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
-                     const std::function<void(const RecordView&)>& on_record, std::uint64_t until = UINT64_MAX);
+                     const std::function<void(const RecordView&)>& on_record, bool check_last_frame = true,
+                     std::uint64_t until = UINT64_MAX);
 
 }  // namespace iqdb::persist::wal
