@@ -197,11 +197,11 @@ class Scanner {
                              size());
     }
     if (check_last_frame && from.last_frame != 0) {
-      // The frame read last is still there: cut back (the frames of a failed
-      // fsync) and written again, the log would hold another one in its
-      // place, even where the new frames line up with the old.
-      // (Its header alone, read apart: the window starts where the new frames do.)
-      std::byte header[format::kFrameHeaderLen];
+      // The frame read last must still be there. A log cut back (the frames
+      // of a failed fsync) and written again holds another frame in its
+      // place, even where the new frames line up with the old ones. Its
+      // header alone is read, apart: the window starts at the new frames.
+      std::byte header[format::kFrameHeaderLen] = {};
       const std::size_t got = f_.read_at(from.last_frame, header);
       const auto [len, crc] = format::decode_frame_header(header);
       if (got != sizeof header || crc != from.last_crc || from.last_frame + format::kFrameHeaderLen + len != pos) {
