@@ -118,9 +118,6 @@ class RadosIndexStorage final : public IndexStorage {
                            scan.valid_bytes);
   }
 
-  // Only acknowledged appends are read (each object up to its iqdb.size).
-  bool readers_see_unsynced_frames() const noexcept override { return false; }
-
   fs::path locate(std::uint64_t offset) const override {
     std::lock_guard lk(mu_);
     return layout_.objects.empty() ? log_path() : log_object_path(*store_, layout_, offset);

@@ -62,6 +62,12 @@ class LogFollower::Impl {
 
   Poll poll(const WalEngine::Replay& replay) {
     Poll out;
+    // A poll that failed after applying records it had not recorded a
+    // follow point for: the checks below cannot vouch for them.
+    if (applied_past_point_) {
+      out.reload = true;
+      return out;
+    }
     const std::uint64_t before = last_;
     try {
       follow_logs(replay);
@@ -90,7 +96,7 @@ class LogFollower::Impl {
   // written again, or replaced, does not; nor does a follower that has no
   // log open (it cannot tell).
   bool intact() {
-    if (!log_) return false;
+    if (!log_ || applied_past_point_) return false;
     try {
       if (storage_->replaced(*log_, at_.salt)) return false;
       const wal::Followed r = wal::follow_file(log_->refresh(), wal::FollowPoint{}, [](const wal::RecordView&) {},
@@ -146,7 +152,16 @@ class LogFollower::Impl {
       replay(r);
       last_ = lsn;
     };
-    const wal::Followed r = follow_settled(on_record);
+    const std::uint64_t at_start = last_;
+    wal::Followed r;
+    try {
+      r = follow_settled(on_record);
+    } catch (...) {
+      // Records applied, at_ not moved past them: a later check of the frame
+      // read last (or promote's check of the log) would not cover them.
+      if (last_ != at_start) applied_past_point_ = true;
+      throw;
+    }
     if (r.base_lsn > last_ + 1) throw NeedReload{};  // a new log that starts past the replica
     at_ = r.at;
     if (r.pending_bytes > 0) {
@@ -164,13 +179,13 @@ class LogFollower::Impl {
   // again: a frame found damaged at the same offset twice is. (On RADOS,
   // where only acknowledged sizes are read, the first verdict stands.)
   wal::Followed follow_settled(const std::function<void(const wal::RecordView&)>& on_record) {
-    // The frame read last is checked where a reader can see frames that are
-    // cut later (and only there: it costs a read).
-    const bool check = storage_->readers_see_unsynced_frames();
+    // The frame read last is checked: frames a reader saw can be cut later
+    // (local files: a failed fsync; both storages: an entry the index could
+    // not apply is cut off the log, and the next commit takes its place).
     std::optional<std::uint64_t> damaged_at;
     for (int attempt = 0;; ++attempt) {
       try {
-        return wal::follow_file(log_->refresh(), at_, on_record, check);
+        return wal::follow_file(log_->refresh(), at_, on_record, /*check_last_frame=*/true);
       } catch (const PersistError& e) {
         if (e.kind() != ErrorKind::CorruptLog || e.offset() == damaged_at || attempt >= kMaxRereads) throw;
         damaged_at = e.offset();
@@ -183,6 +198,7 @@ class LogFollower::Impl {
   std::unique_ptr<FollowedLog> log_;
   wal::FollowPoint at_;
   std::uint64_t last_ = 0;
+  bool applied_past_point_ = false;  // a failed poll applied records after at_
   wal::WalStats stats_;
 };
 

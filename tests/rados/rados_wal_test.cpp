@@ -434,8 +434,15 @@ TEST_F(RadosWal, AnEmptyLogLeftByATakeoverIsNoLogUntilAWriterFillsIt) {
     }
     EXPECT_EQ(generation(name_), g);
   }
-  EXPECT_GE(log_objects(name_, g).size(), 3u);  // the header went into object 1, the records past it
+  // Objects 0 and 1 are the two seals above; c's own open sealed once more
+  // (object 2), and its header went into that last empty object.
+  ASSERT_GE(log_objects(name_, g).size(), 3u);
   EXPECT_TRUE(raw_->read(log_object(name_, g, 0)).empty());
+  EXPECT_TRUE(raw_->read(log_object(name_, g, 1)).empty());
+  const std::vector<char> third = raw_->read(log_object(name_, g, 2));
+  const auto header = wal::format::encode_v2_header(0, 1);
+  ASSERT_GE(third.size(), 16u);
+  EXPECT_EQ(std::memcmp(third.data(), header.data(), 16), 0) << "magic, version, header length";
   for (int i = 0; i < 4 && !equals(replica.index(), m); ++i) replica.catch_up();
   EXPECT_TRUE(equals(replica.index(), m));
   EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));

@@ -169,13 +169,6 @@ class IndexStorage {
   // produce (RADOS: an append is atomic, so a torn tail is damage).
   virtual void check_scan(const wal::ScanResult& scan) { (void)scan; }
 
-  // Whether a reader can see frames that the writer later cuts off the log
-  // (local files: a frame is readable from its write on, and cut when its
-  // fsync fails). A follower then checks, each time it reads on, that the
-  // frame it read last is still there. RADOS: a reader sees acknowledged
-  // appends only, which are never cut (a repair cuts damaged bytes only).
-  virtual bool readers_see_unsynced_frames() const noexcept { return true; }
-
   // A new, empty log for the current snapshot, starting at base_lsn, which
   // replaces the previous log atomically (the writer, holding the lock).
   virtual std::unique_ptr<detail::LogSink> create_log(std::uint64_t base_lsn) = 0;
