@@ -544,7 +544,7 @@ std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, cons
   const LogLayout layout = read_log_layout(store, name, generation);
   RadosLogSink::Position at;
   if (!layout.objects.empty()) {
-    if (layout.size() != 0) {
+    if (layout.has_bytes()) {
       throw PersistError::at(ErrorKind::Fenced, object_path(store, log_object(name, generation, 0)),
                              "the log of this generation holds " + std::to_string(layout.size()) +
                                  " bytes already: another writer created it");

@@ -39,12 +39,16 @@ struct LogObject {
 
 // The objects of the log of one generation, checked (each object's size
 // equals its size attribute, starts follow each other, no object missing
-// before an existing one). No objects: there is no log.
+// before an existing one). No bytes: there is no log (has_bytes).
 struct LogLayout {
   std::string name;
   std::uint64_t generation = 0;
   std::vector<LogObject> objects;
   std::uint64_t size() const noexcept { return objects.empty() ? 0 : objects.back().start + objects.back().size; }
+  // A log exists once its header does: without bytes (no object, or only the
+  // empty ones a takeover's seal leaves, which the next writer's new log
+  // fills: create_log_sink) it counts as no log.
+  bool has_bytes() const noexcept { return size() != 0; }
 };
 
 LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation);

@@ -71,7 +71,7 @@ class RadosIndexStorage final : public IndexStorage {
 
   bool log_exists() override {
     const std::uint64_t g = generation();
-    return g != 0 && has_bytes(read_log_layout(*store_, name_, g));
+    return g != 0 && read_log_layout(*store_, name_, g).has_bytes();
   }
 
   std::unique_ptr<ReadableFile> open_log() override { return open_layout(read_log_layout(*store_, name_, generation())); }
@@ -83,7 +83,7 @@ class RadosIndexStorage final : public IndexStorage {
                                                        FileHeader& loaded) override {
     loaded = load_snapshot();
     LogLayout layout = read_log_layout(*store_, name_, last_read_generation(*store_, name_));
-    if (!has_bytes(layout)) return nullptr;
+    if (!layout.has_bytes()) return nullptr;
     return open_layout(std::move(layout));
   }
 
@@ -151,11 +151,6 @@ class RadosIndexStorage final : public IndexStorage {
   std::uint64_t max_frame_bytes() const noexcept override { return kMaxLogObject - wal::format::kFrameHeaderLen; }
 
  private:
-  // A log exists once its header does: a takeover's seal of a generation
-  // without a log leaves an empty object 0, which the writer's new log
-  // then fills (create_log_sink).
-  static bool has_bytes(const LogLayout& layout) { return layout.size() != 0; }
-
   std::uint64_t generation() {
     const auto head = store_->head(name_);
     return head ? head->generation : 0;
@@ -170,7 +165,7 @@ class RadosIndexStorage final : public IndexStorage {
   std::unique_ptr<detail::FollowedLog> follow(std::uint64_t g) {
     if (g == 0) return nullptr;
     LogLayout layout = read_log_layout(*store_, name_, g);
-    if (!has_bytes(layout)) return nullptr;
+    if (!layout.has_bytes()) return nullptr;
     remember(layout);
     return std::make_unique<RadosFollowedLog>(*store_, std::move(layout));
   }

@@ -474,15 +474,11 @@ class Scanner {
 
 }  // namespace
 
-ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode) {
-  return Scanner(file, on_record, mode).run();
-}
-
 ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
                      FollowPoint* end) {
   Scanner s(file, on_record, mode);
   ScanResult r = s.run();
-  *end = s.point(r.valid_bytes);
+  if (end != nullptr) *end = s.point(r.valid_bytes);
   return r;
 }
 

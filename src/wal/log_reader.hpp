@@ -9,8 +9,6 @@
 
 namespace iqdb::persist::wal {
 
-ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode);
-
 // Following a version-2 log that a writer is appending to (read replicas,
 // src/wal/log_follower.cpp): where the next frame is expected.
 struct FollowPoint {
@@ -28,10 +26,10 @@ struct FollowPoint {
   std::uint32_t last_crc = 0;
 };
 
-// scan_file, and where a follower goes on after it (the scan's valid_bytes)
-// in *end.
+// A whole log, checked; `end` (optional): where a follower goes on after
+// the scan (at its valid_bytes).
 ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
-                     FollowPoint* end);
+                     FollowPoint* end = nullptr);
 
 struct Followed {
   FollowPoint at;              // after the last complete frame
@@ -51,7 +49,7 @@ struct Followed {
 // found changed (the log was cut back and written again; one read of its
 // header). No frame starting at or after `until` is read.
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
-                     const std::function<void(const RecordView&)>& on_record, bool check_last_frame = true,
+                     const std::function<void(const RecordView&)>& on_record, bool check_last_frame,
                      std::uint64_t until = UINT64_MAX);
 
 }  // namespace iqdb::persist::wal

@@ -35,7 +35,7 @@ Look look_at(const Location& where) {
   if (!head) throw PersistError::at(ErrorKind::Io, where.path(), "no snapshot is published: there is no log");
   Look look;
   look.prefix = rados_detail::read_log_prefix(store, where.rados_name(), head->generation);
-  if (look.prefix.layout.size() == 0) {  // no object, or only the empty one a takeover's seal leaves
+  if (!look.prefix.layout.has_bytes()) {
     throw PersistError::at(ErrorKind::Io, wal::log_path_for(where.path()),
                            "the published snapshot has no log" +
                                (look.prefix.stopped.empty() ? std::string() : " (" + look.prefix.stopped + ")"));

@@ -120,9 +120,7 @@ class ReadReplica {
     o.interval = interval;
     s_->start(o);
   }
-  void start_following(const FollowOptions& options = {}) {
-    s_->start(options);
-  }
+  void start_following(const FollowOptions& options = {}) { s_->start(options); }
   void stop_following() {
     detail::ReadScope::refuse(s_.get(), "stop_following()");
     s_->stop();
