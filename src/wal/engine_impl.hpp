@@ -229,6 +229,12 @@ class WalEngine::Impl {
   void poison(const std::string& cause, ErrorKind kind = ErrorKind::Poisoned) noexcept;
   void abandon(Entry& e) noexcept;
   void throw_if_unusable() const;
+  // Waits (mu_ held) until no commit is queued or syncing. Commits that
+  // arrive meanwhile wait in commit() until it returns (and, as mu_ is
+  // held from then on, until the caller lets go of mu_): a writer that
+  // commits in a loop, already running when a sync ends, would otherwise
+  // queue its next commit before the waiting thread wakes, every time.
+  void wait_until_drained(std::unique_lock<std::mutex>& lk);
   // flusher.cpp
   void start_flusher();
   void stop_flusher();
@@ -257,6 +263,7 @@ class WalEngine::Impl {
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;   // the leader's seat is taken (a sync is running or about to)
+  int draining_ = 0;       // threads in wait_until_drained: new commits wait
   Entry* seat_ = nullptr;  // the commit whose thread holds the seat, or was handed it
   bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
   std::size_t gather_want_ = 0;

@@ -108,6 +108,7 @@ void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate
   encode_frame(frame, ops, max_frame_);
 
   std::unique_lock lk(mu_);
+  if (draining_ != 0) cv_.wait(lk, [this] { return draining_ == 0; });
   throw_if_unusable();
   validate_against_queue(validate);
   Entry e(ops, apply, writer_->end(), next_lsn_);
@@ -466,6 +467,14 @@ void WalEngine::Impl::abandon(Entry& e) noexcept {
   poison("a commit failed after its record was logged");
   if (seat_ == &e) pass_seat();  // it held, or was handed, the seat
   cv_.notify_all();
+}
+
+void WalEngine::Impl::wait_until_drained(std::unique_lock<std::mutex>& lk) {
+  ++draining_;
+  cv_.wait(lk, [this] { return !syncing_ && queue_.empty(); });
+  --draining_;
+  // The commits that waited for this take mu_ once the caller lets go.
+  if (draining_ == 0) cv_.notify_all();
 }
 
 void WalEngine::Impl::throw_if_unusable() const {

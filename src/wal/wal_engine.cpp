@@ -14,7 +14,7 @@ void WalEngine::Impl::close() {
   stop_flusher();
   std::unique_lock lk(mu_);
   if (closed_) return;
-  cv_.wait(lk, [this] { return !syncing_ && queue_.empty(); });
+  wait_until_drained(lk);
   closed_ = true;
   FirstError first;
   if (!poisoned_ && policy_.mode() != FsyncPolicy::Mode::Never && synced_end_ < writer_->end()) {
