@@ -432,16 +432,19 @@ void RadosSnapshotStore::Impl::run_collector() {
   for (;;) {
     gc_cv.wait(lock, [this] { return gc_stop || !gc_queue.empty(); });
     if (gc_queue.empty()) return;  // stopped, and everything queued was collected
-    const std::string name = gc_queue.extract(gc_queue.begin()).value();
-    gc_busy = true;
+    std::set<std::string> names;
+    names.swap(gc_queue);
+    const std::uint64_t pass = ++gc_passes_started;
     lock.unlock();
-    try {
-      (void)collect(*this, name);
-    } catch (const std::exception&) {
-      // As for a failed collection at the publish: the next one retries.
+    for (const std::string& name : names) {
+      try {
+        (void)collect(*this, name);
+      } catch (const std::exception&) {
+        // As for a failed collection at the publish: the next one retries.
+      }
     }
     lock.lock();
-    gc_busy = false;
+    gc_passes_done = pass;
     gc_cv.notify_all();
   }
 }

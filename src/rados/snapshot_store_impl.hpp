@@ -78,17 +78,22 @@ struct RadosSnapshotStore::Impl {
   std::mutex gc_mu;
   std::condition_variable gc_cv;
   std::set<std::string> gc_queue;  // names to collect
-  bool gc_busy = false;            // a collection is running
+  // The collector's passes: each takes every name queued when it starts.
+  std::uint64_t gc_passes_started = 0;
+  std::uint64_t gc_passes_done = 0;
   bool gc_stop = false;
   std::thread gc_thread;
 
   // Queue a collection of `name` (once, however many publishes ask). Where no
   // thread can be had, collects here.
   void schedule_collection(const std::string& name);
-  // Blocks until nothing is queued or running.
+  // Blocks until the collections queued or running at the call have run:
+  // the running pass, and the next one if names wait for it (not "until
+  // the queue is empty", which publishes that keep coming would put off).
   void wait_collections() {
     std::unique_lock lock(gc_mu);
-    gc_cv.wait(lock, [this] { return gc_queue.empty() && !gc_busy; });
+    const std::uint64_t need = gc_passes_started + (gc_queue.empty() ? 0 : 1);
+    gc_cv.wait(lock, [&] { return gc_passes_done >= need; });
   }
   void stop_collector() noexcept {
     {

@@ -8,12 +8,10 @@
 namespace iqdb::persist::detail {
 
 void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
-  std::unique_lock lk(mu_);
-  throw_if_unusable();
   // Let in-flight group commits finish; new ones wait, and holding mu_
   // from here on blocks them (searches take only the index's read lock and
   // go on).
-  wait_until_drained(lk);
+  std::unique_lock lk = lock_drained();
   throw_if_unusable();
   const std::uint64_t last = next_lsn_ - 1;
   // 1. The snapshot, durably, with the last LSN it holds. A crash from here

@@ -229,12 +229,13 @@ class WalEngine::Impl {
   void poison(const std::string& cause, ErrorKind kind = ErrorKind::Poisoned) noexcept;
   void abandon(Entry& e) noexcept;
   void throw_if_unusable() const;
-  // Waits (mu_ held) until no commit is queued or syncing. Commits that
-  // arrive meanwhile wait in commit() until it returns (and, as mu_ is
-  // held from then on, until the caller lets go of mu_): a writer that
-  // commits in a loop, already running when a sync ends, would otherwise
-  // queue its next commit before the waiting thread wakes, every time.
-  void wait_until_drained(std::unique_lock<std::mutex>& lk);
+  // Takes mu_ and waits until no commit is queued or syncing; returns
+  // holding mu_. Commits that arrive from the call on wait in commit()
+  // until it returns (and, as mu_ stays held, until the caller lets go of
+  // it): a writer that commits in a loop, already running when mu_ is let
+  // go or a sync ends, would otherwise take mu_ and queue its next commit
+  // before the waiting thread wakes, again and again.
+  std::unique_lock<std::mutex> lock_drained();
   // flusher.cpp
   void start_flusher();
   void stop_flusher();
@@ -263,7 +264,9 @@ class WalEngine::Impl {
   std::uint64_t synced_lsn_ = 0;  // highest LSN covered by a completed fsync
   std::uint64_t synced_end_ = 0;
   bool syncing_ = false;   // the leader's seat is taken (a sync is running or about to)
-  int draining_ = 0;       // threads in wait_until_drained: new commits wait
+  // Threads in lock_drained: new commits wait. Raised before mu_ is taken
+  // (so atomic), lowered under it.
+  std::atomic<int> draining_{0};
   Entry* seat_ = nullptr;  // the commit whose thread holds the seat, or was handed it
   bool gathering_ = false;  // the leader waits for gather_want_ commits to be queued
   std::size_t gather_want_ = 0;

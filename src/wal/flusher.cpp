@@ -14,9 +14,12 @@ void WalEngine::Impl::sync() {
   // Everything logged when sync() was called, and no more: under Periodic
   // and Never nobody waits for a sync, so appends that keep coming would
   // otherwise overtake every fdatasync and keep sync() from returning. (By
-  // LSN: a checkpoint meanwhile starts a log whose ends are smaller.)
+  // LSN: a checkpoint meanwhile starts a log whose ends are smaller.) A
+  // commit that its index could not apply is cut off the log again
+  // (roll_back_from): the LSNs from its first on are no longer logged, so
+  // the target is at most the last LSN logged now, checked at every pass.
   const std::uint64_t target = next_lsn_ - 1;
-  while (synced_lsn_ < target) {
+  while (synced_lsn_ < std::min(target, next_lsn_ - 1)) {
     if (poisoned_) break;
     if (!syncing_) {
       leader_sync(lk);

@@ -108,7 +108,9 @@ void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate
   encode_frame(frame, ops, max_frame_);
 
   std::unique_lock lk(mu_);
-  if (draining_ != 0) cv_.wait(lk, [this] { return draining_ == 0; });
+  if (draining_.load(std::memory_order_relaxed) != 0) {
+    cv_.wait(lk, [this] { return draining_.load(std::memory_order_relaxed) == 0; });
+  }
   throw_if_unusable();
   validate_against_queue(validate);
   Entry e(ops, apply, writer_->end(), next_lsn_);
@@ -225,16 +227,18 @@ void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* la
   const auto sync_start = std::chrono::steady_clock::now();
   std::exception_ptr err;
   std::string what;
-  writer_->take_staged(staged_, g.end);
-  lk.unlock();
   try {
+    // (Copies part of the staged frames when the group is not all of them:
+    // an allocation that fails fails the sync, never leaves the seat taken.)
+    writer_->take_staged(staged_, g.end);
+    lk.unlock();
     writer_->write_staged(staged_);
     writer_->datasync();
   } catch (const std::exception& ex) {
     err = std::current_exception();
     what = ex.what();
   }
-  lk.lock();
+  if (!lk.owns_lock()) lk.lock();
   if (err) {
     sync_failed(err, what);
   } else {
@@ -469,12 +473,14 @@ void WalEngine::Impl::abandon(Entry& e) noexcept {
   cv_.notify_all();
 }
 
-void WalEngine::Impl::wait_until_drained(std::unique_lock<std::mutex>& lk) {
-  ++draining_;
+std::unique_lock<std::mutex> WalEngine::Impl::lock_drained() {
+  draining_.fetch_add(1, std::memory_order_relaxed);
+  std::unique_lock lk(mu_);
   cv_.wait(lk, [this] { return !syncing_ && queue_.empty(); });
-  --draining_;
-  // The commits that waited for this take mu_ once the caller lets go.
-  if (draining_ == 0) cv_.notify_all();
+  // Lowered under mu_, so that a commit waiting for it cannot miss it. The
+  // commits that waited take mu_ once the caller lets go.
+  if (draining_.fetch_sub(1, std::memory_order_relaxed) == 1) cv_.notify_all();
+  return lk;
 }
 
 void WalEngine::Impl::throw_if_unusable() const {

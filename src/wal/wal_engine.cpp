@@ -12,9 +12,8 @@ namespace iqdb::persist::detail {
 void WalEngine::Impl::close() {
   stop_checkpointer();  // waits for a checkpoint it runs
   stop_flusher();
-  std::unique_lock lk(mu_);
+  std::unique_lock lk = lock_drained();
   if (closed_) return;
-  wait_until_drained(lk);
   closed_ = true;
   FirstError first;
   if (!poisoned_ && policy_.mode() != FsyncPolicy::Mode::Never && synced_end_ < writer_->end()) {

@@ -10,6 +10,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <chrono>
 #include <csignal>
@@ -438,6 +439,36 @@ TEST_F(RadosSnapshot, PublishKeepsThePreviousGenerationOnly) {
   EXPECT_FALSE(stripes_of(2).empty());
   EXPECT_FALSE(stripes_of(3).empty());
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
+}
+
+// wait_for_garbage_collection() waits for the collections queued when it is
+// called, not for an empty queue: another thread publishing in a loop (each
+// publish queues a collection, often while the collector runs) cannot keep
+// it waiting. It used to return only once that thread stopped publishing.
+TEST_F(RadosSnapshot, WaitForGarbageCollectionIsNotPutOffByPublishes) {
+  constexpr int kCap = 150;  // the publisher stops here if the wait never returns
+  const Model m = make_model(50, 8, 1);
+  const FlatIndex index = build(m);
+  std::atomic<int> published{0};
+  std::atomic<bool> stop{false};
+  std::thread publisher([&] {
+    while (published.load() < kCap && !stop.load()) {
+      save_to_rados(*store_, name_, index);
+      published.fetch_add(1);
+    }
+  });
+  while (published.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const int at_call = published.load();
+  store_->wait_for_garbage_collection();
+  const int at_return = published.load();
+  stop.store(true);
+  publisher.join();
+  std::cout << "[ MEASURED ] the wait returned after " << at_return << " publishes\n";
+  EXPECT_LT(at_return, kCap) << "the wait returned only once the publisher stopped";
+  // What the wait covered was collected: the collection queued by publish
+  // `at_call` removed every generation before the one it replaced.
+  for (int g = 1; g <= at_call - 2; ++g) EXPECT_TRUE(stripes_of(static_cast<std::uint64_t>(g)).empty()) << g;
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m);
 }
 
 // The removals after a publish run behind it, on the store's own thread:

@@ -238,9 +238,10 @@ TEST_F(RadosWal, AutomaticCheckpointsPublishNewGenerations) {
   EXPECT_GE(generation(name_), before + 2);
   auto again = PersistedIndex<FlatIndex>::load(read_only(config_for(name_)));
   EXPECT_TRUE(equals(again.index(), m));
-  // A log holds at most a bound (frames here are over 80 bytes) and the few
-  // frames a single writer commits before the checkpoint it asked for starts.
-  EXPECT_LE(again.wal_stats().recovered_records, (std::uint64_t{8} << 10) / 80 + 8);
+  // A log holds at most a bound (frames here are over 80 bytes) and the
+  // frames a single writer commits before the checkpoint it asked for starts
+  // (a few; at most another bound's worth on a loaded machine).
+  EXPECT_LE(again.wal_stats().recovered_records, 2 * ((std::uint64_t{8} << 10) / 80));
 }
 
 // The log's bytes in RADOS are a local log's: the concatenated objects, put
@@ -598,6 +599,19 @@ std::uint64_t read_acks(ChildProcess& child, Clock::time_point until, std::uint6
   return acked;
 }
 
+// After the child was SIGKILLed and reaped: the last operation number it
+// printed before it died (all of its output is in the pipe, to its end).
+std::uint64_t read_acks_to_the_end(ChildProcess& child, std::uint64_t acked) {
+  for (std::string line = child.read_line(); !line.empty(); line = child.read_line()) {
+    if (line.substr(0, 3) == "err") {
+      ADD_FAILURE() << line;
+      return acked;
+    }
+    acked = std::stoull(line);
+  }
+  return acked;
+}
+
 // Restore elsewhere: a writer process streams inserts, erases, batches and
 // checkpoints under Always, acknowledging each; it is SIGKILLed at a random
 // instant (during any of them, checkpoints included). Another process (this
@@ -613,7 +627,7 @@ TEST_F(RadosWal, KilledWriterLosesNoAcknowledgedWrite) {
     ASSERT_EQ(child.read_line(), "open");
     std::uint64_t acked = read_acks(child, Clock::now() + std::chrono::milliseconds(200 + rng() % 1200), 0);
     child.kill();
-    acked = read_acks(child, Clock::now() + 100ms, acked);  // written before the kill
+    acked = read_acks_to_the_end(child, acked);  // written before the kill
     const Model at = model_after(acked), after = model_after(acked + 1);
     auto loaded = PersistedIndex<FlatIndex>::load(read_only(config_for(name)));
     const bool one_more = !equals(loaded.index(), at);
@@ -666,7 +680,7 @@ TEST_F(RadosWal, PausedWriterIsFenced) {
     ASSERT_TRUE(within(30s, [&] { return replica.watching(); }));
     ASSERT_EQ(::kill(a.pid(), SIGSTOP), 0);
     RadosLockOptions lo;
-    lo.lease = 3s;
+    lo.lease = 30s;  // its own: the takeover waits for A's (3 s); a stall of B's renewals must not fence B
     lo.take_over = true;
     lo.blocklist_previous = blocklist;
     const auto paused = Clock::now();
@@ -912,7 +926,7 @@ TEST_F(RadosWal, ReplicaPromotedAfterTheWriterIsKilled) {
     std::uint64_t acked = read_acks(child, Clock::now() + std::chrono::milliseconds(300 + rng() % 1200), 0);
     child.kill();
     const auto killed = Clock::now();
-    acked = read_acks(child, Clock::now() + 100ms, acked);  // written before the kill
+    acked = read_acks_to_the_end(child, acked);  // written before the kill
     const std::uint64_t followed = replica.last_lsn();
     auto w = std::move(replica).promote();
     w.insert(888888, vector_of(888888));

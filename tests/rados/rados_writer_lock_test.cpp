@@ -332,7 +332,9 @@ void paused_writer_is_fenced(RadosSnapshotStore& b, RadosSnapshotStore& reader, 
   ASSERT_EQ(::kill(child.pid(), SIGSTOP), 0);
   const auto stopped = Clock::now();
   RadosLockOptions o;
-  o.lease = std::chrono::seconds(kLease);
+  // Its own lease: the takeover waits for the child's (kLease); a stall of
+  // the taker's renewals on a loaded machine must not cost it the lock.
+  o.lease = std::chrono::seconds(30);
   o.take_over = true;
   o.blocklist_previous = blocklist;
   auto taker = RadosWriterLock::acquire(b, name, o);

@@ -143,7 +143,9 @@ class RadosSnapshotStore final : public FileSystem {
   // ignored: the next publish retries). The store's destruction runs what
   // is still queued.
   std::size_t collect_garbage(std::string_view name);
-  // Blocks until the collections that publishes queued have run.
+  // Blocks until the collections queued when it is called have run (not
+  // those that publishes queue meanwhile: a stream of publishes cannot put
+  // it off).
   void wait_for_garbage_collection();
 
   // FileSystem.
