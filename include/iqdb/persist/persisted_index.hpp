@@ -310,9 +310,10 @@ class PersistedIndex {
 
   // With a WAL: fold the log into a new snapshot and start an empty log, such
   // that a crash at any instant recovers exactly the acknowledged state.
-  // Blocks mutations while it runs, not read(): it waits for the commits
-  // already logged to be synced, and mutations called meanwhile wait for it
-  // (a writer committing in a loop cannot put it off). Without a WAL: save().
+  // Blocks mutations while it runs, not read(): it waits for the commits in
+  // flight to finish (under Always, their sync), and mutations called
+  // meanwhile wait for it (a writer committing in a loop cannot put it
+  // off). Without a WAL: save().
   FileHeader checkpoint() {
     detail::ReadScope::refuse(s_.get(), "checkpoint()");
     if (!s_->engine) return save();
