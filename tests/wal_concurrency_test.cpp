@@ -308,18 +308,6 @@ TEST_P(WalConcurrentCheckpoint, ACommitLoopDoesNotStarveIt) {
 INSTANTIATE_TEST_SUITE_P(Policy, WalConcurrentCheckpoint, ::testing::Values(FsyncPolicy::always(), FsyncPolicy::never()),
                          [](const auto& p) { return p.param.mode() == FsyncPolicy::Mode::Always ? "Always" : "Never"; });
 
-// A FlatIndex that cannot apply an insert of id 13, after the library's
-// validation passed: the engine cuts that record off the log again and
-// reports the failure, without poisoning the index.
-struct RefusesThirteen : FlatIndex {
-  explicit RefusesThirteen(FlatIndex f) : FlatIndex(std::move(f)) {}
-  static RefusesThirteen load_from(PayloadReader& r) { return RefusesThirteen(FlatIndex::load_from(r)); }
-  void insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta = {}) {
-    if (id == VectorId(13)) throw std::runtime_error("this index cannot take id 13");
-    FlatIndex::insert(id, vec, std::move(meta));
-  }
-};
-
 // A file system whose log fdatasyncs wait, once closed, until opened again,
 // and say when one is waiting.
 class GatedSyncFs : public FileSystemWrapper {
@@ -384,12 +372,15 @@ TEST(WalConcurrent, SyncReturnsWhenTheCommitItWaitedForIsRolledBack) {
   Model model;
   bool sync_returned = false;
   {
-    auto db = PersistedIndex<RefusesThirteen>::open_with(RefusesThirteen(FlatIndex(kDim, DistanceMetric::Euclidean)), cfg);
+    // Id 13 cannot be applied after validation passed: the engine cuts its
+    // record off the log again and reports the failure, without poisoning.
+    auto db = PersistedIndex<test::FailOnce>::open_with(test::FailOnce(FlatIndex(kDim, DistanceMetric::Euclidean)), cfg);
     for (std::uint64_t id = 1; id <= 3; ++id) {
       db.insert(id, vec_of(id));
       model[VectorId(id)] = Entry{vec_of(id), std::nullopt};
     }
     gated.close_gate();
+    test::FailOnce::fail_id = 13;
     auto refused = std::async(std::launch::async, [&] { db.insert(13, vec_of(13)); });
     // Insert 13 is logged (LSN 4; last_lsn() takes the engine's mutex, which
     // the sync of it lets go), and a sync waits at the gate.
@@ -407,6 +398,7 @@ TEST(WalConcurrent, SyncReturnsWhenTheCommitItWaitedForIsRolledBack) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     gated.open_gate();
     EXPECT_THROW(refused.get(), std::runtime_error);
+    EXPECT_EQ(test::FailOnce::fail_id, 0u);  // the failure was injected
     sync_returned = synced.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
     if (!sync_returned) {
       // The old behaviour: commits past that LSN let it return.
@@ -425,7 +417,7 @@ TEST(WalConcurrent, SyncReturnsWhenTheCommitItWaitedForIsRolledBack) {
     db.close();
   }
   EXPECT_TRUE(sync_returned) << "sync() kept waiting for a record that was cut off the log";
-  auto db = PersistedIndex<RefusesThirteen>::load(cfg);
+  auto db = PersistedIndex<test::FailOnce>::load(cfg);
   EXPECT_EQ(diff(db.index(), model), "");
 }
 

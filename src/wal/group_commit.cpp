@@ -108,9 +108,7 @@ void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate
   encode_frame(frame, ops, max_frame_);
 
   std::unique_lock lk(mu_);
-  if (draining_.load(std::memory_order_relaxed) != 0) {
-    cv_.wait(lk, [this] { return draining_.load(std::memory_order_relaxed) == 0; });
-  }
+  cv_.wait(lk, [this] { return draining_.load(std::memory_order_relaxed) == 0; });
   throw_if_unusable();
   validate_against_queue(validate);
   Entry e(ops, apply, writer_->end(), next_lsn_);
