@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <future>
 #include <iqdb/persist.hpp>
 #include <map>
 #include <optional>
@@ -240,6 +241,68 @@ TEST(WalFaults, FailedPeriodicFsyncPoisonsTheNextWrite) {
     EXPECT_NE(db.failure()->find("Input/output error"), std::string::npos) << *db.failure();
     EXPECT_EQ(error_of([&] { db.insert(3, vec_of(3)); }), ErrorKind::Poisoned);
     EXPECT_EQ(error_of([&] { db.sync(); }), ErrorKind::Poisoned);
+  }
+  expect_recovers(cfg, model, with(model, 2));
+}
+
+// A FileSystem of the program's may throw anything, not only
+// std::exception. A sync that throws something else fails like any failed
+// sync: the caller gets the exception, the record is cut off the log (it
+// used to stay there and come back at recovery, though its insert had
+// failed; the leader's seat stayed taken), the index is poisoned, and the
+// next writer is refused. Under Periodic the exception is the flusher
+// thread's, where it used to end the process (std::terminate).
+TEST(WalFaults, ASyncThatThrowsANonStandardExceptionPoisonsTheIndex) {
+  test::TempDir dir;
+  FaultFs ffs;
+  ffs.on_injected([](const FsOp&) { throw 42; });
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &ffs);
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 3; ++i) put(db, model, i);
+    ffs.arm(Fault::fail(OpMatch{OpKind::DataSync, "db.iqdb.wal"}, 1, EIO));
+    try {
+      db.insert(4, vec_of(4), meta_of(4));
+      FAIL() << "the insert whose sync threw returned";
+    } catch (int thrown) {
+      EXPECT_EQ(thrown, 42);
+    }
+    EXPECT_EQ(ffs.fired(), 1u);
+    EXPECT_FALSE(contains(db, 4));
+    ASSERT_TRUE(db.failure().has_value());
+    EXPECT_NE(db.failure()->find("not a std::exception"), std::string::npos) << *db.failure();
+    // From another thread, so that a writer left waiting fails the test
+    // instead of hanging it.
+    auto next = std::async(std::launch::async, [&] { return error_of([&] { db.insert(5, vec_of(5)); }); });
+    ASSERT_EQ(next.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "the next insert waits for ever";
+    EXPECT_EQ(next.get(), ErrorKind::Poisoned);
+    EXPECT_EQ(error_of([&] { db.sync(); }), ErrorKind::Poisoned);
+    EXPECT_EQ(diff(db.index(), model), "");
+  }
+  expect_recovers(cfg, model);
+}
+
+TEST(WalFaults, AFlusherSyncThatThrowsANonStandardExceptionPoisonsTheIndex) {
+  test::TempDir dir;
+  FaultFs ffs;
+  ffs.on_injected([](const FsOp&) { throw 42; });
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::periodic(std::chrono::milliseconds(5)), &ffs);
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    put(db, model, 1);
+    db.sync();
+    ffs.arm(Fault::fail(OpMatch{OpKind::DataSync, "db.iqdb.wal"}, 1, EIO));
+    db.insert(2, vec_of(2), meta_of(2));  // acknowledged before the flusher's sync
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!db.failure() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    ASSERT_EQ(ffs.fired(), 1u) << "the flusher never synced";
+    ASSERT_TRUE(db.failure().has_value()) << "the flusher's failed sync did not poison the log";
+    EXPECT_NE(db.failure()->find("not a std::exception"), std::string::npos) << *db.failure();
+    EXPECT_EQ(error_of([&] { db.insert(3, vec_of(3)); }), ErrorKind::Poisoned);
   }
   expect_recovers(cfg, model, with(model, 2));
 }

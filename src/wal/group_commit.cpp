@@ -235,6 +235,11 @@ void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* la
   } catch (const std::exception& ex) {
     err = std::current_exception();
     what = ex.what();
+  } catch (...) {
+    // A FileSystem of the program's may throw anything: the sync failed
+    // all the same, and the seat must not stay taken with nobody in it.
+    err = std::current_exception();
+    what = "the log's sync threw an exception that is not a std::exception";
   }
   if (!lk.owns_lock()) lk.lock();
   if (err) {
