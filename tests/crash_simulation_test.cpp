@@ -37,6 +37,7 @@
 
 #include "support/crash_sim.hpp"
 #include "support/crash_sim_harness.hpp"
+#include "support/sync_gate.hpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -739,59 +740,6 @@ TEST(CrashSimulationControl, ALibraryThatSkipsFsyncIsCaught) {
 
 // ---------------------------------------------------------------- group commit
 
-// Forwards everything; once armed, the next fdatasync on a file completes and
-// then holds its caller until release(): a group-commit leader kept inside
-// its sync while other writers append behind it.
-class GateFs : public FileSystemWrapper {
- public:
-  using FileSystemWrapper::FileSystemWrapper;
-  std::unique_ptr<WritableFile> create_exclusive(const fs::path& p) override {
-    return std::make_unique<File>(*this, target().create_exclusive(p));
-  }
-  std::unique_ptr<WritableFile> open_append(const fs::path& p) override {
-    return std::make_unique<File>(*this, target().open_append(p));
-  }
-  void arm() {
-    std::lock_guard lk(mu_);
-    armed_ = true;
-  }
-  bool wait_until_holding() {
-    std::unique_lock lk(mu_);
-    return cv_.wait_for(lk, std::chrono::seconds(60), [&] { return holding_; });
-  }
-  void release() {
-    std::lock_guard lk(mu_);
-    released_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  class File : public WritableFileWrapper {
-   public:
-    File(GateFs& g, std::unique_ptr<WritableFile> f) : WritableFileWrapper(std::move(f)), gate_(g) {}
-    void datasync() override {
-      target().datasync();
-      gate_.hold();
-    }
-
-   private:
-    GateFs& gate_;
-  };
-  void hold() {
-    std::unique_lock lk(mu_);
-    if (!armed_) return;
-    armed_ = false;
-    holding_ = true;
-    cv_.notify_all();
-    cv_.wait(lk, [&] { return released_; });
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool armed_ = false;
-  bool holding_ = false;
-  bool released_ = false;
-};
-
 bool wait_for_commits(const PersistedIndex<FlatIndex>& db, std::uint64_t n) {
   for (int i = 0; i < 60000 && db.wal_stats().commits < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   return db.wal_stats().commits >= n;
@@ -812,7 +760,8 @@ bool wait_for_commits(const PersistedIndex<FlatIndex>& db, std::uint64_t n) {
 // (synced_lsn); see docs/reliability/crash-simulation.md, "Findings".
 TEST(CrashSimulationGroupCommit, UnderAlwaysAnOutOfOrderWritebackStillRecovers) {
   SimFs sim({kDir});
-  GateFs gate(sim);
+  // Holds writer A inside its sync, once its fdatasync is done.
+  test::SyncGateFs gate(sim, test::SyncGateFs::When::AfterSync);
   const PersistConfig cfg = config_for({true, FsyncPolicy::always(), Compression::none()}, gate);
   // 4 KiB vectors: each frame covers pages of its own (but its first and
   // last sector, which it shares with its neighbours).
@@ -832,10 +781,10 @@ TEST(CrashSimulationGroupCommit, UnderAlwaysAnOutOfOrderWritebackStillRecovers) 
   std::vector<Step> calls(ids.size());
   std::vector<std::thread> threads;
   struct Joiner {  // on every exit, an ASSERT's too: let the writers finish
-    GateFs& gate;
+    test::SyncGateFs& gate;
     std::vector<std::thread>& threads;
     ~Joiner() {
-      gate.release();
+      gate.open();
       for (std::thread& t : threads) {
         if (t.joinable()) t.join();
       }
@@ -848,14 +797,14 @@ TEST(CrashSimulationGroupCommit, UnderAlwaysAnOutOfOrderWritebackStillRecovers) 
       calls[k].end = sim.op_count();
     });
   };
-  gate.arm();
+  gate.close(test::SyncGateFs::Hold::Next);
   start(0);
-  ASSERT_TRUE(gate.wait_until_holding());
+  ASSERT_TRUE(gate.wait_for_a_waiter());
   for (std::size_t k = 1; k < ids.size(); ++k) {
     start(k);
     ASSERT_TRUE(wait_for_commits(*db, k + 1)) << "writer " << k << " did not queue its frame";
   }
-  gate.release();
+  gate.open();
   for (std::thread& t : threads) t.join();
   for (std::size_t k = 0; k < ids.size(); ++k) {
     Model m = models.back();

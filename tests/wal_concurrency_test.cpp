@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "support/fault_fs.hpp"
+#include "support/sync_gate.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -308,58 +309,6 @@ TEST_P(WalConcurrentCheckpoint, ACommitLoopDoesNotStarveIt) {
 INSTANTIATE_TEST_SUITE_P(Policy, WalConcurrentCheckpoint, ::testing::Values(FsyncPolicy::always(), FsyncPolicy::never()),
                          [](const auto& p) { return p.param.mode() == FsyncPolicy::Mode::Always ? "Always" : "Never"; });
 
-// A file system whose log fdatasyncs wait, once closed, until opened again,
-// and say when one is waiting.
-class GatedSyncFs : public FileSystemWrapper {
- public:
-  explicit GatedSyncFs(FileSystem& target) : FileSystemWrapper(target) {}
-  std::unique_ptr<WritableFile> create_exclusive(const fs::path& p) override {
-    return std::make_unique<File>(target().create_exclusive(p), *this);
-  }
-  std::unique_ptr<WritableFile> open_append(const fs::path& p) override {
-    return std::make_unique<File>(target().open_append(p), *this);
-  }
-  void close_gate() {
-    std::lock_guard lk(mu_);
-    closed_ = true;
-  }
-  void open_gate() {
-    {
-      std::lock_guard lk(mu_);
-      closed_ = false;
-    }
-    cv_.notify_all();
-  }
-  // Until a sync waits at the closed gate (false after 20 s).
-  bool wait_for_a_waiter() {
-    std::unique_lock lk(mu_);
-    return cv_.wait_for(lk, std::chrono::seconds(20), [this] { return waiting_ > 0; });
-  }
-
- private:
-  class File : public WritableFileWrapper {
-   public:
-    File(std::unique_ptr<WritableFile> f, GatedSyncFs& fs) : WritableFileWrapper(std::move(f)), fs_(fs) {}
-    void datasync() override {
-      {
-        std::unique_lock lk(fs_.mu_);
-        ++fs_.waiting_;
-        fs_.cv_.notify_all();
-        fs_.cv_.wait(lk, [this] { return !fs_.closed_; });
-        --fs_.waiting_;
-      }
-      target().datasync();
-    }
-
-   private:
-    GatedSyncFs& fs_;
-  };
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool closed_ = false;
-  int waiting_ = 0;
-};
-
 // sync() called while a commit is being synced, whose record is then cut
 // off the log because the index could not apply it: sync() returns (the
 // LSN it aimed at no longer exists), where it used to fdatasync in a loop
@@ -367,7 +316,7 @@ class GatedSyncFs : public FileSystemWrapper {
 // made those commits wait.
 TEST(WalConcurrent, SyncReturnsWhenTheCommitItWaitedForIsRolledBack) {
   test::TempDir dir;
-  GatedSyncFs gated(default_file_system());
+  test::SyncGateFs gated(default_file_system());
   const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &gated);
   Model model;
   bool sync_returned = false;
@@ -379,7 +328,7 @@ TEST(WalConcurrent, SyncReturnsWhenTheCommitItWaitedForIsRolledBack) {
       db.insert(id, vec_of(id));
       model[VectorId(id)] = Entry{vec_of(id), std::nullopt};
     }
-    gated.close_gate();
+    gated.close();
     test::FailOnce::fail_id = 13;
     auto refused = std::async(std::launch::async, [&] { db.insert(13, vec_of(13)); });
     // Insert 13 is logged (LSN 4; last_lsn() takes the engine's mutex, which
@@ -391,12 +340,12 @@ TEST(WalConcurrent, SyncReturnsWhenTheCommitItWaitedForIsRolledBack) {
     // (EXPECT: the gate must open below whatever happens, or the futures'
     // destructors would wait for ever.)
     EXPECT_EQ(db.last_lsn(), 4u);
-    EXPECT_TRUE(gated.wait_for_a_waiter());
+    EXPECT_TRUE(gated.wait_for_a_waiter(std::chrono::seconds(20)));
     auto synced = std::async(std::launch::async, [&] { db.sync(); });
     // Time for sync() to start waiting for that sync (were it later, its
     // target would be below 13's LSN and this test would pass either way).
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    gated.open_gate();
+    gated.open();
     EXPECT_THROW(refused.get(), std::runtime_error);
     EXPECT_EQ(test::FailOnce::fail_id, 0u);  // the failure was injected
     sync_returned = synced.wait_for(std::chrono::seconds(20)) == std::future_status::ready;

@@ -47,6 +47,7 @@
 // The faiss_crc fuzz target (its entry point is not defined here).
 #include "../../fuzz/faiss_crc_fuzzer.cpp"
 #include "adapters/faiss_stream_guard.hpp"
+#include "support/sync_gate.hpp"
 #include "support/test_util.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -564,43 +565,18 @@ TEST(FaissAdapter, PositionalIdsCountInsertsNotYetApplied) {
   }
   {
     // Hold the first insert's fdatasync until the second is validated.
-    struct HeldSyncFs : FileSystemWrapper {
-      using FileSystemWrapper::FileSystemWrapper;
-      std::mutex mu;
-      std::condition_variable cv;
-      bool hold = false, holding = false;
-      std::unique_ptr<WritableFile> open_append(const std::filesystem::path& p) override {
-        struct File : WritableFileWrapper {
-          File(std::unique_ptr<WritableFile> f, HeldSyncFs& fs) : WritableFileWrapper(std::move(f)), fs_(fs) {}
-          void datasync() override {
-            {
-              std::unique_lock lk(fs_.mu);
-              if (fs_.hold) {
-                fs_.holding = true;
-                fs_.cv.notify_all();
-                fs_.cv.wait(lk, [&] { return !fs_.hold; });
-              }
-            }
-            WritableFileWrapper::datasync();
-          }
-          HeldSyncFs& fs_;
-        };
-        return std::make_unique<File>(target().open_append(p), *this);
-      }
-    } held(default_file_system());
+    test::SyncGateFs held(default_file_system());
     PersistConfig cfg = config_for(dir / "c.iqdb", true);
     cfg.fsync_policy = FsyncPolicy::always();  // group commit: the second insert waits behind the first's sync
     cfg.file_system = &held;
     auto db = PersistedIndex<FaissIndex>::open_with(FaissIndex(std::make_unique<faiss::IndexFlatL2>(kDim)), cfg);
     const std::vector<float> v(kDim, 0.5f);
-    {
-      std::lock_guard lk(held.mu);
-      held.hold = true;
-    }
+    held.close();
     std::thread first([&] { db.insert(0, v); });
-    {
-      std::unique_lock lk(held.mu);
-      ASSERT_TRUE(held.cv.wait_for(lk, std::chrono::seconds(60), [&] { return held.holding; }));
+    if (!held.wait_for_a_waiter()) {
+      held.open();
+      first.join();
+      FAIL() << "the first insert's sync never came";
     }
     // Insert 0 is logged, not applied (its sync is held): the index holds
     // nothing, yet 1 is the next position.
@@ -615,11 +591,7 @@ TEST(FaissAdapter, PositionalIdsCountInsertsNotYetApplied) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     EXPECT_EQ(db.wal_stats().commits, 2u);
-    {
-      std::lock_guard lk(held.mu);
-      held.hold = false;
-    }
-    held.cv.notify_all();
+    held.open();
     first.join();
     second.join();
     EXPECT_EQ(db.index().size(), 2u);
