@@ -68,7 +68,8 @@ struct Writer {
 };
 
 // Waits (bounded) until the replica covers `lsn`.
-bool wait_for(const Replica& r, std::uint64_t lsn) {
+template <typename I>
+bool wait_for(const ReadReplica<I>& r, std::uint64_t lsn) {
   const auto until = std::chrono::steady_clock::now() + 30s;
   while (r.last_lsn() < lsn) {
     if (std::chrono::steady_clock::now() > until) return false;
@@ -223,6 +224,38 @@ TEST(Replica, ACatchUpThatFailedInsideABatchGoesOn) {
   done.store(true);
   reader.join();
   EXPECT_EQ(r.last_lsn(), w.db.last_lsn());
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+}
+
+// The background follower's catch-up fails with something that is not a
+// std::exception (an index type of a program's may throw anything): the
+// error is kept in failure() and the next round goes on (the exception
+// used to leave the follower's thread and end the process).
+TEST(Replica, TheFollowerKeepsANonStandardExceptionAsItsFailure) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  auto r = ReadReplica<test::FailOnce>::open(cfg);
+  test::FailOnce::throw_int = true;
+  test::FailOnce::fail_id = 12;
+  r.start_following(1ms);
+  w.insert(12);
+  w.db.sync();
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  std::optional<std::string> seen;
+  while (!seen && std::chrono::steady_clock::now() < until) {
+    seen = r.failure();
+    std::this_thread::sleep_for(1ms);
+  }
+  test::FailOnce::throw_int = false;
+  ASSERT_TRUE(seen.has_value()) << "the follower never failed";
+  EXPECT_NE(seen->find("not a std::exception"), std::string::npos) << *seen;
+  EXPECT_EQ(test::FailOnce::fail_id, 0U);  // the failure was injected
+  // The next rounds load anew and apply 12.
+  EXPECT_TRUE(wait_for(r, w.db.last_lsn()));
+  r.stop_following();
+  EXPECT_EQ(r.failure(), std::nullopt);
   EXPECT_EQ(test::diff(r.index(), w.model), "");
 }
 

@@ -308,12 +308,17 @@ TEST(WalBasic, CallsBackFromInsideReadAreRefused) {
   });
 }
 
-// Without the WAL a batch applied in part is reported Poisoned, and the
-// index then refuses mutations and saves (a save would persist half a
-// batch): the file keeps the state before the batch.
-TEST(NoWal, ABatchAppliedInPartRefusesWritesAndSaves) {
+// A batch applied in part is reported Poisoned, and the index then refuses
+// mutations and saves (a save would persist half a batch; with the WAL the
+// engine is poisoned, and the batch's record cut off the log): the files
+// keep the state before the batch. Whatever the index threw: an int (an
+// index type of a program's may throw anything) used to leave the index
+// half-changed and writable, and with the WAL an erase of an id of the
+// half-applied batch was then logged, and the log no longer loaded.
+void batch_applied_in_part(bool wal, bool throw_int) {
   test::TempDir dir;
-  const PersistConfig cfg(dir / "db.iqdb");
+  PersistConfig cfg(dir / "db.iqdb");
+  if (wal) cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always());
   auto db = PersistedIndex<test::FailOnce>::open_with(test::FailOnce(FlatIndex(4, DistanceMetric::Euclidean)), cfg);
   db.insert(1, vec_of(1));
   db.save();
@@ -322,6 +327,7 @@ TEST(NoWal, ABatchAppliedInPartRefusesWritesAndSaves) {
   WriteBatch b;
   for (std::uint64_t id = 2; id <= 4; ++id) b.insert(id, vec_of(id));
   test::FailOnce::fail_id = 3;
+  test::FailOnce::throw_int = throw_int;
   const auto kind_of = [](auto&& call) -> std::optional<ErrorKind> {
     try {
       call();
@@ -331,15 +337,28 @@ TEST(NoWal, ABatchAppliedInPartRefusesWritesAndSaves) {
     return std::nullopt;
   };
   EXPECT_EQ(kind_of([&] { db.write(b); }), ErrorKind::Poisoned);
+  test::FailOnce::throw_int = false;
   EXPECT_EQ(test::FailOnce::fail_id, 0U);  // the failure was injected
-  EXPECT_TRUE(db.failure().has_value());
+  ASSERT_TRUE(db.failure().has_value());
+  EXPECT_NE(db.failure()->find("applied only in part"), std::string::npos) << *db.failure();
+  if (throw_int) {
+    EXPECT_NE(db.failure()->find("not a std::exception"), std::string::npos) << *db.failure();
+  }
+  EXPECT_EQ(kind_of([&] { db.erase(2); }), ErrorKind::Poisoned);  // 2 is in the index, not in the files
   EXPECT_EQ(kind_of([&] { db.insert(5, vec_of(5)); }), ErrorKind::Poisoned);
   EXPECT_EQ(kind_of([&] { db.save(); }), ErrorKind::Poisoned);
   EXPECT_TRUE(test::read_file(cfg.path) == saved);
+  db.close();
   const auto again = PersistedIndex<test::FailOnce>::load(cfg);
   EXPECT_EQ(again.index().size(), 1U);
+  EXPECT_TRUE(again.index().contains(1));
   EXPECT_FALSE(again.failure().has_value());
 }
+
+TEST(NoWal, ABatchAppliedInPartRefusesWritesAndSaves) { batch_applied_in_part(false, false); }
+TEST(NoWal, ABatchAppliedInPartByANonStandardExceptionRefusesWritesAndSaves) { batch_applied_in_part(false, true); }
+TEST(WalBasic, ABatchAppliedInPartRefusesWritesAndSaves) { batch_applied_in_part(true, false); }
+TEST(WalBasic, ABatchAppliedInPartByANonStandardExceptionRefusesWritesAndSaves) { batch_applied_in_part(true, true); }
 
 // sync() makes what was logged before it durable and returns, also while
 // other threads go on writing under Periodic (nobody waits for those

@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include <functional>
 #include <future>
 #include <iqdb/persist.hpp>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -22,6 +25,7 @@
 #include <vector>
 
 #include "support/fault_fs.hpp"
+#include "support/sync_gate.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -82,6 +86,16 @@ void expect_recovers(const PersistConfig& cfg, const Model& model, const std::op
 Model with(Model m, std::uint64_t id) {
   m[VectorId(id)] = Entry{vec_of(id), meta_of(id)};
   return m;
+}
+
+// A writer still waiting after 20 s waits for ever, and so would its
+// future's destructor: report it and end the test process.
+template <typename T>
+void must_return(std::future<T>& f, const char* who) {
+  if (f.wait_for(std::chrono::seconds(20)) == std::future_status::ready) return;
+  std::fprintf(stderr, "FAILED: %s still waits after 20 s\n", who);
+  std::fflush(nullptr);
+  std::_Exit(1);
 }
 
 // ---------------------------------------------------------------- policies at the seam
@@ -275,7 +289,7 @@ TEST(WalFaults, ASyncThatThrowsANonStandardExceptionPoisonsTheIndex) {
     // From another thread, so that a writer left waiting fails the test
     // instead of hanging it.
     auto next = std::async(std::launch::async, [&] { return error_of([&] { db.insert(5, vec_of(5)); }); });
-    ASSERT_EQ(next.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "the next insert waits for ever";
+    must_return(next, "the next insert");
     EXPECT_EQ(next.get(), ErrorKind::Poisoned);
     EXPECT_EQ(error_of([&] { db.sync(); }), ErrorKind::Poisoned);
     EXPECT_EQ(diff(db.index(), model), "");
@@ -482,6 +496,132 @@ TEST(WalFaults, ACheckpointWhosePublishHadNoAnswerRefusesWrites) {
     EXPECT_EQ(diff(db.index(), model), "");
   }
   expect_recovers(cfg, model);
+}
+
+// The new log of a checkpoint has replaced the old one (the rename is
+// done) when opening it fails with something that is not a PersistError:
+// the engine used to go on appending to the old, unlinked log, and the
+// inserts it acknowledged were lost at the next load. Poisoned now, as for
+// a PersistError there.
+TEST(WalFaults, ACheckpointWhoseNewLogFailsToOpenWithAnyExceptionRefusesWrites) {
+  for (const bool int_thrown : {false, true}) {
+    SCOPED_TRACE(int_thrown ? "an int" : "a std::runtime_error");
+    test::TempDir dir;
+    FaultFs ffs;
+    ffs.on_injected([int_thrown](const FsOp&) {
+      if (int_thrown) throw 42;
+      throw std::runtime_error("a program's file system failed");
+    });
+    const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &ffs);
+    Model model;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+      for (std::uint64_t i = 1; i <= 5; ++i) put(db, model, i);
+      // replace_file_atomically creates the new log as a temporary file and
+      // renames it in; the first open_append of the log is the one after.
+      ffs.arm(Fault::fail({OpKind::OpenAppend, "db.iqdb.wal"}, 1, EIO));
+      bool failed = false;
+      try {
+        db.checkpoint();
+      } catch (...) {
+        failed = true;
+      }
+      EXPECT_TRUE(failed);
+      EXPECT_EQ(ffs.fired(), 1u);
+      ASSERT_TRUE(db.failure().has_value());
+      EXPECT_EQ(error_of([&] { db.insert(6, vec_of(6)); }), ErrorKind::Poisoned);
+      EXPECT_EQ(diff(db.index(), model), "");
+    }
+    expect_recovers(cfg, model);
+  }
+}
+
+// A log append that writes the frame and then throws something that is
+// not a PersistError: the frame is cut off and the engine poisoned, as for
+// a PersistError (it used to stay in the log, unpoisoned, and the failed
+// insert came back at the next load).
+TEST(WalFaults, AnAppendThatThrowsANonStandardExceptionIsCutOff) {
+  test::TempDir dir;
+  FaultFs ffs;
+  ffs.on_injected([](const FsOp&) { throw std::runtime_error("a program's file system failed"); });
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &ffs);
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 3; ++i) put(db, model, i);
+    // The whole frame reaches the file, then the hook throws.
+    ffs.arm(Fault::short_write_then(kLogWrite, 1, std::numeric_limits<std::size_t>::max()));
+    EXPECT_THROW(db.insert(4, vec_of(4), meta_of(4)), std::runtime_error);
+    EXPECT_EQ(ffs.fired(), 1u);
+    ASSERT_TRUE(db.failure().has_value());
+    EXPECT_NE(db.failure()->find("a program's file system failed"), std::string::npos) << *db.failure();
+    EXPECT_EQ(error_of([&] { db.insert(5, vec_of(5)); }), ErrorKind::Poisoned);
+    EXPECT_EQ(diff(db.index(), model), "");
+  }
+  expect_recovers(cfg, model);
+}
+
+// Under Always a group's second commit cannot be applied, and cutting its
+// record off the log fails with something that is not a PersistError: the
+// engine is poisoned and every waiting writer returns (the exception used
+// to leave the leader's sync with its seat taken: the refused writer and
+// every later one waited for ever). What the log then holds decides at
+// the next load (the refused insert may be there: the cut failed).
+TEST(WalFaults, ARollbackWhoseCutThrowsANonStandardExceptionLeavesNoWriterWaiting) {
+  test::TempDir dir;
+  FaultFs ffs;
+  ffs.on_injected([](const FsOp&) { throw std::runtime_error("a program's file system failed"); });
+  test::SyncGateFs gate(ffs);
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &gate);
+  Model model;
+  {
+    auto db = PersistedIndex<test::FailOnce>::open_with(test::FailOnce(FlatIndex(4, DistanceMetric::Euclidean)), cfg);
+    db.insert(100, vec_of(100));
+    model[VectorId(100)] = Entry{vec_of(100), std::nullopt};
+    const auto logged = [&](std::uint64_t lsn) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (db.last_lsn() < lsn && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return db.last_lsn() >= lsn;
+    };
+    // A leads, its sync held; B and C queue behind it: one group, whose
+    // second commit (C, id 13) the index refuses.
+    gate.close();
+    auto a = std::async(std::launch::async, [&] { db.insert(1, vec_of(1)); });
+    EXPECT_TRUE(gate.wait_for_a_waiter(std::chrono::seconds(20)));
+    auto b = std::async(std::launch::async, [&] { db.insert(2, vec_of(2)); });
+    EXPECT_TRUE(logged(3));
+    test::FailOnce::fail_id = 13;
+    auto c = std::async(std::launch::async, [&] { db.insert(13, vec_of(13)); });
+    EXPECT_TRUE(logged(4));
+    ffs.arm(Fault::fail({OpKind::Truncate, "db.iqdb.wal"}, 1, EIO));
+    gate.open();  // (EXPECTs above: the gate must open whatever happened)
+    must_return(a, "A");
+    must_return(b, "B");
+    must_return(c, "the refused insert");
+    EXPECT_NO_THROW(a.get());
+    EXPECT_NO_THROW(b.get());
+    EXPECT_THROW(c.get(), std::runtime_error);
+    EXPECT_EQ(test::FailOnce::fail_id, 0u);  // the failure was injected
+    EXPECT_EQ(ffs.fired(), 1u);
+    model[VectorId(1)] = Entry{vec_of(1), std::nullopt};
+    model[VectorId(2)] = Entry{vec_of(2), std::nullopt};
+    ASSERT_TRUE(db.failure().has_value());
+    EXPECT_NE(db.failure()->find("a program's file system failed"), std::string::npos) << *db.failure();
+    auto later = std::async(std::launch::async, [&] { return error_of([&] { db.insert(5, vec_of(5)); }); });
+    must_return(later, "a later insert");
+    EXPECT_EQ(later.get(), ErrorKind::Poisoned);
+  }
+  Model with13 = model;
+  with13[VectorId(13)] = Entry{vec_of(13), std::nullopt};
+  PersistConfig real = cfg;
+  real.file_system = nullptr;
+  auto db = PersistedIndex<test::FailOnce>::load(real);
+  const std::string as_model = diff(db.index(), model);
+  if (!as_model.empty()) {
+    EXPECT_EQ(diff(db.index(), with13), "") << "nor without 13: " << as_model;
+  }
 }
 
 // ---------------------------------------------------------------- two processes

@@ -166,6 +166,9 @@ class RadosLogSink final : public detail::LogSink {
     {
       std::lock_guard lk(mu_);
       check_usable();
+      // Room for the bound first: out of memory then leaves nothing behind
+      // (a frame without its bound would be sent with the next one).
+      bounds_.reserve(bounds_.size() + 1);
       pending_.insert(pending_.end(), frame.begin(), frame.end());
       bounds_.push_back(pending_.size());
       end_.store(end_.load() + frame.size());
@@ -196,6 +199,7 @@ class RadosLogSink final : public detail::LogSink {
     if (s.offset != sent_ + pending_.size()) {
       throw PersistError::at(ErrorKind::Io, log_name(), "internal: staged frames out of order");
     }
+    bounds_.reserve(bounds_.size() + 1);  // (as in append)
     pending_.insert(pending_.end(), s.bytes.begin(), s.bytes.end());
     bounds_.push_back(pending_.size());  // one group: one operation
   }

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include "iqdb/persist/rados.hpp"
 
@@ -40,9 +41,15 @@ struct Fence {
   mutable std::mutex mu;
   std::string reason;  // why it was lost (guarded by mu)
 
-  void mark_lost(const std::string& why) {
+  // (Never throws: it runs on the renewer's thread. Out of memory leaves
+  // the reason empty.)
+  void mark_lost(std::string_view why) noexcept {
     std::lock_guard lock(mu);
-    if (!lost.exchange(true)) reason = why;
+    if (lost.exchange(true)) return;
+    try {
+      reason = why;
+    } catch (...) {
+    }
   }
   // Throws PersistError(Fenced) naming `where` when this writer may no
   // longer write (refuse_locally: lost, or its lease ran out unrenewed).

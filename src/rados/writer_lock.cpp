@@ -314,10 +314,20 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
     (void)rados_unlock(s->h.io, s->head.c_str(), kLockName, s->cookie.c_str());
     throw;
   }
-  attach_fence(store, s->name, s->fence);
   State* raw = s.get();
-  s->renewer = std::thread([raw] { raw->renew_loop(); });
-  return std::unique_ptr<RadosWriterLock>(new RadosWriterLock(std::move(s)));
+  std::unique_ptr<RadosWriterLock> lock;
+  try {
+    lock.reset(new RadosWriterLock(std::move(s)));  // (s keeps the state when the allocation fails)
+  } catch (...) {
+    (void)rados_unlock(raw->h.io, raw->head.c_str(), kLockName, raw->cookie.c_str());
+    throw;
+  }
+  // From here the lock's destructor gives back what was taken (release():
+  // the fence, our address, the lock), also when these fail (out of
+  // memory, no thread to be had).
+  attach_fence(store, raw->name, raw->fence);
+  raw->renewer = std::thread([raw] { raw->renew_loop(); });
+  return lock;
 }
 
 void RadosWriterLock::release() {

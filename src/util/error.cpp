@@ -113,3 +113,34 @@ PersistError PersistError::with_path(const std::filesystem::path& path) const {
 }
 
 }  // namespace iqdb::persist
+
+namespace iqdb::persist::detail {
+
+namespace {
+// Short enough for the small-string buffer: constructing it allocates nothing.
+constexpr const char* kOutOfMemory = "out of memory";
+}  // namespace
+
+std::string exception_text(const std::exception_ptr& e) noexcept {
+  try {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    } catch (...) {
+      return "an exception that is not a std::exception";
+    }
+  } catch (...) {
+    return kOutOfMemory;
+  }
+}
+
+std::string partial_batch_reason(const std::exception_ptr& e) noexcept {
+  try {
+    return "a batch was applied only in part (" + exception_text(e) + "); reopen the index";
+  } catch (...) {
+    return kOutOfMemory;
+  }
+}
+
+}  // namespace iqdb::persist::detail

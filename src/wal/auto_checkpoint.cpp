@@ -5,6 +5,7 @@
 // (checkpoint.cpp): the crash guarantees are that function's.
 #include <exception>
 
+#include "iqdb/persist/detail/exception_text.hpp"
 #include "wal/engine_impl.hpp"
 
 namespace iqdb::persist::detail {
@@ -30,10 +31,8 @@ void WalEngine::Impl::start_checkpointer(std::uint64_t log_bytes, WriteSnapshot 
       std::optional<std::string> failed;
       try {
         checkpoint(auto_write_);
-      } catch (const std::exception& e) {
-        failed = e.what();
       } catch (...) {
-        failed = "an exception that is not a std::exception";
+        failed = detail::exception_text(std::current_exception());  // never throws: this is our thread
       }
       lk.lock();
       if (failed) {

@@ -32,10 +32,12 @@ void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
   // 2. A fresh log starting at last + 1, atomically replacing the old one.
   try {
     start_new_log(last + 1);
-  } catch (const PersistError& err) {
+  } catch (...) {
     // Where the failure struck (before or after the rename) decides which
-    // file is the log now; only a reopen can tell safely.
-    poison(err.what(), refusal_kind(err));
+    // file is the log now; only a reopen can tell safely. (Whatever the
+    // failure: out of memory, or anything a FileSystem of the program's
+    // throws, may strike after the rename too.)
+    poison_for(std::current_exception());
     throw;
   }
 }

@@ -37,6 +37,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 
@@ -216,7 +217,7 @@ class WalEngine::Impl {
   Group next_group() const noexcept;
   bool group_full() const noexcept;
   void gather_group(std::unique_lock<std::mutex>& lk, std::size_t want);
-  void sync_failed(const std::exception_ptr& err, const std::string& what);
+  void sync_failed(const std::exception_ptr& err) noexcept;
   void sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,
                       std::chrono::steady_clock::duration took, WakeList* later);
   void pass_seat() noexcept;
@@ -226,7 +227,11 @@ class WalEngine::Impl {
   void fail_queue(const std::exception_ptr& err) noexcept;
   void register_pending();
   void unpend(Entry& e) noexcept;
-  void poison(const std::string& cause, ErrorKind kind = ErrorKind::Poisoned) noexcept;
+  void poison(std::string_view cause, ErrorKind kind = ErrorKind::Poisoned) noexcept;
+  // poison() with err's message and kind (a PersistError's refusal_kind);
+  // an exception that is not a std::exception (a FileSystem of the
+  // program's may throw anything) with a fixed message.
+  void poison_for(const std::exception_ptr& err) noexcept;
   void abandon(Entry& e) noexcept;
   void throw_if_unusable() const;
   // Takes mu_ and waits until no commit is queued or syncing; returns

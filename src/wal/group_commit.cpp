@@ -161,26 +161,31 @@ void WalEngine::Impl::validate_against_queue(Validate validate) {
 // Seal e's frame with its LSN and put it in the log (mu_ held).
 void WalEngine::Impl::log_frame(std::vector<std::byte>& frame, Entry& e) {
   wal::format::seal_v2_frame(frame, writer_->salt(), e.first_lsn, synced_lsn_);
+  if (policy_.mode() == FsyncPolicy::Mode::Always && (syncing_ || group_target() > 1)) {
+    // The leader of the sync that covers this frame writes it with the
+    // rest of its group, in one write: appends then cost no system call
+    // and do not queue up one after the other on the file. (A lone
+    // writer, whose groups are of one, writes its frame itself, without
+    // the copy.) Staging only copies into memory: a failure (out of
+    // memory) stages nothing, and the frames staged before it, which
+    // queued commits wait for, must stay.
+    writer_->stage(frame);
+    return;
+  }
   try {
-    if (policy_.mode() == FsyncPolicy::Mode::Always && (syncing_ || group_target() > 1)) {
-      // The leader of the sync that covers this frame writes it with the
-      // rest of its group, in one write: appends then cost no system call
-      // and do not queue up one after the other on the file. (A lone
-      // writer, whose groups are of one, writes its frame itself, without
-      // the copy.)
-      writer_->stage(frame);
-    } else {
-      writer_->append(frame);
-    }
-  } catch (const PersistError& err) {
+    writer_->append(frame);
+  } catch (...) {
     // Part of the frame may be in the file, and may even read back as
     // complete: cut it off, so a mutation reported as failed never
-    // reappears on recovery. Then refuse further writes.
+    // reappears on recovery. Then refuse further writes. (Nothing is
+    // staged here: frames are staged only while a sync is due, and
+    // appended only when none is.)
+    const std::exception_ptr err = std::current_exception();
     try {
       writer_->cut(e.start);
     } catch (...) {
     }
-    poison(err.what(), refusal_kind(err));
+    poison_for(err);
     throw;
   }
 }
@@ -224,7 +229,6 @@ void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* la
   const Group g = next_group();
   const auto sync_start = std::chrono::steady_clock::now();
   std::exception_ptr err;
-  std::string what;
   try {
     // (Copies part of the staged frames when the group is not all of them:
     // an allocation that fails fails the sync, never leaves the seat taken.)
@@ -232,18 +236,14 @@ void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* la
     lk.unlock();
     writer_->write_staged(staged_);
     writer_->datasync();
-  } catch (const std::exception& ex) {
-    err = std::current_exception();
-    what = ex.what();
   } catch (...) {
-    // A FileSystem of the program's may throw anything: the sync failed
-    // all the same, and the seat must not stay taken with nobody in it.
+    // Whatever it is (a FileSystem of the program's may throw anything),
+    // the sync failed, and the seat must not stay taken with nobody in it.
     err = std::current_exception();
-    what = "the log's sync threw an exception that is not a std::exception";
   }
   if (!lk.owns_lock()) lk.lock();
   if (err) {
-    sync_failed(err, what);
+    sync_failed(err);
   } else {
     sync_succeeded(g.end, g.last_lsn, g.entries, std::chrono::steady_clock::now() - sync_start, later);
   }
@@ -301,14 +301,7 @@ void WalEngine::Impl::gather_group(std::unique_lock<std::mutex>& lk, std::size_t
   }
 }
 
-void WalEngine::Impl::sync_failed(const std::exception_ptr& err, const std::string& what) {
-  ErrorKind kind = ErrorKind::Poisoned;
-  try {
-    std::rethrow_exception(err);
-  } catch (const PersistError& e) {
-    kind = refusal_kind(e);
-  } catch (...) {
-  }
+void WalEngine::Impl::sync_failed(const std::exception_ptr& err) noexcept {
   // Under Always nothing after the last good sync was acknowledged: cut
   // it, so that the failed mutations do not come back on recovery.
   // (Under Periodic those records were acknowledged already: keep them.)
@@ -318,7 +311,7 @@ void WalEngine::Impl::sync_failed(const std::exception_ptr& err, const std::stri
     } catch (...) {
     }
   }
-  poison(what, kind);
+  poison_for(err);
   fail_queue(err);
 }
 
@@ -395,8 +388,10 @@ void WalEngine::Impl::roll_back_from(std::exception_ptr cause) {
     next_lsn_ = x->first_lsn;
     synced_lsn_ = std::min(synced_lsn_, x->first_lsn - 1);
     if (synced_end_ > x->start) synced_end_ = x->start;
-  } catch (const PersistError& err) {
-    poison(err.what());
+  } catch (...) {
+    // The record may still be in the log: refuse writes (the entries
+    // queued behind it fail below all the same).
+    poison_for(std::current_exception());
   }
   std::exception_ptr later;
   try {
@@ -451,14 +446,26 @@ void WalEngine::Impl::unpend(Entry& e) noexcept {
   e.registered = 0;
 }
 
-void WalEngine::Impl::poison(const std::string& cause, ErrorKind kind) noexcept {
+void WalEngine::Impl::poison(std::string_view cause, ErrorKind kind) noexcept {
   if (poisoned_) return;
   poison_kind_ = kind;
   try {
-    poisoned_ = "the write-ahead log failed earlier (" + cause +
+    poisoned_ = "the write-ahead log failed earlier (" + std::string(cause) +
                 "); what it holds can no longer be vouched for, so writes are refused: reopen the index";
   } catch (...) {
     poisoned_.emplace("out of memory");  // fits the small-string buffer: no allocation
+  }
+}
+
+void WalEngine::Impl::poison_for(const std::exception_ptr& err) noexcept {
+  try {
+    std::rethrow_exception(err);
+  } catch (const PersistError& e) {
+    poison(e.what(), refusal_kind(e));
+  } catch (const std::exception& e) {
+    poison(e.what());
+  } catch (...) {
+    poison("an exception that is not a std::exception");
   }
 }
 

@@ -62,6 +62,7 @@ class FaultFs::File final : public WritableFileWrapper {
       const auto part = d.first(*v.keep);
       target().append(part);
       pos_ += part.size();
+      fs_.run_hook(op(OpKind::Append, pos_ - part.size(), d.size()));
       throw PersistError::io(path(), "append (injected short write)", v.err);
     }
     target().append(d);
@@ -73,7 +74,10 @@ class FaultFs::File final : public WritableFileWrapper {
     const auto part = v.fail ? d.first(*v.keep) : d;
     target().write_at(o, part);
     pos_ = std::max(pos_, o + part.size());
-    if (v.fail) throw PersistError::io(path(), "write_at (injected short write)", v.err);
+    if (v.fail) {
+      fs_.run_hook(op(OpKind::WriteAt, o, d.size()));
+      throw PersistError::io(path(), "write_at (injected short write)", v.err);
+    }
   }
 
   void sync() override {
@@ -179,15 +183,19 @@ FaultFs::Verdict FaultFs::record_or_throw(FsOp op, std::string_view what) {
   const FsOp seen = op;
   const Verdict v = record(std::move(op));
   if (v.fail && !v.keep) {
-    std::function<void(const FsOp&)> hook;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      hook = hook_;
-    }
-    if (hook) hook(seen);
+    run_hook(seen);
     throw PersistError::io(seen.path, std::string(what) + " (injected)", v.err);
   }
   return v;
+}
+
+void FaultFs::run_hook(const FsOp& op) {
+  std::function<void(const FsOp&)> hook;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    hook = hook_;
+  }
+  if (hook) hook(op);
 }
 
 namespace {

@@ -145,9 +145,11 @@ class FaultFs : public FileSystemWrapper {
   // Forget the log and the fired count (armed faults stay armed).
   void clear();
   // Called with each operation an armed fault fails, on the calling thread,
-  // right before the injected error is thrown (a test's look at the state
-  // the failure meets, e.g. a frame written and not yet synced). No lock of
-  // FaultFs is held during the call.
+  // right before the injected error is thrown (a short write: once its
+  // prefix is written): a test's look at the state the failure meets, e.g.
+  // a frame written and not yet synced. The hook may throw instead (say,
+  // something that is not a PersistError, as a FileSystem of a program's
+  // may). No lock of FaultFs is held during the call.
   void on_injected(std::function<void(const FsOp&)> hook);
 
   // FileSystem
@@ -172,6 +174,8 @@ class FaultFs : public FileSystemWrapper {
   Verdict record(FsOp op);
   // Record `op`; throw the injected error unless it is a short write.
   Verdict record_or_throw(FsOp op, std::string_view what);
+  // Call the on_injected hook, if any, with an op about to fail.
+  void run_hook(const FsOp& op);
 
   struct Armed {
     Fault fault;

@@ -108,7 +108,7 @@ struct PersistConfig {
   // load(): use the snapshot's vectors in place from a private mapping of
   // the file instead of copying them, for an index that supports it
   // (FlatIndex) and a file that allows it (format version 3, uncompressed:
-  // format::is_mappable; others load by copying). Verified as a copy is,
+  // is_mappable; others load by copying). Verified as a copy is,
   // before load() returns. Writes copy the pages they touch; the file must
   // not be written to or truncated in place while mapped (docs/API.md,
   // "Mapped load").

@@ -3,7 +3,11 @@
 // Every file-system call iqdb-persist makes goes through a FileSystem. The
 // default one is POSIX; tests wrap it (FileSystemWrapper) to inject faults,
 // record operations and simulate crashes. All methods report failure by
-// throwing PersistError (kind Io, with the path and errno).
+// throwing PersistError (kind Io, with the path and errno). Anything else
+// one throws (another exception, one not derived from std::exception) is a
+// failure too: the caller gets it as thrown, and a write or sync of the
+// log that fails so poisons the index as a PersistError would
+// (docs/RELIABILITY.md, promise 5).
 #pragma once
 
 #include <cstddef>

@@ -29,6 +29,7 @@
 
 #include "iqdb/persist/config.hpp"
 #include "iqdb/persist/detail/batch_presence.hpp"
+#include "iqdb/persist/detail/exception_text.hpp"
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/detail/read_scope.hpp"
 #include "iqdb/persist/detail/rw_lock.hpp"
@@ -267,17 +268,22 @@ class PersistedIndex {
           }
           ++applied;
         }
-      } catch (const std::exception& e) {
+      } catch (...) {
         if (applied == 0) throw;
         // Part of the batch is in the index and cannot be taken back
         // generically: refuse further writes; a reopen replays what is durable.
         // (Without a WAL the index itself refuses them, and saves, which
         // would persist half a batch: set while the write lock is held, so a
-        // save waiting for the read lock sees it.)
-        std::string why = std::string("a batch was applied only in part (") + e.what() + "); reopen the index";
+        // save waiting for the read lock sees it.) Whatever the index threw,
+        // a std::exception or not.
+        std::string why = detail::partial_batch_reason(std::current_exception());
         if (!s_->engine) {
           const std::lock_guard f(s_->failure_mu);
-          s_->failure = why;
+          try {
+            s_->failure = why;
+          } catch (...) {
+            s_->failure.emplace("out of memory");  // fits the small-string buffer: no allocation
+          }
         }
         throw PersistError(ErrorKind::Poisoned, std::move(why));
       }

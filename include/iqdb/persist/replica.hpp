@@ -27,6 +27,7 @@
 #include <thread>
 #include <utility>
 
+#include "iqdb/persist/detail/exception_text.hpp"
 #include "iqdb/persist/detail/log_follower.hpp"
 #include "iqdb/persist/detail/read_scope.hpp"
 #include "iqdb/persist/persisted_index.hpp"
@@ -319,7 +320,7 @@ class ReadReplica {
         try {
           std::lock_guard lk(poll_mu);
           w = follower->watch_changes([this] { wake(); });
-        } catch (const std::exception&) {
+        } catch (...) {
           // No watch: polling only.
         }
       }
@@ -341,15 +342,18 @@ class ReadReplica {
         const auto began = std::chrono::steady_clock::now();
         lk.unlock();
         bool stands = false;
+        // (Whatever they throw: the index type and the FileSystem may be
+        // the program's, and an exception leaving this thread would end
+        // the process.)
         try {
           stands = w && w->ensure();
-        } catch (const std::exception&) {
+        } catch (...) {
         }
         std::optional<std::string> error;
         try {
           catch_up();
-        } catch (const std::exception& e) {
-          error = e.what();
+        } catch (...) {
+          error = detail::exception_text(std::current_exception());
         }
         lk.lock();
         watching = stands;
