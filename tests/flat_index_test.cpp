@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "support/test_util.hpp"
+
 namespace iqdb::persist {
 
 // How RapidCheck prints generated values in counterexamples.
@@ -509,6 +511,27 @@ TEST(FlatIndex, RejectsBadConstruction) {
   EXPECT_EQ(kind_of([] { FlatIndex(0, DistanceMetric::Cosine); }), ErrorKind::InvalidArgument);
   EXPECT_EQ(kind_of([] { FlatIndex(3, static_cast<DistanceMetric>(5)); }), ErrorKind::InvalidArgument);
   EXPECT_EQ(kind_of([] { VectorId::bytes(""); }), ErrorKind::InvalidArgument);
+  // What a snapshot's reader refuses is refused here: a byte id over 1 MiB,
+  // a dimension whose vector bytes, doubled, overflow a u64 (both used to be
+  // accepted, saved, and then refused by load).
+  EXPECT_EQ(kind_of([] { VectorId::bytes(std::string((1u << 20) + 1, 'x')); }), ErrorKind::InvalidArgument);
+  EXPECT_EQ(VectorId::bytes(std::string(1u << 20, 'x')).as_bytes().size(), 1u << 20);
+  EXPECT_EQ(kind_of([] { FlatIndex(std::uint64_t{1} << 62, DistanceMetric::Cosine); }), ErrorKind::InvalidArgument);
+  EXPECT_EQ(kind_of([] { FlatIndex((UINT64_MAX - 1) / 8 + 1, DistanceMetric::Cosine); }), ErrorKind::InvalidArgument);
+  EXPECT_EQ(FlatIndex((UINT64_MAX - 1) / 8, DistanceMetric::Cosine).dim(), (UINT64_MAX - 1) / 8);
+}
+
+// A byte id of 1 MiB, the most a reader takes, saves and loads.
+TEST(FlatIndex, TheLongestByteIdRoundTrips) {
+  FlatIndex index(2, DistanceMetric::Euclidean);
+  const VectorId id = VectorId::bytes(std::string(kMaxIdBytes, 'i'));
+  index.insert(id, std::vector<float>{1.0f, 2.0f});
+  test::TempDir dir;
+  const PersistConfig cfg(dir / "ids.iqdb");
+  PersistedIndex<FlatIndex>::open_with(std::move(index), cfg).save();
+  const auto back = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_TRUE(back.index().contains(id));
+  EXPECT_EQ(back.index().size(), 1u);
 }
 
 TEST(FlatIndex, FailedCallsChangeNothing) {

@@ -17,6 +17,30 @@ namespace iqdb::persist::python {
 
 namespace py = pybind11;
 
+// The GIL let go for the scope, as py::gil_scoped_release, but one that
+// lets a thread end at the interpreter's exit. There PyEval_RestoreThread
+// ends any thread but the main one with pthread_exit (a daemon thread still
+// inside a call, say): its unwinding out of gil_scoped_release's noexcept
+// destructor called std::terminate, and the process died with SIGABRT
+// (pybind11 issue 2215). This destructor lets the unwinding pass.
+class ReleasedGil {
+ public:
+  ReleasedGil() : state_(PyEval_SaveThread()) {}
+  ~ReleasedGil() noexcept(false) { PyEval_RestoreThread(state_); }
+  ReleasedGil(const ReleasedGil&) = delete;
+  ReleasedGil& operator=(const ReleasedGil&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+// A filesystem path as a Python str, as os.fsdecode gives it: bytes that
+// are not UTF-8 (a legal Linux file name) become lone surrogates instead of
+// a UnicodeDecodeError.
+py::str path_str(const std::filesystem::path& p);
+// Text that may hold such a path (an error message), with the same escapes.
+py::str text_str(const std::string& s);
+
 void register_errors(py::module_& m);
 void register_config(py::module_& m);
 void register_replica_types(py::module_& m);

@@ -65,7 +65,7 @@ void bind_policies(py::module_& m) {
 struct ConfigDeleter {
   void operator()(PersistConfig* c) const {
     if (c->storage) {
-      py::gil_scoped_release rel;
+      ReleasedGil rel;
       delete c;
     } else {
       delete c;
@@ -127,7 +127,7 @@ void bind_config(py::module_& m) {
            "holds the lock; True: wait for its lease to run out, fence it, take over), take_over_timeout_s "
            "(0: 2 * lease + 30), blocklist_previous (True: fence a taken-over writer by blocklisting it). "
            "docs/PYTHON.md, 'RADOS'.")
-      .def_property_readonly("path", [](const PersistConfig& c) { return c.path.string(); })
+      .def_property_readonly("path", [](const PersistConfig& c) { return path_str(c.path); })
       .def_readonly("wal_enabled", &PersistConfig::wal_enabled)
       .def_readonly("fsync_policy", &PersistConfig::fsync_policy)
       .def_readonly("compression", &PersistConfig::compression)
@@ -227,7 +227,7 @@ void register_config(py::module_& m) {
   m.def(
        "snapshot_index_type",
        [](const PersistConfig& cfg) {
-         py::gil_scoped_release rel;
+         ReleasedGil rel;
          return inspect_snapshot(detail::fs_of(cfg), cfg.path).header.index_type;
        },
        py::arg("config"), "The index type the header of config's snapshot names (local or rados://).")
@@ -238,7 +238,7 @@ void register_config(py::module_& m) {
               throw PersistError::argument("snapshot_index_type('" + path.string() +
                                            "'): pass the PersistConfig of a rados:// location");
             }
-            py::gil_scoped_release rel;
+            ReleasedGil rel;
             return inspect_snapshot(default_file_system(), path).header.index_type;
           },
           py::arg("path"), "The index type a snapshot's header names (\"flat\", \"faiss\", \"hnswlib\").");

@@ -88,6 +88,10 @@ VectorId to_id(py::handle h) {
   if (py::isinstance<py::bytes>(h)) {
     std::string b = py::reinterpret_borrow<py::bytes>(h);
     if (b.empty()) value_error("a bytes id must not be empty");
+    if (b.size() > kMaxIdBytes) {
+      value_error("a bytes id must be at most " + std::to_string(kMaxIdBytes) + " bytes long, not " +
+                  std::to_string(b.size()));
+    }
     return VectorId::bytes(std::move(b));
   }
   type_error("an id must be an int or bytes, not " + type_name(h));
@@ -128,7 +132,16 @@ std::optional<Metadata> to_metadata(py::handle h) {
   if (h.is_none()) return std::nullopt;
   if (!py::isinstance<py::dict>(h)) type_error("metadata must be a dict or None, not " + type_name(h));
   Metadata m;
-  for (const auto& [k, v] : py::reinterpret_borrow<py::dict>(h)) {
+  // Over a list of the items, which holds a reference to every key and
+  // value: checking a value's type can run Python code (a __class__
+  // property, __index__) that changes the dict, which would free what a
+  // walk over the dict itself holds only borrowed.
+  const auto items = py::reinterpret_steal<py::list>(PyDict_Items(h.ptr()));
+  if (!items) throw py::error_already_set();
+  for (const py::handle item : items) {
+    const auto kv = py::reinterpret_borrow<py::tuple>(item);
+    const py::object k = kv[0];
+    const py::object v = kv[1];
     if (!py::isinstance<py::str>(k)) type_error("metadata keys must be str, not " + type_name(k));
     std::string key = utf8(k, "a metadata key");
     Value value = to_value(v, key);
@@ -245,7 +258,10 @@ Ids to_ids(py::handle h, std::size_t n) {
     const auto a = py::reinterpret_borrow<py::array>(h);
     if (a.dtype().kind() != 'O' || a.ndim() != 1) return ids_from_array(a, n);
   }
-  if (!py::isinstance<py::sequence>(h) || py::isinstance<py::str>(h) || py::isinstance<py::bytes>(h)) {
+  // (A bytes-like object is a sequence of small ints, but never meant as
+  // ids: one id of bytes, or a buffer, is refused.)
+  if (!py::isinstance<py::sequence>(h) || py::isinstance<py::str>(h) || py::isinstance<py::bytes>(h) ||
+      PyByteArray_Check(h.ptr()) || PyMemoryView_Check(h.ptr())) {
     type_error("ids must be a numpy integer array or a sequence of int / bytes, not " + type_name(h));
   }
   const auto seq = py::reinterpret_borrow<py::sequence>(h);

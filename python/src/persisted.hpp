@@ -61,23 +61,29 @@ struct Persisted {
   Persisted(const Persisted&) = delete;
   Persisted& operator=(const Persisted&) = delete;
   ~Persisted() {
-    py::gil_scoped_release rel;
+    ReleasedGil rel;
     db.reset();
   }
 
   void insert_one(py::handle id, py::handle vector, py::handle metadata) {
     const VectorId vid = to_id(id);
-    const Vector v = as_vector(vector, dim);
+    (void)as_vector(vector, dim);  // its errors before the metadata's
     std::optional<Metadata> meta = to_metadata(metadata);
-    py::gil_scoped_release rel;
+    // The view last: converting the id and the metadata can run Python code
+    // (__index__, a __class__ property), which could resize the array.
+    const Vector v = as_vector(vector, dim);
+    ReleasedGil rel;
     db->insert(vid, v.floats, std::move(meta));
   }
 
   // One batch: one log frame, one fsync, all or nothing.
   void insert_rows(py::handle ids, py::handle vectors, py::handle metadata) {
+    const std::size_t n = as_rows(vectors, dim).n;  // its errors before the ids'
+    const Ids id = to_ids(ids, n);
+    std::vector<std::optional<Metadata>> metas = to_metadata_list(metadata, n);
+    // The view last (as in insert_one).
     const Rows rows = as_rows(vectors, dim);
-    const Ids id = to_ids(ids, rows.n);
-    std::vector<std::optional<Metadata>> metas = to_metadata_list(metadata, rows.n);
+    if (rows.n != n) throw py::value_error("the vectors array changed while the ids and metadata were read");
     WriteBatch b;
     if (id.all_u64() && metas.empty()) {
       b.insert_rows_ref(id.u64, rows.floats, dim);
@@ -89,7 +95,7 @@ struct Persisted {
                      metas.empty() ? std::nullopt : std::move(metas[i]));
       }
     }
-    py::gil_scoped_release rel;
+    ReleasedGil rel;
     db->write(b);
   }
 
@@ -105,7 +111,7 @@ struct Persisted {
   // or an fsync (docs/PYTHON.md, "The GIL"). f must not touch Python objects.
   template <class F>
   decltype(auto) released(F&& f) {
-    py::gil_scoped_release rel;
+    ReleasedGil rel;
     return std::forward<F>(f)(*db);
   }
 
@@ -126,7 +132,7 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
        "open_with",
        [](Owned<I>& index, const PersistConfig& cfg) {
          I ix = index.take();
-         py::gil_scoped_release rel;
+         ReleasedGil rel;
          std::optional<Db> db;
          try {
            db.emplace(Db::open_with(std::move(ix), cfg));
@@ -143,7 +149,7 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
       .def_static(
           "load",
           [](const PersistConfig& cfg) {
-            py::gil_scoped_release rel;
+            ReleasedGil rel;
             return std::make_unique<P>(Db::load(cfg));
           },
           py::arg("config"), "Load and verify the snapshot at config.path, replaying the log.")
@@ -191,7 +197,7 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
           "Why the last automatic checkpoint (checkpoint_log_bytes) failed, or None (none failed since the "
           "last that succeeded). Mutations go on unless failure() says otherwise.")
       .def_property_readonly("metric", [](P& p) { return p.db->index().metric(); })
-      .def_property_readonly("path", [](P& p) { return p.db->config().path.string(); })
+      .def_property_readonly("path", [](P& p) { return path_str(p.db->config().path); })
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](P& p, py::handle exc_type, py::handle, py::handle) {
         // Closes; an error of close() is raised unless the block raised one.

@@ -46,7 +46,7 @@ PersistConfig rados_config(const std::filesystem::path& url, const RadosKeywords
   if (kw.take_over) lock.take_over = *kw.take_over;
   if (kw.take_over_timeout_s) lock.wait_timeout = seconds("take_over_timeout_s", *kw.take_over_timeout_s, 0);
   if (kw.blocklist_previous) lock.blocklist_previous = *kw.blocklist_previous;
-  py::gil_scoped_release rel;  // connecting waits up to connect_timeout
+  ReleasedGil rel;  // connecting waits up to connect_timeout
   return rados_persist_config(location, options, lock);
 }
 

@@ -52,14 +52,14 @@ struct Replica {
   Replica(const Replica&) = delete;
   Replica& operator=(const Replica&) = delete;
   ~Replica() {
-    py::gil_scoped_release rel;
+    ReleasedGil rel;
     r.reset();  // stops the background follower
   }
 
   // f(ReadReplica&) with the GIL released. f must not touch Python objects.
   template <class F>
   decltype(auto) released(F&& f) {
-    py::gil_scoped_release rel;
+    ReleasedGil rel;
     std::shared_lock lk(life);
     return std::forward<F>(f)(live());
   }
@@ -71,7 +71,7 @@ struct Replica {
   }
 
   PersistedIndex<I> promote() {
-    py::gil_scoped_release rel;
+    ReleasedGil rel;
     std::unique_lock lk(life);
     ReadReplica<I>& x = live();
     try {
@@ -86,7 +86,7 @@ struct Replica {
   }
 
   void close() {
-    py::gil_scoped_release rel;
+    ReleasedGil rel;
     std::unique_lock lk(life);
     if (r) end("closed");
   }
@@ -141,7 +141,7 @@ py::class_<Replica<I>> bind_replica(py::module_& m, const char* name, const char
   c.def_static(
        "open",
        [](const PersistConfig& cfg) {
-         py::gil_scoped_release rel;
+         ReleasedGil rel;
          return std::make_unique<R>(ReadReplica<I>::open(cfg));
        },
        py::arg("config"),
@@ -154,7 +154,7 @@ py::class_<Replica<I>> bind_replica(py::module_& m, const char* name, const char
           "replica is unusable afterwards (ValueError).")
       .def("close", &R::close, "Stop following and free the replica; later calls raise ValueError.")
       .def_property_readonly("metric", [](R& r) { return r.metric; })
-      .def_property_readonly("path", [](R& r) { return r.path; })
+      .def_property_readonly("path", [](R& r) { return text_str(r.path); })
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](R& r, py::handle, py::handle, py::handle) {
         r.close();

@@ -1,6 +1,7 @@
 """Hostile input from a Python caller: the right exception, nothing logged,
 the index unchanged. Damaged files and a locked index: the typed errors."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -266,3 +267,93 @@ def test_config_keyword_arguments_have_the_cpp_defaults(path):
         iq.open_with(iq.FlatIndex(DIM), iq.PersistConfig(path, checkpoint_log_bytes=1 << 20))
     with pytest.raises(TypeError):
         iq.PersistConfig(path, checkpoint_log_bytes=-1)
+
+
+def test_a_bytes_id_longer_than_the_readers_accept_is_refused(path, db):
+    # 1 MiB is what a snapshot's and a log's reader take: a longer id would
+    # be logged and saved, then refuse to load.
+    unchanged(db, lambda: db.insert(b"x" * (2**20 + 1), np.zeros(DIM, np.float32)), ValueError)
+    unchanged(db, lambda: db.insert([4, b"x" * (2**20 + 1)], rows(2, DIM)), ValueError)
+    db.insert(b"y" * 2**20, np.zeros(DIM, np.float32))
+    db.checkpoint()
+    db.close()
+    again = iq.load(wal_config(path))
+    assert b"y" * 2**20 in again and len(again) == 4
+    again.close()
+
+
+def test_a_dimension_the_reader_refuses_is_refused(path):
+    with pytest.raises(iq.InvalidArgumentError, match="dimension"):
+        iq.FlatIndex(2**62)
+
+
+def test_bytes_like_objects_are_not_taken_for_a_batch_of_ids(db):
+    for ids in (bytearray(b"\x04\x05"), memoryview(b"\x04\x05")):
+        unchanged(db, lambda: db.insert(ids, rows(2, DIM)), TypeError)
+
+
+def test_metadata_whose_type_checks_change_the_dict_does_not_crash():
+    # Checking a value's type runs its __class__ property, which empties the
+    # dict: the module walked the dict with borrowed references (SIGSEGV).
+    child = textwrap.dedent("""
+        import numpy as np, iqdb_persist as iq
+        ix = iq.FlatIndex(4)
+        d = {}
+        class Evil:
+            @property
+            def __class__(self):
+                d.clear()
+                return Evil
+        d["a"] = Evil()
+        d["b"] = 1
+        try:
+            ix.insert(1, np.ones(4, np.float32), d)
+            print("inserted", len(ix))
+        except TypeError as e:
+            print("refused", len(ix))
+    """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["refused", "0"], out.stdout + out.stderr
+
+
+def test_a_path_that_is_not_utf8_keeps_errors_typed(tmp_path):
+    # A Linux file name may be any bytes; Python holds the others as lone
+    # surrogates (os.fsdecode). The path and every error naming it used to
+    # raise UnicodeDecodeError instead.
+    path = os.fsdecode(bytes(tmp_path) + b"/db\xff.iqdb")
+    db = iq.open_with(iq.FlatIndex(DIM), wal_config(path))
+    assert db.path == path and wal_config(path).path == path
+    assert path in repr(db) or "\\udcff" in repr(db)
+    db.close()
+    with pytest.raises(iq.InvalidArgumentError):
+        db.insert(1, np.zeros(DIM, np.float32))
+    with pytest.raises(iq.IoError) as info:
+        iq.load(iq.PersistConfig(path + ".missing"))
+    assert info.value.errno == 2 and info.value.path == path + ".missing"
+    again = iq.load(wal_config(path))
+    assert len(again) == 0 and again.path == path
+    again.close()
+
+
+@pytest.mark.parametrize("call", ["len(db)", "db.search(q, 1)", "db.insert(next(ids), q)"])
+def test_a_daemon_thread_inside_a_call_at_exit_does_not_abort(path, call):
+    # At the interpreter's exit a daemon thread still inside a call that
+    # let go of the GIL is ended by pthread_exit when it takes it back: that
+    # used to call std::terminate (SIGABRT) in every such run.
+    child = textwrap.dedent(f"""
+        import itertools, threading, time, numpy as np, iqdb_persist as iq
+        db = iq.open_with(iq.FlatIndex({DIM}), iq.PersistConfig({path!r}, wal_enabled=True))
+        q = np.ones({DIM}, np.float32)
+        ids = itertools.count()
+        def busy():
+            while True:
+                {call}
+        threading.Thread(target=busy, daemon=True).start()
+        time.sleep(0.3)
+        print("exiting")
+    """)
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (out.returncode, out.stderr)
+        assert out.stdout.split() == ["exiting"]

@@ -252,7 +252,10 @@ class FlatIndex::IdTable {
 
 FlatIndex::FlatIndex(std::uint64_t dim, DistanceMetric metric)
     : dim_(dim), metric_(metric), table_(std::make_unique<IdTable>()) {
-  if (dim == 0) throw PersistError::argument("FlatIndex dimension must be at least 1");
+  if (dim == 0 || dim > kMaxDim) {
+    throw PersistError::argument("FlatIndex dimension " + std::to_string(dim) + " is outside 1 .. " +
+                                 std::to_string(kMaxDim));
+  }
   if (static_cast<std::uint8_t>(metric) > kMaxMetricTag) throw PersistError::argument("unknown distance metric");
 }
 
@@ -403,9 +406,6 @@ constexpr std::uint8_t kIdsAllU64 = 0;
 constexpr std::uint8_t kIdsTagged = 1;
 constexpr std::uint8_t kIdKindU64 = 0;
 constexpr std::uint8_t kIdKindBytes = 1;
-// Longest byte id accepted on load.
-constexpr std::uint64_t kMaxIdBytes = std::uint64_t{1} << 20;
-
 }  // namespace
 
 // The ids: all u64 in one block when they are, else tagged one by one.
@@ -506,7 +506,7 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
   const std::uint64_t dim = r.read_u64();
   // Only overflow is guarded here: the vector count below is bounded by the
   // bytes that remain (an empty index of any dimension is legitimate).
-  if (dim == 0 || dim > (UINT64_MAX - 1) / sizeof(float) / 2) r.fail("dimension " + std::to_string(dim) + " is out of range");
+  if (dim == 0 || dim > kMaxDim) r.fail("dimension " + std::to_string(dim) + " is out of range");
   const std::uint8_t metric_tag = r.read_u8();
   const auto metric = metric_from_tag(metric_tag);
   if (!metric) r.fail("unknown metric tag " + std::to_string(metric_tag));

@@ -40,6 +40,10 @@ std::optional<DistanceMetric> metric_from_name(std::string_view name) noexcept {
 
 VectorId VectorId::bytes(std::string b) {
   if (b.empty()) throw PersistError::argument("a byte-string VectorId must not be empty");
+  if (b.size() > kMaxIdBytes) {
+    throw PersistError::argument("a byte-string VectorId of " + std::to_string(b.size()) + " bytes; at most " +
+                                 std::to_string(kMaxIdBytes) + " are allowed");
+  }
   return VectorId(std::move(b));
 }
 

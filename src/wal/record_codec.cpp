@@ -46,7 +46,9 @@ bool decode_id(coding::ByteCursor& in, VectorId& id, std::string& why) {
   if (kind != format::kIdBytes) return why = "unknown id kind " + std::to_string(kind), false;
   std::uint64_t len = 0;
   if (!in.read(len)) return why = "truncated byte id length", false;
-  if (len == 0 || len > in.remaining()) return why = "byte id length " + std::to_string(len) + " is out of range", false;
+  if (len == 0 || len > in.remaining() || len > kMaxIdBytes) {
+    return why = "byte id length " + std::to_string(len) + " is out of range", false;
+  }
   std::span<const std::byte> b;
   in.read_bytes(static_cast<std::size_t>(len), b);
   id = VectorId::bytes(std::string(reinterpret_cast<const char*>(b.data()), b.size()));

@@ -174,8 +174,11 @@ float distance(DistanceMetric metric, std::span<const float> a, std::span<const 
 class FlatIndex {
  public:
   static constexpr std::string_view index_type = "flat";
+  // The largest dimension (what a snapshot's reader accepts: twice a
+  // vector's bytes fit a u64).
+  static constexpr std::uint64_t kMaxDim = (UINT64_MAX - 1) / sizeof(float) / 2;
 
-  // dim >= 1. Throws PersistError(InvalidArgument) otherwise.
+  // 1 <= dim <= kMaxDim. Throws PersistError(InvalidArgument) otherwise.
   FlatIndex(std::uint64_t dim, DistanceMetric metric);
   FlatIndex(FlatIndex&&) noexcept;
   FlatIndex& operator=(FlatIndex&&) noexcept;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <compare>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -32,11 +33,18 @@ std::optional<DistanceMetric> metric_from_tag(std::uint8_t tag) noexcept;
 // Case-insensitive parse of a metric name (as printed by to_string).
 std::optional<DistanceMetric> metric_from_name(std::string_view name) noexcept;
 
-// A vector's identity: an unsigned 64-bit integer, or a non-empty byte string.
+// The longest byte-string id (1 MiB): what the snapshot and log readers
+// accept (docs/FORMAT.md).
+inline constexpr std::size_t kMaxIdBytes = std::size_t{1} << 20;
+
+// A vector's identity: an unsigned 64-bit integer, or a non-empty byte
+// string of at most kMaxIdBytes.
 class VectorId {
  public:
   VectorId(std::uint64_t id) noexcept : v_(id) {}  // NOLINT: implicit by design
-  // Throws PersistError(InvalidArgument) for an empty byte string.
+  // Throws PersistError(InvalidArgument) for an empty byte string or one
+  // longer than kMaxIdBytes (it would be logged and saved, then refuse to
+  // load).
   static VectorId bytes(std::string bytes);
 
   bool is_u64() const noexcept { return v_.index() == 0; }
