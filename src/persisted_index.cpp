@@ -147,10 +147,10 @@ FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
                             const std::function<FileHeader(std::uint64_t last_lsn, bool durable)>& write) {
   FileSystem& fs = fs_of(config);
   const std::shared_ptr<IndexStorage> storage = storage_of(config);
-  fs::path lock_path = config.path;
-  lock_path += ".lock";
-  // Locked while another writer holds it.
-  const std::unique_ptr<FileLock> lock = config.storage ? storage->lock_writer() : fs.lock(lock_path);
+  // Locked while another writer holds it. (Local files: PATH.lock, and the
+  // temporary files a crash or a failure left are removed, as when a WAL
+  // writer opens.)
+  const std::unique_ptr<FileLock> lock = storage->lock_writer();
 
   const std::uint64_t snapshot_lsn = snapshot_lsn_of(fs, config.path);
   const LogHoldings log = look_at_log(*storage, base_lsn, config.discard_log);

@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <bit>
 #include <filesystem>
+#include <functional>
 #include <iqdb/persist.hpp>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/fault_fs.hpp"
@@ -209,10 +211,15 @@ TEST(AtomicSave, TempFileIsHiddenInTargetDirAndUnpredictable) {
 }
 
 // A file system whose "randomness" is fixed, so a test can plant a file at
-// the temporary name before the save.
+// the temporary name: `plant` runs when the save draws the name, after it
+// took the writer lock (which removes stale temporaries of this index).
 class FixedRandomFs : public FaultFs {
  public:
-  std::uint64_t random_u64() override { return 0x0123456789abcdefULL; }
+  std::uint64_t random_u64() override {
+    if (plant) std::exchange(plant, nullptr)();  // once
+    return 0x0123456789abcdefULL;
+  }
+  std::function<void()> plant;
 };
 
 TEST(AtomicSave, ExistingFileAtTempNameIsNeverClobbered) {
@@ -234,12 +241,16 @@ TEST(AtomicSave, ExistingFileAtTempNameIsNeverClobbered) {
   for (const Case& c : {Case{"regular file", false}, Case{"symlink", true}}) {
     SCOPED_TRACE(c.name);
     const fs::path victim = elsewhere / "victim";
-    if (c.symlink) {
-      test::write_file(victim, precious);
-      fs::create_symlink(victim, temp);
-    } else {
-      test::write_file(temp, precious);
-    }
+    // Planted between the lock's clean-up and the create: what another
+    // program could do at any time.
+    fixed.plant = [&] {
+      if (c.symlink) {
+        test::write_file(victim, precious);
+        fs::create_symlink(victim, temp);
+      } else {
+        test::write_file(temp, precious);
+      }
+    };
     try {
       save(small_index(7), config(target, Compression::none(), &fixed));
       ADD_FAILURE() << "save succeeded over an existing temporary name";
@@ -247,6 +258,7 @@ TEST(AtomicSave, ExistingFileAtTempNameIsNeverClobbered) {
       EXPECT_EQ(e.kind(), ErrorKind::Io);
       EXPECT_EQ(e.sys_errno(), EEXIST) << e.what();
     }
+    EXPECT_FALSE(fixed.plant) << "the save never drew a temporary name";
     EXPECT_TRUE(test::read_file(target) == saved);
     if (c.symlink) {
       EXPECT_TRUE(fs::is_symlink(temp));

@@ -8,11 +8,15 @@
 //    state before it or after it, never anything else;
 //  - if it succeeded, the index and recovery hold it.
 // Under AddressSanitizer this also catches the commit queue keeping the
-// address of an entry of a call that has already unwound.
+// address of an entry of a call that has already unwound. And out of memory
+// at any point of a save or load: no file descriptor, temporary file or
+// lock is left behind (FilesOutOfMemory).
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <iqdb/persist.hpp>
 #include <map>
 #include <memory>
@@ -207,6 +211,93 @@ TEST(WalOutOfMemory, EveryAllocationOfAnEraseUnderAlways) { run(FsyncPolicy::alw
 TEST(WalOutOfMemory, EveryAllocationOfABatchUnderAlways) { run(FsyncPolicy::always(), Call::Batch); }
 TEST(WalOutOfMemory, EveryAllocationOfAnInsertUnderNever) { run(FsyncPolicy::never(), Call::Insert); }
 TEST(WalOutOfMemory, EveryAllocationOfABatchUnderNever) { run(FsyncPolicy::never(), Call::Batch); }
+
+}  // namespace
+}  // namespace iqdb::persist
+
+// ---------------------------------------------------------------- files and locks
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  for (const auto& e : fs::directory_iterator("/proc/self/fd")) n += e.path().empty() ? 0 : 1;
+  return n;
+}
+
+std::size_t temporaries_in(const fs::path& dir) {
+  std::size_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += e.path().filename().string().find(".tmp-") != std::string::npos;
+  return n;
+}
+
+// For every allocation `op` makes, make exactly that one fail: afterwards
+// the process holds no more file descriptors than before, no temporary
+// file is left, and the writer lock is free (the descriptors of a file or
+// a lock opened just before an allocation that failed used to leak, the
+// lock's with its flock held for the life of the process).
+void no_leak_at_any_allocation(const PersistConfig& cfg, const std::function<void()>& op) {
+  const fs::path dir = cfg.path.parent_path();
+  fs::path lock_path = cfg.path;
+  lock_path += ".lock";
+  long fired_points = 0;
+  for (long k = 1;; ++k) {
+    SCOPED_TRACE("failing allocation #" + std::to_string(k));
+    const std::size_t fds = open_fds();
+    bool fired = false;
+    {
+      Arm arm(k);
+      try {
+        op();
+      } catch (const std::bad_alloc&) {
+      } catch (const PersistError&) {  // a loader reports it as its own error
+      }
+      fired = arm.fired();
+    }
+    EXPECT_EQ(open_fds(), fds);
+    EXPECT_EQ(temporaries_in(dir), 0u);
+    EXPECT_NO_THROW((void)default_file_system().lock(lock_path));
+    if (!fired) break;  // past the last allocation: every point was tried
+    ++fired_points;
+    ASSERT_LT(k, 100000);
+  }
+  EXPECT_GT(fired_points, 5);
+}
+
+PersistConfig saved_index(const fs::path& path, bool wal) {
+  PersistConfig cfg(path);
+  cfg.wal_enabled = wal;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  for (std::uint64_t i = 1; i <= 3; ++i) db.insert(i, vec_of(i));
+  db.save();
+  return cfg;
+}
+
+TEST(FilesOutOfMemory, EveryAllocationOfASaveWithoutTheWal) {
+  test::TempDir dir;
+  const PersistConfig cfg = saved_index(dir / "db.iqdb", false);
+  auto db = PersistedIndex<FlatIndex>::load(cfg);
+  no_leak_at_any_allocation(cfg, [&] { db.save(); });
+}
+
+TEST(FilesOutOfMemory, EveryAllocationOfALoad) {
+  test::TempDir dir;
+  for (const bool wal : {false, true}) {
+    SCOPED_TRACE(wal ? "with the WAL" : "without");
+    const PersistConfig cfg = saved_index(dir / (wal ? "wal.iqdb" : "plain.iqdb"), wal);
+    no_leak_at_any_allocation(cfg, [&] { (void)PersistedIndex<FlatIndex>::load(cfg); });
+  }
+}
+
+TEST(FilesOutOfMemory, EveryAllocationOfAMappedLoad) {
+  test::TempDir dir;
+  PersistConfig cfg = saved_index(dir / "db.iqdb", false);
+  cfg.map_snapshot = true;
+  no_leak_at_any_allocation(cfg, [&] { (void)PersistedIndex<FlatIndex>::load(cfg); });
+}
 
 }  // namespace
 }  // namespace iqdb::persist

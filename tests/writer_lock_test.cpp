@@ -108,6 +108,27 @@ TEST(WriterLock, SaveWithoutWalIsLockedOutWhileAWalWriterRunsWithoutACheckpoint)
   EXPECT_EQ(diff(again.index(), model), "");
 }
 
+// A save without the WAL takes the writer lock as a WAL writer's open
+// does, and like it removes the temporary files of saves and checkpoints
+// that a crash or a failure left (docs/FORMAT.md): it used to take the lock
+// alone, so without the WAL they stayed for ever. Nothing else goes.
+TEST(WriterLock, SaveWithoutWalRemovesStaleTemporaries) {
+  test::TempDir dir;
+  const fs::path path = dir / "db.iqdb";
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), plain(path));
+  db.insert(1, vec_of(1));
+  const std::vector<std::byte> junk = test::Bytes().str("left by a crash").data();
+  const fs::path stale_snapshot = dir / ".db.iqdb.tmp-00000000deadbeef";
+  const fs::path stale_log = dir / ".db.iqdb.wal.tmp-00000000deadbeef";
+  const fs::path others = dir / ".other.iqdb.tmp-00000000deadbeef";
+  for (const fs::path& p : {stale_snapshot, stale_log, others}) test::write_file(p, junk);
+  db.save();
+  EXPECT_FALSE(fs::exists(stale_snapshot));
+  EXPECT_FALSE(fs::exists(stale_log));
+  EXPECT_TRUE(fs::exists(others));  // another index's
+  EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(plain(path)).index(), Model{{VectorId(1), Entry{vec_of(1), std::nullopt}}}), "");
+}
+
 TEST(WriterLock, LoadWithoutWalReplaysTheLogReadOnly) {
   TempDir dir;
   const fs::path path = dir / "x.iqdb";

@@ -65,7 +65,12 @@ std::shared_ptr<const MappedOrigin> make_origin(int fd, const std::filesystem::p
     ::close(dup);
     return nullptr;
   }
-  return std::make_shared<const MappedOrigin>(dup, path, st);
+  try {
+    return std::make_shared<const MappedOrigin>(dup, path, st);
+  } catch (...) {
+    ::close(dup);  // not owned yet (out of memory)
+    throw;
+  }
 }
 
 }  // namespace

@@ -9,8 +9,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <memory>
 #include <mutex>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "iqdb/persist/error.hpp"
@@ -21,6 +23,24 @@ namespace iqdb::persist {
 namespace {
 
 namespace fs = std::filesystem;
+
+// An fd closed when the scope ends, unless released to its owner: a failure
+// (out of memory) between opening a file and handing it over must not leak
+// it, nor keep a lock's flock held.
+class FdGuard {
+ public:
+  explicit FdGuard(int fd) noexcept : fd_(fd) {}
+  ~FdGuard() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FdGuard(const FdGuard&) = delete;
+  FdGuard& operator=(const FdGuard&) = delete;
+  int get() const noexcept { return fd_; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
 
 // Retry on EINTR.
 template <class F>
@@ -177,17 +197,12 @@ class PosixFileLock final : public FileLock {
   int fd_;
 };
 
-// The size of the open file fd, which must be a regular file; otherwise fd is
-// closed and the error thrown (a directory: `dir_errno`, anything else: EINVAL).
+// The size of the open file fd, which must be a regular file; otherwise the
+// error is thrown (a directory: `dir_errno`, anything else: EINVAL).
 std::uint64_t regular_file_size(int fd, const fs::path& p, int dir_errno) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    throw PersistError::io(p, "fstat", e);
-  }
+  if (::fstat(fd, &st) != 0) throw PersistError::io(p, "fstat", errno);
   if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
     throw PersistError::io(p, "open (not a regular file)", S_ISDIR(st.st_mode) ? dir_errno : EINVAL);
   }
   return static_cast<std::uint64_t>(st.st_size);
@@ -196,25 +211,36 @@ std::uint64_t regular_file_size(int fd, const fs::path& p, int dir_errno) {
 class PosixFileSystem final : public FileSystem {
  public:
   std::unique_ptr<WritableFile> create_exclusive(const fs::path& p) override {
-    const int fd = retry([&] { return ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644); });
-    if (fd < 0) throw PersistError::io(p, "create", errno);
-    return std::make_unique<PosixWritableFile>(p, fd, 0);
+    FdGuard fd(retry([&] { return ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644); }));
+    if (fd.get() < 0) throw PersistError::io(p, "create", errno);
+    try {
+      auto f = std::make_unique<PosixWritableFile>(p, fd.get(), 0);
+      fd.release();
+      return f;
+    } catch (...) {
+      ::unlink(p.c_str());  // created here, and nobody will know to remove it
+      throw;
+    }
   }
 
   std::unique_ptr<WritableFile> open_append(const fs::path& p) override {
     // Read-write: map_for_write needs it.
-    const int fd = retry([&] { return ::open(p.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC); });
-    if (fd < 0) throw PersistError::io(p, "open", errno);
-    const std::uint64_t size = regular_file_size(fd, p, /*dir_errno=*/EINVAL);
-    return std::make_unique<PosixWritableFile>(p, fd, size, /*mappable=*/true);
+    FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC); }));
+    if (fd.get() < 0) throw PersistError::io(p, "open", errno);
+    const std::uint64_t size = regular_file_size(fd.get(), p, /*dir_errno=*/EINVAL);
+    auto f = std::make_unique<PosixWritableFile>(p, fd.get(), size, /*mappable=*/true);
+    fd.release();
+    return f;
   }
 
   std::unique_ptr<ReadableFile> open_read(const fs::path& p) override {
-    const int fd = retry([&] { return ::open(p.c_str(), O_RDONLY | O_CLOEXEC); });
-    if (fd < 0) throw PersistError::io(p, "open", errno);
-    const std::uint64_t size = regular_file_size(fd, p, /*dir_errno=*/EISDIR);
-    (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    return std::make_unique<PosixReadableFile>(p, fd, size);
+    FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDONLY | O_CLOEXEC); }));
+    if (fd.get() < 0) throw PersistError::io(p, "open", errno);
+    const std::uint64_t size = regular_file_size(fd.get(), p, /*dir_errno=*/EISDIR);
+    (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+    auto f = std::make_unique<PosixReadableFile>(p, fd.get(), size);
+    fd.release();
+    return f;
   }
 
   void rename(const fs::path& from, const fs::path& to) override {
@@ -244,33 +270,35 @@ class PosixFileSystem final : public FileSystem {
 
   std::vector<std::string> list_dir(const fs::path& dir) override {
     const fs::path d = dir.empty() ? fs::path(".") : dir;
-    DIR* h = ::opendir(d.c_str());
-    if (h == nullptr) throw PersistError::io(d, "open directory", errno);
+    // (Closed on every exit: a name that cannot be stored, out of memory, too.)
+    const std::unique_ptr<DIR, int (*)(DIR*)> h(::opendir(d.c_str()), &::closedir);
+    if (!h) throw PersistError::io(d, "open directory", errno);
     std::vector<std::string> names;
     errno = 0;
-    while (const dirent* e = ::readdir(h)) {
+    while (const dirent* e = ::readdir(h.get())) {
       const std::string_view n = e->d_name;
       if (n != "." && n != "..") names.emplace_back(n);
     }
     const int err = errno;
-    ::closedir(h);
     if (err != 0) throw PersistError::io(d, "read directory", err);
     return names;
   }
 
   std::unique_ptr<FileLock> lock(const fs::path& p) override {
-    const int fd = retry([&] { return ::open(p.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644); });
-    if (fd < 0) throw PersistError::io(p, "open lock file", errno);
+    FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644); }));
+    if (fd.get() < 0) throw PersistError::io(p, "open lock file", errno);
     // flock locks belong to the open file description: a second open of the
     // same file in this process conflicts too, as it should.
-    if (retry([&] { return ::flock(fd, LOCK_EX | LOCK_NB); }) != 0) {
+    if (retry([&] { return ::flock(fd.get(), LOCK_EX | LOCK_NB); }) != 0) {
       const int e = errno;
-      ::close(fd);
       if (e == EWOULDBLOCK)
         throw PersistError::at(ErrorKind::Locked, p, "another writer holds the lock");
       throw PersistError::io(p, "flock", e);
     }
-    return std::make_unique<PosixFileLock>(fd);
+    // (A failure to allocate the lock object closes fd: the flock goes with it.)
+    auto lock = std::make_unique<PosixFileLock>(fd.get());
+    fd.release();
+    return lock;
   }
 
   std::uint64_t random_u64() override {
