@@ -224,12 +224,12 @@ else
   rm -rf build/asan/pypkg && mkdir build/asan/pypkg && cp -r python/iqdb_persist build/asan/pypkg/
   cp build/asan/python/_iqdb_persist*.so build/asan/pypkg/iqdb_persist/
   LD_PRELOAD="$py_asan_rt $(gcc -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc PYTHONPATH=build/asan/pypkg \
-    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions="$root/python/tests/ubsan.supp" \
     /usr/bin/python3 -m pytest -q -p no:cacheprovider python/tests
   # The RADOS tests against a cluster (the daemons not preloaded: env inside run).
   scripts/ceph-cluster.sh run --osds 1 -- env IQDB_RADOS_REQUIRED=1 \
     LD_PRELOAD="$py_asan_rt $(gcc -print-file-name=libstdc++.so)" PYTHONMALLOC=malloc PYTHONPATH=build/asan/pypkg \
-    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions="$root/python/tests/ubsan.supp" \
     /usr/bin/python3 -m pytest -q -p no:cacheprovider python/tests/test_rados.py
 fi
 

@@ -121,11 +121,14 @@ TEST(WriterLock, SaveWithoutWalRemovesStaleTemporaries) {
   const fs::path stale_snapshot = dir / ".db.iqdb.tmp-00000000deadbeef";
   const fs::path stale_log = dir / ".db.iqdb.wal.tmp-00000000deadbeef";
   const fs::path others = dir / ".other.iqdb.tmp-00000000deadbeef";
-  for (const fs::path& p : {stale_snapshot, stale_log, others}) test::write_file(p, junk);
+  // Index "db.iqdb.tmp-x.iqdb"'s temporary: it starts with db.iqdb's prefix.
+  const fs::path look_alike = dir / ".db.iqdb.tmp-x.iqdb.tmp-00000000deadbeef";
+  for (const fs::path& p : {stale_snapshot, stale_log, others, look_alike}) test::write_file(p, junk);
   db.save();
   EXPECT_FALSE(fs::exists(stale_snapshot));
   EXPECT_FALSE(fs::exists(stale_log));
-  EXPECT_TRUE(fs::exists(others));  // another index's
+  EXPECT_TRUE(fs::exists(others));      // another index's
+  EXPECT_TRUE(fs::exists(look_alike));  // and another's
   EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(plain(path)).index(), Model{{VectorId(1), Entry{vec_of(1), std::nullopt}}}), "");
 }
 

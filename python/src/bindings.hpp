@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <iqdb/persist.hpp>
 
@@ -18,11 +19,13 @@ namespace iqdb::persist::python {
 namespace py = pybind11;
 
 // The GIL let go for the scope, as py::gil_scoped_release, but one that
-// lets a thread end at the interpreter's exit. There PyEval_RestoreThread
-// ends any thread but the main one with pthread_exit (a daemon thread still
-// inside a call, say): its unwinding out of gil_scoped_release's noexcept
-// destructor called std::terminate, and the process died with SIGABRT
-// (pybind11 issue 2215). This destructor lets the unwinding pass.
+// lets a thread end at the interpreter's exit. There, taking the GIL back
+// ends any thread but the finalizing one (a daemon thread still inside a
+// call) with pthread_exit, whose unwinding std::terminate stops at the
+// first noexcept frame: gil_scoped_release's destructor is one (SIGABRT,
+// pybind11 issue 2215); this one lets the unwinding pass, and pybind11's
+// dispatcher rethrows it. Not for destructors, which are noexcept: they
+// keep the GIL (Persisted, Replica, ConfigDeleter).
 class ReleasedGil {
  public:
   ReleasedGil() : state_(PyEval_SaveThread()) {}

@@ -60,17 +60,10 @@ void bind_policies(py::module_& m) {
 }
 
 // A rados:// config holds a RADOS client, which the last copy's destructor
-// shuts down (librados joins its threads): that happens with the GIL
-// released, as every other wait of the module.
+// shuts down (librados joins its threads). With the GIL held, as
+// ~Persisted: a deleter runs in a destructor.
 struct ConfigDeleter {
-  void operator()(PersistConfig* c) const {
-    if (c->storage) {
-      ReleasedGil rel;
-      delete c;
-    } else {
-      delete c;
-    }
-  }
+  void operator()(PersistConfig* c) const { delete c; }
 };
 
 void bind_config(py::module_& m) {

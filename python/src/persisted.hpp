@@ -60,10 +60,11 @@ struct Persisted {
   explicit Persisted(PersistedIndex<I> d) : db(std::move(d)), dim(db->index().dim()) {}
   Persisted(const Persisted&) = delete;
   Persisted& operator=(const Persisted&) = delete;
-  ~Persisted() {
-    ReleasedGil rel;
-    db.reset();
-  }
+  // With the GIL held: letting it go would mean taking it back, which at
+  // the interpreter's exit ends a daemon thread dropping the last reference
+  // (pthread_exit), and its unwinding cannot pass a destructor (ReleasedGil).
+  // close() lets it go.
+  ~Persisted() { db.reset(); }
 
   void insert_one(py::handle id, py::handle vector, py::handle metadata) {
     const VectorId vid = to_id(id);
@@ -78,10 +79,13 @@ struct Persisted {
 
   // One batch: one log frame, one fsync, all or nothing.
   void insert_rows(py::handle ids, py::handle vectors, py::handle metadata) {
-    const std::size_t n = as_rows(vectors, dim).n;  // its errors before the ids'
-    const Ids id = to_ids(ids, n);
+    const std::size_t n = as_rows(vectors, dim).n;  // its errors first
+    // The metadata before the ids, and the vectors' view last (as in
+    // insert_one): converting metadata can run Python code (a __class__
+    // property, __index__) that could resize the arrays whose memory the
+    // ids (a uint64 array is used in place) and the vectors are read from.
     std::vector<std::optional<Metadata>> metas = to_metadata_list(metadata, n);
-    // The view last (as in insert_one).
+    const Ids id = to_ids(ids, n);
     const Rows rows = as_rows(vectors, dim);
     if (rows.n != n) throw py::value_error("the vectors array changed while the ids and metadata were read");
     WriteBatch b;

@@ -51,10 +51,8 @@ struct Replica {
       : r(std::move(x)), dim(r->index().dim()), metric(r->index().metric()), path(r->config().path.string()) {}
   Replica(const Replica&) = delete;
   Replica& operator=(const Replica&) = delete;
-  ~Replica() {
-    ReleasedGil rel;
-    r.reset();  // stops the background follower
-  }
+  // (With the GIL held, as ~Persisted; close() lets it go.)
+  ~Replica() { r.reset(); }  // stops the background follower
 
   // f(ReadReplica&) with the GIL released. f must not touch Python objects.
   template <class F>

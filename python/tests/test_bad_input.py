@@ -336,16 +336,20 @@ def test_a_path_that_is_not_utf8_keeps_errors_typed(tmp_path):
     again.close()
 
 
-@pytest.mark.parametrize("call", ["len(db)", "db.search(q, 1)", "db.insert(next(ids), q)"])
+@pytest.mark.parametrize("call", ["len(db)", "db.search(q, 1)", "db.insert(next(ids), q)",
+                                  "iq.open_with(iq.FlatIndex(4), iq.PersistConfig(other))"])
 def test_a_daemon_thread_inside_a_call_at_exit_does_not_abort(path, call):
     # At the interpreter's exit a daemon thread still inside a call that
     # let go of the GIL is ended by pthread_exit when it takes it back: that
-    # used to call std::terminate (SIGABRT) in every such run.
+    # used to call std::terminate (SIGABRT) in every such run. (The last
+    # case also destroys an index in the thread: a destructor lets go of the
+    # GIL only while the interpreter is not finalizing.)
     child = textwrap.dedent(f"""
         import itertools, threading, time, numpy as np, iqdb_persist as iq
         db = iq.open_with(iq.FlatIndex({DIM}), iq.PersistConfig({path!r}, wal_enabled=True))
         q = np.ones({DIM}, np.float32)
         ids = itertools.count()
+        other = {path!r} + ".other"  # (without the WAL: no file; dropped at once, so destroyed)
         def busy():
             while True:
                 {call}

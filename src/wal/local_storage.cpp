@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
@@ -69,8 +70,15 @@ class LocalIndexStorage final : public IndexStorage {
     const std::string name = snapshot_.filename().string();
     const std::string snap_prefix = "." + name + ".tmp-";
     const std::string log_prefix = "." + name + ".wal.tmp-";
+    // Exactly a prefix and the 16 hex digits of replace_file_atomically's
+    // names: a longer name may be another index's (".a.tmp-x.iqdb.tmp-..."
+    // starts with a's prefix), whose writer holds its own lock.
+    const auto ours = [](std::string_view entry, std::string_view prefix) {
+      if (!entry.starts_with(prefix) || entry.size() != prefix.size() + 16) return false;
+      return entry.substr(prefix.size()).find_first_not_of("0123456789abcdef") == std::string_view::npos;
+    };
     for (const std::string& entry : fs_.list_dir(dir())) {
-      if (entry.starts_with(snap_prefix) || entry.starts_with(log_prefix)) fs_.remove(dir() / entry);
+      if (ours(entry, snap_prefix) || ours(entry, log_prefix)) fs_.remove(dir() / entry);
     }
     return lock;
   }

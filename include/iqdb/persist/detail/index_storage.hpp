@@ -40,8 +40,9 @@ class LogSink {
     std::vector<std::byte> bytes;
   };
 
-  // A frame at the end; durable once a later datasync() returns. Throws
-  // PersistError with the end unchanged (bytes may have reached storage).
+  // A frame at the end; durable once a later datasync() returns. On failure
+  // (any exception) the end is unchanged, though bytes may have reached
+  // storage: the engine cuts them off and refuses further writes.
   virtual void append(std::span<const std::byte> frame) = 0;
   // Everything appended or written so far is durable when this returns (a
   // local file: fdatasync; RADOS: the group went out in one operation that
@@ -50,7 +51,10 @@ class LogSink {
   // Group commit: stage() counts the frame in end(); take_staged() (under the
   // engine's lock) hands over the staged bytes before log offset `upto` (a
   // frame boundary; the rest stays staged, for the next group);
-  // write_staged() writes them.
+  // write_staged() writes them. stage() only copies into memory: it may
+  // fail only for want of memory, and then must change nothing (the engine
+  // neither cuts nor poisons then: the frames staged before are other
+  // commits', waiting for their sync).
   virtual void stage(std::span<const std::byte> frame) = 0;
   virtual void take_staged(Staged& out, std::uint64_t upto) = 0;
   virtual void write_staged(const Staged& s) = 0;
