@@ -124,13 +124,13 @@ cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DIQDB_PERSIST_BUILD_BENCH=OFF
   -DIQDB_PERSIST_WITH_FAISS=OFF -DIQDB_PERSIST_WITH_HNSWLIB=OFF \
   -DIQDB_PERSIST_BUILD_TOOLS=OFF -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCMAKE_CXX_FLAGS="-O1 -fsanitize=thread -fno-omit-frame-pointer" >/dev/null
 background_build build/tsan --target wal_concurrency_test replica_test group_commit_test float_buffer_test \
-  auto_checkpoint_test log_writer_test wake_word_test snapshot_writer_test
+  auto_checkpoint_test log_writer_test wake_word_test snapshot_writer_test fork_test
 scripts/ceph-cluster.sh run --osds 3 -- env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan -L rados -R 'RadosWal|ReplicaWatch|RadosSnapshot' --output-on-failure --timeout 900
 
 stage "concurrent tests under ThreadSanitizer"
 wait_background 3
-TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan -R 'Concurren|AutoCheckpoint|Replica|FloatBuffer|LogWriterGrowth|LogWriterCache|EngineGrowth|GrowthFailure|WakeWord|SnapshotWriter' --output-on-failure --timeout 1800
+TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan -R 'Concurren|AutoCheckpoint|Replica|FloatBuffer|LogWriterGrowth|LogWriterCache|EngineGrowth|GrowthFailure|WakeWord|SnapshotWriter|Fork' --output-on-failure --timeout 1800
 
 stage "fuzzing: regressions, then each target for 5 s (clang, ASan + UBSan, memory caps)"
 # The static analysis meanwhile, in the background: libFuzzer uses one core.

@@ -28,6 +28,7 @@ from ._errors import (  # noqa: F401  (re-exported)
     CorruptLogError,
     DuplicateIdError,
     FencedError,
+    ForkedError,
     IdNotFoundError,
     InvalidArgumentError,
     InvalidHeaderError,

@@ -16,6 +16,7 @@ from ._errors import (
     CorruptLogError as CorruptLogError,
     DuplicateIdError as DuplicateIdError,
     FencedError as FencedError,
+    ForkedError as ForkedError,
     IdNotFoundError as IdNotFoundError,
     InvalidArgumentError as InvalidArgumentError,
     InvalidHeaderError as InvalidHeaderError,

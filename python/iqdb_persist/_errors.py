@@ -110,6 +110,11 @@ class FencedError(PersistError):
     """A newer writer took over."""
 
 
+class ForkedError(PersistError):
+    """The index was opened by the parent of this process (os.fork()): a
+    child reads through it but never writes, syncs or checkpoints."""
+
+
 _BY_KIND = {
     "io": IoError,
     "bad_magic": BadMagicError,
@@ -131,6 +136,7 @@ _BY_KIND = {
     "poisoned": PoisonedError,
     "would_lose_writes": WouldLoseWritesError,
     "fenced": FencedError,
+    "forked": ForkedError,
 }
 
 

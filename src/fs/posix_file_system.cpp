@@ -2,6 +2,7 @@
 // library is made here and nowhere else.
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "iqdb/persist/detail/process_bound.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 #include "fs/file_mapping.hpp"
@@ -188,13 +190,70 @@ class PosixReadableFile final : public ReadableFile {
   std::uint64_t size_;
 };
 
+// The descriptors of the locks this process holds. A flock belongs to the
+// open file description, which a child of fork() shares: a child that
+// outlived its parent's close() would keep the index locked, and no later
+// writer could open it until the child exited. So a child closes its copies
+// at once, in a pthread_atfork handler (it never holds its parent's lock;
+// detail/process_bound.hpp). A fork waits for a lock() in progress (which
+// holds the mutex from before it opens the file until the descriptor is
+// recorded or closed), so no descriptor slips through unrecorded.
+class LockDescriptors {
+ public:
+  static LockDescriptors& instance() {
+    static LockDescriptors* const d = [] {
+      auto* r = new LockDescriptors;  // never destroyed: a fork may follow the exit of main()
+      (void)::pthread_atfork(&prepare, &parent, &child);
+      return r;
+    }();
+    return *d;
+  }
+  // Held by lock() around opening and recording; room for one more
+  // descriptor is made first, so that record() cannot fail.
+  std::unique_lock<std::mutex> hold_for_one_more() {
+    std::unique_lock g(mu_);
+    fds_.reserve(fds_.size() + 1);
+    return g;
+  }
+  void record(int fd) noexcept { fds_.push_back(fd); }  // (hold_for_one_more() held)
+  // Closes fd, which record() recorded.
+  void close(int fd) noexcept {
+    const std::lock_guard g(mu_);
+    const auto it = std::find(fds_.begin(), fds_.end(), fd);
+    if (it != fds_.end()) fds_.erase(it);
+    ::close(fd);
+  }
+
+ private:
+  static void prepare() noexcept { instance().mu_.lock(); }  // no add() or close() runs across the fork
+  static void parent() noexcept { instance().mu_.unlock(); }
+  static void child() noexcept {
+    LockDescriptors& d = instance();
+    for (const int fd : d.fds_) ::close(fd);  // the parent's flock stays: its descriptor still refers to it
+    d.fds_.clear();
+    d.mu_.unlock();
+  }
+  std::mutex mu_;
+  std::vector<int> fds_;
+};
+// Made (and its handlers installed) when the library is loaded, not at the
+// first lock(): a fork while another thread is inside the first use of a
+// function-local static would leave the child waiting for ever on the
+// static's guard, held by a thread that is not in the child.
+[[maybe_unused]] LockDescriptors& g_lock_descriptors_at_load = LockDescriptors::instance();
+
 class PosixFileLock final : public FileLock {
  public:
   explicit PosixFileLock(int fd) : fd_(fd) {}
-  ~PosixFileLock() override { ::close(fd_); }  // closing releases the flock
+  ~PosixFileLock() override {
+    // In a child of fork(), fd was closed at the fork (and its number may
+    // be another file's by now).
+    if (!born_.inherited()) LockDescriptors::instance().close(fd_);  // closing releases the flock
+  }
 
  private:
   int fd_;
+  detail::ProcessBound born_;
 };
 
 // The size of the open file fd, which must be a regular file; otherwise the
@@ -285,6 +344,8 @@ class PosixFileSystem final : public FileSystem {
   }
 
   std::unique_ptr<FileLock> lock(const fs::path& p) override {
+    LockDescriptors& held = LockDescriptors::instance();
+    const std::unique_lock hold = held.hold_for_one_more();
     FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644); }));
     if (fd.get() < 0) throw PersistError::io(p, "open lock file", errno);
     // flock locks belong to the open file description: a second open of the
@@ -297,7 +358,7 @@ class PosixFileSystem final : public FileSystem {
     }
     // (A failure to allocate the lock object closes fd: the flock goes with it.)
     auto lock = std::make_unique<PosixFileLock>(fd.get());
-    fd.release();
+    held.record(fd.release());
     return lock;
   }
 

@@ -247,6 +247,7 @@ fs::path object_path(const RadosSnapshotStore& store, const std::string& object)
 
 std::shared_ptr<ChangeNotifier> notifier_of(RadosSnapshotStore& store, const std::string& name) {
   RadosSnapshotStore::Impl& s = store.impl();
+  s.check_process("a notification");
   std::lock_guard lock(s.mu);
   std::shared_ptr<ChangeNotifier>& n = s.notifiers[name];
   if (!n) {
@@ -255,7 +256,10 @@ std::shared_ptr<ChangeNotifier> notifier_of(RadosSnapshotStore& store, const std
   return n;
 }
 
-StoreHandles handles_of(RadosSnapshotStore& store) { return {store.impl().cluster, store.impl().io}; }
+StoreHandles handles_of(RadosSnapshotStore& store) {
+  store.impl().check_process("a RADOS operation");
+  return {store.impl().cluster, store.impl().io};
+}
 
 void attach_fence(RadosSnapshotStore& store, const std::string& name, std::shared_ptr<Fence> fence) {
   std::lock_guard lock(store.impl().mu);
@@ -270,7 +274,11 @@ void detach_fence(RadosSnapshotStore& store, const std::string& name, const Fenc
 }
 
 }  // namespace rados_detail
-RadosSnapshotStore::~RadosSnapshotStore() = default;
+RadosSnapshotStore::~RadosSnapshotStore() {
+  // In a child of fork() the client is the parent's: abandoned, not shut
+  // down (its threads are not here; detail/process_bound.hpp).
+  if (impl_ && impl_->born.inherited()) (void)impl_.release();
+}
 
 std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation& location,
                                                              const RadosOptions& options) {
@@ -378,6 +386,7 @@ std::optional<HeadRecord> read_head_record(RadosSnapshotStore::Impl& s, const st
 }  // namespace
 
 std::optional<RadosHead> RadosSnapshotStore::head(std::string_view name) {
+  impl_->check_process("reading a head");
   check_name(name);
   auto rec = read_head_record(*impl_, std::string(name));
   if (!rec) return std::nullopt;
@@ -450,13 +459,18 @@ void RadosSnapshotStore::Impl::run_collector() {
 }
 
 std::size_t RadosSnapshotStore::collect_garbage(std::string_view name) {
+  impl_->check_process("a garbage collection");
   check_name(name);
   return collect(*impl_, std::string(name));
 }
 
-void RadosSnapshotStore::wait_for_garbage_collection() { impl_->wait_collections(); }
+void RadosSnapshotStore::wait_for_garbage_collection() {
+  impl_->check_process("waiting for garbage collection");
+  impl_->wait_collections();
+}
 
 std::unique_ptr<WritableFile> RadosSnapshotStore::create_exclusive(const fs::path& path) {
+  impl_->check_process("a save");
   const Impl::Parsed p = impl_->parse(path);
   if (!p.temp) {
     throw PersistError::at(ErrorKind::Unsupported, path,
@@ -485,6 +499,7 @@ std::unique_ptr<WritableFile> RadosSnapshotStore::open_append(const fs::path& pa
 }
 
 std::unique_ptr<ReadableFile> RadosSnapshotStore::open_read(const fs::path& path) {
+  impl_->check_process("a read");
   const Impl::Parsed p = impl_->parse(path);
   if (p.temp) throw PersistError::at(ErrorKind::Unsupported, path, "a save in progress cannot be read");
   auto rec = read_head_record(*impl_, p.name);
@@ -499,6 +514,7 @@ std::unique_ptr<ReadableFile> RadosSnapshotStore::open_read(const fs::path& path
 }
 
 void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
+  impl_->check_process("a publish");
   const Impl::Parsed src = impl_->parse(from);
   const Impl::Parsed dst = impl_->parse(to);
   Impl::Pending p;
@@ -584,6 +600,7 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
 }
 
 void RadosSnapshotStore::remove(const fs::path& path) {
+  impl_->check_process("a removal");
   const Impl::Parsed p = impl_->parse(path);
   if (p.temp) {
     Impl::Pending e;
@@ -609,6 +626,7 @@ void RadosSnapshotStore::remove(const fs::path& path) {
 void RadosSnapshotStore::sync_dir(const fs::path&) {}
 
 bool RadosSnapshotStore::exists(const fs::path& path) {
+  impl_->check_process("a look-up");
   const Impl::Parsed p = impl_->parse(path);
   if (p.temp) {
     std::lock_guard lock(impl_->mu);

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "iqdb/persist/detail/process_bound.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados/change_notify.hpp"
 #include "rados/writer_fence.hpp"
@@ -33,6 +34,11 @@ inline constexpr const char* kScheme = "rados://";
 }  // namespace rados_detail
 
 struct RadosSnapshotStore::Impl {
+  // The process whose client this is: a child of fork() may not use it.
+  detail::ProcessBound born;
+  void check_process(std::string_view what) const {
+    if (born.inherited()) detail::throw_forked(object_path(""), what);
+  }
   rados_t cluster = nullptr;
   rados_ioctx_t io = nullptr;
   Impl() = default;

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "iqdb/persist/detail/process_bound.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados/head_record.hpp"
@@ -111,6 +112,7 @@ std::string describe(const std::vector<Locker>& lockers) {
 }  // namespace
 
 struct RadosWriterLock::State {
+  detail::ProcessBound born;  // a child of fork() does not hold its parent's lock
   RadosSnapshotStore* store = nullptr;
   StoreHandles h;
   std::string name, head, cookie, address, fenced;
@@ -130,14 +132,21 @@ struct RadosWriterLock::State {
     return rados_lock_exclusive(h.io, head.c_str(), kLockName, cookie.c_str(), "iqdb-persist writer", &tv, flags);
   }
 
+  // Renewals start every lease / 3, counted from when the last one was
+  // sent, not from when it completed: a renewal that took longer than that
+  // (a slow OSD) is followed by the next one at once, while the lease still
+  // runs, instead of a full interval later (which a renewal taking over
+  // 2/3 of the lease would push past the lease's end).
   void renew_loop() {
     const auto interval = std::chrono::duration_cast<Clock::duration>(lease) / 3;
+    auto next = Clock::now() + interval;
     std::unique_lock lk(mu);
     while (!stop) {
-      cv.wait_for(lk, interval, [&] { return stop; });
+      cv.wait_until(lk, next, [&] { return stop; });
       if (stop) break;
       lk.unlock();
       const auto sent = Clock::now();
+      next = sent + interval;
       const int r = lock(LIBRADOS_LOCK_FLAG_MUST_RENEW);
       if (r == 0) {
         if (sent.time_since_epoch().count() < fence->valid_until.load()) {
@@ -166,6 +175,12 @@ struct RadosWriterLock::State {
 RadosWriterLock::RadosWriterLock(std::unique_ptr<State> state) : s_(std::move(state)) {}
 
 RadosWriterLock::~RadosWriterLock() {
+  if (s_ && s_->born.inherited()) {
+    // A child of fork(): the lock is the parent's (releasing it would unlock
+    // the parent's cookie), and so is the renewer thread, which is not here.
+    (void)s_.release();
+    return;
+  }
   try {
     release();
   } catch (...) {
@@ -331,7 +346,7 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
 }
 
 void RadosWriterLock::release() {
-  if (s_->released) return;
+  if (s_->released || s_->born.inherited()) return;
   s_->released = true;
   s_->stop_renewing();
   detach_fence(*s_->store, s_->name, s_->fence.get());
@@ -357,8 +372,11 @@ std::uint64_t RadosWriterLock::epoch() const noexcept { return s_->fence->epoch;
 const std::string& RadosWriterLock::address() const noexcept { return s_->address; }
 const std::string& RadosWriterLock::fenced_writer() const noexcept { return s_->fenced; }
 bool RadosWriterLock::held() const noexcept {
-  return !s_->fence->lost.load() && Clock::now().time_since_epoch().count() < s_->fence->valid_until.load();
+  return !s_->born.inherited() && !s_->fence->lost.load() && Clock::now().time_since_epoch().count() < s_->fence->valid_until.load();
 }
-void RadosWriterLock::check() const { s_->fence->enforce(s_->where); }
+void RadosWriterLock::check() const {
+  if (s_->born.inherited()) detail::throw_forked(s_->where, "writing under the lock");
+  s_->fence->enforce(s_->where);
+}
 
 }  // namespace iqdb::persist

@@ -28,6 +28,7 @@ std::string_view to_string(ErrorKind kind) noexcept {
     case ErrorKind::Poisoned: return "poisoned";
     case ErrorKind::WouldLoseWrites: return "would_lose_writes";
     case ErrorKind::Fenced: return "fenced";
+    case ErrorKind::Forked: return "forked";
   }
   return "unknown";
 }

@@ -66,6 +66,9 @@ void WalEngine::Impl::stop_checkpointer() {
 }
 
 std::optional<std::string> WalEngine::Impl::checkpoint_failure() const {
+  // In a child of fork() no checkpointer runs (and the parent's may have
+  // been writing auto_failure_, under mu_, at the fork).
+  if (inherited()) return std::nullopt;
   std::lock_guard lk(mu_);
   return auto_failure_;
 }

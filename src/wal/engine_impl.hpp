@@ -42,6 +42,7 @@
 #include <unordered_map>
 
 #include "iqdb/persist/detail/index_storage.hpp"
+#include "iqdb/persist/detail/process_bound.hpp"
 #include "iqdb/persist/detail/wal_engine.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
@@ -93,6 +94,9 @@ class WalEngine::Impl {
   std::optional<std::string> failure() const;
   wal::WalStats stats() const;
   std::uint64_t last_lsn() const;
+  // In a child of fork(): the engine is its parent's (process_bound.hpp).
+  bool inherited() const noexcept { return born_.inherited(); }
+  const std::filesystem::path& snapshot_path() const noexcept { return snapshot_path_; }
 
  private:
   // What the thread of a queued commit is woken for.
@@ -241,6 +245,10 @@ class WalEngine::Impl {
   // go or a sync ends, would otherwise take mu_ and queue its next commit
   // before the waiting thread wakes, again and again.
   std::unique_lock<std::mutex> lock_drained();
+  // mu_, except in a child of fork() (whose accessors read without it: its
+  // holder may have been a thread of the parent, and in the child no thread
+  // changes what it guards, as every write is refused).
+  std::unique_lock<std::mutex> lock_unless_inherited() const;
   // flusher.cpp
   void start_flusher();
   void stop_flusher();
@@ -248,6 +256,7 @@ class WalEngine::Impl {
   void stop_checkpointer();
   void note_log_full();  // (mu_ held) the log reached auto_at_
 
+  ProcessBound born_;
   std::shared_ptr<IndexStorage> storage_;
   FileSystem& fs_;  // the snapshot's
   FsyncPolicy policy_;

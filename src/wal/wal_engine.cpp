@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "iqdb/persist/detail/process_bound.hpp"
 #include "util/first_error.hpp"
 #include "wal/engine_impl.hpp"
 
@@ -28,18 +29,24 @@ void WalEngine::Impl::close() {
   first.rethrow();
 }
 
+std::unique_lock<std::mutex> WalEngine::Impl::lock_unless_inherited() const {
+  if (inherited()) return std::unique_lock<std::mutex>(mu_, std::defer_lock);
+  return std::unique_lock<std::mutex>(mu_);
+}
+
 std::optional<std::string> WalEngine::Impl::failure() const {
+  if (inherited()) return forked_reason("writing");
   std::lock_guard lk(mu_);
   return poisoned_;
 }
 
 wal::WalStats WalEngine::Impl::stats() const {
-  std::lock_guard lk(mu_);
+  const auto lk = lock_unless_inherited();
   return stats_;
 }
 
 std::uint64_t WalEngine::Impl::last_lsn() const {
-  std::lock_guard lk(mu_);
+  const auto lk = lock_unless_inherited();
   return next_lsn_ - 1;
 }
 
@@ -47,6 +54,13 @@ WalEngine::WalEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 WalEngine::~WalEngine() {
   if (!impl_) return;
+  if (impl_->inherited()) {
+    // A child of fork(): the engine is its parent's. Abandoned, not
+    // destroyed (detail/process_bound.hpp): its threads are not here, and
+    // nothing of the parent's log or lock may be touched.
+    (void)impl_.release();
+    return;
+  }
   try {
     impl_->close();
   } catch (...) {
@@ -69,15 +83,26 @@ std::unique_ptr<WalEngine> WalEngine::open(const PersistConfig& cfg, const std::
 }
 
 void WalEngine::commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
+  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "a mutation");
   impl_->commit(ops, validate, apply);
 }
-void WalEngine::checkpoint(const WriteSnapshot& write_snapshot) { impl_->checkpoint(write_snapshot); }
+void WalEngine::checkpoint(const WriteSnapshot& write_snapshot) {
+  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "a checkpoint or save");
+  impl_->checkpoint(write_snapshot);
+}
 void WalEngine::start_auto_checkpoint(std::uint64_t log_bytes, WriteSnapshot write_snapshot) {
+  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "automatic checkpoints");
   impl_->start_checkpointer(log_bytes, std::move(write_snapshot));
 }
 std::optional<std::string> WalEngine::auto_checkpoint_failure() const { return impl_->checkpoint_failure(); }
-void WalEngine::sync() { impl_->sync(); }
-void WalEngine::close() { impl_->close(); }
+void WalEngine::sync() {
+  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "sync()");
+  impl_->sync();
+}
+void WalEngine::close() {
+  if (impl_->inherited()) return;  // the parent's to close; nothing of it is released here
+  impl_->close();
+}
 std::uint64_t WalEngine::last_lsn() const { return impl_->last_lsn(); }
 std::optional<std::string> WalEngine::failure() const { return impl_->failure(); }
 wal::WalStats WalEngine::stats() const { return impl_->stats(); }

@@ -10,6 +10,8 @@
 // or paused are other processes (this binary, --child), each with its own
 // RADOS client, standing in for other machines.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -850,6 +852,68 @@ TEST_F(RadosWal, TimeoutPoisonsAndReopenResolves) {
   EXPECT_TRUE(equals(loaded.index(), has_unknown ? with : m));
   loaded.insert(23, vector_of(23));
   loaded.close();
+}
+
+// ------------------------------------------------------------ fork()
+
+// A child of fork() inherits the writer, its lock and its RADOS client but
+// none of their threads (docs/API.md, "fork()"). Through them it reads the
+// index as it was; every write, sync, checkpoint and load through the
+// inherited client is refused with Forked (before, a load there waited on
+// librados threads that are not in the child); dropping them neither waits
+// nor releases the parent's lock. A client of its own works. The parent
+// keeps the lock and loses nothing.
+TEST_F(RadosWal, AForkedChildNeverUsesTheParentsClient) {
+  const PersistConfig cfg = config_for(name_);
+  Model m;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+  for (std::uint64_t id = 1; id <= 5; ++id) {
+    db.insert(id, vector_of(id));
+    m[id] = vector_of(id);
+  }
+  const auto forked = [](auto&& f) {
+    const auto e = error_of(f);
+    return e && e->kind() == ErrorKind::Forked;
+  };
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::alarm(60);  // a hang fails the test (SIGALRM)
+    int code = 0;
+    int n = 0;
+    const auto check = [&](bool ok) {
+      ++n;
+      if (!ok && code == 0) code = n;
+    };
+    try {
+      check(equals(db.index(), m));
+      check(forked([&] { db.insert(std::uint64_t{100}, vector_of(100)); }));
+      check(forked([&] { db.sync(); }));
+      check(forked([&] { db.checkpoint(); }));
+      check(forked([&] { PersistedIndex<FlatIndex>::load(read_only(cfg)); }));
+      check(db.failure().has_value());
+      { auto gone = std::move(db); }  // neither waits nor unlocks
+      // A client of the child's own.
+      check(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
+    } catch (...) {
+      code = 90;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child was ended by signal " << WTERMSIG(status) << " (14: it hung)";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the number of the child's first failed check";
+
+  // The lock is still the parent's: another writer is refused, the parent writes.
+  const auto other = error_of([&] { PersistedIndex<FlatIndex>::load(config_for(name_)); });
+  EXPECT_TRUE(other && other->kind() == ErrorKind::Locked) << (other ? other->what() : "opened");
+  for (std::uint64_t id = 6; id <= 10; ++id) {
+    db.insert(id, vector_of(id));
+    m[id] = vector_of(id);
+  }
+  db.close();
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
 }
 
 // ------------------------------------------------------------ read replicas

@@ -40,6 +40,8 @@ enum class ErrorKind {
                        // the files hold and the index lacks (log records, a newer snapshot);
                        // what() names the file and the LSNs (PersistConfig::discard_log)
   Fenced,              // a newer writer took over; this writer can never write again
+  Forked,              // the index or client was opened by the parent of this process (fork()):
+                       // a child reads through it but never writes, syncs or reaches the storage
 };
 
 // The stable lower-case name of a kind, e.g. "checksum_mismatch".

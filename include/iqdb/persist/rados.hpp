@@ -116,6 +116,9 @@ struct RadosHead {
 // lock is RadosWriterLock, below); sync_dir does nothing (a
 // completed RADOS write is on every replica). While a RadosWriterLock taken
 // through this store holds NAME, publishes of NAME carry its fencing check.
+// In a child of fork() the client is the parent's: every call that would
+// reach the cluster throws PersistError(Forked), and the destructor
+// abandons the client instead of shutting it down (docs/API.md, "fork()").
 class RadosSnapshotStore final : public FileSystem {
  public:
   // Connects (bounded by options.connect_timeout) and opens location.pool.
@@ -199,6 +202,8 @@ struct RadosLockOptions {
 // in the same RADOS operation). A writer that lost the lock (a newer writer
 // took over after its lease ran out) gets PersistError(Fenced) from then on
 // and nothing it publishes becomes visible. The store must outlive the lock.
+// In a child of fork() the lock is the parent's: held() is false, check()
+// throws Forked, release() and the destructor do nothing.
 class RadosWriterLock {
  public:
   // Throws PersistError(Locked) when another writer holds the lock (or

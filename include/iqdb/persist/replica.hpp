@@ -24,11 +24,13 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 
 #include "iqdb/persist/detail/exception_text.hpp"
 #include "iqdb/persist/detail/log_follower.hpp"
+#include "iqdb/persist/detail/process_bound.hpp"
 #include "iqdb/persist/detail/read_scope.hpp"
 #include "iqdb/persist/persisted_index.hpp"
 
@@ -84,7 +86,11 @@ struct FollowOptions {
 // follower (a batch becomes visible whole); catch_up(), lag(), last_lsn()
 // and stats() may be called from any thread. promote(), moving and
 // destroying need every other call to have returned. index() is
-// unsynchronised.
+// unsynchronised. In a child of fork(), read(), index(), last_lsn() and
+// config() serve the index as it was at the fork; catch_up(),
+// start_following(), lag(), stats() and promote() throw Forked (stop the
+// background follower before forking: a child may otherwise inherit its
+// lock held; docs/API.md, "fork()").
 template <Persistable I>
 class ReadReplica {
  public:
@@ -99,8 +105,16 @@ class ReadReplica {
   }
 
   ReadReplica(ReadReplica&&) noexcept = default;
-  ReadReplica& operator=(ReadReplica&&) noexcept = default;
-  ~ReadReplica() = default;  // stops the background follower
+  ReadReplica& operator=(ReadReplica&& o) noexcept {
+    if (this != &o) {
+      abandon_if_inherited();
+      s_ = std::move(o.s_);
+    }
+    return *this;
+  }
+  // Stops the background follower. In a child of fork(), abandons the
+  // replica instead (detail/process_bound.hpp).
+  ~ReadReplica() { abandon_if_inherited(); }
 
   // Apply the records the writer logged since the last catch-up, following
   // checkpoints; loads anew when the records it needs are gone. Returns the
@@ -109,6 +123,7 @@ class ReadReplica {
   // can be repeated.
   std::uint64_t catch_up() {
     detail::ReadScope::refuse(s_.get(), "catch_up()");
+    s_->refuse_if_inherited("catch_up()");
     return s_->catch_up();
   }
 
@@ -119,21 +134,28 @@ class ReadReplica {
   void start_following(std::chrono::milliseconds interval) {
     FollowOptions o;
     o.interval = interval;
-    s_->start(o);
+    start_following(o);
   }
-  void start_following(const FollowOptions& options = {}) { s_->start(options); }
+  void start_following(const FollowOptions& options = {}) {
+    s_->refuse_if_inherited("start_following()");
+    s_->start(options);
+  }
+  // (In a child of fork() nothing follows: a no-op.)
   void stop_following() {
     detail::ReadScope::refuse(s_.get(), "stop_following()");
-    s_->stop();
+    if (!s_->born.inherited()) s_->stop();
   }
   // Whether the background follower is woken by the writer now (its last
   // round found a watch standing); false when it polls only.
   bool watching() const {
+    if (s_->born.inherited()) return false;
     std::lock_guard lk(s_->bg_mu);
     return s_->watching;
   }
   // The last background catch-up's error; nullopt after one succeeded.
+  // In a child of fork(): why catch-ups are refused there.
   std::optional<std::string> failure() const {
+    if (s_->born.inherited()) return detail::forked_reason("following");
     std::lock_guard lk(s_->bg_mu);
     return s_->failure;
   }
@@ -141,6 +163,7 @@ class ReadReplica {
   // How far behind the writer: reads the log's end (applies nothing).
   ReplicaLag lag() {
     detail::ReadScope::refuse(s_.get(), "lag()");
+    s_->refuse_if_inherited("lag()");
     std::lock_guard lk(s_->poll_mu);
     ReplicaLag out;
     out.applied_lsn = s_->follower->last_lsn();
@@ -156,6 +179,7 @@ class ReadReplica {
   std::uint64_t last_lsn() const { return s_->applied.load(std::memory_order_acquire); }
   ReplicaStats stats() const {
     detail::ReadScope::refuse(s_.get(), "stats()");
+    s_->refuse_if_inherited("stats()");
     ReplicaStats out;
     {
       std::lock_guard lk(s_->poll_mu);
@@ -201,6 +225,7 @@ class ReadReplica {
   // again), and after a later failure it is gone (open it anew).
   PersistedIndex<I> promote() && {
     detail::ReadScope::refuse(s_.get(), "promote()");
+    s_->refuse_if_inherited("promote()");
     s_->stop();
     std::unique_ptr<State> s = std::move(s_);
     std::lock_guard lk(s->poll_mu);
@@ -238,6 +263,12 @@ class ReadReplica {
     State(const State&) = delete;
     State& operator=(const State&) = delete;
     ~State() { stop(); }
+
+    // A replica inherited from the parent of this process (fork()) keeps
+    // serving reads of its index; its follower is its parent's.
+    void refuse_if_inherited(std::string_view what) const {
+      if (born.inherited()) detail::throw_forked(config.path, what);
+    }
 
     // Load (first, or anew) into a fresh index, then take it.
     void load() {
@@ -376,6 +407,7 @@ class ReadReplica {
       to.breaks += c.breaks;
     }
 
+    detail::ProcessBound born;
     PersistConfig config;
     mutable detail::RwLock mu;  // guards index against read() during catch-ups
     std::optional<I> index;
@@ -396,6 +428,10 @@ class ReadReplica {
   };
 
   explicit ReadReplica(std::unique_ptr<State> s) : s_(std::move(s)) {}
+
+  void abandon_if_inherited() noexcept {
+    if (s_ && s_->born.inherited()) (void)s_.release();
+  }
 
   std::unique_ptr<State> s_;
 };
