@@ -46,6 +46,8 @@ from ._errors import (  # noqa: F401  (re-exported)
     WouldLoseWritesError,
 )
 
+from . import _pickling  # noqa: F401,E402  (FsyncPolicy, Compression, PersistConfig become picklable)
+
 __version__ = _native.__version__
 
 Metric = _native.Metric

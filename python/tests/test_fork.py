@@ -1,4 +1,4 @@
-"""A child of os.fork() and the index it inherits (docs/PYTHON.md, "fork").
+"""A child of os.fork() and the index it inherits (docs/PYTHON.md, "fork, multiprocessing").
 
 The child reads the inherited index (search, len, in) as it was at the
 fork; every insert, erase, batch, sync, save and checkpoint through it

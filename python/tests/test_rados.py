@@ -15,6 +15,7 @@ operation on stdout.
 
 import itertools
 import os
+import pickle
 import random
 import select
 import signal
@@ -166,6 +167,14 @@ def test_without_the_wal_save_and_load_under_each_compression(url, compression):
     if iq.HAVE_HNSWLIB:
         with pytest.raises(iq.InvalidIndexTypeError):
             iq.load(cfg, index_type=iq.HnswlibIndex)
+
+
+def test_a_rados_config_refuses_to_be_pickled(url):
+    # It holds a connected client; a worker makes its own from the path and keywords.
+    c = config(url, wal_enabled=True)
+    with pytest.raises(TypeError, match="holds a connected RADOS client"):
+        pickle.dumps(c)
+    assert pickle.loads(pickle.dumps(c.fsync_policy)) == c.fsync_policy
 
 
 def test_nothing_published_is_a_typed_error_naming_the_location(url):
