@@ -239,7 +239,10 @@ TEST(Replica, TheFollowerKeepsANonStandardExceptionAsItsFailure) {
   auto r = ReadReplica<test::FailOnce>::open(cfg);
   test::FailOnce::throw_int = true;
   test::FailOnce::fail_id = 12;
-  r.start_following(1ms);
+  // failure() holds the error until the next round succeeds: rounds 1 s
+  // apart leave the loop below a second to see it (1 ms apart, a loaded
+  // machine descheduled the loop for the whole window once, under ctest -j2).
+  r.start_following(1s);
   w.insert(12);
   w.db.sync();
   const auto until = std::chrono::steady_clock::now() + 20s;

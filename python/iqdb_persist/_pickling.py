@@ -41,13 +41,30 @@ def _persist_config(path: str, keywords: dict):
     return _native.PersistConfig(path, **keywords)
 
 
+def _exact(obj, cls):
+    # A subclass would come back as cls, without its own state: refused.
+    if type(obj) is not cls:
+        raise TypeError(f"cannot pickle a {type(obj).__name__}, a subclass of {cls.__name__}: define its own __reduce__")
+
+
 def _reduce_config(config):
+    _exact(config, _native.PersistConfig)
     if config.path.startswith("rados:"):
         raise TypeError(f"a rados:// PersistConfig ({config.path}) holds a connected RADOS client and cannot be "
                         "pickled: pass its path and keywords, and make the config in the process that uses it")
     return _persist_config, (config.path, {k: getattr(config, k) for k in _CONFIG_KEYWORDS})
 
 
-_native.FsyncPolicy.__reduce__ = lambda p: (_fsync_policy, (p.mode, p.interval_ms))
-_native.Compression.__reduce__ = lambda c: (_compression, (c.kind, c.level, c.threads))
+def _reduce_policy(policy):
+    _exact(policy, _native.FsyncPolicy)
+    return _fsync_policy, (policy.mode, policy.interval_ms)
+
+
+def _reduce_compression(compression):
+    _exact(compression, _native.Compression)
+    return _compression, (compression.kind, compression.level, compression.threads)
+
+
+_native.FsyncPolicy.__reduce__ = _reduce_policy
+_native.Compression.__reduce__ = _reduce_compression
 _native.PersistConfig.__reduce__ = _reduce_config

@@ -63,6 +63,16 @@ def test_an_unpickled_config_is_checked_as_one_made_by_hand(tmp_path):
         func(path, dict(kw, no_such_keyword=1))
 
 
+def test_a_subclass_is_refused_rather_than_pickled_as_its_base(tmp_path):
+    class Mine(iq.PersistConfig):
+        pass
+
+    mine = Mine(str(tmp_path / "m.iqdb"))
+    mine.extra = 1
+    with pytest.raises(TypeError, match="subclass of PersistConfig"):
+        pickle.dumps(mine)
+
+
 def load_and_search(config, query):
     """In a spawned worker: load the index from the config alone."""
     db = iq.load(config)

@@ -208,11 +208,12 @@ class LockDescriptors {
     }();
     return *d;
   }
-  // Held by lock() around opening and recording; room for one more
-  // descriptor is made first, so that record() cannot fail.
+  // Held by lock() around opening and recording (so a lock file on a hung
+  // mount holds up fork() meanwhile); room for one more descriptor is made
+  // first, so that record() cannot fail.
   std::unique_lock<std::mutex> hold_for_one_more() {
     std::unique_lock g(mu_);
-    fds_.reserve(fds_.size() + 1);
+    if (fds_.size() == fds_.capacity()) fds_.reserve(std::max<std::size_t>(8, 2 * fds_.size()));
     return g;
   }
   void record(int fd) noexcept { fds_.push_back(fd); }  // (hold_for_one_more() held)
