@@ -18,7 +18,6 @@
 // A hang in a child ends it with SIGALRM, so it fails the test instead of
 // stopping the suite. The same on RADOS: tests/rados/rados_wal_test.cpp.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -180,22 +179,11 @@ TEST_F(Fork, AChildNeverHoldsTheWriterLock) {
   // A child that lives on after the parent's close() does not keep the
   // index locked: the next writer opens it.
   // (The child drops its copy of the lock's descriptor as it starts, before
-  // fork() returns in it: the parent waits for that.)
-  int go[2];
-  int started[2];
-  ASSERT_EQ(::pipe(go), 0);
-  ASSERT_EQ(::pipe(started), 0);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  // fork() returns in it: HeldChild returns once the child runs.)
+  HeldChild child([] {
     ::alarm(kChildSeconds);
-    char c = 's';
-    const bool said = ::write(started[1], &c, 1) == 1;
-    const bool told = ::read(go[0], &c, 1) == 1;  // alive until the parent is done
-    ::_exit(said && told ? 0 : 1);
-  }
-  char c = 0;
-  ASSERT_EQ(::read(started[0], &c, 1), 1);
+    return std::shared_ptr<void>();
+  });
   db.close();
   std::optional<ErrorKind> reopened;
   {
@@ -206,11 +194,7 @@ TEST_F(Fork, AChildNeverHoldsTheWriterLock) {
       put(*next, model, 5);
     }
   }
-  ASSERT_EQ(::write(go[1], "x", 1), 1);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  for (const int fd : {go[0], go[1], started[0], started[1]}) ::close(fd);
+  EXPECT_EQ(child.finish(), 0);
   EXPECT_EQ(reopened, std::nullopt) << "the child kept the writer lock after the parent's close()";
   EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(cfg).index(), model), "");
 }

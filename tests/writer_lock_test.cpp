@@ -13,8 +13,6 @@
 // Every check compares with an independent model: the ids and vectors the
 // test was told were acknowledged.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <atomic>
@@ -254,26 +252,7 @@ TEST(WriterLock, AnyHolderOfTheLockKeepsSavesOutButNotReaders) {
     db.save();
   }
   // Held as a save without the WAL holds it, by another process.
-  int to_child[2];
-  int from_child[2];
-  ASSERT_EQ(::pipe(to_child), 0);
-  ASSERT_EQ(::pipe(from_child), 0);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    int code = 0;
-    try {
-      auto lock = default_file_system().lock(lock_of(path));
-      char c = 'l';
-      if (::write(from_child[1], &c, 1) != 1) code = 2;
-      if (::read(to_child[0], &c, 1) != 1) code = 3;  // hold it until told
-    } catch (...) {
-      code = 1;
-    }
-    ::_exit(code);
-  }
-  char c = 0;
-  ASSERT_EQ(::read(from_child[0], &c, 1), 1);
+  HeldChild holder([&] { return std::shared_ptr<void>(default_file_system().lock(lock_of(path))); });
 
   auto db = PersistedIndex<FlatIndex>::load(plain(path));  // readers take no lock
   EXPECT_EQ(diff(db.index(), model), "");
@@ -286,11 +265,7 @@ TEST(WriterLock, AnyHolderOfTheLockKeepsSavesOutButNotReaders) {
             }),
             ErrorKind::Locked);
 
-  ASSERT_EQ(::write(to_child[1], "x", 1), 1);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) ::close(fd);
+  EXPECT_EQ(holder.finish(), 0);  // 98: the child could not take the lock
 
   db.save();
   auto again = PersistedIndex<FlatIndex>::load(plain(path));

@@ -226,7 +226,7 @@ class LockDescriptors {
   }
 
  private:
-  static void prepare() noexcept { instance().mu_.lock(); }  // no add() or close() runs across the fork
+  static void prepare() noexcept { instance().mu_.lock(); }  // no lock() or close() runs across the fork
   static void parent() noexcept { instance().mu_.unlock(); }
   static void child() noexcept {
     LockDescriptors& d = instance();

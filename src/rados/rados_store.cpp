@@ -247,7 +247,7 @@ fs::path object_path(const RadosSnapshotStore& store, const std::string& object)
 
 std::shared_ptr<ChangeNotifier> notifier_of(RadosSnapshotStore& store, const std::string& name) {
   RadosSnapshotStore::Impl& s = store.impl();
-  s.check_process("a notification");
+  s.refuse_if_inherited("a notification");
   std::lock_guard lock(s.mu);
   std::shared_ptr<ChangeNotifier>& n = s.notifiers[name];
   if (!n) {
@@ -257,7 +257,7 @@ std::shared_ptr<ChangeNotifier> notifier_of(RadosSnapshotStore& store, const std
 }
 
 StoreHandles handles_of(RadosSnapshotStore& store) {
-  store.impl().check_process("a RADOS operation");
+  store.impl().refuse_if_inherited("a RADOS operation");
   return {store.impl().cluster, store.impl().io};
 }
 
@@ -386,7 +386,7 @@ std::optional<HeadRecord> read_head_record(RadosSnapshotStore::Impl& s, const st
 }  // namespace
 
 std::optional<RadosHead> RadosSnapshotStore::head(std::string_view name) {
-  impl_->check_process("reading a head");
+  impl_->refuse_if_inherited("reading a head");
   check_name(name);
   auto rec = read_head_record(*impl_, std::string(name));
   if (!rec) return std::nullopt;
@@ -459,18 +459,18 @@ void RadosSnapshotStore::Impl::run_collector() {
 }
 
 std::size_t RadosSnapshotStore::collect_garbage(std::string_view name) {
-  impl_->check_process("a garbage collection");
+  impl_->refuse_if_inherited("a garbage collection");
   check_name(name);
   return collect(*impl_, std::string(name));
 }
 
 void RadosSnapshotStore::wait_for_garbage_collection() {
-  impl_->check_process("waiting for garbage collection");
+  impl_->refuse_if_inherited("waiting for garbage collection");
   impl_->wait_collections();
 }
 
 std::unique_ptr<WritableFile> RadosSnapshotStore::create_exclusive(const fs::path& path) {
-  impl_->check_process("a save");
+  impl_->refuse_if_inherited("a save");
   const Impl::Parsed p = impl_->parse(path);
   if (!p.temp) {
     throw PersistError::at(ErrorKind::Unsupported, path,
@@ -499,7 +499,7 @@ std::unique_ptr<WritableFile> RadosSnapshotStore::open_append(const fs::path& pa
 }
 
 std::unique_ptr<ReadableFile> RadosSnapshotStore::open_read(const fs::path& path) {
-  impl_->check_process("a read");
+  impl_->refuse_if_inherited("a read");
   const Impl::Parsed p = impl_->parse(path);
   if (p.temp) throw PersistError::at(ErrorKind::Unsupported, path, "a save in progress cannot be read");
   auto rec = read_head_record(*impl_, p.name);
@@ -514,7 +514,7 @@ std::unique_ptr<ReadableFile> RadosSnapshotStore::open_read(const fs::path& path
 }
 
 void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
-  impl_->check_process("a publish");
+  impl_->refuse_if_inherited("a publish");
   const Impl::Parsed src = impl_->parse(from);
   const Impl::Parsed dst = impl_->parse(to);
   Impl::Pending p;
@@ -600,7 +600,7 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
 }
 
 void RadosSnapshotStore::remove(const fs::path& path) {
-  impl_->check_process("a removal");
+  impl_->refuse_if_inherited("a removal");
   const Impl::Parsed p = impl_->parse(path);
   if (p.temp) {
     Impl::Pending e;
@@ -626,7 +626,7 @@ void RadosSnapshotStore::remove(const fs::path& path) {
 void RadosSnapshotStore::sync_dir(const fs::path&) {}
 
 bool RadosSnapshotStore::exists(const fs::path& path) {
-  impl_->check_process("a look-up");
+  impl_->refuse_if_inherited("a look-up");
   const Impl::Parsed p = impl_->parse(path);
   if (p.temp) {
     std::lock_guard lock(impl_->mu);

@@ -36,9 +36,7 @@ inline constexpr const char* kScheme = "rados://";
 struct RadosSnapshotStore::Impl {
   // The process whose client this is: a child of fork() may not use it.
   detail::ProcessBound born;
-  void check_process(std::string_view what) const {
-    if (born.inherited()) detail::throw_forked(object_path(""), what);
-  }
+  void refuse_if_inherited(std::string_view what) const { born.refuse_if_inherited(object_path(""), what); }
   rados_t cluster = nullptr;
   rados_ioctx_t io = nullptr;
   Impl() = default;

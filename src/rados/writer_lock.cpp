@@ -372,10 +372,11 @@ std::uint64_t RadosWriterLock::epoch() const noexcept { return s_->fence->epoch;
 const std::string& RadosWriterLock::address() const noexcept { return s_->address; }
 const std::string& RadosWriterLock::fenced_writer() const noexcept { return s_->fenced; }
 bool RadosWriterLock::held() const noexcept {
-  return !s_->born.inherited() && !s_->fence->lost.load() && Clock::now().time_since_epoch().count() < s_->fence->valid_until.load();
+  return !s_->born.inherited() && !s_->fence->lost.load() &&
+         Clock::now().time_since_epoch().count() < s_->fence->valid_until.load();
 }
 void RadosWriterLock::check() const {
-  if (s_->born.inherited()) detail::throw_forked(s_->where, "writing under the lock");
+  s_->born.refuse_if_inherited(s_->where, "writing under the lock");
   s_->fence->enforce(s_->where);
 }
 

@@ -96,7 +96,7 @@ class WalEngine::Impl {
   std::uint64_t last_lsn() const;
   // In a child of fork(): the engine is its parent's (process_bound.hpp).
   bool inherited() const noexcept { return born_.inherited(); }
-  const std::filesystem::path& snapshot_path() const noexcept { return snapshot_path_; }
+  void refuse_if_inherited(std::string_view what) const { born_.refuse_if_inherited(snapshot_path_, what); }
 
  private:
   // What the thread of a queued commit is woken for.

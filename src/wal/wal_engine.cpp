@@ -83,20 +83,20 @@ std::unique_ptr<WalEngine> WalEngine::open(const PersistConfig& cfg, const std::
 }
 
 void WalEngine::commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
-  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "a mutation");
+  impl_->refuse_if_inherited("a mutation");
   impl_->commit(ops, validate, apply);
 }
 void WalEngine::checkpoint(const WriteSnapshot& write_snapshot) {
-  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "a checkpoint or save");
+  impl_->refuse_if_inherited("a checkpoint or save");
   impl_->checkpoint(write_snapshot);
 }
 void WalEngine::start_auto_checkpoint(std::uint64_t log_bytes, WriteSnapshot write_snapshot) {
-  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "automatic checkpoints");
+  impl_->refuse_if_inherited("automatic checkpoints");
   impl_->start_checkpointer(log_bytes, std::move(write_snapshot));
 }
 std::optional<std::string> WalEngine::auto_checkpoint_failure() const { return impl_->checkpoint_failure(); }
 void WalEngine::sync() {
-  if (impl_->inherited()) throw_forked(impl_->snapshot_path(), "sync()");
+  impl_->refuse_if_inherited("sync()");
   impl_->sync();
 }
 void WalEngine::close() {

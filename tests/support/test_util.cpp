@@ -104,6 +104,41 @@ static T get_le(const std::vector<std::byte>& b, std::size_t at) {
 std::uint32_t get_u32(const std::vector<std::byte>& b, std::size_t at) { return get_le<std::uint32_t>(b, at); }
 std::uint64_t get_u64(const std::vector<std::byte>& b, std::size_t at) { return get_le<std::uint64_t>(b, at); }
 
+HeldChild::HeldChild(const std::function<std::shared_ptr<void>()>& setup) {
+  if (::pipe(go_) != 0 || ::pipe(started_) != 0) throw std::runtime_error("pipe failed");
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    int code = 0;
+    std::shared_ptr<void> held;
+    try {
+      held = setup();
+    } catch (...) {
+      code = 98;
+    }
+    char c = 's';
+    if (::write(started_[1], &c, 1) != 1) code = 1;
+    if (code == 0 && ::read(go_[0], &c, 1) != 1) code = 1;  // hold until told
+    ::_exit(code);
+  }
+  char c = 0;
+  if (::read(started_[0], &c, 1) != 1) throw std::runtime_error("the held child never started");
+}
+
+HeldChild::~HeldChild() {
+  if (pid_ > 0) (void)finish();
+}
+
+int HeldChild::finish() {
+  (void)::write(go_[1], "x", 1);
+  int status = 0;
+  const bool reaped = ::waitpid(pid_, &status, 0) == pid_;
+  pid_ = -1;
+  for (const int fd : {go_[0], go_[1], started_[0], started_[1]}) ::close(fd);
+  if (!reaped) throw std::runtime_error("waitpid failed");
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 int in_child(const std::function<int()>& child) {
   const pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");

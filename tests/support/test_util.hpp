@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -81,5 +82,25 @@ std::optional<ErrorKind> error_of(F&& f) {
 // Runs `child` in a forked process and returns its exit code (98 when it
 // threw, 128 + the signal when a signal ended it).
 int in_child(const std::function<int()>& child);
+
+// Another process that holds something while the test goes on: a forked
+// child runs setup(), keeps what it returns (a lock, say), tells the parent,
+// and stays until finish(). The constructor returns once the child has run
+// setup() (or failed to).
+class HeldChild {
+ public:
+  explicit HeldChild(const std::function<std::shared_ptr<void>()>& setup);
+  ~HeldChild();  // finish(), if not called yet
+  HeldChild(const HeldChild&) = delete;
+  HeldChild& operator=(const HeldChild&) = delete;
+  // Lets the child exit; its exit code: 0, 98 when setup() threw, 1 when
+  // the pipes failed, 128 + the signal when a signal ended it.
+  int finish();
+
+ private:
+  int pid_ = -1;
+  int go_[2] = {-1, -1};       // parent -> child: exit now
+  int started_[2] = {-1, -1};  // child -> parent: setup ran
+};
 
 }  // namespace iqdb::persist::test

@@ -266,9 +266,7 @@ class ReadReplica {
 
     // A replica inherited from the parent of this process (fork()) keeps
     // serving reads of its index; its follower is its parent's.
-    void refuse_if_inherited(std::string_view what) const {
-      if (born.inherited()) detail::throw_forked(config.path, what);
-    }
+    void refuse_if_inherited(std::string_view what) const { born.refuse_if_inherited(config.path, what); }
 
     // Load (first, or anew) into a fresh index, then take it.
     void load() {

@@ -21,23 +21,27 @@
 namespace iqdb::persist::detail {
 
 // 0 in a process that is not a child of fork(); one more in each child (a
-// pthread_atfork handler, installed by the first call).
+// pthread_atfork handler, installed when the library is loaded).
 std::uint64_t fork_generation() noexcept;
-
-class ProcessBound {
- public:
-  ProcessBound() noexcept : born_(fork_generation()) {}
-  // True in a child of fork() of the process that made the object.
-  bool inherited() const noexcept { return fork_generation() != born_; }
-
- private:
-  std::uint64_t born_;
-};
 
 // Throws PersistError(Forked) for `what` (a call, e.g. "a mutation") of an
 // object opened at `path` by a parent process.
 [[noreturn]] void throw_forked(const std::filesystem::path& path, std::string_view what);
 // The text of that error (failure() of an inherited writer).
 std::string forked_reason(std::string_view what);
+
+class ProcessBound {
+ public:
+  ProcessBound() noexcept : born_(fork_generation()) {}
+  // True in a child of fork() of the process that made the object.
+  bool inherited() const noexcept { return fork_generation() != born_; }
+  // throw_forked(path, what) when inherited().
+  void refuse_if_inherited(const std::filesystem::path& path, std::string_view what) const {
+    if (inherited()) throw_forked(path, what);
+  }
+
+ private:
+  std::uint64_t born_;
+};
 
 }  // namespace iqdb::persist::detail
