@@ -1,7 +1,5 @@
 // The one audited function that replaces a file atomically.
-#include <cstdio>
-#include <string>
-
+#include "fs/temp_name.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 
@@ -10,13 +8,8 @@ namespace iqdb::persist {
 void replace_file_atomically(FileSystem& fs, const std::filesystem::path& target, bool durable,
                              const std::function<void(WritableFile&)>& fill) {
   const std::filesystem::path dir = target.parent_path();
-  char suffix[32];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%016llx", static_cast<unsigned long long>(fs.random_u64()));
   // Hidden, in the same directory (rename must not cross file systems).
-  std::string name = ".";
-  name += target.filename().string();
-  name += suffix;
-  const std::filesystem::path temp = dir / name;
+  const std::filesystem::path temp = dir / detail::temp_name(target.filename().string(), fs.random_u64());
 
   std::unique_ptr<WritableFile> file = fs.create_exclusive(temp);
   try {

@@ -8,8 +8,8 @@
 #include <cerrno>
 #include <optional>
 #include <string>
-#include <string_view>
 
+#include "fs/temp_name.hpp"
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
 #include "wal/log_format.hpp"
@@ -68,17 +68,9 @@ class LocalIndexStorage final : public IndexStorage {
     lock_path += ".lock";
     std::unique_ptr<FileLock> lock = fs_.lock(lock_path);
     const std::string name = snapshot_.filename().string();
-    const std::string snap_prefix = "." + name + ".tmp-";
-    const std::string log_prefix = "." + name + ".wal.tmp-";
-    // Exactly a prefix and the 16 hex digits of replace_file_atomically's
-    // names: a longer name may be another index's (".a.tmp-x.iqdb.tmp-..."
-    // starts with a's prefix), whose writer holds its own lock.
-    const auto ours = [](std::string_view entry, std::string_view prefix) {
-      if (!entry.starts_with(prefix) || entry.size() != prefix.size() + 16) return false;
-      return entry.substr(prefix.size()).find_first_not_of("0123456789abcdef") == std::string_view::npos;
-    };
+    const std::string log_name = log_.filename().string();
     for (const std::string& entry : fs_.list_dir(dir())) {
-      if (ours(entry, snap_prefix) || ours(entry, log_prefix)) fs_.remove(dir() / entry);
+      if (detail::is_temp_name(entry, name) || detail::is_temp_name(entry, log_name)) fs_.remove(dir() / entry);
     }
     return lock;
   }
