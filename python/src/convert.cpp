@@ -236,11 +236,15 @@ Ids ids_from_array(const py::array& a, std::size_t n) {
     return ids;
   }
   if (kind == 'i') {
+    // Copied, then checked: the copy is what the batch holds (a thread that
+    // released the GIL may be writing into the array meanwhile).
     const auto s = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-    for (std::size_t i = 0; i < n; ++i) {
-      if (s.data()[i] < 0) value_error("ids must be non-negative (ids[" + std::to_string(i) + "] is negative)");
-    }
     ids.copied.assign(s.data(), s.data() + n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (static_cast<std::int64_t>(ids.copied[i]) < 0) {
+        value_error("ids must be non-negative (ids[" + std::to_string(i) + "] is negative)");
+      }
+    }
   } else {
     const auto u = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(a);
     ids.copied.assign(u.data(), u.data() + n);
