@@ -21,6 +21,9 @@ void validate_config(const PersistConfig& cfg) {
     throw PersistError::argument("PersistConfig.path '" + cfg.path.string() + "' names a directory, not a file");
   }
   codec::check_compression(cfg.compression);
+  if (cfg.limits.max_payload_bytes == 0 || cfg.limits.max_expansion_ratio == 0) {
+    throw PersistError::argument("PersistConfig.limits: max_payload_bytes and max_expansion_ratio must be at least 1");
+  }
   if (cfg.fsync_policy.mode() == FsyncPolicy::Mode::Periodic && cfg.fsync_policy.interval().count() <= 0) {
     throw PersistError::argument("FsyncPolicy::periodic needs a positive interval");
   }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -14,6 +15,7 @@
 #include "iqdb-persist/cli.hpp"
 #include "support/cli_runner.hpp"
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -77,6 +79,7 @@ TEST(CliWal, DumpJsonLinesMatchTheMutations) {
                             {"frames", 3},
                             {"valid_bytes", 40 + f1 + f2 + f3},
                             {"torn_tail_bytes", 0},
+                            {"unsynced_frames_dropped", 0},
                             {"corrupt_offset", nullptr}}));
 }
 
@@ -126,6 +129,36 @@ TEST(CliWal, RepairIsADryRunWithoutYesThenCutsTheTornTail) {
   EXPECT_EQ(after["records"], 2);  // the batch frame (2 records) was the torn one
   EXPECT_EQ(after["torn_tail_bytes"], 0);
   EXPECT_EQ(std::filesystem::file_size(log), after["valid_bytes"].get<std::uint64_t>());
+}
+
+// Under Never no frame is known durable: frames after a damaged one are a
+// torn tail that a load drops. Dump and repair say so (repair said "0
+// intact records" while it cut three intact frames).
+TEST(CliWal, DumpAndRepairCountTheIntactUnsyncedFramesTheyDrop) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 5; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
+  }
+  const auto log = wal::log_path_for(cfg.path);
+  std::vector<std::byte> bytes = test::read_file(log);
+  std::uint32_t len1 = 0;
+  std::memcpy(&len1, bytes.data() + 40, 4);  // frame 1's length (little-endian host)
+  const std::size_t frame2 = 40 + len1 + 8;
+  std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(frame2), bytes.begin() + static_cast<std::ptrdiff_t>(frame2 + 20),
+            std::byte{0});  // frame 2's head never reached the disk
+  test::write_file(log, bytes);
+  const test::CliResult dumped = run_cli({"wal", "dump", "--json", log.string()});
+  EXPECT_EQ(dumped.code, 0) << dumped.err;
+  const auto summary = json_lines(dumped.out).back();
+  EXPECT_EQ(summary["records"], 1);
+  EXPECT_EQ(summary["unsynced_frames_dropped"], 3);
+  const test::CliResult text = run_cli({"wal", "dump", log.string()});
+  EXPECT_NE(text.out.find("holding 3 intact frames"), std::string::npos) << text.out;
+  const test::CliResult dry = run_cli({"wal", "repair", log.string()});
+  EXPECT_EQ(dry.code, 1);
+  EXPECT_NE(dry.out.find("3 intact unsynced frames"), std::string::npos) << dry.out;
 }
 
 TEST(CliWal, DumpReportsMidLogCorruptionWithExitOne) {

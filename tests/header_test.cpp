@@ -115,7 +115,7 @@ FileHeader gen_header() {
   h.metric = static_cast<DistanceMetric>(*rc::gen::inRange<std::uint8_t>(0, 5));
   h.compression = static_cast<CompressionScheme>(*rc::gen::inRange<std::uint8_t>(0, 4));
   h.n_vectors = *gen_u64();
-  h.last_lsn = *gen_u64();
+  h.last_lsn = *gen_u64() & format::MAX_LSN;  // (above it: refused, test below)
   h.uncompressed_len = *gen_u64();
   // The header must fit in a file of header + stored_len bytes (u64).
   h.stored_len = *rc::gen::oneOf(rc::gen::inRange<std::uint64_t>(0, 100000),
@@ -158,6 +158,21 @@ RC_GTEST_PROP(HeaderV3, WriteMatchesModelAndParsesBack, ()) {
   const FileHeader p = format::parse_header(prefix, file_size, "prop.iqdb");
   expect_same_fields(p, h, bytes.size());
   RC_ASSERT(p.header_crc == zlib_crc(bytes, bytes.size() - 4));
+}
+
+// LSNs never wrap: a header claiming more than the highest is refused (its
+// CRC correct), and the writer never writes one.
+RC_GTEST_PROP(HeaderV3, LastLsnAboveTheHighestIsRefused, ()) {
+  FileHeader h = gen_header();
+  h.last_lsn = *rc::gen::inRange<std::uint64_t>(format::MAX_LSN, ~std::uint64_t{0}) + 1;
+  const std::vector<std::byte> model = model_v3_header(h);
+  try {
+    (void)format::parse_header(model, model.size() + h.stored_len, "prop.iqdb");
+    RC_FAIL("a last_lsn of " + std::to_string(h.last_lsn) + " was accepted");
+  } catch (const PersistError& e) {
+    RC_ASSERT(e.kind() == ErrorKind::InvalidHeader);
+  }
+  RC_ASSERT_THROWS_AS(format::write_header(h), PersistError);
 }
 
 // A required flag this build does not know is refused, never ignored.

@@ -99,10 +99,10 @@ void bind_config(py::module_& m) {
              c.limits.max_expansion_ratio = max_expansion_ratio;
              return c;
            }),
-           py::arg("path"), py::kw_only(), py::arg("wal_enabled") = d.wal_enabled,
+           py::arg("path"), py::kw_only(), py::arg("wal_enabled").noconvert() = d.wal_enabled,
            py::arg("fsync_policy") = d.fsync_policy, py::arg("compression") = d.compression,
-           py::arg("commit_spin_us") = d.commit_spin.count(), py::arg("discard_log") = d.discard_log,
-           py::arg("checkpoint_log_bytes") = d.checkpoint_log_bytes, py::arg("map_snapshot") = d.map_snapshot,
+           py::arg("commit_spin_us") = d.commit_spin.count(), py::arg("discard_log").noconvert() = d.discard_log,
+           py::arg("checkpoint_log_bytes") = d.checkpoint_log_bytes, py::arg("map_snapshot").noconvert() = d.map_snapshot,
            py::arg("max_payload_bytes") = d.limits.max_payload_bytes,
            py::arg("max_expansion_ratio") = d.limits.max_expansion_ratio, py::arg("ceph_conf") = py::none(),
            py::arg("client_id") = py::none(), py::arg("op_timeout_s") = py::none(),
@@ -181,11 +181,18 @@ void bind_write_batch(py::module_& m) {
       .def(
           "insert",
           [](PyWriteBatch& pb, py::handle ids, py::handle vectors, py::handle metadata) -> PyWriteBatch& {
-            WriteBatch& b = pb.changeable();
+            // Every argument converted first (this can run Python code:
+            // __index__, a __class__ property, a sequence's __getitem__,
+            // which could resize the arrays or start a write() of this batch
+            // in another thread), the vectors' view taken last, then the
+            // batch checked and changed with no Python code in between.
             if (is_batch_of_rows(vectors)) {
+              const std::size_t n = as_rows(vectors, std::nullopt).n;  // its errors first
+              auto metas = to_metadata_list(metadata, n);
+              const Ids id = to_ids(ids, n);
               const Rows rows = as_rows(vectors, std::nullopt);
-              const Ids id = to_ids(ids, rows.n);
-              auto metas = to_metadata_list(metadata, rows.n);
+              if (rows.n != n) throw py::value_error("the vectors array changed while the ids and metadata were read");
+              WriteBatch& b = pb.changeable();
               const std::size_t dim = rows.n == 0 ? 0 : rows.floats.size() / rows.n;
               for (std::size_t i = 0; i < rows.n; ++i) {
                 b.insert(id.all_u64() ? VectorId(id.u64[i]) : id.general[i], rows.floats.subspan(i * dim, dim),
@@ -194,8 +201,10 @@ void bind_write_batch(py::module_& m) {
               return pb;
             }
             const VectorId vid = to_id(ids);
+            (void)as_vector(vectors, std::nullopt);  // its errors before the metadata's
+            std::optional<Metadata> meta = to_metadata(metadata);
             const Vector v = as_vector(vectors, std::nullopt);
-            b.insert(vid, v.floats, to_metadata(metadata));
+            pb.changeable().insert(vid, v.floats, std::move(meta));
             return pb;
           },
           py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(), py::return_value_policy::reference_internal,
@@ -203,7 +212,8 @@ void bind_write_batch(py::module_& m) {
       .def(
           "erase",
           [](PyWriteBatch& pb, py::handle id) -> PyWriteBatch& {
-            pb.changeable().erase(to_id(id));
+            VectorId vid = to_id(id);  // (may run Python code: converted before the check)
+            pb.changeable().erase(std::move(vid));
             return pb;
           },
           py::arg("id"), py::return_value_policy::reference_internal)

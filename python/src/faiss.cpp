@@ -60,12 +60,14 @@ Owned<FaissIndex> from_factory(std::uint64_t dim, const std::string& description
   return Owned<FaissIndex>{FaissIndex(std::move(ix), FaissOptions{m == DistanceMetric::Cosine})};
 }
 
+// Read as a snapshot's FAISS bytes are (FaissIndex::from_serialized): hostile.
 Owned<FaissIndex> from_serialized(const py::bytes& data, bool cosine) {
-  const std::string s = data;
-  faiss::VectorIOReader r;
-  r.data.assign(s.begin(), s.end());
-  std::unique_ptr<faiss::Index> ix(faiss_call([&] { return faiss::read_index(&r); }));
-  return Owned<FaissIndex>{FaissIndex(std::move(ix), FaissOptions{cosine})};
+  char* p = nullptr;
+  Py_ssize_t n = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &p, &n) != 0) throw py::error_already_set();
+  const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(p), static_cast<std::size_t>(n));
+  ReleasedGil rel;  // (the bytes object stays referenced by the caller)
+  return faiss_call([&] { return Owned<FaissIndex>{FaissIndex::from_serialized(bytes, FaissOptions{cosine})}; });
 }
 
 }  // namespace

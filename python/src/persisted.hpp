@@ -31,10 +31,14 @@ void bind_index_methods(py::class_<Owned<I>>& c) {
       .def(
           "insert",
           [](Owned<I>& o, py::handle id, py::handle vector, py::handle metadata) {
-            I& ix = o.get();
             const VectorId vid = to_id(id);
+            (void)as_vector(vector, o.get().dim());  // its errors before the metadata's
+            std::optional<Metadata> meta = to_metadata(metadata);
+            // The view last (as in Persisted::insert_one): converting the
+            // metadata can run Python code that resizes the array.
+            I& ix = o.get();
             const Vector v = as_vector(vector, ix.dim());
-            ix.insert(vid, v.floats, to_metadata(metadata));
+            ix.insert(vid, v.floats, std::move(meta));
           },
           py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(),
           "Insert into the in-memory index (nothing is persisted until open_with).")
@@ -58,6 +62,7 @@ struct Persisted {
   std::uint64_t dim = 0;
 
   explicit Persisted(PersistedIndex<I> d) : db(std::move(d)), dim(db->index().dim()) {}
+  std::uint64_t current_dim() const noexcept { return dim; }  // a writer's index keeps its dimension
   Persisted(const Persisted&) = delete;
   Persisted& operator=(const Persisted&) = delete;
   // With the GIL held: letting it go would mean taking it back, which at

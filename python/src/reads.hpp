@@ -1,6 +1,7 @@
 // The read methods a persisted index (persisted.hpp) and a read replica
 // (replica.hpp) share: search, metadata, get (FlatIndex), len, in, dim.
-// W is the Python object's C++ side: it has `dim` and `reading(f)`, which
+// W is the Python object's C++ side: it has `dim` (as last known),
+// `current_dim()` and `reading(f)`, which
 // runs f(const I&) under the index's read lock with the GIL released (f
 // must not touch Python objects). Results are copied under the lock and
 // converted to Python objects after it.
@@ -30,6 +31,13 @@ HitTable search_rows(const I& ix, const Queries& q, std::size_t k) {
   t.ids.resize(q.rows.n);
   t.distances.resize(q.rows.n);
   const std::size_t dim = static_cast<std::size_t>(ix.dim());
+  // The queries were checked against the dimension the Python object knew;
+  // a replica may have loaded anew an index of another dimension since.
+  if (q.rows.floats.size() != q.rows.n * dim) {
+    throw py::value_error("the queries have dimension " + std::to_string(q.rows.n == 0 ? 0 : q.rows.floats.size() / q.rows.n) +
+                          ", the index now has " + std::to_string(dim) +
+                          " (the replica loaded anew an index of another dimension)");
+  }
   for (std::size_t r = 0; r < q.rows.n; ++r) {
     for (const auto& h : ix.search(q.rows.floats.subspan(r * dim, dim), k)) {
       t.ids[r].push_back(hit_id(h.id));
@@ -41,7 +49,9 @@ HitTable search_rows(const I& ix, const Queries& q, std::size_t k) {
 
 template <class I, class W>
 void bind_reads(py::class_<W>& c) {
-  // Cached or lock-free attributes only: a repr never waits for a checkpoint.
+  // Cached or lock-free attributes only (a replica's dim and metric wait for
+  // the catch-up of one log frame at most): a repr never waits for a
+  // checkpoint.
   c.def("__repr__",
         [](py::handle self) {
           return py::str("{}({!r}, dim={}, metric={})")
@@ -51,7 +61,7 @@ void bind_reads(py::class_<W>& c) {
       .def(
        "search",
        [](W& w, py::handle query, std::size_t k) {
-         const Queries q = as_queries(query, w.dim);
+         const Queries q = as_queries(query, w.current_dim());
          const HitTable t = w.reading([&](const I& ix) { return search_rows(ix, q, k); });
          return to_numpy(t, q.single);
        },
@@ -69,7 +79,7 @@ void bind_reads(py::class_<W>& c) {
             return from_metadata(meta ? &*meta : nullptr);
           },
           py::arg("id"), "The metadata dict of an id, or None.")
-      .def_property_readonly("dim", [](W& w) { return w.dim; })
+      .def_property_readonly("dim", [](W& w) { return w.current_dim(); })
       .def("__len__", [](W& w) { return w.reading([](const I& ix) { return ix.size(); }); })
       .def("__contains__", [](W& w, py::handle id) {
         const VectorId vid = to_id(id);

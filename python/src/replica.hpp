@@ -5,6 +5,7 @@
 // never touches a Python object.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -41,8 +42,11 @@ inline Lag to_lag(const ReplicaLag& l) {
 template <class I>
 struct Replica {
   std::optional<ReadReplica<I>> r;
-  std::uint64_t dim = 0;
-  DistanceMetric metric = DistanceMetric::Euclidean;
+  // As last seen: a catch-up that loads anew may bring an index of another
+  // dimension or metric (the path's index made again); dim and metric are
+  // read again under the read lock when asked for.
+  std::atomic<std::uint64_t> dim = 0;
+  std::atomic<DistanceMetric> metric = DistanceMetric::Euclidean;
   std::string path;
   const char* gone = "closed";
   std::shared_mutex life;
@@ -53,6 +57,17 @@ struct Replica {
   Replica& operator=(const Replica&) = delete;
   // (With the GIL held, as ~Persisted; close() lets it go.)
   ~Replica() { r.reset(); }  // stops the background follower
+
+  // The index's dimension and metric now (as last seen once closed). Under
+  // the read lock, which a catch-up holds while it applies one log frame.
+  std::uint64_t current_dim() {
+    refresh();
+    return dim.load();
+  }
+  DistanceMetric current_metric() {
+    refresh();
+    return metric.load();
+  }
 
   // f(ReadReplica&) with the GIL released. f must not touch Python objects.
   template <class F>
@@ -90,6 +105,15 @@ struct Replica {
   }
 
  private:
+  void refresh() {
+    ReleasedGil rel;
+    std::shared_lock lk(life);
+    if (!r) return;
+    r->read([&](const I& ix) {
+      dim.store(ix.dim());
+      metric.store(ix.metric());
+    });
+  }
   // (life held)
   ReadReplica<I>& live() {
     if (!r) throw py::value_error(std::string("this read replica was ") + gone);
@@ -151,7 +175,7 @@ py::class_<Replica<I>> bind_replica(py::module_& m, const char* name, const char
           "following), catch up on every record the log holds, return the writable persisted index. This "
           "replica is unusable afterwards (ValueError).")
       .def("close", &R::close, "Stop following and free the replica; later calls raise ValueError.")
-      .def_property_readonly("metric", [](R& r) { return r.metric; })
+      .def_property_readonly("metric", [](R& r) { return r.current_metric(); })
       .def_property_readonly("path", [](R& r) { return text_str(r.path); })
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](R& r, py::handle, py::handle, py::handle) {

@@ -361,3 +361,104 @@ def test_a_daemon_thread_inside_a_call_at_exit_does_not_abort(path, call):
         out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, (out.returncode, out.stderr)
         assert out.stdout.split() == ["exiting"]
+
+
+def test_arrays_resized_by_the_conversion_of_other_arguments_are_read_after_it(path):
+    # Converting an id or a metadata value runs Python code (__class__,
+    # __index__) that can resize the vectors' array and free its memory:
+    # the standalone index and WriteBatch took the array's view first and
+    # stored freed memory (garbage, logged and saved). The views are taken
+    # last now: the array is checked and read as it is after the conversion.
+    child = textwrap.dedent(f"""
+        import numpy as np, iqdb_persist as iq
+        def evil(arr, shape):
+            class Evil:
+                @property
+                def __class__(self):
+                    arr.resize(shape, refcheck=False)  # frees the old buffer
+                    return np.int64
+                def __index__(self):
+                    return 2
+            return Evil()
+        def attempt(f):
+            try:
+                return f()
+            except ValueError as e:
+                return "refused"
+        v = np.full(4, 7.0, np.float32)
+        ix = iq.FlatIndex(4)
+        print(attempt(lambda: ix.insert(1, v, {{"m": evil(v, 1 << 22)}})), len(ix))
+        v = np.full(4, 7.0, np.float32)
+        b = iq.WriteBatch().insert(1, v, {{"m": evil(v, 1 << 22)}})  # one vector of 2**22 floats now
+        db = iq.open_with(iq.FlatIndex(1 << 22), iq.PersistConfig({path!r}))
+        db.write(b)
+        got = db.get(1)
+        print(len(got), float(got[:4].min()), float(got[:4].max()), float(got[4:].max()))
+        rows = np.full((2, 4), 7.0, np.float32)
+        print(attempt(lambda: iq.WriteBatch().insert([3, evil(rows, (1 << 20, 4))], rows)))
+    """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines() == ["refused 0", f"{1 << 22} 7.0 7.0 0.0", "refused"], out.stdout
+
+
+def test_a_batch_cannot_be_changed_while_another_thread_writes_it(path):
+    # WriteBatch.insert checked for a running write() before converting its
+    # arguments; a conversion that let another thread start write() of the
+    # same batch then changed the batch under it (SIGSEGV). The check comes
+    # after the conversion now: BufferError, or the write was over by then.
+    child = textwrap.dedent(f"""
+        import threading, time, numpy as np, iqdb_persist as iq
+        db = iq.open_with(iq.FlatIndex(64), iq.PersistConfig({path!r}, wal_enabled=True))
+        n = 1 << 17
+        batch = iq.WriteBatch()
+        for i in range(n):
+            batch.insert(i, np.full(64, i, np.float32))
+        go, started = threading.Event(), threading.Event()
+        class LateId:
+            @property
+            def __class__(self):
+                if not go.is_set():
+                    go.set(); started.wait(); time.sleep(0.002)
+                return np.int64
+            def __index__(self):
+                return 10**9
+        def writer():
+            go.wait(); started.set()
+            db.write(batch)
+        t = threading.Thread(target=writer); t.start()
+        try:
+            batch.insert(LateId(), np.ones(64, np.float32))
+            outcome = "accepted"
+        except BufferError:
+            outcome = "refused"
+        t.join()
+        print(outcome, len(batch), len(db), 10**9 in db)
+        db.close()
+        again = iq.load(iq.PersistConfig({path!r}, wal_enabled=True))
+        print(len(again), 10**9 in again)
+    """)
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        first, second = out.stdout.splitlines()
+        outcome, batch_len, db_len, present = first.split()
+        n = 1 << 17
+        assert (outcome, batch_len) in (("refused", str(n)), ("accepted", str(n + 1))), first
+        assert (db_len, present) == (str(n), "False"), first
+        assert second.split() == [str(n), "False"], second
+        os.remove(path)
+        os.remove(path + ".wal")
+
+
+def test_flags_of_the_config_take_bools_only(path):
+    # pybind11 converts None (and 0/1) to a bool; a flag given None was
+    # silently False. bool and numpy.bool_ are taken.
+    for flag in ("wal_enabled", "discard_log", "map_snapshot"):
+        for bad in (None, 0, 1, "yes"):
+            with pytest.raises(TypeError):
+                iq.PersistConfig(path, **{flag: bad})
+    assert iq.PersistConfig(path, wal_enabled=np.bool_(True)).wal_enabled is True
+    assert iq.PersistConfig(path, map_snapshot=True).map_snapshot is True
+    with pytest.raises(iq.InvalidArgumentError):  # limits of 0 are refused when the config is used
+        iq.open_with(iq.FlatIndex(DIM), iq.PersistConfig(path, wal_enabled=True, max_expansion_ratio=0))

@@ -400,3 +400,31 @@ def test_searches_run_while_another_thread_catches_up(path):
     assert not errors
     assert_equal_to_model(r, w.model)
     w.db.close()
+
+
+def test_a_replica_that_loads_an_index_of_another_dimension_checks_queries_against_it(tmp_path):
+    # The path's index made again with another dimension and metric: the
+    # replica loads it anew. Its search checked queries against the
+    # dimension it had when opened and then read them with the new one
+    # (past the query's memory: SIGSEGV, or garbage distances).
+    p = str(tmp_path / "db.iqdb")
+    cfg = iq.PersistConfig(p, wal_enabled=True)
+    iq.open_with(iq.FlatIndex(2), cfg).close()
+    r = iq.open_replica(cfg)
+    assert r.dim == 2 and r.metric == iq.Metric.Euclidean
+    w = iq.open_with(iq.FlatIndex(100_000, "cosine"), cfg)
+    w.insert(1, np.ones(100_000, np.float32))
+    w.close()
+    r.catch_up()
+    assert r.stats().reloads == 1
+    # (Searches first: nothing has read the new dimension yet.)
+    ids, dist = r.search(np.ones(100_000, np.float32), 1)
+    assert list(ids) == [1] and abs(float(dist[0])) < 1e-6
+    with pytest.raises(ValueError, match="shape|dimension"):
+        r.search(np.ones((2, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="shape|dimension"):
+        r.search(np.ones(2, np.float32), 1)
+    assert r.dim == 100_000 and r.metric == iq.Metric.Cosine
+    assert "dim=100000" in repr(r)
+    r.close()
+    assert r.dim == 100_000  # as last seen, once closed

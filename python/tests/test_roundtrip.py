@@ -231,6 +231,18 @@ def test_faiss_index_from_python_faiss(path):
     fd, fi = f.search(data[3:4], 1)
     assert ids[0] == fi[0][0] == 6 and d[0] == pytest.approx(fd[0][0])
     assert len(again) == 51
+    # The bytes are read as hostile, as a snapshot's are: an IDMap2 whose
+    # header claims 2**44 more vectors (faiss.deserialize_index itself loops
+    # over them for minutes), cut short, or followed by more bytes.
+    good = faiss.serialize_index(f).tobytes()
+    crafted = bytearray(good)
+    crafted[13] ^= 0x10
+    with pytest.raises(iq.InvalidPayloadError):
+        iq.FaissIndex.from_serialized(bytes(crafted))
+    with pytest.raises(iq.CorruptedError):
+        iq.FaissIndex.from_serialized(good[:-3])
+    with pytest.raises(iq.InvalidPayloadError):
+        iq.FaissIndex.from_serialized(good + b"\0")
 
 
 def test_compression_threads_are_checked(tmp_path):

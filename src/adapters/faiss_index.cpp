@@ -671,6 +671,38 @@ void FaissIndex::Impl::check_id_map(const Problems& p) {
 FaissIndex::FaissIndex(std::unique_ptr<faiss::Index> index, FaissOptions options)
     : impl_(Impl::adopt(std::move(index), options.cosine, Problems{"FAISS", false})) {}
 FaissIndex::FaissIndex(FromImpl, std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+
+FaissIndex FaissIndex::from_serialized(std::span<const std::byte> bytes, FaissOptions options) {
+  class Bytes final : public PayloadReader {
+   public:
+    explicit Bytes(std::span<const std::byte> b) : b_(b) {}
+    void read(void* dst, std::size_t size) override {
+      if (size > b_.size() - at_) {
+        throw PersistError(ErrorKind::TruncatedPayload, "the serialized FAISS index ends after " +
+                                                            std::to_string(b_.size()) + " bytes");
+      }
+      if (size != 0) std::memcpy(dst, b_.data() + at_, size);
+      at_ += size;
+    }
+    std::uint64_t remaining() const noexcept override { return b_.size() - at_; }
+
+   private:
+    std::span<const std::byte> b_;
+    std::size_t at_ = 0;
+  } r(bytes);
+  PayloadIOReader io(r);
+  std::unique_ptr<faiss::Index> index;
+  try {
+    index.reset(faiss::read_index(&io));
+  } catch (const PersistError&) {
+    throw;
+  } catch (const std::exception& e) {
+    r.fail(std::string("FAISS could not read its index: ") + e.what());
+  }
+  io.finish(index.get());
+  if (r.remaining() != 0) r.fail(std::to_string(r.remaining()) + " bytes follow the serialized FAISS index");
+  return FaissIndex(std::move(index), options);
+}
 FaissIndex::FaissIndex(FaissIndex&&) noexcept = default;
 FaissIndex& FaissIndex::operator=(FaissIndex&&) noexcept = default;
 FaissIndex::~FaissIndex() = default;
@@ -711,6 +743,7 @@ void FaissIndex::insert(const VectorId& id, std::span<const float> vec, std::opt
   Impl& s = *impl_;
   s.check_usable();
   s.check_insert(id, vec);
+  if (meta) detail::check_metadata_lengths(*meta);  // what a snapshot's reader refuses is never stored
   const std::int64_t label = static_cast<std::int64_t>(id.as_u64());
   const std::vector<float> v = s.prepared(vec);
   // Everything that can fail for want of memory first, FAISS last.

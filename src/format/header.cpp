@@ -182,7 +182,12 @@ FileHeader parse_v3(ByteCursor& c, std::span<const std::byte> prefix, std::uint6
   const std::uint64_t scheme_at = c.position();
   h.compression = parse_scheme(need<std::uint8_t>(c, path, "compression"), 3, path, scheme_at);
   h.n_vectors = need<std::uint64_t>(c, path, "n_vectors");
+  const std::uint64_t lsn_at = c.position();
   h.last_lsn = need<std::uint64_t>(c, path, "last_lsn");
+  if (h.last_lsn > MAX_LSN) {
+    fail(ErrorKind::InvalidHeader, path, "last_lsn " + std::to_string(h.last_lsn) + " is above the highest LSN, 2^63 - 1",
+         lsn_at);
+  }
   h.uncompressed_len = need<std::uint64_t>(c, path, "uncompressed_len");
   h.stored_len = need<std::uint64_t>(c, path, "stored_len");
   h.payload_crc = need<std::uint32_t>(c, path, "payload crc");
@@ -219,6 +224,7 @@ std::vector<std::byte> write_header(const FileHeader& h) {
     throw PersistError::argument("index type tag must be 1.." + std::to_string(MAX_TAG_LEN) +
                                  " bytes of valid UTF-8");
   }
+  if (h.last_lsn > MAX_LSN) throw PersistError::argument("last_lsn is above the highest LSN, 2^63 - 1");
   const std::uint64_t len = v3_header_len(h.index_type.size());
   // Filled in place (vector::insert here trips a GCC 12 -O3 false positive).
   std::vector<std::byte> out(static_cast<std::size_t>(len));

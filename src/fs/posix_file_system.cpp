@@ -294,9 +294,14 @@ class PosixFileSystem final : public FileSystem {
   }
 
   std::unique_ptr<ReadableFile> open_read(const fs::path& p) override {
-    FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDONLY | O_CLOEXEC); }));
+    // O_NONBLOCK: opening a FIFO for reading would wait for a writer; it is
+    // refused below as any file that is not regular (and the flag, which
+    // means nothing to a regular file, is cleared).
+    FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC); }));
     if (fd.get() < 0) throw PersistError::io(p, "open", errno);
     const std::uint64_t size = regular_file_size(fd.get(), p, /*dir_errno=*/EISDIR);
+    const int flags = ::fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) throw PersistError::io(p, "fcntl", errno);
     (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     auto f = std::make_unique<PosixReadableFile>(p, fd.get(), size);
     fd.release();

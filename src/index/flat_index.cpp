@@ -94,14 +94,17 @@ float distance(DistanceMetric metric, std::span<const float> a, std::span<const 
   const std::size_t n = std::min(a.size(), b.size());
   switch (metric) {
     case DistanceMetric::Cosine: {
-      float dot = 0, na = 0, nb = 0;
+      // In double: a float's square overflows from about 1.8e19 and
+      // vanishes below about 1e-23, where the cosine itself is defined.
+      double dot = 0, na = 0, nb = 0;
       for (std::size_t i = 0; i < n; ++i) {
-        dot += a[i] * b[i];
-        na += a[i] * a[i];
-        nb += b[i] * b[i];
+        const double x = a[i], y = b[i];
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
       }
       if (na == 0 || nb == 0) return 1.0f;
-      return 1.0f - dot / (std::sqrt(na) * std::sqrt(nb));
+      return static_cast<float>(1.0 - dot / (std::sqrt(na) * std::sqrt(nb)));
     }
     case DistanceMetric::DotProduct: {
       float dot = 0;
@@ -263,8 +266,14 @@ FlatIndex::FlatIndex(FlatIndex&&) noexcept = default;
 FlatIndex& FlatIndex::operator=(FlatIndex&&) noexcept = default;
 FlatIndex::~FlatIndex() = default;
 
+// A moved-from index is empty (same dim and metric) and usable: its id
+// table is made again by the first insert or reserve.
 FlatIndex::FlatIndex(const FlatIndex& o)
-    : dim_(o.dim_), metric_(o.metric_), data_(o.data_), ids_(o.ids_), table_(std::make_unique<IdTable>(*o.table_)) {
+    : dim_(o.dim_),
+      metric_(o.metric_),
+      data_(o.data_),
+      ids_(o.ids_),
+      table_(o.table_ ? std::make_unique<IdTable>(*o.table_) : std::make_unique<IdTable>()) {
   meta_.reserve(o.meta_.size());
   for (const auto& m : o.meta_) meta_.push_back(m ? std::make_unique<Metadata>(*m) : nullptr);
 }
@@ -279,6 +288,14 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
     throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                  std::to_string(dim_));
   }
+  // What a snapshot's reader refuses is never stored (the library checks
+  // mutations before logging them; this covers the index used directly).
+  if (id.is_bytes() && (id.as_bytes().empty() || id.as_bytes().size() > kMaxIdBytes)) {
+    throw PersistError::argument("byte id of " + std::to_string(id.as_bytes().size()) + " bytes (1 to " +
+                                 std::to_string(kMaxIdBytes) + " are allowed)");
+  }
+  if (meta) detail::check_metadata_lengths(*meta);
+  if (!table_) table_ = std::make_unique<IdTable>();  // moved from: empty, and usable again
   // Strong guarantee: reserve everything first, then commit with steps that
   // cannot fail (the table insert may grow, so it goes before the rest).
   data_.reserve(data_.size() + dim_);  // geometric
@@ -307,7 +324,7 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
 }
 
 void FlatIndex::erase(const VectorId& id) {
-  const std::size_t slot = table_->find(id, ids_);
+  const std::size_t slot = find(id);
   if (slot == IdTable::npos) throw PersistError(ErrorKind::IdNotFound, "id " + id.to_string() + " is not present");
   const std::size_t row = table_->row(slot);
   const std::size_t last = ids_.size() - 1;
@@ -332,19 +349,24 @@ void FlatIndex::reserve(std::uint64_t n) {
   data_.reserve(data_.size() + more * dim_);
   ids_.reserve_more(more, VectorId(0));
   if (!meta_.empty()) grow_for(meta_, more);
+  if (!table_) table_ = std::make_unique<IdTable>();
   table_->reserve(ids_.size() + more, ids_);
 }
 
-bool FlatIndex::contains(const VectorId& id) const noexcept { return table_->find(id, ids_) != IdTable::npos; }
+std::size_t FlatIndex::find(const VectorId& id) const noexcept {
+  return table_ ? table_->find(id, ids_) : IdTable::npos;
+}
+
+bool FlatIndex::contains(const VectorId& id) const noexcept { return find(id) != IdTable::npos; }
 
 std::span<const float> FlatIndex::get(const VectorId& id) const noexcept {
-  const std::size_t slot = table_->find(id, ids_);
+  const std::size_t slot = find(id);
   if (slot == IdTable::npos) return {};
   return vector_at(table_->row(slot));
 }
 
 const Metadata* FlatIndex::metadata(const VectorId& id) const noexcept {
-  const std::size_t slot = table_->find(id, ids_);
+  const std::size_t slot = find(id);
   if (slot == IdTable::npos) return nullptr;
   return metadata_at(table_->row(slot));
 }

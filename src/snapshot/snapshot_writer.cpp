@@ -284,7 +284,8 @@ CompressionScheme scheme_for(const Compression& c) {
 }  // namespace
 
 FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, const SnapshotInfo& info,
-                          Compression compression, bool durable, const std::function<void(PayloadWriter&)>& body) {
+                          Compression compression, bool durable, const std::function<void(PayloadWriter&)>& body,
+                          const ReadLimits& limits) {
   FileHeader h;
   h.format_version = 3;
   h.index_type = std::string(info.index_type);
@@ -326,9 +327,15 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
         h.payload_crc = sink.crc();
       };
       stream();
+      if (h.uncompressed_len > limits.max_payload_bytes) {
+        throw PersistError::at(ErrorKind::InvalidArgument, path,
+                               "the snapshot's payload of " + std::to_string(h.uncompressed_len) +
+                                   " bytes is over the configured limit of " + std::to_string(limits.max_payload_bytes) +
+                                   " (ReadLimits::max_payload_bytes): it would not load; nothing was replaced");
+      }
       // A payload so repetitive that it compresses beyond the readers'
       // expansion guard would be refused on load: store it uncompressed.
-      const std::uint64_t ratio = ReadLimits{}.max_expansion_ratio;
+      const std::uint64_t ratio = std::max<std::uint64_t>(limits.max_expansion_ratio, 1);
       if (h.compression != CompressionScheme::None && h.uncompressed_len / ratio >= h.stored_len) {
         file.truncate(header_len);
         h.compression = CompressionScheme::None;

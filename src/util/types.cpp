@@ -84,7 +84,7 @@ bool operator==(const Value& a, const Value& b) noexcept {
 
 namespace detail {
 
-void check_metadata(const Metadata& meta) {
+void check_metadata_lengths(const Metadata& meta) {
   for (const auto& [key, value] : meta) {
     // What a snapshot's reader accepts (read_metadata): a longer key would
     // be logged and saved, then refuse to load.
@@ -92,12 +92,18 @@ void check_metadata(const Metadata& meta) {
       throw PersistError::argument("metadata key of " + std::to_string(key.size()) + " bytes; at most " +
                                    std::to_string(kMaxMetadataKeyBytes) + " are allowed");
     }
+    if (value.kind() == Value::Kind::String && value.as_string().size() > UINT32_MAX) {
+      throw PersistError::argument("metadata value of key '" + key.substr(0, 64) + "' is longer than 4 GiB");
+    }
+  }
+}
+
+void check_metadata(const Metadata& meta) {
+  check_metadata_lengths(meta);
+  for (const auto& [key, value] : meta) {
     if (!coding::is_valid_utf8(key)) throw PersistError::argument("metadata key is not valid UTF-8");
     if (value.kind() == Value::Kind::String && !coding::is_valid_utf8(value.as_string())) {
       throw PersistError::argument("metadata value of key '" + key + "' is not valid UTF-8");
-    }
-    if (key.size() > UINT32_MAX || (value.kind() == Value::Kind::String && value.as_string().size() > UINT32_MAX)) {
-      throw PersistError::argument("metadata key or value longer than 4 GiB");
     }
   }
 }

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "iqdb/persist/error.hpp"
+#include "iqdb/persist/format.hpp"
 #include "util/coding.hpp"
 #include "wal/engine_impl.hpp"
 #include "wal/log_format.hpp"
@@ -102,7 +103,11 @@ std::size_t WalEngine::Impl::group_target() const noexcept {
 }
 
 void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate, Apply apply) {
-  if (ops.empty()) return;
+  if (ops.empty()) {  // nothing to log, but refused as any mutation would be
+    const std::lock_guard lk(mu_);
+    throw_if_unusable();
+    return;
+  }
   // The buffer keeps its capacity from one commit to the next.
   thread_local std::vector<std::byte> frame;
   encode_frame(frame, ops, max_frame_);
@@ -110,6 +115,10 @@ void WalEngine::Impl::commit(std::span<const MutationRef> ops, Validate validate
   std::unique_lock lk(mu_);
   cv_.wait(lk, [this] { return draining_.load(std::memory_order_relaxed) == 0; });
   throw_if_unusable();
+  if (next_lsn_ > ::iqdb::persist::format::MAX_LSN || ops.size() > ::iqdb::persist::format::MAX_LSN - next_lsn_ + 1) {
+    throw PersistError::at(ErrorKind::InvalidArgument, log_path_,
+                           "the log's LSNs are used up (the highest is 2^63 - 1): nothing was logged");
+  }
   validate_against_queue(validate);
   Entry e(ops, apply, writer_->end(), next_lsn_);
   for (const MutationRef& m : ops) e.size_delta += m.op == wal::Op::Insert ? 1 : -1;

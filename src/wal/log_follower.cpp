@@ -84,10 +84,20 @@ class LogFollower::Impl {
     return out;
   }
 
+  // How far the log goes now, applying nothing. A frame being written can
+  // look damaged with frames after it (read again, the same offset can
+  // still show it: seen beside three writers under Always): the probe then
+  // says what it found before, and a catch-up, which reads the frame again
+  // until it settles, reports damage that stays.
   std::uint64_t probe() {
     if (!log_) return last_;
-    const wal::Followed r = wal::follow_file(log_->refresh(), at_, {}, /*check_last_frame=*/false);
-    return std::max(last_, r.at.next_lsn - 1);
+    try {
+      const wal::Followed r = follow_settled({}, /*check_last_frame=*/false);
+      probed_ = r.at.next_lsn - 1;
+    } catch (const PersistError& e) {
+      if (e.kind() != ErrorKind::CorruptLog) throw;
+    }
+    return std::max(last_, probed_);
   }
 
   // Whether the log followed is still the current one and still holds,
@@ -131,6 +141,7 @@ class LogFollower::Impl {
   bool open_current() {
     log_ = storage_->follow_current_log();
     at_ = {};
+    probed_ = 0;
     if (log_) return true;
     // No log: a snapshot newer than the replica holds records it lacks.
     if (snapshot_lsn() > last_) throw NeedReload{};
@@ -155,7 +166,7 @@ class LogFollower::Impl {
     const std::uint64_t at_start = last_;
     wal::Followed r;
     try {
-      r = follow_settled(on_record);
+      r = follow_settled(on_record, /*check_last_frame=*/true);
     } catch (...) {
       // Records applied, at_ not moved past them: a later check of the frame
       // read last (or promote's check of the log) would not cover them.
@@ -178,14 +189,14 @@ class LogFollower::Impl {
   // written after it, read a moment later, vouch for it (CorruptLog). Read
   // again: a frame found damaged at the same offset twice is. (On RADOS,
   // where only acknowledged sizes are read, the first verdict stands.)
-  wal::Followed follow_settled(const std::function<void(const wal::RecordView&)>& on_record) {
-    // The frame read last is checked: frames a reader saw can be cut later
-    // (local files: a failed fsync; both storages: an entry the index could
-    // not apply is cut off the log, and the next commit takes its place).
+  // A catch-up checks the frame read last: frames a reader saw can be cut
+  // later (local files: a failed fsync; both storages: an entry the index
+  // could not apply is cut off the log, and the next commit takes its place).
+  wal::Followed follow_settled(const std::function<void(const wal::RecordView&)>& on_record, bool check_last_frame) {
     std::optional<std::uint64_t> damaged_at;
     for (int attempt = 0;; ++attempt) {
       try {
-        return wal::follow_file(log_->refresh(), at_, on_record, /*check_last_frame=*/true);
+        return wal::follow_file(log_->refresh(), at_, on_record, check_last_frame);
       } catch (const PersistError& e) {
         if (e.kind() != ErrorKind::CorruptLog || e.offset() == damaged_at || attempt >= kMaxRereads) throw;
         damaged_at = e.offset();
@@ -198,6 +209,7 @@ class LogFollower::Impl {
   std::unique_ptr<FollowedLog> log_;
   wal::FollowPoint at_;
   std::uint64_t last_ = 0;
+  std::uint64_t probed_ = 0;  // what the last probe that settled found
   bool applied_past_point_ = false;  // a failed poll applied records after at_
   wal::WalStats stats_;
 };

@@ -63,7 +63,18 @@ void WalEngine::Impl::create(const WriteSnapshot& write_snapshot) {
   // the two leaves the new snapshot beside an old log whose records are
   // all "folded", so recovery gives the new index, never the old snapshot
   // without its log, nor the old log replayed onto the new snapshot.
-  const std::uint64_t floor = lsn_bound_of_existing_files();
+  // Where any file exists, the new snapshot claims one LSN more than the
+  // old files could hold: a read replica that followed the old index (to
+  // that bound at most) then finds a snapshot newer than its state and
+  // loads anew, instead of applying the new log onto the old contents.
+  std::uint64_t floor = lsn_bound_of_existing_files();
+  if (floor >= ::iqdb::persist::format::MAX_LSN) {
+    throw PersistError::at(ErrorKind::InvalidArgument, log_path_,
+                           "the snapshot and log here could hold LSNs up to " + std::to_string(floor) +
+                               ", the highest is 2^63 - 1: a new index cannot start above them (remove the "
+                               "old files, if they are damaged or not an index's)");
+  }
+  if (floor != 0 || fs_.exists(snapshot_path_) || storage_->log_exists()) ++floor;
   write_snapshot(floor);
   start_new_log(floor + 1);
   start_flusher();

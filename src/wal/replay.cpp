@@ -75,7 +75,8 @@ std::uint64_t frames_end_estimate(const ReadableFile& f) {
 std::uint64_t lsn_bound_with_log(std::uint64_t floor, const ReadableFile& log) {
   const std::uint64_t base = peek_log(log).base_lsn;
   const std::uint64_t records = log.size() / wal::format::kMinOpLen;  // each record takes >= 10 bytes
-  return std::max(floor, base > 0 ? base - 1 : 0) + records;
+  const std::uint64_t from = std::max(floor, base > 0 ? base - 1 : 0);
+  return records > UINT64_MAX - from ? UINT64_MAX : from + records;  // (saturating: a foreign header)
 }
 
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::path& log_path,

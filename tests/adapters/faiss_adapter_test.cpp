@@ -875,6 +875,44 @@ TEST(FaissAdapterPayload, TruncatedAndTrailingBytesFail) {
   }
 }
 
+// FaissIndex::from_serialized (Python's FaissIndex.from_serialized) reads
+// FAISS's own bytes through the same guard: every type round-trips, and
+// crafted bytes fail cleanly. (faiss::read_index alone, given an IDMap2
+// whose header claims 2^44 vectors, looped over them building its reverse
+// map, reading past its id map, for minutes.)
+TEST(FaissAdapterPayload, FromSerializedReadsFaissBytesAsHostile) {
+  FaissLeaksOnError leaks_expected;
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.name);
+    IdSource ids(c, 19);
+    const Built b = build(c, 12, 20, ids, false);
+    faiss::VectorIOWriter w;  // what faiss.serialize_index gives
+    faiss::write_index(&b.index.faiss_index(), &w);
+    const std::vector<std::uint8_t> good = w.data;
+    const auto as_bytes = [](const std::vector<std::uint8_t>& v) {
+      return std::span<const std::byte>(reinterpret_cast<const std::byte*>(v.data()), v.size());
+    };
+    const FaissIndex again = FaissIndex::from_serialized(as_bytes(good), FaissOptions{c.cosine});
+    EXPECT_EQ(faiss_bytes(again), faiss_bytes(b.index));
+    EXPECT_EQ(again.size(), b.index.size());
+    for (std::size_t cut = 0; cut < good.size(); cut += 1 + good.size() / 41) {
+      const std::vector<std::uint8_t> p(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(cut));
+      const auto kind = error_of([&] { (void)FaissIndex::from_serialized(as_bytes(p), FaissOptions{c.cosine}); });
+      ASSERT_TRUE(kind == ErrorKind::TruncatedPayload || kind == ErrorKind::InvalidPayload) << "cut at " << cut;
+    }
+    std::vector<std::uint8_t> trailing = good;
+    trailing.push_back(0);
+    EXPECT_EQ(error_of([&] { (void)FaissIndex::from_serialized(as_bytes(trailing), FaissOptions{c.cosine}); }),
+              ErrorKind::InvalidPayload);
+    if (c.name.rfind("IDMap2", 0) == 0) {
+      std::vector<std::uint8_t> crafted = good;
+      crafted[8 + 5] ^= 0x10;  // the header's ntotal (after fourcc and d): + 2^44
+      EXPECT_EQ(error_of([&] { (void)FaissIndex::from_serialized(as_bytes(crafted), FaissOptions{c.cosine}); }),
+                ErrorKind::InvalidPayload);
+    }
+  }
+}
+
 // The same checks, end to end: a crafted snapshot with a valid checksum.
 TEST(FaissAdapterPayload, CraftedSnapshotWithAValidChecksumIsRefused) {
   const Case& c = cases().front();  // FlatL2

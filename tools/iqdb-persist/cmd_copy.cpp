@@ -51,12 +51,15 @@ struct CopyOptions {
   RadosArgs rados;
 };
 
-// Records of the log that goes with the snapshot whose header is `h`
-// (opened through `storage` as a reader opens it: for RADOS, the log of the
-// generation read last) whose LSN is above the snapshot's; 0 without a log.
-std::uint64_t records_after(const Location& where, IndexStorage& storage, const FileHeader& h) {
-  FileHeader loaded;
-  const std::unique_ptr<ReadableFile> log = storage.open_log_with_snapshot([&] { return h; }, loaded);
+// Records of the log that goes with the snapshot opened by `open_snapshot`
+// (which returns its header) whose LSN is above the snapshot's; 0 without a
+// log. Both are opened as a reader opens them (local files: the log first;
+// RADOS: the log of the generation read last), so that a checkpoint running
+// meanwhile never pairs the old snapshot with the new, empty log.
+std::uint64_t records_after(const Location& where, IndexStorage& storage,
+                            const std::function<FileHeader()>& open_snapshot) {
+  FileHeader h;
+  const std::unique_ptr<ReadableFile> log = storage.open_log_with_snapshot(open_snapshot, h);
   if (!log) return 0;
   std::uint64_t implicit_lsn = 0;  // version-1 logs number their records 1, 2, ...
   std::uint64_t after = 0;
@@ -68,12 +71,16 @@ std::uint64_t records_after(const Location& where, IndexStorage& storage, const 
   return after;
 }
 
-// Records of SRC's log after the snapshot whose header is `h` (0 with
+// Records of SRC's log after the snapshot `open_snapshot` opens (0 with
 // --snapshot-only: the snapshot's bytes are copied alone).
-std::uint64_t pending_records(const Location& src, const SnapshotSummary& s, bool snapshot_only) {
-  if (snapshot_only) return 0;
+std::uint64_t pending_records(const Location& src, const std::function<FileHeader()>& open_snapshot,
+                              bool snapshot_only) {
+  if (snapshot_only) {
+    open_snapshot();
+    return 0;
+  }
   const std::shared_ptr<IndexStorage> storage = src.storage();
-  return records_after(src, *storage, s.header);
+  return records_after(src, *storage, open_snapshot);
 }
 
 // An index at DST (its snapshot, or a local log) is replaced only with --force.
@@ -98,7 +105,7 @@ class OldLog {
     }
     const std::shared_ptr<IndexStorage> storage = dst.storage();
     const FileHeader h = dst.fs().exists(dst.path()) ? inspect_snapshot(dst.fs(), dst.path()).header : FileHeader{};
-    const std::uint64_t n = records_after(dst, *storage, h);
+    const std::uint64_t n = records_after(dst, *storage, [&] { return h; });  // (the destination is locked)
     if (n > 0) {
       throw PersistError::at(ErrorKind::WouldLoseWrites, storage->log_path(),
                              "the destination's log holds " + std::to_string(n) +
@@ -246,10 +253,15 @@ int copy(const CopyOptions& opts, const Console& console) {
   std::unique_ptr<FileLock> lock;  // held until the copy was read back
   Sent sent;
   try {
-    const std::unique_ptr<ReadableFile> file = src.fs().open_read(src.path());
-    OpenFileSystem header_reader(src.fs(), *file, nullptr, tee);
-    const SnapshotSummary head = inspect_snapshot(header_reader, src.path());
-    const std::uint64_t pending = pending_records(src, head, opts.snapshot_only);
+    std::unique_ptr<ReadableFile> file;
+    SnapshotSummary head;
+    const auto open_snapshot = [&] {
+      file = src.fs().open_read(src.path());
+      OpenFileSystem header_reader(src.fs(), *file, nullptr, tee);
+      head = inspect_snapshot(header_reader, src.path());
+      return head.header;
+    };
+    const std::uint64_t pending = pending_records(src, open_snapshot, opts.snapshot_only);
     reading_source = false;
     lock = dst.lock_writer();
     refuse_existing(dst, opts.force);

@@ -145,6 +145,7 @@ int dump(const DumpOptions& opts, const Console& console) {
                  {"frames", scan.frames},
                  {"valid_bytes", scan.valid_bytes},
                  {"torn_tail_bytes", scan.torn_tail_bytes},
+                 {"unsynced_frames_dropped", scan.unsynced_frames_dropped},
                  {"corrupt_offset", scan.corrupt_offset ? json(*scan.corrupt_offset) : json(nullptr)}};
     if (scan.corrupt_offset) {
       summary["frames_after_corruption"] = scan.frames_after_corruption;
@@ -155,7 +156,12 @@ int dump(const DumpOptions& opts, const Console& console) {
     console.out << "log version " << scan.version;
     if (scan.version == 2) console.out << ", base LSN " << scan.base_lsn;
     console.out << ": " << scan.records << " records in " << scan.frames << " frames, " << scan.valid_bytes
-                << " valid bytes, " << scan.torn_tail_bytes << " torn-tail bytes\n";
+                << " valid bytes, " << scan.torn_tail_bytes << " torn-tail bytes";
+    if (scan.unsynced_frames_dropped > 0) {
+      console.out << " (holding " << scan.unsynced_frames_dropped
+                  << " intact frames written after one no fsync made durable: a load drops them)";
+    }
+    console.out << "\n";
   }
   if (scan.corrupt_offset) {
     console.err << "error: the frame at offset " << *scan.corrupt_offset << " is damaged and "

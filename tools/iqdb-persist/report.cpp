@@ -121,9 +121,16 @@ void describe_log_drop(std::ostream& out, const wal::ScanResult& s) {
     out << "damaged frame at offset " << *s.corrupt_offset << ", followed by " << s.frames_after_corruption
         << " intact frames holding " << s.records_after_corruption << " records\n";
   }
+  if (s.unsynced_frames_dropped > 0) {
+    out << "in the torn tail: " << s.unsynced_frames_dropped
+        << " intact frames written after a frame no fsync made durable (never acknowledged as durable; a load "
+           "drops them too)\n";
+  }
   out << "to drop: " << s.file_size - s.valid_bytes << " bytes from offset " << s.valid_bytes << " ("
-      << s.torn_tail_bytes << " of them not zero padding), " << s.records_after_corruption
-      << " intact records and the damaged frame\n";
+      << s.torn_tail_bytes << " of them not zero padding)";
+  if (s.corrupt_offset) out << ", the damaged frame and the " << s.records_after_corruption << " intact records after it";
+  if (s.unsynced_frames_dropped > 0) out << ", " << s.unsynced_frames_dropped << " intact unsynced frames";
+  out << "\n";
 }
 
 }  // namespace iqdb::persist::cli

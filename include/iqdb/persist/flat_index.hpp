@@ -180,6 +180,7 @@ class FlatIndex {
 
   // 1 <= dim <= kMaxDim. Throws PersistError(InvalidArgument) otherwise.
   FlatIndex(std::uint64_t dim, DistanceMetric metric);
+  // A moved-from index is empty, with the same dim and metric, and usable.
   FlatIndex(FlatIndex&&) noexcept;
   FlatIndex& operator=(FlatIndex&&) noexcept;
   FlatIndex(const FlatIndex&);
@@ -231,6 +232,8 @@ class FlatIndex {
 
  private:
   class IdTable;
+  // The row-table slot of `id`, or IdTable::npos (also when moved from).
+  std::size_t find(const VectorId& id) const noexcept;
   void save_ids(PayloadWriter& w) const;
   static void write_vector_padding(PayloadWriter& w);
   static void read_vector_padding(PayloadReader& r);

@@ -29,6 +29,10 @@ inline constexpr std::uint32_t CURRENT_VERSION = 3;
 inline constexpr std::uint32_t MIN_READ_VERSION = 1;
 // Longest index-type tag accepted (bytes).
 inline constexpr std::uint64_t MAX_TAG_LEN = 4096;
+// The highest LSN: a snapshot header claiming more is refused, and a write
+// that would log past it is refused before anything is logged (LSNs never
+// wrap; at a billion writes a second this is 292 years).
+inline constexpr std::uint64_t MAX_LSN = (std::uint64_t{1} << 63) - 1;
 // Largest v3 header accepted (bytes). Bounds what is read before the header CRC is checked.
 inline constexpr std::uint32_t MAX_HEADER_LEN = 64 * 1024;
 // Bytes read from the start of a file to parse any header.

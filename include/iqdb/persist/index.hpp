@@ -58,8 +58,13 @@ concept Persistable = Index<I> && requires(const I& cindex, PayloadWriter& w, Pa
 
 namespace detail {
 
-// Metadata keys and string values must be valid UTF-8 (the formats say so,
-// and replay refuses anything else): throws PersistError(InvalidArgument).
+// What a snapshot's reader refuses: a key over kMaxMetadataKeyBytes, a
+// string value over 4 GiB (PersistError(InvalidArgument)). An index's own
+// insert checks it, so that nothing it stores fails to load.
+void check_metadata_lengths(const Metadata& meta);
+// check_metadata_lengths, and keys and string values must be valid UTF-8
+// (the log's format says so, and replay refuses anything else): what the
+// library checks before logging a mutation.
 void check_metadata(const Metadata& meta);
 
 // The library's validation of a mutation. `present` says whether the id is

@@ -195,6 +195,10 @@ class PersistedIndex {
   // Closes (see close()); errors are swallowed: call close() to see them.
   ~PersistedIndex() = default;
 
+  // False once moved from: then every call but index(), index_mut() and
+  // config() (whose precondition valid() is) throws InvalidArgument.
+  bool valid() const noexcept { return s_ != nullptr; }
+
   // Unsynchronised access (see the class comment).
   const I& index() const noexcept { return s_->index; }
   // Changes made through index_mut() bypass the log: they become durable only
@@ -210,6 +214,7 @@ class PersistedIndex {
   // at once.
   template <class F>
   decltype(auto) read(F&& f) const {
+    check_valid();
     if (detail::ReadScope::active(s_.get())) return std::forward<F>(f)(std::as_const(s_->index));
     std::shared_lock lk(s_->mu);
     const detail::ReadScope scope(s_.get());
@@ -240,7 +245,10 @@ class PersistedIndex {
   // Apply a batch: validated as a whole (each mutation sees the ones before
   // it), logged as one record group with one fsync, all or nothing on recovery.
   void write(const WriteBatch& batch) {
-    if (batch.empty()) return;
+    if (batch.empty()) {  // nothing to do, but refused where any write would be
+      commit({}, [] {});
+      return;
+    }
     std::vector<detail::MutationRef> refs;
     refs.reserve(batch.size());
     std::uint64_t inserts = 0;
@@ -298,6 +306,7 @@ class PersistedIndex {
   // index lacks: log records above last_lsn(), a snapshot with a higher last
   // LSN; PersistConfig::discard_log replaces them.
   FileHeader save() {
+    check_valid();
     detail::ReadScope::refuse(s_.get(), "save()");
     if (s_->engine) return checkpoint();
     // One save at a time: the writer lock would refuse a second one.
@@ -321,6 +330,7 @@ class PersistedIndex {
   // meanwhile wait for it (a writer committing in a loop cannot put it
   // off). Without a WAL: save().
   FileHeader checkpoint() {
+    check_valid();
     detail::ReadScope::refuse(s_.get(), "checkpoint()");
     if (!s_->engine) return save();
     FileHeader written;
@@ -334,6 +344,7 @@ class PersistedIndex {
 
   // Make every acknowledged mutation durable now (a no-op without a WAL).
   void sync() {
+    check_valid();
     detail::ReadScope::refuse(s_.get(), "sync()");
     if (s_->engine) s_->engine->sync();
   }
@@ -342,6 +353,7 @@ class PersistedIndex {
   // FsyncPolicy::Never). Further mutations fail. Reports errors, unlike the
   // destructor.
   void close() {
+    check_valid();
     detail::ReadScope::refuse(s_.get(), "close()");
     if (s_->engine) {
       s_->engine->close();
@@ -356,6 +368,7 @@ class PersistedIndex {
   // the LSN the state covers — the last log record replayed by load() or
   // the last LSN of the snapshot it loaded or saved (0 after open_with).
   std::uint64_t last_lsn() const {
+    check_valid();
     if (!s_->engine) return s_->base_lsn.load();
     detail::ReadScope::refuse(s_.get(), "last_lsn()");
     return s_->engine->last_lsn();
@@ -366,6 +379,7 @@ class PersistedIndex {
   // without automatic checkpoints. Mutations go on after such a failure
   // unless it left the log in doubt (then failure() says why).
   std::optional<std::string> auto_checkpoint_failure() const {
+    check_valid();
     if (!s_->engine) return std::nullopt;
     detail::ReadScope::refuse(s_.get(), "auto_checkpoint_failure()");
     return s_->engine->auto_checkpoint_failure();
@@ -377,6 +391,7 @@ class PersistedIndex {
   // was applied in part; nullopt while the index accepts writes. Reopen the
   // index to recover.
   std::optional<std::string> failure() const {
+    check_valid();
     if (s_->engine) {
       detail::ReadScope::refuse(s_.get(), "failure()");
       return s_->engine->failure();
@@ -390,6 +405,7 @@ class PersistedIndex {
   // (recovered_records, torn_tail_bytes, unsynced_frames_dropped); the rest
   // is zero.
   wal::WalStats wal_stats() const {
+    check_valid();
     if (!s_->engine) return s_->load_stats;
     detail::ReadScope::refuse(s_.get(), "wal_stats()");
     return s_->engine->stats();
@@ -449,7 +465,7 @@ class PersistedIndex {
     const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
                             static_cast<std::uint64_t>(index.size()), lsn};
     return write_snapshot(detail::fs_of(config), config.path, info, config.compression, durable,
-                          [&index](PayloadWriter& w) { index.save_to(w); });
+                          [&index](PayloadWriter& w) { index.save_to(w); }, config.limits);
   }
 
   // Validation shared by both modes: each mutation sees the ones before it in
@@ -487,6 +503,7 @@ class PersistedIndex {
 
   template <class Apply>
   void commit(std::span<const detail::MutationRef> ops, Apply&& apply) {
+    check_valid();
     detail::ReadScope::refuse(s_.get(), "a mutation (insert, erase, write)");
     if (s_->engine) {
       // The index changes only inside the engine's commit lock, so validation
@@ -501,6 +518,10 @@ class PersistedIndex {
     throw_if_unusable();
     validate(ops, nullptr, 0);
     apply();
+  }
+
+  void check_valid() const {
+    if (!s_) throw PersistError::argument("this PersistedIndex was moved from");
   }
 
   // Without a WAL (the engine refuses by itself): after close(), or after a

@@ -256,11 +256,12 @@ PersistConfig rados_persist_config(std::shared_ptr<RadosSnapshotStore> store, st
 // a generation since this one started.
 template <Persistable I>
 FileHeader save_to_rados(RadosSnapshotStore& store, std::string_view name, const I& index,
-                         Compression compression = Compression::none(), std::uint64_t last_lsn = 0) {
+                         Compression compression = Compression::none(), std::uint64_t last_lsn = 0,
+                         const ReadLimits& limits = {}) {
   const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
                           static_cast<std::uint64_t>(index.size()), last_lsn};
   return write_snapshot(store, store.path_of(name), info, compression, true,
-                        [&index](PayloadWriter& w) { index.save_to(w); });
+                        [&index](PayloadWriter& w) { index.save_to(w); }, limits);
 }
 
 // Load snapshot NAME, verified as a file is (header, CRC, payload checks),

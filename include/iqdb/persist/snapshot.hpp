@@ -28,9 +28,13 @@ struct SnapshotInfo {
 // `body` writes the index payload; it flows through the compressor and the
 // CRC to the file in bounded buffers (never the whole payload in memory).
 // `durable` = fsync the file and its directory. Returns the header written.
+// `limits`: those the snapshot will be read with. A compressed payload that
+// would expand beyond limits.max_expansion_ratio is stored uncompressed; one
+// over limits.max_payload_bytes is refused (InvalidArgument, the previous
+// file intact): nothing is written that the same limits refuse to load.
 FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, const SnapshotInfo& info,
                           Compression compression, bool durable,
-                          const std::function<void(PayloadWriter&)>& body);
+                          const std::function<void(PayloadWriter&)>& body, const ReadLimits& limits = {});
 
 // Read the snapshot at `path` (format version 1, 2 or 3).
 //

@@ -42,6 +42,19 @@ inline constexpr std::size_t kMaxIdBytes = std::size_t{1} << 20;
 class VectorId {
  public:
   VectorId(std::uint64_t id) noexcept : v_(id) {}  // NOLINT: implicit by design
+  VectorId(const VectorId&) = default;
+  VectorId& operator=(const VectorId&) = default;
+  // A moved-from id is the u64 id 0 (never an empty byte string, which
+  // every reader refuses).
+  VectorId(VectorId&& o) noexcept : v_(std::move(o.v_)) { o.v_ = std::uint64_t{0}; }
+  VectorId& operator=(VectorId&& o) noexcept {
+    if (this != &o) {
+      v_ = std::move(o.v_);
+      o.v_ = std::uint64_t{0};
+    }
+    return *this;
+  }
+  ~VectorId() = default;
   // Throws PersistError(InvalidArgument) for an empty byte string or one
   // longer than kMaxIdBytes (it would be logged and saved, then refuse to
   // load).

@@ -58,8 +58,24 @@ class WriteBatch {
   };
 
   WriteBatch() = default;
-  WriteBatch(WriteBatch&&) noexcept = default;
-  WriteBatch& operator=(WriteBatch&&) noexcept = default;
+  // A moved-from batch is empty and usable.
+  WriteBatch(WriteBatch&& o) noexcept
+      : ops_(std::move(o.ops_)),
+        blocks_(std::move(o.blocks_)),
+        used_(std::exchange(o.used_, 0)),
+        cap_(std::exchange(o.cap_, 0)) {
+    o.clear();
+  }
+  WriteBatch& operator=(WriteBatch&& o) noexcept {
+    if (this != &o) {
+      ops_ = std::move(o.ops_);
+      blocks_ = std::move(o.blocks_);
+      used_ = std::exchange(o.used_, 0);
+      cap_ = std::exchange(o.cap_, 0);
+      o.clear();
+    }
+    return *this;
+  }
   ~WriteBatch() = default;
   // A copy owns its vectors (referenced ones included).
   WriteBatch(const WriteBatch& o) { copy_from(o); }

@@ -103,6 +103,11 @@ class FaissIndex {
   // upper_beam outside 1..2^20, IVF nprobe outside 1..nlist, ...: the list is
   // in docs/ADAPTERS.md, "Parameters checked").
   explicit FaissIndex(std::unique_ptr<faiss::Index> index, FaissOptions options = {});
+  // An index from the bytes of faiss::write_index (faiss.serialize_index),
+  // read as a snapshot's are: hostile, checked against the grammar before
+  // FAISS sees them (faiss::read_index alone trusts every count it reads).
+  // Throws InvalidPayload or TruncatedPayload, then as the constructor.
+  static FaissIndex from_serialized(std::span<const std::byte> bytes, FaissOptions options = {});
   FaissIndex(FaissIndex&&) noexcept;
   FaissIndex& operator=(FaissIndex&&) noexcept;
   ~FaissIndex();
