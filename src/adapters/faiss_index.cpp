@@ -425,6 +425,22 @@ class PayloadIOReader final : public faiss::IOReader {
   std::vector<std::vector<std::uint8_t>> captured_;
 };
 
+// FAISS's serialization of an index, read from `r` through the guard (the
+// snapshot's payload, or bytes a caller handed over).
+std::unique_ptr<faiss::Index> read_guarded(PayloadReader& r) {
+  PayloadIOReader io(r);
+  std::unique_ptr<faiss::Index> index;
+  try {
+    index.reset(faiss::read_index(&io));
+  } catch (const PersistError&) {
+    throw;
+  } catch (const std::exception& e) {
+    r.fail(std::string("FAISS could not read its index: ") + e.what());
+  }
+  io.finish(index.get());
+  return index;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- Impl
@@ -690,16 +706,7 @@ FaissIndex FaissIndex::from_serialized(std::span<const std::byte> bytes, FaissOp
     std::span<const std::byte> b_;
     std::size_t at_ = 0;
   } r(bytes);
-  PayloadIOReader io(r);
-  std::unique_ptr<faiss::Index> index;
-  try {
-    index.reset(faiss::read_index(&io));
-  } catch (const PersistError&) {
-    throw;
-  } catch (const std::exception& e) {
-    r.fail(std::string("FAISS could not read its index: ") + e.what());
-  }
-  io.finish(index.get());
+  std::unique_ptr<faiss::Index> index = read_guarded(r);
   if (r.remaining() != 0) r.fail(std::to_string(r.remaining()) + " bytes follow the serialized FAISS index");
   return FaissIndex(std::move(index), options);
 }
@@ -885,16 +892,7 @@ FaissIndex FaissIndex::load_from(PayloadReader& r) {
   for (std::uint64_t i = 0; i < n_states; ++i)
     states.push_back(r.read_string(kMaxRandomStateBytes, "HNSW random state"));
 
-  PayloadIOReader io(r);
-  std::unique_ptr<faiss::Index> index;
-  try {
-    index.reset(faiss::read_index(&io));
-  } catch (const PersistError&) {
-    throw;
-  } catch (const std::exception& e) {
-    r.fail(std::string("FAISS could not read its index: ") + e.what());
-  }
-  io.finish(index.get());
+  std::unique_ptr<faiss::Index> index = read_guarded(r);
 
   auto s = Impl::adopt(std::move(index), (flags & kFlagCosine) != 0, Problems{"FAISS", true});
   std::vector<faiss::IndexHNSW*> graphs;
