@@ -363,6 +363,8 @@ TEST(CliExitCodes, DamagedMissingAndMisusedFiles) {
       {"inspect missing file", {"inspect", missing}, 2, "missing.iqdb"},
       {"no arguments", {}, 2, "subcommand"},
       {"unknown subcommand", {"frobnicate"}, 2, "frobnicate"},
+      {"unknown nested subcommand", {"wal", "dumb", v3_flipped}, 2, "Unknown subcommand: dumb"},
+      {"nested subcommand missing", {"wal"}, 2, "subcommand"},
       {"verify without a file", {"verify"}, 2, "FILE"},
       {"verify with two files", {"verify", v3_flipped, v1_flipped}, 2, ""},
       {"inspect unknown option", {"inspect", "--yaml", v3_flipped}, 2, "--yaml"},
@@ -462,6 +464,18 @@ TEST(CliDispatch, NestedSubcommandsRunTheirOwnAction) {
 }
 
 // ---------------------------------------------------------------- demo
+
+// Files the demo cannot write (here each lock file's place is taken by a
+// directory, which root cannot write either): exit 2, as every command
+// gives for Io (it gave 1, a failed check).
+TEST(CliDemo, FilesItCannotWriteExitTwo) {
+  TempDir dir;
+  for (const char* c : {"none", "zstd", "lz4"}) fs::create_directories(dir / (std::string("demo-") + c + ".iqdb.lock"));
+  const CliResult r = run_cli({"demo", "--dir", dir.path().string(), "--vectors", "10", "--dim", "4"});
+  EXPECT_EQ(r.code, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("io: "), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("3 of 3 checks FAILED"), std::string::npos) << r.out;
+}
 
 TEST(CliDemo, SmallRunSavesThreeVerifiedFiles) {
   TempDir dir;

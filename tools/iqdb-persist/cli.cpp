@@ -89,11 +89,17 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     CommandSet commands(app);
     register_all(commands);
 
-    // CLI11 would report "A subcommand is required" for a misspelt one.
-    if (!args.empty() && !args.front().empty() && args.front().front() != '-' &&
-        app.get_subcommands([&](CLI::App* sub) { return sub->get_name() == args.front(); }).empty()) {
-      err << "Unknown subcommand: " << args.front() << "\nRun with --help for more information.\n";
-      return kExitUsage;
+    // CLI11 would report "A subcommand is required" for a misspelt one, at
+    // the top (`iqdb-persist dumo`) or below (`iqdb-persist wal dumb`).
+    CLI::App* level = &app;
+    for (const std::string& word : args) {
+      if (level->get_subcommands([](CLI::App*) { return true; }).empty() || word.empty() || word.front() == '-') break;
+      const auto found = level->get_subcommands([&](CLI::App* sub) { return sub->get_name() == word; });
+      if (found.empty()) {
+        err << "Unknown subcommand: " << word << "\nRun with --help for more information.\n";
+        return kExitUsage;
+      }
+      level = found.front();
     }
     try {
       std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 consumes from the back

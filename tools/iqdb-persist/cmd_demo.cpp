@@ -173,12 +173,17 @@ class Checks {
     if (!ok) failures_.push_back(scope + ": " + what);
   }
   void fail(const std::string& scope, const std::string& what) { expect(false, scope, what); }
+  // A failure to read or write the files (ErrorKind::Io): exit 2, as for
+  // every command, instead of 1 (a failed check).
+  void note_io() noexcept { io_ = true; }
+  bool io() const noexcept { return io_; }
 
   std::size_t total() const noexcept { return total_; }
   const std::vector<std::string>& failures() const noexcept { return failures_; }
 
  private:
   std::ostream& out_;
+  bool io_ = false;
   std::size_t total_ = 0;
   std::vector<std::string> failures_;
 };
@@ -258,7 +263,7 @@ int report_checks(const Checks& checks, const Console& console) {
   }
   for (const std::string& f : checks.failures()) console.err << "demo: FAILED " << f << '\n';
   out << "demo: " << checks.failures().size() << " of " << checks.total() << " checks FAILED\n";
-  return kExitFailed;
+  return checks.io() ? kExitUsage : kExitFailed;
 }
 
 void print_summary(std::ostream& out, const std::vector<Result>& results) {
@@ -303,6 +308,7 @@ Result try_variant(const Tour& tour, const Variant& v, const Location& where, co
     check_queries(loaded.index(), queries, expected, v.name, checks);
   } catch (const PersistError& e) {
     checks.fail(v.name, std::string(r.saved ? "load" : "save") + " failed: " + describe(e));
+    if (e.kind() == ErrorKind::Io) checks.note_io();
   }
   out << '\n';
   return r;

@@ -108,6 +108,7 @@ class FaissIndex {
   // FAISS sees them (faiss::read_index alone trusts every count it reads).
   // Throws InvalidPayload or TruncatedPayload, then as the constructor.
   static FaissIndex from_serialized(std::span<const std::byte> bytes, FaissOptions options = {});
+  // A moved-from index holds nothing: destroy it or assign to it only.
   FaissIndex(FaissIndex&&) noexcept;
   FaissIndex& operator=(FaissIndex&&) noexcept;
   ~FaissIndex();

@@ -96,6 +96,7 @@ class HnswlibIndex {
   HnswlibIndex(std::unique_ptr<hnswlib::SpaceInterface<float>> space, std::unique_ptr<Graph> graph,
                bool cosine = false);
 
+  // A moved-from index holds nothing: destroy it or assign to it only.
   HnswlibIndex(HnswlibIndex&&) noexcept;
   HnswlibIndex& operator=(HnswlibIndex&&) noexcept;
   ~HnswlibIndex();
