@@ -60,7 +60,8 @@ TEST(WriteLimits, AnIndexRefusesAKeyASnapshotCannotHold) {
   EXPECT_TRUE(db.index().contains(3));
 }
 
-TEST(WriteLimits, AnIndexRefusesAnEmptyOrOverlongByteId) {
+// Such a byte id cannot be made, so no index can store one.
+TEST(WriteLimits, AnEmptyOrOverlongByteIdCannotBeMade) {
   FlatIndex ix(2, DistanceMetric::Euclidean);
   EXPECT_EQ(kind_of([] { (void)VectorId::bytes(""); }), ErrorKind::InvalidArgument);
   EXPECT_EQ(kind_of([] { (void)VectorId::bytes(std::string(kMaxIdBytes + 1, 'x')); }), ErrorKind::InvalidArgument);

@@ -181,30 +181,23 @@ void bind_write_batch(py::module_& m) {
       .def(
           "insert",
           [](PyWriteBatch& pb, py::handle ids, py::handle vectors, py::handle metadata) -> PyWriteBatch& {
-            // Every argument converted first (this can run Python code:
-            // __index__, a __class__ property, a sequence's __getitem__,
+            // Every argument converted first (this can run Python code,
             // which could resize the arrays or start a write() of this batch
-            // in another thread), the vectors' view taken last, then the
-            // batch checked and changed with no Python code in between.
+            // in another thread), then the batch checked and changed with no
+            // Python code in between.
             if (is_batch_of_rows(vectors)) {
-              const std::size_t n = as_rows(vectors, std::nullopt).n;  // its errors first
-              auto metas = to_metadata_list(metadata, n);
-              const Ids id = to_ids(ids, n);
-              const Rows rows = as_rows(vectors, std::nullopt);
-              if (rows.n != n) throw py::value_error("the vectors array changed while the ids and metadata were read");
+              RowsInsert a = to_rows_insert(ids, vectors, metadata, std::nullopt);
               WriteBatch& b = pb.changeable();
-              const std::size_t dim = rows.n == 0 ? 0 : rows.floats.size() / rows.n;
-              for (std::size_t i = 0; i < rows.n; ++i) {
-                b.insert(id.all_u64() ? VectorId(id.u64[i]) : id.general[i], rows.floats.subspan(i * dim, dim),
-                         metas.empty() ? std::nullopt : std::move(metas[i]));
+              const std::size_t n = a.rows.n;
+              const std::size_t dim = n == 0 ? 0 : a.rows.floats.size() / n;
+              for (std::size_t i = 0; i < n; ++i) {
+                b.insert(a.ids.all_u64() ? VectorId(a.ids.u64[i]) : a.ids.general[i], a.rows.floats.subspan(i * dim, dim),
+                         a.metas.empty() ? std::nullopt : std::move(a.metas[i]));
               }
               return pb;
             }
-            const VectorId vid = to_id(ids);
-            (void)as_vector(vectors, std::nullopt);  // its errors before the metadata's
-            std::optional<Metadata> meta = to_metadata(metadata);
-            const Vector v = as_vector(vectors, std::nullopt);
-            pb.changeable().insert(vid, v.floats, std::move(meta));
+            OneInsert a = to_one_insert(ids, vectors, metadata, std::nullopt);
+            pb.changeable().insert(a.id, a.vector.floats, std::move(a.meta));
             return pb;
           },
           py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(), py::return_value_policy::reference_internal,

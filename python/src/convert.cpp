@@ -211,7 +211,7 @@ bool is_batch_of_rows(py::handle vectors) {
   return false;
 }
 
-Queries as_queries(py::handle h, std::uint64_t dim) {
+Queries as_queries(py::handle h, std::optional<std::uint64_t> dim) {
   if (py::isinstance<py::array>(h) && py::reinterpret_borrow<py::array>(h).ndim() == 1) {
     Vector v = as_vector(h, dim, "query");
     return Queries{Rows{v.array, v.floats, 1}, true};
@@ -332,6 +332,22 @@ py::tuple to_numpy(const HitTable& t, bool single) {
   }
   if (single) return py::make_tuple(ids.attr("reshape")(k), dist.attr("reshape")(k));
   return py::make_tuple(ids, dist);
+}
+
+OneInsert to_one_insert(py::handle id, py::handle vector, py::handle metadata, std::optional<std::uint64_t> dim) {
+  VectorId vid = to_id(id);
+  (void)as_vector(vector, dim);  // its errors before the metadata's
+  std::optional<Metadata> meta = to_metadata(metadata);
+  return OneInsert{std::move(vid), std::move(meta), as_vector(vector, dim)};
+}
+
+RowsInsert to_rows_insert(py::handle ids, py::handle vectors, py::handle metadata, std::optional<std::uint64_t> dim) {
+  const std::size_t n = as_rows(vectors, dim).n;  // its errors first
+  std::vector<std::optional<Metadata>> metas = to_metadata_list(metadata, n);
+  Ids id = to_ids(ids, n);
+  Rows rows = as_rows(vectors, dim);
+  if (rows.n != n) throw py::value_error("the vectors array changed while the ids and metadata were read");
+  return RowsInsert{std::move(metas), std::move(id), std::move(rows)};
 }
 
 }  // namespace iqdb::persist::python

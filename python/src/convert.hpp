@@ -63,11 +63,12 @@ struct Rows {
 Rows as_rows(py::handle h, std::optional<std::uint64_t> dim, const char* what = "vectors");
 
 // A float32 array of shape (dim,) or (n, dim): a query or a block of them.
+// dim nullopt: any dimension (checked against the index under its lock).
 struct Queries {
   Rows rows;
   bool single = false;
 };
-Queries as_queries(py::handle h, std::uint64_t dim);
+Queries as_queries(py::handle h, std::optional<std::uint64_t> dim);
 
 // Ids of a batch: a numpy array of unsigned (or non-negative) integers,
 // viewed in place when it is C-contiguous uint64; or a sequence of int /
@@ -92,5 +93,27 @@ struct HitTable {
   std::vector<std::vector<float>> distances;
 };
 py::tuple to_numpy(const HitTable& t, bool single);
+
+// The arguments of one insert, converted in the one safe order: the id, the
+// vector's own errors, the metadata, then the vector's view last.
+// Converting an id or metadata can run Python code (__index__, a __class__
+// property, a sequence's __getitem__) that could resize the array and free
+// the memory a view taken earlier would read. dim nullopt: any length.
+struct OneInsert {
+  VectorId id;
+  std::optional<Metadata> meta;
+  Vector vector;
+};
+OneInsert to_one_insert(py::handle id, py::handle vector, py::handle metadata, std::optional<std::uint64_t> dim);
+
+// The arguments of a batch of rows, in the same order: the rows' own
+// errors, the metadata, the ids (a uint64 array is viewed in place), then
+// the rows' view last, checked to hold as many rows as before.
+struct RowsInsert {
+  std::vector<std::optional<Metadata>> metas;  // empty: no metadata
+  Ids ids;
+  Rows rows;
+};
+RowsInsert to_rows_insert(py::handle ids, py::handle vectors, py::handle metadata, std::optional<std::uint64_t> dim);
 
 }  // namespace iqdb::persist::python

@@ -31,14 +31,8 @@ void bind_index_methods(py::class_<Owned<I>>& c) {
       .def(
           "insert",
           [](Owned<I>& o, py::handle id, py::handle vector, py::handle metadata) {
-            const VectorId vid = to_id(id);
-            (void)as_vector(vector, o.get().dim());  // its errors before the metadata's
-            std::optional<Metadata> meta = to_metadata(metadata);
-            // The view last (as in Persisted::insert_one): converting the
-            // metadata can run Python code that resizes the array.
-            I& ix = o.get();
-            const Vector v = as_vector(vector, ix.dim());
-            ix.insert(vid, v.floats, std::move(meta));
+            OneInsert a = to_one_insert(id, vector, metadata, o.get().dim());
+            o.get().insert(a.id, a.vector.floats, std::move(a.meta));  // (get(): the conversion may have taken it)
           },
           py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(),
           "Insert into the in-memory index (nothing is persisted until open_with).")
@@ -62,7 +56,9 @@ struct Persisted {
   std::uint64_t dim = 0;
 
   explicit Persisted(PersistedIndex<I> d) : db(std::move(d)), dim(db->index().dim()) {}
-  std::uint64_t current_dim() const noexcept { return dim; }  // a writer's index keeps its dimension
+  // A writer's index keeps its dimension.
+  std::uint64_t current_dim() const noexcept { return dim; }
+  std::optional<std::uint64_t> query_dim() const noexcept { return dim; }
   Persisted(const Persisted&) = delete;
   Persisted& operator=(const Persisted&) = delete;
   // With the GIL held: letting it go would mean taking it back, which at
@@ -72,27 +68,17 @@ struct Persisted {
   ~Persisted() { db.reset(); }
 
   void insert_one(py::handle id, py::handle vector, py::handle metadata) {
-    const VectorId vid = to_id(id);
-    (void)as_vector(vector, dim);  // its errors before the metadata's
-    std::optional<Metadata> meta = to_metadata(metadata);
-    // The view last: converting the id and the metadata can run Python code
-    // (__index__, a __class__ property), which could resize the array.
-    const Vector v = as_vector(vector, dim);
+    OneInsert a = to_one_insert(id, vector, metadata, dim);
     ReleasedGil rel;
-    db->insert(vid, v.floats, std::move(meta));
+    db->insert(a.id, a.vector.floats, std::move(a.meta));
   }
 
   // One batch: one log frame, one fsync, all or nothing.
   void insert_rows(py::handle ids, py::handle vectors, py::handle metadata) {
-    const std::size_t n = as_rows(vectors, dim).n;  // its errors first
-    // The metadata before the ids, and the vectors' view last (as in
-    // insert_one): converting metadata can run Python code (a __class__
-    // property, __index__) that could resize the arrays whose memory the
-    // ids (a uint64 array is used in place) and the vectors are read from.
-    std::vector<std::optional<Metadata>> metas = to_metadata_list(metadata, n);
-    const Ids id = to_ids(ids, n);
-    const Rows rows = as_rows(vectors, dim);
-    if (rows.n != n) throw py::value_error("the vectors array changed while the ids and metadata were read");
+    RowsInsert a = to_rows_insert(ids, vectors, metadata, dim);
+    const Ids& id = a.ids;
+    const Rows& rows = a.rows;
+    std::vector<std::optional<Metadata>>& metas = a.metas;
     WriteBatch b;
     if (id.all_u64() && metas.empty()) {
       b.insert_rows_ref(id.u64, rows.floats, dim);

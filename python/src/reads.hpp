@@ -1,7 +1,8 @@
 // The read methods a persisted index (persisted.hpp) and a read replica
 // (replica.hpp) share: search, metadata, get (FlatIndex), len, in, dim.
-// W is the Python object's C++ side: it has `dim` (as last known),
-// `current_dim()` and `reading(f)`, which
+// W is the Python object's C++ side: it has `current_dim()`, `query_dim()`
+// (the dimension queries are checked against before the lock, or nullopt:
+// under it) and `reading(f)`, which
 // runs f(const I&) under the index's read lock with the GIL released (f
 // must not touch Python objects). Results are copied under the lock and
 // converted to Python objects after it.
@@ -31,12 +32,12 @@ HitTable search_rows(const I& ix, const Queries& q, std::size_t k) {
   t.ids.resize(q.rows.n);
   t.distances.resize(q.rows.n);
   const std::size_t dim = static_cast<std::size_t>(ix.dim());
-  // The queries were checked against the dimension the Python object knew;
-  // a replica may have loaded anew an index of another dimension since.
+  // Checked here, under the index's lock, where the caller could not check
+  // the dimension before (a replica's, which a catch-up that loads anew can
+  // change: query_dim() nullopt).
   if (q.rows.floats.size() != q.rows.n * dim) {
     throw py::value_error("the queries have dimension " + std::to_string(q.rows.n == 0 ? 0 : q.rows.floats.size() / q.rows.n) +
-                          ", the index now has " + std::to_string(dim) +
-                          " (the replica loaded anew an index of another dimension)");
+                          ", the index has " + std::to_string(dim));
   }
   for (std::size_t r = 0; r < q.rows.n; ++r) {
     for (const auto& h : ix.search(q.rows.floats.subspan(r * dim, dim), k)) {
@@ -61,7 +62,7 @@ void bind_reads(py::class_<W>& c) {
       .def(
        "search",
        [](W& w, py::handle query, std::size_t k) {
-         const Queries q = as_queries(query, w.current_dim());
+         const Queries q = as_queries(query, w.query_dim());
          const HitTable t = w.reading([&](const I& ix) { return search_rows(ix, q, k); });
          return to_numpy(t, q.single);
        },

@@ -68,6 +68,8 @@ struct Replica {
     refresh();
     return metric.load();
   }
+  // Queries are checked under the read lock, against the index they search.
+  static std::optional<std::uint64_t> query_dim() noexcept { return std::nullopt; }
 
   // f(ReadReplica&) with the GIL released. f must not touch Python objects.
   template <class F>

@@ -290,10 +290,7 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
   }
   // What a snapshot's reader refuses is never stored (the library checks
   // mutations before logging them; this covers the index used directly).
-  if (id.is_bytes() && (id.as_bytes().empty() || id.as_bytes().size() > kMaxIdBytes)) {
-    throw PersistError::argument("byte id of " + std::to_string(id.as_bytes().size()) + " bytes (1 to " +
-                                 std::to_string(kMaxIdBytes) + " are allowed)");
-  }
+  // (A byte id is 1 to kMaxIdBytes long by construction: VectorId::bytes.)
   if (meta) detail::check_metadata_lengths(*meta);
   if (!table_) table_ = std::make_unique<IdTable>();  // moved from: empty, and usable again
   // Strong guarantee: reserve everything first, then commit with steps that
