@@ -139,8 +139,9 @@ void refuse_losing_writes(const PersistConfig& config, const LogHoldings& log, c
     throw PersistError::at(ErrorKind::WouldLoseWrites, config.path,
                            "the snapshot holds the log's writes up to LSN " + std::to_string(snapshot_lsn) +
                                ", this index covers LSN " + std::to_string(base_lsn) +
-                               " only (a writer with the WAL saved or checkpointed since it was loaded, or it "
-                               "was opened with open_with); saving would replace acknowledged writes: " + how_to);
+                               " only (a writer with the WAL checkpointed, or reopened it after a save without "
+                               "the WAL, since it was loaded, or it was opened with open_with); saving would "
+                               "replace acknowledged writes: " + how_to);
   }
 }
 

@@ -88,6 +88,8 @@ struct Expected {
   std::optional<std::uint64_t> last_lsn;  // v3 only (null in JSON before v3)
   // v3, compression byte 0, optional flag bit 0 (aligned block) set.
   bool mappable = false;
+  // v3, optional flag bit 1 (written by a save without the WAL).
+  std::optional<bool> saved_without_wal{};
 };
 
 struct Fixture {
@@ -136,10 +138,14 @@ FlatIndex small_index() {
 // header_len u32 at 12, tag_len u32 at 24, then the tag, dim 8, metric 1,
 // compression 1, n_vectors 8, last_lsn 8, uncompressed_len 8.
 Fixture v3_file(const TempDir& dir, std::string name, Compression c, std::string compression_name,
-                std::optional<std::uint64_t> known_payload_len) {
+                std::optional<std::uint64_t> known_payload_len, bool with_wal = false) {
   PersistConfig cfg(dir / (name + ".iqdb"));
   cfg.compression = c;
-  PersistedIndex<FlatIndex>::open_with(small_index(), cfg).save();
+  cfg.wal_enabled = with_wal;
+  // Without the WAL, save() writes the snapshot; with it, open_with does.
+  auto db = PersistedIndex<FlatIndex>::open_with(small_index(), cfg);
+  if (!with_wal) db.save();
+  db.close();
   std::vector<std::byte> bytes = test::read_file(cfg.path);
   fs::remove(cfg.path);
   const std::size_t header_len = le(bytes, 12, 4);
@@ -161,6 +167,8 @@ Fixture v3_file(const TempDir& dir, std::string name, Compression c, std::string
              le(bytes, last_lsn_at, 8)};
   EXPECT_EQ(*e.last_lsn, 0u) << "no write-ahead log, nothing folded";
   e.mappable = bytes[28 + tag_len + 8 + 1] == std::byte{0} && (le(bytes, 20, 4) & 1) != 0;
+  e.saved_without_wal = (le(bytes, 20, 4) & 2) != 0;
+  EXPECT_EQ(*e.saved_without_wal, !with_wal) << name;
   return {std::move(name), std::move(bytes), e};
 }
 
@@ -177,6 +185,7 @@ std::vector<Fixture> all_fixtures(const TempDir& dir) {
   f.push_back(std::move(none));
   f.push_back(v3_file(dir, "v3-zstd", Compression::zstd(3), "zstd", payload_len));
   f.push_back(v3_file(dir, "v3-lz4", Compression::lz4(), "lz4", payload_len));
+  f.push_back(v3_file(dir, "v3-wal", Compression::none(), "none", payload_len, /*with_wal=*/true));
   return f;
 }
 
@@ -214,6 +223,7 @@ void expect_text(const std::string& out, const Expected& e) {
   };
   if (e.last_lsn) want["last_lsn"] = std::to_string(*e.last_lsn);
   want["mappable"] = e.mappable ? "yes" : "no";
+  if (e.saved_without_wal) want["saved_without_wal"] = *e.saved_without_wal ? "yes" : "no";
   EXPECT_EQ(got, want);
   EXPECT_EQ(value_columns.size(), 1u) << "values are not aligned:\n" << out;
 }
@@ -225,8 +235,13 @@ void expect_json(const std::string& out, const Expected& e) {
   for (const auto& [k, v] : j.items()) keys.insert(k);
   EXPECT_EQ(keys, (std::set<std::string>{"format_version", "index_type", "dim", "metric", "n_vectors", "crc32",
                                          "compression", "uncompressed_len", "file_size", "last_lsn",
-                                         "mappable"}));
+                                         "mappable", "saved_without_wal"}));
   EXPECT_EQ(j.at("mappable").get<bool>(), e.mappable);
+  if (e.saved_without_wal) {
+    EXPECT_EQ(j.at("saved_without_wal").get<bool>(), *e.saved_without_wal);
+  } else {
+    EXPECT_TRUE(j.at("saved_without_wal").is_null());
+  }
   for (const char* k : {"format_version", "dim", "n_vectors", "crc32", "uncompressed_len", "file_size"}) {
     EXPECT_TRUE(j.at(k).is_number_unsigned()) << k;
   }

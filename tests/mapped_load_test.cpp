@@ -84,7 +84,7 @@ TEST(MappedLoadFormat, FileMatchesTheDocumentedBytes) {
     save(make_index(n), config_for(path, false));
     test::V3Fields v;
     v.f = {"flat", kDim, 2, n};
-    v.optional = 1;  // aligned block
+    v.optional = 1 | 2;  // aligned block; saved without the WAL
     const Buf payload = expected_payload(n);
     EXPECT_EQ(test::read_file(path), test::v3_file(v, payload.size(), payload)) << n << " rows";
     EXPECT_EQ(vectors_offset(n) % kPage, 0u);
@@ -103,7 +103,7 @@ TEST(MappedLoadFormat, CompressedFilesAreNotMappable) {
   const auto path = dir / "c.iqdb";
   save(make_index(100), config_for(path, false, Compression::lz4()));
   const FileHeader h = inspect_snapshot(default_file_system(), path).header;
-  EXPECT_EQ(h.optional_flags, 0u);
+  EXPECT_EQ(h.optional_flags, 2u);  // saved without the WAL; no aligned block
   EXPECT_FALSE(is_mappable(h));
   save(make_index(100), config_for(path, false));
   EXPECT_TRUE(is_mappable(inspect_snapshot(default_file_system(), path).header));
@@ -377,7 +377,7 @@ TEST(MappedLoad, IdsOfEitherFormSaveAndLoadAlike) {
   EXPECT_EQ(test::read_file(dir / "w.iqdb"), test::read_file(dir / "n.iqdb"));
   test::V3Fields v;  // the bytes of docs/FORMAT.md, as in FileMatchesTheDocumentedBytes
   v.f = {"flat", kDim, 2, 300};
-  v.optional = 1;
+  v.optional = 1 | 2;
   const Buf payload = expected_payload(300);
   EXPECT_EQ(test::read_file(dir / "n.iqdb"), test::v3_file(v, payload.size(), payload));
   auto loaded = PersistedIndex<FlatIndex>::load(config_for(dir / "w.iqdb", true));

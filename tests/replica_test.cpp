@@ -532,6 +532,61 @@ TEST(Replica, ANewIndexAtItsPathIsLoadedAnew) {
   }
 }
 
+// A save without the WAL replaces the state a replica followed, keeping
+// the LSN (docs/FORMAT.md, "Saves without the WAL"); then a writer with the
+// WAL opens and logs. The replica loads the new state anew. Before, the
+// writer logged on from that LSN and the replica applied the new records
+// onto the contents it had: it held id 1, which the save had erased.
+TEST(Replica, ASaveWithoutTheWalIsNotTakenForTheStateItReplaced) {
+  for (const bool discard_log : {false, true}) {
+    SCOPED_TRACE(discard_log ? "discard_log" : "log kept");
+    test::TempDir dir;
+    const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+    test::Model model;
+    {
+      Writer w{new_writer(cfg), {}};
+      w.insert(1);
+      w.insert(2);
+      w.db.close();
+      model = w.model;
+    }
+    Replica r = Replica::open(cfg);
+    ASSERT_EQ(r.last_lsn(), 2U);
+    {
+      PersistConfig plain(cfg.path);
+      plain.discard_log = discard_log;
+      auto db = PersistedIndex<FlatIndex>::load(plain);
+      db.erase(VectorId(std::uint64_t{1}));
+      model.erase(VectorId(std::uint64_t{1}));
+      db.insert(50, vec_of(50));
+      model[VectorId(std::uint64_t{50})] = {vec_of(50), std::nullopt};
+      const FileHeader h = db.save();
+      EXPECT_EQ(h.last_lsn, 2U);  // the LSN the files had
+      EXPECT_EQ(h.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL, format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL);
+    }
+    Writer w{PersistedIndex<FlatIndex>::load(cfg), model};
+    // The writer's open wrote the saved state again, one LSN higher, as a
+    // snapshot of a writer with the WAL.
+    const FileHeader now = inspect_snapshot(default_file_system(), cfg.path).header;
+    EXPECT_EQ(now.last_lsn, 3U);
+    EXPECT_EQ(now.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL, 0U);
+    EXPECT_EQ(w.db.last_lsn(), 3U);
+    w.insert(7);
+    (void)r.catch_up();
+    EXPECT_EQ(test::diff(r.index(), w.model), "");
+    EXPECT_EQ(r.last_lsn(), 4U);
+    EXPECT_EQ(r.stats().reloads, 1U);
+    w.insert(8);  // and it follows the log from there
+    (void)r.catch_up();
+    EXPECT_EQ(test::diff(r.index(), w.model), "");
+    // A reopen does not claim again: the snapshot is the WAL writer's now.
+    w.db.close();
+    auto again = PersistedIndex<FlatIndex>::load(cfg);
+    EXPECT_EQ(again.last_lsn(), 5U);
+    EXPECT_EQ(inspect_snapshot(default_file_system(), cfg.path).header.last_lsn, 3U);
+  }
+}
+
 // lag() reads the log's end while writers append to it: a frame read while
 // it was being written is read again, never reported as damage. (It threw
 // CorruptLog about once in 500 calls under three writers.)

@@ -331,7 +331,8 @@ std::vector<std::byte> v1_erase_u64(std::uint64_t id) {
 // What lies on disk before the load, and the state it stands for.
 enum class Before {
   TornTail,          // v2 log whose last frame is torn: the load cuts it
-  SnapshotNoLog,     // a snapshot saved without a WAL: the load creates the log
+  SnapshotNoLog,     // a snapshot saved without a WAL: the load writes it one LSN higher and creates the log
+  SavedBesideLog,    // a save without the WAL beside the log it covers: the same, the old log replaced
   ReferenceV1Log,    // a version-1 log: the load folds it into a snapshot and starts a v2 log
 };
 
@@ -376,12 +377,32 @@ Model prepare(const test::TempDir& dir, Before before) {
       db.save();
       break;
     }
-    case Before::ReferenceV1Log: {
-      PersistConfig plain(real.path);
+    case Before::SavedBesideLog: {
       {
-        auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), plain);
-        for (std::uint64_t id = 1; id <= 3; ++id) put(db, model, id);
-        db.save();
+        auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), real);
+        for (std::uint64_t id = 1; id <= 4; ++id) put(db, model, id);
+        db.close();
+      }
+      PersistConfig plain(real.path);
+      auto db = PersistedIndex<FlatIndex>::load(plain);
+      db.erase(VectorId(std::uint64_t{2}));
+      model.erase(VectorId(std::uint64_t{2}));
+      put(db, model, 9);
+      db.save();
+      break;
+    }
+    case Before::ReferenceV1Log: {
+      {
+        // The reference's snapshot: written as such, without the flag of a
+        // save without the WAL (which would take the load's other path).
+        FlatIndex index(4, DistanceMetric::Euclidean);
+        for (std::uint64_t id = 1; id <= 3; ++id) {
+          index.insert(id, vec_of(id));
+          model[VectorId(id)] = Entry{vec_of(id), std::nullopt};
+        }
+        const SnapshotInfo info{FlatIndex::index_type, 4, DistanceMetric::Euclidean, index.size(), 0};
+        write_snapshot(default_file_system(), real.path, info, Compression::none(), true,
+                       [&](PayloadWriter& w) { index.save_to(w); });
       }
       test::Bytes log;
       log.append(test::v1_log_header());
@@ -432,6 +453,7 @@ TEST_P(LoadCrash, AtEveryFileSystemCallRecoversTheStateOnDisk) {
 INSTANTIATE_TEST_SUITE_P(Before, LoadCrash,
                          ::testing::Values(LoadCase{"TornTail", Before::TornTail},
                                            LoadCase{"SnapshotWithoutLog", Before::SnapshotNoLog},
+                                           LoadCase{"SavedWithoutWalBesideItsLog", Before::SavedBesideLog},
                                            LoadCase{"ReferenceV1Log", Before::ReferenceV1Log}),
                          [](const ::testing::TestParamInfo<LoadCase>& i) { return std::string(i.param.name); });
 

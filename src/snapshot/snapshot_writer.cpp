@@ -293,6 +293,7 @@ FileHeader write_snapshot(FileSystem& fs, const std::filesystem::path& path, con
   h.metric = info.metric;
   h.n_vectors = info.n_vectors;
   h.last_lsn = info.last_lsn;
+  h.optional_flags = info.optional_flags & ~format::OPTIONAL_FLAG_ALIGNED_BLOCK;
   h.compression = scheme_for(compression);
   // Validates the tag before any file is created.
   const std::size_t header_len = format::write_header(h).size();

@@ -190,6 +190,7 @@ class WalEngine::Impl {
   void start_new_log(std::uint64_t base_lsn);
   std::uint64_t lsn_bound_of_existing_files();
   void continue_log(const wal::ScanResult& scan, std::uint64_t expect);
+  void claim_above(std::uint64_t last, const WriteSnapshot& write_snapshot);
   // group_commit.cpp
   static void wake(Entry& e, Wake why) noexcept;
   static Wake wait_for_wake(Entry& e, std::chrono::nanoseconds spin) noexcept;

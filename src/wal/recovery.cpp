@@ -103,8 +103,19 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   lock_and_clean();
   const FileHeader h = load_snapshot();
   const std::uint64_t folded = h.last_lsn;
+  // A save without the WAL kept the LSN its files had, so that LSN may name
+  // two states: the one a read replica followed the log to, and this
+  // snapshot's. Before anything is logged, the state loaded is written
+  // again, one LSN higher: a replica that holds the old state then finds a
+  // snapshot newer than it and loads anew, instead of applying the records
+  // logged from here on to the old contents.
+  const bool reclaim = (h.optional_flags & ::iqdb::persist::format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL) != 0;
   if (!storage_->log_exists()) {
-    start_new_log(folded + 1);
+    if (reclaim) {
+      claim_above(folded, write_snapshot);
+    } else {
+      start_new_log(folded + 1);
+    }
     start_flusher();
     return;
   }
@@ -118,7 +129,11 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   stats_.torn_tail_bytes = r.scan.torn_tail_bytes;
   stats_.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
   stats_.migrated_v1_log = r.scan.version == 1;
-  if (r.scan.version == 1) {
+  if (reclaim) {
+    // (Records above the save's LSN are not there unless the files were
+    // changed by hand: they are applied above and fold into the new snapshot.)
+    claim_above(expect - 1, write_snapshot);
+  } else if (r.scan.version == 1) {
     // A reference (version 1) log: fold it into a version-3 snapshot now and
     // continue with a version-2 log. A crash in between is safe: the new
     // snapshot's last LSN counts the version-1 records it folded.
@@ -129,6 +144,20 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
     continue_log(r.scan, expect);
   }
   start_flusher();
+}
+
+// The state loaded (covering `last`) written as a snapshot at last + 1,
+// then a new log above it. A crash in between leaves the new snapshot
+// beside the old log, whose records it covers: the same state.
+void WalEngine::Impl::claim_above(std::uint64_t last, const WriteSnapshot& write_snapshot) {
+  if (last >= ::iqdb::persist::format::MAX_LSN) {
+    throw PersistError::at(ErrorKind::InvalidArgument, snapshot_path_,
+                           "the snapshot claims LSN " + std::to_string(last) +
+                               ", the highest; a writer with the WAL cannot log above it");
+  }
+  next_lsn_ = last + 1;
+  write_snapshot(last + 1);
+  start_new_log(last + 2);
 }
 
 // After replay of a version-2 log: append to it from where its valid

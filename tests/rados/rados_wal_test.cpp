@@ -950,6 +950,43 @@ TEST_F(RadosWal, ReplicasFollowTheStreamThroughCheckpoints) {
   db.close();
 }
 
+// A save without the WAL replaces the state a replica followed, keeping
+// the LSN; the next writer with the WAL writes it again one LSN higher
+// before it logs (docs/FORMAT.md, "Saves without the WAL"), so the replica
+// loads it anew instead of applying the new log onto the state it has.
+TEST_F(RadosWal, ASaveWithoutTheWalIsNotTakenForTheStateItReplaced) {
+  Model m;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+    for (std::uint64_t id = 1; id <= 3; ++id) {
+      db.insert(id, vector_of(id));
+      m[id] = vector_of(id);
+    }
+    db.close();
+  }
+  auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));
+  ASSERT_TRUE(equals(replica.index(), m));
+  {
+    auto plain = PersistedIndex<FlatIndex>::load(read_only(config_for(name_)));
+    plain.erase(1);
+    m.erase(1);
+    plain.insert(50, vector_of(50));
+    m[50] = vector_of(50);
+    const FileHeader h = plain.save();
+    EXPECT_EQ(h.last_lsn, 3u);
+    EXPECT_NE(h.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL, 0u);
+  }
+  auto w = PersistedIndex<FlatIndex>::load(config_for(name_));
+  EXPECT_EQ(w.last_lsn(), 4u);
+  w.insert(7, vector_of(7));
+  m[7] = vector_of(7);
+  replica.catch_up();
+  EXPECT_TRUE(equals(replica.index(), m));
+  EXPECT_EQ(replica.last_lsn(), 5u);
+  EXPECT_EQ(replica.stats().reloads, 1u);
+  w.close();
+}
+
 // A background follower keeps up; lag() counts what it has not applied.
 TEST_F(RadosWal, ReplicaLagAndBackgroundFollower) {
   auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));

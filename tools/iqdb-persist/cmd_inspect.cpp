@@ -41,7 +41,8 @@ void register_inspect(CommandSet& commands) {
   add_rados_options(cmd, opts->rados);
   cmd.add_flag("--json", opts->json,
                "Print one JSON object: format_version, index_type, dim, metric, n_vectors, crc32, "
-               "compression, uncompressed_len, file_size, last_lsn (null before version 3), mappable");
+               "compression, uncompressed_len, file_size, last_lsn (null before version 3), mappable, "
+               "saved_without_wal (null before version 3)");
 }
 
 }  // namespace iqdb::persist::cli

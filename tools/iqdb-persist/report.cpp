@@ -43,6 +43,12 @@ std::string_view compression_name(CompressionScheme scheme) noexcept {
   return "unknown";
 }
 
+namespace {
+bool saved_without_wal(const FileHeader& h) {
+  return (h.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL) != 0;
+}
+}  // namespace
+
 void print_header(std::ostream& out, const SnapshotSummary& summary, std::string_view indent) {
   const FileHeader& h = summary.header;
   const auto line = [&](std::string_view name, const std::string& value) {
@@ -60,6 +66,10 @@ void print_header(std::ostream& out, const SnapshotSummary& summary, std::string
   if (h.format_version >= 3) line("last_lsn", std::to_string(h.last_lsn));
   line("mappable", is_mappable(h) ? "yes (a mapped load uses the vectors in place)"
                                   : "no (loads by copying: needs version 3, uncompressed, aligned vectors)");
+  if (h.format_version >= 3) {
+    line("saved_without_wal", saved_without_wal(h) ? "yes (a writer with the WAL writes it again one LSN higher on open)"
+                                                   : "no");
+  }
 }
 
 std::string header_json(const SnapshotSummary& summary) {
@@ -78,6 +88,9 @@ std::string header_json(const SnapshotSummary& summary) {
       {"last_lsn", h.format_version >= 3 ? nlohmann::ordered_json(h.last_lsn) : nlohmann::ordered_json(nullptr)},
       // Whether PersistConfig::map_snapshot can use the vectors in place.
       {"mappable", is_mappable(h)},
+      // docs/FORMAT.md, "Saves without the WAL" (null before version 3).
+      {"saved_without_wal",
+       h.format_version >= 3 ? nlohmann::ordered_json(saved_without_wal(h)) : nlohmann::ordered_json(nullptr)},
   };
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }

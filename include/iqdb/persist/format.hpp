@@ -45,6 +45,12 @@ inline constexpr std::uint32_t KNOWN_REQUIRED_FLAGS = 0;
 // offset that is a multiple of 4096, and the payload is stored uncompressed,
 // so a mapped load can use it in place.
 inline constexpr std::uint32_t OPTIONAL_FLAG_ALIGNED_BLOCK = 1u << 0;
+// Bit 1: written by a save without the WAL, which keeps the LSN its files
+// had (PersistedIndex::save). The contents may differ from the state a
+// writer with the WAL or a read replica knew by this last_lsn, so a writer
+// with the WAL that loads such a snapshot writes it again one LSN higher
+// before it logs (docs/FORMAT.md, "Saves without the WAL").
+inline constexpr std::uint32_t OPTIONAL_FLAG_SAVED_WITHOUT_WAL = 1u << 1;
 
 }  // namespace format
 

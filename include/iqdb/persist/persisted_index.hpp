@@ -317,7 +317,7 @@ class PersistedIndex {
     State* st = s_.get();
     FileHeader h = detail::save_without_wal(st->config, st->base_lsn.load(),
                                                   [st](std::uint64_t lsn, bool durable) {
-                                                    return st->write_snapshot(lsn, durable);
+                                                    return st->write_snapshot(lsn, durable, /*without_wal=*/true);
                                                   });
     st->base_lsn.store(h.last_lsn);
     return h;
@@ -414,8 +414,8 @@ class PersistedIndex {
  private:
   struct State {
     State(I i, PersistConfig c) : index(std::move(i)), config(std::move(c)) {}
-    FileHeader write_snapshot(std::uint64_t lsn, bool durable) const {
-      return write_index_snapshot(index, config, lsn, durable);
+    FileHeader write_snapshot(std::uint64_t lsn, bool durable, bool without_wal = false) const {
+      return write_index_snapshot(index, config, lsn, durable, without_wal);
     }
     I index;
     PersistConfig config;
@@ -461,9 +461,10 @@ class PersistedIndex {
   }
 
   static FileHeader write_index_snapshot(const I& index, const PersistConfig& config, std::uint64_t lsn,
-                                         bool durable) {
+                                         bool durable, bool without_wal = false) {
     const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
-                            static_cast<std::uint64_t>(index.size()), lsn};
+                            static_cast<std::uint64_t>(index.size()), lsn,
+                            without_wal ? format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL : 0u};
     return write_snapshot(detail::fs_of(config), config.path, info, config.compression, durable,
                           [&index](PayloadWriter& w) { index.save_to(w); }, config.limits);
   }

@@ -22,6 +22,10 @@ struct SnapshotInfo {
   DistanceMetric metric = DistanceMetric::Euclidean;
   std::uint64_t n_vectors = 0;
   std::uint64_t last_lsn = 0;
+  // Optional-flag bits the writer sets besides those the payload decides
+  // (format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL; the aligned-block bit is the
+  // writer's own and is ignored here).
+  std::uint32_t optional_flags = 0;
 };
 
 // Write a version-3 snapshot to `path`, atomically (see replace_file_atomically).
