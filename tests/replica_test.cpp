@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -626,6 +627,63 @@ TEST(Replica, LagBesideWritersNeverReportsDamage) {
   EXPECT_GE(settled.available_lsn, last);
   (void)r.catch_up();
   EXPECT_EQ(r.last_lsn(), db.last_lsn());
+}
+
+// Loads without the WAL and replica opens read the log while writers
+// append to it: a frame being written (frames after it already there)
+// is read again, never reported as damage.
+TEST(Replica, LoadsAndOpensBesideWritersNeverReportDamage) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  auto db = new_writer(cfg);
+  constexpr std::uint64_t kThreads = 3;
+  std::atomic<bool> stop{false};
+  std::array<std::atomic<std::uint64_t>, kThreads> acked{};  // inserts returned, per thread
+  std::vector<std::thread> writers;
+  for (std::uint64_t t = 0; t < kThreads; ++t) {
+    writers.emplace_back([&, t] {
+      for (std::uint64_t i = 0; !stop.load(); ++i) {
+        db.insert(t * 1'000'000'000 + i, vec_of(i));
+        acked[t].store(i + 1);
+        if (i % 400 == 399) db.checkpoint();  // keeps the log, and each load, short
+      }
+    });
+  }
+  // Every insert acknowledged before the load began is in what it loaded.
+  const auto acked_now = [&] {
+    std::array<std::uint64_t, kThreads> a{};
+    for (std::uint64_t t = 0; t < kThreads; ++t) a[t] = acked[t].load();
+    return a;
+  };
+  const auto missing = [&](const FlatIndex& ix, const std::array<std::uint64_t, kThreads>& a) {
+    std::string out;
+    for (std::uint64_t t = 0; t < kThreads; ++t) {
+      if (a[t] > 0 && !ix.contains(t * 1'000'000'000 + a[t] - 1)) out += "thread " + std::to_string(t) + "; ";
+    }
+    return out;
+  };
+  std::uint64_t loads = 0, opens = 0;
+  const auto until = std::chrono::steady_clock::now() + 3s;
+  std::optional<std::string> error;
+  PersistConfig plain(cfg.path);
+  while (std::chrono::steady_clock::now() < until && !error) {
+    try {
+      const auto before_load = acked_now();
+      auto loaded = PersistedIndex<FlatIndex>::load(plain);
+      EXPECT_EQ(missing(loaded.index(), before_load), "");
+      ++loads;
+      const auto before_open = acked_now();
+      Replica r = Replica::open(cfg);
+      EXPECT_EQ(r.read([&](const FlatIndex& ix) { return missing(ix, before_open); }), "");
+      ++opens;
+    } catch (const PersistError& e) {
+      error = e.what();
+    }
+  }
+  stop = true;
+  for (auto& t : writers) t.join();
+  EXPECT_EQ(error, std::nullopt) << "after " << loads << " loads and " << opens << " opens";
+  EXPECT_GT(loads, 0U);
 }
 
 }  // namespace
