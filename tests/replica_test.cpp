@@ -588,6 +588,38 @@ TEST(Replica, ASaveWithoutTheWalIsNotTakenForTheStateItReplaced) {
   }
 }
 
+// The same save, then the replica is promoted: the writer it becomes holds
+// what the save wrote. Before, the replica's state (the same LSN, the log
+// intact) stood for the snapshot, and its open wrote that state over the
+// save's: the saved erase and insert were lost.
+TEST(Replica, APromotedReplicaHoldsASaveWithoutTheWalMadeMeanwhile) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  test::Model model;
+  {
+    Writer w{new_writer(cfg), {}};
+    w.insert(1);
+    w.insert(2);
+    w.db.close();
+    model = w.model;
+  }
+  Replica r = Replica::open(cfg);
+  {
+    auto db = PersistedIndex<FlatIndex>::load(PersistConfig(cfg.path));
+    db.erase(VectorId(std::uint64_t{1}));
+    model.erase(VectorId(std::uint64_t{1}));
+    db.insert(50, vec_of(50));
+    model[VectorId(std::uint64_t{50})] = {vec_of(50), std::nullopt};
+    (void)db.save();
+  }
+  auto promoted = std::move(r).promote();
+  EXPECT_EQ(test::diff(promoted.index(), model), "");
+  promoted.insert(7, vec_of(7));
+  model[VectorId(std::uint64_t{7})] = {vec_of(7), std::nullopt};
+  promoted.close();
+  EXPECT_EQ(test::diff(PersistedIndex<FlatIndex>::load(PersistConfig(cfg.path)).index(), model), "");
+}
+
 // lag() reads the log's end while writers append to it: a frame read while
 // it was being written is read again, never reported as damage. (It threw
 // CorruptLog about once in 500 calls under three writers.)
@@ -629,6 +661,128 @@ TEST(Replica, LagBesideWritersNeverReportsDamage) {
   EXPECT_EQ(r.last_lsn(), db.last_lsn());
 }
 
+// A log whose frame at [from, to) reads as zeros in the first read that
+// covers it (`stay`: in every read): a reader's window read before the
+// writer had finished that frame, while the frames after it, which vouch
+// for it (each was written under Always after the one before was durable),
+// were read complete.
+class FrameInFlight : public FileSystemWrapper {
+ public:
+  FrameInFlight(std::filesystem::path log, std::uint64_t from, std::uint64_t to, bool stay)
+      : FileSystemWrapper(default_file_system()), log_(std::move(log)), from_(from), to_(to), stay_(stay) {}
+
+  std::unique_ptr<ReadableFile> open_read(const std::filesystem::path& p) override {
+    std::unique_ptr<ReadableFile> f = target().open_read(p);
+    if (p != log_) return f;
+    return std::make_unique<File>(std::move(f), *this);
+  }
+  int zeroed = 0;  // reads that showed the frame as zeros
+
+ private:
+  class File : public ReadableFile {
+   public:
+    File(std::unique_ptr<ReadableFile> f, FrameInFlight& fs) : f_(std::move(f)), fs_(fs) {}
+    std::size_t read_at(std::uint64_t offset, std::span<std::byte> dst) const override {
+      const std::size_t got = f_->read_at(offset, dst);
+      const std::uint64_t lo = std::max(offset, fs_.from_), hi = std::min(offset + got, fs_.to_);
+      if (lo < hi && (fs_.stay_ || fs_.zeroed == 0)) {
+        std::fill(dst.begin() + static_cast<std::ptrdiff_t>(lo - offset),
+                  dst.begin() + static_cast<std::ptrdiff_t>(hi - offset), std::byte{0});
+        ++fs_.zeroed;
+      }
+      return got;
+    }
+    std::uint64_t size() const noexcept override { return f_->size(); }
+    std::uint64_t current_size() const override { return f_->current_size(); }
+    const std::filesystem::path& path() const noexcept override { return f_->path(); }
+
+   private:
+    std::unique_ptr<ReadableFile> f_;
+    FrameInFlight& fs_;
+  };
+  std::filesystem::path log_;
+  std::uint64_t from_, to_;
+  bool stay_;
+};
+
+// Readers without the lock (a load without the WAL, a replica's open, the
+// CLI's dump and copy: wal::scan_live_log) read a frame that looked damaged
+// again, so a frame in flight is never reported as damage. The writer had
+// made it durable before the frames that vouch for it: they read 20% of
+// loads and opens as CorruptLog beside four writers. Damage that stays is
+// still reported, after the waits.
+TEST(Replica, ReadersWithoutTheLockReadAFrameInFlightAgain) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  const std::filesystem::path log = wal::log_path_for(cfg.path);
+  test::Model model;
+  {
+    Writer w{new_writer(cfg), {}};
+    for (std::uint64_t id = 1; id <= 12; ++id) w.insert(id, id % 4 == 0 ? std::optional(Metadata{{"k", Value("v")}}) : std::nullopt);
+    w.db.close();
+    model = w.model;
+  }
+  std::vector<std::uint64_t> frames;  // the frames' offsets, then the end of the last
+  const wal::ScanResult whole = wal::scan_log(default_file_system(), log, [&](const wal::RecordView& r) {
+    if (frames.empty() || frames.back() != r.frame_offset) frames.push_back(r.frame_offset);
+  });
+  frames.push_back(whole.valid_bytes);
+  ASSERT_EQ(frames.size(), 13U);
+  const std::uint64_t from = frames[5], to = frames[6];  // LSN 6's frame
+
+  {
+    FrameInFlight fs(log, from, to, /*stay=*/false);
+    EXPECT_EQ(test::error_of([&] { (void)wal::scan_log(fs, log, {}); }), ErrorKind::CorruptLog);
+  }
+  {
+    FrameInFlight fs(log, from, to, /*stay=*/false);
+    std::vector<std::uint64_t> lsns;
+    const wal::ScanResult r = wal::scan_live_log(fs, log, [&](const wal::RecordView& v) { lsns.push_back(*v.lsn); });
+    EXPECT_EQ(fs.zeroed, 1);
+    EXPECT_EQ(lsns, (std::vector<std::uint64_t>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}));
+    EXPECT_EQ(r.valid_bytes, whole.valid_bytes);
+    EXPECT_FALSE(r.corrupt_offset);
+  }
+  {
+    FrameInFlight fs(log, from, to, /*stay=*/false);
+    const wal::ScanResult r = wal::scan_live_log(fs, log, {}, wal::ScanMode::Report);
+    EXPECT_FALSE(r.corrupt_offset);
+    EXPECT_EQ(r.records, 12U);
+  }
+  {
+    FrameInFlight fs(log, from, to, /*stay=*/false);
+    PersistConfig plain(cfg.path);
+    plain.file_system = &fs;
+    auto loaded = PersistedIndex<FlatIndex>::load(plain);
+    EXPECT_EQ(test::diff(loaded.index(), model), "");
+    EXPECT_EQ(loaded.last_lsn(), 12U);
+    EXPECT_EQ(fs.zeroed, 1);
+  }
+  {
+    FrameInFlight fs(log, from, to, /*stay=*/false);
+    PersistConfig rc = cfg;
+    rc.file_system = &fs;
+    Replica r = Replica::open(rc);
+    EXPECT_EQ(test::diff(r.index(), model), "");
+    EXPECT_EQ(fs.zeroed, 1);
+  }
+  {
+    FrameInFlight fs(log, from, to, /*stay=*/true);
+    std::optional<std::uint64_t> offset;
+    try {
+      (void)wal::scan_live_log(fs, log, {});
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::CorruptLog);
+      offset = e.offset();
+    }
+    EXPECT_EQ(offset, from);
+    EXPECT_GE(fs.zeroed, 7);  // the first read, at once again, then after each of 5 waits
+    PersistConfig plain(cfg.path);
+    plain.file_system = &fs;
+    EXPECT_EQ(test::error_of([&] { (void)PersistedIndex<FlatIndex>::load(plain); }), ErrorKind::CorruptLog);
+  }
+}
+
 // Loads without the WAL and replica opens read the log while writers
 // append to it: a frame being written (frames after it already there)
 // is read again, never reported as damage.
@@ -636,7 +790,7 @@ TEST(Replica, LoadsAndOpensBesideWritersNeverReportDamage) {
   test::TempDir dir;
   const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
   auto db = new_writer(cfg);
-  constexpr std::uint64_t kThreads = 3;
+  constexpr std::uint64_t kThreads = 4;
   std::atomic<bool> stop{false};
   std::array<std::atomic<std::uint64_t>, kThreads> acked{};  // inserts returned, per thread
   std::vector<std::thread> writers;

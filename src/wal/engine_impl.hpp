@@ -58,8 +58,11 @@ struct Replayed {
   std::uint64_t next = 0;   // the LSN after the last one replayed (or folded)
   wal::FollowPoint end;      // where a follower goes on (at scan.valid_bytes)
 };
+// `live`: a writer may be appending to the log (readers without the lock):
+// damage is read again (wal::scan_file_settled) before it counts.
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const std::filesystem::path& log_path,
-                    std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve);
+                    std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve,
+                    bool live);
 // The storage a config names: its IndexStorage, else the local files.
 std::shared_ptr<IndexStorage> storage_of(const PersistConfig& cfg);
 // How writes are refused after a failure of the log: Fenced when a newer

@@ -13,10 +13,8 @@
 #include "iqdb/persist/detail/log_follower.hpp"
 
 #include <cerrno>
-#include <chrono>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
@@ -30,15 +28,6 @@ namespace {
 // Logs one poll may move through: each is newer than the one before, so a
 // writer checkpointing without pause cannot keep a poll from returning.
 constexpr int kMaxHops = 8;
-// Reads of a log that looked damaged at a new offset each time (a writer
-// writing fast): past this, the damage is reported.
-constexpr int kMaxRereads = 16;
-// Reads that found the same frame damaged again, each after a wait twice
-// the last (2, 4, ... 32 ms: 62 ms in all), before the damage counts: a
-// writer can be descheduled in the middle of writing a frame (a group's
-// leader writes it outside the log's lock, and later commits append after
-// it), which reads as a damaged frame with intact ones after it.
-constexpr int kMaxWaits = 5;
 
 // The records that follow cannot be read any more: a gap, a log cut back or
 // replaced under the follower, a record that did not apply.
@@ -56,7 +45,7 @@ class LogFollower::Impl {
     last_ = h.last_lsn;
     if (!log_) return;
     const ReadableFile& f = log_->refresh();
-    const Replayed r = replay_log(*storage_, f, storage_->log_path(), h.last_lsn, replay, reserve);
+    const Replayed r = replay_log(*storage_, f, storage_->log_path(), h.last_lsn, replay, reserve, /*live=*/true);
     if (r.scan.version != 2) {
       throw PersistError::at(ErrorKind::Unsupported, storage_->log_path(),
                              "a version-1 log cannot be followed: open the index with the WAL once to migrate it");
@@ -195,25 +184,18 @@ class LogFollower::Impl {
 
   // A frame read while the writer was writing it looks damaged, and frames
   // written after it, read a moment later, vouch for it (CorruptLog). Read
-  // again: a frame found damaged at the same offset after the waits of
-  // kMaxWaits is. (On RADOS, where only acknowledged sizes are read, the
-  // verdict does not change: it costs the waits.)
+  // again, as wal::DamageSettler says. (On RADOS, where only acknowledged
+  // sizes are read, the verdict does not change: it costs the waits.)
   // A catch-up checks the frame read last: frames a reader saw can be cut
   // later (local files: a failed fsync; both storages: an entry the index
   // could not apply is cut off the log, and the next commit takes its place).
   wal::Followed follow_settled(const std::function<void(const wal::RecordView&)>& on_record, bool check_last_frame) {
-    std::optional<std::uint64_t> damaged_at;
-    int waits = 0;
-    for (int attempt = 0;; ++attempt) {
+    wal::DamageSettler settle;
+    for (;;) {
       try {
         return wal::follow_file(log_->refresh(), at_, on_record, check_last_frame);
       } catch (const PersistError& e) {
-        if (e.kind() != ErrorKind::CorruptLog || attempt >= kMaxRereads) throw;
-        if (e.offset() == damaged_at) {
-          if (++waits > kMaxWaits) throw;
-          std::this_thread::sleep_for(std::chrono::milliseconds(1 << waits));
-        }
-        damaged_at = e.offset();
+        if (e.kind() != ErrorKind::CorruptLog || !settle.read_again(e.offset().value_or(UINT64_MAX))) throw;
       }
     }
   }

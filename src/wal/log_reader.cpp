@@ -4,10 +4,12 @@
 #include "wal/log_reader.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <future>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "iqdb/persist/checksum.hpp"
@@ -48,6 +50,12 @@ class Window {
   Window& operator=(const Window&) = delete;
   ~Window() { drop_ahead(); }
   std::uint64_t file_size() const noexcept { return size_; }
+
+  // Forget what was read: the next at() reads from the file again.
+  void forget() noexcept {
+    drop_ahead();
+    len_ = 0;
+  }
 
   // Make [pos, pos + n) available and return a pointer to it. Precondition:
   // pos + n <= file_size() (callers check lengths against the file first).
@@ -131,8 +139,10 @@ format::LogHeader read_log_header(Window& w, const fs::path& path) {
 
 class Scanner {
  public:
-  Scanner(const ReadableFile& f, const std::function<void(const RecordView&)>& on_record, ScanMode mode)
-      : f_(f), w_(f, kWindow, /*ahead=*/true), on_record_(on_record), mode_(mode) {}
+  // `live`: a writer may be appending to the log (scan_file_settled).
+  Scanner(const ReadableFile& f, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
+          bool live = false)
+      : f_(f), w_(f, kWindow, /*ahead=*/true), on_record_(on_record), mode_(mode), live_(live) {}
   // Following (follow()): small reads, no read-ahead, a bounded look past
   // the last frame.
   struct Follow {};
@@ -155,7 +165,8 @@ class Scanner {
     next_lsn_ = h.base_lsn;
     std::uint64_t pos = h.len;
     for (;;) {
-      const Verdict v = check_frame(pos, /*deliver=*/true);
+      Verdict v = check_frame(pos, /*deliver=*/true);
+      if (v == Verdict::Damaged && live_) v = settle(pos);
       if (v == Verdict::Good) {
         chain_frame(pos);
         pos += format::kFrameHeaderLen + last_len_;
@@ -349,6 +360,27 @@ class Scanner {
     return end;
   }
 
+  // A live log: the frame at `pos` looked damaged. The window can hold its
+  // bytes as read before the writer finished it, and bytes further on as
+  // read after (read ahead later): read it again, fresh. Still damaged and
+  // vouched for by an intact frame after it (which the writer wrote after
+  // it had made this one durable), it is read again as DamageSettler says
+  // (a writer descheduled in the middle of the frame) before it counts.
+  // Not vouched for, it is where the writer is writing: the end, at once.
+  Verdict settle(std::uint64_t pos) {
+    DamageSettler settler;
+    for (;;) {
+      w_.forget();
+      const Verdict v = check_frame(pos, /*deliver=*/true);
+      if (v != Verdict::Damaged) return v;
+      const std::uint64_t dropped = r_.unsynced_frames_dropped;  // (search_after_damage counts them)
+      bad_ = pos;
+      const AfterDamage found = search_after_damage(pos, last_nonzero_end(pos, size()));
+      r_.unsynced_frames_dropped = dropped;
+      if (found.what == AfterDamage::TornTail || !settler.read_again(pos)) return v;
+    }
+  }
+
   // The frame at `bad` is damaged. Look for an intact frame of this log
   // after it that proves the damaged frame had been made durable (v2: its
   // synced_lsn reaches the damaged frame's LSN; v1 frames carry no such
@@ -457,6 +489,7 @@ class Scanner {
   Window w_;
   const std::function<void(const RecordView&)>& on_record_;
   ScanMode mode_;
+  bool live_ = false;
   ScanResult r_;
   std::uint64_t salt_ = 0;
   std::uint64_t next_lsn_ = 0;
@@ -482,6 +515,24 @@ ScanResult scan_file(const ReadableFile& file, const std::function<void(const Re
   return r;
 }
 
+bool DamageSettler::read_again(std::uint64_t offset) {
+  if (rereads_++ >= kMaxRereads) return false;
+  if (damaged_at_ == offset) {
+    if (++waits_ > kMaxWaits) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1 << waits_));
+  }
+  damaged_at_ = offset;
+  return true;
+}
+
+ScanResult scan_file_settled(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record,
+                             ScanMode mode, FollowPoint* end) {
+  Scanner s(file, on_record, mode, /*live=*/true);
+  ScanResult r = s.run();
+  if (end != nullptr) *end = s.point(r.valid_bytes);
+  return r;
+}
+
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
                      const std::function<void(const RecordView&)>& on_record, bool check_last_frame,
                      std::uint64_t until) {
@@ -498,6 +549,12 @@ ScanResult scan_log(FileSystem& fs, const fs::path& path, const std::function<vo
                     ScanMode mode) {
   const std::unique_ptr<ReadableFile> f = fs.open_read(path);
   return scan_file(*f, on_record, mode);
+}
+
+ScanResult scan_live_log(FileSystem& fs, const fs::path& path, const std::function<void(const RecordView&)>& on_record,
+                         ScanMode mode) {
+  const std::unique_ptr<ReadableFile> f = fs.open_read(path);
+  return scan_file_settled(*f, on_record, mode);
 }
 
 }  // namespace iqdb::persist::wal

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 
 #include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/wal.hpp"
@@ -30,6 +31,35 @@ struct FollowPoint {
 // the scan (at its valid_bytes).
 ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
                      FollowPoint* end = nullptr);
+
+// Whether a reader that found a log damaged at `offset` reads it again: a
+// log a writer is appending to can show a frame being written (a group's
+// leader writes its frames outside the log's lock while later commits
+// append after them, and can be descheduled meanwhile), which reads as a
+// damaged frame with intact ones after it. Read again at once while the
+// damage moves (a writer writing fast), at most kMaxRereads times; a frame
+// found damaged at the same offset is read again after 2, 4, ... 32 ms
+// (62 ms in all), then the damage counts.
+class DamageSettler {
+ public:
+  static constexpr int kMaxRereads = 16;
+  static constexpr int kMaxWaits = 5;
+  // False: the damage counts. True: read again (it waited when due).
+  bool read_again(std::uint64_t offset);
+
+ private:
+  std::optional<std::uint64_t> damaged_at_;
+  int rereads_ = 0;
+  int waits_ = 0;
+};
+
+// scan_file for a log a writer may be appending to (wal::scan_live_log):
+// a frame that looks damaged is read again from the file at once (a scan
+// reads the log in chunks, at different moments: a frame read before the
+// writer finished it can sit before frames read after), and, while intact
+// frames after it vouch for it, as DamageSettler says, before it counts.
+ScanResult scan_file_settled(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record,
+                             ScanMode mode, FollowPoint* end = nullptr);
 
 struct Followed {
   FollowPoint at;              // after the last complete frame

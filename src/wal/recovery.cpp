@@ -122,7 +122,7 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   Replayed r;
   {
     const std::unique_ptr<ReadableFile> file = storage_->open_log();
-    r = replay_log(*storage_, *file, log_path_, folded, replay, reserve);
+    r = replay_log(*storage_, *file, log_path_, folded, replay, reserve, /*live=*/false);  // (the lock is held)
   }
   const std::uint64_t expect = r.next;  // the next LSN the index needs
   stats_.recovered_records = expect - (folded + 1);

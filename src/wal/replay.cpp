@@ -80,7 +80,8 @@ std::uint64_t lsn_bound_with_log(std::uint64_t floor, const ReadableFile& log) {
 }
 
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::path& log_path,
-                    std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve) {
+                    std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve,
+                    bool live) {
   std::uint64_t expect = folded + 1;  // the next LSN the index needs
   std::uint64_t implicit_lsn = 0;     // version-1 logs number their records 1, 2, ...
   if (reserve) {
@@ -103,7 +104,8 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
   wal::ScanResult scan;
   wal::FollowPoint end;
   try {
-    scan = wal::scan_file(file, on_record, wal::ScanMode::Strict, &end);
+    scan = live ? wal::scan_file_settled(file, on_record, wal::ScanMode::Strict, &end)
+                : wal::scan_file(file, on_record, wal::ScanMode::Strict, &end);
   } catch (const PersistError& e) {
     // Damage found in the log: name the object holding it (RADOS).
     if (!e.offset() || e.path() != file.path() || storage.locate(*e.offset()) == e.path()) throw;
@@ -127,7 +129,7 @@ WalEngine::ReadOnlyReplay WalEngine::replay_read_only(const PersistConfig& cfg,
   ReadOnlyReplay out;
   out.last_lsn = h.last_lsn;
   if (!log) return out;
-  const Replayed r = replay_log(*storage, *log, storage->log_path(), h.last_lsn, replay, reserve);
+  const Replayed r = replay_log(*storage, *log, storage->log_path(), h.last_lsn, replay, reserve, /*live=*/true);
   out.last_lsn = r.next - 1;
   out.stats.recovered_records = r.next - 1 - h.last_lsn;
   out.stats.torn_tail_bytes = r.scan.torn_tail_bytes;

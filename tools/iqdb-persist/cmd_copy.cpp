@@ -65,7 +65,7 @@ std::uint64_t records_after(const Location& where, IndexStorage& storage,
   std::uint64_t after = 0;
   TeeState unused;
   OpenFileSystem view(where.fs(), *log, nullptr, unused);
-  storage.check_scan(wal::scan_log(view, log->path(), [&](const wal::RecordView& r) {
+  storage.check_scan(wal::scan_live_log(view, log->path(), [&](const wal::RecordView& r) {
     if ((r.lsn ? *r.lsn : ++implicit_lsn) > h.last_lsn) ++after;
   }));
   return after;

@@ -114,7 +114,7 @@ struct DumpOptions {
 // Scan the log at `file`: a log file, or the log of the snapshot published
 // at rados://POOL/NAME (read as a reader would, without the writer lock).
 wal::ScanResult scan_any(const DumpOptions& opts, const std::function<void(const wal::RecordView&)>& on_record) {
-  if (!is_rados(opts.file)) return wal::scan_log(default_file_system(), opts.file, on_record, wal::ScanMode::Report);
+  if (!is_rados(opts.file)) return wal::scan_live_log(default_file_system(), opts.file, on_record, wal::ScanMode::Report);
   const Location where = Location::open(opts.file, opts.rados);
   const std::shared_ptr<IndexStorage> storage = where.storage();
   FileHeader loaded;
@@ -123,7 +123,7 @@ wal::ScanResult scan_any(const DumpOptions& opts, const std::function<void(const
   if (!log) throw PersistError::at(ErrorKind::Io, storage->log_path(), "the published snapshot has no log");
   TeeState unused;
   OpenFileSystem view(where.fs(), *log, nullptr, unused);
-  const wal::ScanResult scan = wal::scan_log(view, log->path(), on_record, wal::ScanMode::Report);
+  const wal::ScanResult scan = wal::scan_live_log(view, log->path(), on_record, wal::ScanMode::Report);
   storage->check_scan(scan);  // RADOS: bytes after the last frame are damage, not a torn tail
   return scan;
 }

@@ -241,8 +241,13 @@ class ReadReplica {
       // Loaded anew unless the replica is as new as the snapshot and every
       // frame it applied is still in the log as it read it (under the lock,
       // nothing changes the log now): frames of a failed fsync, cut back
-      // after it read them, are not in its state then.
-      if (current.last_lsn > covered || !s->follower->intact()) return detail::Loader<I>{cfg, loaded}.load_snapshot()();
+      // after it read them, are not in its state then. A snapshot saved
+      // without the WAL may hold another state at the same LSN
+      // (docs/FORMAT.md, "Saves without the WAL"): loaded anew too.
+      const bool saved_without_wal = (current.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL) != 0;
+      if (current.last_lsn > covered || saved_without_wal || !s->follower->intact()) {
+        return detail::Loader<I>{cfg, loaded}.load_snapshot()();
+      }
       // The replica's own state stands for the snapshot: it covers `covered`.
       FileHeader h = current;
       h.last_lsn = covered;

@@ -103,6 +103,18 @@ enum class ScanMode {
 ScanResult scan_log(FileSystem& fs, const std::filesystem::path& path,
                     const std::function<void(const RecordView&)>& on_record, ScanMode mode = ScanMode::Strict);
 
+// The same, for a log that a writer may be appending to (a load without the
+// WAL, a replica, the CLI's dump and copy hold no lock). A group's leader
+// writes its frames outside the log's lock while later commits append after
+// them, so a reader can meet a frame being written with intact frames after
+// it, which reads as damage in the middle. Here the scan reads the log again
+// when it finds that (each record still reaches on_record exactly once), and
+// a frame found damaged at the same offset again after waits of 2, 4, ...
+// 32 ms (62 ms in all) is damage. Real damage therefore costs those waits.
+ScanResult scan_live_log(FileSystem& fs, const std::filesystem::path& path,
+                         const std::function<void(const RecordView&)>& on_record,
+                         ScanMode mode = ScanMode::Strict);
+
 // Cut the log after its last valid frame, durably; returns the scan that
 // decided where (what was dropped: torn_tail_bytes, and for mid-log
 // corruption, frames/records_after_corruption). Must not run while a writer
