@@ -533,6 +533,31 @@ TEST(Replica, ANewIndexAtItsPathIsLoadedAnew) {
   }
 }
 
+// A writer with the WAL logs ids 1 and 2 and closes; a replica opens
+// (returned); then a program without the WAL erases 1, inserts 50 and saves
+// (`saved`: the header it wrote). `model`: the state saved.
+Replica logged_then_saved_without_wal(const PersistConfig& cfg, bool discard_log, test::Model& model,
+                                      FileHeader& saved) {
+  {
+    Writer w{new_writer(cfg), {}};
+    w.insert(1);
+    w.insert(2);
+    w.db.close();
+    model = w.model;
+  }
+  Replica r = Replica::open(cfg);
+  EXPECT_EQ(r.last_lsn(), 2U);
+  PersistConfig plain(cfg.path);
+  plain.discard_log = discard_log;
+  auto db = PersistedIndex<FlatIndex>::load(plain);
+  db.erase(VectorId(std::uint64_t{1}));
+  model.erase(VectorId(std::uint64_t{1}));
+  db.insert(50, vec_of(50));
+  model[VectorId(std::uint64_t{50})] = {vec_of(50), std::nullopt};
+  saved = db.save();
+  return r;
+}
+
 // A save without the WAL replaces the state a replica followed, keeping
 // the LSN (docs/FORMAT.md, "Saves without the WAL"); then a writer with the
 // WAL opens and logs. The replica loads the new state anew. Before, the
@@ -544,27 +569,10 @@ TEST(Replica, ASaveWithoutTheWalIsNotTakenForTheStateItReplaced) {
     test::TempDir dir;
     const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
     test::Model model;
-    {
-      Writer w{new_writer(cfg), {}};
-      w.insert(1);
-      w.insert(2);
-      w.db.close();
-      model = w.model;
-    }
-    Replica r = Replica::open(cfg);
-    ASSERT_EQ(r.last_lsn(), 2U);
-    {
-      PersistConfig plain(cfg.path);
-      plain.discard_log = discard_log;
-      auto db = PersistedIndex<FlatIndex>::load(plain);
-      db.erase(VectorId(std::uint64_t{1}));
-      model.erase(VectorId(std::uint64_t{1}));
-      db.insert(50, vec_of(50));
-      model[VectorId(std::uint64_t{50})] = {vec_of(50), std::nullopt};
-      const FileHeader h = db.save();
-      EXPECT_EQ(h.last_lsn, 2U);  // the LSN the files had
-      EXPECT_EQ(h.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL, format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL);
-    }
+    FileHeader h;
+    Replica r = logged_then_saved_without_wal(cfg, discard_log, model, h);
+    EXPECT_EQ(h.last_lsn, 2U);  // the LSN the files had
+    EXPECT_EQ(h.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL, format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL);
     Writer w{PersistedIndex<FlatIndex>::load(cfg), model};
     // The writer's open wrote the saved state again, one LSN higher, as a
     // snapshot of a writer with the WAL.
@@ -596,22 +604,8 @@ TEST(Replica, APromotedReplicaHoldsASaveWithoutTheWalMadeMeanwhile) {
   test::TempDir dir;
   const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
   test::Model model;
-  {
-    Writer w{new_writer(cfg), {}};
-    w.insert(1);
-    w.insert(2);
-    w.db.close();
-    model = w.model;
-  }
-  Replica r = Replica::open(cfg);
-  {
-    auto db = PersistedIndex<FlatIndex>::load(PersistConfig(cfg.path));
-    db.erase(VectorId(std::uint64_t{1}));
-    model.erase(VectorId(std::uint64_t{1}));
-    db.insert(50, vec_of(50));
-    model[VectorId(std::uint64_t{50})] = {vec_of(50), std::nullopt};
-    (void)db.save();
-  }
+  FileHeader h;
+  Replica r = logged_then_saved_without_wal(cfg, /*discard_log=*/false, model, h);
   auto promoted = std::move(r).promote();
   EXPECT_EQ(test::diff(promoted.index(), model), "");
   promoted.insert(7, vec_of(7));
