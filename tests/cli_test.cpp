@@ -538,8 +538,8 @@ TEST(CliDemo, SmallRunSavesThreeVerifiedFiles) {
 // ---------------------------------------------------------------- copy
 
 // Every snapshot version copies byte for byte (the fixtures are built from
-// the format's facts, not by the tool), over an existing destination too
-// (--force).
+// the format's facts, not by the tool). (Over an existing index at the same
+// LSN or above, a copy claims one more: CliCopy.LocksAndLogs.)
 TEST(CliCopy, EveryVersionCopiesByteForByte) {
   TempDir dir;
   const fs::path dst = dir / "copy.iqdb";
@@ -547,7 +547,8 @@ TEST(CliCopy, EveryVersionCopiesByteForByte) {
     if (f.expected.compression != "none" && f.expected.format_version < 3) continue;  // stand-in payloads
     SCOPED_TRACE(f.name);
     const fs::path src = write_fixture(dir, f);
-    const CliResult r = run_cli({"copy", "--force", src.string(), dst.string()});
+    fs::remove(dst);
+    const CliResult r = run_cli({"copy", src.string(), dst.string()});
     ASSERT_EQ(r.code, 0) << r.out << r.err;
     EXPECT_EQ(r.err, "");
     EXPECT_EQ(r.out.rfind("copied " + src.string() + " -> " + dst.string(), 0), 0u) << r.out;
@@ -648,17 +649,62 @@ TEST(CliCopy, LocksAndLogs) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(test::read_file(dst), test::read_file(live.path));
 
-  // Folded: the copy replaces the snapshot and removes the log.
+  // Folded: the copy replaces the snapshot and removes the log. The index
+  // there was at LSN 1, the source's at 0: the copy claims LSN 2 (written
+  // anew, not the source's bytes), so that LSNs at the path only go up.
   ASSERT_EQ(run_cli({"checkpoint", live.path.string()}).code, 0);
   ASSERT_TRUE(fs::exists(wal::log_path_for(live.path)));
+  ASSERT_EQ(inspect_snapshot(default_file_system(), live.path).header.last_lsn, 1u);
   r = run_cli({"copy", "--force", src.path.string(), live.path.string()});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(test::read_file(live.path), src_bytes);
+  EXPECT_NE(r.out.find("last LSN 2"), std::string::npos) << r.out;
+  EXPECT_EQ(inspect_snapshot(default_file_system(), live.path).header.last_lsn, 2u);
   EXPECT_FALSE(fs::exists(wal::log_path_for(live.path)));
+  // Over an index at a lower LSN, the copy is the source's bytes.
+  const fs::path older = dir / "older.iqdb";
+  test::write_file(older, src_bytes);
+  ASSERT_EQ(run_cli({"copy", "--force", live.path.string(), older.string()}).code, 0);
+  EXPECT_EQ(test::read_file(older), test::read_file(live.path));
   PersistConfig reopen = live;
   const auto db = PersistedIndex<FlatIndex>::load(reopen);
   EXPECT_EQ(db.index().size(), 40u);
   EXPECT_EQ(db.index().dim(), 5u);  // the source's, nothing of the old log replayed
+}
+
+// A copy over an index that replicas follow, from a source at a lower LSN:
+// the replica loads the copy anew once a writer there logs. Before, the
+// copy kept the source's LSN 2 under the replica's 10, and the replica
+// applied the writer's records 11.. onto the old contents.
+TEST(CliCopy, OverAnIndexItClaimsAnLsnAboveItsReplicas) {
+  TempDir dir;
+  PersistConfig src(dir / "src.iqdb");
+  src.wal_enabled = true;
+  PersistConfig dst(dir / "dst.iqdb");
+  dst.wal_enabled = true;
+  const auto fill = [](const PersistConfig& cfg, std::uint64_t first, std::uint64_t n) {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t id = first; id < first + n; ++id) db.insert(id, std::vector<float>{float(id), 1});
+    db.checkpoint();
+    db.close();
+  };
+  fill(src, 500, 2);  // LSN 2
+  fill(dst, 1, 10);   // LSN 10
+  auto replica = ReadReplica<FlatIndex>::open(dst);
+  ASSERT_EQ(replica.last_lsn(), 10u);
+  const CliResult r = run_cli({"copy", "--force", src.path.string(), dst.path.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(inspect_snapshot(default_file_system(), dst.path).header.last_lsn, 11u);
+  auto writer = PersistedIndex<FlatIndex>::load(dst);
+  writer.insert(600, std::vector<float>{600, 1});
+  (void)replica.catch_up();
+  const std::vector<std::uint64_t> want{500, 501, 600};
+  std::vector<std::uint64_t> got;
+  replica.read([&](const FlatIndex& ix) {
+    for (std::size_t row = 0; row < ix.size(); ++row) got.push_back(ix.id_at(row).as_u64());
+  });
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(replica.last_lsn(), writer.last_lsn());
 }
 
 // What a test logged, row by row: the model a folded copy must load as.
@@ -790,7 +836,10 @@ void expect_killed_copies_leave_old_or_new(const TempDir& dir, const fs::path& s
     EXPECT_TRUE(now == old_bytes || now == new_bytes) << "iteration " << i << ": " << now.size() << " bytes";
   }
   EXPECT_GT(killed, 0) << "every copy finished before it was killed";
-  // The next copy takes the writer lock and removes the killed ones' temporaries.
+  // The next copy takes the writer lock and removes the killed ones'
+  // temporaries. (Over the old bytes again: over a copy that was published
+  // before its kill, at the same LSN, it would claim one LSN more.)
+  test::write_file(dst, old_bytes);
   ASSERT_EQ(run_cli({"copy", "--force", src.string(), dst.string()}).code, 0);
   EXPECT_EQ(test::read_file(dst), new_bytes);
   for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".dst.iqdb.tmp-"), std::string::npos) << e;
@@ -808,8 +857,15 @@ std::chrono::microseconds time_copy(const fs::path& src, const fs::path& dst) {
 // new one, whole, never a mix.
 TEST(CliCopy, KilledCopyLeavesOldOrNew) {
   TempDir dir;
-  const PersistConfig src(dir / "big.iqdb");
-  PersistedIndex<FlatIndex>::open_with(big_index(21), src).save();
+  PersistConfig src(dir / "big.iqdb");
+  src.wal_enabled = true;
+  {
+    // At LSN 1, above the old file's 0: the copy is the snapshot's bytes.
+    auto db = PersistedIndex<FlatIndex>::open_with(big_index(21), src);
+    db.insert(200000, std::vector<float>(64, 0.25f));
+    db.checkpoint();
+    db.close();
+  }
   const std::vector<std::byte> new_bytes = test::read_file(src.path);
   const auto full = time_copy(src.path, dir / "timed.iqdb");
   expect_killed_copies_leave_old_or_new(dir, src.path, dir / "dst.iqdb", all_fixtures(dir).at(5).bytes, new_bytes,

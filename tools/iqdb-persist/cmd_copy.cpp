@@ -21,10 +21,12 @@
 // 3b. Records after it: the index as it is now (fold_copy.hpp): SRC loaded
 //    read-only with its log, written as one snapshot whose last LSN is the
 //    source's, verified on arrival and loaded again to equal what was loaded.
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 
@@ -126,6 +128,33 @@ class OldLog {
   bool present_ = false;
 };
 
+// The highest LSN the index at DST accounts for, if one is there: its
+// snapshot's (OldLog refuses a log that holds more), a local log's last
+// record's. A file that cannot be read as either counts for nothing.
+std::optional<std::uint64_t> existing_lsn(const Location& dst) {
+  std::optional<std::uint64_t> lsn;
+  if (dst.fs().exists(dst.path())) {
+    lsn = 0;
+    try {
+      lsn = inspect_snapshot(dst.fs(), dst.path()).header.last_lsn;
+    } catch (const PersistError& e) {
+      if (e.kind() == ErrorKind::Io) throw;
+    }
+  }
+  const fs::path log = wal::log_path_for(dst.path());
+  if (!dst.rados() && dst.fs().exists(log)) {
+    std::uint64_t end = 0;
+    try {
+      const wal::ScanResult scan = wal::scan_log(dst.fs(), log, {}, wal::ScanMode::Report);
+      end = scan.last_lsn ? *scan.last_lsn : (scan.base_lsn > 0 ? scan.base_lsn - 1 : 0);
+    } catch (const PersistError& e) {
+      if (e.kind() == ErrorKind::Io) throw;
+    }
+    lsn = std::max(lsn.value_or(0), end);
+  }
+  return lsn;
+}
+
 void refuse_same(const Location& src, const Location& dst) {
   bool same = src.rados() == dst.rados() && src.path() == dst.path();
   if (!src.rados() && !dst.rados()) {
@@ -180,12 +209,13 @@ Sent publish_verified(const Location& src, const ReadableFile& file, const Locat
   return {0, [&dst, sent] { return check_arrival(dst, sent); }};
 }
 
-// Step 3b: the source loaded with its log, written as one snapshot.
+// Step 3b: the source loaded with its log, written as one snapshot, whose
+// last LSN is at least `min_lsn`.
 Sent publish_folded(const Location& src, const SnapshotSummary& head, const Location& dst, PublishWatch& publisher,
-                    bool& reading_source) {
+                    bool& reading_source, std::uint64_t min_lsn) {
   const OldLog old(dst);
   const FoldedCopy folded = fold_into(src, head.header.index_type, dst, publisher, compression_of(head.header),
-                                      reading_source, [&] { old.retire(); });
+                                      reading_source, [&] { old.retire(); }, min_lsn);
   return {folded.records_folded, [&dst, check = folded.check_arrival] {
             check();
             return verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
@@ -265,8 +295,15 @@ int copy(const CopyOptions& opts, const Console& console) {
     reading_source = false;
     lock = dst.lock_writer();
     refuse_existing(dst, opts.force);
-    sent = pending == 0 ? publish_verified(src, *file, dst, publisher, tee, reading_source)
-                        : publish_folded(src, head, dst, publisher, reading_source);
+    // LSNs at a path only go up: over an index whose files account for LSN
+    // F, a copy that would arrive at F or below claims F + 1 (written as a
+    // folded copy), so that the destination's replicas load it anew and a
+    // writer there numbers its records above what they hold.
+    const std::optional<std::uint64_t> there = existing_lsn(dst);
+    const std::uint64_t arriving = head.header.last_lsn + pending;
+    const std::uint64_t min_lsn = there && arriving <= *there ? *there + 1 : 0;
+    sent = pending == 0 && min_lsn == 0 ? publish_verified(src, *file, dst, publisher, tee, reading_source)
+                                        : publish_folded(src, head, dst, publisher, reading_source, min_lsn);
   } catch (const PersistError& e) {
     const bool source_damaged = reading_source && is_damage(e.kind()) && !tee.sink_failed;
     return report_failure(console, opts, publisher.published, source_damaged, e);

@@ -1,5 +1,6 @@
 #include "iqdb-persist/fold_copy.hpp"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -96,13 +97,13 @@ void check_folded(const Location& dst, const FileHeader& written, const I& sourc
 
 template <class I>
 FoldedCopy fold_as(const Location& src, const Location& dst, FileSystem& publisher, const Compression& compression,
-                   bool& reading_source, const std::function<void()>& before_publish) {
+                   bool& reading_source, const std::function<void()>& before_publish, std::uint64_t min_lsn) {
   reading_source = true;
   auto loaded = std::make_shared<PersistedIndex<I>>(PersistedIndex<I>::load(read_only(src)));
   reading_source = false;
   const I& index = loaded->index();
   const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
-                          static_cast<std::uint64_t>(index.size()), loaded->last_lsn()};
+                          static_cast<std::uint64_t>(index.size()), std::max(loaded->last_lsn(), min_lsn)};
   FoldedCopy out;
   out.records_folded = loaded->wal_stats().recovered_records;
   out.written = write_snapshot(publisher, dst.path(), info, compression, true, [&](PayloadWriter& w) {
@@ -126,16 +127,18 @@ Compression compression_of(const FileHeader& h) {
 
 FoldedCopy fold_into(const Location& src, std::string_view index_type, const Location& dst, FileSystem& publisher,
                      const Compression& compression, bool& reading_source,
-                     const std::function<void()>& before_publish) {
-  if (index_type == FlatIndex::index_type) return fold_as<FlatIndex>(src, dst, publisher, compression, reading_source, before_publish);
+                     const std::function<void()>& before_publish, std::uint64_t min_lsn) {
+  if (index_type == FlatIndex::index_type) {
+    return fold_as<FlatIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn);
+  }
 #if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
   if (index_type == FaissIndex::index_type) {
-    return fold_as<FaissIndex>(src, dst, publisher, compression, reading_source, before_publish);
+    return fold_as<FaissIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn);
   }
 #endif
 #if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
   if (index_type == HnswlibIndex::index_type) {
-    return fold_as<HnswlibIndex>(src, dst, publisher, compression, reading_source, before_publish);
+    return fold_as<HnswlibIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn);
   }
 #endif
   throw PersistError::at(ErrorKind::Unsupported, src.path(),
