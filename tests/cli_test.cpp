@@ -707,6 +707,41 @@ TEST(CliCopy, OverAnIndexItClaimsAnLsnAboveItsReplicas) {
   EXPECT_EQ(replica.last_lsn(), writer.last_lsn());
 }
 
+// --snapshot-only over an index at a higher LSN: the copy claims an LSN
+// above it and holds the source's snapshot alone, not the records of its
+// log (they are not copied, as without an index there).
+TEST(CliCopy, SnapshotOnlyOverAnIndexLeavesTheSourcesLogOut) {
+  TempDir dir;
+  PersistConfig src(dir / "src.iqdb");
+  src.wal_enabled = true;
+  PersistConfig dst(dir / "dst.iqdb");
+  dst.wal_enabled = true;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), src);
+    db.insert(500, std::vector<float>{1, 1});
+    db.insert(501, std::vector<float>{2, 2});
+    db.checkpoint();                           // snapshot LSN 2
+    db.insert(502, std::vector<float>{3, 3});  // LSN 3, in the log only
+    db.close();
+  }
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), dst);
+    for (std::uint64_t id = 1; id <= 5; ++id) db.insert(id, std::vector<float>{float(id), 0});
+    db.checkpoint();  // LSN 5
+    db.close();
+  }
+  const CliResult r = run_cli({"copy", "--snapshot-only", "--force", src.path.string(), dst.path.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("up to LSN 5: the copy claims LSN 6"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("log held"), std::string::npos) << r.out;
+  const auto copy = PersistedIndex<FlatIndex>::load(PersistConfig(dst.path));
+  EXPECT_EQ(copy.last_lsn(), 6u);
+  EXPECT_EQ(copy.index().size(), 2u);
+  EXPECT_TRUE(copy.index().contains(500));
+  EXPECT_TRUE(copy.index().contains(501));
+  EXPECT_FALSE(copy.index().contains(502));
+}
+
 // What a test logged, row by row: the model a folded copy must load as.
 using RowModel = std::map<std::uint64_t, std::vector<float>>;
 

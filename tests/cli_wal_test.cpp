@@ -193,5 +193,24 @@ TEST(CliWal, CheckpointFoldsTheLogOffline) {
   EXPECT_TRUE(db.index().contains(9));
 }
 
+// A snapshot saved without the WAL, checkpointed: its open claims one LSN
+// more (docs/FORMAT.md, "Saves without the WAL") and folds nothing, which
+// the output says.
+TEST(CliWal, CheckpointOfASaveWithoutTheWalFoldsNothing) {
+  test::TempDir dir;
+  PersistConfig plain(dir / "p.iqdb");
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), plain);
+    db.insert(1, std::vector<float>{1, 2});
+    (void)db.save();  // LSN 0, saved without the WAL
+  }
+  const test::CliResult r = run_cli({"checkpoint", plain.path.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("snapshot LSN 0 -> 1 (0 log records folded)"), std::string::npos) << r.out;
+  const FileHeader h = inspect_snapshot(default_file_system(), plain.path).header;
+  EXPECT_EQ(h.last_lsn, 1u);
+  EXPECT_EQ(h.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL, 0u);
+}
+
 }  // namespace
 }  // namespace iqdb::persist

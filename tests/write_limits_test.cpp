@@ -150,8 +150,23 @@ TEST(WriteLimits, LsnsNeverWrap) {
     db.close();
   }
   EXPECT_EQ(inspect_snapshot(default_file_system(), cfg.path).header.last_lsn, format::MAX_LSN);
+  {
+    auto db = PersistedIndex<FlatIndex>::load(cfg);
+    EXPECT_EQ(db.index().size(), 1u);
+    EXPECT_EQ(kind_of([&] { db.insert(5, kV); }), ErrorKind::InvalidArgument);
+  }
+  // Saved without the WAL at the highest LSN, it opens with the WAL as it
+  // was (no LSN is left to claim it again, and none to log).
+  {
+    PersistConfig plain(cfg.path);
+    auto db = PersistedIndex<FlatIndex>::load(plain);
+    const FileHeader h = db.save();
+    EXPECT_EQ(h.last_lsn, format::MAX_LSN);
+    EXPECT_NE(h.optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL, 0u);
+  }
   auto db = PersistedIndex<FlatIndex>::load(cfg);
   EXPECT_EQ(db.index().size(), 1u);
+  EXPECT_EQ(db.last_lsn(), format::MAX_LSN);
   EXPECT_EQ(kind_of([&] { db.insert(5, kV); }), ErrorKind::InvalidArgument);
   // A snapshot cannot claim more.
   const SnapshotInfo over{FlatIndex::index_type, 2, DistanceMetric::Euclidean, 0, format::MAX_LSN + 1};

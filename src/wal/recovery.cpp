@@ -108,10 +108,11 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   // snapshot's. Before anything is logged, the state loaded is written
   // again, one LSN higher: a replica that holds the old state then finds a
   // snapshot newer than it and loads anew, instead of applying the records
-  // logged from here on to the old contents.
+  // logged from here on to the old contents. (At the highest LSN nothing
+  // can be logged: the open goes on as before, and every write is refused.)
   const bool reclaim = (h.optional_flags & ::iqdb::persist::format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL) != 0;
   if (!storage_->log_exists()) {
-    if (reclaim) {
+    if (reclaim && folded < ::iqdb::persist::format::MAX_LSN) {
       claim_above(folded, write_snapshot);
     } else {
       start_new_log(folded + 1);
@@ -129,7 +130,7 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   stats_.torn_tail_bytes = r.scan.torn_tail_bytes;
   stats_.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
   stats_.migrated_v1_log = r.scan.version == 1;
-  if (reclaim) {
+  if (reclaim && expect - 1 < ::iqdb::persist::format::MAX_LSN) {
     // (Records above the save's LSN are not there unless the files were
     // changed by hand: they are applied above and fold into the new snapshot.)
     claim_above(expect - 1, write_snapshot);
@@ -149,12 +150,8 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
 // The state loaded (covering `last`) written as a snapshot at last + 1,
 // then a new log above it. A crash in between leaves the new snapshot
 // beside the old log, whose records it covers: the same state.
+// Precondition: last < format::MAX_LSN.
 void WalEngine::Impl::claim_above(std::uint64_t last, const WriteSnapshot& write_snapshot) {
-  if (last >= ::iqdb::persist::format::MAX_LSN) {
-    throw PersistError::at(ErrorKind::InvalidArgument, snapshot_path_,
-                           "the snapshot claims LSN " + std::to_string(last) +
-                               ", the highest; a writer with the WAL cannot log above it");
-  }
   next_lsn_ = last + 1;
   write_snapshot(last + 1);
   start_new_log(last + 2);

@@ -189,7 +189,7 @@ class PublishWatch final : public FileSystemWrapper {
 
 // What was sent, and how to check it once published.
 struct Sent {
-  std::uint64_t records_folded = 0;  // 0: the snapshot's bytes were copied
+  std::uint64_t records_folded = 0;  // 0: the snapshot's bytes were copied (or the snapshot alone, folded)
   std::function<SnapshotSummary()> check_arrival;
 };
 
@@ -212,10 +212,10 @@ Sent publish_verified(const Location& src, const ReadableFile& file, const Locat
 // Step 3b: the source loaded with its log, written as one snapshot, whose
 // last LSN is at least `min_lsn`.
 Sent publish_folded(const Location& src, const SnapshotSummary& head, const Location& dst, PublishWatch& publisher,
-                    bool& reading_source, std::uint64_t min_lsn) {
+                    bool& reading_source, std::uint64_t min_lsn, bool snapshot_only) {
   const OldLog old(dst);
   const FoldedCopy folded = fold_into(src, head.header.index_type, dst, publisher, compression_of(head.header),
-                                      reading_source, [&] { old.retire(); }, min_lsn);
+                                      reading_source, [&] { old.retire(); }, min_lsn, snapshot_only);
   return {folded.records_folded, [&dst, check = folded.check_arrival] {
             check();
             return verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
@@ -260,16 +260,19 @@ int report_arrival(const Console& console, const CopyOptions& opts, const Persis
 }
 
 void print_copied(const Console& console, const CopyOptions& opts, const SnapshotSummary& got,
-                  std::uint64_t records_folded) {
+                  std::uint64_t source_lsn, std::uint64_t records_folded, std::uint64_t min_lsn) {
   const FileHeader& h = got.header;
   console.out << "copied " << opts.src << " -> " << opts.dst << " (format " << h.format_version << ", "
               << printable(h.index_type) << ", " << h.n_vectors << " vectors x " << h.dim << " dims, "
               << compression_name(h.compression) << ", " << human_bytes(got.file_size) << ", crc32 "
               << hex32(h.payload_crc) << ", last LSN " << h.last_lsn << "), verified at the destination\n";
   if (records_folded > 0) {
-    console.out << "the source's log held " << records_folded << " records after its snapshot (LSN "
-                << h.last_lsn - records_folded << "): folded into the copy, whose last LSN is " << h.last_lsn
-                << "\n";
+    console.out << "the source's log held " << records_folded << " records after its snapshot (LSN " << source_lsn
+                << "): folded into the copy\n";
+  }
+  if (min_lsn > 0) {
+    console.out << "the destination held an index up to LSN " << min_lsn - 1 << ": the copy claims LSN "
+                << h.last_lsn << " (LSNs at a path only go up; its replicas load the copy anew)\n";
   }
 }
 
@@ -282,6 +285,8 @@ int copy(const CopyOptions& opts, const Console& console) {
   bool reading_source = true;
   std::unique_ptr<FileLock> lock;  // held until the copy was read back
   Sent sent;
+  std::uint64_t head_lsn = 0;  // the source snapshot's
+  std::uint64_t min_lsn = 0;   // the copy's lowest last LSN (0: the source's)
   try {
     std::unique_ptr<ReadableFile> file;
     SnapshotSummary head;
@@ -301,9 +306,11 @@ int copy(const CopyOptions& opts, const Console& console) {
     // writer there numbers its records above what they hold.
     const std::optional<std::uint64_t> there = existing_lsn(dst);
     const std::uint64_t arriving = head.header.last_lsn + pending;
-    const std::uint64_t min_lsn = there && arriving <= *there ? *there + 1 : 0;
-    sent = pending == 0 && min_lsn == 0 ? publish_verified(src, *file, dst, publisher, tee, reading_source)
-                                        : publish_folded(src, head, dst, publisher, reading_source, min_lsn);
+    head_lsn = head.header.last_lsn;
+    min_lsn = there && arriving <= *there ? *there + 1 : 0;
+    sent = pending == 0 && min_lsn == 0
+               ? publish_verified(src, *file, dst, publisher, tee, reading_source)
+               : publish_folded(src, head, dst, publisher, reading_source, min_lsn, opts.snapshot_only);
   } catch (const PersistError& e) {
     const bool source_damaged = reading_source && is_damage(e.kind()) && !tee.sink_failed;
     return report_failure(console, opts, publisher.published, source_damaged, e);
@@ -314,7 +321,7 @@ int copy(const CopyOptions& opts, const Console& console) {
   } catch (const PersistError& e) {
     return report_arrival(console, opts, e);
   }
-  print_copied(console, opts, got, sent.records_folded);
+  print_copied(console, opts, got, head_lsn, sent.records_folded, min_lsn);
   return kExitOk;
 }
 

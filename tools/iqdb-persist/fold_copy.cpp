@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "iqdb-persist/report.hpp"
@@ -97,20 +98,37 @@ void check_folded(const Location& dst, const FileHeader& written, const I& sourc
 
 template <class I>
 FoldedCopy fold_as(const Location& src, const Location& dst, FileSystem& publisher, const Compression& compression,
-                   bool& reading_source, const std::function<void()>& before_publish, std::uint64_t min_lsn) {
-  reading_source = true;
-  auto loaded = std::make_shared<PersistedIndex<I>>(PersistedIndex<I>::load(read_only(src)));
-  reading_source = false;
-  const I& index = loaded->index();
-  const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index.dim()), index.metric(),
-                          static_cast<std::uint64_t>(index.size()), std::max(loaded->last_lsn(), min_lsn)};
+                   bool& reading_source, const std::function<void()>& before_publish, std::uint64_t min_lsn,
+                   bool snapshot_only) {
+  // What was loaded, kept alive for the check on arrival.
+  std::shared_ptr<const void> owner;
+  const I* index = nullptr;
+  std::uint64_t lsn = 0;
   FoldedCopy out;
-  out.records_folded = loaded->wal_stats().recovered_records;
+  reading_source = true;
+  if (snapshot_only) {
+    auto alone = std::make_shared<std::optional<I>>();
+    read_snapshot(src.fs(), src.path(), I::index_type, ReadLimits{}, [&](PayloadReader& r, const FileHeader& h) {
+      alone->emplace(I::load_from(r));
+      lsn = h.last_lsn;
+    });
+    index = &**alone;
+    owner = alone;
+  } else {
+    auto loaded = std::make_shared<PersistedIndex<I>>(PersistedIndex<I>::load(read_only(src)));
+    index = &loaded->index();
+    lsn = loaded->last_lsn();
+    out.records_folded = loaded->wal_stats().recovered_records;
+    owner = loaded;
+  }
+  reading_source = false;
+  const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index->dim()), index->metric(),
+                          static_cast<std::uint64_t>(index->size()), std::max(lsn, min_lsn)};
   out.written = write_snapshot(publisher, dst.path(), info, compression, true, [&](PayloadWriter& w) {
-    index.save_to(w);
+    index->save_to(w);
     before_publish();
   });
-  out.check_arrival = [&dst, written = out.written, loaded] { check_folded(dst, written, loaded->index()); };
+  out.check_arrival = [&dst, written = out.written, owner, index] { check_folded(dst, written, *index); };
   return out;
 }
 
@@ -127,18 +145,18 @@ Compression compression_of(const FileHeader& h) {
 
 FoldedCopy fold_into(const Location& src, std::string_view index_type, const Location& dst, FileSystem& publisher,
                      const Compression& compression, bool& reading_source,
-                     const std::function<void()>& before_publish, std::uint64_t min_lsn) {
+                     const std::function<void()>& before_publish, std::uint64_t min_lsn, bool snapshot_only) {
   if (index_type == FlatIndex::index_type) {
-    return fold_as<FlatIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn);
+    return fold_as<FlatIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn, snapshot_only);
   }
 #if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
   if (index_type == FaissIndex::index_type) {
-    return fold_as<FaissIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn);
+    return fold_as<FaissIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn, snapshot_only);
   }
 #endif
 #if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
   if (index_type == HnswlibIndex::index_type) {
-    return fold_as<HnswlibIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn);
+    return fold_as<HnswlibIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn, snapshot_only);
   }
 #endif
   throw PersistError::at(ErrorKind::Unsupported, src.path(),
