@@ -671,16 +671,20 @@ TEST(CliCopy, LocksAndLogs) {
   EXPECT_EQ(db.index().dim(), 5u);  // the source's, nothing of the old log replayed
 }
 
+PersistConfig with_wal(const fs::path& path) {
+  PersistConfig cfg(path);
+  cfg.wal_enabled = true;
+  return cfg;
+}
+
 // A copy over an index that replicas follow, from a source at a lower LSN:
 // the replica loads the copy anew once a writer there logs. Before, the
 // copy kept the source's LSN 2 under the replica's 10, and the replica
 // applied the writer's records 11.. onto the old contents.
 TEST(CliCopy, OverAnIndexItClaimsAnLsnAboveItsReplicas) {
   TempDir dir;
-  PersistConfig src(dir / "src.iqdb");
-  src.wal_enabled = true;
-  PersistConfig dst(dir / "dst.iqdb");
-  dst.wal_enabled = true;
+  const PersistConfig src = with_wal(dir / "src.iqdb");
+  const PersistConfig dst = with_wal(dir / "dst.iqdb");
   const auto fill = [](const PersistConfig& cfg, std::uint64_t first, std::uint64_t n) {
     auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), cfg);
     for (std::uint64_t id = first; id < first + n; ++id) db.insert(id, std::vector<float>{float(id), 1});
@@ -712,10 +716,8 @@ TEST(CliCopy, OverAnIndexItClaimsAnLsnAboveItsReplicas) {
 // log (they are not copied, as without an index there).
 TEST(CliCopy, SnapshotOnlyOverAnIndexLeavesTheSourcesLogOut) {
   TempDir dir;
-  PersistConfig src(dir / "src.iqdb");
-  src.wal_enabled = true;
-  PersistConfig dst(dir / "dst.iqdb");
-  dst.wal_enabled = true;
+  const PersistConfig src = with_wal(dir / "src.iqdb");
+  const PersistConfig dst = with_wal(dir / "dst.iqdb");
   {
     auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), src);
     db.insert(500, std::vector<float>{1, 1});
