@@ -59,7 +59,7 @@ struct Replayed {
   wal::FollowPoint end;      // where a follower goes on (at scan.valid_bytes)
 };
 // `live`: a writer may be appending to the log (readers without the lock):
-// damage is read again (wal::scan_file_settled) before it counts.
+// damage is read again (wal::scan_file, live) before it counts.
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const std::filesystem::path& log_path,
                     std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve,
                     bool live);

@@ -139,7 +139,7 @@ format::LogHeader read_log_header(Window& w, const fs::path& path) {
 
 class Scanner {
  public:
-  // `live`: a writer may be appending to the log (scan_file_settled).
+  // `live`: a writer may be appending to the log (scan_file).
   Scanner(const ReadableFile& f, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
           bool live = false)
       : f_(f), w_(f, kWindow, /*ahead=*/true), on_record_(on_record), mode_(mode), live_(live) {}
@@ -508,8 +508,8 @@ class Scanner {
 }  // namespace
 
 ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
-                     FollowPoint* end) {
-  Scanner s(file, on_record, mode);
+                     FollowPoint* end, bool live) {
+  Scanner s(file, on_record, mode, live);
   ScanResult r = s.run();
   if (end != nullptr) *end = s.point(r.valid_bytes);
   return r;
@@ -523,14 +523,6 @@ bool DamageSettler::read_again(std::uint64_t offset) {
   }
   damaged_at_ = offset;
   return true;
-}
-
-ScanResult scan_file_settled(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record,
-                             ScanMode mode, FollowPoint* end) {
-  Scanner s(file, on_record, mode, /*live=*/true);
-  ScanResult r = s.run();
-  if (end != nullptr) *end = s.point(r.valid_bytes);
-  return r;
 }
 
 Followed follow_file(const ReadableFile& file, const FollowPoint& from,
@@ -554,7 +546,7 @@ ScanResult scan_log(FileSystem& fs, const fs::path& path, const std::function<vo
 ScanResult scan_live_log(FileSystem& fs, const fs::path& path, const std::function<void(const RecordView&)>& on_record,
                          ScanMode mode) {
   const std::unique_ptr<ReadableFile> f = fs.open_read(path);
-  return scan_file_settled(*f, on_record, mode);
+  return scan_file(*f, on_record, mode, nullptr, /*live=*/true);
 }
 
 }  // namespace iqdb::persist::wal

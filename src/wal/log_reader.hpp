@@ -28,9 +28,14 @@ struct FollowPoint {
 };
 
 // A whole log, checked; `end` (optional): where a follower goes on after
-// the scan (at its valid_bytes).
+// the scan (at its valid_bytes). `live`: a writer may be appending to the
+// log (wal::scan_live_log): a frame that looks damaged is read again from
+// the file at once (a scan reads the log in chunks, at different moments:
+// a frame read before the writer finished it can sit before frames read
+// after), and, while intact frames after it vouch for it, as DamageSettler
+// says, before it counts.
 ScanResult scan_file(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record, ScanMode mode,
-                     FollowPoint* end = nullptr);
+                     FollowPoint* end = nullptr, bool live = false);
 
 // Whether a reader that found a log damaged at `offset` reads it again: a
 // log a writer is appending to can show a frame being written (a group's
@@ -52,14 +57,6 @@ class DamageSettler {
   int rereads_ = 0;
   int waits_ = 0;
 };
-
-// scan_file for a log a writer may be appending to (wal::scan_live_log):
-// a frame that looks damaged is read again from the file at once (a scan
-// reads the log in chunks, at different moments: a frame read before the
-// writer finished it can sit before frames read after), and, while intact
-// frames after it vouch for it, as DamageSettler says, before it counts.
-ScanResult scan_file_settled(const ReadableFile& file, const std::function<void(const RecordView&)>& on_record,
-                             ScanMode mode, FollowPoint* end = nullptr);
 
 struct Followed {
   FollowPoint at;              // after the last complete frame

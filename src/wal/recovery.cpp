@@ -110,18 +110,11 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   // snapshot newer than it and loads anew, instead of applying the records
   // logged from here on to the old contents. (At the highest LSN nothing
   // can be logged: the open goes on as before, and every write is refused.)
-  const bool reclaim = (h.optional_flags & ::iqdb::persist::format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL) != 0;
-  if (!storage_->log_exists()) {
-    if (reclaim && folded < ::iqdb::persist::format::MAX_LSN) {
-      claim_above(folded, write_snapshot);
-    } else {
-      start_new_log(folded + 1);
-    }
-    start_flusher();
-    return;
-  }
+  const bool saved_without_wal = (h.optional_flags & ::iqdb::persist::format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL) != 0;
+  const bool has_log = storage_->log_exists();
   Replayed r;
-  {
+  r.next = folded + 1;
+  if (has_log) {
     const std::unique_ptr<ReadableFile> file = storage_->open_log();
     r = replay_log(*storage_, *file, log_path_, folded, replay, reserve, /*live=*/false);  // (the lock is held)
   }
@@ -130,10 +123,12 @@ void WalEngine::Impl::open(const std::function<FileHeader()>& load_snapshot, con
   stats_.torn_tail_bytes = r.scan.torn_tail_bytes;
   stats_.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
   stats_.migrated_v1_log = r.scan.version == 1;
-  if (reclaim && expect - 1 < ::iqdb::persist::format::MAX_LSN) {
+  if (saved_without_wal && expect - 1 < ::iqdb::persist::format::MAX_LSN) {
     // (Records above the save's LSN are not there unless the files were
     // changed by hand: they are applied above and fold into the new snapshot.)
     claim_above(expect - 1, write_snapshot);
+  } else if (!has_log) {
+    start_new_log(expect);
   } else if (r.scan.version == 1) {
     // A reference (version 1) log: fold it into a version-3 snapshot now and
     // continue with a version-2 log. A crash in between is safe: the new

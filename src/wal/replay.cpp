@@ -104,8 +104,7 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
   wal::ScanResult scan;
   wal::FollowPoint end;
   try {
-    scan = live ? wal::scan_file_settled(file, on_record, wal::ScanMode::Strict, &end)
-                : wal::scan_file(file, on_record, wal::ScanMode::Strict, &end);
+    scan = wal::scan_file(file, on_record, wal::ScanMode::Strict, &end, live);
   } catch (const PersistError& e) {
     // Damage found in the log: name the object holding it (RADOS).
     if (!e.offset() || e.path() != file.path() || storage.locate(*e.offset()) == e.path()) throw;
