@@ -711,6 +711,64 @@ TEST(CliCopy, OverAnIndexItClaimsAnLsnAboveItsReplicas) {
   EXPECT_EQ(replica.last_lsn(), writer.last_lsn());
 }
 
+// Restoring a backup over an index whose snapshot cannot be read: with
+// --force it is replaced (before, the copy stopped at the destination's
+// damage and nothing could replace it but removing the files). A local log
+// beside it goes, and the copy claims an LSN above its records. Without
+// --force it is refused as any index there. A readable snapshot whose log
+// is damaged is still refused: the log may hold writes (wal repair first).
+TEST(CliCopy, ForceReplacesAnIndexWhoseSnapshotIsDamaged) {
+  TempDir dir;
+  const PersistConfig src(dir / "src.iqdb");
+  PersistedIndex<FlatIndex>::open_with(small_index(), src).save();
+  const std::vector<std::byte> src_bytes = test::read_file(src.path);
+
+  const fs::path garbage = dir / "garbage.iqdb";
+  test::write_file(garbage, std::vector<std::byte>(300, std::byte{0x5a}));
+  CliResult r = run_cli({"copy", src.path.string(), garbage.string()});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  r = run_cli({"copy", "--force", src.path.string(), garbage.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("could not be read (bad_magic"), std::string::npos) << r.out;
+  EXPECT_EQ(test::read_file(garbage), src_bytes);  // the source's bytes: nothing to claim above
+
+  // A snapshot cut short beside a log of 3 records (LSNs 1..3).
+  const PersistConfig logged = with_wal(dir / "logged.iqdb");
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), logged);
+    for (std::uint64_t id = 1; id <= 3; ++id) db.insert(id, std::vector<float>{float(id), 0});
+    db.close();
+  }
+  fs::resize_file(logged.path, 30);
+  r = run_cli({"copy", "--force", src.path.string(), logged.path.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("could not be read (truncated_header"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(wal::log_path_for(logged.path)));
+  EXPECT_EQ(inspect_snapshot(default_file_system(), logged.path).header.last_lsn, 4u);
+  const auto db = PersistedIndex<FlatIndex>::load(logged);
+  EXPECT_EQ(db.index().size(), 40u);  // the source's, nothing of the old log
+  EXPECT_EQ(db.last_lsn(), 4u);
+
+  // A readable snapshot, its log damaged in the middle: refused, unchanged.
+  const PersistConfig torn = with_wal(dir / "torn.iqdb");
+  {
+    auto w = PersistedIndex<FlatIndex>::open_with(FlatIndex(2, DistanceMetric::Euclidean), torn);
+    for (std::uint64_t id = 1; id <= 3; ++id) w.insert(id, std::vector<float>{float(id), 0});
+    w.close();
+  }
+  std::vector<std::byte> log = test::read_file(wal::log_path_for(torn.path));
+  ASSERT_GT(log.size(), 150u);
+  log[100] ^= std::byte{0xff};  // inside the second of three frames (40, 91, 142: iqdb-persist wal dump)
+  test::write_file(wal::log_path_for(torn.path), log);
+  const std::vector<std::byte> before = test::read_file(torn.path);
+  r = run_cli({"copy", "--force", src.path.string(), torn.path.string()});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("corrupt_log"), std::string::npos) << r.out << r.err;
+  EXPECT_EQ(test::read_file(torn.path), before);
+  EXPECT_EQ(test::read_file(wal::log_path_for(torn.path)), log);
+}
+
 // --snapshot-only over an index at a higher LSN: the copy claims an LSN
 // above it and holds the source's snapshot alone, not the records of its
 // log (they are not copied, as without an index there).

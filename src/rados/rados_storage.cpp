@@ -100,6 +100,7 @@ class RadosIndexStorage final : public IndexStorage {
   bool replaced(const detail::FollowedLog& log, std::uint64_t) override {
     return dynamic_cast<const RadosFollowedLog&>(log).generation() != generation();
   }
+  bool log_outlives_snapshots() const noexcept override { return false; }
 
   // A watch on NAME.notify (change_notify.hpp), through this store's client.
   std::unique_ptr<detail::ChangeWatch> watch_changes(std::function<void()> wake) override {

@@ -12,6 +12,7 @@
 // appended to it after that), before the next one is opened.
 #include "iqdb/persist/detail/log_follower.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <optional>
 #include <string>
@@ -42,6 +43,7 @@ class LogFollower::Impl {
             const WalEngine::ReserveHint& reserve) {
     FileHeader h;
     log_ = storage_->follow_log_with_snapshot(load_snapshot, h);
+    loaded_ = h;
     last_ = h.last_lsn;
     if (!log_) return;
     const ReadableFile& f = log_->refresh();
@@ -68,6 +70,8 @@ class LogFollower::Impl {
     const std::uint64_t before = last_;
     try {
       follow_logs(replay);
+      // Local files: a save without the WAL may keep the log followed.
+      if (log_ && storage_->log_outlives_snapshots() && saved_over(current_snapshot())) throw NeedReload{};
     } catch (const NeedReload&) {
       out.reload = true;
     } catch (const PersistError& e) {
@@ -81,20 +85,14 @@ class LogFollower::Impl {
     return out;
   }
 
-  // How far the log goes now, applying nothing. A frame being written can
-  // look damaged with frames after it (read again, the same offset can
-  // still show it: seen beside three writers under Always): the probe then
-  // says what it found before, and a catch-up, which reads the frame again
-  // until it settles, reports damage that stays.
+  // How far the log goes now, applying nothing. A frame that looks damaged
+  // with frames after it is read again as a catch-up reads it (a frame
+  // being written looks so for a while; wal::DamageSettler); damage that
+  // stays is CorruptLog, as a catch-up reports it.
   std::uint64_t probe() {
     if (!log_) return last_;
-    try {
-      const wal::Followed r = follow_settled({}, /*check_last_frame=*/false);
-      probed_ = r.at.next_lsn - 1;
-    } catch (const PersistError& e) {
-      if (e.kind() != ErrorKind::CorruptLog) throw;
-    }
-    return std::max(last_, probed_);
+    const wal::Followed r = follow_settled({}, /*check_last_frame=*/false);
+    return std::max(last_, r.at.next_lsn - 1);
   }
 
   // Whether the log followed is still the current one and still holds,
@@ -138,17 +136,30 @@ class LogFollower::Impl {
   bool open_current() {
     log_ = storage_->follow_current_log();
     at_ = {};
-    probed_ = 0;
     if (log_) return true;
-    // No log: a snapshot newer than the replica holds records it lacks.
-    if (snapshot_lsn() > last_) throw NeedReload{};
+    // No log: a snapshot newer than the replica holds records it lacks;
+    // one saved without the WAL over the state loaded may hold another
+    // state at the same LSN.
+    const std::optional<FileHeader> now = current_snapshot();
+    if ((now && now->last_lsn > last_) || saved_over(now)) throw NeedReload{};
     return false;
   }
 
-  std::uint64_t snapshot_lsn() {
+  std::optional<FileHeader> current_snapshot() {
     FileSystem& fs = storage_->snapshot_fs();
-    if (!fs.exists(cfg_.path)) return 0;
-    return inspect_snapshot(fs, cfg_.path).header.last_lsn;
+    if (!fs.exists(cfg_.path)) return std::nullopt;
+    return inspect_snapshot(fs, cfg_.path).header;
+  }
+
+  // Whether `now` was saved without the WAL and is not the snapshot the
+  // replica loaded: it may replace the replica's state at the LSN it covers
+  // (docs/FORMAT.md, "Saves without the WAL"). (A snapshot of a writer with
+  // the WAL at that LSN holds the state the log gave the replica.)
+  bool saved_over(const std::optional<FileHeader>& now) const {
+    if (!now || (now->optional_flags & format::OPTIONAL_FLAG_SAVED_WITHOUT_WAL) == 0) return false;
+    return now->header_crc != loaded_.header_crc || now->payload_crc != loaded_.payload_crc ||
+           now->last_lsn != loaded_.last_lsn || now->stored_len != loaded_.stored_len ||
+           now->optional_flags != loaded_.optional_flags;
   }
 
   // The complete frames after at_ in the log followed.
@@ -184,18 +195,27 @@ class LogFollower::Impl {
 
   // A frame read while the writer was writing it looks damaged, and frames
   // written after it, read a moment later, vouch for it (CorruptLog). Read
-  // again, as wal::DamageSettler says. (On RADOS, where only acknowledged
-  // sizes are read, the verdict does not change: it costs the waits.)
+  // again, as wal::DamageSettler says. A writer writing fast can keep a
+  // frame in flight at each read, further on each time: the read then ends
+  // before the frame found last, and the frames before it, complete when
+  // they were read, are what it returns; the next read goes on from there.
+  // (On RADOS, where only acknowledged sizes are read, the verdict does not
+  // change: it costs the waits.)
   // A catch-up checks the frame read last: frames a reader saw can be cut
   // later (local files: a failed fsync; both storages: an entry the index
   // could not apply is cut off the log, and the next commit takes its place).
   wal::Followed follow_settled(const std::function<void(const wal::RecordView&)>& on_record, bool check_last_frame) {
     wal::DamageSettler settle;
+    std::uint64_t until = UINT64_MAX;
     for (;;) {
       try {
-        return wal::follow_file(log_->refresh(), at_, on_record, check_last_frame);
+        return wal::follow_file(log_->refresh(), at_, on_record, check_last_frame, until);
       } catch (const PersistError& e) {
-        if (e.kind() != ErrorKind::CorruptLog || !settle.read_again(e.offset().value_or(UINT64_MAX))) throw;
+        if (e.kind() != ErrorKind::CorruptLog) throw;
+        const std::uint64_t at = e.offset().value_or(UINT64_MAX);
+        if (settle.read_again(at)) continue;
+        if (!settle.moving() || until != UINT64_MAX || at == UINT64_MAX) throw;
+        until = at;
       }
     }
   }
@@ -204,8 +224,8 @@ class LogFollower::Impl {
   PersistConfig cfg_;
   std::unique_ptr<FollowedLog> log_;
   wal::FollowPoint at_;
+  FileHeader loaded_;  // the header of the snapshot loaded
   std::uint64_t last_ = 0;
-  std::uint64_t probed_ = 0;  // what the last probe that settled found
   bool applied_past_point_ = false;  // a failed poll applied records after at_
   wal::WalStats stats_;
 };

@@ -516,6 +516,7 @@ ScanResult scan_file(const ReadableFile& file, const std::function<void(const Re
 }
 
 bool DamageSettler::read_again(std::uint64_t offset) {
+  moving_ = damaged_at_.has_value() && offset > *damaged_at_;
   if (rereads_++ >= kMaxRereads) return false;
   if (damaged_at_ == offset) {
     if (++waits_ > kMaxWaits) return false;

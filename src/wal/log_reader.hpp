@@ -51,11 +51,16 @@ class DamageSettler {
   static constexpr int kMaxWaits = 5;
   // False: the damage counts. True: read again (it waited when due).
   bool read_again(std::uint64_t offset);
+  // Once read_again said false: whether the damage had moved on since the
+  // read before (the last of kMaxRereads reads each finding a frame in
+  // flight further on: a writer writing fast), rather than stayed put.
+  bool moving() const noexcept { return moving_; }
 
  private:
   std::optional<std::uint64_t> damaged_at_;
   int rereads_ = 0;
   int waits_ = 0;
+  bool moving_ = false;
 };
 
 struct Followed {

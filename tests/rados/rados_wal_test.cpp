@@ -154,18 +154,21 @@ class RadosWal : public ::testing::Test {
     const auto h = open_store(name)->head(name);
     return h ? h->generation : 0;
   }
-  // A writer inserts ids 1..n, checkpoints and closes: the model, and the
-  // published generation, whose log holds the header only.
-  Model ids_then_checkpoint(std::uint64_t n) {
+  // A writer with the WAL inserts ids 1..n (LSNs 1..n) and closes, after a
+  // checkpoint when `checkpoint` (the published generation's log then holds
+  // the header only): the model.
+  Model logged_ids(std::uint64_t n, bool checkpoint = false) {
     Model m;
-    auto a = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
     for (std::uint64_t id = 1; id <= n; ++id) {
-      a.insert(id, vector_of(id));
+      db.insert(id, vector_of(id));
       m[id] = vector_of(id);
     }
-    a.checkpoint();
+    if (checkpoint) db.checkpoint();
+    db.close();
     return m;
   }
+  Model ids_then_checkpoint(std::uint64_t n) { return logged_ids(n, /*checkpoint=*/true); }
   // The log objects of generation `gen`, in order.
   std::vector<std::string> log_objects(const std::string& name, std::uint64_t gen) {
     std::vector<std::string> out;
@@ -955,15 +958,7 @@ TEST_F(RadosWal, ReplicasFollowTheStreamThroughCheckpoints) {
 // before it logs (docs/FORMAT.md, "Saves without the WAL"), so the replica
 // loads it anew instead of applying the new log onto the state it has.
 TEST_F(RadosWal, ASaveWithoutTheWalIsNotTakenForTheStateItReplaced) {
-  Model m;
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
-    for (std::uint64_t id = 1; id <= 3; ++id) {
-      db.insert(id, vector_of(id));
-      m[id] = vector_of(id);
-    }
-    db.close();
-  }
+  Model m = logged_ids(3);
   auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));
   ASSERT_TRUE(equals(replica.index(), m));
   {
@@ -985,6 +980,30 @@ TEST_F(RadosWal, ASaveWithoutTheWalIsNotTakenForTheStateItReplaced) {
   EXPECT_EQ(replica.last_lsn(), 5u);
   EXPECT_EQ(replica.stats().reloads, 1u);
   w.close();
+}
+
+// The replica sees such a save at its next catch-up, before any writer with
+// the WAL opens: the publish starts a new generation without a log, and its
+// snapshot, flagged, is not the one the replica loaded. So does a second
+// save, at the same LSN again; a catch-up with nothing new loads nothing.
+TEST_F(RadosWal, ReplicaSeesASaveWithoutTheWalAtTheLsnItHolds) {
+  Model m = logged_ids(3);
+  auto replica = ReadReplica<FlatIndex>::open(read_only(config_for(name_)));
+  ASSERT_TRUE(equals(replica.index(), m));
+  for (std::uint64_t round = 1; round <= 2; ++round) {
+    auto plain = PersistedIndex<FlatIndex>::load(read_only(config_for(name_)));
+    plain.erase(round);
+    m.erase(round);
+    plain.insert(50 + round, vector_of(50 + round));
+    m[50 + round] = vector_of(50 + round);
+    EXPECT_EQ(plain.save().last_lsn, 3u);
+    replica.catch_up();
+    EXPECT_TRUE(equals(replica.index(), m)) << "round " << round;
+    EXPECT_EQ(replica.last_lsn(), 3u);
+    EXPECT_EQ(replica.stats().reloads, round);
+    replica.catch_up();
+    EXPECT_EQ(replica.stats().reloads, round);
+  }
 }
 
 // A background follower keeps up; lag() counts what it has not applied.

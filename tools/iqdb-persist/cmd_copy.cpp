@@ -9,7 +9,10 @@
 //    index at DST is refused unless --force. DST's log must hold nothing
 //    past DST's snapshot (else WouldLoseWrites); a local one is removed just
 //    before the publish, so that it can never be replayed onto the new
-//    snapshot (in RADOS the new generation has none).
+//    snapshot (in RADOS the new generation has none). DST is read once
+//    (OldIndex): the LSN it accounts for, which the copy must exceed
+//    (step 3b), and whether its snapshot can be read at all (one that
+//    cannot is replaced).
 // 3a. No log records after SRC's snapshot (or --snapshot-only): the bytes.
 //    verify_snapshot reads SRC through that one handle and every byte it
 //    reads goes to DST's temporary (replace_file_atomically: a local
@@ -53,24 +56,33 @@ struct CopyOptions {
   RadosArgs rados;
 };
 
-// Records of the log that goes with the snapshot opened by `open_snapshot`
-// (which returns its header) whose LSN is above the snapshot's; 0 without a
-// log. Both are opened as a reader opens them (local files: the log first;
-// RADOS: the log of the generation read last), so that a checkpoint running
-// meanwhile never pairs the old snapshot with the new, empty log.
-std::uint64_t records_after(const Location& where, IndexStorage& storage,
-                            const std::function<FileHeader()>& open_snapshot) {
+// The log that goes with the snapshot opened by `open_snapshot` (which
+// returns its header): how many of its records are above the snapshot's
+// LSN, and the last LSN it accounts for; zeros without a log. Both are
+// opened as a reader opens them (local files: the log first; RADOS: the log
+// of the generation read last), so that a checkpoint running meanwhile
+// never pairs the old snapshot with the new, empty log.
+struct LogRecords {
+  std::uint64_t after = 0;
+  std::uint64_t last_lsn = 0;
+};
+LogRecords records_after(const Location& where, IndexStorage& storage,
+                         const std::function<FileHeader()>& open_snapshot) {
   FileHeader h;
   const std::unique_ptr<ReadableFile> log = storage.open_log_with_snapshot(open_snapshot, h);
-  if (!log) return 0;
+  if (!log) return {};
   std::uint64_t implicit_lsn = 0;  // version-1 logs number their records 1, 2, ...
-  std::uint64_t after = 0;
+  LogRecords out;
   TeeState unused;
   OpenFileSystem view(where.fs(), *log, nullptr, unused);
-  storage.check_scan(wal::scan_live_log(view, log->path(), [&](const wal::RecordView& r) {
-    if ((r.lsn ? *r.lsn : ++implicit_lsn) > h.last_lsn) ++after;
-  }));
-  return after;
+  const wal::ScanResult scan = wal::scan_live_log(view, log->path(), [&](const wal::RecordView& r) {
+    const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit_lsn;
+    if (lsn > h.last_lsn) ++out.after;
+    out.last_lsn = std::max(out.last_lsn, lsn);
+  });
+  storage.check_scan(scan);
+  if (scan.base_lsn > 0) out.last_lsn = std::max(out.last_lsn, scan.base_lsn - 1);
+  return out;
 }
 
 // Records of SRC's log after the snapshot `open_snapshot` opens (0 with
@@ -82,7 +94,7 @@ std::uint64_t pending_records(const Location& src, const std::function<FileHeade
     return 0;
   }
   const std::shared_ptr<IndexStorage> storage = src.storage();
-  return records_after(src, *storage, open_snapshot);
+  return records_after(src, *storage, open_snapshot).after;
 }
 
 // An index at DST (its snapshot, or a local log) is replaced only with --force.
@@ -95,27 +107,69 @@ void refuse_existing(const Location& dst, bool force) {
                          "an index exists at the destination; pass --force to replace it");
 }
 
-// The destination's log: refused if it holds records its snapshot lacks
-// (they would be lost); a local one is removed before the publish (see
-// step 2). In RADOS the new generation comes without a log: the old one is
-// no longer the current snapshot's.
-class OldLog {
+// Kinds of error that say a file is damaged (not that it cannot be read).
+bool is_damage(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::BadMagic:
+    case ErrorKind::UnsupportedVersion:
+    case ErrorKind::ChecksumMismatch:
+    case ErrorKind::TruncatedHeader:
+    case ErrorKind::TruncatedPayload:
+    case ErrorKind::InvalidMetric:
+    case ErrorKind::InvalidHeader:
+    case ErrorKind::InvalidPayload:
+    case ErrorKind::Compression:
+    case ErrorKind::CorruptLog: return true;
+    default: return false;
+  }
+}
+
+// The index at DST, read once under its lock (step 2).
+// - Its log is refused if it holds records its snapshot lacks (they would
+//   be lost); a local one is removed before the publish (retire()). In
+//   RADOS the new generation comes without a log: the old one is no longer
+//   the current snapshot's.
+// - lsn(): the highest LSN its files account for (its snapshot's; a local
+//   log's last record's), if an index is there (and a damaged one: its
+//   log's, if it has one).
+// - A snapshot there that cannot be read (its header is damaged: damage())
+//   is replaced, which is what restoring a backup over it asks for; nothing
+//   loads it or the records of its log, so they are not counted as writes
+//   the copy would lose, but the copy still claims an LSN above the log's.
+class OldIndex {
  public:
-  explicit OldLog(const Location& dst) : dst_(dst) {
-    if (!dst.fs().exists(dst.path())) {
-      if (dst.rados() || !dst.fs().exists(wal::log_path_for(dst.path()))) return;
+  explicit OldIndex(const Location& dst) : dst_(dst) {
+    const fs::path log = wal::log_path_for(dst.path());
+    const bool snapshot = dst.fs().exists(dst.path());
+    present_ = !dst.rados() && dst.fs().exists(log);
+    if (!snapshot && !present_) return;
+    FileHeader h;
+    if (snapshot) {
+      try {
+        h = inspect_snapshot(dst.fs(), dst.path()).header;
+      } catch (const PersistError& e) {
+        if (!is_damage(e.kind())) throw;
+        damage_ = describe(e);
+      }
+    }
+    if (damage_) {
+      if (present_) lsn_ = readable_log_end(log);
+      return;
     }
     const std::shared_ptr<IndexStorage> storage = dst.storage();
-    const FileHeader h = dst.fs().exists(dst.path()) ? inspect_snapshot(dst.fs(), dst.path()).header : FileHeader{};
-    const std::uint64_t n = records_after(dst, *storage, [&] { return h; });  // (the destination is locked)
-    if (n > 0) {
+    const LogRecords r = records_after(dst, *storage, [&] { return h; });  // (the destination is locked)
+    if (r.after > 0) {
       throw PersistError::at(ErrorKind::WouldLoseWrites, storage->log_path(),
-                             "the destination's log holds " + std::to_string(n) +
+                             "the destination's log holds " + std::to_string(r.after) +
                                  " records its snapshot lacks; copying over it would lose them (checkpoint " +
                                  dst.label() + " first, or remove the index)");
     }
-    present_ = !dst.rados() && dst.fs().exists(wal::log_path_for(dst.path()));
+    lsn_ = std::max(h.last_lsn, r.last_lsn);
   }
+
+  std::optional<std::uint64_t> lsn() const noexcept { return lsn_; }
+  const std::optional<std::string>& damage() const noexcept { return damage_; }
+
   void retire() const {
     if (!present_) return;
     dst_.fs().remove(wal::log_path_for(dst_.path()));
@@ -124,36 +178,22 @@ class OldLog {
   }
 
  private:
+  // The last LSN a local log accounts for, read as far as it is intact.
+  std::uint64_t readable_log_end(const fs::path& log) const {
+    try {
+      const wal::ScanResult scan = wal::scan_log(dst_.fs(), log, {}, wal::ScanMode::Report);
+      return scan.last_lsn ? *scan.last_lsn : (scan.base_lsn > 0 ? scan.base_lsn - 1 : 0);
+    } catch (const PersistError& e) {
+      if (!is_damage(e.kind())) throw;
+    }
+    return 0;
+  }
+
   const Location& dst_;
   bool present_ = false;
+  std::optional<std::uint64_t> lsn_;
+  std::optional<std::string> damage_;
 };
-
-// The highest LSN the index at DST accounts for, if one is there: its
-// snapshot's (OldLog refuses a log that holds more), a local log's last
-// record's. A file that cannot be read as either counts for nothing.
-std::optional<std::uint64_t> existing_lsn(const Location& dst) {
-  std::optional<std::uint64_t> lsn;
-  if (dst.fs().exists(dst.path())) {
-    lsn = 0;
-    try {
-      lsn = inspect_snapshot(dst.fs(), dst.path()).header.last_lsn;
-    } catch (const PersistError& e) {
-      if (e.kind() == ErrorKind::Io) throw;
-    }
-  }
-  const fs::path log = wal::log_path_for(dst.path());
-  if (!dst.rados() && dst.fs().exists(log)) {
-    std::uint64_t end = 0;
-    try {
-      const wal::ScanResult scan = wal::scan_log(dst.fs(), log, {}, wal::ScanMode::Report);
-      end = scan.last_lsn ? *scan.last_lsn : (scan.base_lsn > 0 ? scan.base_lsn - 1 : 0);
-    } catch (const PersistError& e) {
-      if (e.kind() == ErrorKind::Io) throw;
-    }
-    lsn = std::max(lsn.value_or(0), end);
-  }
-  return lsn;
-}
 
 void refuse_same(const Location& src, const Location& dst) {
   bool same = src.rados() == dst.rados() && src.path() == dst.path();
@@ -194,9 +234,8 @@ struct Sent {
 };
 
 // Step 3a. `reading_source` is true while a failure can only be the source's.
-Sent publish_verified(const Location& src, const ReadableFile& file, const Location& dst, PublishWatch& publisher,
-                      TeeState& tee, bool& reading_source) {
-  const OldLog old(dst);
+Sent publish_verified(const Location& src, const ReadableFile& file, const Location& dst, const OldIndex& old,
+                      PublishWatch& publisher, TeeState& tee, bool& reading_source) {
   SnapshotSummary sent;
   replace_file_atomically(publisher, dst.path(), true, [&](WritableFile& out) {
     OpenFileSystem reader(src.fs(), file, &out, tee);
@@ -211,31 +250,14 @@ Sent publish_verified(const Location& src, const ReadableFile& file, const Locat
 
 // Step 3b: the source loaded with its log, written as one snapshot, whose
 // last LSN is at least `min_lsn`.
-Sent publish_folded(const Location& src, const SnapshotSummary& head, const Location& dst, PublishWatch& publisher,
-                    bool& reading_source, std::uint64_t min_lsn, bool snapshot_only) {
-  const OldLog old(dst);
+Sent publish_folded(const Location& src, const SnapshotSummary& head, const Location& dst, const OldIndex& old,
+                    PublishWatch& publisher, bool& reading_source, std::uint64_t min_lsn, bool snapshot_only) {
   const FoldedCopy folded = fold_into(src, head.header.index_type, dst, publisher, compression_of(head.header),
                                       reading_source, [&] { old.retire(); }, min_lsn, snapshot_only);
   return {folded.records_folded, [&dst, check = folded.check_arrival] {
             check();
             return verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
           }};
-}
-
-bool is_damage(ErrorKind kind) {
-  switch (kind) {
-    case ErrorKind::BadMagic:
-    case ErrorKind::UnsupportedVersion:
-    case ErrorKind::ChecksumMismatch:
-    case ErrorKind::TruncatedHeader:
-    case ErrorKind::TruncatedPayload:
-    case ErrorKind::InvalidMetric:
-    case ErrorKind::InvalidHeader:
-    case ErrorKind::InvalidPayload:
-    case ErrorKind::Compression:
-    case ErrorKind::CorruptLog: return true;
-    default: return false;
-  }
 }
 
 int report_failure(const Console& console, const CopyOptions& opts, bool published, bool source_damaged,
@@ -287,6 +309,7 @@ int copy(const CopyOptions& opts, const Console& console) {
   Sent sent;
   std::uint64_t head_lsn = 0;  // the source snapshot's
   std::uint64_t min_lsn = 0;   // the copy's lowest last LSN (0: the source's)
+  std::optional<OldIndex> old;  // what DST held
   try {
     std::unique_ptr<ReadableFile> file;
     SnapshotSummary head;
@@ -304,13 +327,14 @@ int copy(const CopyOptions& opts, const Console& console) {
     // F, a copy that would arrive at F or below claims F + 1 (written as a
     // folded copy), so that the destination's replicas load it anew and a
     // writer there numbers its records above what they hold.
-    const std::optional<std::uint64_t> there = existing_lsn(dst);
+    old.emplace(dst);
+    const std::optional<std::uint64_t> there = old->lsn();
     const std::uint64_t arriving = head.header.last_lsn + pending;
     head_lsn = head.header.last_lsn;
     min_lsn = there && arriving <= *there ? *there + 1 : 0;
     sent = pending == 0 && min_lsn == 0
-               ? publish_verified(src, *file, dst, publisher, tee, reading_source)
-               : publish_folded(src, head, dst, publisher, reading_source, min_lsn, opts.snapshot_only);
+               ? publish_verified(src, *file, dst, *old, publisher, tee, reading_source)
+               : publish_folded(src, head, dst, *old, publisher, reading_source, min_lsn, opts.snapshot_only);
   } catch (const PersistError& e) {
     const bool source_damaged = reading_source && is_damage(e.kind()) && !tee.sink_failed;
     return report_failure(console, opts, publisher.published, source_damaged, e);
@@ -320,6 +344,9 @@ int copy(const CopyOptions& opts, const Console& console) {
     got = sent.check_arrival();
   } catch (const PersistError& e) {
     return report_arrival(console, opts, e);
+  }
+  if (old && old->damage()) {
+    console.out << "the index at " << opts.dst << " could not be read (" << *old->damage() << "): replaced\n";
   }
   print_copied(console, opts, got, head_lsn, sent.records_folded, min_lsn);
   return kExitOk;

@@ -51,7 +51,7 @@ struct ReplicaLag {
 struct ReplicaStats {
   std::uint64_t catch_ups = 0;        // catch_up() calls and background rounds that succeeded
   std::uint64_t records_applied = 0;  // after the first load
-  std::uint64_t reloads = 0;          // loads anew (the records it needed were gone)
+  std::uint64_t reloads = 0;          // loads anew (the records it needed were gone, a save without the WAL)
   wal::WalStats load;                 // what the first load replayed
   // The background follower's wake-ups (FollowOptions::watch; RADOS only):
   std::uint64_t notifications = 0;  // the writer's notifications received
@@ -117,7 +117,8 @@ class ReadReplica {
   ~ReadReplica() { abandon_if_inherited(); }
 
   // Apply the records the writer logged since the last catch-up, following
-  // checkpoints; loads anew when the records it needs are gone. Returns the
+  // checkpoints; loads anew when the records it needs are gone, or a save
+  // without the WAL replaced the snapshot it loaded. Returns the
   // records applied (after a load anew: how far the LSN moved). Throws
   // PersistError (I/O, damage); the replica stays as it was and the call
   // can be repeated.
@@ -161,6 +162,8 @@ class ReadReplica {
   }
 
   // How far behind the writer: reads the log's end (applies nothing).
+  // Throws PersistError as catch_up() does (I/O; CorruptLog for damage
+  // that stays when read again).
   ReplicaLag lag() {
     detail::ReadScope::refuse(s_.get(), "lag()");
     s_->refuse_if_inherited("lag()");

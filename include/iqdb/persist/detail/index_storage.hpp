@@ -157,6 +157,12 @@ class IndexStorage {
   // checkpoint or a new writer replaced it, or a save removed it. Nothing is
   // appended to it any more once this says so.
   virtual bool replaced(const detail::FollowedLog& log, std::uint64_t salt) = 0;
+  // Whether a new snapshot can be published while the log followed stays
+  // the current one (the local files: a save without the WAL keeps a log
+  // whose records it covers), so that a replica reads the snapshot's
+  // header at each catch-up to see it. RADOS: every publish starts a new
+  // generation, and replaced() says so.
+  virtual bool log_outlives_snapshots() const noexcept { return true; }
 
   // Read replicas: `wake` is called (from another thread) whenever a writer
   // says something changed; nullptr when this storage has no such
