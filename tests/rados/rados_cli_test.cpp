@@ -258,6 +258,31 @@ TEST_F(RadosCli, DamagedStripeFailsVerify) {
   EXPECT_EQ(run_cli({"inspect", url_}).code, 0);
 }
 
+// Restoring a backup over a RADOS index whose snapshot header is damaged
+// (its magic flipped in stripe 0): refused without --force, replaced with
+// it (before, the copy stopped at the destination's damage).
+TEST_F(RadosCli, CopyForceReplacesADamagedIndex) {
+  save();
+  const auto head = store_->head(name_);
+  ASSERT_TRUE(head);
+  const std::string obj = RadosSnapshotStore::stripe_object(name_, head->generation, 0);
+  RawPool raw(*env_);
+  ASSERT_TRUE(raw.ok());
+  ASSERT_TRUE(raw.flip(obj, 0));
+  ASSERT_NE(run_cli({"inspect", url_}).code, 0);
+
+  const Model m = Model::random(kDim, 300, 3);
+  const auto src = save_local(m, "src.iqdb");
+  auto r = run_cli({"copy", src.string(), url_});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  r = run_cli({"copy", "--force", src.string(), url_});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("could not be read"), std::string::npos) << r.out;
+  EXPECT_EQ(run_cli({"verify", url_}).code, 0);
+  m.expect_equal(load_from_rados<FlatIndex>(*store_, name_));
+}
+
 TEST_F(RadosCli, MissingSnapshotOrClusterIsExit2) {
   auto r = run_cli({"verify", url_});  // nothing published
   EXPECT_EQ(r.code, 2) << r.out << r.err;
