@@ -715,23 +715,37 @@ TEST(CliCopy, OverAnIndexItClaimsAnLsnAboveItsReplicas) {
 // --force it is replaced (before, the copy stopped at the destination's
 // damage and nothing could replace it but removing the files). A local log
 // beside it goes, and the copy claims an LSN above its records. Without
-// --force it is refused as any index there. A readable snapshot whose log
-// is damaged is still refused: the log may hold writes (wal repair first).
+// --force it is refused as any index there. Refused with --force too: a
+// file that is not a snapshot, one a newer version wrote, an index's log
+// or lock file, and a readable snapshot whose log is damaged (the log may
+// hold writes: wal repair first).
 TEST(CliCopy, ForceReplacesAnIndexWhoseSnapshotIsDamaged) {
   TempDir dir;
   const PersistConfig src(dir / "src.iqdb");
   PersistedIndex<FlatIndex>::open_with(small_index(), src).save();
   const std::vector<std::byte> src_bytes = test::read_file(src.path);
 
-  const fs::path garbage = dir / "garbage.iqdb";
-  test::write_file(garbage, std::vector<std::byte>(300, std::byte{0x5a}));
-  CliResult r = run_cli({"copy", src.path.string(), garbage.string()});
+  // A file that is not a snapshot at all (a destination mistyped): refused.
+  const fs::path garbage = dir / "garbage.txt";
+  const std::vector<std::byte> text(300, std::byte{0x5a});
+  test::write_file(garbage, text);
+  CliResult r = run_cli({"copy", "--force", src.path.string(), garbage.string()});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("bad_magic"), std::string::npos) << r.err;
+  EXPECT_EQ(test::read_file(garbage), text);
+
+  // A snapshot whose header CRC does not match (a byte of it flipped).
+  const fs::path damaged = dir / "damaged.iqdb";
+  std::vector<std::byte> bad = src_bytes;
+  bad[30] ^= std::byte{0x40};
+  test::write_file(damaged, bad);
+  r = run_cli({"copy", src.path.string(), damaged.string()});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
-  r = run_cli({"copy", "--force", src.path.string(), garbage.string()});
+  r = run_cli({"copy", "--force", src.path.string(), damaged.string()});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("could not be read (bad_magic"), std::string::npos) << r.out;
-  EXPECT_EQ(test::read_file(garbage), src_bytes);  // the source's bytes: nothing to claim above
+  EXPECT_NE(r.out.find("could not be read (checksum_mismatch"), std::string::npos) << r.out;
+  EXPECT_EQ(test::read_file(damaged), src_bytes);  // the source's bytes: nothing to claim above
 
   // A snapshot cut short beside a log of 3 records (LSNs 1..3).
   const PersistConfig logged = with_wal(dir / "logged.iqdb");
@@ -749,6 +763,28 @@ TEST(CliCopy, ForceReplacesAnIndexWhoseSnapshotIsDamaged) {
   const auto db = PersistedIndex<FlatIndex>::load(logged);
   EXPECT_EQ(db.index().size(), 40u);  // the source's, nothing of the old log
   EXPECT_EQ(db.last_lsn(), 4u);
+
+  // Written by a newer version (format version 4): not damage, refused.
+  const fs::path newer = dir / "newer.iqdb";
+  std::vector<std::byte> v4 = src_bytes;
+  v4[8] = std::byte{4};  // format_version u32 at offset 8
+  test::write_file(newer, v4);
+  r = run_cli({"copy", "--force", src.path.string(), newer.string()});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("unsupported_version"), std::string::npos) << r.err;
+  EXPECT_EQ(test::read_file(newer), v4);
+
+  // An index's log or lock file is not a destination, with --force either
+  // (before: a log, unreadable as a snapshot, was replaced by one).
+  for (const fs::path& part : {wal::log_path_for(logged.path), fs::path(logged.path.string() + ".lock")}) {
+    test::write_file(part, {std::byte{1}});
+    r = run_cli({"copy", "--force", src.path.string(), part.string()});
+    EXPECT_EQ(r.code, 1) << r.out << r.err;
+    EXPECT_NE(r.err.find("not an index; copy to " + logged.path.string()), std::string::npos) << r.err;
+    EXPECT_EQ(test::read_file(part), std::vector<std::byte>{std::byte{1}});
+    EXPECT_FALSE(fs::exists(part.string() + ".lock"));
+    fs::remove(part);
+  }
 
   // A readable snapshot, its log damaged in the middle: refused, unchanged.
   const PersistConfig torn = with_wal(dir / "torn.iqdb");

@@ -442,6 +442,14 @@ void after_a_cut(bool rewrite, bool promote) {
     again.close();
   }
   if (!promote) {
+    // lag() reports no damage in a log that no longer holds what the
+    // replica read: the catch-up loads anew; until then its LSN stands.
+    // (It threw CorruptLog, "cut back", where the catch-up reloads.)
+    try {
+      EXPECT_EQ(r->lag().available_lsn, 11u);
+    } catch (const PersistError& e) {
+      ADD_FAILURE() << e.what();
+    }
     r->catch_up();
     EXPECT_EQ(r->stats().reloads, 1u);
     EXPECT_EQ(test::diff(r->index(), model), "");
@@ -689,6 +697,73 @@ TEST(Replica, FollowsSavesWithoutTheWalOfAnIndexThatNeverHadALog) {
   EXPECT_EQ(r.stats().reloads, 3U);
   EXPECT_EQ(r.catch_up(), 0U);
   EXPECT_EQ(r.stats().reloads, 3U);
+}
+
+// A replica following a log whose snapshot's header is then damaged
+// (local files, where it reads the header at each catch-up) follows the
+// log on: the damage is not taken for a save without the WAL, and a load
+// anew, when one is due, reports it. (It loaded anew at each catch-up, the
+// load failed, and every catch-up threw.)
+TEST(Replica, FollowsTheLogBesideASnapshotWhoseHeaderIsDamaged) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  w.db.checkpoint();
+  Replica r = Replica::open(cfg);
+  std::vector<std::byte> bytes = test::read_file(cfg.path);
+  bytes[30] ^= std::byte{0x40};  // in the header: its CRC fails
+  test::write_file(cfg.path, bytes);
+  ASSERT_EQ(test::error_of([&] { (void)inspect_snapshot(default_file_system(), cfg.path); }),
+            ErrorKind::ChecksumMismatch);
+  for (std::uint64_t id = 2; id <= 5; ++id) w.insert(id);
+  EXPECT_EQ(r.catch_up(), 4U);
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
+  EXPECT_EQ(r.stats().reloads, 0U);
+}
+
+// The index a replica follows is replaced by an older one (a restored
+// copy: its snapshot at a lower LSN, no log), then a writer with the WAL
+// opens it and logs from there. The replica loads anew: at its next
+// catch-up after the restore (a snapshot older than it, no log), or, if
+// it did not catch up meanwhile, when it finds the writer's new log
+// starting at or below the LSN it holds. Before, it skipped the new log's
+// records up to its own LSN and applied the rest onto the old contents.
+TEST(Replica, ReloadsWhenTheIndexIsReplacedByAnOlderOne) {
+  for (const bool catch_up_between : {true, false}) {
+    SCOPED_TRACE(catch_up_between ? "a catch-up after the restore" : "none");
+    test::TempDir dir;
+    const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+    const PersistConfig old_cfg = test::wal_config(dir / "old.iqdb", FsyncPolicy::always());
+    test::Model old_model;
+    {
+      Writer w{new_writer(old_cfg), {}};
+      for (std::uint64_t id = 100; id < 104; ++id) w.insert(id);  // LSNs 1..4
+      w.db.checkpoint();
+      w.db.close();
+      old_model = w.model;
+    }
+    Writer w{new_writer(cfg), {}};
+    for (std::uint64_t id = 1; id <= 10; ++id) w.insert(id);  // LSNs 1..10
+    w.db.close();
+    Replica r = Replica::open(cfg);
+    ASSERT_EQ(r.last_lsn(), 10U);
+    // The restore: the old snapshot's bytes at the path, the log gone.
+    std::filesystem::remove(wal::log_path_for(cfg.path));
+    test::write_file(cfg.path, test::read_file(old_cfg.path));
+    if (catch_up_between) {
+      (void)r.catch_up();
+      EXPECT_EQ(test::diff(r.index(), old_model), "");
+      EXPECT_EQ(r.last_lsn(), 4U);
+      EXPECT_EQ(r.stats().reloads, 1U);
+    }
+    Writer again{PersistedIndex<FlatIndex>::load(cfg), old_model};
+    for (std::uint64_t id = 200; id < 210; ++id) again.insert(id);  // LSNs 5..14
+    (void)r.catch_up();
+    EXPECT_EQ(test::diff(r.index(), again.model), "");
+    EXPECT_EQ(r.last_lsn(), 14U);
+    EXPECT_EQ(r.stats().reloads, 1U);
+  }
 }
 
 // lag() reads the log's end while writers append to it, and so do

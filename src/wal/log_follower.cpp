@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "iqdb/persist/detail/index_storage.hpp"
 #include "iqdb/persist/error.hpp"
@@ -71,7 +72,7 @@ class LogFollower::Impl {
     try {
       follow_logs(replay);
       // Local files: a save without the WAL may keep the log followed.
-      if (log_ && storage_->log_outlives_snapshots() && saved_over(current_snapshot())) throw NeedReload{};
+      if (log_ && storage_->log_outlives_snapshots() && saved_over(snapshot_beside_log())) throw NeedReload{};
     } catch (const NeedReload&) {
       out.reload = true;
     } catch (const PersistError& e) {
@@ -88,11 +89,20 @@ class LogFollower::Impl {
   // How far the log goes now, applying nothing. A frame that looks damaged
   // with frames after it is read again as a catch-up reads it (a frame
   // being written looks so for a while; wal::DamageSettler); damage that
-  // stays is CorruptLog, as a catch-up reports it.
+  // stays in a log that still holds what the replica read is CorruptLog,
+  // as a catch-up reports it.
   std::uint64_t probe() {
     if (!log_) return last_;
-    const wal::Followed r = follow_settled({}, /*check_last_frame=*/false);
-    return std::max(last_, r.at.next_lsn - 1);
+    try {
+      const wal::Followed r = follow_settled({}, /*check_last_frame=*/false);
+      return std::max(last_, r.at.next_lsn - 1);
+    } catch (const PersistError& e) {
+      // A log no longer as the replica read it (cut back, replaced): the
+      // next catch-up loads anew; until then the replica's LSN is all it
+      // can vouch for.
+      if (e.kind() != ErrorKind::CorruptLog || intact()) throw;
+    }
+    return last_;
   }
 
   // Whether the log followed is still the current one and still holds,
@@ -136,13 +146,27 @@ class LogFollower::Impl {
   bool open_current() {
     log_ = storage_->follow_current_log();
     at_ = {};
+    fresh_log_ = true;
     if (log_) return true;
     // No log: a snapshot newer than the replica holds records it lacks;
     // one saved without the WAL over the state loaded may hold another
-    // state at the same LSN.
+    // state at the same LSN; and one older than the replica replaced the
+    // index (a checkpoint's covers every record the replica read).
     const std::optional<FileHeader> now = current_snapshot();
-    if ((now && now->last_lsn > last_) || saved_over(now)) throw NeedReload{};
+    if ((now && now->last_lsn != last_) || saved_over(now)) throw NeedReload{};
     return false;
+  }
+
+  // The snapshot's header read beside a log that stays current; one that
+  // cannot be read (damaged) is not taken for a save: the log is followed
+  // on, and a load anew reports the damage when one is due.
+  std::optional<FileHeader> snapshot_beside_log() {
+    try {
+      return current_snapshot();
+    } catch (const PersistError& e) {
+      if (e.kind() == ErrorKind::Io) throw;
+    }
+    return std::nullopt;
   }
 
   std::optional<FileHeader> current_snapshot() {
@@ -166,6 +190,11 @@ class LogFollower::Impl {
   void read_on(const WalEngine::Replay& replay) {
     const auto on_record = [&](const wal::RecordView& r) {
       const std::uint64_t lsn = *r.lsn;
+      // A log opened after the one followed starts past what the replica
+      // holds (a checkpoint's, or a writer's that claimed an LSN above the
+      // files'): one that starts at or below it was written over another
+      // state (the index was replaced by an older one: a restored copy).
+      if (std::exchange(fresh_log_, false) && lsn <= last_) throw NeedReload{};
       if (lsn <= last_) return;
       if (lsn != last_ + 1) throw NeedReload{};
       replay(r);
@@ -181,7 +210,9 @@ class LogFollower::Impl {
       if (last_ != at_start) applied_past_point_ = true;
       throw;
     }
-    if (r.base_lsn > last_ + 1) throw NeedReload{};  // a new log that starts past the replica
+    // A new log that starts past the replica, or (no record in it yet) at
+    // or below what it held.
+    if (r.base_lsn > at_start + 1 || (r.base_lsn != 0 && r.base_lsn <= at_start)) throw NeedReload{};
     at_ = r.at;
     if (r.pending_bytes > 0) {
       // Bytes that do not form a frame yet: a frame being written (local
@@ -227,6 +258,7 @@ class LogFollower::Impl {
   FileHeader loaded_;  // the header of the snapshot loaded
   std::uint64_t last_ = 0;
   bool applied_past_point_ = false;  // a failed poll applied records after at_
+  bool fresh_log_ = false;           // no record read yet of the log open_current() opened
   wal::WalStats stats_;
 };
 

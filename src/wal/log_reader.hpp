@@ -51,9 +51,9 @@ class DamageSettler {
   static constexpr int kMaxWaits = 5;
   // False: the damage counts. True: read again (it waited when due).
   bool read_again(std::uint64_t offset);
-  // Once read_again said false: whether the damage had moved on since the
-  // read before (the last of kMaxRereads reads each finding a frame in
-  // flight further on: a writer writing fast), rather than stayed put.
+  // Once read_again said false: whether the last read found the damage
+  // further on than the read before (a writer writing fast: a frame in
+  // flight at each read), rather than where it was.
   bool moving() const noexcept { return moving_; }
 
  private:

@@ -259,8 +259,9 @@ TEST_F(RadosCli, DamagedStripeFailsVerify) {
 }
 
 // Restoring a backup over a RADOS index whose snapshot header is damaged
-// (its magic flipped in stripe 0): refused without --force, replaced with
-// it (before, the copy stopped at the destination's damage).
+// (a byte of it flipped in stripe 0: its CRC fails): refused without
+// --force, replaced with it (before, the copy stopped at the destination's
+// damage).
 TEST_F(RadosCli, CopyForceReplacesADamagedIndex) {
   save();
   const auto head = store_->head(name_);
@@ -268,7 +269,7 @@ TEST_F(RadosCli, CopyForceReplacesADamagedIndex) {
   const std::string obj = RadosSnapshotStore::stripe_object(name_, head->generation, 0);
   RawPool raw(*env_);
   ASSERT_TRUE(raw.ok());
-  ASSERT_TRUE(raw.flip(obj, 0));
+  ASSERT_TRUE(raw.flip(obj, 30));
   ASSERT_NE(run_cli({"inspect", url_}).code, 0);
 
   const Model m = Model::random(kDim, 300, 3);

@@ -31,6 +31,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 #include "iqdb-persist/command.hpp"
@@ -97,6 +98,22 @@ std::uint64_t pending_records(const Location& src, const std::function<FileHeade
   return records_after(src, *storage, open_snapshot).after;
 }
 
+// DST.wal or DST.lock of a local index is never a destination (copy to
+// DST): checked before DST's lock is taken, which would make DST.wal.lock.
+void refuse_part_of_an_index(const Location& dst) {
+  if (dst.rados()) return;
+  const std::string name = dst.path().filename().string();
+  for (const std::string_view suffix : {std::string_view(".wal"), std::string_view(".lock")}) {
+    if (name.size() <= suffix.size() || !name.ends_with(suffix)) continue;
+    const fs::path index = dst.path().parent_path() / name.substr(0, name.size() - suffix.size());
+    if (!dst.fs().exists(index) && !dst.fs().exists(wal::log_path_for(index))) continue;
+    const std::string what = suffix == ".wal" ? "write-ahead log" : "lock file";
+    throw PersistError::at(ErrorKind::InvalidArgument, dst.path(),
+                           "the destination is the " + what + " of the index at " + index.string() +
+                               ", not an index; copy to " + index.string());
+  }
+}
+
 // An index at DST (its snapshot, or a local log) is replaced only with --force.
 void refuse_existing(const Location& dst, bool force) {
   if (force) return;
@@ -124,6 +141,21 @@ bool is_damage(ErrorKind kind) {
   }
 }
 
+// Errors of a snapshot whose header or payload extent is damaged. Not:
+// BadMagic (not a snapshot at all: a destination mistyped), a version or
+// compression scheme this build does not know (a newer version's file).
+bool damaged_snapshot(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::ChecksumMismatch:
+    case ErrorKind::TruncatedHeader:
+    case ErrorKind::TruncatedPayload:
+    case ErrorKind::InvalidMetric:
+    case ErrorKind::InvalidHeader:
+    case ErrorKind::InvalidPayload: return true;
+    default: return false;
+  }
+}
+
 // The index at DST, read once under its lock (step 2).
 // - Its log is refused if it holds records its snapshot lacks (they would
 //   be lost); a local one is removed before the publish (retire()). In
@@ -132,10 +164,15 @@ bool is_damage(ErrorKind kind) {
 // - lsn(): the highest LSN its files account for (its snapshot's; a local
 //   log's last record's), if an index is there (and a damaged one: its
 //   log's, if it has one).
-// - A snapshot there that cannot be read (its header is damaged: damage())
-//   is replaced, which is what restoring a backup over it asks for; nothing
-//   loads it or the records of its log, so they are not counted as writes
-//   the copy would lose, but the copy still claims an LSN above the log's.
+// - A snapshot there that cannot be read (damaged: its header, or the
+//   extent of its payload; damage()) is replaced, which is what restoring
+//   a backup over it asks for; nothing loads it or the records of its log,
+//   so they are not counted as writes the copy would lose, but the copy
+//   still claims an LSN above the log's. The LSN the snapshot had is then
+//   unknown and may be above the copy's: read replicas of DST load anew
+//   when they find the LSN gone down (docs/DISTRIBUTED.md, "Read
+//   replicas"). A file that is not a snapshot (BadMagic), or one a newer
+//   version wrote (UnsupportedVersion, Compression), is refused.
 class OldIndex {
  public:
   explicit OldIndex(const Location& dst) : dst_(dst) {
@@ -148,7 +185,7 @@ class OldIndex {
       try {
         h = inspect_snapshot(dst.fs(), dst.path()).header;
       } catch (const PersistError& e) {
-        if (!is_damage(e.kind())) throw;
+        if (!damaged_snapshot(e.kind())) throw;
         damage_ = describe(e);
       }
     }
@@ -302,6 +339,7 @@ int copy(const CopyOptions& opts, const Console& console) {
   const Location src = Location::open(opts.src, opts.rados);
   const Location dst = Location::open(opts.dst, opts.rados);
   refuse_same(src, dst);
+  refuse_part_of_an_index(dst);
   PublishWatch publisher(dst.fs());
   TeeState tee;
   bool reading_source = true;
