@@ -15,6 +15,7 @@
 // (--no-prefault: FlatIndex's touched-reserve worker off, the before of an
 // A/B in one binary; docs/PERFORMANCE.md "Batch of 1000 under Always").
 //   iqdb_batch_bench peer batch|load|single|threads --dir DIR --n N   # prints wall and CPU seconds
+//                                     (single, threads: then the records per fsync of the log)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -186,6 +187,12 @@ struct PeerTimer {
   void print() const {
     std::printf("%.6f %.6f\n", since(wall), static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC);
   }
+  // The same, then the records each fsync of the log covered (group commit).
+  void print_with_groups(const wal::WalStats& s) const {
+    const double w = since(wall), c = static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC;
+    std::printf("%.6f %.6f %.3f\n", w, c,
+                s.log_syncs == 0 ? 0.0 : static_cast<double>(s.records) / static_cast<double>(s.log_syncs));
+  }
 };
 
 // open_with + write() of n rows in batches of kPeerChunk (insert_rows_ref),
@@ -218,7 +225,7 @@ void peer_singles(const fs::path& d, std::size_t n, std::size_t threads) {
   } else {
     threaded_singles(db, n, rows);
   }
-  t.print();
+  t.print_with_groups(db.wal_stats());
 }
 
 // One C++ operation the Python benchmark compares with (the same calls as

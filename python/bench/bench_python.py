@@ -69,6 +69,7 @@ class Timer:
 
     def stop(self):
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.groups = None  # records per fsync of the log, where it applies
         return self
 
 
@@ -79,13 +80,14 @@ def fresh(d):
 
 
 def measure(cmd):
-    """(wall, cpu) seconds a peer process prints. Dirty pages of earlier
-    measurements are written back first, so every peer starts from the same
-    page-cache state (its own files only)."""
+    """(wall, cpu) seconds a peer process prints, then the records per
+    fsync of the log where it prints them (single, threads), else None.
+    Dirty pages of earlier measurements are written back first, so every
+    peer starts from the same page-cache state (its own files only)."""
     os.sync()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    wall, cpu = out.stdout.split()
-    return float(wall), float(cpu)
+    fields = [float(x) for x in out.stdout.split()]
+    return fields[0], fields[1], (fields[2] if len(fields) > 2 else None)
 
 
 def cpp(args, op, d, n):
@@ -119,7 +121,7 @@ def python_peer(op, d, n):
         t = py_load(d, n)
     else:
         t = py_single(d, n, threads=THREADS if op == "threads" else 1)
-    print(f"{t.wall:.6f} {t.cpu:.6f}")
+    print(f"{t.wall:.6f} {t.cpu:.6f}" + (f" {t.groups:.3f}" if t.groups is not None else ""))
 
 
 def in_python(args, op, d, n):
@@ -157,6 +159,8 @@ def py_single(d, n, threads=1):
         for t in ts:
             t.join()
     timer.stop()
+    stats = db.wal_stats()
+    timer.groups = stats.records / stats.log_syncs if stats.log_syncs else 0.0
     db.close()
     return timer
 
@@ -218,17 +222,23 @@ def peer_rounds(args, r, rnd):
     sides = [("py", in_python), ("cpp", cpp)]
     order = sides if rnd % 2 == 0 else sides[::-1]
     dirs = {side: fresh(os.path.join(args.dir, side)) for side, _ in order}
+    def note(key, got):
+        wall, cpu, groups = got
+        r[key].append((wall, cpu))
+        if groups is not None:
+            r.setdefault("groups", {}).setdefault(key, []).append(groups)
+
     for side, run in order:
-        r["batch_" + side].append(run(args, "batch", dirs[side], args.n))
+        note("batch_" + side, run(args, "batch", dirs[side], args.n))
     # Both sides load the same file (the one the first side's batch and
     # checkpoint left), with the same page-cache state.
     for side, run in order:
-        r["load_" + side].append(run(args, "load", dirs[order[0][0]], args.n))
+        note("load_" + side, run(args, "load", dirs[order[0][0]], args.n))
     for d in dirs.values():
         shutil.rmtree(d)
     for op, n in (("single", args.single_ops), ("threads", THREADS * args.single_ops)):
         for side, run in order:
-            r[f"{op}_{side}"].append(run(args, op, fresh(os.path.join(args.dir, "s")), n))
+            note(f"{op}_{side}", run(args, op, fresh(os.path.join(args.dir, "s")), n))
 
 
 def alternative_rounds(args, r, data):
@@ -246,6 +256,7 @@ def alternative_rounds(args, r, data):
 
 
 def report(args, r):
+    groups = r.pop("groups", {})
     wall = {k: [w for w, _ in v] for k, v in r.items()}
     cpu = {k: [c for _, c in v] for k, v in r.items()}
     med = {k: statistics.median(v) for k, v in wall.items() if v}
@@ -277,6 +288,11 @@ def report(args, r):
         ok = got <= goal if op == "<=" else got >= goal
         cpu_s = f"{cpu_ratio:10.3f}" if cpu_ratio is not None else ""
         print(f"{name:40} {py:10.3f} {c:10.3f} {got:7.3f} {op + ' ' + str(goal):>8} {cpu_s}  {'PASS' if ok else 'MISS'}")
+    if "threads_py" in groups and "threads_cpp" in groups:
+        # Group commit at work: the records one fsync of the log covered, on
+        # average (wal_stats: records / log_syncs); 1.0 for one thread.
+        print(f"{'records per log fsync, ' + str(THREADS) + ' threads':40} "
+              f"{statistics.median(groups['threads_py']):10.3f} {statistics.median(groups['threads_cpp']):10.3f}")
     print("\nper round (wall seconds, Python | C++):")
     for op in ("batch", "load", "single", "threads"):
         print(f"  {op:8} " + "  ".join(f"{p:.3f} | {c:.3f}" for p, c in zip(wall[op + "_py"], wall[op + "_cpp"])))
