@@ -184,14 +184,13 @@ void warm_memory(std::size_t n) {
 struct PeerTimer {
   Clock::time_point wall = Clock::now();
   std::clock_t cpu = std::clock();
-  void print() const {
-    std::printf("%.6f %.6f\n", since(wall), static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC);
-  }
-  // The same, then the records each fsync of the log covered (group commit).
-  void print_with_groups(const wal::WalStats& s) const {
-    const double w = since(wall), c = static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC;
-    std::printf("%.6f %.6f %.3f\n", w, c,
-                s.log_syncs == 0 ? 0.0 : static_cast<double>(s.records) / static_cast<double>(s.log_syncs));
+  // With `s`: then the records each fsync of the log covered (group commit).
+  void print(const wal::WalStats* s = nullptr) const {
+    std::printf("%.6f %.6f", since(wall), static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC);
+    if (s != nullptr) {
+      std::printf(" %.3f", s->log_syncs == 0 ? 0.0 : static_cast<double>(s->records) / static_cast<double>(s->log_syncs));
+    }
+    std::printf("\n");
   }
 };
 
@@ -225,7 +224,8 @@ void peer_singles(const fs::path& d, std::size_t n, std::size_t threads) {
   } else {
     threaded_singles(db, n, rows);
   }
-  t.print_with_groups(db.wal_stats());
+  const wal::WalStats stats = db.wal_stats();
+  t.print(&stats);
 }
 
 // One C++ operation the Python benchmark compares with (the same calls as

@@ -215,18 +215,19 @@ def iqdb_hnsw(d, data):
     return s, r
 
 
-def peer_rounds(args, r, rnd):
+def peer_rounds(args, r, groups, rnd):
     """One round of the Python / C++ pairs, each in fresh processes; Python
     first in even rounds, C++ first in odd ones, so neither side always
     follows the other's freed memory (docs/PERFORMANCE.md)."""
     sides = [("py", in_python), ("cpp", cpp)]
     order = sides if rnd % 2 == 0 else sides[::-1]
     dirs = {side: fresh(os.path.join(args.dir, side)) for side, _ in order}
-    def note(key, got):
-        wall, cpu, groups = got
+
+    def note(key, got):  # groups: the records per log fsync, where the peer printed them
+        wall, cpu, per_fsync = got
         r[key].append((wall, cpu))
-        if groups is not None:
-            r.setdefault("groups", {}).setdefault(key, []).append(groups)
+        if per_fsync is not None:
+            groups.setdefault(key, []).append(per_fsync)
 
     for side, run in order:
         note("batch_" + side, run(args, "batch", dirs[side], args.n))
@@ -255,8 +256,7 @@ def alternative_rounds(args, r, data):
     shutil.rmtree(d)
 
 
-def report(args, r):
-    groups = r.pop("groups", {})
+def report(args, r, groups):
     wall = {k: [w for w, _ in v] for k, v in r.items()}
     cpu = {k: [c for _, c in v] for k, v in r.items()}
     med = {k: statistics.median(v) for k, v in wall.items() if v}
@@ -342,11 +342,12 @@ def main():
     data = None if args.no_alternatives else make_rows(args.n)
     r = {f"{op}_{side}": [] for op in ("batch", "load", "single", "threads") for side in ("py", "cpp")}
     r.update({k: [] for k in ("faiss_w", "faiss_r", "iq_save", "iq_load", "hnsw_w", "hnsw_r", "iqh_save", "iqh_load")})
+    groups = {}
     for rnd in range(args.rounds):
-        peer_rounds(args, r, rnd)
+        peer_rounds(args, r, groups, rnd)
         if not args.no_alternatives:
             alternative_rounds(args, r, data)
-    report(args, r)
+    report(args, r, groups)
     shutil.rmtree(args.dir, ignore_errors=True)
 
 

@@ -63,6 +63,12 @@ struct CopyOptions {
 // opened as a reader opens them (local files: the log first; RADOS: the log
 // of the generation read last), so that a checkpoint running meanwhile
 // never pairs the old snapshot with the new, empty log.
+// The last LSN a version-2 log accounts for: its last record's, else the
+// one below its first.
+std::uint64_t last_lsn_of(const wal::ScanResult& scan) {
+  return scan.last_lsn ? *scan.last_lsn : (scan.base_lsn > 0 ? scan.base_lsn - 1 : 0);
+}
+
 struct LogRecords {
   std::uint64_t after = 0;
   std::uint64_t last_lsn = 0;
@@ -82,7 +88,7 @@ LogRecords records_after(const Location& where, IndexStorage& storage,
     out.last_lsn = std::max(out.last_lsn, lsn);
   });
   storage.check_scan(scan);
-  if (scan.base_lsn > 0) out.last_lsn = std::max(out.last_lsn, scan.base_lsn - 1);
+  out.last_lsn = std::max(out.last_lsn, last_lsn_of(scan));  // (version 1: counted above)
   return out;
 }
 
@@ -219,7 +225,7 @@ class OldIndex {
   std::uint64_t readable_log_end(const fs::path& log) const {
     try {
       const wal::ScanResult scan = wal::scan_log(dst_.fs(), log, {}, wal::ScanMode::Report);
-      return scan.last_lsn ? *scan.last_lsn : (scan.base_lsn > 0 ? scan.base_lsn - 1 : 0);
+      return last_lsn_of(scan);
     } catch (const PersistError& e) {
       if (!is_damage(e.kind())) throw;
     }

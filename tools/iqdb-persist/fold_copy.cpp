@@ -108,10 +108,7 @@ FoldedCopy fold_as(const Location& src, const Location& dst, FileSystem& publish
   reading_source = true;
   if (snapshot_only) {
     auto alone = std::make_shared<std::optional<I>>();
-    read_snapshot(src.fs(), src.path(), I::index_type, ReadLimits{}, [&](PayloadReader& r, const FileHeader& h) {
-      alone->emplace(I::load_from(r));
-      lsn = h.last_lsn;
-    });
+    lsn = detail::Loader<I>{read_only(src), *alone}.load_snapshot()().last_lsn;
     index = &**alone;
     owner = alone;
   } else {
