@@ -19,6 +19,12 @@ namespace iqdb::persist::rados_detail {
 inline bool printable(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
+// A value read from RADOS as a message shows it: quoted when printable and at
+// most `max_quoted` bytes, else described by its size only.
+inline std::string shown(std::string_view v, std::size_t max_quoted) {
+  if (v.size() <= max_quoted && printable(v)) return "'" + std::string(v) + "'";
+  return "(" + std::to_string(v.size()) + " bytes, not shown)";
+}
 
 // RAII over librados's C handles.
 struct WriteOp {

@@ -82,12 +82,9 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> RadosSnapshotStore::Impl:
   const auto n = decode_generation(values[kNextAttr]);
   if (!g || !n || *n <= *g) {
     // Hostile values are described, never quoted whole or with control bytes.
-    const auto shown = [](const std::string& v) {
-      return v.size() <= 32 && printable(v) ? "'" + v + "'" : "(" + std::to_string(v.size()) + " bytes, not shown)";
-    };
     throw PersistError::at(ErrorKind::InvalidHeader, object_path(head),
-                           "the head's generation attributes are missing or malformed (" + shown(values[kGenAttr]) +
-                               ", " + shown(values[kNextAttr]) + ")");
+                           "the head's generation attributes are missing or malformed (" +
+                               shown(values[kGenAttr], 32) + ", " + shown(values[kNextAttr], 32) + ")");
   }
   return std::make_pair(*g, *n);
 }
@@ -543,9 +540,16 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
   if (fence) fence->check(impl_->object_path(head));
 
   // The publish: one atomic operation, applied only if the head still names
-  // the generation this save started from.
+  // the generation this save started from. A save without the lock is
+  // applied only while no writer holds it (iqdb.writer absent, which RADOS
+  // compares as the empty value): it must not replace the snapshot of a
+  // live writer, whose log it would orphan.
   WriteOp op;
-  if (fence) cmp_xattr(op, kEpochAttr, encode_generation(fence->epoch));
+  if (fence) {
+    cmp_xattr(op, kEpochAttr, encode_generation(fence->epoch));
+  } else {
+    cmp_xattr(op, kWriterAttr, std::string());
+  }
   cmp_xattr(op, kGenAttr, encode_generation(p.previous));
   rados_write_op_write_full(op.op, reinterpret_cast<const char*>(bytes.data()), bytes.size());
   set_xattr(op, kGenAttr, encode_generation(p.generation));
@@ -572,11 +576,28 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
     } catch (const PersistError&) {
     }
     if (epoch != encode_generation(fence->epoch)) {
-      const std::string why = "the head's fencing epoch is now " + (epoch ? "'" + *epoch + "'" : std::string("unreadable")) +
+      const std::string why = "the head's fencing epoch is now " + (epoch ? shown(*epoch, 32) : std::string("unreadable")) +
                               ", this writer's is " + std::to_string(fence->epoch) + ": a newer writer took over";
       fence->mark_lost(why);
       throw PersistError::at(ErrorKind::Fenced, impl_->object_path(head),
                              why + "; generation " + std::to_string(p.generation) + " was not published");
+    }
+  }
+  if (r == -ECANCELED && !fence) {
+    std::string holder;
+    try {
+      const std::string address = impl_->read_attr(head, kWriterAttr).value_or(std::string());
+      if (!address.empty()) holder = shown(address, kMaxAddress);
+    } catch (const PersistError& e) {
+      holder = "(not known: " + std::string(e.what()) + ")";
+    }
+    if (!holder.empty()) {
+      throw PersistError::at(ErrorKind::Locked, impl_->object_path(head),
+                             "the writer lock is held by " + holder +
+                                 " (or its holder stopped without releasing it), and this save does not hold it; "
+                                 "generation " + std::to_string(p.generation) +
+                                 " was not published (save through the lock: RadosWriterLock, or PersistedIndex; "
+                                 "take_over fences a holder that stopped)");
     }
   }
   if (r == -ECANCELED) {

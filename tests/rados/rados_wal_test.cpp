@@ -1006,6 +1006,40 @@ TEST_F(RadosWal, ReplicaSeesASaveWithoutTheWalAtTheLsnItHolds) {
   }
 }
 
+// A program that saves without the lock (save_to_rados, write_snapshot)
+// does not publish over a live writer with the WAL: that would replace the
+// snapshot the writer's log continues, and the records it acknowledged
+// would be gone for every load. The publish compares the head's writer
+// attribute (absent while no writer holds the lock) in the same operation,
+// so it fails with Locked and the writer's index stays whole.
+TEST_F(RadosWal, ASaveWithoutTheLockDoesNotReplaceALiveWritersSnapshot) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+  Model m;
+  for (std::uint64_t id = 1; id <= 20; ++id) {
+    db.insert(id, vector_of(id));
+    m[id] = vector_of(id);
+  }
+  const std::uint64_t gen = generation(name_);
+  FlatIndex foreign(kDim, DistanceMetric::Euclidean);
+  foreign.insert(777, vector_of(777));
+  const auto other = open_store(name_);
+  const auto e = error_of([&] { save_to_rados(*other, name_, foreign); });
+  ASSERT_TRUE(e) << "a save without the lock was published over a live writer";
+  EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+  EXPECT_NE(std::string(e->what()).find("writer lock is held by"), std::string::npos) << e->what();
+  EXPECT_EQ(generation(name_), gen);
+  // Every acknowledged insert is in what a load reads, while the writer
+  // lives and after it closes; the writer goes on.
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
+  db.insert(21, vector_of(21));
+  m[21] = vector_of(21);
+  db.close();
+  EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
+  // Once no writer holds the lock, the same save publishes.
+  save_to_rados(*other, name_, foreign);
+  EXPECT_TRUE(equals(load_from_rados<FlatIndex>(*other, name_), Model{{777, vector_of(777)}}));
+}
+
 // A background follower keeps up; lag() counts what it has not applied.
 TEST_F(RadosWal, ReplicaLagAndBackgroundFollower) {
   auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));

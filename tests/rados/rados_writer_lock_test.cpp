@@ -266,6 +266,60 @@ TEST_F(RadosWriterLockTest, HostileLockAttributesAreTypedErrors) {
   EXPECT_TRUE(lock->fenced_writer().empty());
 }
 
+// A save through a store that holds no lock for the name (save_to_rados
+// with no RadosWriterLock) publishes only while no writer holds it: while
+// one does, and after one stopped without releasing it, the save fails with
+// Locked naming the holder, and the head stays. A clean release, or a
+// takeover released in turn, lets it publish. A hostile writer attribute is
+// described, not quoted.
+TEST_F(RadosWriterLockTest, ASaveWithoutTheLockWaitsForNoWriter) {
+  save_to_rados(*b_, name_, build(make_model(40)));  // no writer ever: publishes
+  const auto unlocked_save = [&](std::uint64_t seed) {
+    return error_of([&] { save_to_rados(*b_, name_, build(make_model(seed))); });
+  };
+  auto first = RadosWriterLock::acquire(*a_, name_, lease(30));
+  const std::uint64_t gen = b_->head(name_)->generation;
+  auto e = unlocked_save(41);
+  ASSERT_TRUE(e) << "published over a held lock";
+  EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+  EXPECT_NE(std::string(e->what()).find("'" + first->address() + "'"), std::string::npos) << e->what();
+  EXPECT_EQ(b_->head(name_)->generation, gen);
+  expect_equal(load_from_rados<FlatIndex>(*b_, name_), make_model(40));
+  save_to_rados(*a_, name_, build(make_model(42)));  // the holder publishes
+  first->release();
+  save_to_rados(*b_, name_, build(make_model(43)));
+  expect_equal(load_from_rados<FlatIndex>(*a_, name_), make_model(43));
+
+  // A holder killed without releasing: refused, also after its lease ran
+  // out, until a writer takes the lock over (and fences it).
+  constexpr int kLease = 3;
+  {
+    ChildWriter child(name_, kLease, true);
+    const auto locked = parse_locked(child.read_line());
+    ASSERT_TRUE(locked);
+    ::kill(child.pid(), SIGKILL);
+    child.killed();
+    std::this_thread::sleep_for(std::chrono::seconds(kLease + 1));
+    e = unlocked_save(44);
+    ASSERT_TRUE(e) << "published over a killed holder's lock";
+    EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+    EXPECT_NE(std::string(e->what()).find(locked->address), std::string::npos) << e->what();
+    auto o = lease(kLease);
+    o.take_over = true;
+    RadosWriterLock::acquire(*a_, name_, o)->release();
+  }
+  save_to_rados(*b_, name_, build(make_model(45)));
+  expect_equal(load_from_rados<FlatIndex>(*a_, name_), make_model(45));
+
+  RawHead raw(RadosSnapshotStore::head_object(name_));
+  ASSERT_EQ(raw.set("iqdb.writer", std::string("evil\n") + std::string(1, '\n') + "x"), 0);
+  e = unlocked_save(46);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+  EXPECT_NE(std::string(e->what()).find("(7 bytes, not shown)"), std::string::npos) << e->what();
+  EXPECT_EQ(std::string(e->what()).find('\n'), std::string::npos) << e->what();
+}
+
 // A head without iqdb.epoch (made before heads were created with epoch 0):
 // the first writer's raise still compares, with the empty value, which is
 // what RADOS compares a missing attribute as. Checked here as the raise

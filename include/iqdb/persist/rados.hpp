@@ -253,7 +253,10 @@ PersistConfig rados_persist_config(std::shared_ptr<RadosSnapshotStore> store, st
 
 // Save `index` as snapshot NAME (atomic: readers see the previous snapshot
 // or this one). Throws PersistError(Locked) when another writer published
-// a generation since this one started.
+// a generation since this one started, and, unless this store holds a
+// RadosWriterLock for NAME, while any writer holds it (or stopped without
+// releasing it): a save without the lock never replaces a live writer's
+// snapshot. With the lock, Fenced once a newer writer took over.
 template <Persistable I>
 FileHeader save_to_rados(RadosSnapshotStore& store, std::string_view name, const I& index,
                          Compression compression = Compression::none(), std::uint64_t last_lsn = 0,
