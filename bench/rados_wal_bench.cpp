@@ -26,6 +26,10 @@
 //    on NAME.notify, polling every 10 s): the writer then notifies them
 //    after its commits. Default 0: no replica watches (the writer's notifier
 //    finds no watcher and sends about 4 notifies a second).
+//  - --gc-pool-objects N (alone): the garbage collection after a publish in
+//    a pool that holds N other objects (no goal: it probes generations,
+//    where a listing of the pool grows with N), beside collect_garbage,
+//    which lists, and a listing alone.
 // Timed: what a user's code does (the inserts; save(); load()); connecting,
 // opening the index and creating the data are not. Before each timed save,
 // load and limit, memory is touched and freed (bench::prepare_memory: this
@@ -474,6 +478,66 @@ void bench_snapshot(const Args& a) {
               bench::median(rlimit_faults));
 }
 
+// The collection behind a publish in a pool that holds `others` objects of
+// other indexes (or anything else): each checkpoint's collection probes the
+// generations below the published one, where a listing of the pool costs
+// what the pool holds. Times the collection after each of `a.repeats`
+// publishes of a small index (wait_for_garbage_collection right after the
+// save: the removals of the generation before the kept one) and
+// collect_garbage (which lists the pool), and the listing alone.
+void bench_collection(const Args& a, std::uint64_t others) {
+  Raw raw(a.pool);
+  const std::string prefix = unique("other") + "-";
+  {
+    // The pool's other objects (setup, untimed): 32 small writes in flight.
+    std::deque<rados_completion_t> flying;
+    const auto reap = [&] {
+      (void)rados_aio_wait_for_complete(flying.front());
+      if (rados_aio_get_return_value(flying.front()) < 0) die("writing the pool's other objects failed");
+      rados_aio_release(flying.front());
+      flying.pop_front();
+    };
+    for (std::uint64_t i = 0; i < others; ++i) {
+      rados_completion_t c = nullptr;
+      (void)rados_aio_create_completion2(nullptr, nullptr, &c);
+      const std::string oid = prefix + std::to_string(i);
+      if (rados_aio_write_full(raw.io, oid.c_str(), c, "x", 1) < 0) die("cannot write " + oid);
+      flying.push_back(c);
+      if (flying.size() >= 32) reap();
+    }
+    while (!flying.empty()) reap();
+  }
+  const std::string name = unique("gc");
+  const std::shared_ptr<RadosSnapshotStore> store = RadosSnapshotStore::open(RadosLocation{a.pool, name, "", "admin"});
+  PersistConfig cfg = rados_persist_config(store, name);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(a.dim, DistanceMetric::Euclidean), cfg);
+  for (std::uint64_t i = 0; i < 1000; ++i) db.index_mut().insert(i, row(i, a.dim));
+  (void)db.save();
+  (void)db.save();
+  store->wait_for_garbage_collection();
+  std::vector<double> behind, listed, listing;
+  for (int r = 0; r < a.repeats; ++r) {
+    (void)db.save();
+    behind.push_back(seconds([&] { store->wait_for_garbage_collection(); }));
+    listed.push_back(seconds([&] { (void)store->collect_garbage(name); }));
+    listing.push_back(seconds([&] {
+      rados_list_ctx_t ctx = nullptr;
+      if (rados_nobjects_list_open(raw.io, &ctx) < 0) die("cannot list the pool");
+      const char* entry = nullptr;
+      while (rados_nobjects_list_next(ctx, &entry, nullptr, nullptr) == 0) {
+      }
+      rados_nobjects_list_close(ctx);
+    }));
+  }
+  std::printf("collection after a publish, pool with %llu other objects (median of %d): %.1f ms probing; "
+              "collect_garbage (lists the pool) %.1f ms; a listing of the pool alone %.1f ms\n",
+              static_cast<unsigned long long>(others), a.repeats, bench::median(behind) * 1e3,
+              bench::median(listed) * 1e3, bench::median(listing) * 1e3);
+  db.close();
+  store->remove(store->path_of(name));
+  for (std::uint64_t i = 0; i < others; ++i) (void)rados_remove(raw.io, (prefix + std::to_string(i)).c_str());
+}
+
 }  // namespace
 }  // namespace iqdb::persist
 
@@ -484,6 +548,7 @@ int main(int argc, char** argv) {
   Args a;
   if (const char* p = std::getenv("IQDB_RADOS_POOL")) a.pool = p;
   bool wal = true, snap = true, cold = false;
+  std::uint64_t gc_others = 0;  // --gc-pool-objects: the collection's benchmark alone
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     const auto value = [&] {
@@ -512,15 +577,22 @@ int main(int argc, char** argv) {
       a.cold_osds = true;
     } else if (arg == "--watchers") {
       a.watchers = std::max(0, std::stoi(value()));
+    } else if (arg == "--gc-pool-objects") {
+      gc_others = std::stoull(value());
     } else {
       die("usage: iqdb_rados_wal_bench [--pool P] [--records N] [--vectors N] [--dim D] [--repeats R] "
-          "[--load-pairs P] [--wal-only | --snapshot-only] [--cold-memory] [--cold-osds] [--watchers N]");
+          "[--load-pairs P] [--wal-only | --snapshot-only] [--cold-memory] [--cold-osds] [--watchers N] "
+          "[--gc-pool-objects N]");
     }
   }
   // As persist_bench: what the index takes, and 64 MiB.
   bench::set_warm_bytes(cold ? 0 : static_cast<std::size_t>(a.vectors * (4 * a.dim + 80) + (std::uint64_t{64} << 20)));
   if (a.pool.empty()) die("no pool: set IQDB_RADOS_POOL or pass --pool");
   try {
+    if (gc_others > 0) {
+      bench_collection(a, gc_others);
+      return 0;
+    }
     if (wal) bench_wal(a);
     if (snap) bench_snapshot(a);
   } catch (const std::exception& e) {

@@ -19,6 +19,11 @@ namespace iqdb::persist::rados_detail {
 inline constexpr std::uint64_t kMinStripe = 4096;
 inline constexpr std::uint64_t kMaxStripe = std::uint64_t{128} << 20;  // osd_max_object_size
 inline constexpr std::uint64_t kMaxStripes = 65536;
+// The first bytes of a snapshot stay in memory until its file is closed
+// (stripe_writer.cpp), so that write_snapshot's final header write (at
+// offset 0) patches memory; a v3 header is at most 65536 bytes. The stripes
+// wholly inside them are created last.
+inline constexpr std::size_t kHold = 65536;
 inline constexpr std::uint32_t kMinChunk = 4096;
 inline constexpr std::uint32_t kMaxChunk = std::uint32_t{64} << 20;  // below osd_max_write_size (90 MB)
 inline constexpr std::uint32_t kMaxInFlight = 64;
@@ -32,6 +37,10 @@ inline constexpr char kHeadMagic[8] = {'I', 'Q', 'D', 'B', 'H', 'E', 'A', 'D'};
 // the next generation a writer may take, each 16 lower-case hex digits.
 inline constexpr const char* kGenAttr = "iqdb.gen";
 inline constexpr const char* kNextAttr = "iqdb.next";
+// Garbage collection's mark: every generation below it has no objects left
+// (it is collected); heads are created with 1 (docs/DISTRIBUTED.md,
+// "Writing", step 5).
+inline constexpr const char* kCollectedAttr = "iqdb.collected";
 
 // The published head, with the generation it replaced (0: none).
 struct HeadRecord {

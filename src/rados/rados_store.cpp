@@ -101,6 +101,8 @@ std::pair<std::uint64_t, std::uint64_t> RadosSnapshotStore::Impl::allocate(const
       // Epoch 0 from the start: the first writer's raise then compares too
       // (writer_lock.cpp), so two first writers cannot both get epoch 1.
       set_xattr(op, kEpochAttr, encode_generation(0));
+      // Nothing below generation 1 to collect: no collection lists the pool.
+      set_xattr(op, kCollectedAttr, encode_generation(1));
       const int r = rados_write_op_operate(op.op, io, head.c_str(), nullptr, 0);
       if (r < 0 && r != -EEXIST) fail(head, "creating the head", r);
       continue;
@@ -187,6 +189,56 @@ std::vector<std::pair<std::uint64_t, std::string>> RadosSnapshotStore::Impl::lis
     out.emplace_back(std::stoull(std::string(rest.substr(0, dot))), std::string(oid));
   }
   rados_nobjects_list_close(ctx);
+  return out;
+}
+
+// How many indexes in a row may be missing below objects of one generation
+// that exist. A save creates its stripes in file order with at most
+// kMaxInFlight writes in flight, except those wholly inside the first kHold
+// bytes, created at close (at most kHold / kMinStripe of them, from index
+// 0): a save killed at any point leaves at most that many missing in a row.
+// A collection removes in descending order, so one cut short leaves the
+// lowest indexes and at most kMaxInFlight missing among the highest left.
+// A log's objects are created one after the other.
+constexpr std::uint64_t kProbeWindow = kMaxInFlight + kHold / kMinStripe + 1;
+
+std::vector<std::string> RadosSnapshotStore::Impl::objects_of_generation(const std::string& name,
+                                                                          std::uint64_t gen) {
+  std::vector<std::string> out;
+  const auto probe = [&](const auto& object_at, std::uint64_t cap) {
+    std::vector<std::string> found;
+    std::uint64_t next = 0;          // the next index to probe
+    std::uint64_t missing_from = 0;  // where the current run of missing indexes began
+    while (next - missing_from < kProbeWindow && next < cap + kProbeWindow) {
+      struct Stat {
+        std::string object;
+        std::uint64_t size = 0;
+        std::time_t mtime = 0;
+        Completion done;  // destroyed first: waits before size and mtime go
+      };
+      std::deque<Stat> batch;
+      for (std::uint64_t i = 0; i < options.max_in_flight; ++i) {
+        Stat& st = batch.emplace_back();
+        st.object = object_at(next + i);
+        const int r = rados_aio_stat(io, st.object.c_str(), st.done.c, &st.size, &st.mtime);
+        if (r < 0) fail(st.object, "probing for leftovers", r);
+        st.done.submitted = true;
+      }
+      for (std::uint64_t i = 0; i < batch.size(); ++i) {
+        const int r = batch[i].done.wait();
+        if (r == 0) {
+          found.push_back(batch[i].object);
+          missing_from = next + i + 1;
+        } else if (r != -ENOENT) {
+          fail(batch[i].object, "probing for leftovers", r);
+        }
+      }
+      next += batch.size();
+    }
+    out.insert(out.end(), std::make_move_iterator(found.rbegin()), std::make_move_iterator(found.rend()));
+  };
+  probe([&](std::uint64_t k) { return RadosSnapshotStore::stripe_object(name, gen, k); }, kMaxStripes);
+  probe([&](std::uint64_t k) { return log_object(name, gen, k); }, kMaxLogObjects);
   return out;
 }
 
@@ -343,7 +395,10 @@ std::string RadosSnapshotStore::stripe_object(std::string_view name, std::uint64
 
 namespace {
 
-std::optional<HeadRecord> read_head_record(RadosSnapshotStore::Impl& s, const std::string& name) {
+// `attrs`, when given, receives the head's attributes, read in the same
+// operation.
+std::optional<HeadRecord> read_head_record(RadosSnapshotStore::Impl& s, const std::string& name,
+                                           std::map<std::string, std::string>* attrs_out = nullptr) {
   const std::string head = RadosSnapshotStore::head_object(name);
   // One operation: the record and the attribute are read atomically. One
   // byte more than the largest record, to see one that is too long.
@@ -363,6 +418,7 @@ std::optional<HeadRecord> read_head_record(RadosSnapshotStore::Impl& s, const st
     throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
                            "the head's generation attribute is missing or malformed");
   }
+  if (attrs_out != nullptr) *attrs_out = values;
   if (*g == 0) {
     if (data_len != 0) {
       throw PersistError::at(ErrorKind::InvalidHeader, s.object_path(head),
@@ -392,21 +448,53 @@ std::optional<RadosHead> RadosSnapshotStore::head(std::string_view name) {
 
 namespace {
 
-// RadosSnapshotStore::collect_garbage's work, for the store and its thread.
-std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name) {
-  const auto rec = read_head_record(s, name);
+// A collection's work, for the store's thread (after a publish: `list`
+// false) and RadosSnapshotStore::collect_garbage (`list` true).
+std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name, bool list) {
+  std::map<std::string, std::string> attrs;
+  const auto rec = read_head_record(s, name, &attrs);
   if (!rec) return 0;
   const std::uint64_t published = rec->head.generation;
   const std::uint64_t keep = s.options.keep_previous_generation ? rec->previous_generation : 0;
+  // The mark: generations below it are collected already. Missing (a head
+  // made before it existed), malformed or above the published generation
+  // (hostile): the pool is listed instead, and the mark set.
+  const auto mark_attr = attrs.find(kCollectedAttr);
+  std::uint64_t mark = 0;  // 0: none to go by
+  if (mark_attr != attrs.end()) mark = decode_generation(mark_attr->second).value_or(0);
+  if (mark > published) mark = 0;
   // Below the published generation nothing can still be published (every
   // writer of a lower generation compares against an older head), so what
   // is there is a leftover. Higher ones may be saves in progress: untouched.
   std::vector<std::string> leftovers;
-  for (auto& [gen, oid] : s.list_stripes(name)) {
-    if (gen >= published || gen == keep) continue;
-    leftovers.push_back(std::move(oid));
+  if (list || mark == 0) {
+    for (auto& [gen, oid] : s.list_stripes(name)) {
+      if (gen >= published || gen == keep) continue;
+      leftovers.push_back(std::move(oid));
+    }
+  } else {
+    for (std::uint64_t gen = mark; gen < published; ++gen) {
+      if (gen == keep) continue;
+      std::vector<std::string> objects = s.objects_of_generation(name, gen);
+      leftovers.insert(leftovers.end(), std::make_move_iterator(objects.begin()),
+                       std::make_move_iterator(objects.end()));
+    }
   }
-  s.remove_objects(leftovers);
+  s.remove_objects(leftovers);  // throws on a failure: the mark stays
+  // Every generation below the published one but `keep` is collected now.
+  const std::uint64_t collected = std::max(mark, keep != 0 ? keep : published);
+  if (collected != mark) {
+    // Compared with what was read (a concurrent collection may have moved
+    // it on: then this one's is not needed); never creates a head that a
+    // removal took away meanwhile.
+    WriteOp op;
+    rados_write_op_assert_exists(op.op);
+    cmp_xattr(op, kCollectedAttr, mark_attr != attrs.end() ? mark_attr->second : std::string());
+    set_xattr(op, kCollectedAttr, encode_generation(collected));
+    const std::string head = RadosSnapshotStore::head_object(name);
+    const int r = rados_write_op_operate(op.op, s.io, head.c_str(), nullptr, 0);
+    if (r < 0 && r != -ECANCELED && r != -ENOENT) s.fail(head, "recording what was collected", r);
+  }
   return leftovers.size();
 }
 
@@ -427,7 +515,7 @@ void RadosSnapshotStore::Impl::schedule_collection(const std::string& name) {
     }
   }
   try {
-    (void)collect(*this, name);
+    (void)collect(*this, name, false);
   } catch (const std::exception&) {
     // Published all the same; the next publish collects what is left.
   }
@@ -444,7 +532,7 @@ void RadosSnapshotStore::Impl::run_collector() {
     lock.unlock();
     for (const std::string& name : names) {
       try {
-        (void)collect(*this, name);
+        (void)collect(*this, name, false);
       } catch (const std::exception&) {
         // As for a failed collection at the publish: the next one retries.
       }
@@ -458,7 +546,7 @@ void RadosSnapshotStore::Impl::run_collector() {
 std::size_t RadosSnapshotStore::collect_garbage(std::string_view name) {
   impl_->refuse_if_inherited("a garbage collection");
   check_name(name);
-  return collect(*impl_, std::string(name));
+  return collect(*impl_, std::string(name), true);
 }
 
 void RadosSnapshotStore::wait_for_garbage_collection() {

@@ -148,8 +148,16 @@ struct RadosSnapshotStore::Impl {
   void remove_objects(const std::vector<std::string>& objects);
 
   // Every stripe object NAME.snap.<gen>.<k> and every log object
-  // NAME.log.<gen>.<k> of NAME: (generation, object name).
+  // NAME.log.<gen>.<k> of NAME: (generation, object name). Lists the pool.
   std::vector<std::pair<std::uint64_t, std::string>> list_stripes(const std::string& name);
+
+  // The stripe and log objects of generation `gen` of NAME that exist,
+  // found without listing the pool: each kind probed (aio stats,
+  // max_in_flight at once) from index 0 until kProbeWindow indexes in a row
+  // are missing. Each kind in descending index order: removed in that
+  // order, a collection cut short leaves the lowest indexes and at most
+  // kMaxInFlight missing among the highest left, which a later probe finds.
+  std::vector<std::string> objects_of_generation(const std::string& name, std::uint64_t gen);
 };
 
 namespace rados_detail {

@@ -25,10 +25,6 @@ using namespace rados_detail;
 
 namespace {
 
-// The first bytes of a snapshot stay in memory until the file is closed, so
-// that write_snapshot's final header write (at offset 0) patches memory; a
-// v3 header is at most 65536 bytes.
-constexpr std::size_t kHold = 65536;
 // A snapshot's pieces of at least this many bytes (or a quarter of io_chunk,
 // if less) go into a write operation straight from the caller's memory;
 // smaller ones are gathered first.

@@ -441,6 +441,84 @@ TEST_F(RadosSnapshot, PublishKeepsThePreviousGenerationOnly) {
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
 }
 
+// The collection after a publish does not list the pool: it probes the
+// generations between the head's mark (iqdb.collected: every generation
+// below it is collected) and the published one, index by index, up to a
+// run of missing indexes as long as a killed save can leave (81). Here a
+// generation left by a save that never published (allocated: iqdb.next
+// moved on) has stripes with gaps of up to 40 and three log objects: the
+// next publish's collection removes them, and moves the mark. An object
+// beyond the window is not found by probing; collect_garbage, which lists
+// the pool, removes it.
+TEST_F(RadosSnapshot, CollectionProbesGenerationsInsteadOfListing) {
+  const auto mark = [&] {
+    char value[64] = {};
+    const int r = rados_getxattr(raw_->io(), RadosSnapshotStore::head_object(name_).c_str(), "iqdb.collected", value,
+                                 sizeof value);
+    return r < 0 ? std::string("(error ") + std::to_string(r) + ")" : std::string(value, static_cast<std::size_t>(r));
+  };
+  save_to_rados(*store_, name_, build(make_model(300, 16, 1)));  // generation 1
+  store_->wait_for_garbage_collection();
+  EXPECT_EQ(mark(), "0000000000000001");
+  // Generation 2: allocated by a save that died; its objects, by hand.
+  const std::string head = RadosSnapshotStore::head_object(name_);
+  ASSERT_EQ(raw_->set_xattr(head, "iqdb.next", "0000000000000003"), 0);
+  const std::vector<std::uint64_t> stripes = {20, 21, 22, 60, 100, 140};  // (20 missing first: held ones)
+  std::set<std::string> probed;
+  for (const std::uint64_t k : stripes) probed.insert(RadosSnapshotStore::stripe_object(name_, 2, k));
+  for (int k = 0; k < 3; ++k) probed.insert(name_ + ".log.2." + std::to_string(k));
+  const std::string beyond = RadosSnapshotStore::stripe_object(name_, 2, 140 + 200);
+  for (const std::string& oid : probed) ASSERT_EQ(raw_->append(oid, "leftover"), 0) << oid;
+  ASSERT_EQ(raw_->append(beyond, "leftover"), 0);
+
+  const Model m3 = make_model(300, 16, 3);
+  save_to_rados(*store_, name_, build(m3));  // generation 3, replacing 1 (kept)
+  EXPECT_EQ(store_->head(name_)->generation, 3u);
+  store_->wait_for_garbage_collection();
+  for (const std::string& oid : probed) EXPECT_FALSE(raw_->exists(oid)) << oid;
+  EXPECT_TRUE(raw_->exists(beyond)) << "the collection listed the pool";
+  EXPECT_FALSE(stripes_of(1).empty());  // kept: the generation 3 replaced
+  EXPECT_EQ(mark(), "0000000000000001");  // generation 1 is still there
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m3);
+
+  EXPECT_EQ(store_->collect_garbage(name_), 1u);  // lists: the one beyond the window
+  EXPECT_FALSE(raw_->exists(beyond));
+  save_to_rados(*store_, name_, build(make_model(300, 16, 4)));  // generation 4
+  store_->wait_for_garbage_collection();
+  EXPECT_TRUE(stripes_of(1).empty());
+  EXPECT_FALSE(stripes_of(3).empty());
+  EXPECT_EQ(mark(), "0000000000000003");
+}
+
+// A head without the mark (made before it existed) or with a hostile one
+// (not a generation, or above the published one): the collection lists the
+// pool, as before the mark, and sets it.
+TEST_F(RadosSnapshot, CollectionListsOnceForAHeadWithoutAMark) {
+  const std::string head = RadosSnapshotStore::head_object(name_);
+  for (int g = 1; g <= 2; ++g) save_to_rados(*store_, name_, build(make_model(300, 16, static_cast<std::uint64_t>(g))));
+  store_->wait_for_garbage_collection();
+  std::uint64_t published = 2;
+  for (const char* bad : {"", "not a generation", "ffffffffffffffff"}) {
+    if (*bad == 0) {
+      ASSERT_EQ(rados_rmxattr(raw_->io(), head.c_str(), "iqdb.collected"), 0);
+    } else {
+      ASSERT_EQ(raw_->set_xattr(head, "iqdb.collected", bad), 0);
+    }
+    // A leftover far below, which only a listing finds.
+    const std::string stray = RadosSnapshotStore::stripe_object(name_, 1, 5000);
+    ASSERT_EQ(raw_->append(stray, "leftover"), 0);
+    save_to_rados(*store_, name_, build(make_model(300, 16, ++published)));
+    store_->wait_for_garbage_collection();
+    EXPECT_FALSE(raw_->exists(stray)) << "mark '" << bad << "'";
+    EXPECT_TRUE(stripes_of(published - 2).empty()) << bad;
+    EXPECT_FALSE(stripes_of(published - 1).empty()) << bad;
+    char value[64] = {};
+    const int r = rados_getxattr(raw_->io(), head.c_str(), "iqdb.collected", value, sizeof value);
+    ASSERT_EQ(r, 16) << bad;
+    EXPECT_EQ(std::string(value, 16), "000000000000000" + std::to_string(published - 1)) << bad;
+  }
+}
+
 // wait_for_garbage_collection() waits for the collections queued when it is
 // called, not for an empty queue: another thread publishing in a loop (each
 // publish queues a collection, often while the collector runs) cannot keep

@@ -138,13 +138,15 @@ class RadosSnapshotStore final : public FileSystem {
 
   // The published head of NAME, validated; nullopt when none was published.
   std::optional<RadosHead> head(std::string_view name);
-  // Remove what no reader can need: stripes of generations below the
-  // published one (except, with keep_previous_generation, the one before
-  // it). Lists the pool. Returns the number of objects removed. Run after
-  // every publish on a thread of the store's own: rename() returns once the
-  // new head is published, not after the removals (errors there are
-  // ignored: the next publish retries). The store's destruction runs what
-  // is still queued.
+  // Remove what no reader can need: stripe and log objects of generations
+  // below the published one (except, with keep_previous_generation, the one
+  // before it). Lists the pool. Returns the number of objects removed.
+  // After every publish a collection runs on a thread of the store's own,
+  // without listing the pool: it probes the generations between the head's
+  // collection mark and the published one (docs/DISTRIBUTED.md, "Writing");
+  // rename() returns once the new head is published, not after the
+  // removals (errors there are ignored: the next publish retries). The
+  // store's destruction runs what is still queued.
   std::size_t collect_garbage(std::string_view name);
   // Blocks until the collections queued when it is called have run (not
   // those that publishes queue meanwhile: a stream of publishes cannot put
