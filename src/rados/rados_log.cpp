@@ -335,7 +335,7 @@ class RadosLogSink final : public detail::LogSink {
     cmp_xattr(op, kLogEpochAttr, epoch_);
     set_xattr(op, kLogMoreAttr, encode_generation(1));
     const int r = rados_write_op_operate(op.op, io_of(store_), object.c_str(), nullptr, 0);
-    if (r < 0) fail(object_path(store_, object), r, true);
+    if (r < 0) fail(object_path(store_, object), r, true, k + 1);
   }
 
   // Cut back within the current object (sent bytes: a rollback after the
@@ -364,13 +364,24 @@ class RadosLogSink final : public detail::LogSink {
     end_.store(end);
   }
 
-  [[noreturn]] void fail(const fs::path& where, int r, bool existed) {
+  // `written_to`: the mark of an object as continued failed after this
+  // append's frames were written to the next object, `written_to` (0: the
+  // failed operation was the append itself, so nothing of it was written).
+  // A newer writer's recovery reads past an unmarked object, so those
+  // frames may still count.
+  [[noreturn]] void fail(const fs::path& where, int r, bool existed, std::uint64_t written_to = 0) {
     if (r == -ECANCELED || (r == -EEXIST && !existed)) {
       const std::string why = r == -ECANCELED
                                   ? "the log object carries a newer writer's fencing epoch (a newer writer took over)"
                                   : "the log object exists already: a newer writer sealed this log";
       fence_->mark_lost(why);
-      throw PersistError::at(ErrorKind::Fenced, where, why + "; nothing was appended");
+      throw PersistError::at(ErrorKind::Fenced, where,
+                             why + (written_to == 0
+                                        ? std::string("; nothing was appended")
+                                        : "; this append's frames were written to log object " +
+                                              std::to_string(written_to) +
+                                              " before: whether they count is unknown until the newer writer's "
+                                              "recovery (it may keep them)"));
     }
     if (r == -ETIMEDOUT) {
       throw PersistError::io(where,
@@ -414,11 +425,15 @@ std::string log_object(std::string_view name, std::uint64_t generation, std::uin
 
 namespace {
 
-// The objects of `layout` from object k on, read anew (`more`: object k-1
-// says k exists). `until_unmarked`: stop after an object that does not say
-// the next one exists (a replica's refresh: one read when nothing rotated;
-// a next object not marked yet is found by the next refresh).
-void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t k, bool more, bool until_unmarked) {
+// The objects of `layout` from object k on, read anew. `must_exist`: why
+// object k exists (empty: it may not): object k-1 says it continues
+// there, or object k was read before (a refresh; gone, it was removed with
+// its generation after newer ones were published: not the end of the log).
+// `until_unmarked`: stop after an object that does not say the next one
+// exists (a replica's refresh: one read when nothing rotated; a next object
+// not marked yet is found by the next refresh).
+void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t k, std::string must_exist,
+                       bool until_unmarked) {
   const std::string& name = out.name;
   const std::uint64_t generation = out.generation;
   out.objects.resize(k);
@@ -427,7 +442,7 @@ void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t 
     const fs::path where = object_path(store, oid);
     const std::optional<ObjectState> st = stat_object(store, oid);
     if (!st) {
-      if (more) throw_missing(where, k, "log object " + std::to_string(k - 1) + " says it continues there");
+      if (!must_exist.empty()) throw_missing(where, k, must_exist);
       if (stat_object(store, log_object(name, generation, k + 1))) {
         throw_missing(where, k, "log object " + std::to_string(k + 1) + " exists");
       }
@@ -438,8 +453,9 @@ void read_objects_from(RadosSnapshotStore& store, LogLayout& out, std::uint64_t 
                              "the log has more than " + std::to_string(kMaxLogObjects) + " objects");
     }
     out.objects.push_back(check_object(*st, out.size(), where));
-    more = st->attrs.count(kLogMoreAttr) != 0;
+    const bool more = st->attrs.count(kLogMoreAttr) != 0;
     if (until_unmarked && !more) return;
+    must_exist = more ? "log object " + std::to_string(k) + " says it continues there" : std::string();
   }
 }
 
@@ -449,7 +465,7 @@ LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, st
   LogLayout out;
   out.name = name;
   out.generation = generation;
-  read_objects_from(store, out, 0, false, false);
+  read_objects_from(store, out, 0, {}, false);
   return out;
 }
 
@@ -457,14 +473,15 @@ void refresh_log_layout(RadosSnapshotStore& store, LogLayout& layout) {
   // The last object known may have grown; objects after it may have come.
   const std::uint64_t k = layout.objects.empty() ? 0 : layout.objects.size() - 1;
   const std::uint64_t known = layout.size();
-  read_objects_from(store, layout, k, k > 0, /*until_unmarked=*/true);
+  read_objects_from(store, layout, k, layout.objects.empty() ? std::string() : "it was read a moment ago",
+                    /*until_unmarked=*/true);
   // A writer creates object k+1 before it marks k (iqdb.more), so one killed
   // in between (or whose mark failed) leaves k unmarked for good: when the
   // last object brought nothing new, look for the next one (one more read).
   if (layout.objects.empty() || layout.size() != known) return;
   const std::uint64_t next = layout.objects.size();
   if (stat_object(store, log_object(layout.name, layout.generation, next))) {
-    read_objects_from(store, layout, next, /*more=*/false, /*until_unmarked=*/true);
+    read_objects_from(store, layout, next, {}, /*until_unmarked=*/true);
   }
 }
 

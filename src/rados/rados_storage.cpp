@@ -82,15 +82,22 @@ class RadosIndexStorage final : public IndexStorage {
   std::unique_ptr<ReadableFile> open_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
                                                        FileHeader& loaded) override {
     loaded = load_snapshot();
-    LogLayout layout = read_log_layout(*store_, name_, last_read_generation(*store_, name_));
-    if (!layout.has_bytes()) return nullptr;
+    const std::uint64_t g = last_read_generation(*store_, name_);
+    LogLayout layout = read_log_layout(*store_, name_, g);
+    if (!layout.has_bytes()) {
+      no_log_unless_removed(g);
+      return nullptr;
+    }
     return open_layout(std::move(layout));
   }
 
   std::unique_ptr<detail::FollowedLog> follow_log_with_snapshot(const std::function<FileHeader()>& load_snapshot,
                                                                 FileHeader& loaded) override {
     loaded = load_snapshot();
-    return follow(last_read_generation(*store_, name_));
+    const std::uint64_t g = last_read_generation(*store_, name_);
+    auto log = follow(g);
+    if (!log) no_log_unless_removed(g);
+    return log;
   }
 
   // Between a checkpoint's publish and the creation of its log, the current
@@ -101,6 +108,7 @@ class RadosIndexStorage final : public IndexStorage {
     return dynamic_cast<const RadosFollowedLog&>(log).generation() != generation();
   }
   bool log_outlives_snapshots() const noexcept override { return false; }
+  std::uint64_t published_version() override { return generation(); }
 
   // A watch on NAME.notify (change_notify.hpp), through this store's client.
   std::unique_ptr<detail::ChangeWatch> watch_changes(std::function<void()> wake) override {
@@ -155,6 +163,18 @@ class RadosIndexStorage final : public IndexStorage {
   std::uint64_t generation() {
     const auto head = store_->head(name_);
     return head ? head->generation : 0;
+  }
+
+  // Generation g's log has no bytes: it has none, or (a newer generation
+  // published since its snapshot was read) it may have been removed with its
+  // generation, records and all: TruncatedPayload, and the load is done
+  // again (load_again_if_removed).
+  void no_log_unless_removed(std::uint64_t g) {
+    const std::uint64_t now = generation();
+    if (now == g) return;
+    throw PersistError::at(ErrorKind::TruncatedPayload, log_path(),
+                           "the log of generation " + std::to_string(g) + " could not be read: generation " +
+                               std::to_string(now) + " was published since its snapshot was read (load again)");
   }
 
   std::shared_ptr<Fence> fence() {

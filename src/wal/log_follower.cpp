@@ -42,6 +42,11 @@ class LogFollower::Impl {
 
   void open(const std::function<FileHeader()>& load_snapshot, const WalEngine::Replay& replay,
             const WalEngine::ReserveHint& reserve) {
+    load_again_if_removed(*storage_, [&] { open_once(load_snapshot, replay, reserve); });
+  }
+
+  void open_once(const std::function<FileHeader()>& load_snapshot, const WalEngine::Replay& replay,
+                 const WalEngine::ReserveHint& reserve) {
     FileHeader h;
     log_ = storage_->follow_log_with_snapshot(load_snapshot, h);
     loaded_ = h;

@@ -123,17 +123,19 @@ WalEngine::ReadOnlyReplay WalEngine::replay_read_only(const PersistConfig& cfg,
                                                       const std::function<FileHeader()>& load_snapshot,
                                                       const Replay& replay, const ReserveHint& reserve) {
   const std::shared_ptr<IndexStorage> storage = storage_of(cfg);
-  FileHeader h;
-  const std::unique_ptr<ReadableFile> log = storage->open_log_with_snapshot(load_snapshot, h);
-  ReadOnlyReplay out;
-  out.last_lsn = h.last_lsn;
-  if (!log) return out;
-  const Replayed r = replay_log(*storage, *log, storage->log_path(), h.last_lsn, replay, reserve, /*live=*/true);
-  out.last_lsn = r.next - 1;
-  out.stats.recovered_records = r.next - 1 - h.last_lsn;
-  out.stats.torn_tail_bytes = r.scan.torn_tail_bytes;
-  out.stats.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
-  return out;
+  return load_again_if_removed(*storage, [&] {
+    FileHeader h;
+    const std::unique_ptr<ReadableFile> log = storage->open_log_with_snapshot(load_snapshot, h);
+    ReadOnlyReplay out;
+    out.last_lsn = h.last_lsn;
+    if (!log) return out;
+    const Replayed r = replay_log(*storage, *log, storage->log_path(), h.last_lsn, replay, reserve, /*live=*/true);
+    out.last_lsn = r.next - 1;
+    out.stats.recovered_records = r.next - 1 - h.last_lsn;
+    out.stats.torn_tail_bytes = r.scan.torn_tail_bytes;
+    out.stats.unsynced_frames_dropped = r.scan.unsynced_frames_dropped;
+    return out;
+  });
 }
 
 }  // namespace iqdb::persist::detail

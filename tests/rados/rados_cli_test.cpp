@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -282,6 +284,60 @@ TEST_F(RadosCli, CopyForceReplacesADamagedIndex) {
   EXPECT_NE(r.out.find("could not be read"), std::string::npos) << r.out;
   EXPECT_EQ(run_cli({"verify", url_}).code, 0);
   m.expect_equal(load_from_rados<FlatIndex>(*store_, name_));
+}
+
+// copy of a live source whose writer checkpoints without pause: two
+// publishes while the copy reads remove the generation it reads (the
+// collection behind the second). The copy starts again from the newer one
+// instead of reporting the source DAMAGED (exit 1, as it did). Every copy
+// succeeds and holds exactly the inserts 1..L of the LSN L it arrived at.
+TEST_F(RadosCli, CopyOfASourceThatCheckpointsWithoutPauseSucceeds) {
+  constexpr std::uint64_t kBase = 20000;  // ids 1..kBase in the first snapshot: 1.9 MB to read
+  const auto row = [](std::uint64_t id) {
+    std::vector<float> v(kDim);
+    for (std::size_t d = 0; d < kDim; ++d) v[d] = static_cast<float>((id * 31 + d) % 1009);
+    return v;
+  };
+  RadosOptions o;
+  o.stripe_size = 256 * 1024;
+  FlatIndex start(kDim, DistanceMetric::Euclidean);
+  for (std::uint64_t id = 1; id <= kBase; ++id) start.insert(id, row(id));
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> checkpoints{0};
+  auto db = PersistedIndex<FlatIndex>::open_with(std::move(start), config(true, o));
+  std::thread writer([&] {
+    for (std::uint64_t id = kBase + 1; !stop.load(); ++id) {
+      db.insert(id, row(id));
+      db.checkpoint();
+      checkpoints.fetch_add(1);
+    }
+  });
+  int copies = 0, failed = 0;
+  std::string first_failure;
+  for (; copies < 12; ++copies) {
+    const std::filesystem::path dst = dir() / ("copy-" + std::to_string(copies) + ".iqdb");
+    const auto r = run_cli({"copy", url_, dst.string()});
+    if (r.code != 0) {
+      if (failed++ == 0) first_failure = r.err;
+      continue;
+    }
+    auto copy = PersistedIndex<FlatIndex>::load(PersistConfig(dst));
+    const std::uint64_t lsn = copy.last_lsn();
+    ASSERT_GE(copy.index().size(), kBase);
+    EXPECT_EQ(copy.index().size(), kBase + lsn) << "copy " << copies << " at LSN " << lsn;
+    for (const std::uint64_t id : {std::uint64_t{1}, kBase, kBase + lsn}) {  // the first, the last before, the last
+      const std::span<const float> got = copy.index().get(id);
+      const std::vector<float> want = row(id);
+      ASSERT_EQ(got.size(), want.size()) << "id " << id;
+      EXPECT_TRUE(std::equal(got.begin(), got.end(), want.begin())) << "id " << id;
+    }
+  }
+  stop.store(true);
+  writer.join();
+  db.close();
+  std::cout << "[ MEASURED ] " << copies << " copies during " << checkpoints.load() << " checkpoints: " << failed
+            << " failed\n";
+  EXPECT_EQ(failed, 0) << "first: " << first_failure;
 }
 
 TEST_F(RadosCli, MissingSnapshotOrClusterIsExit2) {

@@ -17,9 +17,11 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <thread>
+#include <utility>
 
 #include "iqdb/persist.hpp"
 #include "iqdb/persist/rados.hpp"
@@ -1038,6 +1040,69 @@ TEST_F(RadosWal, ASaveWithoutTheLockDoesNotReplaceALiveWritersSnapshot) {
   // Once no writer holds the lock, the same save publishes.
   save_to_rados(*other, name_, foreign);
   EXPECT_TRUE(equals(load_from_rados<FlatIndex>(*other, name_), Model{{777, vector_of(777)}}));
+}
+
+// A FlatIndex whose load runs `on_load` once, after the snapshot's payload
+// was read: a reader held between its snapshot and that snapshot's log.
+struct GatedFlat : FlatIndex {
+  static constexpr std::string_view index_type = FlatIndex::index_type;
+  explicit GatedFlat(FlatIndex&& f) : FlatIndex(std::move(f)) {}
+  static inline std::function<void()> on_load;
+  static GatedFlat load_from(PayloadReader& r) {
+    GatedFlat out(FlatIndex::load_from(r));
+    if (const auto f = std::exchange(on_load, nullptr)) f();
+    return out;
+  }
+};
+
+// A reader (a read-only load, a replica's open) reads generation G's
+// snapshot; meanwhile the writer checkpoints twice and the collection behind
+// the second removes G with its log. The reader then finds G's log gone.
+// It loads again, from the newest generation, and holds every acknowledged
+// insert. Before, G's log read as no log: the load returned G's snapshot
+// alone, without the inserts acknowledged after it (and a replica's refresh
+// of a log whose objects were removed read it as an empty, "version-1",
+// log: Unsupported).
+TEST_F(RadosWal, AReaderWhoseGenerationIsRemovedWhileItReadsLoadsAgain) {
+  const std::shared_ptr<RadosSnapshotStore> store = open_store(name_);
+  PersistConfig wcfg = rados_persist_config(store, name_);
+  wcfg.wal_enabled = true;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), wcfg);
+  Model m;
+  std::uint64_t next = 1;
+  const auto insert = [&] {
+    db.insert(next, vector_of(next));
+    m[next] = vector_of(next);
+    ++next;
+  };
+  const auto two_checkpoints = [&] {
+    for (int i = 0; i < 2; ++i) {
+      insert();
+      db.checkpoint();
+    }
+    insert();  // in the newest generation's log
+    store->wait_for_garbage_collection();
+  };
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 5; ++i) insert();
+    db.checkpoint();
+    for (int i = 0; i < 3; ++i) insert();  // in generation G's log
+    const std::uint64_t g = generation(name_);
+    GatedFlat::on_load = two_checkpoints;
+    if (round == 0) {
+      auto loaded = PersistedIndex<GatedFlat>::load(read_only(config_for(name_)));
+      EXPECT_TRUE(equals(loaded.index(), m));
+      EXPECT_EQ(loaded.last_lsn(), db.last_lsn());
+    } else {
+      auto replica = ReadReplica<GatedFlat>::open(read_only(config_for(name_)));
+      EXPECT_TRUE(equals(replica.index(), m));
+      EXPECT_EQ(replica.last_lsn(), db.last_lsn());
+    }
+    EXPECT_FALSE(GatedFlat::on_load) << "the gate never ran";
+    EXPECT_GE(generation(name_), g + 2);
+    EXPECT_FALSE(raw_->exists(RadosSnapshotStore::stripe_object(name_, g, 0))) << "generation " << g << " was kept";
+  }
+  db.close();
 }
 
 // A background follower keeps up; lag() counts what it has not applied.

@@ -341,11 +341,10 @@ void print_copied(const Console& console, const CopyOptions& opts, const Snapsho
   }
 }
 
-int copy(const CopyOptions& opts, const Console& console) {
-  const Location src = Location::open(opts.src, opts.rados);
-  const Location dst = Location::open(opts.dst, opts.rados);
-  refuse_same(src, dst);
-  refuse_part_of_an_index(dst);
+// One attempt at the copy: its exit status, or nullopt when `again` says
+// the source's failure is worth another (what it read was removed under it).
+std::optional<int> copy_once(const Location& src, const Location& dst, const CopyOptions& opts,
+                             const Console& console, const std::function<bool(const PersistError&)>& again) {
   PublishWatch publisher(dst.fs());
   TeeState tee;
   bool reading_source = true;
@@ -380,6 +379,7 @@ int copy(const CopyOptions& opts, const Console& console) {
                ? publish_verified(src, *file, dst, *old, publisher, tee, reading_source)
                : publish_folded(src, head, dst, *old, publisher, reading_source, min_lsn, opts.snapshot_only);
   } catch (const PersistError& e) {
+    if (reading_source && !tee.sink_failed && !publisher.published && again(e)) return std::nullopt;
     const bool source_damaged = reading_source && is_damage(e.kind()) && !tee.sink_failed;
     return report_failure(console, opts, publisher.published, source_damaged, e);
   }
@@ -394,6 +394,27 @@ int copy(const CopyOptions& opts, const Console& console) {
   }
   print_copied(console, opts, got, head_lsn, sent.records_folded, min_lsn);
   return kExitOk;
+}
+
+int copy(const CopyOptions& opts, const Console& console) {
+  const Location src = Location::open(opts.src, opts.rados);
+  const Location dst = Location::open(opts.dst, opts.rados);
+  refuse_same(src, dst);
+  refuse_part_of_an_index(dst);
+  // A live source on RADOS: a writer that publishes twice while the copy
+  // reads removes the generation it reads (TruncatedPayload naming a stripe
+  // or log object). That is no damage: the copy starts again from the newer
+  // generation, as a reader's load does (detail::load_again_if_removed).
+  const std::shared_ptr<IndexStorage> source = src.storage();
+  for (int attempt = 1;; ++attempt) {
+    const std::uint64_t before = source->published_version();
+    const auto again = [&](const PersistError& e) {
+      return attempt < detail::kLoadAttempts && e.kind() == ErrorKind::TruncatedPayload &&
+             source->published_version() != before;
+    };
+    if (const std::optional<int> status = copy_once(src, dst, opts, console, again)) return *status;
+    console.err << "the source published newer generations while it was read: copying again from the newest\n";
+  }
 }
 
 }  // namespace

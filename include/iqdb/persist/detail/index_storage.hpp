@@ -19,6 +19,7 @@
 #include <span>
 #include <vector>
 
+#include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/format.hpp"
 #include "iqdb/persist/wal.hpp"
@@ -163,6 +164,14 @@ class IndexStorage {
   // header at each catch-up to see it. RADOS: every publish starts a new
   // generation, and replaced() says so.
   virtual bool log_outlives_snapshots() const noexcept { return true; }
+  // A value that changes whenever a snapshot is published (RADOS: the
+  // head's generation). A reader's load or replica open that failed with
+  // TruncatedPayload while it changed is done again: what it read was
+  // removed under it (a live writer published twice meanwhile, and the
+  // garbage collection removed the generation it was reading). Local
+  // files: 0; a reader holds open what it reads, and a publish never
+  // removes it under it.
+  virtual std::uint64_t published_version() { return 0; }
 
   // Read replicas: `wake` is called (from another thread) whenever a writer
   // says something changed; nullptr when this storage has no such
@@ -205,6 +214,28 @@ namespace detail {
 // The local files: the snapshot at `snapshot` and its log at
 // wal::log_path_for(snapshot), through `fs` (src/wal/local_storage.cpp).
 std::shared_ptr<IndexStorage> make_local_storage(FileSystem& fs, const std::filesystem::path& snapshot);
+
+// A reader's load of a live index (`attempt`: the snapshot, then its log),
+// done again when it failed because what it read was removed under it: a
+// TruncatedPayload while a snapshot was published (the storage's
+// published_version changed). At most kLoadAttempts in all (the CLI's copy
+// counts its own the same way): a writer that publishes faster than a load
+// reads keeps it failing. A failure while nothing was published (damage)
+// is not retried.
+inline constexpr int kLoadAttempts = 5;
+template <class F>
+auto load_again_if_removed(IndexStorage& storage, F&& attempt) -> decltype(attempt()) {
+  for (int n = 1;; ++n) {
+    const std::uint64_t before = storage.published_version();
+    try {
+      return attempt();
+    } catch (const PersistError& e) {
+      if (n >= kLoadAttempts || e.kind() != ErrorKind::TruncatedPayload) throw;
+      if (storage.published_version() == before) throw;
+    }
+  }
+}
+
 }  // namespace detail
 
 }  // namespace iqdb::persist
