@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <iqdb/persist.hpp>
 #include <map>
@@ -558,7 +560,7 @@ TEST(LogWriterGrowth, AFailureNotYetReportedIsThrownByClose) {
   t.rfs.fault = [&](const Rec& r) -> std::optional<int> {
     if (r.thread == t.me || r.kind != Kind::Write) return std::nullopt;
     while (!armed) std::this_thread::sleep_for(1ms);  // (the appends stay in the first MiB)
-    return ENOSPC;
+    return EIO;  // (no room, ENOSPC, would not be a failure: NoRoom below)
   };
   t.create();
   for (std::size_t i = 0; i < 12; ++i) t.append(i, 64 << 10);
@@ -569,10 +571,130 @@ TEST(LogWriterGrowth, AFailureNotYetReportedIsThrownByClose) {
     FAIL() << "close() did not report the failure";
   } catch (const PersistError& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Io);
-    EXPECT_EQ(e.sys_errno(), ENOSPC);
+    EXPECT_EQ(e.sys_errno(), EIO);
   }
   EXPECT_TRUE(holds(t.path, t.model));
 }
+
+// ---------------------------------------------------------------- no room ahead
+
+// A disk with room for the log's first `room` bytes: from now on a write
+// (zeros or a frame, by any thread) that would end past it fails with
+// `err`, nothing written.
+void limit(Writer& t, const std::atomic<std::uint64_t>& room, int err) {
+  t.rfs.fault = [&room, err](const Rec& r) -> std::optional<int> {
+    if (r.kind == Kind::Write && r.offset + r.length > room.load()) return err;
+    return std::nullopt;
+  };
+}
+
+// The space counted ready is space made (written, or allocated under the
+// mapping policies, where the writer maps up to it): never past the file's end.
+::testing::AssertionResult ready_is_made(const Writer& t) {
+  const std::uint64_t ready = t.w->growth().ready(), size = fs::file_size(t.path);
+  if (ready <= size) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "ready() " << ready << " past the file's end " << size;
+}
+
+// Synced (Always) or allocated (the mapping policies, use_mapping()).
+class NoRoom : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    t.create();
+    if (GetParam()) t.w->use_mapping();
+  }
+  Writer t;
+};
+
+// Frames of 64 KiB, synced, with pauses, on a disk with room for 3 MiB of
+// the log: the thread's step past the room fails (ENOSPC) and is dropped,
+// not kept as a failure: every frame that fits is written (it used to
+// throw "growing the log ahead" at the next append, with 1.4 MiB of zeros
+// ready). A frame past the room fails, typed. Once the room is larger (the
+// writer cut the failed frame, as the engine does), the thread grows the
+// log ahead again.
+TEST_P(NoRoom, TheThreadStopsGrowingAheadAndEveryFrameThatFitsIsWritten) {
+  std::atomic<std::uint64_t> room{3 * kMiB + 12345};
+  limit(t, room, ENOSPC);
+  std::size_t i = 0;
+  while (kHeader + t.model.size() + (64 << 10) <= room) {
+    ASSERT_NO_THROW(t.append(i++, 64 << 10)) << "frame " << i << " of those that fit";
+    ASSERT_NO_THROW(t.w->datasync());
+    ASSERT_TRUE(ready_is_made(t));
+    ASSERT_TRUE(t.pause());
+  }
+  EXPECT_GE(t.w->growth().stats().no_room, 1u);
+  EXPECT_GE(t.rfs.failures(), 1) << "the thread never reached the end of the room";
+  try {
+    t.w->append(frame_of(i, 64 << 10));
+    FAIL() << "a frame past the room was written";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Io);
+    EXPECT_EQ(e.sys_errno(), ENOSPC);
+  }
+  t.w->cut(kHeader + t.model.size());
+  EXPECT_TRUE(holds(t.path, t.model));
+
+  // Space freed: growth resumes once the frames are 1 MiB past where it
+  // stopped.
+  const std::uint64_t old_room = room;
+  room = UINT64_MAX;
+  for (std::size_t k = 0; k < 40; ++k) {  // 2.5 MiB more
+    ASSERT_NO_THROW(t.append(1000 + k, 64 << 10));
+    ASSERT_NO_THROW(t.w->datasync());
+    ASSERT_TRUE(t.pause());
+  }
+  bool grown = false;
+  for (const Rec& r : t.rfs.log()) {
+    grown |= r.thread != t.me && r.kind == Kind::Write && !r.failed && r.offset + r.length > old_room + kMiB;
+  }
+  EXPECT_TRUE(grown) << "the thread never grew the log again";
+  EXPECT_NO_THROW(t.w->close());  // no failure kept
+  EXPECT_TRUE(holds(t.path, t.model));
+}
+
+// A log whose frames end 5000 bytes short of its first MiB, reopened on a
+// disk with room for 100 KiB more (EDQUOT: a quota), then frames of 9000
+// bytes: the first that does not fit finds no room for its 1 MiB step
+// past itself and makes its own space only (it used to fail); the next
+// ones make theirs, exactly; the first past the room fails, typed. ready()
+// never counts space not made.
+TEST_P(NoRoom, AWriteWithNoRoomForItsStepMakesItsOwnSpace) {
+  t.w->close();
+  t.model = frame_of(7, kMiB - kHeader - 5000);
+  {
+    std::fstream f(t.path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(kHeader));
+    f.write(reinterpret_cast<const char*>(t.model.data()), static_cast<std::streamsize>(t.model.size()));
+    ASSERT_TRUE(f.good());
+  }
+  t.w = wal::LogWriter::open(t.rfs, t.path, 0x5a17, kHeader + t.model.size(), kMiB);
+  if (GetParam()) t.w->use_mapping();
+  const std::atomic<std::uint64_t> room{kMiB + (100 << 10)};
+  limit(t, room, EDQUOT);
+  std::size_t i = 0;
+  while (kHeader + t.model.size() + 9000 <= room) {
+    ASSERT_NO_THROW(t.append(i++, 9000)) << "frame " << i << " of those that fit";
+    ASSERT_TRUE(ready_is_made(t));
+  }
+  const auto st = t.w->growth().stats();
+  EXPECT_GE(st.no_room, 1u);
+  EXPECT_GE(st.inline_steps, 1u);
+  EXPECT_EQ(t.w->growth().ready(), kHeader + t.model.size()) << "each write made its own space, no more";
+  try {
+    t.w->append(frame_of(i, 9000));
+    FAIL() << "a frame past the room was written";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Io);
+    EXPECT_EQ(e.sys_errno(), EDQUOT);
+  }
+  t.w->cut(kHeader + t.model.size());
+  EXPECT_NO_THROW(t.w->close());
+  EXPECT_TRUE(holds(t.path, t.model));
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, NoRoom, ::testing::Values(false, true),
+                         [](const auto& i) { return i.param ? "Mapped" : "Synced"; });
 
 // ---------------------------------------------------------------- through the engine
 

@@ -259,6 +259,74 @@ TEST(WalFaults, FailedPeriodicFsyncPoisonsTheNextWrite) {
   expect_recovers(cfg, model, with(model, 2));
 }
 
+// Under Always a commit's fdatasync fails (the disk is dying: its data may
+// have reached the disk all the same), and cutting its frame off the log
+// fails too: the frame stays, and its insert, reported as failed, comes
+// back on recovery. The error and failure() say so (they used to say
+// nothing, as if the documented "does not reappear" held). When the cut
+// succeeds, they do not, and the insert does not come back. The same for an
+// append that writes half its frame before failing. Anything but a
+// PersistError is thrown as it was; failure() says so.
+TEST(WalFaults, AFailureWhoseCutFailsSaysTheRecordsMayReappear) {
+  const std::string kNote = "the failed records could not be cut off the log and may reappear on recovery";
+  for (const bool append : {false, true}) {
+    for (const bool cut_fails : {false, true}) {
+      SCOPED_TRACE(std::string(append ? "append" : "fdatasync") + (cut_fails ? " and cut fail" : " fails"));
+      test::TempDir dir;
+      FaultFs ffs;
+      const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &ffs);
+      Model model;
+      {
+        auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+        for (std::uint64_t i = 1; i <= 3; ++i) put(db, model, i);
+        ffs.arm(append ? Fault::short_write_then({OpKind::WriteAt, "db.iqdb.wal"}, 1, 30, EIO)
+                       : Fault::fail({OpKind::DataSync, "db.iqdb.wal"}, 1, EIO));
+        if (cut_fails) ffs.arm(Fault::fail({OpKind::Truncate, "db.iqdb.wal"}, 1, EIO));
+        try {
+          db.insert(4, vec_of(4), meta_of(4));
+          FAIL() << "the failed insert returned";
+        } catch (const PersistError& e) {
+          EXPECT_EQ(e.kind(), ErrorKind::Io) << e.what();
+          EXPECT_EQ(e.sys_errno(), EIO);
+          EXPECT_EQ(e.path(), dir / "db.iqdb.wal");
+          EXPECT_EQ(std::string(e.what()).find(kNote) != std::string::npos, cut_fails) << e.what();
+        }
+        EXPECT_EQ(ffs.fired(), cut_fails ? 2u : 1u);
+        ASSERT_TRUE(db.failure().has_value());
+        EXPECT_EQ(db.failure()->find(kNote) != std::string::npos, cut_fails) << *db.failure();
+        EXPECT_EQ(error_of([&] { db.insert(5, vec_of(5)); }), ErrorKind::Poisoned);
+        EXPECT_EQ(diff(db.index(), model), "");
+      }
+      if (!cut_fails) {
+        expect_recovers(cfg, model);  // the guarantee
+      } else if (!append) {
+        expect_recovers(cfg, with(model, 4));  // what the note warns of: the whole frame stayed
+      } else {
+        expect_recovers(cfg, model);  // (a torn frame: dropped)
+      }
+    }
+  }
+  // A sync and a cut that throw something else.
+  test::TempDir dir;
+  FaultFs ffs;
+  ffs.on_injected([](const FsOp&) { throw 42; });
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always(), &ffs);
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  Model model;
+  put(db, model, 1);
+  ffs.arm(Fault::fail({OpKind::DataSync, "db.iqdb.wal"}, 1, EIO));
+  ffs.arm(Fault::fail({OpKind::Truncate, "db.iqdb.wal"}, 1, EIO));
+  try {
+    db.insert(4, vec_of(4), meta_of(4));
+    FAIL() << "the failed insert returned";
+  } catch (int thrown) {
+    EXPECT_EQ(thrown, 42);
+  }
+  ASSERT_TRUE(db.failure().has_value());
+  EXPECT_NE(db.failure()->find("not a std::exception"), std::string::npos) << *db.failure();
+  EXPECT_NE(db.failure()->find(kNote), std::string::npos) << *db.failure();
+}
+
 // A FileSystem of the program's may throw anything, not only
 // std::exception. A sync that throws something else fails like any failed
 // sync: the caller gets the exception, the record is cut off the log (it
@@ -413,6 +481,97 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendFault{"ShortWriteAllButOneByte", Fault::short_write_then(kLogWrite, 1, 50), ENOSPC, true},
                       AppendFault{"IoErrorStaysBroken", sticky(Fault::fail(kLogWrite, 1, EIO)), EIO, false}),
     [](const ::testing::TestParamInfo<AppendFault>& i) { return std::string(i.param.name); });
+
+// ---------------------------------------------------------------- no room ahead of the log
+
+// The log's file system has room for `kRoom` bytes of each log: the zeros
+// the writer grows ahead of its frames (written under Always, allocated
+// under Periodic and Never: through FaultFs both are writes) find no room
+// long before the frames do. That stops the growth ahead; it fails no
+// commit (each used to fail once the growth had found no room, with "growing
+// the log ahead (write) failed", the disk half free). Every batch whose frame
+// fits commits; a checkpoint's new log grows ahead again; the first batch
+// whose own frame does not fit fails, typed, and poisons the index; recovery
+// gives exactly the acknowledged batches.
+struct NoRoomCase {
+  const char* name;
+  FsyncPolicy policy;
+  int err;
+};
+
+void PrintTo(const NoRoomCase& c, std::ostream* os) { *os << c.name; }
+
+class WalNoRoomAhead : public ::testing::TestWithParam<NoRoomCase> {};
+
+TEST_P(WalNoRoomAhead, CommitsGoOnUntilTheirOwnFramesFindNoRoom) {
+  constexpr std::uint64_t kRoom = (std::uint64_t{3} << 20) + 12345;
+  test::TempDir dir;
+  FaultFs ffs;
+  ffs.limit_size("db.iqdb.wal", kRoom, GetParam().err);
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", GetParam().policy, &ffs);
+  const fs::path log = dir / "db.iqdb.wal";
+  Model model;
+  std::uint64_t next = 1;
+  // A batch of 200 inserts (a frame of 8 KB); a pause after every
+  // fourth, in which the log's thread grows it ahead.
+  std::size_t commits = 0;
+  const auto commit = [&](PersistedIndex<FlatIndex>& db) {
+    WriteBatch b;
+    for (std::uint64_t k = 0; k < 200; ++k) b.insert(next + k, vec_of(next + k), meta_of(next + k));
+    db.write(b);
+    for (std::uint64_t k = 0; k < 200; ++k, ++next) model[VectorId(next)] = Entry{vec_of(next), meta_of(next)};
+    if (++commits % 4 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  };
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    // Until the growth ahead found no room, then 1 MiB of frames more.
+    while (ffs.fired() == 0) {
+      ASSERT_NO_THROW(commit(db)) << "commit " << commits << ", before any growth found no room";
+      ASSERT_LE(fs::file_size(log), kRoom);
+    }
+    const std::size_t at_full = commits;
+    while (commits < at_full + 130) ASSERT_NO_THROW(commit(db)) << "commit " << commits << ", " << commits - at_full
+                                                                 << " after the growth found no room";
+    EXPECT_EQ(db.failure(), std::nullopt);
+
+    // A new log grows ahead again: its file reaches 2 MiB while its frames
+    // are within the first MiB (a writer grows it itself only past that).
+    db.checkpoint();
+    const std::size_t at_new = commits;
+    while (commits < at_new + 90) ASSERT_NO_THROW(commit(db));  // 720 KB of frames
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (fs::file_size(log) < (std::uint64_t{2} << 20) && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    EXPECT_GE(fs::file_size(log), std::uint64_t{2} << 20) << "the new log was not grown ahead";
+
+    // Up to the room: then the batch whose frame does not fit fails.
+    std::optional<PersistError> failed;
+    while (!failed && commits < at_new + 1000) {
+      try {
+        commit(db);
+      } catch (const PersistError& e) {
+        failed = e;
+      }
+    }
+    ASSERT_TRUE(failed.has_value()) << "no commit failed";
+    EXPECT_EQ(failed->kind(), ErrorKind::Io) << failed->what();
+    EXPECT_EQ(failed->sys_errno(), GetParam().err) << failed->what();
+    EXPECT_GE(commits - at_new, 380u) << "commits stopped short of the room";  // 3 MiB of 8 KB frames
+    EXPECT_TRUE(db.failure().has_value());
+    EXPECT_EQ(error_of([&] { db.insert(next, vec_of(next)); }), ErrorKind::Poisoned);
+    EXPECT_EQ(diff(db.index(), model), "");
+  }
+  expect_recovers(cfg, model);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, WalNoRoomAhead,
+    ::testing::Values(NoRoomCase{"AlwaysDiskFull", FsyncPolicy::always(), ENOSPC},
+                      NoRoomCase{"AlwaysQuota", FsyncPolicy::always(), EDQUOT},
+                      NoRoomCase{"PeriodicDiskFull", FsyncPolicy::periodic(std::chrono::milliseconds(5)), ENOSPC},
+                      NoRoomCase{"NeverDiskFull", FsyncPolicy::never(), ENOSPC}),
+    [](const ::testing::TestParamInfo<NoRoomCase>& i) { return std::string(i.param.name); });
 
 // ---------------------------------------------------------------- the checkpoint's snapshot fails
 

@@ -240,6 +240,12 @@ class WalEngine::Impl {
   // an exception that is not a std::exception (a FileSystem of the
   // program's may throw anything) with a fixed message.
   void poison_for(const std::exception_ptr& err) noexcept;
+  // The records of a failed write or sync, `err`, could not be cut off the
+  // log: they may reappear on recovery. Poisons the index saying so, and
+  // returns the error to report: a PersistError with the same kind, path
+  // and errno, what() saying so too; anything else as thrown (only
+  // failure() then says so).
+  std::exception_ptr poison_uncut(const std::exception_ptr& err) noexcept;
   void abandon(Entry& e) noexcept;
   void throw_if_unusable() const;
   // Takes mu_ and waits until no commit is queued or syncing; returns

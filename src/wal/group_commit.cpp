@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include "iqdb/persist/detail/exception_text.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/format.hpp"
 #include "util/coding.hpp"
@@ -185,16 +186,19 @@ void WalEngine::Impl::log_frame(std::vector<std::byte>& frame, Entry& e) {
     writer_->append(frame);
   } catch (...) {
     // Part of the frame may be in the file, and may even read back as
-    // complete: cut it off, so a mutation reported as failed never
-    // reappears on recovery. Then refuse further writes. (Nothing is
-    // staged here: frames are staged only while a sync is due, and
-    // appended only when none is.)
+    // complete: cut it off, so a mutation reported as failed does not
+    // reappear on recovery (when the cut fails too, the error says it
+    // may). Then refuse further writes. (Nothing is staged here: frames
+    // are staged only while a sync is due, and appended only when none is.)
     const std::exception_ptr err = std::current_exception();
+    std::exception_ptr report = err;
     try {
       writer_->cut(e.start);
     } catch (...) {
+      report = poison_uncut(err);
     }
-    poison_for(err);
+    poison_for(report);
+    if (report != err) std::rethrow_exception(report);
     throw;
   }
 }
@@ -312,16 +316,20 @@ void WalEngine::Impl::gather_group(std::unique_lock<std::mutex>& lk, std::size_t
 
 void WalEngine::Impl::sync_failed(const std::exception_ptr& err) noexcept {
   // Under Always nothing after the last good sync was acknowledged: cut
-  // it, so that the failed mutations do not come back on recovery.
+  // it, so that the failed mutations do not come back on recovery. A failed
+  // fdatasync may still have put their bytes on disk, so when the cut fails
+  // too they may come back: the error says so (poison_uncut).
   // (Under Periodic those records were acknowledged already: keep them.)
+  std::exception_ptr report = err;
   if (policy_.mode() == FsyncPolicy::Mode::Always) {
     try {
       writer_->cut(synced_end_);
     } catch (...) {
+      report = poison_uncut(err);
     }
   }
-  poison_for(err);
-  fail_queue(err);
+  poison_for(report);  // (poisoned already when the cut failed)
+  fail_queue(report);
 }
 
 void WalEngine::Impl::sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,
@@ -476,6 +484,31 @@ void WalEngine::Impl::poison_for(const std::exception_ptr& err) noexcept {
   } catch (...) {
     poison("an exception that is not a std::exception");
   }
+}
+
+std::exception_ptr WalEngine::Impl::poison_uncut(const std::exception_ptr& err) noexcept {
+  static constexpr std::string_view kNote =
+      "; the failed records could not be cut off the log and may reappear on recovery";
+  try {
+    try {
+      std::rethrow_exception(err);
+    } catch (const PersistError& e) {
+      // A copy whose what() alone is longer, as PersistError::at composes
+      // it: kind, path and errno stay (with_path() would drop the note).
+      PersistError noted = e;
+      static_cast<std::runtime_error&>(noted) = std::runtime_error(std::string(e.what()).append(kNote));
+      std::exception_ptr out = std::make_exception_ptr(std::move(noted));
+      poison_for(out);
+      return out;
+    } catch (...) {
+      // Kept as thrown (docs/RELIABILITY.md): failure() says it.
+      poison(exception_text(err).append(kNote));
+      return err;
+    }
+  } catch (...) {  // out of memory: the error as it was
+  }
+  poison_for(err);
+  return err;
 }
 
 // commit() is leaving by an exception (only std::bad_alloc can get here)

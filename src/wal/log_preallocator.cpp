@@ -1,6 +1,7 @@
 #include "wal/log_preallocator.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <string>
 
@@ -20,6 +21,10 @@ constexpr std::uint64_t kChunk = std::uint64_t{256} << 10;
 constexpr std::uint64_t kInlineStep = std::uint64_t{1} << 20;
 // Writes at least this large go past the zeros when they do not fit.
 constexpr std::uint64_t kPastZeros = std::uint64_t{256} << 10;
+// Once growth found no room (no_room), it is tried again when the frames
+// are this far past where it failed: on a disk that stays full, one failed
+// attempt per MiB of frames.
+constexpr std::uint64_t kRetryAfter = std::uint64_t{1} << 20;
 
 std::int64_t now_ns() noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -30,6 +35,17 @@ std::int64_t now_ns() noexcept {
 std::uint64_t lead(std::uint64_t end) noexcept { return std::clamp<std::uint64_t>(end, kMinLead, kMaxLead); }
 // `n` rounded up to a whole MiB.
 std::uint64_t whole_mib(std::uint64_t n) noexcept { return (n + kMiB - 1) / kMiB * kMiB; }
+
+// `e` is the file system's "no room" (a full disk, a quota used up).
+bool out_of_space(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const PersistError& p) {
+    return p.kind() == ErrorKind::Io && (p.sys_errno() == ENOSPC || p.sys_errno() == EDQUOT);
+  } catch (...) {
+    return false;
+  }
+}
 }  // namespace
 
 void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to) {
@@ -90,6 +106,13 @@ void LogPreallocator::run() {
       } catch (...) {
         lk.lock();
         writing_ = false;
+        if (out_of_space(std::current_exception())) {
+          // Space ahead is a speed-up, not a need: no room for it fails
+          // nothing (zeros this write did put past `at` stay, unclaimed).
+          no_room(at);
+          done_cv_.notify_all();
+          continue;
+        }
         fail("write", std::current_exception());
         return;
       }
@@ -116,6 +139,14 @@ void LogPreallocator::run() {
     synced_ = std::max(synced_, upto);
     ++stats_.thread_syncs;
   }
+}
+
+void LogPreallocator::no_room(std::uint64_t at) noexcept {
+  ready_.store(at, std::memory_order_release);
+  want_.store(at, std::memory_order_release);
+  synced_ = std::min(synced_, at);
+  retry_at_.store(at + kRetryAfter, std::memory_order_release);
+  ++stats_.no_room;
 }
 
 void LogPreallocator::fail(const char* op, const std::exception_ptr& cause) noexcept {
@@ -162,9 +193,11 @@ bool LogPreallocator::ensure_thread() noexcept {
 
 void LogPreallocator::advance(std::uint64_t end) noexcept {
   const std::uint64_t goal = end + lead(end);
-  if (goal <= want_.load(std::memory_order_acquire)) return;
+  if (goal <= want_.load(std::memory_order_acquire) || end < retry_at_.load(std::memory_order_acquire)) return;
   const std::lock_guard lk(mu_);
-  if (failed_.load(std::memory_order_relaxed) || !ensure_thread()) return;
+  if (failed_.load(std::memory_order_relaxed) || end < retry_at_.load(std::memory_order_relaxed) || !ensure_thread()) {
+    return;
+  }
   want_.store(whole_mib(goal), std::memory_order_release);
   work_cv_.notify_one();
 }
@@ -180,7 +213,10 @@ void LogPreallocator::reserve(std::uint64_t need, std::uint64_t bytes, WritableF
   const std::uint64_t from = ready_.load(std::memory_order_relaxed);
   if (need <= from) return;
   const bool past = bytes >= kPastZeros;
-  const std::uint64_t to = past ? need : need + kInlineStep;
+  // Until growth is tried again after it found no room: the write's own
+  // space only.
+  const bool step = !past && need >= retry_at_.load(std::memory_order_relaxed);
+  const std::uint64_t to = step ? need + kInlineStep : need;
   ready_.store(to, std::memory_order_release);
   want_.store(std::max(want_.load(std::memory_order_relaxed), to), std::memory_order_release);
   synced_ = std::max(synced_, to);  // the writer's own fdatasync covers it
@@ -191,7 +227,18 @@ void LogPreallocator::reserve(std::uint64_t need, std::uint64_t bytes, WritableF
   ++stats_.inline_steps;
   stats_.inline_bytes += to - from;
   lk.unlock();
-  grow(own, from, to);  // on failure the writer cuts the log: restart() resets
+  try {
+    grow(own, from, to);  // on failure the writer cuts the log: restart() resets
+  } catch (...) {
+    // No room for the step past the write: its own space will do. (Only
+    // when even that has no room, or on any other failure, does the write
+    // fail.)
+    if (to == need || !out_of_space(std::current_exception())) throw;
+    grow(own, from, need);
+    lk.lock();
+    done_cv_.wait(lk, [this] { return !writing_; });
+    no_room(need);  // never more than what was made: a mapping may reach up to ready()
+  }
 }
 
 void LogPreallocator::check() const {

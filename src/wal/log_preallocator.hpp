@@ -58,9 +58,23 @@ void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to);
 //    up to 64 MiB); the commit's fdatasync flushes them.
 // The thread then carries on after what the writer claimed.
 //
-// A failure of the thread (a write or a datasync) is kept: from then on
-// check(), reserve() and close() throw it (PersistError, kind Io with the
-// errno, naming the log and what failed), and the thread does nothing more.
+// No room (ENOSPC, EDQUOT) for the space ahead is not a failure: that space
+// only makes commits cheaper. A step of the thread's that finds no room is
+// dropped (zeros it did write past ready() stay in the file, unclaimed),
+// and so is a writer's 1 MiB inline step, whose write then makes only its
+// own space; either way no more is asked for until the frames are 1 MiB
+// past that point (no_room), when growth is tried again (on a disk that
+// stays full, one failed attempt per MiB of frames; once space was freed,
+// the lead again). Meanwhile each write that does not fit makes exactly its
+// own space. Only a write whose own space has no room fails (reserve()
+// throws). ready() never counts space that was not made: the writer maps
+// up to it.
+//
+// Any other failure of the thread (a write, or a datasync whatever its
+// errno: what an fdatasync that failed left on disk cannot be vouched for)
+// is kept: from then on check(), reserve() and close() throw it
+// (PersistError, kind Io with the errno, naming the log and what failed),
+// and the thread does nothing more.
 //
 // The writer's calls (reserve, advance, stop, restart, close) come from one
 // thread at a time (LogWriter is serialised by the engine); check(), the
@@ -81,13 +95,15 @@ class LogPreallocator {
 
   // Before a write of `bytes` that ends at `need`: make ready() at least
   // `need` (see the class comment). Throws the thread's failure, or `own`'s
-  // (then ready() may count zeros that were not written: the writer cuts the
-  // log, and restart() resets it).
+  // when the write's own space cannot be made (then ready() may count zeros
+  // that were not written: the writer cuts the log, and restart() resets
+  // it); no room for the step past it is not a failure.
   void reserve(std::uint64_t need, std::uint64_t bytes, WritableFile& own);
   // The frames will reach `end`: ask the thread for the next step when the
   // space left ahead of them is under the lead (starting the thread, and
-  // opening its handle, the first time). Never throws: where no thread can
-  // be had, the writer's reserve() calls grow the file, as without a thread.
+  // opening its handle, the first time), unless growth found no room
+  // less than 1 MiB of frames ago. Never throws: where no thread can be
+  // had, the writer's reserve() calls grow the file, as without a thread.
   void advance(std::uint64_t end) noexcept;
   // Throws the thread's failure, if it failed.
   void check() const;
@@ -131,6 +147,7 @@ class LogPreallocator {
     std::uint64_t inline_bytes = 0;  // their zeros
     std::uint64_t thread_bytes = 0;  // zeros the thread wrote
     std::uint64_t thread_syncs = 0;  // its datasyncs
+    std::uint64_t no_room = 0;       // steps dropped for want of room (ENOSPC, EDQUOT)
   };
   Stats stats() const;
   // True while the thread has zeros to write or to sync.
@@ -143,6 +160,10 @@ class LogPreallocator {
   bool has_work() const noexcept;                           // mu_ held
   std::chrono::steady_clock::duration until_quiet() const;  // 0 when the log is quiet
   bool ensure_thread() noexcept;                            // mu_ held
+  // Growth found no room at `at`, to which ready() is cut back (mu_ held,
+  // no chunk in flight): nothing more is asked for until the frames reach
+  // `at` + 1 MiB.
+  void no_room(std::uint64_t at) noexcept;
   void fail(const char* op, const std::exception_ptr& cause) noexcept;  // mu_ held
   [[noreturn]] void rethrow_locked() const;                 // mu_ held
 
@@ -155,6 +176,7 @@ class LogPreallocator {
   std::condition_variable done_cv_;  // wakes a writer waiting in reserve() for the chunk in flight
   std::atomic<std::uint64_t> ready_;
   std::atomic<std::uint64_t> want_;  // the size the thread is to reach (>= ready_)
+  std::atomic<std::uint64_t> retry_at_{0};  // no growth ahead until the frames reach this (no_room)
   std::uint64_t synced_;             // no zeros of the thread's left to sync below this
   bool writing_ = false;             // the thread is writing at ready_
   std::atomic<bool> sync_{true};

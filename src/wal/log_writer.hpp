@@ -23,7 +23,9 @@ namespace iqdb::persist::wal {
 // either way. Zero padding reads as the end of the log. The steps are written and made
 // durable ahead of the frames by a thread of the writer's own
 // (LogPreallocator, log_preallocator.hpp); a failure of that thread is
-// thrown by the next append(), write_staged(), datasync() or close(). Not
+// thrown by the next append(), write_staged(), datasync() or close() (a
+// full disk is none: the growth ahead stops, and a write fails only when
+// its own space cannot be made). Not
 // thread-safe (the engine serialises; datasync() may run beside one
 // append()). The local files' LogSink (local_storage.cpp).
 //
@@ -90,7 +92,8 @@ class LogWriter final : public detail::LogSink {
       : file_(std::move(f)), salt_(salt), end_(end), written_(end), grower_(fs, file_->path(), allocated) {}
   // Before a write of `bytes` that ends at `need`: make the space hold it
   // (LogPreallocator::reserve) and ask for more ahead; throws the growing
-  // thread's failure.
+  // thread's failure (not a full disk: that only stops the growth ahead),
+  // or the failure to make the write's own space.
   void extend(std::uint64_t need, std::uint64_t bytes);
   // Copies the frame into the mapped window, moving the window first when
   // the frame is not inside it; false when it cannot be mapped.

@@ -124,9 +124,15 @@ void FaultFs::arm(Fault fault) {
   armed_.push_back(Armed{std::move(fault), 0});
 }
 
+void FaultFs::limit_size(std::string path_contains, std::uint64_t bytes, int err) {
+  std::lock_guard<std::mutex> g(mu_);
+  limit_ = Limit{std::move(path_contains), bytes, err};
+}
+
 void FaultFs::disarm() {
   std::lock_guard<std::mutex> g(mu_);
   armed_.clear();
+  limit_.reset();
 }
 
 std::size_t FaultFs::fired() const {
@@ -172,6 +178,12 @@ FaultFs::Verdict FaultFs::record(FsOp op) {
         v.keep = std::min(a.fault.short_keep.value_or(len / 2), len);
       }
     }
+  }
+  if (!v.fail && limit_ && (op.kind == OpKind::Append || op.kind == OpKind::WriteAt) &&
+      op.path.string().find(limit_->path_contains) != std::string::npos && op.offset + op.length > limit_->bytes) {
+    v.fail = true;
+    v.err = limit_->err;
+    v.keep = static_cast<std::size_t>(op.offset < limit_->bytes ? limit_->bytes - op.offset : 0);
   }
   if (v.fail) ++fired_;
   op.injected = v.fail;

@@ -28,6 +28,10 @@
 //   - a short write (Append / WriteAt): a prefix of the bytes is written to
 //     the target, then the error is thrown (errno ENOSPC unless told otherwise).
 //
+// limit_size() gives files a disk of a fixed size instead: a write that
+// would end past it writes what fits, then fails (ENOSPC, or EDQUOT for a
+// quota), however many writes came before.
+//
 // Thread safety: all methods may be called from any thread; the log and the
 // armed faults are guarded by one mutex. A WritableFile returned by FaultFs
 // refers to it and must not outlive it.
@@ -133,7 +137,15 @@ class FaultFs : public FileSystemWrapper {
 
   // Arm a fault (several may be armed; each counts its own matches).
   void arm(Fault fault);
-  // Remove every armed fault.
+  // Room for `bytes` in each file whose path contains `path_contains`
+  // (each counted alone, from offset 0): an Append or WriteAt that would
+  // end past it writes the bytes that fit, then fails with `err`, recorded
+  // as injected (WritableFile::allocate_zeros writes through write_at
+  // here, so growth is limited too; truncate is not). An armed Fault that
+  // fails the same operation comes first. One limit at a time: another
+  // call replaces it; disarm() lifts it.
+  void limit_size(std::string path_contains, std::uint64_t bytes, int err = ENOSPC);
+  // Remove every armed fault, and the limit.
   void disarm();
   // How many operations have been failed by injection since construction or clear().
   std::size_t fired() const;
@@ -181,9 +193,15 @@ class FaultFs : public FileSystemWrapper {
     Fault fault;
     std::uint64_t seen = 0;
   };
+  struct Limit {
+    std::string path_contains;
+    std::uint64_t bytes = 0;
+    int err = ENOSPC;
+  };
   mutable std::mutex mu_;
   std::vector<FsOp> log_;
   std::vector<Armed> armed_;
+  std::optional<Limit> limit_;
   std::size_t fired_ = 0;
   std::function<void(const FsOp&)> hook_;
 };
