@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -253,7 +254,11 @@ void no_leak_at_any_allocation(const PersistConfig& cfg, const std::function<voi
       try {
         op();
       } catch (const std::bad_alloc&) {
-      } catch (const PersistError&) {  // a loader reports it as its own error
+      } catch (const PersistError& e) {
+        // A loader reports it as its own error: Io (ENOMEM), never damage
+        // of a file that is intact (InvalidPayload, before).
+        EXPECT_EQ(to_string(e.kind()), "io") << e.what();
+        EXPECT_EQ(e.sys_errno(), ENOMEM) << e.what();
       }
       fired = arm.fired();
     }

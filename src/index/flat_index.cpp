@@ -10,6 +10,7 @@
 #include <cstring>
 #include <future>
 #include <new>
+#include <system_error>
 
 #include "iqdb/persist/error.hpp"
 
@@ -560,12 +561,19 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
     r.fail("unknown id encoding " + std::to_string(id_encoding));
   }
 
-  // Build the id table on the other core while the vectors stream in.
-  auto table_job = std::async(std::launch::async, [&index, n] {
+  // Build the id table on the other core while the vectors stream in; on
+  // this thread after them when no thread can be had (a process at its
+  // limit).
+  const auto build_table = [&index, n] {
     auto table = std::make_unique<IdTable>(static_cast<std::size_t>(n));
     if (!table->insert_all(n, index.ids_)) return std::unique_ptr<IdTable>();
     return table;
-  });
+  };
+  std::future<std::unique_ptr<IdTable>> table_job;
+  try {
+    table_job = std::async(std::launch::async, build_table);
+  } catch (const std::system_error&) {
+  }
   try {
     // Each metadata record is at least 12 bytes (row u64 + entry count u32).
     const std::uint64_t with_meta = r.read_count(12, "metadata record");
@@ -582,10 +590,10 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
     if (version == kPayloadVersion) read_vector_padding(r);
     index.load_vectors(r, n * dim);
   } catch (...) {
-    table_job.wait();
+    if (table_job.valid()) table_job.wait();
     throw;
   }
-  index.table_ = table_job.get();
+  index.table_ = table_job.valid() ? table_job.get() : build_table();
   if (!index.table_) r.fail("duplicate vector id");
   return index;
 }

@@ -10,6 +10,7 @@
 
 #include "format/header.hpp"
 #include "iqdb/persist/checksum.hpp"
+#include "iqdb/persist/detail/resource_error.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 #include "iqdb/persist/snapshot.hpp"
@@ -370,6 +371,12 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
   } catch (const std::exception& e) {
     source.drain();
     if (source.crc() != h.payload_crc) throw checksum_error();
+    // Intact bytes. Out of memory, or no thread to be had, while decoding
+    // them is not damage (the load can succeed when memory or threads are
+    // free again): Io, never InvalidPayload.
+    if (const int err = detail::resource_errno(e); err != 0) {
+      throw detail::resource_error(path, "loading the snapshot", err);
+    }
     throw PersistError::at(ErrorKind::InvalidPayload, path, std::string("decoding the payload failed: ") + e.what());
   }
   return h;

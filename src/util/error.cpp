@@ -1,8 +1,12 @@
 #include "iqdb/persist/error.hpp"
 
+#include <cerrno>
 #include <cstring>
+#include <new>
 #include <system_error>
 #include <sstream>
+
+#include "iqdb/persist/detail/resource_error.hpp"
 
 namespace iqdb::persist {
 
@@ -142,6 +146,28 @@ std::string partial_batch_reason(const std::exception_ptr& e) noexcept {
   } catch (...) {
     return kOutOfMemory;
   }
+}
+
+int resource_errno(const std::exception& e) noexcept {
+  if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) return ENOMEM;
+  if (const auto* s = dynamic_cast<const std::system_error*>(&e)) {
+    const std::error_category& c = s->code().category();
+    if (c == std::generic_category() || c == std::system_category()) return s->code().value();
+  }
+  return 0;
+}
+
+PersistError resource_error(const std::filesystem::path& path, std::string_view doing, int err) {
+  std::string operation(doing);
+  operation += " (not damage: the process ran out of memory or threads)";
+  return PersistError::io(path, operation, err);
+}
+
+PersistError thread_error(const std::filesystem::path& path, std::string_view thread, const std::system_error& e) {
+  const int err = resource_errno(e);
+  std::string operation = "starting ";
+  operation += thread;
+  return PersistError::io(path, operation, err != 0 ? err : EAGAIN);
 }
 
 }  // namespace iqdb::persist::detail

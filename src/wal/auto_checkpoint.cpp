@@ -4,8 +4,10 @@
 // program calling checkpoint(). It checkpoints exactly as a caller would
 // (checkpoint.cpp): the crash guarantees are that function's.
 #include <exception>
+#include <system_error>
 
 #include "iqdb/persist/detail/exception_text.hpp"
+#include "iqdb/persist/detail/resource_error.hpp"
 #include "wal/engine_impl.hpp"
 
 namespace iqdb::persist::detail {
@@ -19,7 +21,7 @@ void WalEngine::Impl::start_checkpointer(std::uint64_t log_bytes, WriteSnapshot 
   auto_at_ = log_bytes;
   // A log loaded already past the bound is checkpointed at once.
   auto_due_ = writer_ && writer_->end() >= auto_at_;
-  checkpointer_ = std::thread([this] {
+  const auto run = [this] {
     std::unique_lock lk(mu_);
     for (;;) {
       auto_cv_.wait(lk, [this] { return auto_stop_ || auto_due_; });
@@ -47,7 +49,17 @@ void WalEngine::Impl::start_checkpointer(std::uint64_t log_bytes, WriteSnapshot 
         auto_failure_.reset();
       }
     }
-  });
+  };
+  // No thread to be had (a process at its limit) is an Io error (EAGAIN),
+  // and the engine checkpoints only when asked, as before the call.
+  try {
+    checkpointer_ = std::thread(run);
+  } catch (const std::system_error& e) {
+    auto_bytes_ = 0;
+    auto_write_ = nullptr;
+    auto_due_ = false;
+    throw thread_error(snapshot_path_, "the automatic checkpoint thread", e);
+  }
 }
 
 void WalEngine::Impl::note_log_full() {

@@ -3,7 +3,9 @@
 // (group_commit.cpp) with nobody waiting.
 #include <algorithm>
 #include <chrono>
+#include <system_error>
 
+#include "iqdb/persist/detail/resource_error.hpp"
 #include "wal/engine_impl.hpp"
 
 namespace iqdb::persist::detail {
@@ -37,7 +39,7 @@ void WalEngine::Impl::start_flusher() {
   // of now + years would overflow the clock and never wait).
   const auto period = std::clamp(policy_.interval() / 2, std::chrono::milliseconds(1),
                                  std::chrono::milliseconds(std::chrono::hours(24)));
-  flusher_ = std::thread([this, period] {
+  const auto run = [this, period] {
     std::unique_lock lk(mu_);
     while (!stop_) {
       flusher_cv_.wait_for(lk, period, [this] { return stop_; });
@@ -45,7 +47,14 @@ void WalEngine::Impl::start_flusher() {
       if (poisoned_ || syncing_ || writer_->end() <= synced_end_) continue;
       leader_sync(lk);
     }
-  });
+  };
+  // No thread to be had (a process at its limit) is an Io error (EAGAIN):
+  // the open_with or load starting it fails (open_with hands its index back).
+  try {
+    flusher_ = std::thread(run);
+  } catch (const std::system_error& e) {
+    throw thread_error(log_path_, "the log's periodic flusher thread", e);
+  }
 }
 
 void WalEngine::Impl::stop_flusher() {

@@ -9,6 +9,7 @@
 #include <future>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -102,7 +103,11 @@ class Window {
     ahead_pos_ = from;
     ahead_want_ = want;
     std::byte* dst = next_.data() + kGap;
-    ahead_ = std::async(std::launch::async, [this, from, dst, want] { return f_.read_at(from, {dst, want}); });
+    try {
+      ahead_ = std::async(std::launch::async, [this, from, dst, want] { return f_.read_at(from, {dst, want}); });
+    } catch (const std::system_error&) {
+      ahead_enabled_ = false;  // no thread to be had (a process at its limit): at() reads
+    }
   }
 
   void drop_ahead() noexcept {

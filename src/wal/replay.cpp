@@ -6,8 +6,10 @@
 // let the index reserve room before replay, and load without the WAL.
 #include <algorithm>
 #include <array>
+#include <exception>
 #include <string>
 
+#include "iqdb/persist/detail/resource_error.hpp"
 #include "iqdb/persist/error.hpp"
 #include "wal/engine_impl.hpp"
 #include "wal/log_format.hpp"
@@ -109,6 +111,13 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
     // Damage found in the log: name the object holding it (RADOS).
     if (!e.offset() || e.path() != file.path() || storage.locate(*e.offset()) == e.path()) throw;
     throw e.with_path(storage.locate(*e.offset()));
+  } catch (const std::exception& e) {
+    // Out of memory (the index growing as records apply, say), or no
+    // thread to be had: not damage, and not for the caller to catch as
+    // anything but a PersistError.
+    const int err = resource_errno(e);
+    if (err == 0) throw;
+    throw resource_error(log_path, "replaying the log", err);
   }
   storage.check_scan(scan);
   if (scan.version == 2 && scan.base_lsn > folded + 1) {

@@ -146,8 +146,9 @@ class PersistedIndex {
   // taken) until save(); the index covers LSN 0. With a WAL: takes the writer lock (Locked if held elsewhere), writes a
   // base snapshot of `index` and starts an empty log.
   //
-  // If it throws (a bad config, Locked, an I/O error), an index passed as an
-  // rvalue is handed back: it holds what it held before the call.
+  // If it throws (a bad config, Locked, an I/O error, Io with EAGAIN when
+  // the flusher or checkpointer thread cannot be started), an index passed
+  // as an rvalue is handed back: it holds what it held before the call.
   static PersistedIndex open_with(I&& index, PersistConfig config) {
     detail::validate_writer_config(config);
     auto s = std::make_unique<State>(std::move(index), std::move(config));
@@ -155,7 +156,9 @@ class PersistedIndex {
       State* st = s.get();
       try {
         s->engine = detail::WalEngine::create(s->config, [st](std::uint64_t lsn) { st->write_snapshot(lsn, true); });
+        start_auto_checkpoint(*s);
       } catch (...) {
+        s->engine.reset();  // (stopped: no thread of its own reads the index any more)
         index = std::move(s->index);
         throw;
       }
@@ -430,17 +433,22 @@ class PersistedIndex {
     std::unique_ptr<detail::WalEngine> engine;
   };
 
-  // Every PersistedIndex is made here: with a WAL and checkpoint_log_bytes,
-  // its engine checkpoints by itself from now on (State is not moved again:
-  // the callback's pointer stays valid until the engine stops).
-  explicit PersistedIndex(std::unique_ptr<State> s) : s_(std::move(s)) {
-    if (s_->engine && s_->config.checkpoint_log_bytes != 0) {
-      State* st = s_.get();
-      s_->engine->start_auto_checkpoint(s_->config.checkpoint_log_bytes, [st](std::uint64_t lsn) {
-        std::shared_lock lk(st->mu);
-        st->write_snapshot(lsn, true);
-      });
-    }
+  // Every PersistedIndex is made here, of a State that is complete (its
+  // threads started: the constructor throws nothing).
+  explicit PersistedIndex(std::unique_ptr<State> s) noexcept : s_(std::move(s)) {}
+
+  // With a WAL and checkpoint_log_bytes: s's engine checkpoints by itself
+  // from now on (State is not moved again: the callback's pointer stays
+  // valid until the engine stops). Called before the PersistedIndex is
+  // made, where a failure (Io, EAGAIN: no thread to be had) can still hand
+  // the index back.
+  static void start_auto_checkpoint(State& s) {
+    if (!s.engine || s.config.checkpoint_log_bytes == 0) return;
+    State* st = &s;
+    s.engine->start_auto_checkpoint(s.config.checkpoint_log_bytes, [st](std::uint64_t lsn) {
+      std::shared_lock lk(st->mu);
+      st->write_snapshot(lsn, true);
+    });
   }
 
   template <Persistable>
@@ -457,6 +465,7 @@ class PersistedIndex {
     auto engine = detail::WalEngine::open(config, load_snapshot, l.replay(), write_snapshot, l.reserve());
     auto s = std::make_unique<State>(std::move(*loaded), config);
     s->engine = std::move(engine);
+    start_auto_checkpoint(*s);
     return PersistedIndex(std::move(s));
   }
 

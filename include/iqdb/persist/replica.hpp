@@ -25,6 +25,7 @@
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -32,6 +33,7 @@
 #include "iqdb/persist/detail/log_follower.hpp"
 #include "iqdb/persist/detail/process_bound.hpp"
 #include "iqdb/persist/detail/read_scope.hpp"
+#include "iqdb/persist/detail/resource_error.hpp"
 #include "iqdb/persist/persisted_index.hpp"
 
 namespace iqdb::persist {
@@ -131,7 +133,8 @@ class ReadReplica {
   // Follow in the background: a catch-up every `interval` (the longest time
   // between two), and on RADOS also as soon as the writer notifies (see
   // FollowOptions), until stop_following(), promote() or destruction.
-  // Errors are kept in failure(). No effect while already following.
+  // Errors are kept in failure(). No effect while already following. Io
+  // (EAGAIN) when its thread cannot be started: the replica is as before.
   void start_following(std::chrono::milliseconds interval) {
     FollowOptions o;
     o.interval = interval;
@@ -330,7 +333,11 @@ class ReadReplica {
       std::lock_guard lk(bg_mu);
       if (thread.joinable()) return;
       stopping = false;
-      thread = std::thread([this, o] { follow(o); });
+      try {
+        thread = std::thread([this, o] { follow(o); });
+      } catch (const std::system_error& e) {
+        throw detail::thread_error(config.path, "the replica's background follower thread", e);
+      }
     }
 
     void stop() {

@@ -1,0 +1,405 @@
+// Running out of memory or threads is not damage, and it never costs the
+// caller what it passed in:
+//  - a load that cannot get memory or a thread while decoding a good
+//    snapshot, or while replaying its log, fails with Io (ENOMEM, EAGAIN)
+//    naming the file, never InvalidPayload or a std::bad_alloc, and the
+//    same load succeeds once the shortage is over;
+//  - where a thread would only speed a load up (FlatIndex's id table, the
+//    log's read-ahead), the load goes on without it;
+//  - open_with / load whose flusher or checkpointer thread cannot be
+//    started throw Io (EAGAIN), and open_with hands its index back;
+//    start_following likewise leaves the replica as it was.
+// The shortages are injected deterministically: an index type whose
+// load_from or insert throws std::bad_alloc or std::system_error (EAGAIN)
+// when armed, and this program's own pthread_create (below), which
+// refuses every thread, as a process at its pids limit sees, while
+// g_no_threads is set. Each index loaded is compared with a model of what
+// was written (test::Model).
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iqdb/persist.hpp>
+#include <new>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
+
+namespace {
+std::atomic<bool> g_no_threads{false};
+std::atomic<long> g_refused{0};
+}  // namespace
+
+// Every thread of this program is started here (std::thread and std::async
+// call it through libstdc++); while g_no_threads is set none is.
+extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
+                              void* arg) noexcept {
+  using Create = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+  if (g_no_threads.load()) {
+    g_refused.fetch_add(1);
+    return EAGAIN;
+  }
+  static const Create real = [] {
+    void* sym = ::dlsym(RTLD_NEXT, "pthread_create");
+    Create f = nullptr;
+    std::memcpy(&f, &sym, sizeof f);
+    return f;
+  }();
+  return real(thread, attr, start, arg);
+}
+
+namespace iqdb::persist {
+namespace {
+
+namespace fs = std::filesystem;
+using test::Entry;
+using test::Model;
+
+// No thread can be started while one lives.
+class NoThreads {
+ public:
+  NoThreads() {
+    g_refused.store(0);
+    g_no_threads.store(true);
+  }
+  ~NoThreads() { g_no_threads.store(false); }
+  NoThreads(const NoThreads&) = delete;
+  NoThreads& operator=(const NoThreads&) = delete;
+  // Threads refused so far.
+  long refused() const { return g_refused.load(); }
+};
+
+enum class Shortage { None, Memory, Thread };
+
+const char* name_of(Shortage s) { return s == Shortage::Memory ? "out of memory" : "no thread"; }
+int errno_of(Shortage s) { return s == Shortage::Memory ? ENOMEM : EAGAIN; }
+
+void fall_short(Shortage s) {
+  if (s == Shortage::Memory) throw std::bad_alloc();
+  if (s == Shortage::Thread) {
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again), "std::thread");
+  }
+}
+
+// A FlatIndex that runs short where a test says: at the start of
+// load_from (nothing of the payload read), at its end (all of it read),
+// or at the insert of one id (replay).
+struct ShortIndex : FlatIndex {
+  explicit ShortIndex(FlatIndex f) : FlatIndex(std::move(f)) {}
+  static ShortIndex load_from(PayloadReader& r) {
+    fall_short(at_load_start);
+    FlatIndex f = FlatIndex::load_from(r);
+    fall_short(at_load_end);
+    return ShortIndex(std::move(f));
+  }
+  void insert(const VectorId& id, std::span<const float> v, std::optional<Metadata> m = {}) {
+    if (insert_id != 0 && id == VectorId(insert_id)) fall_short(at_insert);
+    FlatIndex::insert(id, v, std::move(m));
+  }
+  static inline Shortage at_load_start = Shortage::None;
+  static inline Shortage at_load_end = Shortage::None;
+  static inline Shortage at_insert = Shortage::None;
+  static inline std::uint64_t insert_id = 0;
+  // Disarms all when destroyed.
+  struct Arm {
+    Arm() = default;
+    Arm(const Arm&) = delete;
+    Arm& operator=(const Arm&) = delete;
+    ~Arm() {
+      at_load_start = at_load_end = at_insert = Shortage::None;
+      insert_id = 0;
+    }
+  };
+};
+static_assert(Persistable<ShortIndex>);
+
+std::vector<float> vec_of(std::uint64_t i, std::size_t dim = 4) {
+  std::vector<float> v(dim);
+  for (std::size_t k = 0; k < dim; ++k) v[k] = static_cast<float>(i) + static_cast<float>(k) * 0.25f;
+  return v;
+}
+
+// Writes ids 1..n (every third with metadata) into `db` and the model.
+template <class Db>
+void fill(Db& db, Model& model, std::uint64_t from, std::uint64_t to, std::size_t dim = 4) {
+  for (std::uint64_t i = from; i <= to; ++i) {
+    std::optional<Metadata> meta;
+    if (i % 3 == 0) meta = Metadata{{"n", Value(static_cast<std::int64_t>(i))}};
+    db.insert(i, vec_of(i, dim), meta);
+    model[VectorId(i)] = Entry{vec_of(i, dim), meta};
+  }
+}
+
+// The PersistError f() throws; fails the test when it returns or throws
+// anything else.
+template <class F>
+PersistError error_from(F&& f) {
+  try {
+    f();
+  } catch (const PersistError& e) {
+    return e;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a PersistError: " << e.what();
+    return PersistError(ErrorKind::Unsupported, "(not a PersistError)");
+  }
+  ADD_FAILURE() << "did not throw";
+  return PersistError(ErrorKind::Unsupported, "(did not throw)");
+}
+
+// The seam itself: while NoThreads lives, std::thread and std::async throw
+// std::system_error (EAGAIN), as at a pids limit.
+TEST(ResourceErrors, ThreadsAreRefusedWhileNoThreadsLives) {
+  {
+    NoThreads none;
+    try {
+      std::thread t([] {});
+      t.join();
+      FAIL() << "a thread started: pthread_create is not this program's";
+    } catch (const std::system_error& e) {
+      EXPECT_EQ(e.code().value(), EAGAIN);
+    }
+    EXPECT_EQ(none.refused(), 1);
+  }
+  std::thread t([] {});
+  t.join();
+}
+
+// Out of memory, or no thread, while decoding a snapshot whose bytes are
+// intact: Io with ENOMEM / EAGAIN naming the file, never InvalidPayload
+// ("decoding the payload failed: std::bad_alloc" before the fix); with
+// nothing of the payload read yet and with all of it read. Once memory is
+// there again the same file loads.
+TEST(ResourceErrors, AShortageDecodingAGoodSnapshotIsNotDamage) {
+  test::TempDir dir;
+  const fs::path path = dir / "db.iqdb";
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), PersistConfig(path));
+    fill(db, model, 1, 100);
+    db.save();
+  }
+  for (const Shortage s : {Shortage::Memory, Shortage::Thread}) {
+    for (const bool at_start : {true, false}) {
+      for (const bool map : {false, true}) {
+        SCOPED_TRACE(std::string(name_of(s)) + (at_start ? ", before the payload" : ", after the payload") +
+                     (map ? ", mapped" : ""));
+        PersistConfig cfg(path);
+        cfg.map_snapshot = map;
+        const ShortIndex::Arm arm;
+        (at_start ? ShortIndex::at_load_start : ShortIndex::at_load_end) = s;
+        const PersistError e = error_from([&] { (void)PersistedIndex<ShortIndex>::load(cfg); });
+        EXPECT_EQ(to_string(e.kind()), "io") << e.what();
+        EXPECT_EQ(e.sys_errno(), errno_of(s)) << e.what();
+        EXPECT_EQ(e.path(), path);
+        EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("not damage"), std::string::npos) << e.what();
+      }
+    }
+  }
+  const auto db = PersistedIndex<ShortIndex>::load(PersistConfig(path));
+  EXPECT_EQ(test::diff(db.index(), model), "");
+}
+
+// A damaged payload is still reported as damage when the index runs out of
+// memory on it: the checksum takes precedence.
+TEST(ResourceErrors, DamageTakesPrecedenceOverAShortage) {
+  test::TempDir dir;
+  const fs::path path = dir / "db.iqdb";
+  {
+    Model model;
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), PersistConfig(path));
+    fill(db, model, 1, 100);
+    db.save();
+  }
+  std::vector<std::byte> bytes = test::read_file(path);
+  bytes[bytes.size() - 9] ^= std::byte{0x40};  // a vector component near the payload's end
+  test::write_file(path, bytes);
+  EXPECT_EQ(test::error_of([&] { (void)PersistedIndex<FlatIndex>::load(PersistConfig(path)); }),
+            ErrorKind::ChecksumMismatch);
+  for (const Shortage s : {Shortage::Memory, Shortage::Thread}) {
+    SCOPED_TRACE(name_of(s));
+    const ShortIndex::Arm arm;
+    ShortIndex::at_load_start = s;
+    const PersistError e = error_from([&] { (void)PersistedIndex<ShortIndex>::load(PersistConfig(path)); });
+    EXPECT_EQ(to_string(e.kind()), "checksum_mismatch") << e.what();
+  }
+}
+
+// Out of memory (the index growing) or no thread while the log is
+// replayed, with the WAL and without: Io naming the log, not a
+// std::bad_alloc escaping load(); nothing is changed, and the next load
+// recovers every record.
+TEST(ResourceErrors, AShortageReplayingTheLogIsATypedError) {
+  test::TempDir dir;
+  const fs::path path = dir / "db.iqdb";
+  const PersistConfig cfg = test::wal_config(path, FsyncPolicy::always());
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    fill(db, model, 1, 20);
+    db.checkpoint();
+    fill(db, model, 21, 40);  // in the log only
+    db.close();
+  }
+  fs::path log_path = path;
+  log_path += ".wal";
+  for (const Shortage s : {Shortage::Memory, Shortage::Thread}) {
+    for (const bool wal : {true, false}) {
+      SCOPED_TRACE(std::string(name_of(s)) + (wal ? ", with the WAL" : ", without"));
+      PersistConfig c = cfg;
+      c.wal_enabled = wal;
+      const ShortIndex::Arm arm;
+      ShortIndex::insert_id = 30;
+      ShortIndex::at_insert = s;
+      const PersistError e = error_from([&] { (void)PersistedIndex<ShortIndex>::load(c); });
+      EXPECT_EQ(to_string(e.kind()), "io") << e.what();
+      EXPECT_EQ(e.sys_errno(), errno_of(s)) << e.what();
+      EXPECT_EQ(e.path(), log_path);
+      EXPECT_NE(std::string(e.what()).find(log_path.string()), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("not damage"), std::string::npos) << e.what();
+    }
+  }
+  auto db = PersistedIndex<ShortIndex>::load(cfg);  // (the lock was let go)
+  EXPECT_EQ(test::diff(db.index(), model), "");
+  EXPECT_EQ(db.wal_stats().recovered_records, 20u);
+}
+
+// No thread to be had during a load: FlatIndex builds its id table on the
+// loading thread (std::async threw std::system_error, reported as
+// InvalidPayload, before the fix), and the log is replayed without its
+// read-ahead. With and without the WAL (under Never: no flusher).
+TEST(ResourceErrors, ALoadGoesOnWithoutThreads) {
+  test::TempDir dir;
+  constexpr std::size_t kDim = 256;  // a log of ~6 MB: more than one read-ahead window
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Cosine), cfg);
+    fill(db, model, 1, 500, kDim);
+    db.checkpoint();
+    fill(db, model, 501, 6500, kDim);
+    db.close();
+  }
+  for (const bool wal : {true, false}) {
+    SCOPED_TRACE(wal ? "with the WAL" : "without");
+    PersistConfig c = cfg;
+    c.wal_enabled = wal;
+    NoThreads none;
+    auto db = PersistedIndex<FlatIndex>::load(c);
+    EXPECT_GE(none.refused(), 2) << "the id table's thread and the log's read-ahead";
+    EXPECT_EQ(test::diff(db.index(), model), "");
+    EXPECT_EQ(db.wal_stats().recovered_records, 6000u);
+    // And the index works: its id table holds every id.
+    EXPECT_TRUE(db.index().contains(VectorId(1)));
+    EXPECT_TRUE(db.index().contains(VectorId(6500)));
+    EXPECT_THROW(db.insert(7, vec_of(7, kDim)), PersistError);  // a duplicate, found by the table
+  }
+}
+
+struct ThreadCase {
+  const char* name;
+  FsyncPolicy policy;
+  std::uint64_t checkpoint_log_bytes;
+  const char* thread;  // in what()
+};
+
+std::vector<ThreadCase> thread_cases() {
+  return {{"always, automatic checkpoints", FsyncPolicy::always(), 65536, "automatic checkpoint"},
+          {"periodic", FsyncPolicy::periodic(std::chrono::milliseconds(10)), 0, "flusher"},
+          {"periodic, automatic checkpoints", FsyncPolicy::periodic(std::chrono::milliseconds(10)), 65536,
+           "flusher"}};
+}
+
+// open_with whose flusher or checkpointer thread cannot be started: Io
+// (EAGAIN) naming the file, and the index passed in holds what it held
+// (under Always with checkpoint_log_bytes it was destroyed, and the error
+// was a std::system_error, before the fix). Once threads can be had, the
+// same index opens there (the lock was let go).
+TEST(ResourceErrors, OpenWithHandsTheIndexBackWhenNoThreadStarts) {
+  for (const ThreadCase& t : thread_cases()) {
+    SCOPED_TRACE(t.name);
+    test::TempDir dir;
+    PersistConfig cfg = test::wal_config(dir / "db.iqdb", t.policy);
+    cfg.checkpoint_log_bytes = t.checkpoint_log_bytes;
+    FlatIndex ix(4, DistanceMetric::Euclidean);
+    Model model;
+    fill(ix, model, 1, 100);
+    {
+      NoThreads none;
+      const PersistError e = error_from([&] { (void)PersistedIndex<FlatIndex>::open_with(std::move(ix), cfg); });
+      EXPECT_EQ(to_string(e.kind()), "io") << e.what();
+      EXPECT_EQ(e.sys_errno(), EAGAIN) << e.what();
+      EXPECT_NE(std::string(e.what()).find(t.thread), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(cfg.path.string()), std::string::npos) << e.what();
+      EXPECT_GE(none.refused(), 1);
+    }
+    EXPECT_EQ(ix.size(), 100u);
+    EXPECT_EQ(test::diff(ix, model), "");
+    auto db = PersistedIndex<FlatIndex>::open_with(std::move(ix), cfg);
+    fill(db, model, 101, 110);
+    db.close();
+    const auto again = PersistedIndex<FlatIndex>::load(cfg);
+    EXPECT_EQ(test::diff(again.index(), model), "");
+  }
+}
+
+// load (with the WAL) whose flusher or checkpointer thread cannot be
+// started: Io (EAGAIN), not a std::system_error; the files are as they
+// were, and the next load has every record.
+TEST(ResourceErrors, ALoadWhoseThreadCannotStartIsATypedError) {
+  for (const ThreadCase& t : thread_cases()) {
+    SCOPED_TRACE(t.name);
+    test::TempDir dir;
+    PersistConfig cfg = test::wal_config(dir / "db.iqdb", t.policy);
+    cfg.checkpoint_log_bytes = t.checkpoint_log_bytes;
+    Model model;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+      fill(db, model, 1, 50);
+      db.close();
+    }
+    {
+      NoThreads none;
+      const PersistError e = error_from([&] { (void)PersistedIndex<FlatIndex>::load(cfg); });
+      EXPECT_EQ(to_string(e.kind()), "io") << e.what();
+      EXPECT_EQ(e.sys_errno(), EAGAIN) << e.what();
+      EXPECT_NE(std::string(e.what()).find(t.thread), std::string::npos) << e.what();
+    }
+    const auto db = PersistedIndex<FlatIndex>::load(cfg);
+    EXPECT_EQ(test::diff(db.index(), model), "");
+  }
+}
+
+// start_following without a thread: Io (EAGAIN); the replica still
+// catches up when asked, and follows once a thread can be had.
+TEST(ResourceErrors, StartFollowingWithoutAThreadIsATypedError) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Model model;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  fill(db, model, 1, 10);
+  auto replica = ReadReplica<FlatIndex>::open(cfg);
+  {
+    NoThreads none;
+    const PersistError e = error_from([&] { replica.start_following(std::chrono::milliseconds(5)); });
+    EXPECT_EQ(to_string(e.kind()), "io") << e.what();
+    EXPECT_EQ(e.sys_errno(), EAGAIN) << e.what();
+    EXPECT_NE(std::string(e.what()).find("follower"), std::string::npos) << e.what();
+  }
+  fill(db, model, 11, 20);
+  EXPECT_EQ(replica.catch_up(), 10u);
+  replica.read([&](const FlatIndex& ix) { EXPECT_EQ(test::diff(ix, model), ""); });
+  replica.start_following(std::chrono::milliseconds(5));
+  replica.stop_following();
+}
+
+}  // namespace
+}  // namespace iqdb::persist
