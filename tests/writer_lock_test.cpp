@@ -90,6 +90,38 @@ TEST(WriterLock, SaveWithoutWalIsLockedOutWhileAWalWriterRunsAfterACheckpoint) {
   EXPECT_EQ(diff(again.index(), model), "");
 }
 
+// The lock file removed under a live writer (or its directory moved and
+// another made at the old path): a second writer locks a new file at the
+// path and writes. The first one's checkpoint, which writes by path, would
+// replace the second's snapshot and log, and with them its acknowledged
+// inserts. It checks that its lock file is still the one at the path:
+// Fenced, for good, and the second writer's index stays whole.
+TEST(WriterLock, AWriterWhoseLockFileWasReplacedIsFencedAtItsCheckpoint) {
+  for (const bool move_directory : {false, true}) {
+    TempDir dir;
+    const fs::path home = dir / "home";
+    fs::create_directories(home);
+    const fs::path path = home / "x.iqdb";
+    Model first_model;
+    auto first = wal_writer(wal_config(path, FsyncPolicy::always()), first_model, /*checkpoint=*/true);
+    if (move_directory) {
+      fs::rename(home, dir / "moved");
+      fs::create_directories(home);
+    } else {
+      fs::remove(fs::path(path.string() + ".lock"));
+    }
+    Model second_model;
+    auto second = wal_writer(wal_config(path, FsyncPolicy::always()), second_model, /*checkpoint=*/false);
+    for (std::uint64_t i = 100; i < 110; ++i) put(second, second_model, i);
+
+    EXPECT_EQ(error_of([&] { first.checkpoint(); }), ErrorKind::Fenced) << move_directory;
+    EXPECT_EQ(error_of([&] { first.insert(900, vec_of(900)); }), ErrorKind::Fenced) << move_directory;
+    second.close();
+    EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(wal_config(path, FsyncPolicy::always())).index(), second_model), "")
+        << move_directory;
+  }
+}
+
 TEST(WriterLock, SaveWithoutWalIsLockedOutWhileAWalWriterRunsWithoutACheckpoint) {
   TempDir dir;
   const fs::path path = dir / "x.iqdb";

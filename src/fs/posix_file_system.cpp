@@ -243,17 +243,32 @@ class LockDescriptors {
 // static's guard, held by a thread that is not in the child.
 [[maybe_unused]] LockDescriptors& g_lock_descriptors_at_load = LockDescriptors::instance();
 
+// Whether the open file `fd` is the file at `p` now (same device and inode).
+bool is_file_at(int fd, const fs::path& p) {
+  struct stat open_file {};
+  struct stat at_path {};
+  if (::fstat(fd, &open_file) != 0 || ::stat(p.c_str(), &at_path) != 0) return false;
+  return open_file.st_dev == at_path.st_dev && open_file.st_ino == at_path.st_ino;
+}
+
 class PosixFileLock final : public FileLock {
  public:
-  explicit PosixFileLock(int fd) : fd_(fd) {}
+  PosixFileLock(int fd, fs::path path) : fd_(fd), path_(std::move(path)) {}
   ~PosixFileLock() override {
     // In a child of fork(), fd was closed at the fork (and its number may
     // be another file's by now).
     if (!born_.inherited()) LockDescriptors::instance().close(fd_);  // closing releases the flock
   }
+  void check() const override {
+    if (born_.inherited() || is_file_at(fd_, path_)) return;
+    throw PersistError::at(ErrorKind::Fenced, path_,
+                           "the lock file at this path is no longer the one this writer locked (removed, replaced, "
+                           "or its directory moved): another writer may hold the lock here now; reopen the index");
+  }
 
  private:
   int fd_;
+  fs::path path_;
   detail::ProcessBound born_;
 };
 
@@ -352,20 +367,28 @@ class PosixFileSystem final : public FileSystem {
   std::unique_ptr<FileLock> lock(const fs::path& p) override {
     LockDescriptors& held = LockDescriptors::instance();
     const std::unique_lock hold = held.hold_for_one_more();
-    FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644); }));
-    if (fd.get() < 0) throw PersistError::io(p, "open lock file", errno);
-    // flock locks belong to the open file description: a second open of the
-    // same file in this process conflicts too, as it should.
-    if (retry([&] { return ::flock(fd.get(), LOCK_EX | LOCK_NB); }) != 0) {
-      const int e = errno;
-      if (e == EWOULDBLOCK)
-        throw PersistError::at(ErrorKind::Locked, p, "another writer holds the lock");
-      throw PersistError::io(p, "flock", e);
+    for (int attempt = 1;; ++attempt) {
+      FdGuard fd(retry([&] { return ::open(p.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644); }));
+      if (fd.get() < 0) throw PersistError::io(p, "open lock file", errno);
+      // flock locks belong to the open file description: a second open of the
+      // same file in this process conflicts too, as it should.
+      if (retry([&] { return ::flock(fd.get(), LOCK_EX | LOCK_NB); }) != 0) {
+        const int e = errno;
+        if (e == EWOULDBLOCK) throw PersistError::at(ErrorKind::Locked, p, "another writer holds the lock");
+        throw PersistError::io(p, "flock", e);
+      }
+      // The file locked must still be the one at the path: removed or
+      // replaced between the open and the flock, the next writer would lock
+      // another file at the same path.
+      if (!is_file_at(fd.get(), p)) {
+        if (attempt < 8) continue;
+        throw PersistError::at(ErrorKind::Locked, p, "the lock file keeps being replaced while it is locked");
+      }
+      // (A failure to allocate the lock object closes fd: the flock goes with it.)
+      auto lock = std::make_unique<PosixFileLock>(fd.get(), p);
+      held.record(fd.release());
+      return lock;
     }
-    // (A failure to allocate the lock object closes fd: the flock goes with it.)
-    auto lock = std::make_unique<PosixFileLock>(fd.get());
-    held.record(fd.release());
-    return lock;
   }
 
   std::uint64_t random_u64() override {

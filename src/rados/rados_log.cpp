@@ -642,10 +642,20 @@ LogPrefix read_log_prefix(RadosSnapshotStore& store, const std::string& name, st
   out.layout.name = name;
   out.layout.generation = generation;
   std::uint64_t k = 0;
+  bool continued = false;  // the last object taken says the next one exists
   for (; k < kMaxLogObjects; ++k) {
     const std::optional<ObjectState> st = stat_object(store, log_object(name, generation, k));
-    if (!st) break;
+    if (!st) {
+      // As a load reads it: a missing object that the one before promises
+      // is damage (TruncatedPayload), not the log's end.
+      if (continued && out.stopped.empty()) {
+        out.stopped = "log object " + std::to_string(k - 1) + " says it continues at object " + std::to_string(k) +
+                      ", which is missing";
+      }
+      break;
+    }
     if (!take_object(*st, k, out)) break;
+    continued = st->attrs.count(kLogMoreAttr) != 0;
   }
   // Objects after the prefix: a rejected one, and any past a missing one.
   int missing = 0;
@@ -666,10 +676,23 @@ LogPrefix read_log_prefix(RadosSnapshotStore& store, const std::string& name, st
 
 void cut_log(RadosSnapshotStore& store, const RadosWriterLock& lock, const LogPrefix& prefix, std::uint64_t end) {
   const LogLayout& layout = prefix.layout;
-  if (layout.objects.empty() || end > layout.size()) {
+  if (end > layout.size()) {
     throw PersistError::argument("cut_log: offset " + std::to_string(end) + " is past the log's consistent prefix");
   }
   const std::shared_ptr<Fence> fence = fence_of(lock);
+  if (layout.objects.empty()) {
+    // Not even the first object is consistent: every object goes (the last
+    // first), and the seal leaves an empty object 0 of this epoch, which is
+    // no log.
+    for (auto it = prefix.beyond.rbegin(); it != prefix.beyond.rend(); ++it) {
+      const std::string oid = log_object(layout.name, layout.generation, *it);
+      fence->check(object_path(store, oid));
+      if (*it > 0) clear_more(store, log_object(layout.name, layout.generation, *it - 1));
+      remove_object(store, oid);
+    }
+    seal_log(store, layout.name, layout.generation, fence->epoch);
+    return;
+  }
   // The object holding `end`: the last one starting at or before it.
   std::uint64_t j = 0;
   for (std::uint64_t i = 0; i < layout.objects.size(); ++i) {

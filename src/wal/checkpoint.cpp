@@ -13,6 +13,15 @@ void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
   // go on).
   std::unique_lock lk = lock_drained();
   throw_if_unusable();
+  // The checkpoint writes by path: a writer whose lock file was removed or
+  // replaced (its directory moved, say) would write over the files of a
+  // writer that locked the path since. Fenced, for good.
+  try {
+    if (lock_) lock_->check();
+  } catch (const PersistError& err) {
+    poison(err.what(), err.kind());
+    throw;
+  }
   const std::uint64_t last = next_lsn_ - 1;
   // 1. The snapshot, durably, with the last LSN it holds. A crash from here
   //    until step 2 completes leaves the old log beside it, whose records are

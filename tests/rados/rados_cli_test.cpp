@@ -89,6 +89,9 @@ class RawPool {
     return rados_stat(io_, obj.c_str(), &size, &mtime) == 0 ? size : 0;
   }
   bool truncate(const std::string& obj, std::uint64_t size) { return rados_trunc(io_, obj.c_str(), size) == 0; }
+  bool set_attr(const std::string& obj, const char* name, const std::string& value) {
+    return rados_setxattr(io_, obj.c_str(), name, value.data(), value.size()) == 0;
+  }
   // The head's iqdb.next attribute (16 hex digits): the generation the next save takes.
   std::uint64_t next_generation(const std::string& name) {
     char buf[32] = {};
@@ -722,6 +725,63 @@ TEST_F(RadosCliRepair, WalRepairCutsATruncatedLogObject) {
   EXPECT_NE(r.out.find("damaged objects: log object " + std::to_string(last)), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("after " + std::to_string(kept) + " records"), std::string::npos) << r.out;
   expect_repaired(log, kept);
+}
+
+// Damage in the log objects' attributes, where `wal repair` and the loads
+// used to disagree: the repair said "nothing to repair" (exit 0) or "the
+// published snapshot has no log" (exit 2) of a log that every load refused.
+// (1) The last object says the log continues (iqdb.more) at an object that
+// is missing: the load fails naming it (TruncatedPayload), the repair finds
+// it damaged and keeps every record.
+TEST_F(RadosCliRepair, WalRepairFindsAContinuationThatIsMissing) {
+  const LoggedRows log = write_log(100);
+  const std::size_t last = log.object_sizes.size() - 1;
+  RawPool pool(*env_);
+  ASSERT_TRUE(pool.set_attr(log_obj(log.generation, last), "iqdb.more", "0000000000000001"));
+  expect_load_fails(ErrorKind::TruncatedPayload, log_obj(log.generation, last + 1));
+  auto r = run_cli({"wal", "repair", url_});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.out.find("says it continues at object " + std::to_string(last + 1) + ", which is missing"),
+            std::string::npos)
+      << r.out;
+  r = run_cli({"wal", "repair", url_, "--yes"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  expect_repaired(log, 100);
+}
+
+// (2) Object 0's attributes malformed (its size, or its start): nothing of
+// the log is consistent, the load fails naming object 0 (InvalidHeader);
+// the repair says so (exit 1), and with --yes removes every object: the
+// snapshot loads alone (the records in the log are lost, as the dry run
+// said), and a writer goes on. (3) Object 0's size attribute shorter than
+// the log's header: the same.
+TEST_F(RadosCliRepair, WalRepairRemovesALogWhoseFirstObjectIsDamaged) {
+  for (const std::string attr : {"iqdb.size", "iqdb.start", "short"}) {
+    const LoggedRows log = write_log(60);
+    const std::string first = log_obj(log.generation, 0);
+    RawPool pool(*env_);
+    if (attr == "short") {
+      ASSERT_TRUE(pool.set_attr(first, "iqdb.size", "0000000000000010"));  // 16 bytes: inside the header
+    } else {
+      ASSERT_TRUE(pool.set_attr(first, attr.c_str(), "not a number"));
+    }
+    EXPECT_ANY_THROW((void)PersistedIndex<FlatIndex>::load(config(false))) << attr;
+    auto r = run_cli({"wal", "repair", url_});
+    EXPECT_EQ(r.code, 1) << attr << ": " << r.out << r.err;
+    EXPECT_NE(r.out.find("dry run: nothing changed"), std::string::npos) << attr << ": " << r.out;
+    r = run_cli({"wal", "repair", url_, "--yes"});
+    ASSERT_EQ(r.code, 0) << attr << ": " << r.out << r.err;
+    EXPECT_NE(r.out.find("repaired: the log now ends at offset 0"), std::string::npos) << attr << ": " << r.out;
+    // What is left: empty objects of the repair's seal (object 0, and
+    // object 1 after a cut object 0), no bytes of the old log.
+    for (std::size_t k = 0; k < log.object_sizes.size(); ++k) {
+      if (!pool.exists(log_obj(log.generation, k))) continue;
+      EXPECT_LE(k, 1u) << attr;
+      EXPECT_EQ(pool.size(log_obj(log.generation, k)), 0u) << attr << ": object " << k;
+    }
+    expect_repaired(log, 0);
+    store_->remove(store_->path_of(name_));  // the next round starts from nothing
+  }
 }
 
 // The demo's tour against the pool: three snapshots NAME-demo-{none,zstd,lz4}

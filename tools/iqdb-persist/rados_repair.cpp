@@ -29,28 +29,39 @@ struct Look {
   }
 };
 
+// A log whose first object is damaged (its attributes) has no consistent
+// bytes, but is no less a damaged log (the repair removes its objects); one
+// with no bytes and nothing damaged is no log.
 Look look_at(const Location& where) {
   RadosSnapshotStore& store = where.rados_store();
   const auto head = store.head(where.rados_name());
   if (!head) throw PersistError::at(ErrorKind::Io, where.path(), "no snapshot is published: there is no log");
   Look look;
   look.prefix = rados_detail::read_log_prefix(store, where.rados_name(), head->generation);
-  if (!look.prefix.layout.has_bytes()) {
-    throw PersistError::at(ErrorKind::Io, wal::log_path_for(where.path()),
-                           "the published snapshot has no log" +
-                               (look.prefix.stopped.empty() ? std::string() : " (" + look.prefix.stopped + ")"));
-  }
+  if (!look.prefix.layout.has_bytes()) return look;
   const std::unique_ptr<ReadableFile> log = rados_detail::open_log_file(store, look.prefix.layout);
   TeeState unused;
   OpenFileSystem view(where.fs(), *log, nullptr, unused);
-  look.scan = wal::scan_log(view, log->path(), {}, wal::ScanMode::Report);
+  try {
+    look.scan = wal::scan_log(view, log->path(), {}, wal::ScanMode::Report);
+  } catch (const PersistError& e) {
+    // The consistent bytes end inside the log's header (an object's size
+    // attribute cut them short): nothing of the log is usable, and the
+    // repair removes it all.
+    if (e.kind() != ErrorKind::TruncatedHeader || look.prefix.stopped.empty()) throw;
+    look.scan = {};
+  }
   return look;
 }
 
 void describe_objects(std::ostream& out, const Look& look) {
   const LogPrefix& p = look.prefix;
-  out << "log objects: " << p.layout.name << ".log." << p.layout.generation << ".0 to ."
-      << p.layout.objects.size() - 1 << " hold " << p.layout.size() << " consistent bytes\n";
+  if (p.layout.objects.empty()) {
+    out << "log objects: none of " << p.layout.name << ".log." << p.layout.generation << ".* is consistent\n";
+  } else {
+    out << "log objects: " << p.layout.name << ".log." << p.layout.generation << ".0 to ."
+        << p.layout.objects.size() - 1 << " hold " << p.layout.size() << " consistent bytes\n";
+  }
   if (!p.stopped.empty()) out << "damaged objects: " << p.stopped << '\n';
   if (!p.beyond.empty()) {
     out << "to remove: " << p.beyond.size() << " log objects after them (from ." << p.beyond.front() << ")\n";
@@ -63,6 +74,9 @@ int repair_rados_log(const Location& where, bool yes, const Console& console) {
   std::unique_ptr<RadosWriterLock> lock;
   if (yes) lock = RadosWriterLock::acquire(where.rados_store(), where.rados_name());
   const Look look = look_at(where);
+  if (!look.prefix.layout.has_bytes() && !look.damaged()) {
+    throw PersistError::at(ErrorKind::Io, wal::log_path_for(where.path()), "the published snapshot has no log");
+  }
   if (!look.damaged()) {
     console.out << "nothing to repair: " << look.scan.records << " records, " << look.scan.valid_bytes
                 << " valid bytes, no damaged bytes or objects\n";

@@ -122,6 +122,12 @@ class ReadableFile {
 class FileLock {
  public:
   virtual ~FileLock() = default;
+  // Throws PersistError(Fenced) when the lock no longer guards what it was
+  // taken for: the POSIX file system's when the file at its path is not the
+  // file it locked (removed, replaced, or its directory moved: another
+  // writer may lock the path now). A WAL checkpoint checks it before it
+  // writes by path. Default: nothing to check.
+  virtual void check() const {}
 };
 
 class FileSystem {
