@@ -14,10 +14,12 @@
 #include <cstring>
 #include <map>
 #include <random>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "iqdb/persist/detail/process_bound.hpp"
+#include "iqdb/persist/detail/resource_error.hpp"
 #include "iqdb/persist/error.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados/head_record.hpp"
@@ -341,7 +343,11 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
   // the fence, our address, the lock), also when these fail (out of
   // memory, no thread to be had).
   attach_fence(store, raw->name, raw->fence);
-  raw->renewer = std::thread([raw] { raw->renew_loop(); });
+  try {
+    raw->renewer = std::thread([raw] { raw->renew_loop(); });
+  } catch (const std::system_error& e) {
+    throw detail::thread_error(raw->where, "the writer lock's renewal thread", e);  // (the destructor releases)
+  }
   return lock;
 }
 
