@@ -172,6 +172,24 @@ TEST(ResourceErrors, ThreadsAreRefusedWhileNoThreadsLives) {
   t.join();
 }
 
+// A snapshot of 100 vectors at `path`, saved without the WAL; `model`
+// receives them.
+void save_hundred(const fs::path& path, Model& model) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), PersistConfig(path));
+  fill(db, model, 1, 100);
+  db.save();
+}
+
+// `e` reports shortage `s` of `file`: Io with its errno, naming the file
+// and saying it is not damage.
+void expect_not_damage(const PersistError& e, Shortage s, const fs::path& file) {
+  EXPECT_EQ(to_string(e.kind()), "io") << e.what();
+  EXPECT_EQ(e.sys_errno(), errno_of(s)) << e.what();
+  EXPECT_EQ(e.path(), file);
+  EXPECT_NE(std::string(e.what()).find(file.string()), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("not damage"), std::string::npos) << e.what();
+}
+
 // Out of memory, or no thread, while decoding a snapshot whose bytes are
 // intact: Io with ENOMEM / EAGAIN naming the file, never InvalidPayload
 // ("decoding the payload failed: std::bad_alloc" before the fix); with
@@ -181,11 +199,7 @@ TEST(ResourceErrors, AShortageDecodingAGoodSnapshotIsNotDamage) {
   test::TempDir dir;
   const fs::path path = dir / "db.iqdb";
   Model model;
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), PersistConfig(path));
-    fill(db, model, 1, 100);
-    db.save();
-  }
+  save_hundred(path, model);
   for (const Shortage s : {Shortage::Memory, Shortage::Thread}) {
     for (const bool at_start : {true, false}) {
       for (const bool map : {false, true}) {
@@ -195,12 +209,7 @@ TEST(ResourceErrors, AShortageDecodingAGoodSnapshotIsNotDamage) {
         cfg.map_snapshot = map;
         const ShortIndex::Arm arm;
         (at_start ? ShortIndex::at_load_start : ShortIndex::at_load_end) = s;
-        const PersistError e = error_from([&] { (void)PersistedIndex<ShortIndex>::load(cfg); });
-        EXPECT_EQ(to_string(e.kind()), "io") << e.what();
-        EXPECT_EQ(e.sys_errno(), errno_of(s)) << e.what();
-        EXPECT_EQ(e.path(), path);
-        EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
-        EXPECT_NE(std::string(e.what()).find("not damage"), std::string::npos) << e.what();
+        expect_not_damage(error_from([&] { (void)PersistedIndex<ShortIndex>::load(cfg); }), s, path);
       }
     }
   }
@@ -213,12 +222,8 @@ TEST(ResourceErrors, AShortageDecodingAGoodSnapshotIsNotDamage) {
 TEST(ResourceErrors, DamageTakesPrecedenceOverAShortage) {
   test::TempDir dir;
   const fs::path path = dir / "db.iqdb";
-  {
-    Model model;
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), PersistConfig(path));
-    fill(db, model, 1, 100);
-    db.save();
-  }
+  Model model;
+  save_hundred(path, model);
   std::vector<std::byte> bytes = test::read_file(path);
   bytes[bytes.size() - 9] ^= std::byte{0x40};  // a vector component near the payload's end
   test::write_file(path, bytes);
@@ -259,12 +264,7 @@ TEST(ResourceErrors, AShortageReplayingTheLogIsATypedError) {
       const ShortIndex::Arm arm;
       ShortIndex::insert_id = 30;
       ShortIndex::at_insert = s;
-      const PersistError e = error_from([&] { (void)PersistedIndex<ShortIndex>::load(c); });
-      EXPECT_EQ(to_string(e.kind()), "io") << e.what();
-      EXPECT_EQ(e.sys_errno(), errno_of(s)) << e.what();
-      EXPECT_EQ(e.path(), log_path);
-      EXPECT_NE(std::string(e.what()).find(log_path.string()), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("not damage"), std::string::npos) << e.what();
+      expect_not_damage(error_from([&] { (void)PersistedIndex<ShortIndex>::load(c); }), s, log_path);
     }
   }
   auto db = PersistedIndex<ShortIndex>::load(cfg);  // (the lock was let go)

@@ -680,44 +680,37 @@ void cut_log(RadosSnapshotStore& store, const RadosWriterLock& lock, const LogPr
     throw PersistError::argument("cut_log: offset " + std::to_string(end) + " is past the log's consistent prefix");
   }
   const std::shared_ptr<Fence> fence = fence_of(lock);
-  if (layout.objects.empty()) {
-    // Not even the first object is consistent: every object goes (the last
-    // first), and the seal leaves an empty object 0 of this epoch, which is
-    // no log.
-    for (auto it = prefix.beyond.rbegin(); it != prefix.beyond.rend(); ++it) {
-      const std::string oid = log_object(layout.name, layout.generation, *it);
-      fence->check(object_path(store, oid));
-      if (*it > 0) clear_more(store, log_object(layout.name, layout.generation, *it - 1));
-      remove_object(store, oid);
-    }
-    seal_log(store, layout.name, layout.generation, fence->epoch);
-    return;
-  }
-  // The object holding `end`: the last one starting at or before it.
-  std::uint64_t j = 0;
+  // The object holding `end`: the last one starting at or before it. None
+  // when not even the first object is consistent: then every object goes,
+  // and the seal leaves an empty object 0 of this epoch, which is no log.
+  std::optional<std::uint64_t> j;
   for (std::uint64_t i = 0; i < layout.objects.size(); ++i) {
     if (layout.objects[i].start <= end) j = i;
   }
   std::vector<std::uint64_t> doomed;
-  for (std::uint64_t i = j + 1; i < layout.objects.size(); ++i) doomed.push_back(i);
+  if (j) {
+    for (std::uint64_t i = *j + 1; i < layout.objects.size(); ++i) doomed.push_back(i);
+  }
   doomed.insert(doomed.end(), prefix.beyond.begin(), prefix.beyond.end());
   for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
     const std::string oid = log_object(layout.name, layout.generation, *it);
     fence->check(object_path(store, oid));
-    clear_more(store, log_object(layout.name, layout.generation, *it - 1));
+    if (*it > 0) clear_more(store, log_object(layout.name, layout.generation, *it - 1));
     remove_object(store, oid);
   }
-  const std::string oid = log_object(layout.name, layout.generation, j);
-  const fs::path where = object_path(store, oid);
-  fence->check(where);
-  clear_more(store, oid);
-  WriteOp op;
-  rados_write_op_assert_exists(op.op);
-  rados_write_op_truncate(op.op, end - layout.objects[j].start);
-  set_xattr(op, kLogSizeAttr, encode_generation(end - layout.objects[j].start));
-  set_xattr(op, kLogEpochAttr, encode_generation(fence->epoch));
-  const int r = rados_write_op_operate(op.op, io_of(store), oid.c_str(), nullptr, 0);
-  if (r < 0) throw_rados(where, "cutting the log", r);
+  if (j) {
+    const std::string oid = log_object(layout.name, layout.generation, *j);
+    const fs::path where = object_path(store, oid);
+    fence->check(where);
+    clear_more(store, oid);
+    WriteOp op;
+    rados_write_op_assert_exists(op.op);
+    rados_write_op_truncate(op.op, end - layout.objects[*j].start);
+    set_xattr(op, kLogSizeAttr, encode_generation(end - layout.objects[*j].start));
+    set_xattr(op, kLogEpochAttr, encode_generation(fence->epoch));
+    const int r = rados_write_op_operate(op.op, io_of(store), oid.c_str(), nullptr, 0);
+    if (r < 0) throw_rados(where, "cutting the log", r);
+  }
   seal_log(store, layout.name, layout.generation, fence->epoch);
 }
 

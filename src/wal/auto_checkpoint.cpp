@@ -16,11 +16,6 @@ void WalEngine::Impl::start_checkpointer(std::uint64_t log_bytes, WriteSnapshot 
   if (log_bytes == 0) return;
   std::lock_guard guard(mu_);
   if (checkpointer_.joinable() || closed_) return;
-  auto_bytes_ = log_bytes;
-  auto_write_ = std::move(write_snapshot);
-  auto_at_ = log_bytes;
-  // A log loaded already past the bound is checkpointed at once.
-  auto_due_ = writer_ && writer_->end() >= auto_at_;
   const auto run = [this] {
     std::unique_lock lk(mu_);
     for (;;) {
@@ -55,11 +50,14 @@ void WalEngine::Impl::start_checkpointer(std::uint64_t log_bytes, WriteSnapshot 
   try {
     checkpointer_ = std::thread(run);
   } catch (const std::system_error& e) {
-    auto_bytes_ = 0;
-    auto_write_ = nullptr;
-    auto_due_ = false;
     throw thread_error(snapshot_path_, "the automatic checkpoint thread", e);
   }
+  // Set once the thread exists (it reads them under mu_, held here).
+  auto_bytes_ = log_bytes;
+  auto_write_ = std::move(write_snapshot);
+  auto_at_ = log_bytes;
+  // A log loaded already past the bound is checkpointed at once.
+  auto_due_ = writer_ && writer_->end() >= auto_at_;
 }
 
 void WalEngine::Impl::note_log_full() {

@@ -241,10 +241,10 @@ class WalEngine::Impl {
   // program's may throw anything) with a fixed message.
   void poison_for(const std::exception_ptr& err) noexcept;
   // The records of a failed write or sync, `err`, could not be cut off the
-  // log: they may reappear on recovery. Poisons the index saying so, and
-  // returns the error to report: a PersistError with the same kind, path
-  // and errno, what() saying so too; anything else as thrown (only
-  // failure() then says so).
+  // log: they may reappear on recovery. Returns the error to report (and to
+  // poison_for): a PersistError with the same kind, path and errno, what()
+  // saying so too; anything else as thrown, after poisoning the index with
+  // the note itself (only failure() then says so).
   std::exception_ptr poison_uncut(const std::exception_ptr& err) noexcept;
   void abandon(Entry& e) noexcept;
   void throw_if_unusable() const;

@@ -328,7 +328,7 @@ void WalEngine::Impl::sync_failed(const std::exception_ptr& err) noexcept {
       report = poison_uncut(err);
     }
   }
-  poison_for(report);  // (poisoned already when the cut failed)
+  poison_for(report);
   fail_queue(report);
 }
 
@@ -497,9 +497,7 @@ std::exception_ptr WalEngine::Impl::poison_uncut(const std::exception_ptr& err) 
       // it: kind, path and errno stay (with_path() would drop the note).
       PersistError noted = e;
       static_cast<std::runtime_error&>(noted) = std::runtime_error(std::string(e.what()).append(kNote));
-      std::exception_ptr out = std::make_exception_ptr(std::move(noted));
-      poison_for(out);
-      return out;
+      return std::make_exception_ptr(std::move(noted));
     } catch (...) {
       // Kept as thrown (docs/RELIABILITY.md): failure() says it.
       poison(exception_text(err).append(kNote));
@@ -507,7 +505,6 @@ std::exception_ptr WalEngine::Impl::poison_uncut(const std::exception_ptr& err) 
     }
   } catch (...) {  // out of memory: the error as it was
   }
-  poison_for(err);
   return err;
 }
 

@@ -408,10 +408,7 @@ int copy(const CopyOptions& opts, const Console& console) {
   const std::shared_ptr<IndexStorage> source = src.storage();
   for (int attempt = 1;; ++attempt) {
     const std::uint64_t before = source->published_version();
-    const auto again = [&](const PersistError& e) {
-      return attempt < detail::kLoadAttempts && e.kind() == ErrorKind::TruncatedPayload &&
-             source->published_version() != before;
-    };
+    const auto again = [&](const PersistError& e) { return detail::load_again(*source, before, e, attempt); };
     if (const std::optional<int> status = copy_once(src, dst, opts, console, again)) return *status;
     console.err << "the source published newer generations while it was read: copying again from the newest\n";
   }

@@ -219,10 +219,15 @@ std::shared_ptr<IndexStorage> make_local_storage(FileSystem& fs, const std::file
 // done again when it failed because what it read was removed under it: a
 // TruncatedPayload while a snapshot was published (the storage's
 // published_version changed). At most kLoadAttempts in all (the CLI's copy
-// counts its own the same way): a writer that publishes faster than a load
+// goes by the same rule, load_again): a writer that publishes faster than a load
 // reads keeps it failing. A failure while nothing was published (damage)
 // is not retried.
 inline constexpr int kLoadAttempts = 5;
+// The rule: attempt `n`, begun when storage.published_version() was
+// `before`, failed with `e`; whether another is due.
+inline bool load_again(IndexStorage& storage, std::uint64_t before, const PersistError& e, int n) {
+  return n < kLoadAttempts && e.kind() == ErrorKind::TruncatedPayload && storage.published_version() != before;
+}
 template <class F>
 auto load_again_if_removed(IndexStorage& storage, F&& attempt) -> decltype(attempt()) {
   for (int n = 1;; ++n) {
@@ -230,8 +235,7 @@ auto load_again_if_removed(IndexStorage& storage, F&& attempt) -> decltype(attem
     try {
       return attempt();
     } catch (const PersistError& e) {
-      if (n >= kLoadAttempts || e.kind() != ErrorKind::TruncatedPayload) throw;
-      if (storage.published_version() == before) throw;
+      if (!load_again(storage, before, e, n)) throw;
     }
   }
 }
