@@ -868,7 +868,17 @@ TEST_F(RadosWal, TimeoutPoisonsAndReopenResolves) {
 // librados threads that are not in the child); dropping them neither waits
 // nor releases the parent's lock. A client of its own works. The parent
 // keeps the lock and loses nothing.
+//
+// Not under AddressSanitizer: GCC 12's runtime takes no allocator lock
+// around fork(), so a child whose parent had a librados thread inside
+// malloc at the fork waits for ever in its first allocation of that size
+// (seen: the child's own client's dispatch thread blocked in
+// SizeClassAllocator64::GetFromAllocator, once in 14 runs). The normal
+// build runs it.
 TEST_F(RadosWal, AForkedChildNeverUsesTheParentsClient) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "GCC 12's AddressSanitizer runtime is not fork-safe in a process with librados threads";
+#endif
   const PersistConfig cfg = config_for(name_);
   Model m;
   auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
@@ -880,34 +890,56 @@ TEST_F(RadosWal, AForkedChildNeverUsesTheParentsClient) {
     const auto e = error_of(f);
     return e && e->kind() == ErrorKind::Forked;
   };
+  // The child writes the number of each check before it makes it, so a
+  // hang names the check it hung in.
+  int steps[2];
+  ASSERT_EQ(::pipe(steps), 0);
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
+    ::close(steps[0]);
     ::alarm(60);  // a hang fails the test (SIGALRM)
     int code = 0;
     int n = 0;
+    const auto next = [&] {
+      const unsigned char b = static_cast<unsigned char>(++n);
+      (void)!::write(steps[1], &b, 1);
+    };
     const auto check = [&](bool ok) {
-      ++n;
       if (!ok && code == 0) code = n;
     };
     try {
+      next();
       check(equals(db.index(), m));
+      next();
       check(forked([&] { db.insert(std::uint64_t{100}, vector_of(100)); }));
+      next();
       check(forked([&] { db.sync(); }));
+      next();
       check(forked([&] { db.checkpoint(); }));
+      next();
       check(forked([&] { PersistedIndex<FlatIndex>::load(read_only(cfg)); }));
+      next();
       check(db.failure().has_value());
+      next();
       { auto gone = std::move(db); }  // neither waits nor unlocks
       // A client of the child's own.
+      next();
       check(equals(PersistedIndex<FlatIndex>::load(read_only(config_for(name_))).index(), m));
     } catch (...) {
       code = 90;
     }
     ::_exit(code);
   }
+  ::close(steps[1]);
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child was ended by signal " << WTERMSIG(status) << " (14: it hung)";
+  int reached = 0;
+  unsigned char b = 0;
+  while (::read(steps[0], &b, 1) == 1) reached = b;
+  ::close(steps[0]);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child was ended by signal " << WTERMSIG(status)
+                                 << " (14: it hung) in its check " << reached << " (1-based, of 8)";
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the number of the child's first failed check";
 
   // The lock is still the parent's: another writer is refused, the parent writes.
