@@ -7,13 +7,16 @@
 // --child-writer), each with its own RADOS client, standing in for another
 // machine. What loads is checked against an independent model: which
 // vectors each writer was told to publish, and which publishes succeeded.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <pthread.h>
 #include <rados/librados.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -33,6 +36,29 @@
 #include "iqdb/persist/rados.hpp"
 #include "rados_test_util.hpp"
 
+namespace {
+std::atomic<bool> g_no_threads{false};
+std::atomic<long> g_refused{0};
+}  // namespace
+
+// Every thread of this program is started here (std::thread calls it
+// through libstdc++); while g_no_threads is set none is, as a process at
+// its limit of threads sees.
+extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
+                              void* arg) noexcept {
+  using Create = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+  if (g_no_threads.load()) {
+    g_refused.fetch_add(1);
+    return EAGAIN;
+  }
+  static const Create real = [] {
+    void* sym = ::dlsym(RTLD_NEXT, "pthread_create");
+    Create f = nullptr;
+    std::memcpy(&f, &sym, sizeof f);
+    return f;
+  }();
+  return real(thread, attr, start, arg);
+}
 
 namespace iqdb::persist {
 namespace {
@@ -318,6 +344,34 @@ TEST_F(RadosWriterLockTest, ASaveWithoutTheLockWaitsForNoWriter) {
   EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
   EXPECT_NE(std::string(e->what()).find("(7 bytes, not shown)"), std::string::npos) << e->what();
   EXPECT_EQ(std::string(e->what()).find('\n'), std::string::npos) << e->what();
+}
+
+// A renewal thread that cannot be started (this program's pthread_create
+// refuses every thread meanwhile) fails the acquire with Io (EAGAIN), not an
+// untyped std::system_error, and gives back everything it took: the next
+// writer gets the lock at once (not after the 30 s lease) and fences
+// nobody, and a save without the lock publishes (no writer recorded).
+TEST_F(RadosWriterLockTest, ARenewalThreadThatCannotStartIsIoAndGivesTheLockBack) {
+  g_refused = 0;
+  g_no_threads = true;
+  std::optional<PersistError> e;
+  try {
+    e = error_of([&] { (void)RadosWriterLock::acquire(*a_, name_, lease(30)); });
+  } catch (...) {
+    g_no_threads = false;
+    throw;
+  }
+  g_no_threads = false;
+  ASSERT_TRUE(e) << "acquired without a renewal thread";
+  EXPECT_EQ(e->kind(), ErrorKind::Io) << e->what();
+  EXPECT_NE(std::string(e->what()).find("renewal thread"), std::string::npos) << e->what();
+  EXPECT_EQ(g_refused.load(), 1);
+  auto next = RadosWriterLock::acquire(*b_, name_, lease(5));
+  EXPECT_EQ(next->epoch(), 2u);
+  EXPECT_TRUE(next->fenced_writer().empty()) << next->fenced_writer();
+  next->release();
+  save_to_rados(*b_, name_, build(make_model(50)));
+  expect_equal(load_from_rados<FlatIndex>(*a_, name_), make_model(50));
 }
 
 // A head without iqdb.epoch (made before heads were created with epoch 0):
