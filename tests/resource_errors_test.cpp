@@ -11,13 +11,11 @@
 //    start_following likewise leaves the replica as it was.
 // The shortages are injected deterministically: an index type whose
 // load_from or insert throws std::bad_alloc or std::system_error (EAGAIN)
-// when armed, and this program's own pthread_create (below), which
-// refuses every thread, as a process at its pids limit sees, while
-// g_no_threads is set. Each index loaded is compared with a model of what
-// was written (test::Model).
-#include <dlfcn.h>
+// when armed, and this program's own pthread_create
+// (support/no_threads.hpp), which refuses every thread, as a process at its
+// pids limit sees, while a NoThreads lives. Each index loaded is compared
+// with a model of what was written (test::Model).
 #include <gtest/gtest.h>
-#include <pthread.h>
 
 #include <atomic>
 #include <cerrno>
@@ -30,31 +28,9 @@
 #include <thread>
 #include <vector>
 
+#include "support/no_threads.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
-
-namespace {
-std::atomic<bool> g_no_threads{false};
-std::atomic<long> g_refused{0};
-}  // namespace
-
-// Every thread of this program is started here (std::thread and std::async
-// call it through libstdc++); while g_no_threads is set none is.
-extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
-                              void* arg) noexcept {
-  using Create = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
-  if (g_no_threads.load()) {
-    g_refused.fetch_add(1);
-    return EAGAIN;
-  }
-  static const Create real = [] {
-    void* sym = ::dlsym(RTLD_NEXT, "pthread_create");
-    Create f = nullptr;
-    std::memcpy(&f, &sym, sizeof f);
-    return f;
-  }();
-  return real(thread, attr, start, arg);
-}
 
 namespace iqdb::persist {
 namespace {
@@ -63,19 +39,7 @@ namespace fs = std::filesystem;
 using test::Entry;
 using test::Model;
 
-// No thread can be started while one lives.
-class NoThreads {
- public:
-  NoThreads() {
-    g_refused.store(0);
-    g_no_threads.store(true);
-  }
-  ~NoThreads() { g_no_threads.store(false); }
-  NoThreads(const NoThreads&) = delete;
-  NoThreads& operator=(const NoThreads&) = delete;
-  // Threads refused so far.
-  long refused() const { return g_refused.load(); }
-};
+using test::NoThreads;
 
 enum class Shortage { None, Memory, Thread };
 

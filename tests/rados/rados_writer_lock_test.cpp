@@ -7,16 +7,13 @@
 // --child-writer), each with its own RADOS client, standing in for another
 // machine. What loads is checked against an independent model: which
 // vectors each writer was told to publish, and which publishes succeeded.
-#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <pthread.h>
 #include <rados/librados.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -35,30 +32,7 @@
 #include "iqdb/persist.hpp"
 #include "iqdb/persist/rados.hpp"
 #include "rados_test_util.hpp"
-
-namespace {
-std::atomic<bool> g_no_threads{false};
-std::atomic<long> g_refused{0};
-}  // namespace
-
-// Every thread of this program is started here (std::thread calls it
-// through libstdc++); while g_no_threads is set none is, as a process at
-// its limit of threads sees.
-extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*),
-                              void* arg) noexcept {
-  using Create = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
-  if (g_no_threads.load()) {
-    g_refused.fetch_add(1);
-    return EAGAIN;
-  }
-  static const Create real = [] {
-    void* sym = ::dlsym(RTLD_NEXT, "pthread_create");
-    Create f = nullptr;
-    std::memcpy(&f, &sym, sizeof f);
-    return f;
-  }();
-  return real(thread, attr, start, arg);
-}
+#include "support/no_threads.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -352,20 +326,17 @@ TEST_F(RadosWriterLockTest, ASaveWithoutTheLockWaitsForNoWriter) {
 // writer gets the lock at once (not after the 30 s lease) and fences
 // nobody, and a save without the lock publishes (no writer recorded).
 TEST_F(RadosWriterLockTest, ARenewalThreadThatCannotStartIsIoAndGivesTheLockBack) {
-  g_refused = 0;
-  g_no_threads = true;
   std::optional<PersistError> e;
-  try {
+  long refused = 0;
+  {
+    test::NoThreads none;
     e = error_of([&] { (void)RadosWriterLock::acquire(*a_, name_, lease(30)); });
-  } catch (...) {
-    g_no_threads = false;
-    throw;
+    refused = none.refused();
   }
-  g_no_threads = false;
   ASSERT_TRUE(e) << "acquired without a renewal thread";
   EXPECT_EQ(e->kind(), ErrorKind::Io) << e->what();
   EXPECT_NE(std::string(e->what()).find("renewal thread"), std::string::npos) << e->what();
-  EXPECT_EQ(g_refused.load(), 1);
+  EXPECT_EQ(refused, 1);
   auto next = RadosWriterLock::acquire(*b_, name_, lease(5));
   EXPECT_EQ(next->epoch(), 2u);
   EXPECT_TRUE(next->fenced_writer().empty()) << next->fenced_writer();
