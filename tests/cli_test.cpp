@@ -11,6 +11,7 @@ TEST(Cli, NotBuilt) { GTEST_SKIP() << "built without the iqdb-persist tool (IQDB
 
 #include <rapidcheck/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -408,6 +409,57 @@ TEST(CliVerify, IntactFilesOfEveryVersionPass) {
     EXPECT_EQ(r.out.rfind("OK: " + path + " ", 0), 0u) << r.out;
     EXPECT_EQ(r.err, "") << "no progress indicator when stderr is not a terminal";
   }
+}
+
+// Output that cannot all be written (a full disk, /dev/full) is a failure:
+// exit 2 and a message, never 0 with a cut-off report, whichever command
+// printed it; a command that failed already keeps its own code. Before,
+// every command exited 0. (A stream whose buffer of 16 bytes takes the
+// first `room` bytes and then refuses, as a nearly full disk does.)
+TEST(CliExitCodes, OutputThatCannotBeWrittenExitsTwo) {
+  struct Full : std::streambuf {
+    explicit Full(std::size_t bytes) : room(bytes) { setp(buf, buf + sizeof buf); }
+    int_type overflow(int_type c) override {
+      if (sync() != 0) return traits_type::eof();
+      if (!traits_type::eq_int_type(c, traits_type::eof())) sputc(traits_type::to_char_type(c));
+      return traits_type::not_eof(c);
+    }
+    int sync() override {
+      const auto n = static_cast<std::size_t>(pptr() - pbase());
+      if (n > room) return -1;
+      room -= n;
+      setp(buf, buf + sizeof buf);
+      return 0;
+    }
+    char buf[16];
+    std::size_t room;
+  };
+  TempDir dir;
+  const std::vector<Fixture> fixtures = all_fixtures(dir);
+  const auto v3 = std::find_if(fixtures.begin(), fixtures.end(), [](const Fixture& f) { return f.name == "v3-none"; });
+  ASSERT_NE(v3, fixtures.end());
+  Fixture fixture = *v3;
+  const std::string path = write_fixture(dir, fixture).string();
+  const std::vector<std::vector<std::string>> commands = {
+      {"--version"}, {"--help"}, {"inspect", path}, {"inspect", path, "--json"}, {"verify", path}};
+  for (const auto& args : commands) {
+    for (const std::size_t room : {std::size_t{0}, std::size_t{20}}) {
+      SCOPED_TRACE(args.front() + " " + args.back() + ", room for " + std::to_string(room) + " bytes");
+      Full buf(room);
+      std::ostream out(&buf);
+      std::ostringstream err;
+      EXPECT_EQ(cli::run(args, out, err), 2);
+      EXPECT_NE(err.str().find("error: io: the output could not be written"), std::string::npos) << err.str();
+    }
+  }
+  // A failure already reported keeps its code (1: a damaged file).
+  fixture.bytes[fixture.bytes.size() - 10] ^= std::byte{0x40};
+  fixture.name = "v3-flipped";
+  const std::string damaged = write_fixture(dir, fixture).string();
+  Full buf(0);
+  std::ostream out(&buf);
+  std::ostringstream err;
+  EXPECT_EQ(cli::run({"verify", damaged}, out, err), 1) << err.str();
 }
 
 // ---------------------------------------------------------------- help, version
@@ -1001,6 +1053,66 @@ TEST(CliCopy, KilledCopyLeavesOldOrNew) {
   const auto full = time_copy(src.path, dir / "timed.iqdb");
   expect_killed_copies_leave_old_or_new(dir, src.path, dir / "dst.iqdb", all_fixtures(dir).at(5).bytes, new_bytes,
                                         full);
+}
+
+// A folded copy whose snapshot cannot be written (a full disk: here the
+// file-size limit of the process running the tool, which fails the write
+// that flushes the snapshot's last buffer) leaves DST as it was, its log
+// included, as the message says. Before, the destination's log (holding
+// nothing past its snapshot) was removed once the index was serialised,
+// before the snapshot's bytes had all been written.
+TEST(CliCopy, AFoldedCopyThatCannotBeWrittenLeavesTheDestinationsLog) {
+  TempDir dir;
+  PersistConfig src(dir / "src.iqdb");
+  src.wal_enabled = true;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(3, DistanceMetric::Euclidean), src);
+    for (std::uint64_t id = 1; id <= 400; ++id) db.insert(id, std::vector<float>{static_cast<float>(id), 2, 3});  // logged
+    db.close();
+  }
+  PersistConfig dst(dir / "dst.iqdb");
+  dst.wal_enabled = true;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(3, DistanceMetric::Euclidean), dst);
+    db.insert(9, std::vector<float>{9, 9, 9});
+    db.checkpoint();  // the log holds nothing past the snapshot
+    db.close();
+  }
+  const fs::path dst_log = wal::log_path_for(dst.path);
+  ASSERT_TRUE(fs::exists(dst_log));
+  const std::vector<std::byte> dst_snapshot = test::read_file(dst.path);
+  const std::vector<std::byte> dst_log_bytes = test::read_file(dst_log);
+
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(pipe_fds[0]);
+    ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG instead
+    const rlimit limit{6000, 6000};  // past the snapshot's header, short of its 400 rows
+    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(90);
+    std::ostringstream out, err;
+    const int code = cli::run({"copy", "--force", src.path.string(), dst.path.string()}, out, err);
+    const std::string text = err.str();
+    (void)!::write(pipe_fds[1], text.data(), text.size());
+    ::_exit(code);
+  }
+  ::close(pipe_fds[1]);
+  std::string err;
+  char buf[512];
+  for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0;) err.append(buf, static_cast<std::size_t>(n));
+  ::close(pipe_fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 2) << err;
+  EXPECT_NE(err.find("nothing was copied"), std::string::npos) << err;
+  EXPECT_TRUE(fs::exists(dst_log)) << "the destination's log was removed by a copy that failed";
+  EXPECT_TRUE(test::read_file(dst.path) == dst_snapshot);
+  if (fs::exists(dst_log)) {
+    EXPECT_TRUE(test::read_file(dst_log) == dst_log_bytes);
+  }
 }
 
 // The same for a copy that folds a log: the tool SIGKILLed at random

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <iqdb/persist.hpp>
 #include <map>
 #include <optional>
@@ -477,6 +478,50 @@ TEST_P(WalMidLogCorruption, IsReportedAtTheFrameAndRepairKeepsThePrefix) {
   first[VectorId(1)] = w.model.at(VectorId(1));
   EXPECT_EQ(diff(db.index(), first), "");
   EXPECT_EQ(db.last_lsn(), 1u);
+}
+
+// `wal repair` finds the writer's lock by the log's name (X.wal: X.lock);
+// a log reached by another name (a hard link) would escape it. The log
+// file's own lock, held shared by the writer, refuses such a repair, which
+// before cut a live writer's log (a tail of garbage after its records)
+// while the writer went on. Once the writer closed, the repair by that
+// name goes ahead, and nothing acknowledged is lost.
+TEST(WalRepair, ALiveWritersLogIsNotRepairedUnderAnotherName) {
+  test::TempDir dir;
+  const PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  Model model;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  for (std::uint64_t id = 1; id <= 5; ++id) {
+    const std::vector<float> v{static_cast<float>(id), 0.5f, -1.0f, 2.0f};
+    db.insert(id, v);
+    model[VectorId(id)] = Entry{v, std::nullopt};
+  }
+  const fs::path other = dir / "other.wal";
+  fs::create_hard_link(log_of(cfg), other);
+  {
+    // Garbage past the records: a torn tail to the repair.
+    std::vector<std::byte> log = test::read_file(log_of(cfg));
+    const std::size_t at =
+        static_cast<std::size_t>(wal::scan_log(default_file_system(), other, {}, wal::ScanMode::Report).valid_bytes) +
+        4096;
+    ASSERT_LT(at + 8, log.size());
+    for (std::size_t i = 0; i < 8; ++i) log[at + i] = std::byte{0xa5};
+    std::ofstream(other, std::ios::binary | std::ios::in | std::ios::out)
+        .seekp(static_cast<std::streamoff>(at))
+        .write(reinterpret_cast<const char*>(log.data() + at), 8);
+  }
+  const std::vector<std::byte> before = test::read_file(log_of(cfg));
+  const auto e = error_of([&] { (void)wal::repair_log(default_file_system(), other); });
+  EXPECT_EQ(e, std::optional<ErrorKind>(ErrorKind::Locked)) << "a live writer's log was repaired through a hard link";
+  EXPECT_TRUE(test::read_file(log_of(cfg)) == before) << "the log changed";
+  for (std::uint64_t id = 6; id <= 7; ++id) {
+    const std::vector<float> v{static_cast<float>(id), 1.5f, 1.0f, -2.0f};
+    db.insert(id, v);
+    model[VectorId(id)] = Entry{v, std::nullopt};
+  }
+  db.close();
+  (void)wal::repair_log(default_file_system(), other);  // the writer is gone: allowed
+  EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(cfg).index(), model), "");
 }
 
 // The length field, the CRC, the LSN, the record count, the op byte, the

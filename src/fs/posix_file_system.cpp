@@ -115,6 +115,11 @@ class PosixWritableFile final : public WritableFile {
   void drop_cached(std::uint64_t offset, std::uint64_t len) noexcept override {
     (void)::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
   }
+  bool try_lock(bool exclusive) override {
+    if (retry([&] { return ::flock(fd_, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB); }) == 0) return true;
+    if (errno == EWOULDBLOCK) return false;
+    throw PersistError::io(path_, "flock", errno);
+  }
   void close() override {
     const int fd = fd_;
     fd_ = -1;

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "iqdb/persist/checksum.hpp"
+#include "iqdb/persist/error.hpp"
 #include "util/coding.hpp"
 #include "util/first_error.hpp"
 #include "wal/log_format.hpp"
@@ -23,6 +24,17 @@ constexpr std::size_t kMapMaxFrame = std::size_t{16} << 10;
 // datasync() drops synced pages from the page cache once this many have
 // gathered (one system call per 64 KiB of log at most).
 constexpr std::uint64_t kDropStep = std::uint64_t{64} << 10;
+// The log open for appending, with its shared lock taken: held while the
+// writer lives, so that `wal repair` (which takes it exclusively) refuses a
+// log a writer has open, by whatever name it is asked to repair it.
+std::unique_ptr<WritableFile> open_held(FileSystem& fs, const std::filesystem::path& path) {
+  std::unique_ptr<WritableFile> f = fs.open_append(path);
+  if (!f->try_lock(/*exclusive=*/false)) {
+    throw PersistError::at(ErrorKind::Locked, path,
+                           "another process is repairing this log (it holds the log file's lock)");
+  }
+  return f;
+}
 }  // namespace
 
 std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
@@ -32,12 +44,12 @@ std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesyst
     f.append(header);
     write_zeros(f, header.size(), kLogFirstStep);
   });
-  return std::unique_ptr<LogWriter>(new LogWriter(fs, fs.open_append(path), salt, header.size(), kLogFirstStep));
+  return std::unique_ptr<LogWriter>(new LogWriter(fs, open_held(fs, path), salt, header.size(), kLogFirstStep));
 }
 
 std::unique_ptr<LogWriter> LogWriter::open(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
                                            std::uint64_t end, std::uint64_t file_size) {
-  return std::unique_ptr<LogWriter>(new LogWriter(fs, fs.open_append(path), salt, end, std::max(end, file_size)));
+  return std::unique_ptr<LogWriter>(new LogWriter(fs, open_held(fs, path), salt, end, std::max(end, file_size)));
 }
 
 void LogWriter::extend(std::uint64_t need, std::uint64_t bytes) {

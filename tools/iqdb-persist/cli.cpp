@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <exception>
 #include <iostream>
 #include <sstream>
@@ -77,9 +79,21 @@ int run_parsed(const Action& action, const Console& console) {
   }
 }
 
-}  // namespace
+// A command's output that could not all be written (a full disk, a closed
+// pipe, /dev/full) is a failure: nothing downstream may take a cut-off
+// report or JSON document for the whole. Exit 2 (Io), unless the command
+// failed already.
+int flushed(int status, std::ostream& out, std::ostream& err) {
+  errno = 0;
+  out.flush();
+  if (out) return status;
+  const int e = errno;
+  err << "error: io: the output could not be written" << (e != 0 ? std::string(": ") + std::strerror(e) : "")
+      << "; what was written is incomplete\n";
+  return status == kExitOk ? kExitUsage : status;
+}
 
-int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+int run_unflushed(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   try {
     CLI::App app{"Inspect, verify and demonstrate iQDB snapshot files.", "iqdb-persist"};
     app.set_version_flag("--version", version_text(),
@@ -119,6 +133,12 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     err << "error: " << e.what() << "\n";
     return kExitFailed;
   }
+}
+
+}  // namespace
+
+int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  return flushed(run_unflushed(args, out, err), out, err);
 }
 
 }  // namespace iqdb::persist::cli

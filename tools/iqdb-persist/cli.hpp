@@ -15,6 +15,8 @@ inline constexpr int kExitUsage = 2;    // bad command line, or a file that cann
 // Run the tool. `args` are the command-line arguments without the program
 // name, e.g. {"inspect", "vectors.iqdb", "--json"}. Normal output goes to
 // `out`, diagnostics to `err`; returns the process exit code. Never throws.
+// Output that could not all be written to `out` (flushed at the end) makes
+// the exit code 2 (kExitUsage) when it would have been 0.
 //
 // A progress indicator is drawn only when `err` is std::cerr and standard
 // error is a terminal, so callers passing their own streams never see one.

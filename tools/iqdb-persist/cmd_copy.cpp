@@ -264,10 +264,15 @@ class PublishWatch final : public FileSystemWrapper {
  public:
   using FileSystemWrapper::FileSystemWrapper;
   void rename(const fs::path& from, const fs::path& to) override {
+    if (before_publish) before_publish();
     target().rename(from, to);
     published = true;
   }
   bool published = false;
+  // Runs just before the publish: after the snapshot was written and synced
+  // (so a copy that fails before it, a full disk included, leaves DST as it
+  // was, its log too).
+  std::function<void()> before_publish;
 };
 
 // What was sent, and how to check it once published.
@@ -277,8 +282,8 @@ struct Sent {
 };
 
 // Step 3a. `reading_source` is true while a failure can only be the source's.
-Sent publish_verified(const Location& src, const ReadableFile& file, const Location& dst, const OldIndex& old,
-                      PublishWatch& publisher, TeeState& tee, bool& reading_source) {
+Sent publish_verified(const Location& src, const ReadableFile& file, const Location& dst, PublishWatch& publisher,
+                      TeeState& tee, bool& reading_source) {
   SnapshotSummary sent;
   replace_file_atomically(publisher, dst.path(), true, [&](WritableFile& out) {
     OpenFileSystem reader(src.fs(), file, &out, tee);
@@ -286,17 +291,16 @@ Sent publish_verified(const Location& src, const ReadableFile& file, const Locat
     sent = verify_snapshot(reader, src.path(), ReadLimits{});
     reader.check_complete();
     reading_source = false;
-    old.retire();
   });
   return {0, [&dst, sent] { return check_arrival(dst, sent); }};
 }
 
 // Step 3b: the source loaded with its log, written as one snapshot, whose
 // last LSN is at least `min_lsn`.
-Sent publish_folded(const Location& src, const SnapshotSummary& head, const Location& dst, const OldIndex& old,
-                    PublishWatch& publisher, bool& reading_source, std::uint64_t min_lsn, bool snapshot_only) {
+Sent publish_folded(const Location& src, const SnapshotSummary& head, const Location& dst, PublishWatch& publisher,
+                    bool& reading_source, std::uint64_t min_lsn, bool snapshot_only) {
   const FoldedCopy folded = fold_into(src, head.header.index_type, dst, publisher, compression_of(head.header),
-                                      reading_source, [&] { old.retire(); }, min_lsn, snapshot_only);
+                                      reading_source, min_lsn, snapshot_only);
   return {folded.records_folded, [&dst, check = folded.check_arrival] {
             check();
             return verify_snapshot(dst.fs(), dst.path(), ReadLimits{});
@@ -375,9 +379,10 @@ std::optional<int> copy_once(const Location& src, const Location& dst, const Cop
     const std::uint64_t arriving = head.header.last_lsn + pending;
     head_lsn = head.header.last_lsn;
     min_lsn = there && arriving <= *there ? *there + 1 : 0;
+    publisher.before_publish = [&old] { old->retire(); };
     sent = pending == 0 && min_lsn == 0
-               ? publish_verified(src, *file, dst, *old, publisher, tee, reading_source)
-               : publish_folded(src, head, dst, *old, publisher, reading_source, min_lsn, opts.snapshot_only);
+               ? publish_verified(src, *file, dst, publisher, tee, reading_source)
+               : publish_folded(src, head, dst, publisher, reading_source, min_lsn, opts.snapshot_only);
   } catch (const PersistError& e) {
     if (reading_source && !tee.sink_failed && !publisher.published && again(e)) return std::nullopt;
     const bool source_damaged = reading_source && is_damage(e.kind()) && !tee.sink_failed;

@@ -98,8 +98,7 @@ void check_folded(const Location& dst, const FileHeader& written, const I& sourc
 
 template <class I>
 FoldedCopy fold_as(const Location& src, const Location& dst, FileSystem& publisher, const Compression& compression,
-                   bool& reading_source, const std::function<void()>& before_publish, std::uint64_t min_lsn,
-                   bool snapshot_only) {
+                   bool& reading_source, std::uint64_t min_lsn, bool snapshot_only) {
   // What was loaded, kept alive for the check on arrival.
   std::shared_ptr<const void> owner;
   const I* index = nullptr;
@@ -121,10 +120,8 @@ FoldedCopy fold_as(const Location& src, const Location& dst, FileSystem& publish
   reading_source = false;
   const SnapshotInfo info{I::index_type, static_cast<std::uint64_t>(index->dim()), index->metric(),
                           static_cast<std::uint64_t>(index->size()), std::max(lsn, min_lsn)};
-  out.written = write_snapshot(publisher, dst.path(), info, compression, true, [&](PayloadWriter& w) {
-    index->save_to(w);
-    before_publish();
-  });
+  out.written = write_snapshot(publisher, dst.path(), info, compression, true,
+                               [&](PayloadWriter& w) { index->save_to(w); });
   out.check_arrival = [&dst, written = out.written, owner, index] { check_folded(dst, written, *index); };
   return out;
 }
@@ -142,18 +139,18 @@ Compression compression_of(const FileHeader& h) {
 
 FoldedCopy fold_into(const Location& src, std::string_view index_type, const Location& dst, FileSystem& publisher,
                      const Compression& compression, bool& reading_source,
-                     const std::function<void()>& before_publish, std::uint64_t min_lsn, bool snapshot_only) {
+                     std::uint64_t min_lsn, bool snapshot_only) {
   if (index_type == FlatIndex::index_type) {
-    return fold_as<FlatIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn, snapshot_only);
+    return fold_as<FlatIndex>(src, dst, publisher, compression, reading_source, min_lsn, snapshot_only);
   }
 #if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
   if (index_type == FaissIndex::index_type) {
-    return fold_as<FaissIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn, snapshot_only);
+    return fold_as<FaissIndex>(src, dst, publisher, compression, reading_source, min_lsn, snapshot_only);
   }
 #endif
 #if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
   if (index_type == HnswlibIndex::index_type) {
-    return fold_as<HnswlibIndex>(src, dst, publisher, compression, reading_source, before_publish, min_lsn, snapshot_only);
+    return fold_as<HnswlibIndex>(src, dst, publisher, compression, reading_source, min_lsn, snapshot_only);
   }
 #endif
   throw PersistError::at(ErrorKind::Unsupported, src.path(),

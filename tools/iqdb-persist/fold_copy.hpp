@@ -40,15 +40,13 @@ struct FoldedCopy {
 // otherwise) and write it at `dst` through `publisher` (a wrapper of
 // dst.fs(), atomic as every snapshot write), with `compression`.
 // `reading_source` is true while the source is loaded (a failure then is
-// the source's). `before_publish` runs once the snapshot is complete, just
-// before it replaces the destination's. `min_lsn`: the copy's last LSN is
+// the source's). `min_lsn`: the copy's last LSN is
 // at least this (LSNs at the destination's path only go up: a copy over an
 // index there claims one more than that index's, docs/DISTRIBUTED.md).
 // `snapshot_only`: the source's snapshot alone, its log not replayed
 // (copy --snapshot-only).
 FoldedCopy fold_into(const Location& src, std::string_view index_type, const Location& dst, FileSystem& publisher,
-                     const Compression& compression, bool& reading_source,
-                     const std::function<void()>& before_publish, std::uint64_t min_lsn = 0,
+                     const Compression& compression, bool& reading_source, std::uint64_t min_lsn = 0,
                      bool snapshot_only = false);
 
 }  // namespace iqdb::persist::cli

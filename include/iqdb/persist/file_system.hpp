@@ -89,6 +89,17 @@ class WritableFile {
     return nullptr;
   }
 
+  // An advisory lock on the file itself (its inode: whatever name, hard
+  // link or symbolic link it was opened by), held until the file is closed:
+  // shared (a log's writer holds one) or exclusive (a repair). False, at
+  // once, when another open file holds a conflicting one. The default (file
+  // systems without such locks) takes none and returns true; the POSIX file
+  // system uses flock(); WritableFileWrapper asks its target.
+  virtual bool try_lock(bool exclusive) {
+    (void)exclusive;
+    return true;
+  }
+
   virtual const std::filesystem::path& path() const noexcept = 0;
 };
 
@@ -200,6 +211,7 @@ class WritableFileWrapper : public WritableFile {
   void start_writeback(std::uint64_t o, std::uint64_t l) override { target_->start_writeback(o, l); }
   void drop_cached(std::uint64_t o, std::uint64_t l) noexcept override { target_->drop_cached(o, l); }
   void close() override { target_->close(); }
+  bool try_lock(bool exclusive) override { return target_->try_lock(exclusive); }
   const std::filesystem::path& path() const noexcept override { return target_->path(); }
 
  protected:
