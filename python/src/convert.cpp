@@ -108,7 +108,11 @@ namespace {
 
 Value to_value(py::handle v, const std::string& key) {
   if (v.is_none()) return Value();
-  if (is_bool(v)) return Value(PyObject_IsTrue(v.ptr()) == 1);
+  if (is_bool(v)) {
+    const int truth = PyObject_IsTrue(v.ptr());  // a look-alike's __bool__ may raise
+    if (truth < 0) throw py::error_already_set();
+    return Value(truth == 1);
+  }
   if (is_int(v)) {
     long long x = PyLong_AsLongLong(as_int(v).ptr());
     if (PyErr_Occurred() != nullptr) {
@@ -145,7 +149,9 @@ std::optional<Metadata> to_metadata(py::handle h) {
     if (!py::isinstance<py::str>(k)) type_error("metadata keys must be str, not " + type_name(k));
     std::string key = utf8(k, "a metadata key");
     Value value = to_value(v, key);
-    m.emplace(std::move(key), std::move(value));
+    // Two str keys of the same text (a subclass that compares by identity)
+    // would keep one value and drop the other without a word.
+    if (!m.emplace(key, std::move(value)).second) value_error("metadata key '" + key + "' is given twice");
   }
   return m;
 }

@@ -27,7 +27,11 @@ void bind_index_methods(py::class_<Owned<I>>& c) {
       .def_property_readonly("dim", [](Owned<I>& o) { return o.get().dim(); })
       .def_property_readonly("metric", [](Owned<I>& o) { return o.get().metric(); })
       .def("__len__", [](Owned<I>& o) { return o.get().size(); })
-      .def("__contains__", [](Owned<I>& o, py::handle id) { return o.get().contains(to_id(id)); })
+      .def("__contains__",
+           [](Owned<I>& o, py::handle id) {
+             const VectorId vid = to_id(id);  // first: the conversion may move the index out (get() refuses then)
+             return o.get().contains(vid);
+           })
       .def(
           "insert",
           [](Owned<I>& o, py::handle id, py::handle vector, py::handle metadata) {

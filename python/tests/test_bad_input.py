@@ -462,3 +462,76 @@ def test_flags_of_the_config_take_bools_only(path):
     assert iq.PersistConfig(path, map_snapshot=True).map_snapshot is True
     with pytest.raises(iq.InvalidArgumentError):  # limits of 0 are refused when the config is used
         iq.open_with(iq.FlatIndex(DIM), iq.PersistConfig(path, wal_enabled=True, max_expansion_ratio=0))
+
+
+def _index_types():
+    types = [lambda: iq.FlatIndex(4)]
+    if iq.HAVE_HNSWLIB:
+        types.append(lambda: iq.HnswlibIndex(4))
+    if iq.HAVE_FAISS:
+        types.append(lambda: iq.FaissIndex.from_factory(4, "IDMap2,Flat"))
+    return types
+
+
+@pytest.mark.parametrize("make", _index_types())
+def test_an_id_whose_conversion_moves_the_index_out_is_refused_by_in(path, make):
+    # Converting the id of `id in ix` runs Python code (a numpy-integer
+    # look-alike's __index__) that moves the index into a persisted one;
+    # `in` then used the index it had taken before the conversion: SIGSEGV
+    # (hnswlib, FAISS) or a wrong False (FlatIndex).
+    ix = make()
+    for i in range(10):
+        ix.insert(i, np.full(4, i, np.float32))
+    keep = []
+
+    class Evil:
+        @property
+        def __class__(self):
+            return np.int64
+
+        def __index__(self):
+            keep.append(iq.open_with(ix, iq.PersistConfig(path)))
+            return 5
+
+    with pytest.raises(ValueError, match="moved"):
+        Evil() in ix
+    assert 5 in keep[0]
+    keep[0].close()
+
+
+def test_a_metadata_bool_look_alike_whose_truth_raises_keeps_its_error(db):
+    # PyObject_IsTrue's -1 was taken for False and the pending exception
+    # surfaced at the next Python call as an AttributeError.
+    class FakeBool:
+        @property
+        def __class__(self):
+            return np.bool_
+
+        def __bool__(self):
+            raise RuntimeError("no truth here")
+
+    e = unchanged(db, lambda: db.insert(7, np.ones(DIM, np.float32), {"flag": FakeBool()}), RuntimeError)
+    assert "no truth here" in str(e)
+
+
+def test_metadata_keys_of_the_same_text_are_refused(db):
+    # Two str keys of the same text (a subclass comparing by identity) kept
+    # one value and dropped the other without a word.
+    class S(str):
+        __hash__ = object.__hash__
+
+        def __eq__(self, other):
+            return self is other
+
+    for meta in ({S("k"): 1, S("k"): 2}, {"k": 1, S("k"): 2}):
+        e = unchanged(db, lambda: db.insert(7, np.ones(DIM, np.float32), meta), ValueError)
+        assert "'k' is given twice" in str(e)
+
+
+@pytest.mark.skipif(not iq.HAVE_HNSWLIB, reason="hnswlib adapter not built")
+@pytest.mark.parametrize("kw", [{"ef": 2**31 + 1}, {"ef_construction": 2**40}])
+def test_hnswlib_parameters_a_load_would_refuse_are_refused(path, kw):
+    # They were taken, the inserts acknowledged, and every later load failed
+    # (InvalidPayload: "ef ... is out of range"): the writes were lost.
+    with pytest.raises(ValueError, match="at most 2147483648"):
+        iq.HnswlibIndex(8, "euclidean", **kw)

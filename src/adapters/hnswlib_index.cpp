@@ -175,6 +175,12 @@ struct HnswlibIndex::Impl {
       : dim(dim_), metric(metric_) {
     if (dim == 0 || dim > kMaxDim) throw PersistError::argument("hnswlib dimension must be 1.." + std::to_string(kMaxDim));
     if (params.M < 2 || params.M > kMaxM) throw PersistError::argument("hnswlib M must be 2..10000");
+    // What a load accepts (read_graph_header): a graph that could be saved
+    // but never loaded again would lose every write made to it.
+    if (params.ef_construction > kMaxEf) {
+      throw PersistError::argument("hnswlib ef_construction must be at most " + std::to_string(kMaxEf));
+    }
+    if (params.ef > kMaxEf) throw PersistError::argument("hnswlib ef must be at most " + std::to_string(kMaxEf));
     space = make_space(metric, dim, kFromCaller);
     // hnswlib throws std::runtime_error when its allocations fail.
     g = translate_exceptions(ErrorKind::InvalidArgument, "hnswlib could not build the graph", [&] {
@@ -323,7 +329,9 @@ std::vector<HnswlibIndex::Hit> HnswlibIndex::search(std::span<const float> query
   });
 }
 
-void HnswlibIndex::set_ef(std::size_t ef) noexcept { impl_->g->ef_ = std::max<std::size_t>(ef, 1); }
+void HnswlibIndex::set_ef(std::size_t ef) noexcept {
+  impl_->g->ef_ = static_cast<std::size_t>(std::clamp<std::uint64_t>(ef, 1, kMaxEf));  // what a load accepts
+}
 
 const Metadata* HnswlibIndex::metadata(const VectorId& id) const noexcept {
   return id.is_u64() ? impl_->meta.find(id.as_u64()) : nullptr;

@@ -499,6 +499,36 @@ TEST(HnswlibAdapter, AdoptionChecksTheGraph) {
   EXPECT_EQ(error_of([] { HnswlibIndex ix(0, DistanceMetric::Euclidean); }), ErrorKind::InvalidArgument);
 }
 
+// A search or construction list size above what a load accepts (2^31) was
+// taken: the inserts were acknowledged and every later load refused the
+// snapshot ("ef ... is out of range"), so the writes were lost. The
+// constructor refuses such parameters; set_ef takes 2^31 for more, and the
+// index saves and loads.
+TEST(HnswlibAdapter, ParametersALoadWouldRefuseAreNeverTaken) {
+  constexpr std::size_t kTooMany = (std::size_t{1} << 31) + 1;
+  EXPECT_EQ(error_of([] { HnswlibIndex ix(kDim, DistanceMetric::Euclidean, HnswlibParams{.ef = kTooMany}); }),
+            ErrorKind::InvalidArgument);
+  EXPECT_EQ(
+      error_of([] { HnswlibIndex ix(kDim, DistanceMetric::Euclidean, HnswlibParams{.ef_construction = kTooMany}); }),
+      ErrorKind::InvalidArgument);
+  TempDir dir;
+  const PersistConfig cfg = config_for(dir / "h.iqdb", true);
+  const std::vector<float> x = gaussian(5, kDim, 21);
+  {
+    auto db = PersistedIndex<HnswlibIndex>::open_with(
+        HnswlibIndex(kDim, DistanceMetric::Euclidean, HnswlibParams{.ef = std::size_t{1} << 31}), cfg);
+    for (std::uint64_t i = 0; i < 5; ++i) db.insert(i + 1, std::span<const float>(x.data() + i * kDim, kDim));
+    db.checkpoint();
+  }
+  {
+    auto db = PersistedIndex<HnswlibIndex>::load(cfg);
+    EXPECT_EQ(db.index().size(), 5u);
+    db.index_mut().set_ef(std::numeric_limits<std::size_t>::max());
+    db.checkpoint();
+  }
+  EXPECT_EQ(PersistedIndex<HnswlibIndex>::load(cfg).index().size(), 5u);
+}
+
 // Finding hnswlib-empty-capacity (fuzz target hnswlib_crc): the loader built
 // its graph with room for at least 16 elements, so a 216-byte snapshot of an
 // empty graph of dimension 3.9 million made it allocate 247 MB. A loaded

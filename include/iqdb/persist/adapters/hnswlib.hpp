@@ -67,8 +67,8 @@ namespace iqdb::persist {
 
 struct HnswlibParams {
   std::size_t M = 16;                 // links per node per level (level 0: 2M); 2..10000
-  std::size_t ef_construction = 200;  // candidate list size while inserting
-  std::size_t ef = 10;                // candidate list size while searching (at least k is used)
+  std::size_t ef_construction = 200;  // candidate list size while inserting (at most 2^31)
+  std::size_t ef = 10;                // candidate list size while searching (at least k is used; at most 2^31)
   std::size_t random_seed = 100;      // seeds the level generator (as hnswlib's constructor)
   std::size_t initial_capacity = 0;   // room before the first growth
 };
@@ -132,8 +132,9 @@ class HnswlibIndex {
   // (Unsupported).
   std::vector<Hit> search(std::span<const float> query, std::size_t k) const;
 
-  // The search-time candidate list size (hnswlib's ef). Not logged: it is
-  // persisted with the next snapshot.
+  // The search-time candidate list size (hnswlib's ef), at least 1 and at
+  // most 2^31 (what a load accepts: larger values are taken as 2^31). Not
+  // logged: it is persisted with the next snapshot.
   void set_ef(std::size_t ef) noexcept;
 
   const Metadata* metadata(const VectorId& id) const noexcept;
