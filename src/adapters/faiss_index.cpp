@@ -144,7 +144,10 @@ void check_hnsw_level_tables(const faiss::HNSW& h, const Problems& p) {
 
 // Levels, offsets and neighbors, so that no search or insert can read
 // outside them: every neighbor exists, and exists at the level it is linked
-// on (a search at that level reads the neighbor's own list there).
+// on (a search at that level reads the neighbor's own list there); every
+// list is its neighbors first, then only empty slots (-1): FAISS's add_link
+// takes a list whose last slot is not -1 for full and reads the vector of
+// every slot, -1 included.
 void check_hnsw_graph(const faiss::HNSW& h, std::uint64_t n, const Problems& p) {
   const auto& cum = h.cum_nneighbor_per_level;
   if (h.levels.size() != n || h.offsets.size() != n + 1 || h.offsets[0] != 0) {
@@ -164,12 +167,20 @@ void check_hnsw_graph(const faiss::HNSW& h, std::uint64_t n, const Problems& p) 
     for (int l = 0; l < h.levels[i]; ++l) {
       const std::uint64_t b = h.offsets[i] + static_cast<std::uint64_t>(cum[static_cast<std::size_t>(l)]);
       const std::uint64_t e = h.offsets[i] + static_cast<std::uint64_t>(cum[static_cast<std::size_t>(l) + 1]);
+      bool ended = false;  // an empty slot came before
       for (std::uint64_t j = b; j < e; ++j) {
         const faiss::HNSW::storage_idx_t v = h.neighbors[j];
-        if (v == -1) continue;
+        if (v == -1) {
+          ended = true;
+          continue;
+        }
         if (v < -1 || static_cast<std::uint64_t>(v) >= n || h.levels[static_cast<std::size_t>(v)] <= l) {
           p.invalid("HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
                     std::to_string(l));
+        }
+        if (ended) {
+          p.invalid("HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
+                    std::to_string(l) + " follows an empty slot (-1)");
         }
       }
     }

@@ -913,6 +913,20 @@ TEST(FaissAdapterPayload, FromSerializedReadsFaissBytesAsHostile) {
   }
 }
 
+// Loading `cfg` throws PersistError(InvalidPayload) naming `file` (and
+// saying `why`).
+void expect_load_refused(const PersistConfig& cfg, const std::string& file, const std::string& why = "") {
+  FaissLeaksOnError leaks_expected;
+  try {
+    (void)PersistedIndex<FaissIndex>::load(cfg);
+    ADD_FAILURE() << "accepted";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::InvalidPayload) << e.what();
+    EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+  }
+}
+
 // The same checks, end to end: a crafted snapshot with a valid checksum.
 TEST(FaissAdapterPayload, CraftedSnapshotWithAValidChecksumIsRefused) {
   const Case& c = cases().front();  // FlatL2
@@ -925,14 +939,7 @@ TEST(FaissAdapterPayload, CraftedSnapshotWithAValidChecksumIsRefused) {
   write_snapshot(default_file_system(), cfg.path, SnapshotInfo{"faiss", kDim, DistanceMetric::Euclidean, 20, 0},
                  Compression::none(), false, [&](PayloadWriter& w) { w.write(p.data(), p.size()); });
   EXPECT_NO_THROW(verify_snapshot(default_file_system(), cfg.path, ReadLimits{}));  // the checksum is fine
-  FaissLeaksOnError leaks_expected;
-  try {
-    (void)PersistedIndex<FaissIndex>::load(cfg);
-    ADD_FAILURE() << "accepted";
-  } catch (const PersistError& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::InvalidPayload) << e.what();
-    EXPECT_NE(std::string(e.what()).find("crafted.iqdb"), std::string::npos) << e.what();
-  }
+  expect_load_refused(cfg, "crafted.iqdb");
 }
 
 // ---------------------------------------------------------------- hostile parameters (issue 13)
@@ -1144,6 +1151,41 @@ FaissIndex base_index(const std::string& index_case, std::size_t n) {
   const Case& c = *std::find_if(cases().begin(), cases().end(), [&](const Case& x) { return x.name == index_case; });
   IdSource ids(c, 21);
   return std::move(build(c, n, 22, ids, false).index);
+}
+
+// An HNSW neighbor list with a neighbor after an empty slot ([-1, ..., -1, v]),
+// crafted through the library's own writer (valid CRCs): FAISS's add_link
+// takes such a list for full and reads the vector of every slot, -1
+// included (found: ASan SEGV in fvec_L2sqr <- add_link at the first insert
+// after the load, with d = 65536). The load refuses it, naming the file,
+// bare or inside an IndexIDMap2.
+TEST(FaissAdapterHostile, HnswNeighborAfterAnEmptySlotIsRefused) {
+  constexpr int kNodes = 6;
+  for (const bool wrapped : {false, true}) {
+    SCOPED_TRACE(wrapped ? "IndexIDMap2(IndexHNSWFlat)" : "IndexHNSWFlat");
+    TempDir dir;
+    const PersistConfig cfg = config_for(dir / "gap.iqdb", false);
+    std::unique_ptr<faiss::Index> ix = std::make_unique<faiss::IndexHNSWFlat>(kDim, 4);
+    if (wrapped) {
+      auto m = std::make_unique<faiss::IndexIDMap2>(ix.release());
+      m->own_fields = true;
+      ix = std::move(m);
+    }
+    auto db = PersistedIndex<FaissIndex>::open_with(FaissIndex(std::move(ix)), cfg);
+    const std::vector<float> x = gaussian(kNodes, kDim, 41);
+    for (std::size_t i = 0; i < kNodes; ++i) db.insert(i, row(x, i, kDim));
+    faiss::HNSW& h = hnsw_of(const_cast<faiss::Index&>(db.index().faiss_index()));
+    for (int node = 0; node < kNodes; ++node) {
+      std::size_t b = 0;
+      std::size_t e = 0;
+      h.neighbor_range(node, 0, &b, &e);
+      for (std::size_t j = b; j < e; ++j) h.neighbors[j] = -1;
+      h.neighbors[e - 1] = (node + 1) % kNodes;
+    }
+    db.save();
+    db.close();
+    expect_load_refused(cfg, "gap.iqdb", "follows an empty slot");
+  }
 }
 
 TEST(FaissAdapterHostile, CraftedParametersWithValidChecksumsAreRefusedInAChildProcess) {
