@@ -42,6 +42,7 @@ constexpr std::uint64_t kMaxId = static_cast<std::uint64_t>(std::numeric_limits<
 
 using adapters::detail::advise_huge_pages;
 using adapters::detail::Problems;
+using adapters::detail::spread_buckets;
 using adapters::detail::translate_exceptions;
 
 // ---------------------------------------------------------------- bounds
@@ -398,6 +399,12 @@ class PayloadIOReader final : public faiss::IOReader {
       f.codes = std::move(captured_[i]);
       f.ntotal = static_cast<std::int64_t>(f.codes.size() / code_size);
     }
+    // An IndexIDMap2's count was hidden too (so FAISS built no reverse map:
+    // Impl::check_id_map does); the guard checked that its id map holds it.
+    if (auto* m2 = dynamic_cast<faiss::IndexIDMap2*>(root)) {
+      if (m2->ntotal != 0 || !m2->rev_map.empty()) r_.fail("FAISS built an unexpected IndexIDMap2");
+      m2->ntotal = static_cast<std::int64_t>(m2->id_map.size());
+    }
   }
 
  private:
@@ -467,7 +474,7 @@ struct FaissIndex::Impl {
   faiss::IndexFlat* flat = nullptr;      // inner, or the storage of an HNSW inner
   faiss::IndexIVF* ivf = nullptr;        // inner when IVF
   bool own_ids = false;                  // `ids` is the id set (IndexIDMap, IVF without a hashtable)
-  std::unordered_set<std::int64_t> ids;
+  std::unordered_set<std::int64_t, persist::detail::KeyedIdHash> ids;  // keyed: see check_id_map
   std::optional<std::string> erase_refusal;
   adapters::MetadataTable meta;
 
@@ -670,18 +677,23 @@ void FaissIndex::Impl::check_ivf_labels_are_positions(const faiss::ArrayInverted
   }
 }
 
-// The id map: ntotal ids, not negative, unique (IndexIDMap2: its reverse map agrees).
+// The id map: ntotal ids, not negative, unique. The id sets are hashed so
+// that ids crafted to collide cannot make this quadratic (hash flooding):
+// IndexIDMap's `ids` with a keyed hash; IndexIDMap2's reverse map, whose
+// hash is FAISS's (the identity), rebuilt here as construct_rev_map does but
+// with a bucket count the ids cannot predict (spread_buckets; on load FAISS
+// built none: the reader hid the count from it).
 void FaissIndex::Impl::check_id_map(const Problems& p) {
   const auto& map = idmap->id_map;
   if (map.size() != static_cast<std::uint64_t>(idmap->ntotal)) p.invalid("the IndexIDMap's id map size");
   if (idmap2 != nullptr) {
-    if (idmap2->rev_map.size() != map.size()) p.invalid("duplicate ids in the IndexIDMap2");
+    auto& rev = idmap2->rev_map;
+    rev.clear();
+    spread_buckets(rev, map.size(), [&](std::size_t i) { return map[i]; });
     for (std::size_t i = 0; i < map.size(); ++i) {
       if (map[i] < 0) p.invalid("negative id " + std::to_string(map[i]));
-      const auto it = idmap2->rev_map.find(map[i]);
-      if (it == idmap2->rev_map.end() || it->second != static_cast<std::int64_t>(i)) {
-        p.invalid("the IndexIDMap2's reverse map disagrees with its id map");
-      }
+      if (!rev.emplace(map[i], static_cast<std::int64_t>(i)).second)
+        p.invalid("duplicate id " + std::to_string(map[i]) + " in the IndexIDMap2");
     }
     return;
   }
