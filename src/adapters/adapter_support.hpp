@@ -10,11 +10,14 @@
 #include <cstdint>
 #include <exception>
 #include <new>
+#include <random>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "iqdb/persist/error.hpp"
 #include "util/huge_phase.hpp"
+#include "util/keyed_hash.hpp"
 
 namespace iqdb::persist::adapters::detail {
 
@@ -46,6 +49,32 @@ inline void advise_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] std::si
   const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~std::uintptr_t{kHugePage - 1};
   if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #endif
+}
+
+// Hash flooding: the libraries' own id maps (FAISS's IndexIDMap2::rev_map,
+// hnswlib's label_lookup_) are std::unordered_maps hashed with std::hash of
+// an integer, the identity, so ids that are multiples of the bucket count
+// all share a bucket and filling the map is quadratic. Their hasher cannot
+// be keyed; their bucket count can. Gives the empty `map` a bucket count
+// drawn at random above n (libstdc++ rounds it up to one of about ten primes
+// per doubling), under which the n keys key_at(i) spread (no bucket above
+// kMaxBucket, counted before anything is inserted); a file can make ids
+// collide under a few of those primes (their product must fit 63 bits), not
+// all, so another draw is made while one is crowded. No rehash follows
+// while n keys are inserted.
+template <class Map, class KeyAt>
+void spread_buckets(Map& map, std::size_t n, KeyAt key_at) {
+  constexpr std::uint32_t kMaxBucket = 32;
+  constexpr int kDraws = 8;
+  std::mt19937_64 rng(persist::detail::random_key());
+  std::vector<std::uint32_t> counts;
+  for (int draw = 0; draw < kDraws; ++draw) {
+    map.rehash(n + static_cast<std::size_t>(rng() % (n + 1)));
+    counts.assign(map.bucket_count(), 0);
+    bool spread = true;
+    for (std::size_t i = 0; i < n && spread; ++i) spread = ++counts[map.bucket(key_at(i))] <= kMaxBucket;
+    if (spread) return;
+  }
 }
 
 // Runs f, a call into the adapted library, and turns any exception it throws

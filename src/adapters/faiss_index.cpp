@@ -42,6 +42,7 @@ constexpr std::uint64_t kMaxId = static_cast<std::uint64_t>(std::numeric_limits<
 
 using adapters::detail::advise_huge_pages;
 using adapters::detail::Problems;
+using adapters::detail::spread_buckets;
 using adapters::detail::translate_exceptions;
 
 // ---------------------------------------------------------------- bounds
@@ -144,7 +145,10 @@ void check_hnsw_level_tables(const faiss::HNSW& h, const Problems& p) {
 
 // Levels, offsets and neighbors, so that no search or insert can read
 // outside them: every neighbor exists, and exists at the level it is linked
-// on (a search at that level reads the neighbor's own list there).
+// on (a search at that level reads the neighbor's own list there); every
+// list is its neighbors first, then only empty slots (-1): FAISS's add_link
+// takes a list whose last slot is not -1 for full and reads the vector of
+// every slot, -1 included.
 void check_hnsw_graph(const faiss::HNSW& h, std::uint64_t n, const Problems& p) {
   const auto& cum = h.cum_nneighbor_per_level;
   if (h.levels.size() != n || h.offsets.size() != n + 1 || h.offsets[0] != 0) {
@@ -164,12 +168,20 @@ void check_hnsw_graph(const faiss::HNSW& h, std::uint64_t n, const Problems& p) 
     for (int l = 0; l < h.levels[i]; ++l) {
       const std::uint64_t b = h.offsets[i] + static_cast<std::uint64_t>(cum[static_cast<std::size_t>(l)]);
       const std::uint64_t e = h.offsets[i] + static_cast<std::uint64_t>(cum[static_cast<std::size_t>(l) + 1]);
+      bool ended = false;  // an empty slot came before
       for (std::uint64_t j = b; j < e; ++j) {
         const faiss::HNSW::storage_idx_t v = h.neighbors[j];
-        if (v == -1) continue;
+        if (v == -1) {
+          ended = true;
+          continue;
+        }
         if (v < -1 || static_cast<std::uint64_t>(v) >= n || h.levels[static_cast<std::size_t>(v)] <= l) {
           p.invalid("HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
                     std::to_string(l));
+        }
+        if (ended) {
+          p.invalid("HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
+                    std::to_string(l) + " follows an empty slot (-1)");
         }
       }
     }
@@ -387,6 +399,12 @@ class PayloadIOReader final : public faiss::IOReader {
       f.codes = std::move(captured_[i]);
       f.ntotal = static_cast<std::int64_t>(f.codes.size() / code_size);
     }
+    // An IndexIDMap2's count was hidden too (so FAISS built no reverse map:
+    // Impl::check_id_map does); the guard checked that its id map holds it.
+    if (auto* m2 = dynamic_cast<faiss::IndexIDMap2*>(root)) {
+      if (m2->ntotal != 0 || !m2->rev_map.empty()) r_.fail("FAISS built an unexpected IndexIDMap2");
+      m2->ntotal = static_cast<std::int64_t>(m2->id_map.size());
+    }
   }
 
  private:
@@ -456,7 +474,7 @@ struct FaissIndex::Impl {
   faiss::IndexFlat* flat = nullptr;      // inner, or the storage of an HNSW inner
   faiss::IndexIVF* ivf = nullptr;        // inner when IVF
   bool own_ids = false;                  // `ids` is the id set (IndexIDMap, IVF without a hashtable)
-  std::unordered_set<std::int64_t> ids;
+  std::unordered_set<std::int64_t, persist::detail::KeyedIdHash> ids;  // keyed: see check_id_map
   std::optional<std::string> erase_refusal;
   adapters::MetadataTable meta;
 
@@ -659,18 +677,23 @@ void FaissIndex::Impl::check_ivf_labels_are_positions(const faiss::ArrayInverted
   }
 }
 
-// The id map: ntotal ids, not negative, unique (IndexIDMap2: its reverse map agrees).
+// The id map: ntotal ids, not negative, unique. The id sets are hashed so
+// that ids crafted to collide cannot make this quadratic (hash flooding):
+// IndexIDMap's `ids` with a keyed hash; IndexIDMap2's reverse map, whose
+// hash is FAISS's (the identity), rebuilt here as construct_rev_map does but
+// with a bucket count the ids cannot predict (spread_buckets; on load FAISS
+// built none: the reader hid the count from it).
 void FaissIndex::Impl::check_id_map(const Problems& p) {
   const auto& map = idmap->id_map;
   if (map.size() != static_cast<std::uint64_t>(idmap->ntotal)) p.invalid("the IndexIDMap's id map size");
   if (idmap2 != nullptr) {
-    if (idmap2->rev_map.size() != map.size()) p.invalid("duplicate ids in the IndexIDMap2");
+    auto& rev = idmap2->rev_map;
+    rev.clear();
+    spread_buckets(rev, map.size(), [&](std::size_t i) { return map[i]; });
     for (std::size_t i = 0; i < map.size(); ++i) {
       if (map[i] < 0) p.invalid("negative id " + std::to_string(map[i]));
-      const auto it = idmap2->rev_map.find(map[i]);
-      if (it == idmap2->rev_map.end() || it->second != static_cast<std::int64_t>(i)) {
-        p.invalid("the IndexIDMap2's reverse map disagrees with its id map");
-      }
+      if (!rev.emplace(map[i], static_cast<std::int64_t>(i)).second)
+        p.invalid("duplicate id " + std::to_string(map[i]) + " in the IndexIDMap2");
     }
     return;
   }

@@ -207,6 +207,10 @@ void FaissStreamGuard::on_fourcc(std::size_t id, std::uint32_t code) {
     seq.push_back(field(Field::InvlistsFourcc, 4, id));
   } else if (code == kIdMap || code == kIdMap2) {
     node.kind = Kind::IdMap;
+    // IndexIDMap2: FAISS is shown count 0, so that it builds no reverse map
+    // (its construct_rev_map hashes with the identity: crafted ids make it
+    // quadratic); the adapter sets the count and builds the map.
+    if (code == kIdMap2 && capture_) seq[1].hide = true;
     seq.push_back(index(id));  // sub-index
     seq.push_back(check(Check::IdMapSubDone, id));
     seq.push_back(vec(VecRole::IdMap, 8, id));

@@ -78,7 +78,8 @@ class FaissStreamGuard {
   // in the copy FAISS gets. take_capture() returns the size of codes that
   // start at the current position and are to be captured (once; nullopt if
   // none): the adapter reads them, before FAISS's next read or after
-  // read_index returns, and feeds them here.
+  // read_index returns, and feeds them here. An IndexIDMap2's vector count
+  // is hidden as well (FAISS then builds no reverse map; the adapter does).
   const std::vector<std::pair<std::size_t, std::size_t>>& hidden() const noexcept { return hidden_; }
   std::optional<std::uint64_t> take_capture() noexcept { return std::exchange(capture_bytes_, std::nullopt); }
 

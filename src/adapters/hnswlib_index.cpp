@@ -26,6 +26,7 @@ namespace {
 using Graph = HnswlibIndex::Graph;
 using Space = hnswlib::SpaceInterface<float>;
 using adapters::detail::Problems;
+using adapters::detail::spread_buckets;
 using adapters::detail::translate_exceptions;
 
 constexpr std::uint32_t kPayloadVersion = 1;
@@ -521,9 +522,14 @@ void restore_state(PayloadReader& r, Graph& g, const PayloadHead& h) {
   }
 }
 
-// Labels: unique; deleted elements keep theirs (hnswlib semantics).
+// Labels: unique; deleted elements keep theirs (hnswlib semantics). The
+// lookup hashes with std::hash (the identity): labels that are multiples of
+// its bucket count would share one bucket and make this quadratic (32k
+// crafted labels: 31 s), so its bucket count is drawn at random first.
 void index_labels(PayloadReader& r, Graph& g) {
-  g.label_lookup_.reserve(g.cur_element_count);
+  spread_buckets(g.label_lookup_, g.cur_element_count, [&](std::size_t i) {
+    return g.getExternalLabel(static_cast<hnswlib::tableint>(i));
+  });
   for (std::size_t i = 0; i < g.cur_element_count; ++i) {
     const auto t = static_cast<hnswlib::tableint>(i);
     if (!g.label_lookup_.emplace(g.getExternalLabel(t), t).second) {

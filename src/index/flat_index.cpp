@@ -13,6 +13,7 @@
 #include <system_error>
 
 #include "iqdb/persist/error.hpp"
+#include "util/keyed_hash.hpp"
 
 namespace iqdb::persist {
 
@@ -140,7 +141,11 @@ float distance(DistanceMetric metric, std::span<const float> a, std::span<const 
 // bits (0 = empty) and the top 24 bits of the id's hash above them, so a probe
 // that meets another id is rejected without touching the id array (one cache
 // miss per lookup instead of two). Ids are compared through the index's id
-// array. Deletion shifts the following cluster back (no tombstones).
+// array. Deletion shifts the following cluster back (no tombstones). The
+// hash is keyed, with a key drawn at random for each table
+// (util/keyed_hash.hpp): the ids of a file cannot be chosen to share a probe
+// run, which would make a load quadratic. Nothing depends on where an id
+// lands: the slots are never saved or iterated in order.
 class FlatIndex::IdTable {
  public:
   static constexpr std::size_t npos = ~std::size_t{0};
@@ -150,12 +155,21 @@ class FlatIndex::IdTable {
       : slots_(capacity_for(expected), 0), mask_(capacity_for(expected) - 1) {}
 
   std::size_t find(const VectorId& id, const detail::RowIds& ids) const noexcept {
-    const std::size_t i = probe(id.hash(), [&](std::size_t r) { return ids.equals(r, id); });
+    const std::size_t i = probe(hash(id), [&](std::size_t r) { return ids.equals(r, id); });
     return slots_[i] == 0 ? npos : i;
   }
   // The slot of the id of `row` (present).
   std::size_t find_row(std::size_t row, const detail::RowIds& ids) const noexcept {
-    return probe(ids.hash(row), [&](std::size_t r) { return ids.same(r, row); });
+    return probe(hash(ids, row), [&](std::size_t r) { return ids.same(r, row); });
+  }
+  // The slots the lookups of every stored id pass, in all (n_ when each id
+  // sits in its home slot).
+  std::uint64_t probes(const detail::RowIds& ids) const noexcept {
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i] != 0) total += ((i - (hash(ids, row(i)) & mask_)) & mask_) + 1;
+    }
+    return total;
   }
   std::uint64_t row(std::size_t slot) const noexcept { return (slots_[slot] & kRowMask) - 1; }
   void set_row(std::size_t slot, std::uint64_t row) noexcept { slots_[slot] = (slots_[slot] & ~kRowMask) | (row + 1); }
@@ -167,7 +181,7 @@ class FlatIndex::IdTable {
   }
 
   // Insert `row` (whose id is ids[row]); returns false if the id is present.
-  bool insert(std::uint64_t row, const detail::RowIds& ids) { return insert_hashed(row, ids.hash(row), ids); }
+  bool insert(std::uint64_t row, const detail::RowIds& ids) { return insert_hashed(row, hash(ids, row), ids); }
 
   // Insert rows [0, n) (a load); returns false at the first id present
   // twice. A table of a million ids is larger than the caches, so every
@@ -178,7 +192,7 @@ class FlatIndex::IdTable {
     constexpr std::uint64_t kAhead = 16;
     std::array<std::size_t, kAhead> hashes{};
     const auto ahead = [&](std::uint64_t row) {
-      const std::size_t h = ids.hash(row);
+      const std::size_t h = hash(ids, row);
       hashes[row % kAhead] = h;
       __builtin_prefetch(&slots_[h & mask_], 1);
     };
@@ -196,7 +210,7 @@ class FlatIndex::IdTable {
     for (;;) {
       j = (j + 1) & mask_;
       if (slots_[j] == 0) break;
-      const std::size_t home = ids.hash((slots_[j] & kRowMask) - 1) & mask_;
+      const std::size_t home = hash(ids, (slots_[j] & kRowMask) - 1) & mask_;
       // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
       const bool home_in_between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
       if (!home_in_between) {
@@ -209,6 +223,13 @@ class FlatIndex::IdTable {
   }
 
  private:
+  std::size_t hash(const VectorId& id) const noexcept {
+    return static_cast<std::size_t>(id.is_u64() ? detail::keyed_hash(id.as_u64(), key_)
+                                                : detail::keyed_hash(id.as_bytes(), key_));
+  }
+  std::size_t hash(const detail::RowIds& ids, std::size_t row) const noexcept {
+    return ids.compact() ? static_cast<std::size_t>(detail::keyed_hash(ids.u64s()[row], key_)) : hash(ids.wide()[row]);
+  }
   bool insert_hashed(std::uint64_t row, std::size_t h, const detail::RowIds& ids) {
     if ((n_ + 1) * 2 > slots_.size()) rebuild(slots_.size() * 2, ids);
     const std::size_t i = probe(h, [&](std::size_t r) { return ids.same(r, row); });
@@ -238,7 +259,7 @@ class FlatIndex::IdTable {
     const std::size_t mask = cap - 1;
     for (const std::uint64_t s : slots_) {
       if (s == 0) continue;
-      std::size_t i = ids.hash((s & kRowMask) - 1) & mask;
+      std::size_t i = hash(ids, (s & kRowMask) - 1) & mask;
       while (fresh[i] != 0) i = (i + 1) & mask;
       fresh[i] = s;
     }
@@ -250,6 +271,7 @@ class FlatIndex::IdTable {
   std::vector<std::uint64_t, detail::LargeAllocator<std::uint64_t>> slots_;
   std::size_t mask_ = 0;
   std::size_t n_ = 0;
+  std::uint64_t key_ = detail::random_key();  // the hash's key (copied with the slots)
 };
 
 // ---------------------------------------------------------------- FlatIndex
@@ -356,6 +378,7 @@ std::size_t FlatIndex::find(const VectorId& id) const noexcept {
 }
 
 bool FlatIndex::contains(const VectorId& id) const noexcept { return find(id) != IdTable::npos; }
+std::uint64_t FlatIndex::id_table_probes() const noexcept { return table_ ? table_->probes(ids_) : 0; }
 
 std::span<const float> FlatIndex::get(const VectorId& id) const noexcept {
   const std::size_t slot = find(id);

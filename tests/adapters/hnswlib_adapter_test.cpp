@@ -22,6 +22,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "adapters/adapter_test_util.hpp"
@@ -360,6 +361,42 @@ TEST(HnswlibAdapterPayload, HostileGraphsAreRefusedBeforeUse) {
 }
 
 // Cut anywhere, a real graph's payload fails cleanly.
+// Hash flooding: the label lookup hashes with std::hash (the identity) and
+// was reserved for n labels on load, so labels that are multiples of that
+// bucket count all shared one bucket and made the load quadratic (32k
+// labels: 31 s under ASan). 64k such labels load as the model says, and no
+// bucket of the loaded lookup is crowded.
+TEST(HnswlibAdapterPayload, LabelsCraftedToCollideUnderStdHashLoadAsSaved) {
+  constexpr std::size_t kIds = 1 << 16;
+  std::unordered_map<hnswlib::labeltype, hnswlib::tableint> old_lookup;
+  old_lookup.reserve(kIds);
+  const std::size_t stride = old_lookup.bucket_count();
+  HnswlibIndex ix(2, DistanceMetric::Euclidean, HnswlibParams{4, 8, 10, 100, kIds});
+  // Built with another bucket count (3n's prime does not divide the labels).
+  const_cast<Graph&>(ix.graph()).label_lookup_.reserve(3 * kIds);
+  const std::vector<float> x = gaussian(kIds, 2, 45);
+  std::map<std::uint64_t, std::vector<float>> model;
+  for (std::size_t k = 0; k < kIds; ++k) {
+    ix.insert((k + 1) * stride, row(x, k, 2));
+    model[(k + 1) * stride] = row(x, k, 2);
+  }
+  TempDir dir;
+  const PersistConfig cfg = config_for(dir / "flood.iqdb", false);
+  PersistedIndex<HnswlibIndex>::open_with(std::move(ix), cfg).save();
+  const auto db = PersistedIndex<HnswlibIndex>::load(cfg);
+  const Graph& g = db.index().graph();
+  ASSERT_EQ(db.index().size(), kIds);
+  std::size_t crowded = 0;
+  for (std::size_t b = 0; b < g.label_lookup_.bucket_count(); ++b)
+    crowded = std::max(crowded, g.label_lookup_.bucket_size(b));
+  EXPECT_LT(crowded, 64u);
+  for (const auto& [id, v] : model) {
+    ASSERT_TRUE(db.index().contains(id)) << id;
+    ASSERT_FALSE(db.index().contains(id + 1)) << id;
+    ASSERT_EQ(g.getDataByLabel<float>(id), v) << id;
+  }
+}
+
 TEST(HnswlibAdapterPayload, TruncationFailsAnywhere) {
   const Built b = build(DistanceMetric::Euclidean, 60, 4);
   BufferWriter w;
