@@ -12,6 +12,7 @@ TEST(Cli, NotBuilt) { GTEST_SKIP() << "built without the iqdb-persist tool (IQDB
 #include <rapidcheck/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -1113,6 +1114,39 @@ TEST(CliCopy, AFoldedCopyThatCannotBeWrittenLeavesTheDestinationsLog) {
   if (fs::exists(dst_log)) {
     EXPECT_TRUE(test::read_file(dst_log) == dst_log_bytes);
   }
+}
+
+// A destination that is no regular file is refused, with or without
+// --force, saying what it is, before anything is created beside it. Before,
+// a directory, a FIFO or a dangling symbolic link was "an index exists at
+// the destination; pass --force" and then an io error with --force (and
+// DST.lock was created beside /dev/null); an empty path was a rename error.
+TEST(CliCopy, ADestinationThatIsNoRegularFileIsRefusedSayingWhatItIs) {
+  TempDir dir;
+  const std::string src = write_fixture(dir, all_fixtures(dir).front()).string();
+  fs::create_directory(dir / "a-dir");
+  ASSERT_EQ(::mkfifo((dir / "a-fifo").c_str(), 0600), 0);
+  fs::create_symlink(dir / "nowhere", dir / "a-link");
+  const struct {
+    const char* name;
+    const char* says;
+  } cases[] = {{"a-dir", "the destination is a directory"},
+               {"a-fifo", "the destination is not a regular file"},
+               {"a-link", "the destination is a symbolic link"}};
+  for (const auto& c : cases) {
+    for (const bool force : {false, true}) {
+      SCOPED_TRACE(std::string(c.name) + (force ? " --force" : ""));
+      std::vector<std::string> args{"copy", src, (dir / c.name).string()};
+      if (force) args.push_back("--force");
+      const CliResult r = run_cli(args);
+      EXPECT_EQ(r.code, 1) << r.err;
+      EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
+      EXPECT_FALSE(fs::exists(dir / (std::string(c.name) + ".lock")));
+    }
+  }
+  const CliResult r = run_cli({"copy", src, ""});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("an empty path names no file"), std::string::npos) << r.err;
 }
 
 // The same for a copy that folds a log: the tool SIGKILLed at random

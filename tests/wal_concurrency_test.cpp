@@ -196,6 +196,34 @@ TEST_P(WalConcurrentSpin, GroupCommitSharesFsyncsAcrossWriters) {
   EXPECT_EQ(diff(db.index(), model), "");
 }
 
+// The bound's extremes are clamped (0 .. 1 s) before they become
+// nanoseconds: microseconds::max() overflowed the conversion (undefined
+// behaviour, reported by the UBSan build). Writers still share syncs and
+// lose nothing.
+TEST(WalConcurrentSpinBound, ExtremeBoundsAreClamped) {
+  for (const auto spin : {std::chrono::microseconds::max(), std::chrono::microseconds::min()}) {
+    test::TempDir dir;
+    PersistConfig cfg = wal_config(dir / "db.iqdb", FsyncPolicy::always());
+    cfg.commit_spin = spin;
+    Model model;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+      std::vector<std::thread> writers;
+      for (std::uint64_t t = 0; t < 2; ++t) {
+        writers.emplace_back([&db, t] {
+          for (std::uint64_t i = 0; i < 20; ++i) db.insert(t * 1000 + i, vec_of(t * 1000 + i));
+        });
+      }
+      for (auto& w : writers) w.join();
+      db.close();
+    }
+    for (std::uint64_t t = 0; t < 2; ++t) {
+      for (std::uint64_t i = 0; i < 20; ++i) model[VectorId(t * 1000 + i)] = Entry{vec_of(t * 1000 + i), std::nullopt};
+    }
+    EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(cfg).index(), model), "");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Spin, WalConcurrentSpin,
                          ::testing::Values(std::chrono::microseconds(0), std::chrono::microseconds(10'000'000)),
                          [](const auto& p) { return p.param.count() == 0 ? "sleep" : "yield"; });

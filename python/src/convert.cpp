@@ -2,6 +2,7 @@
 #include "convert.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <string>
 
@@ -19,6 +20,14 @@ bool is_native_float32(const py::array& a) {
   return dt.kind() == 'f' && dt.itemsize() == sizeof(float) && dt.attr("isnative").cast<bool>();
 }
 
+// An array whose data is not aligned for its items (numpy.frombuffer at an
+// odd offset) is read through typed pointers: undefined behaviour. Refused.
+void require_aligned(const py::array& a, const char* what, std::size_t alignment) {
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignment != 0) {
+    value_error(std::string(what) + " must be aligned for its dtype (numpy.frombuffer at an odd offset is not; use .copy())");
+  }
+}
+
 // A float32, C-contiguous numpy array (TypeError / ValueError otherwise).
 py::array float32_array(py::handle h, const char* what) {
   if (!py::isinstance<py::array>(h)) {
@@ -32,6 +41,7 @@ py::array float32_array(py::handle h, const char* what) {
   if ((a.flags() & py::array::c_style) == 0) {
     value_error(std::string(what) + " must be C-contiguous (use numpy.ascontiguousarray)");
   }
+  require_aligned(a, what, alignof(float));
   return a;
 }
 
@@ -233,6 +243,7 @@ Ids ids_from_array(const py::array& a, std::size_t n) {
   if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != n) {
     value_error("ids must have shape (" + std::to_string(n) + ",), not " + shape_of(a));
   }
+  require_aligned(a, "an ids array", static_cast<std::size_t>(a.itemsize()));
   Ids ids;
   const bool in_place = kind == 'u' && a.itemsize() == sizeof(std::uint64_t) && a.dtype().attr("isnative").cast<bool>() &&
                         (a.flags() & py::array::c_style) != 0;

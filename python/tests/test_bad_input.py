@@ -535,3 +535,19 @@ def test_hnswlib_parameters_a_load_would_refuse_are_refused(path, kw):
     # (InvalidPayload: "ef ... is out of range"): the writes were lost.
     with pytest.raises(ValueError, match="at most 2147483648"):
         iq.HnswlibIndex(8, "euclidean", **kw)
+
+
+def test_arrays_not_aligned_for_their_dtype_are_refused(db):
+    # Read through typed pointers, an unaligned array (numpy.frombuffer at
+    # an odd offset) is undefined behaviour; it was accepted.
+    buf = bytearray(4 * DIM * 3 + 8 * 3 + 1)
+    vec = np.frombuffer(buf, dtype=np.float32, offset=1, count=DIM)
+    assert not vec.flags.aligned and vec.flags.c_contiguous
+    e = unchanged(db, lambda: db.insert(10, vec), ValueError)
+    assert "aligned" in str(e)
+    block = np.frombuffer(buf, dtype=np.float32, offset=1, count=3 * DIM).reshape(3, DIM)
+    unchanged(db, lambda: db.insert(np.arange(10, 13, dtype=np.uint64), block), ValueError)
+    ids = np.frombuffer(buf, dtype=np.uint64, offset=1, count=3)
+    assert not ids.flags.aligned
+    unchanged(db, lambda: db.insert(ids, rows(3, DIM)), ValueError)
+    unchanged(db, lambda: db.search(vec, 1), ValueError)

@@ -21,7 +21,8 @@ WalEngine::Impl::Impl(const PersistConfig& cfg)
       policy_(cfg.fsync_policy),
       snapshot_path_(cfg.path),
       log_path_(storage_->log_path()),
-      commit_spin_(std::max(cfg.commit_spin, std::chrono::microseconds(0))),
+      // Clamped before it becomes nanoseconds (2^63 - 1 µs would overflow).
+      commit_spin_(std::clamp(cfg.commit_spin, std::chrono::microseconds(0), std::chrono::microseconds(1'000'000))),
       max_frame_(std::min<std::uint64_t>(storage_->max_frame_bytes(), wal::MAX_FRAME_LEN)) {}
 
 WalEngine::Impl::~Impl() {

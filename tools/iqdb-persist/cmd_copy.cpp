@@ -121,6 +121,21 @@ void refuse_part_of_an_index(const Location& dst) {
 }
 
 // An index at DST (its snapshot, or a local log) is replaced only with --force.
+// A local DST that is there but is no regular file (a directory, a device,
+// a FIFO, a symbolic link: a save replaces a link rather than writing
+// through it, and the old index is read without following one) is refused
+// before anything is taken or created beside it, --force or not.
+void refuse_irregular(const Location& dst) {
+  if (dst.rados()) return;
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(dst.path(), ec);
+  if (ec || st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return;
+  const char* what = st.type() == fs::file_type::directory ? "a directory (give the snapshot file's path in it)"
+                     : st.type() == fs::file_type::symlink ? "a symbolic link (give the path it points to)"
+                                                           : "not a regular file (a device, FIFO or socket)";
+  throw PersistError::at(ErrorKind::InvalidArgument, dst.path(), std::string("the destination is ") + what);
+}
+
 void refuse_existing(const Location& dst, bool force) {
   if (force) return;
   const bool exists =
@@ -368,6 +383,7 @@ std::optional<int> copy_once(const Location& src, const Location& dst, const Cop
     };
     const std::uint64_t pending = pending_records(src, open_snapshot, opts.snapshot_only);
     reading_source = false;
+    refuse_irregular(dst);
     lock = dst.lock_writer();
     refuse_existing(dst, opts.force);
     // LSNs at a path only go up: over an index whose files account for LSN

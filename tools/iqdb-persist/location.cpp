@@ -31,6 +31,7 @@ Location Location::open(const std::string& where, const RadosArgs& args) {
   Location l;
   l.label_ = where;
   if (!is_rados(where)) {
+    if (where.empty()) throw PersistError::argument("an empty path names no file");
     l.fs_ = &default_file_system();
     l.path_ = where;
     return l;

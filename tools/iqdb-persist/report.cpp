@@ -140,7 +140,7 @@ void describe_log_drop(std::ostream& out, const wal::ScanResult& s) {
            "drops them too)\n";
   }
   out << "to drop: " << s.file_size - s.valid_bytes << " bytes from offset " << s.valid_bytes << " ("
-      << s.torn_tail_bytes << " of them not zero padding)";
+      << s.torn_tail_bytes << " of them up to the last byte that is not zero padding)";
   if (s.corrupt_offset) out << ", the damaged frame and the " << s.records_after_corruption << " intact records after it";
   if (s.unsynced_frames_dropped > 0) out << ", " << s.unsynced_frames_dropped << " intact unsynced frames";
   out << "\n";

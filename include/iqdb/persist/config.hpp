@@ -93,6 +93,7 @@ struct PersistConfig {
   // tens of microseconds on virtual machines, as much as a fast fdatasync,
   // and a group's writers are woken together. Only used while fdatasyncs
   // take under half this bound on average (fast storage); 0 never spins.
+  // Negative values are taken as 0, values above 1 s as 1 s.
   std::chrono::microseconds commit_spin{500};
   // Without the WAL only: let save() replace acknowledged writes that the
   // files hold and this index lacks, instead of refusing with

@@ -53,7 +53,7 @@ struct ScanResult {
   std::uint64_t frames = 0;    // frames in the valid prefix
   std::optional<std::uint64_t> last_lsn;  // v2: LSN of the last valid record
   std::uint64_t valid_bytes = 0;      // header + valid frames: where the next frame goes
-  std::uint64_t torn_tail_bytes = 0;  // damaged bytes after the valid prefix (not zero padding)
+  std::uint64_t torn_tail_bytes = 0;  // bytes after the valid prefix up to its last non-zero byte (not the zero padding after it)
   // v2: intact frames inside the torn tail, dropped because they were written
   // before the damaged frame was known durable (writes a power loss
   // persisted out of order).
