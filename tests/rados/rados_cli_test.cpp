@@ -280,7 +280,7 @@ TEST_F(RadosCli, CopyForceReplacesADamagedIndex) {
   const Model m = Model::random(kDim, 300, 3);
   const auto src = save_local(m, "src.iqdb");
   auto r = run_cli({"copy", src.string(), url_});
-  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_EQ(r.code, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
   r = run_cli({"copy", "--force", src.string(), url_});
   ASSERT_EQ(r.code, 0) << r.out << r.err;
@@ -432,7 +432,7 @@ TEST_F(RadosCli, CopyRefusesALockedDestination) {
   EXPECT_EQ(store_->head(name_)->generation, before->generation);
   lock->release();
   r = run_cli({"copy", src.string(), url_});  // an index is there
-  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_EQ(r.code, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
   EXPECT_EQ(store_->head(name_)->generation, before->generation);
   r = run_cli({"copy", "--force", src.string(), url_});

@@ -99,7 +99,9 @@ int run_unflushed(const std::vector<std::string>& args, std::ostream& out, std::
     app.set_version_flag("--version", version_text(),
                          "Print the version and the snapshot and log format versions it writes and reads");
     app.require_subcommand(1);
-    app.footer("Exit status: 0 success, 1 damaged file or failed check, 2 usage error or file that cannot be opened.");
+    app.footer(
+        "Exit status: 0 success, 1 damaged file, locked index or failed check, 2 usage error (also a refused "
+        "argument) or file that cannot be opened.");
     CommandSet commands(app);
     register_all(commands);
 
@@ -110,7 +112,7 @@ int run_unflushed(const std::vector<std::string>& args, std::ostream& out, std::
       if (level->get_subcommands([](CLI::App*) { return true; }).empty() || word.empty() || word.front() == '-') break;
       const auto found = level->get_subcommands([&](CLI::App* sub) { return sub->get_name() == word; });
       if (found.empty()) {
-        err << "Unknown subcommand: " << word << "\nRun with --help for more information.\n";
+        err << "error: invalid_argument: Unknown subcommand: " << word << "\nRun with --help for more information.\n";
         return kExitUsage;
       }
       level = found.front();
@@ -119,8 +121,11 @@ int run_unflushed(const std::vector<std::string>& args, std::ostream& out, std::
       std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 consumes from the back
       app.parse(reversed);
     } catch (const CLI::ParseError& e) {
-      // --help and --version are "errors" with exit code 0.
-      return app.exit(e, out, err) == 0 ? kExitOk : kExitUsage;
+      // --help and --version are "errors" with exit code 0. The others are
+      // printed as every error is, "error: <kind>: <message>".
+      if (e.get_exit_code() == 0) return app.exit(e, out, err) == 0 ? kExitOk : kExitUsage;
+      err << "error: invalid_argument: " << e.what() << "\nRun with --help for more information.\n";
+      return kExitUsage;
     }
     const Action* action = commands.chosen();
     if (action == nullptr) {

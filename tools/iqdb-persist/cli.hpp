@@ -10,7 +10,7 @@ namespace iqdb::persist::cli {
 // Exit codes of every subcommand.
 inline constexpr int kExitOk = 0;       // success: the file is intact, every check passed
 inline constexpr int kExitFailed = 1;   // the file is damaged, or a check failed
-inline constexpr int kExitUsage = 2;    // bad command line, or a file that cannot be opened
+inline constexpr int kExitUsage = 2;    // bad command line (InvalidArgument too), or a file that cannot be opened
 
 // Run the tool. `args` are the command-line arguments without the program
 // name, e.g. {"inspect", "vectors.iqdb", "--json"}. Normal output goes to

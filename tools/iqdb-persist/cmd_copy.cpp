@@ -334,13 +334,13 @@ int report_failure(const Console& console, const CopyOptions& opts, bool publish
   } else {
     console.err << "nothing was copied: " << opts.dst << " is as it was\n";
   }
-  return e.kind() == ErrorKind::Io ? kExitUsage : kExitFailed;
+  return exit_code_for(e);
 }
 
 int report_arrival(const Console& console, const CopyOptions& opts, const PersistError& e) {
   console.err << "DAMAGED: " << opts.dst << " (read back after the copy was published)\n  " << describe(e)
               << '\n';
-  return e.kind() == ErrorKind::Io ? kExitUsage : kExitFailed;
+  return exit_code_for(e);
 }
 
 void print_copied(const Console& console, const CopyOptions& opts, const SnapshotSummary& got,

@@ -512,10 +512,12 @@ void register_demo(CommandSet& commands) {
   add_rados_options(cmd, opts->rados_args);
   cmd.add_option("--vectors", opts->vectors, "Number of vectors")
       ->type_name("N")
+      ->check(CLI::TypeValidator<std::uint64_t>(""))  // first: Range says "abc not in range 1 to ..."
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}))
       ->capture_default_str();
   cmd.add_option("--dim", opts->dim, "Dimensions per vector")
       ->type_name("D")
+      ->check(CLI::TypeValidator<std::uint64_t>(""))
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{65536}))
       ->capture_default_str();
   CLI::Option* faiss = cmd.add_flag(

@@ -123,9 +123,13 @@ std::string describe(const PersistError& e) {
   return kind + ": " + what;
 }
 
+int exit_code_for(const PersistError& e) {
+  return e.kind() == ErrorKind::Io || e.kind() == ErrorKind::InvalidArgument ? kExitUsage : kExitFailed;
+}
+
 int report_error(std::ostream& err, const PersistError& e) {
   err << "error: " << describe(e) << '\n';
-  return e.kind() == ErrorKind::Io ? kExitUsage : kExitFailed;
+  return exit_code_for(e);
 }
 
 void describe_log_drop(std::ostream& out, const wal::ScanResult& s) {

@@ -43,9 +43,14 @@ std::string describe(const PersistError& e);
 // prefix, the damaged frame and the intact frames after it, the bytes cut.
 void describe_log_drop(std::ostream& out, const wal::ScanResult& s);
 
-// Print `e` to `err` ("error: ...") and return the exit code for it:
-// kExitUsage for ErrorKind::Io (the file cannot be opened or read),
-// kExitFailed for every other kind (the file is damaged or unsupported).
+// The exit code for `e`: kExitUsage for ErrorKind::Io (the file cannot be
+// opened or read) and ErrorKind::InvalidArgument (what the command line
+// asks for is refused: the same location twice, a destination that is a
+// directory, an index at DST without --force), kExitFailed for every other
+// kind (the file is damaged or unsupported, it is locked, a check failed).
+int exit_code_for(const PersistError& e);
+
+// Print `e` to `err` ("error: ...") and return exit_code_for(e).
 int report_error(std::ostream& err, const PersistError& e);
 
 }  // namespace iqdb::persist::cli
