@@ -136,6 +136,39 @@ TEST(AdapterCli, DemoRunsOnAFaissIndex) {
   EXPECT_EQ(hnsw.code, 0) << hnsw.out << hnsw.err;
   EXPECT_EQ(run_cli({"demo", "--faiss-index", "ivf"}).code, 2);  // needs --faiss
 }
+
+// `checkpoint` folds a FAISS index's log offline, as the hnswlib one below.
+TEST(AdapterCli, CheckpointFoldsAFaissIndexsLog) {
+  TempDir dir;
+  PersistConfig cfg(dir / "f.iqdb");
+  cfg.wal_enabled = true;
+  std::mt19937 rng(4);
+  std::vector<std::vector<float>> rows;
+  for (std::uint64_t i = 0; i < 30; ++i) rows.push_back(vec(rng, 5));
+  {
+    auto map = std::make_unique<faiss::IndexIDMap2>(new faiss::IndexFlatL2(5));
+    map->own_fields = true;
+    auto db = PersistedIndex<FaissIndex>::open_with(FaissIndex(std::move(map)), cfg);
+    for (std::uint64_t i = 0; i < 30; ++i) db.insert(100 + i, rows[i]);  // LSN 1..30
+    db.erase(107);                                                        // LSN 31
+    db.close();
+  }
+  const CliResult r = run_cli({"checkpoint", cfg.path.string()});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("(31 log records folded)"), std::string::npos) << r.out;
+  const SnapshotSummary after = inspect_snapshot(default_file_system(), cfg.path);
+  EXPECT_EQ(after.header.last_lsn, 31u);
+  EXPECT_EQ(after.header.n_vectors, 29u);
+  auto db = PersistedIndex<FaissIndex>::load(PersistConfig(cfg.path));
+  EXPECT_EQ(db.index().size(), 29u);
+  EXPECT_FALSE(db.index().contains(107));
+  for (std::uint64_t i = 0; i < 30; ++i) {
+    if (i == 7) continue;
+    const auto hits = db.index().search(rows[i], 1);
+    ASSERT_EQ(hits.size(), 1u);
+    EXPECT_EQ(hits[0].id, 100 + i);
+  }
+}
 #endif
 
 #if defined(IQDB_TEST_HAVE_HNSWLIB)
@@ -150,6 +183,47 @@ TEST(AdapterCli, InspectAndVerifyReadHnswlibSnapshots) {
   auto db = PersistedIndex<HnswlibIndex>::open_with(std::move(ix), cfg);
   db.save();
   check_tool_on(cfg.path, "hnswlib", 10, "Cosine", 299, "lz4");
+}
+
+// `checkpoint` folds an hnswlib index's log offline (it refused every type
+// but flat before, and `copy` advised it for them): the snapshot then holds
+// every logged mutation at the log's last LSN, the log is empty, and the
+// loaded index answers as a model of the mutations says.
+TEST(AdapterCli, CheckpointFoldsAnHnswlibIndexsLog) {
+  TempDir dir;
+  PersistConfig cfg(dir / "h.iqdb");
+  cfg.wal_enabled = true;
+  cfg.compression = Compression::zstd(3);
+  std::mt19937 rng(3);
+  std::vector<std::vector<float>> rows;
+  for (std::uint64_t i = 0; i < 60; ++i) rows.push_back(vec(rng, 6));
+  {
+    auto db = PersistedIndex<HnswlibIndex>::open_with(HnswlibIndex(6, DistanceMetric::Euclidean, HnswlibParams{6, 32, 64, 1, 0}),
+                                                      cfg);
+    for (std::uint64_t i = 0; i < 40; ++i) db.insert(i, rows[i]);  // LSN 1..40, in the log
+    db.erase(5);                                                    // LSN 41
+    db.close();
+  }
+  ASSERT_EQ(inspect_snapshot(default_file_system(), cfg.path).header.last_lsn, 0u);
+  const CliResult r = run_cli({"checkpoint", cfg.path.string()});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("(41 log records folded)"), std::string::npos) << r.out;
+  const SnapshotSummary after = inspect_snapshot(default_file_system(), cfg.path);
+  EXPECT_EQ(after.header.index_type, "hnswlib");
+  EXPECT_EQ(after.header.last_lsn, 41u);
+  EXPECT_EQ(after.header.n_vectors, 39u);
+  EXPECT_EQ(after.header.compression, CompressionScheme::Zstd);
+  PersistConfig plain(cfg.path);  // without the WAL: the snapshot alone
+  auto db = PersistedIndex<HnswlibIndex>::load(plain);
+  EXPECT_EQ(db.index().size(), 39u);
+  EXPECT_FALSE(db.index().contains(5));
+  for (std::uint64_t i = 0; i < 40; ++i) {
+    if (i == 5) continue;
+    const auto hits = db.index().search(rows[i], 1);
+    ASSERT_EQ(hits.size(), 1u);
+    EXPECT_EQ(hits[0].id, i);
+    EXPECT_EQ(hits[0].distance, 0.0f);
+  }
 }
 #endif
 

@@ -1,8 +1,11 @@
 // iqdb-persist checkpoint PATH: load a snapshot and its write-ahead log and
 // fold them into a new snapshot (and an empty log), offline. PATH may be
 // rados://POOL/NAME (the index's writer lock there, a new generation and log).
+// Index types: flat always, faiss and hnswlib when the tool is built with
+// their adapters (applying a log record needs the index type's code).
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "iqdb-persist/command.hpp"
 #include "iqdb-persist/fold_copy.hpp"
@@ -11,6 +14,12 @@
 #include "iqdb/persist/flat_index.hpp"
 #include "iqdb/persist/persisted_index.hpp"
 #include "iqdb/persist/snapshot.hpp"
+#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
+#include "iqdb/persist/adapters/faiss.hpp"
+#endif
+#if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
+#include "iqdb/persist/adapters/hnswlib.hpp"
+#endif
 
 namespace iqdb::persist::cli {
 namespace {
@@ -20,20 +29,14 @@ struct CheckpointOptions {
   RadosArgs rados;
 };
 
-int checkpoint(const CheckpointOptions& opts, const Console& console) {
-  const Location where = Location::open(opts.file, opts.rados);
-  const SnapshotSummary before = inspect_snapshot(where.fs(), where.path());
-  if (before.header.index_type != FlatIndex::index_type) {
-    throw PersistError::at(ErrorKind::Unsupported, opts.file,
-                           "offline checkpoint needs the index type to apply log records; this tool knows '" +
-                               std::string(FlatIndex::index_type) + "', the snapshot holds '" +
-                               printable(before.header.index_type) + "'");
-  }
+template <class I>
+int checkpoint_as(const Location& where, const CheckpointOptions& opts, const SnapshotSummary& before,
+                  const Console& console) {
   PersistConfig cfg = where.config();
   cfg.wal_enabled = true;
   cfg.fsync_policy = FsyncPolicy::always();
   cfg.compression = compression_of(before.header);  // keep the snapshot's
-  auto db = PersistedIndex<FlatIndex>::load(cfg);  // takes the writer lock, replays the log
+  auto db = PersistedIndex<I>::load(cfg);  // takes the writer lock, replays the log
   // (Not last_lsn() minus the snapshot's: the open of a snapshot saved
   // without the WAL claims one LSN more, folding nothing.)
   const std::uint64_t folded = db.wal_stats().recovered_records;
@@ -46,12 +49,32 @@ int checkpoint(const CheckpointOptions& opts, const Console& console) {
   return kExitOk;
 }
 
+int checkpoint(const CheckpointOptions& opts, const Console& console) {
+  const Location where = Location::open(opts.file, opts.rados);
+  const SnapshotSummary before = inspect_snapshot(where.fs(), where.path());
+  const std::string_view type = before.header.index_type;
+  std::string known = "'" + std::string(FlatIndex::index_type) + "'";
+  if (type == FlatIndex::index_type) return checkpoint_as<FlatIndex>(where, opts, before, console);
+#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
+  if (type == FaissIndex::index_type) return checkpoint_as<FaissIndex>(where, opts, before, console);
+  known += ", '" + std::string(FaissIndex::index_type) + "'";
+#endif
+#if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
+  if (type == HnswlibIndex::index_type) return checkpoint_as<HnswlibIndex>(where, opts, before, console);
+  known += ", '" + std::string(HnswlibIndex::index_type) + "'";
+#endif
+  throw PersistError::at(ErrorKind::Unsupported, opts.file,
+                         "offline checkpoint needs the index type to apply log records; this build knows " + known +
+                             ", the snapshot holds '" + printable(type) +
+                             "' (checkpoint it from a program that knows it: PersistedIndex::checkpoint)");
+}
+
 }  // namespace
 
 void register_checkpoint(CommandSet& commands) {
   auto opts = std::make_shared<CheckpointOptions>();
   CLI::App& cmd = commands.add("checkpoint",
-                               "Fold a snapshot's write-ahead log into a new snapshot, offline (flat indexes)",
+                               "Fold a snapshot's write-ahead log into a new snapshot, offline (flat; faiss and hnswlib in builds with them)",
                                [opts](const Console& console) { return checkpoint(*opts, console); });
   cmd.add_option("FILE", opts->file, "The snapshot (its log is FILE.wal), or rados://POOL/NAME")
       ->required()

@@ -155,7 +155,9 @@ FoldedCopy fold_into(const Location& src, std::string_view index_type, const Loc
 #endif
   throw PersistError::at(ErrorKind::Unsupported, src.path(),
                          "copying the log needs the index type to apply its records; this build does not know '" +
-                             printable(index_type) + "' (checkpoint the source first, or --snapshot-only)");
+                             printable(index_type) +
+                             "' (checkpoint the source from a program that knows it, PersistedIndex::checkpoint, or "
+                             "copy with --snapshot-only)");
 }
 
 }  // namespace iqdb::persist::cli
