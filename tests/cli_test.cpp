@@ -38,6 +38,7 @@ TEST(Cli, NotBuilt) { GTEST_SKIP() << "built without the iqdb-persist tool (IQDB
 #include "iqdb-persist/cli.hpp"
 #include "iqdb-persist/command.hpp"
 #include "support/cli_runner.hpp"
+#include "support/forked_child.hpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -549,6 +550,15 @@ TEST(CliDemo, FilesItCannotWriteExitTwo) {
   EXPECT_EQ(r.code, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("io: "), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("3 of 3 checks FAILED"), std::string::npos) << r.out;
+  // Nothing was saved: no command to try on a file that is not there.
+  EXPECT_EQ(r.out.find("try: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("No snapshot was saved in " + dir.path().string()), std::string::npos) << r.out;
+  // One saved (lz4's): the command to try names it.
+  fs::remove(dir / "demo-lz4.iqdb.lock");
+  const CliResult one = run_cli({"demo", "--dir", dir.path().string(), "--vectors", "10", "--dim", "4"});
+  EXPECT_EQ(one.code, 2) << one.out << one.err;
+  EXPECT_NE(one.out.find("try: iqdb-persist verify " + (dir / "demo-lz4.iqdb").string()), std::string::npos)
+      << one.out;
 }
 
 TEST(CliDemo, SmallRunSavesThreeVerifiedFiles) {
@@ -1090,30 +1100,19 @@ TEST(CliCopy, AFoldedCopyThatCannotBeWrittenLeavesTheDestinationsLog) {
   const std::vector<std::byte> dst_snapshot = test::read_file(dst.path);
   const std::vector<std::byte> dst_log_bytes = test::read_file(dst_log);
 
-  int pipe_fds[2];
-  ASSERT_EQ(::pipe(pipe_fds), 0);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::close(pipe_fds[0]);
+  const test::ChildResult child = test::run_in_child([&](int report) {
     ::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG instead
     const rlimit limit{6000, 6000};  // past the snapshot's header, short of its 400 rows
-    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(90);
+    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) return 91;
     std::ostringstream out, err;
     const int code = cli::run({"copy", "--force", src.path.string(), dst.path.string()}, out, err);
     const std::string text = err.str();
-    (void)!::write(pipe_fds[1], text.data(), text.size());
-    ::_exit(code);
-  }
-  ::close(pipe_fds[1]);
-  std::string err;
-  char buf[512];
-  for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0;) err.append(buf, static_cast<std::size_t>(n));
-  ::close(pipe_fds[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 2) << err;
+    (void)!::write(report, text.data(), text.size());
+    return code;
+  });
+  const std::string& err = child.report;
+  ASSERT_TRUE(WIFEXITED(child.status));
+  EXPECT_EQ(WEXITSTATUS(child.status), 2) << err;
   EXPECT_NE(err.find("nothing was copied"), std::string::npos) << err;
   EXPECT_TRUE(fs::exists(dst_log)) << "the destination's log was removed by a copy that failed";
   EXPECT_TRUE(test::read_file(dst.path) == dst_snapshot);

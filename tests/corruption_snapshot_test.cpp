@@ -716,6 +716,36 @@ int load_in_child(const Buf& file, std::optional<ErrorKind> want, const ReadLimi
 // threads and arenas, far below what a believed hostile length would take.
 constexpr std::size_t kCap = std::size_t{512} << 20;
 
+// Metadata keys and string values are written as UTF-8 (docs/FORMAT.md),
+// but an index used directly could store other bytes before its insert
+// checked: the snapshots it was saved to load, those bytes as they were
+// written (checked against the file's own bytes), in every container.
+// Multi-byte UTF-8 loads as written too.
+TEST(SnapshotMetadata, TextThatIsNotUtf8LoadsAsWritten) {
+  MemFs fs(kMemPath);
+  const auto rows_with = [](Metadata m) {
+    return std::vector<test::FlatRow>{{VectorId(std::uint64_t{7}), {1.0f, 2.0f, 3.0f, 4.0f}, std::move(m)}};
+  };
+  const Metadata cases[] = {
+      Metadata{{"\xff", Value(std::int64_t{1})}},
+      Metadata{{"ab\xc3", Value(std::string("a\xc0\x80"))}},
+      Metadata{{"k", Value(std::string("\xed\xa0\x80\xf4\x90\x80\x80"))}},
+      Metadata{{"caf\xc3\xa9", Value(std::string("\xe6\x97\xa5\xe6\x9c\xac"))},
+               {"k", Value(std::string("\xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf"))}},
+  };
+  for (const Metadata& m : cases) {
+    const Buf payload = test::flat_payload(kDim, kMetricTag, rows_with(m), /*tagged_ids=*/true);
+    for (Container c : {Container::V1, Container::V2Zstd, Container::V3None, Container::V3Zstd}) {
+      const std::string where = m.begin()->first + " in container " + std::to_string(static_cast<int>(c));
+      fs.set(wrap(c, HostileCase{"text", payload, 1}));
+      const Outcome o = load_flat(fs);
+      ASSERT_TRUE(o.index.has_value()) << where << ": " << o.what;
+      ASSERT_NE(o.index->metadata_at(0), nullptr) << where;
+      EXPECT_EQ(*o.index->metadata_at(0), m) << where;
+    }
+  }
+}
+
 TEST(SnapshotCapped, HeaderClaimingTwoToTheSixtyVectors) {
   const std::uint64_t huge = std::uint64_t{1} << 60;
   Bytes p = payload_prefix(kDim, huge, 1);

@@ -55,5 +55,34 @@ TEST(MetadataLimits, LongestAllowedKeyRoundTripsThroughLogCheckpointAndSave) {
   EXPECT_EQ(again.index().metadata(1)->at(longest).as_string(), "a");
 }
 
+// Metadata that is not UTF-8 is refused by the index's own insert too (a
+// FlatIndex filled before open_with): a snapshot's reader refuses it
+// (docs/FORMAT.md), so an index holding it would be saved and then fail to
+// load. Before, only the library's logged mutations checked it.
+TEST(MetadataLimits, MetadataThatIsNotUtf8IsRefusedByTheIndexItself) {
+  FlatIndex ix(2, DistanceMetric::Euclidean);
+  const std::vector<float> v{1.0f, 2.0f};
+  const Metadata bad[] = {Metadata{{"\xff", Value(1)}}, Metadata{{"k", Value(std::string("\xc3"))}},
+                          Metadata{{"k", Value(std::string("\xed\xbf\xbf"))}}};
+  for (const Metadata& m : bad) {
+    try {
+      ix.insert(1, v, m);
+      ADD_FAILURE() << "metadata that is not UTF-8 was stored";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(ix.size(), 0u);
+  const Metadata good{{"caf\xc3\xa9", Value(std::string("\xf0\x9f\x98\x80"))}};
+  ix.insert(1, v, good);
+  test::TempDir dir;
+  const PersistConfig cfg(dir / "x.iqdb");
+  PersistedIndex<FlatIndex>::open_with(std::move(ix), cfg).save();
+  const auto back = PersistedIndex<FlatIndex>::load(cfg);
+  ASSERT_NE(back.index().metadata(1), nullptr);
+  EXPECT_EQ(*back.index().metadata(1), good);
+}
+
 }  // namespace
 }  // namespace iqdb::persist

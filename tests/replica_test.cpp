@@ -23,6 +23,7 @@
 #include "iqdb/persist.hpp"
 #include "support/acking_child.hpp"
 #include "support/fault_fs.hpp"
+#include "support/forked_child.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -274,6 +275,55 @@ TEST(Replica, AHugeIntervalWaits) {
   std::this_thread::sleep_for(300ms);
   EXPECT_LE(r.stats().catch_ups, 1U);  // the first round; a spinning follower makes thousands
   r.stop_following();
+}
+
+// Threads stopping and starting the background follower at once all return
+// (both stops used to join the one thread: the second never returned), and
+// the follower still applies what the writer logs afterwards. In a child
+// process, so that a hang fails the test (SIGALRM).
+TEST(Replica, StopsAndStartsFromManyThreadsAtOnceReturn) {
+  test::TempDir dir;
+  const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  Writer w{new_writer(cfg), {}};
+  const test::ChildResult child = test::run_in_child([&](int) {
+    ::alarm(60);
+    Replica r = Replica::open(cfg);  // the child's own (one inherited from the parent does not follow)
+    for (int round = 0; round < 40; ++round) {
+      r.start_following(1ms);
+      std::atomic<int> ready{0};
+      const auto go = [&](bool start) {
+        ++ready;
+        while (ready.load() < 3) {
+        }
+        if (start) {
+          r.start_following(1ms);
+        } else {
+          r.stop_following();
+        }
+      };
+      std::thread a(go, false), b(go, false), c(go, round % 2 == 0);
+      a.join();
+      b.join();
+      c.join();
+    }
+    r.stop_following();
+    return 0;
+  });
+  ASSERT_TRUE(WIFEXITED(child.status)) << "ended by signal " << WTERMSIG(child.status)
+                                       << " (14: a stop_following() hung)";
+  EXPECT_EQ(WEXITSTATUS(child.status), 0);
+  // And here (not forked): after stops from two threads, a start follows again.
+  Replica r = Replica::open(cfg);
+  r.start_following(1ms);
+  std::thread a([&] { r.stop_following(); });
+  r.stop_following();
+  a.join();
+  r.start_following(1ms);
+  w.insert(5);
+  w.db.sync();
+  EXPECT_TRUE(wait_for(r, w.db.last_lsn()));
+  r.stop_following();
+  EXPECT_EQ(test::diff(r.index(), w.model), "");
 }
 
 // A background follower applies while readers run: a batch of ten inserts

@@ -173,7 +173,9 @@ rc::Gen<float> gen_float() {
 
 rc::Gen<Value> gen_value() {
   return rc::gen::oneOf(
-      rc::gen::map(rc::gen::arbitrary<std::string>(), [](std::string s) { return Value(std::move(s)); }),
+      // Any bytes, as the code points U+0000..U+00FF in UTF-8 (metadata is UTF-8).
+      rc::gen::map(rc::gen::arbitrary<std::string>(),
+                   [](const std::string& s) { return Value(test::latin1_to_utf8(s)); }),
       rc::gen::map(rc::gen::arbitrary<std::int64_t>(), [](std::int64_t i) { return Value(i); }),
       rc::gen::map(rc::gen::arbitrary<std::uint64_t>(),
                    [](std::uint64_t u) { return Value(std::bit_cast<double>(u)); }),

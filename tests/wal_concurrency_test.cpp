@@ -2,6 +2,8 @@
 // the periodic flusher while writers and readers run. Every test name
 // contains "Concurrent": the ThreadSanitizer stage runs `ctest -R Concurren`.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "support/fault_fs.hpp"
+#include "support/forked_child.hpp"
 #include "support/sync_gate.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
@@ -496,6 +499,40 @@ TEST(WalConcurrent, ContendedIdsValidateAgainstPendingRecords) {
   EXPECT_EQ(unexpected.load(), 0);
   EXPECT_GE(acknowledged.load(), 40) << "too little contention to mean anything";
   std::printf("contended ids: %d of %d mutations acknowledged\n", acknowledged.load(), kWriters * 80);
+}
+
+// Two threads closing one index at once (a scope ending while a worker
+// closes it) both return, and the index is closed: each close used to join
+// the periodic flusher and the automatic checkpointer, and the second join
+// of a thread never returned. In a child process, so that a hang fails the
+// test (SIGALRM) instead of stopping the run.
+TEST(WalConcurrent, TwoThreadsClosingAtOnceBothReturn) {
+  test::TempDir dir;
+  const test::ChildResult child = test::run_in_child([&](int) {
+    ::alarm(60);
+    for (int round = 0; round < 30; ++round) {
+      PersistConfig cfg =
+          wal_config(dir / ("c" + std::to_string(round) + ".iqdb"), FsyncPolicy::periodic(std::chrono::milliseconds(5)));
+      cfg.checkpoint_log_bytes = 1 << 20;
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
+      db.insert(std::uint64_t{1}, vec_of(1));
+      std::atomic<int> ready{0};
+      const auto close = [&] {
+        ++ready;
+        while (ready.load() < 2) {
+        }
+        db.close();
+      };
+      std::thread a(close);
+      std::thread b(close);
+      a.join();
+      b.join();
+      if (test::error_of([&] { db.insert(std::uint64_t{2}, vec_of(2)); }) == std::nullopt) return 1;  // still open
+    }
+    return 0;
+  });
+  ASSERT_TRUE(WIFEXITED(child.status)) << "ended by signal " << WTERMSIG(child.status) << " (14: a close() hung)";
+  EXPECT_EQ(WEXITSTATUS(child.status), 0);
 }
 
 }  // namespace

@@ -259,6 +259,65 @@ TEST(WalFaults, FailedPeriodicFsyncPoisonsTheNextWrite) {
   expect_recovers(cfg, model, with(model, 2));
 }
 
+// A checkpoint on a disk without room for a new log's first step of zero
+// padding (1 MiB) starts a log of its header alone, which grows as any log
+// does. It used to fail after its snapshot was published, which refused
+// every later write (Poisoned) until a reopen, though the frames had room.
+TEST(WalFaults, ACheckpointWithoutRoomForTheNewLogsPaddingGoesOn) {
+  for (const FsyncPolicy policy : {FsyncPolicy::always(), FsyncPolicy::never()}) {
+    SCOPED_TRACE(policy.mode() == FsyncPolicy::Mode::Always ? "always" : "never");
+    test::TempDir dir;
+    FaultFs ffs;
+    const PersistConfig cfg = wal_config(dir / "db.iqdb", policy, &ffs);
+    Model model;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+      for (std::uint64_t i = 1; i <= 50; ++i) put(db, model, i);
+      ffs.limit_size(".db.iqdb.wal.tmp-", 200, ENOSPC);  // the header fits, the padding does not
+      const FileHeader h = db.checkpoint();
+      EXPECT_EQ(h.last_lsn, 50u);
+      EXPECT_GE(ffs.fired(), 1u) << "the padding was never refused";
+      EXPECT_EQ(db.failure(), std::nullopt);
+      ffs.disarm();
+      for (std::uint64_t i = 51; i <= 100; ++i) put(db, model, i);
+      db.sync();
+      db.close();
+    }
+    expect_recovers(cfg, model);
+  }
+}
+
+// sync() whose own fdatasync fails throws that failure (Io, its errno), as
+// a commit's does, and poisons the log: the next call throws Poisoned. It
+// used to throw Poisoned ("failed earlier") at once, the Io error dropped.
+TEST(WalFaults, ASyncWhoseOwnFdatasyncFailsThrowsItsIoError) {
+  for (const FsyncPolicy policy : {FsyncPolicy::never(), FsyncPolicy::periodic(std::chrono::hours(1))}) {
+    SCOPED_TRACE(policy.mode() == FsyncPolicy::Mode::Never ? "never" : "periodic");
+    test::TempDir dir;
+    FaultFs ffs;
+    const PersistConfig cfg = wal_config(dir / "db.iqdb", policy, &ffs);
+    Model model;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+      put(db, model, 1);
+      ffs.arm(Fault::fail(OpMatch{OpKind::DataSync, "db.iqdb.wal"}, 1, EIO));
+      try {
+        db.sync();
+        ADD_FAILURE() << "the sync succeeded";
+      } catch (const PersistError& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::Io) << e.what();
+        EXPECT_EQ(e.sys_errno(), EIO) << e.what();
+      }
+      EXPECT_EQ(ffs.fired(), 1u);
+      ASSERT_TRUE(db.failure().has_value());
+      EXPECT_EQ(error_of([&] { db.sync(); }), ErrorKind::Poisoned);
+      EXPECT_EQ(error_of([&] { db.insert(3, vec_of(3)); }), ErrorKind::Poisoned);
+    }
+    // The insert was acknowledged before the sync (Never / Periodic): kept.
+    expect_recovers(cfg, model, model);
+  }
+}
+
 // Under Always a commit's fdatasync fails (the disk is dying: its data may
 // have reached the disk all the same), and cutting its frame off the log
 // fails too: the frame stays, and its insert, reported as failed, comes

@@ -13,6 +13,9 @@
 // Every check compares with an independent model: the ids and vectors the
 // test was told were acknowledged.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <atomic>
@@ -25,6 +28,7 @@
 
 #include "support/crash_sim.hpp"
 #include "support/fault_fs.hpp"
+#include "support/forked_child.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -120,6 +124,49 @@ TEST(WriterLock, AWriterWhoseLockFileWasReplacedIsFencedAtItsCheckpoint) {
     EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(wal_config(path, FsyncPolicy::always())).index(), second_model), "")
         << move_directory;
   }
+}
+
+// A lock file that cannot be looked at (its directory made unreadable for a
+// while) says nothing about who holds the lock: the checkpoint fails with
+// Io (EACCES) and the writer goes on once the directory is readable again.
+// It used to be Fenced, for good, as if another writer had taken over. Run
+// as an unprivileged user in a child process (root reads any directory).
+TEST(WriterLock, ALockFileThatCannotBeLookedAtIsIoNotFenced) {
+  TempDir dir;
+  const fs::path home = dir / "home";
+  fs::create_directories(home);
+  const test::ChildResult child = test::run_in_child([&](int) {
+    if (::geteuid() == 0) {
+      constexpr uid_t kNobody = 65534;
+      if (::chown(dir.path().c_str(), kNobody, kNobody) != 0 || ::chown(home.c_str(), kNobody, kNobody) != 0) {
+        return 10;
+      }
+      if (::setgid(kNobody) != 0 || ::setuid(kNobody) != 0) return 11;
+    }
+    Model model;
+    auto db = wal_writer(wal_config(home / "x.iqdb", FsyncPolicy::always()), model, /*checkpoint=*/false);
+    if (::chmod(home.c_str(), 0) != 0) return 12;
+    int code = 0;
+    try {
+      db.checkpoint();
+      code = 2;  // checkpointed through a directory it cannot read
+    } catch (const PersistError& e) {
+      if (e.kind() != ErrorKind::Io || e.sys_errno() != EACCES) code = 3;
+    }
+    if (::chmod(home.c_str(), 0700) != 0) return 13;
+    if (code != 0) return code;
+    if (db.failure().has_value()) return 4;
+    put(db, model, 500);  // writes go on
+    db.checkpoint();      // and so does the next checkpoint
+    db.close();
+    return diff(PersistedIndex<FlatIndex>::load(wal_config(home / "x.iqdb", FsyncPolicy::always())).index(), model)
+                   .empty()
+               ? 0
+               : 5;
+  });
+  ASSERT_TRUE(WIFEXITED(child.status)) << "signal " << WTERMSIG(child.status);
+  EXPECT_EQ(WEXITSTATUS(child.status), 0) << "90: threw elsewhere; 2: no error; 3: not Io/EACCES; 4: poisoned; "
+                                             "5: reloaded index differs; 10-13: setup";
 }
 
 TEST(WriterLock, SaveWithoutWalIsLockedOutWhileAWalWriterRunsWithoutACheckpoint) {

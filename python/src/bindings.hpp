@@ -7,9 +7,11 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <iqdb/persist.hpp>
@@ -24,8 +26,10 @@ namespace py = pybind11;
 // call) with pthread_exit, whose unwinding std::terminate stops at the
 // first noexcept frame: gil_scoped_release's destructor is one (SIGABRT,
 // pybind11 issue 2215); this one lets the unwinding pass, and pybind11's
-// dispatcher rethrows it. Not for destructors, which are noexcept: they
-// keep the GIL (Persisted, Replica, ConfigDeleter).
+// dispatcher rethrows it. Only through without_gil: taken back while an
+// exception unwinds, pthread_exit's unwinding would start inside it
+// (std::terminate). Not for destructors, which are noexcept: they keep the
+// GIL (Persisted, Replica, ConfigDeleter).
 class ReleasedGil {
  public:
   ReleasedGil() : state_(PyEval_SaveThread()) {}
@@ -36,6 +40,41 @@ class ReleasedGil {
  private:
   PyThreadState* state_;
 };
+
+// f() with the GIL released (f must not touch Python objects). What f
+// throws is caught while the GIL is let go and thrown again once it is
+// back, so that the GIL is never taken back during an unwinding (a library
+// error raised in a daemon thread at the interpreter's exit used to end
+// the process with SIGABRT).
+template <class F>
+decltype(auto) without_gil(F&& f) {
+  using R = decltype(std::forward<F>(f)());
+  static_assert(!std::is_reference_v<R>, "without_gil returns values");
+  std::exception_ptr error;
+  if constexpr (std::is_void_v<R>) {
+    {
+      ReleasedGil rel;
+      try {
+        std::forward<F>(f)();
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+  } else {
+    std::optional<R> out;
+    {
+      ReleasedGil rel;
+      try {
+        out.emplace(std::forward<F>(f)());
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+    return R(std::move(*out));
+  }
+}
 
 // A filesystem path as a Python str, as os.fsdecode gives it: bytes that
 // are not UTF-8 (a legal Linux file name) become lone surrogates instead of

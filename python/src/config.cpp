@@ -223,8 +223,7 @@ void register_config(py::module_& m) {
   m.def(
        "snapshot_index_type",
        [](const PersistConfig& cfg) {
-         ReleasedGil rel;
-         return inspect_snapshot(detail::fs_of(cfg), cfg.path).header.index_type;
+         return without_gil([&] { return inspect_snapshot(detail::fs_of(cfg), cfg.path).header.index_type; });
        },
        py::arg("config"), "The index type the header of config's snapshot names (local or rados://).")
       .def(
@@ -234,8 +233,7 @@ void register_config(py::module_& m) {
               throw PersistError::argument("snapshot_index_type('" + path.string() +
                                            "'): pass the PersistConfig of a rados:// location");
             }
-            ReleasedGil rel;
-            return inspect_snapshot(default_file_system(), path).header.index_type;
+            return without_gil([&] { return inspect_snapshot(default_file_system(), path).header.index_type; });
           },
           py::arg("path"), "The index type a snapshot's header names (\"flat\", \"faiss\", \"hnswlib\").");
 }

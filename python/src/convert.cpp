@@ -168,11 +168,19 @@ std::optional<Metadata> to_metadata(py::handle h) {
 
 py::object from_metadata(const Metadata* m) {
   if (m == nullptr) return py::none();
+  // Text is UTF-8, but a snapshot written through an index used directly
+  // (before its insert checked) may hold other bytes: they come back as
+  // lone surrogates (as os.fsdecode gives them), never a UnicodeDecodeError.
+  const auto text = [](const std::string& s) {
+    PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogateescape");
+    if (o == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+  };
   py::dict d;
   for (const auto& [k, v] : *m) {
-    py::str key(k);
+    const py::str key = text(k);
     switch (v.kind()) {
-      case Value::Kind::String: d[key] = py::str(v.as_string()); break;
+      case Value::Kind::String: d[key] = text(v.as_string()); break;
       case Value::Kind::Int: d[key] = py::int_(v.as_int()); break;
       case Value::Kind::Float: d[key] = py::float_(v.as_float()); break;
       case Value::Kind::Bool: d[key] = py::bool_(v.as_bool()); break;

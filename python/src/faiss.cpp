@@ -66,8 +66,10 @@ Owned<FaissIndex> from_serialized(const py::bytes& data, bool cosine) {
   Py_ssize_t n = 0;
   if (PyBytes_AsStringAndSize(data.ptr(), &p, &n) != 0) throw py::error_already_set();
   const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(p), static_cast<std::size_t>(n));
-  ReleasedGil rel;  // (the bytes object stays referenced by the caller)
-  return faiss_call([&] { return Owned<FaissIndex>{FaissIndex::from_serialized(bytes, FaissOptions{cosine})}; });
+  // (The bytes object stays referenced by the caller.)
+  return without_gil([&] {
+    return faiss_call([&] { return Owned<FaissIndex>{FaissIndex::from_serialized(bytes, FaissOptions{cosine})}; });
+  });
 }
 
 }  // namespace

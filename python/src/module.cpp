@@ -16,7 +16,8 @@ namespace {
 // pybind11 uses it for nothing else: __init__, factories and unpickling
 // construct through the instance's holder.
 [[noreturn]] void* refuse_uninitialised(std::size_t) {
-  throw py::type_error("this object was never initialised (made by __new__ without __init__): construct it by calling the class");
+  throw py::type_error(
+      "this object was never initialised (made by __new__ without __init__): construct it by calling the class");
 }
 
 void refuse_uninitialised_objects(py::module_& m) {

@@ -73,8 +73,7 @@ struct Persisted {
 
   void insert_one(py::handle id, py::handle vector, py::handle metadata) {
     OneInsert a = to_one_insert(id, vector, metadata, dim);
-    ReleasedGil rel;
-    db->insert(a.id, a.vector.floats, std::move(a.meta));
+    without_gil([&] { db->insert(a.id, a.vector.floats, std::move(a.meta)); });
   }
 
   // One batch: one log frame, one fsync, all or nothing.
@@ -94,8 +93,7 @@ struct Persisted {
                      metas.empty() ? std::nullopt : std::move(metas[i]));
       }
     }
-    ReleasedGil rel;
-    db->write(b);
+    without_gil([&] { db->write(b); });
   }
 
   void insert(py::handle ids, py::handle vectors, py::handle metadata) {
@@ -110,8 +108,7 @@ struct Persisted {
   // or an fsync (docs/PYTHON.md, "The GIL"). f must not touch Python objects.
   template <class F>
   decltype(auto) released(F&& f) {
-    ReleasedGil rel;
-    return std::forward<F>(f)(*db);
+    return without_gil([&] { return std::forward<F>(f)(*db); });
   }
 
   // f(const I&) under the index's read lock (which a write holds while it
@@ -131,16 +128,12 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
        "open_with",
        [](Owned<I>& index, const PersistConfig& cfg) {
          I ix = index.take();
-         ReleasedGil rel;
-         std::optional<Db> db;
          try {
-           db.emplace(Db::open_with(std::move(ix), cfg));
+           return without_gil([&] { return std::make_unique<P>(Db::open_with(std::move(ix), cfg)); });
          } catch (...) {
-           const py::gil_scoped_acquire gil;
            index.give_back(std::move(ix));  // open_with hands an index back when it fails
            throw;
          }
-         return std::make_unique<P>(std::move(*db));
        },
        py::arg("index"), py::arg("config"),
        "Wrap an in-memory index (moved in: the index object is unusable afterwards). With the WAL: takes "
@@ -148,8 +141,7 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
       .def_static(
           "load",
           [](const PersistConfig& cfg) {
-            ReleasedGil rel;
-            return std::make_unique<P>(Db::load(cfg));
+            return without_gil([&] { return std::make_unique<P>(Db::load(cfg)); });
           },
           py::arg("config"), "Load and verify the snapshot at config.path, replaying the log.")
       .def("insert", &P::insert, py::arg("id"), py::arg("vector"), py::arg("metadata") = py::none(),

@@ -46,8 +46,8 @@ PersistConfig rados_config(const std::filesystem::path& url, const RadosKeywords
   if (kw.take_over) lock.take_over = *kw.take_over;
   if (kw.take_over_timeout_s) lock.wait_timeout = seconds("take_over_timeout_s", *kw.take_over_timeout_s, 0);
   if (kw.blocklist_previous) lock.blocklist_previous = *kw.blocklist_previous;
-  ReleasedGil rel;  // connecting waits up to connect_timeout
-  return rados_persist_config(location, options, lock);
+  // Connecting waits up to connect_timeout.
+  return without_gil([&] { return rados_persist_config(location, options, lock); });
 }
 
 void register_rados(py::module_& m) { m.attr("HAVE_RADOS") = true; }

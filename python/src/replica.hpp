@@ -10,7 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
+#include <shared_mutex>  // std::shared_lock
 #include <string>
 
 #include "persisted.hpp"
@@ -38,7 +38,8 @@ inline Lag to_lag(const ReplicaLag& l) {
 // ReadReplica<I> as a Python object. promote() and close() end it: every
 // later call raises ValueError. Calls hold `life` shared (GIL released);
 // promote() and close() hold it exclusively, so they wait for the calls of
-// other Python threads to return, as ReadReplica requires.
+// other Python threads to return, as ReadReplica requires (and calls that
+// start after them wait behind them).
 template <class I>
 struct Replica {
   std::optional<ReadReplica<I>> r;
@@ -49,7 +50,9 @@ struct Replica {
   std::atomic<DistanceMetric> metric = DistanceMetric::Euclidean;
   std::string path;
   const char* gone = "closed";
-  std::shared_mutex life;
+  // Writer-preferring (detail::RwLock): with std::shared_mutex, searches
+  // that kept starting made close() and promote() wait for seconds.
+  detail::RwLock life;
 
   explicit Replica(ReadReplica<I> x)
       : r(std::move(x)), dim(r->index().dim()), metric(r->index().metric()), path(r->config().path.string()) {}
@@ -74,9 +77,10 @@ struct Replica {
   // f(ReadReplica&) with the GIL released. f must not touch Python objects.
   template <class F>
   decltype(auto) released(F&& f) {
-    ReleasedGil rel;
-    std::shared_lock lk(life);
-    return std::forward<F>(f)(live());
+    return without_gil([&] {
+      std::shared_lock lk(life);
+      return std::forward<F>(f)(live());
+    });
   }
 
   // f(const I&) under the replica's read lock, with the GIL released.
@@ -86,34 +90,37 @@ struct Replica {
   }
 
   PersistedIndex<I> promote() {
-    ReleasedGil rel;
-    std::unique_lock lk(life);
-    ReadReplica<I>& x = live();
-    try {
-      PersistedIndex<I> out = std::move(x).promote();
-      end("promoted");
-      return out;
-    } catch (...) {
-      // Locked (a live writer): still a replica. Later failures consume it.
-      if (!x.valid()) end("consumed by a promote() that failed after taking the writer lock");
-      throw;
-    }
+    return without_gil([&] {
+      std::unique_lock lk(life);
+      ReadReplica<I>& x = live();
+      try {
+        PersistedIndex<I> out = std::move(x).promote();
+        end("promoted");
+        return out;
+      } catch (...) {
+        // Locked (a live writer): still a replica. Later failures consume it.
+        if (!x.valid()) end("consumed by a promote() that failed after taking the writer lock");
+        throw;
+      }
+    });
   }
 
   void close() {
-    ReleasedGil rel;
-    std::unique_lock lk(life);
-    if (r) end("closed");
+    without_gil([&] {
+      std::unique_lock lk(life);
+      if (r) end("closed");
+    });
   }
 
  private:
   void refresh() {
-    ReleasedGil rel;
-    std::shared_lock lk(life);
-    if (!r) return;
-    r->read([&](const I& ix) {
-      dim.store(ix.dim());
-      metric.store(ix.metric());
+    without_gil([&] {
+      std::shared_lock lk(life);
+      if (!r) return;
+      r->read([&](const I& ix) {
+        dim.store(ix.dim());
+        metric.store(ix.metric());
+      });
     });
   }
   // (life held)
@@ -165,8 +172,7 @@ py::class_<Replica<I>> bind_replica(py::module_& m, const char* name, const char
   c.def_static(
        "open",
        [](const PersistConfig& cfg) {
-         ReleasedGil rel;
-         return std::make_unique<R>(ReadReplica<I>::open(cfg));
+         return without_gil([&] { return std::make_unique<R>(ReadReplica<I>::open(cfg)); });
        },
        py::arg("config"),
        "Load and verify the snapshot at config.path and replay its log (config.wal_enabled is ignored); the log "

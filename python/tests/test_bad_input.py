@@ -106,6 +106,32 @@ def test_typed_errors_of_the_library(db):
     assert e.kind == "invalid_argument"
 
 
+def test_metadata_text_that_is_not_utf8_comes_back_as_surrogates(path):
+    # A snapshot whose metadata holds bytes that are not UTF-8 (an index
+    # used directly in C++ could store them before its insert checked)
+    # loads, and Python gets them back as lone surrogates, as os.fsdecode
+    # gives such bytes, instead of a UnicodeDecodeError. Made here by
+    # patching a saved file: "AB" becomes b"\xff\xfe", both CRC-32s
+    # (docs/FORMAT.md, version 3) recomputed with zlib.
+    import struct, zlib
+    db = iq.open_with(iq.FlatIndex(DIM), iq.PersistConfig(path))
+    db.insert(1, np.ones(DIM, np.float32), {"k": "AB-marker"})
+    db.save()
+    db.close()
+    b = bytearray(open(path, "rb").read())
+    header_len, = struct.unpack_from("<I", b, 12)
+    tag_len, = struct.unpack_from("<I", b, 24)
+    at = b.index(b"AB-marker", header_len)
+    b[at:at + 2] = b"\xff\xfe"
+    struct.pack_into("<I", b, 70 + tag_len, zlib.crc32(bytes(b[header_len:])))
+    struct.pack_into("<I", b, 74 + tag_len, zlib.crc32(bytes(b[:74 + tag_len])))
+    open(path, "wb").write(bytes(b))
+    again = iq.load(iq.PersistConfig(path))
+    assert again.metadata(1) == {"k": "\udcff\udcfe-marker"}
+    assert os.fsencode(again.metadata(1)["k"]) == b"\xff\xfe-marker"
+    again.close()
+
+
 def test_nan_is_stored_as_given(path):
     """The C++ API stores NaN and infinities bit for bit; a NaN distance sorts last."""
     v = np.array([np.nan, 1, -np.inf, np.inf, 0, -0.0, 2, 3], np.float32)
@@ -336,6 +362,13 @@ def test_a_path_that_is_not_utf8_keeps_errors_typed(tmp_path):
     again.close()
 
 
+def exits_cleanly_three_times(child):
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (out.returncode, out.stderr)
+        assert out.stdout.split() == ["exiting"]
+
+
 @pytest.mark.parametrize("call", ["len(db)", "db.search(q, 1)", "db.insert(next(ids), q)",
                                   "iq.open_with(iq.FlatIndex(4), iq.PersistConfig(other))"])
 def test_a_daemon_thread_inside_a_call_at_exit_does_not_abort(path, call):
@@ -357,10 +390,70 @@ def test_a_daemon_thread_inside_a_call_at_exit_does_not_abort(path, call):
         time.sleep(0.3)
         print("exiting")
     """)
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, (out.returncode, out.stderr)
-        assert out.stdout.split() == ["exiting"]
+    exits_cleanly_three_times(child)
+
+
+@pytest.mark.parametrize("call", ["db.insert(1, q)", "db.erase(999)", "closed.insert(5, q)",
+                                  "iq.open_replica(cfg).promote()"])
+def test_a_daemon_thread_whose_call_raises_at_exit_does_not_abort(path, call):
+    # The same at the interpreter's exit, for calls that raise a library
+    # error: the GIL used to be taken back while the error unwound the
+    # stack, and pthread_exit's unwinding started inside that one
+    # (std::terminate, SIGABRT, in every run of the first three).
+    child = textwrap.dedent(f"""
+        import threading, time, numpy as np, iqdb_persist as iq
+        cfg = iq.PersistConfig({path!r}, wal_enabled=True)
+        db = iq.open_with(iq.FlatIndex({DIM}), cfg)
+        q = np.ones({DIM}, np.float32)
+        db.insert(1, q)
+        closed = iq.open_with(iq.FlatIndex({DIM}), iq.PersistConfig({path!r} + ".closed", wal_enabled=True))
+        closed.close()
+        def busy():
+            while True:
+                try:
+                    {call}
+                except (iq.PersistError, ValueError, KeyError):
+                    pass
+        for _ in range(2):
+            threading.Thread(target=busy, daemon=True).start()
+        time.sleep(0.3)
+        print("exiting")
+    """)
+    exits_cleanly_three_times(child)
+
+
+@pytest.mark.parametrize("what", ["close", "stop_following"])
+def test_two_threads_closing_or_stopping_at_once_both_return(path, what):
+    # Two threads closing one index (a `with` block ending while a worker
+    # closes it), or stopping one replica's follower, at once: the second
+    # call used to wait for ever (both joined the same C++ thread).
+    child = textwrap.dedent(f"""
+        import threading, numpy as np, iqdb_persist as iq
+        for rnd in range(20):
+            cfg = iq.PersistConfig({path!r} + str(rnd), wal_enabled=True,
+                                   fsync_policy=iq.FsyncPolicy.periodic(5), checkpoint_log_bytes=1 << 20)
+            db = iq.open_with(iq.FlatIndex({DIM}), cfg)
+            db.insert(rnd, np.zeros({DIM}, np.float32))
+            r = iq.open_replica(cfg)
+            r.start_following(1)
+            call = db.close if {what!r} == "close" else r.stop_following
+            bar = threading.Barrier(2)
+            def go():
+                bar.wait()
+                call()
+            ths = [threading.Thread(target=go, daemon=True) for _ in range(2)]
+            for t in ths:
+                t.start()
+            for t in ths:
+                t.join(20)
+            assert not any(t.is_alive() for t in ths), "a call never returned"
+            r.close()
+            db.close()
+        print("done")
+    """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == ["done"]
 
 
 def test_arrays_resized_by_the_conversion_of_other_arguments_are_read_after_it(path):

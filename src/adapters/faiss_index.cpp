@@ -175,14 +175,14 @@ void check_hnsw_graph(const faiss::HNSW& h, std::uint64_t n, const Problems& p) 
           ended = true;
           continue;
         }
+        const auto neighbor = [&] {
+          return "HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
+                 std::to_string(l);
+        };
         if (v < -1 || static_cast<std::uint64_t>(v) >= n || h.levels[static_cast<std::size_t>(v)] <= l) {
-          p.invalid("HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
-                    std::to_string(l));
+          p.invalid(neighbor());
         }
-        if (ended) {
-          p.invalid("HNSW neighbor " + std::to_string(v) + " of vector " + std::to_string(i) + " at level " +
-                    std::to_string(l) + " follows an empty slot (-1)");
-        }
+        if (ended) p.invalid(neighbor() + " follows an empty slot (-1)");
       }
     }
   }
@@ -773,7 +773,7 @@ void FaissIndex::insert(const VectorId& id, std::span<const float> vec, std::opt
   Impl& s = *impl_;
   s.check_usable();
   s.check_insert(id, vec);
-  if (meta) detail::check_metadata_lengths(*meta);  // what a snapshot's reader refuses is never stored
+  if (meta) detail::check_metadata(*meta);  // what a snapshot's reader refuses is never stored
   const std::int64_t label = static_cast<std::int64_t>(id.as_u64());
   const std::vector<float> v = s.prepared(vec);
   // Everything that can fail for want of memory first, FAISS last.

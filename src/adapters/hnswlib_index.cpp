@@ -259,7 +259,7 @@ HnswlibIndex::~HnswlibIndex() = default;
 void HnswlibIndex::insert(const VectorId& id, std::span<const float> vec, std::optional<Metadata> meta) {
   Impl& ix = *impl_;
   ix.check_insert(id, vec);
-  if (meta) detail::check_metadata_lengths(*meta);  // what a snapshot's reader refuses is never stored
+  if (meta) detail::check_metadata(*meta);  // what a snapshot's reader refuses is never stored
   const std::vector<float> v = ix.prepared(vec);
   const std::uint64_t label = id.as_u64();
   // A new element needs a free slot; an erased id is re-inserted in place.

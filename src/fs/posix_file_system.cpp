@@ -2,16 +2,19 @@
 // library is made here and nowhere else.
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <pthread.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <utility>
 #include <vector>
@@ -50,6 +53,28 @@ auto retry(F f) {
   for (;;) {
     auto r = f();
     if (r != -1 || errno != EINTR) return r;
+  }
+}
+
+// Whether the file system holding `fd` writes a store into an allocated
+// block in place: then a store into a shared mapping of space allocated
+// ahead (the log's padding) never needs space of its own. ext2/3/4, XFS
+// and tmpfs do. A copy-on-write file system (btrfs, ZFS, bcachefs) needs
+// new space for every writeback of a page, and a full disk then ends the
+// process with SIGBUS at a store into a page written back before;
+// network and FUSE file systems may fail a writeback the same way. On
+// those (and any file system not named here) the log is written with
+// plain writes, whose failure is an error.
+bool overwrites_in_place(int fd) noexcept {
+  struct statfs s {};
+  if (::fstatfs(fd, &s) != 0) return false;
+  switch (static_cast<unsigned long>(s.f_type)) {
+    case EXT4_SUPER_MAGIC:  // (also ext2 and ext3's)
+    case XFS_SUPER_MAGIC:
+    case TMPFS_MAGIC:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -129,6 +154,8 @@ class PosixWritableFile final : public WritableFile {
 
   std::unique_ptr<WriteMapping> map_for_write(std::uint64_t offset, std::size_t length) override {
     if (!mappable_ || length == 0 || offset % 4096 != 0) return nullptr;
+    if (!in_place_) in_place_ = overwrites_in_place(fd_);
+    if (!*in_place_) return nullptr;
     void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, static_cast<off_t>(offset));
     if (p == MAP_FAILED) return nullptr;
     auto m = std::make_unique<Mapping>(static_cast<std::byte*>(p), length);
@@ -158,6 +185,7 @@ class PosixWritableFile final : public WritableFile {
   int fd_;
   std::uint64_t pos_;
   bool mappable_;  // opened read-write, which a shared writable mapping needs
+  std::optional<bool> in_place_;  // overwrites_in_place(fd_), once asked
   bool no_fallocate_ = false;  // allocate_zeros found fallocate unsupported here
 };
 
@@ -248,11 +276,19 @@ class LockDescriptors {
 // static's guard, held by a thread that is not in the child.
 [[maybe_unused]] LockDescriptors& g_lock_descriptors_at_load = LockDescriptors::instance();
 
-// Whether the open file `fd` is the file at `p` now (same device and inode).
+// Whether the open file `fd` is the file at `p` now (same device and
+// inode); false when nothing is there (ENOENT, ENOTDIR). Any other failure
+// to look (EACCES: the directory made unreadable; EIO, ENOMEM) says nothing
+// about the lock and is thrown as Io (it used to read as "replaced": Fenced).
 bool is_file_at(int fd, const fs::path& p) {
   struct stat open_file {};
   struct stat at_path {};
-  if (::fstat(fd, &open_file) != 0 || ::stat(p.c_str(), &at_path) != 0) return false;
+  if (::fstat(fd, &open_file) != 0) throw PersistError::io(p, "fstat lock file", errno);
+  if (::stat(p.c_str(), &at_path) != 0) {
+    const int e = errno;
+    if (e == ENOENT || e == ENOTDIR) return false;
+    throw PersistError::io(p, "stat lock file", e);
+  }
   return open_file.st_dev == at_path.st_dev && open_file.st_ino == at_path.st_ino;
 }
 

@@ -13,6 +13,7 @@
 #include <system_error>
 
 #include "iqdb/persist/error.hpp"
+#include "index/flat_index_internals.hpp"
 #include "util/keyed_hash.hpp"
 
 namespace iqdb::persist {
@@ -210,7 +211,7 @@ class FlatIndex::IdTable {
     for (;;) {
       j = (j + 1) & mask_;
       if (slots_[j] == 0) break;
-      const std::size_t home = hash(ids, (slots_[j] & kRowMask) - 1) & mask_;
+      const std::size_t home = hash(ids, row(j)) & mask_;
       // Move slots_[j] into the hole at i unless its home lies cyclically in (i, j].
       const bool home_in_between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
       if (!home_in_between) {
@@ -314,7 +315,7 @@ void FlatIndex::insert(const VectorId& id, std::span<const float> vec, std::opti
   // What a snapshot's reader refuses is never stored (the library checks
   // mutations before logging them; this covers the index used directly).
   // (A byte id is 1 to kMaxIdBytes long by construction: VectorId::bytes.)
-  if (meta) detail::check_metadata_lengths(*meta);
+  if (meta) detail::check_metadata(*meta);
   if (!table_) table_ = std::make_unique<IdTable>();  // moved from: empty, and usable again
   // Strong guarantee: reserve everything first, then commit with steps that
   // cannot fail (the table insert may grow, so it goes before the rest).
@@ -378,7 +379,6 @@ std::size_t FlatIndex::find(const VectorId& id) const noexcept {
 }
 
 bool FlatIndex::contains(const VectorId& id) const noexcept { return find(id) != IdTable::npos; }
-std::uint64_t FlatIndex::id_table_probes() const noexcept { return table_ ? table_->probes(ids_) : 0; }
 
 std::span<const float> FlatIndex::get(const VectorId& id) const noexcept {
   const std::size_t slot = find(id);
@@ -619,6 +619,10 @@ FlatIndex FlatIndex::load_from(PayloadReader& r) {
   index.table_ = table_job.valid() ? table_job.get() : build_table();
   if (!index.table_) r.fail("duplicate vector id");
   return index;
+}
+
+std::uint64_t detail::FlatIndexInternals::id_table_probes(const FlatIndex& ix) noexcept {
+  return ix.table_ ? ix.table_->probes(ix.ids_) : 0;
 }
 
 }  // namespace iqdb::persist

@@ -23,6 +23,9 @@ void write_value(PayloadWriter& w, const Value& v) {
   }
 }
 
+// Keys and string values are written as UTF-8 (docs/FORMAT.md; every
+// insert checks it), but read as any bytes: an index used directly could
+// store others before its insert checked, and its snapshots must load.
 std::string read_u32_string(PayloadReader& r, std::uint64_t max, const char* what) {
   const std::uint32_t n = r.read_u32();
   if (n > r.remaining() || n > max) r.fail(std::string(what) + " length " + std::to_string(n) + " is out of range");

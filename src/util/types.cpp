@@ -83,6 +83,7 @@ bool operator==(const Value& a, const Value& b) noexcept {
 }
 
 namespace detail {
+namespace {
 
 void check_metadata_lengths(const Metadata& meta) {
   for (const auto& [key, value] : meta) {
@@ -97,6 +98,8 @@ void check_metadata_lengths(const Metadata& meta) {
     }
   }
 }
+
+}  // namespace
 
 void check_metadata(const Metadata& meta) {
   check_metadata_lengths(meta);

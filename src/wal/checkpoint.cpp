@@ -15,11 +15,12 @@ void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
   throw_if_unusable();
   // The checkpoint writes by path: a writer whose lock file was removed or
   // replaced (its directory moved, say) would write over the files of a
-  // writer that locked the path since. Fenced, for good.
+  // writer that locked the path since. Fenced, for good. (A check that
+  // could not look, Io, refuses this checkpoint only: the log is intact.)
   try {
     if (lock_) lock_->check();
   } catch (const PersistError& err) {
-    poison(err.what(), err.kind());
+    if (err.kind() == ErrorKind::Fenced) poison(err.what(), err.kind());
     throw;
   }
   const std::uint64_t last = next_lsn_ - 1;

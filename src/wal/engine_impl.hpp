@@ -215,7 +215,8 @@ class WalEngine::Impl {
   };
   // `later`: where apply_through leaves the entries it applied (woken by
   // the caller after it let go of mu_); nullptr: they are woken at once.
-  void leader_sync(std::unique_lock<std::mutex>& lk, WakeList* later = nullptr);
+  // The error of a sync that failed (what its waiters were failed with), or null.
+  std::exception_ptr leader_sync(std::unique_lock<std::mutex>& lk, WakeList* later = nullptr);
   // The commits one sync covers: their frames end at `end`, their last LSN.
   struct Group {
     std::uint64_t end = 0;
@@ -225,7 +226,7 @@ class WalEngine::Impl {
   Group next_group() const noexcept;
   bool group_full() const noexcept;
   void gather_group(std::unique_lock<std::mutex>& lk, std::size_t want);
-  void sync_failed(const std::exception_ptr& err) noexcept;
+  std::exception_ptr sync_failed(const std::exception_ptr& err) noexcept;  // what the waiters are failed with
   void sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,
                       std::chrono::steady_clock::duration took, WakeList* later);
   void pass_seat() noexcept;
@@ -281,6 +282,10 @@ class WalEngine::Impl {
   std::unique_ptr<FileLock> lock_;
   std::unique_ptr<LogSink> writer_;
 
+  // Held through close(): two threads closing at once would both join the
+  // flusher and checkpointer threads (the second join never returns); the
+  // second waits for the first, then finds the engine closed.
+  std::mutex close_mu_;
   mutable std::mutex mu_;
   std::condition_variable cv_;         // a sync completed, or the leader's seat is free
   std::condition_variable gather_cv_;  // a commit was queued while a leader gathers

@@ -20,11 +20,13 @@ void WalEngine::Impl::sync() {
   // commit that its index could not apply is cut off the log again
   // (roll_back_from): the LSNs from its first on are no longer logged, so
   // the target is at most the last LSN logged now, checked at every pass.
+  // An fdatasync this call made that failed throws its own error (Io, with
+  // its errno), as a commit's does; later calls throw Poisoned.
   const std::uint64_t target = next_lsn_ - 1;
   while (synced_lsn_ < std::min(target, next_lsn_ - 1)) {
     if (poisoned_) break;
     if (!syncing_) {
-      leader_sync(lk);
+      if (const std::exception_ptr failed = leader_sync(lk)) std::rethrow_exception(failed);
     } else {
       cv_.wait(lk);
     }
@@ -45,7 +47,7 @@ void WalEngine::Impl::start_flusher() {
       flusher_cv_.wait_for(lk, period, [this] { return stop_; });
       if (stop_) break;
       if (poisoned_ || syncing_ || writer_->end() <= synced_end_) continue;
-      leader_sync(lk);
+      (void)leader_sync(lk);  // (its error poisons the log: the next call throws Poisoned)
     }
   };
   // No thread to be had (a process at its limit) is an Io error (EAGAIN):

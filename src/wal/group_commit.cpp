@@ -216,7 +216,7 @@ void WalEngine::Impl::wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk)
       // or failed). The others' threads are woken once mu_ is free, so that
       // they do not wake up only to wait for it.
       WakeList later;
-      leader_sync(lk, &later);  // hands the seat on
+      (void)leader_sync(lk, &later);  // hands the seat on (a failure failed e with it)
       lk.unlock();
       wake_all(later.head);
       return;
@@ -235,7 +235,7 @@ void WalEngine::Impl::wait_for_group(Entry& e, std::unique_lock<std::mutex>& lk)
 }
 
 // Called with mu_ held; releases it during the fdatasync.
-void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* later) {
+std::exception_ptr WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* later) {
   syncing_ = true;  // (already, if the seat was handed over)
   const std::size_t want = group_target();
   if (policy_.mode() == FsyncPolicy::Mode::Always && queue_.size() < want && !group_full()) gather_group(lk, want);
@@ -255,13 +255,15 @@ void WalEngine::Impl::leader_sync(std::unique_lock<std::mutex>& lk, WakeList* la
     err = std::current_exception();
   }
   if (!lk.owns_lock()) lk.lock();
+  std::exception_ptr report;
   if (err) {
-    sync_failed(err);
+    report = sync_failed(err);
   } else {
     sync_succeeded(g.end, g.last_lsn, g.entries, std::chrono::steady_clock::now() - sync_start, later);
   }
   pass_seat();
   cv_.notify_all();
+  return report;
 }
 
 // What the next sync covers (mu_ held): under Always, the queued commits
@@ -314,7 +316,7 @@ void WalEngine::Impl::gather_group(std::unique_lock<std::mutex>& lk, std::size_t
   }
 }
 
-void WalEngine::Impl::sync_failed(const std::exception_ptr& err) noexcept {
+std::exception_ptr WalEngine::Impl::sync_failed(const std::exception_ptr& err) noexcept {
   // Under Always nothing after the last good sync was acknowledged: cut
   // it, so that the failed mutations do not come back on recovery. A failed
   // fdatasync may still have put their bytes on disk, so when the cut fails
@@ -330,6 +332,7 @@ void WalEngine::Impl::sync_failed(const std::exception_ptr& err) noexcept {
   }
   poison_for(report);
   fail_queue(report);
+  return report;
 }
 
 void WalEngine::Impl::sync_succeeded(std::uint64_t target, std::uint64_t target_lsn, std::size_t group,

@@ -1,6 +1,7 @@
 #include "wal/log_writer.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "iqdb/persist/checksum.hpp"
@@ -40,11 +41,23 @@ std::unique_ptr<WritableFile> open_held(FileSystem& fs, const std::filesystem::p
 std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,
                                              std::uint64_t base_lsn) {
   const auto header = format::encode_v2_header(salt, base_lsn);
+  // The first step of zero padding, unless the disk has no room for it: a
+  // checkpoint on a nearly full disk then starts a log of its header alone,
+  // which grows as any log does (a full disk under the padding is no
+  // failure), instead of failing after its snapshot was published (which
+  // refused every later write until a reopen).
+  std::uint64_t ready = kLogFirstStep;
   replace_file_atomically(fs, path, /*durable=*/true, [&](WritableFile& f) {
     f.append(header);
-    write_zeros(f, header.size(), kLogFirstStep);
+    try {
+      write_zeros(f, header.size(), kLogFirstStep);
+    } catch (const PersistError& e) {
+      if (e.kind() != ErrorKind::Io || e.sys_errno() != ENOSPC) throw;
+      f.truncate(header.size());
+      ready = header.size();
+    }
   });
-  return std::unique_ptr<LogWriter>(new LogWriter(fs, open_held(fs, path), salt, header.size(), kLogFirstStep));
+  return std::unique_ptr<LogWriter>(new LogWriter(fs, open_held(fs, path), salt, header.size(), ready));
 }
 
 std::unique_ptr<LogWriter> LogWriter::open(FileSystem& fs, const std::filesystem::path& path, std::uint64_t salt,

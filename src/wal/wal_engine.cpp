@@ -11,6 +11,7 @@
 namespace iqdb::persist::detail {
 
 void WalEngine::Impl::close() {
+  const std::lock_guard close_lk(close_mu_);
   stop_checkpointer();  // waits for a checkpoint it runs
   stop_flusher();
   std::unique_lock lk = lock_drained();

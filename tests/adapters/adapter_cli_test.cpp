@@ -198,8 +198,8 @@ TEST(AdapterCli, CheckpointFoldsAnHnswlibIndexsLog) {
   std::vector<std::vector<float>> rows;
   for (std::uint64_t i = 0; i < 60; ++i) rows.push_back(vec(rng, 6));
   {
-    auto db = PersistedIndex<HnswlibIndex>::open_with(HnswlibIndex(6, DistanceMetric::Euclidean, HnswlibParams{6, 32, 64, 1, 0}),
-                                                      cfg);
+    HnswlibIndex ix(6, DistanceMetric::Euclidean, HnswlibParams{6, 32, 64, 1, 0});
+    auto db = PersistedIndex<HnswlibIndex>::open_with(std::move(ix), cfg);
     for (std::uint64_t i = 0; i < 40; ++i) db.insert(i, rows[i]);  // LSN 1..40, in the log
     db.erase(5);                                                    // LSN 41
     db.close();

@@ -478,6 +478,19 @@ TEST(HnswlibAdapter, RefusalsComeBeforeLogging) {
   EXPECT_EQ(db.last_lsn(), lsn + 1);
 }
 
+// The index used directly refuses metadata a snapshot's reader refuses (not
+// UTF-8), as the flat index does: it would be saved and then fail to load.
+TEST(HnswlibAdapter, TheIndexItselfRefusesMetadataThatIsNotUtf8) {
+  HnswlibIndex ix = build(DistanceMetric::Euclidean, 5, 3).index;
+  const std::uint64_t size = ix.size();
+  const std::vector<float> v(kDim, 0.25f);
+  EXPECT_EQ(error_of([&] { ix.insert(77, v, Metadata{{"\xc0\xaf", Value(1)}}); }), ErrorKind::InvalidArgument);
+  EXPECT_EQ(error_of([&] { ix.insert(77, v, Metadata{{"k", Value(std::string("a\x80"))}}); }),
+            ErrorKind::InvalidArgument);
+  EXPECT_EQ(ix.size(), size);
+  EXPECT_FALSE(ix.contains(77));
+}
+
 TEST(HnswlibAdapter, GrowsPastItsCapacity) {
   HnswlibIndex ix(kDim, DistanceMetric::Euclidean, HnswlibParams{4, 16, 16, 1, 1});
   const std::vector<float> x = gaussian(300, kDim, 10);

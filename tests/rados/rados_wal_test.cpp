@@ -28,6 +28,7 @@
 #include "rados/head_record.hpp"
 #include "rados/rados_log.hpp"
 #include "rados_test_util.hpp"
+#include "support/forked_child.hpp"
 #include "wal/log_format.hpp"
 
 namespace iqdb::persist {
@@ -892,18 +893,13 @@ TEST_F(RadosWal, AForkedChildNeverUsesTheParentsClient) {
   };
   // The child writes the number of each check before it makes it, so a
   // hang names the check it hung in.
-  int steps[2];
-  ASSERT_EQ(::pipe(steps), 0);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::close(steps[0]);
+  const test::ChildResult child = test::run_in_child([&](int steps) {
     ::alarm(60);  // a hang fails the test (SIGALRM)
     int code = 0;
     int n = 0;
     const auto next = [&] {
       const unsigned char b = static_cast<unsigned char>(++n);
-      (void)!::write(steps[1], &b, 1);
+      (void)!::write(steps, &b, 1);
     };
     const auto check = [&](bool ok) {
       if (!ok && code == 0) code = n;
@@ -929,15 +925,10 @@ TEST_F(RadosWal, AForkedChildNeverUsesTheParentsClient) {
     } catch (...) {
       code = 90;
     }
-    ::_exit(code);
-  }
-  ::close(steps[1]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  int reached = 0;
-  unsigned char b = 0;
-  while (::read(steps[0], &b, 1) == 1) reached = b;
-  ::close(steps[0]);
+    return code;
+  });
+  const int status = child.status;
+  const int reached = child.report.empty() ? 0 : static_cast<unsigned char>(child.report.back());
   ASSERT_TRUE(WIFEXITED(status)) << "the child was ended by signal " << WTERMSIG(status)
                                  << " (14: it hung) in its check " << reached << " (1-based, of 8)";
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the number of the child's first failed check";

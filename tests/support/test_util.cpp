@@ -7,6 +7,8 @@
 
 #include "support/test_util.hpp"
 
+#include "support/forked_child.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -140,20 +142,29 @@ int HeldChild::finish() {
 }
 
 int in_child(const std::function<int()>& child) {
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    int code = 99;
+  const ChildResult r = run_in_child([&](int) {
     try {
-      code = child();
+      return child();
     } catch (...) {
-      code = 98;
+      return 98;
     }
-    ::_exit(code);
+  });
+  return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : 128 + WTERMSIG(r.status);
+}
+
+std::string latin1_to_utf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x80) {
+      out += ch;
+    } else {
+      out += static_cast<char>(0xC0 | (c >> 6));
+      out += static_cast<char>(0x80 | (c & 0x3F));
+    }
   }
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) throw std::runtime_error("waitpid failed");
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return out;
 }
 
 }  // namespace iqdb::persist::test

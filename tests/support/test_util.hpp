@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "iqdb/persist/error.hpp"
@@ -80,8 +81,13 @@ std::optional<ErrorKind> error_of(F&& f) {
 }
 
 // Runs `child` in a forked process and returns its exit code (98 when it
-// threw, 128 + the signal when a signal ended it).
+// threw, 128 + the signal when a signal ended it). (support/forked_child.hpp:
+// a child that also reports back through a pipe.)
 int in_child(const std::function<int()>& child);
+
+// The bytes of `s` read as the code points U+0000..U+00FF, in UTF-8: any
+// generated string made valid metadata text (metadata is UTF-8).
+std::string latin1_to_utf8(std::string_view s);
 
 // Another process that holds something while the test goes on: a forked
 // child runs setup(), keeps what it returns (a lock, say), tells the parent,

@@ -73,9 +73,10 @@ int checkpoint(const CheckpointOptions& opts, const Console& console) {
 
 void register_checkpoint(CommandSet& commands) {
   auto opts = std::make_shared<CheckpointOptions>();
-  CLI::App& cmd = commands.add("checkpoint",
-                               "Fold a snapshot's write-ahead log into a new snapshot, offline (flat; faiss and hnswlib in builds with them)",
-                               [opts](const Console& console) { return checkpoint(*opts, console); });
+  CLI::App& cmd = commands.add(
+      "checkpoint",
+      "Fold a snapshot's write-ahead log into a new snapshot, offline (flat; faiss and hnswlib in builds with them)",
+      [opts](const Console& console) { return checkpoint(*opts, console); });
   cmd.add_option("FILE", opts->file, "The snapshot (its log is FILE.wal), or rados://POOL/NAME")
       ->required()
       ->type_name("PATH");

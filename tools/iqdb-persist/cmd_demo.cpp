@@ -317,7 +317,7 @@ Result try_variant(const Tour& tour, const Variant& v, const Location& where, co
 // The demo's tour, for any index type: build a random index (tour.build),
 // save it with every compression, load each file back and check it, print
 // the summary. A Tour has: subject and metric (for the first line), prefix
-// (of the file names), try_command (suggested for the zstd file),
+// (of the file names), try_command (suggested for the zstd file, or another saved one),
 // build(opts, rng) -> Built<I>, describe(built) and
 // compare(original, loaded, scope, checks).
 template <class Tour>
@@ -356,8 +356,18 @@ int run_tour(Tour& tour, const DemoOptions& opts, const Console& console) {
     out << std::flush;
   }
   print_summary(out, results);
-  out << (target.rados ? "Snapshots kept in " + target.of(tour.prefix + "*") : "Files kept in " + target.base)
-      << "; try: " << tour.try_command << target.of(tour.prefix + "zstd") << "\n\n";
+  // The command to try names a snapshot that was saved (zstd's, else the
+  // first saved); when none was, there is nothing to try.
+  std::optional<std::size_t> saved;
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    if (results[i].saved && (!saved || variants[i].name == "zstd")) saved = i;
+  }
+  if (saved) {
+    out << (target.rados ? "Snapshots kept in " + target.of(tour.prefix + "*") : "Files kept in " + target.base)
+        << "; try: " << tour.try_command << target.of(tour.prefix + variants[*saved].name) << "\n\n";
+  } else {
+    out << "No snapshot was saved in " << (target.rados ? target.of(tour.prefix + "*") : target.base) << "\n\n";
+  }
   return report_checks(checks, console);
 }
 

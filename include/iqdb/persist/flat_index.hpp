@@ -149,6 +149,9 @@ class RowIds {
   std::vector<VectorId> any_;  // once wide_
 };
 
+// What tests look at inside a FlatIndex (src/index/flat_index_internals.hpp).
+struct FlatIndexInternals;
+
 }  // namespace detail
 
 struct SearchHit {
@@ -226,15 +229,11 @@ class FlatIndex {
   bool mapped() const noexcept { return data_.origin() != nullptr; }
   void check_mapping() const;
 
-  // The slots the id table's lookups of every stored id pass, in all: about
-  // 1.5 an id (the table is at most half full and its hash keyed), so a
-  // file's ids cannot make a load quadratic. For tests.
-  std::uint64_t id_table_probes() const noexcept;
-
   // Equal ids, vectors (bitwise), metadata and storage order.
   friend bool operator==(const FlatIndex& a, const FlatIndex& b);
 
  private:
+  friend struct detail::FlatIndexInternals;
   class IdTable;
   // The row-table slot of `id`, or IdTable::npos (also when moved from).
   std::size_t find(const VectorId& id) const noexcept;

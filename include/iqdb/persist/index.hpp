@@ -58,13 +58,11 @@ concept Persistable = Index<I> && requires(const I& cindex, PayloadWriter& w, Pa
 
 namespace detail {
 
-// What a snapshot's reader refuses: a key over kMaxMetadataKeyBytes, a
-// string value over 4 GiB (PersistError(InvalidArgument)). An index's own
-// insert checks it, so that nothing it stores fails to load.
-void check_metadata_lengths(const Metadata& meta);
-// check_metadata_lengths, and keys and string values must be valid UTF-8
-// (the log's format says so, and replay refuses anything else): what the
-// library checks before logging a mutation.
+// A key over kMaxMetadataKeyBytes, a string value over 4 GiB, keys and
+// string values that are not valid UTF-8 (PersistError(InvalidArgument)):
+// what a snapshot's reader and the log's replay refuse (docs/FORMAT.md). The
+// library checks it before logging a mutation, and an index's own insert
+// checks it, so that nothing an index stores fails to load.
 void check_metadata(const Metadata& meta);
 
 // The library's validation of a mutation. `present` says whether the id is

@@ -85,8 +85,9 @@ struct FollowOptions {
 };
 
 // Thread safety: read() runs alongside catch_up() and the background
-// follower (a batch becomes visible whole); catch_up(), lag(), last_lsn()
-// and stats() may be called from any thread. promote(), moving and
+// follower (a batch becomes visible whole); catch_up(), lag(), last_lsn(),
+// stats(), start_following() and stop_following() may be called from any
+// thread (two stops at once: both return once it stopped). promote(), moving and
 // destroying need every other call to have returned. index() is
 // unsynchronised. In a child of fork(), read(), index(), last_lsn() and
 // config() serve the index as it was at the fork; catch_up(),
@@ -330,6 +331,7 @@ class ReadReplica {
     }
 
     void start(const FollowOptions& o) {
+      const std::lock_guard run_lk(run_mu);
       std::lock_guard lk(bg_mu);
       if (thread.joinable()) return;
       stopping = false;
@@ -341,6 +343,7 @@ class ReadReplica {
     }
 
     void stop() {
+      const std::lock_guard run_lk(run_mu);
       {
         std::lock_guard lk(bg_mu);
         stopping = true;
@@ -431,6 +434,10 @@ class ReadReplica {
     ReplicaStats stats;
     mutable std::mutex bg_mu;  // the background follower
     std::condition_variable bg_cv;
+    // Held by start() and stop() around `thread`: two stops at once would
+    // both join it (the second never returns), a start beside a stop would
+    // test it while it is joined. (Not bg_mu: the thread takes it.)
+    std::mutex run_mu;
     std::thread thread;
     bool stopping = false;
     bool woken = false;                   // a notification came since the last round began
