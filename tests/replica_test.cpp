@@ -284,7 +284,7 @@ TEST(Replica, AHugeIntervalWaits) {
 TEST(Replica, StopsAndStartsFromManyThreadsAtOnceReturn) {
   test::TempDir dir;
   const auto cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
-  Writer w{new_writer(cfg), {}};
+  new_writer(cfg).close();  // (no thread of the parent's runs at the fork: see forked_child.hpp)
   const test::ChildResult child = test::run_in_child([&](int) {
     ::alarm(60);
     Replica r = Replica::open(cfg);  // the child's own (one inherited from the parent does not follow)
@@ -313,6 +313,7 @@ TEST(Replica, StopsAndStartsFromManyThreadsAtOnceReturn) {
                                        << " (14: a stop_following() hung)";
   EXPECT_EQ(WEXITSTATUS(child.status), 0);
   // And here (not forked): after stops from two threads, a start follows again.
+  Writer w{PersistedIndex<FlatIndex>::load(cfg), {}};
   Replica r = Replica::open(cfg);
   r.start_following(1ms);
   std::thread a([&] { r.stop_following(); });

@@ -15,7 +15,10 @@ struct ChildResult {
 };
 
 // Fork; the child runs `body(report_fd)` and exits (_exit) with what it
-// returns (90 if it throws). The parent reads the report until the child
+// returns (90 if it throws). Fork while no other thread of the test runs
+// where the child allocates: GCC 12's AddressSanitizer takes no allocator
+// lock around fork(), so a child forked while another thread was inside
+// malloc can wait for ever (docs/RELIABILITY.md). The parent reads the report until the child
 // closes it (exits), then reaps the child. Throws std::system_error if the
 // pipe or the fork cannot be made.
 ChildResult run_in_child(const std::function<int(int report_fd)>& body);
