@@ -14,7 +14,6 @@
 #include <cerrno>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <random>
 #include <utility>
 #include <vector>
@@ -81,7 +80,7 @@ bool overwrites_in_place(int fd) noexcept {
 class PosixWritableFile final : public WritableFile {
  public:
   PosixWritableFile(fs::path p, int fd, std::uint64_t pos, bool mappable = false)
-      : path_(std::move(p)), fd_(fd), pos_(pos), mappable_(mappable) {}
+      : path_(std::move(p)), fd_(fd), pos_(pos), mappable_(mappable && overwrites_in_place(fd)) {}
   ~PosixWritableFile() override {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -154,8 +153,6 @@ class PosixWritableFile final : public WritableFile {
 
   std::unique_ptr<WriteMapping> map_for_write(std::uint64_t offset, std::size_t length) override {
     if (!mappable_ || length == 0 || offset % 4096 != 0) return nullptr;
-    if (!in_place_) in_place_ = overwrites_in_place(fd_);
-    if (!*in_place_) return nullptr;
     void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, static_cast<off_t>(offset));
     if (p == MAP_FAILED) return nullptr;
     auto m = std::make_unique<Mapping>(static_cast<std::byte*>(p), length);
@@ -184,8 +181,9 @@ class PosixWritableFile final : public WritableFile {
   fs::path path_;
   int fd_;
   std::uint64_t pos_;
-  bool mappable_;  // opened read-write, which a shared writable mapping needs
-  std::optional<bool> in_place_;  // overwrites_in_place(fd_), once asked
+  // Opened read-write, which a shared writable mapping needs, on a file
+  // system that overwrites in place (overwrites_in_place).
+  bool mappable_;
   bool no_fallocate_ = false;  // allocate_zeros found fallocate unsupported here
 };
 

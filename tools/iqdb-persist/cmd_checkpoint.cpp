@@ -1,25 +1,20 @@
 // iqdb-persist checkpoint PATH: load a snapshot and its write-ahead log and
 // fold them into a new snapshot (and an empty log), offline. PATH may be
 // rados://POOL/NAME (the index's writer lock there, a new generation and log).
-// Index types: flat always, faiss and hnswlib when the tool is built with
-// their adapters (applying a log record needs the index type's code).
+// Index types: those of index_types.hpp.
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "iqdb-persist/command.hpp"
 #include "iqdb-persist/fold_copy.hpp"
+#include "iqdb-persist/index_types.hpp"
 #include "iqdb-persist/location.hpp"
 #include "iqdb-persist/report.hpp"
 #include "iqdb/persist/flat_index.hpp"
 #include "iqdb/persist/persisted_index.hpp"
 #include "iqdb/persist/snapshot.hpp"
-#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
-#include "iqdb/persist/adapters/faiss.hpp"
-#endif
-#if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
-#include "iqdb/persist/adapters/hnswlib.hpp"
-#endif
 
 namespace iqdb::persist::cli {
 namespace {
@@ -53,18 +48,12 @@ int checkpoint(const CheckpointOptions& opts, const Console& console) {
   const Location where = Location::open(opts.file, opts.rados);
   const SnapshotSummary before = inspect_snapshot(where.fs(), where.path());
   const std::string_view type = before.header.index_type;
-  std::string known = "'" + std::string(FlatIndex::index_type) + "'";
-  if (type == FlatIndex::index_type) return checkpoint_as<FlatIndex>(where, opts, before, console);
-#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
-  if (type == FaissIndex::index_type) return checkpoint_as<FaissIndex>(where, opts, before, console);
-  known += ", '" + std::string(FaissIndex::index_type) + "'";
-#endif
-#if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
-  if (type == HnswlibIndex::index_type) return checkpoint_as<HnswlibIndex>(where, opts, before, console);
-  known += ", '" + std::string(HnswlibIndex::index_type) + "'";
-#endif
+  const std::optional<int> status =
+      with_index_type(type, [&]<class I>() { return checkpoint_as<I>(where, opts, before, console); });
+  if (status) return *status;
   throw PersistError::at(ErrorKind::Unsupported, opts.file,
-                         "offline checkpoint needs the index type to apply log records; this build knows " + known +
+                         "offline checkpoint needs the index type to apply log records; this build knows " +
+                             known_index_types() +
                              ", the snapshot holds '" + printable(type) +
                              "' (checkpoint it from a program that knows it: PersistedIndex::checkpoint)");
 }

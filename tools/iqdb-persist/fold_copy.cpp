@@ -11,14 +11,7 @@
 #include "iqdb/persist/flat_index.hpp"
 #include "iqdb/persist/io.hpp"
 #include "iqdb/persist/persisted_index.hpp"
-
-// The adapters, when this build has them (tools/CMakeLists.txt).
-#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
-#include "iqdb/persist/adapters/faiss.hpp"
-#endif
-#if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
-#include "iqdb/persist/adapters/hnswlib.hpp"
-#endif
+#include "iqdb-persist/index_types.hpp"
 
 namespace iqdb::persist::cli {
 namespace {
@@ -140,19 +133,10 @@ Compression compression_of(const FileHeader& h) {
 FoldedCopy fold_into(const Location& src, std::string_view index_type, const Location& dst, FileSystem& publisher,
                      const Compression& compression, bool& reading_source,
                      std::uint64_t min_lsn, bool snapshot_only) {
-  if (index_type == FlatIndex::index_type) {
-    return fold_as<FlatIndex>(src, dst, publisher, compression, reading_source, min_lsn, snapshot_only);
-  }
-#if defined(IQDB_PERSIST_CLI_HAVE_FAISS)
-  if (index_type == FaissIndex::index_type) {
-    return fold_as<FaissIndex>(src, dst, publisher, compression, reading_source, min_lsn, snapshot_only);
-  }
-#endif
-#if defined(IQDB_PERSIST_CLI_HAVE_HNSWLIB)
-  if (index_type == HnswlibIndex::index_type) {
-    return fold_as<HnswlibIndex>(src, dst, publisher, compression, reading_source, min_lsn, snapshot_only);
-  }
-#endif
+  std::optional<FoldedCopy> folded = with_index_type(index_type, [&]<class I>() {
+    return fold_as<I>(src, dst, publisher, compression, reading_source, min_lsn, snapshot_only);
+  });
+  if (folded) return std::move(*folded);
   throw PersistError::at(ErrorKind::Unsupported, src.path(),
                          "copying the log needs the index type to apply its records; this build does not know '" +
                              printable(index_type) +
