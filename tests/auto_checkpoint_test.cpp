@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <iqdb/persist.hpp>
 #include <random>
 #include <thread>
@@ -156,6 +157,37 @@ TEST(AutoCheckpoint, AFailedOneIsReportedAndTriedAgainLater) {
   EXPECT_EQ(test::diff(PersistedIndex<FlatIndex>::load(test::wal_config(cfg.path, FsyncPolicy::always())).index(),
                        model),
             "");
+}
+
+// A write refused because an automatic checkpoint poisoned the engine finds
+// the reason in auto_checkpoint_failure() at once: it is recorded before the
+// checkpoint lets the writers in again, not after.
+TEST(AutoCheckpoint, AWriteRefusedByTheFailureItPoisonedWithFindsItsReason) {
+  for (int round = 0; round < 10; ++round) {
+    test::TempDir dir;
+    test::FaultFs ffs;
+    const PersistConfig cfg = auto_config(dir / "db.iqdb", kBound, FsyncPolicy::always(), &ffs);
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    // A publish without an answer: the engine cannot tell which snapshot is
+    // current, so it poisons (checkpoint.cpp).
+    ffs.arm(test::Fault::fail({test::OpKind::Rename, ".db.iqdb.tmp-"}, 1, ETIMEDOUT));
+    Model model;
+    std::uint64_t i = 0;
+    bool refused = false;
+    while (!refused && i < 20'000) {
+      try {
+        put(db, model, ++i);
+      } catch (const PersistError&) {
+        refused = true;
+      }
+    }
+    ASSERT_TRUE(refused) << "round " << round << ": no write was refused";
+    ASSERT_TRUE(db.failure().has_value());
+    const std::optional<std::string> why = db.auto_checkpoint_failure();
+    ASSERT_TRUE(why.has_value()) << "round " << round << ": refused (" << *db.failure()
+                                 << ") with no automatic checkpoint failure to show";
+    EXPECT_NE(why->find(std::strerror(ETIMEDOUT)), std::string::npos) << *why;
+  }
 }
 
 TEST(AutoCheckpoint, ALogLoadedPastTheBoundIsCheckpointedAtOnce) {

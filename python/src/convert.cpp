@@ -83,6 +83,20 @@ void init_numpy_scalars() {
   g_np_bool = py::object(np.attr("bool_")).release();
 }
 
+std::size_t to_k(py::handle h) {
+  // A bool is an int to Python (range(True) runs once), but k=True is a
+  // slip, not a count: refused as the ids refuse it.
+  if (is_bool(h) || !is_int(h)) type_error("k must be an int, not " + type_name(h));
+  const py::int_ i = as_int(h);
+  if (i < py::int_(0)) value_error("k must not be negative, not " + std::string(py::str(h)));
+  const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());
+  if (PyErr_Occurred() != nullptr) {  // beyond 2**64-1: more than any index holds
+    PyErr_Clear();
+    return std::numeric_limits<std::size_t>::max();
+  }
+  return static_cast<std::size_t>(v);
+}
+
 VectorId to_id(py::handle h) {
   if (is_bool(h)) type_error("an id must be an int or bytes, not " + type_name(h));
   if (is_int(h)) {
@@ -134,6 +148,15 @@ Value to_value(py::handle v, const std::string& key) {
   if (is_float(v)) {
     const double x = PyFloat_AsDouble(v.ptr());  // numpy floats convert through __float__
     if (x == -1.0 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+    // Metadata floats are float64: a wider numpy float (longdouble) is
+    // taken only when it converts without rounding, never narrowed silently.
+    if (!PyFloat_Check(v.ptr()) && x == x) {
+      const int same = PyObject_RichCompareBool(py::float_(x).ptr(), v.ptr(), Py_EQ);
+      if (same < 0) throw py::error_already_set();
+      if (same == 0) {
+        value_error("metadata value of '" + key + "' (" + type_name(v) + ") cannot be stored as a float64 without rounding");
+      }
+    }
     return Value(x);
   }
   if (py::isinstance<py::str>(v)) return Value(utf8(v, "metadata value of '" + key + "'"));
@@ -238,9 +261,11 @@ bool is_batch_of_rows(py::handle vectors) {
 Queries as_queries(py::handle h, std::optional<std::uint64_t> dim) {
   if (py::isinstance<py::array>(h) && py::reinterpret_borrow<py::array>(h).ndim() == 1) {
     Vector v = as_vector(h, dim, "query");
-    return Queries{Rows{v.array, v.floats, 1}, true};
+    return Queries{Rows{v.array, v.floats, 1}, true, v.floats.size()};
   }
-  return Queries{as_rows(h, dim, "queries"), false};
+  Rows rows = as_rows(h, dim, "queries");
+  const auto cols = static_cast<std::size_t>(rows.array.shape(1));
+  return Queries{std::move(rows), false, cols};
 }
 
 namespace {

@@ -30,6 +30,10 @@ VectorId to_id(py::handle h);
 py::object from_id(const VectorId& id);
 py::object from_id(std::uint64_t id);
 
+// The k of a search: an int (or numpy integer) >= 0, not a bool; one above
+// 2**64-1 is taken as 2**64-1 (every hit).
+std::size_t to_k(py::handle h);
+
 // None or a dict of str to str | int (int64) | float | bool | None; numpy
 // integers, floats and bools count as int, float and bool.
 std::optional<Metadata> to_metadata(py::handle h);
@@ -67,6 +71,7 @@ Rows as_rows(py::handle h, std::optional<std::uint64_t> dim, const char* what = 
 struct Queries {
   Rows rows;
   bool single = false;
+  std::size_t dim = 0;  // the queries' own dimension (a (0, d) block has one too)
 };
 Queries as_queries(py::handle h, std::optional<std::uint64_t> dim);
 

@@ -42,7 +42,8 @@ void bind_index_methods(py::class_<Owned<I>>& c) {
           "Insert into the in-memory index (nothing is persisted until open_with).")
       .def(
           "search",
-          [](Owned<I>& o, py::handle query, std::size_t k) {
+          [](Owned<I>& o, py::handle query, py::handle k_arg) {
+            const std::size_t k = to_k(k_arg);
             const I& ix = o.get();
             const Queries q = as_queries(query, ix.dim());
             // The GIL stays held: it is what keeps a standalone index's

@@ -35,9 +35,8 @@ HitTable search_rows(const I& ix, const Queries& q, std::size_t k) {
   // Checked here, under the index's lock, where the caller could not check
   // the dimension before (a replica's, which a catch-up that loads anew can
   // change: query_dim() nullopt).
-  if (q.rows.floats.size() != q.rows.n * dim) {
-    throw py::value_error("the queries have dimension " + std::to_string(q.rows.n == 0 ? 0 : q.rows.floats.size() / q.rows.n) +
-                          ", the index has " + std::to_string(dim));
+  if (q.dim != dim) {
+    throw py::value_error("the queries have dimension " + std::to_string(q.dim) + ", the index has " + std::to_string(dim));
   }
   for (std::size_t r = 0; r < q.rows.n; ++r) {
     for (const auto& h : ix.search(q.rows.floats.subspan(r * dim, dim), k)) {
@@ -61,7 +60,8 @@ void bind_reads(py::class_<W>& c) {
         })
       .def(
        "search",
-       [](W& w, py::handle query, std::size_t k) {
+       [](W& w, py::handle query, py::handle k_arg) {
+            const std::size_t k = to_k(k_arg);
          const Queries q = as_queries(query, w.query_dim());
          const HitTable t = w.reading([&](const I& ix) { return search_rows(ix, q, k); });
          return to_numpy(t, q.single);

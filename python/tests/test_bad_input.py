@@ -89,6 +89,40 @@ def test_bad_metadata(db, meta, exc):
     unchanged(db, lambda: db.insert(10, rows(1, DIM)[0], meta), exc)
 
 
+def test_a_metadata_float_wider_than_float64_is_taken_only_when_exact(db):
+    # Metadata floats are float64: a longdouble that would be rounded is
+    # refused, not narrowed without a word; one that converts exactly is kept.
+    third = np.longdouble(1) / np.longdouble(3)
+    if float(third) == third:
+        pytest.skip("numpy.longdouble is float64 on this platform")
+    e = unchanged(db, lambda: db.insert(10, rows(1, DIM)[0], {"x": third}), ValueError)
+    assert "'x'" in str(e) and "rounding" in str(e)
+    db.insert(10, rows(1, DIM)[0], {"x": np.longdouble(0.5), "n": np.longdouble("nan")})
+    got = db.metadata(10)
+    assert got["x"] == 0.5 and type(got["x"]) is float and np.isnan(got["n"])
+
+
+@pytest.mark.parametrize("k, exc", [
+    (True, TypeError), (np.bool_(False), TypeError), (1.0, TypeError), ("1", TypeError), (None, TypeError),
+    (-1, ValueError), (np.int64(-1), ValueError),
+])
+def test_k_must_be_a_non_negative_int(db, k, exc):
+    q = rows(1, DIM)[0]
+    with pytest.raises(exc, match="k must"):
+        db.search(q, k)
+    standalone = iq.FlatIndex(DIM)
+    standalone.insert(1, q)
+    with pytest.raises(exc, match="k must"):
+        standalone.search(q, k)
+
+
+def test_k_beyond_any_count_gives_every_hit(db):
+    q = rows(1, DIM)[0]
+    for k in (np.uint64(2**64 - 1), 2**70, np.int8(100)):
+        ids, _ = db.search(q, k)
+        assert sorted(ids.tolist()) == [1, 2, 3]
+
+
 def test_bad_batch_metadata_and_ids(db):
     unchanged(db, lambda: db.insert([10, 11], rows(2, DIM), [{"a": 1}]), ValueError)
     unchanged(db, lambda: db.insert([10, 11], rows(2, DIM), {"a": 1}), TypeError)

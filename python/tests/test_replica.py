@@ -417,7 +417,10 @@ def test_a_replica_that_loads_an_index_of_another_dimension_checks_queries_again
     w.close()
     r.catch_up()
     assert r.stats().reloads == 1
-    # (Searches first: nothing has read the new dimension yet.)
+    # (Searches first: nothing has read the new dimension yet.) No rows at
+    # all is still the wrong dimension, as for a persisted index.
+    with pytest.raises(ValueError, match="dimension 2, the index has 100000"):
+        r.search(np.ones((0, 2), np.float32), 1)
     ids, dist = r.search(np.ones(100_000, np.float32), 1)
     assert list(ids) == [1] and abs(float(dist[0])) < 1e-6
     with pytest.raises(ValueError, match="shape|dimension"):

@@ -6,7 +6,6 @@
 #include <exception>
 #include <system_error>
 
-#include "iqdb/persist/detail/exception_text.hpp"
 #include "iqdb/persist/detail/resource_error.hpp"
 #include "wal/engine_impl.hpp"
 
@@ -25,11 +24,11 @@ void WalEngine::Impl::start_checkpointer(std::uint64_t log_bytes, WriteSnapshot 
       // A checkpoint() of the program's may have come first.
       if (closed_ || poisoned_ || writer_->end() < auto_at_) continue;
       lk.unlock();
-      std::optional<std::string> failed;
+      bool failed = false;
       try {
-        checkpoint(auto_write_);
+        checkpoint(auto_write_, /*automatic=*/true);  // a failure's reason is in auto_failure_
       } catch (...) {
-        failed = detail::exception_text(std::current_exception());  // never throws: this is our thread
+        failed = true;
       }
       lk.lock();
       if (failed) {
@@ -37,7 +36,6 @@ void WalEngine::Impl::start_checkpointer(std::uint64_t log_bytes, WriteSnapshot 
         // every commit. (A failure that poisoned the engine stops the
         // commits that would ask.)
         ++stats_.auto_checkpoint_failures;
-        auto_failure_ = std::move(failed);
         auto_at_ = writer_->end() + auto_bytes_;
       } else {
         ++stats_.auto_checkpoints;

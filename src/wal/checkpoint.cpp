@@ -2,16 +2,26 @@
 // no crash window (docs/FORMAT.md, "Checkpoint").
 #include <cerrno>
 
+#include "iqdb/persist/detail/exception_text.hpp"
 #include "iqdb/persist/error.hpp"
 #include "wal/engine_impl.hpp"
 
 namespace iqdb::persist::detail {
 
-void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot) {
+void WalEngine::Impl::checkpoint(const WriteSnapshot& write_snapshot, bool automatic) {
   // Let in-flight group commits finish; new ones wait, and holding mu_
   // from here on blocks them (searches take only the index's read lock and
   // go on).
   std::unique_lock lk = lock_drained();
+  try {
+    checkpoint_locked(write_snapshot);
+  } catch (...) {
+    if (automatic) auto_failure_ = exception_text(std::current_exception());  // mu_ still held
+    throw;
+  }
+}
+
+void WalEngine::Impl::checkpoint_locked(const WriteSnapshot& write_snapshot) {
   throw_if_unusable();
   // The checkpoint writes by path: a writer whose lock file was removed or
   // replaced (its directory moved, say) would write over the files of a

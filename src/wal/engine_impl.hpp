@@ -88,7 +88,11 @@ class WalEngine::Impl {
   // flusher.cpp
   void sync();
   // checkpoint.cpp
-  void checkpoint(const WriteSnapshot& write_snapshot);
+  // automatic: run by the checkpointer thread, whose failure is recorded in
+  // auto_failure_ before mu_ is let go (a writer refused by the poisoning it
+  // caused then finds its reason there).
+  void checkpoint(const WriteSnapshot& write_snapshot, bool automatic = false);
+  void checkpoint_locked(const WriteSnapshot& write_snapshot);  // mu_ held, commits drained
   // wal_engine.cpp
   void close();
   // auto_checkpoint.cpp
