@@ -103,6 +103,7 @@ class PersistConfig:
         take_over: Optional[bool] = None,  # False
         take_over_timeout_s: Optional[int] = None,  # 0: 2 * lease + 30
         blocklist_previous: Optional[bool] = None,  # True
+        reader_grace_s: Optional[int] = None,  # 0
     ) -> None: ...
     @property
     def path(self) -> str: ...

@@ -104,6 +104,7 @@ struct RadosKeywords {
   std::optional<bool> take_over;
   std::optional<std::int64_t> take_over_timeout_s;
   std::optional<bool> blocklist_previous;
+  std::optional<std::int64_t> reader_grace_s;
   bool any() const;
 };
 // Whether a PersistConfig path names a RADOS location (`rados:...`).

@@ -76,15 +76,17 @@ void bind_config(py::module_& m) {
                        std::optional<std::string> ceph_conf, std::optional<std::string> client_id,
                        std::optional<std::int64_t> op_timeout_s, std::optional<std::int64_t> connect_timeout_s,
                        std::optional<std::int64_t> lock_lease_s, std::optional<bool> take_over,
-                       std::optional<std::int64_t> take_over_timeout_s, std::optional<bool> blocklist_previous) {
+                       std::optional<std::int64_t> take_over_timeout_s, std::optional<bool> blocklist_previous,
+                       std::optional<std::int64_t> reader_grace_s) {
              if (commit_spin_us < 0) throw py::value_error("commit_spin_us must be >= 0");
              const RadosKeywords kw{std::move(ceph_conf), std::move(client_id), op_timeout_s, connect_timeout_s,
                                     lock_lease_s,         take_over,            take_over_timeout_s,
-                                    blocklist_previous};
+                                    blocklist_previous,   reader_grace_s};
              const bool rados = is_rados_path(path);
              if (!rados && kw.any()) {
                throw PersistError::argument("ceph_conf, client_id, op_timeout_s, connect_timeout_s, lock_lease_s, "
-                                            "take_over, take_over_timeout_s and blocklist_previous are for a "
+                                            "take_over, take_over_timeout_s, blocklist_previous and reader_grace_s "
+                                            "are for a "
                                             "rados://POOL/NAME path, not '" + path.string() + "'");
              }
              PersistConfig c = rados ? rados_config(path, kw) : PersistConfig(path);
@@ -108,7 +110,7 @@ void bind_config(py::module_& m) {
            py::arg("client_id") = py::none(), py::arg("op_timeout_s") = py::none(),
            py::arg("connect_timeout_s") = py::none(), py::arg("lock_lease_s") = py::none(),
            py::arg("take_over") = py::none(), py::arg("take_over_timeout_s") = py::none(),
-           py::arg("blocklist_previous") = py::none(),
+           py::arg("blocklist_previous") = py::none(), py::arg("reader_grace_s") = py::none(),
            "PersistConfig(path, *, wal_enabled=False, fsync_policy=FsyncPolicy.always(), ...).\n\n"
            "path: a local snapshot file (its log is path + '.wal'; './rados:x' for a file named so), or "
            "'rados://POOL/NAME' for an index in a "
@@ -118,7 +120,8 @@ void bind_config(py::module_& m) {
            "then Ceph's search), client_id ('admin'), op_timeout_s (30), connect_timeout_s (10), "
            "lock_lease_s (the writer lock's lease, 30), take_over (False: LockedError while another writer "
            "holds the lock; True: wait for its lease to run out, fence it, take over), take_over_timeout_s "
-           "(0: 2 * lease + 30), blocklist_previous (True: fence a taken-over writer by blocklisting it). "
+           "(0: 2 * lease + 30), blocklist_previous (True: fence a taken-over writer by blocklisting it), "
+           "reader_grace_s (0: how long what a publish superseded stays readable). "
            "docs/PYTHON.md, 'RADOS'.")
       .def_property_readonly("path", [](const PersistConfig& c) { return path_str(c.path); })
       .def_readonly("wal_enabled", &PersistConfig::wal_enabled)

@@ -14,7 +14,7 @@ bool is_rados_path(const std::filesystem::path& path) { return path.native().sta
 
 bool RadosKeywords::any() const {
   return ceph_conf || client_id || op_timeout_s || connect_timeout_s || lock_lease_s || take_over ||
-         take_over_timeout_s || blocklist_previous;
+         take_over_timeout_s || blocklist_previous || reader_grace_s;
 }
 
 #if defined(IQDB_PY_HAVE_RADOS)
@@ -41,6 +41,7 @@ PersistConfig rados_config(const std::filesystem::path& url, const RadosKeywords
   RadosOptions options;
   if (kw.op_timeout_s) options.op_timeout = seconds("op_timeout_s", *kw.op_timeout_s, 1);
   if (kw.connect_timeout_s) options.connect_timeout = seconds("connect_timeout_s", *kw.connect_timeout_s, 1);
+  if (kw.reader_grace_s) options.reader_grace = seconds("reader_grace_s", *kw.reader_grace_s, 0);
   RadosLockOptions lock;
   if (kw.lock_lease_s) lock.lease = seconds("lock_lease_s", *kw.lock_lease_s, 2);
   if (kw.take_over) lock.take_over = *kw.take_over;

@@ -84,6 +84,8 @@ def test_a_rados_path_without_rados_is_unsupported():
 def test_rados_keywords_need_a_rados_path(tmp_path):
     with pytest.raises(iq.InvalidArgumentError, match="rados://POOL/NAME"):
         iq.PersistConfig(str(tmp_path / "db.iqdb"), client_id="admin")
+    with pytest.raises(iq.InvalidArgumentError, match="reader_grace_s"):
+        iq.PersistConfig(str(tmp_path / "db.iqdb"), reader_grace_s=10)
     with pytest.raises(iq.InvalidArgumentError, match="PersistConfig"):
         iq.snapshot_index_type("rados://pool/name")
 
@@ -93,7 +95,7 @@ def test_malformed_locations_and_options_are_refused_before_connecting(rados):
         with pytest.raises(iq.InvalidArgumentError):
             iq.PersistConfig(bad)
     for kw in ({"lock_lease_s": 1}, {"op_timeout_s": 0}, {"connect_timeout_s": -1}, {"take_over_timeout_s": -5},
-               {"lock_lease_s": 86401}):
+               {"lock_lease_s": 86401}, {"reader_grace_s": -1}, {"reader_grace_s": 86401}):
         with pytest.raises(iq.InvalidArgumentError, match=next(iter(kw))):
             iq.PersistConfig("rados://pool/name", **kw)
 
@@ -167,6 +169,27 @@ def test_without_the_wal_save_and_load_under_each_compression(url, compression):
     if iq.HAVE_HNSWLIB:
         with pytest.raises(iq.InvalidIndexTypeError):
             iq.load(cfg, index_type=iq.HnswlibIndex)
+
+
+@pytest.mark.parametrize("grace", [None, 3600])
+def test_a_reader_grace_keeps_what_checkpoints_superseded(url, pool, grace):
+    # Without a grace the collection behind each checkpoint keeps the
+    # published generation and the one it replaced; with one, a generation
+    # stays that long after the publish that superseded it (here: past the
+    # writer's close, which leaves them to the next publish's collection).
+    kw = {} if grace is None else {"reader_grace_s": grace}
+    with iq.open_with(iq.FlatIndex(4), config(url, wal_enabled=True, **kw)) as db:
+        for i in range(4):
+            db.insert(i, np.full(4, i, np.float32))
+            db.checkpoint()
+    name = url.rsplit("/", 1)[1]
+    listing = subprocess.run(["rados", "-p", pool, "ls"], capture_output=True, text=True, check=True, timeout=120)
+    gens = {int(o.split(".")[2]) for o in listing.stdout.split() if o.startswith(name + ".snap.")}
+    assert len(gens) == (2 if grace is None else max(gens) - min(gens) + 1), sorted(gens)
+    if grace is not None:
+        assert len(gens) >= 5, sorted(gens)  # the first publish and four checkpoints
+    with iq.load(config(url)) as back:
+        assert len(back) == 4
 
 
 def test_a_rados_config_refuses_to_be_pickled(url):

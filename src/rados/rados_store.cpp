@@ -10,10 +10,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -345,6 +347,7 @@ std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation
   range("connect_timeout", static_cast<std::uint64_t>(options.connect_timeout.count()), 1, 86400);
   range("notify_timeout", static_cast<std::uint64_t>(options.notify_timeout.count()), 1, 60);
   range("notify_gap", static_cast<std::uint64_t>(options.notify_gap.count()), 0, 1000);
+  range("reader_grace", static_cast<std::uint64_t>(options.reader_grace.count()), 0, 86400);
   if (location.pool.empty()) throw PersistError::argument("RadosLocation::pool is empty");
   if (location.client_id.empty()) throw PersistError::argument("RadosLocation::client_id is empty");
 
@@ -449,12 +452,17 @@ std::optional<RadosHead> RadosSnapshotStore::head(std::string_view name) {
 namespace {
 
 // A collection's work, for the store's thread (after a publish: `list`
-// false) and RadosSnapshotStore::collect_garbage (`list` true).
-std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name, bool list) {
+// false, `upto` the generation that publish published: what it superseded
+// is collected, not what later publishes did, whose grace may still run)
+// and RadosSnapshotStore::collect_garbage (`list` true, no bound).
+std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name, bool list,
+                    std::uint64_t upto = std::numeric_limits<std::uint64_t>::max()) {
   std::map<std::string, std::string> attrs;
   const auto rec = read_head_record(s, name, &attrs);
   if (!rec) return 0;
-  const std::uint64_t published = rec->head.generation;
+  const std::uint64_t published = std::min(rec->head.generation, upto);
+  // The generation just before the head's (at or above `published` when a
+  // later publish moved the head on: then nothing below `published` is it).
   const std::uint64_t keep = s.options.keep_previous_generation ? rec->previous_generation : 0;
   // The mark: generations below it are collected already. Missing (a head
   // made before it existed), malformed or above the published generation
@@ -462,7 +470,7 @@ std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name, bool l
   const auto mark_attr = attrs.find(kCollectedAttr);
   std::uint64_t mark = 0;  // 0: none to go by
   if (mark_attr != attrs.end()) mark = decode_generation(mark_attr->second).value_or(0);
-  if (mark > published) mark = 0;
+  if (mark > rec->head.generation) mark = 0;
   // Below the published generation nothing can still be published (every
   // writer of a lower generation compares against an older head), so what
   // is there is a leftover. Higher ones may be saves in progress: untouched.
@@ -482,7 +490,7 @@ std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name, bool l
   }
   s.remove_objects(leftovers);  // throws on a failure: the mark stays
   // Every generation below the published one but `keep` is collected now.
-  const std::uint64_t collected = std::max(mark, keep != 0 ? keep : published);
+  const std::uint64_t collected = std::max(mark, keep != 0 && keep < published ? keep : published);
   if (collected != mark) {
     // Compared with what was read (a concurrent collection may have moved
     // it on: then this one's is not needed); never creates a head that a
@@ -500,13 +508,14 @@ std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name, bool l
 
 }  // namespace
 
-void RadosSnapshotStore::Impl::schedule_collection(const std::string& name) {
+void RadosSnapshotStore::Impl::schedule_collection(const std::string& name, std::uint64_t upto) {
   {
     std::lock_guard lock(gc_mu);
     if (!gc_stop) {
       try {
         if (!gc_thread.joinable()) gc_thread = std::thread([this] { run_collector(); });
-        gc_queue.insert(name);
+        gc_queue.push_back(Collection{name, upto, std::chrono::steady_clock::now() + options.reader_grace, gc_queued + 1});
+        ++gc_queued;
         gc_cv.notify_all();
         return;
       } catch (const std::exception&) {
@@ -514,8 +523,9 @@ void RadosSnapshotStore::Impl::schedule_collection(const std::string& name) {
       }
     }
   }
+  if (options.reader_grace.count() != 0) return;  // readers were promised the grace: the next publish collects
   try {
-    (void)collect(*this, name, false);
+    (void)collect(*this, name, false, upto);
   } catch (const std::exception&) {
     // Published all the same; the next publish collects what is left.
   }
@@ -524,21 +534,44 @@ void RadosSnapshotStore::Impl::schedule_collection(const std::string& name) {
 void RadosSnapshotStore::Impl::run_collector() {
   std::unique_lock lock(gc_mu);
   for (;;) {
-    gc_cv.wait(lock, [this] { return gc_stop || !gc_queue.empty(); });
-    if (gc_queue.empty()) return;  // stopped, and everything queued was collected
-    std::set<std::string> names;
-    names.swap(gc_queue);
-    const std::uint64_t pass = ++gc_passes_started;
+    if (gc_queue.empty()) {
+      if (gc_stop) return;  // everything queued was collected
+      gc_cv.wait(lock);
+      continue;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (gc_queue.front().due > now) {
+      if (gc_stop) {
+        // Still within their grace: left for the next publish's collection
+        // (any writer's) or collect_garbage.
+        gc_queue.clear();
+        gc_done = gc_queued;
+        gc_cv.notify_all();
+        return;
+      }
+      gc_cv.wait_until(lock, gc_queue.front().due);
+      continue;
+    }
+    // Every collection due, one per name (the highest bound: it covers the
+    // lower ones).
+    std::map<std::string, std::uint64_t> due;
+    std::uint64_t last = 0;
+    while (!gc_queue.empty() && gc_queue.front().due <= now) {
+      std::uint64_t& upto = due[gc_queue.front().name];
+      upto = std::max(upto, gc_queue.front().upto);
+      last = gc_queue.front().seq;
+      gc_queue.pop_front();
+    }
     lock.unlock();
-    for (const std::string& name : names) {
+    for (const auto& [name, upto] : due) {
       try {
-        (void)collect(*this, name, false);
+        (void)collect(*this, name, false, upto);
       } catch (const std::exception&) {
         // As for a failed collection at the publish: the next one retries.
       }
     }
     lock.lock();
-    gc_passes_done = pass;
+    gc_done = last;
     gc_cv.notify_all();
   }
 }
@@ -705,7 +738,7 @@ void RadosSnapshotStore::rename(const fs::path& from, const fs::path& to) {
     impl_->pending.erase(from.string());
   }
   notifier_of(*this, p.name)->changed();
-  impl_->schedule_collection(p.name);  // behind the publish: see Impl
+  impl_->schedule_collection(p.name, p.generation);  // behind the publish: see Impl
 }
 
 void RadosSnapshotStore::remove(const fs::path& path) {

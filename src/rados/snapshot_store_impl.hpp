@@ -7,8 +7,10 @@
 
 #include <rados/librados.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -79,25 +81,33 @@ struct RadosSnapshotStore::Impl {
   // Garbage collection after publishes, on a thread of the store's own
   // (started by the first publish): rename() returns once the new head is
   // published, the superseded generation is removed behind it.
+  // A publish's collection: the generations of `name` below `upto` (the
+  // one it published), due once options.reader_grace has passed.
+  struct Collection {
+    std::string name;
+    std::uint64_t upto = 0;
+    std::chrono::steady_clock::time_point due;
+    std::uint64_t seq = 0;
+  };
   std::mutex gc_mu;
   std::condition_variable gc_cv;
-  std::set<std::string> gc_queue;  // names to collect
-  // The collector's passes: each takes every name queued when it starts.
-  std::uint64_t gc_passes_started = 0;
-  std::uint64_t gc_passes_done = 0;
+  std::deque<Collection> gc_queue;  // in the order queued, which is the order due
+  std::uint64_t gc_queued = 0;      // seq of the last one queued
+  std::uint64_t gc_done = 0;        // every one up to this seq has run (or was dropped at the stop)
   bool gc_stop = false;
   std::thread gc_thread;
 
-  // Queue a collection of `name` (once, however many publishes ask). Where no
-  // thread can be had, collects here.
-  void schedule_collection(const std::string& name);
-  // Blocks until the collections queued or running at the call have run:
-  // the running pass, and the next one if names wait for it (not "until
-  // the queue is empty", which publishes that keep coming would put off).
+  // Queue the collection of what the publish of `name`'s generation `upto`
+  // superseded. Where no thread can be had, collects here (without a grace
+  // only: with one, the next publish collects).
+  void schedule_collection(const std::string& name, std::uint64_t upto);
+  // Blocks until the collections queued or running at the call have run
+  // (not "until the queue is empty", which publishes that keep coming
+  // would put off).
   void wait_collections() {
     std::unique_lock lock(gc_mu);
-    const std::uint64_t need = gc_passes_started + (gc_queue.empty() ? 0 : 1);
-    gc_cv.wait(lock, [&] { return gc_passes_done >= need; });
+    const std::uint64_t need = gc_queued;
+    gc_cv.wait(lock, [&] { return gc_done >= need; });
   }
   void stop_collector() noexcept {
     {

@@ -441,6 +441,94 @@ TEST_F(RadosSnapshot, PublishKeepsThePreviousGenerationOnly) {
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
 }
 
+// RadosOptions::reader_grace: what a publish superseded stays that long,
+// however many publishes follow. A reader opens generation 1 and reads its
+// first bytes (the read-ahead fetches stripe 0 of 6 only); two more
+// publishes follow; the reader then reads the rest. Without the grace (and
+// without keep_previous_generation) the collections remove generation 1
+// and the read fails, which shows the read needs those stripes; with a
+// grace of 5 s the read succeeds, the generations stay until the grace has
+// passed, and then the collection removes them.
+TEST_F(RadosSnapshot, AReaderGraceKeepsSupersededGenerationsReadableThatLong) {
+  for (const int grace_s : {0, 5}) {
+    SCOPED_TRACE("reader_grace " + std::to_string(grace_s) + " s");
+    RadosOptions o = small_options();
+    o.keep_previous_generation = false;
+    o.reader_grace = std::chrono::seconds(grace_s);
+    auto store = open_store(o);
+    save_to_rados(*store, name_, build(make_model(3000, 32, 1)));
+    const std::uint64_t first = store->head(name_)->generation;
+    ASSERT_GE(store->head(name_)->stripe_count, 5u);
+    const std::vector<std::byte> expected = published_bytes();  // the stripes' own bytes
+    const auto file = store->open_read(store->path_of(name_));
+    std::vector<std::byte> back(expected.size());
+    ASSERT_EQ(file->read_at(0, std::span(back).first(100)), 100u);
+    const auto published_at = std::chrono::steady_clock::now();
+    save_to_rados(*store, name_, build(make_model(3000, 32, 2)));
+    save_to_rados(*store, name_, build(make_model(3000, 32, 3)));
+    const auto read_rest = [&] {
+      std::size_t got = 100;
+      while (got < back.size()) {
+        const std::size_t n = file->read_at(got, std::span(back).subspan(got, std::min<std::size_t>(50000, back.size() - got)));
+        if (n == 0) throw std::runtime_error("read_at gave 0 bytes at " + std::to_string(got));
+        got += n;
+      }
+    };
+    if (grace_s == 0) {
+      store->wait_for_garbage_collection();
+      EXPECT_TRUE(stripes_of(first).empty());
+      EXPECT_TRUE(stripes_of(first + 1).empty());
+      const auto e = error_of(read_rest);
+      ASSERT_TRUE(e) << "the read did not need the removed stripes: the test shows nothing";
+      EXPECT_EQ(e->kind(), ErrorKind::TruncatedPayload) << e->what();
+    } else {
+      EXPECT_FALSE(stripes_of(first).empty());
+      EXPECT_FALSE(stripes_of(first + 1).empty());
+      read_rest();
+      EXPECT_TRUE(back == expected) << "the reader did not read generation " << first;
+      store->wait_for_garbage_collection();  // until the grace has passed
+      EXPECT_GE(std::chrono::steady_clock::now() - published_at, std::chrono::seconds(grace_s))
+          << "collected before the grace had passed";
+      EXPECT_TRUE(stripes_of(first).empty());
+      EXPECT_TRUE(stripes_of(first + 1).empty());
+      EXPECT_FALSE(stripes_of(first + 2).empty());  // the published one
+    }
+    expect_equal(load_from_rados<FlatIndex>(*store, name_), make_model(3000, 32, 3));
+  }
+}
+
+// A store destroyed while its collections are within their grace leaves
+// those generations (no destructor waits out a grace); the next publish's
+// collection, by a store without a grace, removes them.
+TEST_F(RadosSnapshot, CollectionsWithinTheirGraceAreLeftToTheNextPublish) {
+  std::uint64_t first = 0;
+  std::chrono::steady_clock::time_point destroying;
+  {
+    RadosOptions o = small_options();
+    o.keep_previous_generation = false;
+    o.reader_grace = std::chrono::seconds(3600);
+    auto store = open_store(o);
+    for (std::uint64_t g = 1; g <= 3; ++g) {
+      save_to_rados(*store, name_, build(make_model(300, 16, g)));
+      if (g == 1) first = store->head(name_)->generation;
+    }
+    destroying = std::chrono::steady_clock::now();
+  }
+  // A liveness bound, not a timing: the destructor does not wait the hour.
+  EXPECT_LT(std::chrono::steady_clock::now() - destroying, std::chrono::seconds(60));
+  EXPECT_FALSE(stripes_of(first).empty());
+  EXPECT_FALSE(stripes_of(first + 1).empty());
+  RadosOptions o = small_options();
+  o.keep_previous_generation = false;
+  auto store = open_store(o);
+  const Model last = make_model(300, 16, 4);
+  save_to_rados(*store, name_, build(last));
+  store->wait_for_garbage_collection();
+  for (std::uint64_t g = first; g <= first + 2; ++g) EXPECT_TRUE(stripes_of(g).empty()) << g;
+  EXPECT_FALSE(stripes_of(first + 3).empty());
+  expect_equal(load_from_rados<FlatIndex>(*store, name_), last);
+}
+
 // The collection after a publish does not list the pool: it probes the
 // generations between the head's mark (iqdb.collected: every generation
 // below it is collected) and the published one, index by index, up to a

@@ -71,6 +71,15 @@ struct RadosOptions {
   // After a publish, keep the generation it superseded (so that a reader
   // that opened it just before can finish); older ones are removed.
   bool keep_previous_generation = true;
+  // How long the generations a publish of this store superseded stay
+  // readable before its collection removes them (whole seconds, 0 .. 86400):
+  // a reader has at least this long after a publish to finish the
+  // generation it opened, however many publishes follow (with 0 it has
+  // until the next publish, keep_previous_generation, or none). The
+  // collection waits on the store's own thread; one not yet due when the
+  // store is destroyed is left to the next publish's collection (any
+  // writer's) or to collect_garbage, which removes at once.
+  std::chrono::seconds reader_grace{0};
   // The write-ahead log: bytes per log object (4 KiB .. 64 MiB). A group
   // commit goes to the current object when it fits, else to a new one; a
   // group larger than this gets an object of its own.
@@ -145,12 +154,14 @@ class RadosSnapshotStore final : public FileSystem {
   // without listing the pool: it probes the generations between the head's
   // collection mark and the published one (docs/DISTRIBUTED.md, "Writing");
   // rename() returns once the new head is published, not after the
-  // removals (errors there are ignored: the next publish retries). The
-  // store's destruction runs what is still queued.
+  // removals (errors there are ignored: the next publish retries), and
+  // with options.reader_grace not before that grace has passed. The
+  // store's destruction runs what is still queued and due. collect_garbage
+  // itself grants no grace.
   std::size_t collect_garbage(std::string_view name);
   // Blocks until the collections queued when it is called have run (not
   // those that publishes queue meanwhile: a stream of publishes cannot put
-  // it off).
+  // it off); with a reader_grace, that is until their grace has passed.
   void wait_for_garbage_collection();
 
   // FileSystem.
