@@ -106,10 +106,16 @@ std::pair<std::uint64_t, std::uint64_t> RadosSnapshotStore::Impl::allocate(const
       // Nothing below generation 1 to collect: no collection lists the pool.
       set_xattr(op, kCollectedAttr, encode_generation(1));
       const int r = rados_write_op_operate(op.op, io, head.c_str(), nullptr, 0);
-      if (r < 0 && r != -EEXIST) fail(head, "creating the head", r);
+      if (r < 0 && r != -EEXIST) fail(head, "making sure the head exists (an exclusive create)", r);
       continue;
     }
     const auto [published, next] = *counters;
+    if (next == std::numeric_limits<std::uint64_t>::max()) {
+      // (Only a hostile or damaged attribute gets here: the counter would
+      // wrap to 0 and every later save fail.)
+      throw PersistError::at(ErrorKind::InvalidHeader, object_path(head),
+                             "the head's generation counter (iqdb.next) is at its maximum: no generation is left");
+    }
     WriteOp op;
     cmp_xattr(op, kNextAttr, encode_generation(next));
     set_xattr(op, kNextAttr, encode_generation(next + 1));
@@ -475,7 +481,11 @@ std::size_t collect(RadosSnapshotStore::Impl& s, const std::string& name, bool l
   // writer of a lower generation compares against an older head), so what
   // is there is a leftover. Higher ones may be saves in progress: untouched.
   std::vector<std::string> leftovers;
-  if (list || mark == 0) {
+  // Probing visits each generation from the mark to the published one; a
+  // gap wider than a few failed saves leave (a hostile iqdb.next that made
+  // the published generation jump by 2^32) is listed instead, once.
+  constexpr std::uint64_t kMaxProbedGenerations = 64;
+  if (list || mark == 0 || (published > mark && published - mark > kMaxProbedGenerations)) {
     for (auto& [gen, oid] : s.list_stripes(name)) {
       if (gen >= published || gen == keep) continue;
       leftovers.push_back(std::move(oid));

@@ -3,6 +3,8 @@
 // lease, renewed by a thread; a fencing epoch (NAME.head's iqdb.epoch)
 // raised by every acquire and compared by every publish; the previous
 // holder's client blocklisted when it did not release the lock.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <rados/librados.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -13,7 +15,9 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -48,6 +52,44 @@ void rados_detail::Fence::enforce(const fs::path& where) {
 }
 
 namespace {
+
+// Whether `a` is one client instance's address as librados writes it
+// (`[v1:|v2:|any:]IP:PORT/NONCE`, IPv6 in brackets) with a nonce other than
+// 0: blocklisting an address whose port and nonce are 0 fences every client
+// of that host (the OSDs match it against the whole IP), so a hostile
+// iqdb.writer must not get that far.
+bool one_client_address(std::string_view a) {
+  for (const std::string_view prefix : {"v1:", "v2:", "any:"}) {
+    if (a.substr(0, prefix.size()) == prefix) {
+      a.remove_prefix(prefix.size());
+      break;
+    }
+  }
+  const auto number = [](std::string_view d, std::uint64_t max) -> std::optional<std::uint64_t> {
+    if (d.empty() || d.size() > 10) return std::nullopt;
+    std::uint64_t v = 0;
+    for (const char c : d) {
+      if (c < '0' || c > '9') return std::nullopt;
+      v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    if (v > max) return std::nullopt;
+    return v;
+  };
+  const std::size_t slash = a.rfind('/');
+  if (slash == std::string_view::npos) return false;
+  const auto nonce = number(a.substr(slash + 1), 0xffffffffu);
+  if (!nonce || *nonce == 0) return false;
+  const std::string_view host_port = a.substr(0, slash);
+  const std::size_t colon = host_port.rfind(':');
+  if (colon == std::string_view::npos || !number(host_port.substr(colon + 1), 65535)) return false;
+  std::string_view host = host_port.substr(0, colon);
+  const bool v6 = host.size() >= 2 && host.front() == '[' && host.back() == ']';
+  if (v6) host = host.substr(1, host.size() - 2);
+  if (host.empty() || host.size() >= INET6_ADDRSTRLEN) return false;
+  const std::string h(host);
+  unsigned char buf[sizeof(in6_addr)];
+  return ::inet_pton(v6 ? AF_INET6 : AF_INET, h.c_str(), buf) == 1;
+}
 
 struct Locker {
   std::string client, cookie, address;
@@ -235,7 +277,7 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
     rados_write_op_setxattr(op, kEpochAttr, zero.data(), zero.size());
     const int r = rados_write_op_operate(op, s->h.io, s->head.c_str(), nullptr, 0);
     rados_release_write_op(op);
-    if (r < 0 && r != -EEXIST) fail("creating the head", r);
+    if (r < 0 && r != -EEXIST) fail("making sure the head exists (an exclusive create)", r);
   }
 
   const auto wait = options.wait_timeout.count() > 0 ? options.wait_timeout : 2 * options.lease + std::chrono::seconds(30);
@@ -294,6 +336,12 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
     if (w != attrs.end() && !w->second.empty() && w->second != s->address) {
       if (w->second.size() > kMaxAddress || !printable(w->second)) {
         throw PersistError::at(ErrorKind::InvalidHeader, s->where, "the head's writer address attribute is malformed");
+      }
+      if (!one_client_address(w->second)) {
+        throw PersistError::at(ErrorKind::InvalidHeader, s->where,
+                               "the head's writer address attribute '" + w->second +
+                                   "' is not one client's address (IP:PORT/NONCE, the nonce not 0): blocklisting "
+                                   "it could fence other clients");
       }
       if (options.blocklist_previous) {
         std::vector<char> addr(w->second.begin(), w->second.end());

@@ -441,6 +441,34 @@ TEST_F(RadosSnapshot, PublishKeepsThePreviousGenerationOnly) {
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
 }
 
+// A head whose iqdb.next was set far above the published generation
+// (hostile or damaged): the publish jumps there, and the collection behind
+// it lists the pool once instead of probing the 2^32 generations between
+// (the store's destruction, which waits for it, never returned: a process
+// that checkpointed could not exit). At the counter's maximum a save is
+// refused with InvalidHeader instead of wrapping the counter to 0.
+TEST_F(RadosSnapshot, AGenerationCounterFarAheadNeitherHangsNorWraps) {
+  save_to_rados(*store_, name_, build(make_model(300, 16, 1)));
+  const std::uint64_t first = store_->head(name_)->generation;
+  const std::string head = RadosSnapshotStore::head_object(name_);
+  ASSERT_EQ(raw_->set_xattr(head, "iqdb.next", "0000000100000000"), 0);
+  const Model m2 = make_model(300, 16, 2);
+  save_to_rados(*store_, name_, build(m2));
+  EXPECT_EQ(store_->head(name_)->generation, std::uint64_t{1} << 32);
+  const auto t0 = std::chrono::steady_clock::now();
+  store_->wait_for_garbage_collection();
+  // A liveness bound, not a timing (the probing would take days).
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(60));
+  EXPECT_FALSE(stripes_of(first).empty());  // the generation the publish replaced: kept
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m2);
+  ASSERT_EQ(raw_->set_xattr(head, "iqdb.next", "ffffffffffffffff"), 0);
+  const auto e = error_of([&] { (void)save_to_rados(*store_, name_, build(make_model(300, 16, 3))); });
+  ASSERT_TRUE(e) << "a save took the last generation number";
+  EXPECT_EQ(e->kind(), ErrorKind::InvalidHeader) << e->what();
+  EXPECT_NE(std::string(e->what()).find("iqdb.next"), std::string::npos) << e->what();
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), m2);
+}
+
 // RadosOptions::reader_grace: what a publish superseded stays that long,
 // however many publishes follow. A reader opens generation 1 and reads its
 // first bytes (the read-ahead fetches stripe 0 of 6 only); two more

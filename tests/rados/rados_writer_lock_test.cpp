@@ -260,6 +260,14 @@ TEST_F(RadosWriterLockTest, HostileLockAttributesAreTypedErrors) {
   EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader);
   ASSERT_EQ(raw.set("iqdb.writer", std::string(300, 'a')), 0);
   EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader);
+  // Not one client's address. A port and nonce of 0 is the whole host to
+  // the OSDs: blocklisting it fenced this very client (and every other one
+  // on 127.0.0.1) for an hour, and the acquire then failed as Fenced.
+  for (const char* bad : {"127.0.0.1:0/0", "v1:127.0.0.1:0/0", "[::1]:0/0", "not-an-address", "127.0.0.1/5",
+                          "127.0.0.1:0/", "1.2.3:0/7", "127.0.0.1:99999/7", "127.0.0.1:0/4294967296"}) {
+    ASSERT_EQ(raw.set("iqdb.writer", bad), 0);
+    EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader) << bad;
+  }
   ASSERT_EQ(raw.remove("iqdb.writer"), 0);
   auto lock = RadosWriterLock::acquire(*a_, name_, lease(5));
   EXPECT_EQ(lock->epoch(), 6u);
