@@ -11,9 +11,17 @@ import pytest
 import iqdb_persist as iq
 
 
-def test_python_m_points_to_the_cli():
-    out = subprocess.run([sys.executable, "-m", "iqdb_persist"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "iqdb-persist" in out.stdout and "--help" in out.stdout
+def test_python_m_points_to_the_cli(tmp_path):
+    # Not on PATH: how to build it. On PATH: where it is.
+    env = dict(os.environ, PATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "iqdb_persist"], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0 and "not on PATH" in out.stdout and "--target iqdb-persist" in out.stdout
+    assert "copy" in out.stdout and "--help" in out.stdout
+    tool = tmp_path / "iqdb-persist"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    out = subprocess.run([sys.executable, "-m", "iqdb_persist"], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0 and f"It is here: {tool}" in out.stdout and "not on PATH" not in out.stdout
 
 
 def test_stubs_and_docstrings_are_installed():

@@ -360,7 +360,14 @@ std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation
   auto impl = std::make_unique<Impl>();
   impl->pool = location.pool;
   impl->options = options;
-  const fs::path where = kScheme + location.pool;
+  // Errors name the index the store was opened for (rados://POOL/NAME), or
+  // the pool alone when the name is not one.
+  fs::path where = kScheme + location.pool;
+  try {
+    check_name(location.name);
+    where = location.url();
+  } catch (const PersistError&) {
+  }
   const std::string user = "client." + location.client_id;
   int r = rados_create2(&impl->cluster, "ceph", user.c_str(), 0);
   if (r < 0) throw PersistError::io(where, "initializing librados for " + user, -r);
