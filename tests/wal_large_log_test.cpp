@@ -4,15 +4,23 @@
 // kept in front of a chunk (2 MiB), and larger than a chunk (4 MiB) cross
 // the chunk boundaries here; recovery must equal the model, a torn tail must
 // be cut, and damage deep in the file must be reported at its frame.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <iqdb/persist.hpp>
 #include <map>
+#include <string>
 #include <vector>
 
+#include "support/alloc_guard.hpp"
+#include "support/forked_child.hpp"
 #include "support/test_util.hpp"
+#include "support/wal_test_util.hpp"
 
 namespace iqdb::persist {
 namespace {
@@ -163,6 +171,59 @@ TEST(WalLargeLog, DamageDeepInTheFileIsReportedAtItsFrame) {
       EXPECT_EQ(e.offset(), start) << e.what();
     }
   }
+}
+
+// A log whose apparent size is far beyond its frames (a sparse file, here
+// 512 MiB with non-zero 4 KiB blocks exactly where the replay's estimate of
+// the frames' end looks, and zeros everywhere else): the load's reserve hint
+// followed the apparent size, and the id table it reserved for ~10 million
+// rows was touched at once (about 280 MiB for a log of ten records; 533 MiB
+// at 1 GiB). The hint is
+// now capped (persisted_index.hpp, kMaxReserveHint). Measured in a child:
+// its peak resident memory over the load.
+TEST(WalLargeLog, ASparseLogsApparentSizeDoesNotDriveTheReserve) {
+  if (test::address_sanitizer_active()) GTEST_SKIP() << "resident memory means nothing under ASan";
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 10; ++i) db.insert(i, std::vector<float>{1.0f, 2.0f, 3.0f, static_cast<float>(i)});
+    db.close();
+  }
+  const fs::path log = wal::log_path_for(cfg.path);
+  constexpr std::uint64_t kBlock = 4096;
+  constexpr std::uint64_t kApparent = std::uint64_t{1} << 29;
+  const int fd = ::open(log.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(kApparent)), 0);
+  // Where the binary search for the first zero block looks (replay.cpp,
+  // frames_end_estimate), each made non-zero so that it goes on upwards.
+  const std::vector<std::byte> junk(kBlock, std::byte{0x5a});
+  std::uint64_t lo = 0, hi = kApparent / kBlock, probes = 0;
+  while (lo < hi) {
+    const std::uint64_t mid = lo + (hi - lo) / 2;
+    if (mid >= 2) {  // (the header and the frames are in blocks 0 and 1)
+      ASSERT_EQ(::pwrite(fd, junk.data(), kBlock, static_cast<off_t>(mid * kBlock)), static_cast<ssize_t>(kBlock));
+      ++probes;
+    }
+    lo = mid + 1;
+  }
+  ::close(fd);
+  ASSERT_GT(probes, 10u);
+  const test::ChildResult r = test::run_in_child([&](int report) {
+    rusage before{};
+    ::getrusage(RUSAGE_SELF, &before);
+    auto db = PersistedIndex<FlatIndex>::load(cfg);
+    rusage after{};
+    ::getrusage(RUSAGE_SELF, &after);
+    const std::string line = std::to_string(db.index().size()) + " rows, peak resident grew by " +
+                             std::to_string((after.ru_maxrss - before.ru_maxrss) / 1024) + " MiB";
+    (void)::write(report, line.data(), line.size());
+    if (db.index().size() != 10) return 1;
+    return after.ru_maxrss - before.ru_maxrss < 200 * 1024 ? 0 : 2;  // ru_maxrss is in KiB
+  });
+  EXPECT_TRUE(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0) << r.report << " (status " << r.status << ")";
+  std::cout << "[ MEASURED ] " << r.report << "\n";
 }
 
 }  // namespace

@@ -93,9 +93,15 @@ struct Loader {
         // size bounds how many it can hold whatever the snapshot's dim: a
         // small log never makes it allocate much. A refused allocation is
         // harmless (replay grows the index as it goes).
+        // And at kMaxReserveHint rows: the log's size is its apparent size,
+        // which a sparse file (or zero blocks inside real frames) can make
+        // far larger than what its frames hold, and the id table's part of
+        // a reserve is touched at once (2 slots a row). A longer replay
+        // grows the index as it goes.
+        constexpr std::uint64_t kMaxReserveHint = std::uint64_t{1} << 22;
         const std::uint64_t per_record = std::max<std::uint64_t>(1, (*out)->dim() * sizeof(float));
         try {
-          (*out)->reserve(std::min(records, log_bytes / per_record));
+          (*out)->reserve(std::min({records, log_bytes / per_record, kMaxReserveHint}));
         } catch (const std::bad_alloc&) {
         } catch (const std::length_error&) {
         }
