@@ -893,6 +893,40 @@ TEST(Replica, LagReportsDamageThatStays) {
   EXPECT_EQ(test::diff(r.index(), test::Model{{VectorId(std::uint64_t{1}), {vec_of(1), std::nullopt}}}), "");
 }
 
+// The same damage one frame further on: the catch-up applies LSN 2, then
+// fails at LSN 3's frame. lag() after it returned applied 2, available 2,
+// as if the log ended there (the failed catch-up's records past its follow
+// point made the follower unable to vouch for the log, and lag() took the
+// damage for a log that had moved); it reports the damage as catch_up()
+// does (found by an outside hunt).
+TEST(Replica, LagAfterACatchUpThatFailedMidwayReportsTheDamage) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  const std::filesystem::path log = wal::log_path_for(cfg.path);
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  Replica r = Replica::open(cfg);
+  const std::uint64_t first_end = wal::scan_log(default_file_system(), log, {}).valid_bytes;
+  for (std::uint64_t id = 2; id <= 5; ++id) w.insert(id);
+  w.db.close();
+  const std::uint64_t frame = (wal::scan_log(default_file_system(), log, {}).valid_bytes - first_end) / 4;
+  std::vector<std::byte> bytes = test::read_file(log);
+  bytes[first_end + frame + frame / 2] ^= std::byte{0x40};  // inside LSN 3's frame; LSNs 4 and 5 vouch for it
+  test::write_file(log, bytes);
+  EXPECT_EQ(test::error_of([&] { (void)r.catch_up(); }), ErrorKind::CorruptLog);
+  EXPECT_EQ(r.last_lsn(), 2U);  // LSN 2 was applied before the damage
+  for (int i = 0; i < 2; ++i) {
+    try {
+      const ReplicaLag lag = r.lag();
+      ADD_FAILURE() << "lag() reported no damage: applied " << lag.applied_lsn << ", available " << lag.available_lsn;
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::CorruptLog) << e.what();
+      EXPECT_EQ(e.path(), log) << e.what();
+    }
+  }
+  EXPECT_EQ(test::error_of([&] { (void)r.catch_up(); }), ErrorKind::CorruptLog);
+}
+
 // A log read while a writer writes it: while armed, a read that covers the
 // frame [frames[next], frames[next + 1]) sees it as zeros (a frame in
 // flight: a reader's window read before the writer had finished it), while

@@ -252,6 +252,11 @@ TEST(WalBasic, AClosedIndexRefusesMutationsAndSaves) {
     EXPECT_TRUE(refused([&] { db.write(b); }));
     EXPECT_TRUE(refused([&] { db.save(); }));
     EXPECT_TRUE(refused([&] { db.checkpoint(); }));
+    if (cfg.wal_enabled) {
+      EXPECT_TRUE(refused([&] { db.sync(); }));
+    } else {
+      db.sync();  // nothing to sync without the WAL: it returns, closed or not (docs/API.md)
+    }
     EXPECT_EQ(db.read([](const FlatIndex& ix) { return ix.size(); }), 2U);
     EXPECT_TRUE(test::read_file(dir / "db.iqdb") == before);
     EXPECT_EQ(PersistedIndex<FlatIndex>::load(cfg).index().size(), 2U);

@@ -105,7 +105,10 @@ class LogFollower::Impl {
       // A log no longer as the replica read it (cut back, replaced): the
       // next catch-up loads anew; until then the replica's LSN is all it
       // can vouch for.
-      if (e.kind() != ErrorKind::CorruptLog || intact()) throw;
+      // (A catch-up that failed after applying records past the follow
+      // point does not change that: the damage it met is still there, and
+      // lag() says so as catch_up() does.)
+      if (e.kind() != ErrorKind::CorruptLog || holds_what_was_read()) throw;
     }
     return last_;
   }
@@ -114,9 +117,14 @@ class LogFollower::Impl {
   // frame for frame, what was read of it (re-read from its start: the
   // chains of frame CRCs agree). A log cut back after a failed fsync and
   // written again, or replaced, does not; nor does a follower that has no
-  // log open (it cannot tell).
-  bool intact() {
-    if (!log_ || applied_past_point_) return false;
+  // log open (it cannot tell), nor one whose failed poll applied records
+  // past the follow point (nothing vouches for those).
+  bool intact() { return !applied_past_point_ && holds_what_was_read(); }
+
+  // The same check up to the follow point alone, whatever a failed poll
+  // applied after it.
+  bool holds_what_was_read() {
+    if (!log_) return false;
     try {
       if (storage_->replaced(*log_, at_.salt)) return false;
       const wal::Followed r = wal::follow_file(log_->refresh(), wal::FollowPoint{}, [](const wal::RecordView&) {},
