@@ -862,6 +862,25 @@ TEST(Replica, LagBesideWritersNeverReportsDamage) {
   EXPECT_EQ(r.last_lsn(), db.last_lsn());
 }
 
+// A replica at LSN 1 of a log that a writer then takes to LSN `last` under
+// Always, with a bit flipped in the middle of LSN `damaged`'s frame (the
+// frames after it vouch for it: damage, not a torn tail).
+Replica replica_behind_damage(const PersistConfig& cfg, std::uint64_t last, std::uint64_t damaged) {
+  const std::filesystem::path log = wal::log_path_for(cfg.path);
+  Writer w{new_writer(cfg), {}};
+  w.insert(1);
+  Replica r = Replica::open(cfg);
+  const std::uint64_t first_end = wal::scan_log(default_file_system(), log, {}).valid_bytes;
+  for (std::uint64_t id = 2; id <= last; ++id) w.insert(id);
+  w.db.close();
+  EXPECT_EQ(r.lag().available_lsn, last);
+  const std::uint64_t frame = (wal::scan_log(default_file_system(), log, {}).valid_bytes - first_end) / (last - 1);
+  std::vector<std::byte> bytes = test::read_file(log);
+  bytes[first_end + (damaged - 2) * frame + frame / 2] ^= std::byte{0x40};
+  test::write_file(log, bytes);
+  return r;
+}
+
 // Damage that stays, in a frame the replica has not applied, with intact
 // frames after it: lag() reads it again as a catch-up does, then throws
 // CorruptLog naming the log, as catch_up() does. (Before, lag() swallowed
@@ -869,24 +888,13 @@ TEST(Replica, LagBesideWritersNeverReportsDamage) {
 TEST(Replica, LagReportsDamageThatStays) {
   test::TempDir dir;
   const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
-  const std::filesystem::path log = wal::log_path_for(cfg.path);
-  Writer w{new_writer(cfg), {}};
-  w.insert(1);
-  Replica r = Replica::open(cfg);
-  const std::uint64_t first_end = wal::scan_log(default_file_system(), log, {}).valid_bytes;
-  for (std::uint64_t id = 2; id <= 4; ++id) w.insert(id);
-  w.db.close();
-  EXPECT_EQ(r.lag().available_lsn, 4U);
-  const std::uint64_t frame = (wal::scan_log(default_file_system(), log, {}).valid_bytes - first_end) / 3;
-  std::vector<std::byte> bytes = test::read_file(log);
-  bytes[first_end + frame / 2] ^= std::byte{0x40};  // inside LSN 2's frame; LSNs 3 and 4 vouch for it
-  test::write_file(log, bytes);
+  Replica r = replica_behind_damage(cfg, 4, 2);  // LSNs 3 and 4 vouch for LSN 2's frame
   try {
     (void)r.lag();
     ADD_FAILURE() << "lag() reported no damage";
   } catch (const PersistError& e) {
     EXPECT_EQ(e.kind(), ErrorKind::CorruptLog) << e.what();
-    EXPECT_EQ(e.path(), log) << e.what();
+    EXPECT_EQ(e.path(), wal::log_path_for(cfg.path)) << e.what();
   }
   EXPECT_EQ(test::error_of([&] { (void)r.catch_up(); }), ErrorKind::CorruptLog);
   EXPECT_EQ(r.last_lsn(), 1U);
@@ -902,17 +910,7 @@ TEST(Replica, LagReportsDamageThatStays) {
 TEST(Replica, LagAfterACatchUpThatFailedMidwayReportsTheDamage) {
   test::TempDir dir;
   const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
-  const std::filesystem::path log = wal::log_path_for(cfg.path);
-  Writer w{new_writer(cfg), {}};
-  w.insert(1);
-  Replica r = Replica::open(cfg);
-  const std::uint64_t first_end = wal::scan_log(default_file_system(), log, {}).valid_bytes;
-  for (std::uint64_t id = 2; id <= 5; ++id) w.insert(id);
-  w.db.close();
-  const std::uint64_t frame = (wal::scan_log(default_file_system(), log, {}).valid_bytes - first_end) / 4;
-  std::vector<std::byte> bytes = test::read_file(log);
-  bytes[first_end + frame + frame / 2] ^= std::byte{0x40};  // inside LSN 3's frame; LSNs 4 and 5 vouch for it
-  test::write_file(log, bytes);
+  Replica r = replica_behind_damage(cfg, 5, 3);  // LSNs 4 and 5 vouch for LSN 3's frame
   EXPECT_EQ(test::error_of([&] { (void)r.catch_up(); }), ErrorKind::CorruptLog);
   EXPECT_EQ(r.last_lsn(), 2U);  // LSN 2 was applied before the damage
   for (int i = 0; i < 2; ++i) {
@@ -921,7 +919,7 @@ TEST(Replica, LagAfterACatchUpThatFailedMidwayReportsTheDamage) {
       ADD_FAILURE() << "lag() reported no damage: applied " << lag.applied_lsn << ", available " << lag.available_lsn;
     } catch (const PersistError& e) {
       EXPECT_EQ(e.kind(), ErrorKind::CorruptLog) << e.what();
-      EXPECT_EQ(e.path(), log) << e.what();
+      EXPECT_EQ(e.path(), wal::log_path_for(cfg.path)) << e.what();
     }
   }
   EXPECT_EQ(test::error_of([&] { (void)r.catch_up(); }), ErrorKind::CorruptLog);
