@@ -74,6 +74,16 @@ py::int_ as_int(py::handle h) {
   return py::reinterpret_steal<py::int_>(i);
 }
 
+// A non-negative Python int as a u64; nullopt when it is above 2**64-1.
+std::optional<std::uint64_t> u64_of(const py::int_& i) {
+  const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());  // a PyLong (as_int): not a numpy int
+  if (PyErr_Occurred() != nullptr) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return static_cast<std::uint64_t>(v);
+}
+
 }  // namespace
 
 void init_numpy_scalars() {
@@ -89,25 +99,17 @@ std::size_t to_k(py::handle h) {
   if (is_bool(h) || !is_int(h)) type_error("k must be an int, not " + type_name(h));
   const py::int_ i = as_int(h);
   if (i < py::int_(0)) value_error("k must not be negative, not " + std::string(py::str(h)));
-  const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());
-  if (PyErr_Occurred() != nullptr) {  // beyond 2**64-1: more than any index holds
-    PyErr_Clear();
-    return std::numeric_limits<std::size_t>::max();
-  }
-  return static_cast<std::size_t>(v);
+  // Beyond 2**64-1: more than any index holds.
+  return static_cast<std::size_t>(u64_of(i).value_or(std::numeric_limits<std::uint64_t>::max()));
 }
 
 VectorId to_id(py::handle h) {
   if (is_bool(h)) type_error("an id must be an int or bytes, not " + type_name(h));
   if (is_int(h)) {
     const py::int_ i = as_int(h);
-    if (i < py::int_(0)) value_error("an int id must be in 0..2**64-1, not " + std::string(py::str(h)));
-    const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());  // not h: a numpy int is no PyLong
-    if (PyErr_Occurred() != nullptr) {
-      PyErr_Clear();
-      value_error("an int id must be in 0..2**64-1, not " + std::string(py::str(h)));
-    }
-    return VectorId(static_cast<std::uint64_t>(v));
+    const std::optional<std::uint64_t> v = i < py::int_(0) ? std::nullopt : u64_of(i);
+    if (!v) value_error("an int id must be in 0..2**64-1, not " + std::string(py::str(h)));
+    return VectorId(*v);
   }
   if (py::isinstance<py::bytes>(h)) {
     std::string b = py::reinterpret_borrow<py::bytes>(h);

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -65,14 +66,11 @@ bool one_client_address(std::string_view a) {
       break;
     }
   }
+  // Decimal digits only, the whole of `d`, at most `max`.
   const auto number = [](std::string_view d, std::uint64_t max) -> std::optional<std::uint64_t> {
-    if (d.empty() || d.size() > 10) return std::nullopt;
     std::uint64_t v = 0;
-    for (const char c : d) {
-      if (c < '0' || c > '9') return std::nullopt;
-      v = v * 10 + static_cast<std::uint64_t>(c - '0');
-    }
-    if (v > max) return std::nullopt;
+    const auto [end, ec] = std::from_chars(d.data(), d.data() + d.size(), v);
+    if (ec != std::errc() || end != d.data() + d.size() || v > max) return std::nullopt;
     return v;
   };
   const std::size_t slash = a.rfind('/');
