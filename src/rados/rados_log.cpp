@@ -469,6 +469,64 @@ LogLayout read_log_layout(RadosSnapshotStore& store, const std::string& name, st
   return out;
 }
 
+namespace {
+
+// The generation NAME.head records as the last one whose log was created
+// (kLoggedAttr); nullopt: the attribute is absent. Hostile bytes: anything
+// but 16 lower-case hex digits is InvalidHeader naming the head.
+std::optional<std::uint64_t> logged_generation(RadosSnapshotStore& store, const std::string& name) {
+  const std::string head = RadosSnapshotStore::head_object(name);
+  char buf[65];
+  const int r = rados_getxattr(io_of(store), head.c_str(), kLoggedAttr, buf, sizeof buf);
+  if (r == -ENODATA || r == -ENOENT) return std::nullopt;
+  // (-ERANGE: longer than the buffer.)
+  if (r < 0 && r != -ERANGE) throw_rados(object_path(store, head), std::string("reading attribute ") + kLoggedAttr, r);
+  const auto g = r >= 0 ? decode_generation(std::string_view(buf, static_cast<std::size_t>(r))) : std::nullopt;
+  if (!g) {
+    throw PersistError::at(ErrorKind::InvalidHeader, object_path(store, head),
+                           std::string("attribute ") + kLoggedAttr + " is not 16 lower-case hex digits");
+  }
+  return g;
+}
+
+}  // namespace
+
+void check_log_not_removed(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
+  const std::string first = log_object(name, generation, 0);
+  // The writer creates object 0 before it records the log in the head: an
+  // object 0 that came between the two reads here is there at the second.
+  if (stat_object(store, first) || logged_generation(store, name) != generation || stat_object(store, first)) return;
+  throw PersistError::at(ErrorKind::TruncatedPayload, object_path(store, first),
+                         "log object 0 is missing, but the head records that the log of generation " +
+                             std::to_string(generation) + " was created (" + kLoggedAttr +
+                             "): every object of the log was removed, and with them every write acknowledged "
+                             "since its snapshot (`iqdb-persist wal repair --yes` accepts the snapshot alone)");
+}
+
+LogLayout read_log_layout_checked(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
+  LogLayout layout = read_log_layout(store, name, generation);
+  if (!layout.objects.empty()) return layout;
+  check_log_not_removed(store, name, generation);
+  return read_log_layout(store, name, generation);
+}
+
+void mark_log_created(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation,
+                      const std::shared_ptr<Fence>& fence) {
+  const std::string head = RadosSnapshotStore::head_object(name);
+  const fs::path where = object_path(store, head);
+  fence->check(where);
+  WriteOp op;
+  cmp_xattr(op, kEpochAttr, encode_generation(fence->epoch));
+  set_xattr(op, kLoggedAttr, encode_generation(generation));
+  const int r = rados_write_op_operate(op.op, io_of(store), head.c_str(), nullptr, 0);
+  if (r == -ECANCELED) {
+    const std::string why = "the head carries a newer writer's fencing epoch (a newer writer took over)";
+    fence->mark_lost(why);
+    throw PersistError::at(ErrorKind::Fenced, where, why + "; the log's header was written, nothing acknowledged");
+  }
+  if (r < 0) throw_rados(where, "recording in the head that the log was created", r);
+}
+
 void refresh_log_layout(RadosSnapshotStore& store, LogLayout& layout) {
   // The last object known may have grown; objects after it may have come.
   const std::uint64_t k = layout.objects.empty() ? 0 : layout.objects.size() - 1;
@@ -573,9 +631,12 @@ std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, cons
     at.k = layout.objects.size() - 1;
     at.exists = true;
   }
-  auto sink = std::make_unique<RadosLogSink>(store, name, generation, std::move(fence), salt, at);
+  auto sink = std::make_unique<RadosLogSink>(store, name, generation, fence, salt, at);
   sink->append(wal::format::encode_v2_header(salt, base_lsn));
   sink->datasync();  // the header, in one write: an exclusive create of object 0, or a compare on the empty one
+  // Before any record is acknowledged in it: a load that finds no object of
+  // this log now knows it was removed (read_log_layout_checked).
+  mark_log_created(store, name, generation, fence);
   return sink;
 }
 
@@ -670,6 +731,17 @@ LogPrefix read_log_prefix(RadosSnapshotStore& store, const std::string& name, st
   if (out.stopped.empty() && !out.beyond.empty()) {
     out.stopped = "log object " + std::to_string(out.layout.objects.size()) + " is missing, but object " +
                   std::to_string(out.beyond.front()) + " exists";
+  }
+  // No object at all, as a load reads it: damage when the head records
+  // that this log was created (check_log_not_removed).
+  if (out.stopped.empty() && out.layout.objects.empty() && out.beyond.empty()) {
+    try {
+      check_log_not_removed(store, name, generation);
+    } catch (const PersistError& e) {
+      if (e.kind() != ErrorKind::TruncatedPayload) throw;
+      out.stopped = "log object 0 is missing, but the head records that the log of generation " +
+                    std::to_string(generation) + " was created (" + kLoggedAttr + "): every object was removed";
+    }
   }
   return out;
 }

@@ -61,6 +61,26 @@ std::unique_ptr<ReadableFile> open_log_file(RadosSnapshotStore& store, LogLayout
 // The object holding log offset `offset`, as a path (for messages).
 std::filesystem::path log_object_path(RadosSnapshotStore& store, const LogLayout& layout, std::uint64_t offset);
 
+// The head's record that the log of a generation was created (an attribute
+// of NAME.head, 16 lower-case hex digits: the generation whose log a writer
+// created last; absent in heads no writer created a log in since this
+// attribute was added). A log whose every object was removed is detected by
+// it: the head names it, object 0 does not exist.
+inline constexpr const char* kLoggedAttr = "iqdb.logged";
+
+// Records in NAME.head that the log of `generation` exists (its header is
+// in), under the head's epoch compare: Fenced when a newer writer took over.
+void mark_log_created(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation,
+                      const std::shared_ptr<Fence>& fence);
+// A log of `generation` without object 0 that the head records as created
+// (kLoggedAttr) was removed by someone else: TruncatedPayload naming object
+// 0. (The attribute is read only when object 0 is missing, and object 0
+// looked for again after it, so a writer creating the log meanwhile is not
+// taken for a removal.)
+void check_log_not_removed(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation);
+// read_log_layout, with that check when no object is found.
+LogLayout read_log_layout_checked(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation);
+
 // Make every append of an older epoch to this log fail: the last object
 // gets `epoch`, and an empty object after it is created with `epoch` (so a
 // rotation of the old writer fails); a log without objects gets an empty

@@ -61,7 +61,11 @@ class RadosIndexStorage final : public IndexStorage {
   std::unique_ptr<FileLock> lock_writer() override {
     auto lock = RadosWriterLock::acquire(*store_, name_, lock_options_);
     std::shared_ptr<Fence> fence = fence_of(*lock);
-    if (const std::uint64_t g = generation(); g != 0) seal_log(*store_, name_, g, fence->epoch);
+    if (const std::uint64_t g = generation(); g != 0) {
+      // Before the seal, which would make a removed log an empty one.
+      check_log_not_removed(*store_, name_, g);
+      seal_log(*store_, name_, g, fence->epoch);
+    }
     {
       std::lock_guard lk(mu_);
       fence_ = std::move(fence);
@@ -71,10 +75,12 @@ class RadosIndexStorage final : public IndexStorage {
 
   bool log_exists() override {
     const std::uint64_t g = generation();
-    return g != 0 && read_log_layout(*store_, name_, g).has_bytes();
+    return g != 0 && read_log_layout_checked(*store_, name_, g).has_bytes();
   }
 
-  std::unique_ptr<ReadableFile> open_log() override { return open_layout(read_log_layout(*store_, name_, generation())); }
+  std::unique_ptr<ReadableFile> open_log() override {
+    return open_layout(read_log_layout_checked(*store_, name_, generation()));
+  }
 
   // The snapshot first, then the log of the generation it was: a checkpoint
   // meanwhile names another log, and this pair stays consistent (the
@@ -83,7 +89,7 @@ class RadosIndexStorage final : public IndexStorage {
                                                        FileHeader& loaded) override {
     loaded = load_snapshot();
     const std::uint64_t g = last_read_generation(*store_, name_);
-    LogLayout layout = read_log_layout(*store_, name_, g);
+    LogLayout layout = read_log_layout_checked(*store_, name_, g);
     if (!layout.has_bytes()) {
       no_log_unless_removed(g);
       return nullptr;
@@ -185,7 +191,7 @@ class RadosIndexStorage final : public IndexStorage {
 
   std::unique_ptr<detail::FollowedLog> follow(std::uint64_t g) {
     if (g == 0) return nullptr;
-    LogLayout layout = read_log_layout(*store_, name_, g);
+    LogLayout layout = read_log_layout_checked(*store_, name_, g);
     if (!layout.has_bytes()) return nullptr;
     remember(layout);
     return std::make_unique<RadosFollowedLog>(*store_, std::move(layout));

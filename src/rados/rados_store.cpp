@@ -59,14 +59,17 @@ RadosSnapshotStore::Impl::Parsed RadosSnapshotStore::Impl::parse(const fs::path&
 }
 
 std::optional<std::string> RadosSnapshotStore::Impl::read_attr(const std::string& object, const char* attr) {
-  char buf[65];
+  // Room for the longest client address (iqdb.writer) and one byte more.
+  char buf[kMaxAddress + 1];
   const int r = rados_getxattr(io, object.c_str(), attr, buf, sizeof buf);
   if (r == -ENODATA) return std::nullopt;
-  if (r < 0) fail(object, std::string("reading attribute ") + attr, r);
-  if (static_cast<std::size_t>(r) >= sizeof buf) {
+  // librados answers -ERANGE for a value longer than the buffer.
+  if (r == -ERANGE || (r >= 0 && static_cast<std::size_t>(r) >= sizeof buf)) {
     throw PersistError::at(ErrorKind::InvalidHeader, object_path(object),
-                           std::string("attribute ") + attr + " is longer than 64 bytes");
+                           std::string("attribute ") + attr + " is longer than " + std::to_string(kMaxAddress) +
+                               " bytes");
   }
+  if (r < 0) fail(object, std::string("reading attribute ") + attr, r);
   return std::string(buf, static_cast<std::size_t>(r));
 }
 

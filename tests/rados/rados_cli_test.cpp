@@ -89,6 +89,7 @@ class RawPool {
     return rados_stat(io_, obj.c_str(), &size, &mtime) == 0 ? size : 0;
   }
   bool truncate(const std::string& obj, std::uint64_t size) { return rados_trunc(io_, obj.c_str(), size) == 0; }
+  int remove(const std::string& obj) { return rados_remove(io_, obj.c_str()); }
   bool set_attr(const std::string& obj, const char* name, const std::string& value) {
     return rados_setxattr(io_, obj.c_str(), name, value.data(), value.size()) == 0;
   }
@@ -754,18 +755,36 @@ TEST_F(RadosCliRepair, WalRepairFindsAContinuationThatIsMissing) {
 // the repair says so (exit 1), and with --yes removes every object: the
 // snapshot loads alone (the records in the log are lost, as the dry run
 // said), and a writer goes on. (3) Object 0's size attribute shorter than
-// the log's header: the same.
+// the log's header: the same. (4) Every object removed: the load fails
+// naming object 0 (TruncatedPayload: the head records that the log was
+// created), the repair's dry run says so, and --yes seals an empty object 0.
 TEST_F(RadosCliRepair, WalRepairRemovesALogWhoseFirstObjectIsDamaged) {
-  for (const std::string attr : {"iqdb.size", "iqdb.start", "short"}) {
+  for (const std::string attr : {"iqdb.size", "iqdb.start", "short", "removed"}) {
     const LoggedRows log = write_log(60);
     const std::string first = log_obj(log.generation, 0);
     RawPool pool(*env_);
     if (attr == "short") {
       ASSERT_TRUE(pool.set_attr(first, "iqdb.size", "0000000000000010"));  // 16 bytes: inside the header
+    } else if (attr == "removed") {
+      for (std::size_t k = log.object_sizes.size(); k-- > 0;) ASSERT_EQ(pool.remove(log_obj(log.generation, k)), 0);
+      expect_load_fails(ErrorKind::TruncatedPayload, first);
+      // A writer's open refuses it too, before its takeover seal would
+      // have made the removed log an empty one.
+      try {
+        (void)PersistedIndex<FlatIndex>::load(config(true));
+        ADD_FAILURE() << "a writer opened the removed log";
+      } catch (const PersistError& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::TruncatedPayload) << e.what();
+      }
+      EXPECT_FALSE(pool.exists(first));
     } else {
       ASSERT_TRUE(pool.set_attr(first, attr.c_str(), "not a number"));
     }
     EXPECT_ANY_THROW((void)PersistedIndex<FlatIndex>::load(config(false))) << attr;
+    if (attr == "removed") {
+      const auto dry = run_cli({"wal", "repair", url_});
+      EXPECT_NE(dry.out.find("every object was removed"), std::string::npos) << dry.out << dry.err;
+    }
     auto r = run_cli({"wal", "repair", url_});
     EXPECT_EQ(r.code, 1) << attr << ": " << r.out << r.err;
     EXPECT_NE(r.out.find("dry run: nothing changed"), std::string::npos) << attr << ": " << r.out;

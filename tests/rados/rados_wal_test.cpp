@@ -783,6 +783,33 @@ TEST_F(RadosWalDamage, MissingObjectIsTruncatedPayload) {
   expect_refused(ErrorKind::TruncatedPayload, objects_[1]);
 }
 
+// Every object of the log removed, the last first (the head records that
+// the log was created: iqdb.logged): loads with and without the WAL and a
+// replica's open fail naming object 0, and the writer's open fails before
+// its takeover seal (which would have made the removed log an empty one:
+// object 0 stays missing). Before iqdb.logged, all three read the snapshot
+// alone. (A generation whose log was never created, as a save without the
+// WAL publishes one, loads as its snapshot:
+// ASaveWithoutTheWalIsNotTakenForTheStateItReplaced.)
+TEST_F(RadosWalDamage, EveryObjectRemovedIsTruncatedPayload) {
+  write_log();
+  for (auto it = objects_.rbegin(); it != objects_.rend(); ++it) ASSERT_EQ(raw_->remove(*it), 0);
+  expect_refused(ErrorKind::TruncatedPayload, objects_[0]);
+  EXPECT_FALSE(raw_->exists(objects_[0]));
+  const auto e = error_of([&] { (void)ReadReplica<FlatIndex>::open(read_only(config_for(name_))); });
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::TruncatedPayload) << e->what();
+  EXPECT_EQ(e->path().string(), url(objects_[0])) << e->what();
+  // The attribute is hostile bytes too: anything but 16 lower-case hex
+  // digits is InvalidHeader naming the head.
+  const std::string head = RadosSnapshotStore::head_object(name_);
+  const std::vector<std::string> hostile = {"not a generation", "000000000000000G", std::string(100, '0'), ""};
+  for (const std::string& bad : hostile) {
+    ASSERT_EQ(raw_->set_xattr(head, "iqdb.logged", bad), 0);
+    expect_refused(ErrorKind::InvalidHeader, head);
+  }
+}
+
 // A replica that loaded the first 30 records, then a flipped byte in a log
 // object after them: its catch-up fails with CorruptLog naming that object,
 // and the replica holds exactly a prefix of the log (nothing from the

@@ -326,6 +326,22 @@ TEST_F(RadosWriterLockTest, ASaveWithoutTheLockWaitsForNoWriter) {
   EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
   EXPECT_NE(std::string(e->what()).find("(7 bytes, not shown)"), std::string::npos) << e->what();
   EXPECT_EQ(std::string(e->what()).find('\n'), std::string::npos) << e->what();
+  // Longer than 64 bytes (an IPv6 client address can be) is named; longer
+  // than 256 (no address is) is described as such. (librados answers
+  // ERANGE for a value longer than the reader's buffer: before, both read
+  // as an I/O error.)
+  const std::string long_address = "v2:[fd00:0000:0000:0000:0000:0000:0000:0001]:6801/" + std::string(40, '7');
+  ASSERT_GT(long_address.size(), 64u);
+  ASSERT_EQ(raw.set("iqdb.writer", long_address), 0);
+  e = unlocked_save(46);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+  EXPECT_NE(std::string(e->what()).find("held by '" + long_address + "'"), std::string::npos) << e->what();
+  ASSERT_EQ(raw.set("iqdb.writer", std::string(300, 'a')), 0);
+  e = unlocked_save(46);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), ErrorKind::Locked) << e->what();
+  EXPECT_NE(std::string(e->what()).find("longer than 256 bytes"), std::string::npos) << e->what();
 }
 
 // A renewal thread that cannot be started (this program's pthread_create
