@@ -23,9 +23,10 @@ build_pkgs=(g++ make cmake pkg-config libzstd-dev liblz4-dev libisal-dev zlib1g-
             python3-dev pybind11-dev)
 # clang-tidy parses FAISS's headers, which include <omp.h>: clang 14 finds it
 # in libomp-14-dev (g++ has its own). dpkg-dev: dpkg-shlibdeps for the
-# Debian packages that `cpack -G DEB` makes.
+# Debian packages that `cpack -G DEB` makes. xfsprogs: python/tests/test_xfs_log.py
+# makes a loop XFS (mkfs.xfs, xfs_io).
 test_pkgs=(libgtest-dev libgmock-dev librapidcheck-dev libbenchmark-dev clang libclang-rt-14-dev
-           libomp-14-dev clang-tidy cppcheck python3 libfaiss-dev libhnswlib-dev dpkg-dev file
+           libomp-14-dev clang-tidy cppcheck python3 libfaiss-dev libhnswlib-dev dpkg-dev file xfsprogs
            librados-dev ceph-mon ceph-osd ceph-mgr ceph-common
            python3-numpy python3-pytest python3-venv python3-pip python3-setuptools python3-wheel python3-faiss)
 # python/bench/bench_python.py: numpy, and FAISS's and hnswlib's own Python packages beside it.

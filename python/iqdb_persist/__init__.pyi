@@ -107,26 +107,44 @@ class PersistConfig:
     ) -> None: ...
     @property
     def path(self) -> str: ...
-    wal_enabled: bool
-    fsync_policy: FsyncPolicy
-    compression: Compression
-    commit_spin_us: int
-    discard_log: bool
-    checkpoint_log_bytes: int
-    map_snapshot: bool
-    max_payload_bytes: int
-    max_expansion_ratio: int
+    @property
+    def wal_enabled(self) -> bool: ...
+    @property
+    def fsync_policy(self) -> FsyncPolicy: ...
+    @property
+    def compression(self) -> Compression: ...
+    @property
+    def commit_spin_us(self) -> int: ...
+    @property
+    def discard_log(self) -> bool: ...
+    @property
+    def checkpoint_log_bytes(self) -> int: ...
+    @property
+    def map_snapshot(self) -> bool: ...
+    @property
+    def max_payload_bytes(self) -> int: ...
+    @property
+    def max_expansion_ratio(self) -> int: ...
 
 class WalStats:
-    commits: int
-    records: int
-    log_syncs: int
-    auto_checkpoints: int
-    auto_checkpoint_failures: int
-    recovered_records: int
-    torn_tail_bytes: int
-    unsynced_frames_dropped: int
-    migrated_v1_log: bool
+    @property
+    def commits(self) -> int: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def log_syncs(self) -> int: ...
+    @property
+    def auto_checkpoints(self) -> int: ...
+    @property
+    def auto_checkpoint_failures(self) -> int: ...
+    @property
+    def recovered_records(self) -> int: ...
+    @property
+    def torn_tail_bytes(self) -> int: ...
+    @property
+    def unsynced_frames_dropped(self) -> int: ...
+    @property
+    def migrated_v1_log(self) -> bool: ...
 
 class WriteBatch:
     def __init__(self) -> None: ...
@@ -210,17 +228,26 @@ class PersistedFaissIndex(_Persisted):
 AnyPersisted = Union[PersistedFlatIndex, PersistedHnswlibIndex, PersistedFaissIndex]
 
 class ReplicaLag:
-    applied_lsn: int
-    available_lsn: int
-    records_behind: int
-    fresh_as_of: float  # seconds on time.monotonic()'s clock
-    time_behind: float  # seconds
+    @property
+    def applied_lsn(self) -> int: ...
+    @property
+    def available_lsn(self) -> int: ...
+    @property
+    def records_behind(self) -> int: ...
+    @property
+    def fresh_as_of(self) -> float: ...  # seconds on time.monotonic()'s clock
+    @property
+    def time_behind(self) -> float: ...  # seconds
 
 class ReplicaStats:
-    catch_ups: int
-    records_applied: int
-    reloads: int
-    load: WalStats
+    @property
+    def catch_ups(self) -> int: ...
+    @property
+    def records_applied(self) -> int: ...
+    @property
+    def reloads(self) -> int: ...
+    @property
+    def load(self) -> WalStats: ...
 
 class _Replica(_Reads):
     def catch_up(self) -> int: ...

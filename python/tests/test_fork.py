@@ -114,3 +114,24 @@ def test_a_child_that_drops_the_index_leaves_the_parent_its_lock(path):
     again = iq.load(wal_config(path))
     assert len(again) == 2
     again.close()
+
+
+@pytest.mark.skipif(not iq.HAVE_FAISS, reason="built without the FAISS adapter")
+def test_a_child_searches_a_faiss_index_its_parent_searched(path):
+    # FAISS searches on GNU OpenMP's pool, which does not survive fork():
+    # the child's first search waited for the parent's pool threads for
+    # ever (an outside hunt: every run, for the index and its replica).
+    data = rows(300, DIM)
+    db = iq.open_with(iq.FaissIndex.from_factory(DIM, "IDMap2,Flat", "euclidean"), wal_config(path))
+    db.insert(np.arange(300, dtype=np.uint64), data)
+    replica = iq.open_replica(wal_config(path))
+    queries = data[:40]
+    expect = [db.search(queries, 3)[0], replica.search(queries, 3)[0]]  # the parent's pool exists now
+
+    def child():
+        got = [db.search(queries, 3)[0], replica.search(queries, 3)[0]]
+        return first_failed([np.array_equal(g, e) for g, e in zip(got, expect)])
+
+    assert in_child(child) == 0
+    replica.close()
+    db.close()

@@ -58,6 +58,32 @@ def test_stubs_declare_every_public_name_and_method():
             assert sorted(public - stub_members(classes, name)) == [], name
 
 
+def test_stub_attributes_are_settable_exactly_where_the_module_lets_them_be():
+    # The stubs declared the fields of PersistConfig, WalStats, ReplicaLag
+    # and ReplicaStats as plain attributes (assignable, for a type checker)
+    # while the module gives read-only properties (an outside hunt): a
+    # plain attribute in a stub must be settable, a @property without a
+    # setter must not be.
+    with open(os.path.join(os.path.dirname(iq.__file__), "__init__.pyi")) as f:
+        tree = ast.parse(f.read())
+    checked = 0
+    for node in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        obj = getattr(iq, node.name, None)
+        if not isinstance(obj, type) or obj.__module__ != "iqdb_persist._iqdb_persist" or node.name == "Metric":
+            continue
+        for member in node.body:
+            runtime = getattr(obj, member.target.id if isinstance(member, ast.AnnAssign) else
+                              getattr(member, "name", ""), None)
+            if isinstance(member, ast.AnnAssign):
+                assert getattr(runtime, "fset", None) is not None, f"{node.name}.{member.target.id} is read-only"
+                checked += 1
+            elif isinstance(member, ast.FunctionDef) and any(
+                    isinstance(d, ast.Name) and d.id == "property" for d in member.decorator_list):
+                assert isinstance(runtime, property) and runtime.fset is None, f"{node.name}.{member.name}"
+                checked += 1
+    assert checked >= 28
+
+
 def test_context_manager_closes_and_reports(path):
     cfg = iq.PersistConfig(path, wal_enabled=True)
     with iq.open_with(iq.FlatIndex(4), cfg) as db:

@@ -10,6 +10,8 @@
 #include <faiss/invlists/DirectMap.h>
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/distances.h>
+#include <omp.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -43,6 +45,18 @@ constexpr std::uint64_t kMaxId = static_cast<std::uint64_t>(std::numeric_limits<
 using adapters::detail::advise_huge_pages;
 using adapters::detail::Problems;
 using adapters::detail::spread_buckets;
+
+// FAISS searches on OpenMP's thread pool, and GNU OpenMP's pool does not
+// survive fork(): in the child, the pool of the thread that forked names
+// threads that no longer exist, and that thread's next parallel region (the
+// first search of an index inherited from a parent that had searched)
+// waits for them for ever. The child handler makes that thread's parallel
+// regions run on itself alone (threads the child starts later get pools of
+// their own, at full width). Registered once, by the first index adopted.
+void keep_searches_working_after_fork() {
+  static const int registered = pthread_atfork(nullptr, nullptr, [] { omp_set_num_threads(1); });
+  (void)registered;
+}
 using adapters::detail::translate_exceptions;
 
 // ---------------------------------------------------------------- bounds
@@ -557,6 +571,7 @@ struct FaissIndex::Impl {
 std::unique_ptr<FaissIndex::Impl> FaissIndex::Impl::adopt(std::unique_ptr<faiss::Index> index, bool cosine,
                                                           const Problems& p) {
   if (index == nullptr) p.invalid("no index given");
+  keep_searches_working_after_fork();
   auto s = std::make_unique<Impl>();
   s->cosine = cosine;
   s->take_id_map(index.get(), p);

@@ -56,20 +56,23 @@ auto retry(F f) {
 }
 
 // Whether the file system holding `fd` writes a store into an allocated
-// block in place: then a store into a shared mapping of space allocated
-// ahead (the log's padding) never needs space of its own. ext2/3/4, XFS
-// and tmpfs do. A copy-on-write file system (btrfs, ZFS, bcachefs) needs
-// new space for every writeback of a page, and a full disk then ends the
-// process with SIGBUS at a store into a page written back before;
-// network and FUSE file systems may fail a writeback the same way. On
-// those (and any file system not named here) the log is written with
-// plain writes, whose failure is an error.
+// block in place, always: then a store into a shared mapping of space
+// allocated ahead (the log's padding) never needs space of its own, and
+// never fails. ext2/3/4 and tmpfs do. A copy-on-write file system (btrfs,
+// ZFS, bcachefs) needs new space for every writeback of a page, and a full
+// disk then ends the process with SIGBUS at a store into a page written
+// back before. XFS is one as soon as a block is shared (reflink, on by
+// default: `cp` of the live log, coreutils 9, shares its blocks), and a
+// store into a page of a shut-down XFS (its own answer to a metadata I/O
+// error) is a SIGBUS too: both found by an outside hunt, every run, under
+// Periodic and Never. Network and FUSE file systems may fail a writeback
+// the same way. On those (and any file system not named here) the log is
+// written with plain writes, whose failure is an error.
 bool overwrites_in_place(int fd) noexcept {
   struct statfs s {};
   if (::fstatfs(fd, &s) != 0) return false;
   switch (static_cast<unsigned long>(s.f_type)) {
     case EXT4_SUPER_MAGIC:  // (also ext2 and ext3's)
-    case XFS_SUPER_MAGIC:
     case TMPFS_MAGIC:
       return true;
     default:

@@ -22,9 +22,14 @@ void WalEngine::Impl::sync() {
   // the target is at most the last LSN logged now, checked at every pass.
   // An fdatasync this call made that failed throws its own error (Io, with
   // its errno), as a commit's does; later calls throw Poisoned.
+  // A close() that ran while this waited (cv_) closed the log: its
+  // descriptor is gone, and an fdatasync of it would fail (EBADF) and poison
+  // a log that close() left whole (an outside hunt: sync() racing close()
+  // under Periodic and Never): "the index is closed", as for a sync() after
+  // it.
   const std::uint64_t target = next_lsn_ - 1;
   while (synced_lsn_ < std::min(target, next_lsn_ - 1)) {
-    if (poisoned_) break;
+    if (poisoned_ || closed_) break;
     if (!syncing_) {
       if (const std::exception_ptr failed = leader_sync(lk)) std::rethrow_exception(failed);
     } else {
