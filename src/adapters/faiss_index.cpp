@@ -45,6 +45,7 @@ constexpr std::uint64_t kMaxId = static_cast<std::uint64_t>(std::numeric_limits<
 using adapters::detail::advise_huge_pages;
 using adapters::detail::Problems;
 using adapters::detail::spread_buckets;
+using adapters::detail::translate_exceptions;
 
 // FAISS searches on OpenMP's thread pool, and GNU OpenMP's pool does not
 // survive fork(): in the child, the pool of the thread that forked names
@@ -57,7 +58,6 @@ void keep_searches_working_after_fork() {
   static const int registered = pthread_atfork(nullptr, nullptr, [] { omp_set_num_threads(1); });
   (void)registered;
 }
-using adapters::detail::translate_exceptions;
 
 // ---------------------------------------------------------------- bounds
 //

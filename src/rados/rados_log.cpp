@@ -17,6 +17,7 @@
 #include "rados/change_notify.hpp"
 #include "rados/head_record.hpp"
 #include "rados/rados_ops.hpp"
+#include "rados/snapshot_store_impl.hpp"
 #include "wal/log_format.hpp"
 
 namespace iqdb::persist::rados_detail {
@@ -476,12 +477,9 @@ namespace {
 // but 16 lower-case hex digits is InvalidHeader naming the head.
 std::optional<std::uint64_t> logged_generation(RadosSnapshotStore& store, const std::string& name) {
   const std::string head = RadosSnapshotStore::head_object(name);
-  char buf[65];
-  const int r = rados_getxattr(io_of(store), head.c_str(), kLoggedAttr, buf, sizeof buf);
-  if (r == -ENODATA || r == -ENOENT) return std::nullopt;
-  // (-ERANGE: longer than the buffer.)
-  if (r < 0 && r != -ERANGE) throw_rados(object_path(store, head), std::string("reading attribute ") + kLoggedAttr, r);
-  const auto g = r >= 0 ? decode_generation(std::string_view(buf, static_cast<std::size_t>(r))) : std::nullopt;
+  const std::optional<std::string> text = store.impl().read_attr(head, kLoggedAttr);
+  if (!text) return std::nullopt;
+  const auto g = decode_generation(*text);
   if (!g) {
     throw PersistError::at(ErrorKind::InvalidHeader, object_path(store, head),
                            std::string("attribute ") + kLoggedAttr + " is not 16 lower-case hex digits");

@@ -62,7 +62,7 @@ std::optional<std::string> RadosSnapshotStore::Impl::read_attr(const std::string
   // Room for the longest client address (iqdb.writer) and one byte more.
   char buf[kMaxAddress + 1];
   const int r = rados_getxattr(io, object.c_str(), attr, buf, sizeof buf);
-  if (r == -ENODATA) return std::nullopt;
+  if (r == -ENODATA || r == -ENOENT) return std::nullopt;
   // librados answers -ERANGE for a value longer than the buffer.
   if (r == -ERANGE || (r >= 0 && static_cast<std::size_t>(r) >= sizeof buf)) {
     throw PersistError::at(ErrorKind::InvalidHeader, object_path(object),

@@ -139,8 +139,8 @@ struct RadosSnapshotStore::Impl {
     rados_detail::throw_rados(object_path(object), op, r);
   }
 
-  // One attribute of `object`, nullopt when it is absent; longer than
-  // kMaxAddress bytes: InvalidHeader.
+  // One attribute of `object`, nullopt when it (or the object) is absent;
+  // longer than kMaxAddress bytes: InvalidHeader.
   std::optional<std::string> read_attr(const std::string& object, const char* attr);
 
   // The head's attributes: (published generation, next generation), or
