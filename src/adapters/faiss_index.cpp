@@ -542,16 +542,22 @@ struct FaissIndex::Impl {
   }
 
   void check_insert(const VectorId& id, std::span<const float> vec) const {
-    check_insert(id, vec, static_cast<std::uint64_t>(ntotal()));
+    check_insert(id, vec, static_cast<std::uint64_t>(ntotal()), /*check_presence=*/true);
   }
   // `next`: the position the vector will get (ntotal() when it applies).
-  void check_insert(const VectorId& id, std::span<const float> vec, std::uint64_t next) const {
+  // `check_presence` false for validate_insert: the library has checked the
+  // id's presence as the insert will find it (after the mutations before it
+  // in its batch and those logged but not applied), which the index's own
+  // state does not show.
+  void check_insert(const VectorId& id, std::span<const float> vec, std::uint64_t next, bool check_presence) const {
     if (vec.size() != static_cast<std::size_t>(index->d)) {
       throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                    std::to_string(index->d));
     }
     const std::int64_t label = label_of(id);
-    if (has(label)) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+    if (check_presence && has(label)) {
+      throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
+    }
     // An insert searches the graph or the quantizer: refused before logging.
     check_search_params(index.get(), Problems{"FAISS", false});
     if (scheme == FaissIdScheme::Positional && static_cast<std::uint64_t>(label) != next) {
@@ -770,12 +776,12 @@ const Metadata* FaissIndex::metadata(const VectorId& id) const noexcept {
 }
 
 void FaissIndex::validate_insert(const VectorId& id, std::span<const float> vec, const std::optional<Metadata>&) const {
-  impl_->check_insert(id, vec);
+  impl_->check_insert(id, vec, static_cast<std::uint64_t>(impl_->ntotal()), /*check_presence=*/false);
 }
 
 void FaissIndex::validate_insert(const VectorId& id, std::span<const float> vec, const std::optional<Metadata>&,
                                  std::uint64_t size_before) const {
-  impl_->check_insert(id, vec, size_before);
+  impl_->check_insert(id, vec, size_before, /*check_presence=*/false);
 }
 
 void FaissIndex::validate_erase(const VectorId& id) const {

@@ -215,8 +215,11 @@ struct HnswlibIndex::Impl {
     if (broken) throw PersistError(ErrorKind::Poisoned, "hnswlib graph unusable: an insert failed part-way");
   }
 
-  void check_insert(const VectorId& id, std::span<const float> vec) const {
-    check_usable();  // also refused before logging (validate_insert)
+  // What this index cannot take whatever it holds (validate_insert: the
+  // library has checked the id's presence as the insert will find it, after
+  // the mutations before it in its batch and those logged but not applied).
+  void check_storable(const VectorId& id, std::span<const float> vec) const {
+    check_usable();
     if (vec.size() != dim) {
       throw PersistError::argument("vector has dimension " + std::to_string(vec.size()) + ", the index has " +
                                    std::to_string(dim));
@@ -225,6 +228,9 @@ struct HnswlibIndex::Impl {
       throw PersistError::argument("hnswlib labels are integers: byte-string id " + id.to_string() +
                                    " cannot be stored");
     }
+  }
+  void check_insert(const VectorId& id, std::span<const float> vec) const {
+    check_storable(id, vec);
     if (contains(id.as_u64())) throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
   }
 
@@ -295,7 +301,7 @@ DistanceMetric HnswlibIndex::metric() const noexcept { return impl_->metric; }
 
 void HnswlibIndex::validate_insert(const VectorId& id, std::span<const float> vec,
                                    const std::optional<Metadata>&) const {
-  impl_->check_insert(id, vec);
+  impl_->check_storable(id, vec);
 }
 
 void HnswlibIndex::reserve(std::uint64_t n) noexcept {

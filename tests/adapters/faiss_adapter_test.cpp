@@ -448,6 +448,39 @@ TEST(FaissAdapter, InsertsAndErasesMatchTheModelAfterReload) {
   }
 }
 
+// A batch that erases an id and inserts it again (another vector), and one
+// that inserts a new id and erases it, validate as their mutations apply,
+// in order (docs/API.md, write(): "each mutation sees the earlier ones"):
+// the adapter's own hook refused the first with DuplicateId, looking at the
+// index instead of the batch (an outside hunt). Every type that erases and
+// takes ids of the caller's; the model holds after a reload too.
+TEST(FaissAdapter, ABatchSeesItsOwnEarlierMutations) {
+  for (const Case& c : cases()) {
+    if (!c.erasable || c.scheme == FaissIdScheme::Positional) continue;
+    SCOPED_TRACE(c.name);
+    TempDir dir;
+    IdSource ids(c, 5);
+    Built b = build(c, 60, 11, ids);
+    const PersistConfig cfg = config_for(dir / "b.iqdb", true);
+    auto db = PersistedIndex<FaissIndex>::open_with(std::move(b.index), cfg);
+    const std::uint64_t again = b.model.begin()->first;
+    const std::vector<float> v = row(gaussian(1, kDim, 12), 0, kDim);
+    const Metadata meta{{"again", Value(true)}};
+    db.write(WriteBatch().erase(again).insert(again, v, meta));
+    b.model[again] = Entry{v, meta};
+    const std::uint64_t fresh = ids.next(b.model);
+    db.write(WriteBatch().insert(fresh, v).erase(fresh));
+    expect_matches_model(c, db.index(), b.model);
+    EXPECT_FALSE(db.index().contains(fresh));
+    ASSERT_NE(db.index().metadata(again), nullptr);
+    EXPECT_EQ(*db.index().metadata(again), meta);
+    db.close();
+    const auto loaded = PersistedIndex<FaissIndex>::load(cfg);
+    expect_matches_model(c, loaded.index(), b.model);
+    EXPECT_FALSE(loaded.index().contains(fresh));
+  }
+}
+
 // ---------------------------------------------------------------- WAL recovery
 
 // Base snapshot, logged inserts (and erases where FAISS can), a checkpoint,

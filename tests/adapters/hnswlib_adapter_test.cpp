@@ -478,6 +478,37 @@ TEST(HnswlibAdapter, RefusalsComeBeforeLogging) {
   EXPECT_EQ(db.last_lsn(), lsn + 1);
 }
 
+// A batch that erases an id and inserts it again (another vector), and one
+// that inserts a new id and erases it, validate as their mutations apply,
+// in order (docs/API.md, write(): "each mutation sees the earlier ones"):
+// the adapter's own hook refused the first with DuplicateId, looking at the
+// index instead of the batch (an outside hunt). Both hold after a reload.
+TEST(HnswlibAdapter, ABatchSeesItsOwnEarlierMutations) {
+  TempDir dir;
+  const PersistConfig cfg = config_for(dir / "b.iqdb", true);
+  auto db = PersistedIndex<HnswlibIndex>::open_with(build(DistanceMetric::Euclidean, 20, 9).index, cfg);
+  const std::size_t size = db.index().size();
+  ASSERT_TRUE(db.index().contains(1007));
+  const std::vector<float> v(kDim, 7.5f);  // far from build()'s vectors
+  db.write(WriteBatch().erase(1007).insert(1007, v, Metadata{{"again", Value(true)}}));
+  db.write(WriteBatch().insert(4242, v).erase(4242));
+  for (int pass = 0; pass < 2; ++pass) {
+    const HnswlibIndex& ix = db.index();
+    EXPECT_EQ(ix.size(), size) << pass;
+    EXPECT_FALSE(ix.contains(4242)) << pass;
+    const auto hits = ix.search(v, 1);
+    ASSERT_EQ(hits.size(), 1u);
+    EXPECT_EQ(hits[0].id, 1007u) << pass;
+    EXPECT_FLOAT_EQ(hits[0].distance, 0.0f) << pass;
+    ASSERT_NE(ix.metadata(1007), nullptr);
+    EXPECT_EQ(*ix.metadata(1007), (Metadata{{"again", Value(true)}}));
+    if (pass == 0) {
+      db.close();
+      db = PersistedIndex<HnswlibIndex>::load(cfg);
+    }
+  }
+}
+
 // The index used directly refuses metadata a snapshot's reader refuses (not
 // UTF-8), as the flat index does: it would be saved and then fail to load.
 TEST(HnswlibAdapter, TheIndexItselfRefusesMetadataThatIsNotUtf8) {
