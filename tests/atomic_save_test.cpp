@@ -5,6 +5,7 @@
 // rename: the new file is then complete and in place). Plus where the
 // temporary file lives, symlinked targets and what each FsyncPolicy syncs.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <bit>
@@ -295,6 +296,46 @@ TEST(AtomicSave, SymlinkedTargetIsReplacedNotWrittenThrough) {
     fs::remove(link);
     fs::remove(real);
   }
+}
+
+// A FIFO at the path (or a device, or a socket: someone else's) is never
+// replaced: an open_with with the WAL and a checkpoint renamed their
+// snapshot over it (as root, an index at /dev/null replaced the system's
+// /dev/null: an outside hunt), while a save without the WAL refused to open
+// it. Every path refuses with Io (EINVAL) naming it, and the FIFO stays.
+TEST(AtomicSave, ANonRegularFileAtThePathIsNeverReplaced) {
+  test::TempDir dir;
+  const fs::path fifo = dir / "fifo.iqdb";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const auto expect_refused = [&](const std::function<void()>& f, const char* what) {
+    try {
+      f();
+      ADD_FAILURE() << what << ": replaced the FIFO";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Io) << what << ": " << e.what();
+      EXPECT_EQ(e.path(), fifo) << what;
+    }
+    EXPECT_TRUE(fs::is_fifo(fifo)) << what;
+  };
+  PersistConfig wal(fifo);
+  wal.wal_enabled = true;
+  expect_refused([&] { (void)PersistedIndex<FlatIndex>::open_with(small_index(5), wal); }, "open_with, WAL");
+  expect_refused([&] { PersistedIndex<FlatIndex>::open_with(small_index(5), PersistConfig(fifo)).save(); },
+                 "save, no WAL");
+  // A checkpoint of an index whose snapshot was replaced by a FIFO meanwhile.
+  const fs::path path = dir / "db.iqdb";
+  PersistConfig cfg(path);
+  cfg.wal_enabled = true;
+  auto db = PersistedIndex<FlatIndex>::open_with(small_index(5), cfg);
+  fs::remove(path);
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  try {
+    db.checkpoint();
+    ADD_FAILURE() << "checkpoint replaced the FIFO";
+  } catch (const PersistError& e) {
+    EXPECT_EQ(e.path(), path) << e.what();
+  }
+  EXPECT_TRUE(fs::is_fifo(path));
 }
 
 // ---------------------------------------------------------------- fsync policy

@@ -291,6 +291,20 @@ TEST(HeaderV3, WriteRejectsInvalidHeaders) {
     o.format_version = v;
     expect_rejected(o, "format version != 3");
   }
+  // A metric no reader knows: every load of the file would fail
+  // (InvalidMetric), so it is never written (a user index type whose
+  // metric() was out of range: an outside hunt). The known ones are taken.
+  for (const unsigned tag : {5u, 7u, 255u}) {
+    FileHeader o = h;
+    o.metric = static_cast<DistanceMetric>(tag);
+    expect_rejected(o, "metric tag out of range");
+  }
+  for (unsigned tag = 0; tag <= kMaxMetricTag; ++tag) {
+    FileHeader o = h;
+    o.metric = static_cast<DistanceMetric>(tag);
+    const std::vector<std::byte> bytes = format::write_header(o);
+    EXPECT_EQ(format::parse_header(bytes, bytes.size(), "t").metric, o.metric) << tag;
+  }
   h.index_type = "";
   expect_rejected(h, "empty tag");
 }

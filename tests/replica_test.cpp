@@ -437,6 +437,9 @@ TEST(Replica, CallsBackFromInsideReadAreRefused) {
     EXPECT_TRUE(refused([&] { (void)r.lag(); }));
     EXPECT_TRUE(refused([&] { (void)r.stats(); }));
     EXPECT_TRUE(refused([&] { r.stop_following(); }));
+    // It waits for another thread's stop_following(), which waits for the
+    // follower, which waits for this f's lock: a deadlock (an outside hunt).
+    EXPECT_TRUE(refused([&] { r.start_following(std::chrono::milliseconds(1)); }));
     EXPECT_TRUE(refused([&] { (void)std::move(r).promote(); }));
     EXPECT_TRUE(r.valid());
     EXPECT_EQ(r.last_lsn(), 1U);

@@ -225,6 +225,13 @@ std::vector<std::byte> write_header(const FileHeader& h) {
                                  " bytes of valid UTF-8");
   }
   if (h.last_lsn > MAX_LSN) throw PersistError::argument("last_lsn is above the highest LSN, 2^63 - 1");
+  // A tag no reader knows (an index type's metric() out of range) would be
+  // written, and every load of the file refused (InvalidMetric).
+  if (static_cast<std::uint8_t>(h.metric) > kMaxMetricTag) {
+    throw PersistError::argument("the index's metric tag " + std::to_string(static_cast<unsigned>(h.metric)) +
+                                 " is not a DistanceMetric (0.." + std::to_string(kMaxMetricTag) +
+                                 "): the snapshot would not load");
+  }
   const std::uint64_t len = v3_header_len(h.index_type.size());
   // Filled in place (vector::insert here trips a GCC 12 -O3 false positive).
   std::vector<std::byte> out(static_cast<std::size_t>(len));

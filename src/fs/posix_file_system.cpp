@@ -365,7 +365,16 @@ class PosixFileSystem final : public FileSystem {
     return f;
   }
 
+  // Every file this library replaces is a regular file (a symbolic link is
+  // replaced, not written through): a device, FIFO or socket at `to` is
+  // someone else's, and renaming over it would delete it (as root, an
+  // index at /dev/null with the WAL replaced the system's /dev/null: an
+  // outside hunt). Refused as a save without the WAL refuses to open one.
   void rename(const fs::path& from, const fs::path& to) override {
+    struct stat st {};
+    if (::lstat(to.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode) && !S_ISDIR(st.st_mode)) {
+      throw PersistError::io(to, "rename from " + from.string() + " (the target is not a regular file)", EINVAL);
+    }
     if (::rename(from.c_str(), to.c_str()) != 0) throw PersistError::io(to, "rename from " + from.string(), errno);
   }
 

@@ -481,6 +481,45 @@ TEST(FaissAdapter, ABatchSeesItsOwnEarlierMutations) {
   }
 }
 
+// A vector with a NaN or an infinite component, inserted into each type:
+// either refused before logging (InvalidArgument, nothing logged), or
+// taken, and then the index still checkpoints and loads with it. An IVF
+// under inner product had taken it into no list: acknowledged, and every
+// later save failed ("the inverted lists hold 1 vectors, the index 2"), its
+// erase poisoned the writer (an outside hunt). Those are refused now.
+TEST(FaissAdapter, AVectorWithoutAFiniteValueNeverMakesTheIndexUnsaveable) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.name);
+    const bool ivf_ip = c.metric == faiss::METRIC_INNER_PRODUCT && c.name.find("IVF") != std::string::npos;
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), inf, -inf}) {
+      SCOPED_TRACE(bad);
+      TempDir dir;
+      IdSource ids(c, 6);
+      Built b = build(c, 40, 13, ids);
+      const PersistConfig cfg = config_for(dir / "n.iqdb", true);
+      auto db = PersistedIndex<FaissIndex>::open_with(std::move(b.index), cfg);
+      std::vector<float> v(kDim, 0.25f);
+      v[1] = bad;
+      const std::uint64_t id = ids.next(b.model);
+      const std::uint64_t lsn = db.last_lsn();
+      const auto e = error_of([&] { db.insert(id, v); });
+      if (e) {
+        EXPECT_EQ(*e, ErrorKind::InvalidArgument);
+        EXPECT_EQ(db.last_lsn(), lsn);
+        EXPECT_FALSE(db.index().contains(id));
+      } else {
+        EXPECT_FALSE(ivf_ip) << "taken by an IVF under inner product";
+        ASSERT_NO_THROW(db.checkpoint());
+        db.close();
+        EXPECT_TRUE(PersistedIndex<FaissIndex>::load(cfg).index().contains(id));
+        continue;
+      }
+      EXPECT_TRUE(ivf_ip) << "refused by a type that can hold it";
+    }
+  }
+}
+
 // ---------------------------------------------------------------- WAL recovery
 
 // Base snapshot, logged inserts (and erases where FAISS can), a checkpoint,

@@ -143,6 +143,10 @@ class ReadReplica {
   }
   void start_following(const FollowOptions& options = {}) {
     s_->refuse_if_inherited("start_following()");
+    // It waits for a stop_following() of another thread, which waits for
+    // the follower, which waits for a read's lock: inside read(f), f's own
+    // (a deadlock found by an outside hunt).
+    detail::ReadScope::refuse(s_.get(), "start_following()");
     s_->start(options);
   }
   // (In a child of fork() nothing follows: a no-op.)
@@ -203,8 +207,8 @@ class ReadReplica {
 
   // Run f(const I&) under the read lock; returns what f returns. Inside f,
   // calls back into this replica that could wait for f's own lock throw
-  // InvalidArgument (catch_up, stop_following, lag, stats, promote); a
-  // nested read runs its f at once.
+  // InvalidArgument (catch_up, start_following, stop_following, lag, stats,
+  // promote); a nested read runs its f at once.
   template <class F>
   decltype(auto) read(F&& f) const {
     if (detail::ReadScope::active(s_.get())) return std::forward<F>(f)(std::as_const(*s_->index));

@@ -77,8 +77,8 @@ struct WalStats {
   std::uint64_t commits = 0;    // insert / erase / write calls logged (a batch is one)
   std::uint64_t records = 0;    // mutations logged
   std::uint64_t log_syncs = 0;  // fdatasyncs of the log (commits / log_syncs: the group-commit factor)
-  std::uint64_t auto_checkpoints = 0;          // checkpoints PersistConfig::checkpoint_log_bytes started
-  std::uint64_t auto_checkpoint_failures = 0;  // of those, the ones that failed (the log goes on)
+  std::uint64_t auto_checkpoints = 0;          // checkpoints PersistConfig::checkpoint_log_bytes ran that succeeded
+  std::uint64_t auto_checkpoint_failures = 0;  // those that failed (the log goes on); not in auto_checkpoints
   // What opening it found (load(); zero after open_with()):
   std::uint64_t recovered_records = 0;        // log records replayed onto the snapshot
   std::uint64_t torn_tail_bytes = 0;          // damaged bytes cut from the end of the log
