@@ -611,7 +611,7 @@ void seal_log(RadosSnapshotStore& store, const std::string& name, std::uint64_t 
 }
 
 std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, const std::string& name,
-                                                 std::uint64_t generation, std::shared_ptr<Fence> fence,
+                                                 std::uint64_t generation, const std::shared_ptr<Fence>& fence,
                                                  std::uint64_t salt, std::uint64_t base_lsn) {
   // A new generation has no object yet. A takeover's seal of a log that had
   // none leaves an empty object 0 of this writer's epoch (and each further

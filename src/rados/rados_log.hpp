@@ -92,7 +92,7 @@ void seal_log(RadosSnapshotStore& store, const std::string& name, std::uint64_t 
 // objects are all empty, as a seal leaves one, takes it in its last) / the log of
 // `layout` continued after its last object.
 std::unique_ptr<detail::LogSink> create_log_sink(RadosSnapshotStore& store, const std::string& name,
-                                                 std::uint64_t generation, std::shared_ptr<Fence> fence,
+                                                 std::uint64_t generation, const std::shared_ptr<Fence>& fence,
                                                  std::uint64_t salt, std::uint64_t base_lsn);
 std::unique_ptr<detail::LogSink> continue_log_sink(RadosSnapshotStore& store, const LogLayout& layout,
                                                    std::shared_ptr<Fence> fence, std::uint64_t salt);
