@@ -560,17 +560,16 @@ struct FaissIndex::Impl {
       throw PersistError(ErrorKind::DuplicateId, "id " + id.to_string() + " is already present");
     }
     // An IVF under inner product assigns a vector with a NaN or an infinite
-    // component (after the cosine's normalisation) to no list: FAISS counts
-    // it but stores it nowhere, and every later save of the index fails
-    // (its lists hold fewer vectors than it counts) and its erase finds
-    // nothing (an outside hunt). Under L2 the quantizer still picks a list.
-    if (ivf != nullptr && ivf->metric_type == faiss::METRIC_INNER_PRODUCT) {
-      const std::vector<float> v = prepared(vec);
-      if (!std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); })) {
-        throw PersistError::argument("an IVF index under inner product" + std::string(cosine ? " (cosine)" : "") +
-                                     " cannot place a vector with a NaN or infinite component" +
-                                     std::string(cosine ? " after its normalisation" : "") + " in a list");
-      }
+    // component to no list: FAISS counts it but stores it nowhere, and every
+    // later save of the index fails (its lists hold fewer vectors than it
+    // counts) and its erase finds nothing (an outside hunt). Under L2 the
+    // quantizer still picks a list. (The cosine's normalisation keeps a
+    // vector of finite components finite, and one with any other not: the
+    // vector as given decides.)
+    if (ivf != nullptr && ivf->metric_type == faiss::METRIC_INNER_PRODUCT &&
+        !std::all_of(vec.begin(), vec.end(), [](float x) { return std::isfinite(x); })) {
+      throw PersistError::argument("an IVF index under inner product" + std::string(cosine ? " (cosine)" : "") +
+                                   " cannot place a vector with a NaN or infinite component in a list");
     }
     // An insert searches the graph or the quantizer: refused before logging.
     check_search_params(index.get(), Problems{"FAISS", false});

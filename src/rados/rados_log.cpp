@@ -487,14 +487,20 @@ std::optional<std::uint64_t> logged_generation(RadosSnapshotStore& store, const 
   return g;
 }
 
-}  // namespace
-
-void check_log_not_removed(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
+// Whether the log of `generation` has no object 0 while the head records
+// that it was created: every object of it was removed.
+bool log_was_removed(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
   const std::string first = log_object(name, generation, 0);
   // The writer creates object 0 before it records the log in the head: an
   // object 0 that came between the two reads here is there at the second.
-  if (stat_object(store, first) || logged_generation(store, name) != generation || stat_object(store, first)) return;
-  throw PersistError::at(ErrorKind::TruncatedPayload, object_path(store, first),
+  return !stat_object(store, first) && logged_generation(store, name) == generation && !stat_object(store, first);
+}
+
+}  // namespace
+
+void check_log_not_removed(RadosSnapshotStore& store, const std::string& name, std::uint64_t generation) {
+  if (!log_was_removed(store, name, generation)) return;
+  throw PersistError::at(ErrorKind::TruncatedPayload, object_path(store, log_object(name, generation, 0)),
                          "log object 0 is missing, but the head records that the log of generation " +
                              std::to_string(generation) + " was created (" + kLoggedAttr +
                              "): every object of the log was removed, and with them every write acknowledged "
@@ -731,15 +737,11 @@ LogPrefix read_log_prefix(RadosSnapshotStore& store, const std::string& name, st
                   std::to_string(out.beyond.front()) + " exists";
   }
   // No object at all, as a load reads it: damage when the head records
-  // that this log was created (check_log_not_removed).
-  if (out.stopped.empty() && out.layout.objects.empty() && out.beyond.empty()) {
-    try {
-      check_log_not_removed(store, name, generation);
-    } catch (const PersistError& e) {
-      if (e.kind() != ErrorKind::TruncatedPayload) throw;
-      out.stopped = "log object 0 is missing, but the head records that the log of generation " +
-                    std::to_string(generation) + " was created (" + kLoggedAttr + "): every object was removed";
-    }
+  // that this log was created (as check_log_not_removed).
+  if (out.stopped.empty() && out.layout.objects.empty() && out.beyond.empty() &&
+      log_was_removed(store, name, generation)) {
+    out.stopped = "log object 0 is missing, but the head records that the log of generation " +
+                  std::to_string(generation) + " was created (" + kLoggedAttr + "): every object was removed";
   }
   return out;
 }
