@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "iqdb/persist/wal.hpp"
 #include "snapshot/codec.hpp"
@@ -29,9 +30,6 @@ void validate_config(const PersistConfig& cfg) {
   }
   if (cfg.storage && cfg.file_system != nullptr) {
     throw PersistError::argument("PersistConfig.storage and PersistConfig.file_system cannot both be set");
-  }
-  if (cfg.wal_enabled && cfg.discard_log) {
-    throw PersistError::argument("PersistConfig.discard_log is for saves without the WAL; it cannot be set with wal_enabled");
   }
 }
 
@@ -112,31 +110,41 @@ std::uint64_t snapshot_lsn_of(FileSystem& fs, const fs::path& path) {
   return 0;
 }
 
-// Without discard_log: refuse a save that would orphan or replace
-// acknowledged writes the files hold and this index (covering base_lsn)
-// lacks.
-void refuse_losing_writes(const PersistConfig& config, const LogHoldings& log, const fs::path& log_path,
-                          std::uint64_t snapshot_lsn, std::uint64_t base_lsn) {
+// What would throw away acknowledged writes that the files hold and the
+// index being written lacks: a save without the WAL (orphaning or replacing
+// them) or open_with with the WAL (replacing the index there).
+enum class Replacing { SaveWithoutWal, OpenWith };
+constexpr std::string_view kOpenWithHowTo =
+    "load it (load with the WAL replays the log and goes on writing), or set PersistConfig::discard_log to replace it";
+
+// Without discard_log: refuse to replace acknowledged writes the files hold
+// and this index (covering base_lsn) lacks.
+void refuse_losing_writes(Replacing what, const fs::path& snapshot_path, const LogHoldings& log,
+                          const fs::path& log_path, std::uint64_t snapshot_lsn, std::uint64_t base_lsn) {
+  const bool save = what == Replacing::SaveWithoutWal;
+  const std::string would = save ? "saving without the WAL would" : "open_with with the WAL would replace the index and";
   const std::string how_to =
-      "load it with the WAL (or without: load replays the log) and save that index, or set "
-      "PersistConfig::discard_log to discard them";
+      save ? "load it with the WAL (or without: load replays the log) and save that index, or set "
+             "PersistConfig::discard_log to discard them"
+           : std::string(kOpenWithHowTo);
   if (log.corrupt_offset) {
     throw PersistError::at(ErrorKind::CorruptLog, log_path,
                            "the log is damaged in the middle, with " + std::to_string(log.records_after_corruption) +
-                               " records after the damage that this index may lack; saving without the WAL would "
-                               "orphan them: repair the log (iqdb-persist wal repair) and " + how_to,
+                               " records after the damage that " + (save ? "this index may lack" : "would be lost") +
+                               "; " + would + " orphan them: repair the log (iqdb-persist wal repair) and " + how_to,
                            log.corrupt_offset);
   }
   if (log.above > 0) {
     throw PersistError::at(ErrorKind::WouldLoseWrites, log_path,
                            "the log holds " + std::to_string(log.above) + " acknowledged record" +
                                (log.above == 1 ? "" : "s") + " (LSN " + std::to_string(log.first_above) +
-                               (log.above == 1 ? "" : ".." + std::to_string(log.last_above)) +
-                               ") that this index does not contain (it covers LSN " + std::to_string(base_lsn) +
-                               "); saving without the WAL would orphan them: " + how_to);
+                               (log.above == 1 ? "" : ".." + std::to_string(log.last_above)) + ") that " +
+                               (save ? "this index does not contain (it covers LSN " + std::to_string(base_lsn) + ")"
+                                     : "its snapshot does not hold") +
+                               "; " + would + " orphan them: " + how_to);
   }
   if (snapshot_lsn > base_lsn) {
-    throw PersistError::at(ErrorKind::WouldLoseWrites, config.path,
+    throw PersistError::at(ErrorKind::WouldLoseWrites, snapshot_path,
                            "the snapshot holds the log's writes up to LSN " + std::to_string(snapshot_lsn) +
                                ", this index covers LSN " + std::to_string(base_lsn) +
                                " only (a writer with the WAL checkpointed, or reopened it after a save without "
@@ -158,7 +166,9 @@ FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
 
   const std::uint64_t snapshot_lsn = snapshot_lsn_of(fs, config.path);
   const LogHoldings log = look_at_log(*storage, base_lsn, config.discard_log);
-  if (!config.discard_log) refuse_losing_writes(config, log, storage->log_path(), snapshot_lsn, base_lsn);
+  if (!config.discard_log) {
+    refuse_losing_writes(Replacing::SaveWithoutWal, config.path, log, storage->log_path(), snapshot_lsn, base_lsn);
+  }
 
   // The highest LSN the files account for: a later load with the WAL then
   // finds every log record folded and the log continuing after the snapshot.
@@ -169,6 +179,31 @@ FileHeader save_without_wal(const PersistConfig& config, std::uint64_t base_lsn,
       write(last_lsn, removing_log || config.fsync_policy.mode() != FsyncPolicy::Mode::Never);
   if (removing_log) storage->remove_log();
   return written;
+}
+
+void refuse_replacing_writes(FileSystem& files, IndexStorage& storage, const fs::path& snapshot_path) {
+  // What the snapshot holds (one that cannot be read holds nothing a load
+  // would return, as for a save); the log's records above it.
+  std::uint64_t snapshot_lsn = 0;
+  std::uint64_t vectors = 0;
+  if (files.exists(snapshot_path)) {
+    try {
+      const FileHeader h = inspect_snapshot(files, snapshot_path).header;
+      snapshot_lsn = h.last_lsn;
+      vectors = h.n_vectors;
+    } catch (const PersistError& e) {
+      if (e.kind() == ErrorKind::Io && e.sys_errno() != ENOENT) throw;
+    }
+  }
+  const LogHoldings log = look_at_log(storage, snapshot_lsn, false);
+  refuse_losing_writes(Replacing::OpenWith, snapshot_path, log, storage.log_path(), 0, 0);
+  if (vectors > 0) {
+    throw PersistError::at(ErrorKind::WouldLoseWrites, snapshot_path,
+                           "the snapshot holds " + std::to_string(vectors) + " vector" + (vectors == 1 ? "" : "s") +
+                               " (LSN " + std::to_string(snapshot_lsn) +
+                               "); open_with with the WAL would replace the index and lose them: " +
+                               std::string(kOpenWithHowTo));
+  }
 }
 
 }  // namespace iqdb::persist::detail

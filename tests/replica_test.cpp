@@ -566,8 +566,8 @@ TEST(Replica, PromotedAfterTheWriterIsKilledHasEveryAcknowledgedWrite) {
   }
 }
 
-// A writer that makes a new index where one without a log lived (open_with
-// with the WAL over a saved index): a replica of the old one loads the new
+// A writer that makes a new index where one lived (open_with with the WAL
+// and discard_log over a saved or a logged index): a replica of the old one loads the new
 // one anew. It applied the new log onto the old contents before (the new
 // snapshot claimed the old one's LSN, and the new log went on from it).
 TEST(Replica, ANewIndexAtItsPathIsLoadedAnew) {
@@ -584,7 +584,9 @@ TEST(Replica, ANewIndexAtItsPathIsLoadedAnew) {
     }
     Replica r = Replica::open(cfg);
     ASSERT_TRUE(r.read([](const FlatIndex& ix) { return ix.contains(100); }));
-    Writer w{new_writer(cfg), {}};
+    PersistConfig replacing = cfg;
+    replacing.discard_log = true;  // (the old index's vector would be lost: refused without it)
+    Writer w{new_writer(replacing), {}};
     w.insert(1);
     (void)r.catch_up();
     EXPECT_EQ(test::diff(r.index(), w.model), "") << "old index had a log: " << old_had_log;

@@ -307,6 +307,14 @@ TEST(ResourceErrors, OpenWithHandsTheIndexBackWhenNoThreadStarts) {
     }
     EXPECT_EQ(ix.size(), 100u);
     EXPECT_EQ(test::diff(ix, model), "");
+    // The failed call got as far as its snapshot, which holds the index: a
+    // second open_with would replace it, refused unless discard_log.
+    EXPECT_EQ(test::diff(PersistedIndex<FlatIndex>::load(test::wal_config(cfg.path, FsyncPolicy::never())).index(),
+                         model),
+              "");
+    EXPECT_EQ(to_string(error_from([&] { (void)PersistedIndex<FlatIndex>::open_with(ix, cfg); }).kind()),
+              "would_lose_writes");
+    cfg.discard_log = true;
     auto db = PersistedIndex<FlatIndex>::open_with(std::move(ix), cfg);
     fill(db, model, 101, 110);
     db.close();

@@ -203,7 +203,9 @@ std::vector<FsOp> clean_open_with_ops(FsyncPolicy policy, bool over_existing) {
     put(old, ignored, 1);
     old.close();
   }
-  auto db = PersistedIndex<FlatIndex>::open_with(index_of(new_index_model()), wal_config(dir / "db.iqdb", policy, &ffs));
+  PersistConfig cfg = wal_config(dir / "db.iqdb", policy, &ffs);
+  cfg.discard_log = over_existing;  // (else refused: the old index holds an acknowledged record)
+  auto db = PersistedIndex<FlatIndex>::open_with(index_of(new_index_model()), cfg);
   return ffs.log();
 }
 
@@ -235,9 +237,16 @@ TEST_P(OpenWithCrash, InEmptyDirectory) {
       // Acceptable only while the first snapshot never reached its name.
       EXPECT_FALSE(snapshot_exists) << e.what();
     }
-    // A later open_with is not blocked by what the crash left.
+    // A later open_with is not blocked by what the crash left: with
+    // discard_log, once the crashed one's snapshot holds the new index.
     {
-      auto db = PersistedIndex<FlatIndex>::open_with(index_of(new_index_model()), real);
+      if (snapshot_exists) {
+        EXPECT_EQ(error_of([&] { PersistedIndex<FlatIndex>::open_with(index_of(new_index_model()), real); }),
+                  ErrorKind::WouldLoseWrites);
+      }
+      PersistConfig replacing = real;
+      replacing.discard_log = snapshot_exists;
+      auto db = PersistedIndex<FlatIndex>::open_with(index_of(new_index_model()), replacing);
       Model m = new_index_model();
       put(db, m, 7);
       db.close();
@@ -249,8 +258,8 @@ TEST_P(OpenWithCrash, InEmptyDirectory) {
   }
 }
 
-// Crash while open_with replaces an existing index (snapshot + log holding
-// acknowledged records) by a new one: a reopen must give the old state or the
+// Crash while open_with (with discard_log) replaces an existing index
+// (snapshot + log holding acknowledged records) by a new one: a reopen must give the old state or the
 // new state, never a failed load and never a mixture.
 TEST_P(OpenWithCrash, OverAnExistingIndex) {
   const FsyncPolicy policy = GetParam().policy;
@@ -274,8 +283,10 @@ TEST_P(OpenWithCrash, OverAnExistingIndex) {
       {
         FaultFs ffs;
         arm_crash(ffs, n, false);
+        PersistConfig replacing = wal_config(real.path, policy, &ffs);
+        replacing.discard_log = true;
         try {
-          auto db = PersistedIndex<FlatIndex>::open_with(index_of(new_index_model()), wal_config(real.path, policy, &ffs));
+          auto db = PersistedIndex<FlatIndex>::open_with(index_of(new_index_model()), replacing);
         } catch (const PersistError&) {
         }
       }

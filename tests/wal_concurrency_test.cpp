@@ -516,7 +516,8 @@ TEST(WalConcurrent, SyncRacingCloseSaysClosedAndPoisonsNothing) {
     int wrong = 0;
     std::string first_wrong;
     for (int round = 0; round < 40; ++round) {
-      const PersistConfig cfg = wal_config(dir / ("s" + std::to_string(round) + ".iqdb"), policy, &slow);
+      const std::string name = std::string(policy == FsyncPolicy::never() ? "n" : "p") + std::to_string(round);
+      const PersistConfig cfg = wal_config(dir / (name + ".iqdb"), policy, &slow);
       auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), cfg);
       std::mutex mu;
       const auto loop = [&](const std::function<void(std::uint64_t)>& call) {

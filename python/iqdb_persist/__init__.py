@@ -97,7 +97,10 @@ class PersistedIndex:
 
     @staticmethod
     def open_with(index, config: PersistConfig):
-        """Wrap an in-memory index (moved in). With the WAL: lock, base snapshot, empty log."""
+        """Wrap an in-memory index (moved in). With the WAL: lock, base snapshot, empty log.
+
+        With the WAL an index at the path holding data (log records, vectors) is
+        replaced only with discard_log=True; else WouldLoseWritesError."""
         try:
             cls = _PERSISTED[type(index)]
         except KeyError:

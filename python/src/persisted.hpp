@@ -138,7 +138,8 @@ py::class_<Persisted<I>> bind_persisted(py::module_& m, const char* name, const 
        },
        py::arg("index"), py::arg("config"),
        "Wrap an in-memory index (moved in: the index object is unusable afterwards). With the WAL: takes "
-       "the writer lock, writes a base snapshot, starts an empty log.")
+       "the writer lock, writes a base snapshot, starts an empty log; an index at the path that holds data "
+       "(log records, vectors) is replaced only with discard_log=True, else WouldLoseWritesError.")
       .def_static(
           "load",
           [](const PersistConfig& cfg) {

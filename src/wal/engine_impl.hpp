@@ -63,6 +63,12 @@ struct Replayed {
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const std::filesystem::path& log_path,
                     std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve,
                     bool live);
+// open_with with the WAL, without PersistConfig::discard_log: refuse
+// (WouldLoseWrites; CorruptLog for a log damaged in the middle) to replace
+// an index that holds anything: log records above its snapshot, or a
+// snapshot of at least one vector (persisted_index.cpp, beside the rule for
+// saves without the WAL). Called holding the writer lock.
+void refuse_replacing_writes(FileSystem& files, IndexStorage& storage, const std::filesystem::path& snapshot_path);
 // The storage a config names: its IndexStorage, else the local files.
 std::shared_ptr<IndexStorage> storage_of(const PersistConfig& cfg);
 // How writes are refused after a failure of the log: Fenced when a newer
@@ -80,7 +86,7 @@ class WalEngine::Impl {
   ~Impl();
 
   // recovery.cpp
-  void create(const WriteSnapshot& write_snapshot);
+  void create(const WriteSnapshot& write_snapshot, bool replace_existing);
   void open(const std::function<FileHeader()>& load_snapshot, const Replay& replay,
             const WriteSnapshot& write_snapshot, const ReserveHint& reserve);
   // group_commit.cpp

@@ -57,8 +57,9 @@ void WalEngine::Impl::start_new_log(std::uint64_t base_lsn) {
   if (auto_bytes_ != 0) auto_at_ = auto_bytes_;  // a new log: the bound counts from its start
 }
 
-void WalEngine::Impl::create(const WriteSnapshot& write_snapshot) {
+void WalEngine::Impl::create(const WriteSnapshot& write_snapshot, bool replace_existing) {
   lock_and_clean();
+  if (!replace_existing) refuse_replacing_writes(fs_, *storage_, snapshot_path_);
   // An index may already live here. The new snapshot claims every LSN its
   // files could hold, then the new log starts above them: a crash between
   // the two leaves the new snapshot beside an old log whose records are

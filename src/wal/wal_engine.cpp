@@ -71,7 +71,7 @@ WalEngine::~WalEngine() {
 
 std::unique_ptr<WalEngine> WalEngine::create(const PersistConfig& cfg, const WriteSnapshot& write_snapshot) {
   auto impl = std::make_unique<Impl>(cfg);
-  impl->create(write_snapshot);
+  impl->create(write_snapshot, cfg.discard_log);
   return std::unique_ptr<WalEngine>(new WalEngine(std::move(impl)));
 }
 

@@ -223,6 +223,37 @@ TEST_F(RadosWal, RoundTripUnderEveryPolicy) {
   }
 }
 
+// open_with with the WAL over a RADOS index holding data (records in its
+// log; a checkpoint's snapshot of vectors) is refused, WouldLoseWrites, and
+// publishes nothing; with discard_log it replaces the index.
+TEST_F(RadosWal, OpenWithRefusesToReplaceAnIndexHoldingData) {
+  for (const bool checkpoint : {false, true}) {
+    name_ = unique_name(checkpoint ? "ow-ckpt" : "ow-log");
+    const Model old_model = logged_ids(5, checkpoint);
+    const std::uint64_t gen = generation(name_);
+    try {
+      PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config_for(name_));
+      ADD_FAILURE() << "open_with replaced an index holding data";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::WouldLoseWrites) << e.what();
+      EXPECT_NE(std::string(e.what()).find(checkpoint ? "5 vectors" : "5 acknowledged records"), std::string::npos)
+          << e.what();
+    }
+    EXPECT_EQ(generation(name_), gen);
+    EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(config_for(name_)).index(), old_model));
+
+    PersistConfig replace = config_for(name_);
+    replace.discard_log = true;
+    Model m;
+    {
+      auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), replace);
+      db.insert(40, vector_of(40));
+      m[40] = vector_of(40);
+    }
+    EXPECT_TRUE(equals(PersistedIndex<FlatIndex>::load(config_for(name_)).index(), m));
+  }
+}
+
 // PersistConfig::checkpoint_log_bytes on RADOS: with a bound of 8 KiB
 // (about 77 inserts of this size), the writer publishes new generations by
 // itself; a reload has every insert and replays one log: at most a bound

@@ -95,16 +95,22 @@ struct PersistConfig {
   // take under half this bound on average (fast storage); 0 never spins.
   // Negative values are taken as 0, values above 1 s as 1 s.
   std::chrono::microseconds commit_spin{500};
-  // Without the WAL only: let save() replace acknowledged writes that the
-  // files hold and this index lacks, instead of refusing with
-  // ErrorKind::WouldLoseWrites. Such writes are the records of a log at
-  // path + ".wal" above the LSN the index covers (see
-  // PersistedIndex::last_lsn) and a snapshot whose last LSN is above it.
-  // With a log there, the save writes the snapshot (durably, whatever the
-  // fsync policy) with the highest LSN the log holds, so that it covers
-  // every record of the log, then removes the log durably: a crash in between loads as the new
-  // snapshot, with or without the WAL. Set it for a save meant to throw
-  // those writes away; invalid together with wal_enabled.
+  // Let a write replace acknowledged writes that the files at path hold and
+  // the index written lacks, instead of refusing with
+  // ErrorKind::WouldLoseWrites (ErrorKind::CorruptLog for a log damaged in
+  // the middle). Such writes are the records of a log at path + ".wal"
+  // above the LSN the index covers (see PersistedIndex::last_lsn) and a
+  // snapshot whose last LSN is above it. Two writes check:
+  //  - save() without the WAL. With a log there, the save writes the
+  //    snapshot (durably, whatever the fsync policy) with the highest LSN the
+  //    log holds, so that it covers every record of the log, then removes the
+  //    log durably: a crash in between loads as the new snapshot, with or
+  //    without the WAL.
+  //  - open_with() with the WAL: it replaces an index at path only if that
+  //    holds nothing (no log record above its snapshot, a snapshot of no
+  //    vector) or this is set.
+  // Set it for a write meant to throw those writes away. load() and the
+  // checkpoints of an index with the WAL replace nothing and ignore it.
   bool discard_log = false;
   // load(): use the snapshot's vectors in place from a private mapping of
   // the file instead of copying them, for an index that supports it

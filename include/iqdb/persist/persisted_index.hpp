@@ -149,8 +149,13 @@ template <Persistable I>
 class PersistedIndex {
  public:
   // Wrap an in-memory index. Without a WAL nothing is written (and no lock
-  // taken) until save(); the index covers LSN 0. With a WAL: takes the writer lock (Locked if held elsewhere), writes a
-  // base snapshot of `index` and starts an empty log.
+  // taken) until save(); the index covers LSN 0. With a WAL: takes the
+  // writer lock (Locked if held elsewhere), writes a base snapshot of
+  // `index` and starts an empty log. An index already at the path is
+  // replaced only if it holds nothing (no log record above its snapshot, a
+  // snapshot of no vector) or config.discard_log is set; else
+  // WouldLoseWrites (CorruptLog: its log is damaged in the middle) and
+  // nothing is changed.
   //
   // If it throws (a bad config, Locked, an I/O error, Io with EAGAIN when
   // the flusher or checkpointer thread cannot be started), an index passed
