@@ -126,6 +126,57 @@ TEST(WriteBatch, ReferencedRowsAreOneCommitOneSyncAndReplay) {
   EXPECT_EQ(test::diff(again.index(), model), "");
 }
 
+// A batch too large for one log frame (256 MiB here) is refused with
+// nothing logged, the index not poisoned. When its vectors alone exceed the
+// limit, before anything is encoded: the frame used to be encoded in full
+// (grown past 256 MiB) and only then measured. When its records are larger
+// than their vectors say (1 MiB ids), as soon as the encoding passes it.
+TEST(WriteBatch, ABatchBeyondTheFrameLimitIsRefusedBeforeItIsEncoded) {
+  ASSERT_TRUE(test::operator_new_is_counted());
+  test::TempDir dir;
+  constexpr std::size_t kWide = 4096;
+  const std::size_t rows_n = wal::MAX_FRAME_LEN / (kWide * sizeof(float)) + 64;  // 16,448 rows of 16 KiB
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kWide, DistanceMetric::Euclidean),
+                                                 test::wal_config(dir / "db.iqdb", FsyncPolicy::always()));
+  {
+    std::vector<float> rows(kWide * rows_n, 0.25f);
+    std::vector<std::uint64_t> ids(rows_n);
+    for (std::size_t i = 0; i < rows_n; ++i) ids[i] = i + 1;
+    WriteBatch b;
+    b.insert_rows_ref(ids, rows, kWide);
+    test::AllocGuard g;
+    try {
+      db.write(b);
+      ADD_FAILURE() << "a batch beyond the frame limit was logged";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("frame limit"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(g.stats().peak_bytes, std::size_t{16} << 20);
+  }
+  {
+    // 260 inserts of 1 MiB ids (the longest the readers take) and 4096 floats:
+    // their vectors alone are 4 MiB, their records 264 MiB.
+    WriteBatch b;
+    const std::vector<float> v(kWide, 0.5f);
+    for (int i = 0; i < 260; ++i) {
+      std::string id(std::size_t{1} << 20, 'a');
+      id[0] = static_cast<char>(i);
+      id[1] = static_cast<char>(i >> 8);
+      b.insert_ref(VectorId::bytes(id), v);
+    }
+    EXPECT_EQ(test::error_of([&] { db.write(b); }), ErrorKind::InvalidArgument);
+  }
+  EXPECT_EQ(db.last_lsn(), 0U);
+  EXPECT_EQ(db.failure(), std::nullopt);
+  const std::vector<float> one(kWide, 1.0f);
+  db.insert(7, one);  // not poisoned
+  db.close();
+  const auto again = PersistedIndex<FlatIndex>::load(test::wal_config(dir / "db.iqdb", FsyncPolicy::always()));
+  ASSERT_EQ(again.index().size(), 1U);
+  EXPECT_TRUE(again.index().contains(VectorId(std::uint64_t{7})));
+}
+
 // Each refusal leaves nothing logged and the index as it was.
 TEST(WriteBatch, AnInvalidRowBatchIsRefusedWhole) {
   test::TempDir dir;

@@ -29,27 +29,43 @@ void yield_until(Done done, std::chrono::nanoseconds limit) {
   while (!done() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
 }
 
+[[noreturn]] void refuse_batch(std::uint64_t bytes, std::uint64_t max_body, bool at_least) {
+  throw PersistError::argument("a write batch of " + std::string(at_least ? "at least " : "") + std::to_string(bytes) +
+                               " bytes exceeds the log's frame limit (" + std::to_string(max_body) +
+                               " bytes here); split it");
+}
+
 // The frame of one commit, encoded outside the lock; its LSNs, length and
 // CRC are filled in by wal::format::seal_v2_frame once the LSN is known.
+// A batch too large for one frame is refused before anything is encoded
+// when its vectors and smallest records already exceed the limit, else as
+// soon as the encoding passes it: never after encoding (or validating) all
+// of a batch of many GB.
 void encode_frame(std::vector<std::byte>& frame, std::span<const MutationRef> ops, std::uint64_t max_body) {
   // Room for the vectors and a few dozen bytes per record up front: a
   // buffer grown by doubling while a large batch is encoded copies it about
   // once more and, the first time, takes fresh pages at each step.
   std::size_t want = wal::format::kFrameHeaderLen;
-  for (const MutationRef& m : ops) want += 48 + m.vector.size_bytes();
+  std::uint64_t least = 0;  // each record takes at least kMinOpLen bytes and its vector's
+  for (const MutationRef& m : ops) {
+    want += 48 + m.vector.size_bytes();
+    least += wal::format::kMinOpLen + m.vector.size_bytes();
+  }
+  if (least > max_body || ops.size() > UINT32_MAX) refuse_batch(least, max_body, true);
   if (frame.capacity() < want && want <= max_body) frame.reserve(want);
   wal::format::begin_v2_frame(frame, static_cast<std::uint32_t>(ops.size()));
+  const std::size_t limit = wal::format::kFrameHeaderLen + max_body;
   for (const MutationRef& m : ops) {
     if (m.op == wal::Op::Insert) {
       wal::encode_insert(frame, *m.id, m.vector, m.metadata);
     } else {
       wal::encode_erase(frame, *m.id);
     }
-  }
-  const std::size_t body_len = frame.size() - wal::format::kFrameHeaderLen;
-  if (body_len > max_body || ops.size() > UINT32_MAX) {
-    throw PersistError::argument("a write batch of " + std::to_string(body_len) + " bytes exceeds the log's frame limit (" +
-                                 std::to_string(max_body) + " bytes here); split it");
+    if (frame.size() > limit) {
+      const std::uint64_t bytes = frame.size() - wal::format::kFrameHeaderLen;
+      std::vector<std::byte>().swap(frame);  // (a thread's buffer, kept between commits: not at this size)
+      refuse_batch(bytes, max_body, true);
+    }
   }
 }
 
