@@ -93,6 +93,23 @@ struct Locker {
   std::string client, cookie, address;
 };
 
+// cls_lock answers EIO when the lock's attribute on the object ("lock." and
+// the lock's name) cannot be decoded: bytes something other than a RADOS
+// lock wrote there. An EIO while that attribute can be read is that,
+// InvalidHeader naming the object; otherwise (r is another error, or the
+// attribute cannot be read either) this returns and r is an I/O error.
+void refuse_undecodable_lock(rados_ioctx_t io, const std::string& object, const fs::path& where, int r) {
+  if (r != -EIO) return;
+  const std::string attr = std::string("lock.") + kLockName;
+  char byte = 0;
+  const int g = rados_getxattr(io, object.c_str(), attr.c_str(), &byte, 0);
+  if (g < 0 && g != -ERANGE) return;
+  throw PersistError::at(ErrorKind::InvalidHeader, where,
+                         "the attribute '" + attr + "' of the writer lock is not a lock Ceph's cls_lock can decode "
+                         "(something other than a RADOS lock wrote it); with no writer alive, remove it (rados rmxattr " +
+                             object + " " + attr + ")");
+}
+
 // The lockers of `lock` on `object`. Every byte from RADOS is checked.
 std::vector<Locker> list_lockers(rados_ioctx_t io, const std::string& object, const fs::path& where) {
   std::size_t sizes[4] = {256, 4096, 4096, 4096};
@@ -112,7 +129,10 @@ std::vector<Locker> list_lockers(rados_ioctx_t io, const std::string& object, co
       continue;
     }
     if (n == -ENOENT) return {};
-    if (n < 0) throw PersistError::io(where, "listing the writer lock's holders", static_cast<int>(-n));
+    if (n < 0) {
+      refuse_undecodable_lock(io, object, where, static_cast<int>(n));
+      throw PersistError::io(where, "listing the writer lock's holders", static_cast<int>(-n));
+    }
     const auto split = [&](const std::vector<char>& buf, std::size_t len) {
       std::vector<std::string> out;
       len = std::min(len, buf.size());
@@ -285,7 +305,10 @@ std::unique_ptr<RadosWriterLock> RadosWriterLock::acquire(RadosSnapshotStore& st
     sent = Clock::now();
     const int r = s->lock(0);
     if (r == 0) break;
-    if (r != -EBUSY) fail("taking the writer lock", r);
+    if (r != -EBUSY) {
+      refuse_undecodable_lock(s->h.io, s->head, s->where, r);
+      fail("taking the writer lock", r);
+    }
     std::string holder = "another writer";
     try {
       holder = describe(list_lockers(s->h.io, s->head, s->where));

@@ -269,6 +269,13 @@ TEST_F(RadosWriterLockTest, HostileLockAttributesAreTypedErrors) {
     EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader) << bad;
   }
   ASSERT_EQ(raw.remove("iqdb.writer"), 0);
+  // The lock's own attribute (cls_lock's "lock.iqdb.writer") holding bytes
+  // no RADOS lock wrote: Ceph answers EIO, which was passed on as an Io error.
+  for (const std::string& bad : {std::string("garbage"), std::string(1, '\x01'), std::string(90, '\xff'), std::string()}) {
+    ASSERT_EQ(raw.set("lock.iqdb.writer", bad), 0);
+    EXPECT_EQ(kind_of_acquire(), ErrorKind::InvalidHeader) << bad.size();
+  }
+  ASSERT_EQ(raw.remove("lock.iqdb.writer"), 0);
   auto lock = RadosWriterLock::acquire(*a_, name_, lease(5));
   EXPECT_EQ(lock->epoch(), 6u);
   EXPECT_TRUE(lock->fenced_writer().empty());
