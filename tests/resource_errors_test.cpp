@@ -41,12 +41,16 @@ using test::Model;
 
 using test::NoThreads;
 
-enum class Shortage { None, Memory, Thread };
+// Memory, Thread: a resource runs short. Refusal, Foreign: an index type of
+// a user's throws its own std::exception, or something that is not one.
+enum class Shortage { None, Memory, Thread, Refusal, Foreign };
 
 const char* name_of(Shortage s) { return s == Shortage::Memory ? "out of memory" : "no thread"; }
 int errno_of(Shortage s) { return s == Shortage::Memory ? ENOMEM : EAGAIN; }
 
 void fall_short(Shortage s) {
+  if (s == Shortage::Refusal) throw std::invalid_argument("this index refuses it");
+  if (s == Shortage::Foreign) throw 42;
   if (s == Shortage::Memory) throw std::bad_alloc();
   if (s == Shortage::Thread) {
     throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again), "std::thread");
@@ -113,6 +117,9 @@ PersistError error_from(F&& f) {
   } catch (const std::exception& e) {
     ADD_FAILURE() << "not a PersistError: " << e.what();
     return PersistError(ErrorKind::Unsupported, "(not a PersistError)");
+  } catch (...) {
+    ADD_FAILURE() << "not a std::exception";
+    return PersistError(ErrorKind::Unsupported, "(not a std::exception)");
   }
   ADD_FAILURE() << "did not throw";
   return PersistError(ErrorKind::Unsupported, "(did not throw)");
@@ -234,6 +241,53 @@ TEST(ResourceErrors, AShortageReplayingTheLogIsATypedError) {
   auto db = PersistedIndex<ShortIndex>::load(cfg);  // (the lock was let go)
   EXPECT_EQ(test::diff(db.index(), model), "");
   EXPECT_EQ(db.wal_stats().recovered_records, 20u);
+}
+
+// An index type of a user's whose load_from or insert throws its own
+// exception (a std::exception, or something else: an int) on intact files:
+// a typed PersistError naming the file, InvalidPayload for the snapshot and
+// CorruptLog for the log's record, not the bare exception (the int used to
+// pass through load() untranslated, and so did a std::exception from a
+// replayed record). The files are unchanged: the next load has it all.
+TEST(ResourceErrors, AnIndexThrowingItsOwnExceptionIsATypedError) {
+  test::TempDir dir;
+  const fs::path path = dir / "db.iqdb";
+  const PersistConfig cfg = test::wal_config(path, FsyncPolicy::always());
+  Model model;
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    fill(db, model, 1, 20);
+    db.checkpoint();
+    fill(db, model, 21, 40);  // in the log only
+    db.close();
+  }
+  const fs::path log_path = fs::path(path.string() + ".wal");
+  for (const Shortage s : {Shortage::Refusal, Shortage::Foreign}) {
+    for (const bool wal : {true, false}) {
+      SCOPED_TRACE(std::string(s == Shortage::Refusal ? "std::invalid_argument" : "an int") +
+                   (wal ? ", with the WAL" : ", without"));
+      PersistConfig c = cfg;
+      c.wal_enabled = wal;
+      {
+        const ShortIndex::Arm arm;
+        ShortIndex::at_load_end = s;
+        const PersistError e = error_from([&] { (void)PersistedIndex<ShortIndex>::load(c); });
+        EXPECT_EQ(to_string(e.kind()), "invalid_payload") << e.what();
+        EXPECT_EQ(e.path(), path);
+      }
+      {
+        const ShortIndex::Arm arm;
+        ShortIndex::insert_id = 30;
+        ShortIndex::at_insert = s;
+        const PersistError e = error_from([&] { (void)PersistedIndex<ShortIndex>::load(c); });
+        EXPECT_EQ(to_string(e.kind()), "corrupt_log") << e.what();
+        EXPECT_EQ(e.path(), log_path);
+        EXPECT_NE(std::string(e.what()).find("LSN 30"), std::string::npos) << e.what();
+      }
+    }
+  }
+  auto db = PersistedIndex<ShortIndex>::load(cfg);
+  EXPECT_EQ(test::diff(db.index(), model), "");
 }
 
 // No thread to be had during a load: FlatIndex builds its id table on the

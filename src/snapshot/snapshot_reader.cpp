@@ -1,6 +1,8 @@
 // Snapshot reader: one streaming pass over the stored bytes, CRC computed as
 // they arrive, payload decoded as hostile input, result accepted only when
 // the CRC matches.
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -378,6 +380,16 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
       throw detail::resource_error(path, "loading the snapshot", err);
     }
     throw PersistError::at(ErrorKind::InvalidPayload, path, std::string("decoding the payload failed: ") + e.what());
+  } catch (const abi::__forced_unwind&) {
+    throw;  // a thread ending (pthread_exit)
+  } catch (...) {
+    // An index type's load_from (a user's) threw something that is not a
+    // std::exception: damage if the checksum says so, else the payload
+    // is one this index type refuses, as for a std::exception.
+    source.drain();
+    if (source.crc() != h.payload_crc) throw checksum_error();
+    throw PersistError::at(ErrorKind::InvalidPayload, path,
+                           "decoding the payload failed: the index threw an exception that is not a std::exception");
   }
   return h;
 }

@@ -4,10 +4,13 @@
 // the index applies each record in PersistedIndex's replay callback
 // (include/iqdb/persist/persisted_index.hpp). Also here: the size hints that
 // let the index reserve room before replay, and load without the WAL.
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <array>
 #include <exception>
 #include <string>
+#include <string_view>
 
 #include "iqdb/persist/detail/resource_error.hpp"
 #include "iqdb/persist/error.hpp"
@@ -94,12 +97,27 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
     const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit_lsn;
     if (lsn < expect) return;  // already folded into the snapshot
     if (lsn != expect) throw_gap(log_path, lsn, expect, r.frame_offset);
+    const auto does_not_apply = [&](std::string_view why) {
+      return PersistError::at(ErrorKind::CorruptLog, log_path,
+                              "record with LSN " + std::to_string(lsn) + " does not apply to the snapshot: " +
+                                  std::string(why),
+                              r.frame_offset);
+    };
     try {
       replay(r);
     } catch (const PersistError& e) {
-      throw PersistError::at(ErrorKind::CorruptLog, log_path,
-                             "record with LSN " + std::to_string(lsn) + " does not apply to the snapshot: " + e.what(),
-                             r.frame_offset);
+      throw does_not_apply(e.what());
+    } catch (const abi::__forced_unwind&) {
+      throw;  // a thread ending (pthread_exit): not the index's refusal
+    } catch (const std::exception& e) {
+      // Out of memory or no thread: handled below (not damage). Anything
+      // else an index type throws (one of a user's, refusing the record
+      // with its own exception) is the record not applying, as a
+      // PersistError from the library's own types is.
+      if (resource_errno(e) != 0) throw;
+      throw does_not_apply(std::string("the index refused it: ") + e.what());
+    } catch (...) {
+      throw does_not_apply("the index threw an exception that is not a std::exception");
     }
     ++expect;
   };

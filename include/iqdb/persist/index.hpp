@@ -34,6 +34,12 @@ concept Index = requires(I& index, const I& cindex, const VectorId& id, std::spa
 //   I::load_from(reader): rebuilds the index; treats every byte as hostile
 //     (counts checked with reader.read_count / remaining()) and reports
 //     problems with reader.fail() or by throwing PersistError.
+//   Other exceptions thrown by load_from, or by insert / erase while load()
+//   replays the log, reach the caller as PersistError naming the file:
+//   std::bad_alloc and std::system_error for no thread as Io (not damage),
+//   anything else (a std::exception or not) as InvalidPayload for the
+//   snapshot and CorruptLog for the log's record; a checksum mismatch takes
+//   precedence over both.
 //
 // Optional hooks, used when present:
 //   validate_insert(id, vec, meta) / validate_erase(id): throw PersistError if
