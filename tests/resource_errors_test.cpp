@@ -209,6 +209,17 @@ TEST(ResourceErrors, DamageTakesPrecedenceOverAShortage) {
   }
 }
 
+// Ids 1..20 in the snapshot, 21..40 in the log only: the model.
+Model checkpointed_twenty_logged_twenty(const PersistConfig& cfg) {
+  Model model;
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  fill(db, model, 1, 20);
+  db.checkpoint();
+  fill(db, model, 21, 40);
+  db.close();
+  return model;
+}
+
 // Out of memory (the index growing) or no thread while the log is
 // replayed, with the WAL and without: Io naming the log, not a
 // std::bad_alloc escaping load(); nothing is changed, and the next load
@@ -217,14 +228,7 @@ TEST(ResourceErrors, AShortageReplayingTheLogIsATypedError) {
   test::TempDir dir;
   const fs::path path = dir / "db.iqdb";
   const PersistConfig cfg = test::wal_config(path, FsyncPolicy::always());
-  Model model;
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
-    fill(db, model, 1, 20);
-    db.checkpoint();
-    fill(db, model, 21, 40);  // in the log only
-    db.close();
-  }
+  const Model model = checkpointed_twenty_logged_twenty(cfg);
   fs::path log_path = path;
   log_path += ".wal";
   for (const Shortage s : {Shortage::Memory, Shortage::Thread}) {
@@ -253,14 +257,7 @@ TEST(ResourceErrors, AnIndexThrowingItsOwnExceptionIsATypedError) {
   test::TempDir dir;
   const fs::path path = dir / "db.iqdb";
   const PersistConfig cfg = test::wal_config(path, FsyncPolicy::always());
-  Model model;
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
-    fill(db, model, 1, 20);
-    db.checkpoint();
-    fill(db, model, 21, 40);  // in the log only
-    db.close();
-  }
+  const Model model = checkpointed_twenty_logged_twenty(cfg);
   const fs::path log_path = fs::path(path.string() + ".wal");
   for (const Shortage s : {Shortage::Refusal, Shortage::Foreign}) {
     for (const bool wal : {true, false}) {
