@@ -161,6 +161,54 @@ TEST(CliWal, DumpAndRepairCountTheIntactUnsyncedFramesTheyDrop) {
   EXPECT_NE(dry.out.find("3 intact unsynced frames"), std::string::npos) << dry.out;
 }
 
+// Under Never, records made durable by sync() and a clean close, then one
+// frame in the middle damaged (the disk): the frames after it carry no mark
+// of that sync, so a load takes them for a torn tail. `checkpoint` and
+// `copy` folded the log with exit 0, dropping those intact frames for good
+// (an outside hunt). They refuse now (exit 1, corrupt_log naming the log),
+// changing nothing; `wal repair --yes` cuts them knowingly, and then both go
+// on with the records before the damage.
+TEST(CliWal, CheckpointAndCopyRefuseToDropIntactFramesAfterDamage) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 5; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
+    db.sync();
+  }
+  const auto log = wal::log_path_for(cfg.path);
+  std::vector<std::byte> bytes = test::read_file(log);
+  std::uint32_t len1 = 0;
+  std::memcpy(&len1, bytes.data() + 40, 4);  // frame 1's length (little-endian host)
+  bytes[40 + len1 + 8 + 30] ^= std::byte{0x40};  // inside frame 2 (id 2's record); frames 3..5 intact
+  test::write_file(log, bytes);
+  const std::vector<std::byte> snapshot_before = test::read_file(cfg.path);
+  const std::vector<std::byte> log_before = test::read_file(log);
+  const std::filesystem::path copy_to = dir / "copy.iqdb";
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"checkpoint", cfg.path.string()},
+                                               std::vector<std::string>{"copy", cfg.path.string(), copy_to.string()}}) {
+    const test::CliResult r = run_cli(args);
+    EXPECT_EQ(r.code, 1) << args[0] << ": " << r.out << r.err;
+    EXPECT_NE(r.err.find("corrupt_log"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("3 intact frames"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(log.string()), std::string::npos) << r.err;
+    EXPECT_EQ(test::read_file(cfg.path), snapshot_before) << args[0];
+    EXPECT_EQ(test::read_file(log), log_before) << args[0];
+    EXPECT_FALSE(std::filesystem::exists(copy_to)) << args[0];
+  }
+  const test::CliResult repaired = run_cli({"wal", "repair", "--yes", log.string()});
+  ASSERT_EQ(repaired.code, 0) << repaired.out << repaired.err;
+  const test::CliResult copied = run_cli({"copy", cfg.path.string(), copy_to.string()});
+  ASSERT_EQ(copied.code, 0) << copied.err;
+  const test::CliResult checkpointed = run_cli({"checkpoint", cfg.path.string()});
+  ASSERT_EQ(checkpointed.code, 0) << checkpointed.err;
+  for (const std::filesystem::path& p : {cfg.path, copy_to}) {
+    const auto db = PersistedIndex<FlatIndex>::load(PersistConfig(p));
+    EXPECT_EQ(db.index().size(), 1U) << p;
+    EXPECT_TRUE(db.index().contains(VectorId(std::uint64_t{1}))) << p;
+  }
+}
+
 TEST(CliWal, DumpReportsMidLogCorruptionWithExitOne) {
   test::TempDir dir;
   const PersistConfig cfg = make_db(dir);

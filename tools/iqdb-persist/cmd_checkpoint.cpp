@@ -31,6 +31,7 @@ int checkpoint_as(const Location& where, const CheckpointOptions& opts, const Sn
   cfg.wal_enabled = true;
   cfg.fsync_policy = FsyncPolicy::always();
   cfg.compression = compression_of(before.header);  // keep the snapshot's
+  refuse_dropping_unsynced_frames(where);  // (before the load, which would cut them)
   auto db = PersistedIndex<I>::load(cfg);  // takes the writer lock, replays the log
   // (Not last_lsn() minus the snapshot's: the open of a snapshot saved
   // without the WAL claims one LSN more, folding nothing.)

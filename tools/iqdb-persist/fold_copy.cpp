@@ -11,6 +11,7 @@
 #include "iqdb/persist/flat_index.hpp"
 #include "iqdb/persist/io.hpp"
 #include "iqdb/persist/persisted_index.hpp"
+#include "iqdb/persist/wal.hpp"
 #include "iqdb-persist/index_types.hpp"
 
 namespace iqdb::persist::cli {
@@ -104,6 +105,7 @@ FoldedCopy fold_as(const Location& src, const Location& dst, FileSystem& publish
     index = &**alone;
     owner = alone;
   } else {
+    refuse_dropping_unsynced_frames(src);
     auto loaded = std::make_shared<PersistedIndex<I>>(PersistedIndex<I>::load(read_only(src)));
     index = &loaded->index();
     lsn = loaded->last_lsn();
@@ -120,6 +122,23 @@ FoldedCopy fold_as(const Location& src, const Location& dst, FileSystem& publish
 }
 
 }  // namespace
+
+void refuse_dropping_unsynced_frames(const Location& src) {
+  if (is_rados(src.path().string())) return;
+  const std::filesystem::path log = wal::log_path_for(src.path());
+  if (!default_file_system().exists(log)) return;
+  const wal::ScanResult scan =
+      wal::scan_live_log(default_file_system(), log, [](const wal::RecordView&) {}, wal::ScanMode::Report);
+  if (scan.unsynced_frames_dropped == 0) return;
+  throw PersistError::at(
+      ErrorKind::CorruptLog, log,
+      std::to_string(scan.unsynced_frames_dropped) +
+          " intact frames follow a damaged frame; no frame after them says they were made durable, but a sync(), "
+          "a periodic fsync or a clean close may have (the log does not record those), so they may hold "
+          "acknowledged writes: folding the log would drop them for good. See them with `iqdb-persist wal dump`; "
+          "`iqdb-persist wal repair --yes` cuts them knowingly, then run this again",
+      scan.valid_bytes);
+}
 
 Compression compression_of(const FileHeader& h) {
   switch (h.compression) {

@@ -35,6 +35,14 @@ struct FoldedCopy {
   std::function<void()> check_arrival;  // re-reads DST; throws PersistError naming it
 };
 
+// Refuse (CorruptLog naming the log, at the damaged frame) to fold the
+// log of a local index whose load would drop intact frames after a damaged
+// one as a torn tail: frames no later frame says were made durable, but
+// that a sync(), a periodic fsync or a clean close may have made durable
+// (the log does not record those). Dropping them for good is for
+// `wal repair --yes` to do knowingly. RADOS logs have no torn tails.
+void refuse_dropping_unsynced_frames(const Location& src);
+
 // Load `src` (holding an index of type `index_type`: flat always, faiss and
 // hnswlib when the tool is built with their adapters; Unsupported
 // otherwise) and write it at `dst` through `publisher` (a wrapper of
