@@ -39,6 +39,7 @@ TEST(Cli, NotBuilt) { GTEST_SKIP() << "built without the iqdb-persist tool (IQDB
 #include "iqdb-persist/command.hpp"
 #include "support/cli_runner.hpp"
 #include "support/forked_child.hpp"
+#include "support/format_builders.hpp"
 #include "support/test_util.hpp"
 
 namespace iqdb::persist {
@@ -406,17 +407,42 @@ TEST(CliExitCodes, DamagedMissingAndMisusedFiles) {
   EXPECT_FALSE(fs::exists(dir / "d")) << "a rejected demo wrote nothing";
 }
 
+// Intact bytes pass; the payload is then built into the index its header
+// names, where the build knows the type: the v1 and v2 fixtures' stand-in
+// payloads under the tag "flat" are not flat indexes, and verify said OK on
+// them (an outside hunt: and on a v3 file whose header's count was changed
+// and its CRC recomputed, which no load takes).
 TEST(CliVerify, IntactFilesOfEveryVersionPass) {
   TempDir dir;
-  for (const Fixture& f : all_fixtures(dir)) {
+  const auto fixtures = all_fixtures(dir);
+  for (const Fixture& f : fixtures) {
     if (f.expected.compression != "none" && f.expected.format_version < 3) continue;  // stand-in payloads
     SCOPED_TRACE(f.name);
     const std::string path = write_fixture(dir, f).string();
     const CliResult r = run_cli({"verify", path});
+    const bool stand_in = f.expected.format_version < 3 && f.expected.index_type == "flat";
+    if (stand_in) {
+      EXPECT_EQ(r.code, 1) << r.out;
+      EXPECT_EQ(r.err.rfind("DAMAGED: " + path + "\n", 0), 0u) << r.err;
+      continue;
+    }
     EXPECT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(r.out.rfind("OK: " + path + " ", 0), 0u) << r.out;
+    EXPECT_EQ(r.out.find("not built into an index") != std::string::npos, f.expected.index_type != "flat") << r.out;
     EXPECT_EQ(r.err, "") << "no progress indicator when stderr is not a terminal";
   }
+  // v3, a header that contradicts its payload, its CRC recomputed.
+  const auto v3 = std::find_if(fixtures.begin(), fixtures.end(), [](const Fixture& f) { return f.name == "v3-none"; });
+  ASSERT_NE(v3, fixtures.end());
+  Fixture lying = *v3;
+  lying.name = "v3-count-changed";
+  const std::size_t tag_len = le(lying.bytes, 24, 4);
+  lying.bytes[28 + tag_len + 10] ^= std::byte{0x01};  // n_vectors 40 -> 41
+  test::fix_v3_header_crc(lying.bytes);
+  const std::string path = write_fixture(dir, lying).string();
+  const CliResult r = run_cli({"verify", path});
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.err.find("invalid_payload"), std::string::npos) << r.err;
 }
 
 // Output that cannot all be written (a full disk, /dev/full) is a failure:
