@@ -14,6 +14,7 @@
 
 #include "iqdb-persist/cli.hpp"
 #include "support/cli_runner.hpp"
+#include "support/format_builders.hpp"
 #include "support/test_util.hpp"
 #include "support/wal_test_util.hpp"
 
@@ -207,6 +208,50 @@ TEST(CliWal, CheckpointAndCopyRefuseToDropIntactFramesAfterDamage) {
     EXPECT_EQ(db.index().size(), 1U) << p;
     EXPECT_TRUE(db.index().contains(VectorId(std::uint64_t{1}))) << p;
   }
+}
+
+// A frame whose checksum holds but whose contents are malformed (a record
+// count of 0, rewritten with its CRC recomputed): loads refuse it
+// (CorruptLog), and `wal repair --yes` refused too, with the same error and
+// exit 1, leaving a log nothing could load or repair (an outside hunt). It
+// is damage there: the dry run says what is dropped, --yes cuts the log
+// before it, and the index loads with the records before it.
+TEST(CliWal, RepairCutsAFrameWhoseChecksumHoldsButWhoseContentsAreMalformed) {
+  test::TempDir dir;
+  const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+    for (std::uint64_t i = 1; i <= 4; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
+  }
+  const auto log = wal::log_path_for(cfg.path);
+  std::vector<std::byte> bytes = test::read_file(log);
+  std::uint64_t salt = 0;
+  std::memcpy(&salt, bytes.data() + 16, 8);
+  std::uint32_t len1 = 0, len2 = 0;
+  std::memcpy(&len1, bytes.data() + 40, 4);
+  const std::size_t frame2 = 40 + 8 + len1;
+  std::memcpy(&len2, bytes.data() + frame2, 4);
+  std::vector<std::byte> body(bytes.begin() + static_cast<std::ptrdiff_t>(frame2 + 8),
+                              bytes.begin() + static_cast<std::ptrdiff_t>(frame2 + 8 + len2));
+  std::fill(body.begin() + 8, body.begin() + 12, std::byte{0});  // its record count: 0
+  const std::vector<std::byte> rewritten = test::v2_frame(salt, body);
+  ASSERT_EQ(rewritten.size(), std::size_t{8} + len2);
+  std::copy(rewritten.begin(), rewritten.end(), bytes.begin() + static_cast<std::ptrdiff_t>(frame2));
+  test::write_file(log, bytes);
+  EXPECT_EQ(test::error_of([&] { (void)PersistedIndex<FlatIndex>::load(cfg); }), ErrorKind::CorruptLog);
+
+  const test::CliResult dry = run_cli({"wal", "repair", log.string()});
+  EXPECT_EQ(dry.code, 1) << dry.out << dry.err;
+  EXPECT_NE(dry.out.find("damaged frame at offset " + std::to_string(frame2) + ", followed by 2 intact frames"),
+            std::string::npos)
+      << dry.out;
+  const test::CliResult yes = run_cli({"wal", "repair", "--yes", log.string()});
+  ASSERT_EQ(yes.code, 0) << yes.out << yes.err;
+  EXPECT_NE(yes.out.find("now ends at offset " + std::to_string(frame2) + " after 1 records"), std::string::npos)
+      << yes.out;
+  const auto db = PersistedIndex<FlatIndex>::load(cfg);
+  EXPECT_EQ(db.index().size(), 1U);
+  EXPECT_TRUE(db.index().contains(VectorId(std::uint64_t{1})));
 }
 
 TEST(CliWal, DumpReportsMidLogCorruptionWithExitOne) {

@@ -170,7 +170,24 @@ class Scanner {
     next_lsn_ = h.base_lsn;
     std::uint64_t pos = h.len;
     for (;;) {
-      Verdict v = check_frame(pos, /*deliver=*/true);
+      Verdict v = Verdict::End;
+      try {
+        v = check_frame(pos, /*deliver=*/true);
+      } catch (const PersistError& e) {
+        // A frame whose checksum holds but whose contents are malformed (an
+        // LSN out of sequence, a record that does not decode): written so,
+        // by something else than this library. Strict: CorruptLog. Report:
+        // damage at the frame, the log's valid prefix ending before it and
+        // the intact frames after it counted, not read, so that `wal repair`
+        // can cut it (it could only fail before). Nothing of the frame was
+        // delivered: its records are checked first.
+        if (mode_ != ScanMode::Report || e.kind() != ErrorKind::CorruptLog || e.offset() != pos) throw;
+        r_.valid_bytes = pos;
+        r_.corrupt_offset = pos;
+        r_.torn_tail_bytes = last_nonzero_end(pos, size()) - pos;
+        count_frames_from(pos + format::kFrameHeaderLen + last_len_);  // (its length held: the CRC covered it)
+        break;
+      }
       if (v == Verdict::Damaged && live_) v = settle(pos);
       if (v == Verdict::Good) {
         chain_frame(pos);
