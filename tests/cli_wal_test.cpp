@@ -32,6 +32,14 @@ std::vector<json> json_lines(const std::string& s) {
   return v;
 }
 
+// A new index at cfg's path with ids 1..n logged (each its own frame), then
+// closed (after a sync() when `sync`).
+void log_ids(const PersistConfig& cfg, std::uint64_t n, bool sync) {
+  auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
+  for (std::uint64_t i = 1; i <= n; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
+  if (sync) db.sync();
+}
+
 PersistConfig make_db(const test::TempDir& dir) {
   PersistConfig cfg(dir / "db.iqdb");
   cfg.wal_enabled = true;
@@ -138,10 +146,7 @@ TEST(CliWal, RepairIsADryRunWithoutYesThenCutsTheTornTail) {
 TEST(CliWal, DumpAndRepairCountTheIntactUnsyncedFramesTheyDrop) {
   test::TempDir dir;
   const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
-    for (std::uint64_t i = 1; i <= 5; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
-  }
+  log_ids(cfg, 5, /*sync=*/false);
   const auto log = wal::log_path_for(cfg.path);
   std::vector<std::byte> bytes = test::read_file(log);
   std::uint32_t len1 = 0;
@@ -172,11 +177,7 @@ TEST(CliWal, DumpAndRepairCountTheIntactUnsyncedFramesTheyDrop) {
 TEST(CliWal, CheckpointAndCopyRefuseToDropIntactFramesAfterDamage) {
   test::TempDir dir;
   const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::never());
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
-    for (std::uint64_t i = 1; i <= 5; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
-    db.sync();
-  }
+  log_ids(cfg, 5, /*sync=*/true);
   const auto log = wal::log_path_for(cfg.path);
   std::vector<std::byte> bytes = test::read_file(log);
   std::uint32_t len1 = 0;
@@ -219,10 +220,7 @@ TEST(CliWal, CheckpointAndCopyRefuseToDropIntactFramesAfterDamage) {
 TEST(CliWal, RepairCutsAFrameWhoseChecksumHoldsButWhoseContentsAreMalformed) {
   test::TempDir dir;
   const PersistConfig cfg = test::wal_config(dir / "db.iqdb", FsyncPolicy::always());
-  {
-    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
-    for (std::uint64_t i = 1; i <= 4; ++i) db.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)});
-  }
+  log_ids(cfg, 4, /*sync=*/false);
   const auto log = wal::log_path_for(cfg.path);
   std::vector<std::byte> bytes = test::read_file(log);
   std::uint64_t salt = 0;
