@@ -80,12 +80,20 @@ bool overwrites_in_place(int fd) noexcept {
   }
 }
 
+// flock(fd, op) (LOCK_NB), recording fd among the descriptors a child of
+// fork() closes at once when it succeeds (LockDescriptors, below), with no
+// fork in between; returns flock's result (errno set).
+int flock_recorded(int fd, int op);
+// Closes fd, which flock_recorded recorded, and forgets it, with no fork in
+// between; returns close()'s result (errno set).
+int close_recorded(int fd) noexcept;
+
 class PosixWritableFile final : public WritableFile {
  public:
   PosixWritableFile(fs::path p, int fd, std::uint64_t pos, bool mappable = false)
       : path_(std::move(p)), fd_(fd), pos_(pos), mappable_(mappable && overwrites_in_place(fd)) {}
   ~PosixWritableFile() override {
-    if (fd_ >= 0) ::close(fd_);
+    if (fd_ >= 0) (void)(locked_ ? close_recorded(fd_) : ::close(fd_));
   }
 
   void append(std::span<const std::byte> data) override {
@@ -142,15 +150,25 @@ class PosixWritableFile final : public WritableFile {
   void drop_cached(std::uint64_t offset, std::uint64_t len) noexcept override {
     (void)::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
   }
+  // The lock's descriptor is recorded: a child of fork() closes its copy
+  // at once, so that one that outlives this file's close() does not keep
+  // the lock (a writer's shared lock on its log would otherwise refuse the
+  // next writer, Locked, until the child exits).
   bool try_lock(bool exclusive) override {
-    if (retry([&] { return ::flock(fd_, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB); }) == 0) return true;
+    if (retry([&] { return flock_recorded(fd_, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB); }) == 0) {
+      locked_ = true;
+      return true;
+    }
     if (errno == EWOULDBLOCK) return false;
     throw PersistError::io(path_, "flock", errno);
   }
   void close() override {
     const int fd = fd_;
     fd_ = -1;
-    if (fd >= 0 && ::close(fd) != 0 && errno != EINTR) throw PersistError::io(path_, "close", errno);
+    if (fd < 0) return;
+    if ((locked_ ? close_recorded(fd) : ::close(fd)) != 0 && errno != EINTR) {
+      throw PersistError::io(path_, "close", errno);
+    }
   }
   const fs::path& path() const noexcept override { return path_; }
 
@@ -183,6 +201,7 @@ class PosixWritableFile final : public WritableFile {
 
   fs::path path_;
   int fd_;
+  bool locked_ = false;  // fd_ is recorded (flock_recorded)
   std::uint64_t pos_;
   // Opened read-write, which a shared writable mapping needs, on a file
   // system that overwrites in place (overwrites_in_place).
@@ -250,7 +269,16 @@ class LockDescriptors {
     if (fds_.size() == fds_.capacity()) fds_.reserve(std::max<std::size_t>(8, 2 * fds_.size()));
     return g;
   }
-  void record(int fd) noexcept { fds_.push_back(fd); }  // (hold_for_one_more() held)
+  void record(int fd) noexcept {  // (hold_for_one_more() held)
+    if (std::find(fds_.begin(), fds_.end(), fd) == fds_.end()) fds_.push_back(fd);
+  }
+  // Closes fd, recorded or not, forgetting it; close()'s result.
+  int close_and_forget(int fd) noexcept {
+    const std::lock_guard g(mu_);
+    const auto it = std::find(fds_.begin(), fds_.end(), fd);
+    if (it != fds_.end()) fds_.erase(it);
+    return ::close(fd);
+  }
   // Closes fd, which record() recorded.
   void close(int fd) noexcept {
     const std::lock_guard g(mu_);
@@ -271,6 +299,15 @@ class LockDescriptors {
   std::mutex mu_;
   std::vector<int> fds_;
 };
+int flock_recorded(int fd, int op) {
+  const std::unique_lock g = LockDescriptors::instance().hold_for_one_more();
+  const int r = ::flock(fd, op);
+  if (r == 0) LockDescriptors::instance().record(fd);
+  return r;
+}
+
+int close_recorded(int fd) noexcept { return LockDescriptors::instance().close_and_forget(fd); }
+
 // Made (and its handlers installed) when the library is loaded, not at the
 // first lock(): a fork while another thread is inside the first use of a
 // function-local static would leave the child waiting for ever on the

@@ -67,12 +67,38 @@ class LocalIndexStorage final : public IndexStorage {
     fs::path lock_path = snapshot_;
     lock_path += ".lock";
     std::unique_ptr<FileLock> lock = fs_.lock(lock_path);
+    refuse_if_log_held(lock_path);  // (before the clean-up below: a live writer's temporary files are its own)
     const std::string name = snapshot_.filename().string();
     const std::string log_name = log_.filename().string();
     for (const std::string& entry : fs_.list_dir(dir())) {
       if (detail::is_temp_name(entry, name) || detail::is_temp_name(entry, log_name)) fs_.remove(dir() / entry);
     }
     return lock;
+  }
+
+  // A writer holds its log file with a shared lock on the file for as long
+  // as it writes (log_writer.cpp). One that still does now that this
+  // process has the lock file lost that file (removed or replaced under
+  // it, by a clean-up of temporary files, say): a second writer would then
+  // append to the same log, their frames overwriting each other's, or
+  // replace it while the first goes on writing into the unlinked one. The
+  // first is fenced only at its next checkpoint, so its writes in between
+  // would be lost: refused (Locked) instead, while it has the log open.
+  void refuse_if_log_held(const fs::path& lock_path) {
+    std::unique_ptr<WritableFile> f;
+    try {
+      f = fs_.open_append(log_);
+    } catch (const PersistError& e) {
+      if (e.kind() == ErrorKind::Io && e.sys_errno() == ENOENT) return;  // no log
+      throw;
+    }
+    if (!f->try_lock(/*exclusive=*/true)) {
+      throw PersistError::at(ErrorKind::Locked, log_,
+                             "another writer has this log open, though its lock file " + lock_path.string() +
+                                 " is this one's now (the file was removed or replaced while it ran; or a child of "
+                                 "its fork() still holds the log's descriptor): stop it first");
+    }
+    f->close();
   }
 
   bool log_exists() override { return fs_.exists(log_); }
