@@ -498,6 +498,30 @@ TEST(FlatIndex, LargeStorageGrowsCopiesAndMovesIntact) {
   EXPECT_EQ(hits[0].id, VectorId(n / 2));  // the nearest to vector n/2 - 1 among n/2 .. n-1
 }
 
+// Moved into itself (through a reference, as generic code may), an index
+// keeps its contents: it used to lose its rows and keep its id table, and
+// contains(), get() and erase() then read rows that were gone (SIGSEGV under
+// ASan; an outside hunt).
+TEST(FlatIndex, MovedIntoItselfKeepsItsContents) {
+  FlatIndex index(4, DistanceMetric::Euclidean);
+  for (std::uint64_t i = 0; i < 10; ++i) {
+    index.insert(i, std::vector<float>{1, 2, 3, static_cast<float>(i)}, Metadata{{"i", Value(static_cast<std::int64_t>(i))}});
+  }
+  FlatIndex& same = index;
+  index = std::move(same);
+  ASSERT_EQ(index.size(), 10U);
+  EXPECT_TRUE(index.contains(VectorId(std::uint64_t{3})));
+  const auto got = index.get(VectorId(std::uint64_t{3}));
+  EXPECT_EQ(std::vector<float>(got.begin(), got.end()), (std::vector<float>{1, 2, 3, 3}));
+  ASSERT_NE(index.metadata(VectorId(std::uint64_t{3})), nullptr);
+  index.erase(VectorId(std::uint64_t{3}));
+  EXPECT_FALSE(index.contains(VectorId(std::uint64_t{3})));
+  index.insert(3, std::vector<float>{0, 0, 0, 0});
+  const auto hits = index.search(std::vector<float>{0, 0, 0, 0}, 1);
+  ASSERT_EQ(hits.size(), 1U);
+  EXPECT_EQ(hits[0].id, VectorId(std::uint64_t{3}));
+}
+
 // ---------------------------------------------------------------- errors
 
 TEST(FlatIndex, RejectsBadConstruction) {

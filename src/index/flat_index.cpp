@@ -287,7 +287,19 @@ FlatIndex::FlatIndex(std::uint64_t dim, DistanceMetric metric)
 }
 
 FlatIndex::FlatIndex(FlatIndex&&) noexcept = default;
-FlatIndex& FlatIndex::operator=(FlatIndex&&) noexcept = default;
+// Not defaulted: moved into itself, each member's own move empties some
+// (the rows) and keeps others (the id table), an index whose table names
+// rows it no longer has (an outside hunt: contains() then crashed).
+FlatIndex& FlatIndex::operator=(FlatIndex&& o) noexcept {
+  if (this == &o) return *this;
+  dim_ = o.dim_;
+  metric_ = o.metric_;
+  data_ = std::move(o.data_);
+  ids_ = std::move(o.ids_);
+  meta_ = std::move(o.meta_);
+  table_ = std::move(o.table_);
+  return *this;
+}
 FlatIndex::~FlatIndex() = default;
 
 // A moved-from index is empty (same dim and metric) and usable: its id
