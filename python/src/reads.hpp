@@ -67,8 +67,9 @@ void bind_reads(py::class_<W>& c) {
          return to_numpy(t, q.single);
        },
        py::arg("query"), py::arg("k"),
-       "(ids, distances) of the k nearest vectors: 1-D arrays for one query (shape (dim,)), (n, k) for n "
-       "queries (rows padded with id 2**64-1 / None and distance inf).")
+       "(ids, distances) of the k nearest vectors: 1-D arrays for one query (shape (dim,)); for n queries "
+       "(shape (n, dim)) arrays of shape (n, k'), k' the most hits any query got (at most k, and at most the "
+       "number of vectors), shorter rows padded with id 2**64-1 / None and distance inf.")
       .def(
           "metadata",
           [](W& w, py::handle id) {

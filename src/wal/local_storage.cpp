@@ -89,14 +89,18 @@ class LocalIndexStorage final : public IndexStorage {
     try {
       f = fs_.open_append(log_);
     } catch (const PersistError& e) {
-      if (e.kind() == ErrorKind::Io && e.sys_errno() == ENOENT) return;  // no log
+      // No log; or one this process cannot open for writing, which no
+      // writer of this process could append to either (the open that needs
+      // it reports the error).
+      const int err = e.sys_errno();
+      if (e.kind() == ErrorKind::Io && (err == ENOENT || err == EACCES || err == EPERM || err == EROFS)) return;
       throw;
     }
     if (!f->try_lock(/*exclusive=*/true)) {
       throw PersistError::at(ErrorKind::Locked, log_,
                              "another writer has this log open, though its lock file " + lock_path.string() +
-                                 " is this one's now (the file was removed or replaced while it ran; or a child of "
-                                 "its fork() still holds the log's descriptor): stop it first");
+                                 " is this one's now (the file was removed or replaced while that writer ran): "
+                                 "stop it first");
     }
     f->close();
   }

@@ -41,7 +41,11 @@ namespace iqdb::persist {
 // How far a replica is behind its writer.
 struct ReplicaLag {
   std::uint64_t applied_lsn = 0;    // the LSN the replica's index covers
-  std::uint64_t available_lsn = 0;  // the last LSN the storage held when lag() read it
+  // The last LSN of the log the replica follows when lag() read it. Once
+  // the writer checkpointed past that log, records of the log that
+  // replaced it are not counted (they are read at the next catch-up): a
+  // lower bound then, and records_behind with it.
+  std::uint64_t available_lsn = 0;
   std::uint64_t records_behind = 0;  // available_lsn - applied_lsn
   // Every record acknowledged before fresh_as_of is in the replica's index:
   // the instant the last catch-up began reading (steady clock).
