@@ -287,6 +287,53 @@ TEST(ResourceErrors, AnIndexThrowingItsOwnExceptionIsATypedError) {
   EXPECT_EQ(test::diff(db.index(), model), "");
 }
 
+// A replica catching up meets the same refusals and shortages as a load
+// replaying the log: an index type's own exception (a std::exception, or
+// something that is not one) is CorruptLog naming the log and the record's
+// LSN, out of memory is Io (ENOMEM, not damage); the exception itself passed
+// through catch_up() before the fix. Twice each: the first catch-up meets
+// it following the log, the second loading anew (the first applied records
+// it cannot vouch for). Once the index takes the record each replica
+// catches up to everything written.
+TEST(ResourceErrors, AReplicaCatchingUpReportsTheIndexRefusingARecordTyped) {
+  test::TempDir dir;
+  const fs::path path = dir / "db.iqdb";
+  const fs::path log_path = fs::path(path.string() + ".wal");
+  const PersistConfig cfg = test::wal_config(path, FsyncPolicy::always());
+  Model model;
+  auto db = PersistedIndex<ShortIndex>::open_with(ShortIndex(FlatIndex(4, DistanceMetric::Euclidean)), cfg);
+  fill(db, model, 1, 10);
+  const std::vector<Shortage> shortages{Shortage::Refusal, Shortage::Foreign, Shortage::Memory};
+  std::vector<ReadReplica<ShortIndex>> replicas;
+  for (std::size_t i = 0; i < shortages.size(); ++i) replicas.push_back(ReadReplica<ShortIndex>::open(cfg));
+  fill(db, model, 11, 20);
+  for (std::size_t i = 0; i < shortages.size(); ++i) {
+    const Shortage s = shortages[i];
+    const ShortIndex::Arm arm;
+    ShortIndex::insert_id = 15;
+    ShortIndex::at_insert = s;
+    for (const char* round : {"following the log", "loading anew"}) {
+      SCOPED_TRACE(std::string(s == Shortage::Refusal   ? "std::invalid_argument"
+                               : s == Shortage::Foreign ? "an int"
+                                                        : "std::bad_alloc") +
+                   ", " + round);
+      const PersistError e = error_from([&] { (void)replicas[i].catch_up(); });
+      if (s == Shortage::Memory) {
+        expect_not_damage(e, s, log_path);
+      } else {
+        EXPECT_EQ(to_string(e.kind()), "corrupt_log") << e.what();
+        EXPECT_EQ(e.path(), log_path);
+      }
+      EXPECT_NE(std::string(e.what()).find("LSN 15"), std::string::npos) << e.what();
+    }
+  }
+  for (auto& replica : replicas) {
+    (void)replica.catch_up();
+    EXPECT_EQ(replica.last_lsn(), 20u);
+    replica.read([&](const ShortIndex& ix) { EXPECT_EQ(test::diff(ix, model), ""); });
+  }
+}
+
 // No thread to be had during a load: FlatIndex builds its id table on the
 // loading thread (std::async threw std::system_error, reported as
 // InvalidPayload, before the fix), and the log is replayed without its

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <exception>
 #include <optional>
 #include <string>
 #include <utility>
@@ -34,6 +35,11 @@ constexpr int kMaxHops = 8;
 // The records that follow cannot be read any more: a gap, a log cut back or
 // replaced under the follower, a record that did not apply.
 struct NeedReload {};
+// The index threw its own exception applying a record: error, for the
+// caller of poll().
+struct IndexRefused {
+  std::exception_ptr error;  // a PersistError
+};
 }  // namespace
 
 class LogFollower::Impl {
@@ -80,6 +86,8 @@ class LogFollower::Impl {
       if (log_ && storage_->log_outlives_snapshots() && saved_over(snapshot_beside_log())) throw NeedReload{};
     } catch (const NeedReload&) {
       out.reload = true;
+    } catch (const IndexRefused& refused) {
+      std::rethrow_exception(refused.error);
     } catch (const PersistError& e) {
       // I/O can be retried; anything else read from a log that moved under
       // the follower is settled by a load anew (whose strict read reports
@@ -210,7 +218,16 @@ class LogFollower::Impl {
       if (std::exchange(fresh_log_, false) && lsn <= last_) throw NeedReload{};
       if (lsn <= last_) return;
       if (lsn != last_ + 1) throw NeedReload{};
-      replay(r);
+      try {
+        replay(r);
+      } catch (const PersistError&) {
+        throw;  // the index refused it: poll() loads anew (Io: for the caller)
+      } catch (...) {
+        // An index type's own exception (or a shortage): for the caller,
+        // typed. Not thrown as CorruptLog from here: follow_settled would
+        // take it for a frame being written and read it again.
+        throw IndexRefused{std::make_exception_ptr(record_not_applied(r, lsn, storage_->log_path()))};
+      }
       last_ = lsn;
     };
     const std::uint64_t at_start = last_;

@@ -84,6 +84,32 @@ std::uint64_t lsn_bound_with_log(std::uint64_t floor, const ReadableFile& log) {
   return records > UINT64_MAX - from ? UINT64_MAX : from + records;  // (saturating: a foreign header)
 }
 
+PersistError record_not_applied(const wal::RecordView& r, std::uint64_t lsn, const fs::path& log_path) {
+  const auto does_not_apply = [&](std::string_view why) {
+    return PersistError::at(ErrorKind::CorruptLog, log_path,
+                            "record with LSN " + std::to_string(lsn) + " does not apply to the snapshot: " +
+                                std::string(why),
+                            r.frame_offset);
+  };
+  try {
+    throw;
+  } catch (const PersistError& e) {
+    return does_not_apply(e.what());
+  } catch (const abi::__forced_unwind&) {
+    throw;  // a thread ending (pthread_exit): not the index's refusal
+  } catch (const std::exception& e) {
+    // Out of memory or no thread: not damage. Anything else an index type
+    // throws (one of a user's, refusing the record with its own exception)
+    // is the record not applying, as a PersistError from the library's own
+    // types is.
+    const int err = resource_errno(e);
+    if (err != 0) return resource_error(log_path, "applying the record with LSN " + std::to_string(lsn), err);
+    return does_not_apply(std::string("the index refused it: ") + e.what());
+  } catch (...) {
+    return does_not_apply("the index threw an exception that is not a std::exception");
+  }
+}
+
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::path& log_path,
                     std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve,
                     bool live) {
@@ -97,27 +123,10 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
     const std::uint64_t lsn = r.lsn ? *r.lsn : ++implicit_lsn;
     if (lsn < expect) return;  // already folded into the snapshot
     if (lsn != expect) throw_gap(log_path, lsn, expect, r.frame_offset);
-    const auto does_not_apply = [&](std::string_view why) {
-      return PersistError::at(ErrorKind::CorruptLog, log_path,
-                              "record with LSN " + std::to_string(lsn) + " does not apply to the snapshot: " +
-                                  std::string(why),
-                              r.frame_offset);
-    };
     try {
       replay(r);
-    } catch (const PersistError& e) {
-      throw does_not_apply(e.what());
-    } catch (const abi::__forced_unwind&) {
-      throw;  // a thread ending (pthread_exit): not the index's refusal
-    } catch (const std::exception& e) {
-      // Out of memory or no thread: handled below (not damage). Anything
-      // else an index type throws (one of a user's, refusing the record
-      // with its own exception) is the record not applying, as a
-      // PersistError from the library's own types is.
-      if (resource_errno(e) != 0) throw;
-      throw does_not_apply(std::string("the index refused it: ") + e.what());
     } catch (...) {
-      throw does_not_apply("the index threw an exception that is not a std::exception");
+      throw record_not_applied(r, lsn, log_path);
     }
     ++expect;
   };

@@ -35,7 +35,8 @@ concept Index = requires(I& index, const I& cindex, const VectorId& id, std::spa
 //     (counts checked with reader.read_count / remaining()) and reports
 //     problems with reader.fail() or by throwing PersistError.
 //   Other exceptions thrown by load_from, or by insert / erase while load()
-//   replays the log, reach the caller as PersistError naming the file:
+//   replays the log (or a ReadReplica's catch_up() applies it), reach the
+//   caller as PersistError naming the file:
 //   std::bad_alloc and std::system_error for no thread as Io (not damage),
 //   anything else (a std::exception or not) as InvalidPayload for the
 //   snapshot and CorruptLog for the log's record; a checksum mismatch takes
