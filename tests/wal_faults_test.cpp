@@ -263,9 +263,13 @@ TEST(WalFaults, FailedPeriodicFsyncPoisonsTheNextWrite) {
 // padding (1 MiB) starts a log of its header alone, which grows as any log
 // does. It used to fail after its snapshot was published, which refused
 // every later write (Poisoned) until a reopen, though the frames had room.
+// A used-up quota (EDQUOT) likewise: only ENOSPC was taken for no room here
+// until an outside hunt found it (the log's growth ahead took both).
 TEST(WalFaults, ACheckpointWithoutRoomForTheNewLogsPaddingGoesOn) {
+  for (const int no_room : {ENOSPC, EDQUOT})
   for (const FsyncPolicy policy : {FsyncPolicy::always(), FsyncPolicy::never()}) {
-    SCOPED_TRACE(policy.mode() == FsyncPolicy::Mode::Always ? "always" : "never");
+    SCOPED_TRACE(std::string(no_room == ENOSPC ? "ENOSPC, " : "EDQUOT, ") +
+                 (policy.mode() == FsyncPolicy::Mode::Always ? "always" : "never"));
     test::TempDir dir;
     FaultFs ffs;
     const PersistConfig cfg = wal_config(dir / "db.iqdb", policy, &ffs);
@@ -273,7 +277,7 @@ TEST(WalFaults, ACheckpointWithoutRoomForTheNewLogsPaddingGoesOn) {
     {
       auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(4, DistanceMetric::Euclidean), cfg);
       for (std::uint64_t i = 1; i <= 50; ++i) put(db, model, i);
-      ffs.limit_size(".db.iqdb.wal.tmp-", 200, ENOSPC);  // the header fits, the padding does not
+      ffs.limit_size(".db.iqdb.wal.tmp-", 200, no_room);  // the header fits, the padding does not
       const FileHeader h = db.checkpoint();
       EXPECT_EQ(h.last_lsn, 50u);
       EXPECT_GE(ffs.fired(), 1u) << "the padding was never refused";

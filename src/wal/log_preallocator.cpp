@@ -36,17 +36,21 @@ std::uint64_t lead(std::uint64_t end) noexcept { return std::clamp<std::uint64_t
 // `n` rounded up to a whole MiB.
 std::uint64_t whole_mib(std::uint64_t n) noexcept { return (n + kMiB - 1) / kMiB * kMiB; }
 
-// `e` is the file system's "no room" (a full disk, a quota used up).
-bool out_of_space(const std::exception_ptr& e) noexcept {
+// The same, for what a growth step threw.
+bool threw_out_of_space(const std::exception_ptr& e) noexcept {
   try {
     std::rethrow_exception(e);
   } catch (const PersistError& p) {
-    return p.kind() == ErrorKind::Io && (p.sys_errno() == ENOSPC || p.sys_errno() == EDQUOT);
+    return out_of_space(p);
   } catch (...) {
     return false;
   }
 }
 }  // namespace
+
+bool out_of_space(const PersistError& e) noexcept {
+  return e.kind() == ErrorKind::Io && (e.sys_errno() == ENOSPC || e.sys_errno() == EDQUOT);
+}
 
 void write_zeros(WritableFile& f, std::uint64_t from, std::uint64_t to) {
   // The seam's own default: zeros written through write_at(), whatever `f`'s
@@ -106,7 +110,7 @@ void LogPreallocator::run() {
       } catch (...) {
         lk.lock();
         writing_ = false;
-        if (out_of_space(std::current_exception())) {
+        if (threw_out_of_space(std::current_exception())) {
           // Space ahead is a speed-up, not a need: no room for it fails
           // nothing (zeros this write did put past `at` stay, unclaimed).
           no_room(at);
@@ -233,7 +237,7 @@ void LogPreallocator::reserve(std::uint64_t need, std::uint64_t bytes, WritableF
     // No room for the step past the write: its own space will do. (Only
     // when even that has no room, or on any other failure, does the write
     // fail.)
-    if (to == need || !out_of_space(std::current_exception())) throw;
+    if (to == need || !threw_out_of_space(std::current_exception())) throw;
     grow(own, from, need);
     lk.lock();
     done_cv_.wait(lk, [this] { return !writing_; });

@@ -11,9 +11,14 @@
 #include <mutex>
 #include <thread>
 
+#include "iqdb/persist/error.hpp"
 #include "iqdb/persist/file_system.hpp"
 
 namespace iqdb::persist::wal {
+
+// `e` is the file system's "no room": a full disk (ENOSPC) or a used-up
+// quota (EDQUOT), never a failure of the log where only room was wanted.
+bool out_of_space(const PersistError& e) noexcept;
 
 // The size a new log is made with, zero-filled (LogWriter::create).
 inline constexpr std::uint64_t kLogFirstStep = std::uint64_t{1} << 20;

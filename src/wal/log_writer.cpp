@@ -52,7 +52,7 @@ std::unique_ptr<LogWriter> LogWriter::create(FileSystem& fs, const std::filesyst
     try {
       write_zeros(f, header.size(), kLogFirstStep);
     } catch (const PersistError& e) {
-      if (e.kind() != ErrorKind::Io || e.sys_errno() != ENOSPC) throw;
+      if (!out_of_space(e)) throw;
       f.truncate(header.size());
       ready = header.size();
     }
