@@ -395,6 +395,12 @@ std::unique_ptr<RadosSnapshotStore> RadosSnapshotStore::open(const RadosLocation
   if (r < 0) throw PersistError::io(where, "connecting to the cluster as " + user, -r);
   r = rados_ioctx_create(impl->cluster, location.pool.c_str(), &impl->io);
   if (r < 0) throw PersistError::io(where, "opening the pool", -r);
+  // A full pool (its quota reached, or the cluster full) refuses a write
+  // that would take room at once, with EDQUOT or ENOSPC, instead of holding
+  // it until op_timeout (a failure whose outcome is unknown); what takes no
+  // room still goes through: renewing and releasing the writer lock,
+  // removing what a checkpoint replaced (docs/DISTRIBUTED.md, "A full pool").
+  rados_set_pool_full_try(impl->io);
   return std::unique_ptr<RadosSnapshotStore>(new RadosSnapshotStore(std::move(impl)));
 }
 

@@ -455,5 +455,141 @@ TEST_F(RadosOsdFault, AllOsdsPausedDuringAppends) {
   std::cout << "[ MEASURED ] of " << s.unknown.size() << " failed calls, " << resolved << " had reached RADOS\n";
 }
 
+// A pool of the test's own (8 placement groups), deleted on every way out.
+class OwnPool {
+ public:
+  OwnPool(const ClusterEnv& env, std::string name) : env_(env), name_(std::move(name)) {
+    const std::string cmd = R"({"prefix": "osd pool create", "pool": ")" + name_ + R"(", "pg_num": 8})";
+    created_ = mon_command(env_, cmd.c_str()).has_value();
+  }
+  ~OwnPool() {
+    raw_.reset();  // (its connection first)
+    if (!created_) return;
+    const std::string cmd = R"({"prefix": "osd pool delete", "pool": ")" + name_ + R"(", "pool2": ")" + name_ +
+                            R"(", "yes_i_really_really_mean_it": true})";
+    (void)mon_command(env_, cmd.c_str());
+  }
+  OwnPool(const OwnPool&) = delete;
+  OwnPool& operator=(const OwnPool&) = delete;
+  bool created() const { return created_; }
+  const std::string& name() const { return name_; }
+  // Sets the pool's byte quota (0: none).
+  bool set_max_bytes(std::uint64_t bytes) {
+    const std::string cmd = R"({"prefix": "osd pool set-quota", "pool": ")" + name_ +
+                            R"(", "field": "max_bytes", "val": ")" + std::to_string(bytes) + R"("})";
+    return mon_command(env_, cmd.c_str()).has_value();
+  }
+  // Whether the OSD map marks the pool full (its quota reached).
+  bool full() {
+    const nlohmann::json j = mon_json(env_, R"({"prefix": "osd dump", "format": "json"})");
+    if (!j.is_object()) return false;
+    for (const nlohmann::json& p : j.value("pools", nlohmann::json::array())) {
+      if (p.is_object() && p.value("pool_name", "") == name_) {
+        return p.value("flags_names", "").find("full") != std::string::npos;
+      }
+    }
+    return false;
+  }
+  // The result of a one-byte write, tried despite a full pool, to each of
+  // 32 probe objects (spread over the placement groups, so over every OSD):
+  // every one EDQUOT once the OSDs enforce the quota, 0 once they no longer
+  // do (they learn a new OSD map after the monitors).
+  bool every_probe_gets(int result) {
+    if (!raw_) {
+      raw_ = std::make_unique<RawPool>(ClusterEnv{env_.conf, name_});
+      rados_set_pool_full_try(raw_->io());
+    }
+    const std::byte one{1};
+    for (int i = 0; i < 32; ++i) {
+      if (raw_->write_full("probe." + std::to_string(i), {&one, 1}) != result) return false;
+    }
+    return true;
+  }
+
+ private:
+  ClusterEnv env_;
+  std::string name_;
+  bool created_ = false;
+  std::unique_ptr<RawPool> raw_;
+};
+
+// A pool whose quota is reached (Ceph marks it full; a write to it waits
+// until it is not, unless it is tried): an insert under Always fails at
+// once with Io EDQUOT, not after op_timeout with an unknown outcome
+// (ETIMEDOUT before the fix), as does a checkpoint; the writer's lock is still renewed, and
+// close() releases it;
+// nothing acknowledged is lost, the failed insert does not come back, and
+// once the quota is lifted the next writer goes on at once.
+TEST_F(RadosOsdFault, AFullPoolRefusesWritesAtOnceAndKeepsTheLockWorking) {
+  OwnPool pool(*env_, unique_name("full"));
+  ASSERT_TRUE(pool.created()) << "osd pool create failed";
+  RadosLocation loc;
+  loc.pool = pool.name();
+  loc.name = name_;
+  RadosLockOptions lock;
+  lock.lease = 6s;  // renewed every 2 s: renewals run while the pool is full
+  const auto config = [&] {
+    PersistConfig cfg = rados_persist_config(RadosSnapshotStore::open(loc, options(15s)), name_, lock);
+    cfg.wal_enabled = true;
+    return cfg;
+  };
+  Model acked = model_of(1, 40);
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config());
+    for (std::uint64_t id = 1; id <= 20; ++id) db.insert(id, vector_of(id));
+    db.checkpoint();
+    for (std::uint64_t id = 21; id <= 40; ++id) db.insert(id, vector_of(id));
+    ASSERT_TRUE(pool.set_max_bytes(1));
+    ASSERT_TRUE(within(90s, [&] { return pool.full() && pool.every_probe_gets(-EDQUOT); }))
+        << "the pool was not marked full within 90 s";
+    // A checkpoint fails as at once (its first stripe takes room); the
+    // writer goes on, its snapshot and log as they were.
+    const auto failed_checkpoint = error_of([&] { db.checkpoint(); });
+    ASSERT_TRUE(failed_checkpoint.has_value()) << "a checkpoint into a full pool succeeded";
+    EXPECT_EQ(failed_checkpoint->kind(), ErrorKind::Io) << failed_checkpoint->what();
+    EXPECT_EQ(failed_checkpoint->sys_errno(), EDQUOT) << failed_checkpoint->what();
+    const auto t0 = Clock::now();
+    const auto err = error_of([&] { db.insert(41, vector_of(41)); });
+    const double took = secs(Clock::now() - t0);
+    std::cout << "[ MEASURED ] an insert into the full pool failed after " << took << " s\n";
+    ASSERT_TRUE(err.has_value()) << "an insert into a full pool succeeded";
+    EXPECT_EQ(err->kind(), ErrorKind::Io) << err->what();
+    EXPECT_EQ(err->sys_errno(), EDQUOT) << err->what();
+    // As after any failed append: writes are refused until a reopen.
+    const auto after = error_of([&] { db.insert(42, vector_of(42)); });
+    ASSERT_TRUE(after.has_value()) << "an insert after the failed one succeeded";
+    EXPECT_EQ(after->kind(), ErrorKind::Poisoned) << after->what();
+    // Two leases on, the lock is still this writer's: renewed while the
+    // pool is full (it would have run out otherwise, and another writer
+    // would take it).
+    std::this_thread::sleep_for(14s);
+    const auto second = error_of([&] { (void)PersistedIndex<FlatIndex>::load(config()); });
+    ASSERT_TRUE(second.has_value()) << "a second writer opened beside the first";
+    EXPECT_EQ(second->kind(), ErrorKind::Locked) << second->what();
+    db.close();
+  }
+  // Released by close(), within the lease: the next writer is not Locked
+  // (it may fail for want of room, or open without writing).
+  {
+    const auto next = error_of([&] { (void)PersistedIndex<FlatIndex>::load(config()); });
+    if (next) {
+      EXPECT_NE(next->kind(), ErrorKind::Locked) << next->what();
+    }
+    // Reading needs no room.
+    PersistConfig read_cfg = config();
+    read_cfg.wal_enabled = false;
+    EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(read_cfg).index(), acked), "");
+  }
+  ASSERT_TRUE(pool.set_max_bytes(0));
+  ASSERT_TRUE(within(90s, [&] { return !pool.full() && pool.every_probe_gets(0); }))
+      << "the pool was still full 90 s after its quota was lifted";
+  auto db = PersistedIndex<FlatIndex>::load(config());
+  EXPECT_EQ(diff(db.index(), acked), "");
+  db.insert(41, vector_of(41));
+  acked[41] = vector_of(41);
+  db.close();
+  EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(config()).index(), acked), "");
+}
+
 }  // namespace
 }  // namespace iqdb::persist
