@@ -590,6 +590,64 @@ TEST_F(RadosCli, CopyFoldsALocalLogIntoRadosAndAWriterGoesOn) {
   EXPECT_EQ(again.last_lsn(), 52u);
 }
 
+// A backup restored over an index that replicas follow (copy of the live
+// writer's index to a file at LSN 30; the writer goes on to 60, checkpoints
+// and closes; copy --force of the backup back over it): the copy claims
+// LSN 61, above the replicas (docs/DISTRIBUTED.md, "Backup and restore",
+// step 6), so a replica's next catch-up loads anew and holds the backup's
+// contents at 61, as does a background follower; a writer then goes on
+// from there. (An outside hunt could not try it: its writer still held the
+// name.)
+TEST_F(RadosCli, ReplicasFollowARestoreOfAnOlderBackup) {
+  const Model m = Model::random(8, 60, 21);
+  Model backup{8, {}};
+  const std::filesystem::path file = dir() / "backup.iqdb";
+  {
+    auto w = PersistedIndex<FlatIndex>::open_with(FlatIndex(8, DistanceMetric::Euclidean), config(true));
+    std::uint64_t n = 0;
+    for (const auto& [id, v] : m.rows) {
+      w.insert(id, v);
+      if (++n <= 30) backup.rows.emplace(id, v);
+      if (n == 30) {
+        const auto r = run_cli({"copy", url_, file.string()});
+        ASSERT_EQ(r.code, 0) << r.out << r.err;
+      }
+      if (n == 45) w.checkpoint();
+    }
+    w.checkpoint();  // (copy --force replaces an index whose log holds nothing more)
+    w.close();
+  }
+  auto replica = ReadReplica<FlatIndex>::open(config(false));
+  ASSERT_EQ(replica.last_lsn(), 60u);
+  replica.read([&](const FlatIndex& ix) { m.expect_equal(ix); });
+  auto follower = ReadReplica<FlatIndex>::open(config(false));
+  follower.start_following(std::chrono::milliseconds(20));
+
+  const auto r = run_cli({"copy", "--force", file.string(), url_});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  (void)replica.catch_up();
+  EXPECT_EQ(replica.last_lsn(), 61u);
+  EXPECT_EQ(replica.stats().reloads, 1u);
+  replica.read([&](const FlatIndex& ix) { backup.expect_equal(ix); });
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (follower.last_lsn() != 61 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  follower.stop_following();
+  ASSERT_EQ(follower.last_lsn(), 61u) << (follower.failure() ? *follower.failure() : std::string("no failure"));
+  follower.read([&](const FlatIndex& ix) { backup.expect_equal(ix); });
+
+  auto w = PersistedIndex<FlatIndex>::load(config(true));
+  EXPECT_EQ(w.last_lsn(), 61u);
+  const std::vector<float> v(8, 0.5f);
+  w.insert(1000, v);
+  w.close();
+  backup.rows[1000] = v;
+  (void)replica.catch_up();
+  EXPECT_EQ(replica.last_lsn(), 62u);
+  replica.read([&](const FlatIndex& ix) { backup.expect_equal(ix); });
+}
+
 // A log written with 4 KiB objects, one insert per frame, every frame the
 // same size: the test's own arithmetic over the objects' sizes (the 40-byte
 // header, then whole frames, docs/FORMAT.md) says which records each holds.
