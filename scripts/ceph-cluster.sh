@@ -314,7 +314,10 @@ do_start() {
   local m
   mkdir -p "$dir/mgr-modules"
   for m in /usr/share/ceph/mgr/*.py ${IQDB_CEPH_MGR_MODULES:-balancer crash devicehealth orchestrator pg_autoscaler progress rbd_support status telemetry volumes}; do
-    [ -e "$m" ] || m=/usr/share/ceph/mgr/$m
+    # (A bare name is a module of /usr/share/ceph/mgr, never a path: a file
+    # of that name in the caller's directory was linked before, as a
+    # dangling link the manager aborted on.)
+    case $m in /*) ;; *) m=/usr/share/ceph/mgr/$m ;; esac
     [ -e "$m" ] && ln -s "$m" "$dir/mgr-modules/"
   done
 
