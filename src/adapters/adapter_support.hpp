@@ -6,10 +6,12 @@
 #include <sys/mman.h>
 #endif
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <new>
+#include <span>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -95,6 +97,22 @@ decltype(auto) translate_exceptions(ErrorKind kind, const std::string& what, F&&
   } catch (...) {
     throw PersistError(kind, what + ": unknown exception");
   }
+}
+
+// Scales `v` to unit length, for Cosine: the squared length and each
+// quotient in double, so that a vector whose squared length overflows or
+// underflows a float (components beyond about 1e19, or below about 1e-19,
+// denormals included) is normalised as any other. (Done in float, as
+// faiss::fvec_renorm_L2 does, 1e20 became the zero vector and 1e-30 stayed
+// unnormalised; hnswlib's adapter took 1e-40 to infinity: an outside hunt.)
+// A zero vector, or one with a NaN or an infinite component, is left as
+// given.
+inline void normalize_for_cosine(std::span<float> v) noexcept {
+  double sum = 0;
+  for (const float x : v) sum += static_cast<double>(x) * static_cast<double>(x);
+  if (!(sum > 0) || !std::isfinite(sum)) return;
+  const double norm = std::sqrt(sum);
+  for (float& x : v) x = static_cast<float>(static_cast<double>(x) / norm);
 }
 
 }  // namespace iqdb::persist::adapters::detail

@@ -9,7 +9,6 @@
 #include <faiss/index_io.h>
 #include <faiss/invlists/DirectMap.h>
 #include <faiss/invlists/InvertedLists.h>
-#include <faiss/utils/distances.h>
 #include <omp.h>
 #include <pthread.h>
 
@@ -582,7 +581,7 @@ struct FaissIndex::Impl {
 
   std::vector<float> prepared(std::span<const float> vec) const {
     std::vector<float> v(vec.begin(), vec.end());
-    if (cosine) faiss::fvec_renorm_L2(v.size(), 1, v.data());
+    if (cosine) adapters::detail::normalize_for_cosine(v);
     return v;
   }
 };

@@ -237,14 +237,7 @@ struct HnswlibIndex::Impl {
   // The vector as hnswlib gets it: normalized for Cosine.
   std::vector<float> prepared(std::span<const float> vec) const {
     std::vector<float> v(vec.begin(), vec.end());
-    if (metric == DistanceMetric::Cosine) {
-      double norm = 0;
-      for (const float x : v) norm += static_cast<double>(x) * static_cast<double>(x);
-      if (norm > 0) {
-        const auto inv = static_cast<float>(1.0 / std::sqrt(norm));
-        for (float& x : v) x *= inv;
-      }
-    }
+    if (metric == DistanceMetric::Cosine) adapters::detail::normalize_for_cosine(v);
     return v;
   }
 };

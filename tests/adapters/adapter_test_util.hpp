@@ -3,12 +3,16 @@
 // payloads held in memory.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <iqdb/persist.hpp>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace iqdb::persist::test {
@@ -75,5 +79,30 @@ class BufferReader final : public PayloadReader {
   const std::vector<std::byte>& b_;
   std::size_t pos_ = 0;
 };
+
+// Cosine over vectors of any finite length (the adapters' tests): ids 1-4
+// along (1,1,1) with components 1, 1e20, 1e-30 and 1e-40 (squared lengths
+// that overflow or underflow a float), ids 10 and 11 along two axes. A
+// search for (q,q,q), q of any length too, must return ids 1-4 first, each
+// at `along` (the index's own figure for cosine 1), then an axis at
+// `axis` (its figure for cosine 1/sqrt(3)).
+template <class Index>
+void check_cosine_over_any_length(Index& ix, float along, float axis) {
+  const float lengths[] = {1.0f, 1e20f, 1e-30f, 1e-40f};
+  for (std::uint64_t i = 0; i < 4; ++i) ix.insert(i + 1, std::vector<float>(3, lengths[i]));
+  ix.insert(10, std::vector<float>{1, 0, 0});
+  ix.insert(11, std::vector<float>{0, 1, 0});
+  for (const float q : {1.0f, 1e20f, 1e-40f}) {
+    SCOPED_TRACE("query component " + std::to_string(q));
+    const auto hits = ix.search(std::vector<float>(3, q), 6);
+    ASSERT_EQ(hits.size(), 6u);
+    for (std::size_t i = 0; i < 4; ++i) {
+      EXPECT_GE(hits[i].id, 1u);
+      EXPECT_LE(hits[i].id, 4u);
+      EXPECT_NEAR(hits[i].distance, along, 1e-5f) << "id " << hits[i].id;
+    }
+    EXPECT_NEAR(hits[4].distance, axis, 1e-5f);
+  }
+}
 
 }  // namespace iqdb::persist::test

@@ -368,6 +368,17 @@ TEST(FaissAdapter, EveryTypeLoadsAsSavedAndSearchesIdentically) {
   }
 }
 
+// Cosine normalises in double (an outside hunt): with faiss::fvec_renorm_L2
+// (float) a vector of components 1e20 became the zero vector (similarity 0)
+// and one of 1e-30 stayed unnormalised (similarity ~1e-30). Model: every
+// vector along (1,1,1), whatever its finite length, has cosine similarity 1
+// with the query (1,1,1) and comes before (1,0,0) and (0,1,0); queries of
+// any length likewise.
+TEST(FaissAdapter, CosineNormalisesVectorsOfAnyFiniteLength) {
+  FaissIndex ix(wrap<faiss::IndexIDMap2>(flat(3, faiss::METRIC_INNER_PRODUCT)), FaissOptions{true});
+  test::check_cosine_over_any_length(ix, 1.0f, 1.0f / std::sqrt(3.0f));
+}
+
 TEST(FaissAdapter, EmptyIndexesRoundTrip) {
   for (const Case& c : cases()) {
     SCOPED_TRACE(c.name);

@@ -11,6 +11,7 @@
 #include <rapidcheck/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <iterator>
 #include <cstring>
@@ -427,6 +428,17 @@ RC_GTEST_PROP(HnswlibAdapterPayload, FlippedBytesNeverCrash, ()) {
   } catch (const PersistError& e) {
     RC_ASSERT(e.kind() == ErrorKind::InvalidPayload || e.kind() == ErrorKind::TruncatedPayload);
   }
+}
+
+// Cosine normalises in double (an outside hunt): 1 / sqrt(norm) was taken
+// to float, so a vector of components 1e-40 was scaled to infinity and
+// every later search put it first at a NaN distance. Model: every vector
+// along (1,1,1), whatever its finite length, is at distance 0 (1 - cos)
+// from the query (1,1,1), before (1,0,0) and (0,1,0) at 1 - 1/sqrt(3);
+// queries of any length likewise.
+TEST(HnswlibAdapter, CosineNormalisesVectorsOfAnyFiniteLength) {
+  HnswlibIndex ix(3, DistanceMetric::Cosine);
+  test::check_cosine_over_any_length(ix, 0.0f, 1.0f - 1.0f / std::sqrt(3.0f));
 }
 
 // ---------------------------------------------------------------- WAL
