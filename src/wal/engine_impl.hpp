@@ -63,13 +63,14 @@ struct Replayed {
 Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const std::filesystem::path& log_path,
                     std::uint64_t folded, const WalEngine::Replay& replay, const WalEngine::ReserveHint& reserve,
                     bool live);
-// The error for the exception in flight (call it only in a catch handler)
-// while the index applied `r`, the log's record with LSN `lsn` (a load's
-// replay, a replica's catch-up): the index refusing it (a PersistError, or
-// any exception of an index type's own) is CorruptLog naming `log_path`
-// (where in it: the record's frame) and the LSN; running out of memory or
-// threads is Io (resource_error). A thread ending is rethrown.
-PersistError record_not_applied(const wal::RecordView& r, std::uint64_t lsn, const std::filesystem::path& log_path);
+// The error for `thrown`, what the index threw while it applied `r`, the
+// log's record with LSN `lsn` (a load's replay, a replica's catch-up; a
+// thread ending, abi::__forced_unwind, is the caller's to rethrow): the
+// index refusing it (a PersistError, or any exception of an index type's
+// own) is CorruptLog naming `log_path` (where in it: the record's frame)
+// and the LSN; running out of memory or threads is Io (resource_error).
+PersistError record_not_applied(const std::exception_ptr& thrown, const wal::RecordView& r, std::uint64_t lsn,
+                                const std::filesystem::path& log_path);
 // open_with with the WAL, without PersistConfig::discard_log: refuse
 // (WouldLoseWrites; CorruptLog for a log damaged in the middle) to replace
 // an index that holds anything: log records above its snapshot, or a

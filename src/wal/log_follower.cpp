@@ -12,6 +12,8 @@
 // appended to it after that), before the next one is opened.
 #include "iqdb/persist/detail/log_follower.hpp"
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <exception>
@@ -222,11 +224,14 @@ class LogFollower::Impl {
         replay(r);
       } catch (const PersistError&) {
         throw;  // the index refused it: poll() loads anew (Io: for the caller)
+      } catch (const abi::__forced_unwind&) {
+        throw;  // a thread ending (pthread_exit)
       } catch (...) {
         // An index type's own exception (or a shortage): for the caller,
         // typed. Not thrown as CorruptLog from here: follow_settled would
         // take it for a frame being written and read it again.
-        throw IndexRefused{std::make_exception_ptr(record_not_applied(r, lsn, storage_->log_path()))};
+        const PersistError refused = record_not_applied(std::current_exception(), r, lsn, storage_->log_path());
+        throw IndexRefused{std::make_exception_ptr(refused)};
       }
       last_ = lsn;
     };

@@ -84,7 +84,8 @@ std::uint64_t lsn_bound_with_log(std::uint64_t floor, const ReadableFile& log) {
   return records > UINT64_MAX - from ? UINT64_MAX : from + records;  // (saturating: a foreign header)
 }
 
-PersistError record_not_applied(const wal::RecordView& r, std::uint64_t lsn, const fs::path& log_path) {
+PersistError record_not_applied(const std::exception_ptr& thrown, const wal::RecordView& r, std::uint64_t lsn,
+                                const fs::path& log_path) {
   const auto does_not_apply = [&](std::string_view why) {
     return PersistError::at(ErrorKind::CorruptLog, log_path,
                             "record with LSN " + std::to_string(lsn) + " does not apply to the snapshot: " +
@@ -92,11 +93,9 @@ PersistError record_not_applied(const wal::RecordView& r, std::uint64_t lsn, con
                             r.frame_offset);
   };
   try {
-    throw;
+    std::rethrow_exception(thrown);
   } catch (const PersistError& e) {
     return does_not_apply(e.what());
-  } catch (const abi::__forced_unwind&) {
-    throw;  // a thread ending (pthread_exit): not the index's refusal
   } catch (const std::exception& e) {
     // Out of memory or no thread: not damage. Anything else an index type
     // throws (one of a user's, refusing the record with its own exception)
@@ -125,8 +124,10 @@ Replayed replay_log(IndexStorage& storage, const ReadableFile& file, const fs::p
     if (lsn != expect) throw_gap(log_path, lsn, expect, r.frame_offset);
     try {
       replay(r);
+    } catch (const abi::__forced_unwind&) {
+      throw;  // a thread ending (pthread_exit): not the index's refusal
     } catch (...) {
-      throw record_not_applied(r, lsn, log_path);
+      throw record_not_applied(std::current_exception(), r, lsn, log_path);
     }
     ++expect;
   };
