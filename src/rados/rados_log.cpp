@@ -194,6 +194,7 @@ class RadosLogSink final : public detail::LogSink {
   }
 
   void write_staged(const Staged& s) override {
+    refused_.store(false);  // (a failure here is no refusal: refused_whole() is of this sync)
     if (s.bytes.empty()) return;
     std::lock_guard lk(mu_);
     check_usable();
@@ -235,6 +236,7 @@ class RadosLogSink final : public detail::LogSink {
   // alone, into an object of its own): every write operation stays within
   // kMaxLogObject, below osd_max_write_size.
   std::uint64_t max_group_bytes() const noexcept override { return limit_; }
+  bool refused_whole() const noexcept override { return refused_.load(); }
 
  private:
   fs::path log_name() const { return object_path(store_, name_ + ".log." + std::to_string(gen_)); }
@@ -249,14 +251,33 @@ class RadosLogSink final : public detail::LogSink {
   // Every byte appended or written so far, out in write operations.
   void flush() {
     std::lock_guard f(flush_mu_);
+    refused_.store(false);
+    std::uint64_t sent_before = 0;
     {
       std::lock_guard lk(mu_);
       check_usable();
+      sent_before = sent_;
       std::swap(out_, pending_);
       std::swap(out_bounds_, bounds_);
     }
     try {
       send();
+    } catch (const PersistError& e) {
+      std::lock_guard lk(mu_);
+      // A full pool refused the first operation: nothing of this flush is
+      // in the log (docs/DISTRIBUTED.md, "A full pool"). The bytes go back
+      // in front of those appended since, to be sent again or cut.
+      if (sent_ == sent_before && refusal(e)) {
+        try {
+          put_back();
+          refused_.store(true);
+        } catch (...) {  // out of memory
+          failed_ = true;
+        }
+      } else {
+        failed_ = true;
+      }
+      throw;
     } catch (...) {
       std::lock_guard lk(mu_);
       failed_ = true;
@@ -264,6 +285,28 @@ class RadosLogSink final : public detail::LogSink {
     }
     // Read replicas are woken (never waited for).
     if (!out_.empty()) notifier_->changed();
+    out_.clear();
+    out_bounds_.clear();
+  }
+
+  // A full pool's answer to an operation that takes room, sent with
+  // rados_set_pool_full_try: the OSD checks the pool's mark after it
+  // recognised a resent operation as done before (which it answers as
+  // before), so the refusal is certain; the operation is one transaction,
+  // so none of it happened.
+  static bool refusal(const PersistError& e) noexcept {
+    return e.kind() == ErrorKind::Io && (e.sys_errno() == EDQUOT || e.sys_errno() == ENOSPC);
+  }
+
+  // out_ (unsent) back in front of pending_ (mu_ held).
+  void put_back() {
+    const std::size_t n = out_.size();
+    out_.reserve(n + pending_.size());
+    out_bounds_.reserve(out_bounds_.size() + bounds_.size());
+    out_.insert(out_.end(), pending_.begin(), pending_.end());
+    for (const std::uint64_t b : bounds_) out_bounds_.push_back(b + n);
+    std::swap(out_, pending_);
+    std::swap(out_bounds_, bounds_);
     out_.clear();
     out_bounds_.clear();
   }
@@ -390,6 +433,13 @@ class RadosLogSink final : public detail::LogSink {
                              "unknown until the index is reopened)",
                              ETIMEDOUT);
     }
+    if (r == -EDQUOT || r == -ENOSPC) {
+      throw PersistError::io(where,
+                             std::string("appending to the log: the pool is full (") +
+                                 (r == -EDQUOT ? "its quota" : "the cluster's full ratio") +
+                                 "); refused, nothing of this write was appended",
+                             -r);
+    }
     throw_rados(where, "appending to the log", r);
   }
 
@@ -408,6 +458,7 @@ class RadosLogSink final : public detail::LogSink {
   std::vector<std::byte> staged_;
   std::uint64_t sent_;  // log bytes RADOS acknowledged
   bool failed_ = false;
+  std::atomic<bool> refused_{false};  // the last flush was refused whole (refused_whole())
   std::atomic<std::uint64_t> end_;
   // One flush at a time; it alone touches what follows.
   std::mutex flush_mu_;

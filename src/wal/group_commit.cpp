@@ -342,6 +342,14 @@ std::exception_ptr WalEngine::Impl::sync_failed(const std::exception_ptr& err) n
   if (policy_.mode() == FsyncPolicy::Mode::Always) {
     try {
       writer_->cut(synced_end_);
+      // Refused whole for certain (a full RADOS pool): none of the queued
+      // frames is in the log, and now none is in the sink either. They fail,
+      // their LSNs are taken again, and writes go on: no outcome is unknown.
+      if (writer_->refused_whole()) {
+        if (!queue_.empty()) next_lsn_ = queue_.front()->first_lsn;
+        fail_queue(report);
+        return report;
+      }
     } catch (...) {
       report = poison_uncut(err);
     }

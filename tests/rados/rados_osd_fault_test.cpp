@@ -473,6 +473,12 @@ class OwnPool {
   OwnPool& operator=(const OwnPool&) = delete;
   bool created() const { return created_; }
   const std::string& name() const { return name_; }
+  RadosLocation location(const std::string& index_name) const {
+    RadosLocation loc;
+    loc.pool = name_;
+    loc.name = index_name;
+    return loc;
+  }
   // Sets the pool's byte quota (0: none).
   bool set_max_bytes(std::uint64_t bytes) {
     const std::string cmd = R"({"prefix": "osd pool set-quota", "pool": ")" + name_ +
@@ -491,17 +497,20 @@ class OwnPool {
     return false;
   }
   // The result of a one-byte write, tried despite a full pool, to each of
-  // 32 probe objects (spread over the placement groups, so over every OSD):
-  // every one EDQUOT once the OSDs enforce the quota, 0 once they no longer
-  // do (they learn a new OSD map after the monitors).
+  // 32 new probe objects (spread over the placement groups, so over every
+  // OSD): every one EDQUOT once the OSDs enforce the quota, 0 once they no
+  // longer do (they learn a new OSD map after the monitors). New each time:
+  // a full pool lets through a write that takes no more room (the same
+  // byte over an object's only byte).
   bool every_probe_gets(int result) {
     if (!raw_) {
       raw_ = std::make_unique<RawPool>(ClusterEnv{env_.conf, name_});
       rados_set_pool_full_try(raw_->io());
     }
     const std::byte one{1};
+    const std::string round = "probe." + std::to_string(++probes_) + ".";
     for (int i = 0; i < 32; ++i) {
-      if (raw_->write_full("probe." + std::to_string(i), {&one, 1}) != result) return false;
+      if (raw_->write_full(round + std::to_string(i), {&one, 1}) != result) return false;
     }
     return true;
   }
@@ -511,21 +520,20 @@ class OwnPool {
   std::string name_;
   bool created_ = false;
   std::unique_ptr<RawPool> raw_;
+  int probes_ = 0;
 };
 
 // A pool whose quota is reached (Ceph marks it full; a write to it waits
 // until it is not, unless it is tried): an insert under Always fails at
 // once with Io EDQUOT, not after op_timeout with an unknown outcome
-// (ETIMEDOUT before the fix), as does a checkpoint; the writer's lock is still renewed, and
-// close() releases it;
-// nothing acknowledged is lost, the failed insert does not come back, and
-// once the quota is lifted the next writer goes on at once.
+// (ETIMEDOUT before the fix), as does a checkpoint; the refusal is certain,
+// so the writer is not poisoned and goes on once the quota is lifted; its
+// lock is still renewed while the pool is full, and close() releases it;
+// nothing acknowledged is lost, and no refused write comes back.
 TEST_F(RadosOsdFault, AFullPoolRefusesWritesAtOnceAndKeepsTheLockWorking) {
   OwnPool pool(*env_, unique_name("full"));
   ASSERT_TRUE(pool.created()) << "osd pool create failed";
-  RadosLocation loc;
-  loc.pool = pool.name();
-  loc.name = name_;
+  const RadosLocation loc = pool.location(name_);
   RadosLockOptions lock;
   lock.lease = 6s;  // renewed every 2 s: renewals run while the pool is full
   const auto config = [&] {
@@ -533,32 +541,54 @@ TEST_F(RadosOsdFault, AFullPoolRefusesWritesAtOnceAndKeepsTheLockWorking) {
     cfg.wal_enabled = true;
     return cfg;
   };
+  const auto fill = [&] {
+    return pool.set_max_bytes(1) && within(90s, [&] { return pool.full() && pool.every_probe_gets(-EDQUOT); });
+  };
+  const auto refused = [](const std::optional<PersistError>& err, const char* what) {
+    ASSERT_TRUE(err.has_value()) << what << " into a full pool succeeded";
+    EXPECT_EQ(err->kind(), ErrorKind::Io) << what << ": " << err->what();
+    EXPECT_EQ(err->sys_errno(), EDQUOT) << what << ": " << err->what();
+  };
   Model acked = model_of(1, 40);
   {
     auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config());
     for (std::uint64_t id = 1; id <= 20; ++id) db.insert(id, vector_of(id));
     db.checkpoint();
     for (std::uint64_t id = 21; id <= 40; ++id) db.insert(id, vector_of(id));
-    ASSERT_TRUE(pool.set_max_bytes(1));
-    ASSERT_TRUE(within(90s, [&] { return pool.full() && pool.every_probe_gets(-EDQUOT); }))
-        << "the pool was not marked full within 90 s";
+    ASSERT_TRUE(fill()) << "the pool was not marked full within 90 s";
     // A checkpoint fails as at once (its first stripe takes room); the
     // writer goes on, its snapshot and log as they were.
-    const auto failed_checkpoint = error_of([&] { db.checkpoint(); });
-    ASSERT_TRUE(failed_checkpoint.has_value()) << "a checkpoint into a full pool succeeded";
-    EXPECT_EQ(failed_checkpoint->kind(), ErrorKind::Io) << failed_checkpoint->what();
-    EXPECT_EQ(failed_checkpoint->sys_errno(), EDQUOT) << failed_checkpoint->what();
+    refused(error_of([&] { db.checkpoint(); }), "a checkpoint");
     const auto t0 = Clock::now();
     const auto err = error_of([&] { db.insert(41, vector_of(41)); });
     const double took = secs(Clock::now() - t0);
     std::cout << "[ MEASURED ] an insert into the full pool failed after " << took << " s\n";
-    ASSERT_TRUE(err.has_value()) << "an insert into a full pool succeeded";
-    EXPECT_EQ(err->kind(), ErrorKind::Io) << err->what();
-    EXPECT_EQ(err->sys_errno(), EDQUOT) << err->what();
-    // As after any failed append: writes are refused until a reopen.
-    const auto after = error_of([&] { db.insert(42, vector_of(42)); });
-    ASSERT_TRUE(after.has_value()) << "an insert after the failed one succeeded";
-    EXPECT_EQ(after->kind(), ErrorKind::Poisoned) << after->what();
+    refused(err, "an insert");
+    // The refusal is certain (nothing was appended): the writer is not
+    // poisoned, every later write is refused the same way and changes
+    // nothing, lone or in a group of threads.
+    EXPECT_FALSE(db.failure().has_value()) << db.failure().value_or("");
+    refused(error_of([&] { db.insert(42, vector_of(42)); }), "a second insert");
+    refused(error_of([&] { db.erase(7); }), "an erase");
+    WriteBatch batch;
+    batch.insert(43, vector_of(43));
+    batch.erase(8);
+    refused(error_of([&] { db.write(batch); }), "a batch");
+    {
+      std::vector<std::optional<PersistError>> errs(4);
+      std::vector<std::thread> threads;
+      for (std::size_t t = 0; t < errs.size(); ++t) {
+        threads.emplace_back([&, t] {
+          const std::uint64_t id = 50 + t;
+          errs[t] = error_of([&] { db.insert(id, vector_of(id)); });
+        });
+      }
+      for (auto& t : threads) t.join();
+      for (const auto& e : errs) refused(e, "a concurrent insert");
+    }
+    EXPECT_FALSE(db.failure().has_value()) << db.failure().value_or("");
+    EXPECT_EQ(db.last_lsn(), 40u);
+    EXPECT_EQ(diff(db.index(), acked), "");
     // Two leases on, the lock is still this writer's: renewed while the
     // pool is full (it would have run out otherwise, and another writer
     // would take it).
@@ -566,6 +596,18 @@ TEST_F(RadosOsdFault, AFullPoolRefusesWritesAtOnceAndKeepsTheLockWorking) {
     const auto second = error_of([&] { (void)PersistedIndex<FlatIndex>::load(config()); });
     ASSERT_TRUE(second.has_value()) << "a second writer opened beside the first";
     EXPECT_EQ(second->kind(), ErrorKind::Locked) << second->what();
+    // Room again: the same writer goes on, at the next LSN (41: the
+    // refused writes took none).
+    ASSERT_TRUE(pool.set_max_bytes(0));
+    ASSERT_TRUE(within(90s, [&] { return !pool.full() && pool.every_probe_gets(0); }))
+        << "the pool was still full 90 s after its quota was lifted";
+    db.insert(41, vector_of(41));
+    EXPECT_EQ(db.last_lsn(), 41u);
+    db.erase(7);
+    acked[41] = vector_of(41);
+    acked.erase(7);
+    // Full again: close() releases the lock all the same.
+    ASSERT_TRUE(fill()) << "the pool was not marked full again within 90 s";
     db.close();
   }
   // Released by close(), within the lease: the next writer is not Locked
@@ -575,20 +617,54 @@ TEST_F(RadosOsdFault, AFullPoolRefusesWritesAtOnceAndKeepsTheLockWorking) {
     if (next) {
       EXPECT_NE(next->kind(), ErrorKind::Locked) << next->what();
     }
-    // Reading needs no room.
+    // Reading needs no room; the log holds no trace of the refused writes.
     PersistConfig read_cfg = config();
     read_cfg.wal_enabled = false;
-    EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(read_cfg).index(), acked), "");
+    const auto read = PersistedIndex<FlatIndex>::load(read_cfg);
+    EXPECT_EQ(diff(read.index(), acked), "");
+    EXPECT_EQ(read.last_lsn(), 42u);
   }
-  ASSERT_TRUE(pool.set_max_bytes(0));
-  ASSERT_TRUE(within(90s, [&] { return !pool.full() && pool.every_probe_gets(0); }))
-      << "the pool was still full 90 s after its quota was lifted";
-  auto db = PersistedIndex<FlatIndex>::load(config());
-  EXPECT_EQ(diff(db.index(), acked), "");
-  db.insert(41, vector_of(41));
-  acked[41] = vector_of(41);
-  db.close();
-  EXPECT_EQ(diff(PersistedIndex<FlatIndex>::load(config()).index(), acked), "");
+}
+
+// Under Periodic the records a full pool refused were acknowledged already:
+// the writer refuses writes (Poisoned), and its close() sends them once
+// there is room.
+TEST_F(RadosOsdFault, UnderPeriodicRecordsAFullPoolRefusedAreSentByClose) {
+  OwnPool pool(*env_, unique_name("fullp"));
+  ASSERT_TRUE(pool.created()) << "osd pool create failed";
+  const RadosLocation loc = pool.location(name_);
+  const auto config = [&] {
+    PersistConfig cfg = rados_persist_config(RadosSnapshotStore::open(loc, options(15s)), name_);
+    cfg.wal_enabled = true;
+    cfg.fsync_policy = FsyncPolicy::periodic(50ms);
+    return cfg;
+  };
+  Model acked = model_of(1, 12);
+  {
+    auto db = PersistedIndex<FlatIndex>::open_with(FlatIndex(kDim, DistanceMetric::Euclidean), config());
+    for (std::uint64_t id = 1; id <= 10; ++id) db.insert(id, vector_of(id));
+    db.sync();
+    ASSERT_TRUE(pool.set_max_bytes(1));
+    ASSERT_TRUE(within(90s, [&] { return pool.full() && pool.every_probe_gets(-EDQUOT); }))
+        << "the pool was not marked full within 90 s";
+    db.insert(11, vector_of(11));  // acknowledged before its flush
+    db.insert(12, vector_of(12));
+    ASSERT_TRUE(within(10s, [&] { return db.failure().has_value(); }))
+        << "the periodic flush into the full pool did not fail within 10 s";
+    EXPECT_NE(db.failure()->find("full"), std::string::npos) << *db.failure();
+    const auto after = error_of([&] { db.insert(13, vector_of(13)); });
+    ASSERT_TRUE(after.has_value()) << "an insert after the failed flush succeeded";
+    EXPECT_EQ(after->kind(), ErrorKind::Poisoned) << after->what();
+    ASSERT_TRUE(pool.set_max_bytes(0));
+    ASSERT_TRUE(within(90s, [&] { return !pool.full() && pool.every_probe_gets(0); }))
+        << "the pool was still full 90 s after its quota was lifted";
+    db.close();
+  }
+  PersistConfig read_cfg = config();
+  read_cfg.wal_enabled = false;
+  const auto read = PersistedIndex<FlatIndex>::load(read_cfg);
+  EXPECT_EQ(diff(read.index(), acked), "");
+  EXPECT_EQ(read.last_lsn(), 12u);
 }
 
 }  // namespace

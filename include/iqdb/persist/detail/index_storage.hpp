@@ -47,7 +47,7 @@ class LogSink {
   virtual void append(std::span<const std::byte> frame) = 0;
   // Everything appended or written so far is durable when this returns (a
   // local file: fdatasync; RADOS: the group went out in one operation that
-  // every replica acknowledged). A failure leaves the outcome unknown.
+  // every replica acknowledged). A failure leaves the outcome unknown (but see refused_whole()).
   virtual void datasync() = 0;
   // Group commit: stage() counts the frame in end(); take_staged() (under the
   // engine's lock) hands over the staged bytes before log offset `upto` (a
@@ -70,6 +70,12 @@ class LogSink {
   virtual void close() = 0;
   // A hint: appends need not each be followed by a datasync (Periodic, Never).
   virtual void use_mapping() noexcept {}
+  // After a datasync() that threw: whether the storage refused all of it for
+  // certain, so that none of its bytes can be in the log, and this sink
+  // holds them as before, unsent (RADOS: a full pool refused the first
+  // write operation with EDQUOT or ENOSPC). Under Always the engine then
+  // cuts them off and takes further writes instead of refusing them.
+  virtual bool refused_whole() const noexcept { return false; }
 
   virtual std::uint64_t end() const noexcept = 0;
   virtual std::uint64_t salt() const noexcept = 0;
