@@ -123,14 +123,28 @@ class RadosIndexStorage final : public IndexStorage {
   }
 
   // A RADOS write operation is atomic and each holds whole frames, so bytes
-  // after the last complete frame are damage, never a torn write.
+  // after the last complete frame are damage, never a torn write; nor does
+  // anything pad a log object, so zeros there are damage too (a local log's
+  // zeros are its padding).
   void check_scan(const wal::ScanResult& scan) override {
-    if (scan.torn_tail_bytes == 0) return;
-    throw PersistError::at(ErrorKind::CorruptLog, locate(scan.valid_bytes),
-                           std::to_string(scan.torn_tail_bytes) +
-                               " bytes after the last valid frame do not form a frame; a RADOS append is atomic, so "
-                               "a log object was changed or cut",
-                           scan.valid_bytes);
+    // Damage with intact frames after it: a scan that reports it (wal dump)
+    // says so, as a load does (CorruptLog, "damaged and intact frames
+    // follow"), rather than as bytes that do not form a frame.
+    if (scan.corrupt_offset) return;
+    if (scan.torn_tail_bytes > 0) {
+      throw PersistError::at(ErrorKind::CorruptLog, locate(scan.valid_bytes),
+                             std::to_string(scan.torn_tail_bytes) +
+                                 " bytes after the last valid frame do not form a frame; a RADOS append is atomic, "
+                                 "so a log object was changed or cut",
+                             scan.valid_bytes);
+    }
+    if (scan.file_size > scan.valid_bytes) {
+      throw PersistError::at(ErrorKind::CorruptLog, locate(scan.valid_bytes),
+                             std::to_string(scan.file_size - scan.valid_bytes) +
+                                 " zero bytes follow the last valid frame; nothing pads a RADOS log, so a log object "
+                                 "was changed",
+                             scan.valid_bytes);
+    }
   }
 
   fs::path locate(std::uint64_t offset) const override {

@@ -112,13 +112,14 @@ class LogFollower::Impl {
       const wal::Followed r = follow_settled({}, /*check_last_frame=*/false);
       return std::max(last_, r.at.next_lsn - 1);
     } catch (const PersistError& e) {
-      // A log no longer as the replica read it (cut back, replaced): the
-      // next catch-up loads anew; until then the replica's LSN is all it
-      // can vouch for.
+      // A log no longer as the replica read it (cut back, replaced; on
+      // RADOS removed by the collection behind a second checkpoint, which
+      // reads as objects missing, TruncatedPayload): the next catch-up
+      // loads anew; until then the replica's LSN is all it can vouch for.
       // (A catch-up that failed after applying records past the follow
       // point does not change that: the damage it met is still there, and
       // lag() says so as catch_up() does.)
-      if (e.kind() != ErrorKind::CorruptLog || holds_what_was_read()) throw;
+      if (e.kind() == ErrorKind::Io || holds_what_was_read()) throw;
     }
     return last_;
   }
@@ -249,12 +250,14 @@ class LogFollower::Impl {
     // or below what it held.
     if (r.base_lsn > at_start + 1 || (r.base_lsn != 0 && r.base_lsn <= at_start)) throw NeedReload{};
     at_ = r.at;
-    if (r.pending_bytes > 0) {
+    if (r.pending_bytes > 0 || r.zero_bytes > 0) {
       // Bytes that do not form a frame yet: a frame being written (local
-      // files), or, where appends are atomic (RADOS), damage.
+      // files), or, where appends are atomic (RADOS), damage; zeros: the
+      // padding of a local log, damage on RADOS (which never pads).
       wal::ScanResult scan;
       scan.valid_bytes = at_.offset;
       scan.torn_tail_bytes = r.pending_bytes;
+      scan.file_size = at_.offset + std::max(r.pending_bytes, r.zero_bytes);
       storage_->check_scan(scan);
     }
   }

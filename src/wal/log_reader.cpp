@@ -255,6 +255,7 @@ class Scanner {
     // (CorruptLog), else a frame still being written.
     if (v == Verdict::Damaged) handle_damage(pos);
     out.pending_bytes = r_.torn_tail_bytes;
+    if (v == Verdict::End && pos < until && pos < size()) out.zero_bytes = size() - pos;
     return out;
   }
 

@@ -70,6 +70,10 @@ struct Followed {
   // Non-zero bytes after `at` that do not form a complete frame: a frame
   // being written (local files), or damage.
   std::uint64_t pending_bytes = 0;
+  // Zero bytes after `at` up to the end of the file read, when the read
+  // stopped at them (not at `until`): a local log's padding; on RADOS,
+  // where nothing pads, damage (IndexStorage::check_scan).
+  std::uint64_t zero_bytes = 0;
 };
 // The complete frames from `from` on, each checked as scan_file checks it and
 // delivered to on_record; stops at the first frame that is not complete (the

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -738,8 +739,17 @@ TEST_F(RadosCliRepair, WalRepairCutsAFlippedLogObject) {
   ASSERT_TRUE(pool.flip(damaged, 10));
   const std::uint64_t kept = (log.bytes_before(2) - kLogHeader) / log.frame;
   expect_load_fails(ErrorKind::CorruptLog, damaged);
+  // `wal dump` prints the records before the damage and says what a load
+  // says (before: "... bytes after the last valid frame do not form a
+  // frame", an outside hunt).
+  auto r = run_cli({"wal", "dump", url_});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.out.find(std::to_string(kept) + " records in " + std::to_string(kept) + " frames"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.err.find("is damaged and"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("do not form a frame"), std::string::npos) << r.err;
 
-  auto r = run_cli({"wal", "repair", url_});
+  r = run_cli({"wal", "repair", url_});
   EXPECT_EQ(r.code, 1) << r.out << r.err;
   EXPECT_NE(r.out.find("valid prefix: " + std::to_string(kept) + " records"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("dry run: nothing changed"), std::string::npos) << r.out;
@@ -784,6 +794,55 @@ TEST_F(RadosCliRepair, WalRepairCutsATruncatedLogObject) {
   EXPECT_NE(r.out.find("damaged objects: log object " + std::to_string(last)), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("after " + std::to_string(kept) + " records"), std::string::npos) << r.out;
   expect_repaired(log, kept);
+}
+
+// Zero bytes after the last frame of the last log object, covered by its
+// size attribute: a local log's padding, but nothing pads a RADOS log. Every
+// reader agrees that it is damage (CorruptLog naming the object): a load
+// without the WAL, a replica's open and a replica's catch-up (as a writer's
+// load); `wal dump` fails, `wal repair` cuts them and keeps every record.
+// Before, the loads without the WAL, replicas, `wal dump` and `wal repair`
+// ("nothing to repair") took the zeros for the log's end, while a writer's
+// load and `checkpoint` refused the log: no writer could open it, and no
+// repair helped (an outside hunt).
+TEST_F(RadosCliRepair, WalRepairCutsZerosAfterTheLastFrame) {
+  const LoggedRows log = write_log(100);
+  const std::size_t last = log.object_sizes.size() - 1;
+  const std::string damaged = log_obj(log.generation, last);
+  auto replica = ReadReplica<FlatIndex>::open(config(false));
+  ASSERT_EQ(replica.last_lsn(), 100u);
+  RawPool pool(*env_);
+  const std::uint64_t size = log.object_sizes[last] + 16;
+  ASSERT_TRUE(pool.truncate(damaged, size));  // (extends with zeros)
+  char attr[17] = {};
+  std::snprintf(attr, sizeof attr, "%016llx", static_cast<unsigned long long>(size));
+  ASSERT_TRUE(pool.set_attr(damaged, "iqdb.size", attr));
+  expect_load_fails(ErrorKind::CorruptLog, damaged);
+  for (int reader = 0; reader < 2; ++reader) {
+    try {
+      if (reader == 0) {
+        (void)ReadReplica<FlatIndex>::open(config(false));
+      } else {
+        replica.catch_up();
+      }
+      ADD_FAILURE() << (reader == 0 ? "a replica opened" : "a replica caught up with") << " the damaged log";
+    } catch (const PersistError& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::CorruptLog) << e.what();
+      EXPECT_NE(std::string(e.what()).find(damaged), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("16 zero bytes"), std::string::npos) << e.what();
+    }
+  }
+  auto r = run_cli({"wal", "dump", url_});
+  EXPECT_NE(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.err.find("zero bytes follow the last valid frame"), std::string::npos) << r.err;
+  r = run_cli({"wal", "repair", url_});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_NE(r.out.find("to drop: 16 bytes"), std::string::npos) << r.out;
+  r = run_cli({"wal", "repair", url_, "--yes"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("after 100 records"), std::string::npos) << r.out;
+  EXPECT_EQ(pool.size(damaged), log.object_sizes[last]);
+  expect_repaired(log, 100);
 }
 
 // Damage in the log objects' attributes, where `wal repair` and the loads

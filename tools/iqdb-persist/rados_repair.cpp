@@ -25,7 +25,9 @@ struct Look {
   LogPrefix prefix;
   wal::ScanResult scan;
   bool damaged() const {
-    return scan.torn_tail_bytes > 0 || scan.corrupt_offset || !prefix.stopped.empty() || !prefix.beyond.empty();
+    // (Zeros after the last frame are damage too: nothing pads a RADOS log.)
+    return scan.torn_tail_bytes > 0 || scan.file_size > scan.valid_bytes || scan.corrupt_offset ||
+           !prefix.stopped.empty() || !prefix.beyond.empty();
   }
 };
 

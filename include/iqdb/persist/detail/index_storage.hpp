@@ -191,7 +191,8 @@ class IndexStorage {
   }
 
   // What a scan of the log found, checked against what this storage can
-  // produce (RADOS: an append is atomic, so a torn tail is damage).
+  // produce (RADOS: an append is atomic and nothing pads, so a torn tail,
+  // or zeros after the last frame, are damage).
   virtual void check_scan(const wal::ScanResult& scan) { (void)scan; }
 
   // A new, empty log for the current snapshot, starting at base_lsn, which
