@@ -163,6 +163,7 @@ class RadosLogSink final : public detail::LogSink {
         notifier_(notifier_of(store, name_)) {}
 
   void append(std::span<const std::byte> frame) override {
+    refused_.store(false);  // (as in write_staged: refused_whole() is of this call)
     bool full = false;
     {
       std::lock_guard lk(mu_);
@@ -435,9 +436,9 @@ class RadosLogSink final : public detail::LogSink {
     }
     if (r == -EDQUOT || r == -ENOSPC) {
       throw PersistError::io(where,
-                             std::string("appending to the log: the pool is full (") +
+                             std::string("appending to the log (the pool is full: ") +
                                  (r == -EDQUOT ? "its quota" : "the cluster's full ratio") +
-                                 "); refused, nothing of this write was appended",
+                                 "; refused whole, nothing of this write was appended)",
                              -r);
     }
     throw_rados(where, "appending to the log", r);

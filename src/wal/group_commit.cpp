@@ -208,11 +208,18 @@ void WalEngine::Impl::log_frame(std::vector<std::byte>& frame, Entry& e) {
     // are staged only while a sync is due, and appended only when none is.)
     const std::exception_ptr err = std::current_exception();
     std::exception_ptr report = err;
+    bool cut = false;
     try {
       writer_->cut(e.start);
+      cut = true;
     } catch (...) {
       report = poison_uncut(err);
     }
+    // A frame of an object's worth goes out with its append (RADOS); one
+    // refused whole for certain (a full pool) is in no log. Under Always
+    // nothing was waiting to go with it (a lone writer's frames go out with
+    // its own sync), so writes go on, as after a refused sync (sync_failed).
+    if (cut && policy_.mode() == FsyncPolicy::Mode::Always && writer_->refused_whole()) throw;
     poison_for(report);
     if (report != err) std::rethrow_exception(report);
     throw;

@@ -574,6 +574,10 @@ TEST_F(RadosOsdFault, AFullPoolRefusesWritesAtOnceAndKeepsTheLockWorking) {
     batch.insert(43, vector_of(43));
     batch.erase(8);
     refused(error_of([&] { db.write(batch); }), "a batch");
+    // A batch larger than a log object goes out with its own append.
+    WriteBatch big;
+    for (std::uint64_t i = 0; i < 60000; ++i) big.insert(1000000 + i, vector_of(i));
+    refused(error_of([&] { db.write(big); }), "a batch of 60000 (over 8 MiB)");
     {
       std::vector<std::optional<PersistError>> errs(4);
       std::vector<std::thread> threads;
