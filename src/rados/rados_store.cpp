@@ -779,8 +779,13 @@ void RadosSnapshotStore::remove(const fs::path& path) {
       e = it->second;
       impl_->pending.erase(it);
     }
+    // Highest index first, as the collection removes: a removal cut short
+    // (the process killed) leaves the lowest indexes, where a collection's
+    // probe starts (docs/DISTRIBUTED.md, "Writing", step 5); lowest first,
+    // it could leave a run of missing indexes longer than the probe's
+    // window below the stripes left, which no collection would then find.
     std::vector<std::string> stripes;
-    for (std::uint64_t k = 0; k < e.stripes_touched; ++k) stripes.push_back(stripe_object(e.name, e.generation, k));
+    for (std::uint64_t k = e.stripes_touched; k-- > 0;) stripes.push_back(stripe_object(e.name, e.generation, k));
     impl_->remove_objects(stripes);
     return;
   }

@@ -123,8 +123,8 @@ class StripeWriter final : public WritableFile {
     small_.clear();
     op_len_ = 0;
     drain();
-    std::vector<std::string> created;
-    for (std::uint64_t k = 0; k < created_.size(); ++k) {
+    std::vector<std::string> created;  // highest index first (RadosSnapshotStore::remove)
+    for (std::uint64_t k = created_.size(); k-- > 0;) {
       if (created_[k]) created.push_back(object(k));
     }
     s_.remove_objects(created);

@@ -229,6 +229,8 @@ class SnapshotPayloadReader final : public PayloadReader {
         decoder_->read(buf_.get() + need, ahead);
         decoded_ += ahead;
         got += ahead;
+      } catch (const abi::__forced_unwind&) {
+        throw;  // a thread ending (pthread_cancel at the read, pthread_exit in a progress callback)
       } catch (...) {
         restart();
       }

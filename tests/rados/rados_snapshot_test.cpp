@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <stdexcept>
 #include <map>
 #include <optional>
 #include <random>
@@ -687,6 +688,18 @@ TEST_F(RadosSnapshot, DestroyedStoreRunsTheCollectionsItQueued) {
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), last);
 }
 
+// This binary again, as `exe MODE NAME` (a child mode of main()); its pid, or
+// -1 when it could not be started.
+pid_t spawn_self(const std::string& mode, const std::string& name) {
+  std::string exe = fs::read_symlink("/proc/self/exe").string();
+  std::vector<std::string> args = {exe, mode, name};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t child = 0;
+  return ::posix_spawn(&child, exe.c_str(), nullptr, nullptr, argv.data(), environ) == 0 ? child : -1;
+}
+
 // The save runs in another process (this binary, --child-save), which
 // stalls after streaming 80 stripes and is SIGKILLed once stripes of its
 // generation are in the pool. The published snapshot must still load, equal
@@ -696,13 +709,8 @@ TEST_F(RadosSnapshot, KilledSaveLeavesThePreviousSnapshot) {
   save_to_rados(*store_, name_, build(first));
   const std::uint64_t published = store_->head(name_)->generation;
 
-  std::string exe = fs::read_symlink("/proc/self/exe").string();
-  std::vector<std::string> args = {exe, "--child-save", name_};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t child = 0;
-  ASSERT_EQ(::posix_spawn(&child, exe.c_str(), nullptr, nullptr, argv.data(), environ), 0);
+  const pid_t child = spawn_self("--child-save", name_);
+  ASSERT_GT(child, 0);
 
   // Wait for stripes of the child's generation (the next one).
   const std::uint64_t child_gen = published + 1;
@@ -731,6 +739,48 @@ TEST_F(RadosSnapshot, KilledSaveLeavesThePreviousSnapshot) {
   store_->wait_for_garbage_collection();
   EXPECT_TRUE(stripes_of(child_gen).empty());
   EXPECT_FALSE(stripes_of(published).empty());  // kept: the generation just replaced
+  expect_equal(load_from_rados<FlatIndex>(*store_, name_), second);
+}
+
+// A failed save removes its stripes highest index first, as the collection
+// does: when the removal is cut short (the process killed), what is left
+// is the lowest indexes, where the next publish's collection probes, and it
+// removes them. Before, the removal went lowest first and left stripes above
+// a run of missing ones longer than the probe's window (81): no collection
+// found them again (found by reading the code). The save runs in another
+// process (this binary, --child-failed-save), SIGKILLed once it removed
+// about a third of its ~300 stripes.
+TEST_F(RadosSnapshot, AFailedSaveKilledWhileRemovingItsStripesLeavesNoneForGood) {
+  const Model first = make_model(1000, 32, 7);
+  save_to_rados(*store_, name_, build(first));
+  const std::uint64_t child_gen = store_->head(name_)->generation + 1;
+  const pid_t child = spawn_self("--child-failed-save", name_);
+  ASSERT_GT(child, 0);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{child};
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (stripes_of(child_gen).size() < 290 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::size_t most = stripes_of(child_gen).size();
+  ASSERT_GE(most, 290u) << "the child did not write its stripes";
+  while (stripes_of(child_gen).size() > 200 && Clock::now() < deadline) {
+  }
+  ::kill(child, SIGKILL);
+  const std::size_t left = stripes_of(child_gen).size();
+  ASSERT_GT(left, 0u) << "the removal ended before it could be cut short";
+  ASSERT_LT(left, most) << "the removal never began";
+  std::cout << "[ MEASURED ] the child was killed with " << left << " of its " << most << " stripes left\n";
+
+  const Model second = make_model(900, 32, 8);
+  save_to_rados(*store_, name_, build(second));
+  store_->wait_for_garbage_collection();
+  EXPECT_TRUE(stripes_of(child_gen).empty()) << stripes_of(child_gen).size() << " stripes were left for good";
   expect_equal(load_from_rados<FlatIndex>(*store_, name_), second);
 }
 
@@ -1140,11 +1190,37 @@ int child_save(const std::string& name) {
   return 1;  // never reached
 }
 
+// A save of about 300 stripes whose payload fails once they are all
+// written: the save removes them (one at a time, so that the parent can
+// catch it midway), then waits to be killed.
+int child_failed_save(const std::string& name) {
+  const auto env = cluster_env();
+  if (!env) return 2;
+  RadosLocation loc;
+  loc.pool = env->pool;
+  loc.name = name;
+  RadosOptions o = small_options();
+  o.max_in_flight = 1;
+  auto store = RadosSnapshotStore::open(loc, o);
+  const SnapshotInfo info{FlatIndex::index_type, 32, DistanceMetric::Euclidean, 200000, 0};
+  try {
+    write_snapshot(*store, store->path_of(name), info, Compression::none(), true, [&](PayloadWriter& w) {
+      const std::vector<std::byte> block(std::size_t{300} * 64 * 1024, std::byte{0x5a});
+      w.write(block.data(), block.size());
+      std::this_thread::sleep_for(std::chrono::seconds(1));  // the parent counts them
+      throw std::runtime_error("the payload failed");
+    });
+  } catch (const std::exception&) {
+  }
+  for (;;) ::pause();
+}
+
 }  // namespace
 }  // namespace iqdb::persist
 
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--child-save") return iqdb::persist::child_save(argv[2]);
+  if (argc == 3 && std::string(argv[1]) == "--child-failed-save") return iqdb::persist::child_failed_save(argv[2]);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }
