@@ -1,10 +1,10 @@
 // Snapshot reader: one streaming pass over the stored bytes, CRC computed as
 // they arrive, payload decoded as hostile input, result accepted only when
 // the CRC matches.
-#include <cxxabi.h>
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -22,6 +22,13 @@
 
 namespace iqdb::persist {
 namespace {
+
+// Inside a catch (...): whether what is caught is no C++ exception, as the
+// forced unwinding of a thread that pthread_exit or pthread_cancel ends
+// (libstdc++ gives no exception_ptr for those). Used instead of a handler
+// for abi::__forced_unwind, whose reference the runtime binds to null
+// (UBSan: "reference binding to null pointer").
+bool foreign_exception() noexcept { return !std::current_exception(); }
 
 namespace fs = std::filesystem;
 
@@ -229,9 +236,11 @@ class SnapshotPayloadReader final : public PayloadReader {
         decoder_->read(buf_.get() + need, ahead);
         decoded_ += ahead;
         got += ahead;
-      } catch (const abi::__forced_unwind&) {
-        throw;  // a thread ending (pthread_cancel at the read, pthread_exit in a progress callback)
       } catch (...) {
+        // A thread ending (pthread_cancel at the read, pthread_exit in a
+        // progress callback) unwinds as an exception of no C++ type: it
+        // must go on (foreign_exception()).
+        if (foreign_exception()) throw;
         restart();
       }
     }
@@ -382,9 +391,8 @@ FileHeader read_snapshot_impl(FileSystem& fs, const fs::path& path, std::string_
       throw detail::resource_error(path, "loading the snapshot", err);
     }
     throw PersistError::at(ErrorKind::InvalidPayload, path, std::string("decoding the payload failed: ") + e.what());
-  } catch (const abi::__forced_unwind&) {
-    throw;  // a thread ending (pthread_exit)
   } catch (...) {
+    if (foreign_exception()) throw;  // a thread ending (pthread_exit, pthread_cancel)
     // An index type's load_from (a user's) threw something that is not a
     // std::exception: damage if the checksum says so, else the payload
     // is one this index type refuses, as for a std::exception.
