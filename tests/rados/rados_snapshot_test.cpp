@@ -1170,15 +1170,22 @@ TEST_F(RadosSnapshot, DefaultOptionsLargeSnapshot) {
             << bytes / secs(t1 - t0) / 1e6 << " MB/s, load " << bytes / secs(t2 - t1) / 1e6 << " MB/s\n";
 }
 
-// --child-save NAME: start a save and stall in the middle of it (the parent
-// SIGKILLs this process).
-int child_save(const std::string& name) {
+// A child mode's store: the cluster of the environment, NAME in its pool;
+// nullptr without a cluster.
+std::unique_ptr<RadosSnapshotStore> child_store(const std::string& name, const RadosOptions& o) {
   const auto env = cluster_env();
-  if (!env) return 2;
+  if (!env) return nullptr;
   RadosLocation loc;
   loc.pool = env->pool;
   loc.name = name;
-  auto store = RadosSnapshotStore::open(loc, small_options());
+  return RadosSnapshotStore::open(loc, o);
+}
+
+// --child-save NAME: start a save and stall in the middle of it (the parent
+// SIGKILLs this process).
+int child_save(const std::string& name) {
+  auto store = child_store(name, small_options());
+  if (!store) return 2;
   const SnapshotInfo info{FlatIndex::index_type, 32, DistanceMetric::Euclidean, 100000, 0};
   write_snapshot(*store, store->path_of(name), info, Compression::none(), true, [&](PayloadWriter& w) {
     // One large write: the snapshot writer passes it on at once (small ones
@@ -1194,14 +1201,10 @@ int child_save(const std::string& name) {
 // written: the save removes them (one at a time, so that the parent can
 // catch it midway), then waits to be killed.
 int child_failed_save(const std::string& name) {
-  const auto env = cluster_env();
-  if (!env) return 2;
-  RadosLocation loc;
-  loc.pool = env->pool;
-  loc.name = name;
   RadosOptions o = small_options();
   o.max_in_flight = 1;
-  auto store = RadosSnapshotStore::open(loc, o);
+  auto store = child_store(name, o);
+  if (!store) return 2;
   const SnapshotInfo info{FlatIndex::index_type, 32, DistanceMetric::Euclidean, 200000, 0};
   try {
     write_snapshot(*store, store->path_of(name), info, Compression::none(), true, [&](PayloadWriter& w) {
